@@ -1,0 +1,315 @@
+"""`echocmr demo`: the whole flow on a synthetic cohort, one command, resumable.
+
+    synth -> ingest -> shards verify -> train (2 Ray workers, registers the model) -> eval (test)
+
+Each step is the package's own command (`echocmr synth`, `echocmr ingest`, ...) run as a child
+process with this interpreter, its output streamed to the terminal and kept in ``OUT/logs/``. So
+the demo shows exactly what a user would type, and it stays thin: the logic lives in the packages.
+
+Resumable where cheap: ``OUT/demo.json`` records each finished step with the parameters it ran
+with; a step is skipped when it finished with the same parameters as every step before it. A
+step that runs again with different parameters first removes its own output. ``--fresh`` redoes
+all steps. A training run interrupted half-way resumes from its last checkpoint (same run name
+and storage, see docs/operations.md).
+
+Everything lives under ``OUT`` (default ``demo_out``); the children run with ``OUT`` as their
+working directory so default stores (MLflow artifacts, Ray runs) land there too:
+
+    OUT/cohort/        synthetic DICOMs (dicom/), cmr_labels.parquet, views.csv
+    OUT/shards/        the shard set: *.tar + *.idx, manifest.parquet, stats.json, ingest_report
+    OUT/train.yaml     the training config the demo used
+    OUT/ray_runs/      Ray Train storage: the run's checkpoints
+    OUT/mlflow.db      MLflow tracking + model registry (sqlite); OUT/mlruns/ its artifacts
+    OUT/report/        eval output: the AUC table beside the study's, per-study predictions
+    OUT/logs/          each step's full output
+    OUT/demo.json      which steps finished, with what parameters, in how long
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEMO_MODEL = "echocmr-demo"
+DEMO_RUN = "demo"
+DEMO_SITE = "demo"
+
+# Training config for the demo: the `cpu-small` preset's model (width-16 R(2+1)D on 16x64x64
+# clips) learns WMA in a few epochs on 2 CPU cores. On GPUs the same small model is used, so the
+# demo's figures are comparable between machines; the real GPU config is the `gpu` preset.
+DEMO_TRAIN_CONFIG = {
+    "epochs": 6,
+    "model": {"width": 16},
+    "data": {"frames": 16, "period": 2, "size": 64, "batch_size": 8, "augment": {"pad": 4}},
+    "optim": {"lr": 3e-3, "warmup_epochs": 0.25},
+    "min_positives": 3,
+    "keep_checkpoints": 2,
+}
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """One demo run. Defaults are sized for ~15 minutes on 2 CPU cores."""
+
+    out: Path = Path("demo_out")
+    patients: int = 200
+    workers: int = 2  # Ray Train workers
+    epochs: int | None = None  # None: DEMO_TRAIN_CONFIG's
+    seed: int = 0
+    gpu: bool | None = None  # None: use GPUs when there are enough for the workers
+    fresh: bool = False
+    ingest_workers: int | None = None  # None: all cores
+    model_name: str = DEMO_MODEL
+    train_overrides: dict = field(default_factory=dict)  # merged into DEMO_TRAIN_CONFIG (tests)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out).absolute()
+        if self.patients < 20:
+            raise ValueError(
+                f"--patients {self.patients} is too few to split into train/val/test with both "
+                "classes in each; use at least 20 (default 200)"
+            )
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+
+
+@dataclass(kw_only=True)
+class Step:
+    name: str
+    title: str
+    argv: list[str]  # after `echocmr`
+    params: dict  # what, if changed, makes the step run again
+    outputs: list[Path]  # removed before the step runs again with new params
+
+
+def _paths(c: DemoConfig) -> dict[str, Path]:
+    out = c.out
+    return {
+        "cohort": out / "cohort",
+        "shards": out / "shards",
+        "train_yaml": out / "train.yaml",
+        "ray_runs": out / "ray_runs",
+        "mlflow_db": out / "mlflow.db",
+        "report": out / "report",
+        "logs": out / "logs",
+        "state": out / "demo.json",
+    }
+
+
+def tracking_uri(c: DemoConfig) -> str:
+    return f"sqlite:///{_paths(c)['mlflow_db']}"
+
+
+def detect_gpus() -> int:
+    """CUDA devices torch can see (0 without a GPU or without a CUDA build)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver is "no GPU" for a demo
+        return 0
+
+
+def train_config(c: DemoConfig, gpu: bool) -> dict:
+    config = json.loads(json.dumps(DEMO_TRAIN_CONFIG))
+    if c.epochs is not None:
+        config["epochs"] = c.epochs
+    config.update(c.train_overrides)
+    config["gpu"] = gpu
+    return config
+
+
+def plan(c: DemoConfig, *, gpu: bool) -> list[Step]:
+    """The demo's steps, in order."""
+    p = _paths(c)
+    cohort = p["cohort"]
+    ingest_workers = c.ingest_workers or os.cpu_count() or 1
+    train = train_config(c, gpu)
+    return [
+        Step(
+            name="synth",
+            title=f"synthetic cohort of {c.patients} patients",
+            argv=["synth", "--out", str(cohort), "--patients", str(c.patients),
+                  "--seed", str(c.seed)],
+            params={"patients": c.patients, "seed": c.seed},
+            outputs=[cohort],
+        ),
+        Step(
+            name="ingest",
+            title="ingest DICOMs + CMR labels into shards",
+            argv=["ingest", "--dicom", str(cohort / "dicom"),
+                  "--labels", str(cohort / "cmr_labels.parquet"),
+                  "--views", str(cohort / "views.csv"), "--out", str(p["shards"]),
+                  "--site", DEMO_SITE, "--workers", str(ingest_workers)],
+            params={"site": DEMO_SITE},
+            outputs=[p["shards"]],
+        ),
+        Step(
+            name="verify",
+            title="verify the shard set",
+            argv=["shards", "verify", str(p["shards"])],
+            params={},
+            outputs=[],
+        ),
+        Step(
+            name="train",
+            title=f"train with {c.workers} Ray workers ({'GPU' if gpu else 'CPU'}), register",
+            argv=["train", "--shards", str(p["shards"]), "--workers", str(c.workers),
+                  "--config", str(p["train_yaml"]), "--register", c.model_name,
+                  "--storage", str(p["ray_runs"]), "--run-name", DEMO_RUN,
+                  "--tracking-uri", tracking_uri(c), *(["--gpu"] if gpu else [])],
+            params={"config": train, "workers": c.workers, "model": c.model_name},
+            outputs=[p["ray_runs"]],
+        ),
+        Step(
+            name="eval",
+            title="evaluate on the test split",
+            argv=["eval", "--shards", str(p["shards"]),
+                  "--model", f"models:/{c.model_name}@champion", "--split", "test",
+                  "--out", str(p["report"])],
+            params={"model": c.model_name},
+            outputs=[p["report"]],
+        ),
+    ]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_state(path: Path) -> dict:
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def run_step(step: Step, c: DemoConfig, log_file: Path, env: dict[str, str]) -> int:
+    """Run one step as `python -m echocmr_cli ...`, streaming its output to us and to log_file."""
+    argv = [sys.executable, "-m", "echocmr_cli", *step.argv]
+    with open(log_file, "w") as log:
+        log.write("$ echocmr " + " ".join(step.argv) + "\n")
+        proc = subprocess.Popen(
+            argv, cwd=c.out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:  # tqdm's \r updates arrive as they are flushed
+            sys.stdout.write("    " + line if line.strip() else line)
+            sys.stdout.flush()
+            log.write(line)
+        return proc.wait()
+
+
+def _child_env(c: DemoConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri(c)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.pop("RAY_ADDRESS", None)  # the demo runs its own local Ray
+    # Children find our packages even when the demo runs from a source checkout.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
+    """Run (or resume) every step; print where the results are. Returns an exit code."""
+    p = _paths(c)
+    if c.fresh and c.out.exists():
+        for name in ("cohort", "shards", "ray_runs", "report", "logs", "train_yaml",
+                     "mlflow_db", "state"):
+            target = p[name]
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        shutil.rmtree(c.out / "mlruns", ignore_errors=True)
+    c.out.mkdir(parents=True, exist_ok=True)
+    p["logs"].mkdir(exist_ok=True)
+
+    gpus = detect_gpus()
+    gpu = c.gpu if c.gpu is not None else gpus >= c.workers
+    if gpu and gpus < c.workers:
+        say(f"error: --gpu with {c.workers} workers needs {c.workers} GPUs; found {gpus}")
+        return 2
+    steps = plan(c, gpu=gpu)
+    import yaml
+
+    train_step = next(s for s in steps if s.name == "train")
+    p["train_yaml"].write_text(yaml.safe_dump(train_step.params["config"], sort_keys=False))
+
+    say(f"echocmr demo -> {c.out}  ({c.patients} patients, {c.workers} Ray workers, "
+        f"{'GPU' if gpu else 'CPU'}{f', {gpus} GPU(s) seen' if gpus else ''})")
+    state = _load_state(p["state"])
+    done = state.setdefault("steps", {})
+    env = _child_env(c)
+    chain = ""
+    started = time.monotonic()
+    for i, step in enumerate(steps, 1):
+        chain = _digest([chain, step.name, step.params])
+        head = f"[{i}/{len(steps)}] {step.name}: {step.title}"
+        if done.get(step.name, {}).get("chain") == chain:
+            say(f"{head} -- done in an earlier run, skipped")
+            continue
+        for later in steps[i - 1 :]:
+            done.pop(later.name, None)
+        _save_state(p["state"], state)
+        if step.name in state.get("ran_with", {}) and state["ran_with"][step.name] != chain:
+            for output in step.outputs:  # its inputs changed: start it clean
+                shutil.rmtree(output, ignore_errors=True)
+        state.setdefault("ran_with", {})[step.name] = chain
+        say(f"{head}\n    $ echocmr {' '.join(step.argv)}")
+        t0 = time.monotonic()
+        rc = run_step(step, c, p["logs"] / f"{step.name}.log", env)
+        seconds = time.monotonic() - t0
+        if rc != 0:
+            say(f"[{i}/{len(steps)}] {step.name} FAILED (exit {rc}) after {seconds:.0f} s; full "
+                f"output in {p['logs'] / (step.name + '.log')}. Re-run `echocmr demo --out "
+                f"{c.out}` to resume from this step.")
+            _save_state(p["state"], state)
+            return rc
+        done[step.name] = {"chain": chain, "seconds": round(seconds, 1)}
+        _save_state(p["state"], state)
+        say(f"[{i}/{len(steps)}] {step.name} done in {_fmt(seconds)}")
+    say(f"\ndemo finished in {_fmt(time.monotonic() - started)} (this run)")
+    print_locations(c, say=say)
+    return 0
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def print_locations(c: DemoConfig, *, say: Callable[[str], None] = _say) -> None:
+    """Where the demo left everything, and how to look at it."""
+    p = _paths(c)
+    report_files = sorted(x.name for x in p["report"].iterdir()) if p["report"].exists() else []
+    say("\nwhere things are:")
+    say(f"  shards        {p['shards']}   (echocmr shards stats {p['shards']})")
+    say(f"  checkpoints   {p['ray_runs'] / DEMO_RUN}")
+    say(f"  MLflow store  {tracking_uri(c)}   model: models:/{c.model_name}@champion")
+    say(f"                open the UI: mlflow ui --backend-store-uri {tracking_uri(c)} "
+        f"--default-artifact-root {c.out / 'mlruns'}")
+    say(f"  report        {p['report']}" + (f"   ({', '.join(report_files)})" if report_files else ""))
+    say(f"  step logs     {p['logs']}")

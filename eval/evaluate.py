@@ -1,0 +1,100 @@
+"""From clip predictions to every eval output: aggregation, metrics, signal audit, reports.
+
+``evaluate_clips`` is the model-free half of ``echocmr eval``: give it the clip table of the split
+under evaluation (and of val, for the stacker) and it writes ``predictions.parquet``,
+``clip_predictions.parquet``, ``metrics.json``, ``metrics_detail.json``, ROC PNGs, ``report.md``
+and ``report.html``. ``eval.run`` puts inference in front of it and MLflow behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from eval.aggregate import METHODS, StackerConfig, aggregate, views_to_studies
+from eval.outputs import write_clip_predictions, write_detail, write_metrics, write_predictions
+from eval.report import ReportInputs, write_report
+from eval.summary import SummaryConfig, TaskResult, breakdown, summarise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EvaluationConfig:
+    """How study probabilities are formed and judged (inference settings live in InferConfig)."""
+
+    aggregation: str = "mean"  # or "stacker" (per-view logistic regression fitted on val)
+    stacker: StackerConfig = field(default_factory=StackerConfig)
+    summary: SummaryConfig = field(default_factory=SummaryConfig)
+    breakdowns: tuple[str, ...] = ("view", "site")
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in METHODS:
+            raise ValueError(f"aggregation {self.aggregation!r}: choose one of {METHODS}")
+
+
+@dataclass(kw_only=True)
+class Evaluation:
+    """What ``evaluate_clips`` produced: the tables, the results, and the files it wrote."""
+
+    studies: pd.DataFrame
+    videos: pd.DataFrame
+    results: dict[str, TaskResult]
+    by_view: dict[str, dict[str, TaskResult]]
+    by_site: dict[str, dict[str, TaskResult]]
+    files: dict[str, Path]
+    stacker: dict | None = None
+
+
+def evaluate_clips(
+    clips: pd.DataFrame,
+    out_dir: Path,
+    *,
+    config: EvaluationConfig | None = None,
+    val_clips: pd.DataFrame | None = None,
+    context: dict[str, str] | None = None,
+    title: str | None = None,
+) -> Evaluation:
+    """Aggregate ``clips`` to studies, compute every metric, and write all outputs to ``out_dir``."""
+    config = config or EvaluationConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    videos, studies, stacker = aggregate(
+        clips, method=config.aggregation, val_clips=val_clips, stacker_config=config.stacker
+    )
+    results = summarise(studies, config=config.summary)
+    by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
+               if "view" in config.breakdowns else {})
+    by_site = (breakdown(studies, "site", config=config.summary)
+               if "site" in config.breakdowns else {})
+    stacker_info = stacker.describe() if stacker is not None else None
+    splits = sorted(studies["split"].astype(str).unique())
+    files = {
+        "predictions.parquet": write_predictions(studies, out_dir / "predictions.parquet"),
+        "clip_predictions.parquet": write_clip_predictions(
+            clips, out_dir / "clip_predictions.parquet"
+        ),
+        "metrics.json": write_metrics(results, out_dir / "metrics.json"),
+        "metrics_detail.json": write_detail(
+            results, out_dir / "metrics_detail.json", by_view=by_view, by_site=by_site,
+            extra={"settings": _settings(config), "context": dict(context or {}),
+                   "stacker": stacker_info},
+        ),
+    }
+    files.update(write_report(out_dir, ReportInputs(
+        studies=studies, results=results, by_view=by_view, by_site=by_site,
+        context=dict(context or {}), config=config.summary,
+        title=title or f"echocmr evaluation — {', '.join(splits)} split",
+    )))
+    log.info("wrote %s", ", ".join(sorted(files)))
+    return Evaluation(studies=studies, videos=videos, results=results, by_view=by_view,
+                      by_site=by_site, files=files, stacker=stacker_info)
+
+
+def _settings(config: EvaluationConfig) -> dict:
+    d = asdict(config)
+    d["breakdowns"] = list(config.breakdowns)
+    return d

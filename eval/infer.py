@@ -1,0 +1,251 @@
+"""Inference over a shard split: every clip (window) of every video, as a clip table.
+
+Decoding is the training pipeline's, without augmentation: DALI's ``fn.readers.webdataset`` over
+the split's tars and ``.idx`` files, ``fn.decoders.video`` (``cpu``, or ``mixed`` on a GPU), the
+grey channel, and the same ``fn.resize`` when the shards are not the network's size. The one
+difference is that eval decodes each video whole instead of one window, then cuts windows on the
+host: T frames every P frames (from the model's `train.data.InputSpec`), normalised with the
+spec's mean/std exactly as `train.data.ClipLoader` does, padded as its ``pad_mode`` says.
+
+Windows (``InferConfig.clips``):
+
+* ``all`` (default): starts 0, stride, 2*stride, ... up to the last full window, plus the last
+  full window itself so the tail is covered. ``stride`` defaults to half a window's span
+  ((T-1)*P+1 frames); ``stride=1`` is every possible clip. A video shorter than one window gives
+  one padded window at 0.
+* ``centre``: the single centred window — the clip `ClipLoader(train=False)` feeds validation.
+
+Large splits: with ``workers > 1`` the split's tars are dealt round-robin to Ray tasks, each of
+which loads the model itself and runs the same code (one GPU each with ``gpu=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from eval.outputs import CLIP_COLUMNS
+from eval.tasks import TASKS, p_col, y_col
+
+log = logging.getLogger(__name__)
+
+MODES = ("all", "centre")
+
+
+@dataclass(kw_only=True)
+class InferConfig:
+    clips: str = "all"  # "all" windows over each video, or the "centre" one
+    stride: int | None = None  # frames between window starts ("all"); None = half a window's span
+    batch_size: int = 16  # windows per forward pass
+    read_batch: int = 4  # videos per DALI batch
+    num_threads: int = 2  # DALI CPU threads
+    workers: int = 1  # >1: spread the split's tars over this many Ray tasks
+    gpu: bool = False  # CUDA model and DALI "mixed" decoding (one GPU per Ray task)
+    cpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clips not in MODES:
+            raise ValueError(f"clips={self.clips!r}: choose 'all' or 'centre'")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"stride must be >= 1 frame, got {self.stride}")
+        for name in ("batch_size", "read_batch", "num_threads", "workers", "cpus_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def describe(self, spec) -> str:
+        span = window_span(spec)
+        if self.clips == "centre":
+            return f"centre clip, {spec.frames} frames every {spec.period}"
+        stride = self.stride or max(1, span // 2)
+        return f"all clips, {spec.frames} frames every {spec.period}, start stride {stride}"
+
+
+def window_span(spec) -> int:
+    """Source frames one window covers: (T - 1) * P + 1."""
+    return (spec.frames - 1) * spec.period + 1
+
+
+def window_starts(n_frames: int, spec, *, mode: str = "all", stride: int | None = None) -> list[int]:
+    """First frame of each window of a video of ``n_frames`` frames (see the module docstring)."""
+    if n_frames < 1:
+        raise ValueError("a video needs at least one frame")
+    span = window_span(spec)
+    last = max(n_frames - span, 0)
+    if mode == "centre":
+        return [last // 2]
+    if mode != "all":
+        raise ValueError(f"mode={mode!r}: choose 'all' or 'centre'")
+    starts = list(range(0, last + 1, stride or max(1, span // 2)))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def window_clips(frames_FHW: np.ndarray, spec, starts: list[int]) -> np.ndarray:
+    """Decoded frames (uint8, decoder value range, already at the network size) to network
+    inputs ``float32[W, C, T, S, S]``: one window per start, padded and normalised like
+    `train.data.ClipLoader` with ``train=False``."""
+    from train.data import decoded_mean_std
+
+    frames = np.asarray(frames_FHW)
+    if frames.ndim != 3 or frames.shape[1:] != (spec.size, spec.size):
+        raise ValueError(f"expected [F, {spec.size}, {spec.size}] frames, got {frames.shape}")
+    n = frames.shape[0]
+    idx_WT = np.asarray(starts)[:, None] + spec.period * np.arange(spec.frames)[None, :]
+    picked = frames[np.minimum(idx_WT, n - 1)].astype(np.float32)  # [W, T, S, S]
+    if spec.pad_mode == "constant":
+        picked[idx_WT >= n] = 0.0  # DALI's fill_value=0 for frames past the end
+    mean_x, std_x = decoded_mean_std(spec)
+    picked = (picked - mean_x) / std_x
+    return np.ascontiguousarray(
+        np.broadcast_to(picked[:, None], (len(starts), spec.channels, *picked.shape[1:]))
+    )
+
+
+def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
+    """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, clips_WCTHW.shape[0], batch_size):
+            x = torch.from_numpy(clips_WCTHW[lo : lo + batch_size]).to(device)
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def decode_videos(tars: list[str], indexes: list[str], spec, *, stored_size: tuple | None,
+                  config: InferConfig, device) -> Iterator[tuple[str, np.ndarray, dict, np.ndarray]]:
+    """``(key, labels float32[5], meta, frames uint8[F, S, S])`` per sample, in stored order."""
+    from nvidia.dali import Pipeline, fn, types
+
+    n_samples = sum(_index_count(i) for i in indexes)
+    gpu = getattr(device, "type", str(device)) == "cuda"
+    pipe = Pipeline(batch_size=config.read_batch, num_threads=config.num_threads,
+                    device_id=(getattr(device, "index", None) or 0) if gpu else None,
+                    seed=0, prefetch_queue_depth=1)
+    with pipe:
+        video, labels, meta = fn.readers.webdataset(
+            paths=list(tars), index_paths=list(indexes), ext=["webm", "labels", "json"],
+            dtypes=[types.UINT8, types.FLOAT, types.UINT8], missing_component_behavior="error",
+            shard_id=0, num_shards=1, pad_last_batch=True, random_shuffle=False, name="reader")
+        frames = fn.decoders.video(video, device="mixed" if gpu else "cpu")
+        frames = frames[:, :, :, 0:1]  # grey: R = G = B
+        if stored_size is None or tuple(stored_size) != (spec.size, spec.size):
+            frames = fn.resize(frames, size=[spec.size, spec.size], antialias=True)
+        pipe.set_outputs(frames, labels, meta)
+    pipe.build()
+    seen = 0
+    try:
+        while seen < n_samples:
+            frames_tl, labels_tl, meta_tl = pipe.run()
+            if gpu:
+                frames_tl = frames_tl.as_cpu()
+            for i in range(len(meta_tl)):
+                if seen >= n_samples:  # pad_last_batch repeats the last sample
+                    break
+                m = json.loads(np.array(meta_tl.at(i)).tobytes())
+                f = np.array(frames_tl.at(i))[..., 0]
+                yield m["key"], np.array(labels_tl.at(i), dtype=np.float32), m, f
+                seen += 1
+    finally:
+        del pipe
+
+
+def _index_count(index_path: str) -> int:
+    with open(index_path) as f:
+        return int(f.readline().split()[1])
+
+
+def infer_tars(model, spec, tars: list[str], indexes: list[str], *, config: InferConfig,
+               stored_size: tuple | None, device=None) -> pd.DataFrame:
+    """The clip table (``eval.outputs.CLIP_COLUMNS``) of the given tars."""
+    import torch
+
+    device = torch.device(device or ("cuda" if config.gpu else "cpu"))
+    model = model.to(device).eval()
+    if tuple(spec.tasks) != tuple(TASKS):
+        raise ValueError(f"model predicts tasks {spec.tasks}, eval expects {TASKS}")
+    rows: list[dict] = []
+    for key, labels, meta, frames in decode_videos(tars, indexes, spec, stored_size=stored_size,
+                                                   config=config, device=device):
+        if meta.get("n_frames") is not None and int(meta["n_frames"]) != frames.shape[0]:
+            log.warning("%s: metadata says %s frames, the decoder gave %d; using the decoder's",
+                        key, meta["n_frames"], frames.shape[0])
+        starts = window_starts(frames.shape[0], spec, mode=config.clips, stride=config.stride)
+        probs = predict_windows(model, window_clips(frames, spec, starts), device=device,
+                                batch_size=config.batch_size)
+        base = {"key": key, **{c: str(meta.get(c, "unknown")) for c in
+                               ("study_hash", "patient_hash", "site", "split", "view")}}
+        base.update({y_col(t): float(labels[k]) for k, t in enumerate(TASKS)})
+        for w, start in enumerate(starts):
+            rows.append({**base, "clip_index": w, "start_frame": int(start),
+                         **{p_col(t): float(probs[w, k]) for k, t in enumerate(TASKS)}})
+    return pd.DataFrame(rows, columns=CLIP_COLUMNS)
+
+
+def _split_inputs(shards: str, split: str) -> tuple[list[str], list[str], tuple | None]:
+    from shards.reader import read_stats
+    from train.data import split_files
+
+    tars, indexes, _ = split_files(shards, split)
+    clip = read_stats(shards).get("clip", {})
+    stored = (clip.get("height"), clip.get("width")) if clip else None
+    return tars, indexes, stored
+
+
+def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,
+                loaded=None) -> tuple[pd.DataFrame, object]:
+    """Clip table of ``split`` and the model's input spec.
+
+    ``loaded`` = ``(model, spec)`` skips loading (in-process runs); Ray tasks always load
+    ``model_uri`` themselves, so it must be reachable from every worker.
+    """
+    config = config or InferConfig()
+    tars, indexes, stored = _split_inputs(shards, split)
+    if config.workers <= 1 or len(tars) == 1:
+        model, spec = loaded if loaded is not None else _load(model_uri)
+        clips = infer_tars(model, spec, tars, indexes, config=config, stored_size=stored)
+    else:
+        clips, spec = _infer_with_ray(model_uri, tars, indexes, stored, config)
+    # One row order whatever the number of workers.
+    return clips.sort_values(["key", "clip_index"], ignore_index=True), spec
+
+
+def _load(model_uri: str):
+    from train.checkpoint import load_model
+
+    return load_model(model_uri)
+
+
+def _ray_task(model_uri: str, tars: list[str], indexes: list[str], stored, config_dict: dict):
+    cfg = InferConfig(**config_dict)
+    model, spec = _load(model_uri)
+    return infer_tars(model, spec, tars, indexes, config=cfg, stored_size=stored), spec
+
+
+def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig):
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=False)
+    try:
+        workers = min(config.workers, len(tars))
+        remote = ray.remote(num_cpus=config.cpus_per_worker,
+                            num_gpus=1 if config.gpu else 0)(_ray_task)
+        cfg = {**asdict(config), "workers": 1}
+        futures = [remote.remote(model_uri, tars[w::workers], indexes[w::workers], stored, cfg)
+                   for w in range(workers)]
+        parts = ray.get(futures)
+    finally:
+        if started:
+            ray.shutdown()
+    return pd.concat([p[0] for p in parts], ignore_index=True), parts[0][1]

@@ -1,0 +1,295 @@
+"""Study-level metrics: AUC, its two 95% confidence intervals, counts, and calibration.
+
+Two intervals sit side by side because they answer slightly different questions:
+
+* the **patient bootstrap** resamples patients with replacement (a patient's studies travel
+  together), so correlation between studies of one patient widens the interval as it should. The
+  interval is the 2.5th and 97.5th percentile of the resampled AUCs — a common helper in echo papers'
+  code takes the 5th/95th and calls it 95%, which is a 90% interval;
+* **DeLong** (DeLong, DeLong & Clarke-Pearson, Biometrics 1988) estimates the AUC variance from the
+  structural components (placement values) of the Mann-Whitney statistic. It treats studies as
+  independent, so with several studies per patient it can be a little narrow.
+
+The bootstrap is vectorised: a resample is a vector of patient multiplicities, a study's weight is
+its patient's multiplicity, and the AUC of the resample is the weighted Mann-Whitney statistic,
+computed for a block of resamples at once from one sort of the scores. It equals what you get by
+concatenating the resampled studies and calling ``sklearn.metrics.roc_auc_score`` (a test checks
+exactly that).
+
+Resample draws are ``np.random.default_rng(seed).integers(0, P, size=(B, P))`` over the patients in
+sorted order of their hash, so a run is reproducible from ``seed`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import norm, rankdata
+
+# Resamples are processed in blocks of this many rows to keep memory at O(block * studies).
+_BLOCK = 256
+
+
+@dataclass(kw_only=True)
+class MetricsConfig:
+    """How the per-task metrics are computed.
+
+    ``min_positives``/``min_negatives``: below either, a task's result is "insufficient data" with
+    the AUC (when defined) but no intervals or p-value — an interval from three positives would
+    look like an answer and is not one.
+    """
+
+    n_bootstrap: int = 2000
+    seed: int = 0
+    level: float = 0.95
+    min_positives: int = 5
+    min_negatives: int = 5
+    calibration_bins: int = 10
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 1000:
+            raise ValueError(
+                f"n_bootstrap={self.n_bootstrap}: use at least 1000 resamples for a 95% interval"
+            )
+        if not 0.5 < self.level < 1.0:
+            raise ValueError(f"level={self.level}: give the CI level as a fraction, e.g. 0.95")
+        if self.min_positives < 2 or self.min_negatives < 2:
+            raise ValueError("min_positives and min_negatives must be >= 2 (DeLong needs two)")
+
+
+def _check_binary(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y.shape != scores.shape or y.ndim != 1:
+        raise ValueError(f"labels {y.shape} and scores {scores.shape} must be equal 1-d shapes")
+    if np.isnan(y).any():
+        raise ValueError("labels contain NaN: drop unknown labels before computing metrics")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return y.astype(bool), scores
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney with half credit for ties); NaN if one class only."""
+    y, s = _check_binary(y_true, scores)
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
+        return float("nan")
+    ranks = rankdata(s)  # midranks handle ties
+    return float((ranks[y].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+def weighted_auc(y_true: np.ndarray, scores: np.ndarray, weights_BN: np.ndarray) -> np.ndarray:
+    """AUC of each row of study weights (B, N): the weighted Mann-Whitney statistic.
+
+    A row of integer weights is the AUC of the data set in which study i appears ``w[i]`` times.
+    Rows with no weight on one class give NaN.
+    """
+    y, s = _check_binary(y_true, scores)
+    weights_BN = np.atleast_2d(np.asarray(weights_BN, dtype=np.float64))
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # tie groups
+    out = np.empty(weights_BN.shape[0])
+    for lo in range(0, weights_BN.shape[0], _BLOCK):
+        w = weights_BN[lo : lo + _BLOCK, order]
+        pos_BG = np.add.reduceat(np.where(y_sorted, w, 0.0), starts, axis=1)
+        neg_BG = np.add.reduceat(np.where(y_sorted, 0.0, w), starts, axis=1)
+        # Negatives strictly below a group, plus half of those tied with it.
+        below_BG = np.cumsum(neg_BG, axis=1) - 0.5 * neg_BG
+        num = (pos_BG * below_BG).sum(axis=1)
+        den = pos_BG.sum(axis=1) * neg_BG.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo : lo + _BLOCK] = np.where(den > 0, num / den, np.nan)
+    return out
+
+
+def patient_resamples(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Patient indices of each bootstrap resample, shape (n_resamples, n_patients)."""
+    return np.random.default_rng(seed).integers(0, n_patients, size=(n_resamples, n_patients))
+
+
+@dataclass(kw_only=True)
+class BootstrapCI:
+    """Percentile interval of a patient bootstrap; ``n_valid`` resamples had both classes."""
+
+    auc: float
+    low: float
+    high: float
+    n_resamples: int
+    n_valid: int
+    seed: int
+
+
+def bootstrap_auc_ci(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    patients: np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> BootstrapCI:
+    """AUC with a percentile CI from resampling patients (all their studies together).
+
+    Resamples that contain only one class have no AUC and are left out of the percentiles;
+    ``n_valid`` says how many remained.
+    """
+    y, s = _check_binary(y_true, scores)
+    patients = np.asarray(patients)
+    if patients.shape != y.shape:
+        raise ValueError("patients must give one patient id per study")
+    uniq, study_patient = np.unique(patients, return_inverse=True)
+    draws = patient_resamples(uniq.size, n_resamples, seed)
+    aucs = np.empty(n_resamples)
+    for lo in range(0, n_resamples, _BLOCK):
+        block = draws[lo : lo + _BLOCK]
+        rows = np.arange(block.shape[0])[:, None] * uniq.size
+        counts = np.bincount((block + rows).ravel(), minlength=block.shape[0] * uniq.size)
+        counts = counts.reshape(block.shape[0], uniq.size)
+        aucs[lo : lo + _BLOCK] = weighted_auc(y, s, counts[:, study_patient])
+    valid = aucs[~np.isnan(aucs)]
+    tail = 100.0 * (1.0 - level) / 2.0  # 2.5 for a 95% interval
+    low, high = (np.percentile(valid, [tail, 100.0 - tail]) if valid.size else (np.nan, np.nan))
+    return BootstrapCI(
+        auc=roc_auc(y, s),
+        low=float(low),
+        high=float(high),
+        n_resamples=n_resamples,
+        n_valid=int(valid.size),
+        seed=seed,
+    )
+
+
+def delong_placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components (placement values).
+
+    ``v10[i]``: for positive i, the fraction of negatives it outranks (ties count half);
+    ``v01[j]``: for negative j, the fraction of positives that outrank it. Both average to the AUC.
+    Computed from midranks in O((m + n) log(m + n)) instead of the m x n comparison matrix.
+    """
+    y, s = _check_binary(y_true, scores)
+    x, z = s[y], s[~y]
+    m, n = x.size, z.size
+    if m == 0 or n == 0:
+        raise ValueError("DeLong needs at least one positive and one negative")
+    combined = rankdata(np.r_[x, z])
+    v10 = (combined[:m] - rankdata(x)) / n
+    v01 = 1.0 - (combined[m:] - rankdata(z)) / m
+    return v10, v01
+
+
+@dataclass(kw_only=True)
+class DelongCI:
+    auc: float
+    se: float
+    low: float
+    high: float
+
+
+def delong_auc_variance(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(AUC, variance of the AUC) by DeLong: S10/m + S01/n with sample variances of placements."""
+    v10, v01 = delong_placements(y_true, scores)
+    if v10.size < 2 or v01.size < 2:
+        raise ValueError("DeLong variance needs at least two positives and two negatives")
+    var = v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size
+    return float(v10.mean()), float(var)
+
+
+def delong_ci(y_true: np.ndarray, scores: np.ndarray, *, level: float = 0.95) -> DelongCI:
+    """Normal-approximation CI around the AUC with DeLong's standard error, clipped to [0, 1]."""
+    auc, var = delong_auc_variance(y_true, scores)
+    se = float(np.sqrt(var))
+    z = float(norm.ppf(0.5 + level / 2.0))
+    return DelongCI(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
+
+
+@dataclass(kw_only=True)
+class Counts:
+    n_studies: int
+    n_patients: int
+    n_pos: int
+    n_neg: int
+
+
+def counts(y_true: np.ndarray, patients: np.ndarray) -> Counts:
+    """Studies, distinct patients, positives and negatives among studies with a known label."""
+    y = np.asarray(y_true, dtype=np.float64)
+    known = ~np.isnan(y)
+    return Counts(
+        n_studies=int(known.sum()),
+        n_patients=int(np.unique(np.asarray(patients)[known]).size),
+        n_pos=int((y[known] == 1).sum()),
+        n_neg=int((y[known] == 0).sum()),
+    )
+
+
+@dataclass(kw_only=True)
+class Calibration:
+    """How far predicted probabilities are from observed rates.
+
+    ``slope`` (ideal 1) from the logistic regression of the label on logit(p); ``intercept``
+    (ideal 0) is calibration-in-the-large, fitted with logit(p) as a fixed offset; ``ece`` is the
+    expected calibration error over equal-width bins. NaN where a fit does not converge (e.g.
+    perfect separation).
+    """
+
+    brier: float
+    slope: float
+    intercept: float
+    ece: float
+    mean_predicted: float
+    observed_rate: float
+    n_bins: int
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def _logistic_fit(x_NK: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.ndarray | None:
+    """Maximum-likelihood logistic regression by Newton-Raphson; None if it does not converge."""
+    beta = np.zeros(x_NK.shape[1])
+    for _ in range(100):
+        eta = np.clip(x_NK @ beta + offset, -30, 30)
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        grad = x_NK.T @ (y - mu)
+        hess = (x_NK * (mu * (1 - mu))[:, None]).T @ x_NK
+        try:
+            step = np.linalg.solve(hess + 1e-10 * np.eye(len(beta)), grad)
+        except np.linalg.LinAlgError:
+            return None
+        beta = beta + step
+        if np.abs(step).max() < 1e-8:
+            return beta if np.all(np.abs(beta) < 50) else None
+    return None
+
+
+def calibration_summary(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = 10) -> Calibration:
+    """Brier score, calibration slope and intercept, and expected calibration error."""
+    y, p = _check_binary(y_true, probs)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("calibration needs probabilities in [0, 1]")
+    yf = y.astype(np.float64)
+    eps = 1e-6
+    lp = np.log(np.clip(p, eps, 1 - eps) / np.clip(1 - p, eps, 1 - eps))
+    ones = np.ones((y.size, 1))
+    both = _logistic_fit(np.c_[ones, lp], yf, np.zeros_like(lp))
+    large = _logistic_fit(ones, yf, lp)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        ece += sel.mean() * abs(yf[sel].mean() - p[sel].mean())
+    return Calibration(
+        brier=float(np.mean((p - yf) ** 2)),
+        slope=float(both[1]) if both is not None else float("nan"),
+        intercept=float(large[0]) if large is not None else float("nan"),
+        ece=float(ece),
+        mean_predicted=float(p.mean()),
+        observed_rate=float(yf.mean()),
+        n_bins=n_bins,
+    )

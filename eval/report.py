@@ -1,0 +1,228 @@
+"""report.md and report.html: our AUCs beside the published ones, ROC curves, breakdowns.
+
+Both files are rendered from one list of blocks (headings, paragraphs, tables, images), so they
+always say the same thing. ROC curves are PNGs written next to the reports with matplotlib's Agg
+backend (no display needed); the HTML embeds them as data URIs so it is one self-contained file.
+``auc_table_text`` is the plain-text table the CLI prints at the end of ``eval``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eval.published import PUBLISHED, PUBLISHED_SOURCE
+from eval.summary import SummaryConfig, TaskResult
+from eval.tasks import TASK_TITLES, TASKS, p_col, y_col
+
+
+@dataclass(kw_only=True)
+class ReportInputs:
+    """Everything a report shows. ``context``: label -> value lines (model, split, method...)."""
+
+    studies: pd.DataFrame
+    results: dict[str, TaskResult]
+    by_view: dict[str, dict[str, TaskResult]] = field(default_factory=dict)
+    by_site: dict[str, dict[str, TaskResult]] = field(default_factory=dict)
+    context: dict[str, str] = field(default_factory=dict)
+    config: SummaryConfig = field(default_factory=SummaryConfig)
+    title: str = "echocmr evaluation"
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _ci(lo: float | None, hi: float | None) -> str:
+    return "—" if lo is None or hi is None else f"{lo:.3f}–{hi:.3f}"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def auc_table_text(results: dict[str, TaskResult]) -> str:
+    """Fixed-width table: our AUC, both CIs, verdict, and the published AUC per task."""
+    head = ("task", "studies", "pos", "AUC", "95% CI boot", "95% CI DeLong", "p", "verdict",
+            "published AUC (95% CI)")
+    rows = [head]
+    for t, r in results.items():
+        pub = PUBLISHED.get(t)
+        rows.append((
+            t.upper(), str(r.n_studies), str(r.n_pos), _f(r.auc), _ci(r.ci_low, r.ci_high),
+            _ci(r.delong_low, r.delong_high), _p(r.p_value), r.verdict,
+            pub.text() if pub else "—",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Path) -> dict:
+    """``roc_<task>.png`` per task with an AUC, and ``roc_all.png``; returns {name: path}."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    out_dir = Path(out_dir)
+    paths: dict[str, Path] = {}
+    curves = {}
+    for t, r in results.items():
+        if r.auc is None:
+            continue
+        known = studies[y_col(t)].notna()
+        fpr, tpr, _ = roc_curve(studies.loc[known, y_col(t)].astype(int),
+                                studies.loc[known, p_col(t)])
+        curves[t] = (fpr, tpr)
+        fig, ax = plt.subplots(figsize=(4.2, 4.2))
+        ci = f" (95% CI {_ci(r.ci_low, r.ci_high)})" if r.ci_low is not None else ""
+        ax.plot(fpr, tpr, lw=2, label=f"AUC {r.auc:.3f}{ci}")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+        if t in PUBLISHED:
+            ax.plot([], [], " ", label=f"published {PUBLISHED[t].text()}")
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
+               title=f"{t.upper()}: {r.n_pos} pos / {r.n_neg} neg studies")
+        ax.legend(loc="lower right", fontsize=7)
+        fig.tight_layout()
+        paths[t] = out_dir / f"roc_{t}.png"
+        fig.savefig(paths[t], dpi=110)
+        plt.close(fig)
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for t, (fpr, tpr) in curves.items():
+            ax.plot(fpr, tpr, lw=1.8, label=f"{t.upper()} {results[t].auc:.3f}")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity", title="Study-level ROC")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        paths["all"] = out_dir / "roc_all.png"
+        fig.savefig(paths["all"], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, list]:
+    head = ["task", "studies", "patients", "positives", "AUC", "95% CI (patient bootstrap)",
+            "95% CI (DeLong)", "p (permutation)", "verdict"]
+    if published:
+        head.append("published AUC (95% CI)")
+    rows = []
+    for t, r in results.items():
+        row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos), _f(r.auc),
+               _ci(r.ci_low, r.ci_high), _ci(r.delong_low, r.delong_high), _p(r.p_value),
+               r.verdict]
+        if published:
+            row.append(PUBLISHED[t].text() if t in PUBLISHED else "—")
+        rows.append(row)
+    return head, rows
+
+
+def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
+    """The report as blocks: ("h", level, text), ("p", text), ("table", head, rows), ("img", ...)."""
+    mc, sc = inp.config.metrics, inp.config.signal
+    b: list[tuple] = [("h", 1, inp.title)]
+    b += [("p", "; ".join(f"{k}: {v}" for k, v in inp.context.items()))] if inp.context else []
+    b.append(("h", 2, "AUC per task, beside the published study"))
+    b.append(("table", *_task_rows(inp.results, published=True)))
+    b.append(("p", f"Published column: {PUBLISHED_SOURCE}."))
+    insufficient = [r for r in inp.results.values() if r.reason]
+    for r in insufficient:
+        b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
+    if "all" in images:
+        b.append(("img", images["all"], "ROC curves of all tasks"))
+    b.append(("h", 2, "ROC curves"))
+    b += [("img", images[t], f"ROC {t.upper()}") for t in TASKS if t in images]
+    b.append(("h", 2, "Calibration"))
+    head = ["task", "Brier", "slope", "intercept", "ECE", "mean p", "observed rate"]
+    rows = [[t.upper(), _f(c.brier), _f(c.slope, 2), _f(c.intercept, 2), _f(c.ece),
+             _f(c.mean_predicted), _f(c.observed_rate)]
+            for t, r in inp.results.items() if (c := r.calibration) is not None]
+    b.append(("table", head, rows) if rows else ("p", "No task had enough labels."))
+    for name, groups in (("view", inp.by_view), ("site", inp.by_site)):
+        if not groups:
+            continue
+        b.append(("h", 2, f"Per {name}"))
+        if name == "view":
+            b.append(("p", "Each study's prediction from that view's videos alone, over the studies "
+                           "that have the view."))
+        for value, res in groups.items():
+            b.append(("h", 3, f"{name} {value}"))
+            b.append(("table", *_task_rows(res, published=False)))
+    b.append(("h", 2, "Method"))
+    b.append(("p", (
+        f"Bootstrap: {mc.n_bootstrap} resamples of patients (all of a patient's studies together), "
+        f"seed {mc.seed}, {100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
+        "percentiles; resamples with one class only are left out. DeLong: variance from the "
+        "structural components (placement values), normal interval, studies treated as "
+        f"independent. Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
+        f"by patient within the split, seed {sc.seed}, p = (1 + #perm AUC ≥ observed) / "
+        f"(1 + permutations); verdict 'signal' when p < {sc.alpha}. Tasks with fewer than "
+        f"{mc.min_positives} positive or {mc.min_negatives} negative studies are 'insufficient "
+        "data'. Unknown labels are left out per task, never counted as negative."
+    )))
+    b.append(("p", "Tasks: " + "; ".join(TASK_TITLES[t] for t in inp.results if t in TASK_TITLES)))
+    return b
+
+
+def render_markdown(blocks: list[tuple], out_dir: Path) -> str:
+    out = []
+    for blk in blocks:
+        kind = blk[0]
+        if kind == "h":
+            out.append(f"{'#' * blk[1]} {blk[2]}\n")
+        elif kind == "p":
+            out.append(f"{blk[1]}\n")
+        elif kind == "table":
+            head, rows = blk[1], blk[2]
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "|".join("---" for _ in head) + "|")
+            out += ["| " + " | ".join(row) + " |" for row in rows]
+            out.append("")
+        elif kind == "img":
+            out.append(f"![{blk[2]}]({Path(blk[1]).relative_to(out_dir).as_posix()})\n")
+    return "\n".join(out)
+
+
+def render_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    body = []
+    for blk in blocks:
+        kind = blk[0]
+        if kind == "h":
+            body.append(f"<h{blk[1]}>{e(blk[2])}</h{blk[1]}>")
+        elif kind == "p":
+            body.append(f"<p>{e(blk[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in blk[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+                           for row in blk[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(Path(blk[1]).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{e(blk[2])}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+             "padding:.2em .5em;text-align:left}th{background:#f4f4f4}img{max-width:32em}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_report(out_dir: Path, inp: ReportInputs) -> dict[str, Path]:
+    """Write ROC PNGs, report.md and report.html into ``out_dir``; returns {name: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = plot_rocs(inp.studies, inp.results, out_dir)
+    blocks = build_blocks(inp, images)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
+    page.write_text(render_html(blocks, inp.title), encoding="utf-8")
+    return {"report.md": md, "report.html": page, **{f"roc_{k}.png": v for k, v in images.items()}}

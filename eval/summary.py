@@ -1,0 +1,167 @@
+"""Per-task results from a study table: AUC, both CIs, counts, calibration and the signal audit.
+
+``summarise`` turns a table with ``patient_hash``, ``y_<task>`` (NaN = unknown) and ``p_<task>``
+into one ``TaskResult`` per task. Unknown labels are dropped per task, never coerced to 0. A task
+with fewer positives or negatives than the config asks for gets the verdict "insufficient data",
+its AUC where one is defined, and no intervals or p-value — rather than a crash or a fake answer.
+
+``breakdown`` does the same within each value of a column (``view``, ``site``).
+``metrics_json`` writes the issue's contract: ``{task: {auc, ci_low, ci_high, delong_low,
+delong_high, n_studies, n_patients, n_pos, p_value, verdict}}``; ``detail_json`` adds the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from eval.metrics import (
+    Calibration,
+    MetricsConfig,
+    bootstrap_auc_ci,
+    calibration_summary,
+    counts,
+    delong_ci,
+    roc_auc,
+)
+from eval.signal import INSUFFICIENT, SignalConfig, permutation_test
+from eval.tasks import TASKS, p_col, y_col
+
+METRICS_KEYS = (
+    "auc", "ci_low", "ci_high", "delong_low", "delong_high",
+    "n_studies", "n_patients", "n_pos", "p_value", "verdict",
+)
+
+
+@dataclass(kw_only=True)
+class SummaryConfig:
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+
+
+@dataclass(kw_only=True)
+class TaskResult:
+    task: str
+    auc: float | None
+    ci_low: float | None
+    ci_high: float | None
+    delong_low: float | None
+    delong_high: float | None
+    delong_se: float | None
+    n_studies: int
+    n_patients: int
+    n_pos: int
+    n_neg: int
+    n_unknown: int
+    p_value: float | None
+    verdict: str
+    reason: str | None = None  # why the verdict is "insufficient data"
+    bootstrap_valid: int | None = None
+    null_mean_auc: float | None = None
+    calibration: Calibration | None = None
+
+    def metrics_json(self) -> dict:
+        """Exactly the keys the issue specifies, with null for what could not be computed."""
+        return {k: _clean(getattr(self, k)) for k in METRICS_KEYS}
+
+    def detail_json(self) -> dict:
+        out = {k: _clean(v) for k, v in asdict(self).items() if k != "calibration"}
+        out["calibration"] = self.calibration.to_dict() if self.calibration else None
+        return out
+
+
+def _clean(v):
+    """JSON-safe: NaN and numpy scalars to plain Python, NaN to None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def task_result(
+    task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *, config: SummaryConfig
+) -> TaskResult:
+    """One task's metrics over studies; NaN labels are excluded here."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    patients = np.asarray(patients)
+    known = ~np.isnan(y)
+    c = counts(y, patients)
+    y, p, patients = y[known], p[known], patients[known]
+    if np.isnan(p).any():
+        raise ValueError(f"{task}: a study with a known label has no prediction")
+    base = dict(
+        task=task, n_studies=c.n_studies, n_patients=c.n_patients, n_pos=c.n_pos, n_neg=c.n_neg,
+        n_unknown=int((~known).sum()),
+    )
+    mc = config.metrics
+    if c.n_pos < mc.min_positives or c.n_neg < mc.min_negatives:
+        return TaskResult(
+            **base,
+            auc=roc_auc(y, p) if c.n_pos and c.n_neg else None,
+            ci_low=None, ci_high=None, delong_low=None, delong_high=None, delong_se=None,
+            p_value=None, verdict=INSUFFICIENT,
+            reason=(
+                f"{c.n_pos} positive and {c.n_neg} negative studies with a known label; "
+                f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives"
+            ),
+        )
+    boot = bootstrap_auc_ci(
+        y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level
+    )
+    dl = delong_ci(y, p, level=mc.level)
+    sig = permutation_test(y, p, patients, config=config.signal)
+    return TaskResult(
+        **base,
+        auc=boot.auc, ci_low=boot.low, ci_high=boot.high,
+        delong_low=dl.low, delong_high=dl.high, delong_se=dl.se,
+        p_value=sig.p_value, verdict=sig.verdict,
+        bootstrap_valid=boot.n_valid, null_mean_auc=sig.null_mean,
+        calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
+    )
+
+
+def summarise(
+    studies: pd.DataFrame, *, config: SummaryConfig | None = None, tasks: tuple[str, ...] = TASKS
+) -> dict[str, TaskResult]:
+    """``{task: TaskResult}`` over the rows of ``studies`` (one row per study)."""
+    config = config or SummaryConfig()
+    missing = [c for c in ["patient_hash", *(y_col(t) for t in tasks), *(p_col(t) for t in tasks)]
+               if c not in studies.columns]
+    if missing:
+        raise ValueError(f"study table lacks columns {missing}")
+    return {
+        t: task_result(
+            t,
+            studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+            studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+            studies["patient_hash"].to_numpy(),
+            config=config,
+        )
+        for t in tasks
+    }
+
+
+def breakdown(
+    table: pd.DataFrame, by: str, *, config: SummaryConfig | None = None,
+    tasks: tuple[str, ...] = TASKS,
+) -> dict[str, dict[str, TaskResult]]:
+    """``{value: {task: TaskResult}}`` for each value of column ``by`` (e.g. view, site)."""
+    if by not in table.columns:
+        raise ValueError(f"cannot break down by {by!r}: no such column")
+    return {
+        str(value): summarise(group, config=config, tasks=tasks)
+        for value, group in table.groupby(by, sort=True)
+    }
+
+
+def metrics_json(results: dict[str, TaskResult]) -> dict:
+    return {t: r.metrics_json() for t, r in results.items()}
+
+
+def detail_json(results: dict[str, TaskResult]) -> dict:
+    return {t: r.detail_json() for t, r in results.items()}

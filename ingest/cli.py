@@ -1,0 +1,53 @@
+"""``echocmr ingest``: DICOM echo clips + CMR label table -> de-identified WebDataset shards.
+
+Parsing only; the work is `ingest.job.run_ingest`. Nothing heavy is imported at module level, so
+``echocmr --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def register(subparsers) -> None:
+    """Add the ``ingest`` subcommand."""
+    p = subparsers.add_parser(
+        "ingest",
+        help="DICOM echo clips + CMR labels -> WebDataset shards",
+        description="Turn a hospital echo export and a CMR label table into de-identified "
+        "training shards (see docs/ingest.md). Re-running into the same --out resumes.",
+    )
+    p.add_argument("--dicom", required=True, metavar="DIR", help="folder of DICOM files (recursive)")
+    p.add_argument("--labels", required=True, metavar="FILE",
+                   help="CMR table (.parquet or .csv): patient_id, cmr_date, labels")
+    p.add_argument("--out", required=True, metavar="DIR", help="output shard set directory")
+    p.add_argument("--site", default=None, metavar="NAME",
+                   help="site name, lower-case [a-z0-9_]+ (default from config: 'site')")
+    p.add_argument("--views", default=None, metavar="FILE",
+                   help="CSV/Parquet with sop_instance_uid,view (default: every view 'unknown')")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes (default: all cores)")
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ingest.config import load_config
+    from ingest.job import run_ingest
+
+    if args.workers is not None and args.workers < 1:
+        print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, site=args.site, workers=args.workers)
+        summary = run_ingest(args.dicom, args.labels, args.out, config=config,
+                             views_path=args.views, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        logging.getLogger("ingest").debug("ingest failed", exc_info=True)
+        print(f"echocmr ingest: {exc}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 0

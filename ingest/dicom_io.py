@@ -1,0 +1,457 @@
+"""Read one DICOM file into a grey echo clip ``uint8[T, H, W]``, or say why not.
+
+Decoding goes through pydicom 3 and whichever plugins are installed (pylibjpeg-libjpeg, -openjpeg,
+-rle, pyjpegls, Pillow), so every transfer syntax they cover is read: implicit/explicit little
+endian, explicit big endian, RLE, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000.
+
+Grey echo is luma. We ask the decoder for the *raw* colour space (``as_array(raw=True)``) and read
+the photometric interpretation the decoder reports back, because a JPEG codestream can contradict
+the header (pydicom then corrects it, e.g. RGB component IDs in a "YBR_FULL_422" file):
+
+* ``YBR_FULL`` / ``YBR_FULL_422``: the Y plane as is. No YCbCr->RGB->grey round trip: faster,
+  and a wrong colour path (YCbCr taken as RGB) is what turns clips green.
+* ``RGB`` (also what JPEG 2000 ICT/RCT decoders return): BT.601 luma in integer arithmetic.
+* ``PALETTE COLOR``: the colour LUT, then as RGB. ``MONOCHROME1`` is inverted.
+
+Chroma is kept only as a per-pixel map (the largest chroma magnitude over sampled frames), which
+`ingest.preprocess` compares with the sector to reject colour Doppler.
+
+Every refusal raises `RejectedInput` with a short reason code (the ``reason`` column of the ingest
+report, listed in `REASONS`) and a human-readable detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from datetime import date
+from os import PathLike
+
+import numpy as np
+
+from ingest.config import ReadConfig
+
+log = logging.getLogger(__name__)
+
+# Reason codes of the ingest report, with what they mean (docs/ingest.md repeats them).
+REASONS: dict[str, str] = {
+    "not_dicom": "not a DICOM file (no 'DICM' preamble) or random bytes",
+    "unreadable": "a DICOM file that pydicom cannot parse",
+    "truncated": "the file ends before its data does",
+    "not_image": "a non-image object (structured report, PDF, presentation state, waveform, ...)",
+    "other_modality": "an image of another modality than ultrasound",
+    "no_pixel_data": "an image object without pixel data",
+    "single_frame": "a still image, not a cine loop",
+    "too_few_frames": "a cine loop shorter than read.min_frames",
+    "decode_failed": "pixel data that the installed decoders cannot decode",
+    "colour_doppler": "strong chroma inside the sector (colour Doppler)",
+    "missing_identifiers": "no SOP Instance UID, Study Instance UID or Patient ID",
+    "no_study_date": "no study (or series/acquisition/content) date to pair with a CMR",
+    "no_cmr_within_window": "no CMR of the same patient within the pairing window",
+    "duplicate_instance": "the same SOP Instance UID was already kept from another file",
+    "error": "an unexpected error while processing (a bug: please report it)",
+}
+
+# SOP classes and modalities that are never images (SR, encapsulated documents, presentation
+# states, waveforms, raw data, registration, RT plans/structures, DICOMDIR).
+_NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports, key object selection
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA / STL ...
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.9.",  # waveforms (ECG ...)
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registration, fiducials, segmentation
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT objects
+    "1.2.840.10008.1.3.10",  # media storage directory (DICOMDIR)
+)
+_NON_IMAGE_MODALITIES = {"SR", "DOC", "KO", "PR", "ECG", "REG", "RTSTRUCT", "RTPLAN", "PLAN"}
+_US_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.3.1",  # US multi-frame
+    "1.2.840.10008.5.1.4.1.1.6.1",  # US image
+    "1.2.840.10008.5.1.4.1.1.3",  # retired US multi-frame
+    "1.2.840.10008.5.1.4.1.1.6",  # retired US image
+}
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_CHROMA_FRAMES = 32  # frames sampled for the chroma map
+
+
+class RejectedInput(Exception):
+    """An input file that is not an echo cine loop we can use; ``reason`` is a `REASONS` code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")
+        self.reason = reason
+        self.detail = detail or REASONS[reason]
+        super().__init__(f"{reason}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class UltrasoundRegion:
+    """One item of SequenceOfUltrasoundRegions: a box in pixels and its physical scale."""
+
+    x0: int
+    y0: int
+    x1: int  # inclusive, as DICOM states it
+    y1: int
+    spatial_format: int  # 1 = 2D (B-mode), 2 = M-mode, 3 = spectral, ...
+    data_type: int  # 1 = tissue, 2 = colour flow, ...
+    delta_x_mm: float | None  # mm per pixel, when the units are cm
+    delta_y_mm: float | None
+
+    @property
+    def area(self) -> int:
+        return max(self.x1 - self.x0 + 1, 0) * max(self.y1 - self.y0 + 1, 0)
+
+
+@dataclass(frozen=True)
+class ClipIdentity:
+    """Identifiers of a clip. PHI: used for hashing and pairing, never written anywhere."""
+
+    patient_id: str
+    study_uid: str
+    sop_uid: str
+    study_date: date | None
+
+
+@dataclass
+class DicomClip:
+    """A decoded clip: grey frames plus what preprocessing needs."""
+
+    frames_THW: np.ndarray  # uint8 grey (luma)
+    chroma_HW: np.ndarray | None  # float32 max chroma magnitude over sampled frames; None if grey
+    fps: float | None  # source frame rate, None when the file does not say
+    regions: list[UltrasoundRegion] = field(default_factory=list)
+    pixel_spacing_mm: tuple[float, float] | None = None  # (row, col) from PixelSpacing, if any
+    photometric: str = ""  # of the decoded data
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def load_dataset(path: str | PathLike):
+    """Parse a file with pydicom; refuse non-DICOM, unreadable and truncated files."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            raise RejectedInput("not_dicom", "no DICOM preamble/'DICM' prefix") from None
+        except (EOFError, OSError) as exc:
+            if isinstance(exc, EOFError) or "end of file" in str(exc).lower():
+                raise RejectedInput("truncated", f"file ends early: {exc}") from None
+            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # pydicom raises many types on garbage
+            text = str(exc).lower()
+            if "end of file" in text or "eof" in text or "buffer" in text:
+                raise RejectedInput("truncated", f"file ends early: {exc}") from None
+            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+    for w in caught:
+        text = str(w.message).lower()
+        if "end of file" in text or "eof" in text:
+            # pydicom drops an encapsulated element cut off by EOF with only a warning.
+            raise RejectedInput("truncated", str(w.message))
+    if "SOPClassUID" not in ds and "Modality" not in ds and "PixelData" not in ds:
+        raise RejectedInput("unreadable", "no SOP Class, Modality or Pixel Data: not a DICOM object")
+    return ds
+
+
+def check_cine(ds, config: ReadConfig) -> int:
+    """Refuse everything but an ultrasound cine loop with pixel data; return the frame count."""
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    modality = str(ds.get("Modality", "") or "").upper()
+    if sop_class.startswith(_NON_IMAGE_SOP_PREFIXES) or modality in _NON_IMAGE_MODALITIES:
+        name = getattr(getattr(ds, "SOPClassUID", None), "name", "") or modality or sop_class
+        raise RejectedInput("not_image", f"not an image object ({name})")
+    if not modality and sop_class in _US_SOP_CLASSES:
+        modality = "US"
+    if modality not in config.modalities:
+        raise RejectedInput("other_modality", f"modality {modality or 'unknown'!r}, "
+                            f"want one of {list(config.modalities)}")
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise RejectedInput("no_pixel_data", "an image object without Pixel Data")
+    try:
+        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        n_frames = 1
+    if n_frames <= 1:
+        raise RejectedInput("single_frame", "a still image (1 frame)")
+    if n_frames < config.min_frames:
+        raise RejectedInput("too_few_frames", f"{n_frames} frames < read.min_frames "
+                            f"{config.min_frames}")
+    _check_length(ds, n_frames)
+    return n_frames
+
+
+def identity(ds) -> ClipIdentity:
+    """The clip's identifiers (PHI, kept in memory only)."""
+    patient_id = str(ds.get("PatientID", "") or "").strip()
+    study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    missing = [n for n, v in (("PatientID", patient_id), ("StudyInstanceUID", study_uid),
+                              ("SOPInstanceUID", sop_uid)) if not v]
+    if missing:
+        raise RejectedInput("missing_identifiers", f"missing {missing}")
+    study_date = None
+    for tag in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        study_date = _parse_da(ds.get(tag))
+        if study_date is not None:
+            break
+    return ClipIdentity(patient_id=patient_id, study_uid=study_uid, sop_uid=sop_uid,
+                        study_date=study_date)
+
+
+def clip_from_dataset(ds) -> DicomClip:
+    """Decode the pixel data of a checked dataset to grey frames and a chroma map."""
+    frames, chroma, photometric = decode_grey(ds)
+    return DicomClip(
+        frames_THW=frames,
+        chroma_HW=chroma,
+        fps=frame_rate(ds),
+        regions=ultrasound_regions(ds),
+        pixel_spacing_mm=_pixel_spacing(ds),
+        photometric=photometric,
+    )
+
+
+def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[DicomClip, ClipIdentity | None]:
+    """Read, check and decode one file. Raises `RejectedInput`.
+
+    The identity is None when the file lacks identifiers: prediction does not need them.
+    """
+    config = config or ReadConfig()
+    ds = load_dataset(path)
+    check_cine(ds, config)
+    try:
+        ident = identity(ds)
+    except RejectedInput:
+        ident = None
+    return clip_from_dataset(ds), ident
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+
+def decode_grey(ds) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Pixel data to ``(uint8[T, H, W] luma, chroma map or None, decoded photometric)``."""
+    from pydicom.pixels import get_decoder
+
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None:
+        raise RejectedInput("decode_failed", "no Transfer Syntax UID in the file meta")
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise RejectedInput("decode_failed", f"transfer syntax {tsyntax.name} is not supported") from None
+    if not decoder.is_available:
+        raise RejectedInput("decode_failed", f"no installed plugin decodes {tsyntax.name}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # header/codestream disagreements are resolved below
+        try:
+            arr, changes = decoder.as_array(ds, raw=True)
+        except Exception as exc:
+            text = str(exc).lower()
+            if "less than expected" in text or "end of file" in text or "missing" in text:
+                raise RejectedInput("truncated", f"pixel data ends early: {exc}") from None
+            raise RejectedInput("decode_failed", f"{type(exc).__name__}: {exc}") from None
+    photometric = str(changes.get("photometric_interpretation", ds.PhotometricInterpretation))
+    samples = int(changes.get("samples_per_pixel", ds.get("SamplesPerPixel", 1)))
+    bits_stored = int(changes.get("bits_stored", ds.get("BitsStored", 8)))
+    n_frames = int(changes.get("number_of_frames", ds.get("NumberOfFrames", 1)) or 1)
+    if n_frames == 1:
+        arr = arr[None]
+    if samples == 1 and arr.ndim == 4:
+        arr = arr[..., 0]
+
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        grey = _to_uint8(arr, bits_stored, ds)
+        if photometric == "MONOCHROME1":
+            np.subtract(255, grey, out=grey)
+        return grey, None, photometric
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        rgb = apply_color_lut(arr, ds)
+        bits = 16 if rgb.dtype.itemsize > 1 and int(rgb.max(initial=0)) > 255 else 8
+        rgb = _to_uint8(rgb, bits, None)
+        return _luma(rgb), _chroma_rgb(rgb), photometric
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise RejectedInput("decode_failed", f"unexpected pixel array {arr.shape} for {photometric}")
+    if photometric in ("YBR_FULL", "YBR_FULL_422"):
+        ybr = _to_uint8(arr, bits_stored, None)
+        return np.ascontiguousarray(ybr[..., 0]), _chroma_ybr(ybr), photometric
+    if photometric in ("YBR_PARTIAL_422", "YBR_PARTIAL_420"):
+        ybr = _to_uint8(arr, bits_stored, None)
+        luma = np.clip((ybr[..., 0].astype(np.int16) - 16) * 255 // 219, 0, 255).astype(np.uint8)
+        return luma, _chroma_ybr(ybr), photometric
+    if photometric == "RGB":
+        rgb = _to_uint8(arr, bits_stored, None)
+        return _luma(rgb), _chroma_rgb(rgb), photometric
+    raise RejectedInput("decode_failed", f"photometric interpretation {photometric!r} not supported")
+
+
+def _to_uint8(arr: np.ndarray, bits_stored: int, ds) -> np.ndarray:
+    """Scale decoded samples to uint8; 8-bit data passes through untouched.
+
+    Deeper data keeps its stored range (``value >> (bits_stored - 8)``, signed data offset to
+    unsigned first) so brightness does not depend on the clip's content; a VOI window in a
+    monochrome header (``ds``) is applied first, as a viewer would.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    bits = min(max(int(bits_stored), 8), 32)
+    if arr.dtype.kind == "f":
+        lo, hi = float(arr.min(initial=0)), float(arr.max(initial=0))
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return np.clip(np.rint((arr - lo) * scale), 0, 255).astype(np.uint8)
+    if ds is not None and "WindowCenter" in ds and "WindowWidth" in ds:
+        from pydicom.pixels import apply_voi_lut
+
+        arr = apply_voi_lut(arr, ds)  # output spans 0 .. 2^bits - 1 (or the signed range)
+        if arr.dtype.kind == "f":
+            arr = np.rint(arr)
+    wide = arr.astype(np.int64)
+    if arr.dtype.kind == "i" or (ds is not None and int(ds.get("PixelRepresentation", 0)) == 1):
+        wide += 1 << (bits - 1)
+    return np.clip(wide >> (bits - 8), 0, 255).astype(np.uint8)
+
+
+def _luma(rgb_THWC: np.ndarray) -> np.ndarray:
+    """BT.601 luma of uint8 RGB in integer arithmetic (weights sum to 2^16), chunked."""
+    out = np.empty(rgb_THWC.shape[:-1], dtype=np.uint8)
+    for start in range(0, len(rgb_THWC), 16):
+        chunk = rgb_THWC[start:start + 16].astype(np.uint32)
+        y = chunk[..., 0] * 19595 + chunk[..., 1] * 38470 + chunk[..., 2] * 7471 + 32768
+        out[start:start + 16] = (y >> 16).astype(np.uint8)
+    return out
+
+
+def _sample_frames(n: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, _CHROMA_FRAMES)).round().astype(int))
+
+
+def _chroma_ybr(ybr_THWC: np.ndarray) -> np.ndarray:
+    """Max over sampled frames of sqrt((Cb-128)^2 + (Cr-128)^2)."""
+    sub = ybr_THWC[_sample_frames(len(ybr_THWC))]
+    cb = sub[..., 1].astype(np.float32) - 128.0
+    cr = sub[..., 2].astype(np.float32) - 128.0
+    return np.sqrt(cb * cb + cr * cr).max(axis=0)
+
+
+def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
+    """The same chroma magnitude for RGB input (BT.601 full-range Cb/Cr)."""
+    sub = rgb_THWC[_sample_frames(len(rgb_THWC))].astype(np.float32)
+    r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.sqrt(cb * cb + cr * cr).max(axis=0)
+
+
+# -- metadata ---------------------------------------------------------------------------------
+
+
+def frame_rate(ds) -> float | None:
+    """Source frames per second from FrameTime, FrameTimeVector, CineRate or the display rate."""
+    candidates = []
+    if ds.get("FrameTime") not in (None, ""):
+        candidates.append(1000.0 / float(ds.FrameTime) if float(ds.FrameTime) > 0 else None)
+    vector = ds.get("FrameTimeVector")
+    if vector not in (None, "") and len(vector) > 1:
+        mean_ms = float(np.mean([float(v) for v in list(vector)[1:]]))
+        candidates.append(1000.0 / mean_ms if mean_ms > 0 else None)
+    for tag in ("CineRate", "RecommendedDisplayFrameRate"):
+        if ds.get(tag) not in (None, ""):
+            candidates.append(float(ds.get(tag)))
+    for fps in candidates:
+        if fps is not None and 1.0 <= fps <= 1000.0:
+            return fps
+    return None
+
+
+def ultrasound_regions(ds) -> list[UltrasoundRegion]:
+    """The items of SequenceOfUltrasoundRegions (empty when absent or malformed)."""
+    regions = []
+    for item in ds.get("SequenceOfUltrasoundRegions", None) or []:
+        try:
+            def mm(delta_tag: str, unit_tag: str, item=item) -> float | None:
+                # Physical units 3 = cm; other units (seconds, Hz, ...) are not spatial.
+                if int(item.get(unit_tag, 0) or 0) == 3 and item.get(delta_tag) is not None:
+                    return abs(float(item.get(delta_tag))) * 10.0
+                return None
+
+            regions.append(UltrasoundRegion(
+                x0=int(item.RegionLocationMinX0), y0=int(item.RegionLocationMinY0),
+                x1=int(item.RegionLocationMaxX1), y1=int(item.RegionLocationMaxY1),
+                spatial_format=int(item.get("RegionSpatialFormat", 0) or 0),
+                data_type=int(item.get("RegionDataType", 0) or 0),
+                delta_x_mm=mm("PhysicalDeltaX", "PhysicalUnitsXDirection"),
+                delta_y_mm=mm("PhysicalDeltaY", "PhysicalUnitsYDirection"),
+            ))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return regions
+
+
+def _pixel_spacing(ds) -> tuple[float, float] | None:
+    spacing = ds.get("PixelSpacing")
+    try:
+        if spacing is not None and len(spacing) == 2:
+            row, col = float(spacing[0]), float(spacing[1])
+            if row > 0 and col > 0:
+                return row, col
+    except (TypeError, ValueError):
+        pass
+    return None
+
+
+def _parse_da(value) -> date | None:
+    text = str(value or "").strip()
+    if len(text) >= 8 and text[:8].isdigit():
+        try:
+            return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except ValueError:
+            return None
+    return None
+
+
+def _check_length(ds, n_frames: int) -> None:
+    """Native pixel data shorter than the header promises, or too few encapsulated frames."""
+    from pydicom.pixels.utils import get_expected_length
+
+    if "PixelData" not in ds:
+        return
+    data = ds.PixelData
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is not None and tsyntax.is_compressed:
+        n_fragments = _count_fragments(data)
+        if n_fragments < n_frames:
+            raise RejectedInput("truncated", f"{n_fragments} fragments for {n_frames} frames")
+        return
+    try:
+        expected = get_expected_length(ds)
+    except Exception:
+        return
+    if len(data) < expected:
+        raise RejectedInput("truncated", f"{len(data)} bytes of pixel data, header promises {expected}")
+
+
+def _count_fragments(data: bytes) -> int:
+    """Fragments after the Basic Offset Table; raises `RejectedInput` if one is cut off."""
+    view = memoryview(data)
+    pos, count, first = 0, 0, True
+    while pos + 8 <= len(view):
+        tag = int.from_bytes(view[pos:pos + 4], "little")
+        length = int.from_bytes(view[pos + 4:pos + 8], "little")
+        if tag == 0xE0DDFFFE:  # sequence delimiter (group/element stored little-endian)
+            break
+        if tag != 0xE000FFFE:
+            raise RejectedInput("truncated", f"bad item tag at byte {pos} of the pixel data")
+        if pos + 8 + length > len(view):
+            raise RejectedInput("truncated", "the last pixel data fragment is cut off")
+        pos += 8 + length
+        count += 0 if first else 1  # the first item is the Basic Offset Table
+        first = False
+    return count

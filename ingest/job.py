@@ -1,0 +1,468 @@
+"""The ingest job: a hospital export in, de-identified training shards out.
+
+    echocmr ingest --dicom DIR --labels FILE --out DIR [--site NAME] [--views FILE] [--workers N]
+
+Phases:
+
+1. **Scan** every regular file under ``--dicom`` (any name: exports often have no extension).
+2. **Process** each file in a process pool (`process_file`): read and check the header, pair the
+   study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a small
+   `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached atomically
+   under ``OUT/.work/`` before it is reported done, so a killed run resumes where it stopped.
+3. **Write** the kept clips, sorted by (split, key) so the order does not depend on which worker
+   finished first, through `shards.writer.ShardSetWriter`; then ``ingest_report.parquet`` (one row
+   per input file). Same inputs and config give byte-identical output, resumed or not.
+4. **Clean up** ``OUT/.work`` (kept when ``keep_work_cache`` is set; it is site-local like the
+   report: result files hold the same fields as the report).
+
+Nothing in the logs or the progress bar names a file: source paths can name patients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ingest.config import SPLIT_NAMES, IngestConfig
+from ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, identity, load_dataset
+from ingest.encode import encode_webm
+from ingest.pairing import CmrIndex
+from ingest.preprocess import preprocess_clip
+from ingest.splits import KeyedHasher, resolve_split_key
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "ingest_report.parquet"
+WORK_DIR = ".work"
+CACHE_VERSION = "1"  # bump when the cached result format or processing changes
+UNKNOWN_VIEW = "unknown"
+
+
+@dataclass
+class FileResult:
+    """What processing one input file produced (small: the clip itself is in the work cache)."""
+
+    source: str  # relative to --dicom (site-local: may name a patient)
+    status: str  # "kept" or "rejected"
+    reason: str | None = None
+    detail: str | None = None
+    key: str | None = None
+    meta: dict | None = None  # the sample's KEY.json content, when kept
+    labels: list[float | None] | None = None  # five labels, None for NaN (JSON has no NaN)
+    pixel_stats: list[float] | None = None  # mean, std, n_pixels
+    video_sha256: str | None = None
+    study_hash: str | None = None  # also for unpaired studies, to count them
+
+    def label_array(self) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
+
+
+@dataclass
+class IngestSummary:
+    """What a run did; `format` renders it for the terminal."""
+
+    out: str
+    files: int
+    kept: int
+    rejected: dict[str, int]  # reason -> files
+    clips_per_split: dict[str, int]
+    unpaired_studies: int
+    shards: list[str] = field(default_factory=list)
+    resumed_files: int = 0  # results taken from the work cache of an earlier, interrupted run
+    key_source: str = "demo"
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        lines = [f"ingest: {self.files} files -> {self.kept} kept, "
+                 f"{self.files - self.kept} rejected ({self.seconds:.1f} s)"]
+        for reason, n in sorted(self.rejected.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"  rejected {reason:<22} {n}")
+        lines.append("  clips per split: " + ", ".join(
+            f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLIT_NAMES))
+        lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
+        if self.resumed_files:
+            lines.append(f"  resumed: {self.resumed_files} files from the work cache")
+        lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
+                     f"{os.path.join(self.out, REPORT_FILE)} (site-local, never ship it)")
+        if self.key_source == "demo":
+            lines.append("  WARNING: public demo split key used; set ECHOCMR_SPLIT_KEY for real data")
+        return "\n".join(lines)
+
+
+# -- the worker side ---------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker needs, pickled once per worker process."""
+
+    config: IngestConfig
+    dicom_dir: str
+    work_dir: str
+    cmr: CmrIndex
+    views: dict[str, str]  # SOP Instance UID -> view
+    split_key: bytes
+
+
+_CTX: WorkerContext | None = None
+
+
+def init_worker(ctx: WorkerContext) -> None:
+    """Pool initializer: keep the context in this process."""
+    global _CTX
+    _CTX = ctx
+
+
+def process_file(task: tuple[str, str]) -> FileResult:
+    """Process one file ``(relative path, cache entry id)``; cache and return the result."""
+    source, entry = task
+    ctx = _CTX
+    assert ctx is not None, "init_worker was not called"
+    try:
+        result, video = _process(ctx, source)
+    except RejectedInput as exc:
+        result, video = FileResult(source=source, status="rejected", reason=exc.reason,
+                                   detail=exc.detail), None
+    except Exception as exc:  # a bug must not stop the job; the report says what happened
+        result, video = FileResult(source=source, status="rejected", reason="error",
+                                   detail=f"{type(exc).__name__}: {exc}"), None
+    WorkCache(ctx.work_dir).store(entry, result, video)
+    return result
+
+
+def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]:
+    config = ctx.config
+    ds = load_dataset(os.path.join(ctx.dicom_dir, source))
+    check_cine(ds, config.preprocess.read)
+    ident = identity(ds)
+    hasher = KeyedHasher(ctx.split_key, site=config.site, config=config.splits)
+    study_hash = hasher.study_hash(ident.study_uid)
+    if ident.study_date is None:
+        raise RejectedInput("no_study_date", "no StudyDate/SeriesDate/AcquisitionDate/ContentDate")
+    pairing = ctx.cmr.pair(ident.patient_id, ident.study_date)
+    if pairing is None:
+        detail = f"no CMR of this patient within +-{ctx.cmr.window_days} days"
+        return FileResult(source=source, status="rejected", reason="no_cmr_within_window",
+                          detail=detail, study_hash=study_hash), None
+    clip = clip_from_dataset(ds)
+    del ds
+    prepared = preprocess_clip(clip, config.preprocess)
+    del clip
+    video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
+
+    clip_hash = hasher.clip_hash(ident.sop_uid)
+    key = f"{config.site}-{clip_hash}"
+    spacing = prepared.pixel_spacing_mm
+    meta = {
+        "key": key,
+        "site": config.site,
+        "split": hasher.split(ident.patient_id),
+        "patient_hash": hasher.patient_hash(ident.patient_id),
+        "study_hash": study_hash,
+        "source_sop_hash": clip_hash,
+        "view": ctx.views.get(ident.sop_uid, UNKNOWN_VIEW),
+        "fps": prepared.fps,
+        "n_frames": prepared.n_frames,
+        "height": int(prepared.frames_THW.shape[1]),
+        "width": int(prepared.frames_THW.shape[2]),
+        "orig_fps": None if prepared.orig_fps is None else round(prepared.orig_fps, 4),
+        "orig_n_frames": prepared.orig_n_frames,
+        "pixel_spacing_mm": None if spacing is None else [round(spacing[0], 6), round(spacing[1], 6)],
+        "echo_cmr_gap_days": pairing.gap_days,
+        "field_strength_t": pairing.field_strength_t,
+    }
+    labels = [None if np.isnan(v) else float(v) for v in pairing.labels]
+    result = FileResult(
+        source=source, status="kept", key=key, meta=meta, labels=labels,
+        pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
+        study_hash=study_hash,
+    )
+    return result, video
+
+
+# -- the work cache ----------------------------------------------------------------------------
+
+
+class WorkCache:
+    """Per-file results and clips under ``OUT/.work``, each published by an atomic rename.
+
+    ``<entry>.webm`` is written before ``<entry>.json``; a result file therefore means the entry is
+    complete. ``stamp.json`` holds the fingerprint of everything that shapes the output (config,
+    split key fingerprint, label and view tables, cache version); a different stamp wipes the cache.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def prepare(self, fingerprint: str) -> None:
+        stamp = os.path.join(self.path, "stamp.json")
+        if os.path.isdir(self.path):
+            try:
+                old = json.loads(Path(stamp).read_text())["fingerprint"]
+            except (OSError, ValueError, KeyError):
+                old = None
+            if old != fingerprint:
+                log.info("work cache is from a different config or input tables: starting afresh")
+                shutil.rmtree(self.path)
+        os.makedirs(os.path.join(self.path, "files"), exist_ok=True)
+        if not os.path.exists(stamp):
+            _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
+
+    def _file(self, entry: str, ext: str) -> str:
+        return os.path.join(self.path, "files", f"{entry}.{ext}")
+
+    def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
+        if video is not None:
+            _atomic_write(self._file(entry, "webm"), video)
+        _atomic_write(self._file(entry, "json"), json.dumps(asdict(result), sort_keys=True).encode())
+
+    def load(self, entry: str) -> FileResult | None:
+        """The cached result, or None when absent or unusable."""
+        try:
+            data = json.loads(Path(self._file(entry, "json")).read_text())
+            result = FileResult(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if result.status == "kept" and not os.path.exists(self._file(entry, "webm")):
+            return None
+        return result
+
+    def video(self, entry: str, sha256: str) -> bytes:
+        data = Path(self._file(entry, "webm")).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
+        return data
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def entry_id(dicom_dir: str, source: str) -> str:
+    """Cache entry of a file: its relative path, size and modification time."""
+    st = os.stat(os.path.join(dicom_dir, source))
+    text = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+def scan_inputs(dicom_dir: str) -> list[str]:
+    """Every regular file under ``dicom_dir`` as a sorted relative POSIX path."""
+    found = []
+    for root, dirs, files in os.walk(dicom_dir):
+        dirs.sort()
+        for name in files:
+            full = os.path.join(root, name)
+            if os.path.isfile(full):
+                found.append(Path(os.path.relpath(full, dicom_dir)).as_posix())
+    return sorted(found)
+
+
+def read_views(path: str | None) -> dict[str, str]:
+    """SOP Instance UID -> view from a CSV or Parquet file with ``sop_instance_uid, view``."""
+    if path is None:
+        return {}
+    import pandas as pd
+
+    if str(path).lower().endswith((".parquet", ".pq")):
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"sop_instance_uid", "view"} - set(table.columns)
+    if missing:
+        raise ValueError(f"views file {path}: missing column(s) {sorted(missing)}; "
+                         "expected 'sop_instance_uid,view'")
+    views = {}
+    for uid, view in zip(table["sop_instance_uid"], table["view"], strict=True):
+        uid, view = str(uid).strip(), str(view).strip()
+        if uid and view and view.lower() not in ("nan", "none"):
+            views[uid] = view
+    return views
+
+
+def _file_digest(path: str | None) -> str:
+    if path is None:
+        return ""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_ingest(
+    dicom_dir: str | os.PathLike,
+    labels_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: IngestConfig | None = None,
+    views_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> IngestSummary:
+    """Run the whole job (see the module docstring); returns what it did."""
+    from shards.format import validate_site
+    from shards.storage import atomic_write, is_url
+
+    from ingest.labels import read_table
+
+    started = time.monotonic()
+    config = config or IngestConfig()
+    validate_site(config.site)
+    dicom_dir, out_dir = str(dicom_dir), str(out_dir)
+    if is_url(out_dir):
+        raise ValueError(f"--out {out_dir}: ingest writes to a local directory (it keeps a work "
+                         "cache there); copy the shard set with `echocmr shards reshard` afterwards")
+    if not os.path.isdir(dicom_dir):
+        raise FileNotFoundError(f"--dicom {dicom_dir} is not a directory")
+    os.makedirs(out_dir, exist_ok=True)
+
+    key, key_source = resolve_split_key(config.splits.split_key)
+    hasher = KeyedHasher(key, site=config.site, config=config.splits)
+    table = read_table(labels_path, config.labels)
+    cmr = CmrIndex(table, config.pairing)
+    views = read_views(None if views_path is None else str(views_path))
+    log.info("CMR table: %d rows for %d patients; views for %d instances",
+             len(cmr), cmr.n_patients, len(views))
+
+    sources = scan_inputs(dicom_dir)
+    if not sources:
+        raise ValueError(f"--dicom {dicom_dir} holds no files")
+    work = WorkCache(os.path.join(out_dir, WORK_DIR))
+    fingerprint = hashlib.sha256("\0".join([
+        CACHE_VERSION, config.fingerprint(), hasher.fingerprint, _file_digest(str(labels_path)),
+        _file_digest(None if views_path is None else str(views_path)),
+    ]).encode()).hexdigest()
+    work.prepare(fingerprint)
+
+    entries = {s: entry_id(dicom_dir, s) for s in sources}
+    results: dict[str, FileResult] = {}
+    for source in sources:
+        cached = work.load(entries[source])
+        if cached is not None:
+            results[source] = cached
+    resumed = len(results)
+    todo = [(s, entries[s]) for s in sources if s not in results]
+    ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
+                        views=views, split_key=key)
+    workers = max(1, config.workers or os.cpu_count() or 1)
+    log.info("%d input files (%d done in an earlier run), %d worker(s)", len(sources), resumed,
+             workers)
+    for result in _run_pool(ctx, todo, workers, progress, total=len(sources), initial=resumed):
+        results[result.source] = result
+
+    ordered = [results[s] for s in sources]
+    _reject_duplicates(ordered)
+    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
+    report = _report_bytes(ordered)
+    atomic_write(os.path.join(out_dir, REPORT_FILE), report)
+
+    rejected = Counter(r.reason for r in ordered if r.status == "rejected")
+    unpaired = {r.study_hash for r in ordered if r.reason == "no_cmr_within_window"}
+    if not config.keep_work_cache:
+        work.remove()
+    return IngestSummary(
+        out=out_dir, files=len(ordered), kept=sum(r.status == "kept" for r in ordered),
+        rejected=dict(rejected), clips_per_split=summary.clips, unpaired_studies=len(unpaired),
+        shards=summary.shards, resumed_files=resumed, key_source=key_source,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _run_pool(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, progress: bool,
+              *, total: int, initial: int):
+    """Yield results of `process_file` for ``todo``, in a pool when ``workers > 1``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="ingest", unit="file", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        if workers == 1 or len(todo) <= 1:
+            init_worker(ctx)
+            for task in todo:
+                yield process_file(task)
+                bar.update()
+            return
+        # spawn: workers start clean (no inherited threads or locks from pyarrow/pandas).
+        pool = multiprocessing.get_context("spawn").Pool(
+            min(workers, len(todo)), initializer=init_worker, initargs=(ctx,))
+        try:
+            for result in pool.imap_unordered(process_file, todo, chunksize=1):
+                yield result
+                bar.update()
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
+    finally:
+        bar.close()
+
+
+def _reject_duplicates(results: list[FileResult]) -> None:
+    """The same SOP Instance UID in two files: keep the first (by source order)."""
+    first: dict[str, str] = {}
+    for result in results:
+        if result.status != "kept":
+            continue
+        if result.key in first:
+            result.status, result.reason = "rejected", "duplicate_instance"
+            result.detail = f"same SOP Instance UID as {first[result.key]}"
+            result.key = None
+        else:
+            first[result.key] = result.source
+
+
+def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
+                   out_dir: str, config: IngestConfig, fingerprint: str):
+    from shards.format import Sample
+    from shards.writer import ShardSetWriter, WriterConfig
+
+    kept = [r for r in results if r.status == "kept"]
+    kept.sort(key=lambda r: (SPLIT_NAMES.index(r.meta["split"]), r.key))
+    clip_format = {"height": config.preprocess.size, "width": config.preprocess.size,
+                   "fps": float(config.preprocess.target_fps), "codec": "vp9",
+                   "pix_fmt": "yuv420p"}
+    writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
+                                 shard_mb=config.shards.shard_mb)
+    with ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
+                        split_key_fingerprint=fingerprint) as writer:
+        for result in kept:
+            video = work.video(entries[result.source], result.video_sha256)
+            sample = Sample(key=result.key, video=video, labels=result.label_array(),
+                            meta=result.meta)
+            mean, std, n = result.pixel_stats
+            writer.add(sample, pixel_stats=(mean, std, int(n)))
+    return writer.summary
+
+
+def _report_bytes(results: list[FileResult]) -> bytes:
+    """``ingest_report.parquet``: one row per input file, sorted by source."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "source": [r.source for r in results],
+        "status": [r.status for r in results],
+        "reason": [r.reason for r in results],
+        "key": [r.key for r in results],
+        "detail": [r.detail for r in results],
+    }, schema=pa.schema([("source", pa.string()), ("status", pa.string()),
+                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string())]))
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()

@@ -1,0 +1,137 @@
+"""Find the ultrasound sector of a clip and what inside it is burned-in overlay.
+
+Echo exports are screen captures: the scan sector sits among text (patient data, settings, depth
+scale), an ECG trace, markers and logos. A network must see only the sector, or it learns the
+vendor's screen layout. Two sources tell us where the sector is:
+
+1. ``SequenceOfUltrasoundRegions`` (when it fits inside the image): the largest 2D region is the
+   crop box. Some exports copy the regions of a larger original into a downscaled file; a box
+   that does not fit the image is ignored rather than clipped.
+2. The pixels: inside the box, tissue moves (speckle changes every frame) while overlays do not.
+   Pixels whose temporal std exceeds ``motion_threshold`` are opened (drops thin moving traces
+   such as an ECG sweep and isolated noise) and closed; the largest connected component's convex
+   hull is the sector (a fan, a trapezoid or a rectangle are all convex).
+
+Inside the hull, pixels that are bright and perfectly still (``overlay_max_std``,
+``overlay_min_level``) are overlay (text, focus/depth markers, the orientation dot) and are masked,
+with a one-pixel margin for anti-aliased glyph edges. Real tissue is never that still.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingest.config import SectorConfig
+from ingest.dicom_io import UltrasoundRegion
+
+_STRUCT3 = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Sector:
+    """Where the sector is: a crop box of the frame and a mask inside it."""
+
+    box: tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in frame pixels
+    mask_HW: np.ndarray  # bool, box-sized: True = keep (in the sector, not an overlay)
+    spacing_mm: tuple[float, float] | None  # (row, col) mm per source pixel, when known
+    source: str  # "region+pixels", "pixels", "region" or "none": how the sector was found
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.box[1] - self.box[0], self.box[3] - self.box[2]
+
+
+def region_box(regions: list[UltrasoundRegion], height: int, width: int) -> UltrasoundRegion | None:
+    """The largest 2D region that lies inside a ``height`` x ``width`` image, if any."""
+    inside = [
+        r for r in regions
+        if r.spatial_format == 1 and 0 <= r.x0 < r.x1 < width and 0 <= r.y0 < r.y1 < height
+    ]
+    return max(inside, key=lambda r: (r.area, -r.y0, -r.x0), default=None)
+
+
+def find_sector(
+    frames_THW: np.ndarray,
+    regions: list[UltrasoundRegion] | None = None,
+    config: SectorConfig | None = None,
+    pixel_spacing_mm: tuple[float, float] | None = None,
+) -> Sector:
+    """Locate the sector of ``uint8[T, H, W]`` frames (see the module docstring)."""
+    from scipy import ndimage
+
+    config = config or SectorConfig()
+    _, height, width = frames_THW.shape
+    box = (0, height, 0, width)
+    spacing = pixel_spacing_mm
+    source = "none"
+    region = region_box(regions or [], height, width) if config.use_region_sequence else None
+    if region is not None:
+        box = (region.y0, region.y1 + 1, region.x0, region.x1 + 1)
+        if region.delta_x_mm and region.delta_y_mm:
+            spacing = (region.delta_y_mm, region.delta_x_mm)
+        source = "region"
+    y0, y1, x0, x1 = box
+    crop = frames_THW[:, y0:y1, x0:x1]
+    full = np.ones(crop.shape[1:], dtype=bool)
+
+    picks = np.unique(np.linspace(0, len(crop) - 1, min(len(crop), config.stats_frames)).round())
+    sample = crop[picks.astype(int)].astype(np.float32)
+    std_HW = sample.std(axis=0)
+    mean_HW = sample.mean(axis=0)
+
+    # Smoothing joins speckle into one blob (dark cavities barely move) and lets isolated
+    # flicker fall below the threshold; opening then removes thin moving traces (ECG sweeps).
+    moving = ndimage.uniform_filter(std_HW, size=5, mode="constant") > config.motion_threshold
+    moving = ndimage.binary_opening(moving, structure=_STRUCT3, iterations=2)
+    labels, n = ndimage.label(moving, structure=_STRUCT3)
+    if n == 0:
+        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+    sizes = np.bincount(labels.ravel())[1:]
+    biggest = int(np.argmax(sizes)) + 1
+    if sizes[biggest - 1] < config.min_sector_fraction * full.size:
+        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+
+    mask = convex_hull_mask(labels == biggest)
+    if config.mask_static_overlays:
+        overlay = mask & (std_HW <= config.overlay_max_std) & (mean_HW >= config.overlay_min_level)
+        if overlay.any():
+            mask &= ~ndimage.binary_dilation(overlay, structure=_STRUCT3)
+    source = "region+pixels" if source == "region" else "pixels"
+
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    tight = (y0 + r0, y0 + r1, x0 + c0, x0 + c1)
+    return Sector(box=tight, mask_HW=mask[r0:r1, c0:c1].copy(), spacing_mm=spacing, source=source)
+
+
+def convex_hull_mask(points_HW: np.ndarray) -> np.ndarray:
+    """Fill the convex hull of the True pixels of a 2D mask (pixel centres, half-pixel margin)."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+
+    edge = points_HW & ~ndimage.binary_erosion(points_HW, structure=_STRUCT3)
+    ys, xs = np.nonzero(edge)
+    if len(ys) < 3:
+        return points_HW.copy()
+    pts = np.column_stack([xs, ys]).astype(np.float64)
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:  # all points on a line
+        return points_HW.copy()
+    vertices = pts[hull.vertices]  # counter-clockwise in (x, y)
+    y_lo, y_hi = int(ys.min()), int(ys.max()) + 1
+    x_lo, x_hi = int(xs.min()), int(xs.max()) + 1
+    gy, gx = np.mgrid[y_lo:y_hi, x_lo:x_hi]
+    inside = np.ones(gy.shape, dtype=bool)
+    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
+        ex, ey = bx - ax, by - ay
+        cross = ex * (gy - ay) - ey * (gx - ax)
+        inside &= cross >= -0.5 * np.hypot(ex, ey)
+    out = np.zeros_like(points_HW)
+    out[y_lo:y_hi, x_lo:x_hi] = inside
+    return out | points_HW

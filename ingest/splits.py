@@ -1,0 +1,98 @@
+"""Keyed hashes: patient-level splits and the only identifiers that leave ingest.
+
+Every identifier is replaced by an HMAC-SHA256 under a secret *split key*: without the key a hash
+cannot be recomputed from a known patient ID (a plain SHA-256 of an ID can be, by trying IDs).
+
+* ``patient_hash`` = HMAC(site, patient ID), ``study_hash`` = HMAC(site, Study Instance UID),
+  ``clip_hash`` = HMAC(SOP Instance UID): 16 hex characters each, from separate domains.
+* The split is a function of HMAC(site, patient ID) alone: a patient lands in the same split in
+  every run and whatever is added later, so no patient is ever in two splits.
+  ``u = first 8 bytes / 2^64``; train if ``u < 0.7``, val if ``u < 0.8``, else test (default).
+* ``split_key_fingerprint`` = HMAC(key, fixed text): tells whether two shard sets used the same key
+  (reshard refuses to mix keys) and reveals nothing about the key.
+
+The key comes from ``splits.split_key`` in the config, else ``ECHOCMR_SPLIT_KEY``, else the public
+`DEMO_SPLIT_KEY` with a warning: fine for synthetic data, not for patients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+
+from ingest.config import SPLIT_NAMES, SplitConfig
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "ECHOCMR_SPLIT_KEY"
+DEMO_SPLIT_KEY = "echocmr-demo-split-key-public-not-secret"
+HASH_HEX = 16
+_FINGERPRINT_TEXT = b"echocmr split-key fingerprint v1"
+
+
+def resolve_split_key(configured: str | None = None, *, warn: bool = True) -> tuple[bytes, str]:
+    """The split key and where it came from (``"config"``, ``"env"`` or ``"demo"``)."""
+    if configured:
+        return configured.encode(), "config"
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        return env.encode(), "env"
+    if warn:
+        log.warning(
+            "no split key given (splits.split_key or $%s): using the public demo key. Fine for "
+            "synthetic data; for patient data set a secret key, or anyone can recompute hashes.",
+            ENV_VAR,
+        )
+    return DEMO_SPLIT_KEY.encode(), "demo"
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Identifies a key without revealing it (16 hex)."""
+    return hmac.new(key, _FINGERPRINT_TEXT, hashlib.sha256).hexdigest()[:HASH_HEX]
+
+
+class KeyedHasher:
+    """Hashes and splits under one key for one site."""
+
+    def __init__(self, key: bytes, *, site: str, config: SplitConfig | None = None) -> None:
+        if not key:
+            raise ValueError("the split key must not be empty")
+        self._key = key
+        self.site = site
+        config = config or SplitConfig()
+        total, bounds = 0.0, []
+        for name in SPLIT_NAMES:
+            total += config.fractions[name]
+            bounds.append((total, name))
+        self._bounds = bounds
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self._key)
+
+    def _digest(self, domain: str, *parts: str) -> bytes:
+        # Length-prefixed parts: ("ab", "c") and ("a", "bc") must not collide.
+        msg = domain.encode()
+        for part in parts:
+            data = part.encode("utf-8")
+            msg += len(data).to_bytes(4, "big") + data
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def patient_hash(self, patient_id: str) -> str:
+        return self._digest("patient", self.site, patient_id).hex()[:HASH_HEX]
+
+    def study_hash(self, study_uid: str) -> str:
+        return self._digest("study", self.site, study_uid).hex()[:HASH_HEX]
+
+    def clip_hash(self, sop_uid: str) -> str:
+        return self._digest("clip", sop_uid).hex()[:HASH_HEX]
+
+    def split(self, patient_id: str) -> str:
+        """``train``, ``val`` or ``test`` for this patient of this site."""
+        u = int.from_bytes(self._digest("split", self.site, patient_id)[:8], "big") / 2.0**64
+        for bound, name in self._bounds:
+            if u < bound:
+                return name
+        return self._bounds[-1][1]

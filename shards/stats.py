@@ -1,0 +1,194 @@
+"""What is in a shard set: ``stats.json`` (computed from the manifest) and the ``shards stats`` table.
+
+Everything here is computed from ``manifest.parquet`` alone, never by decoding video: the
+manifest carries each clip's pixel mean, std and pixel count, so the pooled train statistics can
+be recomputed exactly after a reshard (the pooled variance of groups is
+``sum(n_i * (std_i^2 + mean_i^2)) / N - mean^2``, summed with `math.fsum` so the result does not
+depend on row order).
+
+Run: ``echocmr shards stats DIR [--json]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from shards import storage
+from shards.format import FORMAT_VERSION, SPLITS, TASKS
+
+CLIP_FORMAT_KEYS = ("height", "width", "fps", "codec", "pix_fmt")
+
+
+def check_clip_format(clip_format: dict) -> dict:
+    """Validate and normalise a clip format dict (height, width, fps, codec, pix_fmt)."""
+    missing = [k for k in CLIP_FORMAT_KEYS if k not in clip_format]
+    if missing:
+        raise ValueError(
+            f"clip_format lacks {missing}; give e.g. "
+            "{'height': 112, 'width': 112, 'fps': 30.0, 'codec': 'vp9', 'pix_fmt': 'yuv420p'}"
+        )
+    out = dict(clip_format)
+    out["height"], out["width"], out["fps"] = int(out["height"]), int(out["width"]), float(out["fps"])
+    return out
+
+
+def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) std over all pixels of clips given per-clip mean, std and count."""
+    n = np.asarray(n, dtype=np.float64)
+    total = math.fsum(n)
+    if total <= 0:
+        return float("nan"), float("nan")
+    mean = np.asarray(mean, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    pooled_mean = math.fsum(n * mean) / total
+    second_moment = math.fsum(n * (std * std + mean * mean)) / total
+    return pooled_mean, math.sqrt(max(second_moment - pooled_mean * pooled_mean, 0.0))
+
+
+def split_summary(rows: pd.DataFrame) -> dict:
+    """Counts and label prevalence of one split's manifest rows."""
+    positives, known, prevalence = {}, {}, {}
+    for task in TASKS:
+        values = rows[task].to_numpy(dtype=np.float64)
+        k = int(np.count_nonzero(~np.isnan(values)))
+        p = int(np.count_nonzero(values > 0.5))
+        positives[task], known[task] = p, k
+        prevalence[task] = round(p / k, 6) if k else None
+    return {
+        "clips": int(len(rows)),
+        "studies": int(rows["study_hash"].nunique()),
+        "patients": int(rows["patient_hash"].nunique()),
+        "sites": sorted(str(s) for s in rows["site"].unique()),
+        "positives": positives,
+        "known": known,
+        "prevalence": prevalence,
+    }
+
+
+def compute_stats(manifest: pd.DataFrame, *, clip_format: dict, split_key_fingerprint: str) -> dict:
+    """The ``stats.json`` content for a manifest (see docs/formats.md)."""
+    train = manifest[manifest["split"] == "train"]
+    mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
+    return {
+        "format_version": FORMAT_VERSION,
+        "tasks": list(TASKS),
+        "clip": check_clip_format(clip_format),
+        "split_key_fingerprint": split_key_fingerprint,
+        "pixel_mean": None if math.isnan(mean) else round(mean, 6),
+        "pixel_std": None if math.isnan(std) else round(std, 6),
+        "splits": {s: split_summary(manifest[manifest["split"] == s]) for s in SPLITS},
+    }
+
+
+def stats_json_bytes(stats: dict) -> bytes:
+    """Deterministic serialisation of ``stats.json``."""
+    return (json.dumps(stats, indent=2, allow_nan=False) + "\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# `echocmr shards stats`: a fuller report than stats.json, for people.
+
+
+def describe(directory: str) -> dict:
+    """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only)."""
+    from shards.reader import list_shards, read_manifest, read_stats
+
+    manifest = read_manifest(directory)
+    stats = read_stats(directory)
+    report: dict = {
+        "set": str(directory),
+        "clip": stats.get("clip"),
+        "split_key_fingerprint": stats.get("split_key_fingerprint"),
+        "pixel_mean": stats.get("pixel_mean"),
+        "pixel_std": stats.get("pixel_std"),
+        "splits": {},
+    }
+    sizes = {storage.basename(p): storage.size(p) for p in list_shards(directory)}
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split]
+        summary = split_summary(rows)
+        summary["missing"] = {t: int(len(rows) - summary["known"][t]) for t in TASKS}
+        summary["by_site"] = _count_by(rows, "site")
+        summary["by_view"] = _count_by(rows, "view")
+        summary["frames_per_clip"] = _describe_numbers(rows["n_frames"])
+        summary["bytes_per_clip"] = _describe_numbers(rows["video_bytes"])
+        shard_names = sorted(rows["shard"].unique())
+        summary["shards"] = len(shard_names)
+        summary["clips_per_shard"] = _describe_numbers(rows.groupby("shard").size())
+        summary["shard_bytes"] = _describe_numbers(pd.Series([sizes.get(n, 0) for n in shard_names]))
+        report["splits"][split] = summary
+    return report
+
+
+def _count_by(rows: pd.DataFrame, column: str) -> dict:
+    out = {}
+    for value, group in rows.groupby(column, sort=True):
+        out[str(value)] = {
+            "clips": int(len(group)),
+            "studies": int(group["study_hash"].nunique()),
+            "patients": int(group["patient_hash"].nunique()),
+        }
+    return out
+
+
+def _describe_numbers(values: pd.Series) -> dict | None:
+    values = pd.Series(values, dtype="float64")
+    if values.empty:
+        return None
+    return {
+        "min": float(values.min()),
+        "median": float(values.median()),
+        "mean": round(float(values.mean()), 3),
+        "max": float(values.max()),
+    }
+
+
+def format_table(report: dict) -> str:
+    """The human-readable ``shards stats`` output."""
+    lines = [f"shard set {report['set']}"]
+    clip = report.get("clip") or {}
+    lines.append(
+        f"clips: {clip.get('width')}x{clip.get('height')} @ {clip.get('fps')} fps, "
+        f"{clip.get('codec')} {clip.get('pix_fmt')}; train pixel mean {report['pixel_mean']}, "
+        f"std {report['pixel_std']}"
+    )
+    header = f"{'':<22}" + "".join(f"{s:>12}" for s in SPLITS)
+    lines += ["", header]
+
+    def row(label: str, fn) -> None:
+        lines.append(f"{label:<22}" + "".join(f"{fn(report['splits'][s]):>12}" for s in SPLITS))
+
+    row("clips", lambda s: s["clips"])
+    row("studies", lambda s: s["studies"])
+    row("patients", lambda s: s["patients"])
+    row("shards", lambda s: s["shards"])
+    row("clips/shard (min-max)", lambda s: _range(s["clips_per_shard"]))
+    row("MB/shard (median)", lambda s: _fmt(s["shard_bytes"], "median", 1e6))
+    row("frames/clip (median)", lambda s: _fmt(s["frames_per_clip"], "median", 1))
+    row("KB/clip (median)", lambda s: _fmt(s["bytes_per_clip"], "median", 1e3))
+    for task in TASKS:
+        row(f"{task} prevalence", lambda s, t=task: _pct(s["prevalence"][t]))
+    for task in TASKS:
+        row(f"{task} missing", lambda s, t=task: s["missing"][t])
+    for column, title in (("by_site", "site"), ("by_view", "view")):
+        values = sorted({v for s in SPLITS for v in report["splits"][s][column]})
+        for value in values:
+            row(f"{title} {value}"[:22],
+                lambda s, v=value, c=column: s[c].get(v, {}).get("clips", 0))
+    return "\n".join(lines)
+
+
+def _range(d: dict | None) -> str:
+    return "-" if d is None else f"{d['min']:.0f}-{d['max']:.0f}"
+
+
+def _fmt(d: dict | None, field: str, scale: float) -> str:
+    return "-" if d is None else f"{d[field] / scale:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,318 @@
+"""Write a shard set: tars, their DALI indexes, ``manifest.parquet`` and ``stats.json``.
+
+`ShardSetWriter` takes samples in their final order and routes each to the open tar of its split
+(``meta["split"]``), cutting a new ``<split>-NNNNNN.tar`` when the current one holds
+``samples_per_shard`` samples or would pass ``shard_mb``. Tars are written with webdataset's
+`TarWriter` (so the stock reader agrees with us by construction) with mtime, owner and mode fixed,
+which makes the output byte-identical for identical input.
+
+Atomicity: every file is written under a temporary name and published whole (`shards.storage`);
+a crash leaves finished shards and no partial file. ``manifest.parquet`` and ``stats.json`` are
+written last, so a set that has them is complete.
+
+The DALI index of each tar is computed from the offsets as we write (a ustar header is always
+512 bytes, data is padded to 512) and checked against tarfile's own running offset; tests compare
+it byte for byte with DALI's ``wds2idx``.
+
+Usage::
+
+    with ShardSetWriter(out, config=WriterConfig(), clip_format=fmt,
+                        split_key_fingerprint=fp) as writer:
+        for sample, pixel_stats in samples:
+            writer.add(sample, pixel_stats=pixel_stats)
+    summary = writer.summary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from shards import storage
+from shards.format import (
+    MANIFEST_COLUMNS,
+    MANIFEST_SCHEMA,
+    REQUIRED_META,
+    SHARD_RE,
+    SPLITS,
+    TASKS,
+    Sample,
+    encode_labels,
+    encode_meta,
+    index_name,
+    key_site,
+    shard_name,
+    validate_key,
+)
+from shards.index import IndexEntry, SampleIndex, format_index
+from shards.stats import check_clip_format, compute_stats, stats_json_bytes
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.parquet"
+STATS_FILE = "stats.json"
+# Fixed tar member attributes: the same samples give the same bytes on any machine, any day.
+TAR_USER = "echocmr"
+TAR_MODE = 0o444
+TAR_MTIME = 0
+_BLOCK = 512
+
+
+@dataclass(kw_only=True)
+class WriterConfig:
+    """How samples are cut into shards.
+
+    A shard is closed when it holds ``samples_per_shard`` samples or when the next sample would
+    take it past ``shard_mb`` megabytes (10^6 bytes), whichever comes first.
+    """
+
+    samples_per_shard: int = 256
+    shard_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
+        if self.shard_mb is not None and not self.shard_mb > 0:
+            raise ValueError(f"shard_mb must be positive, got {self.shard_mb}")
+
+
+@dataclass
+class WriteSummary:
+    """What `ShardSetWriter.close` wrote."""
+
+    out: str
+    shards: list[str]  # tar names, in write order
+    clips: dict[str, int]  # per split
+    stats: dict = field(default_factory=dict)
+
+
+def tar_bytes(sizes: list[int]) -> int:
+    """Bytes that members of these sizes take in a ustar tar (header + padded data each)."""
+    return sum(_BLOCK + _padded(s) for s in sizes)
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
+
+
+class ShardFile:
+    """One tar and its ``.idx``, staged and published atomically by `finish`."""
+
+    def __init__(self, out: str, name: str) -> None:
+        self.out, self.name = out, name
+        self._staged = storage.StagedFile(storage.join(out, name))
+        self._tar = wds.TarWriter(
+            self._staged.file, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME,
+            encoder=False,
+        )
+        self.index: list[SampleIndex] = []
+        self.keys: list[str] = []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes written so far (before the end-of-archive blocks)."""
+        return self._tar.tarstream.offset
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """Write one sample's members (``{ext: bytes}``); records their index entries."""
+        offset = self._tar.tarstream.offset
+        entries = []
+        for ext in sorted(members):  # TarWriter writes members sorted by extension
+            size = len(members[ext])
+            entries.append(IndexEntry(ext=ext, offset=offset + _BLOCK, size=size,
+                                      name=f"{key}.{ext}"))
+            offset += _BLOCK + _padded(size)
+        self._tar.write({"__key__": key, **members})
+        if offset != self._tar.tarstream.offset:  # a non-ustar header would break the index
+            raise RuntimeError(f"tar offset mismatch writing {key} into {self.name}")
+        self.index.append(entries)
+        self.keys.append(key)
+
+    def finish(self) -> None:
+        """Close the tar, publish it, then publish its index."""
+        self._tar.close()
+        self._staged.commit()
+        storage.atomic_write(storage.join(self.out, index_name(self.name)),
+                             format_index(self.index).encode())
+
+    def discard(self) -> None:
+        """Drop the unfinished tar (closing the tar stream first, so nothing writes to it later)."""
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        self._staged.discard()
+
+
+def manifest_bytes(columns: dict[str, list]) -> bytes:
+    """Serialise manifest columns (``MANIFEST_COLUMNS`` order) to Parquet bytes."""
+    table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+class ShardSetWriter:
+    """Writes samples, given in final order, into a shard set at ``out`` (path or URL prefix)."""
+
+    def __init__(self, out: str, *, config: WriterConfig, clip_format: dict,
+                 split_key_fingerprint: str) -> None:
+        self.out = str(out)
+        self.config = config
+        self.clip_format = check_clip_format(clip_format)
+        if not split_key_fingerprint:
+            raise ValueError("split_key_fingerprint is required (it tells split keys apart)")
+        self.split_key_fingerprint = split_key_fingerprint
+        storage.makedirs(self.out)
+        storage.remove_stale_temps(self.out)
+        self._open: dict[str, ShardFile] = {}
+        self._next_number = dict.fromkeys(SPLITS, 0)
+        self._written: list[str] = []
+        self._columns: dict[str, list] = {c: [] for c in MANIFEST_COLUMNS}
+        self._keys: set[str] = set()
+        self._patient_split: dict[str, str] = {}
+        self._closed = False
+        self.summary: WriteSummary | None = None
+
+    # -- adding samples ------------------------------------------------------------------------
+
+    def add(self, sample: Sample, *, pixel_stats: tuple[float, float, int]) -> None:
+        """Append a sample to the shard of its split.
+
+        ``pixel_stats`` is (mean, std, n_pixels) of the clip's pixels on the 0-255 scale.
+        """
+        if self._closed:
+            raise RuntimeError("ShardSetWriter is closed")
+        meta = self._check(sample)
+        split = meta["split"]
+        members = {
+            "json": encode_meta(sample.key, meta),
+            "labels": encode_labels(sample.labels),
+            "webm": bytes(sample.video),
+        }
+        shard = self._open.get(split)
+        limit = None if self.config.shard_mb is None else self.config.shard_mb * 1e6
+        if shard is not None and limit is not None and len(shard) and (
+            shard.nbytes + tar_bytes([len(v) for v in members.values()]) + 2 * _BLOCK > limit
+        ):
+            self.end_shard(split)
+            shard = None
+        if shard is None:
+            shard = self._open[split] = ShardFile(self.out, shard_name(split, self._next_number[split]))
+            self._next_number[split] += 1
+        shard.write(sample.key, members)
+        self._record(sample, meta, shard.name, pixel_stats)
+        if len(shard) >= self.config.samples_per_shard:
+            self.end_shard(split)
+
+    def end_shard(self, split: str) -> str | None:
+        """Finish the open shard of ``split`` now (reshard cuts shards at planned sizes)."""
+        shard = self._open.pop(split, None)
+        if shard is None:
+            return None
+        shard.finish()
+        self._written.append(shard.name)
+        return shard.name
+
+    def _check(self, sample: Sample) -> dict:
+        validate_key(sample.key)
+        if sample.key in self._keys:
+            raise ValueError(f"duplicate sample key {sample.key!r}: every clip must be written once")
+        meta = dict(sample.meta)
+        missing = [k for k in REQUIRED_META if meta.get(k) is None]
+        if missing:
+            raise ValueError(f"sample {sample.key}: meta lacks {missing} (see docs/formats.md)")
+        if meta["split"] not in SPLITS:
+            raise ValueError(f"sample {sample.key}: split {meta['split']!r} not in {SPLITS}")
+        if meta["site"] != key_site(sample.key):
+            raise ValueError(f"sample {sample.key}: meta site {meta['site']!r} != key prefix")
+        if not math.isclose(float(meta["fps"]), self.clip_format["fps"], rel_tol=1e-4):
+            raise ValueError(f"sample {sample.key}: fps {meta['fps']} != set fps "
+                             f"{self.clip_format['fps']}; resample before writing")
+        for side in ("height", "width"):
+            if side in meta and int(meta[side]) != self.clip_format[side]:
+                raise ValueError(f"sample {sample.key}: {side} {meta[side]} != set "
+                                 f"{self.clip_format[side]}")
+        previous = self._patient_split.setdefault(meta["patient_hash"], meta["split"])
+        if previous != meta["split"]:
+            raise ValueError(f"sample {sample.key}: patient {meta['patient_hash']} is already in "
+                             f"split {previous!r}, not {meta['split']!r}; splits are by patient")
+        if not sample.video:
+            raise ValueError(f"sample {sample.key}: empty video")
+        return meta
+
+    def _record(self, sample: Sample, meta: dict, shard: str,
+                pixel_stats: tuple[float, float, int]) -> None:
+        mean, std, n_pixels = pixel_stats
+        labels = np.asarray(sample.labels, dtype=np.float32)
+        row = {
+            "key": sample.key, "shard": shard, "split": meta["split"], "site": meta["site"],
+            "patient_hash": str(meta["patient_hash"]), "study_hash": str(meta["study_hash"]),
+            "view": str(meta["view"]), "n_frames": int(meta["n_frames"]), "fps": float(meta["fps"]),
+            **{task: float(labels[i]) for i, task in enumerate(TASKS)},
+            "video_bytes": len(sample.video),
+            "video_sha256": hashlib.sha256(sample.video).hexdigest(),
+            "pixel_mean": float(mean), "pixel_std": float(std), "n_pixels": int(n_pixels),
+        }
+        for column, value in row.items():
+            self._columns[column].append(value)
+        self._keys.add(sample.key)
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def close(self) -> WriteSummary:
+        """Finish open shards, drop stale shards of earlier runs, write manifest and stats."""
+        if self._closed:
+            assert self.summary is not None
+            return self.summary
+        for split in SPLITS:
+            self.end_shard(split)
+        self._remove_stale_shards()
+        storage.atomic_write(storage.join(self.out, MANIFEST_FILE), manifest_bytes(self._columns))
+        import pandas as pd
+
+        manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})
+        stats = compute_stats(manifest, clip_format=self.clip_format,
+                              split_key_fingerprint=self.split_key_fingerprint)
+        storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
+        self._closed = True
+        clips = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
+        self.summary = WriteSummary(out=self.out, shards=list(self._written), clips=clips,
+                                    stats=stats)
+        log.info("wrote %d clips in %d shards to %s", len(manifest), len(self._written), self.out)
+        return self.summary
+
+    def abort(self) -> None:
+        """Drop open shards without publishing them; no manifest is written."""
+        for shard in self._open.values():
+            shard.discard()
+        self._open.clear()
+        self._closed = True
+
+    def _remove_stale_shards(self) -> None:
+        """Shard files in ``out`` that this writer did not write belong to an older run."""
+        ours = set(self._written) | {index_name(n) for n in self._written}
+        for name in storage.listdir(self.out):
+            stem = name[:-4] + ".tar" if name.endswith(".idx") else name
+            if SHARD_RE.match(stem) and name not in ours:
+                log.warning("removing %s: a shard of an earlier run, not part of this set", name)
+                storage.remove(storage.join(self.out, name))
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

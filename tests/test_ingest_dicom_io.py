@@ -1,0 +1,265 @@
+"""Reading DICOM to grey clips: every transfer syntax and colour space, and every refusal."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.pixels import convert_color_space, pixel_array
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from ingest.config import ReadConfig
+from ingest.dicom_io import (
+    RejectedInput,
+    check_cine,
+    decode_grey,
+    frame_rate,
+    identity,
+    load_dataset,
+    read_dicom,
+)
+from _ingest_fixtures import (
+    grey_to_rgb,
+    phantom,
+    write_non_image,
+    write_us_dicom,
+)
+
+PYDICOM_FILES = os.path.dirname(get_testdata_file("CT_small.dcm"))
+
+
+def _bundled(name: str) -> str:
+    """A test file that ships inside the pydicom wheel (never downloaded)."""
+    path = os.path.join(PYDICOM_FILES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    return path
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114)
+
+
+@pytest.fixture(scope="module")
+def grey():
+    return phantom(16, 48, 64, seed=3)
+
+
+# (photometric, syntax, how pixels are stored, max abs error vs the grey truth)
+CASES = {
+    "mono2-explicit-le": ("MONOCHROME2", ExplicitVRLittleEndian, "grey", 0),
+    "mono2-implicit-le": ("MONOCHROME2", ImplicitVRLittleEndian, "grey", 0),
+    "mono2-12bit-big-endian": ("MONOCHROME2", ExplicitVRBigEndian, "grey12", 0),
+    "mono1-inverted": ("MONOCHROME1", ExplicitVRLittleEndian, "inverted", 0),
+    "rgb-native": ("RGB", ExplicitVRLittleEndian, "rgb", 0),
+    "ybr-full-native": ("YBR_FULL", ExplicitVRLittleEndian, "ybr", 0),
+    "ybr-full-422-native": ("YBR_FULL_422", ExplicitVRLittleEndian, "ybr", 0),
+    "palette": ("PALETTE COLOR", ExplicitVRLittleEndian, "palette", 1),
+    "rle-mono": ("MONOCHROME2", RLELossless, "grey", 0),
+    "rle-rgb": ("RGB", RLELossless, "rgb", 0),
+    "jpeg-ls": ("MONOCHROME2", JPEGLSLossless, "grey", 0),
+    "jpeg-2000-mono": ("MONOCHROME2", JPEG2000Lossless, "grey", 0),
+    "jpeg-2000-rgb": ("RGB", JPEG2000Lossless, "rgb", 0),
+    "jpeg-lossless": ("MONOCHROME2", JPEGLosslessSV1, "grey", 0),
+    "jpeg-baseline-mono": ("MONOCHROME2", JPEGBaseline8Bit, "grey", 10),
+    "jpeg-baseline-ybr": ("YBR_FULL_422", JPEGBaseline8Bit, "rgb", 10),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_syntax_and_colour_space_decodes_to_the_grey_truth(tmp_path, grey, case):
+    photometric, syntax, stored, tolerance = CASES[case]
+    kwargs = {}
+    if stored == "grey":
+        pixels = grey
+    elif stored == "grey12":
+        pixels, kwargs = grey.astype(np.uint16) * 16, {"bits": 12}
+    elif stored == "inverted":
+        pixels = 255 - grey
+    elif stored == "rgb":
+        pixels = grey_to_rgb(grey)
+    elif stored == "ybr":
+        pixels = convert_color_space(grey_to_rgb(grey), "RGB", "YBR_FULL")
+    elif stored == "palette":  # indices through a LUT that maps i -> (255 - i) in every channel
+        pixels = 255 - grey
+        kwargs = {"palette": np.stack([255 - np.arange(256)] * 3, axis=1)}
+    path = tmp_path / f"{case}.dcm"
+    write_us_dicom(path, pixels, photometric=photometric, syntax=syntax, **kwargs)
+    clip, ident = read_dicom(path)
+    assert clip.frames_THW.dtype == np.uint8 and clip.frames_THW.shape == grey.shape
+    err = np.abs(clip.frames_THW.astype(int) - grey)
+    assert err.max() <= tolerance, (case, err.max())
+    if tolerance:
+        assert err.mean() < 1.5
+    assert clip.fps == pytest.approx(30.0, rel=1e-3)
+    assert ident is not None and ident.patient_id == "PID-0001"
+
+
+def test_jpeg_whose_decoder_returns_rgb_is_taken_as_rgb(tmp_path, grey):
+    """A 'YBR_FULL_422' header over an RGB codestream (Adobe marker, R/G/B component IDs):
+    pydicom reports RGB, and we must compute luma rather than take the first plane (R)."""
+    rgb = grey_to_rgb(grey)
+    rgb[:, 10:20, 10:30] = (0, 200, 0)  # pure green: luma 117, R = 0
+    truth = grey.astype(int)
+    truth[:, 10:20, 10:30] = 117
+    for keep_rgb in (True, False):
+        path = tmp_path / f"rgb{keep_rgb}.dcm"
+        write_us_dicom(path, rgb, photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
+                       keep_rgb_jpeg=keep_rgb)
+        frames, chroma, decoded_as = decode_grey(load_dataset(path))
+        assert decoded_as == ("RGB" if keep_rgb else "YBR_FULL_422")
+        patch = np.abs(frames[:, 10:20, 10:30].astype(int) - 117)
+        assert patch.max() <= 12 and patch.mean() < 3  # the R plane alone would read 0
+        assert np.abs(frames.astype(int) - truth).mean() < 1.5
+        assert chroma is not None and chroma[12, 15] > 60
+
+
+def test_pydicom_ultrasound_example_is_grey_luma_not_green():
+    path = get_testdata_file("examples_ybr_color.dcm")
+    clip, _ = read_dicom(path)
+    assert clip.frames_THW.shape == (30, 240, 320)
+    assert clip.photometric in ("YBR_FULL_422", "YBR_FULL")
+    assert clip.fps == pytest.approx(30.0, rel=1e-3)
+    # The reference: pydicom's own YCbCr -> RGB conversion, then BT.601 luma.
+    ref = _luma(pixel_array(path).astype(np.float64))
+    assert np.abs(clip.frames_THW - ref).mean() < 1.0
+    # The wrong colour path (YCbCr bytes taken as RGB) gives a very different, green-tinted grey.
+    wrong = _luma(pixel_array(path, raw=True).astype(np.float64))
+    assert np.abs(wrong - ref).mean() > 50
+    assert clip.chroma_HW is not None and clip.chroma_HW.max() < 40  # no colour flow
+    assert clip.regions and clip.regions[0].delta_x_mm == pytest.approx(0.5105, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", [
+    "JPEG-lossy.dcm",  # JPEG extended, 12-bit
+    "JPGExtended.dcm",
+    "SC_jpeg_no_color_transform.dcm",  # JPEG baseline holding RGB
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_rgb_rle.dcm",
+    "MR_small_bigendian.dcm",
+    "SC_rgb_dcmtk_+eb+cy+n2.dcm",
+    "examples_palette.dcm",
+    "examples_jpeg2k.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",
+])
+def test_bundled_pydicom_files_decode_like_pydicom(name):
+    """Real files of many writers: our grey equals luma of pydicom's default (RGB) decode."""
+    ds = pydicom.dcmread(_bundled(name))
+    frames, _, _ = decode_grey(ds)
+    ref = ds.pixel_array
+    if ds.PhotometricInterpretation == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        ref = apply_color_lut(ref, ds)
+        ref = ref >> 8 if ref.max() > 255 else ref
+    if ref.ndim == frames.ndim + 1 or (ref.ndim == 3 and ref.shape[-1] == 3 and frames.shape[0] == 1):
+        ref = _luma(ref.astype(np.float64))
+    ref = ref.reshape(frames.shape).astype(np.float64)
+    if ds.get("BitsStored", 8) > 8 and ds.SamplesPerPixel == 1:
+        # Deep grey goes through its VOI window (as a viewer shows it), then to 8 bits.
+        if "WindowCenter" in ds:
+            from pydicom.pixels import apply_voi_lut
+
+            ref = apply_voi_lut(ds.pixel_array, ds).reshape(frames.shape)
+        assert np.corrcoef(frames.ravel(), ref.ravel())[0, 1] > 0.995
+    else:
+        assert np.abs(frames - ref).mean() < 1.5, name
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def _reason(path, config=None) -> str:
+    with pytest.raises(RejectedInput) as info:
+        clip_ds = load_dataset(path)
+        check_cine(clip_ds, config or ReadConfig())
+        decode_grey(clip_ds)
+    assert info.value.detail
+    return info.value.reason
+
+
+def test_random_bytes_and_empty_files_are_not_dicom(tmp_path):
+    (tmp_path / "random.dcm").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    assert _reason(tmp_path / "random.dcm") == "not_dicom"
+    assert _reason(tmp_path / "empty.dcm") == "not_dicom"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless])
+@pytest.mark.parametrize("fraction", [0.3, 0.7, 0.98])
+def test_truncated_files_are_rejected_as_truncated(tmp_path, grey, syntax, fraction):
+    good = tmp_path / "good.dcm"
+    write_us_dicom(good, grey, syntax=syntax)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    assert _reason(cut) == "truncated"
+
+
+def test_truncated_pydicom_example_is_rejected(tmp_path):
+    data = open(get_testdata_file("examples_ybr_color.dcm"), "rb").read()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    assert _reason(cut) == "truncated"
+
+
+def test_non_image_objects_and_missing_pixels(tmp_path):
+    write_non_image(tmp_path / "sr.dcm", "sr")
+    write_non_image(tmp_path / "pdf.dcm", "pdf")
+    write_non_image(tmp_path / "nopix.dcm", "no_pixels")
+    assert _reason(tmp_path / "sr.dcm") == "not_image"
+    assert _reason(tmp_path / "pdf.dcm") == "not_image"
+    assert _reason(tmp_path / "nopix.dcm") == "no_pixel_data"
+    assert _reason(get_testdata_file("test-SR.dcm")) == "not_image"
+
+
+def test_other_modality_single_frame_and_short_clips(tmp_path, grey):
+    assert _reason(get_testdata_file("CT_small.dcm")) == "other_modality"
+    write_us_dicom(tmp_path / "mr.dcm", grey, modality="MR")
+    assert _reason(tmp_path / "mr.dcm") == "other_modality"
+    write_us_dicom(tmp_path / "one.dcm", grey[:1])
+    assert _reason(tmp_path / "one.dcm") == "single_frame"
+    write_us_dicom(tmp_path / "short.dcm", grey[:8])
+    assert _reason(tmp_path / "short.dcm") == "too_few_frames"
+    load = load_dataset(tmp_path / "short.dcm")
+    assert check_cine(load, ReadConfig(min_frames=8)) == 8
+
+
+def test_pixel_data_that_will_not_decode(tmp_path, grey):
+    path = tmp_path / "bad.dcm"
+    write_us_dicom(path, grey, syntax=JPEGBaseline8Bit)
+    ds = pydicom.dcmread(path)
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\xff\xd8garbage-not-a-jpeg" * 4 for _ in range(len(grey))])
+    ds.save_as(path)
+    assert _reason(path) == "decode_failed"
+
+
+def test_identity_and_frame_rate(tmp_path, grey):
+    path = tmp_path / "a.dcm"
+    ident = write_us_dicom(path, grey, fps=25.0)
+    ds = load_dataset(path)
+    got = identity(ds)
+    assert (got.patient_id, got.study_uid, got.sop_uid) == (ident.patient_id, ident.study_uid,
+                                                            ident.sop_uid)
+    assert got.study_date.isoformat() == "2023-05-10"
+    assert frame_rate(ds) == pytest.approx(25.0, rel=1e-3)
+    del ds.FrameTime
+    ds.CineRate = 50
+    assert frame_rate(ds) == 50.0
+    del ds.CineRate
+    assert frame_rate(ds) is None

@@ -1,0 +1,294 @@
+"""One rank's training state and its epoch loops, the same code inside Ray workers and in-process.
+
+`Engine` owns the model (wrapped in DDP when ``world > 1``), the loss, optimiser, scheduler, the
+train and val `ClipLoader`s and the reader position. `train_epoch` runs one epoch from the
+position; `validate` predicts the val split on every rank and gathers the predictions so each rank
+computes the same per-task AUC; `state_dict`/`load_state_dict` are what a checkpoint holds.
+
+Why a separate object from the Ray loop: resume must be provably exact, and that is testable
+in-process (no Ray) by running, saving, restoring into a fresh engine and comparing batches and
+losses with an uninterrupted run. ``train.loop`` only adds Ray's reporting and restarts.
+
+On a GPU: bf16 autocast, channels-last-3d weights and inputs, optional ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from shards.format import TASKS
+from train.config import TrainConfig
+from train.data import Batch, ClipLoader, InputSpec, ReaderPosition, derive_seed
+from train.loss import build_loss
+from train.metrics import checkpoint_score, mean_auc, task_aucs
+from train.model import R2Plus1D, build_model
+
+
+@dataclass
+class EpochResult:
+    """What `Engine.train_epoch` measured (losses averaged over ranks)."""
+
+    epoch: int
+    steps: int
+    loss: float
+    task_loss: dict[str, float]
+    clips: int  # real (non-padding) clips this rank trained on
+    seconds: float
+    data_wait_s: float  # time blocked waiting for the next batch
+    step_losses: list[float] = field(default_factory=list)  # this rank's, per step
+    batch_keys: list[list[str]] = field(default_factory=list)  # this rank's, per step
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def data_wait_fraction(self) -> float:
+        return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class ValResult:
+    loss: float
+    aucs: dict[str, float | None]
+    keys: list[str]  # gathered over ranks, padding removed
+    probs: np.ndarray  # [N, K]
+    labels: np.ndarray  # [N, K], NaN unknown
+
+    @property
+    def mean_auc(self) -> float | None:
+        return mean_auc(self.aucs)
+
+    @property
+    def score(self) -> float:
+        return checkpoint_score(self.aucs, self.loss)
+
+
+class Engine:
+    """Training state of one rank. ``world > 1`` needs an initialised ``torch.distributed``."""
+
+    def __init__(self, config: TrainConfig, shards: str, *, stats: dict, rank: int = 0,
+                 world: int = 1, device: torch.device | str = "cpu") -> None:
+        self.config, self.rank, self.world = config, rank, world
+        self.device = torch.device(device)
+        self.gpu = self.device.type == "cuda"
+        self.spec = InputSpec.build(config.data, stats, channels=config.model.in_channels)
+        torch.manual_seed(derive_seed(config.data.seed, 12345))  # same init on every rank
+        self.model: R2Plus1D = build_model(config.model).to(self.device)
+        self._memory_format = torch.contiguous_format
+        if self.gpu and config.channels_last:
+            self._memory_format = torch.channels_last_3d
+            self.model = self.model.to(memory_format=self._memory_format)
+        self.net: torch.nn.Module = self.model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.gpu else None)
+        if self.gpu and config.compile:
+            self.net = torch.compile(self.net)
+        self.loss_fn = build_loss(config.task_weights, config.pos_weight, stats).to(self.device)
+        common = dict(stats=stats, rank=rank, world=world, device=self.device, spec=self.spec)
+        self.train_loader = ClipLoader(shards, "train", config.data, train=True, **common)
+        self.val_loader = ClipLoader(shards, "val", config.data, train=False, **common)
+        self.steps_per_epoch = len(self.train_loader)
+        if config.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
+        self.optimizer = _optimizer(self.model, config)
+        self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
+        self.position = ReaderPosition()
+        self.global_step = 0
+
+    # -- training -----------------------------------------------------------------------------
+
+    def train_epoch(self) -> EpochResult:
+        """Train from the reader position to the end of its epoch; the position moves on."""
+        epoch, first = self.position.epoch, self.position.batch
+        self.net.train()
+        losses, task_sums, keys = [], torch.zeros(len(TASKS)), []
+        clips, wait = 0, 0.0
+        start = time.perf_counter()
+        batches = self.train_loader.epoch(epoch, start_batch=first, max_batches=self.steps_per_epoch)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t0
+            if batch is None:
+                break
+            loss, task_loss = self._step(batch)
+            losses.append(loss)
+            task_sums += task_loss
+            keys.append(batch.keys)
+            clips += int(batch.valid.sum())
+            self.position.batch += 1
+            self.global_step += 1
+            self._maybe_fault()
+        seconds = time.perf_counter() - start
+        mean_loss = self._mean_over_ranks(float(np.mean(losses)) if losses else 0.0)
+        task_mean = task_sums / max(len(losses), 1)
+        self.position = ReaderPosition(epoch=epoch + 1, batch=0)
+        return EpochResult(
+            epoch=epoch, steps=len(losses), loss=mean_loss,
+            task_loss={t: self._mean_over_ranks(float(v)) for t, v in zip(TASKS, task_mean)},
+            clips=clips, seconds=seconds, data_wait_s=wait, step_losses=losses, batch_keys=keys)
+
+    def _step(self, batch: Batch) -> tuple[float, torch.Tensor]:
+        clips = batch.clips.to(memory_format=self._memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.gpu and self.config.bf16):
+            logits = self.net(clips)
+        loss, per_task = self.loss_fn(logits, batch.labels, batch.valid)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.item()), per_task.float().cpu()
+
+    def _maybe_fault(self) -> None:
+        fault = self.config.fault
+        if fault and self.rank == fault.rank and self.global_step == fault.step \
+                and not os.path.exists(fault.marker):
+            with open(fault.marker, "w") as f:
+                f.write(f"rank {self.rank} exited at step {self.global_step}\n")
+            os._exit(1)  # a hard crash: no cleanup, no exception for Ray to catch
+
+    # -- validation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> ValResult:
+        """Predict the val split on all ranks; gather; AUC per task (same on every rank)."""
+        self._sync_buffers()  # BN statistics of rank 0, as saved in the checkpoint
+        self.model.eval()
+        keys, probs, labels, loss_sum, loss_n = [], [], [], 0.0, 0
+        for batch in self.val_loader.epoch(0):
+            clips = batch.clips.to(memory_format=self._memory_format)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.gpu and self.config.bf16):
+                logits = self.model(clips)
+            loss, _ = self.loss_fn(logits, batch.labels, batch.valid)
+            n = int(batch.valid.sum())
+            loss_sum, loss_n = loss_sum + float(loss) * n, loss_n + n
+            valid = batch.valid.cpu().numpy()
+            keys += [k for k, v in zip(batch.keys, valid) if v]
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy()[valid])
+            labels.append(batch.labels.cpu().numpy()[valid])
+        local = (keys, np.concatenate(probs), np.concatenate(labels), loss_sum, loss_n)
+        parts = [local]
+        if self.world > 1:
+            parts = [None] * self.world
+            dist.all_gather_object(parts, local)
+        seen, rows_k, rows_p, rows_l = set(), [], [], []
+        for part_keys, part_probs, part_labels, _, _ in parts:
+            for i, key in enumerate(part_keys):
+                if key not in seen:
+                    seen.add(key)
+                    rows_k.append(key)
+                    rows_p.append(part_probs[i])
+                    rows_l.append(part_labels[i])
+        probs_NK, labels_NK = np.stack(rows_p), np.stack(rows_l)
+        total_n = sum(p[4] for p in parts)
+        val_loss = sum(p[3] for p in parts) / max(total_n, 1)
+        aucs = task_aucs(labels_NK, probs_NK, self.config.min_positives)
+        return ValResult(loss=val_loss, aucs=aucs, keys=rows_k, probs=probs_NK, labels=labels_NK)
+
+    def _sync_buffers(self) -> None:
+        if self.world > 1:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64,
+                         device=self.device if self.gpu else "cpu")
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Model (CPU, contiguous), optimiser, scheduler, reader position, step and RNG states.
+
+        ``rng`` holds every rank's generator states (gathered; a collective call when
+        ``world > 1``), so all ranks must call this together.
+        """
+        rng = [rng_state()]
+        if self.world > 1:
+            rng = [None] * self.world
+            dist.all_gather_object(rng, rng_state())
+        return {
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": {"epoch": self.position.epoch, "batch": self.position.batch},
+            "global_step": self.global_step,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self._memory_format is not torch.contiguous_format:
+            self.model.to(memory_format=self._memory_format)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.position = ReaderPosition(**state["position"])
+        self.global_step = int(state["global_step"])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.world:
+            set_rng_state(rngs[self.rank])
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch generator states of this process."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    o = config.optim
+    # No weight decay on BatchNorm parameters and biases (1-D tensors).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    return torch.optim.AdamW(groups, lr=o.lr)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
+               steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = max(config.epochs * steps_per_epoch, 1)
+    warmup = min(int(config.optim.warmup_epochs * steps_per_epoch), total - 1)
+    cosine = config.optim.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if not cosine:
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

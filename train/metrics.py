@@ -1,0 +1,51 @@
+"""Validation metrics during training: per-task ROC AUC over clips, and the mean that picks the best.
+
+A task's AUC is reported only when the val split has at least ``min_positives`` positives and as
+many negatives among its known labels; otherwise it is ``None`` (an AUC over two positives says
+nothing). The mean over reported tasks chooses the best checkpoint; if no task qualifies the
+checkpoint score falls back to the negative val loss (the same rule every epoch of a run, since the
+val split does not change). Clip-level only: study-level aggregation and confidence intervals are
+``eval``'s job.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from shards.format import TASKS
+
+
+def task_aucs(labels_NK: np.ndarray, probs_NK: np.ndarray,
+              min_positives: int = 5) -> dict[str, float | None]:
+    """ROC AUC per task over the clips whose label is known (``None`` when too few of a class)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels_NK = np.asarray(labels_NK, dtype=np.float64)
+    probs_NK = np.asarray(probs_NK, dtype=np.float64)
+    if labels_NK.shape != probs_NK.shape or labels_NK.ndim != 2 or labels_NK.shape[1] != len(TASKS):
+        raise ValueError(f"labels and probabilities must both be [N, {len(TASKS)}], got "
+                         f"{labels_NK.shape} and {probs_NK.shape}")
+    out: dict[str, float | None] = {}
+    for k, task in enumerate(TASKS):
+        known = ~np.isnan(labels_NK[:, k])
+        y = labels_NK[known, k] > 0.5
+        positives, negatives = int(y.sum()), int((~y).sum())
+        if positives < max(min_positives, 1) or negatives < max(min_positives, 1):
+            out[task] = None
+        else:
+            out[task] = float(roc_auc_score(y, probs_NK[known, k]))
+    return out
+
+
+def mean_auc(aucs: dict[str, float | None]) -> float | None:
+    """Mean over the tasks that have an AUC, ``None`` if none has."""
+    values = [v for v in aucs.values() if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else None
+
+
+def checkpoint_score(aucs: dict[str, float | None], val_loss: float) -> float:
+    """Higher is better: the mean AUC, or ``-val_loss`` when no task has an AUC."""
+    m = mean_auc(aucs)
+    return m if m is not None else -float(val_loss)
