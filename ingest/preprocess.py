@@ -6,8 +6,10 @@ reuses this function rather than a copy. It needs no labels and no identifiers.
 
 Order of operations (each step is a small function below):
 
-1. find the sector (`ingest.sector`): crop box + mask of sector minus static overlays;
-2. reject colour Doppler: strong chroma on more than ``read.doppler_min_fraction`` of the sector;
+1. find the sector (`ingest.sector`): crop box + mask of sector minus static overlays; strongly
+   coloured pixels do not count as moving tissue (a colour ECG must not join the sector);
+2. reject colour Doppler: strong chroma on at least ``read.doppler_min_fraction`` of the sector
+   (colour flow sits inside the fan, surrounded by moving grey tissue, so the hull covers it);
 3. pick frames for the target frame rate (nearest source frame for each output time) and cap the
    length at ``max_frames``: done before resizing so dropped frames cost nothing;
 4. crop, mask (zero outside the sector), pad to a centred square, resize to ``size`` x ``size``
@@ -63,7 +65,11 @@ def preprocess_dicom(
 def preprocess_clip(clip: DicomClip, config: PreprocessConfig | None = None) -> PreprocessedClip:
     """Prepare an already decoded clip (see the module docstring for the steps)."""
     config = config or PreprocessConfig()
-    sector = find_sector(clip.frames_THW, clip.regions, config.sector, clip.pixel_spacing_mm)
+    coloured = None
+    if clip.chroma_HW is not None:
+        coloured = clip.chroma_HW > config.read.doppler_chroma_threshold
+    sector = find_sector(clip.frames_THW, clip.regions, config.sector, clip.pixel_spacing_mm,
+                         exclude_HW=coloured)
     check_colour_doppler(clip.chroma_HW, sector, config.read)
 
     orig_n = int(clip.frames_THW.shape[0])

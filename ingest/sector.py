@@ -12,6 +12,9 @@ vendor's screen layout. Two sources tell us where the sector is:
    such as an ECG sweep and isolated noise) and closed; the largest connected component's convex
    hull is the sector (a fan, a trapezoid or a rectangle are all convex).
 
+Strongly coloured pixels (ECG traces, cursors and logos on colour machines) can be excluded from
+the motion map so that they never join the sector.
+
 Inside the hull, pixels that are bright and perfectly still (``overlay_max_std``,
 ``overlay_min_level``) are overlay (text, focus/depth markers, the orientation dot) and are masked,
 with a one-pixel margin for anti-aliased glyph edges. Real tissue is never that still.
@@ -57,8 +60,13 @@ def find_sector(
     regions: list[UltrasoundRegion] | None = None,
     config: SectorConfig | None = None,
     pixel_spacing_mm: tuple[float, float] | None = None,
+    exclude_HW: np.ndarray | None = None,
 ) -> Sector:
-    """Locate the sector of ``uint8[T, H, W]`` frames (see the module docstring)."""
+    """Locate the sector of ``uint8[T, H, W]`` frames (see the module docstring).
+
+    ``exclude_HW`` marks pixels that must not count as moving tissue; preprocessing passes the
+    strongly coloured ones, so a colour ECG trace touching the fan cannot join the sector.
+    """
     from scipy import ndimage
 
     config = config or SectorConfig()
@@ -84,6 +92,9 @@ def find_sector(
     # Smoothing joins speckle into one blob (dark cavities barely move) and lets isolated
     # flicker fall below the threshold; opening then removes thin moving traces (ECG sweeps).
     moving = ndimage.uniform_filter(std_HW, size=5, mode="constant") > config.motion_threshold
+    if exclude_HW is not None:
+        excluded = exclude_HW[y0:y1, x0:x1]
+        moving &= ~ndimage.binary_dilation(excluded, structure=_STRUCT3, iterations=3)
     moving = ndimage.binary_opening(moving, structure=_STRUCT3, iterations=2)
     labels, n = ndimage.label(moving, structure=_STRUCT3)
     if n == 0:
@@ -124,14 +135,21 @@ def convex_hull_mask(points_HW: np.ndarray) -> np.ndarray:
     except QhullError:  # all points on a line
         return points_HW.copy()
     vertices = pts[hull.vertices]  # counter-clockwise in (x, y)
-    y_lo, y_hi = int(ys.min()), int(ys.max()) + 1
-    x_lo, x_hi = int(xs.min()), int(xs.max()) + 1
-    gy, gx = np.mgrid[y_lo:y_hi, x_lo:x_hi]
-    inside = np.ones(gy.shape, dtype=bool)
-    for (ax, ay), (bx, by) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
-        ex, ey = bx - ax, by - ay
-        cross = ex * (gy - ay) - ey * (gx - ax)
-        inside &= cross >= -0.5 * np.hypot(ex, ey)
-    out = np.zeros_like(points_HW)
-    out[y_lo:y_hi, x_lo:x_hi] = inside
+    # A convex polygon meets each row in one interval. Each edge's half-plane (with a half-pixel
+    # margin) bounds x from below or above for a given row; intersect them row by row.
+    h, w = points_HW.shape
+    ys_row = np.arange(h, dtype=np.float64)[:, None]
+    a = vertices
+    e = np.roll(vertices, -1, axis=0) - vertices
+    ex, ey = e[:, 0][None, :], e[:, 1][None, :]
+    margin = 0.5 * np.hypot(ex, ey)
+    # inside: ex * (y - ay) - ey * (x - ax) >= -margin  <=>  ey * x <= ex * (y - ay) + ey * ax + margin
+    rhs = ex * (ys_row - a[:, 1][None, :]) + ey * a[:, 0][None, :] + margin
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / ey
+    upper = np.where(ey > 0, bound, np.inf).min(axis=1)
+    lower = np.where(ey < 0, bound, -np.inf).max(axis=1)
+    flat_ok = np.where(ey == 0, rhs >= 0, True).all(axis=1)
+    xs = np.arange(w, dtype=np.float64)[None, :]
+    out = (xs >= lower[:, None]) & (xs <= upper[:, None]) & flat_ok[:, None]
     return out | points_HW

@@ -13,15 +13,21 @@ import sys
 
 def register(subparsers) -> None:
     """Add ``shards`` and its subcommands to the top-level parser's subparsers."""
-    shards = subparsers.add_parser("shards", help="check, describe and merge shard sets",
-                                   description="Check, describe and merge shard sets (a "
-                                   "directory or a URL prefix such as s3://bucket/set).")
+    shards = subparsers.add_parser(
+        "shards",
+        help="check, describe and merge shard sets",
+        description="Check, describe and merge shard sets (a "
+        "directory or a URL prefix such as s3://bucket/set).",
+    )
     sub = shards.add_subparsers(dest="shards_command", metavar="ACTION")
 
     verify = sub.add_parser("verify", help="check every shard, index, sample and the manifest")
     verify.add_argument("dir", help="shard set directory or URL")
-    verify.add_argument("--decode", action="store_true",
-                        help="also decode every clip through DALI on CPU and check frame counts")
+    verify.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every clip through DALI on CPU and check frame counts",
+    )
     verify.add_argument("--json", action="store_true", help="print problems as JSON")
     verify.set_defaults(func=run_verify)
 
@@ -31,22 +37,44 @@ def register(subparsers) -> None:
     stats.set_defaults(func=run_stats)
 
     reshard = sub.add_parser(
-        "reshard", help="merge shard sets (e.g. add a site) into even, site-mixed shards",
+        "reshard",
+        help="merge shard sets (e.g. add a site) into even, site-mixed shards",
         description="Merge shard sets into a new one. Splits are kept; samples are shuffled "
         "within each split across inputs; the output is verified before success. "
-        "ingest_report.parquet is never copied.")
-    reshard.add_argument("--input", nargs="+", required=True, metavar="DIR",
-                         help="input shard sets (directories or URLs)")
-    reshard.add_argument("--out", required=True, help="output directory or URL (new or a "
-                         "previous reshard's output: a re-run finishes an interrupted job)")
+        "ingest_report.parquet is never copied.",
+    )
+    reshard.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="input shard sets (directories or URLs)",
+    )
+    reshard.add_argument(
+        "--out",
+        required=True,
+        help="output directory or URL (new or a "
+        "previous reshard's output: a re-run finishes an interrupted job)",
+    )
     size = reshard.add_mutually_exclusive_group()
-    size.add_argument("--samples-per-shard", type=int, default=None, metavar="N",
-                      help="samples per output shard (default 256)")
-    size.add_argument("--shard-mb", type=float, default=None, metavar="M",
-                      help="target shard size in MB instead of a sample count")
+    size.add_argument(
+        "--samples-per-shard",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples per output shard (default 256)",
+    )
+    size.add_argument(
+        "--shard-mb",
+        type=float,
+        default=None,
+        metavar="M",
+        help="target shard size in MB instead of a sample count",
+    )
     reshard.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
-    reshard.add_argument("--decode", action="store_true",
-                         help="verify the output with --decode (every clip decoded)")
+    reshard.add_argument(
+        "--decode", action="store_true", help="verify the output with --decode (every clip decoded)"
+    )
     reshard.set_defaults(func=run_reshard)
 
     shards.set_defaults(func=lambda args: _help(shards))
@@ -85,16 +113,23 @@ def run_stats(args: argparse.Namespace) -> int:
 def run_reshard(args: argparse.Namespace) -> int:
     from shards.reshard import ReshardConfig, ReshardError, reshard
 
-    config = ReshardConfig(samples_per_shard=args.samples_per_shard, shard_mb=args.shard_mb,
-                           seed=args.seed, verify_decode=args.decode)
+    config = ReshardConfig(
+        samples_per_shard=args.samples_per_shard,
+        shard_mb=args.shard_mb,
+        seed=args.seed,
+        verify_decode=args.decode,
+    )
     try:
         summary = reshard(args.input, args.out, config=config)
     except ReshardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     total = sum(summary.clips.values())
-    per_split = ", ".join(f"{s} {summary.clips[s]} clips / {summary.shards[s]} shards"
-                          for s in summary.clips)
-    print(f"{summary.out}: {total} clips ({per_split}); {summary.written} shards written, "
-          f"verified OK in {summary.seconds:.1f} s")
+    per_split = ", ".join(
+        f"{s} {summary.clips[s]} clips / {summary.shards[s]} shards" for s in summary.clips
+    )
+    print(
+        f"{summary.out}: {total} clips ({per_split}); {summary.written} shards written, "
+        f"verified OK in {summary.seconds:.1f} s"
+    )
     return 0

@@ -19,6 +19,11 @@ import pyarrow as pa
 
 FORMAT_VERSION = 1
 
+# Files of a shard set besides its tars and indexes (docs/formats.md).
+MANIFEST_FILE = "manifest.parquet"
+STATS_FILE = "stats.json"
+INGEST_REPORT_FILE = "ingest_report.parquet"  # site-local; never copied by reshard
+
 TASKS: tuple[str, ...] = ("wma", "lge", "t1", "t2", "ecv")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Tar member extensions of one sample, in the order webdataset's TarWriter writes them (sorted).
@@ -138,14 +143,18 @@ def encode_labels(labels: np.ndarray) -> bytes:
     """float32[5] in `TASKS` order (NaN unknown) to 20 little-endian bytes."""
     arr = np.asarray(labels, dtype=np.float64)
     if arr.shape != (len(TASKS),):
-        raise ValueError(f"labels must have shape ({len(TASKS)},) in order {TASKS}, got {arr.shape}")
+        raise ValueError(
+            f"labels must have shape ({len(TASKS)},) in order {TASKS}, got {arr.shape}"
+        )
     return arr.astype(LABEL_DTYPE).tobytes()
 
 
 def decode_labels(data: bytes) -> np.ndarray:
     """20 little-endian bytes to a native float32[5] array (NaN unknown)."""
     if len(data) != LABEL_BYTES:
-        raise ValueError(f"labels must be {LABEL_BYTES} bytes (float32[{len(TASKS)}]), got {len(data)}")
+        raise ValueError(
+            f"labels must be {LABEL_BYTES} bytes (float32[{len(TASKS)}]), got {len(data)}"
+        )
     return np.frombuffer(data, dtype=LABEL_DTYPE).astype(np.float32)
 
 
@@ -166,7 +175,7 @@ def decode_meta(data: bytes) -> dict:
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """``'site-abc.labels'`` -> ``('site-abc', 'labels')``, at the first dot (as webdataset/DALI)."""
+    """``"site-abc.labels"`` -> ``("site-abc", "labels")``: split at the first dot, as DALI does."""
     base = name.rsplit("/", 1)[-1]
     dot = base.find(".")
     if dot <= 0:

@@ -74,8 +74,12 @@ def parse_index(text: str) -> list[SampleIndex]:
             raise ValueError(f"index line {lineno} is not groups of '<ext> <offset> <size> <name>'")
         samples.append(
             [
-                IndexEntry(ext=fields[i], offset=int(fields[i + 1]), size=int(fields[i + 2]),
-                           name=fields[i + 3])
+                IndexEntry(
+                    ext=fields[i],
+                    offset=int(fields[i + 1]),
+                    size=int(fields[i + 2]),
+                    name=fields[i + 3],
+                )
                 for i in range(0, len(fields), 4)
             ]
         )
@@ -107,8 +111,9 @@ def index_from_tar(fileobj: BinaryIO) -> list[SampleIndex]:
             if not info.isreg():
                 continue
             _, ext = split_member_name(info.name)
-            members.append(IndexEntry(ext=ext, offset=info.offset_data, size=info.size,
-                                      name=info.name))
+            members.append(
+                IndexEntry(ext=ext, offset=info.offset_data, size=info.size, name=info.name)
+            )
     return group_members(members)
 
 

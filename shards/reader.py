@@ -20,14 +20,15 @@ import pyarrow.parquet as pq
 from shards import storage
 from shards.format import (
     EXTENSIONS,
+    MANIFEST_FILE,
     SHARD_RE,
     SPLITS,
+    STATS_FILE,
     Sample,
     decode_labels,
     decode_meta,
     split_member_name,
 )
-from shards.writer import MANIFEST_FILE, STATS_FILE
 
 
 class IncompleteShardSetError(FileNotFoundError):
@@ -94,8 +95,12 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
     missing = [ext for ext in EXTENSIONS if ext not in members]
     if missing:
         raise ValueError(f"sample {key} lacks {', '.join('.' + m for m in missing)}")
-    return Sample(key=key, video=members["webm"], labels=decode_labels(members["labels"]),
-                  meta=decode_meta(members["json"]))
+    return Sample(
+        key=key,
+        video=members["webm"],
+        labels=decode_labels(members["labels"]),
+        meta=decode_meta(members["json"]),
+    )
 
 
 def iter_samples(source: str | Iterable[str], split: str | None = None) -> Iterator[Sample]:

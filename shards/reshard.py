@@ -37,12 +37,21 @@ import numpy as np
 import pandas as pd
 
 from shards import storage
-from shards.format import MANIFEST_COLUMNS, SHARD_RE, SPLITS, TASKS, index_name, shard_name
+from shards.format import (
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    SHARD_RE,
+    SPLITS,
+    STATS_FILE,
+    TASKS,
+    index_name,
+    shard_name,
+)
 from shards.index import parse_index, sample_keys
 from shards.reader import read_manifest, read_sample, read_stats
 from shards.stats import check_clip_format, compute_stats, stats_json_bytes
 from shards.verify import Problem, verify
-from shards.writer import MANIFEST_FILE, STATS_FILE, ShardFile, manifest_bytes, tar_bytes
+from shards.writer import ShardFile, manifest_bytes, tar_bytes
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +116,18 @@ def check_compatible(inputs: list[_Input]) -> dict:
     for what, getter in checks.items():
         values = {repr(getter(i.stats)) for i in inputs}
         if len(values) > 1:
-            hint = ("patients would be split with different keys; re-ingest with the same split "
-                    "key" if "split key" in what else "re-ingest so all sets share one clip format")
+            hint = (
+                "patients would be split with different keys; re-ingest with the same split key"
+                if "split key" in what
+                else "re-ingest so all sets share one clip format"
+            )
             raise ReshardError(f"inputs disagree on {what} ({describe(getter)}): {hint}")
     if tuple(first.stats.get("tasks", ())) != TASKS:
         raise ReshardError(f"{first.directory}: tasks {first.stats.get('tasks')} are not {TASKS}")
-    return {"clip": check_clip_format(first.stats["clip"]),
-            "split_key_fingerprint": first.stats["split_key_fingerprint"]}
+    return {
+        "clip": check_clip_format(first.stats["clip"]),
+        "split_key_fingerprint": first.stats["split_key_fingerprint"],
+    }
 
 
 def _load_inputs(directories: list[str]) -> list[_Input]:
@@ -138,8 +152,10 @@ def _locate(inputs: list[_Input]) -> pd.DataFrame:
             try:
                 samples = parse_index(storage.read_bytes(idx_path).decode())
             except (OSError, ValueError) as exc:
-                raise ReshardError(f"{idx_path}: cannot read the index ({exc}); run "
-                                   f"`echocmr shards verify {inp.directory}`") from exc
+                raise ReshardError(
+                    f"{idx_path}: cannot read the index ({exc}); run "
+                    f"`echocmr shards verify {inp.directory}`"
+                ) from exc
             for key, members in zip(sample_keys(samples), samples, strict=True):
                 first, last = members[0], members[-1]
                 tars[key] = tar_path
@@ -148,8 +164,10 @@ def _locate(inputs: list[_Input]) -> pd.DataFrame:
                 sizes[key] = tar_bytes([m.size for m in members])
         missing = set(rows["key"]) - set(tars)
         if missing:
-            raise ReshardError(f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
-                               f"indexes (e.g. {sorted(missing)[0]}); run `echocmr shards verify`")
+            raise ReshardError(
+                f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
+                f"indexes (e.g. {sorted(missing)[0]}); run `echocmr shards verify`"
+            )
         rows["_tar"] = rows["key"].map(tars)
         rows["_start"] = rows["key"].map(starts).astype("int64")
         rows["_length"] = rows["key"].map(lengths).astype("int64")
@@ -158,12 +176,16 @@ def _locate(inputs: list[_Input]) -> pd.DataFrame:
     merged = pd.concat(frames, ignore_index=True)
     dup = merged["key"][merged["key"].duplicated()]
     if len(dup):
-        raise ReshardError(f"key {dup.iloc[0]} is in more than one input ({len(dup)} duplicate "
-                           "keys): the same clips were ingested twice; drop one input")
+        raise ReshardError(
+            f"key {dup.iloc[0]} is in more than one input ({len(dup)} duplicate "
+            "keys): the same clips were ingested twice; drop one input"
+        )
     splits = merged.groupby("patient_hash")["split"].nunique()
     if (splits > 1).any():
-        raise ReshardError(f"patient {splits[splits > 1].index[0]} is in two splits across the "
-                           "inputs; were they ingested with different split keys?")
+        raise ReshardError(
+            f"patient {splits[splits > 1].index[0]} is in two splits across the "
+            "inputs; were they ingested with different split keys?"
+        )
     return merged
 
 
@@ -205,16 +227,22 @@ def _shard_count(part: pd.DataFrame, config: ReshardConfig) -> int:
 
 
 def _check_out(out: str, inputs: list[str]) -> None:
-    norm = [storage.join(i, "").rstrip("/") for i in inputs]
-    if storage.join(out, "").rstrip("/") in norm:
+    norm = [storage.canonical(i) for i in inputs]
+    if storage.canonical(out) in norm:
         raise ReshardError(f"--out {out} is one of the inputs; write to a new directory")
-    foreign = [n for n in storage.listdir(out)
-               if n not in _ALLOWED_IN_OUT and not SHARD_RE.match(n)
-               and not (n.endswith(".idx") and SHARD_RE.match(n[:-4] + ".tar"))
-               and not (n.startswith(".") and storage.TEMP_MARK in n)]
+    foreign = [
+        n
+        for n in storage.listdir(out)
+        if n not in _ALLOWED_IN_OUT
+        and not SHARD_RE.match(n)
+        and not (n.endswith(".idx") and SHARD_RE.match(n[:-4] + ".tar"))
+        and not (n.startswith(".") and storage.TEMP_MARK in n)
+    ]
     if foreign:
-        raise ReshardError(f"--out {out} holds files that are not a shard set's ({foreign[:3]}); "
-                           "reshard into an empty directory (or a previous reshard's output)")
+        raise ReshardError(
+            f"--out {out} holds files that are not a shard set's ({foreign[:3]}); "
+            "reshard into an empty directory (or a previous reshard's output)"
+        )
 
 
 def _already_written(out: str, name: str, chunk: pd.DataFrame) -> bool:
@@ -235,13 +263,19 @@ def _copy_shard(out: str, name: str, chunk: pd.DataFrame) -> int:
     nbytes = 0
     try:
         for key, tar_path, start, length, sha in zip(
-            chunk["key"], chunk["_tar"], chunk["_start"], chunk["_length"], chunk["video_sha256"],
+            chunk["key"],
+            chunk["_tar"],
+            chunk["_start"],
+            chunk["_length"],
+            chunk["video_sha256"],
             strict=True,
         ):
             members = read_sample(tar_path, int(start), int(length))
             if hashlib.sha256(members.get("webm", b"")).hexdigest() != sha:
-                raise ReshardError(f"{tar_path} {key}: clip bytes do not match the input manifest; "
-                                   f"run `echocmr shards verify` on that input")
+                raise ReshardError(
+                    f"{tar_path} {key}: clip bytes do not match the input manifest; "
+                    f"run `echocmr shards verify` on that input"
+                )
             shard.write(key, members)
             nbytes += int(length)
         shard.finish()
@@ -259,7 +293,9 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
     loaded = _load_inputs([str(i) for i in inputs])
     header = check_compatible(loaded)
     rows = _locate(loaded)
+    del loaded  # the located rows hold everything the plan needs
     shards = plan(rows, config)
+    del rows
 
     out = str(out)
     _check_out(out, [str(i) for i in inputs])
@@ -283,10 +319,12 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
             storage.remove(storage.join(out, name))
 
     manifest = pd.concat([chunk.assign(shard=name) for name, chunk in shards], ignore_index=True)
-    columns = {c: manifest[c].tolist() for c in MANIFEST_COLUMNS}
-    storage.atomic_write(storage.join(out, MANIFEST_FILE), manifest_bytes(columns))
-    stats = compute_stats(manifest[list(MANIFEST_COLUMNS)], clip_format=header["clip"],
-                          split_key_fingerprint=header["split_key_fingerprint"])
+    storage.atomic_write(storage.join(out, MANIFEST_FILE), manifest_bytes(manifest))
+    stats = compute_stats(
+        manifest[list(MANIFEST_COLUMNS)],
+        clip_format=header["clip"],
+        split_key_fingerprint=header["split_key_fingerprint"],
+    )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
 
     problems = verify(out, decode=config.verify_decode)
@@ -300,5 +338,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
         out=out,
         clips={s: int(counts.get(s, 0)) for s in SPLITS},
         shards={s: sum(1 for n, _ in shards if n.startswith(s + "-")) for s in SPLITS},
-        written=written, bytes_read=bytes_read, seconds=time.perf_counter() - t0,
+        written=written,
+        bytes_read=bytes_read,
+        seconds=time.perf_counter() - t0,
     )

@@ -1,4 +1,4 @@
-"""What is in a shard set: ``stats.json`` (computed from the manifest) and the ``shards stats`` table.
+"""What is in a shard set: ``stats.json`` (from the manifest) and the ``shards stats`` table.
 
 Everything here is computed from ``manifest.parquet`` alone, never by decoding video: the
 manifest carries each clip's pixel mean, std and pixel count, so the pooled train statistics can
@@ -32,7 +32,11 @@ def check_clip_format(clip_format: dict) -> dict:
             "{'height': 112, 'width': 112, 'fps': 30.0, 'codec': 'vp9', 'pix_fmt': 'yuv420p'}"
         )
     out = dict(clip_format)
-    out["height"], out["width"], out["fps"] = int(out["height"]), int(out["width"]), float(out["fps"])
+    out["height"], out["width"], out["fps"] = (
+        int(out["height"]),
+        int(out["width"]),
+        float(out["fps"]),
+    )
     return out
 
 
@@ -119,7 +123,9 @@ def describe(directory: str) -> dict:
         shard_names = sorted(rows["shard"].unique())
         summary["shards"] = len(shard_names)
         summary["clips_per_shard"] = _describe_numbers(rows.groupby("shard").size())
-        summary["shard_bytes"] = _describe_numbers(pd.Series([sizes.get(n, 0) for n in shard_names]))
+        summary["shard_bytes"] = _describe_numbers(
+            pd.Series([sizes.get(n, 0) for n in shard_names])
+        )
         report["splits"][split] = summary
     return report
 
@@ -162,9 +168,7 @@ def format_table(report: dict) -> str:
     def row(label: str, fn) -> None:
         lines.append(f"{label:<22}" + "".join(f"{fn(report['splits'][s]):>12}" for s in SPLITS))
 
-    row("clips", lambda s: s["clips"])
-    row("studies", lambda s: s["studies"])
-    row("patients", lambda s: s["patients"])
+    row("clips/studies/pts", lambda s: f"{s['clips']}/{s['studies']}/{s['patients']}")
     row("shards", lambda s: s["shards"])
     row("clips/shard (min-max)", lambda s: _range(s["clips_per_shard"]))
     row("MB/shard (median)", lambda s: _fmt(s["shard_bytes"], "median", 1e6))
@@ -176,10 +180,13 @@ def format_table(report: dict) -> str:
         row(f"{task} missing", lambda s, t=task: s["missing"][t])
     for column, title in (("by_site", "site"), ("by_view", "view")):
         values = sorted({v for s in SPLITS for v in report["splits"][s][column]})
-        for value in values:
-            row(f"{title} {value}"[:22],
-                lambda s, v=value, c=column: s[c].get(v, {}).get("clips", 0))
+        for value in values:  # clips/studies/patients of each site and view
+            row(f"{title} {value}"[:22], lambda s, v=value, c=column: _counts(s[c].get(v)))
     return "\n".join(lines)
+
+
+def _counts(d: dict | None) -> str:
+    return "-" if d is None else f"{d['clips']}/{d['studies']}/{d['patients']}"
 
 
 def _range(d: dict | None) -> str:

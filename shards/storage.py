@@ -63,6 +63,13 @@ def join(base: str, *names: str) -> str:
     return "/".join([base.rstrip("/"), *[n.strip("/") for n in names]])
 
 
+def canonical(path: str) -> str:
+    """A comparable form: real absolute path for local paths, URL without trailing '/'."""
+    if is_local(path):
+        return os.path.realpath(local_path(path))
+    return str(path).rstrip("/")
+
+
 def basename(path: str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
@@ -111,7 +118,9 @@ def listdir(path: str) -> list[str]:
     """File names (not paths) directly inside a directory or URL prefix, sorted; [] if absent."""
     fs, p = _fs(path)
     try:
-        entries = fs.ls(p, detail=True, refresh=True) if not is_local(path) else fs.ls(p, detail=True)
+        entries = (
+            fs.ls(p, detail=True, refresh=True) if not is_local(path) else fs.ls(p, detail=True)
+        )
     except FileNotFoundError:
         return []
     return sorted(basename(e["name"]) for e in entries if e.get("type") != "directory")

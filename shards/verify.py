@@ -78,7 +78,7 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
         elif name.endswith(".tar") and not SHARD_RE.match(name):
             problems.append(Problem(name, None, "tar not named <split>-NNNNNN.tar"))
 
-    rows = {k: r for k, r in zip(manifest["key"], manifest.to_dict("records"), strict=True)}
+    rows = _Rows(manifest)
     decoder = _Decoder(stats.get("clip", {})) if decode else None
     seen: dict[str, str] = {}  # key -> shard it was found in
     for tar_path in tars:
@@ -102,8 +102,9 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
     return problems
 
 
-def _check_tar(tar_path: str, shard: str, problems: list[Problem]
-               ) -> Iterator[tuple[str, dict[str, bytes], dict | None]]:
+def _check_tar(
+    tar_path: str, shard: str, problems: list[Problem]
+) -> Iterator[tuple[str, dict[str, bytes], dict | None]]:
     """Stream the samples of one tar, recording structural problems; yield (key, members, meta)."""
     split = SHARD_RE.match(shard).group(1)
     index: list[IndexEntry] = []
@@ -119,10 +120,12 @@ def _check_tar(tar_path: str, shard: str, problems: list[Problem]
                 member_key, ext = split_member_name(info.name)
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
-                    raise tarfile.ReadError(f"{info.name} is cut short ({len(data)} of {info.size}"
-                                            " bytes)")
-                index.append(IndexEntry(ext=ext, offset=info.offset_data, size=info.size,
-                                        name=info.name))
+                    raise tarfile.ReadError(
+                        f"{info.name} is cut short ({len(data)} of {info.size} bytes)"
+                    )
+                index.append(
+                    IndexEntry(ext=ext, offset=info.offset_data, size=info.size, name=info.name)
+                )
                 end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
                 if member_key != key:
                     if key is not None:
@@ -145,8 +148,13 @@ def _check_tar(tar_path: str, shard: str, problems: list[Problem]
         return
     trailer = storage.read_range(tar_path, end, 2 * _BLOCK)
     if trailer != b"\0" * (2 * _BLOCK):
-        problems.append(Problem(shard, last_key, "tar does not end with the end-of-archive "
-                                "blocks (truncated after this sample?)"))
+        problems.append(
+            Problem(
+                shard,
+                last_key,
+                "tar does not end with the end-of-archive blocks (truncated after this sample?)",
+            )
+        )
     idx_path = tar_path[: -len(".tar")] + ".idx"
     if not storage.exists(idx_path):
         problems.append(Problem(index_name(shard), None, "index missing (DALI needs it)"))
@@ -154,8 +162,9 @@ def _check_tar(tar_path: str, shard: str, problems: list[Problem]
         problems.append(Problem(index_name(shard), None, "index does not match its tar"))
 
 
-def _check_sample(shard: str, split: str, key: str, members: dict[str, bytes],
-                  problems: list[Problem]) -> dict | None:
+def _check_sample(
+    shard: str, split: str, key: str, members: dict[str, bytes], problems: list[Problem]
+) -> dict | None:
     try:
         validate_key(key)
     except ValueError as exc:
@@ -181,17 +190,31 @@ def _check_sample(shard: str, split: str, key: str, members: dict[str, bytes],
         if meta.get("key") != key:
             problems.append(Problem(shard, key, f".json names key {meta.get('key')!r}"))
         if meta.get("split") != split:
-            problems.append(Problem(shard, key, f".json split {meta.get('split')!r} in a "
-                                    f"{split} shard"))
+            problems.append(
+                Problem(shard, key, f".json split {meta.get('split')!r} in a {split} shard")
+            )
     return meta
+
+
+class _Rows:
+    """Manifest rows by key, one dict built on demand (a dict per row would cost ~2 KB/clip)."""
+
+    def __init__(self, manifest: pd.DataFrame) -> None:
+        self._columns = {c: manifest[c].to_numpy() for c in manifest.columns}
+        self._position = {k: i for i, k in enumerate(self._columns["key"])}
+
+    def get(self, key: str) -> dict | None:
+        i = self._position.get(key)
+        return None if i is None else {c: v[i] for c, v in self._columns.items()}
 
 
 def _same_label(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def _compare_with_manifest(shard: str, key: str, members: dict[str, bytes], meta: dict | None,
-                           row: dict) -> list[Problem]:
+def _compare_with_manifest(
+    shard: str, key: str, members: dict[str, bytes], meta: dict | None, row: dict
+) -> list[Problem]:
     out = []
 
     def bad(what: str) -> None:
@@ -228,8 +251,11 @@ def _check_manifest(manifest: pd.DataFrame, seen: dict[str, str]) -> list[Proble
     splits = manifest.groupby("patient_hash")["split"].unique()
     for patient, in_splits in splits.items():
         if len(in_splits) > 1:
-            out.append(Problem(None, None, f"patient {patient} is in splits "
-                               f"{', '.join(sorted(in_splits))}"))
+            out.append(
+                Problem(
+                    None, None, f"patient {patient} is in splits {', '.join(sorted(in_splits))}"
+                )
+            )
     return out
 
 
@@ -241,8 +267,9 @@ class _Decoder:
 
         self.size = (clip.get("height"), clip.get("width"))
 
-        @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1,
-                      exec_dynamic=True)
+        @pipeline_def(
+            batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True
+        )
         def pipe():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             return fn.decoders.video(encoded, device="cpu")
@@ -262,7 +289,9 @@ class _Decoder:
         if shape[0] != n_frames:
             return f"decodes to {shape[0]} frames, manifest says {n_frames}"
         if None not in self.size and tuple(shape[1:3]) != self.size:
-            return f"decodes to {shape[1]}x{shape[2]} frames, the set is {self.size[0]}x{self.size[1]}"
+            return (
+                f"decodes to {shape[1]}x{shape[2]} frames, the set is {self.size[0]}x{self.size[1]}"
+            )
         return None
 
 

@@ -33,17 +33,19 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from shards import storage
 from shards.format import (
     MANIFEST_COLUMNS,
+    MANIFEST_FILE,
     MANIFEST_SCHEMA,
     REQUIRED_META,
     SHARD_RE,
     SPLITS,
+    STATS_FILE,
     TASKS,
     Sample,
     encode_labels,
@@ -58,8 +60,6 @@ from shards.stats import check_clip_format, compute_stats, stats_json_bytes
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.parquet"
-STATS_FILE = "stats.json"
 # Fixed tar member attributes: the same samples give the same bytes on any machine, any day.
 TAR_USER = "echocmr"
 TAR_MODE = 0o444
@@ -108,10 +108,16 @@ class ShardFile:
     """One tar and its ``.idx``, staged and published atomically by `finish`."""
 
     def __init__(self, out: str, name: str) -> None:
+        import webdataset as wds  # imports torch: load it only when a tar is written
+
         self.out, self.name = out, name
         self._staged = storage.StagedFile(storage.join(out, name))
         self._tar = wds.TarWriter(
-            self._staged.file, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME,
+            self._staged.file,
+            user=TAR_USER,
+            group=TAR_USER,
+            mode=TAR_MODE,
+            mtime=TAR_MTIME,
             encoder=False,
         )
         self.index: list[SampleIndex] = []
@@ -131,8 +137,9 @@ class ShardFile:
         entries = []
         for ext in sorted(members):  # TarWriter writes members sorted by extension
             size = len(members[ext])
-            entries.append(IndexEntry(ext=ext, offset=offset + _BLOCK, size=size,
-                                      name=f"{key}.{ext}"))
+            entries.append(
+                IndexEntry(ext=ext, offset=offset + _BLOCK, size=size, name=f"{key}.{ext}")
+            )
             offset += _BLOCK + _padded(size)
         self._tar.write({"__key__": key, **members})
         if offset != self._tar.tarstream.offset:  # a non-ustar header would break the index
@@ -144,8 +151,9 @@ class ShardFile:
         """Close the tar, publish it, then publish its index."""
         self._tar.close()
         self._staged.commit()
-        storage.atomic_write(storage.join(self.out, index_name(self.name)),
-                             format_index(self.index).encode())
+        storage.atomic_write(
+            storage.join(self.out, index_name(self.name)), format_index(self.index).encode()
+        )
 
     def discard(self) -> None:
         """Drop the unfinished tar (closing the tar stream first, so nothing writes to it later)."""
@@ -154,9 +162,13 @@ class ShardFile:
         self._staged.discard()
 
 
-def manifest_bytes(columns: dict[str, list]) -> bytes:
-    """Serialise manifest columns (``MANIFEST_COLUMNS`` order) to Parquet bytes."""
-    table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
+def manifest_bytes(columns: dict[str, list] | pd.DataFrame) -> bytes:
+    """Serialise manifest columns (lists or a DataFrame holding them) to Parquet bytes."""
+    if isinstance(columns, pd.DataFrame):
+        frame = columns[list(MANIFEST_COLUMNS)]
+        table = pa.Table.from_pandas(frame, schema=MANIFEST_SCHEMA, preserve_index=False)
+    else:
+        table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -165,8 +177,9 @@ def manifest_bytes(columns: dict[str, list]) -> bytes:
 class ShardSetWriter:
     """Writes samples, given in final order, into a shard set at ``out`` (path or URL prefix)."""
 
-    def __init__(self, out: str, *, config: WriterConfig, clip_format: dict,
-                 split_key_fingerprint: str) -> None:
+    def __init__(
+        self, out: str, *, config: WriterConfig, clip_format: dict, split_key_fingerprint: str
+    ) -> None:
         self.out = str(out)
         self.config = config
         self.clip_format = check_clip_format(clip_format)
@@ -202,13 +215,18 @@ class ShardSetWriter:
         }
         shard = self._open.get(split)
         limit = None if self.config.shard_mb is None else self.config.shard_mb * 1e6
-        if shard is not None and limit is not None and len(shard) and (
-            shard.nbytes + tar_bytes([len(v) for v in members.values()]) + 2 * _BLOCK > limit
+        if (
+            shard is not None
+            and limit is not None
+            and len(shard)
+            and (shard.nbytes + tar_bytes([len(v) for v in members.values()]) + 2 * _BLOCK > limit)
         ):
             self.end_shard(split)
             shard = None
         if shard is None:
-            shard = self._open[split] = ShardFile(self.out, shard_name(split, self._next_number[split]))
+            shard = self._open[split] = ShardFile(
+                self.out, shard_name(split, self._next_number[split])
+            )
             self._next_number[split] += 1
         shard.write(sample.key, members)
         self._record(sample, meta, shard.name, pixel_stats)
@@ -227,7 +245,9 @@ class ShardSetWriter:
     def _check(self, sample: Sample) -> dict:
         validate_key(sample.key)
         if sample.key in self._keys:
-            raise ValueError(f"duplicate sample key {sample.key!r}: every clip must be written once")
+            raise ValueError(
+                f"duplicate sample key {sample.key!r}: every clip must be written once"
+            )
         meta = dict(sample.meta)
         missing = [k for k in REQUIRED_META if meta.get(k) is None]
         if missing:
@@ -237,32 +257,46 @@ class ShardSetWriter:
         if meta["site"] != key_site(sample.key):
             raise ValueError(f"sample {sample.key}: meta site {meta['site']!r} != key prefix")
         if not math.isclose(float(meta["fps"]), self.clip_format["fps"], rel_tol=1e-4):
-            raise ValueError(f"sample {sample.key}: fps {meta['fps']} != set fps "
-                             f"{self.clip_format['fps']}; resample before writing")
+            raise ValueError(
+                f"sample {sample.key}: fps {meta['fps']} != set fps "
+                f"{self.clip_format['fps']}; resample before writing"
+            )
         for side in ("height", "width"):
             if side in meta and int(meta[side]) != self.clip_format[side]:
-                raise ValueError(f"sample {sample.key}: {side} {meta[side]} != set "
-                                 f"{self.clip_format[side]}")
+                raise ValueError(
+                    f"sample {sample.key}: {side} {meta[side]} != set {self.clip_format[side]}"
+                )
         previous = self._patient_split.setdefault(meta["patient_hash"], meta["split"])
         if previous != meta["split"]:
-            raise ValueError(f"sample {sample.key}: patient {meta['patient_hash']} is already in "
-                             f"split {previous!r}, not {meta['split']!r}; splits are by patient")
+            raise ValueError(
+                f"sample {sample.key}: patient {meta['patient_hash']} is already in "
+                f"split {previous!r}, not {meta['split']!r}; splits are by patient"
+            )
         if not sample.video:
             raise ValueError(f"sample {sample.key}: empty video")
         return meta
 
-    def _record(self, sample: Sample, meta: dict, shard: str,
-                pixel_stats: tuple[float, float, int]) -> None:
+    def _record(
+        self, sample: Sample, meta: dict, shard: str, pixel_stats: tuple[float, float, int]
+    ) -> None:
         mean, std, n_pixels = pixel_stats
         labels = np.asarray(sample.labels, dtype=np.float32)
         row = {
-            "key": sample.key, "shard": shard, "split": meta["split"], "site": meta["site"],
-            "patient_hash": str(meta["patient_hash"]), "study_hash": str(meta["study_hash"]),
-            "view": str(meta["view"]), "n_frames": int(meta["n_frames"]), "fps": float(meta["fps"]),
+            "key": sample.key,
+            "shard": shard,
+            "split": meta["split"],
+            "site": meta["site"],
+            "patient_hash": str(meta["patient_hash"]),
+            "study_hash": str(meta["study_hash"]),
+            "view": str(meta["view"]),
+            "n_frames": int(meta["n_frames"]),
+            "fps": float(meta["fps"]),
             **{task: float(labels[i]) for i, task in enumerate(TASKS)},
             "video_bytes": len(sample.video),
             "video_sha256": hashlib.sha256(sample.video).hexdigest(),
-            "pixel_mean": float(mean), "pixel_std": float(std), "n_pixels": int(n_pixels),
+            "pixel_mean": float(mean),
+            "pixel_std": float(std),
+            "n_pixels": int(n_pixels),
         }
         for column, value in row.items():
             self._columns[column].append(value)
@@ -279,16 +313,16 @@ class ShardSetWriter:
             self.end_shard(split)
         self._remove_stale_shards()
         storage.atomic_write(storage.join(self.out, MANIFEST_FILE), manifest_bytes(self._columns))
-        import pandas as pd
-
         manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})
-        stats = compute_stats(manifest, clip_format=self.clip_format,
-                              split_key_fingerprint=self.split_key_fingerprint)
+        stats = compute_stats(
+            manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint
+        )
         storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
         self._closed = True
         clips = {s: int((manifest["split"] == s).sum()) for s in SPLITS}
-        self.summary = WriteSummary(out=self.out, shards=list(self._written), clips=clips,
-                                    stats=stats)
+        self.summary = WriteSummary(
+            out=self.out, shards=list(self._written), clips=clips, stats=stats
+        )
         log.info("wrote %d clips in %d shards to %s", len(manifest), len(self._written), self.out)
         return self.summary
 

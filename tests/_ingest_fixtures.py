@@ -43,14 +43,18 @@ TEXT_BOX = (2, 10, 3, 43)  # rows, cols of the burned-in text in `phantom` frame
 
 
 def phantom(n_frames: int = 20, height: int = 72, width: int = 96, *, seed: int = 0,
-            text: bool = True) -> np.ndarray:
-    """An echo-like grey clip ``uint8[T, H, W]`` (see the module docstring)."""
+            text: bool = True, ecg_gap: int = 8, ecg_mask: np.ndarray | None = None) -> np.ndarray:
+    """An echo-like grey clip ``uint8[T, H, W]`` (see the module docstring).
+
+    ``ecg_gap`` is the distance between the fan and the ECG trace; pass a bool array of the
+    clip's shape as ``ecg_mask`` to get the trace's pixels marked in it.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     apex_x, apex_y = width / 2, 4.0
     radius = np.hypot(xx - apex_x, yy - apex_y)
     angle = np.arctan2(xx - apex_x, yy - apex_y)
-    fan = (radius < height - 8) & (np.abs(angle) < np.deg2rad(38)) & (radius > 3)
+    fan = (radius < height - 6 - ecg_gap) & (np.abs(angle) < np.deg2rad(38)) & (radius > 3)
     cy, cx = height * 0.5, apex_x
     frames = np.zeros((n_frames, height, width), dtype=np.uint8)
     for t in range(n_frames):
@@ -64,6 +68,8 @@ def phantom(n_frames: int = 20, height: int = 72, width: int = 96, *, seed: int 
         ecg_x = np.arange(width)
         ecg_y = (height - 4 + np.round(1.5 * np.sin(ecg_x / 4 + t))).astype(int)
         frames[t, ecg_y, ecg_x] = 200
+        if ecg_mask is not None:
+            ecg_mask[t, ecg_y, ecg_x] = True
     if text:
         r0, r1, c0, c1 = TEXT_BOX
         glyphs = np.random.default_rng(1234).random((r1 - r0, c1 - c0)) < 0.45

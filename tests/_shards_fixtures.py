@@ -32,8 +32,15 @@ def clip_format(size: int = 112, fps: float = 30.0) -> dict:
     return {"height": size, "width": size, "fps": float(fps), "codec": "vp9", "pix_fmt": "yuv420p"}
 
 
-def make_frames(rng: np.random.Generator, *, wma: bool, n_frames: int, size: int, fps: float,
-                signal: bool = True) -> np.ndarray:
+def make_frames(
+    rng: np.random.Generator,
+    *,
+    wma: bool,
+    n_frames: int,
+    size: int,
+    fps: float,
+    signal: bool = True,
+) -> np.ndarray:
     """uint8[T, H, W]: speckle plus a disc that beats (WMA negative) or stands still (positive)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cy, cx = size / 2 + rng.uniform(-size / 10, size / 10, size=2)
@@ -70,35 +77,64 @@ def _splits(n_patients: int, rng: np.random.Generator) -> list[str]:
     return [pair_split[p // 2] for p in range(n_patients)]
 
 
-def make_shard_set(out_dir: str, *, site: str = "site_a", n_patients: int = 8,
-                   clips_per_patient: int = 2, n_frames: int = 24, size: int = 112,
-                   fps: float = 30.0, seed: int = 0, samples_per_shard: int = 4,
-                   signal: bool = True) -> str:
+def make_shard_set(
+    out_dir: str,
+    *,
+    site: str = "site_a",
+    n_patients: int = 8,
+    clips_per_patient: int = 2,
+    n_frames: int = 24,
+    size: int = 112,
+    fps: float = 30.0,
+    seed: int = 0,
+    samples_per_shard: int = 4,
+    signal: bool = True,
+) -> str:
     """Write a real shard set into ``out_dir`` and return ``out_dir``."""
     rng = np.random.default_rng(seed)
     splits = _splits(n_patients, rng)
-    writer = ShardSetWriter(out_dir, config=WriterConfig(samples_per_shard=samples_per_shard),
-                            clip_format=clip_format(size, fps),
-                            split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT)
+    writer = ShardSetWriter(
+        out_dir,
+        config=WriterConfig(samples_per_shard=samples_per_shard),
+        clip_format=clip_format(size, fps),
+        split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT,
+    )
     with writer:
         for patient in range(n_patients):
             labels = _labels(rng, patient)
             patient_hash = _hex("patient", site, seed, patient)
             study_hash = _hex("study", site, seed, patient)
             for clip in range(clips_per_patient):
-                frames = make_frames(rng, wma=bool(labels[0] == 1), n_frames=n_frames, size=size,
-                                     fps=fps, signal=signal)
+                frames = make_frames(
+                    rng,
+                    wma=bool(labels[0] == 1),
+                    n_frames=n_frames,
+                    size=size,
+                    fps=fps,
+                    signal=signal,
+                )
                 key = f"{site}-{_hex('clip', site, seed, patient, clip)}"
                 meta = {
-                    "key": key, "site": site, "split": splits[patient],
-                    "patient_hash": patient_hash, "study_hash": study_hash,
+                    "key": key,
+                    "site": site,
+                    "split": splits[patient],
+                    "patient_hash": patient_hash,
+                    "study_hash": study_hash,
                     "source_sop_hash": _hex("sop", site, seed, patient, clip),
-                    "view": VIEWS[clip % len(VIEWS)], "fps": float(fps), "n_frames": n_frames,
-                    "height": size, "width": size, "orig_fps": float(fps),
-                    "orig_n_frames": n_frames, "pixel_spacing_mm": [0.3, 0.3],
-                    "echo_cmr_gap_days": int(rng.integers(-30, 31)), "field_strength_t": 1.5,
+                    "view": VIEWS[clip % len(VIEWS)],
+                    "fps": float(fps),
+                    "n_frames": n_frames,
+                    "height": size,
+                    "width": size,
+                    "orig_fps": float(fps),
+                    "orig_n_frames": n_frames,
+                    "pixel_spacing_mm": [0.3, 0.3],
+                    "echo_cmr_gap_days": int(rng.integers(-30, 31)),
+                    "field_strength_t": 1.5,
                 }
                 pixels = frames.astype(np.float64)
-                writer.add(Sample(key=key, video=encode_webm(frames, fps), labels=labels, meta=meta),
-                           pixel_stats=(float(pixels.mean()), float(pixels.std()), int(pixels.size)))
+                writer.add(
+                    Sample(key=key, video=encode_webm(frames, fps), labels=labels, meta=meta),
+                    pixel_stats=(float(pixels.mean()), float(pixels.std()), int(pixels.size)),
+                )
     return str(out_dir)

@@ -45,8 +45,15 @@ def test_labels_are_little_endian_float32_in_task_order_with_nan():
 
 @pytest.mark.parametrize(
     "key",
-    ["site_a-0123456789ABCDEF", "site.a-0123456789abcdef", "Site-0123456789abcdef",
-     "site_a-0123456789abcde", "site_a_0123456789abcdef", "-0123456789abcdef", "a" * 65 + "-" + "0" * 16],
+    [
+        "site_a-0123456789ABCDEF",
+        "site.a-0123456789abcdef",
+        "Site-0123456789abcdef",
+        "site_a-0123456789abcde",
+        "site_a_0123456789abcdef",
+        "-0123456789abcdef",
+        "a" * 65 + "-" + "0" * 16,
+    ],
 )
 def test_bad_keys_are_refused(key):
     with pytest.raises(ValueError, match="invalid"):
@@ -57,7 +64,10 @@ def test_good_keys_and_sites():
     assert make_key("site_2", "00ff00ff00ff00ff") == "site_2-00ff00ff00ff00ff"
     with pytest.raises(ValueError, match="site name"):
         validate_site("Site A")
-    assert split_member_name("site_a-0123456789abcdef.labels") == ("site_a-0123456789abcdef", "labels")
+    assert split_member_name("site_a-0123456789abcdef.labels") == (
+        "site_a-0123456789abcdef",
+        "labels",
+    )
 
 
 def test_meta_json_is_deterministic_and_keyed():
@@ -79,8 +89,14 @@ def _tar_with_odd_members(path):
     """A tar written by webdataset's TarWriter with varied sizes (incl. 0 and 512-multiples)."""
     with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as tw:
         for i, size in enumerate([0, 1, 511, 512, 513, 4096, 7777]):
-            tw.write({"__key__": f"x-{i:016x}", "json": b"{}" * (i + 1), "webm": b"\x01" * size,
-                      "labels": b"\x00" * 20})
+            tw.write(
+                {
+                    "__key__": f"x-{i:016x}",
+                    "json": b"{}" * (i + 1),
+                    "webm": b"\x01" * size,
+                    "labels": b"\x00" * 20,
+                }
+            )
 
 
 def test_index_matches_dali_wds2idx_byte_for_byte(tmp_path):
@@ -88,8 +104,11 @@ def test_index_matches_dali_wds2idx_byte_for_byte(tmp_path):
     _tar_with_odd_members(tar_path)
     ours = format_index(index_from_tar(open(tar_path, "rb")))
     ref_path = tmp_path / "ref.idx"
-    subprocess.run([sys.executable, "-m", "wds2idx", str(tar_path), str(ref_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "wds2idx", str(tar_path), str(ref_path)],
+        check=True,
+        capture_output=True,
+    )
     assert ours == ref_path.read_text()
     parsed = parse_index(ours)
     assert format_index(parsed) == ours
@@ -97,7 +116,7 @@ def test_index_matches_dali_wds2idx_byte_for_byte(tmp_path):
     # Offsets point at the member's data.
     data = tar_path.read_bytes()
     entry = parsed[5][2]
-    assert entry.ext == "webm" and data[entry.offset:entry.offset + entry.size] == b"\x01" * 4096
+    assert entry.ext == "webm" and data[entry.offset : entry.offset + entry.size] == b"\x01" * 4096
 
 
 def test_parse_index_rejects_garbage():

@@ -28,10 +28,13 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                             "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
     old_conf = fsspec.config.conf.get("s3")
     # The same knob a user sets (or FSSPEC_S3_ENDPOINT_URL in the environment).
     fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
@@ -72,10 +75,24 @@ def test_storage_helpers_on_s3(s3_endpoint):
 
 
 def test_write_verify_and_reshard_through_s3(s3_endpoint, tmp_path):
-    site_a = make_shard_set("s3://echo/site_a", site="site_a", seed=0, n_patients=6,
-                            clips_per_patient=2, n_frames=8, samples_per_shard=3)
-    site_b = make_shard_set(str(tmp_path / "site_b"), site="site_b", seed=1, n_patients=6,
-                            clips_per_patient=2, n_frames=8, samples_per_shard=3)
+    site_a = make_shard_set(
+        "s3://echo/site_a",
+        site="site_a",
+        seed=0,
+        n_patients=6,
+        clips_per_patient=2,
+        n_frames=8,
+        samples_per_shard=3,
+    )
+    site_b = make_shard_set(
+        str(tmp_path / "site_b"),
+        site="site_b",
+        seed=1,
+        n_patients=6,
+        clips_per_patient=2,
+        n_frames=8,
+        samples_per_shard=3,
+    )
     (tmp_path / "site_b" / "ingest_report.parquet").write_bytes(b"site-local, never copied")
     assert verify(site_a) == []
     assert {s.key for s in iter_samples(site_a)} == set(read_manifest(site_a)["key"])

@@ -33,8 +33,9 @@ def sites(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged(sites, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("merged") / "ab")
-    summary = reshard(list(sites), out, config=ReshardConfig(samples_per_shard=4, seed=7,
-                                                             verify_decode=True))
+    summary = reshard(
+        list(sites), out, config=ReshardConfig(samples_per_shard=4, seed=7, verify_decode=True)
+    )
     return out, summary
 
 
@@ -49,8 +50,9 @@ def test_two_sites_merge_into_one_verified_mixed_set(sites, merged):
     assert after["key"].is_unique
     # Every patient keeps its split.
     old_split = {p: s for m in before for p, s in zip(m["patient_hash"], m["split"], strict=True)}
-    assert all(old_split[p] == s for p, s in zip(after["patient_hash"], after["split"],
-                                                  strict=True))
+    assert all(
+        old_split[p] == s for p, s in zip(after["patient_hash"], after["split"], strict=True)
+    )
     # Every output shard of every split mixes both sites, and sizes are even.
     for shard, rows in after.groupby("shard"):
         assert set(rows["site"]) == {"site_a", "site_b"}, shard
@@ -143,6 +145,9 @@ def test_reshard_refuses_inputs_that_disagree(sites, tmp_path, edit, message):
 def test_reshard_refuses_the_same_clips_twice_and_foreign_out(sites, tmp_path):
     with pytest.raises(ReshardError, match="more than one input"):
         reshard([sites[0], sites[0]], str(tmp_path / "o"), config=ReshardConfig())
+    relative = os.path.relpath(sites[0])
+    with pytest.raises(ReshardError, match="one of the inputs"):
+        reshard([sites[0], sites[1]], relative + "/", config=ReshardConfig())
     with pytest.raises(ReshardError, match="not a shard set"):
         reshard([sites[0]], sites[1], config=ReshardConfig())  # holds ingest_report.parquet
 
@@ -185,8 +190,10 @@ def test_verify_names_a_deleted_labels_member(damaged):
                 tar.addfile(info, io.BytesIO(data))
     problems = verify(str(damaged))
     key = victim.split(".")[0]
-    assert any(p.shard == "val-000000.tar" and p.sample == key and "missing .labels" in p.what
-               for p in problems)
+    assert any(
+        p.shard == "val-000000.tar" and p.sample == key and "missing .labels" in p.what
+        for p in problems
+    )
     assert any(p.shard == "val-000000.idx" and "does not match" in p.what for p in problems)
 
 
@@ -195,8 +202,11 @@ def test_verify_names_a_truncated_tar(damaged, where):
     path = damaged / "test-000001.tar"
     entries = _entries(damaged, "test-000001.tar")
     last_whole = entries[1][2]
-    cut = (last_whole.offset + last_whole.size // 2 if where == "mid_member"
-           else last_whole.offset + -(-last_whole.size // 512) * 512)
+    cut = (
+        last_whole.offset + last_whole.size // 2
+        if where == "mid_member"
+        else last_whole.offset + -(-last_whole.size // 512) * 512
+    )
     os.truncate(path, cut)
     problems = verify(str(damaged))
     assert problems and all(p.shard in ("test-000001.tar", "test-000001.idx") for p in problems)
@@ -216,16 +226,35 @@ def test_verify_decode_catches_a_clip_shorter_than_its_metadata(tmp_path):
 
     out = str(tmp_path / "short")
     frames = np.full((6, 112, 112), 90, dtype=np.uint8)
-    meta = {"site": "site_a", "split": "train", "patient_hash": "p", "study_hash": "s",
-            "view": "A4C", "fps": 30.0, "n_frames": 9}  # claims 9 frames, holds 6
-    with ShardSetWriter(out, config=WriterConfig(), clip_format=clip_format(),
-                        split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT) as writer:
-        writer.add(Sample(key="site_a-00000000000000ab", video=encode_webm(frames, 30.0),
-                          labels=np.zeros(5, np.float32), meta=meta), pixel_stats=(90, 0, 6 * 112 * 112))
+    meta = {
+        "site": "site_a",
+        "split": "train",
+        "patient_hash": "p",
+        "study_hash": "s",
+        "view": "A4C",
+        "fps": 30.0,
+        "n_frames": 9,
+    }  # claims 9 frames, holds 6
+    with ShardSetWriter(
+        out,
+        config=WriterConfig(),
+        clip_format=clip_format(),
+        split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT,
+    ) as writer:
+        writer.add(
+            Sample(
+                key="site_a-00000000000000ab",
+                video=encode_webm(frames, 30.0),
+                labels=np.zeros(5, np.float32),
+                meta=meta,
+            ),
+            pixel_stats=(90, 0, 6 * 112 * 112),
+        )
     assert verify(out) == []  # the bytes are all consistent; only decoding can tell
     problems = verify(out, decode=True)
     assert [(p.shard, p.sample, p.what) for p in problems] == [
-        ("train-000000.tar", "site_a-00000000000000ab", "decodes to 6 frames, manifest says 9")]
+        ("train-000000.tar", "site_a-00000000000000ab", "decodes to 6 frames, manifest says 9")
+    ]
 
 
 def test_cli_verify_stats_reshard(sites, merged, damaged, tmp_path, capsys):
@@ -241,8 +270,23 @@ def test_cli_verify_stats_reshard(sites, merged, damaged, tmp_path, capsys):
     assert echocmr(["shards", "verify", str(damaged)]) == 1
     assert "train-000000.tar" in capsys.readouterr().out
     new = str(tmp_path / "cli")
-    assert echocmr(["shards", "reshard", "--input", *sites, "--out", new,
-                    "--samples-per-shard", "5", "--seed", "3"]) == 0
+    assert (
+        echocmr(
+            [
+                "shards",
+                "reshard",
+                "--input",
+                *sites,
+                "--out",
+                new,
+                "--samples-per-shard",
+                "5",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert "verified OK" in capsys.readouterr().out
     assert echocmr(["shards", "reshard", "--input", sites[0], "--out", sites[1]]) == 1
     assert "error:" in capsys.readouterr().err

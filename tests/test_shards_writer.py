@@ -28,8 +28,9 @@ from shards.writer import ShardSetWriter, WriterConfig
 
 @pytest.fixture(scope="module")
 def shard_set(tmp_path_factory):
-    return make_shard_set(str(tmp_path_factory.mktemp("set") / "a"), n_patients=8,
-                          clips_per_patient=2, n_frames=12)
+    return make_shard_set(
+        str(tmp_path_factory.mktemp("set") / "a"), n_patients=8, clips_per_patient=2, n_frames=12
+    )
 
 
 def _manifest_by_key(directory):
@@ -68,8 +69,9 @@ def test_stock_webdataset_reads_every_sample(shard_set):
     assert set(seen) == set(manifest.index)
     for key, sample in seen.items():
         row = manifest.loc[key]
-        np.testing.assert_array_equal(decode_labels(sample["labels"]),
-                                      row[list(TASKS)].to_numpy(dtype=np.float32))
+        np.testing.assert_array_equal(
+            decode_labels(sample["labels"]), row[list(TASKS)].to_numpy(dtype=np.float32)
+        )
         meta = json.loads(sample["json"])
         assert meta["key"] == key and meta["split"] == row["split"]
         assert len(sample["webm"]) == row["video_bytes"]
@@ -84,8 +86,12 @@ def test_dali_reader_and_cpu_video_decoder_read_the_set(shard_set):
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def pipe():
         video, labels, meta = fn.readers.webdataset(
-            paths=tars, index_paths=[t[:-4] + ".idx" for t in tars],
-            ext=["webm", "labels", "json"], missing_component_behavior="error", name="reader")
+            paths=tars,
+            index_paths=[t[:-4] + ".idx" for t in tars],
+            ext=["webm", "labels", "json"],
+            missing_component_behavior="error",
+            name="reader",
+        )
         return fn.decoders.video(video, device="cpu"), labels, meta
 
     p = pipe()
@@ -103,14 +109,16 @@ def test_dali_reader_and_cpu_video_decoder_read_the_set(shard_set):
             assert np.abs(clip[..., 0].astype(int) - clip[..., 2]).max() <= 2
             np.testing.assert_array_equal(
                 decode_labels(np.asarray(labels[i]).tobytes()),
-                manifest.loc[key, list(TASKS)].to_numpy(dtype=np.float32))
+                manifest.loc[key, list(TASKS)].to_numpy(dtype=np.float32),
+            )
     assert sorted(keys) == sorted(manifest.index)
 
 
 def test_gnu_tar_lists_members_with_fixed_attributes(shard_set):
     tar_path = list_shards(shard_set, "train")[0]
-    listing = subprocess.run(["tar", "-tvf", tar_path], check=True, capture_output=True,
-                             text=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["tar", "-tvf", tar_path], check=True, capture_output=True, text=True
+    ).stdout.splitlines()
     assert len(listing) == 12  # 4 samples x (json, labels, webm)
     for line in listing:
         assert line.startswith("-r--r--r-- echocmr/echocmr") and "1970-01-01 00:00" in line
@@ -121,8 +129,9 @@ def test_gnu_tar_lists_members_with_fixed_attributes(shard_set):
 def test_idx_files_equal_wds2idx_output(shard_set, tmp_path):
     for tar_path in list_shards(shard_set):
         ref = tmp_path / "ref.idx"
-        subprocess.run([sys.executable, "-m", "wds2idx", tar_path, str(ref)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "wds2idx", tar_path, str(ref)], check=True, capture_output=True
+        )
         assert ref.read_text() == open(tar_path[:-4] + ".idx").read(), tar_path
 
 
@@ -146,15 +155,27 @@ def test_same_input_gives_byte_identical_set(shard_set, tmp_path):
 
 
 def _one_sample(key="site_a-00000000000000aa", split="train", patient="p1", fps=30.0):
-    meta = {"site": "site_a", "split": split, "patient_hash": patient, "study_hash": "s1",
-            "view": "A4C", "fps": fps, "n_frames": 2}
-    return Sample(key=key, video=b"\x1a\x45\xdf\xa3 fake webm", labels=np.zeros(5, np.float32),
-                  meta=meta)
+    meta = {
+        "site": "site_a",
+        "split": split,
+        "patient_hash": patient,
+        "study_hash": "s1",
+        "view": "A4C",
+        "fps": fps,
+        "n_frames": 2,
+    }
+    return Sample(
+        key=key, video=b"\x1a\x45\xdf\xa3 fake webm", labels=np.zeros(5, np.float32), meta=meta
+    )
 
 
 def _writer(out, **config):
-    return ShardSetWriter(str(out), config=WriterConfig(**config), clip_format=clip_format(),
-                          split_key_fingerprint="f" * 16)
+    return ShardSetWriter(
+        str(out),
+        config=WriterConfig(**config),
+        clip_format=clip_format(),
+        split_key_fingerprint="f" * 16,
+    )
 
 
 def test_writer_refuses_inconsistent_samples(tmp_path):
@@ -165,8 +186,9 @@ def test_writer_refuses_inconsistent_samples(tmp_path):
     with pytest.raises(ValueError, match="already in split"):
         writer.add(_one_sample("site_a-00000000000000bb", split="test"), pixel_stats=(1, 1, 1))
     with pytest.raises(ValueError, match="fps"):
-        writer.add(_one_sample("site_a-00000000000000cc", patient="p2", fps=25.0),
-                   pixel_stats=(1, 1, 1))
+        writer.add(
+            _one_sample("site_a-00000000000000cc", patient="p2", fps=25.0), pixel_stats=(1, 1, 1)
+        )
     with pytest.raises(ValueError, match="key prefix"):
         writer.add(_one_sample("site_b-00000000000000dd", patient="p3"), pixel_stats=(1, 1, 1))
     writer.abort()
@@ -188,8 +210,12 @@ def test_crash_leaves_no_half_shard_and_rerun_completes(tmp_path):
     (out / "train-000007.tar").write_bytes(b"old")
     with _writer(out, samples_per_shard=2) as writer:
         writer.add(_one_sample("site_a-00000000000000ff"), pixel_stats=(1, 1, 1))
-    assert sorted(os.listdir(out)) == ["manifest.parquet", "stats.json", "train-000000.idx",
-                                       "train-000000.tar"]
+    assert sorted(os.listdir(out)) == [
+        "manifest.parquet",
+        "stats.json",
+        "train-000000.idx",
+        "train-000000.tar",
+    ]
 
 
 def test_shard_mb_cuts_shards_by_size(tmp_path):
@@ -205,7 +231,37 @@ def test_shard_mb_cuts_shards_by_size(tmp_path):
 def test_pooled_pixel_stats_equal_direct_computation():
     rng = np.random.default_rng(1)
     clips = [rng.integers(0, 256, size=rng.integers(50, 500)).astype(np.float64) for _ in range(7)]
-    mean, std = pooled_pixel_stats([c.mean() for c in clips], [c.std() for c in clips],
-                                   [c.size for c in clips])
+    mean, std = pooled_pixel_stats(
+        [c.mean() for c in clips], [c.std() for c in clips], [c.size for c in clips]
+    )
     everything = np.concatenate(clips)
     assert mean == pytest.approx(everything.mean()) and std == pytest.approx(everything.std())
+
+
+def test_fixture_signal_makes_wma_visible_as_motion(shard_set):
+    """WMA-positive fixture clips stand still, negatives beat: training tests rely on this."""
+    from ingest.encode import decode_webm
+
+    motion = {0.0: [], 1.0: []}
+    for sample in iter_samples(shard_set):
+        frames, _ = decode_webm(sample.video)
+        frame_diff = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean()
+        motion[float(sample.labels[0])].append(frame_diff)
+    assert motion[0.0] and motion[1.0]
+    assert max(motion[1.0]) < min(motion[0.0])
+
+
+def test_file_urls_and_local_atomic_writes(tmp_path):
+    url = f"file://{tmp_path}/viaurl"
+    with _writer(url) as writer:
+        writer.add(_one_sample(), pixel_stats=(1, 1, 1))
+    assert list_shards(url) == [f"{url}/train-000000.tar"]
+    assert [s.key for s in iter_samples(url)] == ["site_a-00000000000000aa"]
+    assert storage.canonical(url) == storage.canonical(str(tmp_path / "viaurl") + "/")
+    target = tmp_path / "x.bin"
+    with pytest.raises(ValueError), storage.StagedFile(str(target)) as f:
+        f.write(b"partial")
+        raise ValueError("crash")
+    assert os.listdir(tmp_path) == ["viaurl"]  # neither the target nor a temp file
+    storage.atomic_write(str(target), b"whole")
+    assert target.read_bytes() == b"whole"

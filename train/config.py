@@ -119,11 +119,17 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class FaultConfig:
-    """Test hook: worker ``rank`` exits hard once at global step ``step`` (``marker`` remembers)."""
+    """Test hook: worker ``rank`` exits hard once at global step ``step`` (``marker`` remembers).
+
+    ``delay_s`` waits before the exit: Ray Train V2's controller collects reports by polling the
+    workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default), and a report still
+    unpolled when a worker dies is lost, so a crash right after a report restarts one epoch earlier.
+    """
 
     rank: int
     step: int
     marker: str  # file created just before the exit; while it exists the fault is spent
+    delay_s: float = 0.0
 
 
 @dataclass(kw_only=True)

@@ -132,12 +132,12 @@ class Engine:
             self.global_step += 1
             self._maybe_fault()
         seconds = time.perf_counter() - start
-        mean_loss = self._mean_over_ranks(float(np.mean(losses)) if losses else 0.0)
+        mean_loss = self.mean_over_ranks(float(np.mean(losses)) if losses else 0.0)
         task_mean = task_sums / max(len(losses), 1)
         self.position = ReaderPosition(epoch=epoch + 1, batch=0)
         return EpochResult(
             epoch=epoch, steps=len(losses), loss=mean_loss,
-            task_loss={t: self._mean_over_ranks(float(v)) for t, v in zip(TASKS, task_mean)},
+            task_loss={t: self.mean_over_ranks(float(v)) for t, v in zip(TASKS, task_mean, strict=True)},
             clips=clips, seconds=seconds, data_wait_s=wait, step_losses=losses, batch_keys=keys)
 
     def _step(self, batch: Batch) -> tuple[float, torch.Tensor]:
@@ -160,6 +160,7 @@ class Engine:
                 and not os.path.exists(fault.marker):
             with open(fault.marker, "w") as f:
                 f.write(f"rank {self.rank} exited at step {self.global_step}\n")
+            time.sleep(fault.delay_s)
             os._exit(1)  # a hard crash: no cleanup, no exception for Ray to catch
 
     # -- validation ---------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class Engine:
             n = int(batch.valid.sum())
             loss_sum, loss_n = loss_sum + float(loss) * n, loss_n + n
             valid = batch.valid.cpu().numpy()
-            keys += [k for k, v in zip(batch.keys, valid) if v]
+            keys += [k for k, v in zip(batch.keys, valid, strict=True) if v]
             probs.append(torch.sigmoid(logits.float()).cpu().numpy()[valid])
             labels.append(batch.labels.cpu().numpy()[valid])
         local = (keys, np.concatenate(probs), np.concatenate(labels), loss_sum, loss_n)
@@ -206,7 +207,7 @@ class Engine:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
 
-    def _mean_over_ranks(self, value: float) -> float:
+    def mean_over_ranks(self, value: float) -> float:
         if self.world == 1:
             return value
         t = torch.tensor([value], dtype=torch.float64,

@@ -9,6 +9,7 @@ from the caller, so the same inputs give byte-identical files.
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def _base_dataset(ident: DicomIdentity, vendor: Vendor, sop_class: str, ts: str,
     ds.PatientID = ident.patient_id
     ds.PatientBirthDate = ident.birth_date
     ds.PatientSex = ident.sex
-    ds.DeviceSerialNumber = f"{vendor.key[:2].upper()}{abs(hash(vendor.model)) % 1:06d}"
+    ds.DeviceSerialNumber = f"{vendor.key[:2].upper()}{zlib.crc32(vendor.model.encode()) % 10**6:06d}"
     ds.SoftwareVersions = vendor.software
     ds.StudyInstanceUID = ident.study_uid
     ds.SeriesInstanceUID = ident.series_uid
@@ -182,7 +183,7 @@ def write_image(
         ds.NumberOfFrames = n_frames
         if vendor.timing == "frame_time":
             ds.FrameIncrementPointer = _FRAME_TIME
-            ds.FrameTime = f"{1000.0 / fps:.4g}"
+            ds.FrameTime = f"{1000.0 / fps:.1f}"  # the planner makes this exact
         else:
             ds.FrameIncrementPointer = _CINE_RATE
             ds.CineRate = int(round(fps))

@@ -75,8 +75,9 @@ class Overlay:
         self._logo(draw, vendor, cols - margin, margin, large, colour)
         # Settings text in the corners of the fan's box (inside the box, outside the fan).
         min_x, min_y, max_x, max_y = geometry.box
-        draw.text((min_x + 2, min_y + 2), "MI 1.1\nTIS 0.4", fill=_GREY, font=small)
-        draw.text((max_x - 6 * small.size, min_y + 2),
+        settings_y = min_y + (max_y - min_y) // 4
+        draw.text((min_x + 2, settings_y), "MI 1.1\nTIS 0.4", fill=_GREY, font=small)
+        draw.text((max_x - 5 * small.size, settings_y),
                   f"{text.fps:.0f} Hz\n{geometry.depth_cm:.0f} cm", fill=_GREY, font=small)
         self._depth_scale(draw, geometry, small)
         self._grey_bar(img, geometry, colour_bar)
@@ -133,7 +134,7 @@ class Overlay:
             bar[..., 0] = np.where(top_half, 2 * (ramp - 127), 0)
             bar[..., 1] = np.abs(ramp - 127) // 3
             bar[..., 2] = np.where(top_half, 0, 2 * (127 - ramp))
-        img.paste(Image.fromarray(bar.astype(np.uint8)), (x0, min_y + 20))
+        img.paste(Image.fromarray(bar.astype(np.uint8)), (x0, min_y + int(0.4 * height)))
 
     def compose(self, index: int, sector_values: np.ndarray) -> np.ndarray:
         """Frame ``index``: the layer, the fan's pixels (grey, or [N, 3] RGB), and the cursor."""

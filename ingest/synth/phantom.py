@@ -30,7 +30,7 @@ from ingest.synth.anatomy import BLOOD, PERICARDIUM, HeartParams, Layout, draw_l
 from ingest.synth.cycle import Cycle
 from ingest.synth.sector import N_BEAMS, SectorGeometry
 
-_TEX_RES_CM = 0.045  # speckle texture cell
+_TEX_RES_CM = 0.05  # speckle texture cell
 
 
 @dataclass(kw_only=True)
@@ -94,14 +94,14 @@ class EchoPhantom:
     # ---------------------------------------------------------------- set-up (once per clip)
     def _init_background(self, rng: np.random.Generator, cfg: PhantomConfig) -> None:
         depth = self.geometry.depth_cm
-        self.tissue = float(rng.uniform(0.09, 0.2))
+        self.tissue = float(rng.uniform(0.04, 0.12))
         self.myo_echo = float(rng.uniform(0.4, 0.62))
-        hetero = 1.0 + 0.6 * self._texture.coarse(self.x, self.y)
+        hetero = np.clip(0.5 + 0.8 * self._texture.coarse(self.x, self.y), 0.0, 2.5)
         clutter = rng.uniform(*cfg.clutter) * np.exp(-(self.r - self.r.min()) / 1.3)
         self.background = (self.tissue * hetero + clutter).astype(np.float32)
         self.speckle_static = self._texture.fine(self.x, self.y)
         # Imperfect time-gain compensation, lateral gain, and maybe a shadow over some beams.
-        slope = rng.uniform(-0.6, 0.4)
+        slope = rng.uniform(-1.0, 0.3)
         gain = np.exp(slope * (self.r / depth - 0.5))
         gain *= 1.0 + 0.08 * np.sin(self.theta * rng.uniform(2, 5) + rng.uniform(0, 2 * np.pi))
         if rng.random() < cfg.p_shadow:
@@ -202,7 +202,10 @@ class EchoPhantom:
         value = np.power(echo * speckle * self.gain, self.gamma) * self.overall_gain
         value += self.noise_sigma * self.rng.standard_normal(value.size, dtype=np.float32)
         value = (value - self.reject) / (1.0 - self.reject)
-        return (np.clip(value, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).reshape(self.shape)
+        image = np.clip(value, 0.0, 1.0).reshape(self.shape) * 255.0
+        # The beam is wider than the line spacing: blur across beams (1-2-1).
+        image[:, 1:-1] = 0.25 * image[:, :-2] + 0.5 * image[:, 1:-1] + 0.25 * image[:, 2:]
+        return (image + 0.5).astype(np.uint8)
 
     def echogenicity(self, t_s: float) -> tuple[np.ndarray, np.ndarray]:
         """(echogenicity, speckle) of every polar sample at time ``t_s``, both float32."""
@@ -248,7 +251,7 @@ class EchoPhantom:
         cavity = rho < endo
         myo = (rho >= endo) & (rho < epi)
         peri = self.lv_peri & (rho >= epi) & (rho < epi + 0.18 * t0 / lv.wall)  # ~1.8 mm
-        hetero = 1.0 + 0.25 * self._texture.coarse(x0, y0)
+        hetero = 1.0 + 0.12 * self._texture.coarse(x0, y0)
         sub = echo[idx]
         sub = np.where(myo & ~self.lv_gap, self.myo_echo * hetero, sub)
         sub = np.where(peri, PERICARDIUM, sub)
@@ -343,19 +346,19 @@ class EchoPhantom:
 
 
 class _Texture:
-    """Speckle (fine, Rayleigh-like, mean 1) and tissue heterogeneity (coarse, mean 0) fields."""
+    """Speckle (fine, Rayleigh-like, mean 1) and tissue heterogeneity (coarse, ~N(0, 1)) fields."""
 
     def __init__(self, rng: np.random.Generator, geometry: SectorGeometry) -> None:
         half_w = geometry.depth_cm * np.sin(geometry.half_angle) + 2.0
         self.x0, self.y0 = -half_w, -1.0
         nx = int(np.ceil(2 * half_w / _TEX_RES_CM)) + 1
         ny = int(np.ceil((geometry.depth_cm + 3.0) / _TEX_RES_CM)) + 1
-        re = gaussian_filter(rng.standard_normal((ny, nx)).astype(np.float32), 0.7)
-        im = gaussian_filter(rng.standard_normal((ny, nx)).astype(np.float32), 0.7)
+        re = gaussian_filter(rng.standard_normal((ny, nx)).astype(np.float32), 1.0)
+        im = gaussian_filter(rng.standard_normal((ny, nx)).astype(np.float32), 1.0)
         amp = np.hypot(re, im)
         self.fine_tex = (amp / amp.mean()).astype(np.float32)
         coarse = gaussian_filter(rng.standard_normal((ny // 20 + 2, nx // 20 + 2)), 1.0)
-        self.coarse_tex = (coarse / (np.abs(coarse).max() + 1e-9)).astype(np.float32)
+        self.coarse_tex = (coarse / (coarse.std() + 1e-9)).astype(np.float32)  # ~N(0, 1)
 
     def _index(self, x: np.ndarray, y: np.ndarray, tex: np.ndarray, cell: float) -> np.ndarray:
         ix = np.clip(((x - self.x0) / cell).astype(np.int32), 0, tex.shape[1] - 1)

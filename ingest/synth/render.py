@@ -77,11 +77,13 @@ class ClipRenderer:
         """The clip's frames as the machine's screen shows them."""
         for index, t in enumerate(self.times()):
             polar = self.phantom.frame(float(t))
+            mode = self.request.vendor.scan_conversion
             if self.request.colour_doppler:
                 rgb = self.phantom.doppler(float(t), polar)
                 values = np.stack(
-                    [self.geometry.scan_convert(np.ascontiguousarray(rgb[..., c]))
+                    [self.geometry.scan_convert(np.ascontiguousarray(rgb[..., c]),
+                                                interpolation=mode)
                      for c in range(3)], axis=1)
             else:
-                values = self.geometry.scan_convert(polar)
+                values = self.geometry.scan_convert(polar, interpolation=mode)
             yield self.overlay.compose(index, values)

@@ -44,8 +44,8 @@ class SectorGeometry:
 
     @property
     def n_depth(self) -> int:
-        """Depth samples per beam of the polar grid (about one per 2.5 canvas pixels)."""
-        return int(round((self.radius_px - self.near_px) / 2.5))
+        """Depth samples per beam of the polar grid (about one per 3.5 canvas pixels)."""
+        return int(round((self.radius_px - self.near_px) / 3.5))
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -65,12 +65,22 @@ class SectorGeometry:
         rr, tt = np.meshgrid(r, th, indexing="ij")
         return rr, tt, rr * np.sin(tt), rr * np.cos(tt)
 
-    def scan_convert(self, polar: np.ndarray) -> np.ndarray:
-        """Sector pixel values (in ``sector_pixels`` order) from a uint8 [n_depth, N_BEAMS] image."""
+    def scan_convert(self, polar: np.ndarray, *, interpolation: str = "bilinear") -> np.ndarray:
+        """Sector pixel values (in ``sector_pixels`` order) from a uint8 [n_depth, N_BEAMS] image.
+
+        ``bilinear`` doubles the polar grid smoothly first; ``nearest`` repeats samples, giving the
+        blocky far field of older scan converters (and runs that RLE can compress).
+        """
         if polar.shape != (self.n_depth, N_BEAMS) or polar.dtype != np.uint8:
             raise ValueError(f"expected uint8 {(self.n_depth, N_BEAMS)}, got {polar.dtype} "
                              f"{polar.shape}")
-        fine = Image.fromarray(polar).resize((2 * N_BEAMS, 2 * self.n_depth), Image.BILINEAR)
+        size = (2 * N_BEAMS, 2 * self.n_depth)
+        if interpolation == "bilinear":
+            fine = Image.fromarray(polar).resize(size, Image.BILINEAR)
+        elif interpolation == "nearest":
+            fine = Image.fromarray(polar).resize(size, Image.NEAREST)
+        else:
+            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', not {interpolation!r}")
         return np.asarray(fine).ravel()[_lookup(self)[1]]
 
     @property

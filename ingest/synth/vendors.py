@@ -5,9 +5,10 @@ transfer syntax, colour model, frame-timing attribute, file naming, and whether 
 sector is (the ultrasound region sequence) at all. Ingest must cope with every one of them, so the
 synthetic cohort draws each echo study's machine from this table.
 
-The shares keep the cohort within its size budget: lossless colour (RLE) and uncompressed clips cost
-five to ten times the bytes of JPEG ones, and the large canvas costs the most time, so those vendors
-are the rarer ones. No vendor is related to any label (the machine must not be a shortcut).
+The shares keep the cohort within its size budget: per frame, a 480x640 JPEG costs ~20 KB, RLE
+colour ~170 KB and uncompressed 307 KB, and the large JPEG-LS canvas ~85 KB and the most time, so
+those machines are the rarer ones (the planner still puts every machine in every cohort of a few
+patients). No vendor is related to any label: the machine must not be a shortcut.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Vendor:
     fps_range: tuple[float, float]
     file_style: str  # "numbered" (IMG00001.dcm) or "uid" (<SOPInstanceUID>.dcm)
     jpeg_quality: int = 0  # only for JPEG baseline
+    scan_conversion: str = "bilinear"  # or "nearest": blocky, as older scan converters
     software: str = "1.0"
 
     @property
@@ -57,6 +59,22 @@ class Vendor:
 
 VENDORS: tuple[Vendor, ...] = (
     Vendor(
+        key="elara",
+        manufacturer="Elara Sonics",
+        model="EchoStar 5",
+        rows=480,
+        columns=640,
+        transfer_syntax=JPEG_BASELINE_8BIT,
+        photometric="YBR_FULL_422",
+        timing="cine_rate",
+        has_regions=True,
+        share=0.50,
+        fps_range=(30.0, 60.0),
+        file_style="uid",
+        jpeg_quality=72,
+        software="5.1.0",
+    ),
+    Vendor(
         key="aurelia",
         manufacturer="Aurelia Medical",
         model="Vista E9",
@@ -66,11 +84,27 @@ VENDORS: tuple[Vendor, ...] = (
         photometric="YBR_FULL_422",
         timing="frame_time",
         has_regions=True,
-        share=0.52,
+        share=0.30,
         fps_range=(40.0, 60.0),
         file_style="numbered",
-        jpeg_quality=82,
+        jpeg_quality=72,
         software="203.87.1",
+    ),
+    Vendor(
+        key="delphi",
+        manufacturer="Delphi Echo Systems",
+        model="Apex HD",
+        rows=768,
+        columns=1024,
+        transfer_syntax=JPEG_LS_LOSSLESS,
+        photometric="MONOCHROME2",
+        timing="cine_rate",
+        has_regions=False,  # ingest must find the sector from the pixels
+        share=0.10,
+        fps_range=(30.0, 50.0),
+        file_style="uid",
+        scan_conversion="nearest",
+        software="11.3",
     ),
     Vendor(
         key="borealis",
@@ -82,9 +116,10 @@ VENDORS: tuple[Vendor, ...] = (
         photometric="RGB",
         timing="cine_rate",
         has_regions=True,
-        share=0.16,
-        fps_range=(30.0, 50.0),
+        share=0.05,
+        fps_range=(30.0, 36.0),
         file_style="uid",
+        scan_conversion="nearest",
         software="7.2.4",
     ),
     Vendor(
@@ -97,25 +132,10 @@ VENDORS: tuple[Vendor, ...] = (
         photometric="MONOCHROME2",
         timing="frame_time",
         has_regions=True,
-        share=0.12,
-        fps_range=(30.0, 40.0),
+        share=0.05,
+        fps_range=(30.0, 33.0),
         file_style="numbered",
         software="4.0.12",
-    ),
-    Vendor(
-        key="delphi",
-        manufacturer="Delphi Echo Systems",
-        model="Apex HD",
-        rows=768,
-        columns=1024,
-        transfer_syntax=JPEG_LS_LOSSLESS,
-        photometric="MONOCHROME2",
-        timing="cine_rate",
-        has_regions=False,  # ingest must find the sector from the pixels
-        share=0.20,
-        fps_range=(30.0, 50.0),
-        file_style="uid",
-        software="11.3",
     ),
 )
 

@@ -1,0 +1,82 @@
+"""train.loss and train.metrics against plain reference computations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from train.loss import MaskedMultiTaskBCE, build_loss, pos_weights_from_stats
+from train.metrics import checkpoint_score, mean_auc, task_aucs
+
+NAN = float("nan")
+
+
+def reference_loss(logits, labels, task_w, pos_w=None, valid=None):
+    """Per element BCE in plain Python, averaged per task over known labels, weighted."""
+    n, k = len(labels), len(labels[0])
+    pos_w = pos_w or [1.0] * k
+    per_task = []
+    for j in range(k):
+        terms = []
+        for i in range(n):
+            if math.isnan(labels[i][j]) or (valid is not None and not valid[i]):
+                continue
+            p = 1 / (1 + math.exp(-logits[i][j]))
+            y = labels[i][j]
+            terms.append(-(pos_w[j] * y * math.log(p) + (1 - y) * math.log(1 - p)))
+        per_task.append(sum(terms) / len(terms) if terms else 0.0)
+    return sum(w * t for w, t in zip(task_w, per_task, strict=True)) / sum(task_w), per_task
+
+
+def test_matches_reference_with_unknown_labels_weights_and_padding():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).tolist()
+    labels = [[1, 0, NAN, 1, NAN], [0, NAN, NAN, 0, NAN], [1, 1, NAN, NAN, NAN],
+              [0, 0, NAN, 1, NAN], [NAN, 1, NAN, 0, NAN], [1, 1, 1, 1, 1]]
+    valid = [True, True, True, True, True, False]  # the last row is DDP padding
+    task_w, pos_w = [2.0, 1.0, 1.0, 0.5, 1.0], [3.0, 1.0, 2.0, 1.0, 1.5]
+    loss_fn = MaskedMultiTaskBCE(task_w, pos_w)
+    loss, per_task = loss_fn(torch.tensor(logits), torch.tensor(labels), torch.tensor(valid))
+    ref, ref_tasks = reference_loss(logits, labels, task_w, pos_w, valid)
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert per_task.tolist() == pytest.approx(ref_tasks, rel=1e-5)
+    assert per_task[2] == 0 and per_task[4] == 0  # no known label: nothing, not NaN
+
+
+def test_unknown_labels_get_no_gradient():
+    logits = torch.zeros(3, 5, requires_grad=True)
+    labels = torch.tensor([[1, NAN, 0, NAN, 1]] * 3)
+    loss, _ = MaskedMultiTaskBCE()(logits, labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert (logits.grad[:, [1, 3]] == 0).all() and (logits.grad[:, [0, 2, 4]] != 0).all()
+
+
+def test_pos_weights_from_stats_and_bad_weights():
+    stats = {"splits": {"train": {"positives": {"wma": 10, "lge": 0, "t1": 5, "t2": 4, "ecv": 2},
+                                  "known": {"wma": 40, "lge": 30, "t1": 5, "t2": 10, "ecv": 8}}}}
+    assert pos_weights_from_stats(stats) == [3.0, 1.0, 1.0, 1.5, 3.0]
+    assert build_loss({"wma": 1.0}, True, stats).pos_weight.tolist() == [3.0, 1.0, 1.0, 1.5, 3.0]
+    assert build_loss({"wma": 1.0}, False, stats).pos_weight is None
+    with pytest.raises(ValueError, match="lacks splits.train"):
+        pos_weights_from_stats({"splits": {}})
+    with pytest.raises(ValueError, match="task weights"):
+        MaskedMultiTaskBCE([0, 0, 0, 0, 0])
+
+
+def test_task_aucs_match_sklearn_and_skip_thin_tasks():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=(40, 5)).astype(float)
+    labels[rng.random((40, 5)) < 0.3] = np.nan
+    labels[:, 4] = np.nan
+    labels[:3, 4] = [1, 0, 0]  # one positive only
+    probs = rng.random((40, 5))
+    aucs = task_aucs(labels, probs, min_positives=2)
+    for k, task in enumerate(("wma", "lge", "t1", "t2")):
+        known = ~np.isnan(labels[:, k])
+        assert aucs[task] == pytest.approx(roc_auc_score(labels[known, k], probs[known, k]))
+    assert aucs["ecv"] is None
+    assert mean_auc(aucs) == pytest.approx(np.mean([aucs[t] for t in ("wma", "lge", "t1", "t2")]))
+    assert checkpoint_score({t: None for t in aucs}, val_loss=0.7) == -0.7

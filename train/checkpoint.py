@@ -1,0 +1,146 @@
+"""Checkpoints (save / read / restore) and the trained model as MLflow logs and loads it.
+
+A checkpoint is a directory holding ``checkpoint.pt`` (``torch.save`` of a dict): ``model``
+(CPU state dict, torchvision names), ``optimizer``, ``scheduler``, ``position`` (reader epoch and
+batch), ``global_step``, ``rng`` (every rank's generator states), ``epoch`` (last completed),
+``metrics`` (that epoch's), ``config`` (the resolved `TrainConfig` as a dict) and ``input_spec``
+(`train.data.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
+
+The logged MLflow model is the network pickled on the CPU in float32 (MLflow's ``pickle``
+serialisation, not the ``pt2`` default: ``torch.export`` needs a batch >= 2 example and ties the
+graph to the exporting device). It reloads on a CPU-only machine with
+``mlflow.pytorch.load_model(uri)`` wherever ``echocmr`` is installed (the class is
+``train.model.R2Plus1D``). Its signature is ``float32[-1, C, T, S, S] -> float32[-1, 5]`` and its
+MLmodel metadata holds ``input_spec``.
+
+`load_model(uri)` is what eval and predict use: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+``runs:/RUN/model``, a local MLflow model directory, a checkpoint directory or a
+``checkpoint.pt`` file -> ``(model in eval mode on CPU, InputSpec)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from train.config import ModelConfig
+from train.data import InputSpec
+from train.model import R2Plus1D
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(directory: str, state: dict[str, Any]) -> str:
+    """Write ``state`` to ``directory/checkpoint.pt`` (atomically) and return that path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    tmp = path + ".tmp"
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """The state dict of a checkpoint directory or ``checkpoint.pt`` file (loaded on the CPU)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # Our own files: they hold RNG states (numpy arrays, tuples), so not weights_only.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an echocmr training checkpoint")
+    return state
+
+
+def model_from_state(state: dict[str, Any]) -> tuple[R2Plus1D, InputSpec]:
+    """The trained network (eval mode, CPU, float32) and its input spec from a checkpoint state."""
+    model_cfg = dict(state["config"]["model"])
+    model_cfg["init"] = None  # the weights come from the checkpoint, not the --init file
+    model = R2Plus1D(ModelConfig(**model_cfg))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, InputSpec.from_dict(state["input_spec"])
+
+
+def signature(spec: InputSpec):
+    """MLflow signature: ``float32[-1, C, T, S, S]`` clips in, ``float32[-1, K]`` logits out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    clip = (-1, spec.channels, spec.frames, spec.size, spec.size)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), clip, "clip")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(spec.tasks)),
+                                                     "logits")]))
+
+
+def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
+              name: str = "model") -> str:
+    """Log the checkpoint's network into run ``run_id``; return its model URI (``models:/m-...``).
+
+    Logs into the active run when it is ``run_id`` (the driver's ``with mlflow.start_run``);
+    otherwise it opens the run for this call, which marks it ``FINISHED`` when done.
+    """
+    import mlflow
+
+    model, spec = model_from_state(state)
+    mlflow.set_tracking_uri(tracking_uri)
+    torch_version = torch.__version__.split("+")[0]
+    metadata = {"input_spec": spec.to_dict(), "epoch": state.get("epoch"),
+                "val_metrics": _finite(state.get("metrics", {}))}
+    active = mlflow.active_run()
+    with contextlib.nullcontext() if active and active.info.run_id == run_id \
+            else mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name=name, signature=signature(spec), metadata=metadata,
+            serialization_format="pickle", pip_requirements=[f"torch=={torch_version}"])
+    return info.model_uri
+
+
+def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, InputSpec]:
+    """A trained model (eval mode, CPU) and its `InputSpec`, from any place a model lives.
+
+    ``uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, another
+    MLflow model URI, a local MLflow model directory (with ``MLmodel``), a checkpoint directory
+    or a ``checkpoint.pt`` file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``,
+    else ``sqlite:///mlflow.db``).
+    """
+    local = os.path.expanduser(uri)
+    if os.path.exists(local):
+        if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
+            return _load_mlflow(local)
+        return model_from_state(read_checkpoint(local))
+    if "://" in uri or uri.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from train.tracking import resolve_tracking_uri
+
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+        return _load_mlflow(uri)
+    raise FileNotFoundError(f"model {uri!r} is neither an MLflow URI (models:/NAME@ALIAS, "
+                            "runs:/...) nor an existing checkpoint or model directory")
+
+
+def _load_mlflow(uri: str) -> tuple[torch.nn.Module, InputSpec]:
+    import mlflow
+
+    info = mlflow.models.get_model_info(uri)
+    spec = (info.metadata or {}).get("input_spec")
+    if spec is None:
+        raise ValueError(f"{uri} has no input_spec in its MLmodel metadata: it was not logged by "
+                         "echocmr train")
+    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    model.eval()
+    return model, InputSpec.from_dict(spec)
+
+
+def _finite(metrics: dict) -> dict:
+    import math
+
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))}

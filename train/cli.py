@@ -1,0 +1,76 @@
+"""``echocmr train``: parse flags, resolve the config, run `train.loop.run_training`, print a summary.
+
+Nothing heavy is imported at module level (``echocmr --help`` stays instant); torch, Ray, DALI and
+MLflow load inside `run`.
+
+Precedence: built-in defaults <- ``--preset`` <- ``--config FILE`` <- flags. MLflow:
+``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` here. Ray:
+``--address``, else ``RAY_ADDRESS``, else a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train the 5-task video network on a shard set (Ray Train + DALI + MLflow)",
+        description="Train one R(2+1)D network with five heads (WMA, LGE, T1, T2, ECV) on the "
+                    "shards, on one machine or a Ray cluster; log to MLflow and optionally register.")
+    p.add_argument("--shards", required=True, help="shard set directory (train and val splits)")
+    p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
+    p.add_argument("--gpu", action="store_true", default=None,
+                   help="one GPU per worker: DALI mixed decode, NCCL, bf16")
+    p.add_argument("--epochs", type=int, help="epochs to train")
+    p.add_argument("--config", metavar="FILE", help="YAML config (see docs/training.md)")
+    p.add_argument("--preset", help="named starting config: cpu-small, gpu")
+    p.add_argument("--register", metavar="NAME", help="register the best model under NAME")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--init", metavar="FILE", help="published r2plus1d_18 state dict to start from")
+    p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
+    p.add_argument("--storage", metavar="DIR",
+                   help="checkpoint storage shared by all nodes (default ./train_runs)")
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The flags that were given, as a nested config dict."""
+    out: dict = {}
+    for flag, key in (("workers", "workers"), ("gpu", "gpu"), ("epochs", "epochs"),
+                      ("register", "register"), ("run_name", "run_name"),
+                      ("storage", "storage")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "init", None):
+        out["model"] = {"init": args.init}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from train.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, preset=args.preset, overrides=overrides_from_args(args))
+    except ConfigError as exc:
+        print(f"echocmr train: {exc}", file=sys.stderr)
+        return 2
+    from train.loop import run_training
+
+    outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
+                           address=args.address)
+    print(f"run {outcome.run_name} (MLflow run {outcome.run_id} at {outcome.tracking_uri})")
+    print(f"best epoch {outcome.best_epoch}: checkpoint {outcome.best_checkpoint}")
+    aucs = ", ".join(f"{t} {'n/a' if a is None else f'{a:.3f}'}" for t, a in outcome.val_aucs.items())
+    mean = "n/a" if outcome.val_mean_auc is None else f"{outcome.val_mean_auc:.3f}"
+    print(f"val AUC (clips): {aucs}; mean {mean}")
+    print(f"model {outcome.model_uri}")
+    if outcome.registration is not None:
+        r = outcome.registration
+        print(f"registered {r.name} version {r.version} as @{r.alias} "
+              f"(models:/{r.name}@{r.alias})")
+    return 0

@@ -1,0 +1,262 @@
+"""Distributed training with Ray Train V2: the per-worker loop and the driver around it.
+
+``run_training(config, shards)`` (the driver) opens or resumes the MLflow run, starts a
+``TorchTrainer`` with ``config.workers`` data-parallel workers (gloo on CPU, NCCL with one GPU
+each), then logs the best checkpoint's model to MLflow and registers it. ``train_worker`` runs on
+every worker: it builds an `Engine` on ``ray.train.torch.get_device()`` (each worker its own DALI
+pipeline), restores ``ray.train.get_checkpoint()`` if there is one, and per epoch trains,
+validates (per-task AUC over predictions gathered from all ranks), logs from rank 0, and calls
+``ray.train.report`` with the metrics and a checkpoint (rank 0 writes it; report is a barrier).
+
+Failures: ``FailureConfig(max_failures)`` restarts the whole worker group from the last reported
+checkpoint when a worker dies. A driver crash: run the same command with the same run name and
+storage again; Ray Train restores the run's latest checkpoint and the MLflow run (found by its
+``echocmr.run_key`` tag) continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+SCORE = "val_score"  # the checkpoint score: val mean AUC (or -val_loss without AUCs)
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished run left behind."""
+
+    run_name: str
+    storage: str
+    run_id: str
+    tracking_uri: str
+    best_checkpoint: str  # directory of the best epoch's checkpoint
+    best_epoch: int
+    val_mean_auc: float | None
+    val_aucs: dict[str, float | None]
+    model_uri: str | None
+    registration: Any = None  # train.registry.Registration when --register was given
+    last_metrics: dict[str, Any] | None = None
+
+
+def epoch_metrics(result, val) -> dict[str, Any]:
+    """The per-epoch metrics reported to Ray and logged to MLflow."""
+    from shards.format import TASKS
+
+    metrics: dict[str, Any] = {
+        "epoch": result.epoch,
+        "train_loss": result.loss,
+        **{f"train_loss_{t}": result.task_loss[t] for t in TASKS},
+        "val_loss": val.loss,
+        **{f"val_auc_{t}": (math.nan if a is None else a) for t, a in val.aucs.items()},
+        "val_mean_auc": math.nan if val.mean_auc is None else val.mean_auc,
+        SCORE: val.score,
+        "val_clips": len(val.keys),
+        "train_steps": result.steps,
+    }
+    return metrics
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (see module docstring)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from train.checkpoint import read_checkpoint, save_checkpoint
+    from train.engine import Engine
+    from train.tracking import make_tracker
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if config.gpu else torch.device("cpu")
+    torch.set_num_threads(config.cpus_per_worker)
+    stats = loop_config["stats"]
+    engine = Engine(config, loop_config["shards"], stats=stats, rank=rank, world=world,
+                    device=device)
+    tracker = make_tracker(rank, loop_config["tracking_uri"], loop_config["run_id"])
+
+    restored, last_metrics = ray.train.get_checkpoint(), None
+    if restored is not None:
+        with restored.as_directory() as directory:
+            state = read_checkpoint(directory)
+        engine.load_state_dict(state)
+        last_metrics = state.get("metrics")
+        log.info("rank %d resumed at epoch %d (step %d)", rank, engine.position.epoch,
+                 engine.global_step)
+    else:
+        tracker.log_start(config, stats=stats, data_digest=loop_config["data_digest"],
+                          input_spec=engine.spec.to_dict())
+    resumed_at = engine.position.epoch if restored is not None else -1
+
+    if engine.position.epoch >= config.epochs:  # the run had already finished
+        ray.train.report({**(last_metrics or {}), "resumed_at_epoch": resumed_at})
+        return
+    while engine.position.epoch < config.epochs:
+        result = engine.train_epoch()
+        val = engine.validate()
+        metrics = epoch_metrics(result, val)
+        # Throughput over all workers; the share of step time spent waiting for data (mean).
+        metrics["train_clips_per_s"] = engine.mean_over_ranks(result.clips_per_s) * world
+        metrics["data_wait_fraction"] = engine.mean_over_ranks(result.data_wait_fraction)
+        metrics["resumed_at_epoch"] = resumed_at
+        tracker.log_epoch(result.epoch, metrics)
+        state = engine.state_dict()  # collective (gathers RNG states): every rank calls it
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(tmp, {**state, "epoch": result.epoch, "metrics": metrics,
+                                      "config": config.to_dict(),
+                                      "input_spec": engine.spec.to_dict()})
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"epoch_{result.epoch:04d}")
+
+
+def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None = None,
+                 address: str | None = None) -> TrainOutcome:
+    """Train ``config`` on the shard set ``shards``; log, and register if ``config.register``.
+
+    Uses the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a local Ray started here, or
+    the one this process already initialised) and MLflow at ``tracking_uri`` (else
+    ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory).
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from shards.reader import read_stats
+    from train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
+
+    shards = os.path.abspath(shards)
+    config = replace(
+        config,
+        run_name=config.run_name or time.strftime("echocmr-%Y%m%d-%H%M%S"),
+        storage=os.path.abspath(config.storage or "train_runs"))
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    stats = read_stats(shards)
+    digest = manifest_digest(shards)
+    run_key = f"{config.storage}/{config.run_name}"
+    run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
+                               run_name=config.run_name, run_key=run_key,
+                               tags={"data_digest": digest, "shards": shards})
+    log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", tracking_uri)
+
+    started_ray = False
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        started_ray = True
+    try:
+        _check_resources(config, local=started_ray and address is None)
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": config.to_dict(), "shards": shards, "stats": stats,
+                               "tracking_uri": tracking_uri, "run_id": run_id,
+                               "data_digest": digest},
+            torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=config.workers, use_gpu=config.gpu,
+                resources_per_worker={"CPU": config.cpus_per_worker,
+                                      **({"GPU": 1} if config.gpu else {})}),
+            run_config=RunConfig(
+                name=config.run_name, storage_path=config.storage,
+                failure_config=FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=config.keep_checkpoints, checkpoint_score_attribute=SCORE,
+                    checkpoint_score_order="max")),
+        )
+        try:
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+        except BaseException:
+            finish_run(tracking_uri, run_id, "FAILED")
+            raise
+        return _finish(config, result, tracking_uri=tracking_uri, run_id=run_id, digest=digest)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
+            digest: str) -> TrainOutcome:
+    """Log the best checkpoint's model, register it, and close the MLflow run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from train.checkpoint import log_model, read_checkpoint
+    from train.registry import register_model
+
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE) is not None]
+    if not scored:
+        raise RuntimeError(f"run {config.run_name} reported no checkpoint; nothing to log")
+    best, best_metrics = max(scored, key=lambda cm: cm[1][SCORE])
+    with best.as_directory() as directory:
+        state = read_checkpoint(directory)
+    from shards.format import TASKS
+
+    aucs = {t: _none_if_nan(best_metrics.get(f"val_auc_{t}")) for t in TASKS}
+    mean = _none_if_nan(best_metrics.get("val_mean_auc"))
+    outcome = TrainOutcome(run_name=config.run_name, storage=config.storage, run_id=run_id,
+                           tracking_uri=tracking_uri, best_checkpoint=best.path,
+                           best_epoch=int(state["epoch"]), val_mean_auc=mean, val_aucs=aucs,
+                           model_uri=None, last_metrics=result.metrics)
+
+    client = MlflowClient(tracking_uri)
+    tags = client.get_run(run_id).data.tags
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):  # FINISHED on success, FAILED on an exception
+        if tags.get("echocmr.model_checkpoint") == best.path and tags.get("echocmr.model_uri"):
+            log.info("best checkpoint %s was already logged; not logging it again", best.path)
+            outcome.model_uri = tags["echocmr.model_uri"]
+            return outcome
+        outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
+        mlflow.set_tags({"echocmr.model_checkpoint": best.path,
+                         "echocmr.model_uri": outcome.model_uri,
+                         "echocmr.best_epoch": str(outcome.best_epoch)})
+        mlflow.log_metric("best_val_mean_auc", mean if mean is not None else math.nan)
+        if config.register:
+            outcome.registration = register_model(
+                outcome.model_uri, config.register, tracking_uri=tracking_uri,
+                val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id)
+            mlflow.set_tags({"echocmr.registered": f"{config.register}/"
+                                                   f"{outcome.registration.version}"})
+    return outcome
+
+
+def _check_resources(config: TrainConfig, *, local: bool) -> None:
+    """Fail fast (local Ray) or warn (a cluster may autoscale) when workers cannot fit."""
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = config.workers * config.cpus_per_worker
+    need_gpu = config.workers if config.gpu else 0
+    problems = []
+    if have.get("CPU", 0) < need_cpu:
+        problems.append(f"{need_cpu} CPUs ({config.workers} workers x {config.cpus_per_worker}) "
+                        f"but the cluster has {have.get('CPU', 0):g}")
+    if have.get("GPU", 0) < need_gpu:
+        problems.append(f"{need_gpu} GPUs but the cluster has {have.get('GPU', 0):g}")
+    if problems:
+        message = "training needs " + "; ".join(problems) + \
+            " (use fewer --workers, drop --gpu, or point --address at a bigger cluster)"
+        if local:
+            raise RuntimeError(message)
+        log.warning("%s; waiting for the cluster to provide them", message)
+
+
+def _none_if_nan(value) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)

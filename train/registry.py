@@ -1,0 +1,77 @@
+"""Model registry: register a trained model and move the ``champion`` alias only when it is better.
+
+``register_model(model_uri, name, ...)`` creates a new version of registered model ``name`` and
+tags it with its val AUCs (``val_mean_auc``, ``val_auc_<task>``), the data digest and the run.
+The alias ``champion`` moves to the new version only if its val mean AUC beats the current
+champion's (read from that version's ``val_mean_auc`` tag); otherwise the new version becomes
+``challenger``. The first version of a name is champion. A version without a mean AUC (no val task
+had enough positives) never displaces a champion that has one. MLflow 3 deprecates stages; aliases
+are the supported way to point at "the model in use" (``models:/NAME@champion``).
+
+Comparing AUCs across versions is only fair on the same val split: the data digest tags let a
+reviewer check that. Study-level AUCs with confidence intervals come from ``echocmr eval``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str  # "champion" or "challenger"
+    val_mean_auc: float | None
+    previous_champion: str | None  # version that held champion before, if any
+    previous_champion_auc: float | None
+
+
+def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc: float | None,
+                   val_aucs: dict[str, float | None], data_digest: str,
+                   run_id: str | None = None) -> Registration:
+    """Register ``model_uri`` as a new version of ``name`` and set its alias (see module doc)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    tags = {"data_digest": data_digest,
+            "val_mean_auc": _fmt(val_mean_auc),
+            **{f"val_auc_{task}": _fmt(auc) for task, auc in val_aucs.items()}}
+    if run_id:
+        tags["run_id"] = run_id
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+
+    previous, previous_auc = None, None
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+        previous = champion.version
+        previous_auc = _parse(champion.tags.get("val_mean_auc"))
+    except MlflowException:  # no champion yet
+        pass
+    alias = CHAMPION if previous is None or _beats(val_mean_auc, previous_auc) else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    return Registration(name=name, version=str(version), alias=alias, val_mean_auc=val_mean_auc,
+                        previous_champion=previous, previous_champion_auc=previous_auc)
+
+
+def _beats(new: float | None, old: float | None) -> bool:
+    if new is None or math.isnan(new):
+        return False
+    return old is None or math.isnan(old) or new > old
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None or math.isnan(value) else f"{value:.6f}"
+
+
+def _parse(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "none") else None
+    except ValueError:
+        return None
