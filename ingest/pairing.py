@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ingest.config import PairingConfig
 from shards.format import TASKS
+
+if TYPE_CHECKING:  # pandas is not needed by worker processes that only call `pair`
+    import pandas as pd
 
 
 @dataclass(frozen=True)

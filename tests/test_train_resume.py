@@ -3,12 +3,15 @@ uninterrupted run's. In-process (one rank, no Ray) through the real checkpoint f
 
 import pytest
 import torch
-from _train_fixtures import make_tiny_shards, tiny_config
+from _train_fixtures import make_tiny_shards, one_torch_thread, tiny_config  # noqa: F401
 
 from shards.reader import read_stats
 from train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.engine import Engine
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def shards(tmp_path_factory):
 
 
 def engine(shards, **overrides):
-    config = TrainConfig.from_dict(tiny_config(epochs=3, **overrides))
+    config = TrainConfig.from_dict(tiny_config(**{"epochs": 3, **overrides}))
     return Engine(config, shards, stats=read_stats(shards))
 
 

@@ -50,7 +50,7 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc
     previous, previous_auc = None, None
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-        previous = champion.version
+        previous = str(champion.version)
         previous_auc = _parse(champion.tags.get("val_mean_auc"))
     except MlflowException:  # no champion yet
         pass

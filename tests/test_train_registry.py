@@ -1,0 +1,70 @@
+"""train.checkpoint.log_model / load_model and train.registry on a real MLflow sqlite store."""
+
+import mlflow
+import pytest
+import torch
+from _train_fixtures import tiny_config
+from mlflow.tracking import MlflowClient
+
+from train.checkpoint import load_model, log_model
+from train.config import TrainConfig
+from train.data import InputSpec
+from train.model import R2Plus1D
+from train.registry import register_model
+
+
+def fake_state(seed: int) -> dict:
+    config = TrainConfig.from_dict(tiny_config())
+    torch.manual_seed(seed)
+    model = R2Plus1D(config.model)
+    spec = InputSpec(frames=4, period=2, size=32, fps=30.0, mean=60.0, std=50.0)
+    return {"model": model.state_dict(), "config": config.to_dict(),
+            "input_spec": spec.to_dict(), "epoch": 3, "metrics": {"val_mean_auc": 0.7}}
+
+
+def log_and_register(uri, name, seed, auc):
+    with mlflow.start_run() as run:
+        model_uri = log_model(fake_state(seed), tracking_uri=uri, run_id=run.info.run_id)
+    reg = register_model(model_uri, name, tracking_uri=uri, val_mean_auc=auc,
+                         val_aucs={"wma": auc, "lge": None}, data_digest="d" * 64,
+                         run_id=run.info.run_id)
+    return model_uri, reg
+
+
+def test_champion_moves_only_to_a_better_model(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    _, first = log_and_register(uri, "echo", seed=1, auc=0.70)
+    assert (first.version, first.alias, first.previous_champion) == ("1", "champion", None)
+    _, worse = log_and_register(uri, "echo", seed=2, auc=0.65)
+    assert (worse.alias, worse.previous_champion, worse.previous_champion_auc) == \
+        ("challenger", "1", pytest.approx(0.70))
+    _, none = log_and_register(uri, "echo", seed=3, auc=None)
+    assert none.alias == "challenger"
+    _, better = log_and_register(uri, "echo", seed=4, auc=0.75)
+    assert better.alias == "champion"
+    assert str(client.get_model_version_by_alias("echo", "champion").version) == better.version
+    tags = client.get_model_version("echo", better.version).tags
+    assert tags["val_mean_auc"] == "0.750000" and tags["val_auc_lge"] == "none"
+    assert tags["data_digest"] == "d" * 64 and tags["run_id"]
+
+
+def test_logged_model_reloads_on_cpu_with_its_input_spec(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    model_uri, reg = log_and_register(uri, "echo", seed=5, auc=0.8)
+    state = fake_state(5)
+    reference = R2Plus1D(TrainConfig.from_dict(state["config"]).model)
+    reference.load_state_dict(state["model"])
+    reference.eval()
+    clip = torch.randn(3, 1, 4, 32, 32)
+    for where in ("models:/echo@champion", "models:/echo/1", model_uri):
+        plain = mlflow.pytorch.load_model(where)  # what any MLflow user would do
+        ours, spec = load_model(where, tracking_uri=uri)
+        with torch.no_grad():
+            assert torch.equal(plain.eval()(clip), reference(clip))
+            assert torch.equal(ours(clip), reference(clip))
+        assert spec == InputSpec.from_dict(state["input_spec"])
+    info = mlflow.models.get_model_info("models:/echo@champion")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 4, 32, 32]
