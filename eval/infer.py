@@ -103,9 +103,7 @@ def window_clips(frames_FHW: np.ndarray, spec, starts: list[int]) -> np.ndarray:
         picked[idx_WT >= n] = 0.0  # DALI's fill_value=0 for frames past the end
     mean_x, std_x = decoded_mean_std(spec)
     picked = (picked - mean_x) / std_x
-    return np.ascontiguousarray(
-        np.broadcast_to(picked[:, None], (len(starts), spec.channels, *picked.shape[1:]))
-    )
+    return np.repeat(picked[:, None], spec.channels, axis=1)  # [W, C, T, S, S], writable
 
 
 def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
@@ -201,49 +199,54 @@ def _split_inputs(shards: str, split: str) -> tuple[list[str], list[str], tuple 
 
 
 def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,
-                loaded=None) -> tuple[pd.DataFrame, object]:
+                loaded=None, tracking_uri: str | None = None,
+                address: str | None = None) -> tuple[pd.DataFrame, object]:
     """Clip table of ``split`` and the model's input spec.
 
     ``loaded`` = ``(model, spec)`` skips loading (in-process runs); Ray tasks always load
-    ``model_uri`` themselves, so it must be reachable from every worker.
+    ``model_uri`` themselves, so it must be reachable from every worker. ``address``: the Ray
+    cluster (else ``RAY_ADDRESS``, else a local Ray).
     """
     config = config or InferConfig()
     tars, indexes, stored = _split_inputs(shards, split)
     if config.workers <= 1 or len(tars) == 1:
-        model, spec = loaded if loaded is not None else _load(model_uri)
+        model, spec = loaded if loaded is not None else _load(model_uri, tracking_uri)
         clips = infer_tars(model, spec, tars, indexes, config=config, stored_size=stored)
-    else:
-        clips, spec = _infer_with_ray(model_uri, tars, indexes, stored, config)
+    else:  # Ray tasks may run elsewhere: give them an absolute path for a local model
+        uri = os.path.abspath(model_uri) if os.path.exists(model_uri) else model_uri
+        clips, spec = _infer_with_ray(uri, tars, indexes, stored, config, tracking_uri, address)
     # One row order whatever the number of workers.
     return clips.sort_values(["key", "clip_index"], ignore_index=True), spec
 
 
-def _load(model_uri: str):
+def _load(model_uri: str, tracking_uri: str | None = None):
     from train.checkpoint import load_model
 
-    return load_model(model_uri)
+    return load_model(model_uri, tracking_uri=tracking_uri)
 
 
-def _ray_task(model_uri: str, tars: list[str], indexes: list[str], stored, config_dict: dict):
+def _ray_task(model_uri: str, tars: list[str], indexes: list[str], stored, config_dict: dict,
+              tracking_uri: str | None):
     cfg = InferConfig(**config_dict)
-    model, spec = _load(model_uri)
+    model, spec = _load(model_uri, tracking_uri)
     return infer_tars(model, spec, tars, indexes, config=cfg, stored_size=stored), spec
 
 
-def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig):
+def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, tracking_uri,
+                    address: str | None):
     import ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  log_to_driver=False)
     try:
         workers = min(config.workers, len(tars))
         remote = ray.remote(num_cpus=config.cpus_per_worker,
                             num_gpus=1 if config.gpu else 0)(_ray_task)
         cfg = {**asdict(config), "workers": 1}
-        futures = [remote.remote(model_uri, tars[w::workers], indexes[w::workers], stored, cfg)
-                   for w in range(workers)]
+        futures = [remote.remote(model_uri, tars[w::workers], indexes[w::workers], stored, cfg,
+                                 tracking_uri) for w in range(workers)]
         parts = ray.get(futures)
     finally:
         if started:

@@ -184,8 +184,16 @@ class IngestConfig:
 
 
 def to_dict(config: Any) -> dict:
-    """A plain nested dict of a config dataclass (tuples as lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+    """A plain nested dict of a config dataclass (tuples as lists): what `load_config` reads."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> IngestConfig:

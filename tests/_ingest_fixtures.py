@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -348,7 +349,7 @@ class Cohort:
 
 
 def write_cohort(root, *, n_patients: int = 4, clips_per_study: int = 2, n_frames: int = 18,
-                 bad_files: bool = True, seed: int = 0) -> Cohort:
+                 bad_files: bool = True, seed: int = 0, shape: tuple[int, int] = (72, 96)) -> Cohort:
     """Patients with one echo study each (paired with a CMR), plus deliberately bad files."""
     root = str(root)
     dicom_dir = os.path.join(root, "dicom")
@@ -366,7 +367,7 @@ def write_cohort(root, *, n_patients: int = 4, clips_per_study: int = 2, n_frame
                              study_date=echo_date.strftime("%Y%m%d"), study_uid=study_uid)
             rel = f"{folder}/study1/clip{c}.dcm"
             os.makedirs(os.path.join(dicom_dir, os.path.dirname(rel)), exist_ok=True)
-            frames = phantom(n_frames, seed=seed + 10 * p + c)
+            frames = phantom(n_frames, *shape, seed=seed + 10 * p + c)
             write_us_dicom(os.path.join(dicom_dir, rel), frames, ident=ident)
             expected[rel] = None
             phi.extend(ident.phi_strings())
@@ -400,5 +401,36 @@ def write_cohort(root, *, n_patients: int = 4, clips_per_study: int = 2, n_frame
                   phi=sorted(set(phi)), patients=patients)
 
 
-def read_dataset(path) -> Dataset:
-    return pydicom.dcmread(path)
+# -- checking outputs --------------------------------------------------------------------------
+
+SHIPPED_SUFFIXES = (".tar", ".idx", ".parquet", ".json")
+REPORT_FILE = "ingest_report.parquet"
+
+
+def shipped_files(out: str) -> list[str]:
+    """What leaves the site: everything in the set but the report (and no work cache)."""
+    return sorted(n for n in os.listdir(out) if n.endswith(SHIPPED_SUFFIXES) and n != REPORT_FILE)
+
+
+def find_phi(out: str, phi: list[str]) -> list[tuple[str, str]]:
+    """(file, string) for every PHI string found in the shipped outputs.
+
+    Raw bytes of every file (tars and indexes are uncompressed; stats is JSON) and, because
+    Parquet pages are compressed, every decoded cell of the manifest too.
+    """
+    hits = []
+    needles = {s for s in phi if s} | {s.lower() for s in phi if s} | {s.upper() for s in phi if s}
+    for name in shipped_files(out):
+        data = open(os.path.join(out, name), "rb").read()
+        text = [data]
+        if name.endswith(".parquet"):
+            table = pd.read_parquet(os.path.join(out, name))
+            text.append(" ".join(map(str, table.columns)).encode())
+            text.append(table.to_csv(index=False).encode())
+        if name.endswith(".tar"):
+            with tarfile.open(os.path.join(out, name)) as tar:
+                text.append(" ".join(tar.getnames()).encode())
+        for needle in needles:
+            if any(needle.encode() in blob for blob in text):
+                hits.append((name, needle))
+    return hits

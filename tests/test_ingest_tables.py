@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ingest.config import IngestConfig, LabelConfig, PairingConfig, SplitConfig, load_config
+from ingest.config import (
+    IngestConfig,
+    LabelConfig,
+    PairingConfig,
+    SplitConfig,
+    load_config,
+    to_dict,
+)
 from ingest.labels import normalise_table, read_table
 from ingest.pairing import CmrIndex
 from ingest.splits import DEMO_SPLIT_KEY, ENV_VAR, KeyedHasher, key_fingerprint, resolve_split_key
@@ -40,6 +47,16 @@ def test_yaml_overrides_nested_values_and_cli_overrides_win(tmp_path):
     assert c.labels.t1_cutoff_ms == {1.5: 1000.0, 3.0: 1200.0} and c.encoder.crf == 30
     assert c.preprocess.target_fps == 30.0  # untouched defaults stay
     assert c.fingerprint() != IngestConfig().fingerprint()
+
+
+def test_a_dumped_config_loads_back(tmp_path):
+    import yaml
+
+    config = IngestConfig(site="x1")
+    config.labels.t2_cutoff_ms[1.5] = 57.0
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    assert load_config(path) == config
 
 
 @pytest.mark.parametrize("text, message", [

@@ -31,12 +31,30 @@ def log_and_register(uri, name, seed, auc):
     return model_uri, reg
 
 
+def check_reloads_on_cpu(uri, model_uri, seed):
+    """MLflow's own loader and ours give the logged network, with our input spec."""
+    state = fake_state(seed)
+    reference = R2Plus1D(TrainConfig.from_dict(state["config"]).model)
+    reference.load_state_dict(state["model"])
+    reference.eval()
+    clip = torch.randn(3, 1, 4, 32, 32)
+    plain = mlflow.pytorch.load_model("models:/echo@champion")  # what any MLflow user does
+    ours, spec = load_model(model_uri, tracking_uri=uri)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(clip), reference(clip))
+        assert torch.equal(ours(clip), reference(clip))
+    assert spec == InputSpec.from_dict(state["input_spec"])
+    info = mlflow.models.get_model_info("models:/echo/1")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 4, 32, 32)
+
+
 def test_champion_moves_only_to_a_better_model(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    _, first = log_and_register(uri, "echo", seed=1, auc=0.70)
+    model_uri, first = log_and_register(uri, "echo", seed=1, auc=0.70)
     assert (first.version, first.alias, first.previous_champion) == ("1", "champion", None)
+    check_reloads_on_cpu(uri, model_uri, seed=1)
     _, worse = log_and_register(uri, "echo", seed=2, auc=0.65)
     assert (worse.alias, worse.previous_champion, worse.previous_champion_auc) == \
         ("challenger", "1", pytest.approx(0.70))
@@ -48,23 +66,3 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     tags = client.get_model_version("echo", better.version).tags
     assert tags["val_mean_auc"] == "0.750000" and tags["val_auc_lge"] == "none"
     assert tags["data_digest"] == "d" * 64 and tags["run_id"]
-
-
-def test_logged_model_reloads_on_cpu_with_its_input_spec(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    model_uri, reg = log_and_register(uri, "echo", seed=5, auc=0.8)
-    state = fake_state(5)
-    reference = R2Plus1D(TrainConfig.from_dict(state["config"]).model)
-    reference.load_state_dict(state["model"])
-    reference.eval()
-    clip = torch.randn(3, 1, 4, 32, 32)
-    for where in ("models:/echo@champion", "models:/echo/1", model_uri):
-        plain = mlflow.pytorch.load_model(where)  # what any MLflow user would do
-        ours, spec = load_model(where, tracking_uri=uri)
-        with torch.no_grad():
-            assert torch.equal(plain.eval()(clip), reference(clip))
-            assert torch.equal(ours(clip), reference(clip))
-        assert spec == InputSpec.from_dict(state["input_spec"])
-    info = mlflow.models.get_model_info("models:/echo@champion")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 1, 4, 32, 32]

@@ -10,7 +10,6 @@ from train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.engine import Engine
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -1,0 +1,105 @@
+"""Benchmark: ingest throughput (clips/s) with 1 and 2 workers, against the plain way.
+
+The plain way is what a user would write without echocmr, as in common echo-AI code: for each
+file, pydicom's ``pixel_array`` (YCbCr converted to RGB), OpenCV ``resize`` of every frame to
+112x112, one AVI per clip with ``cv2.VideoWriter`` (MJPG), in one process. It does none of
+ingest's work beyond that (no sector mask, no frame-rate resampling, no labels, no shards), so a
+ratio above 1 is ingest being faster while doing more.
+
+Input: a synthetic cohort from `ingest.synth` (several vendors: JPEG baseline YBR, JPEG-LS,
+native; 480x640 to 768x1024 pixels), generated once and cached under
+``/tmp/echocmr-bench-ingest``. Both ways process the same files: the plain way takes exactly the
+files ingest kept. Clips/s counts kept clips over the whole wall time of a run (pool start-up,
+pairing, encoding and shard writing included for ingest).
+
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 4]`` (or ``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+CACHE = "/tmp/echocmr-bench-ingest"
+
+
+def _cohort(patients: int) -> str:
+    from ingest.synth import generate_cohort
+
+    root = os.path.join(CACHE, f"cohort-{patients}")
+    if not os.path.exists(os.path.join(root, "synth_truth.parquet")):
+        print(f"generating a synthetic cohort of {patients} patients in {root} (once)", flush=True)
+        generate_cohort(root, patients=patients, seed=17, overwrite=True, progress=False)
+    return root
+
+
+def _run_ingest(root: str, workers: int) -> tuple[float, int, list[str]]:
+    from ingest.config import IngestConfig
+    from ingest.job import REPORT_FILE, run_ingest
+
+    out = os.path.join(CACHE, f"out-{workers}")
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = run_ingest(os.path.join(root, "dicom"), os.path.join(root, "cmr_labels.parquet"),
+                         out, config=IngestConfig(site="bench", workers=workers),
+                         views_path=os.path.join(root, "views.csv"), progress=False)
+    seconds = time.perf_counter() - t0
+    import pyarrow.parquet as pq
+
+    report = pq.read_table(os.path.join(out, REPORT_FILE)).to_pylist()
+    kept = [r["source"] for r in report if r["status"] == "kept"]
+    return seconds, summary.kept, kept
+
+
+def _plain_way(root: str, sources: list[str]) -> float:
+    """pydicom RGB pixel_array -> cv2.resize per frame -> one MJPG AVI per clip."""
+    import cv2
+    import numpy as np
+    import pydicom
+
+    out = os.path.join(CACHE, "out-plain")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    t0 = time.perf_counter()
+    for i, source in enumerate(sources):
+        ds = pydicom.dcmread(os.path.join(root, "dicom", source))
+        frames = ds.pixel_array  # YBR is converted to RGB here
+        if frames.ndim == 3:  # grey: make it 3-channel as a video writer wants
+            frames = np.repeat(frames[..., None], 3, axis=-1)
+        fps = float(ds.get("RecommendedDisplayFrameRate", 0) or ds.get("CineRate", 0) or 30)
+        writer = cv2.VideoWriter(os.path.join(out, f"{i:05d}.avi"),
+                                 cv2.VideoWriter_fourcc(*"MJPG"), fps, (112, 112))
+        for frame in frames:
+            small = cv2.resize(frame, (112, 112), interpolation=cv2.INTER_AREA)
+            writer.write(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        writer.release()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patients", type=int, default=4, help="synthetic cohort size")
+    args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
+    os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
+    root = _cohort(args.patients)
+
+    t1, kept1, sources = _run_ingest(root, workers=1)
+    t2, kept2, _ = _run_ingest(root, workers=2)
+    tp = _plain_way(root, sources)
+    n = len(sources)
+    rates = {"ingest, 1 worker": kept1 / t1, "ingest, 2 workers": kept2 / t2, "plain way": n / tp}
+    print(f"{n} clips (of the cohort's files, the ones ingest keeps); {os.cpu_count()} cores")
+    for name, seconds, clips in (("ingest, 1 worker", t1, kept1), ("ingest, 2 workers", t2, kept2),
+                                 ("plain way", tp, n)):
+        print(f"  {name:<18} {seconds:7.1f} s  {clips / seconds:6.2f} clips/s")
+    plain = rates["plain way"]
+    print(f"  ratio ingest/plain: 1 worker {rates['ingest, 1 worker'] / plain:.2f}x, "
+          f"2 workers {rates['ingest, 2 workers'] / plain:.2f}x")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,187 @@
+"""``echocmr eval``, ``echocmr predict`` and ``echocmr models list|pull``.
+
+Thin entry points: parse flags, build the configs, call `eval.job`, `eval.predict` and
+`eval.registry`, print a short summary. Nothing heavy (torch, DALI, MLflow, Ray) is imported at
+module level, so ``echocmr --help`` stays instant. MLflow: ``--tracking-uri``, else
+``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_TRACKING_HELP = "MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+_MODEL_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a directory from "
+               "`echocmr models pull`, or a checkpoint directory / checkpoint.pt")
+
+
+def register(subparsers) -> None:
+    _register_eval(subparsers)
+    _register_predict(subparsers)
+    _register_models(subparsers)
+
+
+def _register_eval(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="study-level AUCs with bootstrap and DeLong CIs, a signal audit, reports",
+        description="Run a model over every clip of a split, average per video and study, and "
+                    "write predictions, metrics.json, report.md/html (beside the published "
+                    "table) to --out; log them to MLflow.")
+    p.add_argument("--shards", required=True, help="shard set directory")
+    p.add_argument("--model", required=True, metavar="URI", help=_MODEL_HELP)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--clips", default="all", choices=("all", "centre"),
+                   help="all windows over each video (default) or the centre one")
+    p.add_argument("--stride", type=int, metavar="FRAMES",
+                   help="frames between window starts (default: half a window's span; 1 = every "
+                        "clip)")
+    p.add_argument("--aggregation", default="mean", choices=("mean", "stacker"),
+                   help="videos -> study: mean of probabilities, or a per-view logistic "
+                        "regression fitted on val")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="patient bootstrap resamples (>= 1000)")
+    p.add_argument("--permutations", type=int, default=2000, metavar="N",
+                   help="label permutations of the signal audit")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutations")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the audit")
+    p.add_argument("--min-positives", type=int, default=5, metavar="N",
+                   help="fewer positive (or negative) studies: 'insufficient data'")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Ray tasks to spread the split's shards over (default 1: in process)")
+    p.add_argument("--gpu", action="store_true", help="CUDA model and DALI mixed decoding")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=run_eval_cmd)
+
+
+def _register_predict(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="per-study probabilities for raw DICOM files",
+        description="Preprocess DICOM files exactly as ingest does, run the model over their "
+                    "clips and write per-study probabilities (CSV or JSON by --out's extension). "
+                    "Files that cannot be used are reported with the reason.")
+    p.add_argument("--model", required=True, metavar="URI", help=_MODEL_HELP)
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv or .json")
+    p.add_argument("dicom", nargs="+", metavar="DICOM", help="DICOM files")
+    p.add_argument("--clips", default="all", choices=("all", "centre"))
+    p.add_argument("--stride", type=int, metavar="FRAMES")
+    p.add_argument("--ingest-config", metavar="FILE",
+                   help="the ingest YAML the training shards were made with (default: ingest's "
+                        "defaults at the model's clip size and frame rate)")
+    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    p.set_defaults(func=run_predict_cmd)
+
+
+def _register_models(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list registered models; pull one for offline use")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    ls = sub.add_parser("list", help="registered models: versions, aliases, val AUCs, data digest")
+    ls.add_argument("--name", help="only this registered model")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    ls.set_defaults(func=run_models_list_cmd)
+    pull = sub.add_parser("pull", help="copy NAME@ALIAS or NAME/VERSION to a directory that "
+                                       "eval and predict load without MLflow")
+    pull.add_argument("ref", metavar="NAME@ALIAS", help="e.g. echo@champion or echo/3")
+    pull.add_argument("--out", required=True, metavar="DIR")
+    pull.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    pull.set_defaults(func=run_models_pull_cmd)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def run_eval_cmd(args: argparse.Namespace) -> int:
+    from eval.evaluate import EvaluationConfig
+    from eval.infer import InferConfig
+    from eval.job import EvalJobConfig, run_eval
+    from eval.metrics import MetricsConfig
+    from eval.signal import SignalConfig
+    from eval.summary import SummaryConfig
+
+    try:
+        config = EvalJobConfig(
+            split=args.split, track=not args.no_track,
+            infer=InferConfig(clips=args.clips, stride=args.stride, workers=args.workers,
+                              gpu=args.gpu, batch_size=args.batch_size),
+            evaluation=EvaluationConfig(
+                aggregation=args.aggregation,
+                summary=SummaryConfig(
+                    metrics=MetricsConfig(n_bootstrap=args.bootstrap, seed=args.seed,
+                                          min_positives=args.min_positives,
+                                          min_negatives=args.min_positives),
+                    signal=SignalConfig(n_permutations=args.permutations, seed=args.seed,
+                                        alpha=args.alpha))))
+    except ValueError as exc:
+        print(f"echocmr eval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        outcome = run_eval(args.shards, args.model, args.out, config=config,
+                           tracking_uri=args.tracking_uri, address=args.address)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"echocmr eval: {exc}", file=sys.stderr)
+        return 1
+    print(f"study-level AUCs, {args.split} split (published study beside):")
+    print(outcome.table)
+    print(f"outputs in {args.out}: predictions.parquet, metrics.json, report.md, report.html")
+    if outcome.run_id:
+        print(f"MLflow eval run {outcome.run_id}")
+    elif outcome.tracking_error:
+        print(f"echocmr eval: WARNING: not logged to MLflow ({outcome.tracking_error}); "
+              "the outputs above are complete", file=sys.stderr)
+    return 0
+
+
+def run_predict_cmd(args: argparse.Namespace) -> int:
+    from eval.predict import FORMATS, PredictConfig, load_for_predict, predict_files, \
+        write_prediction
+
+    if not args.out.lower().endswith(FORMATS):
+        print(f"echocmr predict: --out {args.out}: use a .csv or .json file name", file=sys.stderr)
+        return 2
+    try:
+        config = PredictConfig(clips=args.clips, stride=args.stride,
+                               ingest_config=args.ingest_config)
+        model, spec, stats = load_for_predict(args.model, tracking_uri=args.tracking_uri)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"echocmr predict: {exc}", file=sys.stderr)
+        return 1
+    result = predict_files(args.dicom, model, spec, config=config, stats=stats)
+    write_prediction(result, args.out)
+    for r in result.rejected:
+        print(f"not used: {r['file']}: {r['reason']} ({r['detail']})", file=sys.stderr)
+    print(f"{len(result.studies)} studies from {len(args.dicom) - len(result.rejected)} of "
+          f"{len(args.dicom)} files -> {args.out}")
+    return 0 if len(result.studies) else 1
+
+
+def run_models_list_cmd(args: argparse.Namespace) -> int:
+    from eval.registry import format_models, list_models
+    from train.tracking import resolve_tracking_uri
+
+    infos = list_models(resolve_tracking_uri(args.tracking_uri), name=args.name)
+    if args.json:
+        print(json.dumps([i.to_dict() for i in infos], indent=2))
+    else:
+        print(format_models(infos))
+    return 0
+
+
+def run_models_pull_cmd(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from eval.registry import pull_model
+    from train.tracking import resolve_tracking_uri
+
+    try:
+        info = pull_model(args.ref, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri))
+    except (FileExistsError, ValueError, MlflowException) as exc:
+        print(f"echocmr models pull: {exc}", file=sys.stderr)
+        return 1
+    aliases = f" (@{', @'.join(info.aliases)})" if info.aliases else ""
+    print(f"pulled {info.name} version {info.version}{aliases} to {args.out}; use "
+          f"--model {args.out} with eval or predict (no MLflow server needed)")
+    return 0

@@ -1,0 +1,99 @@
+"""``echocmr eval``: a model over a split of a shard set, to study-level AUCs, reports and MLflow.
+
+    infer (eval.infer: DALI decode, all or centre windows, Ray workers for large splits)
+      -> evaluate (eval.evaluate: aggregate, metrics with both CIs, signal audit, reports)
+      -> log (eval.tracking: one MLflow run with metrics, params and every output file)
+
+The stacker aggregation also runs the model over the val split to fit its per-view weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
+from eval.infer import InferConfig, infer_split
+from eval.report import auc_table_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class EvalJobConfig:
+    split: str = "test"
+    infer: InferConfig = field(default_factory=InferConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    track: bool = True  # log the evaluation to MLflow
+
+
+@dataclass(kw_only=True)
+class EvalOutcome:
+    evaluation: Evaluation
+    table: str  # the AUC table beside the published one, as printed
+    run_id: str | None  # the MLflow eval run, None when not tracked
+    tracking_error: str | None = None
+
+
+def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobConfig | None = None,
+             tracking_uri: str | None = None, address: str | None = None,
+             loaded=None) -> EvalOutcome:
+    """Run the whole evaluation; ``loaded=(model, spec)`` skips loading ``model_uri``.
+
+    ``address``: Ray cluster for ``infer.workers > 1`` (else ``RAY_ADDRESS``, else local Ray).
+    """
+    from train.tracking import manifest_digest, resolve_tracking_uri
+
+    config = config or EvalJobConfig()
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    out = Path(out)
+    clips, spec = infer_split(shards, config.split, model_uri, config=config.infer, loaded=loaded,
+                              tracking_uri=tracking_uri, address=address)
+    log.info("%d clips of %d videos in %s", len(clips), clips["key"].nunique(), config.split)
+    val_clips = None
+    if config.evaluation.aggregation == "stacker":
+        if config.split == "val":
+            raise ValueError("the stacker is fitted on val; evaluate it on another split")
+        val_clips, _ = infer_split(shards, "val", model_uri, config=config.infer,
+                                   loaded=loaded, tracking_uri=tracking_uri, address=address)
+    digest = manifest_digest(shards)
+    context = {
+        "model": model_uri,
+        "shards": str(shards),
+        "data digest": digest[:16],
+        "split": config.split,
+        "clips": config.infer.describe(spec),
+        "network input": f"{spec.frames}×{spec.size}×{spec.size} at {spec.fps:g} fps",
+        "aggregation": ("mean of probabilities (clip → video → study)"
+                        if config.evaluation.aggregation == "mean"
+                        else "per-view logistic-regression stacker fitted on val"),
+    }
+    evaluation = evaluate_clips(clips, out, config=config.evaluation, val_clips=val_clips,
+                                context=context)
+    table = auc_table_text(evaluation.results)
+    run_id, error = None, None
+    if config.track:
+        from eval.tracking import log_evaluation
+
+        params = {
+            "model_uri": model_uri, "split": config.split, "clips": config.infer.clips,
+            "stride": config.infer.stride or "half-span", "aggregation":
+            config.evaluation.aggregation, "n_bootstrap": config.evaluation.summary.metrics.n_bootstrap,
+            "bootstrap_seed": config.evaluation.summary.metrics.seed,
+            "n_permutations": config.evaluation.summary.signal.n_permutations,
+            "permutation_seed": config.evaluation.summary.signal.seed,
+            "alpha": config.evaluation.summary.signal.alpha,
+            "min_positives": config.evaluation.summary.metrics.min_positives,
+            "min_negatives": config.evaluation.summary.metrics.min_negatives,
+        }
+        try:
+            run_id = log_evaluation(tracking_uri=tracking_uri, model_uri=model_uri,
+                                    split=config.split, results=evaluation.results, out_dir=out,
+                                    params={k: str(v) for k, v in params.items()},
+                                    data_digest=digest)
+        except Exception as exc:  # the outputs are on disk; say clearly that logging failed
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("evaluation written to %s but not logged to MLflow at %s: %s", out,
+                      tracking_uri, error)
+    return EvalOutcome(evaluation=evaluation, table=table, run_id=run_id, tracking_error=error)

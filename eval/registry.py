@@ -1,0 +1,228 @@
+"""``echocmr models list | pull``: what is registered, and a copy that works without MLflow.
+
+``list_models`` reads the registry: every registered model, its versions, the aliases pointing at
+them (``champion``, ``challenger``), and the val AUCs and data digest that `train.registry` tags each
+version with (falling back to the training run's metrics and ``data_digest`` tag for versions
+registered by other means).
+
+``pull_model("NAME@ALIAS" | "NAME/VERSION", out)`` writes a directory that `eval` and `predict`
+accept with the tracking server gone:
+
+* ``checkpoint.pt``: the network's weights, model config and input spec in the
+  `train.checkpoint` format, which `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
+* ``mlflow_model/``: the registered MLflow model as downloaded, for provenance and MLflow tools;
+* ``stats.json``: the training run's shard statistics (clip format), when the run logged them;
+  `predict` uses its clip size and frame rate to preprocess DICOMs as ingest did;
+* ``echocmr_model.json``: name, version, aliases, run id, val AUCs, data digest, source URI.
+
+(A bare MLflow model directory also loads through `load_model`, but MLflow 3 asks the tracking
+server about the model id written in ``MLmodel``, so it hangs when the server is down; the
+checkpoint form does not.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eval.tasks import TASKS
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO_FILE = "echocmr_model.json"
+STATS_FILE = "stats.json"
+MLFLOW_SUBDIR = "mlflow_model"
+_REF_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
+
+
+@dataclass(kw_only=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    val_mean_auc: float | None = None
+    val_aucs: dict[str, float | None] = field(default_factory=dict)
+    data_digest: str | None = None
+    source: str | None = None
+    created: int | None = None  # ms since epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """``NAME@ALIAS`` or ``NAME/VERSION`` (``models:/`` optional) -> (name, alias, version)."""
+    m = _REF_RE.match(ref.strip())
+    if not m:
+        raise ValueError(f"model reference {ref!r}: write NAME@ALIAS (e.g. echo@champion) or "
+                         "NAME/VERSION (e.g. echo/3)")
+    return m.group("name"), m.group("alias"), m.group("version")
+
+
+def _float(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if value != value else value  # NaN -> None
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
+    tags = dict(version.tags or {})
+    run_id = version.run_id or tags.get("run_id")
+    info = ModelVersionInfo(
+        name=version.name, version=str(version.version), aliases=sorted(aliases), run_id=run_id,
+        val_mean_auc=_float(tags.get("val_mean_auc")),
+        val_aucs={t: _float(tags.get(f"val_auc_{t}")) for t in TASKS},
+        data_digest=tags.get("data_digest"), source=version.source,
+        created=version.creation_timestamp,
+    )
+    needs_run = info.data_digest is None or all(v is None for v in info.val_aucs.values())
+    if run_id and needs_run:  # registered without train.registry's tags: read the run
+        try:
+            run = client.get_run(run_id)
+        except Exception as exc:  # a deleted run must not break the listing
+            log.warning("run %s of %s/%s: %s", run_id, version.name, version.version, exc)
+        else:
+            metrics = run.data.metrics
+            info.val_aucs = {t: info.val_aucs.get(t) or _float(metrics.get(f"val_auc_{t}"))
+                             for t in TASKS}
+            info.val_mean_auc = info.val_mean_auc or _float(
+                metrics.get("best_val_mean_auc", metrics.get("val_mean_auc")))
+            info.data_digest = info.data_digest or run.data.tags.get("data_digest") \
+                or run.data.params.get("data_digest")
+    return info
+
+
+def list_models(tracking_uri: str, name: str | None = None) -> list[ModelVersionInfo]:
+    """Every version of every registered model (or of ``name``), newest version first."""
+    client = _client(tracking_uri)
+    models = [client.get_registered_model(name)] if name else client.search_registered_models()
+    out = []
+    for rm in sorted(models, key=lambda m: m.name):
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name='{rm.name}'")
+        for v in sorted(versions, key=lambda v: -int(v.version)):
+            out.append(_version_info(client, v, by_version.get(str(v.version), [])))
+    return out
+
+
+def format_models(infos: list[ModelVersionInfo]) -> str:
+    """A fixed-width table for the terminal."""
+    if not infos:
+        return "no registered models (train with --register NAME to create one)"
+    head = ["name", "version", "aliases", "val mean AUC",
+            *[f"val {t.upper()}" for t in TASKS], "data digest", "run"]
+    rows = [head]
+    for i in infos:
+        rows.append([
+            i.name, i.version, ",".join(i.aliases) or "-", _fmt(i.val_mean_auc),
+            *[_fmt(i.val_aucs.get(t)) for t in TASKS], (i.data_digest or "-")[:12],
+            (i.run_id or "-")[:12],
+        ])
+    widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def resolve_version(tracking_uri: str, ref: str) -> ModelVersionInfo:
+    """The registry entry a ``NAME@ALIAS`` / ``NAME/VERSION`` reference points at."""
+    client = _client(tracking_uri)
+    name, alias, version = parse_reference(ref)
+    mv = (client.get_model_version_by_alias(name, alias) if alias
+          else client.get_model_version(name, version))
+    rm = client.get_registered_model(name)
+    aliases = [a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version)]
+    return _version_info(client, mv, aliases)
+
+
+def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelVersionInfo:
+    """Copy a registered version into ``out`` in a form that loads offline (module docstring)."""
+    import mlflow
+    from mlflow.models import Model
+
+    from train.checkpoint import save_checkpoint
+    from train.data import InputSpec
+
+    parse_reference(ref)  # a malformed reference fails before anything is contacted
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory; pull into a new one")
+    info = resolve_version(tracking_uri, ref)
+    out.mkdir(parents=True, exist_ok=True)
+    mlflow_dir = out / MLFLOW_SUBDIR
+    mlflow_dir.mkdir()
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
+                                        dst_path=str(mlflow_dir), tracking_uri=tracking_uri)
+    meta = Model.load(str(mlflow_dir)).metadata or {}
+    if "input_spec" not in meta:
+        raise ValueError(f"{ref}: the model has no input_spec metadata (not logged by echocmr "
+                         "train), so eval and predict could not preprocess for it")
+    model = mlflow.pytorch.load_model(str(mlflow_dir), map_location="cpu")
+    spec = InputSpec.from_dict(meta["input_spec"])
+    if not hasattr(model, "config"):
+        raise ValueError(f"{ref}: the logged network is a {type(model).__name__}, not echocmr's "
+                         "R2Plus1D; it cannot be stored as an echocmr checkpoint")
+    save_checkpoint(str(out), {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": {"model": _plain(asdict(model.config))},
+        "input_spec": spec.to_dict(),
+        "epoch": meta.get("epoch"),
+        "metrics": meta.get("val_metrics", {}),
+        "registered": {"name": info.name, "version": info.version},
+    })
+    if info.run_id:
+        try:
+            mlflow.set_tracking_uri(tracking_uri)
+            stats = mlflow.artifacts.load_dict(f"runs:/{info.run_id}/{STATS_FILE}")
+        except Exception as exc:
+            log.warning("%s: the run's stats.json is not available (%s); predict will use the "
+                        "ingest defaults for clip size and frame rate", ref, exc)
+        else:
+            (out / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+    (out / MODEL_INFO_FILE).write_text(json.dumps(
+        {**info.to_dict(), "reference": ref, "tracking_uri": _redact(tracking_uri)}, indent=2)
+        + "\n")
+    return info
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _redact(uri: str) -> str:
+    """A tracking URI without credentials (``https://user:pw@host`` -> ``https://host``)."""
+    return re.sub(r"//[^/@]*@", "//", uri)
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict | None:
+    """``echocmr_model.json`` of a pulled directory, or None for anything else."""
+    path = Path(model_dir) / MODEL_INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_model_stats(model_dir: str | os.PathLike) -> dict | None:
+    """``stats.json`` of a pulled directory (or a checkpoint dir that has one), else None."""
+    path = Path(model_dir) / STATS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

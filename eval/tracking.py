@@ -1,0 +1,116 @@
+"""Log an evaluation to MLflow: one run per eval, next to the training run it judges.
+
+The run goes into the experiment of the model's training run when that is known (from a
+``models:/`` or ``runs:/`` URI, or a pulled directory's ``echocmr_model.json``), else into
+``echocmr-eval``. It holds:
+
+* tags ``echocmr.kind=eval``, ``echocmr.model_uri``, ``echocmr.source_run_id``, ``split`` and the
+  evaluated shard set's ``data_digest`` (sha256 of its manifest, as training records it);
+* params: the settings (clip sampling, aggregation, resamples, permutations, seeds);
+* metrics ``<split>_auc_<task>``, ``..._ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
+  ``..._p_value``, ``..._n_studies``, ``..._n_pos`` — NaN-free: what could not be computed is left
+  out;
+* every output file under the artifact folder ``eval_<split>/``.
+
+The client is explicit (``MlflowClient(uri)`` and a run id); nothing touches the fluent API's
+process-global active run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from eval.summary import TaskResult
+
+log = logging.getLogger(__name__)
+
+EVAL_EXPERIMENT = "echocmr-eval"
+_KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "p_value", "n_studies", "n_pos")
+
+
+def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The training run behind ``model_uri``, when one can be found without guessing."""
+    from eval.registry import parse_reference, read_model_info
+
+    if model_uri.startswith("runs:/"):
+        return model_uri[len("runs:/"):].split("/", 1)[0] or None
+    if model_uri.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        try:
+            name, alias, version = parse_reference(model_uri)
+            mv = (client.get_model_version_by_alias(name, alias) if alias
+                  else client.get_model_version(name, version))
+            return mv.run_id or (mv.tags or {}).get("run_id")
+        except Exception as exc:  # e.g. models:/m-<id> logged-model URIs
+            log.debug("no registry entry for %s: %s", model_uri, exc)
+            return None
+    if Path(model_uri).is_dir():
+        info = read_model_info(model_uri) or {}
+        return info.get("run_id")
+    return None
+
+
+def eval_metrics(results: dict[str, TaskResult], split: str) -> dict[str, float]:
+    out = {}
+    for task, r in results.items():
+        for key in _KEYS:
+            value = getattr(r, key)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            name = f"{split}_auc_{task}" if key == "auc" else f"{split}_{task}_{key}"
+            out[name] = float(value)
+    return out
+
+
+def log_evaluation(
+    *,
+    tracking_uri: str,
+    model_uri: str,
+    split: str,
+    results: dict[str, TaskResult],
+    out_dir: Path,
+    params: dict[str, str],
+    data_digest: str | None = None,
+) -> str:
+    """Create the eval run, log everything, finish it; returns the run id."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    source = source_run_id(model_uri, tracking_uri)
+    experiment_id = None
+    if source:
+        try:
+            experiment_id = client.get_run(source).info.experiment_id
+        except Exception as exc:
+            log.info("training run %s not found on %s (%s); logging to %s", source,
+                     tracking_uri, exc, EVAL_EXPERIMENT)
+    if experiment_id is None:
+        exp = client.get_experiment_by_name(EVAL_EXPERIMENT)
+        experiment_id = exp.experiment_id if exp else client.create_experiment(EVAL_EXPERIMENT)
+    tags = {"echocmr.kind": "eval", "echocmr.model_uri": model_uri, "split": split}
+    if source:
+        tags["echocmr.source_run_id"] = source
+    if data_digest:
+        tags["data_digest"] = data_digest
+    run = client.create_run(experiment_id, run_name=f"eval-{split}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in eval_metrics(results, split).items()],
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag("verdicts", ", ".join(f"{t}: {r.verdict}" for t, r in results.items()))],
+        )
+        client.log_artifacts(run_id, str(out_dir), artifact_path=f"eval_{split}")
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id

@@ -1,0 +1,52 @@
+"""A tiny untrained echocmr model for the eval tests: saved as a checkpoint or registered in MLflow.
+
+Weights are random (seeded): these tests check plumbing and parity with the training pipeline,
+not learning. `make_checkpoint` writes the `train.checkpoint` format; `register` logs it with
+`train.checkpoint.log_model` and registers it with `train.registry.register_model`, as
+``echocmr train --register`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from train.checkpoint import log_model, save_checkpoint
+from train.config import TrainConfig
+from train.data import InputSpec
+from train.model import R2Plus1D
+from train.registry import register_model
+
+TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},
+        "data": {"frames": 8, "period": 2, "size": 32, "augment": {"enabled": False}}}
+
+
+def tiny_state(stats: dict, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    config = TrainConfig.from_dict(TINY)
+    model = R2Plus1D(config.model)
+    spec = InputSpec.build(config.data, stats)
+    return {"model": model.state_dict(), "config": config.to_dict(), "input_spec": spec.to_dict(),
+            "epoch": 0, "metrics": {"val_auc_wma": 0.61}}
+
+
+def make_checkpoint(directory: str, stats: dict, seed: int = 0) -> str:
+    save_checkpoint(directory, tiny_state(stats, seed))
+    return directory
+
+
+def register(tracking_uri: str, stats: dict, *, name: str = "echo", digest: str = "d" * 64,
+             val_mean_auc: float = 0.6) -> tuple[str, str]:
+    """Log and register the tiny model; returns (run_id, model_uri)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("echocmr")
+    exp_id = exp.experiment_id if exp else client.create_experiment("echocmr")
+    run_id = client.create_run(exp_id, run_name="tiny").info.run_id
+    client.log_dict(run_id, stats, "stats.json")
+    client.set_tag(run_id, "data_digest", digest)
+    uri = log_model(tiny_state(stats), tracking_uri=tracking_uri, run_id=run_id)
+    register_model(uri, name, tracking_uri=tracking_uri, val_mean_auc=val_mean_auc,
+                   val_aucs={"wma": 0.7, "lge": 0.55, "t1": None, "t2": None, "ecv": 0.5},
+                   data_digest=digest, run_id=run_id)
+    return run_id, uri

@@ -1,0 +1,144 @@
+"""Training on a two-node Ray cluster, and surviving the loss of a node.
+
+`ray.cluster_utils.Cluster` starts a head and a worker node (1 CPU each, custom resources
+``node_0`` / ``node_1``) in this process's machine; `train.loop.run_training` connects to it as it
+would to any cluster. One run shows both multi-node facts:
+
+1. the 2 Ray Train workers are placed on both nodes (read from the placement groups Ray Train
+   reserves for its worker group, one bundle per worker);
+2. killing the worker node after the first checkpoint fails the worker group; Ray Train
+   (``FailureConfig(max_failures)``) restarts it once a replacement node joins, as KubeRay or the
+   autoscaler would provide, and the run finishes from the last checkpoint, not from scratch.
+
+The run uses the train package's tiny config and shards (plumbing, not learning). ~60-80 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _train_fixtures import make_tiny_shards, tiny_config
+
+pytestmark = pytest.mark.timeout(400)
+
+EPOCHS = 6
+
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """A head and one worker node; Ray's files in a private temp dir so that no other
+    `ray.init()` on this machine can find and join this cluster."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # see cluster/local.py
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # A restart waits this long for the worker group's resources before it tries again.
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "resources": {"node_0": 1}, "include_dashboard": False},
+    )
+    worker = cluster.add_node(num_cpus=1, resources={"node_1": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _worker_group_placements() -> list[list[str]]:
+    """Node ids of the bundles of every worker-group placement group, oldest first."""
+    import ray.util
+
+    groups = []
+    for info in ray.util.placement_group_table().values():
+        nodes = [n for _, n in sorted(info["bundles_to_node_id"].items())]
+        if len(info["bundles"]) == 2 and nodes:  # our worker groups have one bundle per worker
+            groups.append(nodes)
+    return groups
+
+
+def _wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_two_node_training_survives_losing_a_node(two_nodes, tmp_path):
+    import ray
+
+    from train.config import TrainConfig
+    from train.loop import run_training
+
+    cluster, worker = two_nodes
+    shards = make_tiny_shards(str(tmp_path / "shards"))
+    config = TrainConfig.from_dict(
+        tiny_config(epochs=EPOCHS, workers=2, cpus_per_worker=1, max_failures=2,
+                    run_name="multinode", storage=str(tmp_path / "runs"))
+    )
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    box: dict = {}
+
+    def train() -> None:
+        try:
+            box["outcome"] = run_training(config, shards, tracking_uri=tracking)
+        except BaseException as exc:  # surfaced by the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=train, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    run_dir = Path(config.storage) / config.run_name
+    # Both workers running, one per node, then the first checkpoint on shared storage.
+    first = _wait_for(lambda: [g for g in _worker_group_placements() if all(g)], 180,
+                      "the worker group to be placed")[0]
+    head_id = cluster.head_node.node_id
+    assert set(first) == {head_id, worker.node_id}  # spread over both nodes
+    print(f"[test] worker group placed at {time.monotonic() - t0:.1f} s", flush=True)
+    # epoch_0001 being written means epoch_0000 was reported: Ray Train registers a checkpoint
+    # only once every rank has reported it, so killing a node as soon as the first checkpoint's
+    # files exist could (rightly) restart from scratch.
+    _wait_for(lambda: any(run_dir.glob("epoch_0001")) or "error" in box, 180,
+              "the second checkpoint")
+    print(f"[test] removing node at {time.monotonic() - t0:.1f} s", flush=True)
+    assert "error" not in box, box.get("error")
+
+    cluster.remove_node(worker)  # the node dies: its raylet and both its workers' processes
+    replacement = cluster.add_node(num_cpus=1, resources={"node_1": 1})  # e.g. a new pod
+
+    thread.join(timeout=300)
+    print(f"[test] training returned at {time.monotonic() - t0:.1f} s", flush=True)
+    assert not thread.is_alive(), "training did not finish after the node was replaced"
+    if "error" in box:
+        raise box["error"]
+    outcome = box["outcome"]
+    metrics = outcome.last_metrics
+    assert metrics["epoch"] == EPOCHS - 1
+    assert metrics["resumed_at_epoch"] >= 1, "the restarted group did not resume a checkpoint"
+    assert outcome.model_uri
+
+    placements = _worker_group_placements()
+    assert len(placements) >= 2, "the worker group was never restarted"
+    last = placements[-1]
+    assert set(last) == {head_id, replacement.node_id}  # spread again, on the new node
+    assert worker.node_id not in last
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    # Every epoch's checkpoint exists once: the restart went on from the last one.
+    assert sorted(p.name for p in run_dir.glob("epoch_*")) == [
+        f"epoch_{e:04d}" for e in range(EPOCHS)
+    ]

@@ -1,0 +1,130 @@
+"""Inference over real shards: the training pipeline's decode, windows, the eval job end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _eval_model import make_checkpoint
+from _shards_fixtures import make_shard_set
+from sklearn.metrics import roc_auc_score
+
+from eval.infer import InferConfig, decode_videos, infer_split, window_clips, window_starts
+from eval.job import EvalJobConfig, run_eval
+from eval.metrics import MetricsConfig
+from eval.evaluate import EvaluationConfig
+from eval.signal import SignalConfig
+from eval.summary import SummaryConfig
+from shards.reader import read_manifest, read_stats
+from train.checkpoint import load_model
+from train.config import AugmentConfig, DataConfig
+from train.data import ClipLoader, InputSpec, split_files
+
+
+@pytest.fixture(scope="module")
+def shard_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_infer")
+    shards = make_shard_set(str(root / "shards"), n_patients=12, clips_per_patient=2,
+                            n_frames=40, samples_per_shard=3)
+    ckpt = make_checkpoint(str(root / "ckpt"), read_stats(shards))
+    return shards, ckpt
+
+
+def test_window_starts():
+    spec = InputSpec(frames=8, period=2, size=32, fps=30.0, mean=50.0, std=40.0)  # span 15
+    assert window_starts(40, spec) == [0, 7, 14, 21, 25]  # stride span//2, then the last window
+    assert window_starts(40, spec, stride=10) == [0, 10, 20, 25]
+    assert window_starts(40, spec, stride=1) == list(range(26))
+    assert window_starts(40, spec, mode="centre") == [12]
+    assert window_starts(10, spec) == [0] and window_starts(10, spec, mode="centre") == [0]
+
+
+def test_short_video_is_padded_like_training():
+    spec = InputSpec(frames=8, period=2, size=4, fps=30.0, mean=16.0, std=1.0)
+    frames = np.full((5, 4, 4), 100, dtype=np.uint8)
+    clip = window_clips(frames, spec, [0])[0, 0]  # [T, S, S]
+    mean_x = 0.0  # (16 - 16) * 255/219
+    assert np.allclose(clip[:3], 100.0 / (255 / 219))  # frames 0, 2, 4
+    assert np.allclose(clip[3:], (0.0 - mean_x) / (255 / 219))  # past the end: fill 0
+
+
+def test_centre_window_equals_training_loader_validation_clip(shard_set):
+    shards, _ = shard_set
+    stats = read_stats(shards)
+    data = DataConfig(frames=8, period=2, size=32, batch_size=4,
+                      augment=AugmentConfig(enabled=False))
+    spec = InputSpec.build(data, stats)
+    ref = {}
+    for batch in ClipLoader(shards, "train", data, spec=spec, train=False, stats=stats).epoch(0):
+        for i, key in enumerate(batch.keys):
+            if batch.valid[i]:
+                ref[key] = batch.clips[i].numpy()
+    tars, indexes, _ = split_files(shards, "train")
+    got = {}
+    for key, _, _, frames in decode_videos(tars, indexes, spec, stored_size=(112, 112),
+                                           config=InferConfig(), device=torch.device("cpu")):
+        got[key] = window_clips(frames, spec, window_starts(len(frames), spec, mode="centre"))[0]
+    assert set(got) == set(ref) and len(got) > 4
+    for key in ref:
+        np.testing.assert_allclose(got[key], ref[key], atol=1e-5)
+
+
+def test_clip_table_covers_every_clip_with_labels_and_metadata(shard_set):
+    shards, ckpt = shard_set
+    clips, spec = infer_split(shards, "train", ckpt, config=InferConfig(stride=7))
+    manifest = read_manifest(shards)
+    train = manifest[manifest["split"] == "train"].set_index("key")
+    assert set(clips["key"]) == set(train.index)
+    assert (clips.groupby("key").size() == 5).all()  # 40 frames: starts 0, 7, 14, 21, 25
+    video = clips.groupby("key").first()
+    for task in ("wma", "lge", "t1", "t2", "ecv"):
+        a, b = video[f"y_{task}"], train.loc[video.index, task].astype(float)
+        assert ((a == b) | (a.isna() & b.isna())).all()  # NaN stays NaN
+    assert (video["study_hash"] == train.loc[video.index, "study_hash"]).all()
+    assert clips[[f"p_{t}" for t in ("wma", "lge")]].stack().between(0, 1).all()
+    # Probabilities are the model's on those windows.
+    model, spec = load_model(ckpt)
+    key = clips["key"].iloc[0]
+    tars, indexes, _ = split_files(shards, "train")
+    for k, _, _, frames in decode_videos(tars, indexes, spec, stored_size=(112, 112),
+                                         config=InferConfig(), device=torch.device("cpu")):
+        if k == key:
+            x = torch.from_numpy(window_clips(frames, spec, [0, 7, 14, 21, 25]))
+            with torch.inference_mode():
+                want = torch.sigmoid(model(x)).numpy()
+            got = clips[clips["key"] == key].sort_values("clip_index")
+            np.testing.assert_allclose(got[["p_wma", "p_lge", "p_t1", "p_t2", "p_ecv"]], want,
+                                       atol=1e-5)
+
+
+def test_eval_job_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path):
+    shards, ckpt = shard_set
+    fast = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positives=2,
+                                               min_negatives=2),
+                         signal=SignalConfig(n_permutations=500))
+    config = EvalJobConfig(split="train", infer=InferConfig(clips="centre"),
+                           evaluation=EvaluationConfig(summary=fast))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outcome = run_eval(shards, ckpt, tmp_path / "out", config=config, tracking_uri=uri)
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = pd.read_parquet(out / "predictions.parquet")
+    manifest = read_manifest(shards)
+    assert len(preds) == manifest[manifest["split"] == "train"]["study_hash"].nunique()
+    wma = metrics["wma"]
+    assert wma["auc"] == pytest.approx(roc_auc_score(preds["y_wma"], preds["p_wma"]))
+    assert wma["n_studies"] == len(preds) and wma["ci_low"] is not None
+    assert "WMA" in outcome.table and "0.873 (0.816–0.922)" in outcome.table
+    assert (out / "report.html").exists() and (out / "clip_predictions.parquet").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["echocmr.kind"] == "eval"
+    assert run.data.metrics["train_auc_wma"] == pytest.approx(wma["auc"])
+    assert run.data.params["clips"] == "centre"
+    logged = {a.path for a in client.list_artifacts(outcome.run_id, "eval_train")}
+    assert {"eval_train/metrics.json", "eval_train/report.md",
+            "eval_train/predictions.parquet"} <= logged

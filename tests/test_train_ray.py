@@ -1,0 +1,197 @@
+"""End to end on Ray Train V2 (local, 2 CPUs): DDP on gloo, a worker crash, MLflow, the registry.
+
+Default run (one Ray training run, to keep the suite quick on 2 cores): a real ``mlflow server``
+on loopback (sqlite backend and artifacts in tmp); ``echocmr train`` (the CLI) with two CPU
+workers trains into it; rank 1 exits hard mid-epoch 1 (the config's fault hook), Ray restarts the
+worker group from the epoch-0 checkpoint and the run finishes. MLflow then holds the run, per-task
+val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
+``mlflow.pytorch.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
+checkpoint's outputs.
+
+Slow: the embedded ``sqlite:///mlflow.db`` default, and re-running a run name after the driver
+stopped (resume from the latest checkpoint into the same MLflow run).
+"""
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import pytest
+import torch
+import yaml
+from _train_fixtures import make_tiny_shards, tiny_config
+from mlflow.tracking import MlflowClient
+
+from shards.format import TASKS
+from train.checkpoint import load_model
+from train.config import TrainConfig
+from train.loop import run_training
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_tiny_shards(str(tmp_path_factory.mktemp("shards")))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    # The V2 controller polls workers for reports; poll often so that a report made just before
+    # the injected crash is registered (production keeps Ray's 2 s default).
+    saved = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+    else:
+        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = saved
+
+
+class ServerURL(str):
+    """The server's URL (a str) that knows its artifact store and waits until it answers."""
+
+    def __new__(cls, url: str, *, artifacts: str, proc: subprocess.Popen, log: str):
+        obj = super().__new__(cls, url)
+        obj.artifacts, obj.proc, obj.log = artifacts, proc, log
+        return obj
+
+    def wait(self, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {open(self.log).read()}")
+            try:
+                with urllib.request.urlopen(f"{self}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mlflow server did not answer /health within {timeout} s")
+            time.sleep(0.5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on loopback, sqlite backend, artifacts under tmp. Yields at once (the
+    server starts while Ray does); call ``.wait()`` before use."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+             "--artifacts-destination", str(tmp_path / "server-artifacts"),
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield ServerURL(f"http://127.0.0.1:{port}", artifacts=str(tmp_path / "server-artifacts"),
+                        proc=proc, log=str(log_path))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
+    """The MLflow run and registry hold what a finished run must leave."""
+    client = MlflowClient(uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    for task in TASKS:  # per-task val AUC per epoch, for the tasks val can score
+        steps = [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc_{task}")]
+        assert steps == (list(range(epochs)) if outcome.val_aucs[task] is not None else [])
+    assert outcome.val_aucs["wma"] is not None  # the fixture's val split has both WMA classes
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train_loss")]
+    assert steps == list(range(epochs))
+    digest = hashlib.sha256(open(os.path.join(shards, "manifest.parquet"), "rb").read())
+    assert run.data.params["data_digest"] == run.data.tags["data_digest"] == digest.hexdigest()
+    assert run.data.params["data.frames"] == "4" and run.data.params["workers"] == str(workers)
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"config.yaml", "stats.json", "input_spec.json"} <= artifacts
+
+    version = client.get_model_version_by_alias(model_name, "champion")
+    assert str(version.version) == outcome.registration.version
+    assert version.tags["data_digest"] == digest.hexdigest()
+    assert float(version.tags["val_auc_wma"]) == pytest.approx(outcome.val_aucs["wma"], abs=1e-6)
+
+    mlflow.set_tracking_uri(uri)
+    champion = mlflow.pytorch.load_model(f"models:/{model_name}@champion")  # CPU-only machine
+    reference, spec = load_model(outcome.best_checkpoint)
+    clip = torch.randn(3, spec.channels, spec.frames, spec.size, spec.size)
+    with torch.no_grad():
+        assert torch.equal(champion.eval()(clip), reference(clip))
+
+
+def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, local_ray, shards,
+                                                              tmp_path, monkeypatch):
+    import echocmr_cli
+    import train.loop
+
+    mlflow_server.wait()
+    outcomes = []
+    real = train.loop.run_training
+    monkeypatch.setattr(train.loop, "run_training",
+                        lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
+    marker = tmp_path / "rank1-crashed"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(
+        epochs=2, max_steps_per_epoch=3, max_failures=1,
+        fault={"rank": 1, "step": 5, "marker": str(marker), "delay_s": 1.0})))
+    rc = echocmr_cli.main(["train", "--shards", shards, "--config", str(config), "--workers", "2",
+                           "--tracking-uri", mlflow_server, "--register", "echo_cmr",
+                           "--run-name", "two-workers", "--storage", str(tmp_path / "runs")])
+    assert rc == 0
+    (outcome,) = outcomes
+
+    # rank 1 died in epoch 1 (step 5 of 3-step epochs); the group restarted from epoch 0's
+    # checkpoint and finished epoch 1
+    assert marker.exists()
+    assert outcome.last_metrics["epoch"] == 1 and outcome.last_metrics["resumed_at_epoch"] == 1
+    assert (outcome.registration.version, outcome.registration.alias) == ("1", "champion")
+    check_mlflow_run(mlflow_server, outcome, shards, epochs=2, workers=2, model_name="echo_cmr")
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+    stored = [f for _, _, files in os.walk(mlflow_server.artifacts) for f in files]
+    assert "MLmodel" in stored  # the model went to the server's artifact store
+
+
+@pytest.mark.slow
+def test_embedded_sqlite_default(local_ray, shards, tmp_path):
+    config = TrainConfig.from_dict(tiny_config(
+        workers=2, epochs=2, max_steps_per_epoch=3, run_name="embedded",
+        storage=str(tmp_path / "runs"), register="echo_local"))
+    outcome = run_training(config, shards)  # no URI: sqlite:///mlflow.db in the cwd (tmp_path)
+    assert outcome.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert outcome.last_metrics["resumed_at_epoch"] == -1
+    check_mlflow_run(outcome.tracking_uri, outcome, shards, epochs=2, workers=2,
+                     model_name="echo_local")
+
+
+@pytest.mark.slow
+def test_rerun_after_driver_stop_resumes_the_same_run(local_ray, shards, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = dict(workers=1, max_steps_per_epoch=2, run_name="again",
+                  storage=str(tmp_path / "runs"), register="echo_again")
+    first = run_training(TrainConfig.from_dict(tiny_config(epochs=1, **common)), shards,
+                         tracking_uri=uri)
+    # as after a driver crash: the same command (here with more epochs) picks the run up
+    second = run_training(TrainConfig.from_dict(tiny_config(epochs=2, **common)), shards,
+                          tracking_uri=uri)
+    assert second.run_id == first.run_id
+    assert second.last_metrics["resumed_at_epoch"] == 1 and second.last_metrics["epoch"] == 1
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(first.run_id, "train_loss")]
+    assert steps == [0, 1]
