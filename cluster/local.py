@@ -343,7 +343,7 @@ def stop_local_cluster(
     state_dir: str | Path | None = None,
     *,
     log=print,
-    grace_s: float = 5.0,
+    grace_s: float = 2.0,  # gcs_server and raylet ignore SIGTERM for longer; no need to wait
     state: LocalClusterState | None = None,
 ) -> int:
     """Stop the local cluster recorded in ``state_dir``; return how many processes it ended."""

@@ -136,8 +136,13 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
 
 
 def run_predict_cmd(args: argparse.Namespace) -> int:
-    from eval.predict import FORMATS, PredictConfig, load_for_predict, predict_files, \
-        write_prediction
+    from eval.predict import (
+        FORMATS,
+        PredictConfig,
+        load_for_predict,
+        predict_files,
+        write_prediction,
+    )
 
     if not args.out.lower().endswith(FORMATS):
         print(f"echocmr predict: --out {args.out}: use a .csv or .json file name", file=sys.stderr)

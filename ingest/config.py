@@ -213,30 +213,35 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Inge
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"config {path}: expected a mapping at the top level")
+            raise ValueError(f"config {path}: expected a mapping of keys at the top level")
         data = loaded
     data = dict(data)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    where = str(path) if path is not None else "config"
-    return from_dict(IngestConfig, data, where=where)
+    try:
+        return from_dict(IngestConfig, data)
+    except ValueError as exc:
+        raise ValueError(f"config {path}: {exc}" if path is not None else str(exc)) from None
 
 
-def from_dict(cls: type, data: dict, *, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types."""
+def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
+
+    ``where`` is the dotted key path of ``data`` (for error messages).
+    """
+    section = f"'{where}'" if where else "the top level"
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise ValueError(f"{section}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(known)}"
-        )
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys: {sorted(known)}")
+    prefix = f"{where}." if where else ""
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(str(exc)) from None
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

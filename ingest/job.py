@@ -314,10 +314,9 @@ def run_ingest(
     progress: bool = True,
 ) -> IngestSummary:
     """Run the whole job (see the module docstring); returns what it did."""
+    from ingest.labels import read_table
     from shards.format import validate_site
     from shards.storage import atomic_write, is_url
-
-    from ingest.labels import read_table
 
     started = time.monotonic()
     config = config or IngestConfig()

@@ -50,3 +50,48 @@ def register(tracking_uri: str, stats: dict, *, name: str = "echo", digest: str 
                    val_aucs={"wma": 0.7, "lge": 0.55, "t1": None, "t2": None, "ecv": 0.5},
                    data_digest=digest, run_id=run_id)
     return run_id, uri
+
+
+class LocalMlflowServer:
+    """``mlflow server`` on loopback with a sqlite backend and proxied artifacts, which a test
+    can stop (``stop``) to check what still works without it."""
+
+    def __init__(self, root) -> None:
+        import os
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = os.path.join(root, "server.log")
+        exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [exe, "server", "--backend-store-uri", f"sqlite:///{root}/server.db",
+                 "--artifacts-destination", os.path.join(root, "artifacts"),
+                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 180.0) -> str:
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {open(self.log).read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)

@@ -22,7 +22,6 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (

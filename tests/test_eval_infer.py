@@ -11,11 +11,6 @@ from _shards_fixtures import make_shard_set
 from sklearn.metrics import roc_auc_score
 
 from eval.infer import InferConfig, decode_videos, infer_split, window_clips, window_starts
-from eval.job import EvalJobConfig, run_eval
-from eval.metrics import MetricsConfig
-from eval.evaluate import EvaluationConfig
-from eval.signal import SignalConfig
-from eval.summary import SummaryConfig
 from shards.reader import read_manifest, read_stats
 from train.checkpoint import load_model
 from train.config import AugmentConfig, DataConfig
@@ -98,16 +93,19 @@ def test_clip_table_covers_every_clip_with_labels_and_metadata(shard_set):
                                        atol=1e-5)
 
 
-def test_eval_job_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path):
+def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, capsys):
+    import echocmr_cli
+
     shards, ckpt = shard_set
-    fast = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positives=2,
-                                               min_negatives=2),
-                         signal=SignalConfig(n_permutations=500))
-    config = EvalJobConfig(split="train", infer=InferConfig(clips="centre"),
-                           evaluation=EvaluationConfig(summary=fast))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    outcome = run_eval(shards, ckpt, tmp_path / "out", config=config, tracking_uri=uri)
     out = tmp_path / "out"
+    rc = echocmr_cli.main(["eval", "--shards", shards, "--model", ckpt, "--split", "train",
+                           "--out", str(out), "--clips", "centre", "--bootstrap", "1000",
+                           "--permutations", "500", "--min-positives", "2",
+                           "--tracking-uri", uri])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "WMA" in printed and "0.873 (0.816–0.922)" in printed  # ours beside the study's
     metrics = json.loads((out / "metrics.json").read_text())
     preds = pd.read_parquet(out / "predictions.parquet")
     manifest = read_manifest(shards)
@@ -115,16 +113,32 @@ def test_eval_job_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path):
     wma = metrics["wma"]
     assert wma["auc"] == pytest.approx(roc_auc_score(preds["y_wma"], preds["p_wma"]))
     assert wma["n_studies"] == len(preds) and wma["ci_low"] is not None
-    assert "WMA" in outcome.table and "0.873 (0.816–0.922)" in outcome.table
     assert (out / "report.html").exists() and (out / "clip_predictions.parquet").exists()
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    run = client.get_run(outcome.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["echocmr.kind"] == "eval"
+    exp = client.get_experiment_by_name("echocmr-eval")  # a checkpoint names no training run
+    (run,) = client.search_runs([exp.experiment_id], "tags.`echocmr.kind` = 'eval'")
+    assert run.info.status == "FINISHED" and run.data.tags["split"] == "train"
     assert run.data.metrics["train_auc_wma"] == pytest.approx(wma["auc"])
     assert run.data.params["clips"] == "centre"
-    logged = {a.path for a in client.list_artifacts(outcome.run_id, "eval_train")}
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "eval_train")}
     assert {"eval_train/metrics.json", "eval_train/report.md",
             "eval_train/predictions.parquet"} <= logged
+    assert f"MLflow eval run {run.info.run_id}" in printed
+
+
+@pytest.mark.slow  # ~50 s on 2 busy cores: Ray start-up and two model loads
+def test_ray_workers_give_the_same_clip_table(shard_set):
+    import ray
+
+    shards, ckpt = shard_set
+    single, _ = infer_split(shards, "train", ckpt, config=InferConfig(clips="centre"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        spread, _ = infer_split(shards, "train", ckpt,
+                                config=InferConfig(clips="centre", workers=2))
+    finally:
+        ray.shutdown()
+    pd.testing.assert_frame_equal(spread, single, atol=1e-6, check_exact=False)

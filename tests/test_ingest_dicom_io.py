@@ -7,6 +7,12 @@ import os
 import numpy as np
 import pydicom
 import pytest
+from _ingest_fixtures import (
+    grey_to_rgb,
+    phantom,
+    write_non_image,
+    write_us_dicom,
+)
 from pydicom.data import get_testdata_file
 from pydicom.pixels import convert_color_space, pixel_array
 from pydicom.uid import (
@@ -29,12 +35,6 @@ from ingest.dicom_io import (
     identity,
     load_dataset,
     read_dicom,
-)
-from _ingest_fixtures import (
-    grey_to_rgb,
-    phantom,
-    write_non_image,
-    write_us_dicom,
 )
 
 PYDICOM_FILES = os.path.dirname(get_testdata_file("CT_small.dcm"))

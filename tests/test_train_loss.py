@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from train.loss import MaskedMultiTaskBCE, build_loss, pos_weights_from_stats
-from train.metrics import checkpoint_score, mean_auc, task_aucs
+from train.metrics import checkpoint_score, mean_auc, roc_auc, task_aucs
 
 NAN = float("nan")
 
@@ -80,3 +80,15 @@ def test_task_aucs_match_sklearn_and_skip_thin_tasks():
     assert aucs["ecv"] is None
     assert mean_auc(aucs) == pytest.approx(np.mean([aucs[t] for t in ("wma", "lge", "t1", "t2")]))
     assert checkpoint_score({t: None for t in aucs}, val_loss=0.7) == -0.7
+
+
+def test_roc_auc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        n = int(rng.integers(2, 60))
+        y = rng.random(n) < 0.4
+        y[0], y[1] = True, False
+        score = np.round(rng.random(n), 1)  # many ties
+        assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        roc_auc(np.array([True, True]), np.array([0.1, 0.2]))

@@ -76,6 +76,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from train.engine import Engine
     from train.tracking import make_tracker
 
+    if not logging.getLogger().handlers:  # Ray workers start without logging configured
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                            datefmt="%H:%M:%S")
+    started = time.perf_counter()
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -85,6 +89,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     engine = Engine(config, loop_config["shards"], stats=stats, rank=rank, world=world,
                     device=device)
     tracker = make_tracker(rank, loop_config["tracking_uri"], loop_config["run_id"])
+    log.info("rank %d/%d on %s: %d train steps/epoch, ready in %.1f s", rank, world, device,
+             engine.steps_per_epoch, time.perf_counter() - started)
 
     restored, last_metrics = ray.train.get_checkpoint(), None
     if restored is not None:
@@ -111,6 +117,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         metrics["data_wait_fraction"] = engine.mean_over_ranks(result.data_wait_fraction)
         metrics["resumed_at_epoch"] = resumed_at
         tracker.log_epoch(result.epoch, metrics)
+        if rank == 0:
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val mean AUC %s, %.1f clips/s, "
+                     "%.0f%% of step time waiting for data", result.epoch, result.loss, val.loss,
+                     "n/a" if val.mean_auc is None else f"{val.mean_auc:.3f}",
+                     metrics["train_clips_per_s"], 100 * metrics["data_wait_fraction"])
         state = engine.state_dict()  # collective (gathers RNG states): every rank calls it
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -142,7 +153,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     config = replace(
         config,
         run_name=config.run_name or time.strftime("echocmr-%Y%m%d-%H%M%S"),
-        storage=os.path.abspath(config.storage or "train_runs"))
+        storage=_storage_path(config.storage or "train_runs"))
     tracking_uri = resolve_tracking_uri(tracking_uri)
     stats = read_stats(shards)
     digest = manifest_digest(shards)
@@ -254,6 +265,11 @@ def _check_resources(config: TrainConfig, *, local: bool) -> None:
         if local:
             raise RuntimeError(message)
         log.warning("%s; waiting for the cluster to provide them", message)
+
+
+def _storage_path(storage: str) -> str:
+    """Local paths made absolute (workers may start elsewhere); URIs (s3://, gs://) kept."""
+    return storage if "://" in storage else os.path.abspath(storage)
 
 
 def _none_if_nan(value) -> float | None:

@@ -6,6 +6,10 @@ nothing). The mean over reported tasks chooses the best checkpoint; if no task q
 checkpoint score falls back to the negative val loss (the same rule every epoch of a run, since the
 val split does not change). Clip-level only: study-level aggregation and confidence intervals are
 ``eval``'s job.
+
+The AUC is computed here (Mann-Whitney U with tied scores sharing their average rank) rather than
+with scikit-learn, whose import costs every Ray worker seconds at each (re)start; the tests check
+it against ``sklearn.metrics.roc_auc_score``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from shards.format import TASKS
 def task_aucs(labels_NK: np.ndarray, probs_NK: np.ndarray,
               min_positives: int = 5) -> dict[str, float | None]:
     """ROC AUC per task over the clips whose label is known (``None`` when too few of a class)."""
-    from sklearn.metrics import roc_auc_score
-
     labels_NK = np.asarray(labels_NK, dtype=np.float64)
     probs_NK = np.asarray(probs_NK, dtype=np.float64)
     if labels_NK.shape != probs_NK.shape or labels_NK.ndim != 2 or labels_NK.shape[1] != len(TASKS):
@@ -35,8 +37,22 @@ def task_aucs(labels_NK: np.ndarray, probs_NK: np.ndarray,
         if positives < max(min_positives, 1) or negatives < max(min_positives, 1):
             out[task] = None
         else:
-            out[task] = float(roc_auc_score(y, probs_NK[known, k]))
+            out[task] = roc_auc(y, probs_NK[known, k])
     return out
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties half."""
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs at least one positive and one negative")
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, ties share their mean rank
+    rank_sum = average_rank[inverse][positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def mean_auc(aucs: dict[str, float | None]) -> float | None:

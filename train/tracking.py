@@ -35,7 +35,7 @@ def resolve_tracking_uri(flag: str | None = None) -> str:
 
     A relative sqlite path is made absolute: Ray workers may run in another directory.
     """
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = str(flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         uri = prefix + os.path.abspath(uri[len(prefix):])

@@ -94,6 +94,9 @@ class Overlay:
         base = np.asarray(img)
         self.base = base if colour else np.ascontiguousarray(base[..., 0])
         self.cursor_value = np.array(_CURSOR_YELLOW if colour else _WHITE[:1], dtype=np.uint8)
+        if colour:
+            pixels = geometry.sector_pixels
+            self._pixels_rgb = (3 * pixels[:, None] + np.arange(3)).ravel()
 
     @staticmethod
     def _logo(draw: ImageDraw.ImageDraw, vendor: Vendor, right: int, top: int, font,
@@ -139,12 +142,12 @@ class Overlay:
     def compose(self, index: int, sector_values: np.ndarray) -> np.ndarray:
         """Frame ``index``: the layer, the fan's pixels (grey, or [N, 3] RGB), and the cursor."""
         frame = self.base.copy()
-        pixels = self.geometry.sector_pixels
-        if frame.ndim == 3:
-            flat = frame.reshape(-1, 3)
-            flat[pixels] = sector_values if sector_values.ndim == 2 else sector_values[:, None]
+        if frame.ndim == 3:  # one scatter over the interleaved bytes is the cheapest way in numpy
+            values = sector_values.ravel() if sector_values.ndim == 2 else np.repeat(
+                sector_values, 3)
+            frame.reshape(-1)[self._pixels_rgb] = values
         else:
-            frame.reshape(-1)[pixels] = sector_values
+            frame.reshape(-1)[self.geometry.sector_pixels] = sector_values
         x0, x1 = self.ecg_x
         x = int(round(x0 + (x1 - x0) * index / max(self.n_frames - 1, 1)))
         frame[self.ecg_y[0] : self.ecg_y[1], x : x + 2] = self.cursor_value

@@ -28,7 +28,7 @@ from scipy.ndimage import gaussian_filter
 
 from ingest.synth.anatomy import BLOOD, PERICARDIUM, HeartParams, Layout, draw_layout
 from ingest.synth.cycle import Cycle
-from ingest.synth.sector import N_BEAMS, SectorGeometry
+from ingest.synth.sector import SectorGeometry
 
 _TEX_RES_CM = 0.05  # speckle texture cell
 
@@ -37,8 +37,8 @@ _TEX_RES_CM = 0.05  # speckle texture cell
 class PhantomConfig:
     """Difficulty knobs: how much nuisance hides the wall motion signal."""
 
-    regional_unevenness: float = 0.22  # amplitude of normal segment-to-segment motion variation
-    speckle_decorrelation: tuple[float, float] = (0.15, 0.45)  # per-frame speckle change
+    regional_unevenness: float = 0.12  # amplitude of normal segment-to-segment motion variation
+    speckle_decorrelation: tuple[float, float] = (0.1, 0.3)  # per-frame speckle change
     noise_sigma: tuple[float, float] = (0.01, 0.05)  # electronic noise, fraction of full scale
     clutter: tuple[float, float] = (0.0, 0.35)  # near-field haze over the apex
     p_shadow: float = 0.35  # chance of a rib/lung shadow over some beams
@@ -182,7 +182,8 @@ class EchoPhantom:
             for sign in (1.0, -1.0)
         ]
         base = lv.point(-lv.a, 0.0)
-        near = np.hypot(self.x - base[0], self.y - base[1]) < lv.b + 1.2
+        reach = lv.b * np.sin(lv.gap_half) + lv.wall + 1.2  # hinge spread, leaflets, base descent
+        near = np.hypot(self.x - base[0], self.y - base[1]) < reach
         self.mitral_idx = np.flatnonzero(near)
         self.aortic_idx = None
         if self.layout.aortic_valve is not None:
@@ -341,8 +342,8 @@ class EchoPhantom:
     def wall_mask(self, centre: float, half: float) -> np.ndarray:
         """Polar flat indices of end-diastolic myocardium between phi centre +- half (tests)."""
         rho = self.lv_rho
-        w = _window(self.lv_phi, centre, half)
-        return self.lv_idx[(rho >= 1.0) & (rho < 1.0 + self.lv_t0) & (w >= 0.5) & ~self.lv_gap]
+        near = np.abs(np.angle(np.exp(1j * (self.lv_phi - centre)))) <= half
+        return self.lv_idx[(rho >= 1.0) & (rho < 1.0 + self.lv_t0) & near & ~self.lv_gap]
 
 
 class _Texture:

@@ -5,10 +5,10 @@ transfer syntax, colour model, frame-timing attribute, file naming, and whether 
 sector is (the ultrasound region sequence) at all. Ingest must cope with every one of them, so the
 synthetic cohort draws each echo study's machine from this table.
 
-The shares keep the cohort within its size budget: per frame, a 480x640 JPEG costs ~20 KB, RLE
-colour ~170 KB and uncompressed 307 KB, and the large JPEG-LS canvas ~85 KB and the most time, so
-those machines are the rarer ones (the planner still puts every machine in every cohort of a few
-patients). No vendor is related to any label: the machine must not be a shortcut.
+The shares keep the cohort within its size and time budget: per 480x640 frame, JPEG costs ~20-25
+KB, JPEG-LS ~40 KB, RLE colour ~200 KB and uncompressed 307 KB, and the large canvas costs the most
+time, so those machines are the rarer ones (the planner still puts every machine in every cohort of
+a few patients). No vendor is related to any label: the machine must not be a shortcut.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ VENDORS: tuple[Vendor, ...] = (
         photometric="YBR_FULL_422",
         timing="cine_rate",
         has_regions=True,
-        share=0.50,
+        share=0.46,
         fps_range=(30.0, 60.0),
         file_style="uid",
         jpeg_quality=72,
@@ -84,7 +84,7 @@ VENDORS: tuple[Vendor, ...] = (
         photometric="YBR_FULL_422",
         timing="frame_time",
         has_regions=True,
-        share=0.30,
+        share=0.22,
         fps_range=(40.0, 60.0),
         file_style="numbered",
         jpeg_quality=72,
@@ -96,15 +96,31 @@ VENDORS: tuple[Vendor, ...] = (
         model="Apex HD",
         rows=768,
         columns=1024,
-        transfer_syntax=JPEG_LS_LOSSLESS,
-        photometric="MONOCHROME2",
+        transfer_syntax=JPEG_BASELINE_8BIT,
+        photometric="YBR_FULL_422",
         timing="cine_rate",
         has_regions=False,  # ingest must find the sector from the pixels
         share=0.10,
         fps_range=(30.0, 50.0),
         file_style="uid",
-        scan_conversion="nearest",
+        jpeg_quality=70,
         software="11.3",
+    ),
+    Vendor(
+        key="halcyon",
+        manufacturer="Halcyon Diagnostics",
+        model="H-Cardio 3",
+        rows=480,
+        columns=640,
+        transfer_syntax=JPEG_LS_LOSSLESS,
+        photometric="MONOCHROME2",
+        timing="frame_time",
+        has_regions=True,
+        share=0.12,
+        fps_range=(30.0, 40.0),
+        file_style="numbered",
+        scan_conversion="nearest",
+        software="3.9.2",
     ),
     Vendor(
         key="borealis",
