@@ -67,8 +67,9 @@ def train_figures(shards: str, config, workers: int, tracking_uri: str,
 
     from train.loop import run_training
 
-    run = replace(config, workers=workers, epochs=2, run_name=f"bench-{workers}w-{time.time_ns()}",
-                  storage=storage)
+    cpus = max(1, (os.cpu_count() or 1) // workers)  # the machine's cores split between workers
+    run = replace(config, workers=workers, epochs=2, cpus_per_worker=cpus,
+                  run_name=f"bench-{workers}w-{time.time_ns()}", storage=storage)
     outcome = run_training(run, shards, tracking_uri=tracking_uri)
     m = outcome.last_metrics
     return float(m["train_clips_per_s"]), float(m["data_wait_fraction"])
@@ -95,8 +96,9 @@ def main() -> None:
         ncpu = os.cpu_count() or 1
         ray.init(num_cpus=max(ncpu, 2), include_dashboard=False, log_to_driver=False)
         try:
-            print(f"\nCPU training, cpu-small preset, {ncpu} cores "
-                  f"({torch.get_num_threads()} torch threads in this process):")
+            load = os.getloadavg()[0]
+            print(f"\nCPU training, cpu-small preset, {ncpu} cores shared by the workers "
+                  f"(load average {load:.1f} before the runs):")
             print("workers  clips/s  data-wait share of step time")
             for workers in (1, 2):
                 rate, wait = train_figures(shards, cpu, workers, uri, os.path.join(tmp, "runs"))

@@ -176,8 +176,13 @@ def _check_rayjob(doc: dict[str, Any]) -> list[str]:
         if path is None:
             problems.append(f"RayJob: entrypoint has no {flag}")
             continue
-        if "://" in path:  # object store: nothing to mount
-            continue
+        if "://" in path:
+            if flag == "--shards":  # DALI's webdataset reader opens local files only
+                problems.append(
+                    f"RayJob: --shards {path} is a URL; training reads shards from a local path, "
+                    "so put them on the mounted claim (e.g. /data/shards)"
+                )
+            continue  # --storage: Ray Train writes checkpoints to object stores itself
         for name, pod in pod_specs(cluster):
             if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mount_paths(pod)):
                 problems.append(f"RayJob: {flag} {path} is not under a claim mounted in {name}")
@@ -209,6 +214,12 @@ def _check_ray_up(doc: dict[str, Any]) -> list[str]:
         problems.append("ray up: the pip install does not run in the synced repository")
     if not any(MLFLOW_ENV in c for c in setup):
         problems.append(f"ray up: setup_commands never export {MLFLOW_ENV}")
+    run_options = " ".join((doc.get("docker") or {}).get("run_options") or [])
+    if doc.get("docker") and f"{DATA_MOUNT}:{DATA_MOUNT}" not in run_options:
+        problems.append(
+            f"ray up: the container does not mount the shared {DATA_MOUNT} (docker.run_options "
+            f"--volume {DATA_MOUNT}:{DATA_MOUNT}); shards and checkpoints live there"
+        )
     return problems
 
 

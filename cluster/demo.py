@@ -174,8 +174,8 @@ def plan(c: DemoConfig, *, gpu: bool) -> list[Step]:
             title="evaluate on the test split",
             argv=["eval", "--shards", str(p["shards"]),
                   "--model", f"models:/{c.model_name}@champion", "--split", "test",
-                  "--out", str(p["report"])],
-            params={"model": c.model_name},
+                  "--out", str(p["report"]), *(["--gpu"] if gpu else [])],
+            params={"model": c.model_name, "gpu": gpu},
             outputs=[p["report"]],
         ),
     ]
@@ -201,19 +201,32 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def run_step(step: Step, c: DemoConfig, log_file: Path, env: dict[str, str]) -> int:
-    """Run one step as `python -m echocmr_cli ...`, streaming its output to us and to log_file."""
+    """Run one step as `python -m echocmr_cli ...`, streaming its output to us and to log_file.
+
+    Bytes pass through as they come, so progress bars that redraw with \r stay on one line;
+    the terminal copy is indented under the step's header.
+    """
     argv = [sys.executable, "-m", "echocmr_cli", *step.argv]
-    with open(log_file, "w") as log:
-        log.write("$ echocmr " + " ".join(step.argv) + "\n")
-        proc = subprocess.Popen(
-            argv, cwd=c.out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1,
-        )
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+    with open(log_file, "wb") as log:
+        log.write(("$ echocmr " + " ".join(step.argv) + "\n").encode())
+        proc = subprocess.Popen(argv, cwd=c.out, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
         assert proc.stdout is not None
-        for line in proc.stdout:  # tqdm's \r updates arrive as they are flushed
-            sys.stdout.write("    " + line if line.strip() else line)
-            sys.stdout.flush()
-            log.write(line)
+        at_line_start = True
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            log.write(chunk)
+            shown = bytearray()
+            for byte in chunk:
+                if at_line_start and byte not in b"\r\n":
+                    shown += b"    "
+                shown.append(byte)
+                at_line_start = byte in b"\r\n"
+            if out is not None:
+                out.write(bytes(shown))
+                out.flush()
+            else:  # a text-only stdout (e.g. captured in tests)
+                sys.stdout.write(bytes(shown).decode(errors="replace"))
         return proc.wait()
 
 
@@ -292,9 +305,26 @@ def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
         done[step.name] = {"chain": chain, "seconds": round(seconds, 1)}
         _save_state(p["state"], state)
         say(f"[{i}/{len(steps)}] {step.name} done in {_fmt(seconds)}")
-    say(f"\ndemo finished in {_fmt(time.monotonic() - started)} (this run)")
+    say(f"\ndemo finished in {_fmt(time.monotonic() - started)} (this run); steps took "
+        + ", ".join(f"{s.name} {_fmt(done[s.name]['seconds'])}" for s in steps))
+    table = auc_table(p["logs"] / "eval.log")
+    if table:
+        say("\n" + table)
     print_locations(c, say=say)
     return 0
+
+
+def auc_table(eval_log: Path) -> str | None:
+    """The AUC table `echocmr eval` printed (kept in its log), to end the demo with it."""
+    if not eval_log.exists():
+        return None
+    lines = eval_log.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("study-level AUCs")), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()
+                or lines[i].startswith("outputs in")), len(lines))
+    return "\n".join(lines[start:end])
 
 
 def _fmt(seconds: float) -> str:
@@ -308,8 +338,11 @@ def print_locations(c: DemoConfig, *, say: Callable[[str], None] = _say) -> None
     say("\nwhere things are:")
     say(f"  shards        {p['shards']}   (echocmr shards stats {p['shards']})")
     say(f"  checkpoints   {p['ray_runs'] / DEMO_RUN}")
-    say(f"  MLflow store  {tracking_uri(c)}   model: models:/{c.model_name}@champion")
-    say(f"                open the UI: mlflow ui --backend-store-uri {tracking_uri(c)} "
-        f"--default-artifact-root {c.out / 'mlruns'}")
-    say(f"  report        {p['report']}" + (f"   ({', '.join(report_files)})" if report_files else ""))
+    say(f"  MLflow store  {tracking_uri(c)}   (artifacts in {c.out / 'mlruns'})")
+    say(f"  model         models:/{c.model_name}@champion   (echocmr models list "
+        f"--tracking-uri {tracking_uri(c)})")
+    say(f"  MLflow UI     mlflow ui --backend-store-uri {tracking_uri(c)}")
+    report = p["report"] / "report.md"
+    say(f"  report        {report if report.exists() else p['report']}"
+        + (f"   (+ {len(report_files) - 1} more files beside it)" if len(report_files) > 1 else ""))
     say(f"  step logs     {p['logs']}")

@@ -50,6 +50,7 @@ REASONS: dict[str, str] = {
     "no_study_date": "no study (or series/acquisition/content) date to pair with a CMR",
     "no_cmr_within_window": "no CMR of the same patient within the pairing window",
     "duplicate_instance": "the same SOP Instance UID was already kept from another file",
+    "worker_crashed": "the worker process died on this file (a decoder crash, or out of memory)",
     "error": "an unexpected error while processing (a bug: please report it)",
 }
 

@@ -28,13 +28,21 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ingest.config import SPLIT_NAMES, IngestConfig
-from ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, identity, load_dataset
+from ingest.dicom_io import (
+    REASONS,
+    RejectedInput,
+    check_cine,
+    clip_from_dataset,
+    identity,
+    load_dataset,
+)
 from ingest.encode import encode_webm
 from ingest.pairing import CmrIndex
 from ingest.preprocess import preprocess_clip
@@ -112,6 +120,7 @@ class WorkerContext:
     cmr: CmrIndex
     views: dict[str, str]  # SOP Instance UID -> view
     split_key: bytes
+    before_file: Callable[[str], None] | None = None  # called with each source (fault injection)
 
 
 _CTX: WorkerContext | None = None
@@ -128,6 +137,8 @@ def process_file(task: tuple[str, str]) -> FileResult:
     source, entry = task
     ctx = _CTX
     assert ctx is not None, "init_worker was not called"
+    if ctx.before_file is not None:
+        ctx.before_file(source)
     try:
         result, video = _process(ctx, source)
     except RejectedInput as exc:
@@ -312,8 +323,13 @@ def run_ingest(
     config: IngestConfig | None = None,
     views_path: str | os.PathLike | None = None,
     progress: bool = True,
+    in_process: bool = False,
 ) -> IngestSummary:
-    """Run the whole job (see the module docstring); returns what it did."""
+    """Run the whole job (see the module docstring); returns what it did.
+
+    ``in_process`` processes files in this process instead of a pool of ``config.workers``
+    (for debugging and quick tests: no start-up cost, but no protection from a crashing decoder).
+    """
     from ingest.labels import read_table
     from shards.format import validate_site
     from shards.storage import atomic_write, is_url
@@ -360,7 +376,9 @@ def run_ingest(
     workers = max(1, config.workers or os.cpu_count() or 1)
     log.info("%d input files (%d done in an earlier run), %d worker(s)", len(sources), resumed,
              workers)
-    for result in _run_pool(ctx, todo, workers, progress, total=len(sources), initial=resumed):
+    results_iter = _run_tasks(ctx, todo, workers, in_process=in_process, progress=progress,
+                              total=len(sources), initial=resumed)
+    for result in results_iter:
         results[result.source] = result
 
     ordered = [results[s] for s in sources]
@@ -381,33 +399,90 @@ def run_ingest(
     )
 
 
-def _run_pool(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, progress: bool,
-              *, total: int, initial: int):
-    """Yield results of `process_file` for ``todo``, in a pool when ``workers > 1``."""
+def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
+               in_process: bool, progress: bool, total: int, initial: int):
+    """Yield `process_file` results for ``todo`` (in a process pool unless ``in_process``)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=initial, desc="ingest", unit="file", disable=not progress,
                dynamic_ncols=True)
     try:
-        if workers == 1 or len(todo) <= 1:
+        if in_process:
             init_worker(ctx)
-            for task in todo:
-                yield process_file(task)
-                bar.update()
-            return
-        # spawn: workers start clean (no inherited threads or locks from pyarrow/pandas).
-        pool = multiprocessing.get_context("spawn").Pool(
-            min(workers, len(todo)), initializer=init_worker, initargs=(ctx,))
-        try:
-            for result in pool.imap_unordered(process_file, todo, chunksize=1):
-                yield result
-                bar.update()
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+            results = map(process_file, todo)
+        else:
+            results = _pool_results(ctx, todo, workers)
+        for result in results:
+            yield result
+            bar.update()
     finally:
         bar.close()
+
+
+def _pool_results(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int):
+    """Run tasks in a spawn process pool that survives workers dying.
+
+    A decoder that segfaults, or the kernel killing a worker for memory, breaks the pool. The
+    files in flight at that moment become suspects: the rest carries on in a fresh pool, then
+    each suspect runs alone in a pool of one, so the file that kills its worker is identified and
+    rejected (``worker_crashed``) instead of hanging or stopping the job.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn: workers start clean (no threads or locks inherited from pyarrow/pandas).
+    mp = multiprocessing.get_context("spawn")
+    queue, suspects = list(reversed(todo)), []
+    succeeded = 0
+    while queue:
+        pool = ProcessPoolExecutor(min(workers, len(queue)), mp_context=mp,
+                                   initializer=init_worker, initargs=(ctx,))
+        in_flight: dict = {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < 2 * workers:
+                    future = pool.submit(process_file, queue[-1])  # may raise: task stays queued
+                    in_flight[future] = queue.pop()
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()  # raises BrokenProcessPool when a worker died
+                    del in_flight[future]
+                    succeeded += 1
+                    yield result
+        except BrokenProcessPool:
+            suspects.extend(in_flight.values())
+            log.warning("a worker process died; %d file(s) in flight will be retried one by one",
+                        len(in_flight))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    crashes_in_a_row, pool = 0, None
+    try:
+        for task in suspects:
+            if pool is None:
+                pool = ProcessPoolExecutor(1, mp_context=mp, initializer=init_worker,
+                                           initargs=(ctx,))
+            try:
+                result = pool.submit(process_file, task).result()
+                crashes_in_a_row = 0
+                succeeded += 1
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = None
+                crashes_in_a_row += 1
+                if not succeeded and crashes_in_a_row >= 3:
+                    raise RuntimeError(
+                        "ingest worker processes die before finishing any file. If you call "
+                        "run_ingest from a script, guard it with `if __name__ == '__main__':` "
+                        "(workers are started with multiprocessing's spawn method)."
+                    ) from None
+                result = FileResult(source=task[0], status="rejected", reason="worker_crashed",
+                                    detail=REASONS["worker_crashed"])
+                WorkCache(ctx.work_dir).store(task[1], result, None)
+            yield result
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _reject_duplicates(results: list[FileResult]) -> None:

@@ -400,6 +400,12 @@ def write_cohort(root, *, n_patients: int = 4, clips_per_study: int = 2, n_frame
                   phi=sorted(set(phi)), patients=patients)
 
 
+def die_on_crash_files(source: str) -> None:
+    """A worker hook for tests: the process dies (like a segfaulting decoder) on '*crash*'."""
+    if "crash" in os.path.basename(source):
+        os._exit(139)
+
+
 # -- checking outputs --------------------------------------------------------------------------
 
 SHIPPED_SUFFIXES = (".tar", ".idx", ".parquet", ".json")

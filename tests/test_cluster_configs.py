@@ -114,6 +114,8 @@ def test_ray_up_installs_our_package_on_gpu_workers(docs):
     assert "cd ~/echocmr && pip install -q -c constraints.txt ." in up["setup_commands"]
     assert any(cc.MLFLOW_ENV in c for c in up["setup_commands"])
     assert up["docker"]["image"].startswith("rayproject/ray:" + __import__("ray").__version__)
+    assert "--volume /data:/data" in up["docker"]["run_options"]  # the shared mount, as on k8s
+    assert any("mount" in c and " /data" in c for c in up["initialization_commands"])
 
 
 def _broken(doc: dict, edit) -> list[str]:
@@ -148,9 +150,13 @@ def test_validate_catches_what_would_break_our_commands(docs):
     def s3_shards(doc):
         doc["spec"]["entrypoint"] = doc["spec"]["entrypoint"].replace("/data/shards", "s3://b/s")
 
+    def s3_storage(doc):
+        doc["spec"]["entrypoint"] = doc["spec"]["entrypoint"].replace("/data/checkp", "s3://b/c")
+
     assert any("--shards /shards" in p for p in _broken(docs["rayjob"], shards_elsewhere))
     assert any("--workers 9" in p for p in _broken(docs["rayjob"], too_many_workers))
-    assert _broken(docs["rayjob"], s3_shards) == []  # object stores need no mount
+    assert any("local path" in p for p in _broken(docs["rayjob"], s3_shards))  # DALI: local
+    assert _broken(docs["rayjob"], s3_storage) == []  # Ray Train writes to object stores itself
 
     def no_install(doc):
         doc["setup_commands"] = doc["setup_commands"][:1]
@@ -160,6 +166,8 @@ def test_validate_catches_what_would_break_our_commands(docs):
 
     assert any("constraints.txt" in p for p in _broken(docs["ray-up"], no_install))
     assert any("GPU" in p for p in _broken(docs["ray-up"], no_gpu_type))
+    assert any("--volume /data:/data" in p for p in _broken(
+        docs["ray-up"], lambda d: d["docker"].update(run_options=[])))
     assert _broken(docs["pvc"], lambda d: d["spec"].update(accessModes=["ReadWriteOnce"]))
 
 

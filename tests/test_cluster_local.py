@@ -103,3 +103,28 @@ def test_submit_without_a_cluster_says_what_to_do(cluster_env):
 def test_local_rejects_bad_sizes(cluster_env):
     result = _run("cluster", "local", "--nodes", "0", env=cluster_env)
     assert result.returncode == 1 and "--nodes must be at least 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_submit_echocmr_train_to_a_local_two_node_cluster(cluster_env, tmp_path):
+    """The documented path: `cluster local`, then `cluster submit -- echocmr train ...` (~2 min)."""
+    import yaml
+    from _train_fixtures import make_tiny_shards, tiny_config
+
+    shards = make_tiny_shards(str(tmp_path / "shards"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(epochs=1)))
+    started = _run("cluster", "local", "--nodes", "2", env=cluster_env)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        job = _run(
+            "cluster", "submit", "--", "echocmr", "train", "--shards", shards,
+            "--workers", "2", "--config", "tiny.yaml", "--storage", "runs",
+            "--run-name", "submitted", "--register", "tiny",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            env=cluster_env, timeout=900,
+        )  # fmt: skip
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+        assert "registered tiny version 1" in job.stdout
+        assert (tmp_path / "runs" / "submitted" / "epoch_0000").is_dir()  # relative to our cwd
+    finally:
+        _run("cluster", "stop", env=cluster_env)

@@ -13,11 +13,13 @@ from sklearn.metrics import roc_auc_score
 import echocmr_cli
 from shards.format import TASKS
 
+# Tuned on 2 CPU cores: val WMA AUC 1.0 in ~60 s of training (the fixture's WMA-negative disc
+# beats, the positive one stands still; 8 frames every 3rd frame see most of a beat).
 TRAIN = {
-    "epochs": 6, "workers": 1,
+    "epochs": 8, "workers": 1,
     "model": {"width": 8, "layers": [1, 1, 1, 1]},
-    "data": {"frames": 8, "period": 2, "size": 32, "batch_size": 8, "num_threads": 1,
-             "prefetch": 1, "augment": {"pad": 2}},
+    "data": {"frames": 8, "period": 3, "size": 32, "batch_size": 8, "num_threads": 1,
+             "prefetch": 1, "augment": {"enabled": False}},
     "optim": {"lr": 3e-3, "warmup_epochs": 0.0},
     "min_positives": 2,
 }
@@ -29,14 +31,15 @@ def test_train_eval_pull_predict_with_server_stopped(tmp_path, monkeypatch, caps
     import yaml
     from pydicom.data import get_testdata_file
 
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "120")  # a busy 2-core machine
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     server = LocalMlflowServer(str(tmp_path))
     try:
-        shards = make_shard_set(str(tmp_path / "shards"), n_patients=60, clips_per_patient=2,
+        shards = make_shard_set(str(tmp_path / "shards"), n_patients=100, clips_per_patient=3,
                                 n_frames=32, size=32, samples_per_shard=16)
         config = tmp_path / "train.yaml"
         config.write_text(yaml.safe_dump(TRAIN))
         url = server.wait()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             assert echocmr_cli.main([
                 "train", "--shards", shards, "--config", str(config), "--tracking-uri", url,

@@ -167,11 +167,11 @@ def test_dali_reads_and_decodes_on_cpu(ingested):
     assert sorted(keys) == sorted(manifest.index)
 
 
-def test_rerun_in_process_with_one_worker_is_byte_identical(cohort, ingested, tmp_path):
+def test_rerun_in_process_is_byte_identical(cohort, ingested, tmp_path):
     out, _ = ingested
     again = str(tmp_path / "again")
     run_ingest(cohort.dicom_dir, cohort.labels_path, again,
-               config=IngestConfig(site="site_a", workers=1), progress=False)
+               config=IngestConfig(site="site_a"), progress=False, in_process=True)
     assert shipped_files(again) == shipped_files(out)
     for name in shipped_files(out) + [REPORT_FILE]:
         assert open(os.path.join(out, name), "rb").read() == \
@@ -189,8 +189,8 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
                           n_frames=16, bad_files=False, seed=11, shape=(56, 64))
     root = os.path.dirname(cohort.dicom_dir)
     clean, killed = os.path.join(root, "clean"), os.path.join(root, "killed")
-    config = IngestConfig(site="site_a", workers=1)
-    run_ingest(cohort.dicom_dir, cohort.labels_path, clean, config=config, progress=False)
+    run_ingest(cohort.dicom_dir, cohort.labels_path, clean, config=IngestConfig(site="site_a"),
+               progress=False, in_process=True)
 
     # The real command in a subprocess (process pool of 2), killed with SIGKILL half-way.
     proc = subprocess.Popen(_ingest_cmd(cohort, killed), env={**os.environ, "PYTHONPATH": REPO},
@@ -220,3 +220,31 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
         assert open(os.path.join(clean, name), "rb").read() == \
             open(os.path.join(killed, name), "rb").read(), name
     assert not any(n.startswith(".") for n in os.listdir(killed))  # no temp files, no cache
+
+
+def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
+    """A decoder crash (the worker dies) must neither hang nor stop the job."""
+    from _ingest_fixtures import die_on_crash_files
+
+    from ingest.job import WorkCache, WorkerContext, _pool_results
+    from ingest.pairing import CmrIndex
+
+    cohort = write_cohort(tmp_path, n_patients=2, clips_per_study=2, n_frames=16,
+                          bad_files=False, shape=(48, 64))
+    folder = next(iter(cohort.patients.values()))
+    src = os.path.join(cohort.dicom_dir, folder, "study1", "clip0.dcm")
+    os.link(src, os.path.join(cohort.dicom_dir, folder, "study1", "crash.dcm"))
+    sources = sorted(os.path.relpath(os.path.join(d, f), cohort.dicom_dir)
+                     for d, _, fs in os.walk(cohort.dicom_dir) for f in fs)
+    work = WorkCache(str(tmp_path / "work"))
+    work.prepare("test")
+    ctx = WorkerContext(config=IngestConfig(site="s"), dicom_dir=cohort.dicom_dir,
+                        work_dir=work.path, cmr=CmrIndex(pd.DataFrame(columns=[
+                            "patient_id", "cmr_date", "field_strength_t", *TASKS])),
+                        views={}, split_key=b"k", before_file=die_on_crash_files)
+    results = {r.source: r for r in _pool_results(ctx, [(s, f"e{i}") for i, s in
+                                                        enumerate(sources)], workers=2)}
+    assert sorted(results) == sources
+    for source, result in results.items():
+        want = "worker_crashed" if "crash" in source else "no_cmr_within_window"
+        assert result.reason == want, (source, result)

@@ -235,8 +235,11 @@ class ClipLoader:
                                              std=[std_x] * spec.channels)
             if augment and (cfg.augment.contrast > 0 or cfg.augment.brightness > 0):
                 c, b = cfg.augment.contrast, cfg.augment.brightness
-                clips = clips * fn.random.uniform(range=[1 - c, 1 + c]) \
-                    + fn.random.uniform(range=[-b, b] if b > 0 else [0.0, 0.0])
+                scale = fn.random.uniform(range=[1 - c, 1 + c])
+                shift = fn.random.uniform(range=[-b, b] if b > 0 else [0.0, 0.0])
+                if gpu:  # per-clip scalars join the GPU clips on the GPU
+                    scale, shift = scale.gpu(), shift.gpu()
+                clips = clips * scale + shift
             pipe.set_outputs(clips, labels, meta)
         pipe.build()
         return pipe

@@ -24,9 +24,9 @@ VIEWS = ("A4C", "A2C", "PLAX")
 
 # territory -> (phi centre, half width) of the abnormal segment, per view; absent = not visible.
 TERRITORY_WINDOWS: dict[str, dict[str, tuple[float, float]]] = {
-    "A4C": {"LAD": (-0.45, 0.8), "RCA": (-2.3, 0.55), "LCX": (1.9, 0.65)},
-    "A2C": {"LAD": (0.85, 0.85), "RCA": (-1.9, 0.65)},
-    "PLAX": {"LAD": (1.55, 0.85), "LCX": (-1.6, 0.8)},
+    "A4C": {"LAD": (-0.5, 1.0), "RCA": (-2.2, 0.75), "LCX": (1.85, 0.85)},
+    "A2C": {"LAD": (0.85, 1.05), "RCA": (-1.85, 0.85)},
+    "PLAX": {"LAD": (1.55, 1.05), "LCX": (-1.6, 1.0)},
 }
 
 # Echogenicity (before speckle) of the tissue classes; scaled per clip.
@@ -55,12 +55,14 @@ class HeartParams:
 
 def draw_heart(rng: np.random.Generator, *, territory: str, severity: float,
                extent: float) -> HeartParams:
-    """A patient's heart; size and contraction are nuisances independent of every label."""
+    """A patient's heart. Size and contraction vary independently of every label, except that a
+    heart with a wall motion abnormality pumps a little less overall (as after an infarct)."""
+    global_function = float(rng.uniform(0.8, 1.0)) if territory else 1.0
     return HeartParams(
         half_length_cm=float(rng.uniform(3.5, 4.7)),
         half_width_cm=float(rng.uniform(1.8, 2.6)),
         wall_cm=float(rng.uniform(0.8, 1.2)),
-        shortening=float(rng.uniform(0.22, 0.38)),
+        shortening=float(rng.uniform(0.22, 0.38)) * global_function,
         thickening=float(rng.uniform(0.3, 0.55)),
         territory=territory,
         severity=severity,

@@ -53,7 +53,7 @@ class LabelModel:
     p_ecv_given_normal_t1: float = 0.15
     territory_probs: tuple[float, float, float] = (0.5, 0.3, 0.2)  # LAD, RCA, LCX
     p_dyskinetic: float = 0.12  # of WMA patients: the segment bulges outward in systole
-    severity_range: tuple[float, float] = (0.6, 1.0)  # 1 - residual motion: hypo- to akinetic
+    severity_range: tuple[float, float] = (0.7, 1.0)  # 1 - residual motion: hypo- to akinetic
     p_second_cmr: float = 0.10
     p_3t: float = 0.35
     p_no_mapping: float = 0.28  # no T1/T2/ECV at all on this exam

@@ -38,8 +38,8 @@ class PhantomConfig:
     """Difficulty knobs: how much nuisance hides the wall motion signal."""
 
     regional_unevenness: float = 0.12  # amplitude of normal segment-to-segment motion variation
-    speckle_decorrelation: tuple[float, float] = (0.1, 0.3)  # per-frame speckle change
-    noise_sigma: tuple[float, float] = (0.01, 0.05)  # electronic noise, fraction of full scale
+    speckle_decorrelation: tuple[float, float] = (0.05, 0.2)  # per-frame speckle change
+    noise_sigma: tuple[float, float] = (0.01, 0.04)  # electronic noise, fraction of full scale
     clutter: tuple[float, float] = (0.0, 0.35)  # near-field haze over the apex
     p_shadow: float = 0.35  # chance of a rib/lung shadow over some beams
 

@@ -21,7 +21,7 @@ from ingest.synth.sector import SectorGeometry, draw_geometry
 from ingest.synth.vendors import Vendor
 
 # Imaging depth (cm) a sonographer picks for each view.
-DEPTH_RANGE_CM = {"A4C": (12.0, 16.0), "A2C": (12.0, 16.0), "PLAX": (12.0, 15.0)}
+DEPTH_RANGE_CM = {"A4C": (11.0, 15.0), "A2C": (11.0, 15.0), "PLAX": (11.0, 14.0)}
 
 
 @dataclass(kw_only=True)

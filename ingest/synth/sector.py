@@ -81,25 +81,27 @@ class SectorGeometry:
             fine = Image.fromarray(polar).resize(size, Image.NEAREST)
         else:
             raise ValueError(f"interpolation must be 'bilinear' or 'nearest', not {interpolation!r}")
-        return np.asarray(fine).ravel()[_lookup(self)[1]]
+        return np.asarray(fine).ravel()[_lookup(*self._pixel_key)[1]]
 
     @property
     def sector_pixels(self) -> np.ndarray:
         """Flat canvas indices (row * columns + col) of the pixels inside the fan."""
-        return _lookup(self)[0]
+        return _lookup(*self._pixel_key)[0]
 
-    def polar_index_of(self, r_cm: np.ndarray, theta: np.ndarray) -> np.ndarray:
-        """Nearest polar-grid flat index of physical points (for masks and tests)."""
-        ri = np.rint((r_cm / self.cm_per_px - self.near_px) / (self.radius_px - self.near_px)
-                     * (self.n_depth - 1)).astype(np.int64)
-        ti = np.rint((theta + self.half_angle) / (2 * self.half_angle) * (N_BEAMS - 1))
-        return np.clip(ri, 0, self.n_depth - 1) * N_BEAMS + np.clip(ti.astype(np.int64), 0,
-                                                                    N_BEAMS - 1)
+    @property
+    def _pixel_key(self) -> tuple[int, ...]:
+        """What the lookup table depends on (not the depth in cm): the cache key."""
+        return (self.rows, self.columns, self.apex_x, self.apex_y, self.radius_px, self.near_px,
+                self.half_angle_deg)
 
 
 @functools.lru_cache(maxsize=16)
-def _lookup(geom: SectorGeometry) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(rows: int, columns: int, apex_x: int, apex_y: int, radius_px: int, near_px: int,
+            half_angle_deg: int) -> tuple[np.ndarray, np.ndarray]:
     """(canvas flat indices, fine-polar flat indices) of every pixel inside the fan."""
+    geom = SectorGeometry(rows=rows, columns=columns, apex_x=apex_x, apex_y=apex_y,
+                          radius_px=radius_px, near_px=near_px, half_angle_deg=half_angle_deg,
+                          depth_cm=1.0)
     min_x, min_y, max_x, max_y = geom.box
     ys, xs = np.mgrid[min_y : max_y + 1, min_x : max_x + 1]
     dx = xs - geom.apex_x + 0.0

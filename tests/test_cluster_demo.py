@@ -1,0 +1,136 @@
+"""`echocmr demo`: its commands match the real parsers, and it resumes as documented.
+
+The default tests replace the step runner with a recorder (the real steps take minutes), so they
+check the demo's own logic: which steps run, which are skipped, what is cleaned when parameters
+change, and what a failure leaves behind. The whole flow on a tiny cohort is the slow test.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import echocmr_cli
+from cluster import demo
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    """Replace `run_step` with one that records the steps and fakes their outputs."""
+    calls: list[str] = []
+    fail: dict[str, int] = {}
+
+    def fake_run_step(step, config, log_file, env):
+        calls.append(step.name)
+        for output in step.outputs:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "made").write_text(step.name)
+        log_file.write_text(f"$ echocmr {' '.join(step.argv)}\n")
+        if step.name == "eval":
+            log_file.write_text("study-level AUCs, test split\nWMA 0.9\n\noutputs in x\n")
+        assert env["MLFLOW_TRACKING_URI"] == demo.tracking_uri(config)
+        return fail.get(step.name, 0)
+
+    monkeypatch.setattr(demo, "run_step", fake_run_step)
+    monkeypatch.setattr(demo, "detect_gpus", lambda: 0)
+    return calls, fail
+
+
+def test_every_step_parses_with_the_real_command_line(tmp_path):
+    parser = echocmr_cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    steps = demo.plan(demo.DemoConfig(out=tmp_path), gpu=True)
+    assert [s.name for s in steps] == ["synth", "ingest", "verify", "train", "eval"]
+    for step in steps:
+        if step.argv[0] not in commands:
+            pytest.skip(f"`echocmr {step.argv[0]}` is not registered yet")
+        try:
+            args = parser.parse_args(step.argv)
+        except SystemExit as exc:
+            pytest.fail(f"`echocmr {' '.join(step.argv)}` is rejected by its parser ({exc.code})")
+        assert callable(args.func)
+    train = next(s for s in steps if s.name == "train")
+    assert "--workers" in train.argv and train.argv[train.argv.index("--workers") + 1] == "2"
+    assert "--gpu" in train.argv
+
+
+def test_train_config_is_a_valid_train_config(tmp_path):
+    train_config = pytest.importorskip("train.config")
+    config = train_config.TrainConfig.from_dict(demo.train_config(demo.DemoConfig(), gpu=False))
+    assert config.model.width == 16 and config.data.size == 64 and not config.gpu
+
+
+def test_resume_skips_finished_steps_and_reruns_changed_ones(tmp_path, recorder, capsys):
+    calls, _ = recorder
+    out = tmp_path / "demo_out"
+    assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0
+    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+    assert yaml.safe_load((out / "train.yaml").read_text())["epochs"] == demo.DEMO_TRAIN_CONFIG["epochs"]
+    printed = capsys.readouterr().out
+    assert "study-level AUCs" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
+
+    calls.clear()
+    assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0
+    assert calls == []  # everything was done with the same parameters
+    assert "study-level AUCs" in capsys.readouterr().out  # the table still ends the output
+
+    (out / "ray_runs" / "stale").write_text("old run")
+    calls.clear()
+    assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30, epochs=2)) == 0
+    assert calls == ["train", "eval"]  # new training parameters: train and what follows
+    assert not (out / "ray_runs" / "stale").exists()  # its old output was removed first
+    assert (out / "cohort" / "made").exists()
+
+    calls.clear()
+    assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=40, epochs=2)) == 0
+    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+
+
+def test_a_failed_step_stops_the_demo_and_the_rerun_starts_there(tmp_path, recorder, capsys):
+    calls, fail = recorder
+    out = tmp_path / "d"
+    fail["train"] = 3
+    assert demo.run_demo_flow(demo.DemoConfig(out=out)) == 3
+    assert calls == ["synth", "ingest", "verify", "train"]
+    assert "train FAILED (exit 3)" in capsys.readouterr().out
+    (out / "ray_runs" / "checkpoint").write_text("kept")
+
+    del fail["train"]
+    calls.clear()
+    assert demo.run_demo_flow(demo.DemoConfig(out=out)) == 0
+    assert calls == ["train", "eval"]
+    assert (out / "ray_runs" / "checkpoint").exists()  # same parameters: the run resumes
+
+    calls.clear()
+    assert demo.run_demo_flow(demo.DemoConfig(out=out, fresh=True)) == 0
+    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+    assert not (out / "ray_runs" / "checkpoint").exists()
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="at least 20"):
+        demo.DemoConfig(patients=5)
+    with pytest.raises(ValueError, match="--workers"):
+        demo.DemoConfig(workers=0)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_small_cohort(tmp_path):
+    """The real flow, small: 20 patients, one epoch (~5-7 min on 2 busy cores)."""
+    import subprocess
+
+    out = tmp_path / "demo_out"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "echocmr"), "demo", "--out", str(out),
+         "--patients", "20", "--epochs", "1"],
+        capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "study-level AUCs" in result.stdout
+    assert (out / "report" / "report.md").exists()
+    assert (out / "shards" / "manifest.parquet").exists()
+    assert (out / "mlflow.db").exists()
+    assert "models:/echocmr-demo@champion" in result.stdout
