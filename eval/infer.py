@@ -171,20 +171,31 @@ def infer_tars(model, spec, tars: list[str], indexes: list[str], *, config: Infe
     if tuple(spec.tasks) != tuple(TASKS):
         raise ValueError(f"model predicts tasks {spec.tasks}, eval expects {TASKS}")
     rows: list[dict] = []
+    pending: list[np.ndarray] = []  # windows of several videos, run as full batches
+
+    def flush() -> None:
+        if not pending:
+            return
+        probs = predict_windows(model, np.concatenate(pending), device=device,
+                                batch_size=config.batch_size)
+        for row, p in zip(rows[len(rows) - len(probs):], probs, strict=True):
+            row.update({p_col(t): float(p[k]) for k, t in enumerate(TASKS)})
+        pending.clear()
+
     for key, labels, meta, frames in decode_videos(tars, indexes, spec, stored_size=stored_size,
                                                    config=config, device=device):
         if meta.get("n_frames") is not None and int(meta["n_frames"]) != frames.shape[0]:
             log.warning("%s: metadata says %s frames, the decoder gave %d; using the decoder's",
                         key, meta["n_frames"], frames.shape[0])
         starts = window_starts(frames.shape[0], spec, mode=config.clips, stride=config.stride)
-        probs = predict_windows(model, window_clips(frames, spec, starts), device=device,
-                                batch_size=config.batch_size)
         base = {"key": key, **{c: str(meta.get(c, "unknown")) for c in
                                ("study_hash", "patient_hash", "site", "split", "view")}}
         base.update({y_col(t): float(labels[k]) for k, t in enumerate(TASKS)})
-        for w, start in enumerate(starts):
-            rows.append({**base, "clip_index": w, "start_frame": int(start),
-                         **{p_col(t): float(probs[w, k]) for k, t in enumerate(TASKS)}})
+        rows += [{**base, "clip_index": w, "start_frame": int(s)} for w, s in enumerate(starts)]
+        pending.append(window_clips(frames, spec, starts))
+        if sum(len(c) for c in pending) >= config.batch_size:
+            flush()
+    flush()
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
 
 

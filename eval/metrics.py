@@ -23,9 +23,9 @@ sorted order of their hash, so a run is reproducible from ``seed`` alone.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm, rankdata
 
 # Resamples are processed in blocks of this many rows to keep memory at O(block * studies).
 _BLOCK = 256
@@ -58,6 +58,19 @@ class MetricsConfig:
             raise ValueError("min_positives and min_negatives must be >= 2 (DeLong needs two)")
 
 
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` with tied values given the mean of their ranks."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]  # exclusive
+    ranks_sorted = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    out = np.empty(x.size)
+    out[order] = ranks_sorted
+    return out
+
+
 def _check_binary(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -78,7 +91,7 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     m, n = int(y.sum()), int((~y).sum())
     if m == 0 or n == 0:
         return float("nan")
-    ranks = rankdata(s)  # midranks handle ties
+    ranks = midranks(s)  # ties get half credit
     return float((ranks[y].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
@@ -176,9 +189,9 @@ def delong_placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     m, n = x.size, z.size
     if m == 0 or n == 0:
         raise ValueError("DeLong needs at least one positive and one negative")
-    combined = rankdata(np.r_[x, z])
-    v10 = (combined[:m] - rankdata(x)) / n
-    v01 = 1.0 - (combined[m:] - rankdata(z)) / m
+    combined = midranks(np.r_[x, z])
+    v10 = (combined[:m] - midranks(x)) / n
+    v01 = 1.0 - (combined[m:] - midranks(z)) / m
     return v10, v01
 
 
@@ -203,7 +216,7 @@ def delong_ci(y_true: np.ndarray, scores: np.ndarray, *, level: float = 0.95) ->
     """Normal-approximation CI around the AUC with DeLong's standard error, clipped to [0, 1]."""
     auc, var = delong_auc_variance(y_true, scores)
     se = float(np.sqrt(var))
-    z = float(norm.ppf(0.5 + level / 2.0))
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
     return DelongCI(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+
+from eval.metrics import midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"
@@ -99,7 +100,7 @@ def permutation_test(
     n = y.size - m
     if m == 0 or n == 0:
         raise ValueError("the permutation test needs positives and negatives")
-    ranks = rankdata(s)
+    ranks = midranks(s)
     offset = m * (m + 1) / 2.0
     observed = float(ranks @ y)
     labels_BN = patient_permutations(y, patients, config.n_permutations, config.seed)

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -127,9 +128,16 @@ _CTX: WorkerContext | None = None
 
 
 def init_worker(ctx: WorkerContext) -> None:
-    """Pool initializer: keep the context in this process."""
+    """Pool initializer: keep the context in this process and silence warnings.
+
+    pydicom's warnings and log messages quote element values ("invalid value for VR DA:
+    '19610203'"), which can be PHI, and a worker's stderr ends up in the job's log. The warnings
+    ingest needs (truncation) are recorded where they arise and become report rows instead.
+    """
     global _CTX
     _CTX = ctx
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.simplefilter("ignore")
 
 
 def process_file(task: tuple[str, str]) -> FileResult:
@@ -275,11 +283,15 @@ def entry_id(dicom_dir: str, source: str) -> str:
 # -- the job -----------------------------------------------------------------------------------
 
 
-def scan_inputs(dicom_dir: str) -> list[str]:
-    """Every regular file under ``dicom_dir`` as a sorted relative POSIX path."""
+def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> list[str]:
+    """Every regular file under ``dicom_dir`` as a sorted relative POSIX path.
+
+    ``exclude`` is a directory to skip (the output, should it lie inside the input tree).
+    """
     found = []
+    skip = os.path.realpath(exclude) if exclude else None
     for root, dirs, files in os.walk(dicom_dir):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for name in files:
             full = os.path.join(root, name)
             if os.path.isfile(full):
@@ -353,7 +365,7 @@ def run_ingest(
     log.info("CMR table: %d rows for %d patients; views for %d instances",
              len(cmr), cmr.n_patients, len(views))
 
-    sources = scan_inputs(dicom_dir)
+    sources = scan_inputs(dicom_dir, exclude=out_dir)
     if not sources:
         raise ValueError(f"--dicom {dicom_dir} holds no files")
     work = WorkCache(os.path.join(out_dir, WORK_DIR))

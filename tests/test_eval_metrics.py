@@ -136,3 +136,12 @@ def test_calibration_summary_against_references():
 def test_config_refuses_too_few_resamples():
     with pytest.raises(ValueError, match="1000"):
         MetricsConfig(n_bootstrap=200)
+
+
+def test_midranks_equal_scipy():
+    from scipy.stats import rankdata
+
+    from eval.metrics import midranks
+
+    x = np.round(np.random.default_rng(0).normal(size=300), 1)
+    np.testing.assert_allclose(midranks(x), rankdata(x))

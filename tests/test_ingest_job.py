@@ -213,7 +213,7 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
     assert 0 < n_done < 12
 
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, killed,
-                         config=IngestConfig(site="site_a", workers=2), progress=False)
+                         config=IngestConfig(site="site_a"), progress=False, in_process=True)
     assert summary.resumed_files >= n_done
     assert shipped_files(killed) == shipped_files(clean)
     for name in shipped_files(clean) + [REPORT_FILE]:
@@ -229,7 +229,7 @@ def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
     from ingest.job import WorkCache, WorkerContext, _pool_results
     from ingest.pairing import CmrIndex
 
-    cohort = write_cohort(tmp_path, n_patients=2, clips_per_study=2, n_frames=16,
+    cohort = write_cohort(tmp_path, n_patients=1, clips_per_study=2, n_frames=16,
                           bad_files=False, shape=(48, 64))
     folder = next(iter(cohort.patients.values()))
     src = os.path.join(cohort.dicom_dir, folder, "study1", "clip0.dcm")

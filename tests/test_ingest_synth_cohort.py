@@ -34,8 +34,8 @@ def synth(tmp_path_factory):
     synth.generate_cohort(root, patients=2, seed=20240607, workers=2, progress=False)
     out = str(root / "shards")
     summary = run_ingest(root / "dicom", root / "cmr_labels.parquet", out,
-                         config=IngestConfig(site="synth_site", workers=2),
-                         views_path=root / "views.csv", progress=False)
+                         config=IngestConfig(site="synth_site"),
+                         views_path=root / "views.csv", progress=False, in_process=True)
     truth = pd.read_parquet(root / "synth_truth.parquet")
     return root, out, summary, truth
 
