@@ -151,7 +151,7 @@ def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, loc
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(
         epochs=2, max_steps_per_epoch=3, max_failures=1,
-        fault={"rank": 1, "step": 5, "marker": str(marker), "delay_s": 1.0})))
+        fault={"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0})))
     rc = echocmr_cli.main(["train", "--shards", shards, "--config", str(config), "--workers", "2",
                            "--tracking-uri", mlflow_server, "--register", "echo_cmr",
                            "--run-name", "two-workers", "--storage", str(tmp_path / "runs")])
@@ -179,6 +179,8 @@ def test_embedded_sqlite_default(local_ray, shards, tmp_path):
     assert outcome.last_metrics["resumed_at_epoch"] == -1
     check_mlflow_run(outcome.tracking_uri, outcome, shards, epochs=2, workers=2,
                      model_name="echo_local")
+    stored = [f for _, _, files in os.walk(tmp_path / "mlruns") for f in files]
+    assert "MLmodel" in stored and "config.yaml" in stored  # artifacts beside mlflow.db
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""``echocmr train``: parse flags, resolve the config, run `train.loop.run_training`, print a summary.
+"""``echocmr train``: parse flags, resolve the config, run `train.loop.run_training`, summarise.
 
 Nothing heavy is imported at module level (``echocmr --help`` stays instant); torch, Ray, DALI and
 MLflow load inside `run`.
@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train the 5-task video network on a shard set (Ray Train + DALI + MLflow)",
         description="Train one R(2+1)D network with five heads (WMA, LGE, T1, T2, ECV) on the "
-                    "shards, on one machine or a Ray cluster; log to MLflow and optionally register.")
+                    "shards, on one machine or a Ray cluster; log to MLflow and optionally "
+                    "register.")
     p.add_argument("--shards", required=True, help="shard set directory (train and val splits)")
     p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
     p.add_argument("--gpu", action="store_true", default=None,
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
                            address=args.address)
     print(f"run {outcome.run_name} (MLflow run {outcome.run_id} at {outcome.tracking_uri})")
     print(f"best epoch {outcome.best_epoch}: checkpoint {outcome.best_checkpoint}")
-    aucs = ", ".join(f"{t} {'n/a' if a is None else f'{a:.3f}'}" for t, a in outcome.val_aucs.items())
+    aucs = ", ".join(f"{t} {'n/a' if a is None else f'{a:.3f}'}"
+                     for t, a in outcome.val_aucs.items())
     mean = "n/a" if outcome.val_mean_auc is None else f"{outcome.val_mean_auc:.3f}"
     print(f"val AUC (clips): {aucs}; mean {mean}")
     print(f"model {outcome.model_uri}")

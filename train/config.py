@@ -1,8 +1,8 @@
 """Training configuration: one small typed config per component, loaded from YAML with strict keys.
 
-``TrainConfig`` holds ``model`` (`ModelConfig`), ``data`` (`DataConfig`, which holds `AugmentConfig`)
-and ``optim`` (`OptimConfig`) plus the run's own settings. Runtime facts (rank, world size, device)
-are never stored here; they are passed to the components that need them.
+``TrainConfig`` holds ``model`` (`ModelConfig`), ``data`` (`DataConfig`, which holds
+`AugmentConfig`) and ``optim`` (`OptimConfig`) plus the run's own settings. Runtime facts (rank,
+world size, device) are never stored here; they are passed to the components that need them.
 
 A YAML file mirrors the dataclasses::
 
@@ -112,7 +112,8 @@ class OptimConfig:
         if self.name not in ("adamw", "sgd"):
             raise ConfigError(f"optim.name must be 'adamw' or 'sgd', got {self.name!r}")
         if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+            raise ConfigError(
+                f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not self.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
 
@@ -171,7 +172,8 @@ class TrainConfig:
             raise ConfigError("epochs, workers and cpus_per_worker must be >= 1")
         unknown = set(self.task_weights) - set(TASKS)
         if unknown:
-            raise ConfigError(f"task_weights has unknown tasks {sorted(unknown)}; tasks are {TASKS}")
+            raise ConfigError(
+                f"task_weights has unknown tasks {sorted(unknown)}; tasks are {TASKS}")
         self.task_weights = {t: float(self.task_weights.get(t, 1.0)) for t in TASKS}
         if any(w < 0 for w in self.task_weights.values()) or not any(self.task_weights.values()):
             raise ConfigError(f"task_weights must be >= 0 with one > 0, got {self.task_weights}")
@@ -234,7 +236,8 @@ def read_yaml(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     return data
 
 

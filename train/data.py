@@ -1,4 +1,4 @@
-"""The DALI input pipeline: WebDataset shards -> decoded, sampled, normalised clip batches on device.
+"""The DALI input pipeline: WebDataset shards -> decoded, sampled, normalised clip batches.
 
 Per worker (rank ``r`` of ``w``), per epoch::
 
@@ -52,9 +52,10 @@ _LUMA_SCALE = 255.0 / (LUMA_HI - LUMA_LO)
 class InputSpec:
     """What a trained model expects: stored with every checkpoint and logged MLflow model.
 
-    Network input = ``(Y - mean) / std`` for the luma ``Y`` (0-255, clipped to 16..235) of ``frames``
-    frames taken every ``period`` frames of a clip at ``fps``, resized to ``size`` x ``size``, as
-    ``float32[N, channels, frames, size, size]``. Output: one logit per task in ``tasks`` order.
+    Network input = ``(Y - mean) / std`` for the luma ``Y`` (0-255, clipped to 16..235) of
+    ``frames`` frames taken every ``period`` frames of a clip at ``fps``, resized to ``size`` x
+    ``size``, as ``float32[N, channels, frames, size, size]``. Output: one logit per task in
+    ``tasks`` order.
     """
 
     frames: int
@@ -167,7 +168,8 @@ class ClipLoader:
         self.num_samples = sum(counts)
         self.shard_sizes = shard_sizes(self.num_samples, world)
         if min(self.shard_sizes) < 1:
-            raise ValueError(f"{split} has {self.num_samples} clips, fewer than the {world} workers")
+            raise ValueError(
+                f"{split} has {self.num_samples} clips, fewer than the {world} workers")
         self.batches_per_epoch = math.ceil(max(self.shard_sizes) / config.batch_size)
         stored = (stats or {}).get("clip", {})
         self._stored_size = (stored.get("height"), stored.get("width"))
@@ -277,7 +279,8 @@ def decoded_mean_std(spec: InputSpec) -> tuple[float, float]:
     return (spec.mean - LUMA_LO) * _LUMA_SCALE, spec.std * _LUMA_SCALE
 
 
-def frames_to_clip(frames_THW: np.ndarray, spec: InputSpec, start: int | None = None) -> torch.Tensor:
+def frames_to_clip(frames_THW: np.ndarray, spec: InputSpec,
+                   start: int | None = None) -> torch.Tensor:
     """Grey frames ``uint8[T, H, W]`` (luma) to one network input ``float32[C, T', S, S]``.
 
     What `ClipLoader` does with ``train=False``, for callers holding raw frames (predict): the

@@ -116,7 +116,8 @@ class Engine:
         losses, task_sums, keys = [], torch.zeros(len(TASKS)), []
         clips, wait = 0, 0.0
         start = time.perf_counter()
-        batches = self.train_loader.epoch(epoch, start_batch=first, max_batches=self.steps_per_epoch)
+        batches = self.train_loader.epoch(epoch, start_batch=first,
+                                          max_batches=self.steps_per_epoch)
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
@@ -137,7 +138,8 @@ class Engine:
         self.position = ReaderPosition(epoch=epoch + 1, batch=0)
         return EpochResult(
             epoch=epoch, steps=len(losses), loss=mean_loss,
-            task_loss={t: self.mean_over_ranks(float(v)) for t, v in zip(TASKS, task_mean, strict=True)},
+            task_loss={t: self.mean_over_ranks(float(v))
+                       for t, v in zip(TASKS, task_mean, strict=True)},
             clips=clips, seconds=seconds, data_wait_s=wait, step_losses=losses, batch_keys=keys)
 
     def _step(self, batch: Batch) -> tuple[float, torch.Tensor]:

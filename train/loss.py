@@ -38,7 +38,8 @@ class MaskedMultiTaskBCE(nn.Module):
         if pos_weight is not None:
             pos_weight = torch.as_tensor(pos_weight, dtype=torch.float32)
             if pos_weight.shape != (len(TASKS),) or not (pos_weight > 0).all():
-                raise ValueError(f"pos_weight must be {len(TASKS)} positive values, got {pos_weight}")
+                raise ValueError(
+                    f"pos_weight must be {len(TASKS)} positive values, got {pos_weight}")
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, logits_NK: torch.Tensor, labels_NK: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Validation metrics during training: per-task ROC AUC over clips, and the mean that picks the best.
+"""Validation metrics in training: per-task ROC AUC over clips, and the mean that picks the best.
 
 A task's AUC is reported only when the val split has at least ``min_positives`` positives and as
 many negatives among its known labels; otherwise it is ``None`` (an AUC over two positives says

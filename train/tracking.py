@@ -42,6 +42,17 @@ def resolve_tracking_uri(flag: str | None = None) -> str:
     return uri
 
 
+def sqlite_artifact_root(tracking_uri: str) -> str | None:
+    """``<db dir>/mlruns`` for an sqlite store (MLflow would use ``./mlruns`` of whatever
+    directory the process runs in), so a ``sqlite:///DIR/mlflow.db`` store keeps its artifacts
+    beside it; ``None`` (the server's or MLflow's default) for other stores."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db = tracking_uri[len(prefix):]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(db)), "mlruns")
+
+
 def manifest_digest(shards: str) -> str:
     """sha256 of the shard set's ``manifest.parquet``: names the exact data a model saw."""
     from shards.storage import join, open_file
@@ -55,13 +66,14 @@ def manifest_digest(shards: str) -> str:
 
 def open_run(tracking_uri: str, *, experiment: str, run_name: str, run_key: str,
              tags: dict[str, str] | None = None) -> tuple[str, bool]:
-    """The run for ``run_key``: an unfinished one to resume, else a new one. -> (run_id, resumed)."""
+    """The run tagged ``run_key`` to resume, else a new one: ``(run_id, resumed)``."""
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=sqlite_artifact_root(tracking_uri))
     found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
