@@ -94,6 +94,9 @@ def register(subparsers) -> None:
     validate.add_argument("files", nargs="+", type=Path)
     validate.set_defaults(func=run_validate)
 
+    from cluster.demo import DEMO_TRAIN_CONFIG, DemoConfig  # stdlib-only module: cheap
+
+    default_patients = DemoConfig.__dataclass_fields__["patients"].default
     demo = subparsers.add_parser(
         "demo",
         help="the whole flow on a synthetic cohort: synth, ingest, train, eval, report",
@@ -102,11 +105,14 @@ def register(subparsers) -> None:
         "finished steps are skipped when run again with the same --out.",
     )
     demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output dir (demo_out)")
-    demo.add_argument("--patients", type=int, default=None, help="synthetic patients")
+    demo.add_argument("--patients", type=int, default=None,
+                      help=f"synthetic patients (default {default_patients})")
     demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (2)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help=f"training epochs (default {DEMO_TRAIN_CONFIG['epochs']})")
     demo.add_argument("--seed", type=int, default=0, help="cohort seed (0)")
-    demo.add_argument("--gpu", action="store_true", default=None, help="train on GPUs")
+    demo.add_argument("--gpu", action="store_true", default=None,
+                      help="train on GPUs (default: when there are any; one worker per GPU)")
     demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")
     demo.add_argument("--fresh", action="store_true", help="redo every step")
     demo.set_defaults(func=run_demo)

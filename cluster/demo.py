@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEMO_MODEL = "echocmr-demo"
@@ -64,7 +64,7 @@ class DemoConfig:
     workers: int = 2  # Ray Train workers
     epochs: int | None = None  # None: DEMO_TRAIN_CONFIG's
     seed: int = 0
-    gpu: bool | None = None  # None: use GPUs when there are enough for the workers
+    gpu: bool | None = None  # None: use GPUs when there are any (one worker per GPU)
     fresh: bool = False
     ingest_workers: int | None = None  # None: all cores
     model_name: str = DEMO_MODEL
@@ -262,10 +262,15 @@ def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
     p["logs"].mkdir(exist_ok=True)
 
     gpus = detect_gpus()
-    gpu = c.gpu if c.gpu is not None else gpus >= c.workers
+    gpu = c.gpu if c.gpu is not None else gpus > 0
     if gpu and gpus < c.workers:
-        say(f"error: --gpu with {c.workers} workers needs {c.workers} GPUs; found {gpus}")
-        return 2
+        if c.gpu:
+            say(f"error: --gpu with {c.workers} workers needs {c.workers} GPUs; found {gpus}")
+            return 2
+        # Found GPUs, fewer than workers: one worker per GPU (NCCL ranks cannot share a GPU).
+        say(f"{gpus} GPU(s) found: training with {gpus} Ray worker(s), one per GPU "
+            f"(--cpu trains with {c.workers} CPU workers instead)")
+        c = replace(c, workers=gpus)
     steps = plan(c, gpu=gpu)
     import yaml
 

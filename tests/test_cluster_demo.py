@@ -134,3 +134,27 @@ def test_demo_end_to_end_on_a_small_cohort(tmp_path):
     assert (out / "shards" / "manifest.parquet").exists()
     assert (out / "mlflow.db").exists()
     assert "models:/echocmr-demo@champion" in result.stdout
+
+
+def test_gpu_choice(tmp_path, recorder, monkeypatch, capsys):
+    calls, _ = recorder
+    seen: list[list[str]] = []
+    real_plan = demo.plan
+
+    def spy(config, *, gpu):
+        steps = real_plan(config, gpu=gpu)
+        seen.append(next(s for s in steps if s.name == "train").argv)
+        return steps
+
+    monkeypatch.setattr(demo, "plan", spy)
+    monkeypatch.setattr(demo, "detect_gpus", lambda: 1)
+    assert demo.run_demo_flow(demo.DemoConfig(out=tmp_path / "a")) == 0
+    train = seen[-1]
+    assert "--gpu" in train and train[train.index("--workers") + 1] == "1"  # one per GPU
+    assert "1 GPU(s) found" in capsys.readouterr().out
+
+    assert demo.run_demo_flow(demo.DemoConfig(out=tmp_path / "b", gpu=False)) == 0
+    assert "--gpu" not in seen[-1] and seen[-1][seen[-1].index("--workers") + 1] == "2"
+
+    assert demo.run_demo_flow(demo.DemoConfig(out=tmp_path / "c", gpu=True)) == 2  # 2 > 1 GPU
+    assert "needs 2 GPUs" in capsys.readouterr().out

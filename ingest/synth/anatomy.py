@@ -24,9 +24,9 @@ VIEWS = ("A4C", "A2C", "PLAX")
 
 # territory -> (phi centre, half width) of the abnormal segment, per view; absent = not visible.
 TERRITORY_WINDOWS: dict[str, dict[str, tuple[float, float]]] = {
-    "A4C": {"LAD": (-0.5, 1.0), "RCA": (-2.2, 0.75), "LCX": (1.85, 0.85)},
-    "A2C": {"LAD": (0.85, 1.05), "RCA": (-1.85, 0.85)},
-    "PLAX": {"LAD": (1.55, 1.05), "LCX": (-1.6, 1.0)},
+    "A4C": {"LAD": (-0.5, 1.2), "RCA": (-2.2, 0.9), "LCX": (1.85, 1.0)},
+    "A2C": {"LAD": (0.85, 1.2), "RCA": (-1.85, 1.0)},
+    "PLAX": {"LAD": (1.55, 1.2), "LCX": (-1.6, 1.15)},
 }
 
 # Echogenicity (before speckle) of the tissue classes; scaled per clip.
@@ -51,22 +51,25 @@ class HeartParams:
     territory: str = ""  # "" = no WMA
     severity: float = 0.0  # 1 = akinetic, < 1 hypokinetic, > 1 dyskinetic
     extent: float = 1.0  # width of the abnormal segment relative to its territory
+    thinning: float = 0.0  # end-diastolic wall thinning of the abnormal segment (old infarct)
 
 
 def draw_heart(rng: np.random.Generator, *, territory: str, severity: float,
                extent: float) -> HeartParams:
     """A patient's heart. Size and contraction vary independently of every label, except that a
     heart with a wall motion abnormality pumps a little less overall (as after an infarct)."""
-    global_function = float(rng.uniform(0.8, 1.0)) if territory else 1.0
+    global_function = float(rng.uniform(0.65, 0.9)) if territory else 1.0
+    remodelling = float(rng.uniform(1.0, 1.12)) if territory else 1.0  # a dilated LV
     return HeartParams(
-        half_length_cm=float(rng.uniform(3.5, 4.7)),
-        half_width_cm=float(rng.uniform(1.8, 2.6)),
+        half_length_cm=float(rng.uniform(3.5, 4.7)) * remodelling,
+        half_width_cm=float(rng.uniform(1.8, 2.6)) * remodelling,
         wall_cm=float(rng.uniform(0.8, 1.2)),
         shortening=float(rng.uniform(0.22, 0.38)) * global_function,
         thickening=float(rng.uniform(0.3, 0.55)),
         territory=territory,
         severity=severity,
         extent=extent,
+        thinning=float(rng.uniform(0.15, 0.45)) if territory else 0.0,
     )
 
 

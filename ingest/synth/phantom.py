@@ -37,7 +37,7 @@ _TEX_RES_CM = 0.05  # speckle texture cell
 class PhantomConfig:
     """Difficulty knobs: how much nuisance hides the wall motion signal."""
 
-    regional_unevenness: float = 0.12  # amplitude of normal segment-to-segment motion variation
+    regional_unevenness: float = 0.10  # amplitude of normal segment-to-segment motion variation
     speckle_decorrelation: tuple[float, float] = (0.05, 0.2)  # per-frame speckle change
     noise_sigma: tuple[float, float] = (0.01, 0.04)  # electronic noise, fraction of full scale
     clutter: tuple[float, float] = (0.0, 0.35)  # near-field haze over the apex
@@ -49,10 +49,12 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _window(phi: np.ndarray, centre: float, half: float) -> np.ndarray:
-    """Raised-cosine weight of angle ``phi`` around ``centre`` (wraps at +-pi)."""
-    d = np.angle(np.exp(1j * (phi - centre)))
-    return np.where(np.abs(d) < half, 0.5 + 0.5 * np.cos(np.pi * d / half), 0.0)
+def _window(phi: np.ndarray, centre: float, half: float, flat: float = 0.0) -> np.ndarray:
+    """Weight of angle ``phi`` around ``centre`` (wraps at +-pi): 1 within ``flat * half``, then
+    a raised-cosine taper to 0 at ``half``."""
+    d = np.abs(np.angle(np.exp(1j * (phi - centre))))
+    x = np.clip((d - flat * half) / max((1.0 - flat) * half, 1e-9), 0.0, 1.0)
+    return np.where(d < half, 0.5 + 0.5 * np.cos(np.pi * x), 0.0)
 
 
 def _in_ranges(phi: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
@@ -144,9 +146,11 @@ class EchoPhantom:
         motion = motion * (1.0 + cfg.regional_unevenness * np.clip(uneven, -1.5, 1.5))
         thick = np.full_like(phi, heart.thickening)
         self.segment_weight = np.zeros_like(phi)
+        t0 = t0 * (1.0 + 0.5 * cfg.regional_unevenness * np.clip(uneven, -1.5, 1.5))
         if lv.window is not None:
-            w = _window(phi, *lv.window)
+            w = _window(phi, *lv.window, flat=0.5)  # a whole segment, tapered at its edges
             self.segment_weight = w
+            t0 = t0 * (1.0 - heart.thinning * w)
             motion = motion * (1.0 - heart.severity * w)
             thick = thick * (1.0 - min(heart.severity, 1.0) * w) - 0.3 * max(
                 heart.severity - 1.0, 0.0) * w

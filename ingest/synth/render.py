@@ -21,7 +21,7 @@ from ingest.synth.sector import SectorGeometry, draw_geometry
 from ingest.synth.vendors import Vendor
 
 # Imaging depth (cm) a sonographer picks for each view.
-DEPTH_RANGE_CM = {"A4C": (11.0, 15.0), "A2C": (11.0, 15.0), "PLAX": (11.0, 14.0)}
+DEPTH_RANGE_CM = {"A4C": (10.0, 14.0), "A2C": (10.0, 14.0), "PLAX": (10.0, 13.0)}
 
 
 @dataclass(kw_only=True)
