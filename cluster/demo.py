@@ -298,18 +298,19 @@ def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
                 shutil.rmtree(output, ignore_errors=True)
         state.setdefault("ran_with", {})[step.name] = chain
         say(f"{head}\n    $ echocmr {' '.join(step.argv)}")
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _children_cpu_s()
         rc = run_step(step, c, p["logs"] / f"{step.name}.log", env)
-        seconds = time.monotonic() - t0
+        seconds, cpu = time.monotonic() - t0, _children_cpu_s() - cpu0
         if rc != 0:
             say(f"[{i}/{len(steps)}] {step.name} FAILED (exit {rc}) after {seconds:.0f} s; full "
                 f"output in {p['logs'] / (step.name + '.log')}. Re-run `echocmr demo --out "
                 f"{c.out}` to resume from this step.")
             _save_state(p["state"], state)
             return rc
-        done[step.name] = {"chain": chain, "seconds": round(seconds, 1)}
+        # CPU seconds of the step's processes: on a busy machine, wall time says little.
+        done[step.name] = {"chain": chain, "seconds": round(seconds, 1), "cpu_s": round(cpu, 1)}
         _save_state(p["state"], state)
-        say(f"[{i}/{len(steps)}] {step.name} done in {_fmt(seconds)}")
+        say(f"[{i}/{len(steps)}] {step.name} done in {_fmt(seconds)} ({cpu:.0f} CPU-s)")
     say(f"\ndemo finished in {_fmt(time.monotonic() - started)} (this run); steps took "
         + ", ".join(f"{s.name} {_fmt(done[s.name]['seconds'])}" for s in steps))
     table = auc_table(p["logs"] / "eval.log")
@@ -330,6 +331,14 @@ def auc_table(eval_log: Path) -> str | None:
     end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()
                 or lines[i].startswith("outputs in")), len(lines))
     return "\n".join(lines[start:end])
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child process (and theirs) so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _fmt(seconds: float) -> str:

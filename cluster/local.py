@@ -253,7 +253,7 @@ def _node_args(config: LocalClusterConfig, index: int, temp_dir: str) -> list[st
     ]  # fmt: skip
 
 
-def _ray_start(args: list[str], log) -> int:
+def _ray_start(args: list[str]) -> int:
     """Run one `ray start` in a new session; return its process group id."""
     proc = subprocess.Popen(
         [_ray_executable(), "start", *args],
@@ -265,8 +265,10 @@ def _ray_start(args: list[str], log) -> int:
     )
     out, _ = proc.communicate()
     if proc.returncode != 0:
+        # Daemons it already spawned share its new process group: end them, nothing else.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         raise LocalClusterError(f"`ray start` failed (exit {proc.returncode}):\n{out[-3000:]}")
-    log(f"  {out.strip().splitlines()[-1] if out.strip() else 'started'}")
     return proc.pid
 
 
@@ -322,13 +324,13 @@ def start_local_cluster(config: LocalClusterConfig, log=print) -> LocalClusterSt
             "--dashboard-port", str(dashboard_port),
             "--ray-client-server-port", str(_free_port()),
         ]  # fmt: skip
-        pgid = _ray_start(head_args + _node_args(config, 0, temp_dir), log)
+        pgid = _ray_start(head_args + _node_args(config, 0, temp_dir))
         state.nodes.append(NodeRecord(index=0, resource="node_0", pgid=pgid))
         state.save(config.state_dir)  # from here on, `cluster stop` can clean up
         for i in range(1, config.nodes):
             log(f"starting worker node {i} (node_{i}, {config.cpus_per_node} CPU)")
             worker_args = ["--address", state.address, "--include-log-monitor", "false"]
-            pgid = _ray_start(worker_args + _node_args(config, i, temp_dir), log)
+            pgid = _ray_start(worker_args + _node_args(config, i, temp_dir))
             state.nodes.append(NodeRecord(index=i, resource=f"node_{i}", pgid=pgid))
             state.save(config.state_dir)
         alive = wait_for_nodes(state.dashboard_url, config.nodes, config.start_timeout_s)

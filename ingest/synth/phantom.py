@@ -57,6 +57,14 @@ def _window(phi: np.ndarray, centre: float, half: float, flat: float = 0.0) -> n
     return np.where(d < half, 0.5 + 0.5 * np.cos(np.pi * x), 0.0)
 
 
+def _uneven(rng: np.random.Generator, phi: np.ndarray) -> np.ndarray:
+    """A smooth random function of the angle, mostly within [-1, 1] (three harmonics)."""
+    k = rng.normal(0.0, 1.0, 6)
+    f = sum(k[2 * i] * np.cos((i + 1) * phi) + k[2 * i + 1] * np.sin((i + 1) * phi)
+            for i in range(3)) / 3.0
+    return np.clip(f, -1.5, 1.5)
+
+
 def _in_ranges(phi: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
     out = np.zeros(phi.shape, dtype=bool)
     for lo, hi in ranges:
@@ -135,18 +143,16 @@ class EchoPhantom:
         idx = np.flatnonzero(rho < far)
         self.lv_idx = idx
         rho, phi, t0, far = rho[idx], phi[idx], t0[idx], far[idx]
+        self.lv_per_cm = 1.0 / stretch[idx]
         # Inward motion: the apex barely moves, mid walls most, the base descends.
         a = np.abs(phi)
         shape = np.where(a <= np.pi / 2, 0.35 + 0.65 * _smoothstep(a / (np.pi / 2)),
                          1.0 - 0.15 * _smoothstep((a - np.pi / 2) / (np.pi / 2)))
-        k = rng.normal(0.0, 1.0, 6)
-        uneven = sum(k[2 * i] * np.cos((i + 1) * phi) + k[2 * i + 1] * np.sin((i + 1) * phi)
-                     for i in range(3)) / 3.0
         motion = heart.shortening * rng.uniform(0.9, 1.1) * shape
-        motion = motion * (1.0 + cfg.regional_unevenness * np.clip(uneven, -1.5, 1.5))
+        motion = motion * (1.0 + cfg.regional_unevenness * _uneven(rng, phi))
+        t0 = t0 * (1.0 + 0.5 * cfg.regional_unevenness * _uneven(rng, phi))
         thick = np.full_like(phi, heart.thickening)
         self.segment_weight = np.zeros_like(phi)
-        t0 = t0 * (1.0 + 0.5 * cfg.regional_unevenness * np.clip(uneven, -1.5, 1.5))
         if lv.window is not None:
             w = _window(phi, *lv.window, flat=0.5)  # a whole segment, tapered at its edges
             self.segment_weight = w
@@ -255,7 +261,7 @@ class EchoPhantom:
         speckle[idx] = self._texture.fine(x0, y0)
         cavity = rho < endo
         myo = (rho >= endo) & (rho < epi)
-        peri = self.lv_peri & (rho >= epi) & (rho < epi + 0.18 * t0 / lv.wall)  # ~1.8 mm
+        peri = self.lv_peri & (rho >= epi) & (rho < epi + 0.18 * self.lv_per_cm)  # ~1.8 mm
         hetero = 1.0 + 0.12 * self._texture.coarse(x0, y0)
         sub = echo[idx]
         sub = np.where(myo & ~self.lv_gap, self.myo_echo * hetero, sub)
