@@ -199,6 +199,9 @@ def test_label_table_columns_types_and_missingness(cohort):
         assert pq_df[col].isna().any() and pq_df[col].notna().any()
         np.testing.assert_allclose(pq_df[col], csv_df[col])
     assert (pd.to_datetime(pq_df["cmr_date"]) == csv_df["cmr_date"]).all()
+    # The labels-only generator gives the same rows as the cohort on disk.
+    pd.testing.assert_frame_equal(generate_labels(PATIENTS, seed=SEED), pq_df,
+                                  check_dtype=False)
 
 
 def test_label_model_at_scale():

@@ -3,7 +3,8 @@
 Planning is cheap and serial; rendering (``generate.py``) is expensive and parallel. Every patient's
 plan is a pure function of ``(seed, patient index)`` through its own ``numpy`` generator, so a
 patient looks the same whatever the cohort size or worker count. Only the placement of the problem
-files (a handful per cohort) looks at the whole cohort, and it too is seeded.
+files (a handful per cohort) and making sure every machine appears look at the whole cohort, and
+they too are seeded.
 
 What a patient gets:
 - 1 CMR (90 %) or 2 on dates 150-700 days apart, each with field strength and raw T1/T2/ECV.
@@ -18,10 +19,10 @@ What a patient gets:
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydicom.uid import generate_uid
 
 from ingest.synth.anatomy import VIEWS, HeartParams, draw_heart, wma_visible
 from ingest.synth.labels import LabelModel, LatentState, binarise, draw_cmr_values, draw_latent
@@ -149,10 +150,17 @@ class PatientPlan:
         return f"{f.sop_uid}.dcm"
 
 
+_UID_NAMESPACE = uuid.UUID("5f0c3b6e-9d1a-4c1e-8a53-6c2f0e1d7a94")  # fixed: the cohort's own
+
+
 def _uid(seed: int, *parts: object) -> str:
-    """A UID that is a pure function of the seed and ``parts`` (2.25 form, no wall clock)."""
-    return generate_uid(prefix=None, entropy_srcs=["echocmr-synth", str(seed),
-                                                   *map(str, parts)])
+    """A UID that is a pure function of the seed and ``parts``: "2.25." + a name-based UUID (v5).
+
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and returns a random
+    UUID, so it cannot be used for reproducible files.)
+    """
+    name = "|".join(["echocmr-synth", str(seed), *map(str, parts)])
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 def _frames_and_fps(rng: np.random.Generator, vendor_key: str, heart_rate: float

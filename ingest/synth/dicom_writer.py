@@ -124,18 +124,22 @@ def _regions(geometry: SectorGeometry, colour_flow: bool) -> Sequence:
     return Sequence(items)
 
 
-def _frame_encoder(vendor: Vendor) -> Callable[[np.ndarray], bytes]:
-    """Frame (uint8 array in the vendor's layout) -> encoded bytes for its transfer syntax."""
+def _frame_encoder(vendor: Vendor, pixel_mode: str) -> Callable[[np.ndarray], bytes]:
+    """Frame (uint8 array in ``pixel_mode`` layout) -> encoded bytes for the transfer syntax."""
     ts = vendor.transfer_syntax
     common = dict(rows=vendor.rows, columns=vendor.columns, bits_allocated=8, bits_stored=8,
                   pixel_representation=0, number_of_frames=1,
                   samples_per_pixel=vendor.samples_per_pixel)
     if ts == JPEG_BASELINE_8BIT:
+        if pixel_mode not in ("RGB", "YCbCr"):
+            raise ValueError(f"JPEG baseline YBR needs RGB or YCbCr frames, not {pixel_mode}")
+
         def encode_jpeg(frame: np.ndarray) -> bytes:
             buf = io.BytesIO()
-            # Pillow stores RGB input as YCbCr; subsampling=1 is 4:2:2, i.e. YBR_FULL_422.
-            Image.fromarray(frame, "RGB").save(buf, "JPEG", quality=vendor.jpeg_quality,
-                                               subsampling=1)
+            image = Image.frombuffer(pixel_mode, (frame.shape[1], frame.shape[0]),
+                                     np.ascontiguousarray(frame), "raw", pixel_mode, 0, 1)
+            # JPEG stores YCbCr (RGB input is converted); subsampling=1 is 4:2:2: YBR_FULL_422.
+            image.save(buf, "JPEG", quality=vendor.jpeg_quality, subsampling=1)
             return buf.getvalue()
         return encode_jpeg
     if ts == RLE_LOSSLESS:
@@ -164,9 +168,14 @@ def write_image(
     frames: Iterable[np.ndarray],
     n_frames: int,
     fps: float,
+    pixel_mode: str,
     colour_flow: bool = False,
 ) -> None:
-    """Write an ultrasound image: multi-frame when ``n_frames`` > 1, else US Image Storage."""
+    """Write an ultrasound image: multi-frame when ``n_frames`` > 1, else US Image Storage.
+
+    ``frames`` are uint8 arrays in ``pixel_mode`` layout ("L", "RGB" or, for JPEG, "YCbCr");
+    each is encoded before the next is drawn, so a renderer may reuse one buffer.
+    """
     multiframe = n_frames > 1
     sop_class = US_MULTIFRAME_IMAGE_STORAGE if multiframe else US_IMAGE_STORAGE
     ts = vendor.transfer_syntax
@@ -190,7 +199,7 @@ def write_image(
             ds.RecommendedDisplayFrameRate = int(round(fps))
     if vendor.has_regions:
         ds.SequenceOfUltrasoundRegions = _regions(geometry, colour_flow)
-    encode = _frame_encoder(vendor)
+    encode = _frame_encoder(vendor, pixel_mode)
     encoded = [encode(frame) for frame in frames]
     if len(encoded) != n_frames:
         raise RuntimeError(f"renderer gave {len(encoded)} frames, expected {n_frames}")

@@ -104,7 +104,7 @@ def _render_patient(task: tuple[PatientPlan, str, PhantomConfig | None]) -> list
                 renderer = ClipRenderer(request, phantom_cfg)
                 write_image(path, ident=ident, vendor=vendor, geometry=renderer.geometry,
                             frames=renderer.frames(), n_frames=f.n_frames, fps=f.fps,
-                            colour_flow=request.colour_doppler)
+                            pixel_mode=renderer.pixel_mode, colour_flow=request.colour_doppler)
             if not study.in_window:
                 status, reason = "rejected", OUT_OF_WINDOW
             elif f.problem_reason:

@@ -54,8 +54,14 @@ class Overlay:
         text: ScreenText,
         ecg_trace: np.ndarray,
         n_frames: int,
+        pixel_mode: str,
         colour_bar: bool = False,
     ) -> None:
+        if pixel_mode not in ("L", "RGB", "YCbCr"):
+            raise ValueError(f"pixel_mode must be 'L', 'RGB' or 'YCbCr', not {pixel_mode!r}")
+        if (pixel_mode == "L") == vendor.colour:
+            raise ValueError(f"pixel_mode {pixel_mode} does not fit {vendor.photometric}")
+        self.pixel_mode = pixel_mode
         self.vendor = vendor
         self.geometry = geometry
         self.n_frames = n_frames
@@ -91,12 +97,22 @@ class Overlay:
         draw.line(points, fill=_ECG_GREEN if colour else _WHITE, width=2)
         draw.text((margin, top), f"HR {text.heart_rate} bpm", fill=_ECG_GREEN if colour else
                   _WHITE, font=small)
-        base = np.asarray(img)
-        self.base = base if colour else np.ascontiguousarray(base[..., 0])
-        self.cursor_value = np.array(_CURSOR_YELLOW if colour else _WHITE[:1], dtype=np.uint8)
-        if colour:
-            pixels = geometry.sector_pixels
-            self._pixels_rgb = (3 * pixels[:, None] + np.arange(3)).ravel()
+        # JPEG machines get their screen in YCbCr, the JPEG colour space: the grey fan is then
+        # just the Y plane (Cb = Cr = 128 already), one third of the bytes to write per frame.
+        cursor = Image.new("RGB", (1, 1), _CURSOR_YELLOW if colour else _WHITE)
+        if pixel_mode == "YCbCr":
+            img, cursor = img.convert("YCbCr"), cursor.convert("YCbCr")
+        self.base = np.asarray(img) if colour else np.ascontiguousarray(np.asarray(img)[..., 0])
+        self.cursor_value = np.asarray(cursor)[0, 0, : 3 if colour else 1].copy()
+        pixels = geometry.sector_pixels
+        if pixel_mode == "RGB":
+            self._scatter = (3 * pixels[:, None] + np.arange(3)).ravel()
+        elif pixel_mode == "YCbCr":
+            self._scatter = 3 * pixels
+        else:
+            self._scatter = pixels
+        self._frame = self.base.copy()
+        self._cursor_x: int | None = None
 
     @staticmethod
     def _logo(draw: ImageDraw.ImageDraw, vendor: Vendor, right: int, top: int, font,
@@ -107,7 +123,8 @@ class Overlay:
         fill = (235, 120, 30) if colour else _WHITE  # the brand colour, when the screen has one
         draw.ellipse((right - width - 3 * r, top, right - width - r, top + 2 * r), fill=fill)
         draw.text((right - width, top), name, fill=fill, font=font)
-        draw.text((right - width, top + 2 * r + 2), vendor.model, fill=_GREY, font=font)
+        model_width = int(draw.textlength(vendor.model, font=font))
+        draw.text((right - model_width, top + 2 * r + 2), vendor.model, fill=_GREY, font=font)
 
     @staticmethod
     def _depth_scale(draw: ImageDraw.ImageDraw, g: SectorGeometry, font) -> None:
@@ -140,15 +157,27 @@ class Overlay:
         img.paste(Image.fromarray(bar.astype(np.uint8)), (x0, min_y + int(0.4 * height)))
 
     def compose(self, index: int, sector_values: np.ndarray) -> np.ndarray:
-        """Frame ``index``: the layer, the fan's pixels (grey, or [N, 3] RGB), and the cursor."""
-        frame = self.base.copy()
-        if frame.ndim == 3:  # one scatter over the interleaved bytes is the cheapest way in numpy
+        """Frame ``index`` in ``pixel_mode``: the layer, the fan's pixels (grey, or [N, 3] RGB),
+        and the cursor.
+
+        The returned array is a buffer reused by the next call (only the fan and the cursor
+        change between frames): encode or copy it before asking for the next frame.
+        """
+        frame = self._frame
+        if self.pixel_mode == "RGB":  # one scatter over the interleaved bytes: fastest in numpy
             values = sector_values.ravel() if sector_values.ndim == 2 else np.repeat(
                 sector_values, 3)
-            frame.reshape(-1)[self._pixels_rgb] = values
+        elif sector_values.ndim == 2:
+            raise ValueError("colour sector values need pixel_mode 'RGB'")
         else:
-            frame.reshape(-1)[self.geometry.sector_pixels] = sector_values
+            values = sector_values
+        frame.reshape(-1)[self._scatter] = values
+        top, bottom = self.ecg_y
+        if self._cursor_x is not None:  # restore what the last cursor covered
+            old = self._cursor_x
+            frame[top:bottom, old : old + 2] = self.base[top:bottom, old : old + 2]
         x0, x1 = self.ecg_x
         x = int(round(x0 + (x1 - x0) * index / max(self.n_frames - 1, 1)))
-        frame[self.ecg_y[0] : self.ecg_y[1], x : x + 2] = self.cursor_value
+        frame[top:bottom, x : x + 2] = self.cursor_value
+        self._cursor_x = x
         return frame

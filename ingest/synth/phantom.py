@@ -6,9 +6,9 @@ Each frame is rendered on the sector's beams x depths (see ``sector.py``), in th
    pericardium, mid-grey surrounding tissue, thin bright valve leaflets.
 2. *Motion*: every LV wall moves inward and thickens with the cardiac cycle (``cycle.py``), by its
    own amount. A wall motion abnormality multiplies the motion of one segment by
-   ``1 - severity`` (hypokinetic, akinetic, or dyskinetic when it bulges out) and takes its
-   thickening away. Normal hearts get a smooth random regional unevenness too, so that a weak wall
-   alone does not give the label away.
+   ``1 - severity`` (hypokinetic, akinetic, or dyskinetic when it bulges out), takes its
+   thickening away and leaves it thinner (an old infarct). Normal hearts get a smooth random
+   regional unevenness too, so that a weak wall alone does not give the label away.
 3. *Image formation*: the echogenicity times a speckle texture that moves with the tissue (each
    sample looks up the texture at its end-diastolic position, so the speckle can be tracked), a
    little frame-to-frame speckle decorrelation, depth gain, near-field clutter, an occasional rib
@@ -209,14 +209,24 @@ class EchoPhantom:
         """The B-mode polar image (uint8 [n_depth, N_BEAMS]) at time ``t_s`` into the clip."""
         echo, speckle = self.echogenicity(t_s)
         fresh = self.rng.standard_exponential(speckle.size, dtype=np.float32)
-        speckle *= (1.0 - self.decorrelation) + self.decorrelation * fresh
-        value = np.power(echo * speckle * self.gain, self.gamma) * self.overall_gain
-        value += self.noise_sigma * self.rng.standard_normal(value.size, dtype=np.float32)
-        value = (value - self.reject) / (1.0 - self.reject)
-        image = np.clip(value, 0.0, 1.0).reshape(self.shape) * 255.0
+        fresh *= self.decorrelation
+        fresh += 1.0 - self.decorrelation
+        echo *= speckle
+        echo *= fresh
+        echo *= self.gain
+        value = np.power(echo, self.gamma, out=echo)
+        # Gain, reject level and 8-bit scale in one affine step: 255 * (g * v - reject) / (1 - r).
+        scale = 255.0 / (1.0 - self.reject)
+        noise = self.rng.standard_normal(value.size, dtype=np.float32)
+        noise *= self.noise_sigma * scale
+        value *= self.overall_gain * scale
+        value += noise
+        value -= self.reject * scale
+        image = np.clip(value, 0.0, 255.0, out=value).reshape(self.shape)
         # The beam is wider than the line spacing: blur across beams (1-2-1).
         image[:, 1:-1] = 0.25 * image[:, :-2] + 0.5 * image[:, 1:-1] + 0.25 * image[:, 2:]
-        return (image + 0.5).astype(np.uint8)
+        image += 0.5
+        return image.astype(np.uint8)
 
     def echogenicity(self, t_s: float) -> tuple[np.ndarray, np.ndarray]:
         """(echogenicity, speckle) of every polar sample at time ``t_s``, both float32."""

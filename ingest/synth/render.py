@@ -18,7 +18,7 @@ from ingest.synth.cycle import Cycle
 from ingest.synth.overlays import Overlay, ScreenText
 from ingest.synth.phantom import EchoPhantom, PhantomConfig
 from ingest.synth.sector import SectorGeometry, draw_geometry
-from ingest.synth.vendors import Vendor
+from ingest.synth.vendors import JPEG_BASELINE_8BIT, Vendor
 
 # Imaging depth (cm) a sonographer picks for each view.
 DEPTH_RANGE_CM = {"A4C": (10.0, 14.0), "A2C": (10.0, 14.0), "PLAX": (10.0, 13.0)}
@@ -66,15 +66,31 @@ class ClipRenderer:
         ecg = self.cycle.ecg(self.cycle.phase(t, self.phantom.start_phase))
         self.overlay = Overlay(
             vendor=vendor, geometry=self.geometry, text=request.text, ecg_trace=ecg,
-            n_frames=request.n_frames, colour_bar=request.colour_doppler,
+            n_frames=request.n_frames, pixel_mode=self.pixel_mode,
+            colour_bar=request.colour_doppler,
         )
+
+    @property
+    def pixel_mode(self) -> str:
+        """Layout of the yielded frames: "L" (grey), "RGB", or "YCbCr" for JPEG machines (whose
+        encoder then skips the colour conversion; colour-Doppler clips stay RGB)."""
+        vendor = self.request.vendor
+        if not vendor.colour:
+            return "L"
+        if vendor.transfer_syntax == JPEG_BASELINE_8BIT and not self.request.colour_doppler:
+            return "YCbCr"
+        return "RGB"
 
     def times(self) -> np.ndarray:
         """Acquisition time (s) of every frame from the clip's start."""
         return np.arange(self.request.n_frames) / self.request.fps
 
     def frames(self) -> Iterator[np.ndarray]:
-        """The clip's frames as the machine's screen shows them."""
+        """The clip's frames as the machine's screen shows them, in ``pixel_mode`` layout.
+
+        Each frame is a buffer that the next one overwrites: use it (or copy it) before asking
+        for the next.
+        """
         for index, t in enumerate(self.times()):
             polar = self.phantom.frame(float(t))
             mode = self.request.vendor.scan_conversion

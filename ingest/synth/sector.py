@@ -44,8 +44,9 @@ class SectorGeometry:
 
     @property
     def n_depth(self) -> int:
-        """Depth samples per beam of the polar grid (about one per 3.5 canvas pixels)."""
-        return int(round((self.radius_px - self.near_px) / 3.5))
+        """Depth samples per beam: one per ~3.5 canvas pixels, at most 128 (~1 mm; finer detail
+        would only cost time on the large canvases)."""
+        return min(int(round((self.radius_px - self.near_px) / 3.5)), 128)
 
     @property
     def box(self) -> tuple[int, int, int, int]:
