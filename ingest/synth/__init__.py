@@ -10,38 +10,23 @@ line stays fast to start.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ingest.synth.cohort import CohortConfig
-    from ingest.synth.phantom import PhantomConfig
 
 __all__ = ["generate_cohort", "generate_labels"]
 
 
-def generate_cohort(
-    out_dir: str | os.PathLike,
-    *,
-    patients: int,
-    seed: int = 0,
-    workers: int | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    config: CohortConfig | None = None,
-    phantom: PhantomConfig | None = None,
-) -> dict[str, Any]:
-    """Write a synthetic cohort into ``out_dir``; return counts, bytes and seconds.
+def __getattr__(name: str) -> Any:
+    """``generate_cohort`` is loaded on first use (PEP 562), so importing this package stays cheap;
+    its signature and documentation live in ``ingest.synth.generate``."""
+    if name == "generate_cohort":
+        from ingest.synth.generate import generate_cohort
 
-    ``workers`` defaults to every core (1 renders in this process). See
-    ``ingest.synth.generate.generate_cohort`` for the details.
-    """
-    from ingest.synth.generate import generate_cohort as _generate
-
-    return _generate(out_dir, patients=patients, seed=seed, workers=workers,
-                     overwrite=overwrite, progress=progress, config=config, phantom=phantom)
+        return generate_cohort
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def generate_labels(patients: int, seed: int = 0) -> pd.DataFrame:
