@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ingest.config import load_config
     from ingest.job import run_ingest
+    from shards.lock import OutputLocked
 
     if args.workers is not None and args.workers < 1:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, site=args.site, workers=args.workers)
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
                              views_path=args.views, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, OutputLocked) as exc:
         logging.getLogger("ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)
         return 2

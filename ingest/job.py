@@ -342,9 +342,9 @@ def run_ingest(
     ``in_process`` processes files in this process instead of a pool of ``config.workers``
     (for debugging and quick tests: no start-up cost, but no protection from a crashing decoder).
     """
-    from ingest.labels import read_table
     from shards.format import validate_site
-    from shards.storage import atomic_write, is_url
+    from shards.lock import exclusive_output
+    from shards.storage import is_url
 
     started = time.monotonic()
     config = config or IngestConfig()
@@ -355,7 +355,16 @@ def run_ingest(
                          "cache there); copy the shard set with `echocmr shards reshard` afterwards")
     if not os.path.isdir(dicom_dir):
         raise FileNotFoundError(f"--dicom {dicom_dir} is not a directory")
-    os.makedirs(out_dir, exist_ok=True)
+    with exclusive_output(out_dir, "ingest"):
+        return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
+                           progress=progress, in_process=in_process, started=started)
+
+
+def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
+                views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
+    """`run_ingest` once it holds ``out_dir``'s lock."""
+    from ingest.labels import read_table
+    from shards.storage import atomic_write
 
     key, key_source = resolve_split_key(config.splits.split_key)
     hasher = KeyedHasher(key, site=config.site, config=config.splits)
