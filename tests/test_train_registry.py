@@ -66,3 +66,20 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     tags = client.get_model_version("echo", better.version).tags
     assert tags["val_mean_auc"] == "0.750000" and tags["val_auc_lge"] == "none"
     assert tags["data_digest"] == "d" * 64 and tags["run_id"]
+
+
+def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, monkeypatch):
+    """A downloaded model directory is self-contained: loading it never asks a server."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        model_uri = log_model(fake_state(5), tracking_uri=uri, run_id=run.info.run_id)
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "pulled"))
+    # Nothing listens on port 9: a call to the tracking server would fail (after retries).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    model, spec = load_model(local)
+    state = fake_state(5)
+    assert spec == InputSpec.from_dict(state["input_spec"])
+    assert torch.equal(model.state_dict()["fc.weight"], state["model"]["fc.weight"])

@@ -113,7 +113,7 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
     local = os.path.expanduser(uri)
     if os.path.exists(local):
         if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
-            return _load_mlflow(local)
+            return _load_mlflow(local, local=True)
         return model_from_state(read_checkpoint(local))
     if "://" in uri or uri.startswith(("models:/", "runs:/")):
         import mlflow
@@ -126,10 +126,17 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
                             "runs:/...) nor an existing checkpoint or model directory")
 
 
-def _load_mlflow(uri: str) -> tuple[torch.nn.Module, InputSpec]:
+def _load_mlflow(uri: str, *, local: bool = False) -> tuple[torch.nn.Module, InputSpec]:
     import mlflow
 
-    info = mlflow.models.get_model_info(uri)
+    if local:
+        # A pulled model directory is self-contained: read its MLmodel file. get_model_info
+        # would ask the tracking server about the model's id (MLflow 3) and hang when it is down.
+        from mlflow.models import Model
+
+        info = Model.load(os.path.join(uri, "MLmodel"))
+    else:
+        info = mlflow.models.get_model_info(uri)
     spec = (info.metadata or {}).get("input_spec")
     if spec is None:
         raise ValueError(f"{uri} has no input_spec in its MLmodel metadata: it was not logged by "
