@@ -17,6 +17,10 @@ Windows (``InferConfig.clips``):
 
 Large splits: with ``workers > 1`` the split's tars are dealt round-robin to Ray tasks, each of
 which loads the model itself and runs the same code (one GPU each with ``gpu=True``).
+
+A shard set at a URL (``s3://``, ``gs://``) is read from a node-local copy of the split
+(`shards.stage`, in ``InferConfig.cache_dir``): made by this process when it infers in process,
+by each Ray task otherwise (one download per node; every node with a task copies the split).
 """
 
 from __future__ import annotations
@@ -48,8 +52,11 @@ class InferConfig:
     workers: int = 1  # >1: spread the split's tars over this many Ray tasks
     gpu: bool = False  # CUDA model and DALI "mixed" decoding (one GPU per Ray task)
     cpus_per_worker: int = 1
+    cache_dir: str | None = None  # node-local copy of a set at a URL; None: shards.stage default
 
     def __post_init__(self) -> None:
+        if self.cache_dir is not None and "://" in self.cache_dir:
+            raise ValueError(f"cache_dir must be a local directory, got {self.cache_dir!r}")
         if self.clips not in MODES:
             raise ValueError(f"clips={self.clips!r}: choose 'all' or 'centre'")
         if self.stride is not None and self.stride < 1:
@@ -88,11 +95,9 @@ def window_starts(n_frames: int, spec, *, mode: str = "all", stride: int | None 
 
 
 def window_clips(frames_FHW: np.ndarray, spec, starts: list[int]) -> np.ndarray:
-    """Decoded frames (uint8, decoder value range, already at the network size) to network
-    inputs ``float32[W, C, T, S, S]``: one window per start, padded and normalised like
-    `train.data.ClipLoader` with ``train=False``."""
-    from train.data import decoded_mean_std
-
+    """Decoded frames (uint8 grey 0-255 as DALI gives them, already at the network size) to
+    network inputs ``float32[W, C, T, S, S]``: one window per start, padded and normalised with
+    the spec's mean/std like `train.data.ClipLoader` with ``train=False``."""
     frames = np.asarray(frames_FHW)
     if frames.ndim != 3 or frames.shape[1:] != (spec.size, spec.size):
         raise ValueError(f"expected [F, {spec.size}, {spec.size}] frames, got {frames.shape}")
@@ -101,8 +106,7 @@ def window_clips(frames_FHW: np.ndarray, spec, starts: list[int]) -> np.ndarray:
     picked = frames[np.minimum(idx_WT, n - 1)].astype(np.float32)  # [W, T, S, S]
     if spec.pad_mode == "constant":
         picked[idx_WT >= n] = 0.0  # DALI's fill_value=0 for frames past the end
-    mean_x, std_x = decoded_mean_std(spec)
-    picked = (picked - mean_x) / std_x
+    picked = (picked - spec.mean) / spec.std
     return np.repeat(picked[:, None], spec.channels, axis=1)  # [W, C, T, S, S], writable
 
 
@@ -199,14 +203,35 @@ def infer_tars(model, spec, tars: list[str], indexes: list[str], *, config: Infe
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
 
 
-def _split_inputs(shards: str, split: str) -> tuple[list[str], list[str], tuple | None]:
+def _split_inputs(shards: str, split: str,
+                  cache_dir: str | None = None) -> tuple[list[str], list[str], tuple | None]:
+    """Local tars, their indexes and the stored clip size of ``split``; a set at a URL is staged
+    onto this node's disk first."""
     from shards.reader import read_stats
+    from shards.stage import stage
     from train.data import split_files
 
-    tars, indexes, _ = split_files(shards, split)
-    clip = read_stats(shards).get("clip", {})
+    local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
+    tars, indexes, _ = split_files(local, split)
+    clip = read_stats(local).get("clip", {})
     stored = (clip.get("height"), clip.get("width")) if clip else None
     return tars, indexes, stored
+
+
+def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
+    """Tar names and stored clip size of ``split`` of a set at a URL, read without staging it
+    (the Ray tasks stage it where they run); the same checks `split_files` makes up front."""
+    from shards import storage
+    from shards.format import STATS_FILE, check_format_version
+    from shards.reader import list_shards, read_stats
+
+    names = [storage.basename(t) for t in list_shards(shards, split)]
+    if not names:
+        raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
+    stats = read_stats(shards)
+    check_format_version(stats, f"shard set {shards} ({STATS_FILE})")
+    clip = stats.get("clip", {})
+    return names, ((clip.get("height"), clip.get("width")) if clip else None)
 
 
 def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,
@@ -218,14 +243,25 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
     ``model_uri`` themselves, so it must be reachable from every worker. ``address``: the Ray
     cluster (else ``RAY_ADDRESS``, else a local Ray).
     """
+    from shards.storage import canonical, is_url
+
     config = config or InferConfig()
-    tars, indexes, stored = _split_inputs(shards, split)
+    remote = is_url(shards)
+    if remote:  # tar names only: this process or each Ray task stages the split where it runs
+        shards = canonical(shards)
+        tars, stored = _remote_split(shards, split)
+        indexes = [None] * len(tars)
+    else:
+        tars, indexes, stored = _split_inputs(shards, split)
     if config.workers <= 1 or len(tars) == 1:
+        if remote:
+            tars, indexes, stored = _split_inputs(shards, split, config.cache_dir)
         model, spec = loaded if loaded is not None else _load(model_uri, tracking_uri)
         clips = infer_tars(model, spec, tars, indexes, config=config, stored_size=stored)
     else:  # Ray tasks may run elsewhere: give them an absolute path for a local model
         uri = os.path.abspath(model_uri) if os.path.exists(model_uri) else model_uri
-        clips, spec = _infer_with_ray(uri, tars, indexes, stored, config, tracking_uri, address)
+        clips, spec = _infer_with_ray(uri, tars, indexes, stored, config, tracking_uri, address,
+                                      source=shards if remote else None, split=split)
     # One row order whatever the number of workers.
     return clips.sort_values(["key", "clip_index"], ignore_index=True), spec
 
@@ -236,15 +272,25 @@ def _load(model_uri: str, tracking_uri: str | None = None):
     return load_model(model_uri, tracking_uri=tracking_uri)
 
 
-def _ray_task(model_uri: str, tars: list[str], indexes: list[str], stored, config_dict: dict,
-              tracking_uri: str | None):
+def _ray_task(model_uri: str, tars: list[str], indexes: list, stored, config_dict: dict,
+              tracking_uri: str | None, source: str | None = None, split: str | None = None):
+    """One Ray task's share. With ``source`` (a set at a URL), ``tars`` are tar names of
+    ``split``: the task stages the split on its node and reads its local copies of them."""
     cfg = InferConfig(**config_dict)
+    if source is not None:
+        local_tars, local_indexes, _ = _split_inputs(source, split, cfg.cache_dir)
+        by_name = {os.path.basename(t): (t, i) for t, i in zip(local_tars, local_indexes,
+                                                               strict=True)}
+        missing = sorted(set(tars) - set(by_name))
+        if missing:
+            raise FileNotFoundError(f"{source} no longer has {', '.join(missing)} of {split}")
+        tars, indexes = [by_name[n][0] for n in tars], [by_name[n][1] for n in tars]
     model, spec = _load(model_uri, tracking_uri)
     return infer_tars(model, spec, tars, indexes, config=cfg, stored_size=stored), spec
 
 
 def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, tracking_uri,
-                    address: str | None):
+                    address: str | None, *, source: str | None = None, split: str | None = None):
     import ray
 
     started = not ray.is_initialized()
@@ -257,7 +303,7 @@ def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, track
                             num_gpus=1 if config.gpu else 0)(_ray_task)
         cfg = {**asdict(config), "workers": 1}
         futures = [remote.remote(model_uri, tars[w::workers], indexes[w::workers], stored, cfg,
-                                 tracking_uri) for w in range(workers)]
+                                 tracking_uri, source, split) for w in range(workers)]
         parts = ray.get(futures)
     finally:
         if started:

@@ -4,10 +4,26 @@ Why VP9/WebM: it is the one codec that DALI's ``fn.decoders.video`` decodes both
 the GPU (H.264/HEVC/AV1 are GPU-only there), so one shard set serves CPU and GPU training alike.
 Grey echo goes in the Y plane of yuv420p with neutral chroma (128).
 
+Luma range: DALI converts our YUV to RGB as limited ("TV") range, ``x = clip(round((Y' - 16) *
+255 / 219), 0, 255)`` (measured on the CPU decoder, DALI 2.4; limited range is also what VP9 and
+NVDEC assume unless told otherwise, so the GPU decoder agrees whether or not it reads the flag).
+Grey levels stored as they are (0..255 in Y) would lose everything below 16 and above 235: the
+dark blood-pool speckle and bright specular echoes. So `encode_webm` stores ``Y' = 16 + round(Y *
+219 / 255)`` (exact integers, `shards.format.GREY_TO_LUMA`) and marks the stream limited range,
+and the decoder expands it back to ≈ Y over the full 0..255. The price is 220 stored levels for
+256: a step of 255/219 ≈ 1.16 grey levels, so a level comes back at most 1 off (36 of the 256
+do; 0.14 on average over a flat histogram), far below crf 20's codec error. On pydicom's
+preprocessed ultrasound example, pixels at grey 1..15 (22 % of the clip) came back 11.2 levels off
+on average before and 1.2 after; the whole clip 0.66 after. `decode_webm` returns what DALI
+gives, so tests and tools compare like with like. Shards written before this (format version 1)
+decode clipped; the readers refuse them (`shards.format.check_format_version`) and ingest must
+be re-run.
+
 Defaults: ``crf=20`` is near-lossless for 112×112 echo (mean absolute error below one grey level,
-~50 KB per 120 frames); ``lossless=True`` is ~6× larger. Output is deterministic: one encoder
-thread and the muxer's bit-exact flag, so the same frames give the same bytes (ingest relies on
-this for byte-identical re-runs).
+~50 KB per 120 frames); ``lossless=True`` is ~6× larger (it keeps ``Y'`` exactly, so the decoded
+grey is within the one-level quantisation above). Output is deterministic: one encoder thread and
+the muxer's bit-exact flag, so the same frames give the same bytes (ingest relies on this for
+byte-identical re-runs).
 """
 
 from __future__ import annotations
@@ -18,13 +34,15 @@ from fractions import Fraction
 
 import numpy as np
 
+from shards.format import GREY_TO_LUMA, LUMA_TO_GREY
+
 
 @dataclass(kw_only=True)
 class EncoderConfig:
     """VP9 quality settings."""
 
     crf: int = 20  # 0 (best) .. 63; 20 is near-lossless at 112×112
-    lossless: bool = False  # exact pixels, ~6x the bytes
+    lossless: bool = False  # exact stored luma (grey within 1 level), ~6x the bytes
     cpu_used: int = 4  # libvpx speed/quality trade-off, 0 (slow) .. 8 (fast)
 
     def __post_init__(self) -> None:
@@ -42,8 +60,10 @@ def fps_fraction(fps: float) -> Fraction:
 
 
 def encode_webm(frames_THW: np.ndarray, fps: float, config: EncoderConfig | None = None) -> bytes:
-    """Encode grey frames ``uint8[T, H, W]`` (H, W even) to VP9 WebM bytes."""
+    """Encode grey frames ``uint8[T, H, W]`` (H, W even, 0..255) to VP9 WebM bytes, luma stored
+    as limited range (see the module docstring)."""
     import av  # heavy; imported where used
+    from av.video.reformatter import ColorRange
 
     config = config or EncoderConfig()
     if frames_THW.ndim != 3 or frames_THW.dtype != np.uint8:
@@ -63,6 +83,8 @@ def encode_webm(frames_THW: np.ndarray, fps: float, config: EncoderConfig | None
         stream.pix_fmt = "yuv420p"
         stream.thread_count = 1
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        # Self-describing: the WebM Colour element and the VP9 header both say limited range.
+        stream.codec_context.color_range = ColorRange.MPEG
         opts = {"deadline": "good", "cpu-used": str(config.cpu_used), "row-mt": "0"}
         if config.lossless:
             opts["lossless"] = "1"
@@ -72,7 +94,7 @@ def encode_webm(frames_THW: np.ndarray, fps: float, config: EncoderConfig | None
         chroma = np.full((height // 2, width // 2), 128, dtype=np.uint8)
         for i, luma in enumerate(frames_THW):
             frame = av.VideoFrame(width, height, "yuv420p")
-            frame.planes[0].update(_pad_plane(luma, frame.planes[0].line_size))
+            frame.planes[0].update(_pad_plane(GREY_TO_LUMA[luma], frame.planes[0].line_size))
             frame.planes[1].update(_pad_plane(chroma, frame.planes[1].line_size))
             frame.planes[2].update(_pad_plane(chroma, frame.planes[2].line_size))
             frame.pts = i
@@ -83,14 +105,23 @@ def encode_webm(frames_THW: np.ndarray, fps: float, config: EncoderConfig | None
 
 
 def decode_webm(data: bytes) -> tuple[np.ndarray, float]:
-    """Decode WebM bytes to the Y plane ``uint8[T, H, W]`` and the stream's frame rate."""
+    """Decode WebM bytes to grey frames ``uint8[T, H, W]`` and the stream's frame rate.
+
+    The values are DALI's: limited-range luma expanded to 0..255 (``decode_webm(encode_webm(x))``
+    is ``x`` up to codec error and one grey level of quantisation); a stream marked full range is
+    returned as stored, as DALI's CPU decoder does.
+    """
     import av
+    from av.video.reformatter import ColorRange
 
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0)
-        # The Y plane as stored: a "gray" conversion would rescale limited-range luma.
-        frames = [_read_plane(f.planes[0], f.width, f.height) for f in container.decode(stream)]
+        frames = []
+        for f in container.decode(stream):
+            # The Y plane read directly: exact integer expansion, no swscale rounding or dither.
+            luma = _read_plane(f.planes[0], f.width, f.height)
+            frames.append(luma if f.color_range == ColorRange.JPEG else LUMA_TO_GREY[luma])
     if not frames:
         raise ValueError("video holds no frames")
     return np.stack(frames), rate

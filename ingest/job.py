@@ -48,12 +48,15 @@ from ingest.encode import encode_webm
 from ingest.pairing import CmrIndex
 from ingest.preprocess import preprocess_clip
 from ingest.splits import KeyedHasher, resolve_split_key
+from shards.format import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "ingest_report.parquet"
 WORK_DIR = ".work"
-CACHE_VERSION = "1"  # bump when the cached result format or processing changes
+# Bump when the cached result format or processing changes. The shard format version is part of
+# the cache fingerprint as well: a re-run after a format change never reuses older clips.
+CACHE_VERSION = "1"
 UNKNOWN_VIEW = "unknown"
 
 
@@ -379,7 +382,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         raise ValueError(f"--dicom {dicom_dir} holds no files")
     work = WorkCache(os.path.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
-        CACHE_VERSION, config.fingerprint(), hasher.fingerprint, _file_digest(str(labels_path)),
+        CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint, _file_digest(str(labels_path)),
         _file_digest(None if views_path is None else str(views_path)),
     ]).encode()).hexdigest()
     work.prepare(fingerprint)

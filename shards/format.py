@@ -6,6 +6,12 @@ apart. The full format is described in ``docs/formats.md``.
 
 A sample is three tar members sharing one key: ``KEY.webm`` (VP9), ``KEY.labels``
 (little-endian float32[5], NaN where unknown) and ``KEY.json`` (metadata, never PHI).
+
+Grey levels 0..255 are stored in the video as limited-range luma 16..235 (`GREY_TO_LUMA`) because
+DALI's decoder reads luma as limited range and expands it (`LUMA_TO_GREY`); the writer (ingest)
+and the readers (train's pipeline, raw-frame predict) share these tables so they agree to the bit.
+`FORMAT_VERSION` names the format; readers refuse a set of another version
+(`check_format_version`), since its pixels would decode differently.
 """
 
 from __future__ import annotations
@@ -17,7 +23,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+# 1: grey stored in Y as is (the decoder clipped it to 16..235); 2: grey stored as limited range.
+FORMAT_VERSION = 2
+_VERSION_CHANGES = {
+    2: "version 2 stores grey as limited-range luma, which version 1 did not: DALI decodes "
+    "version-1 clips with every level below 16 and above 235 clipped",
+}
+
+# Luma in the VP9 stream (docs/formats.md, "Video"). Exact integer rounding (no ties: 255 and
+# 219 are odd), so encoding is deterministic and readers can emulate the round trip to the bit.
+LUMA_LO, LUMA_HI = 16, 235  # limited ("TV") range of 8-bit luma
+_SPAN = LUMA_HI - LUMA_LO  # 219
+_LEVELS = np.arange(256, dtype=np.int64)
+# Grey 0..255 -> stored luma 16..235: Y' = 16 + round(Y * 219 / 255).
+GREY_TO_LUMA = (LUMA_LO + (_LEVELS * _SPAN + 127) // 255).astype(np.uint8)
+# Stored luma -> decoded grey, as DALI converts it: clip(round((Y' - 16) * 255 / 219), 0, 255).
+LUMA_TO_GREY = np.clip(((_LEVELS - LUMA_LO) * 255 + _SPAN // 2) // _SPAN, 0, 255).astype(np.uint8)
+# Grey -> what the decoder gives back without codec error (at most 1 level off; idempotent).
+GREY_ROUND_TRIP = LUMA_TO_GREY[GREY_TO_LUMA]
+for _table in (GREY_TO_LUMA, LUMA_TO_GREY, GREY_ROUND_TRIP):
+    _table.flags.writeable = False
 
 # Files of a shard set besides its tars and indexes (docs/formats.md).
 MANIFEST_FILE = "manifest.parquet"
@@ -92,6 +117,38 @@ MANIFEST_DTYPES: dict[str, str] = {
     name: ("str" if pa.types.is_string(t) else np.dtype(t.to_pandas_dtype()).name)
     for name, t in zip(MANIFEST_SCHEMA.names, MANIFEST_SCHEMA.types, strict=True)
 }
+
+
+class FormatVersionError(ValueError):
+    """A shard set was written in a format version that this code does not read."""
+
+
+def check_format_version(stats: dict, where: str) -> None:
+    """Raise `FormatVersionError` unless ``stats`` (a set's ``stats.json``) is `FORMAT_VERSION`.
+
+    ``where`` names the set in the message. An older set must be re-ingested: its clips are
+    encoded differently, and reshard copies clips as they are, so it cannot convert them.
+    """
+    version = stats.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        changes = "; ".join(_VERSION_CHANGES[v] for v in range(version + 1, FORMAT_VERSION + 1))
+        raise FormatVersionError(
+            f"{where} is shard format version {version}, this code reads version "
+            f"{FORMAT_VERSION} ({changes}). Re-run `echocmr ingest` from the DICOMs into a new "
+            "directory to re-encode the clips; `echocmr shards reshard` cannot fix this, it "
+            "copies the clips as they are"
+        )
+    if isinstance(version, int):
+        raise FormatVersionError(
+            f"{where} is shard format version {version}, newer than this code reads "
+            f"({FORMAT_VERSION}): update echocmr"
+        )
+    raise FormatVersionError(
+        f"{where}: stats.json has no valid format_version ({version!r}); it was not written by "
+        "`echocmr ingest` or `echocmr shards reshard`: re-run the ingest that made it"
+    )
 
 
 @dataclass(frozen=True)

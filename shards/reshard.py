@@ -44,6 +44,8 @@ from shards.format import (
     SPLITS,
     STATS_FILE,
     TASKS,
+    FormatVersionError,
+    check_format_version,
     index_name,
     shard_name,
 )
@@ -100,8 +102,14 @@ class _Input:
 
 
 def check_compatible(inputs: list[_Input]) -> dict:
-    """The common stats header of the inputs; raises `ReshardError` saying how they differ."""
+    """The common stats header of the inputs; raises `ReshardError` saying how they differ, or
+    if one is of an older format version (its clips need re-encoding, which reshard cannot do)."""
     first = inputs[0]
+    for inp in inputs:
+        try:
+            check_format_version(inp.stats, f"input {inp.directory}")
+        except FormatVersionError as exc:
+            raise ReshardError(str(exc)) from exc
 
     def describe(getter) -> str:
         return "; ".join(f"{i.directory}: {getter(i.stats)!r}" for i in inputs)

@@ -3,7 +3,8 @@
 `verify` reads every tar front to back once (streaming, one sample in memory) and reports each
 problem as a `Problem(shard, sample, what)` instead of stopping at the first:
 
-- the set: ``manifest.parquet`` and ``stats.json`` present and readable; no stray index;
+- the set: ``manifest.parquet`` and ``stats.json`` present and readable, of the format version
+  this code reads (an older set must be re-ingested); no stray index;
 - each tar: opens, every member is whole, it ends with the end-of-archive blocks (so a tar cut at a
   member boundary is caught too), and its ``.idx`` equals the index rebuilt from the tar;
 - each sample: a valid key, exactly ``.json``, ``.labels`` and ``.webm``; labels are 20 bytes; the
@@ -36,6 +37,8 @@ from shards.format import (
     EXTENSIONS,
     SHARD_RE,
     TASKS,
+    FormatVersionError,
+    check_format_version,
     decode_labels,
     decode_meta,
     index_name,
@@ -69,6 +72,10 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
         stats = read_stats(directory)
     except (OSError, ValueError) as exc:
         return [Problem(None, None, f"cannot read manifest/stats: {exc}")]
+    try:
+        check_format_version(stats, "the set")
+    except FormatVersionError as exc:
+        problems.append(Problem(None, None, str(exc)))
     names = storage.listdir(directory)
     tars = list_shards(directory)
     tar_names = {storage.basename(t) for t in tars}

@@ -36,12 +36,12 @@ def test_window_starts():
 
 
 def test_short_video_is_padded_like_training():
-    spec = InputSpec(frames=8, period=2, size=4, fps=30.0, mean=16.0, std=1.0)
+    spec = InputSpec(frames=8, period=2, size=4, fps=30.0, mean=20.0, std=4.0)
     frames = np.full((5, 4, 4), 100, dtype=np.uint8)
     clip = window_clips(frames, spec, [0])[0, 0]  # [T, S, S]
-    mean_x = 0.0  # (16 - 16) * 255/219
-    assert np.allclose(clip[:3], 100.0 / (255 / 219))  # frames 0, 2, 4
-    assert np.allclose(clip[3:], (0.0 - mean_x) / (255 / 219))  # past the end: fill 0
+    # Decoded grey is the ingested grey: normalised with the spec's mean/std as they are.
+    assert np.allclose(clip[:3], (100.0 - 20.0) / 4.0)  # frames 0, 2, 4
+    assert np.allclose(clip[3:], (0.0 - 20.0) / 4.0)  # past the end: fill 0
 
 
 def test_centre_window_equals_training_loader_validation_clip(shard_set):

@@ -75,6 +75,30 @@ def test_example_ingests_to_a_grey_112_clip_with_text_masked(example_clip):
     assert fps == pytest.approx(30.0) and np.abs(luma.astype(int) - clip.frames_THW).mean() < 1.5
 
 
+def test_vp9_keeps_the_full_grey_range():
+    """Grey is stored as limited-range luma, so decoders give back 0..255 including the dark and
+    bright levels (stored as is, every decoder clipped them to what 16 and 235 map to)."""
+    import io
+
+    import av
+
+    levels = [0, 5, 10, 40, 128, 225, 250, 255]
+    frames = np.broadcast_to(np.repeat(np.array(levels, np.uint8), 8), (6, 16, 64)).copy()
+    data = encode_webm(frames, 30.0)
+    assert encode_webm(frames, 30.0) == data  # deterministic
+
+    def band_means(x):  # the middle of each 8-pixel band, away from the edges
+        return np.array([x[:, :, 8 * k + 2 : 8 * k + 6].mean() for k in range(len(levels))])
+
+    decoded, _ = decode_webm(data)
+    np.testing.assert_allclose(band_means(decoded), levels, atol=1.0)
+    with av.open(io.BytesIO(data)) as container:  # FFmpeg's own conversion agrees
+        stream = container.streams.video[0]
+        assert stream.codec_context.color_range == av.video.reformatter.ColorRange.MPEG
+        rgb = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    np.testing.assert_allclose(band_means(rgb[..., 1]), levels, atol=1.5)
+
+
 def test_phantom_sector_masks_text_marker_and_ecg():
     frames = phantom(24, 72, 96, seed=5)
     sector = find_sector(frames)

@@ -142,6 +142,16 @@ def test_reshard_refuses_inputs_that_disagree(sites, tmp_path, edit, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_older_format_version_is_refused_by_reshard_and_reported_by_verify(sites, tmp_path):
+    """A version-1 set's clips decode clipped: reshard would copy them into a version-2 set."""
+    old = _patched_copy(sites[1], tmp_path / "v1", lambda s: s.update(format_version=1))
+    with pytest.raises(ReshardError, match=r"version 1.*Re-run `echocmr ingest`"):
+        reshard([sites[0], old], str(tmp_path / "out"), config=ReshardConfig())
+    assert not (tmp_path / "out").exists()
+    problems = verify(old)
+    assert len(problems) == 1 and "shard format version 1" in problems[0].what
+
+
 def test_reshard_refuses_the_same_clips_twice_and_foreign_out(sites, tmp_path):
     with pytest.raises(ReshardError, match="more than one input"):
         reshard([sites[0], sites[0]], str(tmp_path / "o"), config=ReshardConfig())

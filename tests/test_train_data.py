@@ -1,14 +1,22 @@
 """train.data: the DALI pipeline on real shards, checked against the plain-Python shard reader."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 from _train_fixtures import make_tiny_shards
 
-from ingest.encode import decode_webm
+from ingest.encode import decode_webm, encode_webm
+from shards.format import FormatVersionError, Sample
 from shards.reader import iter_samples, read_manifest, read_stats
+from shards.writer import ShardSetWriter, WriterConfig
 from train.config import DataConfig
-from train.data import ClipLoader, InputSpec, decoded_mean_std, frames_to_clip, shard_sizes
+from train.data import ClipLoader, InputSpec, frames_to_clip, shard_sizes, split_files
+
+LEVELS = (0, 5, 10, 40, 128, 225, 250, 255)  # grey bands, 8 pixels wide: 64 across
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +57,8 @@ def test_ranks_partition_the_split_with_equal_batch_counts(shards, world):
 
 
 def test_labels_and_pixels_equal_the_plain_reader(shards):
-    """Eval mode (centred clip, no augmentation) equals frames_to_clip on the decoded Y plane."""
+    """Eval mode (centred clip, no augmentation) equals frames_to_clip on decode_webm's frames
+    exactly: the round trip that frames_to_clip emulates leaves decoded values unchanged."""
     samples = {s.key: s for s in iter_samples(shards, "val")}
     ld = loader(shards, "val", train=False, frames=12)  # 12 x period 2 > 20 frames: padded
     checked = 0
@@ -63,7 +72,7 @@ def test_labels_and_pixels_equal_the_plain_reader(shards):
             expected = frames_to_clip(y, ld.spec)
             torch.testing.assert_close(clip, expected, rtol=0, atol=1e-5)
             # frames past the end are black: the normalised value of decoder output 0
-            pad_value = -decoded_mean_std(ld.spec)[0] / decoded_mean_std(ld.spec)[1]
+            pad_value = -ld.spec.mean / ld.spec.std
             assert torch.allclose(clip[:, -1], torch.full_like(clip[:, -1], pad_value))
             checked += 1
     assert checked == len(samples)
@@ -109,3 +118,104 @@ def test_resize_and_errors(shards, tmp_path):
         ClipLoader(str(tmp_path), "train", DataConfig(), spec=ld.spec, train=True)
     with pytest.raises(ValueError, match="fewer than the 40 workers"):
         loader(shards, "val", rank=0, world=40)
+
+
+# -- grey range: shards decode to the ingested grey levels, dark and bright included ------------
+
+
+def _radius(t: int) -> np.ndarray:
+    """Distance of each pixel from the centre of the echo clip's blood pool in frame ``t``."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    return np.hypot(yy - 32, xx - 32 - t % 3)
+
+
+def _grey_clips() -> dict[str, np.ndarray]:
+    """Two 12-frame 64x64 clips: grey bands at `LEVELS`, and an echo-like clip: a dark speckled
+    blood pool (mostly below 16) inside a bright wall (mostly above 235) on speckled tissue."""
+    rng = np.random.default_rng(5)
+    bands = np.broadcast_to(np.repeat(np.array(LEVELS, np.uint8), 8), (12, 64, 64)).copy()
+    echo = np.empty((12, 64, 64), np.uint8)
+    for t in range(12):
+        r = _radius(t)
+        pool, wall = r < 18, (r >= 19) & (r < 25)
+        img = 120 + rng.normal(0, 20, size=(64, 64))
+        img[pool] = rng.gamma(1.5, 4, size=int(pool.sum()))
+        img[wall] = 245 + rng.normal(0, 4, size=int(wall.sum()))
+        echo[t] = np.clip(img, 0, 255)
+    return {"site_a-00000000000000b1": bands, "site_a-00000000000000e2": echo}
+
+
+@pytest.fixture(scope="module")
+def grey_set(tmp_path_factory):
+    """The two clips as a train split, through the real encoder and writer."""
+    out = str(tmp_path_factory.mktemp("grey"))
+    clips = _grey_clips()
+    writer = ShardSetWriter(out, config=WriterConfig(), clip_format=clip_format(64),
+                            split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT)
+    with writer:
+        for i, (key, frames) in enumerate(clips.items()):
+            meta = {"site": "site_a", "split": "train", "patient_hash": f"{i:016x}",
+                    "study_hash": f"{i:016x}", "view": "A4C", "fps": 30.0,
+                    "n_frames": len(frames)}
+            pixels = frames.astype(np.float64)
+            writer.add(Sample(key=key, video=encode_webm(frames, 30.0),
+                              labels=np.zeros(5, np.float32), meta=meta),
+                       pixel_stats=(pixels.mean(), pixels.std(), pixels.size))
+    return out, clips
+
+
+def _decoded_grey(shards) -> tuple[dict[str, np.ndarray], InputSpec]:
+    """Centred 4-frame clips (period 2) from DALI's CPU pipeline, back on the 0-255 scale."""
+    ld = loader(shards, "train", train=False, size=64, batch_size=2)
+    grey = {}
+    for batch in ld.epoch(0):
+        for key, clip, ok in zip(batch.keys, batch.clips, batch.valid, strict=True):
+            if ok:
+                grey[key] = (clip[0] * ld.spec.std + ld.spec.mean).numpy()  # [T, H, W]
+    return grey, ld.spec
+
+
+def test_dark_and_bright_grey_levels_survive_the_shards(grey_set):
+    """Levels 5 and 250 come out of DALI as 5 and 250, not as what 16 and 235 map to."""
+    shards, _ = grey_set
+    grey, _ = _decoded_grey(shards)
+    bands = grey["site_a-00000000000000b1"]
+    means = [bands[:, :, 8 * k + 2 : 8 * k + 6].mean() for k in range(len(LEVELS))]
+    np.testing.assert_allclose(means, LEVELS, atol=3.0)
+
+
+def test_frames_to_clip_on_raw_frames_matches_dali_dark_and_bright(grey_set):
+    """Raw frames through frames_to_clip (predict) equal the DALI pipeline on their shard up to
+    VP9's codec error, in the dark blood pool and the bright wall too, and both keep them."""
+    shards, clips = grey_set
+    grey, spec = _decoded_grey(shards)
+    assert set(grey) == set(clips)
+    picked = 2 + 2 * np.arange(4)  # the centred clip's frames
+    for key, frames in clips.items():
+        expected = (frames_to_clip(frames, spec)[0] * spec.std + spec.mean).numpy()
+        raw = frames[picked].astype(np.float32)
+        assert np.abs(expected - raw).max() <= 1.0 + 1e-3  # the round trip: one level at most
+        # VP9 at crf 20 is ~2 levels off per pixel on this i.i.d. noise (0.7 on real echo).
+        assert np.abs(grey[key] - expected).mean() < 3.0, key
+    echo, raw = grey["site_a-00000000000000e2"], clips["site_a-00000000000000e2"][picked]
+    r = np.stack([_radius(t) for t in picked])
+    pool, wall = r < 16, (r >= 21) & (r < 23)  # 2 pixels inside the edges, where VP9 blurs
+    assert np.median(raw[pool]) < 16 and np.median(raw[wall]) > 235
+    for region in (pool, wall):
+        # Region means agree; clipping at 16/235 would move them by ~10 levels.
+        assert abs(echo[region].mean() - raw[region].mean()) < 1.5
+        assert np.abs(echo[region] - raw[region]).mean() < 3.0
+
+
+def test_an_older_format_version_is_refused_with_what_to_do(grey_set, tmp_path):
+    shards, _ = grey_set
+    old = tmp_path / "v1"
+    shutil.copytree(shards, old)
+    stats = json.loads((old / "stats.json").read_text())
+    stats["format_version"] = 1
+    (old / "stats.json").write_text(json.dumps(stats))
+    spec = InputSpec.build(DataConfig(), stats)
+    with pytest.raises(FormatVersionError, match=r"version 1.*Re-run `echocmr ingest`"):
+        ClipLoader(str(old), "train", DataConfig(), spec=spec, train=True, stats=stats)
+    with pytest.raises(FormatVersionError, match="reshard` cannot fix this"):
+        split_files(str(old), "train")  # eval reads through here too

@@ -22,12 +22,15 @@ rank), and the tar order is permuted per epoch with a seed shared by all ranks (
 still partition the split). The reader position is therefore just (epoch, batch):
 `ClipLoader.epoch(e, start_batch=b)` replays epoch ``e`` from batch ``b`` exactly.
 
-Pixel values (measured on DALI 2.4, CPU decoder): our VP9 stores grey in Y with neutral chroma
-and no range flag, so DALI converts limited-range YUV to RGB: ``R = G = B = clip(round((Y - 16) *
-255 / 219), 0, 255)``. ``stats.json`` holds the mean/std of Y itself; normalising the decoded
-value ``x`` with ``mean_x = (mean - 16) * 255/219`` and ``std_x = std * 255/219`` makes the network
-input ``(Y - mean) / std``, the same as `frames_to_clip` computes from Y (with Y clipped to
-16..235 as the decoder does). A model is thus fed identically from shards and from raw frames.
+Pixel values (measured on DALI 2.4, CPU decoder): the decoder reads our VP9's luma as limited
+("TV") range and gives ``R = G = B = clip(round((Y' - 16) * 255 / 219), 0, 255)``. Ingest stores
+grey ``Y`` as ``Y' = 16 + round(Y * 219 / 255)`` (``shards.format.GREY_TO_LUMA``, format version
+2), so the decoded value is ``Y`` again up to codec error and at most one grey level of
+quantisation, over the whole 0..255 (version-1 sets stored ``Y`` as is and lost everything below 16
+and above 235; `split_files` refuses them). ``stats.json`` holds the mean/std of ``Y``, which the
+pipeline applies to the decoded values as they are: the network input is ``(Y - mean) / std``.
+`frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact ``Y -> Y' ->
+decoded`` round trip first, so a model is fed identically from shards and from raw frames.
 """
 
 from __future__ import annotations
@@ -36,26 +39,28 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 
-from shards.format import TASKS, index_name
+from shards.format import GREY_ROUND_TRIP, STATS_FILE, TASKS, check_format_version, index_name
 from train.config import DataConfig
-
-LUMA_LO, LUMA_HI = 16, 235  # limited ("TV") range: the decoder maps these to 0 and 255
-_LUMA_SCALE = 255.0 / (LUMA_HI - LUMA_LO)
 
 
 @dataclass(frozen=True, kw_only=True)
 class InputSpec:
     """What a trained model expects: stored with every checkpoint and logged MLflow model.
 
-    Network input = ``(Y - mean) / std`` for the luma ``Y`` (0-255, clipped to 16..235) of
-    ``frames`` frames taken every ``period`` frames of a clip at ``fps``, resized to ``size`` x
-    ``size``, as ``float32[N, channels, frames, size, size]``. Output: one logit per task in
+    Network input = ``(Y - mean) / std`` for the grey level ``Y`` (0-255, as decoded from the
+    shards: within a grey level of the ingested one) of ``frames`` frames taken every ``period``
+    frames of a clip at ``fps``, resized to ``size`` x ``size``, as
+    ``float32[N, channels, frames, size, size]``. Output: one logit per task in
     ``tasks`` order.
+
+    ``clip_size`` (the side of the shards' clips, before the resize to ``size``) and
+    ``shard_format`` record the data the model was trained on, so a model alone says how to
+    preprocess a new DICOM for it (`echocmr predict`); None in specs written before they existed.
     """
 
     frames: int
@@ -67,12 +72,19 @@ class InputSpec:
     tasks: tuple[str, ...] = TASKS
     channels: int = 1
     pad_mode: str = "constant"
+    clip_size: int | None = None
+    shard_format: int | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "tasks": list(self.tasks)}
 
     @classmethod
     def from_dict(cls, data: dict) -> InputSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:  # a spec from a newer echocmr: say so rather than fail on a keyword
+            raise ValueError(f"input spec has fields this echocmr does not know ({', '.join(unknown)})"
+                             "; upgrade echocmr to load this model")
         return cls(**{**data, "tasks": tuple(data["tasks"])})
 
     @classmethod
@@ -85,7 +97,14 @@ class InputSpec:
         return cls(frames=config.frames, period=config.period, size=config.size,
                    fps=float(stats["clip"]["fps"]), mean=float(mean), std=float(std),
                    tasks=tuple(stats.get("tasks", TASKS)), channels=channels,
-                   pad_mode=config.pad_mode)
+                   pad_mode=config.pad_mode, clip_size=_clip_size(stats),
+                   shard_format=stats.get("format_version"))
+
+
+def _clip_size(stats: dict) -> int | None:
+    clip = stats.get("clip") or {}
+    height, width = clip.get("height"), clip.get("width")
+    return int(height) if height and height == width else None
 
 
 @dataclass
@@ -113,15 +132,22 @@ class Batch:
 
 
 def split_files(shards: str, split: str) -> tuple[list[str], list[str], list[int]]:
-    """Tars, their ``.idx`` files and sample counts for one split of a local shard set."""
-    from shards.reader import list_shards
+    """Tars, their ``.idx`` files and sample counts for one split of a local shard set.
+
+    Raises `shards.format.FormatVersionError` for a set of another format version (its pixels
+    would decode differently): training and eval both read through here.
+    """
+    from shards.reader import list_shards, read_stats
     from shards.storage import is_local, local_path
 
     if not is_local(shards):
-        raise ValueError(f"DALI reads local files only; copy or mount {shards} and pass that path")
+        raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
+                         "disk first (shards.stage.stage, which `echocmr train` and `echocmr eval` "
+                         "do for a URL), or copy or mount it and pass that path")
     tars = [os.path.abspath(local_path(t)) for t in list_shards(shards, split)]
     if not tars:
         raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
+    check_format_version(read_stats(shards), f"shard set {shards} ({STATS_FILE})")
     indexes, counts = [], []
     for tar in tars:
         idx = os.path.join(os.path.dirname(tar), index_name(os.path.basename(tar)))
@@ -231,10 +257,9 @@ class ClipLoader:
                 anchor = fn.cast(_floor(shift), dtype=types.INT32)
                 frames = fn.slice(frames, anchor, [spec.size, spec.size], axes=[1, 2],
                                   out_of_bounds_policy="pad", fill_values=0)
-            mean_x, std_x = decoded_mean_std(spec)
             clips = fn.crop_mirror_normalize(frames, dtype=types.FLOAT, output_layout="CFHW",
-                                             mean=[mean_x] * spec.channels,
-                                             std=[std_x] * spec.channels)
+                                             mean=[spec.mean] * spec.channels,
+                                             std=[spec.std] * spec.channels)
             if augment and (cfg.augment.contrast > 0 or cfg.augment.brightness > 0):
                 c, b = cfg.augment.contrast, cfg.augment.brightness
                 scale = fn.random.uniform(range=[1 - c, 1 + c])
@@ -274,18 +299,16 @@ class ClipLoader:
                      keys=keys)
 
 
-def decoded_mean_std(spec: InputSpec) -> tuple[float, float]:
-    """Mean/std to apply to DALI's decoded values so that the input is ``(Y - mean) / std``."""
-    return (spec.mean - LUMA_LO) * _LUMA_SCALE, spec.std * _LUMA_SCALE
-
-
 def frames_to_clip(frames_THW: np.ndarray, spec: InputSpec,
                    start: int | None = None) -> torch.Tensor:
-    """Grey frames ``uint8[T, H, W]`` (luma) to one network input ``float32[C, T', S, S]``.
+    """Grey frames ``uint8[T, H, W]`` (0-255) to one network input ``float32[C, T', S, S]``.
 
     What `ClipLoader` does with ``train=False``, for callers holding raw frames (predict): the
-    centred clip (or the one at ``start``), padded as ``spec.pad_mode``, luma clipped to the
-    decoder's 16..235 range, resized, normalised.
+    centred clip (or the one at ``start``), padded as ``spec.pad_mode``, each grey level passed
+    through the shards' exact round trip (limited-range store, decoder expansion: at most one
+    level off, nothing clipped), resized, normalised. It equals the pipeline on the shard of the
+    same frames up to VP9's codec error; frames already decoded (`ingest.encode.decode_webm`)
+    pass through the round trip unchanged, so for them it equals the pipeline exactly.
     """
     frames = np.asarray(frames_THW)
     if frames.ndim != 3 or frames.dtype != np.uint8:
@@ -303,15 +326,14 @@ def frames_to_clip(frames_THW: np.ndarray, spec: InputSpec,
     if clip.shape[-2:] != (spec.size, spec.size):
         clip = torch.nn.functional.interpolate(clip, size=(spec.size, spec.size), mode="bilinear",
                                                antialias=True, align_corners=False)
-    mean_x, std_x = decoded_mean_std(spec)
-    clip = (clip - mean_x) / std_x
+    clip = (clip - spec.mean) / spec.std
     return clip.expand(spec.channels, -1, -1, -1).contiguous()
 
 
 def _decoder_values(frames: np.ndarray) -> np.ndarray:
-    """The 0-255 values DALI's decoder gives for luma ``frames`` (limited-range expansion)."""
-    x = np.rint((frames.astype(np.float32) - LUMA_LO) * _LUMA_SCALE)
-    return np.clip(x, 0, 255).astype(np.uint8)
+    """The 0-255 values DALI's decoder gives for grey ``frames`` stored by ingest, without codec
+    error: ``Y -> Y' = 16 + round(Y * 219/255) -> clip(round((Y' - 16) * 255/219), 0, 255)``."""
+    return GREY_ROUND_TRIP[frames]
 
 
 def _n_frames(meta: np.ndarray) -> np.ndarray:
