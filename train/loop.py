@@ -8,6 +8,11 @@ pipeline), restores ``ray.train.get_checkpoint()`` if there is one, and per epoc
 validates (per-task AUC over predictions gathered from all ranks), logs from rank 0, and calls
 ``ray.train.report`` with the metrics and a checkpoint (rank 0 writes it; report is a barrier).
 
+A shard set at a URL (``s3://``, ``gs://``): the driver reads its stats and manifest digest
+through fsspec, and every worker stages the train and val splits onto its node's disk
+(`shards.stage`, in ``config.cache_dir``) before it builds its DALI readers; the stage lock
+makes one worker per node download while the others wait, and a restart finds the copy in place.
+
 Failures: ``FailureConfig(max_failures)`` restarts the whole worker group from the last reported
 checkpoint when a worker dies. A driver crash: run the same command with the same run name and
 storage again; Ray Train restores the run's latest checkpoint and the MLflow run (found by its
@@ -79,6 +84,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if not logging.getLogger().handlers:  # Ray workers start without logging configured
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
+    _quiet_ray_train_reports()
     started = time.perf_counter()
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -86,8 +92,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if config.gpu else torch.device("cpu")
     torch.set_num_threads(config.cpus_per_worker)
     stats = loop_config["stats"]
-    engine = Engine(config, loop_config["shards"], stats=stats, rank=rank, world=world,
-                    device=device)
+    shards = _local_shards(loop_config["shards"], config.cache_dir, loop_config["data_digest"])
+    engine = Engine(config, shards, stats=stats, rank=rank, world=world, device=device)
     tracker = make_tracker(rank, loop_config["tracking_uri"], loop_config["run_id"])
     log.info("rank %d/%d on %s: %d train steps/epoch, ready in %.1f s", rank, world, device,
              engine.steps_per_epoch, time.perf_counter() - started)
@@ -134,6 +140,36 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                              checkpoint_dir_name=f"epoch_{result.epoch:04d}")
 
 
+def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
+    """``shards`` itself when local; else its node-local copy of train and val, checked to be
+    the data the driver opened the run with (the set may have changed at the URL since)."""
+    from shards.stage import stage
+    from shards.storage import is_url
+    from train.tracking import manifest_digest
+
+    if not is_url(shards):
+        return shards
+    local = stage(shards, cache_dir, splits=("train", "val"))
+    if manifest_digest(local) != data_digest:
+        raise RuntimeError(f"{shards} changed after this run started (its manifest digest is no "
+                           f"longer {data_digest[:16]}); start the run again to train on the "
+                           "new data, under a new --run-name")
+    return local
+
+
+def _quiet_ray_train_reports() -> None:
+    """Drop Ray Train's per-report INFO lines in this worker.
+
+    Every ``ray.train.report`` logs the whole metrics dict from every rank ("Reporting training
+    result N: TrainingReport(...)", "Checkpoint successfully created at ..."); our own one-line
+    epoch summary says the same, and the checkpoint path is in the run result and in MLflow.
+    Ray names these loggers by file path, so they are found by that path.
+    """
+    for name in list(logging.root.manager.loggerDict):
+        if "ray/train/v2/_internal/execution/" in name.replace("\\", "/"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None = None,
                  address: str | None = None) -> TrainOutcome:
     """Train ``config`` on the shard set ``shards``; log, and register if ``config.register``.
@@ -146,16 +182,22 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from shards import storage
+    from shards.format import check_format_version
     from shards.reader import read_stats
     from train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
 
-    shards = os.path.abspath(shards)
+    # Workers may start in another directory: local paths absolute, URLs as they are.
+    shards = (storage.canonical(shards) if storage.is_url(shards)
+              else os.path.abspath(storage.local_path(shards)))
     config = replace(
         config,
         run_name=config.run_name or time.strftime("echocmr-%Y%m%d-%H%M%S"),
-        storage=_storage_path(config.storage or "train_runs"))
+        storage=_storage_path(config.storage or "train_runs"),
+        cache_dir=_cache_path(config.cache_dir))
     tracking_uri = resolve_tracking_uri(tracking_uri)
     stats = read_stats(shards)
+    check_format_version(stats, shards)  # here, before a run is opened or a worker started
     digest = manifest_digest(shards)
     run_key = f"{config.storage}/{config.run_name}"
     run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
@@ -270,6 +312,13 @@ def _check_resources(config: TrainConfig, *, local: bool) -> None:
 def _storage_path(storage: str) -> str:
     """Local paths made absolute (workers may start elsewhere); URIs (s3://, gs://) kept."""
     return storage if "://" in storage else os.path.abspath(storage)
+
+
+def _cache_path(cache_dir: str | None) -> str | None:
+    """A relative cache dir made absolute here; ``~`` and the default stay for each node's home."""
+    if cache_dir is None or cache_dir.startswith("~"):
+        return cache_dir
+    return os.path.abspath(cache_dir)
 
 
 def _none_if_nan(value) -> float | None:
