@@ -12,8 +12,8 @@ else from the files. A file that cannot be used (not DICOM, a still image, colou
 reported with ingest's reason code and detail; it never stops the run.
 
 Preprocessing settings: ingest's defaults, with the clip size and frame rate of the shards the
-model was trained on when known (``stats.json`` in a pulled model directory, else the model's
-input frame rate); ``--ingest-config FILE`` gives the YAML used for ingest when it was not the
+model was trained on (from the model's `InputSpec`; for models logged before the spec had
+``clip_size``, from ``stats.json`` in a pulled model directory or the training run); ``--ingest-config FILE`` gives the YAML used for ingest when it was not the
 default.
 
 Output by extension: ``.csv`` (one row per study, then one per rejected file with ``status``
@@ -65,7 +65,7 @@ def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | N
 
     base = load_config(ingest_config).preprocess if ingest_config else PreprocessConfig()
     clip = (stats or {}).get("clip") or {}
-    size = int(clip.get("height") or base.size)
+    size = int(spec.clip_size or clip.get("height") or base.size)
     fps = float(clip.get("fps") or spec.fps or base.target_fps)
     if not ingest_config:
         base.size, base.target_fps = size, fps

@@ -122,3 +122,17 @@ def test_pull_refuses_bad_reference_and_non_empty_dir_before_contacting_mlflow(t
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(FileExistsError):
         pull_model("echo@champion", tmp_path / "full", tracking_uri=uri)
+
+
+def test_preprocessing_follows_the_clip_size_the_model_was_trained_on():
+    from dataclasses import replace
+
+    from eval.predict import preprocess_config
+    from ingest.config import PreprocessConfig
+    from train.data import InputSpec
+
+    spec = InputSpec(frames=4, period=2, size=32, fps=25.0, mean=40.0, std=30.0)
+    assert preprocess_config(spec).size == PreprocessConfig().size  # nothing known: defaults
+    assert preprocess_config(spec, stats={"clip": {"height": 96}}).size == 96  # older models
+    pre = preprocess_config(replace(spec, clip_size=80), stats={"clip": {"height": 96}})
+    assert (pre.size, pre.target_fps) == (80, 25.0)  # the model's own spec wins

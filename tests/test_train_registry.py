@@ -83,3 +83,27 @@ def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, mon
     state = fake_state(5)
     assert spec == InputSpec.from_dict(state["input_spec"])
     assert torch.equal(model.state_dict()["fc.weight"], state["model"]["fc.weight"])
+
+
+def test_input_spec_records_the_clip_size_and_shard_format(caplog):
+    from shards.format import FORMAT_VERSION
+    from train.checkpoint import model_from_state, save_checkpoint
+
+    stats = {"pixel_mean": 40.0, "pixel_std": 30.0, "format_version": FORMAT_VERSION,
+             "clip": {"height": 112, "width": 112, "fps": 30.0}}
+    spec = InputSpec.build(TrainConfig.from_dict(tiny_config()).data, stats)
+    assert spec.clip_size == 112 and spec.shard_format == FORMAT_VERSION
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("clip_size", "shard_format")}
+    assert InputSpec.from_dict(old).clip_size is None  # specs logged before these fields load
+    with pytest.raises(ValueError, match="upgrade echocmr"):
+        InputSpec.from_dict({**spec.to_dict(), "from_the_future": 1})
+
+    state = fake_state(2)
+    state["input_spec"] = {**spec.to_dict(), "shard_format": FORMAT_VERSION - 1}
+    path = save_checkpoint(".", state)
+    with caplog.at_level("WARNING", logger="train.checkpoint"):
+        _, loaded = load_model(path)
+    assert loaded.shard_format == FORMAT_VERSION - 1
+    assert "retrain it on re-ingested shards" in caplog.text
+    assert model_from_state(state)[1] == loaded

@@ -21,6 +21,7 @@ MLmodel metadata holds ``input_spec``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -29,6 +30,8 @@ import torch
 from train.config import ModelConfig
 from train.data import InputSpec
 from train.model import R2Plus1D
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -110,6 +113,12 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
     or a ``checkpoint.pt`` file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``,
     else ``sqlite:///mlflow.db``).
     """
+    model, spec = _load_any(uri, tracking_uri)
+    _check_shard_format(spec, uri)
+    return model, spec
+
+
+def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, InputSpec]:
     local = os.path.expanduser(uri)
     if os.path.exists(local):
         if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
@@ -124,6 +133,16 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
         return _load_mlflow(uri)
     raise FileNotFoundError(f"model {uri!r} is neither an MLflow URI (models:/NAME@ALIAS, "
                             "runs:/...) nor an existing checkpoint or model directory")
+
+
+def _check_shard_format(spec: InputSpec, uri: str) -> None:
+    """Warn when the model was trained on shards of another format: its inputs then differ."""
+    from shards.format import FORMAT_VERSION
+
+    if spec.shard_format is not None and spec.shard_format != FORMAT_VERSION:
+        log.warning("%s was trained on shard format %d; this echocmr feeds format %d inputs "
+                    "(docs/formats.md says what changed): retrain it on re-ingested shards",
+                    uri, spec.shard_format, FORMAT_VERSION)
 
 
 def _load_mlflow(uri: str, *, local: bool = False) -> tuple[torch.nn.Module, InputSpec]:
