@@ -1,15 +1,13 @@
 """Training throughput: clips/s with 1 and 2 Ray workers, and the share of step time spent waiting
-for data; the DALI input pipeline against the plain way (PyAV decode in the training process).
+for data. (The input pipeline alone against the plain way is `bench.bench_loader`.)
 
 Run: ``python -m bench.bench_train`` (or ``make bench``). It writes a synthetic shard set of
 112x112 VP9 clips to a temp dir (the test fixture's phantom), then:
 
-1. input only: clips/s of `train.data.ClipLoader` (DALI CPU decoder, augmentation on) against a
-   plain loop over the same tars (``shards.reader`` + PyAV decode + `frames_to_clip`), one process;
-2. training, CPU: the ``cpu-small`` preset (width-16 R(2+1)D, 16x64x64) through
+1. training, CPU: the ``cpu-small`` preset (width-16 R(2+1)D, 16x64x64) through
    ``train.loop.run_training`` with 1 and 2 Ray workers (gloo); clips/s over all workers and the
    mean share of each worker's epoch spent blocked on the next batch (second epoch: warm);
-3. training, GPU (only when CUDA is available): the full R(2+1)D-18 at 32x112x112, DALI
+2. training, GPU (only when CUDA is available): the full R(2+1)D-18 at 32x112x112, DALI
    ``mixed`` decode, bf16, channels-last; same figures, for 1 worker and, with 2+ GPUs, 2. The
    target is that a GPU waits on data for less than 5% of a step.
 """
@@ -32,32 +30,6 @@ def make_shards(out_dir: str) -> str:
 
     return make_shard_set(out_dir, n_patients=N_PATIENTS, clips_per_patient=CLIPS_PER_PATIENT,
                           n_frames=N_FRAMES, size=112, samples_per_shard=8)
-
-
-def input_only(shards: str, config) -> tuple[float, float]:
-    """(DALI clips/s, plain PyAV clips/s) for one pass over the train split."""
-    import torch
-
-    from ingest.encode import decode_webm
-    from shards.reader import iter_samples, read_stats
-    from train.data import ClipLoader, InputSpec, frames_to_clip
-
-    stats = read_stats(shards)
-    spec = InputSpec.build(config.data, stats)
-    loader = ClipLoader(shards, "train", config.data, spec=spec, train=True, stats=stats)
-    list(loader.epoch(0))  # warm-up: DALI start, thread pools
-    t0 = time.perf_counter()
-    n = sum(int(b.valid.sum()) for b in loader.epoch(1))
-    dali = n / (time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    n = 0
-    for sample in iter_samples(shards, "train"):
-        frames, _ = decode_webm(sample.video)
-        torch.as_tensor(frames_to_clip(frames, spec))
-        n += 1
-    plain = n / (time.perf_counter() - t0)
-    return dali, plain
 
 
 def train_figures(shards: str, config, workers: int, tracking_uri: str,
@@ -88,9 +60,6 @@ def main() -> None:
         print(f"shard set: {N_PATIENTS * CLIPS_PER_PATIENT} clips of {N_FRAMES} frames, 112x112 "
               f"({time.perf_counter() - t0:.0f} s to write)")
         cpu = load_config(preset="cpu-small")
-        dali, plain = input_only(shards, cpu)
-        print(f"input only, 16x64x64 clips, one process: DALI {dali:.1f} clips/s, "
-              f"plain PyAV loop {plain:.1f} clips/s ({dali / plain:.2f}x)")
 
         uri = f"sqlite:///{tmp}/mlflow.db"
         ncpu = os.cpu_count() or 1
