@@ -47,6 +47,8 @@ def _register_eval(subparsers) -> None:
                    help="label permutations of the signal audit")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutations")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the audit")
+    p.add_argument("--correction", default="holm", choices=("holm", "none"),
+                   help="multiple-testing adjustment of the verdicts over the tasks (holm)")
     p.add_argument("--min-positives", type=int, default=5, metavar="N",
                    help="fewer positive (or negative) studies: 'insufficient data'")
     p.add_argument("--workers", type=int, default=1,
@@ -114,7 +116,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
                                           min_positives=args.min_positives,
                                           min_negatives=args.min_positives),
                     signal=SignalConfig(n_permutations=args.permutations, seed=args.seed,
-                                        alpha=args.alpha))))
+                                        alpha=args.alpha, correction=args.correction))))
     except ValueError as exc:
         print(f"echocmr eval: {exc}", file=sys.stderr)
         return 2

@@ -84,6 +84,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobCon
             "n_permutations": config.evaluation.summary.signal.n_permutations,
             "permutation_seed": config.evaluation.summary.signal.seed,
             "alpha": config.evaluation.summary.signal.alpha,
+            "correction": config.evaluation.summary.signal.correction,
             "min_positives": config.evaluation.summary.metrics.min_positives,
             "min_negatives": config.evaluation.summary.metrics.min_negatives,
         }

@@ -48,14 +48,14 @@ def _p(p: float | None) -> str:
 
 def auc_table_text(results: dict[str, TaskResult]) -> str:
     """Fixed-width table: our AUC, both CIs, verdict, and the published AUC per task."""
-    head = ("task", "studies", "pos", "AUC", "95% CI boot", "95% CI DeLong", "p", "verdict",
-            "published AUC (95% CI)")
+    head = ("task", "studies", "pos", "AUC", "95% CI boot", "95% CI DeLong", "p", "p adj",
+            "verdict", "published AUC (95% CI)")
     rows = [head]
     for t, r in results.items():
         pub = PUBLISHED.get(t)
         rows.append((
             t.upper(), str(r.n_studies), str(r.n_pos), _f(r.auc), _ci(r.ci_low, r.ci_high),
-            _ci(r.delong_low, r.delong_high), _p(r.p_value), r.verdict,
+            _ci(r.delong_low, r.delong_high), _p(r.p_value), _p(r.p_adjusted), r.verdict,
             pub.text() if pub else "—",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -112,18 +112,26 @@ def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Pa
 
 def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, list]:
     head = ["task", "studies", "patients", "positives", "AUC", "95% CI (patient bootstrap)",
-            "95% CI (DeLong)", "p (permutation)", "verdict"]
+            "95% CI (DeLong)", "p (permutation)", "p adjusted", "verdict"]
     if published:
         head.append("published AUC (95% CI)")
     rows = []
     for t, r in results.items():
         row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos), _f(r.auc),
                _ci(r.ci_low, r.ci_high), _ci(r.delong_low, r.delong_high), _p(r.p_value),
-               r.verdict]
+               _p(r.p_adjusted), r.verdict]
         if published:
             row.append(PUBLISHED[t].text() if t in PUBLISHED else "—")
         rows.append(row)
     return head, rows
+
+
+def _adjustment(sc) -> str:
+    if sc.correction == "holm":
+        return (f"verdict 'signal' when the Holm-adjusted p < {sc.alpha}, adjusting over the tasks "
+                "of the table (the chance of any false 'signal' among them stays at "
+                f"{sc.alpha}).")
+    return f"verdict 'signal' when p < {sc.alpha}, each task on its own (no adjustment)."
 
 
 def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
@@ -165,7 +173,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         "structural components (placement values), normal interval, studies treated as "
         f"independent. Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
         f"by patient within the split, seed {sc.seed}, p = (1 + #perm AUC ≥ observed) / "
-        f"(1 + permutations); verdict 'signal' when p < {sc.alpha}. Tasks with fewer than "
+        f"(1 + permutations); {_adjustment(sc)} Tasks with fewer than "
         f"{mc.min_positives} positive or {mc.min_negatives} negative studies are 'insufficient "
         "data'. Unknown labels are left out per task, never counted as negative."
     )))

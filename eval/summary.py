@@ -5,6 +5,8 @@ into one ``TaskResult`` per task. Unknown labels are dropped per task, never coe
 with fewer positives or negatives than the config asks for gets the verdict "insufficient data",
 its AUC where one is defined, and no intervals or p-value — rather than a crash or a fake answer.
 
+Verdicts come from p-values adjusted over the tasks summarised together (Holm by default, see
+`eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
 ``breakdown`` does the same within each value of a column (``view``, ``site``).
 ``metrics_json`` writes the issue's contract: ``{task: {auc, ci_low, ci_high, delong_low,
 delong_high, n_studies, n_patients, n_pos, p_value, verdict}}``; ``detail_json`` adds the rest.
@@ -27,7 +29,7 @@ from eval.metrics import (
     delong_ci,
     roc_auc,
 )
-from eval.signal import INSUFFICIENT, SignalConfig, permutation_test
+from eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
 from eval.tasks import TASKS, p_col, y_col
 
 METRICS_KEYS = (
@@ -59,6 +61,7 @@ class TaskResult:
     p_value: float | None
     verdict: str
     reason: str | None = None  # why the verdict is "insufficient data"
+    p_adjusted: float | None = None  # over the tasks summarised together (SignalConfig.correction)
     bootstrap_valid: int | None = None
     null_mean_auc: float | None = None
     calibration: Calibration | None = None
@@ -134,7 +137,7 @@ def summarise(
                if c not in studies.columns]
     if missing:
         raise ValueError(f"study table lacks columns {missing}")
-    return {
+    results = {
         t: task_result(
             t,
             studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
@@ -144,6 +147,17 @@ def summarise(
         )
         for t in tasks
     }
+    return adjust_verdicts(results, config.signal)
+
+
+def adjust_verdicts(results: dict[str, TaskResult], config: SignalConfig) -> dict[str, TaskResult]:
+    """Set ``p_adjusted`` and the verdict of every tested task from the family's p-values."""
+    tested = {t: r.p_value for t, r in results.items() if r.p_value is not None}
+    adjusted = holm_adjust(tested) if config.correction == "holm" else tested
+    for t, p in adjusted.items():
+        results[t].p_adjusted = p
+        results[t].verdict = verdict(p, config.alpha)
+    return results
 
 
 def breakdown(

@@ -73,3 +73,51 @@ def test_refuses_nan_and_one_class():
         permutation_test(np.array([0, 1, np.nan]), np.zeros(3), np.arange(3))
     with pytest.raises(ValueError, match="positives and negatives"):
         permutation_test(np.zeros(4), np.arange(4.0), np.arange(4))
+
+
+def test_holm_adjustment_matches_a_hand_computed_reference():
+    from eval.signal import holm_adjust
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(1*0.04, 0.06)
+    adjusted = holm_adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert holm_adjust({"x": 0.7, "y": 0.6}) == pytest.approx({"x": 1.0, "y": 1.0})  # capped
+    assert holm_adjust({}) == {}
+    with pytest.raises(ValueError, match="correction"):
+        SignalConfig(correction="bonferoni")
+
+
+def test_verdicts_are_adjusted_over_the_tasks_of_one_summary():
+    """A null task that passes 5 % alone is not called "signal" once five tasks are tested."""
+    from eval.summary import SummaryConfig, summarise
+
+    df = study_table(150, seed=0)
+    alone = summarise(df, config=SummaryConfig(signal=SignalConfig(n_permutations=500,
+                                                                   correction="none")))
+    holm = summarise(df, config=SummaryConfig(signal=SignalConfig(n_permutations=500)))
+    assert holm["wma"].verdict == SIGNAL  # the planted signal survives the adjustment
+    tested = {t: r.p_value for t, r in holm.items() if r.p_value is not None}
+    assert len(tested) >= 3
+    for t, r in holm.items():
+        assert r.p_value == alone[t].p_value  # the raw p-value is not changed
+        if r.p_value is None:
+            assert r.p_adjusted is None
+            continue
+        assert alone[t].p_adjusted == r.p_value  # "none": adjusted is the raw p
+        assert r.p_adjusted >= r.p_value
+        assert r.verdict == (SIGNAL if r.p_adjusted < 0.05 else NO_SIGNAL)
+    # Family-wise error: over many all-null families of five tasks, "any signal" stays near 5 %
+    # with Holm, and runs well above it task by task.
+    rng = np.random.default_rng(0)
+    any_alone = any_holm = 0
+    for _ in range(300):
+        p = {t: rng.uniform() for t in ("wma", "lge", "t1", "t2", "ecv")}
+        any_alone += min(p.values()) < 0.05
+        any_holm += min(holm_adjust_values(p)) < 0.05
+    assert any_alone > 40 and any_holm < 30  # expected ~68 and ~15 of 300
+
+
+def holm_adjust_values(p):
+    from eval.signal import holm_adjust
+
+    return holm_adjust(p).values()
