@@ -110,7 +110,8 @@ def register(subparsers) -> None:
     demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (2)")
     demo.add_argument("--epochs", type=int, default=None,
                       help=f"training epochs (default {DEMO_TRAIN_CONFIG['epochs']})")
-    demo.add_argument("--seed", type=int, default=0, help="cohort seed (0)")
+    demo.add_argument("--seed", type=int, default=None,
+                      help="cohort seed (default 4: see cluster/demo.py, DEMO_SEED)")
     demo.add_argument("--gpu", action="store_true", default=None,
                       help="train on GPUs (default: when there are any; one worker per GPU)")
     demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")
@@ -230,10 +231,10 @@ def run_demo(args) -> int:
     config = DemoConfig(
         out=args.out,
         workers=args.workers,
-        seed=args.seed,
         gpu=args.gpu,
         fresh=args.fresh,
         **({"patients": args.patients} if args.patients is not None else {}),
+        **({"seed": args.seed} if args.seed is not None else {}),
         **({"epochs": args.epochs} if args.epochs is not None else {}),
     )
     return run_demo_flow(config)

@@ -41,6 +41,11 @@ from pathlib import Path
 DEMO_MODEL = "echocmr-demo"
 DEMO_RUN = "demo"
 DEMO_SITE = "demo"
+# The cohort seed. With 200 patients and the public demo split key, seed 4 is the lowest seed
+# whose test split holds at least 5 positive and 5 negative studies for every task, counted from
+# the label table alone, before any training (T2 is abnormal in ~13 % of patients; with seed 0
+# the test split has none, so its AUC cannot be estimated). Nothing about a model chose it.
+DEMO_SEED = 4
 
 # Training config for the demo: the `cpu-small` preset's model (width-16 R(2+1)D on 16x64x64
 # clips) learns WMA in a few epochs on 2 CPU cores. On GPUs the same small model is used, so the
@@ -63,7 +68,7 @@ class DemoConfig:
     patients: int = 200
     workers: int = 2  # Ray Train workers
     epochs: int | None = None  # None: DEMO_TRAIN_CONFIG's
-    seed: int = 0
+    seed: int = DEMO_SEED
     gpu: bool | None = None  # None: use GPUs when there are any (one worker per GPU)
     fresh: bool = False
     ingest_workers: int | None = None  # None: all cores
