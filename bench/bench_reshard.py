@@ -1,6 +1,6 @@
 """Benchmark: reshard throughput and peak memory, against loading everything and rewriting.
 
-Builds (once, cached under ``/tmp/echocmr-bench-reshard``) two-site shard sets of two sizes,
+Builds (once, cached under ``/tmp/echocmr-bench-reshard-format<N>``) two-site shard sets of two sizes,
 then in a fresh process per measurement:
 
 - ``reshard``: `shards.reshard.reshard` (streams: one ranged read per sample);
@@ -32,7 +32,11 @@ import subprocess
 import sys
 import time
 
-CACHE = "/tmp/echocmr-bench-reshard-v1"
+# The repo root, for the child processes this file runs as a script (``--child``).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
+
+CACHE = f"/tmp/echocmr-bench-reshard-format{FORMAT_VERSION}"
 SITES = ("site_a", "site_b")
 N_DISTINCT = 64
 
@@ -101,6 +105,15 @@ def build(n_clips: int) -> list[str]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Read from /proc (VmHWM, reset by exec): getrusage's
+    ru_maxrss survives fork + exec, so a child of a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
