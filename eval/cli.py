@@ -29,7 +29,11 @@ def _register_eval(subparsers) -> None:
         description="Run a model over every clip of a split, average per video and study, and "
                     "write predictions, metrics.json, report.md/html (beside the published "
                     "table) to --out; log them to MLflow.")
-    p.add_argument("--shards", required=True, help="shard set directory")
+    p.add_argument("--shards", required=True,
+                   help="shard set: a directory, or a URL (s3://, gs://) staged to local disk")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
+                        "~/.cache/echocmr/shards)")
     p.add_argument("--model", required=True, metavar="URI", help=_MODEL_HELP)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -108,7 +112,8 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
         config = EvalJobConfig(
             split=args.split, track=not args.no_track,
             infer=InferConfig(clips=args.clips, stride=args.stride, workers=args.workers,
-                              gpu=args.gpu, batch_size=args.batch_size),
+                              gpu=args.gpu, batch_size=args.batch_size,
+                              cache_dir=args.cache_dir),
             evaluation=EvaluationConfig(
                 aggregation=args.aggregation,
                 summary=SummaryConfig(

@@ -1,15 +1,13 @@
 """Shard sets in an object store: write, read, verify and reshard against a real S3 server.
 
-The server is moto's standalone server (real HTTP on loopback, started in a thread); the client
-side is the ordinary s3fs/botocore stack, configured only by endpoint and credentials, exactly as
-a user would point it at MinIO or AWS. Nothing is patched.
+The server is moto's standalone server (real HTTP on loopback, started in a thread; the fixture
+is in ``_s3_fixtures``); the client side is the ordinary s3fs/botocore stack, configured only by
+endpoint and credentials, exactly as a user would point it at MinIO or AWS. Nothing is patched.
 """
 
 from __future__ import annotations
 
-import os
-
-import fsspec
+import _s3_fixtures
 import pytest
 from _shards_fixtures import make_shard_set
 
@@ -18,44 +16,7 @@ from shards.reader import iter_samples, list_shards, read_manifest, read_stats
 from shards.reshard import ReshardConfig, reshard
 from shards.verify import verify
 
-pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    old_conf = fsspec.config.conf.get("s3")
-    # The same knob a user sets (or FSSPEC_S3_ENDPOINT_URL in the environment).
-    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fsspec.filesystem("s3").mkdir("echo")
-    try:
-        yield endpoint
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        if old_conf is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = old_conf
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+s3_endpoint = _s3_fixtures.s3_endpoint  # the fixture, made visible to this module's tests
 
 
 def test_storage_helpers_on_s3(s3_endpoint):

@@ -20,7 +20,12 @@ def register(subparsers) -> None:
         description="Train one R(2+1)D network with five heads (WMA, LGE, T1, T2, ECV) on the "
                     "shards, on one machine or a Ray cluster; log to MLflow and optionally "
                     "register.")
-    p.add_argument("--shards", required=True, help="shard set directory (train and val splits)")
+    p.add_argument("--shards", required=True,
+                   help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
+                        "onto its disk (train and val splits)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
+                        "~/.cache/echocmr/shards)")
     p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
     p.add_argument("--gpu", action="store_true", default=None,
                    help="one GPU per worker: DALI mixed decode, NCCL, bf16")
@@ -43,7 +48,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     out: dict = {}
     for flag, key in (("workers", "workers"), ("gpu", "gpu"), ("epochs", "epochs"),
                       ("register", "register"), ("run_name", "run_name"),
-                      ("storage", "storage")):
+                      ("storage", "storage"), ("cache_dir", "cache_dir")):
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value

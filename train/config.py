@@ -153,6 +153,9 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap (quick runs, tests); None = the whole split
     run_name: str | None = None  # Ray run + MLflow run name; reuse it to resume
     storage: str | None = None  # Ray checkpoint storage (shared by all nodes); default ./train_runs
+    # Node-local directory for a copy of a shard set at a URL (s3://, gs://), which DALI needs;
+    # default $ECHOCMR_CACHE, else ~/.cache/echocmr/shards, on each node (shards.stage).
+    cache_dir: str | None = None
     experiment: str = "echocmr"  # MLflow experiment
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     keep_checkpoints: int | None = None  # None keeps every epoch's checkpoint
@@ -179,6 +182,9 @@ class TrainConfig:
             raise ConfigError(f"task_weights must be >= 0 with one > 0, got {self.task_weights}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 or null")
+        if self.cache_dir is not None and "://" in self.cache_dir:
+            raise ConfigError(f"cache_dir must be a local directory on each node (DALI reads "
+                              f"local files), got {self.cache_dir!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe; tuples become lists)."""

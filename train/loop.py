@@ -157,17 +157,35 @@ def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
     return local
 
 
-def _quiet_ray_train_reports() -> None:
-    """Drop Ray Train's per-report INFO lines in this worker.
+# Ray Train loggers whose INFO/WARNING lines repeat what our logs say, or flood them.
+_QUIET_RAY_LOGGERS = {
+    # "Reporting training result N: TrainingReport(<every metric>)" from every rank, per epoch;
+    # our one-line epoch summary says the same.
+    "ray.train.v2._internal.execution.context": logging.WARNING,
+    # "Checkpoint successfully created at ..." per epoch: the run result and MLflow have it.
+    "ray.train.v2._internal.execution.storage": logging.WARNING,
+    # Polls the State API, which a Ray started without a dashboard lacks (our local Ray): it
+    # then warns every second that the API "may be temporarily unavailable".
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
 
-    Every ``ray.train.report`` logs the whole metrics dict from every rank ("Reporting training
-    result N: TrainingReport(...)", "Checkpoint successfully created at ..."); our own one-line
-    epoch summary says the same, and the checkpoint path is in the run result and in MLflow.
-    Ray names these loggers by file path, so they are found by that path.
+
+def _quiet_ray_train_reports() -> None:
+    """Raise the level of `_QUIET_RAY_LOGGERS` in this process.
+
+    Runs in every Ray worker process of our jobs (``worker_process_setup_hook``) and at the top
+    of `train_worker`. Ray names some loggers by module and some by file path: both are set.
     """
-    for name in list(logging.root.manager.loggerDict):
-        if "ray/train/v2/_internal/execution/" in name.replace("\\", "/"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    from importlib.util import find_spec
+
+    for module, level in _QUIET_RAY_LOGGERS.items():
+        logging.getLogger(module).setLevel(level)
+        try:
+            spec = find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.origin:
+            logging.getLogger(spec.origin).setLevel(level)
 
 
 def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None = None,
@@ -208,7 +226,10 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     started_ray = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        # A Ray we start here gets the log filter in every process; a cluster's job keeps the
+        # runtime env it was submitted with (train_worker still filters its own loggers).
+        hook = None if address else {"worker_process_setup_hook": _quiet_ray_train_reports}
+        ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=hook)
         started_ray = True
     try:
         _check_resources(config, local=started_ray and address is None)
