@@ -177,12 +177,9 @@ def _check_rayjob(doc: dict[str, Any]) -> list[str]:
             problems.append(f"RayJob: entrypoint has no {flag}")
             continue
         if "://" in path:
-            if flag == "--shards":  # DALI's webdataset reader opens local files only
-                problems.append(
-                    f"RayJob: --shards {path} is a URL; training reads shards from a local path, "
-                    "so put them on the mounted claim (e.g. /data/shards)"
-                )
-            continue  # --storage: Ray Train writes checkpoints to object stores itself
+            # --shards: each worker stages the set onto its node's disk (shards.stage);
+            # --storage: Ray Train writes checkpoints to object stores itself.
+            continue
         for name, pod in pod_specs(cluster):
             if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mount_paths(pod)):
                 problems.append(f"RayJob: {flag} {path} is not under a claim mounted in {name}")
