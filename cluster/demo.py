@@ -62,7 +62,7 @@ DEMO_TRAIN_CONFIG = {
 
 @dataclass(kw_only=True)
 class DemoConfig:
-    """One demo run. Defaults are sized for ~15 minutes on 2 CPU cores."""
+    """One demo run. Defaults are sized for ~15 minutes on 2 CPU cores (13.8 measured)."""
 
     out: Path = Path("demo_out")
     patients: int = 200
