@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/pytest -q
 
 test-all: install
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/pytest -q -m ''
 
 demo: install
 	$(BIN)/echocmr demo --out demo_out

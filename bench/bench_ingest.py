@@ -29,7 +29,7 @@ CACHE = "/tmp/echocmr-bench-ingest"
 
 
 def _cohort(patients: int) -> str:
-    from ingest.synth import generate_cohort
+    from echocmr.ingest.synth import generate_cohort
 
     root = os.path.join(CACHE, f"cohort-{patients}")
     if not os.path.exists(os.path.join(root, "synth_truth.parquet")):
@@ -50,8 +50,8 @@ def _warm(root: str) -> int:
 
 
 def _run_ingest(root: str, workers: int) -> tuple[float, int, list[str]]:
-    from ingest.config import IngestConfig
-    from ingest.job import REPORT_FILE, run_ingest
+    from echocmr.ingest.config import IngestConfig
+    from echocmr.ingest.job import REPORT_FILE, run_ingest
 
     out = os.path.join(CACHE, f"out-{workers}")
     shutil.rmtree(out, ignore_errors=True)

@@ -73,9 +73,9 @@ def write_avis(shards: str, out_dir: str) -> tuple[str, float]:
     """
     import cv2
 
-    from ingest.encode import decode_webm
-    from shards.format import TASKS
-    from shards.reader import iter_samples
+    from echocmr.ingest.encode import decode_webm
+    from echocmr.shards.format import TASKS
+    from echocmr.shards.reader import iter_samples
 
     videos = os.path.join(out_dir, "Videos")
     os.makedirs(videos)
@@ -127,7 +127,7 @@ class AviClips:
 
     def __init__(self, file_list: str, split: str, *, frames: int, period: int, size: int,
                  mean: float, std: float, pad: int, contrast: float, brightness: float) -> None:
-        from shards.format import TASKS
+        from echocmr.shards.format import TASKS
 
         folder = os.path.join(os.path.dirname(file_list), "Videos")
         with open(file_list, newline="") as f:
@@ -174,8 +174,8 @@ def _cpu_seconds() -> float:
 
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
-    from shards.reader import read_stats
-    from train.data import ClipLoader, InputSpec
+    from echocmr.shards.reader import read_stats
+    from echocmr.train.data import ClipLoader, InputSpec
 
     data = replace(config.data, num_threads=threads)
     stats = read_stats(shards)
@@ -193,8 +193,8 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
     """(clips/s, CPU s/clip) of the AVI Dataset in a DataLoader over the train split, 2nd epoch."""
     import torch
 
-    from shards.reader import read_stats
-    from train.data import InputSpec
+    from echocmr.shards.reader import read_stats
+    from echocmr.train.data import InputSpec
 
     spec = InputSpec.build(config.data, read_stats(shards))
     aug = config.data.augment
@@ -215,7 +215,7 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
 
 def bytes_per_clip(shards: str, file_list: str) -> dict[str, float]:
     """Mean bytes per clip: shard set (tars + idx), webm members alone, MJPG AVIs, raw grey."""
-    from shards.reader import read_manifest
+    from echocmr.shards.reader import read_manifest
 
     manifest = read_manifest(shards)
     names = os.listdir(shards)
@@ -230,8 +230,8 @@ def bytes_per_clip(shards: str, file_list: str) -> dict[str, float]:
 def main() -> None:
     import cv2
 
-    from shards.reader import read_manifest
-    from train.config import load_config
+    from echocmr.shards.reader import read_manifest
+    from echocmr.train.config import load_config
 
     ncpu = os.cpu_count() or 1
     print(f"{ncpu} cores, load average {os.getloadavg()[0]:.1f} at start")

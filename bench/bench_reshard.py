@@ -34,7 +34,7 @@ import time
 
 # The repo root, for the child processes this file runs as a script (``--child``).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
+from echocmr.shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
 
 CACHE = f"/tmp/echocmr-bench-reshard-format{FORMAT_VERSION}"
 SITES = ("site_a", "site_b")
@@ -44,7 +44,7 @@ N_DISTINCT = 64
 def _clips(n: int) -> list[tuple[bytes, tuple[float, float, int]]]:
     import numpy as np
 
-    from ingest.encode import encode_webm
+    from echocmr.ingest.encode import encode_webm
 
     rng = np.random.default_rng(0)
     out = []
@@ -66,8 +66,8 @@ def build(n_clips: int) -> list[str]:
     """Two site sets with ``n_clips`` clips in all (cached); returns their directories."""
     import numpy as np
 
-    from shards.format import Sample
-    from shards.writer import ShardSetWriter, WriterConfig
+    from echocmr.shards.format import Sample
+    from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     root = os.path.join(CACHE, f"n{n_clips}")
     dirs = [os.path.join(root, site) for site in SITES]
@@ -118,15 +118,15 @@ def _peak_rss_mb() -> float:
 
 
 def run_reshard(inputs: list[str], out: str) -> None:
-    from shards.reshard import ReshardConfig, reshard
+    from echocmr.shards.reshard import ReshardConfig, reshard
 
     reshard(inputs, out, config=ReshardConfig(samples_per_shard=256))
 
 
 def run_plain(inputs: list[str], out: str) -> None:
     """Load every sample, shuffle per split, rewrite."""
-    from shards.reader import iter_samples, read_manifest, read_stats
-    from shards.writer import ShardSetWriter, WriterConfig
+    from echocmr.shards.reader import iter_samples, read_manifest, read_stats
+    from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     samples = [s for d in inputs for s in iter_samples(d)]
     manifest = {}
@@ -154,8 +154,8 @@ def run_plain(inputs: list[str], out: str) -> None:
 def _child(mode: str, inputs: list[str], out: str) -> None:
     import webdataset  # noqa: F401  (count the libraries in the baseline, not the run)
 
-    import shards.reader  # noqa: F401
-    import shards.reshard  # noqa: F401
+    import echocmr.shards.reader  # noqa: F401
+    import echocmr.shards.reshard  # noqa: F401
 
     baseline = _peak_rss_mb()
     shutil.rmtree(out, ignore_errors=True)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         inputs = build(n)
         built = time.perf_counter() - t0
-        from shards.reader import read_manifest
+        from echocmr.shards.reader import read_manifest
 
         data_mb = sum(read_manifest(d)["video_bytes"].sum() for d in inputs) / 1e6
         for mode in ("reshard", "plain"):

@@ -37,7 +37,7 @@ def train_figures(shards: str, config, workers: int, tracking_uri: str,
     """(clips/s over all workers, data-wait share) of the second (warm) epoch."""
     from dataclasses import replace
 
-    from train.loop import run_training
+    from echocmr.train.loop import run_training
 
     cpus = max(1, (os.cpu_count() or 1) // workers)  # the machine's cores split between workers
     run = replace(config, workers=workers, epochs=2, cpus_per_worker=cpus,
@@ -51,7 +51,7 @@ def main() -> None:
     import ray
     import torch
 
-    from train.config import load_config
+    from echocmr.train.config import load_config
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

@@ -1,4 +1,4 @@
-"""`echocmr cluster ...` and `echocmr demo`: parse, call the cluster package, report.
+"""`echocmr cluster ...`: parse, call the cluster package, report.
 
 Nothing heavy is imported here; Ray is imported inside the commands that use it.
 """
@@ -94,39 +94,15 @@ def register(subparsers) -> None:
     validate.add_argument("files", nargs="+", type=Path)
     validate.set_defaults(func=run_validate)
 
-    from cluster.demo import DEMO_TRAIN_CONFIG, DemoConfig  # stdlib-only module: cheap
-
-    default_patients = DemoConfig.__dataclass_fields__["patients"].default
-    demo = subparsers.add_parser(
-        "demo",
-        help="the whole flow on a synthetic cohort: synth, ingest, train, eval, report",
-        description="Synthetic cohort -> ingest -> shards verify -> train (2 Ray workers) -> "
-        "register -> eval on the test split -> the AUC table beside the study's. Resumable: "
-        "finished steps are skipped when run again with the same --out.",
-    )
-    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output dir (demo_out)")
-    demo.add_argument("--patients", type=int, default=None,
-                      help=f"synthetic patients (default {default_patients})")
-    demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (2)")
-    demo.add_argument("--epochs", type=int, default=None,
-                      help=f"training epochs (default {DEMO_TRAIN_CONFIG['epochs']})")
-    demo.add_argument("--seed", type=int, default=None,
-                      help="cohort seed (default 4: see cluster/demo.py, DEMO_SEED)")
-    demo.add_argument("--gpu", action="store_true", default=None,
-                      help="train on GPUs (default: when there are any; one worker per GPU)")
-    demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")
-    demo.add_argument("--fresh", action="store_true", help="redo every step")
-    demo.set_defaults(func=run_demo)
-
 
 def _state_dir(args) -> Path:
-    from cluster.local import default_state_dir
+    from echocmr.cluster.local import default_state_dir
 
     return args.state_dir if args.state_dir is not None else default_state_dir()
 
 
 def run_local(args) -> int:
-    from cluster.local import LocalClusterConfig, LocalClusterError, start_local_cluster
+    from echocmr.cluster.local import LocalClusterConfig, LocalClusterError, start_local_cluster
 
     try:
         config = LocalClusterConfig(
@@ -151,7 +127,7 @@ def run_local(args) -> int:
 
 
 def run_stop(args) -> int:
-    from cluster.local import LocalClusterError, stop_local_cluster
+    from echocmr.cluster.local import LocalClusterError, stop_local_cluster
 
     try:
         stop_local_cluster(_state_dir(args))
@@ -162,7 +138,7 @@ def run_stop(args) -> int:
 
 
 def run_status(args) -> int:
-    from cluster.local import LocalClusterState, cluster_pids
+    from echocmr.cluster.local import LocalClusterState, cluster_pids
 
     state = LocalClusterState.load(_state_dir(args))
     if state is None:
@@ -177,7 +153,7 @@ def run_status(args) -> int:
 
 
 def run_submit(args) -> int:
-    from cluster.submit import SubmitConfig, SubmitError, submit_job
+    from echocmr.cluster.submit import SubmitConfig, SubmitError, submit_job
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -207,7 +183,7 @@ def run_submit(args) -> int:
 
 
 def run_configs(args) -> int:
-    from cluster.configs import render_configs
+    from echocmr.cluster.configs import render_configs
 
     for path in render_configs(args.out, image=args.image):
         print(path)
@@ -215,7 +191,7 @@ def run_configs(args) -> int:
 
 
 def run_validate(args) -> int:
-    from cluster.configs import validate_file
+    from echocmr.cluster.configs import validate_file
 
     problems = [p for f in args.files for p in validate_file(f)]
     for p in problems:
@@ -223,18 +199,3 @@ def run_validate(args) -> int:
     if not problems:
         print(f"{len(args.files)} file(s) OK")
     return 1 if problems else 0
-
-
-def run_demo(args) -> int:
-    from cluster.demo import DemoConfig, run_demo_flow
-
-    config = DemoConfig(
-        out=args.out,
-        workers=args.workers,
-        gpu=args.gpu,
-        fresh=args.fresh,
-        **({"patients": args.patients} if args.patients is not None else {}),
-        **({"seed": args.seed} if args.seed is not None else {}),
-        **({"epochs": args.epochs} if args.epochs is not None else {}),
-    )
-    return run_demo_flow(config)

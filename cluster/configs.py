@@ -48,7 +48,7 @@ def config_text(name: str) -> str:
     """The shipped YAML text of config ``name`` (a key of ``CONFIG_FILES``)."""
     if name not in CONFIG_FILES:
         raise ClusterConfigError(f"unknown config {name!r}; choose one of {sorted(CONFIG_FILES)}")
-    return (resources.files("cluster") / "configs" / CONFIG_FILES[name]).read_text()
+    return (resources.files("echocmr.cluster") / "configs" / CONFIG_FILES[name]).read_text()
 
 
 def load_config(name: str) -> dict[str, Any]:

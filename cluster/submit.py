@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from cluster.local import STATE_FILE, LocalClusterState, default_state_dir
+from echocmr.cluster.local import STATE_FILE, LocalClusterState, default_state_dir
 
 _ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 

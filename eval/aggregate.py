@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from eval.tasks import TASKS, p_col, y_col
+from echocmr.eval.tasks import TASKS, p_col, y_col
 
 log = logging.getLogger(__name__)
 

@@ -101,12 +101,12 @@ def _register_models(subparsers) -> None:
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
-    from eval.evaluate import EvaluationConfig
-    from eval.infer import InferConfig
-    from eval.job import EvalJobConfig, run_eval
-    from eval.metrics import MetricsConfig
-    from eval.signal import SignalConfig
-    from eval.summary import SummaryConfig
+    from echocmr.eval.evaluate import EvaluationConfig
+    from echocmr.eval.infer import InferConfig
+    from echocmr.eval.job import EvalJobConfig, run_eval
+    from echocmr.eval.metrics import MetricsConfig
+    from echocmr.eval.signal import SignalConfig
+    from echocmr.eval.summary import SummaryConfig
 
     try:
         config = EvalJobConfig(
@@ -143,7 +143,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
 
 
 def run_predict_cmd(args: argparse.Namespace) -> int:
-    from eval.predict import (
+    from echocmr.eval.predict import (
         FORMATS,
         PredictConfig,
         load_for_predict,
@@ -171,8 +171,8 @@ def run_predict_cmd(args: argparse.Namespace) -> int:
 
 
 def run_models_list_cmd(args: argparse.Namespace) -> int:
-    from eval.registry import format_models, list_models
-    from train.tracking import resolve_tracking_uri
+    from echocmr.eval.registry import format_models, list_models
+    from echocmr.train.tracking import resolve_tracking_uri
 
     infos = list_models(resolve_tracking_uri(args.tracking_uri), name=args.name)
     if args.json:
@@ -185,8 +185,8 @@ def run_models_list_cmd(args: argparse.Namespace) -> int:
 def run_models_pull_cmd(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from eval.registry import pull_model
-    from train.tracking import resolve_tracking_uri
+    from echocmr.eval.registry import pull_model
+    from echocmr.train.tracking import resolve_tracking_uri
 
     try:
         info = pull_model(args.ref, args.out, tracking_uri=resolve_tracking_uri(args.tracking_uri))

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.aggregate import METHODS, StackerConfig, aggregate, views_to_studies
-from eval.outputs import write_clip_predictions, write_detail, write_metrics, write_predictions
-from eval.report import ReportInputs, write_report
-from eval.summary import SummaryConfig, TaskResult, breakdown, summarise
+from echocmr.eval.aggregate import METHODS, StackerConfig, aggregate, views_to_studies
+from echocmr.eval.outputs import (
+    write_clip_predictions,
+    write_detail,
+    write_metrics,
+    write_predictions,
+)
+from echocmr.eval.report import ReportInputs, write_report
+from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, summarise
 
 log = logging.getLogger(__name__)
 

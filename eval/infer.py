@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from eval.outputs import CLIP_COLUMNS
-from eval.tasks import TASKS, p_col, y_col
+from echocmr.eval.outputs import CLIP_COLUMNS
+from echocmr.eval.tasks import TASKS, p_col, y_col
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,9 @@ def _split_inputs(shards: str, split: str,
                   cache_dir: str | None = None) -> tuple[list[str], list[str], tuple | None]:
     """Local tars, their indexes and the stored clip size of ``split``; a set at a URL is staged
     onto this node's disk first."""
-    from shards.reader import read_stats
-    from shards.stage import stage
-    from train.data import split_files
+    from echocmr.shards.reader import read_stats
+    from echocmr.shards.stage import stage
+    from echocmr.train.data import split_files
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split)
@@ -221,9 +221,9 @@ def _split_inputs(shards: str, split: str,
 def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
     """Tar names and stored clip size of ``split`` of a set at a URL, read without staging it
     (the Ray tasks stage it where they run); the same checks `split_files` makes up front."""
-    from shards import storage
-    from shards.format import STATS_FILE, check_format_version
-    from shards.reader import list_shards, read_stats
+    from echocmr.shards import storage
+    from echocmr.shards.format import STATS_FILE, check_format_version
+    from echocmr.shards.reader import list_shards, read_stats
 
     names = [storage.basename(t) for t in list_shards(shards, split)]
     if not names:
@@ -243,7 +243,7 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
     ``model_uri`` themselves, so it must be reachable from every worker. ``address``: the Ray
     cluster (else ``RAY_ADDRESS``, else a local Ray).
     """
-    from shards.storage import canonical, is_url
+    from echocmr.shards.storage import canonical, is_url
 
     config = config or InferConfig()
     remote = is_url(shards)
@@ -267,7 +267,7 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
 
 
 def _load(model_uri: str, tracking_uri: str | None = None):
-    from train.checkpoint import load_model
+    from echocmr.train.checkpoint import load_model
 
     return load_model(model_uri, tracking_uri=tracking_uri)
 

@@ -13,9 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
-from eval.infer import InferConfig, infer_split
-from eval.report import auc_table_text
+from echocmr.eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
+from echocmr.eval.infer import InferConfig, infer_split
+from echocmr.eval.report import auc_table_text
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobCon
 
     ``address``: Ray cluster for ``infer.workers > 1`` (else ``RAY_ADDRESS``, else local Ray).
     """
-    from train.tracking import manifest_digest, resolve_tracking_uri
+    from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
 
     config = config or EvalJobConfig()
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -74,7 +74,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobCon
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:
-        from eval.tracking import log_evaluation
+        from echocmr.eval.tracking import log_evaluation
 
         params = {
             "model_uri": model_uri, "split": config.split, "clips": config.infer.clips,

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eval.aggregate import P_COLS, STUDY_COLUMNS, Y_COLS
-from eval.summary import TaskResult, detail_json, metrics_json
+from echocmr.eval.aggregate import P_COLS, STUDY_COLUMNS, Y_COLS
+from echocmr.eval.summary import TaskResult, detail_json, metrics_json
 
 CLIP_COLUMNS = [
     "key", "study_hash", "patient_hash", "site", "split", "view", "clip_index", "start_frame",

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eval.infer import MODES, predict_windows, window_starts
-from eval.tasks import TASKS, p_col
+from echocmr.eval.infer import MODES, predict_windows, window_starts
+from echocmr.eval.tasks import TASKS, p_col
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Prediction:
 
 def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | None = None):
     """Ingest's `PreprocessConfig` for this model (see the module docstring)."""
-    from ingest.config import PreprocessConfig, load_config
+    from echocmr.ingest.config import PreprocessConfig, load_config
 
     base = load_config(ingest_config).preprocess if ingest_config else PreprocessConfig()
     clip = (stats or {}).get("clip") or {}
@@ -91,7 +91,7 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
     """Mean clip probabilities ``[K]`` of one preprocessed clip, and its number of windows."""
     import torch
 
-    from train.data import frames_to_clip
+    from echocmr.train.data import frames_to_clip
 
     starts = window_starts(len(frames_THW), spec, mode=config.clips, stride=config.stride)
     clips = torch.stack([frames_to_clip(frames_THW, spec, start=s) for s in starts]).numpy()
@@ -102,8 +102,8 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
                   stats: dict | None = None) -> Prediction:
     """Probabilities per study for ``paths``; unusable files are listed, not fatal."""
-    from ingest.dicom_io import RejectedInput
-    from ingest.preprocess import preprocess_dicom
+    from echocmr.ingest.dicom_io import RejectedInput
+    from echocmr.ingest.preprocess import preprocess_dicom
 
     config = config or PredictConfig()
     if tuple(spec.tasks) != tuple(TASKS):
@@ -167,8 +167,8 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
-    from eval.registry import read_model_stats
-    from train.checkpoint import load_model
+    from echocmr.eval.registry import read_model_stats
+    from echocmr.train.checkpoint import load_model
 
     model, spec = load_model(model_uri, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():
@@ -177,8 +177,8 @@ def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     if model_uri.startswith(("models:/", "runs:/")):  # the training run logged stats.json
         import mlflow
 
-        from eval.tracking import source_run_id
-        from train.tracking import resolve_tracking_uri
+        from echocmr.eval.tracking import source_run_id
+        from echocmr.train.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(tracking_uri)
         run_id = source_run_id(model_uri, uri)

@@ -29,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.tasks import TASKS
+from echocmr.eval.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,8 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     import mlflow
     from mlflow.models import Model
 
-    from train.checkpoint import save_checkpoint
-    from train.data import InputSpec
+    from echocmr.train.checkpoint import save_checkpoint
+    from echocmr.train.data import InputSpec
 
     parse_reference(ref)  # a malformed reference fails before anything is contacted
     out = Path(out)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from eval.published import PUBLISHED, PUBLISHED_SOURCE
-from eval.summary import SummaryConfig, TaskResult
-from eval.tasks import TASK_TITLES, TASKS, p_col, y_col
+from echocmr.eval.published import PUBLISHED, PUBLISHED_SOURCE
+from echocmr.eval.summary import SummaryConfig, TaskResult
+from echocmr.eval.tasks import TASK_TITLES, TASKS, p_col, y_col
 
 
 @dataclass(kw_only=True)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from eval.metrics import (
+from echocmr.eval.metrics import (
     Calibration,
     MetricsConfig,
     bootstrap_auc_ci,
@@ -29,8 +29,8 @@ from eval.metrics import (
     delong_ci,
     roc_auc,
 )
-from eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
-from eval.tasks import TASKS, p_col, y_col
+from echocmr.eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
+from echocmr.eval.tasks import TASKS, p_col, y_col
 
 METRICS_KEYS = (
     "auc", "ci_low", "ci_high", "delong_low", "delong_high",

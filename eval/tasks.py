@@ -7,7 +7,7 @@ probability ``p_<task>``.
 
 from __future__ import annotations
 
-from shards.format import TASKS
+from echocmr.shards.format import TASKS
 
 __all__ = ["TASKS", "TASK_TITLES", "p_col", "y_col"]
 

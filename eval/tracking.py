@@ -23,7 +23,7 @@ import math
 import time
 from pathlib import Path
 
-from eval.summary import TaskResult
+from echocmr.eval.summary import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "p_value", "p_
 
 def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
     """The training run behind ``model_uri``, when one can be found without guessing."""
-    from eval.registry import parse_reference, read_model_info
+    from echocmr.eval.registry import parse_reference, read_model_info
 
     if model_uri.startswith("runs:/"):
         return model_uri[len("runs:/"):].split("/", 1)[0] or None

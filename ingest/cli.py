@@ -35,9 +35,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ingest.config import load_config
-    from ingest.job import run_ingest
-    from shards.lock import OutputLocked
+    from echocmr.ingest.config import load_config
+    from echocmr.ingest.job import run_ingest
+    from echocmr.shards.lock import OutputLocked
 
     if args.workers is not None and args.workers < 1:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
                              views_path=args.views, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
-        logging.getLogger("ingest").debug("ingest failed", exc_info=True)
+        logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)
         return 2
     print(summary.format())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.encode import EncoderConfig
+from echocmr.ingest.encode import EncoderConfig
 
 SPLIT_NAMES = ("train", "val", "test")
 

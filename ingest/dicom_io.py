@@ -30,7 +30,7 @@ from os import PathLike
 
 import numpy as np
 
-from ingest.config import ReadConfig
+from echocmr.ingest.config import ReadConfig
 
 log = logging.getLogger(__name__)
 

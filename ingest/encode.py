@@ -34,7 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from shards.format import GREY_TO_LUMA, LUMA_TO_GREY
+from echocmr.shards.format import GREY_TO_LUMA, LUMA_TO_GREY
 
 
 @dataclass(kw_only=True)

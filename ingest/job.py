@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.config import SPLIT_NAMES, IngestConfig
-from ingest.dicom_io import (
+from echocmr.ingest.config import SPLIT_NAMES, IngestConfig
+from echocmr.ingest.dicom_io import (
     REASONS,
     RejectedInput,
     check_cine,
@@ -44,11 +44,11 @@ from ingest.dicom_io import (
     identity,
     load_dataset,
 )
-from ingest.encode import encode_webm
-from ingest.pairing import CmrIndex
-from ingest.preprocess import preprocess_clip
-from ingest.splits import KeyedHasher, resolve_split_key
-from shards.format import FORMAT_VERSION
+from echocmr.ingest.encode import encode_webm
+from echocmr.ingest.pairing import CmrIndex
+from echocmr.ingest.preprocess import preprocess_clip
+from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.shards.format import FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +345,9 @@ def run_ingest(
     ``in_process`` processes files in this process instead of a pool of ``config.workers``
     (for debugging and quick tests: no start-up cost, but no protection from a crashing decoder).
     """
-    from shards.format import validate_site
-    from shards.lock import exclusive_output
-    from shards.storage import is_url
+    from echocmr.shards.format import validate_site
+    from echocmr.shards.lock import exclusive_output
+    from echocmr.shards.storage import is_url
 
     started = time.monotonic()
     config = config or IngestConfig()
@@ -366,8 +366,8 @@ def run_ingest(
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
-    from ingest.labels import read_table
-    from shards.storage import atomic_write
+    from echocmr.ingest.labels import read_table
+    from echocmr.shards.storage import atomic_write
 
     key, key_source = resolve_split_key(config.splits.split_key)
     hasher = KeyedHasher(key, site=config.site, config=config.splits)
@@ -525,8 +525,8 @@ def _reject_duplicates(results: list[FileResult]) -> None:
 
 def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
                    out_dir: str, config: IngestConfig, fingerprint: str):
-    from shards.format import Sample
-    from shards.writer import ShardSetWriter, WriterConfig
+    from echocmr.shards.format import Sample
+    from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     kept = [r for r in results if r.status == "kept"]
     kept.sort(key=lambda r: (SPLIT_NAMES.index(r.meta["split"]), r.key))

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingest.config import LabelConfig
-from shards.format import TASKS
+from echocmr.ingest.config import LabelConfig
+from echocmr.shards.format import TASKS
 
 log = logging.getLogger(__name__)
 

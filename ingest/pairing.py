@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.config import PairingConfig
-from shards.format import TASKS
+from echocmr.ingest.config import PairingConfig
+from echocmr.shards.format import TASKS
 
 if TYPE_CHECKING:  # pandas is not needed by worker processes that only call `pair`
     import pandas as pd

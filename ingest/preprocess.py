@@ -27,9 +27,9 @@ from os import PathLike
 
 import numpy as np
 
-from ingest.config import IngestConfig, PreprocessConfig, ReadConfig
-from ingest.dicom_io import DicomClip, RejectedInput, read_dicom
-from ingest.sector import Sector, find_sector
+from echocmr.ingest.config import IngestConfig, PreprocessConfig, ReadConfig
+from echocmr.ingest.dicom_io import DicomClip, RejectedInput, read_dicom
+from echocmr.ingest.sector import Sector, find_sector
 
 
 @dataclass

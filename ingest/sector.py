@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.config import SectorConfig
-from ingest.dicom_io import UltrasoundRegion
+from echocmr.ingest.config import SectorConfig
+from echocmr.ingest.dicom_io import UltrasoundRegion
 
 _STRUCT3 = np.ones((3, 3), dtype=bool)
 

@@ -22,7 +22,7 @@ import hmac
 import logging
 import os
 
-from ingest.config import SPLIT_NAMES, SplitConfig
+from echocmr.ingest.config import SPLIT_NAMES, SplitConfig
 
 log = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from shards.verify import format_problems, problems_json, summary_line, verify
+    from echocmr.shards.verify import format_problems, problems_json, summary_line, verify
 
     problems = verify(args.dir, decode=args.decode)
     if args.json:
@@ -98,8 +98,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from shards.reader import IncompleteShardSetError
-    from shards.stats import describe, format_table
+    from echocmr.shards.reader import IncompleteShardSetError
+    from echocmr.shards.stats import describe, format_table
 
     try:
         report = describe(args.dir)
@@ -111,7 +111,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_reshard(args: argparse.Namespace) -> int:
-    from shards.reshard import ReshardConfig, ReshardError, reshard
+    from echocmr.shards.reshard import ReshardConfig, ReshardError, reshard
 
     config = ReshardConfig(
         samples_per_shard=args.samples_per_shard,

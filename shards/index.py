@@ -22,7 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from shards.format import split_member_name
+from echocmr.shards.format import split_member_name
 
 INDEX_VERSION = "v1.2"
 

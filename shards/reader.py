@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 import pandas as pd
 import pyarrow.parquet as pq
 
-from shards import storage
-from shards.format import (
+from echocmr.shards import storage
+from echocmr.shards.format import (
     EXTENSIONS,
     MANIFEST_FILE,
     SHARD_RE,

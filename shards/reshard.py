@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from shards import storage
-from shards.format import (
+from echocmr.shards import storage
+from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
     SHARD_RE,
@@ -49,11 +49,11 @@ from shards.format import (
     index_name,
     shard_name,
 )
-from shards.index import parse_index, sample_keys
-from shards.reader import read_manifest, read_sample, read_stats
-from shards.stats import check_clip_format, compute_stats, stats_json_bytes
-from shards.verify import Problem, verify
-from shards.writer import ShardFile, manifest_bytes, tar_bytes
+from echocmr.shards.index import parse_index, sample_keys
+from echocmr.shards.reader import read_manifest, read_sample, read_stats
+from echocmr.shards.stats import check_clip_format, compute_stats, stats_json_bytes
+from echocmr.shards.verify import Problem, verify
+from echocmr.shards.writer import ShardFile, manifest_bytes, tar_bytes
 
 log = logging.getLogger(__name__)
 

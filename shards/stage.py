@@ -46,9 +46,9 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from shards import storage
-from shards.format import MANIFEST_FILE, SHARD_RE, SPLITS, STATS_FILE, index_name
-from shards.lock import LOCK_FILE, exclusive_output
+from echocmr.shards import storage
+from echocmr.shards.format import MANIFEST_FILE, SHARD_RE, SPLITS, STATS_FILE, index_name
+from echocmr.shards.lock import LOCK_FILE, exclusive_output
 
 log = logging.getLogger(__name__)
 

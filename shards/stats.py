@@ -17,8 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from shards import storage
-from shards.format import FORMAT_VERSION, SPLITS, TASKS
+from echocmr.shards import storage
+from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS
 
 CLIP_FORMAT_KEYS = ("height", "width", "fps", "codec", "pix_fmt")
 
@@ -99,7 +99,7 @@ def stats_json_bytes(stats: dict) -> bytes:
 
 def describe(directory: str) -> dict:
     """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only)."""
-    from shards.reader import list_shards, read_manifest, read_stats
+    from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
     manifest = read_manifest(directory)
     stats = read_stats(directory)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from shards import storage
-from shards.format import (
+from echocmr.shards import storage
+from echocmr.shards.format import (
     EXTENSIONS,
     SHARD_RE,
     TASKS,
@@ -45,8 +45,8 @@ from shards.format import (
     split_member_name,
     validate_key,
 )
-from shards.index import IndexEntry, format_index, group_members
-from shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.index import IndexEntry, format_index, group_members
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
 _BLOCK = 512
 

@@ -37,8 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards import storage
-from shards.format import (
+from echocmr.shards import storage
+from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
@@ -55,8 +55,8 @@ from shards.format import (
     shard_name,
     validate_key,
 )
-from shards.index import IndexEntry, SampleIndex, format_index
-from shards.stats import check_clip_format, compute_stats, stats_json_bytes
+from echocmr.shards.index import IndexEntry, SampleIndex, format_index
+from echocmr.shards.stats import check_clip_format, compute_stats, stats_json_bytes
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from eval.aggregate import STUDY_COLUMNS
-from eval.tasks import TASKS, p_col, y_col
+from echocmr.eval.aggregate import STUDY_COLUMNS
+from echocmr.eval.tasks import TASKS, p_col, y_col
 
 SIGNALS = {"wma": 2.5, "lge": 1.0, "t1": 0.0, "t2": 0.0, "ecv": 0.0}
 UNKNOWN = {"wma": 0.0, "lge": 0.05, "t1": 0.35, "t2": 0.35, "ecv": 0.35}

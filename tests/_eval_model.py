@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from train.checkpoint import log_model, save_checkpoint
-from train.config import TrainConfig
-from train.data import InputSpec
-from train.model import R2Plus1D
-from train.registry import register_model
+from echocmr.train.checkpoint import log_model, save_checkpoint
+from echocmr.train.config import TrainConfig
+from echocmr.train.data import InputSpec
+from echocmr.train.model import R2Plus1D
+from echocmr.train.registry import register_model
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},
         "data": {"frames": 8, "period": 2, "size": 32, "augment": {"enabled": False}}}

@@ -16,9 +16,9 @@ import hashlib
 
 import numpy as np
 
-from ingest.encode import encode_webm
-from shards.format import TASKS, Sample
-from shards.writer import ShardSetWriter, WriterConfig
+from echocmr.ingest.encode import encode_webm
+from echocmr.shards.format import TASKS, Sample
+from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
 FIXTURE_SPLIT_KEY_FINGERPRINT = hashlib.sha256(b"echocmr-test-split-key").hexdigest()[:16]
 VIEWS = ("A4C", "A2C", "PLAX")

@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+
 from _shards_fixtures import make_shard_set
 
 TINY = {

@@ -3,12 +3,12 @@
 import subprocess
 import sys
 
-from echocmr_cli import build_parser
+from echocmr.cli import build_parser
 
 
 def test_help_lists_subcommands_without_heavy_imports():
     code = (
-        "import sys, echocmr_cli; echocmr_cli.build_parser();"
+        "import sys, echocmr.cli; echocmr.cli.build_parser();"
         "heavy = [m for m in ('torch', 'ray', 'mlflow', 'nvidia.dali', 'av') if m in sys.modules];"
         "print(','.join(heavy))"
     )

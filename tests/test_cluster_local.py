@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local import LocalClusterState, cluster_pids
+from echocmr.cluster.local import LocalClusterState, cluster_pids
 
 ECHOCMR = str(Path(sys.executable).parent / "echocmr")
 
@@ -109,6 +109,7 @@ def test_local_rejects_bad_sizes(cluster_env):
 def test_submit_echocmr_train_to_a_local_two_node_cluster(cluster_env, tmp_path):
     """The documented path: `cluster local`, then `cluster submit -- echocmr train ...` (~2 min)."""
     import yaml
+
     from _train_fixtures import make_tiny_shards, tiny_config
 
     shards = make_tiny_shards(str(tmp_path / "shards"))

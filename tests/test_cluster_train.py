@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from _train_fixtures import make_tiny_shards, tiny_config
 
 pytestmark = pytest.mark.timeout(400)
@@ -93,8 +94,8 @@ def _wait_for(predicate, timeout_s: float, what: str):
 def test_two_node_training_survives_losing_a_node(two_nodes, tmp_path):
     import ray
 
-    from train.config import TrainConfig
-    from train.loop import run_training
+    from echocmr.train.config import TrainConfig
+    from echocmr.train.loop import run_training
 
     cluster, worker = two_nodes
     shards = make_tiny_shards(str(tmp_path / "shards"))

@@ -3,10 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
-from _eval_fixtures import clip_table
 from sklearn.metrics import roc_auc_score
 
-from eval.aggregate import (
+from echocmr.eval.aggregate import (
     STUDY_COLUMNS,
     StackerConfig,
     ViewStacker,
@@ -15,6 +14,8 @@ from eval.aggregate import (
     videos_to_studies,
     views_to_studies,
 )
+
+from _eval_fixtures import clip_table
 
 
 def test_mean_aggregation_matches_groupby_reference():

@@ -6,12 +6,13 @@ import json
 
 import pandas as pd
 import pytest
-from _eval_model import LocalMlflowServer
-from _shards_fixtures import make_shard_set
 from sklearn.metrics import roc_auc_score
 
-import echocmr_cli
-from shards.format import TASKS
+import echocmr.cli as echocmr_cli
+from echocmr.shards.format import TASKS
+
+from _eval_model import LocalMlflowServer
+from _shards_fixtures import make_shard_set
 
 # Tuned on 2 CPU cores: val WMA AUC 1.0 in ~60 s of training (the fixture's WMA-negative disc
 # beats, the positive one stands still; 8 frames every 3rd frame see most of a beat).

@@ -6,15 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_model import make_checkpoint
-from _shards_fixtures import make_shard_set
 from sklearn.metrics import roc_auc_score
 
-from eval.infer import InferConfig, decode_videos, infer_split, window_clips, window_starts
-from shards.reader import read_manifest, read_stats
-from train.checkpoint import load_model
-from train.config import AugmentConfig, DataConfig
-from train.data import ClipLoader, InputSpec, split_files
+from echocmr.eval.infer import InferConfig, decode_videos, infer_split, window_clips, window_starts
+from echocmr.shards.reader import read_manifest, read_stats
+from echocmr.train.checkpoint import load_model
+from echocmr.train.config import AugmentConfig, DataConfig
+from echocmr.train.data import ClipLoader, InputSpec, split_files
+
+from _eval_model import make_checkpoint
+from _shards_fixtures import make_shard_set
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_clip_table_covers_every_clip_with_labels_and_metadata(shard_set):
 
 
 def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, capsys):
-    import echocmr_cli
+    import echocmr.cli as echocmr_cli
 
     shards, ckpt = shard_set
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -6,7 +6,7 @@ from scipy.stats import norm
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from eval.metrics import (
+from echocmr.eval.metrics import (
     MetricsConfig,
     bootstrap_auc_ci,
     calibration_summary,
@@ -141,7 +141,7 @@ def test_config_refuses_too_few_resamples():
 def test_midranks_equal_scipy():
     from scipy.stats import rankdata
 
-    from eval.metrics import midranks
+    from echocmr.eval.metrics import midranks
 
     x = np.round(np.random.default_rng(0).normal(size=300), 1)
     np.testing.assert_allclose(midranks(x), rankdata(x))

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_model import register, tiny_state
 
-import echocmr_cli
-from eval.registry import MODEL_INFO_FILE, list_models, pull_model
-from shards.format import TASKS
-from train.checkpoint import load_model
+import echocmr.cli as echocmr_cli
+from echocmr.eval.registry import MODEL_INFO_FILE, list_models, pull_model
+from echocmr.shards.format import TASKS
+from echocmr.train.checkpoint import load_model
+
+from _eval_model import register, tiny_state
 
 STATS = {"tasks": list(TASKS), "pixel_mean": 40.0, "pixel_std": 30.0,
          "clip": {"height": 112, "width": 112, "fps": 30.0, "codec": "vp9", "pix_fmt": "yuv420p"}}
@@ -97,10 +98,10 @@ def test_list_pull_and_predict_with_the_tracking_server_gone(tmp_path, monkeypat
 
 
 def test_predict_matches_ingest_preprocessing_and_the_training_input(tmp_path, ybr_dicom):
-    from eval.predict import PredictConfig, predict_files, preprocess_config
-    from ingest.preprocess import preprocess_dicom
-    from train.checkpoint import model_from_state
-    from train.data import frames_to_clip
+    from echocmr.eval.predict import PredictConfig, predict_files, preprocess_config
+    from echocmr.ingest.preprocess import preprocess_dicom
+    from echocmr.train.checkpoint import model_from_state
+    from echocmr.train.data import frames_to_clip
 
     model, spec = model_from_state(tiny_state(STATS))
     result = predict_files([ybr_dicom], model, spec, config=PredictConfig(clips="centre"),
@@ -127,9 +128,9 @@ def test_pull_refuses_bad_reference_and_non_empty_dir_before_contacting_mlflow(t
 def test_preprocessing_follows_the_clip_size_the_model_was_trained_on():
     from dataclasses import replace
 
-    from eval.predict import preprocess_config
-    from ingest.config import PreprocessConfig
-    from train.data import InputSpec
+    from echocmr.eval.predict import preprocess_config
+    from echocmr.ingest.config import PreprocessConfig
+    from echocmr.train.data import InputSpec
 
     spec = InputSpec(frames=4, period=2, size=32, fps=25.0, mean=40.0, std=30.0)
     assert preprocess_config(spec).size == PreprocessConfig().size  # nothing known: defaults

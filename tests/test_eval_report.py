@@ -6,15 +6,16 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from _eval_fixtures import clip_table, study_table
 from sklearn.metrics import roc_auc_score
 
-from eval.evaluate import EvaluationConfig, evaluate_clips
-from eval.metrics import MetricsConfig
-from eval.published import PUBLISHED
-from eval.signal import INSUFFICIENT, NO_SIGNAL, SIGNAL, SignalConfig
-from eval.summary import METRICS_KEYS, SummaryConfig, summarise
-from eval.tasks import TASKS
+from echocmr.eval.evaluate import EvaluationConfig, evaluate_clips
+from echocmr.eval.metrics import MetricsConfig
+from echocmr.eval.published import PUBLISHED
+from echocmr.eval.signal import INSUFFICIENT, NO_SIGNAL, SIGNAL, SignalConfig
+from echocmr.eval.summary import METRICS_KEYS, SummaryConfig, summarise
+from echocmr.eval.tasks import TASKS
+
+from _eval_fixtures import clip_table, study_table
 
 FAST = SummaryConfig(
     metrics=MetricsConfig(n_bootstrap=1000, seed=0), signal=SignalConfig(n_permutations=1000)

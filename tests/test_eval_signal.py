@@ -2,16 +2,17 @@
 
 import numpy as np
 import pytest
-from _eval_fixtures import study_table
 from sklearn.metrics import roc_auc_score
 
-from eval.signal import (
+from echocmr.eval.signal import (
     NO_SIGNAL,
     SIGNAL,
     SignalConfig,
     patient_permutations,
     permutation_test,
 )
+
+from _eval_fixtures import study_table
 
 
 def test_permutations_move_whole_patient_blocks():
@@ -76,7 +77,7 @@ def test_refuses_nan_and_one_class():
 
 
 def test_holm_adjustment_matches_a_hand_computed_reference():
-    from eval.signal import holm_adjust
+    from echocmr.eval.signal import holm_adjust
 
     # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(1*0.04, 0.06)
     adjusted = holm_adjust({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
@@ -89,7 +90,7 @@ def test_holm_adjustment_matches_a_hand_computed_reference():
 
 def test_verdicts_are_adjusted_over_the_tasks_of_one_summary():
     """A null task that passes 5 % alone is not called "signal" once five tasks are tested."""
-    from eval.summary import SummaryConfig, summarise
+    from echocmr.eval.summary import SummaryConfig, summarise
 
     df = study_table(150, seed=0)
     alone = summarise(df, config=SummaryConfig(signal=SignalConfig(n_permutations=500,
@@ -118,6 +119,6 @@ def test_verdicts_are_adjusted_over_the_tasks_of_one_summary():
 
 
 def holm_adjust_values(p):
-    from eval.signal import holm_adjust
+    from echocmr.eval.signal import holm_adjust
 
     return holm_adjust(p).values()

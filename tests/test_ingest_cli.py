@@ -7,16 +7,16 @@ import sys
 
 import pytest
 
-import echocmr_cli
+import echocmr.cli as echocmr_cli
 
 
 def test_help_is_instant_and_lists_the_options():
-    out = subprocess.run([sys.executable, "-m", "echocmr_cli", "ingest", "--help"], check=True,
+    out = subprocess.run([sys.executable, "-m", "echocmr", "ingest", "--help"], check=True,
                          capture_output=True, text=True).stdout
     for option in ("--dicom", "--labels", "--out", "--site", "--views", "--workers", "--config"):
         assert option in out
     # No heavy import at parse time: the ingest CLI module pulls in nothing but argparse.
-    code = ("import argparse, sys, ingest.cli; ingest.cli.register(argparse.ArgumentParser()"
+    code = ("import argparse, sys, echocmr.ingest.cli as c; c.register(argparse.ArgumentParser()"
             ".add_subparsers()); print(sorted(m for m in ('pydicom', 'av', 'torch', 'ray', "
             "'nvidia.dali', 'scipy', 'numpy', 'pandas') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,

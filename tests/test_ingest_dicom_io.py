@@ -7,12 +7,6 @@ import os
 import numpy as np
 import pydicom
 import pytest
-from _ingest_fixtures import (
-    grey_to_rgb,
-    phantom,
-    write_non_image,
-    write_us_dicom,
-)
 from pydicom.data import get_testdata_file
 from pydicom.pixels import convert_color_space, pixel_array
 from pydicom.uid import (
@@ -26,8 +20,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ingest.config import ReadConfig
-from ingest.dicom_io import (
+from echocmr.ingest.config import ReadConfig
+from echocmr.ingest.dicom_io import (
     RejectedInput,
     check_cine,
     decode_grey,
@@ -35,6 +29,13 @@ from ingest.dicom_io import (
     identity,
     load_dataset,
     read_dicom,
+)
+
+from _ingest_fixtures import (
+    grey_to_rgb,
+    phantom,
+    write_non_image,
+    write_us_dicom,
 )
 
 PYDICOM_FILES = os.path.dirname(get_testdata_file("CT_small.dcm"))

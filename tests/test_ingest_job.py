@@ -19,14 +19,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from _ingest_fixtures import find_phi, shipped_files, write_cohort
 
-from ingest.config import IngestConfig
-from ingest.encode import decode_webm
-from ingest.job import REPORT_FILE, WORK_DIR, run_ingest
-from ingest.splits import KeyedHasher, resolve_split_key
-from shards.format import TASKS, decode_labels
-from shards.reader import list_shards, read_manifest, read_stats
+from echocmr.ingest.config import IngestConfig
+from echocmr.ingest.encode import decode_webm
+from echocmr.ingest.job import REPORT_FILE, WORK_DIR, run_ingest
+from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.shards.format import TASKS, decode_labels
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
+
+from _ingest_fixtures import find_phi, shipped_files, write_cohort
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -179,7 +180,7 @@ def test_rerun_in_process_is_byte_identical(cohort, ingested, tmp_path):
 
 
 def _ingest_cmd(cohort, out: str) -> list[str]:
-    return [sys.executable, "-m", "echocmr_cli", "ingest", "--dicom", cohort.dicom_dir,
+    return [sys.executable, "-m", "echocmr", "ingest", "--dicom", cohort.dicom_dir,
             "--labels", cohort.labels_path, "--out", out, "--site", "site_a", "--workers", "2",
             "--no-progress"]
 
@@ -224,10 +225,10 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
 
 def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
     """A decoder crash (the worker dies) must neither hang nor stop the job."""
-    from _ingest_fixtures import die_on_crash_files
+    from echocmr.ingest.job import WorkCache, WorkerContext, _pool_results
+    from echocmr.ingest.pairing import CmrIndex
 
-    from ingest.job import WorkCache, WorkerContext, _pool_results
-    from ingest.pairing import CmrIndex
+    from _ingest_fixtures import die_on_crash_files
 
     cohort = write_cohort(tmp_path, n_patients=1, clips_per_study=2, n_frames=16,
                           bad_files=False, shape=(48, 64))

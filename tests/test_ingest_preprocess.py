@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _ingest_fixtures import TEXT_BOX, add_colour_doppler, grey_to_rgb, phantom, write_us_dicom
 from pydicom.data import get_testdata_file
 
-from ingest.config import PreprocessConfig, SectorConfig
-from ingest.dicom_io import RejectedInput, read_dicom
-from ingest.encode import decode_webm, encode_webm
-from ingest.preprocess import pad_to_square, preprocess_dicom, resample_indices, resize_frames
-from ingest.sector import convex_hull_mask, find_sector
+from echocmr.ingest.config import PreprocessConfig, SectorConfig
+from echocmr.ingest.dicom_io import RejectedInput, read_dicom
+from echocmr.ingest.encode import decode_webm, encode_webm
+from echocmr.ingest.preprocess import (
+    pad_to_square,
+    preprocess_dicom,
+    resample_indices,
+    resize_frames,
+)
+from echocmr.ingest.sector import convex_hull_mask, find_sector
+
+from _ingest_fixtures import TEXT_BOX, add_colour_doppler, grey_to_rgb, phantom, write_us_dicom
 
 EXAMPLE = get_testdata_file("examples_ybr_color.dcm")
 

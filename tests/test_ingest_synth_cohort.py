@@ -14,13 +14,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-from _ingest_fixtures import find_phi, shipped_files
 
-from ingest.config import IngestConfig
-from ingest.job import REPORT_FILE, run_ingest
-from ingest.splits import KeyedHasher, resolve_split_key
-from shards.format import TASKS
-from shards.reader import iter_samples, read_manifest
+from echocmr.ingest import synth as synth_pkg
+from echocmr.ingest.config import IngestConfig
+from echocmr.ingest.job import REPORT_FILE, run_ingest
+from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.shards.format import TASKS
+from echocmr.shards.reader import iter_samples, read_manifest
+
+from _ingest_fixtures import find_phi, shipped_files
 
 PHI_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
             "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "ReferringPhysicianName",
@@ -29,9 +31,8 @@ PHI_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    synth = pytest.importorskip("ingest.synth")
     root = tmp_path_factory.mktemp("synth")
-    synth.generate_cohort(root, patients=2, seed=20240607, workers=2, progress=False)
+    synth_pkg.generate_cohort(root, patients=2, seed=20240607, workers=2, progress=False)
     out = str(root / "shards")
     summary = run_ingest(root / "dicom", root / "cmr_labels.parquet", out,
                          config=IngestConfig(site="synth_site"),

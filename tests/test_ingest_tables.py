@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ingest.config import (
+from echocmr.ingest.config import (
     IngestConfig,
     LabelConfig,
     PairingConfig,
@@ -17,9 +17,15 @@ from ingest.config import (
     load_config,
     to_dict,
 )
-from ingest.labels import normalise_table, read_table
-from ingest.pairing import CmrIndex
-from ingest.splits import DEMO_SPLIT_KEY, ENV_VAR, KeyedHasher, key_fingerprint, resolve_split_key
+from echocmr.ingest.labels import normalise_table, read_table
+from echocmr.ingest.pairing import CmrIndex
+from echocmr.ingest.splits import (
+    DEMO_SPLIT_KEY,
+    ENV_VAR,
+    KeyedHasher,
+    key_fingerprint,
+    resolve_split_key,
+)
 
 # -- config -----------------------------------------------------------------------------------
 

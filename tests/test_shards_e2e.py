@@ -13,15 +13,15 @@ import sys
 
 import pytest
 
-from shards.reader import read_manifest
-from shards.verify import verify
+from echocmr.shards.reader import read_manifest
+from echocmr.shards.verify import verify
 
 pytestmark = pytest.mark.slow
 
 
 def _echocmr(*args: str, cwd) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "echocmr_cli", *args],
+        [sys.executable, "-m", "echocmr", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

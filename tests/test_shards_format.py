@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from shards.format import (
+from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_DTYPES,
     TASKS,
@@ -24,7 +24,13 @@ from shards.format import (
     validate_key,
     validate_site,
 )
-from shards.index import format_index, group_members, index_from_tar, parse_index, sample_keys
+from echocmr.shards.index import (
+    format_index,
+    group_members,
+    index_from_tar,
+    parse_index,
+    sample_keys,
+)
 
 
 def test_labels_are_little_endian_float32_in_task_order_with_nan():

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from shards.lock import LOCK_FILE, OutputLocked, exclusive_output
+from echocmr.shards.lock import LOCK_FILE, OutputLocked, exclusive_output
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +18,7 @@ def hold_in_child(directory):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from shards.lock import exclusive_output
+        from echocmr.shards.lock import exclusive_output
         with exclusive_output({str(directory)!r}, "ingest"):
             print("held", flush=True)
             time.sleep(600)
@@ -50,8 +50,7 @@ def test_a_job_that_opened_the_file_as_the_holder_finished_locks_the_new_one(tmp
                                                                             monkeypatch):
     """Job B opens the lock file, holder A finishes (removes it, unlocks), B locks the orphaned
     file: B must notice and lock a file at the path, or a newcomer C would hold a lock too."""
-    import shards.lock as lock
-
+    import echocmr.shards.lock as lock
     path = str(tmp_path / LOCK_FILE)
     with exclusive_output(str(tmp_path), "ingest"):
         orphan = os.open(path, os.O_RDWR)  # B's open, before A's release
@@ -83,7 +82,7 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 
 
 def test_ingest_refuses_an_output_another_ingest_holds(tmp_path):
-    from ingest.job import run_ingest
+    from echocmr.ingest.job import run_ingest
 
     dicom = tmp_path / "dicom"
     dicom.mkdir()

@@ -7,14 +7,15 @@ endpoint and credentials, exactly as a user would point it at MinIO or AWS. Noth
 
 from __future__ import annotations
 
-import _s3_fixtures
 import pytest
-from _shards_fixtures import make_shard_set
 
-from shards import storage
-from shards.reader import iter_samples, list_shards, read_manifest, read_stats
-from shards.reshard import ReshardConfig, reshard
-from shards.verify import verify
+from echocmr.shards import storage
+from echocmr.shards.reader import iter_samples, list_shards, read_manifest, read_stats
+from echocmr.shards.reshard import ReshardConfig, reshard
+from echocmr.shards.verify import verify
+
+import _s3_fixtures
+from _shards_fixtures import make_shard_set
 
 s3_endpoint = _s3_fixtures.s3_endpoint  # the fixture, made visible to this module's tests
 

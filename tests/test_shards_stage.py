@@ -23,20 +23,16 @@ import textwrap
 import threading
 from dataclasses import asdict
 
-import _s3_fixtures
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _eval_model import make_checkpoint
-from _s3_fixtures import child_env, remove_prefix, upload
-from _shards_fixtures import make_shard_set
 
-import shards.stage as stage_module
-from shards.format import MANIFEST_FILE, STATS_FILE
-from shards.lock import LOCK_FILE, OutputLocked, exclusive_output
-from shards.reader import IncompleteShardSetError, iter_samples, read_manifest, read_stats
-from shards.stage import (
+import echocmr.shards.stage as stage_module
+from echocmr.shards.format import MANIFEST_FILE, STATS_FILE
+from echocmr.shards.lock import LOCK_FILE, OutputLocked, exclusive_output
+from echocmr.shards.reader import IncompleteShardSetError, iter_samples, read_manifest, read_stats
+from echocmr.shards.stage import (
     MARKER_FILE,
     StageError,
     default_cache_dir,
@@ -44,8 +40,13 @@ from shards.stage import (
     stage_report,
     staged_dir,
 )
-from shards.storage import TEMP_MARK
-from shards.verify import verify
+from echocmr.shards.storage import TEMP_MARK
+from echocmr.shards.verify import verify
+
+import _s3_fixtures
+from _eval_model import make_checkpoint
+from _s3_fixtures import child_env, remove_prefix, upload
+from _shards_fixtures import make_shard_set
 
 s3_endpoint = _s3_fixtures.s3_endpoint  # the fixture, made visible to this module's tests
 
@@ -123,7 +124,7 @@ def test_some_splits_then_more(s3_endpoint, original, tmp_path):
     test_only = stage_report(url, cache, splits=["test"])
     test_files = [n for n in set_files(original) if n.startswith("test-")]
     assert sorted(test_only.downloaded) == sorted([*test_files, MANIFEST_FILE, STATS_FILE])
-    from train.data import split_files
+    from echocmr.train.data import split_files
 
     tars, indexes, counts = split_files(test_only.directory, "test")
     assert sum(counts) == (read_manifest(original)["split"] == "test").sum()
@@ -221,7 +222,7 @@ def test_two_processes_staging_one_set_download_it_once(s3_endpoint, original, t
         import json, logging, sys
         sys.path.insert(0, {ROOT!r})
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-        from shards.stage import stage_report
+        from echocmr.shards.stage import stage_report
         report = stage_report({url!r}, {cache!r})
         print(json.dumps({{"directory": report.directory, "downloaded": report.downloaded}}))
     """)
@@ -262,7 +263,7 @@ class _Waiting(logging.Handler):
 
 
 def test_the_lock_waits_for_its_holder_when_asked(tmp_path):
-    logger = logging.getLogger("shards.lock")
+    logger = logging.getLogger("echocmr.shards.lock")
     handler, level = _Waiting(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -291,8 +292,8 @@ def test_the_lock_waits_for_its_holder_when_asked(tmp_path):
 
 def test_the_training_loader_reads_a_staged_set_like_the_original(s3_endpoint, original,
                                                                   tmp_path):
-    from train.config import AugmentConfig, DataConfig
-    from train.data import ClipLoader, InputSpec, split_files
+    from echocmr.train.config import AugmentConfig, DataConfig
+    from echocmr.train.data import ClipLoader, InputSpec, split_files
 
     url = upload(original, "s3://echo/train")
     with pytest.raises(ValueError, match="stage it onto local disk first"):
@@ -316,7 +317,7 @@ def test_the_training_loader_reads_a_staged_set_like_the_original(s3_endpoint, o
 
 
 def test_eval_infers_on_an_s3_url(s3_endpoint, original, tmp_path):
-    from eval.infer import InferConfig, _ray_task, infer_split
+    from echocmr.eval.infer import InferConfig, _ray_task, infer_split
 
     url = upload(original, "s3://echo/eval")
     ckpt = make_checkpoint(str(tmp_path / "ckpt"), read_stats(original))
@@ -342,9 +343,9 @@ def test_eval_infers_on_an_s3_url(s3_endpoint, original, tmp_path):
 
 def test_a_training_worker_stages_its_set_and_refuses_a_changed_one(s3_endpoint, original,
                                                                     tmp_path):
-    from train.config import ConfigError, TrainConfig
-    from train.loop import _local_shards
-    from train.tracking import manifest_digest
+    from echocmr.train.config import ConfigError, TrainConfig
+    from echocmr.train.loop import _local_shards
+    from echocmr.train.tracking import manifest_digest
 
     with pytest.raises(ConfigError, match="cache_dir must be a local directory"):
         TrainConfig(cache_dir="s3://bucket/cache")
@@ -362,10 +363,11 @@ def test_a_training_worker_stages_its_set_and_refuses_a_changed_one(s3_endpoint,
 @pytest.mark.slow
 def test_ray_training_on_an_s3_set(s3_endpoint, tmp_path, monkeypatch):
     import ray
-    from _train_fixtures import make_tiny_shards, tiny_config
 
-    from train.config import TrainConfig
-    from train.loop import run_training
+    from echocmr.train.config import TrainConfig
+    from echocmr.train.loop import run_training
+
+    from _train_fixtures import make_tiny_shards, tiny_config
 
     url = upload(make_tiny_shards(str(tmp_path / "tiny")), "s3://echo/tiny")
     cache = str(tmp_path / "cache")

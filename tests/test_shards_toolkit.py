@@ -10,15 +10,16 @@ import shutil
 import tarfile
 
 import pytest
-from _shards_fixtures import make_shard_set
 
-import shards.reshard as reshard_module
-from echocmr_cli import main as echocmr
-from shards.index import parse_index
-from shards.reader import list_shards, read_manifest, read_stats
-from shards.reshard import ReshardConfig, ReshardError, reshard
-from shards.stats import pooled_pixel_stats
-from shards.verify import verify
+import echocmr.shards.reshard as reshard_module
+from echocmr.cli import main as echocmr
+from echocmr.shards.index import parse_index
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.reshard import ReshardConfig, ReshardError, reshard
+from echocmr.shards.stats import pooled_pixel_stats
+from echocmr.shards.verify import verify
+
+from _shards_fixtures import make_shard_set
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +229,12 @@ def test_verify_names_a_truncated_tar(damaged, where):
 
 def test_verify_decode_catches_a_clip_shorter_than_its_metadata(tmp_path):
     import numpy as np
-    from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 
-    from ingest.encode import encode_webm
-    from shards.format import Sample
-    from shards.writer import ShardSetWriter, WriterConfig
+    from echocmr.ingest.encode import encode_webm
+    from echocmr.shards.format import Sample
+    from echocmr.shards.writer import ShardSetWriter, WriterConfig
+
+    from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 
     out = str(tmp_path / "short")
     frames = np.full((6, 112, 112), 90, dtype=np.uint8)

@@ -17,13 +17,14 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
-from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format, make_shard_set
 
-from shards import storage
-from shards.format import TASKS, Sample, decode_labels, index_name
-from shards.reader import iter_samples, list_shards, read_manifest, read_stats
-from shards.stats import pooled_pixel_stats
-from shards.writer import ShardSetWriter, WriterConfig
+from echocmr.shards import storage
+from echocmr.shards.format import TASKS, Sample, decode_labels, index_name
+from echocmr.shards.reader import iter_samples, list_shards, read_manifest, read_stats
+from echocmr.shards.stats import pooled_pixel_stats
+from echocmr.shards.writer import ShardSetWriter, WriterConfig
+
+from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format, make_shard_set
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_idx_files_equal_wds2idx_output(shard_set, tmp_path):
 
 
 def test_iter_samples_round_trip_and_decode(shard_set):
-    from ingest.encode import decode_webm
+    from echocmr.ingest.encode import decode_webm
 
     manifest = _manifest_by_key(shard_set)
     samples = list(iter_samples(shard_set, split="val"))
@@ -240,7 +241,7 @@ def test_pooled_pixel_stats_equal_direct_computation():
 
 def test_fixture_signal_makes_wma_visible_as_motion(shard_set):
     """WMA-positive fixture clips stand still, negatives beat: training tests rely on this."""
-    from ingest.encode import decode_webm
+    from echocmr.ingest.encode import decode_webm
 
     motion = {0.0: [], 1.0: []}
     for sample in iter_samples(shard_set):

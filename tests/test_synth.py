@@ -20,14 +20,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ingest.synth import generate_cohort, generate_labels
-from ingest.synth.anatomy import TERRITORY_WINDOWS, draw_heart
-from ingest.synth.cohort import PROBLEM_REASONS, WINDOW_DAYS, CohortConfig, plan_cohort
-from ingest.synth.cycle import Cycle
-from ingest.synth.generate import LABEL_COLUMNS, TRUTH_COLUMNS, _render_patient
-from ingest.synth.labels import CUTOFFS
-from ingest.synth.phantom import EchoPhantom
-from ingest.synth.sector import draw_geometry
+from echocmr.ingest.synth import generate_cohort, generate_labels
+from echocmr.ingest.synth.anatomy import TERRITORY_WINDOWS, draw_heart
+from echocmr.ingest.synth.cohort import PROBLEM_REASONS, WINDOW_DAYS, CohortConfig, plan_cohort
+from echocmr.ingest.synth.cycle import Cycle
+from echocmr.ingest.synth.generate import LABEL_COLUMNS, TRUTH_COLUMNS, _render_patient
+from echocmr.ingest.synth.labels import CUTOFFS
+from echocmr.ingest.synth.phantom import EchoPhantom
+from echocmr.ingest.synth.sector import draw_geometry
 
 PATIENTS, SEED = 12, 7
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -54,7 +54,7 @@ def _digests(root: Path) -> dict[str, str]:
 
 def test_same_seed_gives_identical_files_whatever_the_worker_count(cohort, tmp_path):
     out_b = tmp_path / "B"
-    subprocess.run([sys.executable, "-m", "echocmr_cli", "synth", "--out", str(out_b),
+    subprocess.run([sys.executable, "-m", "echocmr", "synth", "--out", str(out_b),
                     "--patients", str(PATIENTS), "--seed", str(SEED), "--workers", "1"],
                    check=True, capture_output=True)
     a, b = _digests(cohort[0]), _digests(out_b)

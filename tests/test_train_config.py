@@ -4,7 +4,14 @@ import argparse
 
 import pytest
 
-from train.config import PRESETS, ConfigError, TrainConfig, dump_yaml, flat_params, load_config
+from echocmr.train.config import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    dump_yaml,
+    flat_params,
+    load_config,
+)
 
 
 def test_defaults_are_the_paper_clip_and_torchvision_model():
@@ -61,7 +68,7 @@ def test_unknown_preset_and_missing_file():
 
 
 def test_cli_flags_override_and_bad_config_exits_2(tmp_path, capsys):
-    from train import cli
+    from echocmr.train import cli
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())

@@ -6,15 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
+from echocmr.ingest.encode import decode_webm, encode_webm
+from echocmr.shards.format import FormatVersionError, Sample
+from echocmr.shards.reader import iter_samples, read_manifest, read_stats
+from echocmr.shards.writer import ShardSetWriter, WriterConfig
+from echocmr.train.config import DataConfig
+from echocmr.train.data import ClipLoader, InputSpec, frames_to_clip, shard_sizes, split_files
+
 from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 from _train_fixtures import make_tiny_shards
-
-from ingest.encode import decode_webm, encode_webm
-from shards.format import FormatVersionError, Sample
-from shards.reader import iter_samples, read_manifest, read_stats
-from shards.writer import ShardSetWriter, WriterConfig
-from train.config import DataConfig
-from train.data import ClipLoader, InputSpec, frames_to_clip, shard_sizes, split_files
 
 LEVELS = (0, 5, 10, 40, 128, 225, 250, 255)  # grey bands, 8 pixels wide: 64 across
 

@@ -8,12 +8,12 @@ def test_ray_train_report_dumps_are_quieted_under_the_names_ray_logs_them():
     import ray.train.v2._internal.execution.controller.placement_group_cleaner as cleaner
     import ray.train.v2._internal.execution.storage as storage
 
-    from train.loop import _quiet_ray_train_reports
+    from echocmr.train.loop import _quiet_ray_train_reports
 
     _quiet_ray_train_reports()
     assert not context.logger.isEnabledFor(logging.INFO)  # "Reporting training result ..."
     assert not storage.logger.isEnabledFor(logging.INFO)  # "Checkpoint successfully created"
     assert not cleaner.logger.isEnabledFor(logging.WARNING)  # State API polling warnings
     assert cleaner.logger.isEnabledFor(logging.ERROR)
-    assert logging.getLogger("train.loop").level == logging.NOTSET  # ours untouched
+    assert logging.getLogger("echocmr.train.loop").level == logging.NOTSET  # ours untouched
     assert logging.getLogger("ray.train").level == logging.NOTSET  # and Ray Train's others

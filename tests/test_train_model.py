@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from _train_fixtures import one_torch_thread  # noqa: F401
 
-from train.config import ModelConfig
-from train.model import R2Plus1D, build_model, count_parameters, load_pretrained
+from echocmr.train.config import ModelConfig
+from echocmr.train.model import R2Plus1D, build_model, count_parameters, load_pretrained
+
+from _train_fixtures import one_torch_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

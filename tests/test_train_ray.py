@@ -24,13 +24,14 @@ import mlflow
 import pytest
 import torch
 import yaml
-from _train_fixtures import make_tiny_shards, tiny_config
 from mlflow.tracking import MlflowClient
 
-from shards.format import TASKS
-from train.checkpoint import load_model
-from train.config import TrainConfig
-from train.loop import run_training
+from echocmr.shards.format import TASKS
+from echocmr.train.checkpoint import load_model
+from echocmr.train.config import TrainConfig
+from echocmr.train.loop import run_training
+
+from _train_fixtures import make_tiny_shards, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +140,12 @@ def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
 
 def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, local_ray, shards,
                                                               tmp_path, monkeypatch):
-    import echocmr_cli
-    import train.loop
-
+    import echocmr.cli as echocmr_cli
+    import echocmr.train.loop as train_loop
     mlflow_server.wait()
     outcomes = []
-    real = train.loop.run_training
-    monkeypatch.setattr(train.loop, "run_training",
+    real = train_loop.run_training
+    monkeypatch.setattr(train_loop, "run_training",
                         lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
     marker = tmp_path / "rank1-crashed"
     config = tmp_path / "tiny.yaml"

@@ -3,14 +3,15 @@
 import mlflow
 import pytest
 import torch
-from _train_fixtures import tiny_config
 from mlflow.tracking import MlflowClient
 
-from train.checkpoint import load_model, log_model
-from train.config import TrainConfig
-from train.data import InputSpec
-from train.model import R2Plus1D
-from train.registry import register_model
+from echocmr.train.checkpoint import load_model, log_model
+from echocmr.train.config import ModelConfig, TrainConfig
+from echocmr.train.data import InputSpec
+from echocmr.train.model import R2Plus1D
+from echocmr.train.registry import register_model
+
+from _train_fixtures import tiny_config
 
 
 def fake_state(seed: int) -> dict:
@@ -86,8 +87,8 @@ def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, mon
 
 
 def test_input_spec_records_the_clip_size_and_shard_format(caplog):
-    from shards.format import FORMAT_VERSION
-    from train.checkpoint import model_from_state, save_checkpoint
+    from echocmr.shards.format import FORMAT_VERSION
+    from echocmr.train.checkpoint import model_from_state, save_checkpoint
 
     stats = {"pixel_mean": 40.0, "pixel_std": 30.0, "format_version": FORMAT_VERSION,
              "clip": {"height": 112, "width": 112, "fps": 30.0}}
@@ -102,8 +103,76 @@ def test_input_spec_records_the_clip_size_and_shard_format(caplog):
     state = fake_state(2)
     state["input_spec"] = {**spec.to_dict(), "shard_format": FORMAT_VERSION - 1}
     path = save_checkpoint(".", state)
-    with caplog.at_level("WARNING", logger="train.checkpoint"):
+    with caplog.at_level("WARNING", logger="echocmr.train.checkpoint"):
         _, loaded = load_model(path)
     assert loaded.shard_format == FORMAT_VERSION - 1
     assert "retrain it on re-ingested shards" in caplog.text
     assert model_from_state(state)[1] == loaded
+
+
+def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
+    """echocmr 0.1 installed `train` at top level, so its pickles name `train.model.R2Plus1D`.
+    Build such a model here: log it while the class says it lives in `train.model`."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    import zipfile
+
+    import echocmr.train as train_pkg
+    import echocmr.train.config as config_module
+    import echocmr.train.model as model_module
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with monkeypatch.context() as old_layout:
+        for module in (model_module, config_module):  # every class a pickled network holds
+            old = module.__name__.removeprefix("echocmr.")
+            for value in vars(module).values():
+                if isinstance(value, type) and value.__module__ == module.__name__:
+                    old_layout.setattr(value, "__module__", old)
+            old_layout.setitem(sys.modules, old, module)
+        old_layout.setitem(sys.modules, "train", train_pkg)
+        with mlflow.start_run() as run:
+            model_uri = log_model(fake_state(6), tracking_uri=uri, run_id=run.info.run_id)
+    assert "train" not in sys.modules and R2Plus1D.__module__ == "echocmr.train.model"
+    assert ModelConfig.__module__ == "echocmr.train.config"
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "old"))
+    with zipfile.ZipFile(next((tmp_path / "old").rglob("model.pth"))) as zf:
+        pickled = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    assert b"train.model" in pickled and b"echocmr" not in pickled  # really the old layout
+
+    # Load where only the installed package is importable (not this checkout's bare folders).
+    code = textwrap.dedent(f"""
+        import sys, torch, mlflow
+        from echocmr.train.checkpoint import load_model
+        try:
+            mlflow.pytorch.load_model({local!r})
+            print("plain: loaded")
+        except ModuleNotFoundError as exc:
+            print("plain:", exc.name)
+        model, spec = load_model({local!r})
+        print("ours:", type(model).__module__, "train" in sys.modules)
+        torch.save({{"fc.weight": model.state_dict()["fc.weight"], "spec": spec.to_dict()}},
+                   "loaded.pt")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
+                         capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["plain: train", "ours: echocmr.train.model False"]
+    loaded = torch.load(tmp_path / "loaded.pt")
+    state = fake_state(6)
+    assert loaded["spec"] == state["input_spec"]
+    assert torch.equal(loaded["fc.weight"], state["model"]["fc.weight"])
+
+
+def test_an_old_model_is_refused_clearly_when_train_is_another_package(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import echocmr.train.checkpoint as checkpoint
+
+    monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # somebody else's
+    with pytest.raises(RuntimeError, match="re-log it"), checkpoint._legacy_module_names():
+        pass

@@ -3,12 +3,13 @@ uninterrupted run's. In-process (one rank, no Ray) through the real checkpoint f
 
 import pytest
 import torch
-from _train_fixtures import make_tiny_shards, one_torch_thread, tiny_config  # noqa: F401
 
-from shards.reader import read_stats
-from train.checkpoint import load_model, read_checkpoint, save_checkpoint
-from train.config import TrainConfig
-from train.engine import Engine
+from echocmr.shards.reader import read_stats
+from echocmr.train.checkpoint import load_model, read_checkpoint, save_checkpoint
+from echocmr.train.config import TrainConfig
+from echocmr.train.engine import Engine
+
+from _train_fixtures import make_tiny_shards, one_torch_thread, tiny_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

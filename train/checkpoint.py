@@ -10,7 +10,8 @@ The logged MLflow model is the network pickled on the CPU in float32 (MLflow's `
 serialisation, not the ``pt2`` default: ``torch.export`` needs a batch >= 2 example and ties the
 graph to the exporting device). It reloads on a CPU-only machine with
 ``mlflow.pytorch.load_model(uri)`` wherever ``echocmr`` is installed (the class is
-``train.model.R2Plus1D``). Its signature is ``float32[-1, C, T, S, S] -> float32[-1, 5]`` and its
+``echocmr.train.model.R2Plus1D``; models logged before the ``echocmr.*`` namespace name
+``train.model.R2Plus1D`` and load through `_legacy_module_names`). Its signature is ``float32[-1, C, T, S, S] -> float32[-1, 5]`` and its
 MLmodel metadata holds ``input_spec``.
 
 `load_model(uri)` is what eval and predict use: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
@@ -27,9 +28,9 @@ from typing import Any
 
 import torch
 
-from train.config import ModelConfig
-from train.data import InputSpec
-from train.model import R2Plus1D
+from echocmr.train.config import ModelConfig
+from echocmr.train.data import InputSpec
+from echocmr.train.model import R2Plus1D
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, Inpu
     if "://" in uri or uri.startswith(("models:/", "runs:/")):
         import mlflow
 
-        from train.tracking import resolve_tracking_uri
+        from echocmr.train.tracking import resolve_tracking_uri
 
         mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
         return _load_mlflow(uri)
@@ -137,7 +138,7 @@ def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, Inpu
 
 def _check_shard_format(spec: InputSpec, uri: str) -> None:
     """Warn when the model was trained on shards of another format: its inputs then differ."""
-    from shards.format import FORMAT_VERSION
+    from echocmr.shards.format import FORMAT_VERSION
 
     if spec.shard_format is not None and spec.shard_format != FORMAT_VERSION:
         log.warning("%s was trained on shard format %d; this echocmr feeds format %d inputs "
@@ -160,9 +161,69 @@ def _load_mlflow(uri: str, *, local: bool = False) -> tuple[torch.nn.Module, Inp
     if spec is None:
         raise ValueError(f"{uri} has no input_spec in its MLmodel metadata: it was not logged by "
                          "echocmr train")
-    model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    try:
+        model = mlflow.pytorch.load_model(uri, map_location="cpu")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in LEGACY_PACKAGES:
+            raise
+        # Logged by echocmr before the `echocmr.*` namespace: its pickle names `train.model`.
+        log.info("%s was logged by an echocmr before 0.2 (its pickle names %r); loading it "
+                 "through the old module names", uri, exc.name)
+        with _legacy_module_names():
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
     model.eval()
     return model, InputSpec.from_dict(spec)
+
+
+# Top-level packages of echocmr 0.1, before everything moved under `echocmr.`. A model pickled
+# then names its classes by them (`train.model.R2Plus1D`, `train.config.ModelConfig`).
+LEGACY_PACKAGES = ("train", "shards", "ingest", "eval", "cluster")
+
+
+class _LegacyAliasFinder:
+    """Resolves `train.x` to the already-importable `echocmr.train.x` (same module object)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib
+        import importlib.util
+
+        if fullname.split(".")[0] not in LEGACY_PACKAGES:
+            return None
+        module = importlib.import_module(f"echocmr.{fullname}")
+        return importlib.util.spec_from_loader(fullname, _AliasLoader(module))
+
+
+class _AliasLoader:
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _legacy_module_names():
+    """Let an old pickle find `train.model` as `echocmr.train.model`, for one load only: nothing
+    named `train` stays in `sys.modules` to shadow (or be shadowed by) somebody else's package."""
+    import sys
+
+    taken = [name for name in LEGACY_PACKAGES if name in sys.modules]
+    if taken:
+        raise RuntimeError(
+            f"this model was logged by echocmr 0.1 and names module {taken[0]!r}, but another "
+            f"package of that name is loaded in this Python; load it in a fresh process, or "
+            "re-log it from its run's checkpoint with the current echocmr")
+    finder = _LegacyAliasFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [n for n in sys.modules if n.split(".")[0] in LEGACY_PACKAGES]:
+            del sys.modules[name]
 
 
 def _finite(metrics: dict) -> dict:

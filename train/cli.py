@@ -58,14 +58,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.config import ConfigError, load_config
+    from echocmr.train.config import ConfigError, load_config
 
     try:
         config = load_config(args.config, preset=args.preset, overrides=overrides_from_args(args))
     except ConfigError as exc:
         print(f"echocmr train: {exc}", file=sys.stderr)
         return 2
-    from train.loop import run_training
+    from echocmr.train.loop import run_training
 
     outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
                            address=args.address)

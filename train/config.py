@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.format import TASKS
+from echocmr.shards.format import TASKS
 
 
 class ConfigError(ValueError):

@@ -44,8 +44,14 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from shards.format import GREY_ROUND_TRIP, STATS_FILE, TASKS, check_format_version, index_name
-from train.config import DataConfig
+from echocmr.shards.format import (
+    GREY_ROUND_TRIP,
+    STATS_FILE,
+    TASKS,
+    check_format_version,
+    index_name,
+)
+from echocmr.train.config import DataConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,8 +143,8 @@ def split_files(shards: str, split: str) -> tuple[list[str], list[str], list[int
     Raises `shards.format.FormatVersionError` for a set of another format version (its pixels
     would decode differently): training and eval both read through here.
     """
-    from shards.reader import list_shards, read_stats
-    from shards.storage import is_local, local_path
+    from echocmr.shards.reader import list_shards, read_stats
+    from echocmr.shards.storage import is_local, local_path
 
     if not is_local(shards):
         raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "

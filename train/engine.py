@@ -24,12 +24,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shards.format import TASKS
-from train.config import TrainConfig
-from train.data import Batch, ClipLoader, InputSpec, ReaderPosition, derive_seed
-from train.loss import build_loss
-from train.metrics import checkpoint_score, mean_auc, task_aucs
-from train.model import R2Plus1D, build_model
+from echocmr.shards.format import TASKS
+from echocmr.train.config import TrainConfig
+from echocmr.train.data import Batch, ClipLoader, InputSpec, ReaderPosition, derive_seed
+from echocmr.train.loss import build_loss
+from echocmr.train.metrics import checkpoint_score, mean_auc, task_aucs
+from echocmr.train.model import R2Plus1D, build_model
 
 
 @dataclass

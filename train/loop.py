@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from train.config import TrainConfig
+from echocmr.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class TrainOutcome:
 
 def epoch_metrics(result, val) -> dict[str, Any]:
     """The per-epoch metrics reported to Ray and logged to MLflow."""
-    from shards.format import TASKS
+    from echocmr.shards.format import TASKS
 
     metrics: dict[str, Any] = {
         "epoch": result.epoch,
@@ -77,9 +77,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from train.checkpoint import read_checkpoint, save_checkpoint
-    from train.engine import Engine
-    from train.tracking import make_tracker
+    from echocmr.train.checkpoint import read_checkpoint, save_checkpoint
+    from echocmr.train.engine import Engine
+    from echocmr.train.tracking import make_tracker
 
     if not logging.getLogger().handlers:  # Ray workers start without logging configured
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -143,9 +143,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
     """``shards`` itself when local; else its node-local copy of train and val, checked to be
     the data the driver opened the run with (the set may have changed at the URL since)."""
-    from shards.stage import stage
-    from shards.storage import is_url
-    from train.tracking import manifest_digest
+    from echocmr.shards.stage import stage
+    from echocmr.shards.storage import is_url
+    from echocmr.train.tracking import manifest_digest
 
     if not is_url(shards):
         return shards
@@ -200,10 +200,10 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from shards import storage
-    from shards.format import check_format_version
-    from shards.reader import read_stats
-    from train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
+    from echocmr.shards import storage
+    from echocmr.shards.format import check_format_version
+    from echocmr.shards.reader import read_stats
+    from echocmr.train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
     shards = (storage.canonical(shards) if storage.is_url(shards)
@@ -269,8 +269,8 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from train.checkpoint import log_model, read_checkpoint
-    from train.registry import register_model
+    from echocmr.train.checkpoint import log_model, read_checkpoint
+    from echocmr.train.registry import register_model
 
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE) is not None]
     if not scored:
@@ -278,7 +278,7 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     best, best_metrics = max(scored, key=lambda cm: cm[1][SCORE])
     with best.as_directory() as directory:
         state = read_checkpoint(directory)
-    from shards.format import TASKS
+    from echocmr.shards.format import TASKS
 
     aucs = {t: _none_if_nan(best_metrics.get(f"val_auc_{t}")) for t in TASKS}
     mean = _none_if_nan(best_metrics.get("val_mean_auc"))

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shards.format import TASKS
+from echocmr.shards.format import TASKS
 
 
 class MaskedMultiTaskBCE(nn.Module):

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from shards.format import TASKS
+from echocmr.shards.format import TASKS
 
 
 def task_aucs(labels_NK: np.ndarray, probs_NK: np.ndarray,

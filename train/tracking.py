@@ -22,7 +22,7 @@ import math
 import os
 import time
 
-from train.config import TrainConfig, dump_yaml, flat_params
+from echocmr.train.config import TrainConfig, dump_yaml, flat_params
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def sqlite_artifact_root(tracking_uri: str) -> str | None:
 
 def manifest_digest(shards: str) -> str:
     """sha256 of the shard set's ``manifest.parquet``: names the exact data a model saw."""
-    from shards.storage import join, open_file
+    from echocmr.shards.storage import join, open_file
 
     h = hashlib.sha256()
     with open_file(join(shards, "manifest.parquet"), "rb") as f:

@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
     """``generate_cohort`` is loaded on first use (PEP 562), so importing this package stays cheap;
     its signature and documentation live in ``ingest.synth.generate``."""
     if name == "generate_cohort":
-        from ingest.synth.generate import generate_cohort
+        from echocmr.ingest.synth.generate import generate_cohort
 
         return generate_cohort
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -32,8 +32,8 @@ def __getattr__(name: str) -> Any:
 def generate_labels(patients: int, seed: int = 0) -> pd.DataFrame:
     """The CMR label table of a cohort without rendering any DICOM (the rows ``generate_cohort``
     writes to ``cmr_labels.parquet`` for the same patients and seed)."""
-    from ingest.synth.cohort import CohortConfig, plan_cohort
-    from ingest.synth.generate import labels_table
+    from echocmr.ingest.synth.cohort import CohortConfig, plan_cohort
+    from echocmr.ingest.synth.generate import labels_table
 
     return labels_table(plan_cohort(CohortConfig(patients=patients, seed=seed,
                                                  problem_files=False)))

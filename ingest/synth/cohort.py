@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.synth.anatomy import VIEWS, HeartParams, draw_heart, wma_visible
-from ingest.synth.labels import LabelModel, LatentState, binarise, draw_cmr_values, draw_latent
-from ingest.synth.vendors import VENDOR_BY_KEY, vendor_shares
+from echocmr.ingest.synth.anatomy import VIEWS, HeartParams, draw_heart, wma_visible
+from echocmr.ingest.synth.labels import (
+    LabelModel,
+    LatentState,
+    binarise,
+    draw_cmr_values,
+    draw_latent,
+)
+from echocmr.ingest.synth.vendors import VENDOR_BY_KEY, vendor_shares
 
 # problem file kind -> the reason ingest must give when it rejects it
 PROBLEM_REASONS = {

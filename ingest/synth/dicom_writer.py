@@ -21,8 +21,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels.encoders import JPEGLSLosslessEncoder, RLELosslessEncoder
 from pydicom.sequence import Sequence
 
-from ingest.synth.sector import SectorGeometry
-from ingest.synth.vendors import (
+from echocmr.ingest.synth.sector import SectorGeometry
+from echocmr.ingest.synth.vendors import (
     BASIC_TEXT_SR_STORAGE,
     EXPLICIT_VR_LITTLE_ENDIAN,
     JPEG_BASELINE_8BIT,

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ingest.synth.cohort import (
+from echocmr.ingest.synth.cohort import (
     OUT_OF_WINDOW,
     CohortConfig,
     PatientPlan,
@@ -36,11 +36,11 @@ from ingest.synth.cohort import (
     latent_for_study,
     plan_cohort,
 )
-from ingest.synth.dicom_writer import DicomIdentity, write_image, write_text_sr
-from ingest.synth.overlays import ScreenText
-from ingest.synth.phantom import PhantomConfig
-from ingest.synth.render import ClipRenderer, ClipRequest
-from ingest.synth.vendors import VENDOR_BY_KEY
+from echocmr.ingest.synth.dicom_writer import DicomIdentity, write_image, write_text_sr
+from echocmr.ingest.synth.overlays import ScreenText
+from echocmr.ingest.synth.phantom import PhantomConfig
+from echocmr.ingest.synth.render import ClipRenderer, ClipRequest
+from echocmr.ingest.synth.vendors import VENDOR_BY_KEY
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ingest.synth.sector import SectorGeometry
-from ingest.synth.vendors import Vendor
+from echocmr.ingest.synth.sector import SectorGeometry
+from echocmr.ingest.synth.vendors import Vendor
 
 _WHITE = (235, 235, 235)
 _GREY = (170, 170, 170)

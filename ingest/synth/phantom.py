@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ingest.synth.anatomy import BLOOD, PERICARDIUM, HeartParams, Layout, draw_layout
-from ingest.synth.cycle import Cycle
-from ingest.synth.sector import SectorGeometry
+from echocmr.ingest.synth.anatomy import BLOOD, PERICARDIUM, HeartParams, Layout, draw_layout
+from echocmr.ingest.synth.cycle import Cycle
+from echocmr.ingest.synth.sector import SectorGeometry
 
 _TEX_RES_CM = 0.05  # speckle texture cell
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.synth.anatomy import HeartParams
-from ingest.synth.cycle import Cycle
-from ingest.synth.overlays import Overlay, ScreenText
-from ingest.synth.phantom import EchoPhantom, PhantomConfig
-from ingest.synth.sector import SectorGeometry, draw_geometry
-from ingest.synth.vendors import JPEG_BASELINE_8BIT, Vendor
+from echocmr.ingest.synth.anatomy import HeartParams
+from echocmr.ingest.synth.cycle import Cycle
+from echocmr.ingest.synth.overlays import Overlay, ScreenText
+from echocmr.ingest.synth.phantom import EchoPhantom, PhantomConfig
+from echocmr.ingest.synth.sector import SectorGeometry, draw_geometry
+from echocmr.ingest.synth.vendors import JPEG_BASELINE_8BIT, Vendor
 
 # Imaging depth (cm) a sonographer picks for each view.
 DEPTH_RANGE_CM = {"A4C": (10.0, 14.0), "A2C": (10.0, 14.0), "PLAX": (10.0, 13.0)}

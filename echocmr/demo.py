@@ -206,12 +206,12 @@ def _save_state(path: Path, state: dict) -> None:
 
 
 def run_step(step: Step, c: DemoConfig, log_file: Path, env: dict[str, str]) -> int:
-    """Run one step as `python -m echocmr_cli ...`, streaming its output to us and to log_file.
+    """Run one step as `python -m echocmr ...`, streaming its output to us and to log_file.
 
     Bytes pass through as they come, so progress bars that redraw with \r stay on one line;
     the terminal copy is indented under the step's header.
     """
-    argv = [sys.executable, "-m", "echocmr_cli", *step.argv]
+    argv = [sys.executable, "-m", "echocmr", *step.argv]
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
     with open(log_file, "wb") as log:
         log.write(("$ echocmr " + " ".join(step.argv) + "\n").encode())
@@ -240,9 +240,6 @@ def _child_env(c: DemoConfig) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = tracking_uri(c)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.pop("RAY_ADDRESS", None)  # the demo runs its own local Ray
-    # Children find our packages even when the demo runs from a source checkout.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -365,3 +362,41 @@ def print_locations(c: DemoConfig, *, say: Callable[[str], None] = _say) -> None
     say(f"  report        {report if report.exists() else p['report']}"
         + (f"   (+ {len(report_files) - 1} more files beside it)" if len(report_files) > 1 else ""))
     say(f"  step logs     {p['logs']}")
+
+
+def register(subparsers) -> None:
+    """`echocmr demo`: this module imports only the standard library, so it is cheap to register."""
+    default_patients = DemoConfig.__dataclass_fields__["patients"].default
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole flow on a synthetic cohort: synth, ingest, train, eval, report",
+        description="Synthetic cohort -> ingest -> shards verify -> train (2 Ray workers) -> "
+        "register -> eval on the test split -> the AUC table beside the study's. Resumable: "
+        "finished steps are skipped when run again with the same --out.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("demo_out"), help="output dir (demo_out)")
+    demo.add_argument("--patients", type=int, default=None,
+                      help=f"synthetic patients (default {default_patients})")
+    demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (2)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help=f"training epochs (default {DEMO_TRAIN_CONFIG['epochs']})")
+    demo.add_argument("--seed", type=int, default=None,
+                      help="cohort seed (default 4: see echocmr/demo.py, DEMO_SEED)")
+    demo.add_argument("--gpu", action="store_true", default=None,
+                      help="train on GPUs (default: when there are any; one worker per GPU)")
+    demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")
+    demo.add_argument("--fresh", action="store_true", help="redo every step")
+    demo.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    config = DemoConfig(
+        out=args.out,
+        workers=args.workers,
+        gpu=args.gpu,
+        fresh=args.fresh,
+        **({"patients": args.patients} if args.patients is not None else {}),
+        **({"seed": args.seed} if args.seed is not None else {}),
+        **({"epochs": args.epochs} if args.epochs is not None else {}),
+    )
+    return run_demo_flow(config)

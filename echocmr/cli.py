@@ -2,26 +2,26 @@
 
 One entry point; each package contributes its subcommands through ``register(subparsers)`` in its
 own ``cli`` module. Those modules import nothing heavy at import time, so ``echocmr --help`` is
-instant and a subcommand only pays for the libraries it uses.
+instant and a subcommand only pays for the libraries it uses. The providers are imported
+statically: a provider that fails to import is an ImportError here, never a missing subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
-# Subcommand providers, in the order `--help` lists them. A module that fails to import is a bug,
-# not an optional feature: let the ImportError surface.
-_PROVIDERS = (
-    "ingest.synth.cli",
-    "ingest.cli",
-    "shards.cli",
-    "train.cli",
-    "eval.cli",
-    "cluster.cli",
-)
+from echocmr import demo
+from echocmr.cluster import cli as cluster_cli
+from echocmr.eval import cli as eval_cli
+from echocmr.ingest import cli as ingest_cli
+from echocmr.ingest.synth import cli as synth_cli
+from echocmr.shards import cli as shards_cli
+from echocmr.train import cli as train_cli
+
+# Subcommand providers, in the order `--help` lists them.
+_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, cluster_cli, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,14 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _PROVIDERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):  # provider not written yet
-                continue
-            raise
-        module.register(sub)
+    for provider in _PROVIDERS:
+        provider.register(sub)
     return parser
 
 
