@@ -1,5 +1,8 @@
 """Study-level metrics: AUC, its two 95% confidence intervals, counts, and calibration.
 
+The AUC itself (and the midranks DeLong builds on) is `train.metrics.roc_auc`, the one
+implementation training and evaluation share; this module adds what only evaluation needs.
+
 Two intervals sit side by side because they answer slightly different questions:
 
 * the **patient bootstrap** resamples patients with replacement (a patient's studies travel
@@ -26,6 +29,8 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 import numpy as np
+
+from echocmr.train.metrics import check_binary, midranks, roc_auc
 
 # Resamples are processed in blocks of this many rows to keep memory at O(block * studies).
 _BLOCK = 256
@@ -58,50 +63,13 @@ class MetricsConfig:
             raise ValueError("min_positives and min_negatives must be >= 2 (DeLong needs two)")
 
 
-def midranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x`` with tied values given the mean of their ranks."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]  # exclusive
-    ranks_sorted = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    out = np.empty(x.size)
-    out[order] = ranks_sorted
-    return out
-
-
-def _check_binary(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    if y.shape != scores.shape or y.ndim != 1:
-        raise ValueError(f"labels {y.shape} and scores {scores.shape} must be equal 1-d shapes")
-    if np.isnan(y).any():
-        raise ValueError("labels contain NaN: drop unknown labels before computing metrics")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("labels must be 0 or 1")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores must be finite")
-    return y.astype(bool), scores
-
-
-def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney with half credit for ties); NaN if one class only."""
-    y, s = _check_binary(y_true, scores)
-    m, n = int(y.sum()), int((~y).sum())
-    if m == 0 or n == 0:
-        return float("nan")
-    ranks = midranks(s)  # ties get half credit
-    return float((ranks[y].sum() - m * (m + 1) / 2.0) / (m * n))
-
-
 def weighted_auc(y_true: np.ndarray, scores: np.ndarray, weights_BN: np.ndarray) -> np.ndarray:
     """AUC of each row of study weights (B, N): the weighted Mann-Whitney statistic.
 
     A row of integer weights is the AUC of the data set in which study i appears ``w[i]`` times.
     Rows with no weight on one class give NaN.
     """
-    y, s = _check_binary(y_true, scores)
+    y, s = check_binary(y_true, scores)
     weights_BN = np.atleast_2d(np.asarray(weights_BN, dtype=np.float64))
     order = np.argsort(s, kind="stable")
     s_sorted, y_sorted = s[order], y[order]
@@ -151,7 +119,7 @@ def bootstrap_auc_ci(
     Resamples that contain only one class have no AUC and are left out of the percentiles;
     ``n_valid`` says how many remained.
     """
-    y, s = _check_binary(y_true, scores)
+    y, s = check_binary(y_true, scores)
     patients = np.asarray(patients)
     if patients.shape != y.shape:
         raise ValueError("patients must give one patient id per study")
@@ -184,7 +152,7 @@ def delong_placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     ``v01[j]``: for negative j, the fraction of positives that outrank it. Both average to the AUC.
     Computed from midranks in O((m + n) log(m + n)) instead of the m x n comparison matrix.
     """
-    y, s = _check_binary(y_true, scores)
+    y, s = check_binary(y_true, scores)
     x, z = s[y], s[~y]
     m, n = x.size, z.size
     if m == 0 or n == 0:
@@ -283,7 +251,7 @@ def _logistic_fit(x_NK: np.ndarray, y: np.ndarray, offset: np.ndarray) -> np.nda
 
 def calibration_summary(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = 10) -> Calibration:
     """Brier score, calibration slope and intercept, and expected calibration error."""
-    y, p = _check_binary(y_true, probs)
+    y, p = check_binary(y_true, probs)
     if ((p < 0) | (p > 1)).any():
         raise ValueError("calibration needs probabilities in [0, 1]")
     yf = y.astype(np.float64)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from echocmr.eval.metrics import midranks
+from echocmr.train.metrics import midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"

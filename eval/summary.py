@@ -27,10 +27,10 @@ from echocmr.eval.metrics import (
     calibration_summary,
     counts,
     delong_ci,
-    roc_auc,
 )
 from echocmr.eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
 from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.train.metrics import roc_auc
 
 METRICS_KEYS = (
     "auc", "ci_low", "ci_high", "delong_low", "delong_high",

@@ -14,9 +14,9 @@ from echocmr.eval.metrics import (
     delong_auc_variance,
     delong_ci,
     delong_placements,
-    roc_auc,
     weighted_auc,
 )
+from echocmr.train.metrics import roc_auc
 
 
 def _data(n=150, seed=1, ties=True):
@@ -32,7 +32,8 @@ def _data(n=150, seed=1, ties=True):
 def test_auc_equals_sklearn_with_ties():
     y, s, _ = _data()
     assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert np.isnan(roc_auc(np.zeros(5), np.arange(5.0)))
+    with pytest.raises(ValueError, match="one positive and one negative"):
+        roc_auc(np.zeros(5), np.arange(5.0))
 
 
 def test_weighted_auc_equals_sklearn_on_repeated_rows():
@@ -141,7 +142,7 @@ def test_config_refuses_too_few_resamples():
 def test_midranks_equal_scipy():
     from scipy.stats import rankdata
 
-    from echocmr.eval.metrics import midranks
+    from echocmr.train.metrics import midranks
 
     x = np.round(np.random.default_rng(0).normal(size=300), 1)
     np.testing.assert_allclose(midranks(x), rankdata(x))

@@ -9,7 +9,9 @@ val split does not change). Clip-level only: study-level aggregation and confide
 
 The AUC is computed here (Mann-Whitney U with tied scores sharing their average rank) rather than
 with scikit-learn, whose import costs every Ray worker seconds at each (re)start; the tests check
-it against ``sklearn.metrics.roc_auc_score``.
+it against ``sklearn.metrics.roc_auc_score``. It is the project's one AUC: ``eval.metrics`` builds
+its intervals on `roc_auc`, `midranks` and `check_binary` from here (eval depends on train, never
+the reverse).
 """
 
 from __future__ import annotations
@@ -41,18 +43,46 @@ def task_aucs(labels_NK: np.ndarray, probs_NK: np.ndarray,
     return out
 
 
-def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a random positive > a random negative), ties half."""
-    positive = np.asarray(positive, dtype=bool)
-    score = np.asarray(score, dtype=np.float64)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` with tied values given the mean of their ranks."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]  # exclusive
+    ranks_sorted = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    out = np.empty(x.size)
+    out[order] = ranks_sorted
+    return out
+
+
+def check_binary(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as a bool array and scores as float64, refusing NaN or non-0/1 labels and
+    non-finite scores (an unknown label must be dropped, never read as negative)."""
+    y = np.asarray(y, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y.shape != scores.shape or y.ndim != 1:
+        raise ValueError(f"labels {y.shape} and scores {scores.shape} must be equal 1-d shapes")
+    if np.isnan(y).any():
+        raise ValueError("labels contain NaN: drop unknown labels before computing metrics")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return y.astype(bool), scores
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a random positive > a random negative), ties half.
+
+    ``y_true`` is 0/1 or bool; raises when one class is missing (there is no AUC to report).
+    """
+    y, s = check_binary(y_true, scores)
+    m, n = int(y.sum()), int((~y).sum())
+    if m == 0 or n == 0:
         raise ValueError("AUC needs at least one positive and one negative")
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, ties share their mean rank
-    rank_sum = average_rank[inverse][positive].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    ranks = midranks(s)  # 1-based, ties share their mean rank
+    return float((ranks[y].sum() - m * (m + 1) / 2.0) / (m * n))
 
 
 def mean_auc(aucs: dict[str, float | None]) -> float | None:
