@@ -51,7 +51,8 @@ def _warm(root: str) -> int:
 
 def _run_ingest(root: str, workers: int) -> tuple[float, int, list[str]]:
     from echocmr.ingest.config import IngestConfig
-    from echocmr.ingest.job import REPORT_FILE, run_ingest
+    from echocmr.ingest.job import run_ingest
+    from echocmr.shards.format import INGEST_REPORT_FILE
 
     out = os.path.join(CACHE, f"out-{workers}")
     shutil.rmtree(out, ignore_errors=True)
@@ -62,7 +63,7 @@ def _run_ingest(root: str, workers: int) -> tuple[float, int, list[str]]:
     seconds = time.perf_counter() - t0
     import pyarrow.parquet as pq
 
-    report = pq.read_table(os.path.join(out, REPORT_FILE)).to_pylist()
+    report = pq.read_table(os.path.join(out, INGEST_REPORT_FILE)).to_pylist()
     kept = [r["source"] for r in report if r["status"] == "kept"]
     return seconds, summary.kept, kept
 

@@ -66,12 +66,12 @@ def build(n_clips: int) -> list[str]:
     """Two site sets with ``n_clips`` clips in all (cached); returns their directories."""
     import numpy as np
 
-    from echocmr.shards.format import Sample
+    from echocmr.shards.format import STATS_FILE, Sample
     from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     root = os.path.join(CACHE, f"n{n_clips}")
     dirs = [os.path.join(root, site) for site in SITES]
-    if all(os.path.exists(os.path.join(d, "stats.json")) for d in dirs):
+    if all(os.path.exists(os.path.join(d, STATS_FILE)) for d in dirs):
         return dirs
     clips = _clips(N_DISTINCT)
     fmt = {"height": 112, "width": 112, "fps": 30.0, "codec": "vp9", "pix_fmt": "yuv420p"}

@@ -35,6 +35,7 @@ def _register_eval(subparsers) -> None:
                    help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
                         "~/.cache/echocmr/shards)")
     p.add_argument("--model", required=True, metavar="URI", help=_MODEL_HELP)
+    # The names of shards.format.SPLITS, spelled out: importing it (numpy, pyarrow) would slow --help.
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--clips", default="all", choices=("all", "centre"),

@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from echocmr.eval.tasks import TASKS
+from echocmr.shards.format import STATS_FILE
 
 log = logging.getLogger(__name__)
 
 MODEL_INFO_FILE = "echocmr_model.json"
-STATS_FILE = "stats.json"
 MLFLOW_SUBDIR = "mlflow_model"
 _REF_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from echocmr.ingest.encode import EncoderConfig
-
-SPLIT_NAMES = ("train", "val", "test")
+from echocmr.shards.format import SPLITS, TASKS
 
 
 @dataclass(kw_only=True)
@@ -106,7 +105,7 @@ class LabelConfig:
     date_column: str = "cmr_date"
     field_strength_column: str = "field_strength_t"
     binary_columns: dict[str, str] = field(
-        default_factory=lambda: {"wma": "wma", "lge": "lge", "t1": "t1", "t2": "t2", "ecv": "ecv"}
+        default_factory=lambda: {task: task for task in TASKS}
     )
     t1_column: str = "t1_native_ms"
     t2_column: str = "t2_ms"
@@ -143,8 +142,8 @@ class SplitConfig:
     )
 
     def __post_init__(self) -> None:
-        if set(self.fractions) != set(SPLIT_NAMES):
-            raise ValueError(f"splits.fractions needs exactly {SPLIT_NAMES}, got {sorted(self.fractions)}")
+        if set(self.fractions) != set(SPLITS):
+            raise ValueError(f"splits.fractions needs exactly {SPLITS}, got {sorted(self.fractions)}")
         if any(v < 0 for v in self.fractions.values()):
             raise ValueError("splits.fractions must be non-negative")
         if abs(sum(self.fractions.values()) - 1.0) > 1e-6:

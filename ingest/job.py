@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echocmr.ingest.config import SPLIT_NAMES, IngestConfig
+from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.dicom_io import (
     REASONS,
     RejectedInput,
@@ -48,11 +48,10 @@ from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
-from echocmr.shards.format import FORMAT_VERSION
+from echocmr.shards.format import FORMAT_VERSION, INGEST_REPORT_FILE, SPLITS
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "ingest_report.parquet"
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
@@ -100,12 +99,12 @@ class IngestSummary:
         for reason, n in sorted(self.rejected.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"  rejected {reason:<22} {n}")
         lines.append("  clips per split: " + ", ".join(
-            f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLIT_NAMES))
+            f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
         if self.resumed_files:
             lines.append(f"  resumed: {self.resumed_files} files from the work cache")
         lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
-                     f"{os.path.join(self.out, REPORT_FILE)} (site-local, never ship it)")
+                     f"{os.path.join(self.out, INGEST_REPORT_FILE)} (site-local, never ship it)")
         if self.key_source == "demo":
             lines.append("  WARNING: public demo split key used; set ECHOCMR_SPLIT_KEY for real data")
         return "\n".join(lines)
@@ -409,7 +408,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     _reject_duplicates(ordered)
     summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
     report = _report_bytes(ordered)
-    atomic_write(os.path.join(out_dir, REPORT_FILE), report)
+    atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
 
     rejected = Counter(r.reason for r in ordered if r.status == "rejected")
     unpaired = {r.study_hash for r in ordered if r.reason == "no_cmr_within_window"}
@@ -529,7 +528,7 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
     from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     kept = [r for r in results if r.status == "kept"]
-    kept.sort(key=lambda r: (SPLIT_NAMES.index(r.meta["split"]), r.key))
+    kept.sort(key=lambda r: (SPLITS.index(r.meta["split"]), r.key))
     clip_format = {"height": config.preprocess.size, "width": config.preprocess.size,
                    "fps": float(config.preprocess.target_fps), "codec": "vp9",
                    "pix_fmt": "yuv420p"}

@@ -22,7 +22,8 @@ import hmac
 import logging
 import os
 
-from echocmr.ingest.config import SPLIT_NAMES, SplitConfig
+from echocmr.ingest.config import SplitConfig
+from echocmr.shards.format import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class KeyedHasher:
         self.site = site
         config = config or SplitConfig()
         total, bounds = 0.0, []
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             total += config.fractions[name]
             bounds.append((total, name))
         self._bounds = bounds

@@ -36,6 +36,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from echocmr.shards.format import INGEST_REPORT_FILE
+
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -409,12 +411,11 @@ def die_on_crash_files(source: str) -> None:
 # -- checking outputs --------------------------------------------------------------------------
 
 SHIPPED_SUFFIXES = (".tar", ".idx", ".parquet", ".json")
-REPORT_FILE = "ingest_report.parquet"
 
 
 def shipped_files(out: str) -> list[str]:
     """What leaves the site: everything in the set but the report (and no work cache)."""
-    return sorted(n for n in os.listdir(out) if n.endswith(SHIPPED_SUFFIXES) and n != REPORT_FILE)
+    return sorted(n for n in os.listdir(out) if n.endswith(SHIPPED_SUFFIXES) and n != INGEST_REPORT_FILE)
 
 
 def find_phi(out: str, phi: list[str]) -> list[tuple[str, str]]:

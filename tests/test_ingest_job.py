@@ -22,9 +22,9 @@ import webdataset as wds
 
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.encode import decode_webm
-from echocmr.ingest.job import REPORT_FILE, WORK_DIR, run_ingest
+from echocmr.ingest.job import WORK_DIR, run_ingest
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
-from echocmr.shards.format import TASKS, decode_labels
+from echocmr.shards.format import INGEST_REPORT_FILE, TASKS, decode_labels
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
 from _ingest_fixtures import find_phi, shipped_files, write_cohort
@@ -47,7 +47,7 @@ def ingested(cohort, tmp_path_factory):
 
 def test_every_file_is_reported_with_the_expected_outcome(cohort, ingested):
     out, summary = ingested
-    table = pq.read_table(os.path.join(out, REPORT_FILE))
+    table = pq.read_table(os.path.join(out, INGEST_REPORT_FILE))
     assert table.column_names[:4] == ["source", "status", "reason", "key"]
     rows = table.to_pylist()
     assert [r["source"] for r in rows] == sorted(cohort.expected)
@@ -92,7 +92,7 @@ def test_no_phi_in_shipped_outputs(cohort, ingested):
     assert len(cohort.phi) > 20
     assert find_phi(out, cohort.phi) == []
     # The test can fail: the report (which stays at the site) does name patient folders.
-    report = open(os.path.join(out, REPORT_FILE), "rb").read()
+    report = open(os.path.join(out, INGEST_REPORT_FILE), "rb").read()
     table = pd.read_parquet(io.BytesIO(report)).to_csv().encode()
     assert any(folder.encode() in table for folder in cohort.patients.values())
 
@@ -174,7 +174,7 @@ def test_rerun_in_process_is_byte_identical(cohort, ingested, tmp_path):
     run_ingest(cohort.dicom_dir, cohort.labels_path, again,
                config=IngestConfig(site="site_a"), progress=False, in_process=True)
     assert shipped_files(again) == shipped_files(out)
-    for name in shipped_files(out) + [REPORT_FILE]:
+    for name in shipped_files(out) + [INGEST_REPORT_FILE]:
         assert open(os.path.join(out, name), "rb").read() == \
             open(os.path.join(again, name), "rb").read(), name
 
@@ -217,7 +217,7 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
                          config=IngestConfig(site="site_a"), progress=False, in_process=True)
     assert summary.resumed_files >= n_done
     assert shipped_files(killed) == shipped_files(clean)
-    for name in shipped_files(clean) + [REPORT_FILE]:
+    for name in shipped_files(clean) + [INGEST_REPORT_FILE]:
         assert open(os.path.join(clean, name), "rb").read() == \
             open(os.path.join(killed, name), "rb").read(), name
     assert not any(n.startswith(".") for n in os.listdir(killed))  # no temp files, no cache

@@ -17,9 +17,9 @@ import pytest
 
 from echocmr.ingest import synth as synth_pkg
 from echocmr.ingest.config import IngestConfig
-from echocmr.ingest.job import REPORT_FILE, run_ingest
+from echocmr.ingest.job import run_ingest
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
-from echocmr.shards.format import TASKS
+from echocmr.shards.format import INGEST_REPORT_FILE, TASKS
 from echocmr.shards.reader import iter_samples, read_manifest
 
 from _ingest_fixtures import find_phi, shipped_files
@@ -45,7 +45,7 @@ def test_report_matches_the_generators_truth(synth):
     root, out, summary, truth = synth
     on_disk = sorted(os.path.relpath(os.path.join(d, f), root / "dicom")
                      for d, _, files in os.walk(root / "dicom") for f in files)
-    report = pq.read_table(os.path.join(out, REPORT_FILE)).to_pylist()
+    report = pq.read_table(os.path.join(out, INGEST_REPORT_FILE)).to_pylist()
     assert [r["source"] for r in report] == on_disk  # every input file, once
     assert sorted(truth["source"]) == on_disk
     expected = truth.set_index("source")

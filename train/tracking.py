@@ -22,6 +22,7 @@ import math
 import os
 import time
 
+from echocmr.shards.format import MANIFEST_FILE, STATS_FILE
 from echocmr.train.config import TrainConfig, dump_yaml, flat_params
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def manifest_digest(shards: str) -> str:
     from echocmr.shards.storage import join, open_file
 
     h = hashlib.sha256()
-    with open_file(join(shards, "manifest.parquet"), "rb") as f:
+    with open_file(join(shards, MANIFEST_FILE), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -129,7 +130,7 @@ class MlflowTracker(NullTracker):
             log.warning("MLflow refused some params (was the config changed on resume?): %s", exc)
         self.client.log_batch(self.run_id, tags=[RunTag("data_digest", data_digest)])
         self.client.log_text(self.run_id, dump_yaml(config), "config.yaml")
-        self.client.log_dict(self.run_id, stats, "stats.json")
+        self.client.log_dict(self.run_id, stats, STATS_FILE)
         self.client.log_dict(self.run_id, input_spec, "input_spec.json")
 
     def log_epoch(self, epoch: int, metrics: dict[str, float | None]) -> None:
