@@ -57,103 +57,38 @@ class Vendor:
         return 3 if self.colour else 1
 
 
-VENDORS: tuple[Vendor, ...] = (
-    Vendor(
-        key="elara",
-        manufacturer="Elara Sonics",
-        model="EchoStar 5",
-        rows=480,
-        columns=640,
-        transfer_syntax=JPEG_BASELINE_8BIT,
-        photometric="YBR_FULL_422",
-        timing="cine_rate",
-        has_regions=True,
-        share=0.46,
-        fps_range=(30.0, 60.0),
-        file_style="uid",
-        jpeg_quality=72,
-        software="5.1.0",
-    ),
-    Vendor(
-        key="aurelia",
-        manufacturer="Aurelia Medical",
-        model="Vista E9",
-        rows=600,
-        columns=800,
-        transfer_syntax=JPEG_BASELINE_8BIT,
-        photometric="YBR_FULL_422",
-        timing="frame_time",
-        has_regions=True,
-        share=0.22,
-        fps_range=(40.0, 60.0),
-        file_style="numbered",
-        jpeg_quality=72,
-        software="203.87.1",
-    ),
-    Vendor(
-        key="delphi",
-        manufacturer="Delphi Echo Systems",
-        model="Apex HD",
-        rows=768,
-        columns=1024,
-        transfer_syntax=JPEG_BASELINE_8BIT,
-        photometric="YBR_FULL_422",
-        timing="cine_rate",
-        has_regions=False,  # ingest must find the sector from the pixels
-        share=0.10,
-        fps_range=(30.0, 50.0),
-        file_style="uid",
-        jpeg_quality=70,
-        software="11.3",
-    ),
-    Vendor(
-        key="halcyon",
-        manufacturer="Halcyon Diagnostics",
-        model="H-Cardio 3",
-        rows=480,
-        columns=640,
-        transfer_syntax=JPEG_LS_LOSSLESS,
-        photometric="MONOCHROME2",
-        timing="frame_time",
-        has_regions=True,
-        share=0.12,
-        fps_range=(30.0, 40.0),
-        file_style="numbered",
-        scan_conversion="nearest",
-        software="3.9.2",
-    ),
-    Vendor(
-        key="borealis",
-        manufacturer="Borealis Imaging",
-        model="CardioView 7",
-        rows=480,
-        columns=640,
-        transfer_syntax=RLE_LOSSLESS,
-        photometric="RGB",
-        timing="cine_rate",
-        has_regions=True,
-        share=0.05,
-        fps_range=(30.0, 36.0),
-        file_style="uid",
-        scan_conversion="nearest",
-        software="7.2.4",
-    ),
-    Vendor(
-        key="corvid",
-        manufacturer="Corvid Ultrasound",
-        model="Sonus 400",
-        rows=480,
-        columns=640,
-        transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
-        photometric="MONOCHROME2",
-        timing="frame_time",
-        has_regions=True,
-        share=0.05,
-        fps_range=(30.0, 33.0),
-        file_style="numbered",
-        software="4.0.12",
-    ),
+# The table, one row per machine. Who made it: key, manufacturer, model, software version.
+_MAKERS = (
+    ("elara", "Elara Sonics", "EchoStar 5", "5.1.0"),
+    ("aurelia", "Aurelia Medical", "Vista E9", "203.87.1"),
+    ("delphi", "Delphi Echo Systems", "Apex HD", "11.3"),
+    ("halcyon", "Halcyon Diagnostics", "H-Cardio 3", "3.9.2"),
+    ("borealis", "Borealis Imaging", "CardioView 7", "7.2.4"),
+    ("corvid", "Corvid Ultrasound", "Sonus 400", "4.0.12"),
 )
+# How it writes clips, in `Vendor` field order: rows, columns, transfer syntax, photometric,
+# timing, has_regions, share, fps_range, file_style, jpeg_quality, scan_conversion. Delphi writes
+# no region sequence: ingest must find the sector from the pixels.
+_JPEG, _JLS, _RLE, _RAW = JPEG_BASELINE_8BIT, JPEG_LS_LOSSLESS, RLE_LOSSLESS, EXPLICIT_VR_LITTLE_ENDIAN
+_HABITS = {  # one row a machine: a table reads better than the 100-column limit
+    "elara":    (480, 640,  _JPEG, "YBR_FULL_422", "cine_rate",  True,  0.46, (30, 60), "uid",      72, "bilinear"),
+    "aurelia":  (600, 800,  _JPEG, "YBR_FULL_422", "frame_time", True,  0.22, (40, 60), "numbered", 72, "bilinear"),
+    "delphi":   (768, 1024, _JPEG, "YBR_FULL_422", "cine_rate",  False, 0.10, (30, 50), "uid",      70, "bilinear"),
+    "halcyon":  (480, 640,  _JLS,  "MONOCHROME2",  "frame_time", True,  0.12, (30, 40), "numbered", 0,  "nearest"),
+    "borealis": (480, 640,  _RLE,  "RGB",          "cine_rate",  True,  0.05, (30, 36), "uid",      0,  "nearest"),
+    "corvid":   (480, 640,  _RAW,  "MONOCHROME2",  "frame_time", True,  0.05, (30, 33), "numbered", 0,  "bilinear"),
+}
+_HABIT_FIELDS = ("rows", "columns", "transfer_syntax", "photometric", "timing", "has_regions",
+                 "share", "fps_range", "file_style", "jpeg_quality", "scan_conversion")
+
+
+def _vendor(key: str, manufacturer: str, model: str, software: str) -> Vendor:
+    habits = dict(zip(_HABIT_FIELDS, _HABITS[key], strict=True))
+    habits["fps_range"] = tuple(float(f) for f in habits["fps_range"])
+    return Vendor(key=key, manufacturer=manufacturer, model=model, software=software, **habits)
+
+
+VENDORS: tuple[Vendor, ...] = tuple(_vendor(*row) for row in _MAKERS)
 
 VENDOR_BY_KEY: dict[str, Vendor] = {v.key: v for v in VENDORS}
 
