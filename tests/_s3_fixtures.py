@@ -1,67 +1,21 @@
-"""A real S3 server for tests: moto's standalone server on loopback, and a helper to fill it.
+"""Helpers for the tests that run against a real S3 server (the ``s3_endpoint`` fixture in
+``conftest.py``: moto's standalone server on loopback, real HTTP, started in a thread).
 
-The server is real HTTP (started in a thread); the client side is the ordinary s3fs/botocore
-stack, configured only by endpoint and credentials, exactly as a user would point it at MinIO or
-AWS. Nothing is patched. Bind the fixture in a test module to use it::
-
-    import _s3_fixtures
-    s3_endpoint = _s3_fixtures.s3_endpoint
-
-The fixture (module scope) starts from an empty store, creates the bucket ``echo``, points fsspec's ``s3`` at the server and
-sets test credentials in ``os.environ`` (so child processes inherit them; a child that imports
-fsspec afresh also needs ``FSSPEC_S3_ENDPOINT_URL``, which `child_env` adds), and restores both.
-"""
+The client side is the ordinary s3fs/botocore stack, configured only by endpoint and
+credentials, exactly as a user would point it at MinIO or AWS. Nothing is patched. Importing this
+module skips the importing test module when s3fs or moto is not installed."""
 
 from __future__ import annotations
 
 import os
-import urllib.request
 
 import fsspec
 import pytest
 
 pytest.importorskip("s3fs")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 BUCKET = "echo"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto keeps its buckets in process-wide state that outlives a server: start empty.
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    old_conf = fsspec.config.conf.get("s3")
-    # The same knob a user sets (or FSSPEC_S3_ENDPOINT_URL in the environment).
-    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fsspec.filesystem("s3").mkdir(BUCKET)
-    try:
-        yield endpoint
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        if old_conf is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = old_conf
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def child_env(endpoint: str) -> dict[str, str]:

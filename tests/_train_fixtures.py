@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
-import torch
-
 from _shards_fixtures import make_shard_set
 
 TINY = {
@@ -35,13 +32,3 @@ def tiny_config(**overrides) -> dict:
 def make_tiny_shards(out_dir: str, seed: int = 0) -> str:
     return make_shard_set(out_dir, n_patients=10, clips_per_patient=3, n_frames=20, size=32,
                           samples_per_shard=4, seed=seed)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread, as each Ray worker uses (cpus_per_worker=1). On a shared 2-core
-    machine two OpenMP threads spinning against other processes make a 20 ms step take 1 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

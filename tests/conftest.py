@@ -1,4 +1,10 @@
-"""Shared pytest set-up: keep every test's side effects inside its tmp dir."""
+"""Shared pytest set-up: every test's side effects stay inside its tmp dir, and the fixtures
+several test modules use are defined here (pytest finds them by name; never import a fixture).
+
+Plain helpers (shard sets, DICOM cohorts, S3 uploads) stay importable from the ``_*_fixtures``
+modules beside this file. Heavy libraries (torch, moto, s3fs) are imported inside the fixtures
+that need them, so a test that uses none of them does not pay for them.
+"""
 
 import os
 
@@ -17,3 +23,66 @@ def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread, as each Ray worker uses (cpus_per_worker=1). On a shared 2-core
+    machine two OpenMP threads spinning against other processes make a 20 ms step take 1 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3 server (moto's, on loopback) holding the empty bucket ``echo``; yields its URL.
+
+    Starts from an empty store, points fsspec's ``s3`` at the server and sets test credentials in
+    ``os.environ`` (so child processes inherit them; a child that imports fsspec afresh also needs
+    ``FSSPEC_S3_ENDPOINT_URL``, which `_s3_fixtures.child_env` adds), and restores both.
+    """
+    import urllib.request
+
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import fsspec
+    import s3fs
+
+    from _s3_fixtures import BUCKET
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in process-wide state that outlives a server: start empty.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    old_conf = fsspec.config.conf.get("s3")
+    # The same knob a user sets (or FSSPEC_S3_ENDPOINT_URL in the environment).
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    s3fs.S3FileSystem.clear_instance_cache()
+    fsspec.filesystem("s3").mkdir(BUCKET)
+    try:
+        yield endpoint
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        if old_conf is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = old_conf
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

@@ -43,12 +43,9 @@ from echocmr.shards.stage import (
 from echocmr.shards.storage import TEMP_MARK
 from echocmr.shards.verify import verify
 
-import _s3_fixtures
 from _eval_model import make_checkpoint
 from _s3_fixtures import child_env, remove_prefix, upload
 from _shards_fixtures import make_shard_set
-
-s3_endpoint = _s3_fixtures.s3_endpoint  # the fixture, made visible to this module's tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

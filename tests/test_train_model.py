@@ -6,8 +6,6 @@ import torch
 from echocmr.train.config import ModelConfig
 from echocmr.train.model import R2Plus1D, build_model, count_parameters, load_pretrained
 
-from _train_fixtures import one_torch_thread  # noqa: F401
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # torchvision's R2Plus1D_18_Weights.KINETICS400_V1 reports this many parameters (400 classes).

@@ -9,7 +9,7 @@ from echocmr.train.checkpoint import load_model, read_checkpoint, save_checkpoin
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import Engine
 
-from _train_fixtures import make_tiny_shards, one_torch_thread, tiny_config  # noqa: F401
+from _train_fixtures import make_tiny_shards, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
