@@ -3,18 +3,14 @@
 `phantom` draws a tiny echo-like clip: a fan-shaped sector of flickering speckle with a pulsing
 bright ring inside, static burned-in text in a corner, a static marker dot inside the sector and a
 thin moving "ECG" trace below it. `write_us_dicom` stores frames as an ultrasound multi-frame
-object in any transfer syntax / photometric interpretation the tests need; `write_cohort` lays out
-a small hospital-style export (patient-named folders) plus a CMR table, with every PHI string
-recorded so a test can search the outputs for them.
-
-JPEG baseline is written with Pillow; JPEG lossless (process 14, first-order prediction) with the
-tiny encoder `jpeg_lossless_encode` below, because no installed library writes it; RLE, JPEG-LS
-and JPEG 2000 through pydicom's own encoders.
+object in any transfer syntax / photometric interpretation the tests need, through the synthetic
+cohort's writer (`ingest.synth.dicom_writer`); `write_cohort` lays out a small hospital-style
+export (patient-named folders) plus a CMR table, with every PHI string recorded so a test can
+search the outputs for them.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -22,24 +18,19 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import (
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from echocmr.ingest.synth.dicom_writer import (
+    DicomIdentity,
+    base_dataset,
+    region,
+    set_image_pixel_module,
+    write_pixels,
+    write_text_sr,
+)
 from echocmr.shards.format import INGEST_REPORT_FILE
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
 TEXT_BOX = (2, 10, 3, 43)  # rows, cols of the burned-in text in `phantom` frames
 
@@ -106,34 +97,21 @@ class Identity:
     study_date: str = "20230510"
     study_uid: str = field(default_factory=generate_uid)
     sop_uid: str = field(default_factory=generate_uid)
+    series_uid: str = field(default_factory=generate_uid)
 
     def phi_strings(self) -> list[str]:
         return [self.patient_id, self.patient_name, self.patient_name.replace("^", " "),
                 self.birth_date, self.accession, self.institution, self.study_date]
 
-
-def base_dataset(ident: Identity, *, modality: str = "US", sop_class: str = US_MULTIFRAME,
-                 fps: float | None = 30.0) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ident.sop_uid
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = ident.sop_uid
-    ds.StudyInstanceUID = ident.study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.PatientID = ident.patient_id
-    ds.PatientName = ident.patient_name
-    ds.PatientBirthDate = ident.birth_date
-    ds.AccessionNumber = ident.accession
-    ds.InstitutionName = ident.institution
-    ds.StudyDate = ident.study_date
-    ds.SeriesDate = ident.study_date
-    ds.Manufacturer = "TestVendor"
-    if fps:
-        ds.FrameTime = f"{1000.0 / fps:.3f}"
-    return ds
+    def dicom(self) -> DicomIdentity:
+        """The writer's identity: these values, and fixed ones for what the tests do not vary."""
+        return DicomIdentity(
+            patient_name=self.patient_name, patient_id=self.patient_id,
+            birth_date=self.birth_date, sex="O", study_uid=self.study_uid,
+            study_date=self.study_date, study_time="101500", accession=self.accession,
+            institution=self.institution, study_id="1", series_uid=self.series_uid,
+            series_number=1, sop_uid=self.sop_uid, instance_number=1, heart_rate=70,
+        )
 
 
 def write_us_dicom(path, pixels: np.ndarray, *, ident: Identity | None = None,
@@ -145,104 +123,23 @@ def write_us_dicom(path, pixels: np.ndarray, *, ident: Identity | None = None,
 
     ``pixels`` are given in the stored colour space: grey for MONOCHROME*, palette indices for
     PALETTE COLOR, RGB for RGB, YCbCr for YBR_FULL (YBR_FULL_422: give YCbCr, it is subsampled
-    for native syntaxes; for JPEG baseline give RGB, Pillow converts).
+    for native syntaxes; for JPEG baseline give RGB, Pillow converts). ``regions``: dicts of
+    ``x0, y0, x1, y1`` and optionally ``delta_cm`` (0.03), ``spatial_format``, ``data_type``.
     """
     ident = ident or Identity()
-    ds = base_dataset(ident, modality=modality, fps=fps)
-    n, h, w = pixels.shape[:3]
-    samples = 3 if pixels.ndim == 4 else 1
-    ds.NumberOfFrames = n
-    ds.Rows, ds.Columns = h, w
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16 if bits > 8 else 8
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    if palette is not None:
-        _set_palette(ds, palette)
+    ds = base_dataset(ident.dicom(), sop_class=US_MULTIFRAME, modality=modality)
+    if fps:
+        ds.FrameTime = f"{1000.0 / fps:.3f}"
+    ds.NumberOfFrames = len(pixels)
     if regions:
-        ds.SequenceOfUltrasoundRegions = [_region(**r) for r in regions]
-    dtype = np.uint16 if bits > 8 else np.uint8
-    arr = np.ascontiguousarray(pixels.astype(dtype))
-
-    if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian):
-        ds.file_meta.TransferSyntaxUID = syntax
-        data = arr
-        if photometric == "YBR_FULL_422":
-            data = _subsample_422(arr)
-        if syntax == ExplicitVRBigEndian and arr.dtype.itemsize > 1:
-            data = data.byteswap()
-        ds.PixelData = data.tobytes()
-        ds["PixelData"].VR = "OW" if bits > 8 else "OB"
-        little = syntax != ExplicitVRBigEndian
-        ds.save_as(path, enforce_file_format=True, little_endian=little,
-                   implicit_vr=syntax == ImplicitVRLittleEndian)
-        return ident
-    if syntax == JPEGBaseline8Bit:
-        frames = [_pillow_jpeg(f, keep_rgb=keep_rgb_jpeg) for f in arr]
-    elif syntax == JPEGLosslessSV1:
-        frames = [jpeg_lossless_encode(f) for f in arr]
-    else:
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        plugin = {RLELossless: "", JPEGLSLossless: "pyjpegls", JPEG2000Lossless: "pylibjpeg"}[syntax]
-        ds.compress(syntax, arr, encoding_plugin=plugin, generate_instance_uid=False)
-        ds.save_as(path, enforce_file_format=True)
-        return ident
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.PixelData = encapsulate(frames)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
+        ds.SequenceOfUltrasoundRegions = [
+            region((r["x0"], r["y0"], r["x1"], r["y1"]), r.get("delta_cm", 0.03),
+                   data_type=r.get("data_type", 1), spatial_format=r.get("spatial_format", 1))
+            for r in regions]
+    write_pixels(path, ds, pixels, n_frames=len(pixels), rows=pixels.shape[1],
+                 columns=pixels.shape[2], transfer_syntax=syntax, photometric=photometric,
+                 bits=bits, palette=palette, jpeg_keep_rgb=keep_rgb_jpeg)
     return ident
-
-
-def _subsample_422(ybr: np.ndarray) -> np.ndarray:
-    """Native YBR_FULL_422 byte order: Y1 Y2 Cb Cr for each horizontal pixel pair."""
-    t, h, w, _ = ybr.shape
-    pairs = ybr.reshape(t, h, w // 2, 2, 3)
-    out = np.empty((t, h, w // 2, 4), dtype=ybr.dtype)
-    out[..., 0] = pairs[..., 0, 0]
-    out[..., 1] = pairs[..., 1, 0]
-    out[..., 2] = pairs[..., 0, 1]
-    out[..., 3] = pairs[..., 0, 2]
-    return out
-
-
-def _pillow_jpeg(frame: np.ndarray, *, keep_rgb: bool) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    image = Image.fromarray(frame)
-    if frame.ndim == 3:
-        image.save(buf, format="JPEG", quality=95, subsampling=0 if keep_rgb else 1, keep_rgb=keep_rgb)
-    else:
-        image.save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def _set_palette(ds: Dataset, lut_N3: np.ndarray) -> None:
-    n = len(lut_N3)
-    for i, colour in enumerate(("Red", "Green", "Blue")):
-        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [n, 0, 8])
-        data = lut_N3[:, i].astype("<u2").tobytes()
-        setattr(ds, f"{colour}PaletteColorLookupTableData", data)
-        ds[f"{colour}PaletteColorLookupTableData"].VR = "OW"
-
-
-def _region(x0: int, y0: int, x1: int, y1: int, delta_cm: float = 0.03, spatial_format: int = 1,
-            data_type: int = 1) -> Dataset:
-    item = Dataset()
-    item.RegionSpatialFormat = spatial_format
-    item.RegionDataType = data_type
-    item.RegionFlags = 0
-    item.RegionLocationMinX0, item.RegionLocationMinY0 = x0, y0
-    item.RegionLocationMaxX1, item.RegionLocationMaxY1 = x1, y1
-    item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3
-    item.PhysicalDeltaX = item.PhysicalDeltaY = delta_cm
-    return item
 
 
 def write_non_image(path, kind: str, ident: Identity | None = None) -> Identity:
@@ -250,89 +147,21 @@ def write_non_image(path, kind: str, ident: Identity | None = None) -> Identity:
     pixel data (``"no_pixels"``)."""
     ident = ident or Identity()
     if kind == "sr":
-        ds = base_dataset(ident, modality="SR", sop_class=SR_CLASS, fps=None)
-        ds.ValueType = "CONTAINER"
-        ds.ContinuityOfContent = "SEPARATE"
-    elif kind == "pdf":
-        ds = base_dataset(ident, modality="DOC", sop_class=PDF_CLASS, fps=None)
+        write_text_sr(path, ident=ident.dicom(), vendor=None, lines=[])
+        return ident
+    if kind == "pdf":
+        ds = base_dataset(ident.dicom(), modality="DOC", sop_class=PDF_CLASS)
         ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
         ds.EncapsulatedDocument = b"%PDF-1.4\n%fake\n"
     elif kind == "no_pixels":
-        ds = base_dataset(ident)
+        ds = base_dataset(ident.dicom(), sop_class=US_MULTIFRAME)
+        ds.FrameTime = f"{1000.0 / 30.0:.3f}"
         ds.NumberOfFrames = 20
-        ds.Rows, ds.Columns = 64, 64
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
+        set_image_pixel_module(ds, rows=64, columns=64, photometric="MONOCHROME2")
     else:
         raise ValueError(kind)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     return ident
-
-
-# -- a JPEG lossless (process 14, selection value 1) encoder, for 8-bit grey frames ----------
-
-_DC_BITS = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0]  # codes of lengths 1..16
-_DC_VALS = list(range(12))
-
-
-def _huffman_codes() -> dict[int, tuple[int, int]]:
-    codes, code, k = {}, 0, 0
-    for length, count in enumerate(_DC_BITS, start=1):
-        for _ in range(count):
-            codes[_DC_VALS[k]] = (code, length)
-            code += 1
-            k += 1
-        code <<= 1
-    return codes
-
-
-def jpeg_lossless_encode(frame_HW: np.ndarray) -> bytes:
-    """Encode a uint8 grey frame as a lossless JPEG (SOF3, predictor 1, Pt 0)."""
-    h, w = frame_HW.shape
-    x = frame_HW.astype(np.int32)
-    pred = np.empty_like(x)
-    pred[0, 0] = 128
-    pred[0, 1:] = x[0, :-1]
-    pred[1:, 0] = x[:-1, 0]
-    pred[1:, 1:] = x[1:, :-1]
-    diffs = (x - pred).ravel()
-    codes = _huffman_codes()
-    acc, n_bits, out = 0, 0, bytearray()
-    for d in diffs.tolist():
-        mag = abs(d)
-        cat = mag.bit_length()
-        code, length = codes[cat]
-        acc = (acc << length) | code
-        n_bits += length
-        if cat:
-            extra = d if d > 0 else d + (1 << cat) - 1
-            acc = (acc << cat) | extra
-            n_bits += cat
-        while n_bits >= 8:
-            n_bits -= 8
-            byte = (acc >> n_bits) & 0xFF
-            out.append(byte)
-            if byte == 0xFF:
-                out.append(0)
-        acc &= (1 << n_bits) - 1
-    if n_bits:
-        byte = ((acc << (8 - n_bits)) | ((1 << (8 - n_bits)) - 1)) & 0xFF
-        out.append(byte)
-        if byte == 0xFF:
-            out.append(0)
-
-    def segment(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
-
-    sof = bytes([8]) + h.to_bytes(2, "big") + w.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
-    dht = bytes([0x00]) + bytes(_DC_BITS) + bytes(_DC_VALS)
-    sos = bytes([1, 1, 0x00, 1, 0, 0])
-    return (b"\xff\xd8" + segment(0xC3, sof) + segment(0xC4, dht) + segment(0xDA, sos)
-            + bytes(out) + b"\xff\xd9")
 
 
 # -- a small hospital-style export -------------------------------------------------------------
