@@ -25,8 +25,8 @@ from echocmr.shards.format import (
     SPLITS,
     STATS_FILE,
     Sample,
+    SampleMeta,
     decode_labels,
-    decode_meta,
     split_member_name,
 )
 
@@ -91,7 +91,8 @@ def iter_members(tar_path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
-    """Build a `Sample` from one key's members; raises ValueError if one is missing."""
+    """Build a `Sample` from one key's members; raises ValueError if one is missing or its
+    ``KEY.json`` is not this format's `SampleMeta` for ``key``."""
     missing = [ext for ext in EXTENSIONS if ext not in members]
     if missing:
         raise ValueError(f"sample {key} lacks {', '.join('.' + m for m in missing)}")
@@ -99,7 +100,7 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
         key=key,
         video=members["webm"],
         labels=decode_labels(members["labels"]),
-        meta=decode_meta(members["json"]),
+        meta=SampleMeta.from_json(members["json"], key=key),
     )
 
 
