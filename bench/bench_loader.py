@@ -175,7 +175,8 @@ def _cpu_seconds() -> float:
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import ClipLoader, InputSpec
+    from echocmr.train.contract import InputSpec
+    from echocmr.train.data import ClipLoader
 
     data = replace(config.data, num_threads=threads)
     stats = read_stats(shards)
@@ -194,7 +195,7 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
     import torch
 
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import InputSpec
+    from echocmr.train.contract import InputSpec
 
     spec = InputSpec.build(config.data, read_stats(shards))
     aug = config.data.augment

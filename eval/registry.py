@@ -159,7 +159,7 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     from mlflow.models import Model
 
     from echocmr.train.checkpoint import save_checkpoint
-    from echocmr.train.data import InputSpec
+    from echocmr.train.contract import InputSpec
 
     parse_reference(ref)  # a malformed reference fails before anything is contacted
     out = Path(out)

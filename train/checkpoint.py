@@ -4,7 +4,7 @@ A checkpoint is a directory holding ``checkpoint.pt`` (``torch.save`` of a dict)
 (CPU state dict, torchvision names), ``optimizer``, ``scheduler``, ``position`` (reader epoch and
 batch), ``global_step``, ``rng`` (every rank's generator states), ``epoch`` (last completed),
 ``metrics`` (that epoch's), ``config`` (the resolved `TrainConfig` as a dict) and ``input_spec``
-(`train.data.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
+(`train.contract.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
 
 The logged MLflow model is the network pickled on the CPU in float32 (MLflow's ``pickle``
 serialisation, not the ``pt2`` default: ``torch.export`` needs a batch >= 2 example and ties the
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from echocmr.train.config import ModelConfig
-from echocmr.train.data import InputSpec
+from echocmr.train.contract import InputSpec
 from echocmr.train.model import R2Plus1D
 
 log = logging.getLogger(__name__)
