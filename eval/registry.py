@@ -9,7 +9,8 @@ registered by other means).
 accept with the tracking server gone:
 
 * ``checkpoint.pt``: the network's weights, model config and input spec in the
-  `train.checkpoint` format, which `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
+  `train.checkpoint` layout (written by `train.checkpoint.save_model`), which
+  `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
 * ``mlflow_model/``: the registered MLflow model as downloaded, for provenance and MLflow tools;
 * ``stats.json``: the training run's shard statistics (clip format), when the run logged them;
   `predict` uses its clip size and frame rate to preprocess DICOMs as ingest did;
