@@ -86,7 +86,7 @@ def write_avis(shards: str, out_dir: str) -> tuple[str, float]:
         name = f"{sample.key}.avi"
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(os.path.join(videos, name), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 float(sample.meta["fps"]), (width, height))
+                                 float(sample.meta.fps), (width, height))
         if not writer.isOpened():
             raise RuntimeError("cv2.VideoWriter cannot write MJPG AVI here")
         for frame in frames:
@@ -94,7 +94,7 @@ def write_avis(shards: str, out_dir: str) -> tuple[str, float]:
         writer.release()
         errors.append(np.abs(read_grey(os.path.join(videos, name)).astype(np.int16) - grey).mean())
         labels = ["" if np.isnan(v) else f"{v:g}" for v in sample.labels]
-        rows.append([name, sample.meta["split"].upper(), *labels])
+        rows.append([name, sample.meta.split.upper(), *labels])
     file_list = os.path.join(out_dir, "FileList.csv")
     with open(file_list, "w", newline="") as f:
         csv.writer(f).writerows([["FileName", "Split", *TASKS], *rows])
