@@ -86,7 +86,7 @@ def write_avis(shards: str, out_dir: str) -> tuple[str, float]:
         name = f"{sample.key}.avi"
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(os.path.join(videos, name), cv2.VideoWriter_fourcc(*"MJPG"),
-                                 float(sample.meta["fps"]), (width, height))
+                                 float(sample.meta.fps), (width, height))
         if not writer.isOpened():
             raise RuntimeError("cv2.VideoWriter cannot write MJPG AVI here")
         for frame in frames:
@@ -94,7 +94,7 @@ def write_avis(shards: str, out_dir: str) -> tuple[str, float]:
         writer.release()
         errors.append(np.abs(read_grey(os.path.join(videos, name)).astype(np.int16) - grey).mean())
         labels = ["" if np.isnan(v) else f"{v:g}" for v in sample.labels]
-        rows.append([name, sample.meta["split"].upper(), *labels])
+        rows.append([name, sample.meta.split.upper(), *labels])
     file_list = os.path.join(out_dir, "FileList.csv")
     with open(file_list, "w", newline="") as f:
         csv.writer(f).writerows([["FileName", "Split", *TASKS], *rows])
@@ -175,7 +175,8 @@ def _cpu_seconds() -> float:
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import ClipLoader, InputSpec
+    from echocmr.train.contract import InputSpec
+    from echocmr.train.data import ClipLoader
 
     data = replace(config.data, num_threads=threads)
     stats = read_stats(shards)
@@ -194,7 +195,7 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
     import torch
 
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import InputSpec
+    from echocmr.train.contract import InputSpec
 
     spec = InputSpec.build(config.data, read_stats(shards))
     aug = config.data.augment

@@ -1,19 +1,18 @@
 """Inference over a shard split: every clip (window) of every video, as a clip table.
 
-Decoding is the training pipeline's, without augmentation: DALI's ``fn.readers.webdataset`` over
-the split's tars and ``.idx`` files, ``fn.decoders.video`` (``cpu``, or ``mixed`` on a GPU), the
-grey channel, and the same ``fn.resize`` when the shards are not the network's size. The one
-difference is that eval decodes each video whole instead of one window, then cuts windows on the
-host: T frames every P frames (from the model's `train.data.InputSpec`), normalised with the
-spec's mean/std exactly as `train.data.ClipLoader` does, padded as its ``pad_mode`` says.
+Decoding is the training pipeline's own graph (`train.pipeline.build_pipeline` with
+``window="whole"``): the same reader, video decoder (``cpu``, or ``mixed`` on a GPU), grey channel
+and resize, except that each video is decoded whole. Windows are then cut on the host by the
+model contract (`train.contract.window_starts` and `window_clips`): T frames every P frames of the
+model's `InputSpec`, padded and normalised exactly as the training pipeline does.
 
-Windows (``InferConfig.clips``):
+Windows (``InferConfig.clips``, see `train.contract.window_starts`):
 
 * ``all`` (default): starts 0, stride, 2*stride, ... up to the last full window, plus the last
   full window itself so the tail is covered. ``stride`` defaults to half a window's span
   ((T-1)*P+1 frames); ``stride=1`` is every possible clip. A video shorter than one window gives
   one padded window at 0.
-* ``centre``: the single centred window — the clip `ClipLoader(train=False)` feeds validation.
+* ``centre``: the single centred window — the clip training's validation feeds the network.
 
 Large splits: with ``workers > 1`` the split's tars are dealt round-robin to Ray tasks, each of
 which loads the model itself and runs the same code (one GPU each with ``gpu=True``).
@@ -25,7 +24,6 @@ by each Ray task otherwise (one download per node; every node with a task copies
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -36,10 +34,11 @@ import pandas as pd
 
 from echocmr.eval.outputs import CLIP_COLUMNS
 from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.shards.format import ClipFormat, SampleMeta
+from echocmr.train.contract import WINDOW_MODES as MODES
+from echocmr.train.contract import InputSpec, window_clips, window_span, window_starts
 
 log = logging.getLogger(__name__)
-
-MODES = ("all", "centre")
 
 
 @dataclass(kw_only=True)
@@ -73,43 +72,6 @@ class InferConfig:
         return f"all clips, {spec.frames} frames every {spec.period}, start stride {stride}"
 
 
-def window_span(spec) -> int:
-    """Source frames one window covers: (T - 1) * P + 1."""
-    return (spec.frames - 1) * spec.period + 1
-
-
-def window_starts(n_frames: int, spec, *, mode: str = "all", stride: int | None = None) -> list[int]:
-    """First frame of each window of a video of ``n_frames`` frames (see the module docstring)."""
-    if n_frames < 1:
-        raise ValueError("a video needs at least one frame")
-    span = window_span(spec)
-    last = max(n_frames - span, 0)
-    if mode == "centre":
-        return [last // 2]
-    if mode != "all":
-        raise ValueError(f"mode={mode!r}: choose 'all' or 'centre'")
-    starts = list(range(0, last + 1, stride or max(1, span // 2)))
-    if starts[-1] != last:
-        starts.append(last)
-    return starts
-
-
-def window_clips(frames_FHW: np.ndarray, spec, starts: list[int]) -> np.ndarray:
-    """Decoded frames (uint8 grey 0-255 as DALI gives them, already at the network size) to
-    network inputs ``float32[W, C, T, S, S]``: one window per start, padded and normalised with
-    the spec's mean/std like `train.data.ClipLoader` with ``train=False``."""
-    frames = np.asarray(frames_FHW)
-    if frames.ndim != 3 or frames.shape[1:] != (spec.size, spec.size):
-        raise ValueError(f"expected [F, {spec.size}, {spec.size}] frames, got {frames.shape}")
-    n = frames.shape[0]
-    idx_WT = np.asarray(starts)[:, None] + spec.period * np.arange(spec.frames)[None, :]
-    picked = frames[np.minimum(idx_WT, n - 1)].astype(np.float32)  # [W, T, S, S]
-    if spec.pad_mode == "constant":
-        picked[idx_WT >= n] = 0.0  # DALI's fill_value=0 for frames past the end
-    picked = (picked - spec.mean) / spec.std
-    return np.repeat(picked[:, None], spec.channels, axis=1)  # [W, C, T, S, S], writable
-
-
 def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
     """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
     import torch
@@ -122,27 +84,20 @@ def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) 
     return np.concatenate(out).astype(np.float64)
 
 
-def decode_videos(tars: list[str], indexes: list[str], spec, *, stored_size: tuple | None,
-                  config: InferConfig, device) -> Iterator[tuple[str, np.ndarray, dict, np.ndarray]]:
+def decode_videos(tars: list[str], indexes: list[str], spec: InputSpec, *,
+                  stored_size: tuple | None, config: InferConfig,
+                  device) -> Iterator[tuple[str, np.ndarray, SampleMeta, np.ndarray]]:
     """``(key, labels float32[5], meta, frames uint8[F, S, S])`` per sample, in stored order."""
-    from nvidia.dali import Pipeline, fn, types
+    from echocmr.shards.index import index_count
+    from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
-    n_samples = sum(_index_count(i) for i in indexes)
+    n_samples = sum(index_count(i) for i in indexes)
     gpu = getattr(device, "type", str(device)) == "cuda"
-    pipe = Pipeline(batch_size=config.read_batch, num_threads=config.num_threads,
-                    device_id=(getattr(device, "index", None) or 0) if gpu else None,
-                    seed=0, prefetch_queue_depth=1)
-    with pipe:
-        video, labels, meta = fn.readers.webdataset(
-            paths=list(tars), index_paths=list(indexes), ext=["webm", "labels", "json"],
-            dtypes=[types.UINT8, types.FLOAT, types.UINT8], missing_component_behavior="error",
-            shard_id=0, num_shards=1, pad_last_batch=True, random_shuffle=False, name="reader")
-        frames = fn.decoders.video(video, device="mixed" if gpu else "cpu")
-        frames = frames[:, :, :, 0:1]  # grey: R = G = B
-        if stored_size is None or tuple(stored_size) != (spec.size, spec.size):
-            frames = fn.resize(frames, size=[spec.size, spec.size], antialias=True)
-        pipe.set_outputs(frames, labels, meta)
-    pipe.build()
+    run = PipelineConfig(batch_size=config.read_batch, num_threads=config.num_threads,
+                         prefetch=1, seed=0,
+                         device_id=(getattr(device, "index", None) or 0) if gpu else None)
+    pipe = build_pipeline(tars, indexes, spec, config=run, window="whole",
+                          stored_size=stored_size)
     seen = 0
     try:
         while seen < n_samples:
@@ -152,20 +107,15 @@ def decode_videos(tars: list[str], indexes: list[str], spec, *, stored_size: tup
             for i in range(len(meta_tl)):
                 if seen >= n_samples:  # pad_last_batch repeats the last sample
                     break
-                m = json.loads(np.array(meta_tl.at(i)).tobytes())
+                m = sample_meta(meta_tl.at(i))
                 f = np.array(frames_tl.at(i))[..., 0]
-                yield m["key"], np.array(labels_tl.at(i), dtype=np.float32), m, f
+                yield m.key, np.array(labels_tl.at(i), dtype=np.float32), m, f
                 seen += 1
     finally:
         del pipe
 
 
-def _index_count(index_path: str) -> int:
-    with open(index_path) as f:
-        return int(f.readline().split()[1])
-
-
-def infer_tars(model, spec, tars: list[str], indexes: list[str], *, config: InferConfig,
+def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, config: InferConfig,
                stored_size: tuple | None, device=None) -> pd.DataFrame:
     """The clip table (``eval.outputs.CLIP_COLUMNS``) of the given tars."""
     import torch
@@ -188,11 +138,11 @@ def infer_tars(model, spec, tars: list[str], indexes: list[str], *, config: Infe
 
     for key, labels, meta, frames in decode_videos(tars, indexes, spec, stored_size=stored_size,
                                                    config=config, device=device):
-        if meta.get("n_frames") is not None and int(meta["n_frames"]) != frames.shape[0]:
+        if meta.n_frames != frames.shape[0]:
             log.warning("%s: metadata says %s frames, the decoder gave %d; using the decoder's",
-                        key, meta["n_frames"], frames.shape[0])
+                        key, meta.n_frames, frames.shape[0])
         starts = window_starts(frames.shape[0], spec, mode=config.clips, stride=config.stride)
-        base = {"key": key, **{c: str(meta.get(c, "unknown")) for c in
+        base = {"key": key, **{c: str(getattr(meta, c)) for c in
                                ("study_hash", "patient_hash", "site", "split", "view")}}
         base.update({y_col(t): float(labels[k]) for k, t in enumerate(TASKS)})
         rows += [{**base, "clip_index": w, "start_frame": int(s)} for w, s in enumerate(starts)]
@@ -213,9 +163,7 @@ def _split_inputs(shards: str, split: str,
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split)
-    clip = read_stats(local).get("clip", {})
-    stored = (clip.get("height"), clip.get("width")) if clip else None
-    return tars, indexes, stored
+    return tars, indexes, ClipFormat.of_stats(read_stats(local)).size
 
 
 def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
@@ -230,8 +178,7 @@ def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
         raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
     stats = read_stats(shards)
     check_format_version(stats, f"shard set {shards} ({STATS_FILE})")
-    clip = stats.get("clip", {})
-    return names, ((clip.get("height"), clip.get("width")) if clip else None)
+    return names, ClipFormat.of_stats(stats).size
 
 
 def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,

@@ -2,11 +2,12 @@
 
 Each file goes through exactly the ingest code (`ingest.preprocess.preprocess_dicom`: read, find
 the sector, mask overlays, square, resize, resample), then through the same windows as ``eval``
-(`eval.infer.window_starts`; each window made by `train.data.frames_to_clip`, which feeds the
-network the values the training pipeline's decoder gives for the same luma), then the model. Clip
-probabilities are averaged per file, files per study — the same mean aggregation as ``eval``.
+(`train.contract.window_starts`; each window made by `train.contract.frames_to_clip`, which feeds
+the network the values the training pipeline's decoder gives for the same luma), then the model.
+Clip probabilities are averaged per file, files per study — the same mean aggregation as ``eval``.
 
-Files are grouped into studies by their StudyInstanceUID, read only for grouping: the output names
+Files are grouped into studies by their StudyInstanceUID (which `preprocess_dicom` returns with the
+clip, so no file is opened twice), used only for grouping: the output names
 studies ``study-1``, ``study-2``, ... in input order and lists the paths the user passed, nothing
 else from the files. A file that cannot be used (not DICOM, a still image, colour Doppler, ...) is
 reported with ingest's reason code and detail; it never stops the run.
@@ -31,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.infer import MODES, predict_windows, window_starts
+from echocmr.eval.infer import predict_windows
 from echocmr.eval.tasks import TASKS, p_col
+from echocmr.train.contract import WINDOW_MODES, frames_to_clip, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class PredictConfig:
     ingest_config: str | None = None  # ingest YAML whose `preprocess` section to use
 
     def __post_init__(self) -> None:
-        if self.clips not in MODES:
+        if self.clips not in WINDOW_MODES:
             raise ValueError(f"clips={self.clips!r}: choose 'all' or 'centre'")
 
 
@@ -75,23 +77,10 @@ def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | N
     return base
 
 
-def _study_uid(path: str) -> str | None:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
-    except Exception:
-        return None
-    uid = str(ds.get("StudyInstanceUID", "") or "").strip()
-    return uid or None
-
-
 def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictConfig,
                        device="cpu") -> tuple[np.ndarray, int]:
     """Mean clip probabilities ``[K]`` of one preprocessed clip, and its number of windows."""
     import torch
-
-    from echocmr.train.data import frames_to_clip
 
     starts = window_starts(len(frames_THW), spec, mode=config.clips, stride=config.stride)
     clips = torch.stack([frames_to_clip(frames_THW, spec, start=s) for s in starts]).numpy()
@@ -128,7 +117,7 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
                              "detail": f"{type(exc).__name__}: {exc}"})
             continue
         probs, n_clips = file_probabilities(clip.frames_THW, model, spec, config=config)
-        key = _study_uid(path) or f"file:{path}"  # no study UID: the file is its own study
+        key = clip.study_uid or f"file:{path}"  # no study UID: the file is its own study
         g = groups.setdefault(key, {"files": [], "probs": [], "clips": 0})
         g["files"].append(path)
         g["probs"].append(probs)

@@ -9,7 +9,8 @@ registered by other means).
 accept with the tracking server gone:
 
 * ``checkpoint.pt``: the network's weights, model config and input spec in the
-  `train.checkpoint` format, which `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
+  `train.checkpoint` layout (written by `train.checkpoint.save_model`), which
+  `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
 * ``mlflow_model/``: the registered MLflow model as downloaded, for provenance and MLflow tools;
 * ``stats.json``: the training run's shard statistics (clip format), when the run logged them;
   `predict` uses its clip size and frame rate to preprocess DICOMs as ingest did;
@@ -158,8 +159,7 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     import mlflow
     from mlflow.models import Model
 
-    from echocmr.train.checkpoint import save_checkpoint
-    from echocmr.train.data import InputSpec
+    from echocmr.train.checkpoint import load_model, save_model
 
     parse_reference(ref)  # a malformed reference fails before anything is contacted
     out = Path(out)
@@ -172,22 +172,13 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
                                         dst_path=str(mlflow_dir), tracking_uri=tracking_uri)
     meta = Model.load(str(mlflow_dir)).metadata or {}
-    if "input_spec" not in meta:
-        raise ValueError(f"{ref}: the model has no input_spec metadata (not logged by echocmr "
-                         "train), so eval and predict could not preprocess for it")
-    model = mlflow.pytorch.load_model(str(mlflow_dir), map_location="cpu")
-    spec = InputSpec.from_dict(meta["input_spec"])
-    if not hasattr(model, "config"):
-        raise ValueError(f"{ref}: the logged network is a {type(model).__name__}, not echocmr's "
-                         "R2Plus1D; it cannot be stored as an echocmr checkpoint")
-    save_checkpoint(str(out), {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "config": {"model": _plain(asdict(model.config))},
-        "input_spec": spec.to_dict(),
-        "epoch": meta.get("epoch"),
-        "metrics": meta.get("val_metrics", {}),
-        "registered": {"name": info.name, "version": info.version},
-    })
+    try:  # train's loader and train's checkpoint layout: eval and predict read it back offline
+        model, spec = load_model(str(mlflow_dir))
+        save_model(str(out), model, spec, epoch=meta.get("epoch"),
+                   metrics=meta.get("val_metrics", {}),
+                   registered={"name": info.name, "version": info.version})
+    except ValueError as exc:
+        raise ValueError(f"{ref}: {exc}") from None
     if info.run_id:
         try:
             mlflow.set_tracking_uri(tracking_uri)
@@ -201,14 +192,6 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
         {**info.to_dict(), "reference": ref, "tracking_uri": _redact(tracking_uri)}, indent=2)
         + "\n")
     return info
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _redact(uri: str) -> str:

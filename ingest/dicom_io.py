@@ -187,6 +187,11 @@ def check_cine(ds, config: ReadConfig) -> int:
     return n_frames
 
 
+def study_uid(ds) -> str | None:
+    """The StudyInstanceUID of a dataset, None when it has none (PHI: kept in memory only)."""
+    return str(ds.get("StudyInstanceUID", "") or "").strip() or None
+
+
 def identity(ds) -> ClipIdentity:
     """The clip's identifiers (PHI, kept in memory only)."""
     patient_id = str(ds.get("PatientID", "") or "").strip()

@@ -48,7 +48,13 @@ from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
-from echocmr.shards.format import FORMAT_VERSION, INGEST_REPORT_FILE, SPLITS
+from echocmr.shards.format import (
+    FORMAT_VERSION,
+    INGEST_REPORT_FILE,
+    SPLITS,
+    IngestFacts,
+    SampleMeta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,24 +190,27 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     clip_hash = hasher.clip_hash(ident.sop_uid)
     key = f"{config.site}-{clip_hash}"
     spacing = prepared.pixel_spacing_mm
-    meta = {
-        "key": key,
-        "site": config.site,
-        "split": hasher.split(ident.patient_id),
-        "patient_hash": hasher.patient_hash(ident.patient_id),
-        "study_hash": study_hash,
-        "source_sop_hash": clip_hash,
-        "view": ctx.views.get(ident.sop_uid, UNKNOWN_VIEW),
-        "fps": prepared.fps,
-        "n_frames": prepared.n_frames,
-        "height": int(prepared.frames_THW.shape[1]),
-        "width": int(prepared.frames_THW.shape[2]),
-        "orig_fps": None if prepared.orig_fps is None else round(prepared.orig_fps, 4),
-        "orig_n_frames": prepared.orig_n_frames,
-        "pixel_spacing_mm": None if spacing is None else [round(spacing[0], 6), round(spacing[1], 6)],
-        "echo_cmr_gap_days": pairing.gap_days,
-        "field_strength_t": pairing.field_strength_t,
-    }
+    meta = SampleMeta(
+        key=key,
+        site=config.site,
+        split=hasher.split(ident.patient_id),
+        patient_hash=hasher.patient_hash(ident.patient_id),
+        study_hash=study_hash,
+        view=ctx.views.get(ident.sop_uid, UNKNOWN_VIEW),
+        fps=prepared.fps,
+        n_frames=prepared.n_frames,
+        ingest=IngestFacts(
+            source_sop_hash=clip_hash,
+            height=int(prepared.frames_THW.shape[1]),
+            width=int(prepared.frames_THW.shape[2]),
+            orig_fps=None if prepared.orig_fps is None else round(prepared.orig_fps, 4),
+            orig_n_frames=prepared.orig_n_frames,
+            pixel_spacing_mm=None if spacing is None else (round(spacing[0], 6),
+                                                           round(spacing[1], 6)),
+            echo_cmr_gap_days=pairing.gap_days,
+            field_strength_t=pairing.field_strength_t,
+        ),
+    ).to_dict()  # the work cache holds it as JSON; the writer parses it back into a SampleMeta
     labels = [None if np.isnan(v) else float(v) for v in pairing.labels]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
@@ -524,14 +533,14 @@ def _reject_duplicates(results: list[FileResult]) -> None:
 
 def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
                    out_dir: str, config: IngestConfig, fingerprint: str):
-    from echocmr.shards.format import Sample
+    from echocmr.shards.format import ClipFormat, Sample
     from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     kept = [r for r in results if r.status == "kept"]
     kept.sort(key=lambda r: (SPLITS.index(r.meta["split"]), r.key))
-    clip_format = {"height": config.preprocess.size, "width": config.preprocess.size,
-                   "fps": float(config.preprocess.target_fps), "codec": "vp9",
-                   "pix_fmt": "yuv420p"}
+    clip_format = ClipFormat(height=config.preprocess.size, width=config.preprocess.size,
+                             fps=float(config.preprocess.target_fps), codec="vp9",
+                             pix_fmt="yuv420p")
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
     with ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,

@@ -2,7 +2,9 @@
 
 `preprocess_dicom(path, config)` is the one implementation shared by ``echocmr ingest`` and
 ``echocmr predict``: training and prediction must see identically prepared pixels, so prediction
-reuses this function rather than a copy. It needs no labels and no identifiers.
+reuses this function rather than a copy. It needs no labels and no identifiers; it returns the
+file's StudyInstanceUID (`PreprocessedClip.study_uid`, in memory only) so that predict can group
+files into studies without reading them again.
 
 Order of operations (each step is a small function below):
 
@@ -22,13 +24,20 @@ both directions once the crop is padded to a square, if the source pixels were s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 
 import numpy as np
 
 from echocmr.ingest.config import IngestConfig, PreprocessConfig, ReadConfig
-from echocmr.ingest.dicom_io import DicomClip, RejectedInput, read_dicom
+from echocmr.ingest.dicom_io import (
+    DicomClip,
+    RejectedInput,
+    check_cine,
+    clip_from_dataset,
+    load_dataset,
+    study_uid,
+)
 from echocmr.ingest.sector import Sector, find_sector
 
 
@@ -42,6 +51,9 @@ class PreprocessedClip:
     orig_n_frames: int
     pixel_spacing_mm: tuple[float, float] | None  # (row, col) of the output pixels
     sector_source: str  # how the sector was found (see `ingest.sector.Sector.source`)
+    # The source's StudyInstanceUID (`preprocess_dicom` only; None without one). PHI: for grouping
+    # files in memory, never written anywhere.
+    study_uid: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -56,10 +68,17 @@ class PreprocessedClip:
 def preprocess_dicom(
     path: str | PathLike, config: PreprocessConfig | IngestConfig | None = None
 ) -> PreprocessedClip:
-    """Read one DICOM file and prepare it (raises `RejectedInput` for unusable files)."""
+    """Read one DICOM file and prepare it (raises `RejectedInput` for unusable files).
+
+    The result carries the file's StudyInstanceUID (``study_uid``, None if it has none).
+    """
     config = _preprocess_config(config)
-    clip, _ = read_dicom(path, config.read)
-    return preprocess_clip(clip, config)
+    ds = load_dataset(path)
+    check_cine(ds, config.read)
+    uid = study_uid(ds)
+    clip = clip_from_dataset(ds)
+    del ds
+    return replace(preprocess_clip(clip, config), study_uid=uid)
 
 
 def preprocess_clip(clip: DicomClip, config: PreprocessConfig | None = None) -> PreprocessedClip:

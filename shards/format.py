@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -62,17 +62,6 @@ MAX_SITE_LEN = 64
 _SITE_RE = re.compile(r"^[a-z0-9_]+$")
 _KEY_RE = re.compile(r"^([a-z0-9_]+)-([0-9a-f]{16})$")
 SHARD_RE = re.compile(r"^(train|val|test)-(\d{6})\.tar$")
-
-# Metadata fields the writer needs to build a manifest row; ingest writes more (docs/formats.md).
-REQUIRED_META: tuple[str, ...] = (
-    "site",
-    "split",
-    "patient_hash",
-    "study_hash",
-    "view",
-    "fps",
-    "n_frames",
-)
 
 # manifest.parquet: one row per clip, in the order the samples were written.
 MANIFEST_COLUMNS: tuple[str, ...] = (
@@ -151,18 +140,193 @@ def check_format_version(stats: dict, where: str) -> None:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClipFormat:
+    """The format every clip of a shard set has (``stats.json["clip"]``): ``height`` x ``width``
+    pixels at ``fps``, ``codec`` video in ``pix_fmt``. Ingest builds it from its config; readers
+    parse it once with `from_dict` (or `of_stats`)."""
+
+    height: int
+    width: int
+    fps: float
+    codec: str = "vp9"
+    pix_fmt: str = "yuv420p"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClipFormat:
+        """Parse a clip block; raises ValueError for a missing size or rate or an unknown field."""
+        if isinstance(data, ClipFormat):
+            return data
+        missing = [k for k in ("height", "width", "fps") if data.get(k) is None]
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if missing or unknown:
+            what = f"lacks {missing}" if missing else f"has unknown fields {unknown}"
+            raise ValueError(
+                f"clip format {what}; give e.g. {{'height': 112, 'width': 112, 'fps': 30.0, "
+                "'codec': 'vp9', 'pix_fmt': 'yuv420p'}"
+            )
+        return cls(
+            height=int(data["height"]),
+            width=int(data["width"]),
+            fps=float(data["fps"]),
+            codec=str(data.get("codec", "vp9")),
+            pix_fmt=str(data.get("pix_fmt", "yuv420p")),
+        )
+
+    @classmethod
+    def of_stats(cls, stats: dict) -> ClipFormat:
+        """The clip format of a set from its ``stats.json`` content."""
+        if not stats.get("clip"):
+            raise ValueError("stats.json has no clip block: it was not written by echocmr")
+        return cls.from_dict(stats["clip"])
+
+    def to_dict(self) -> dict:
+        """The ``stats.json`` clip block (key order fixed: the file is byte-for-byte stable)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return self.height, self.width
+
+    @property
+    def square_size(self) -> int | None:
+        """The side of square clips, None for non-square ones."""
+        return self.height if self.height == self.width else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestFacts:
+    """What ingest records about a clip beyond what the writer needs (`SampleMeta.ingest`).
+
+    Sets written by other tools (tests, benchmarks) may leave it out as a whole; a sample never
+    has part of it. None values are facts too (JSON ``null``: the source file did not say).
+    """
+
+    source_sop_hash: str
+    height: int
+    width: int
+    orig_fps: float | None
+    orig_n_frames: int
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col) of the stored pixels
+    echo_cmr_gap_days: int | None
+    field_strength_t: float | None
+
+
+# The fields every sample has: what the writer needs to build a manifest row (docs/formats.md).
+REQUIRED_META: tuple[str, ...] = (
+    "site",
+    "split",
+    "patient_hash",
+    "study_hash",
+    "view",
+    "fps",
+    "n_frames",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleMeta:
+    """``KEY.json``: one clip's metadata, typed. Never PHI: identifiers are keyed hashes.
+
+    Built once (ingest, from what it read) and parsed once wherever a ``KEY.json`` is read
+    (`from_json`: the plain reader, verify, the DALI pipelines). Parsing is strict: a missing
+    field or one this code does not know raises ValueError naming the sample, so a set from
+    another echocmr fails loudly instead of feeding defaults. `to_json` writes the same bytes
+    `encode_meta` always wrote (``key`` first, the rest sorted, compact).
+    """
+
+    key: str
+    site: str
+    split: str
+    patient_hash: str
+    study_hash: str
+    view: str
+    fps: float
+    n_frames: int
+    ingest: IngestFacts | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict, key: str | None = None) -> SampleMeta:
+        """Parse ``KEY.json`` content (``key`` given: the sample's key, which it must name)."""
+        if isinstance(data, SampleMeta):
+            data = data.to_dict()
+        key = data.get("key", key) if key is None else key
+        where = f"sample {key}" if key else "sample metadata"
+        if data.get("key", key) != key:
+            raise ValueError(f"meta['key'] is {data['key']!r} but the sample key is {key!r}")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{where}: KEY.json names no key")
+        ingest_fields = [f.name for f in fields(IngestFacts)]
+        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields})
+        if unknown:
+            raise ValueError(
+                f"{where}: KEY.json has fields this echocmr does not know ({', '.join(unknown)}); "
+                "upgrade echocmr to read this shard set"
+            )
+        missing = [k for k in REQUIRED_META if data.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: meta lacks {missing} (see docs/formats.md)")
+        present = [k for k in ingest_fields if k in data]
+        ingest = None
+        if present:
+            lacking = [k for k in ingest_fields if k not in data]
+            if lacking:
+                raise ValueError(f"{where}: KEY.json has ingest's fields but lacks {lacking}")
+            facts = {k: data[k] for k in ingest_fields}
+            if facts["pixel_spacing_mm"] is not None:
+                facts["pixel_spacing_mm"] = tuple(facts["pixel_spacing_mm"])
+            ingest = IngestFacts(**facts)
+        return cls(
+            key=key,
+            site=data["site"],
+            split=data["split"],
+            patient_hash=str(data["patient_hash"]),
+            study_hash=str(data["study_hash"]),
+            view=str(data["view"]),
+            fps=float(data["fps"]),
+            n_frames=int(data["n_frames"]),
+            ingest=ingest,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str | None = None) -> SampleMeta:
+        """Parse ``KEY.json`` bytes (see `from_dict`)."""
+        return cls.from_dict(decode_meta(data), key=key)
+
+    def to_dict(self) -> dict:
+        """The ``KEY.json`` content as a dict (ingest's fields only when the sample has them)."""
+        out = {f: getattr(self, f) for f in ("key", *REQUIRED_META)}
+        if self.ingest is not None:
+            out.update(asdict(self.ingest))
+            if self.ingest.pixel_spacing_mm is not None:
+                out["pixel_spacing_mm"] = list(self.ingest.pixel_spacing_mm)
+        return out
+
+    def to_json(self) -> bytes:
+        """The ``KEY.json`` bytes (deterministic: `encode_meta`)."""
+        return encode_meta(self.key, self.to_dict())
+
+
 @dataclass(frozen=True)
 class Sample:
     """One echo clip as stored in a shard.
 
     ``video`` is the WebM file's bytes, ``labels`` float32[5] in `TASKS` order (NaN unknown),
-    ``meta`` the JSON metadata (see docs/formats.md; ``meta["split"]`` decides the shard).
+    ``meta`` its `SampleMeta` (``meta.split`` decides the shard). A dict given as ``meta`` is
+    parsed as ``KEY.json`` content would be.
     """
 
     key: str
     video: bytes
     labels: np.ndarray
-    meta: dict = field(default_factory=dict)
+    meta: SampleMeta
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, SampleMeta):
+            object.__setattr__(self, "meta", SampleMeta.from_dict(self.meta, key=self.key))
+        elif self.meta.key != self.key:
+            raise ValueError(f"meta.key is {self.meta.key!r} but the sample key is {self.key!r}")
 
 
 def validate_site(site: str) -> str:

@@ -13,7 +13,8 @@ offset + 512. Only regular files are listed.
 
 We compute the index from the offsets we write (`IndexEntry` per member) rather than by running
 ``tar`` over the finished file; `index_from_tar` rebuilds it from any tar for checks (verify) and
-tests prove it equals ``wds2idx``'s output byte for byte.
+tests prove it equals ``wds2idx``'s output byte for byte. Every ``.idx`` is read through here
+(`parse_index`, or `index_count` for the sample count alone).
 """
 
 from __future__ import annotations
@@ -60,10 +61,7 @@ def parse_index(text: str) -> list[SampleIndex]:
         lines.pop()
     if not lines:
         raise ValueError("index is empty")
-    header = lines[0].split()
-    if len(header) != 2 or header[0] != INDEX_VERSION:
-        raise ValueError(f"index header {lines[0]!r} is not '{INDEX_VERSION} <count>'")
-    count = int(header[1])
+    count = parse_header(lines[0])
     body = lines[1:]
     if len(body) != count:
         raise ValueError(f"index header says {count} samples but lists {len(body)}")
@@ -84,6 +82,29 @@ def parse_index(text: str) -> list[SampleIndex]:
             ]
         )
     return samples
+
+
+def parse_header(line: str) -> int:
+    """The sample count of an index's first line (``v1.2 <count>``); ValueError otherwise."""
+    header = line.split()
+    if len(header) != 2 or header[0] != INDEX_VERSION or not header[1].isdigit():
+        raise ValueError(f"index header {line.strip()!r} is not '{INDEX_VERSION} <count>'")
+    return int(header[1])
+
+
+def index_count(path: str) -> int:
+    """The number of samples an ``.idx`` file lists, from its header line alone (a path or URL).
+
+    Raises ValueError naming the file when it is not a ``wds2idx`` index.
+    """
+    from echocmr.shards import storage
+
+    with storage.open_file(path, "rb") as f:
+        line = f.readline().decode("utf-8", errors="replace")
+    try:
+        return parse_header(line)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a DALI wds2idx index: {exc}") from None
 
 
 def group_members(members: list[IndexEntry]) -> list[SampleIndex]:

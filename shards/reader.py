@@ -1,8 +1,8 @@
 """Read a shard set: its manifest, its stats, its shard list, and its samples (streaming).
 
 This is the plain-Python reader (tarfile over fsspec) used by the toolkit, eval and tests. The
-training input pipeline reads the same tars with DALI (``train.data``); the two agree because both
-read the format of `shards.format`.
+DALI graph of training and eval (``train.pipeline``) reads the same tars; the two agree because
+both read the format of `shards.format`.
 
 `iter_samples` streams: one tar is open at a time, read front to back, one sample in memory.
 """
@@ -25,8 +25,8 @@ from echocmr.shards.format import (
     SPLITS,
     STATS_FILE,
     Sample,
+    SampleMeta,
     decode_labels,
-    decode_meta,
     split_member_name,
 )
 
@@ -91,7 +91,8 @@ def iter_members(tar_path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 
 def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
-    """Build a `Sample` from one key's members; raises ValueError if one is missing."""
+    """Build a `Sample` from one key's members; raises ValueError if one is missing or its
+    ``KEY.json`` is not this format's `SampleMeta` for ``key``."""
     missing = [ext for ext in EXTENSIONS if ext not in members]
     if missing:
         raise ValueError(f"sample {key} lacks {', '.join('.' + m for m in missing)}")
@@ -99,7 +100,7 @@ def sample_from_members(key: str, members: dict[str, bytes]) -> Sample:
         key=key,
         video=members["webm"],
         labels=decode_labels(members["labels"]),
-        meta=decode_meta(members["json"]),
+        meta=SampleMeta.from_json(members["json"], key=key),
     )
 
 

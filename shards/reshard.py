@@ -44,6 +44,7 @@ from echocmr.shards.format import (
     SPLITS,
     STATS_FILE,
     TASKS,
+    ClipFormat,
     FormatVersionError,
     check_format_version,
     index_name,
@@ -51,7 +52,7 @@ from echocmr.shards.format import (
 )
 from echocmr.shards.index import parse_index, sample_keys
 from echocmr.shards.reader import read_manifest, read_sample, read_stats
-from echocmr.shards.stats import check_clip_format, compute_stats, stats_json_bytes
+from echocmr.shards.stats import compute_stats, stats_json_bytes
 from echocmr.shards.verify import Problem, verify
 from echocmr.shards.writer import ShardFile, manifest_bytes, tar_bytes
 
@@ -110,19 +111,25 @@ def check_compatible(inputs: list[_Input]) -> dict:
             check_format_version(inp.stats, f"input {inp.directory}")
         except FormatVersionError as exc:
             raise ReshardError(str(exc)) from exc
+    clips = {}
+    for inp in inputs:
+        try:
+            clips[inp.directory] = ClipFormat.of_stats(inp.stats)
+        except ValueError as exc:
+            raise ReshardError(f"input {inp.directory}: {exc}") from exc
 
     def describe(getter) -> str:
-        return "; ".join(f"{i.directory}: {getter(i.stats)!r}" for i in inputs)
+        return "; ".join(f"{i.directory}: {getter(i)!r}" for i in inputs)
 
     checks = {
-        "format version": lambda s: s.get("format_version"),
-        "label set (tasks)": lambda s: tuple(s.get("tasks", ())),
-        "split key fingerprint": lambda s: s.get("split_key_fingerprint"),
+        "format version": lambda i: i.stats.get("format_version"),
+        "label set (tasks)": lambda i: tuple(i.stats.get("tasks", ())),
+        "split key fingerprint": lambda i: i.stats.get("split_key_fingerprint"),
     }
     for side in ("height", "width", "fps", "codec", "pix_fmt"):
-        checks[f"clip {side}"] = lambda s, side=side: s.get("clip", {}).get(side)
+        checks[f"clip {side}"] = lambda i, side=side: getattr(clips[i.directory], side)
     for what, getter in checks.items():
-        values = {repr(getter(i.stats)) for i in inputs}
+        values = {repr(getter(i)) for i in inputs}
         if len(values) > 1:
             hint = (
                 "patients would be split with different keys; re-ingest with the same split key"
@@ -133,7 +140,7 @@ def check_compatible(inputs: list[_Input]) -> dict:
     if tuple(first.stats.get("tasks", ())) != TASKS:
         raise ReshardError(f"{first.directory}: tasks {first.stats.get('tasks')} are not {TASKS}")
     return {
-        "clip": check_clip_format(first.stats["clip"]),
+        "clip": clips[first.directory],
         "split_key_fingerprint": first.stats["split_key_fingerprint"],
     }
 

@@ -18,26 +18,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.shards import storage
-from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS
-
-CLIP_FORMAT_KEYS = ("height", "width", "fps", "codec", "pix_fmt")
-
-
-def check_clip_format(clip_format: dict) -> dict:
-    """Validate and normalise a clip format dict (height, width, fps, codec, pix_fmt)."""
-    missing = [k for k in CLIP_FORMAT_KEYS if k not in clip_format]
-    if missing:
-        raise ValueError(
-            f"clip_format lacks {missing}; give e.g. "
-            "{'height': 112, 'width': 112, 'fps': 30.0, 'codec': 'vp9', 'pix_fmt': 'yuv420p'}"
-        )
-    out = dict(clip_format)
-    out["height"], out["width"], out["fps"] = (
-        int(out["height"]),
-        int(out["width"]),
-        float(out["fps"]),
-    )
-    return out
+from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS, ClipFormat
 
 
 def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -73,14 +54,16 @@ def split_summary(rows: pd.DataFrame) -> dict:
     }
 
 
-def compute_stats(manifest: pd.DataFrame, *, clip_format: dict, split_key_fingerprint: str) -> dict:
+def compute_stats(
+    manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str
+) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md)."""
     train = manifest[manifest["split"] == "train"]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
-        "clip": check_clip_format(clip_format),
+        "clip": ClipFormat.from_dict(clip_format).to_dict(),
         "split_key_fingerprint": split_key_fingerprint,
         "pixel_mean": None if math.isnan(mean) else round(mean, 6),
         "pixel_std": None if math.isnan(std) else round(std, 6),

@@ -37,7 +37,9 @@ from echocmr.shards.format import (
     EXTENSIONS,
     SHARD_RE,
     TASKS,
+    ClipFormat,
     FormatVersionError,
+    SampleMeta,
     check_format_version,
     decode_labels,
     decode_meta,
@@ -86,7 +88,13 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
             problems.append(Problem(name, None, "tar not named <split>-NNNNNN.tar"))
 
     rows = _Rows(manifest)
-    decoder = _Decoder(stats.get("clip", {})) if decode else None
+    decoder = None
+    if decode:
+        try:
+            decoder = _Decoder(ClipFormat.of_stats(stats))
+        except ValueError as exc:  # decode anyway: the frame counts can still be checked
+            problems.append(Problem(None, None, f"stats.json: {exc}"))
+            decoder = _Decoder(None)
     seen: dict[str, str] = {}  # key -> shard it was found in
     for tar_path in tars:
         shard = storage.basename(tar_path)
@@ -111,7 +119,7 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
 
 def _check_tar(
     tar_path: str, shard: str, problems: list[Problem]
-) -> Iterator[tuple[str, dict[str, bytes], dict | None]]:
+) -> Iterator[tuple[str, dict[str, bytes], SampleMeta | None]]:
     """Stream the samples of one tar, recording structural problems; yield (key, members, meta)."""
     split = SHARD_RE.match(shard).group(1)
     index: list[IndexEntry] = []
@@ -171,7 +179,7 @@ def _check_tar(
 
 def _check_sample(
     shard: str, split: str, key: str, members: dict[str, bytes], problems: list[Problem]
-) -> dict | None:
+) -> SampleMeta | None:
     try:
         validate_key(key)
     except ValueError as exc:
@@ -190,16 +198,19 @@ def _check_sample(
     meta = None
     if "json" in members:
         try:
-            meta = decode_meta(members["json"])
+            data = decode_meta(members["json"])
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(Problem(shard, key, f".json does not parse: {exc}"))
+        else:
+            try:  # its own key, so that a key mismatch is reported as one
+                meta = SampleMeta.from_dict(data)
+            except ValueError as exc:
+                problems.append(Problem(shard, key, f".json: {exc}"))
     if meta is not None:
-        if meta.get("key") != key:
-            problems.append(Problem(shard, key, f".json names key {meta.get('key')!r}"))
-        if meta.get("split") != split:
-            problems.append(
-                Problem(shard, key, f".json split {meta.get('split')!r} in a {split} shard")
-            )
+        if meta.key != key:
+            problems.append(Problem(shard, key, f".json names key {meta.key!r}"))
+        if meta.split != split:
+            problems.append(Problem(shard, key, f".json split {meta.split!r} in a {split} shard"))
     return meta
 
 
@@ -220,7 +231,7 @@ def _same_label(a: float, b: float) -> bool:
 
 
 def _compare_with_manifest(
-    shard: str, key: str, members: dict[str, bytes], meta: dict | None, row: dict
+    shard: str, key: str, members: dict[str, bytes], meta: SampleMeta | None, row: dict
 ) -> list[Problem]:
     out = []
 
@@ -242,8 +253,9 @@ def _compare_with_manifest(
             bad(f".labels differ from the manifest for {', '.join(wrong)}")
     if meta is not None:
         for field in ("split", "site", "patient_hash", "study_hash", "view", "n_frames"):
-            if field in meta and str(meta[field]) != str(row[field]):
-                bad(f".json {field} {meta[field]!r} but manifest {row[field]!r}")
+            value = getattr(meta, field)
+            if str(value) != str(row[field]):
+                bad(f".json {field} {value!r} but manifest {row[field]!r}")
     return out
 
 
@@ -269,10 +281,10 @@ def _check_manifest(manifest: pd.DataFrame, seen: dict[str, str]) -> list[Proble
 class _Decoder:
     """DALI CPU video decode of one clip at a time (errors are per clip; the pipeline survives)."""
 
-    def __init__(self, clip: dict) -> None:
+    def __init__(self, clip: ClipFormat | None) -> None:
         from nvidia.dali import fn, pipeline_def, types
 
-        self.size = (clip.get("height"), clip.get("width"))
+        self.size = clip.size if clip is not None else (None, None)
 
         @pipeline_def(
             batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_dynamic=True

@@ -1,7 +1,7 @@
 """Write a shard set: tars, their DALI indexes, ``manifest.parquet`` and ``stats.json``.
 
 `ShardSetWriter` takes samples in their final order and routes each to the open tar of its split
-(``meta["split"]``), cutting a new ``<split>-NNNNNN.tar`` when the current one holds
+(``meta.split``), cutting a new ``<split>-NNNNNN.tar`` when the current one holds
 ``samples_per_shard`` samples or would pass ``shard_mb``. Tars are written with webdataset's
 `TarWriter` (so the stock reader agrees with us by construction) with mtime, owner and mode fixed,
 which makes the output byte-identical for identical input.
@@ -42,21 +42,21 @@ from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
-    REQUIRED_META,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
     TASKS,
+    ClipFormat,
     Sample,
+    SampleMeta,
     encode_labels,
-    encode_meta,
     index_name,
     key_site,
     shard_name,
     validate_key,
 )
 from echocmr.shards.index import IndexEntry, SampleIndex, format_index
-from echocmr.shards.stats import check_clip_format, compute_stats, stats_json_bytes
+from echocmr.shards.stats import compute_stats, stats_json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,16 @@ class ShardSetWriter:
     """Writes samples, given in final order, into a shard set at ``out`` (path or URL prefix)."""
 
     def __init__(
-        self, out: str, *, config: WriterConfig, clip_format: dict, split_key_fingerprint: str
+        self,
+        out: str,
+        *,
+        config: WriterConfig,
+        clip_format: ClipFormat | dict,
+        split_key_fingerprint: str,
     ) -> None:
         self.out = str(out)
         self.config = config
-        self.clip_format = check_clip_format(clip_format)
+        self.clip_format = ClipFormat.from_dict(clip_format)
         if not split_key_fingerprint:
             raise ValueError("split_key_fingerprint is required (it tells split keys apart)")
         self.split_key_fingerprint = split_key_fingerprint
@@ -207,9 +212,9 @@ class ShardSetWriter:
         if self._closed:
             raise RuntimeError("ShardSetWriter is closed")
         meta = self._check(sample)
-        split = meta["split"]
+        split = meta.split
         members = {
-            "json": encode_meta(sample.key, meta),
+            "json": meta.to_json(),
             "labels": encode_labels(sample.labels),
             "webm": bytes(sample.video),
         }
@@ -242,55 +247,54 @@ class ShardSetWriter:
         self._written.append(shard.name)
         return shard.name
 
-    def _check(self, sample: Sample) -> dict:
+    def _check(self, sample: Sample) -> SampleMeta:
         validate_key(sample.key)
         if sample.key in self._keys:
             raise ValueError(
                 f"duplicate sample key {sample.key!r}: every clip must be written once"
             )
-        meta = dict(sample.meta)
-        missing = [k for k in REQUIRED_META if meta.get(k) is None]
-        if missing:
-            raise ValueError(f"sample {sample.key}: meta lacks {missing} (see docs/formats.md)")
-        if meta["split"] not in SPLITS:
-            raise ValueError(f"sample {sample.key}: split {meta['split']!r} not in {SPLITS}")
-        if meta["site"] != key_site(sample.key):
-            raise ValueError(f"sample {sample.key}: meta site {meta['site']!r} != key prefix")
-        if not math.isclose(float(meta["fps"]), self.clip_format["fps"], rel_tol=1e-4):
+        meta = sample.meta  # parsed and complete (`Sample` builds a `SampleMeta`)
+        fmt = self.clip_format
+        if meta.split not in SPLITS:
+            raise ValueError(f"sample {sample.key}: split {meta.split!r} not in {SPLITS}")
+        if meta.site != key_site(sample.key):
+            raise ValueError(f"sample {sample.key}: meta site {meta.site!r} != key prefix")
+        if not math.isclose(meta.fps, fmt.fps, rel_tol=1e-4):
             raise ValueError(
-                f"sample {sample.key}: fps {meta['fps']} != set fps "
-                f"{self.clip_format['fps']}; resample before writing"
+                f"sample {sample.key}: fps {meta.fps} != set fps {fmt.fps}; resample before writing"
             )
-        for side in ("height", "width"):
-            if side in meta and int(meta[side]) != self.clip_format[side]:
-                raise ValueError(
-                    f"sample {sample.key}: {side} {meta[side]} != set {self.clip_format[side]}"
-                )
-        previous = self._patient_split.setdefault(meta["patient_hash"], meta["split"])
-        if previous != meta["split"]:
+        if meta.ingest is not None:
+            for side in ("height", "width"):
+                if getattr(meta.ingest, side) != getattr(fmt, side):
+                    raise ValueError(
+                        f"sample {sample.key}: {side} {getattr(meta.ingest, side)} != set "
+                        f"{getattr(fmt, side)}"
+                    )
+        previous = self._patient_split.setdefault(meta.patient_hash, meta.split)
+        if previous != meta.split:
             raise ValueError(
-                f"sample {sample.key}: patient {meta['patient_hash']} is already in "
-                f"split {previous!r}, not {meta['split']!r}; splits are by patient"
+                f"sample {sample.key}: patient {meta.patient_hash} is already in "
+                f"split {previous!r}, not {meta.split!r}; splits are by patient"
             )
         if not sample.video:
             raise ValueError(f"sample {sample.key}: empty video")
         return meta
 
     def _record(
-        self, sample: Sample, meta: dict, shard: str, pixel_stats: tuple[float, float, int]
+        self, sample: Sample, meta: SampleMeta, shard: str, pixel_stats: tuple[float, float, int]
     ) -> None:
         mean, std, n_pixels = pixel_stats
         labels = np.asarray(sample.labels, dtype=np.float32)
         row = {
             "key": sample.key,
             "shard": shard,
-            "split": meta["split"],
-            "site": meta["site"],
-            "patient_hash": str(meta["patient_hash"]),
-            "study_hash": str(meta["study_hash"]),
-            "view": str(meta["view"]),
-            "n_frames": int(meta["n_frames"]),
-            "fps": float(meta["fps"]),
+            "split": meta.split,
+            "site": meta.site,
+            "patient_hash": meta.patient_hash,
+            "study_hash": meta.study_hash,
+            "view": meta.view,
+            "n_frames": meta.n_frames,
+            "fps": meta.fps,
             **{task: float(labels[i]) for i, task in enumerate(TASKS)},
             "video_bytes": len(sample.video),
             "video_sha256": hashlib.sha256(sample.video).hexdigest(),

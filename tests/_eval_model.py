@@ -12,7 +12,7 @@ import torch
 
 from echocmr.train.checkpoint import log_model, save_checkpoint
 from echocmr.train.config import TrainConfig
-from echocmr.train.data import InputSpec
+from echocmr.train.contract import InputSpec
 from echocmr.train.model import R2Plus1D
 from echocmr.train.registry import register_model
 

@@ -101,7 +101,7 @@ def test_predict_matches_ingest_preprocessing_and_the_training_input(tmp_path, y
     from echocmr.eval.predict import PredictConfig, predict_files, preprocess_config
     from echocmr.ingest.preprocess import preprocess_dicom
     from echocmr.train.checkpoint import model_from_state
-    from echocmr.train.data import frames_to_clip
+    from echocmr.train.contract import frames_to_clip
 
     model, spec = model_from_state(tiny_state(STATS))
     result = predict_files([ybr_dicom], model, spec, config=PredictConfig(clips="centre"),
@@ -130,7 +130,7 @@ def test_preprocessing_follows_the_clip_size_the_model_was_trained_on():
 
     from echocmr.eval.predict import preprocess_config
     from echocmr.ingest.config import PreprocessConfig
-    from echocmr.train.data import InputSpec
+    from echocmr.train.contract import InputSpec
 
     spec = InputSpec(frames=4, period=2, size=32, fps=25.0, mean=40.0, std=30.0)
     assert preprocess_config(spec).size == PreprocessConfig().size  # nothing known: defaults

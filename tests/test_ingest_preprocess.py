@@ -53,7 +53,10 @@ def test_example_sector_drops_every_burned_in_pixel(example_clip):
 
 
 def test_example_ingests_to_a_grey_112_clip_with_text_masked(example_clip):
+    import pydicom
+
     clip = preprocess_dicom(EXAMPLE)
+    assert clip.study_uid == pydicom.dcmread(EXAMPLE).StudyInstanceUID  # for predict's grouping
     assert clip.frames_THW.shape == (30, 112, 112) and clip.frames_THW.dtype == np.uint8
     assert clip.fps == 30.0 and clip.orig_fps == pytest.approx(30.0, rel=1e-3)
     assert clip.orig_n_frames == 30

@@ -73,11 +73,11 @@ def test_labels_views_and_gaps_match_the_truth(synth):
         want = by_key[sample.key]
         np.testing.assert_array_equal(
             sample.labels, np.array([getattr(want, t) for t in TASKS], dtype=np.float32))
-        assert sample.meta["view"] == want.view
-        assert sample.meta["echo_cmr_gap_days"] == want.echo_cmr_gap_days
-        assert sample.meta["patient_hash"] == hasher.patient_hash(want.patient_id)
-        assert sample.meta["split"] == hasher.split(want.patient_id)
-        assert sample.meta["orig_n_frames"] == want.n_frames
+        assert sample.meta.view == want.view
+        assert sample.meta.ingest.echo_cmr_gap_days == want.echo_cmr_gap_days
+        assert sample.meta.patient_hash == hasher.patient_hash(want.patient_id)
+        assert sample.meta.split == hasher.split(want.patient_id)
+        assert sample.meta.ingest.orig_n_frames == want.n_frames
     manifest = read_manifest(out)
     assert (manifest.groupby("patient_hash")["split"].nunique() == 1).all()
 

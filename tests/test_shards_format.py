@@ -16,6 +16,9 @@ from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_DTYPES,
     TASKS,
+    ClipFormat,
+    Sample,
+    SampleMeta,
     decode_labels,
     encode_labels,
     encode_meta,
@@ -82,6 +85,54 @@ def test_meta_json_is_deterministic_and_keyed():
     assert a == b and a.startswith(b'{"key":"s-0123456789abcdef"')
     with pytest.raises(ValueError, match="key"):
         encode_meta("s-0123456789abcdef", {"key": "s-ffffffffffffffff"})
+
+
+_INGEST_META = {  # what ingest writes, nulls included
+    "key": "s-0123456789abcdef", "site": "s", "split": "train", "patient_hash": "p" * 16,
+    "study_hash": "q" * 16, "source_sop_hash": "0123456789abcdef", "view": "unknown",
+    "fps": 30.0, "n_frames": 48, "height": 112, "width": 112, "orig_fps": None,
+    "orig_n_frames": 61, "pixel_spacing_mm": [0.25, 0.25], "echo_cmr_gap_days": -3,
+    "field_strength_t": None,
+}
+
+
+@pytest.mark.parametrize("meta", [
+    _INGEST_META,
+    {k: _INGEST_META[k] for k in ("site", "split", "patient_hash", "study_hash", "view", "fps",
+                                  "n_frames")},  # what other writers (tests, benchmarks) give
+])
+def test_sample_meta_round_trips_to_the_bytes_encode_meta_writes(meta):
+    key = _INGEST_META["key"]
+    typed = SampleMeta.from_dict(meta, key=key)
+    assert typed.to_json() == encode_meta(key, meta)  # shards stay byte-for-byte as before
+    assert SampleMeta.from_json(typed.to_json()) == typed
+    assert (typed.ingest is None) == ("height" not in meta)
+    assert Sample(key=key, video=b"v", labels=np.zeros(5, np.float32), meta=meta).meta == typed
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("n_frames"), r"sample s-0123456789abcdef: meta lacks \['n_frames'\]"),
+    (lambda m: m.update(n_frames=None), "lacks"),
+    (lambda m: m.update(colour="red"), "does not know \\(colour\\)"),
+    (lambda m: m.pop("orig_fps"), "ingest's fields but lacks \\['orig_fps'\\]"),
+    (lambda m: m.update(key="s-ffffffffffffffff"), "sample key"),
+])
+def test_sample_meta_is_strict_and_names_the_sample(edit, message):
+    meta = dict(_INGEST_META)
+    edit(meta)
+    with pytest.raises(ValueError, match=message):
+        SampleMeta.from_dict(meta, key=_INGEST_META["key"])
+
+
+def test_clip_format_parses_once_and_writes_a_fixed_order():
+    fmt = ClipFormat.from_dict({"fps": 30, "width": 112, "height": 112})
+    assert fmt == ClipFormat(height=112, width=112, fps=30.0) and fmt.square_size == 112
+    assert list(fmt.to_dict()) == ["height", "width", "fps", "codec", "pix_fmt"]
+    assert ClipFormat.of_stats({"clip": fmt.to_dict()}) == fmt
+    with pytest.raises(ValueError, match="lacks"):
+        ClipFormat.from_dict({"height": 112, "width": 112})
+    with pytest.raises(ValueError, match="unknown"):
+        ClipFormat.from_dict({**fmt.to_dict(), "depth": 3})
 
 
 def test_manifest_columns_match_docs():

@@ -144,7 +144,7 @@ def test_iter_samples_round_trip_and_decode(shard_set):
     assert {s.key for s in samples} == set(manifest.index[manifest["split"] == "val"])
     frames, fps = decode_webm(samples[0].video)
     assert frames.shape == (12, 112, 112) and fps == pytest.approx(30.0)
-    assert samples[0].meta["n_frames"] == 12 and samples[0].labels.dtype == np.float32
+    assert samples[0].meta.n_frames == 12 and samples[0].labels.dtype == np.float32
 
 
 def test_same_input_gives_byte_identical_set(shard_set, tmp_path):

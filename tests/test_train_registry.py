@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from echocmr.train.checkpoint import load_model, log_model
 from echocmr.train.config import ModelConfig, TrainConfig
-from echocmr.train.data import InputSpec
+from echocmr.train.contract import InputSpec
 from echocmr.train.model import R2Plus1D
 from echocmr.train.registry import register_model
 

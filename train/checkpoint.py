@@ -4,7 +4,10 @@ A checkpoint is a directory holding ``checkpoint.pt`` (``torch.save`` of a dict)
 (CPU state dict, torchvision names), ``optimizer``, ``scheduler``, ``position`` (reader epoch and
 batch), ``global_step``, ``rng`` (every rank's generator states), ``epoch`` (last completed),
 ``metrics`` (that epoch's), ``config`` (the resolved `TrainConfig` as a dict) and ``input_spec``
-(`train.data.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
+(`train.contract.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
+`save_model` writes the same layout for a trained network alone (weights, model config, input
+spec; no optimiser or reader position): what ``echocmr models pull`` stores, and all that
+`model_from_state` needs.
 
 The logged MLflow model is the network pickled on the CPU in float32 (MLflow's ``pickle``
 serialisation, not the ``pt2`` default: ``torch.export`` needs a batch >= 2 example and ties the
@@ -24,12 +27,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from echocmr.train.config import ModelConfig
-from echocmr.train.data import InputSpec
+from echocmr.train.contract import InputSpec
 from echocmr.train.model import R2Plus1D
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,36 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an echocmr training checkpoint")
     return state
+
+
+def save_model(directory: str, model: torch.nn.Module, spec: InputSpec, *,
+               epoch: int | None = None, metrics: dict | None = None, **extra: Any) -> str:
+    """Write a trained network as a checkpoint `load_model` reads without MLflow; return its path.
+
+    ``model`` must be echocmr's `R2Plus1D` (its config is what rebuilds it); ``extra`` entries are
+    stored beside the layout's own (``registered``: where a pulled model came from).
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"the network is a {type(model).__name__}, not echocmr's R2Plus1D; it "
+                         "cannot be stored as an echocmr checkpoint")
+    return save_checkpoint(directory, {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": {"model": _plain(asdict(config))},
+        "input_spec": spec.to_dict(),
+        "epoch": epoch,
+        "metrics": metrics or {},
+        **extra,
+    })
+
+
+def _plain(value):
+    """Tuples as lists, as `TrainConfig.to_dict` writes them (checkpoints hold plain data)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def model_from_state(state: dict[str, Any]) -> tuple[R2Plus1D, InputSpec]:

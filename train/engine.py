@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from echocmr.shards.format import TASKS
 from echocmr.train.config import TrainConfig
-from echocmr.train.data import Batch, ClipLoader, InputSpec, ReaderPosition, derive_seed
+from echocmr.train.contract import InputSpec
+from echocmr.train.data import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.train.loss import build_loss
 from echocmr.train.metrics import checkpoint_score, mean_auc, task_aucs
 from echocmr.train.model import R2Plus1D, build_model
