@@ -30,6 +30,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -39,12 +40,13 @@ from echocmr.eval.tasks import TASKS, p_col, y_col
 
 log = logging.getLogger(__name__)
 
-MODES = ("all", "centre")
+ClipMode = Literal["all", "centre"]
+MODES = get_args(ClipMode)
 
 
 @dataclass(kw_only=True)
 class InferConfig:
-    clips: str = "all"  # "all" windows over each video, or the "centre" one
+    clips: ClipMode = "all"  # "all" windows over each video, or the "centre" one
     stride: int | None = None  # frames between window starts ("all"); None = half a window's span
     batch_size: int = 16  # windows per forward pass
     read_batch: int = 4  # videos per DALI batch

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.infer import MODES, predict_windows, window_starts
+from echocmr.eval.infer import MODES, ClipMode, predict_windows, window_starts
 from echocmr.eval.tasks import TASKS, p_col
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ FORMATS = (".csv", ".json")
 
 @dataclass(kw_only=True)
 class PredictConfig:
-    clips: str = "all"  # "all" windows or the "centre" one, as in eval
+    clips: ClipMode = "all"  # "all" windows or the "centre" one, as in eval
     stride: int | None = None  # frames between window starts; None = half a window's span
     batch_size: int = 16
     ingest_config: str | None = None  # ingest YAML whose `preprocess` section to use
