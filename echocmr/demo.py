@@ -17,7 +17,7 @@ working directory so default stores (MLflow artifacts, Ray runs) land there too:
 
     OUT/cohort/        synthetic DICOMs (dicom/), cmr_labels.parquet, views.csv
     OUT/shards/        the shard set: *.tar + *.idx, manifest.parquet, stats.json, ingest_report
-    OUT/train.yaml     the training config the demo used
+    OUT/train.yaml     the demo's settings on top of the `demo` train preset
     OUT/ray_runs/      Ray Train storage: the run's checkpoints
     OUT/mlflow.db      MLflow tracking + model registry (sqlite); OUT/mlruns/ its artifacts
     OUT/report/        eval output: the AUC table beside the study's, per-study predictions
@@ -47,17 +47,11 @@ DEMO_SITE = "demo"
 # the test split has none, so its AUC cannot be estimated). Nothing about a model chose it.
 DEMO_SEED = 4
 
-# Training config for the demo: the `cpu-small` preset's model (width-16 R(2+1)D on 16x64x64
-# clips) learns WMA in a few epochs on 2 CPU cores. On GPUs the same small model is used, so the
-# demo's figures are comparable between machines; the real GPU config is the `gpu` preset.
-DEMO_TRAIN_CONFIG = {
-    "epochs": 6,
-    "model": {"width": 16},
-    "data": {"frames": 16, "period": 2, "size": 64, "batch_size": 8, "augment": {"pad": 4}},
-    "optim": {"lr": 3e-3, "warmup_epochs": 0.25},
-    "min_positives": 3,
-    "keep_checkpoints": 2,
-}
+# The demo trains `echocmr train --preset demo` (train.config.PRESETS: the `cpu-small` model, a
+# width-16 R(2+1)D on 16x64x64 clips that learns WMA in a few epochs on 2 CPU cores, for six
+# epochs). On GPUs the same small model is used, so the demo's figures compare between machines;
+# the real GPU config is the `gpu` preset.
+DEMO_PRESET = "demo"
 
 
 @dataclass(kw_only=True)
@@ -67,13 +61,13 @@ class DemoConfig:
     out: Path = Path("demo_out")
     patients: int = 200
     workers: int = 2  # Ray Train workers
-    epochs: int | None = None  # None: DEMO_TRAIN_CONFIG's
+    epochs: int | None = None  # None: the demo preset's
     seed: int = DEMO_SEED
     gpu: bool | None = None  # None: use GPUs when there are any (one worker per GPU)
     fresh: bool = False
     ingest_workers: int | None = None  # None: all cores
     model_name: str = DEMO_MODEL
-    train_overrides: dict = field(default_factory=dict)  # merged into DEMO_TRAIN_CONFIG (tests)
+    train_overrides: dict = field(default_factory=dict)  # merged over the demo preset (tests)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out).absolute()
@@ -123,13 +117,21 @@ def detect_gpus() -> int:
         return 0
 
 
-def train_config(c: DemoConfig, gpu: bool) -> dict:
-    config = json.loads(json.dumps(DEMO_TRAIN_CONFIG))
-    if c.epochs is not None:
-        config["epochs"] = c.epochs
-    config.update(c.train_overrides)
+def train_yaml(c: DemoConfig, gpu: bool) -> dict:
+    """What ``OUT/train.yaml`` holds: the demo's settings on top of ``--preset demo``."""
+    config = {} if c.epochs is None else {"epochs": c.epochs}
+    config.update(json.loads(json.dumps(c.train_overrides)))
     config["gpu"] = gpu
     return config
+
+
+def train_config(c: DemoConfig, gpu: bool) -> dict:
+    """The training config the demo resolves to: the ``demo`` preset with `train_yaml` merged
+    over it, as ``echocmr train --preset demo --config OUT/train.yaml`` loads it."""
+    from echocmr.config import merge
+    from echocmr.train.config import PRESETS, TrainConfig
+
+    return merge(PRESETS[DEMO_PRESET], train_yaml(c, gpu), TrainConfig)
 
 
 def plan(c: DemoConfig, *, gpu: bool) -> list[Step]:
@@ -168,7 +170,8 @@ def plan(c: DemoConfig, *, gpu: bool) -> list[Step]:
             name="train",
             title=f"train with {c.workers} Ray workers ({'GPU' if gpu else 'CPU'}), register",
             argv=["train", "--shards", str(p["shards"]), "--workers", str(c.workers),
-                  "--config", str(p["train_yaml"]), "--register", c.model_name,
+                  "--preset", DEMO_PRESET, "--config", str(p["train_yaml"]),
+                  "--register", c.model_name,
                   "--storage", str(p["ray_runs"]), "--run-name", DEMO_RUN,
                   "--tracking-uri", tracking_uri(c), *(["--gpu"] if gpu else [])],
             params={"config": train, "workers": c.workers, "model": c.model_name},
@@ -276,8 +279,7 @@ def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
     steps = plan(c, gpu=gpu)
     import yaml
 
-    train_step = next(s for s in steps if s.name == "train")
-    p["train_yaml"].write_text(yaml.safe_dump(train_step.params["config"], sort_keys=False))
+    p["train_yaml"].write_text(yaml.safe_dump(train_yaml(c, gpu), sort_keys=False))
 
     say(f"echocmr demo -> {c.out}  ({c.patients} patients, {c.workers} Ray workers, "
         f"{'GPU' if gpu else 'CPU'}{f', {gpus} GPU(s) seen' if gpus else ''})")
@@ -379,7 +381,8 @@ def register(subparsers) -> None:
                       help=f"synthetic patients (default {default_patients})")
     demo.add_argument("--workers", type=int, default=2, help="Ray Train workers (2)")
     demo.add_argument("--epochs", type=int, default=None,
-                      help=f"training epochs (default {DEMO_TRAIN_CONFIG['epochs']})")
+                      help="training epochs (default: the demo train preset's, see `echocmr "
+                           "train --preset demo --print-config`)")
     demo.add_argument("--seed", type=int, default=None,
                       help="cohort seed (default 4: see echocmr/demo.py, DEMO_SEED)")
     demo.add_argument("--gpu", action="store_true", default=None,

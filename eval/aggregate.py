@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,8 @@ Y_COLS = [y_col(t) for t in TASKS]
 STUDY_ID_COLS = ["study_hash", "patient_hash", "site", "split"]
 STUDY_COLUMNS = [*STUDY_ID_COLS, *Y_COLS, *P_COLS]
 VIDEO_COLUMNS = ["key", *STUDY_ID_COLS, "view", "n_clips", *Y_COLS, *P_COLS]
-METHODS = ("mean", "stacker")
+Aggregation = Literal["mean", "stacker"]
+METHODS = get_args(Aggregation)
 
 _EPS = 1e-6
 

@@ -1,6 +1,7 @@
 """``echocmr eval``, ``echocmr predict`` and ``echocmr models list|pull``.
 
-Thin entry points: parse flags, build the configs, call `eval.job`, `eval.predict` and
+Thin entry points: parse flags, load the config (`eval.job.load_config`: defaults <- ``--config
+FILE`` <- flags; ``eval --print-config`` prints it), call `eval.job`, `eval.predict` and
 `eval.registry`, print a short summary. Nothing heavy (torch, DALI, MLflow, Ray) is imported at
 module level, so ``echocmr --help`` stays instant. MLflow: ``--tracking-uri``, else
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory.
@@ -28,42 +29,87 @@ def _register_eval(subparsers) -> None:
         "eval", help="study-level AUCs with bootstrap and DeLong CIs, a signal audit, reports",
         description="Run a model over every clip of a split, average per video and study, and "
                     "write predictions, metrics.json, report.md/html (beside the published "
-                    "table) to --out; log them to MLflow.")
-    p.add_argument("--shards", required=True,
-                   help="shard set: a directory, or a URL (s3://, gs://) staged to local disk")
+                    "table) to --out; log them to MLflow. Settings: defaults <- --config FILE "
+                    "<- flags (docs/configuration.md).")
+    p.add_argument("--shards",
+                   help="shard set: a directory, or a URL (s3://, gs://) staged to local disk; "
+                        "required unless --print-config")
+    p.add_argument("--model", metavar="URI",
+                   help=f"{_MODEL_HELP}; required unless --print-config")
+    p.add_argument("--out", metavar="DIR", help="output directory; required unless --print-config")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML config (EvalConfig: split, infer, evaluation, track)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit without evaluating")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
                         "~/.cache/echocmr/shards)")
-    p.add_argument("--model", required=True, metavar="URI", help=_MODEL_HELP)
     # The names of shards.format.SPLITS, spelled out: importing it (numpy, pyarrow) would slow --help.
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--clips", default="all", choices=("all", "centre"),
+    p.add_argument("--split", choices=("train", "val", "test"), help="split (default test)")
+    p.add_argument("--clips", choices=("all", "centre"),
                    help="all windows over each video (default) or the centre one")
     p.add_argument("--stride", type=int, metavar="FRAMES",
                    help="frames between window starts (default: half a window's span; 1 = every "
                         "clip)")
-    p.add_argument("--aggregation", default="mean", choices=("mean", "stacker"),
-                   help="videos -> study: mean of probabilities, or a per-view logistic "
-                        "regression fitted on val")
-    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                   help="patient bootstrap resamples (>= 1000)")
-    p.add_argument("--permutations", type=int, default=2000, metavar="N",
-                   help="label permutations of the signal audit")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutations")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the audit")
-    p.add_argument("--correction", default="holm", choices=("holm", "none"),
+    p.add_argument("--aggregation", choices=("mean", "stacker"),
+                   help="videos -> study: mean of probabilities (default), or a per-view "
+                        "logistic regression fitted on val")
+    p.add_argument("--bootstrap", type=int, metavar="N",
+                   help="patient bootstrap resamples (>= 1000; default 2000)")
+    p.add_argument("--permutations", type=int, metavar="N",
+                   help="label permutations of the signal audit (default 2000)")
+    p.add_argument("--seed", type=int,
+                   help="seed of the bootstrap and permutations (default 0)")
+    p.add_argument("--alpha", type=float, help="significance level of the audit (default 0.05)")
+    p.add_argument("--correction", choices=("holm", "none"),
                    help="multiple-testing adjustment of the verdicts over the tasks (holm)")
-    p.add_argument("--min-positives", type=int, default=5, metavar="N",
-                   help="fewer positive (or negative) studies: 'insufficient data'")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--min-positives", type=int, metavar="N",
+                   help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    p.add_argument("--workers", type=int,
                    help="Ray tasks to spread the split's shards over (default 1: in process)")
-    p.add_argument("--gpu", action="store_true", help="CUDA model and DALI mixed decoding")
-    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--gpu", action="store_true", default=None,
+                   help="CUDA model and DALI mixed decoding")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 16)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--tracking-uri", help=_TRACKING_HELP)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.set_defaults(func=run_eval_cmd)
+
+
+# Flag -> the config keys it sets (``--seed`` and ``--min-positives`` each set two).
+EVAL_FLAGS: dict[str, tuple[str, ...]] = {
+    "split": ("split",),
+    "clips": ("infer.clips",),
+    "stride": ("infer.stride",),
+    "workers": ("infer.workers",),
+    "gpu": ("infer.gpu",),
+    "batch_size": ("infer.batch_size",),
+    "cache_dir": ("infer.cache_dir",),
+    "aggregation": ("evaluation.aggregation",),
+    "bootstrap": ("evaluation.summary.metrics.n_bootstrap",),
+    "seed": ("evaluation.summary.metrics.seed", "evaluation.summary.signal.seed"),
+    "min_positives": ("evaluation.summary.metrics.min_positives",
+                      "evaluation.summary.metrics.min_negatives"),
+    "permutations": ("evaluation.summary.signal.n_permutations",),
+    "alpha": ("evaluation.summary.signal.alpha",),
+    "correction": ("evaluation.summary.signal.correction",),
+}
+
+
+def eval_overrides(args: argparse.Namespace) -> dict:
+    """The flags that were given, as a nested `EvalConfig` dict."""
+    out: dict = {}
+    for flag, keys in EVAL_FLAGS.items():
+        value = getattr(args, flag, None)
+        for key in keys if value is not None else ():
+            *sections, name = key.split(".")
+            node = out
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
+    if getattr(args, "no_track", False):
+        out["track"] = False
+    return out
 
 
 def _register_predict(subparsers) -> None:
@@ -102,29 +148,20 @@ def _register_models(subparsers) -> None:
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
-    from echocmr.eval.evaluate import EvaluationConfig
-    from echocmr.eval.infer import InferConfig
-    from echocmr.eval.job import EvalJobConfig, run_eval
-    from echocmr.eval.metrics import MetricsConfig
-    from echocmr.eval.signal import SignalConfig
-    from echocmr.eval.summary import SummaryConfig
+    from echocmr.config import dump_yaml
+    from echocmr.eval.job import load_config, run_eval
 
     try:
-        config = EvalJobConfig(
-            split=args.split, track=not args.no_track,
-            infer=InferConfig(clips=args.clips, stride=args.stride, workers=args.workers,
-                              gpu=args.gpu, batch_size=args.batch_size,
-                              cache_dir=args.cache_dir),
-            evaluation=EvaluationConfig(
-                aggregation=args.aggregation,
-                summary=SummaryConfig(
-                    metrics=MetricsConfig(n_bootstrap=args.bootstrap, seed=args.seed,
-                                          min_positives=args.min_positives,
-                                          min_negatives=args.min_positives),
-                    signal=SignalConfig(n_permutations=args.permutations, seed=args.seed,
-                                        alpha=args.alpha, correction=args.correction))))
+        config = load_config(args.config, overrides=eval_overrides(args))
     except ValueError as exc:
         print(f"echocmr eval: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    missing = [f"--{n}" for n in ("shards", "model", "out") if not getattr(args, n)]
+    if missing:
+        print(f"echocmr eval: {', '.join(missing)} required", file=sys.stderr)
         return 2
     try:
         outcome = run_eval(args.shards, args.model, args.out, config=config,
@@ -132,7 +169,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"echocmr eval: {exc}", file=sys.stderr)
         return 1
-    print(f"study-level AUCs, {args.split} split (published study beside):")
+    print(f"study-level AUCs, {config.split} split (published study beside):")
     print(outcome.table)
     print(f"outputs in {args.out}: predictions.parquet, metrics.json, report.md, report.html")
     if outcome.run_id:

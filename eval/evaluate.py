@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from echocmr.eval.aggregate import METHODS, StackerConfig, aggregate, views_to_studies
+from echocmr.eval.aggregate import (
+    METHODS,
+    Aggregation,
+    StackerConfig,
+    aggregate,
+    views_to_studies,
+)
 from echocmr.eval.outputs import (
     write_clip_predictions,
     write_detail,
@@ -31,7 +37,7 @@ log = logging.getLogger(__name__)
 class EvaluationConfig:
     """How study probabilities are formed and judged (inference settings live in InferConfig)."""
 
-    aggregation: str = "mean"  # or "stacker" (per-view logistic regression fitted on val)
+    aggregation: Aggregation = "mean"  # or "stacker" (per-view logistic regression fitted on val)
     stacker: StackerConfig = field(default_factory=StackerConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     breakdowns: tuple[str, ...] = ("view", "site")

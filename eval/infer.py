@@ -36,14 +36,22 @@ from echocmr.eval.outputs import CLIP_COLUMNS
 from echocmr.eval.tasks import TASKS, p_col, y_col
 from echocmr.shards.format import ClipFormat, SampleMeta
 from echocmr.train.contract import WINDOW_MODES as MODES
-from echocmr.train.contract import InputSpec, window_clips, window_span, window_starts
+from echocmr.train.contract import (
+    InputSpec,
+    WindowMode,
+    window_clips,
+    window_span,
+    window_starts,
+)
 
 log = logging.getLogger(__name__)
+
+ClipMode = WindowMode
 
 
 @dataclass(kw_only=True)
 class InferConfig:
-    clips: str = "all"  # "all" windows over each video, or the "centre" one
+    clips: ClipMode = "all"  # "all" windows over each video, or the "centre" one
     stride: int | None = None  # frames between window starts ("all"); None = half a window's span
     batch_size: int = 16  # windows per forward pass
     read_batch: int = 4  # videos per DALI batch

@@ -5,14 +5,22 @@
       -> log (eval.tracking: one MLflow run with metrics, params and every output file)
 
 The stacker aggregation also runs the model over the val split to fit its per-view weights.
+
+`EvalConfig` is the whole command's config: each stage's own section (``infer``, ``evaluation``
+with its ``stacker`` and ``summary.metrics`` / ``summary.signal``), loaded by `load_config` from
+``--config FILE`` and the flags through `echocmr.config`, and logged to MLflow as its `flat`
+params (``infer.clips``, ``evaluation.summary.metrics.n_bootstrap``, ...).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+from echocmr import config as loader
 from echocmr.eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
 from echocmr.eval.infer import InferConfig, infer_split
 from echocmr.eval.report import auc_table_text
@@ -21,11 +29,25 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
-class EvalJobConfig:
-    split: str = "test"
+class EvalConfig:
+    """One ``echocmr eval`` run (the shards, model and output directory are its arguments)."""
+
+    split: Literal["train", "val", "test"] = "test"
     infer: InferConfig = field(default_factory=InferConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     track: bool = True  # log the evaluation to MLflow
+
+    def __post_init__(self) -> None:
+        loader.check_choices(self)
+
+
+def load_config(path: str | os.PathLike | None = None, *,
+                overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Defaults <- the YAML file at ``path`` <- ``overrides`` (nested, the command-line flags)."""
+    layers = [] if path is None else [loader.file_layer(path)]
+    if overrides:
+        layers.append(loader.Layer(overrides, loader.FLAGS))
+    return loader.load(EvalConfig, *layers)
 
 
 @dataclass(kw_only=True)
@@ -36,7 +58,7 @@ class EvalOutcome:
     tracking_error: str | None = None
 
 
-def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobConfig | None = None,
+def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig | None = None,
              tracking_uri: str | None = None, address: str | None = None,
              loaded=None) -> EvalOutcome:
     """Run the whole evaluation; ``loaded=(model, spec)`` skips loading ``model_uri``.
@@ -45,7 +67,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobCon
     """
     from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
 
-    config = config or EvalJobConfig()
+    config = config or EvalConfig()
     tracking_uri = resolve_tracking_uri(tracking_uri)
     out = Path(out)
     clips, spec = infer_split(shards, config.split, model_uri, config=config.infer, loaded=loaded,
@@ -76,22 +98,11 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalJobCon
     if config.track:
         from echocmr.eval.tracking import log_evaluation
 
-        params = {
-            "model_uri": model_uri, "split": config.split, "clips": config.infer.clips,
-            "stride": config.infer.stride or "half-span", "aggregation":
-            config.evaluation.aggregation, "n_bootstrap": config.evaluation.summary.metrics.n_bootstrap,
-            "bootstrap_seed": config.evaluation.summary.metrics.seed,
-            "n_permutations": config.evaluation.summary.signal.n_permutations,
-            "permutation_seed": config.evaluation.summary.signal.seed,
-            "alpha": config.evaluation.summary.signal.alpha,
-            "correction": config.evaluation.summary.signal.correction,
-            "min_positives": config.evaluation.summary.metrics.min_positives,
-            "min_negatives": config.evaluation.summary.metrics.min_negatives,
-        }
+        params = {"model_uri": model_uri, **loader.flat(config)}
         try:
             run_id = log_evaluation(tracking_uri=tracking_uri, model_uri=model_uri,
                                     split=config.split, results=evaluation.results, out_dir=out,
-                                    params={k: str(v) for k, v in params.items()},
+                                    params=params,
                                     data_digest=digest)
         except Exception as exc:  # the outputs are on disk; say clearly that logging failed
             error = f"{type(exc).__name__}: {exc}"

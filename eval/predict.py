@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.infer import predict_windows
+from echocmr.eval.infer import ClipMode, predict_windows
 from echocmr.eval.tasks import TASKS, p_col
 from echocmr.train.contract import WINDOW_MODES, frames_to_clip, window_starts
 
@@ -43,7 +43,7 @@ FORMATS = (".csv", ".json")
 
 @dataclass(kw_only=True)
 class PredictConfig:
-    clips: str = "all"  # "all" windows or the "centre" one, as in eval
+    clips: ClipMode = "all"  # "all" windows or the "centre" one, as in eval
     stride: int | None = None  # frames between window starts; None = half a window's span
     batch_size: int = 16
     ingest_config: str | None = None  # ingest YAML whose `preprocess` section to use

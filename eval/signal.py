@@ -25,6 +25,7 @@ of the ranks its labels make positive, and B permutations cost one (B, N) matrix
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -34,7 +35,8 @@ SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"
 INSUFFICIENT = "insufficient data"
 VERDICTS = (SIGNAL, NO_SIGNAL, INSUFFICIENT)
-CORRECTIONS = ("holm", "none")
+Correction = Literal["holm", "none"]
+CORRECTIONS = get_args(Correction)
 
 _BLOCK = 512
 
@@ -44,7 +46,7 @@ class SignalConfig:
     n_permutations: int = 2000
     alpha: float = 0.05
     seed: int = 0
-    correction: str = "holm"  # over the tasks evaluated together; "none": each task alone
+    correction: Correction = "holm"  # over the tasks evaluated together; "none": each task alone
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:

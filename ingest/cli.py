@@ -1,7 +1,8 @@
 """``echocmr ingest``: DICOM echo clips + CMR label table -> de-identified WebDataset shards.
 
 Parsing only; the work is `ingest.job.run_ingest`. Nothing heavy is imported at module level, so
-``echocmr --help`` stays instant.
+``echocmr --help`` stays instant. Config: defaults <- ``--config FILE`` <- ``--site`` /
+``--workers`` (`ingest.config.load_config`); ``--print-config`` prints it and exits.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ def register(subparsers) -> None:
         description="Turn a hospital echo export and a CMR label table into de-identified "
         "training shards (see docs/ingest.md). Re-running into the same --out resumes.",
     )
-    p.add_argument("--dicom", required=True, metavar="DIR", help="folder of DICOM files (recursive)")
-    p.add_argument("--labels", required=True, metavar="FILE",
-                   help="CMR table (.parquet or .csv): patient_id, cmr_date, labels")
-    p.add_argument("--out", required=True, metavar="DIR", help="output shard set directory")
+    p.add_argument("--dicom", metavar="DIR",
+                   help="folder of DICOM files (recursive); required unless --print-config")
+    p.add_argument("--labels", metavar="FILE",
+                   help="CMR table (.parquet or .csv): patient_id, cmr_date, labels; required "
+                        "unless --print-config")
+    p.add_argument("--out", metavar="DIR",
+                   help="output shard set directory; required unless --print-config")
     p.add_argument("--site", default=None, metavar="NAME",
                    help="site name, lower-case [a-z0-9_]+ (default from config: 'site')")
     p.add_argument("--views", default=None, metavar="FILE",
@@ -31,19 +35,34 @@ def register(subparsers) -> None:
                    help="worker processes (default: all cores)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit without ingesting")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from echocmr.config import dump_yaml
     from echocmr.ingest.config import load_config
-    from echocmr.ingest.job import run_ingest
-    from echocmr.shards.lock import OutputLocked
 
     if args.workers is not None and args.workers < 1:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config, site=args.site, workers=args.workers)
+    except ValueError as exc:
+        print(f"echocmr ingest: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    missing = [f"--{n}" for n in ("dicom", "labels", "out") if not getattr(args, n)]
+    if missing:
+        print(f"echocmr ingest: {', '.join(missing)} required", file=sys.stderr)
+        return 2
+    from echocmr.ingest.job import run_ingest
+    from echocmr.shards.lock import OutputLocked
+
+    try:
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
                              views_path=args.views, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, OutputLocked) as exc:

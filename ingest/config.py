@@ -1,8 +1,9 @@
 """Configuration of the ingest job: one small ``kw_only`` dataclass per component.
 
-Every option has a documented default (``docs/ingest.md`` lists them all), so ``echocmr ingest``
-runs without a config file. A YAML file given with ``--config FILE`` overrides any subset, nested
-the same way as the dataclasses::
+Every option has a documented default (``docs/configuration.md`` lists them all), so
+``echocmr ingest`` runs without a config file. A YAML file given with ``--config FILE`` overrides
+any subset, nested the same way as the dataclasses, and the flags (``--site``, ``--workers``)
+override the file::
 
     site: hospital_a
     preprocess:
@@ -13,24 +14,26 @@ the same way as the dataclasses::
       t1_cutoff_ms: {1.5: 1050, 3.0: 1250}
     encoder: {crf: 20}
 
-Unknown keys are errors (a typo must not silently fall back to a default), and so are values of
-the wrong type. Loading needs only PyYAML; nothing heavy is imported here.
+Loading is `echocmr.config`'s, as for every command: layers merge deeply, unknown keys are errors
+naming the closest key and the file (a typo must not silently fall back to a default), and so are
+values of the wrong type.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from echocmr import config as loader
+from echocmr.config import ConfigError, to_dict
 from echocmr.ingest.encode import EncoderConfig
 from echocmr.shards.format import SPLITS, TASKS
+
+__all__ = ["IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
+           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "load_config", "to_dict"]
 
 
 @dataclass(kw_only=True)
@@ -47,9 +50,9 @@ class ReadConfig:
 
     def __post_init__(self) -> None:
         if self.min_frames < 2:
-            raise ValueError(f"read.min_frames must be >= 2 (cine loops only), got {self.min_frames}")
+            raise ConfigError(f"preprocess.read.min_frames must be >= 2 (cine loops only), got {self.min_frames}")
         if not 0 < self.doppler_min_fraction <= 1:
-            raise ValueError("read.doppler_min_fraction must be in (0, 1]")
+            raise ConfigError("preprocess.read.doppler_min_fraction must be in (0, 1]")
         self.modalities = tuple(m.upper() for m in self.modalities)
 
 
@@ -67,9 +70,9 @@ class SectorConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_sector_fraction < 1:
-            raise ValueError("sector.min_sector_fraction must be in [0, 1)")
+            raise ConfigError("preprocess.sector.min_sector_fraction must be in [0, 1)")
         if self.stats_frames < 2:
-            raise ValueError("sector.stats_frames must be >= 2")
+            raise ConfigError("preprocess.sector.stats_frames must be >= 2")
 
 
 @dataclass(kw_only=True)
@@ -84,11 +87,11 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.size < 16 or self.size % 2:
-            raise ValueError(f"preprocess.size must be even and >= 16 (yuv420p), got {self.size}")
+            raise ConfigError(f"preprocess.size must be even and >= 16 (yuv420p), got {self.size}")
         if not self.target_fps > 0:
-            raise ValueError(f"preprocess.target_fps must be positive, got {self.target_fps}")
+            raise ConfigError(f"preprocess.target_fps must be positive, got {self.target_fps}")
         if self.max_frames < 1:
-            raise ValueError(f"preprocess.max_frames must be >= 1, got {self.max_frames}")
+            raise ConfigError(f"preprocess.max_frames must be >= 1, got {self.max_frames}")
 
 
 @dataclass(kw_only=True)
@@ -124,7 +127,7 @@ class PairingConfig:
 
     def __post_init__(self) -> None:
         if self.window_days < 0:
-            raise ValueError(f"pairing.window_days must be >= 0, got {self.window_days}")
+            raise ConfigError(f"pairing.window_days must be >= 0, got {self.window_days}")
 
 
 @dataclass(kw_only=True)
@@ -143,11 +146,11 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         if set(self.fractions) != set(SPLITS):
-            raise ValueError(f"splits.fractions needs exactly {SPLITS}, got {sorted(self.fractions)}")
+            raise ConfigError(f"splits.fractions needs exactly {SPLITS}, got {sorted(self.fractions)}")
         if any(v < 0 for v in self.fractions.values()):
-            raise ValueError("splits.fractions must be non-negative")
+            raise ConfigError("splits.fractions must be non-negative")
         if abs(sum(self.fractions.values()) - 1.0) > 1e-6:
-            raise ValueError(f"splits.fractions must sum to 1, got {self.fractions}")
+            raise ConfigError(f"splits.fractions must sum to 1, got {self.fractions}")
 
 
 @dataclass(kw_only=True)
@@ -182,108 +185,15 @@ class IngestConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def to_dict(config: Any) -> dict:
-    """A plain nested dict of a config dataclass (tuples as lists): what `load_config` reads."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> IngestConfig:
-    """Defaults, overridden by the YAML file at ``path``, overridden by non-None ``overrides``.
+    """Defaults, then the YAML file at ``path``, then the non-None ``overrides`` (the flags).
 
-    ``overrides`` are top-level fields (``site=...``, ``workers=...``) as the CLI passes them.
+    ``overrides`` are keys of `IngestConfig` (``site=...``, ``workers=...``, or a section such as
+    ``preprocess={"size": 64}``); a section merges key by key into the file's, as layers do in
+    `echocmr.config.load`.
     """
-    data: dict = {}
-    if path is not None:
-        import yaml
-
-        text = Path(path).read_text()
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config {path}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config {path}: expected a mapping of keys at the top level")
-        data = loaded
-    data = dict(data)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return from_dict(IngestConfig, data)
-    except ValueError as exc:
-        raise ValueError(f"config {path}: {exc}" if path is not None else str(exc)) from None
-
-
-def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
-
-    ``where`` is the dotted key path of ``data`` (for error messages).
-    """
-    section = f"'{where}'" if where else "the top level"
-    if not isinstance(data, dict):
-        raise ValueError(f"{section}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {section}; valid keys: {sorted(known)}")
-    prefix = f"{where}." if where else ""
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check/convert one YAML value against a type hint (the few shapes our configs use)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where=where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], v, where) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        key_t, val_t = args
-        return {_coerce(key_t, k, where): _coerce(val_t, v, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+    layers = [] if path is None else [loader.file_layer(path)]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given:
+        layers.append(loader.Layer(given, loader.FLAGS))
+    return loader.load(IngestConfig, *layers)

@@ -34,6 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from echocmr.config import ConfigError
 from echocmr.shards.format import GREY_TO_LUMA, LUMA_TO_GREY
 
 
@@ -47,9 +48,9 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 63:
-            raise ValueError(f"encoder crf must be in 0..63, got {self.crf}")
+            raise ConfigError(f"encoder.crf must be in 0..63, got {self.crf}")
         if not 0 <= self.cpu_used <= 8:
-            raise ValueError(f"encoder cpu_used must be in 0..8, got {self.cpu_used}")
+            raise ConfigError(f"encoder.cpu_used must be in 0..8, got {self.cpu_used}")
 
 
 def fps_fraction(fps: float) -> Fraction:

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import echocmr.cli as echocmr_cli
 from echocmr import demo
@@ -62,12 +61,26 @@ def test_train_config_is_a_valid_train_config(tmp_path):
     assert config.model.width == 16 and config.data.size == 64 and not config.gpu
 
 
+def test_the_demo_trains_the_demo_preset_with_the_same_values_as_before():
+    """`--preset demo` holds what the demo used to spell out; the trained config is unchanged."""
+    assert demo.train_config(demo.DemoConfig(), gpu=False) == {
+        "epochs": 6, "model": {"width": 16},
+        "data": {"frames": 16, "period": 2, "size": 64, "batch_size": 8, "augment": {"pad": 4}},
+        "optim": {"lr": 3e-3, "warmup_epochs": 0.25}, "min_positives": 3,
+        "keep_checkpoints": 2, "gpu": False}
+    train = next(s for s in demo.plan(demo.DemoConfig(), gpu=False) if s.name == "train")
+    assert train.argv[train.argv.index("--preset") + 1] == "demo"
+
+
 def test_resume_skips_finished_steps_and_reruns_changed_ones(tmp_path, recorder, capsys):
     calls, _ = recorder
     out = tmp_path / "demo_out"
     assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0
     assert calls == ["synth", "ingest", "verify", "train", "eval"]
-    assert yaml.safe_load((out / "train.yaml").read_text())["epochs"] == demo.DEMO_TRAIN_CONFIG["epochs"]
+    resolved = train_config.load_config(str(out / "train.yaml"), preset=demo.DEMO_PRESET)
+    assert resolved.epochs == train_config.PRESETS["demo"]["epochs"] == 6
+    assert resolved == train_config.TrainConfig.from_dict(demo.train_config(
+        demo.DemoConfig(out=out, patients=30), gpu=False))
     printed = capsys.readouterr().out
     assert "study-level AUCs" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
 

@@ -27,7 +27,7 @@ def test_help_is_instant_and_lists_the_options():
 @pytest.mark.parametrize("extra, message", [
     (["--site", "Bad Site"], "site name 'Bad Site' is invalid"),
     (["--workers", "0"], "--workers must be >= 1"),
-    (["--config", "CONFIG"], "unknown key(s) ['sizee'] in 'preprocess'"),
+    (["--config", "CONFIG"], "unknown key 'preprocess.sizee'; did you mean 'preprocess.size'?"),
 ])
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, extra, message):
     (tmp_path / "d").mkdir()

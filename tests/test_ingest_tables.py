@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from echocmr.config import ConfigError
 from echocmr.ingest.config import (
     IngestConfig,
     LabelConfig,
@@ -66,9 +67,9 @@ def test_a_dumped_config_loads_back(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("preprocess:\n  sise: 64\n", "unknown key"),
+    ("preprocess:\n  sise: 64\n", "unknown key 'preprocess.sise'; did you mean 'preprocess.size'"),
     ("bogus: 1\n", "unknown key"),
-    ("preprocess:\n  size: large\n", "expected an integer"),
+    ("preprocess:\n  size: large\n", "preprocess.size must be an integer"),
     ("preprocess:\n  size: 63\n", "even"),
     ("splits: {fractions: {train: 0.5, val: 0.1, test: 0.1}}\n", "sum to 1"),
     ("- a list\n", "mapping"),
@@ -76,8 +77,22 @@ def test_a_dumped_config_loads_back(tmp_path):
 def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError) as err:
         load_config(path)
+    assert message in str(err.value) and f"config file {path}" in str(err.value)
+
+
+def test_flags_merge_into_the_file_section_by_section(tmp_path):
+    """Deep merge: a section given by the caller changes only its own keys of the file's."""
+    path = tmp_path / "c.yaml"
+    path.write_text("site: hosp_a\npreprocess:\n  size: 64\n  read: {min_frames: 8}\n")
+    c = load_config(path, preprocess={"read": {"doppler_min_fraction": 0.5}}, workers=3)
+    assert c.site == "hosp_a" and c.workers == 3
+    assert c.preprocess.size == 64 and c.preprocess.read.min_frames == 8  # kept from the file
+    assert c.preprocess.read.doppler_min_fraction == 0.5
+    assert c.preprocess.read.doppler_chroma_threshold == 40.0  # default
+    with pytest.raises(ConfigError, match="command-line flags: unknown key 'preprocess.sise'"):
+        load_config(path, preprocess={"sise": 3})
 
 
 # -- labels -----------------------------------------------------------------------------------

@@ -44,8 +44,8 @@ def test_round_trip_through_dict_and_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("text, needle", [
-    ("data: {frmes: 8}\n", "unknown config key 'data.frmes'. Did you mean 'frames'?"),
-    ("epochz: 3\n", "unknown config key 'epochz'"),
+    ("data: {frmes: 8}\n", "unknown key 'data.frmes'; did you mean 'data.frames'?"),
+    ("epochz: 3\n", "unknown key 'epochz'"),
     ("data: {frames: eight}\n", "data.frames must be an integer"),
     ("gpu: 1\n", "gpu must be true or false"),
     ("model: {layers: [2, 2]}\n", "model.layers must be four counts"),
@@ -58,6 +58,7 @@ def test_bad_config_says_what_is_wrong(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_config(str(path))
     assert needle in str(err.value)
+    assert f"config file {path}" in str(err.value)  # the error names the file
 
 
 def test_unknown_preset_and_missing_file():

@@ -2,8 +2,9 @@
 
 Default run (one Ray training run, to keep the suite quick on 2 cores): a real ``mlflow server``
 on loopback (sqlite backend and artifacts in tmp); ``echocmr train`` (the CLI) with two CPU
-workers trains into it; rank 1 exits hard mid-epoch 1 (the config's fault hook), Ray restarts the
-worker group from the epoch-0 checkpoint and the run finishes. MLflow then holds the run, per-task
+workers trains into it; rank 1 exits hard mid-epoch 1 (the engine's test-only hook, set through
+``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the epoch-0 checkpoint and the run
+finishes. MLflow then holds the run, per-task
 val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
 ``mlflow.pytorch.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
 checkpoint's outputs.
@@ -13,6 +14,7 @@ stopped (resume from the latest checkpoint into the same MLflow run).
 """
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -29,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from echocmr.shards.format import TASKS
 from echocmr.train.checkpoint import load_model
 from echocmr.train.config import TrainConfig
+from echocmr.train.engine import TEST_FAULT_ENV
 from echocmr.train.loop import run_training
 
 from _train_fixtures import make_tiny_shards, tiny_config
@@ -148,10 +151,10 @@ def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, loc
     monkeypatch.setattr(train_loop, "run_training",
                         lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
     marker = tmp_path / "rank1-crashed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(
-        epochs=2, max_steps_per_epoch=3, max_failures=1,
-        fault={"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0})))
+    config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1)))
     rc = echocmr_cli.main(["train", "--shards", shards, "--config", str(config), "--workers", "2",
                            "--tracking-uri", mlflow_server, "--register", "echo_cmr",
                            "--run-name", "two-workers", "--storage", str(tmp_path / "runs")])

@@ -3,7 +3,8 @@
 Nothing heavy is imported at module level (``echocmr --help`` stays instant); torch, Ray, DALI and
 MLflow load inside `run`.
 
-Precedence: built-in defaults <- ``--preset`` <- ``--config FILE`` <- flags. MLflow:
+Precedence: built-in defaults <- ``--preset`` <- ``--config FILE`` <- flags (`echocmr.config`
+merges them; ``--print-config`` prints the result and exits without training). MLflow:
 ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` here. Ray:
 ``--address``, else ``RAY_ADDRESS``, else a local Ray.
 """
@@ -20,9 +21,9 @@ def register(subparsers) -> None:
         description="Train one R(2+1)D network with five heads (WMA, LGE, T1, T2, ECV) on the "
                     "shards, on one machine or a Ray cluster; log to MLflow and optionally "
                     "register.")
-    p.add_argument("--shards", required=True,
+    p.add_argument("--shards",
                    help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
-                        "onto its disk (train and val splits)")
+                        "onto its disk (train and val splits); required unless --print-config")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
                         "~/.cache/echocmr/shards)")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
                    help="one GPU per worker: DALI mixed decode, NCCL, bf16")
     p.add_argument("--epochs", type=int, help="epochs to train")
     p.add_argument("--config", metavar="FILE", help="YAML config (see docs/training.md)")
-    p.add_argument("--preset", help="named starting config: cpu-small, gpu")
+    p.add_argument("--preset", help="named starting config: cpu-small, gpu, demo")
     p.add_argument("--register", metavar="NAME", help="register the best model under NAME")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
     p.add_argument("--storage", metavar="DIR",
                    help="checkpoint storage shared by all nodes (default ./train_runs)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit without training")
     p.set_defaults(func=run)
 
 
@@ -58,12 +61,18 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echocmr.train.config import ConfigError, load_config
+    from echocmr.train.config import ConfigError, dump_yaml, load_config
 
     try:
         config = load_config(args.config, preset=args.preset, overrides=overrides_from_args(args))
     except ConfigError as exc:
         print(f"echocmr train: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    if not args.shards:
+        print("echocmr train: --shards is required (the shard set to train on)", file=sys.stderr)
         return 2
     from echocmr.train.loop import run_training
 

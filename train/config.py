@@ -11,26 +11,25 @@ A YAML file mirrors the dataclasses::
     model: {width: 16}
     data: {frames: 16, size: 64, augment: {pad: 4}}
 
-Unknown keys raise `ConfigError` naming the key, the allowed keys and the closest match, so a typo
-never silently trains the default. ``PRESETS`` holds named starting points (``cpu-small`` is the
-width-16 R(2+1)D on 16x64x64 clips that trains in minutes on two CPU cores).
+Loading is `echocmr.config`'s (one loader for every command): layers merge deeply, unknown keys
+raise `ConfigError` naming the key, the file and the closest match, so a typo never silently
+trains the default. ``PRESETS`` holds named starting points (``cpu-small`` is the width-16
+R(2+1)D on 16x64x64 clips that trains in minutes on two CPU cores; ``demo`` is what
+``echocmr demo`` trains).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from echocmr import config as loader
+from echocmr.config import ConfigError, check_choices, read_yaml
 from echocmr.shards.format import TASKS
 
-
-class ConfigError(ValueError):
-    """A configuration value or key is wrong; the message says which and what to write instead."""
+__all__ = ["PRESETS", "AugmentConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
+           "TrainConfig", "dump_yaml", "flat_params", "load_config", "read_yaml"]
 
 
 @dataclass(kw_only=True)
@@ -38,7 +37,7 @@ class ModelConfig:
     """R(2+1)D shape. Defaults are torchvision's ``r2plus1d_18`` (33 M parameters)."""
 
     width: int = 64  # channels of layer1 (layer2..4: 2x, 4x, 8x); torchvision: 64
-    layers: tuple[int, int, int, int] = (2, 2, 2, 2)  # BasicBlocks per stage; torchvision: 2,2,2,2
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # BasicBlocks per stage; torchvision: 2,2,2,2
     in_channels: int = 1  # grey echo; 3-channel published weights are summed into 1 on load
     init: str | None = None  # a published state dict file (Kinetics / EchoNet) to start from
 
@@ -78,59 +77,39 @@ class DataConfig:
     batch_size: int = 8  # clips per worker per step
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0  # reader shuffle, clip starts and augmentation derive from (seed, epoch, rank)
-    pad_mode: str = "constant"  # short videos: "constant" (black frames, as EchoNet) or "edge"
+    pad_mode: Literal["constant", "edge"] = "constant"  # short videos: "constant" (black frames, as EchoNet) or "edge"
     shuffle_buffer: int = 1024  # DALI shuffle buffer (initial_fill); >= the split = full shuffle
     num_threads: int = 2  # DALI CPU threads per worker
     prefetch: int = 2  # batches DALI prepares ahead
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = _build(AugmentConfig, self.augment, "data.augment")
+            self.augment = loader.build(AugmentConfig, self.augment, where="data.augment")
         for name in ("frames", "period", "size", "batch_size", "num_threads", "prefetch",
                      "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.size % 2:
             raise ConfigError(f"data.size must be even, got {self.size}")
-        if self.pad_mode not in ("constant", "edge"):
-            raise ConfigError(f"data.pad_mode must be 'constant' or 'edge', got {self.pad_mode!r}")
+        check_choices(self, "data.")
 
 
 @dataclass(kw_only=True)
 class OptimConfig:
     """Optimiser and learning-rate schedule (per-step cosine after a linear warm-up)."""
 
-    name: str = "adamw"  # "adamw" or "sgd"
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3  # for the global batch; not rescaled with the number of workers
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
     warmup_epochs: float = 0.5
-    schedule: str = "cosine"  # "cosine" or "constant"
+    schedule: Literal["cosine", "constant"] = "cosine"  # per step, after the warm-up
     grad_clip: float | None = 5.0  # max global grad norm; None disables
 
     def __post_init__(self) -> None:
-        if self.name not in ("adamw", "sgd"):
-            raise ConfigError(f"optim.name must be 'adamw' or 'sgd', got {self.name!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ConfigError(
-                f"optim.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        check_choices(self, "optim.")
         if not self.lr > 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-
-
-@dataclass(kw_only=True)
-class FaultConfig:
-    """Test hook: worker ``rank`` exits hard once at global step ``step`` (``marker`` remembers).
-
-    ``delay_s`` waits before the exit: Ray Train V2's controller collects reports by polling the
-    workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default), and a report still
-    unpolled when a worker dies is lost, so a crash right after a report restarts one epoch earlier.
-    """
-
-    rank: int
-    step: int
-    marker: str  # file created just before the exit; while it exists the fault is spent
-    delay_s: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -160,17 +139,11 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the last checkpoint
     keep_checkpoints: int | None = None  # None keeps every epoch's checkpoint
     register: str | None = None  # MLflow registered model name
-    fault: FaultConfig | None = None  # test hook, see FaultConfig
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = _build(ModelConfig, self.model, "model")
-        if isinstance(self.data, dict):
-            self.data = _build(DataConfig, self.data, "data")
-        if isinstance(self.optim, dict):
-            self.optim = _build(OptimConfig, self.optim, "optim")
-        if isinstance(self.fault, dict):
-            self.fault = _build(FaultConfig, self.fault, "fault")
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, loader.build(cls, getattr(self, name), where=name))
         if self.epochs < 1 or self.workers < 1 or self.cpus_per_worker < 1:
             raise ConfigError("epochs, workers and cpus_per_worker must be >= 1")
         unknown = set(self.task_weights) - set(TASKS)
@@ -188,159 +161,60 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-safe; tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        return loader.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from a nested dict, rejecting unknown keys (see module docstring)."""
-        return _build(cls, data, "")
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> TrainConfig:
+        """Build from a nested dict, rejecting unknown keys (see `echocmr.config.build`)."""
+        return loader.build(cls, data, source=source)
 
+
+# Measured on 2 CPU cores: ~18 clips/s; learns the phantom WMA pattern in a few epochs.
+_CPU_SMALL: dict[str, Any] = {
+    "epochs": 4,
+    "model": {"width": 16},
+    "data": {"frames": 16, "period": 2, "size": 64, "batch_size": 8, "augment": {"pad": 4}},
+    "optim": {"lr": 3e-3, "warmup_epochs": 0.25},
+    "min_positives": 3,
+}
 
 # Named starting points; a YAML file and command-line flags apply on top.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Measured on 2 CPU cores: ~18 clips/s; learns the phantom WMA pattern in a few epochs.
-    "cpu-small": {
-        "epochs": 4,
-        "model": {"width": 16},
-        "data": {"frames": 16, "period": 2, "size": 64, "batch_size": 8, "augment": {"pad": 4}},
-        "optim": {"lr": 3e-3, "warmup_epochs": 0.25},
-        "min_positives": 3,
-    },
+    "cpu-small": _CPU_SMALL,
     # torchvision r2plus1d_18 at 32x112x112 on GPUs, bf16.
     "gpu": {"gpu": True, "epochs": 45, "data": {"batch_size": 16, "num_threads": 4}},
+    # What `echocmr demo` trains: cpu-small for six epochs, keeping the two best checkpoints. On
+    # GPUs the demo trains the same small model, so its figures compare between machines.
+    "demo": loader.merge(_CPU_SMALL, {"epochs": 6, "keep_checkpoints": 2}),
 }
 
 
-def load_config(path: str | None = None, *, preset: str | None = None,
+def preset_layer(name: str) -> loader.Layer:
+    """``PRESETS[name]`` as a config layer; an unknown name is a `ConfigError` listing them."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    return loader.Layer(PRESETS[name], f"preset {name!r}")
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None,
                 overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Resolve a config: defaults <- ``preset`` <- YAML ``path`` <- ``overrides`` (nested dicts)."""
-    merged: dict[str, Any] = {}
+    """Resolve a config: defaults <- ``preset`` <- YAML ``path`` <- ``overrides`` (nested dicts,
+    the command-line flags)."""
+    layers = []
     if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; presets are {sorted(PRESETS)}")
-        merged = _merge(merged, PRESETS[preset])
+        layers.append(preset_layer(preset))
     if path is not None:
-        merged = _merge(merged, read_yaml(path))
+        layers.append(loader.file_layer(path))
     if overrides:
-        merged = _merge(merged, overrides)
-    try:
-        return TrainConfig.from_dict(merged)
-    except ConfigError as exc:
-        where = f" (config file {path})" if path else ""
-        raise ConfigError(f"{exc}{where}") from None
-
-
-def read_yaml(path: str) -> dict[str, Any]:
-    """The mapping in a YAML file; a clear error if it is missing or not a mapping."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-    return data
+        layers.append(loader.Layer(overrides, loader.FLAGS))
+    return loader.load(TrainConfig, *layers)
 
 
 def dump_yaml(config: TrainConfig) -> str:
     """The resolved config as YAML (what MLflow stores as the run's ``config.yaml``)."""
-    import yaml
-
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return loader.dump_yaml(config)
 
 
 def flat_params(config: TrainConfig) -> dict[str, str]:
     """``{"data.frames": "32", ...}``: the resolved config as MLflow params."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = str(value)
-
-    walk("", config.to_dict())
-    return out
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "task_weights":
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """``cls(**data)`` with unknown keys and wrong types reported by their dotted path."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {path!r}.{hint} Allowed here: {sorted(fields)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing (FaultConfig)
-        raise ConfigError(f"{where or 'config'}: {exc}") from None
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], path)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0], path) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{path}.{k}") for k, v in value.items()}
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return loader.flat(config)

@@ -23,7 +23,7 @@ which first passes each grey level through the shards' exact store-and-decode ro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -33,7 +33,8 @@ from echocmr.train.config import DataConfig
 if TYPE_CHECKING:
     import torch
 
-WINDOW_MODES = ("all", "centre")
+WindowMode = Literal["all", "centre"]
+WINDOW_MODES: tuple[str, ...] = get_args(WindowMode)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -86,6 +86,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                             datefmt="%H:%M:%S")
     _quiet_ray_train_reports()
     started = time.perf_counter()
+    for name, value in loop_config.get("test_env", {}).items():  # test-only, see the driver
+        os.environ[name] = value
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -203,6 +205,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from echocmr.shards import storage
     from echocmr.shards.format import check_format_version
     from echocmr.shards.reader import read_stats
+    from echocmr.train.engine import TEST_FAULT_ENV
     from echocmr.train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
@@ -231,13 +234,16 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         hook = None if address else {"worker_process_setup_hook": _quiet_ray_train_reports}
         ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=hook)
         started_ray = True
+    # The test-only fault hook (train.engine) reaches the workers through the loop config: a Ray
+    # started before it was set, or a cluster's, does not share this process's environment.
+    test_env = {TEST_FAULT_ENV: os.environ[TEST_FAULT_ENV]} if os.environ.get(TEST_FAULT_ENV) else {}
     try:
         _check_resources(config, local=started_ray and address is None)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": config.to_dict(), "shards": shards, "stats": stats,
                                "tracking_uri": tracking_uri, "run_id": run_id,
-                               "data_digest": digest},
+                               "data_digest": digest, "test_env": test_env},
             torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=config.workers, use_gpu=config.gpu,
