@@ -33,7 +33,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -142,6 +142,29 @@ def flat(obj: Any) -> dict[str, str]:
 
     walk("", to_dict(obj) if dataclasses.is_dataclass(obj) else obj)
     return out
+
+
+def resolve_for_command(command: str, load_config: Callable[[], Any], *, print_config: bool,
+                        required: Mapping[str, Any]) -> tuple[Any, int | None]:
+    """A command's config, or the exit code that ends the command first. What ``echocmr ingest``,
+    ``train`` and ``eval`` share: ``(config, None)`` to run; ``(None, 2)`` when the config is bad
+    or a flag in ``required`` (``{"--shards": value}``) is missing; ``(None, 0)`` after printing
+    the resolved config for ``--print-config`` (which needs none of the required flags)."""
+    import sys
+
+    try:
+        config = load_config()
+    except ValueError as exc:
+        print(f"echocmr {command}: {exc}", file=sys.stderr)
+        return None, 2
+    if print_config:
+        print(dump_yaml(config), end="")
+        return None, 0
+    missing = [flag for flag, value in required.items() if not value]
+    if missing:
+        print(f"echocmr {command}: {', '.join(missing)} required", file=sys.stderr)
+        return None, 2
+    return config, None
 
 
 def check_choices(obj: Any, prefix: str = "") -> None:

@@ -148,21 +148,15 @@ def _register_models(subparsers) -> None:
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
-    from echocmr.config import dump_yaml
+    from echocmr.config import resolve_for_command
     from echocmr.eval.job import load_config, run_eval
 
-    try:
-        config = load_config(args.config, overrides=eval_overrides(args))
-    except ValueError as exc:
-        print(f"echocmr eval: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(config), end="")
-        return 0
-    missing = [f"--{n}" for n in ("shards", "model", "out") if not getattr(args, n)]
-    if missing:
-        print(f"echocmr eval: {', '.join(missing)} required", file=sys.stderr)
-        return 2
+    config, done = resolve_for_command(
+        "eval", lambda: load_config(args.config, overrides=eval_overrides(args)),
+        print_config=args.print_config,
+        required={"--shards": args.shards, "--model": args.model, "--out": args.out})
+    if done is not None:
+        return done
     try:
         outcome = run_eval(args.shards, args.model, args.out, config=config,
                            tracking_uri=args.tracking_uri, address=args.address)

@@ -41,24 +41,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echocmr.config import dump_yaml
+    from echocmr.config import resolve_for_command
     from echocmr.ingest.config import load_config
 
     if args.workers is not None and args.workers < 1:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
         return 2
-    try:
-        config = load_config(args.config, site=args.site, workers=args.workers)
-    except ValueError as exc:
-        print(f"echocmr ingest: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(config), end="")
-        return 0
-    missing = [f"--{n}" for n in ("dicom", "labels", "out") if not getattr(args, n)]
-    if missing:
-        print(f"echocmr ingest: {', '.join(missing)} required", file=sys.stderr)
-        return 2
+    config, done = resolve_for_command(
+        "ingest", lambda: load_config(args.config, site=args.site, workers=args.workers),
+        print_config=args.print_config,
+        required={"--dicom": args.dicom, "--labels": args.labels, "--out": args.out})
+    if done is not None:
+        return done
     from echocmr.ingest.job import run_ingest
     from echocmr.shards.lock import OutputLocked
 

@@ -12,7 +12,6 @@ merges them; ``--print-config`` prints the result and exits without training). M
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -61,19 +60,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echocmr.train.config import ConfigError, dump_yaml, load_config
+    from echocmr.config import resolve_for_command
+    from echocmr.train.config import load_config
 
-    try:
-        config = load_config(args.config, preset=args.preset, overrides=overrides_from_args(args))
-    except ConfigError as exc:
-        print(f"echocmr train: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(dump_yaml(config), end="")
-        return 0
-    if not args.shards:
-        print("echocmr train: --shards is required (the shard set to train on)", file=sys.stderr)
-        return 2
+    config, done = resolve_for_command(
+        "train", lambda: load_config(args.config, preset=args.preset,
+                                     overrides=overrides_from_args(args)),
+        print_config=args.print_config, required={"--shards": args.shards})
+    if done is not None:
+        return done
     from echocmr.train.loop import run_training
 
     outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
