@@ -56,7 +56,7 @@ WORKERS = (1, 2)
 
 
 def make_shards(out_dir: str) -> str:
-    """The test fixture's phantom clips (speckle and a beating disc) as a shard set."""
+    """The test fixture's clips (the synthetic phantom heart, beating or still) as a shard set."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
     from _shards_fixtures import make_shard_set
 

@@ -1,8 +1,8 @@
 """Small, real DICOM files for the ingest tests, made in the test (no downloads).
 
-`phantom` draws a tiny echo-like clip: a fan-shaped sector of flickering speckle with a pulsing
-bright ring inside, static burned-in text in a corner, a static marker dot inside the sector and a
-thin moving "ECG" trace below it. `write_us_dicom` stores frames as an ultrasound multi-frame
+The frames come from the synthetic cohort's phantom (`ingest.synth.small.small_clip`: a tiny fan
+with a beating heart, burned-in text, a marker inside the fan and an ECG trace below it, and masks
+saying where each is). `write_us_dicom` stores frames as an ultrasound multi-frame
 object in any transfer syntax / photometric interpretation the tests need, through the synthetic
 cohort's writer (`ingest.synth.dicom_writer`); `write_cohort` lays out a small hospital-style
 export (patient-named folders) plus a CMR table, with every PHI string recorded so a test can
@@ -28,47 +28,11 @@ from echocmr.ingest.synth.dicom_writer import (
     write_pixels,
     write_text_sr,
 )
+from echocmr.ingest.synth.small import small_clip
 from echocmr.shards.format import INGEST_REPORT_FILE
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 PDF_CLASS = "1.2.840.10008.5.1.4.1.1.104.1"
-TEXT_BOX = (2, 10, 3, 43)  # rows, cols of the burned-in text in `phantom` frames
-
-
-def phantom(n_frames: int = 20, height: int = 72, width: int = 96, *, seed: int = 0,
-            text: bool = True, ecg_gap: int = 8, ecg_mask: np.ndarray | None = None) -> np.ndarray:
-    """An echo-like grey clip ``uint8[T, H, W]`` (see the module docstring).
-
-    ``ecg_gap`` is the distance between the fan and the ECG trace; pass a bool array of the
-    clip's shape as ``ecg_mask`` to get the trace's pixels marked in it.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    apex_x, apex_y = width / 2, 4.0
-    radius = np.hypot(xx - apex_x, yy - apex_y)
-    angle = np.arctan2(xx - apex_x, yy - apex_y)
-    fan = (radius < height - 6 - ecg_gap) & (np.abs(angle) < np.deg2rad(38)) & (radius > 3)
-    cy, cx = height * 0.5, apex_x
-    frames = np.zeros((n_frames, height, width), dtype=np.uint8)
-    for t in range(n_frames):
-        speckle = rng.gamma(2.0, 18.0, size=(height, width))
-        ring_r = height * (0.2 + 0.05 * np.sin(2 * np.pi * t / 10))
-        ring = np.abs(np.hypot(xx - cx, (yy - cy) * 1.3) - ring_r) < 2.5
-        img = np.where(ring, 150 + speckle * 0.5, speckle)
-        img = np.where(fan, img, 0)
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-        # a thin moving ECG trace along the bottom, outside the sector
-        ecg_x = np.arange(width)
-        ecg_y = (height - 4 + np.round(1.5 * np.sin(ecg_x / 4 + t))).astype(int)
-        frames[t, ecg_y, ecg_x] = 200
-        if ecg_mask is not None:
-            ecg_mask[t, ecg_y, ecg_x] = True
-    if text:
-        r0, r1, c0, c1 = TEXT_BOX
-        glyphs = np.random.default_rng(1234).random((r1 - r0, c1 - c0)) < 0.45
-        frames[:, r0:r1, c0:c1][:, glyphs] = 230
-        frames[:, 14:17, int(apex_x) + 2:int(apex_x) + 5] = 240  # a static marker in the sector
-    return frames
 
 
 def grey_to_rgb(frames_THW: np.ndarray) -> np.ndarray:
@@ -197,7 +161,7 @@ def write_cohort(root, *, n_patients: int = 4, clips_per_study: int = 2, n_frame
                              study_date=echo_date.strftime("%Y%m%d"), study_uid=study_uid)
             rel = f"{folder}/study1/clip{c}.dcm"
             os.makedirs(os.path.join(dicom_dir, os.path.dirname(rel)), exist_ok=True)
-            frames = phantom(n_frames, *shape, seed=seed + 10 * p + c)
+            frames = small_clip(n_frames, *shape, seed=seed + 10 * p + c).frames
             write_us_dicom(os.path.join(dicom_dir, rel), frames, ident=ident)
             expected[rel] = None
             phi.extend(ident.phi_strings())

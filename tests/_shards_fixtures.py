@@ -2,12 +2,12 @@
 
 `make_shard_set(out_dir)` builds ``n_patients`` patients (one study each) with
 ``clips_per_patient`` clips, assigned by patient to train/val/test (60/20/20, each split gets at
-least one patient), labels with NaNs, and, when ``signal=True``, a visible WMA pattern: every clip
-shows a bright disc on speckle; the disc beats (its radius oscillates) in WMA-negative clips and
-stands still in WMA-positive ones, so a small video network can learn WMA while LGE..ECV are
-random noise labels.
+least one patient), labels with NaNs, and a visible WMA pattern: every clip is the synthetic
+cohort's phantom heart in its view (``ingest.synth.small.small_clip``, the fan filling the frame);
+the heart beats in WMA-negative clips and stands still in WMA-positive ones, so a small video
+network can learn WMA while LGE..ECV are random noise labels.
 
-Train and eval tests import it; keep it cheap (112x112x24 clips encode in ~30 ms each).
+Train and eval tests import it; keep it cheap (a 112x112x24 clip renders and encodes in ~60 ms).
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import hashlib
 import numpy as np
 
 from echocmr.ingest.encode import encode_webm
+from echocmr.ingest.synth.anatomy import VIEWS, HeartParams
+from echocmr.ingest.synth.small import small_clip
 from echocmr.shards.format import TASKS, Sample
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
 FIXTURE_SPLIT_KEY_FINGERPRINT = hashlib.sha256(b"echocmr-test-split-key").hexdigest()[:16]
-VIEWS = ("A4C", "A2C", "PLAX")
+# A big heart that beats hard, seen from close: the beat fills much of a 32x32 frame.
+STRONG_HEART = HeartParams(half_length_cm=4.2, half_width_cm=2.4, wall_cm=1.0, shortening=0.45,
+                           thickening=0.6)
 
 
 def _hex(*parts: object) -> str:
@@ -30,34 +34,6 @@ def _hex(*parts: object) -> str:
 
 def clip_format(size: int = 112, fps: float = 30.0) -> dict:
     return {"height": size, "width": size, "fps": float(fps), "codec": "vp9", "pix_fmt": "yuv420p"}
-
-
-def make_frames(
-    rng: np.random.Generator,
-    *,
-    wma: bool,
-    n_frames: int,
-    size: int,
-    fps: float,
-    signal: bool = True,
-) -> np.ndarray:
-    """uint8[T, H, W]: speckle plus a disc that beats (WMA negative) or stands still (positive)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    cy, cx = size / 2 + rng.uniform(-size / 10, size / 10, size=2)
-    radius = size * rng.uniform(0.18, 0.25)
-    phase = rng.uniform(0, 2 * np.pi)
-    heart_hz = rng.uniform(1.0, 1.6)
-    amplitude = 0.0 if (wma and signal) else 0.3 * radius
-    if not signal:
-        amplitude = 0.3 * radius * rng.uniform(0.0, 1.0)
-    frames = np.empty((n_frames, size, size), dtype=np.uint8)
-    dist = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-    speckle = rng.normal(0, 10, size=(size, size))  # static texture: cheap for VP9
-    for t in range(n_frames):
-        r = radius + amplitude * np.sin(2 * np.pi * heart_hz * t / fps + phase)
-        img = 40.0 + 150.0 * (dist < r) + speckle + rng.normal(0, 2, size=(size, size))
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-    return frames
 
 
 def _labels(rng: np.random.Generator, patient: int) -> np.ndarray:
@@ -88,7 +64,6 @@ def make_shard_set(
     fps: float = 30.0,
     seed: int = 0,
     samples_per_shard: int = 4,
-    signal: bool = True,
 ) -> str:
     """Write a real shard set into ``out_dir`` and return ``out_dir``."""
     rng = np.random.default_rng(seed)
@@ -105,14 +80,11 @@ def make_shard_set(
             patient_hash = _hex("patient", site, seed, patient)
             study_hash = _hex("study", site, seed, patient)
             for clip in range(clips_per_patient):
-                frames = make_frames(
-                    rng,
-                    wma=bool(labels[0] == 1),
-                    n_frames=n_frames,
-                    size=size,
-                    fps=fps,
-                    signal=signal,
-                )
+                view = VIEWS[clip % len(VIEWS)]
+                frames = small_clip(
+                    n_frames, size, size, seed=int(rng.integers(2**32)), fps=fps, view=view,
+                    beating=labels[0] != 1, overlays=False, heart=STRONG_HEART, depth_cm=9.0,
+                ).frames
                 key = f"{site}-{_hex('clip', site, seed, patient, clip)}"
                 meta = {
                     "key": key,
@@ -121,7 +93,7 @@ def make_shard_set(
                     "patient_hash": patient_hash,
                     "study_hash": study_hash,
                     "source_sop_hash": _hex("sop", site, seed, patient, clip),
-                    "view": VIEWS[clip % len(VIEWS)],
+                    "view": view,
                     "fps": float(fps),
                     "n_frames": n_frames,
                     "height": size,

@@ -14,7 +14,7 @@ from echocmr.shards.format import TASKS
 from _eval_model import LocalMlflowServer
 from _shards_fixtures import make_shard_set
 
-# Tuned on 2 CPU cores: val WMA AUC 1.0 in ~60 s of training (the fixture's WMA-negative disc
+# Tuned on 2 CPU cores: val WMA AUC 1.0 in ~60 s of training (the fixture's WMA-negative heart
 # beats, the positive one stands still; 8 frames every 3rd frame see most of a beat).
 TRAIN = {
     "epochs": 8, "workers": 1,

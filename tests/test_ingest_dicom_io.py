@@ -30,10 +30,10 @@ from echocmr.ingest.dicom_io import (
     load_dataset,
     read_dicom,
 )
+from echocmr.ingest.synth.small import small_clip
 
 from _ingest_fixtures import (
     grey_to_rgb,
-    phantom,
     write_non_image,
     write_us_dicom,
 )
@@ -55,7 +55,7 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def grey():
-    return phantom(16, 48, 64, seed=3)
+    return small_clip(16, 48, 64, seed=3).frames
 
 
 # (photometric, syntax, how pixels are stored, max abs error vs the grey truth)

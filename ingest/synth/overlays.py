@@ -39,7 +39,7 @@ class ScreenText:
 
 
 @functools.lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def screen_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -69,8 +69,8 @@ class Overlay:
         img = Image.new("RGB", (cols, rows), (0, 0, 0))
         draw = ImageDraw.Draw(img)
         colour = vendor.colour
-        small = _font(max(10, rows // 48))
-        large = _font(max(12, rows // 36))
+        small = screen_font(max(10, rows // 48))
+        large = screen_font(max(12, rows // 36))
         margin = max(6, cols // 100)
         # Header: who and when, left; machine and settings, right.
         draw.text((margin, margin), text.institution, fill=_WHITE, font=large)
