@@ -10,10 +10,6 @@ from __future__ import annotations
 import os
 
 import fsspec
-import pytest
-
-pytest.importorskip("s3fs")
-pytest.importorskip("moto.server")
 
 BUCKET = "echo"
 

@@ -16,9 +16,6 @@ from echocmr.shards.verify import verify
 
 from _shards_fixtures import make_shard_set
 
-pytest.importorskip("s3fs")
-pytest.importorskip("moto.server")
-
 
 def test_storage_helpers_on_s3(s3_endpoint):
     url = "s3://echo/helpers"
