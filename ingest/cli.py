@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,10 @@ def register(subparsers) -> None:
                    help="CSV/Parquet with sop_instance_uid,view (default: every view 'unknown')")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: all cores)")
+    p.add_argument("--clip-size", type=int, default=None, metavar="N",
+                   help="side of the stored square clips, even (overrides preprocess.size; "
+                        "default 144, which the GPU decoder accepts; the model's input size is "
+                        "train's data.size)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -44,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(args.config, site=args.site, workers=args.workers)
+        if args.clip_size is not None:  # nested: replace() re-runs PreprocessConfig's checks
+            config.preprocess = replace(config.preprocess, size=args.clip_size)
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
                              views_path=args.views, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
