@@ -28,11 +28,12 @@ Sections (each catches its own errors and records them, so one failing hides no 
 5. ``eval``: `eval.infer.infer_tars` over the test split on GPU (``mixed``) and on CPU: windows/s
    and the largest difference in probabilities.
 
-Time: a global budget (``--budget-s``, 300 s) and a limit per section (`LIMITS_S`), checked
-before each measurement; what does not fit is recorded as skipped. Estimates for one H200, not
-yet measured (none has run): start-up and peak 15 s, decode 20 s, loader 30 s, train 150 s
-(compile about 30 s per batch size), rebuilds 30 s, eval 30 s; about 5 min, plus DALI's
-unpacking, inside the 6 minutes the device check may take. ``$OUT/gpu_check.json`` is rewritten
+Time: a global budget (``--budget-s``, 270 s) and a limit per section (`LIMITS_S`), checked
+before each measurement; what does not fit is recorded as skipped. Estimates for one H200 (an
+estimate: none has run yet): start-up and peak 15 s, decode 20 s, loader 30 s, train 130 s
+(uncompiled about 10 s per batch size; compile about 30 s per batch size), rebuilds 30 s, eval
+30 s; at most 270 s, plus DALI's unpacking (a 180 MB xz tarball, estimated 20-30 s), inside the
+6 minutes the device check may take. ``$OUT/gpu_check.json`` is rewritten
 after every section, so a run cut short still leaves what it measured.
 
 On ``--device cpu`` the sizes shrink (a width-8 network on 8x32x32 clips, batch 2, a few
@@ -56,7 +57,7 @@ import traceback
 from dataclasses import dataclass, field
 
 SETS = {"default": "s144", "old": "s112"}  # --make-data writes these under DIR
-LIMITS_S = {"decode": 30, "loader": 40, "train": 150, "rebuilds": 30, "eval": 30}
+LIMITS_S = {"decode": 30, "loader": 35, "train": 130, "rebuilds": 30, "eval": 30}
 JSON_NAME = "gpu_check.json"
 # What the device machine has besides the standard library (shared/device/README.md, DESIGN.md:
 # torch and what it brings, numpy, pandas, pyarrow, fsspec, PyYAML, OpenCV, scikit-learn) plus
@@ -716,9 +717,10 @@ def format_table(record: dict) -> str:
     rows.append(("peak", "bf16 matmul TFLOP/s", str(s.get("peak", {}).get("tflops",
                                                                          _status(s.get("peak"))))))
     for label, r in _items(s.get("decode")):
+        size = "x".join(map(str, r.get("clip_size") or ()))
         for dec in ("cpu", "mixed"):
             v = r.get(dec, {})
-            rows.append(("decode", f"{label} {r.get('clip_size')} {dec}",
+            rows.append(("decode", f"{label} {size} {dec}",
                          v.get("status", "") + (f", {v['clips_per_s']} clips/s"
                                                 if "clips_per_s" in v else "")
                          + (f": {v['error'][:120]}" if "error" in v else "")))
@@ -747,9 +749,10 @@ def format_table(record: dict) -> str:
     for key in ("without_release", "with_release"):
         done = [r for r in rb.get(key, []) if "host_rss_mb" in r]
         if done:
-            gpu = " / ".join(str(r.get("device_used_mb", "-")) for r in done)
-            host = " / ".join(str(r["host_rss_mb"]) for r in done)
-            rows.append(("rebuilds", key.replace("_", " "), f"host MB {host}; GPU MB {gpu}"))
+            host = " / ".join(f"{r['host_rss_mb']:.0f}" for r in done)
+            gpu = " / ".join(f"{r['device_used_mb']:.0f}" for r in done if "device_used_mb" in r)
+            rows.append(("rebuilds", key.replace("_", " "),
+                         f"host MB {host}" + (f"; GPU used MB {gpu}" if gpu else "")))
     if "error" in rb:
         rows.append(("rebuilds", "error", rb["error"][:160]))
     ev = s.get("eval", {})
@@ -792,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", metavar="DIR", help="the --make-data directory")
     p.add_argument("--out", metavar="DIR", default=os.environ.get("OUT", "gpu_check_out"))
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--budget-s", type=float, default=300.0,
+    p.add_argument("--budget-s", type=float, default=270.0,
                    help="global time budget in seconds (sections skip what does not fit)")
     args = p.parse_args(argv)
     if args.make_data:
