@@ -79,7 +79,7 @@ def test_example_ingests_to_a_grey_clip_with_text_masked(example_clip):
     with av.open(io.BytesIO(data)) as container:
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)
-    assert rgb.shape == (30, 112, 112, 3) and spread.max() <= 2
+    assert rgb.shape == (30, 144, 144, 3) and spread.max() <= 2
     luma, fps = decode_webm(data)
     assert fps == pytest.approx(30.0) and np.abs(luma.astype(int) - clip.frames_THW).mean() < 1.5
 

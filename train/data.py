@@ -8,7 +8,7 @@ float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False 
 ``keys``.
 
 Decoder and device (``data.decoder``, `train.pipeline.resolve_decoder`): on a CUDA device the
-default is DALI's ``mixed`` decoder, whose GPU outputs are copied on torch's current stream; with
+default is DALI's ``mixed`` decoder, whose GPU outputs torch takes over through DLPack; with
 ``data.decoder: cpu`` DALI decodes on its CPU threads and each batch is copied into pinned host
 memory and on to the GPU without blocking (``non_blocking``), as are labels and the padding mask,
 so a step never waits for the previous one to finish on the GPU. A ``mixed`` loader refuses, when
@@ -175,7 +175,7 @@ class ClipLoader:
             for b in range(stop):
                 outputs = pipe.run()
                 if b >= start_batch:
-                    yield self._to_batch(outputs, b)
+                    yield self._to_batch(outputs, b, zero_copy=pipe.exec_dynamic)
         finally:
             del pipe
 
@@ -204,9 +204,9 @@ class ClipLoader:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def _to_batch(self, outputs, b: int) -> Batch:
+    def _to_batch(self, outputs, b: int, *, zero_copy: bool = False) -> Batch:
         clips_tl, labels_tl, meta_tl = outputs
-        clips = _to_torch(clips_tl, self.device)
+        clips = _to_torch(clips_tl, self.device, zero_copy=zero_copy)
         labels = torch.from_numpy(np.array(labels_tl.as_tensor(), dtype=np.float32))
         keys = [sample_meta(meta_tl.at(i)).key for i in range(len(meta_tl))]
         real = self.shard_sizes[self.rank] - b * self.config.batch_size
@@ -224,18 +224,24 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+def _to_torch(tensor_list, device: torch.device, *, zero_copy: bool = False) -> torch.Tensor:
     """A dense DALI TensorList as a float32 torch tensor on ``device``.
 
-    DALI GPU outputs (``mixed``): one device copy on torch's current stream. CPU outputs for a
-    CUDA device (``data.decoder: cpu``): one copy into pinned host memory, then a non-blocking
-    copy to the GPU (torch's pinned allocator keeps the buffer until that copy is done). CPU
-    outputs for the CPU: one copy.
+    DALI GPU outputs (``mixed``): with DALI's dynamic executor (``zero_copy``, DALI 2's default)
+    the tensor shares DALI's buffer through DLPack, which orders DALI's stream before torch's
+    current one and keeps the buffer alive as long as the tensor (what DALI's own PyTorch
+    iterator does); otherwise one device copy on torch's current stream. CPU outputs for a CUDA
+    device (``data.decoder: cpu``): one copy into pinned host memory, then a non-blocking copy
+    to the GPU (torch's pinned allocator keeps the buffer until that copy is done). CPU outputs
+    for the CPU: one copy.
     """
     from nvidia.dali.backend import TensorGPU
 
     dense = tensor_list.as_tensor()
     if isinstance(dense, TensorGPU):
+        if zero_copy:
+            with device:
+                return torch.from_dlpack(dense)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
