@@ -34,7 +34,7 @@ import pandas as pd
 
 from echocmr.eval.outputs import CLIP_COLUMNS
 from echocmr.eval.tasks import TASKS, p_col, y_col
-from echocmr.shards.format import ClipFormat, SampleMeta
+from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
 from echocmr.train.contract import WINDOW_MODES as MODES
 from echocmr.train.contract import (
     InputSpec,
@@ -162,8 +162,8 @@ def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, c
 
 
 def _split_inputs(shards: str, split: str,
-                  cache_dir: str | None = None) -> tuple[list[str], list[str], tuple | None]:
-    """Local tars, their indexes and the stored clip size of ``split``; a set at a URL is staged
+                  cache_dir: str | None = None) -> tuple[list[str], list[str], ClipFormat]:
+    """Local tars, their indexes and the clip format of ``split``; a set at a URL is staged
     onto this node's disk first."""
     from echocmr.shards.reader import read_stats
     from echocmr.shards.stage import stage
@@ -171,11 +171,11 @@ def _split_inputs(shards: str, split: str,
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split)
-    return tars, indexes, ClipFormat.of_stats(read_stats(local)).size
+    return tars, indexes, ClipFormat.of_stats(read_stats(local))
 
 
-def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
-    """Tar names and stored clip size of ``split`` of a set at a URL, read without staging it
+def _remote_split(shards: str, split: str) -> tuple[list[str], ClipFormat]:
+    """Tar names and the clip format of ``split`` of a set at a URL, read without staging it
     (the Ray tasks stage it where they run); the same checks `split_files` makes up front."""
     from echocmr.shards import storage
     from echocmr.shards.format import STATS_FILE, check_format_version
@@ -186,7 +186,7 @@ def _remote_split(shards: str, split: str) -> tuple[list[str], tuple | None]:
         raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
     stats = read_stats(shards)
     check_format_version(stats, f"shard set {shards} ({STATS_FILE})")
-    return names, ClipFormat.of_stats(stats).size
+    return names, ClipFormat.of_stats(stats)
 
 
 def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,
@@ -204,13 +204,17 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
     remote = is_url(shards)
     if remote:  # tar names only: this process or each Ray task stages the split where it runs
         shards = canonical(shards)
-        tars, stored = _remote_split(shards, split)
+        tars, clip = _remote_split(shards, split)
         indexes = [None] * len(tars)
     else:
-        tars, indexes, stored = _split_inputs(shards, split)
+        tars, indexes, clip = _split_inputs(shards, split)
+    if config.gpu:  # DALI "mixed": refuse clips NVDEC cannot take before any work starts
+        check_gpu_decodable(clip, f"shard set {shards}",
+                            cpu_fix="run eval without --gpu (the CPU decoder reads any size)")
+    stored = clip.size
     if config.workers <= 1 or len(tars) == 1:
         if remote:
-            tars, indexes, stored = _split_inputs(shards, split, config.cache_dir)
+            tars, indexes, _ = _split_inputs(shards, split, config.cache_dir)
         model, spec = loaded if loaded is not None else _load(model_uri, tracking_uri)
         clips = infer_tars(model, spec, tars, indexes, config=config, stored_size=stored)
     else:  # Ray tasks may run elsewhere: give them an absolute path for a local model

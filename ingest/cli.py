@@ -33,6 +33,10 @@ def register(subparsers) -> None:
                    help="CSV/Parquet with sop_instance_uid,view (default: every view 'unknown')")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: all cores)")
+    p.add_argument("--clip-size", type=int, default=None, metavar="N",
+                   help="side of the stored square clips, even (overrides preprocess.size; "
+                        "default 144, which the GPU decoder accepts; the model's input size is "
+                        "train's data.size)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",
@@ -48,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
         return 2
     config, done = resolve_for_command(
-        "ingest", lambda: load_config(args.config, site=args.site, workers=args.workers),
+        "ingest", lambda: load_config(
+            args.config, site=args.site, workers=args.workers,
+            preprocess={"size": args.clip_size} if args.clip_size is not None else None),
         print_config=args.print_config,
         required={"--dicom": args.dicom, "--labels": args.labels, "--out": args.out})
     if done is not None:

@@ -7,7 +7,7 @@ override the file::
 
     site: hospital_a
     preprocess:
-      size: 112
+      size: 144
       target_fps: 30
       read: {min_frames: 16, doppler_chroma_threshold: 40}
     labels:
@@ -30,7 +30,7 @@ from typing import Any
 from echocmr import config as loader
 from echocmr.config import ConfigError, to_dict
 from echocmr.ingest.encode import EncoderConfig
-from echocmr.shards.format import SPLITS, TASKS
+from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS
 
 __all__ = ["IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
            "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "load_config", "to_dict"]
@@ -79,7 +79,10 @@ class SectorConfig:
 class PreprocessConfig:
     """Clip geometry and timing (`ingest.preprocess`)."""
 
-    size: int = 112  # output clips are size x size
+    # Stored clips are size x size (`echocmr ingest --clip-size`). The default 144 is at or above
+    # NVDEC's minimum (VP9 128x128), so the GPU decoder takes the clips; the model's input size
+    # is train's data.size, resized in the pipeline (shards.format.NVDEC_MIN_SIZE).
+    size: int = DEFAULT_CLIP_SIZE
     target_fps: float = 30.0  # every clip is resampled to this frame rate
     max_frames: int = 128  # clips are cut to at most this many frames (after resampling)
     read: ReadConfig = field(default_factory=ReadConfig)

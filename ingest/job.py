@@ -533,7 +533,7 @@ def _reject_duplicates(results: list[FileResult]) -> None:
 
 def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
                    out_dir: str, config: IngestConfig, fingerprint: str):
-    from echocmr.shards.format import ClipFormat, Sample
+    from echocmr.shards.format import DEFAULT_CLIP_SIZE, ClipFormat, Sample
     from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
     kept = [r for r in results if r.status == "kept"]
@@ -541,6 +541,11 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
     clip_format = ClipFormat(height=config.preprocess.size, width=config.preprocess.size,
                              fps=float(config.preprocess.target_fps), codec="vp9",
                              pix_fmt="yuv420p")
+    problem = clip_format.gpu_decode_problem()
+    if problem is not None:
+        log.warning("this shard set will be CPU-only: %s (GPU training and eval refuse it; "
+                    "preprocess.size / --clip-size %d is the default)", problem,
+                    DEFAULT_CLIP_SIZE)
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
     with ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,

@@ -140,6 +140,20 @@ def check_format_version(stats: dict, where: str) -> None:
     )
 
 
+# NVDEC's smallest coded frame, per codec, as one side of a square (pixels). From NVIDIA's
+# published NVDEC support table (Video Codec SDK "NVDEC Application Note"; VP9 128x128, HEVC
+# 144x144), not confirmed here: the driver reports the real figure at run time
+# (cuvidGetDecoderCaps' nMinWidth/nMinHeight, which DALI's "mixed" decoder asserts: "Video is too
+# small in at least one dimension", NVIDIA/DALI#2197), and `bench/gpu_check.py` reads and
+# records it on the device. Ingest writes VP9 only; a codec missing here counts as not decodable.
+NVDEC_MIN_SIZE: dict[str, int] = {"vp9": 128, "hevc": 144}
+
+
+# Ingest's default stored clip side (`ingest.config.PreprocessConfig.size`): at or above every
+# NVDEC minimum above, and a multiple of 16 (whole 16-pixel blocks, no encoder padding).
+DEFAULT_CLIP_SIZE = 144
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClipFormat:
     """The format every clip of a shard set has (``stats.json["clip"]``): ``height`` x ``width``
@@ -162,7 +176,7 @@ class ClipFormat:
         if missing or unknown:
             what = f"lacks {missing}" if missing else f"has unknown fields {unknown}"
             raise ValueError(
-                f"clip format {what}; give e.g. {{'height': 112, 'width': 112, 'fps': 30.0, "
+                f"clip format {what}; give e.g. {{'height': 144, 'width': 144, 'fps': 30.0, "
                 "'codec': 'vp9', 'pix_fmt': 'yuv420p'}"
             )
         return cls(
@@ -193,6 +207,44 @@ class ClipFormat:
     def square_size(self) -> int | None:
         """The side of square clips, None for non-square ones."""
         return self.height if self.height == self.width else None
+
+    def gpu_decode_problem(self) -> str | None:
+        """Why NVDEC cannot decode these clips (the codec, or a side below `NVDEC_MIN_SIZE`),
+        or None if it can, as far as the published minimums say."""
+        minimum = NVDEC_MIN_SIZE.get(self.codec)
+        if minimum is None:
+            return f"its clips are {self.codec}, which echocmr does not know NVDEC to decode"
+        if min(self.height, self.width) < minimum:
+            return (f"its clips are {self.height}x{self.width}, below NVDEC's {self.codec} "
+                    f"minimum of {minimum}x{minimum}")
+        return None
+
+    @property
+    def gpu_decodable(self) -> bool:
+        """True if NVDEC (DALI's ``mixed`` decoder) can decode these clips."""
+        return self.gpu_decode_problem() is None
+
+
+class GPUDecodeError(ValueError):
+    """A shard set's clips cannot be decoded by the GPU (NVDEC, DALI's ``mixed`` decoder)."""
+
+
+def check_gpu_decodable(clip: ClipFormat, where: str, *, cpu_fix: str) -> None:
+    """Raise `GPUDecodeError` unless NVDEC can decode ``clip`` (`ClipFormat.gpu_decode_problem`).
+
+    ``where`` names the set; ``cpu_fix`` says how to decode on the CPU instead (it differs
+    between train and eval). The message names both fixes: re-ingest at a size NVDEC takes, or
+    decode on the CPU.
+    """
+    problem = clip.gpu_decode_problem()
+    if problem is None:
+        return
+    raise GPUDecodeError(
+        f"{where}: {problem}, so the GPU video decoder (DALI 'mixed', NVDEC) cannot read it. "
+        f"Either re-ingest from the DICOMs with `echocmr ingest --clip-size "
+        f"{DEFAULT_CLIP_SIZE} ...` (the default; the model's input size is set apart, "
+        f"data.size), or {cpu_fix}"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -71,7 +71,7 @@ def test_manifest_stats_and_labels(cohort, ingested):
     manifest = read_manifest(out)
     stats = read_stats(out)
     assert len(manifest) == 8 and set(manifest["n_frames"]) == {18}
-    assert stats["clip"]["height"] == 112 and stats["clip"]["fps"] == 30.0
+    assert stats["clip"]["height"] == 144 and stats["clip"]["fps"] == 30.0
     key, _ = resolve_split_key(None, warn=False)
     hasher = KeyedHasher(key, site="site_a")
     assert stats["split_key_fingerprint"] == hasher.fingerprint
@@ -115,7 +115,7 @@ def test_stock_webdataset_reads_the_shards(ingested):
         meta = json.loads(sample["json"])
         assert meta["key"] == key and meta["split"] == manifest.loc[key, "split"]
         frames, fps = decode_webm(sample["webm"])
-        assert frames.shape == (manifest.loc[key, "n_frames"], 112, 112) and fps == 30.0
+        assert frames.shape == (manifest.loc[key, "n_frames"], 144, 144) and fps == 30.0
         np.testing.assert_array_equal(decode_labels(sample["labels"]),
                                       manifest.loc[key, list(TASKS)].to_numpy(np.float32))
         assert set(meta) >= {"patient_hash", "study_hash", "source_sop_hash", "view", "orig_fps",
@@ -134,7 +134,7 @@ def test_plain_tar_lists_and_extracts(ingested, tmp_path):
     subprocess.run(["tar", "-xf", tar_path, "-C", str(tmp_path)], check=True)
     webm = next(n for n in listing if n.endswith(".webm"))
     frames, _ = decode_webm((tmp_path / webm).read_bytes())
-    assert frames.shape[1:] == (112, 112)
+    assert frames.shape[1:] == (144, 144)
 
 
 def test_dali_reads_and_decodes_on_cpu(ingested):
@@ -160,7 +160,7 @@ def test_dali_reads_and_decodes_on_cpu(ingested):
         for i in range(len(frames)):
             key = json.loads(bytes(np.asarray(meta[i])))["key"]
             clip = np.asarray(frames[i])
-            assert clip.shape == (manifest.loc[key, "n_frames"], 112, 112, 3)
+            assert clip.shape == (manifest.loc[key, "n_frames"], 144, 144, 3)
             assert np.abs(clip[..., 0].astype(int) - clip[..., 1]).max() <= 2  # grey
             np.testing.assert_array_equal(decode_labels(np.asarray(labels[i]).tobytes()),
                                           manifest.loc[key, list(TASKS)].to_numpy(np.float32))

@@ -54,19 +54,19 @@ def test_example_sector_drops_every_burned_in_pixel(example_clip):
     assert (kept & moving).sum() > 0.97 * moving.sum()  # ...is kept
 
 
-def test_example_ingests_to_a_grey_112_clip_with_text_masked(example_clip):
+def test_example_ingests_to_a_grey_clip_with_text_masked(example_clip):
     import pydicom
 
     clip = preprocess_dicom(EXAMPLE)
     assert clip.study_uid == pydicom.dcmread(EXAMPLE).StudyInstanceUID  # for predict's grouping
-    assert clip.frames_THW.shape == (30, 112, 112) and clip.frames_THW.dtype == np.uint8
+    assert clip.frames_THW.shape == (30, 144, 144) and clip.frames_THW.dtype == np.uint8
     assert clip.fps == 30.0 and clip.orig_fps == pytest.approx(30.0, rel=1e-3)
     assert clip.orig_n_frames == 30
     # No burned-in text survives: no perfectly still, bright pixel is left in the output...
     masked = _static_bright(clip.frames_THW, level=20, still=0.5).sum()
     # ...whereas the same geometry without masking keeps the text.
     square, _ = pad_to_square(example_clip.frames_THW)
-    naive = resize_frames(square, 112)
+    naive = resize_frames(square, 144)
     assert _static_bright(naive, level=20, still=0.5).sum() > 300
     assert masked == 0, masked
     # The tissue is there: the clip is far from blank and moves.
@@ -81,7 +81,7 @@ def test_example_ingests_to_a_grey_112_clip_with_text_masked(example_clip):
     with av.open(io.BytesIO(data)) as container:
         rgb = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     spread = rgb.max(axis=-1).astype(int) - rgb.min(axis=-1)
-    assert rgb.shape == (30, 112, 112, 3) and spread.max() <= 2
+    assert rgb.shape == (30, 144, 144, 3) and spread.max() <= 2
     luma, fps = decode_webm(data)
     assert fps == pytest.approx(30.0) and np.abs(luma.astype(int) - clip.frames_THW).mean() < 1.5
 
@@ -135,7 +135,7 @@ def test_colour_ecg_touching_the_fan_is_neither_sector_nor_doppler(tmp_path):
     sector = find_sector(clip.frames_THW, exclude_HW=coloured)
     kept = _kept_full(sector, clip.frames_THW.shape[1:])
     assert not (kept & ecg.any(axis=0)).any()
-    assert preprocess_dicom(tmp_path / "ecg.dcm").frames_THW.shape == (20, 112, 112)
+    assert preprocess_dicom(tmp_path / "ecg.dcm").frames_THW.shape == (20, 144, 144)
 
 
 def test_region_sequence_crops_and_gives_spacing(tmp_path):
@@ -184,7 +184,7 @@ def test_colour_doppler_is_rejected_but_colour_outside_the_sector_is_not(tmp_pat
     logo = rgb.copy()
     logo[:, 60:70, 2:12] = (240, 200, 0)  # a static coloured logo in a corner
     write_us_dicom(tmp_path / "logo.dcm", logo, photometric="RGB")
-    assert preprocess_dicom(tmp_path / "logo.dcm").frames_THW.shape == (20, 112, 112)
+    assert preprocess_dicom(tmp_path / "logo.dcm").frames_THW.shape == (20, 144, 144)
 
 
 def test_resample_indices():

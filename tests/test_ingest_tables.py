@@ -33,7 +33,7 @@ from echocmr.ingest.splits import (
 
 def test_defaults_are_the_documented_ones():
     c = IngestConfig()
-    assert (c.preprocess.size, c.preprocess.target_fps, c.preprocess.max_frames) == (112, 30.0, 128)
+    assert (c.preprocess.size, c.preprocess.target_fps, c.preprocess.max_frames) == (144, 30.0, 128)
     assert c.preprocess.read.min_frames == 16 and c.pairing.window_days == 30
     assert c.splits.fractions == {"train": 0.7, "val": 0.1, "test": 0.2}
     assert c.encoder.crf == 20 and c.preprocess.read.doppler_chroma_threshold == 40.0

@@ -12,6 +12,7 @@ merges them; ``--print-config`` prints the result and exits without training). M
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -69,10 +70,15 @@ def run(args: argparse.Namespace) -> int:
         print_config=args.print_config, required={"--shards": args.shards})
     if done is not None:
         return done
+    from echocmr.shards.format import FormatVersionError, GPUDecodeError
     from echocmr.train.loop import run_training
 
-    outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
-                           address=args.address)
+    try:
+        outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
+                               address=args.address)
+    except (FormatVersionError, GPUDecodeError) as exc:  # refused before any worker started
+        print(f"echocmr train: {exc}", file=sys.stderr)
+        return 2
     print(f"run {outcome.run_name} (MLflow run {outcome.run_id} at {outcome.tracking_uri})")
     print(f"best epoch {outcome.best_epoch}: checkpoint {outcome.best_checkpoint}")
     aucs = ", ".join(f"{t} {'n/a' if a is None else f'{a:.3f}'}"

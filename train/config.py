@@ -67,13 +67,16 @@ class AugmentConfig:
             raise ConfigError(f"data.augment.contrast must be < 1, got {self.contrast}")
 
 
+DECODERS = ("auto", "mixed", "cpu")  # data.decoder
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """What one clip fed to the network is, and how batches are made (per worker)."""
 
     frames: int = 32  # T: frames per clip
     period: int = 2  # P: take every P-th frame (T=32, P=2 spans 64 frames, ~2 s at 30 fps)
-    size: int = 112  # output height = width; shards are resized on the fly if they differ
+    size: int = 112  # model input height = width; the stored clips are resized to it in DALI
     batch_size: int = 8  # clips per worker per step
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0  # reader shuffle, clip starts and augmentation derive from (seed, epoch, rank)
@@ -81,6 +84,9 @@ class DataConfig:
     shuffle_buffer: int = 1024  # DALI shuffle buffer (initial_fill); >= the split = full shuffle
     num_threads: int = 2  # DALI CPU threads per worker
     prefetch: int = 2  # batches DALI prepares ahead
+    # Video decoder: "mixed" (NVDEC, GPU), "cpu" (DALI CPU threads; on a GPU run the batches
+    # then go through pinned host memory to the GPU), "auto" (mixed on a GPU run, else cpu).
+    decoder: Literal["auto", "mixed", "cpu"] = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -153,6 +159,9 @@ class TrainConfig:
         self.task_weights = {t: float(self.task_weights.get(t, 1.0)) for t in TASKS}
         if any(w < 0 for w in self.task_weights.values()) or not any(self.task_weights.values()):
             raise ConfigError(f"task_weights must be >= 0 with one > 0, got {self.task_weights}")
+        if self.data.decoder == "mixed" and not self.gpu:
+            raise ConfigError("data.decoder: mixed decodes on the GPU and needs gpu: true "
+                              "(--gpu); use auto or cpu for a CPU run")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 or null")
         if self.cache_dir is not None and "://" in self.cache_dir:

@@ -7,6 +7,13 @@ normalises it; `ClipLoader.epoch` turns DALI's outputs into `Batch` objects: ``c
 float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False for padding), and
 ``keys``.
 
+Decoder and device (``data.decoder``, `train.pipeline.resolve_decoder`): on a CUDA device the
+default is DALI's ``mixed`` decoder, whose GPU outputs torch takes over through DLPack; with
+``data.decoder: cpu`` DALI decodes on its CPU threads and each batch is copied into pinned host
+memory and on to the GPU without blocking (``non_blocking``), as are labels and the padding mask,
+so a step never waits for the previous one to finish on the GPU. A ``mixed`` loader refuses, when
+it is built, a set whose clips NVDEC cannot take (`shards.format.check_gpu_decodable`).
+
 Equal batch counts on every rank: DALI splits the split's samples into ``w`` contiguous parts of
 ``floor(n*r/w)..floor(n*(r+1)/w)`` and, with ``pad_last_batch``, repeats a rank's last sample to
 fill its last batch. Every rank runs ``ceil(max part / batch)`` batches per epoch, so DDP
@@ -39,11 +46,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from echocmr.shards.format import STATS_FILE, ClipFormat, check_format_version, index_name
+from echocmr.shards.format import (
+    STATS_FILE,
+    ClipFormat,
+    check_format_version,
+    check_gpu_decodable,
+    index_name,
+)
 from echocmr.shards.index import index_count
 from echocmr.train.config import DataConfig
 from echocmr.train.contract import InputSpec
-from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
+from echocmr.train.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 
 
 @dataclass
@@ -57,12 +70,14 @@ class ReaderPosition:
 @dataclass
 class Batch:
     """One batch on the worker's device. ``clips`` [N, C, T, H, W]; ``labels`` [N, K] NaN
-    unknown; ``valid`` [N] False for padding repeats; ``keys`` the sample keys."""
+    unknown; ``valid`` [N] False for padding repeats; ``keys`` the sample keys; ``n_valid`` the
+    number of real samples (``valid.sum()``, known on the host: reading it needs no GPU sync)."""
 
     clips: torch.Tensor
     labels: torch.Tensor
     valid: torch.Tensor
     keys: list[str]
+    n_valid: int
 
     @property
     def known(self) -> torch.Tensor:
@@ -98,6 +113,17 @@ def split_files(shards: str, split: str) -> tuple[list[str], list[str], list[int
     return tars, indexes, counts
 
 
+def check_decoder(stats: dict, decoder: str, where: str) -> None:
+    """Raise `shards.format.GPUDecodeError` if ``decoder`` (resolved: ``mixed`` or ``cpu``) is
+    ``mixed`` and the set (its ``stats.json``) has clips NVDEC cannot decode. The training driver
+    calls it before any worker starts; `ClipLoader` again when it is built."""
+    if decoder == "mixed":
+        check_gpu_decodable(ClipFormat.of_stats(stats), where,
+                            cpu_fix="keep the set and decode on CPU threads with `data.decoder: "
+                                    "cpu` in the training config (batches then reach the GPU "
+                                    "through pinned host memory; see docs/training.md)")
+
+
 def shard_sizes(n_samples: int, world: int) -> list[int]:
     """Samples per rank as DALI splits them: rank r reads ``floor(n*r/w)..floor(n*(r+1)/w)``."""
     return [n_samples * (r + 1) // world - n_samples * r // world for r in range(world)]
@@ -113,8 +139,8 @@ class ClipLoader:
 
     ``train=True`` shuffles, takes random clip starts and augments (if enabled in config);
     ``train=False`` reads in stored order, takes centred clips and never augments (validation,
-    eval, inference). ``device`` is where batches land: a CUDA device selects DALI's ``mixed``
-    (GPU) video decoder, anything else the CPU decoder.
+    eval, inference). ``device`` is where batches land; on a CUDA device ``config.decoder``
+    picks DALI's ``mixed`` (GPU) or CPU video decoder (module docstring), elsewhere it is the CPU.
     """
 
     def __init__(self, shards: str, split: str, config: DataConfig, *, spec: InputSpec,
@@ -125,6 +151,9 @@ class ClipLoader:
         self.split, self.config, self.spec, self.train = split, config, spec, train
         self.rank, self.world = rank, world
         self.device = torch.device(device or "cpu")
+        self.decoder = resolve_decoder(config.decoder, gpu=self.device.type == "cuda")
+        if stats:
+            check_decoder(stats, self.decoder, f"shard set {shards}")
         self.tars, self.indexes, counts = split_files(shards, split)
         self.num_samples = sum(counts)
         self.shard_sizes = shard_sizes(self.num_samples, world)
@@ -146,7 +175,7 @@ class ClipLoader:
             for b in range(stop):
                 outputs = pipe.run()
                 if b >= start_batch:
-                    yield self._to_batch(outputs, b)
+                    yield self._to_batch(outputs, b, zero_copy=pipe.exec_dynamic)
         finally:
             del pipe
 
@@ -157,7 +186,7 @@ class ClipLoader:
 
     def _build(self, epoch: int):
         cfg = self.config
-        gpu = self.device.type == "cuda"
+        mixed = self.decoder == "mixed"
         # Tar order: per-epoch permutation shared by all ranks, so the rank parts still partition.
         order = list(range(len(self.tars)))
         if self.train:
@@ -165,7 +194,7 @@ class ClipLoader:
         run = PipelineConfig(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                              prefetch=cfg.prefetch,
                              seed=derive_seed(cfg.seed, epoch, self.rank, int(self.train)),
-                             device_id=(self.device.index or 0) if gpu else None)
+                             device_id=(self.device.index or 0) if mixed else None)
         return build_pipeline(
             [self.tars[i] for i in order], [self.indexes[i] for i in order], self.spec,
             config=run, window="random" if self.train else "centre",
@@ -175,24 +204,53 @@ class ClipLoader:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    def _to_batch(self, outputs, b: int) -> Batch:
+    def _to_batch(self, outputs, b: int, *, zero_copy: bool = False) -> Batch:
         clips_tl, labels_tl, meta_tl = outputs
-        clips = _to_torch(clips_tl, self.device)
+        clips = _to_torch(clips_tl, self.device, zero_copy=zero_copy)
         labels = torch.from_numpy(np.array(labels_tl.as_tensor(), dtype=np.float32))
         keys = [sample_meta(meta_tl.at(i)).key for i in range(len(meta_tl))]
         real = self.shard_sizes[self.rank] - b * self.config.batch_size
         valid = torch.arange(len(keys)) < real
-        return Batch(clips=clips, labels=labels.to(self.device), valid=valid.to(self.device),
-                     keys=keys)
+        return Batch(clips=clips, labels=to_device(labels, self.device),
+                     valid=to_device(valid, self.device), keys=keys,
+                     n_valid=max(0, min(real, len(keys))))
 
 
-def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
-    """A dense DALI TensorList as a torch tensor on ``device`` (one copy)."""
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: through pinned memory without blocking for CUDA (a copy from
+    pageable memory would wait for the GPU to finish the work queued before it), as is for CPU."""
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _to_torch(tensor_list, device: torch.device, *, zero_copy: bool = False) -> torch.Tensor:
+    """A dense DALI TensorList as a float32 torch tensor on ``device``.
+
+    DALI GPU outputs (``mixed``): with DALI's dynamic executor (``zero_copy``, DALI 2's default)
+    the tensor shares DALI's buffer through DLPack, which orders DALI's stream before torch's
+    current one and keeps the buffer alive as long as the tensor (what DALI's own PyTorch
+    iterator does); otherwise one device copy on torch's current stream. CPU outputs for a CUDA
+    device (``data.decoder: cpu``): one copy into pinned host memory, then a non-blocking copy
+    to the GPU (torch's pinned allocator keeps the buffer until that copy is done). CPU outputs
+    for the CPU: one copy.
+    """
+    from nvidia.dali.backend import TensorGPU
+
     dense = tensor_list.as_tensor()
-    if device.type == "cuda":
+    if isinstance(dense, TensorGPU):
+        if zero_copy:
+            with device:
+                return torch.from_dlpack(dense)
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
         out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
         return out
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        pinned = torch.empty(dense.shape(), dtype=torch.float32, pin_memory=True)
+        feed_ndarray(dense, pinned)
+        return pinned.to(device, non_blocking=True)
     return torch.from_numpy(np.array(dense, dtype=np.float32, copy=True))

@@ -142,7 +142,10 @@ class Engine:
         """Train from the reader position to the end of its epoch; the position moves on."""
         epoch, first = self.position.epoch, self.position.batch
         self.net.train()
-        losses, task_sums, keys = [], torch.zeros(len(TASKS)), []
+        # Losses stay where they were computed until the epoch ends: reading one back per step
+        # (loss.item()) would make the host wait for the GPU every step and count that as data
+        # wait. On the CPU the values, and their float32 sums, are the same either way.
+        losses, task_sums, keys = [], torch.zeros(len(TASKS), device=self.device), []
         clips, wait = 0, 0.0
         start = time.perf_counter()
         batches = self.train_loader.epoch(epoch, start_batch=first,
@@ -157,21 +160,25 @@ class Engine:
             losses.append(loss)
             task_sums += task_loss
             keys.append(batch.keys)
-            clips += int(batch.valid.sum())
+            clips += batch.n_valid
             self.position.batch += 1
             self.global_step += 1
             self._maybe_fault()
+        step_losses = torch.stack(losses).tolist() if losses else []  # the epoch's one sync
+        task_mean = (task_sums / max(len(losses), 1)).cpu()
         seconds = time.perf_counter() - start
-        mean_loss = self.mean_over_ranks(float(np.mean(losses)) if losses else 0.0)
-        task_mean = task_sums / max(len(losses), 1)
+        mean_loss = self.mean_over_ranks(float(np.mean(step_losses)) if losses else 0.0)
         self.position = ReaderPosition(epoch=epoch + 1, batch=0)
         return EpochResult(
             epoch=epoch, steps=len(losses), loss=mean_loss,
             task_loss={t: self.mean_over_ranks(float(v))
                        for t, v in zip(TASKS, task_mean, strict=True)},
-            clips=clips, seconds=seconds, data_wait_s=wait, step_losses=losses, batch_keys=keys)
+            clips=clips, seconds=seconds, data_wait_s=wait, step_losses=step_losses,
+            batch_keys=keys)
 
-    def _step(self, batch: Batch) -> tuple[float, torch.Tensor]:
+    def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step; returns the loss and per-task losses as 0-d / [K] float32
+        tensors on the device, not read back (reading them would wait for the GPU)."""
         clips = batch.clips.to(memory_format=self._memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.gpu and self.config.bf16):
@@ -183,7 +190,7 @@ class Engine:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss.item()), per_task.float().cpu()
+        return loss.detach().float(), per_task.float()
 
     def _maybe_fault(self) -> None:
         fault = self._fault  # test-only (ECHOCMR_TEST_FAULT, module docstring)

@@ -205,7 +205,9 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from echocmr.shards import storage
     from echocmr.shards.format import check_format_version
     from echocmr.shards.reader import read_stats
+    from echocmr.train.data import check_decoder
     from echocmr.train.engine import TEST_FAULT_ENV
+    from echocmr.train.pipeline import resolve_decoder
     from echocmr.train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
@@ -219,6 +221,9 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     tracking_uri = resolve_tracking_uri(tracking_uri)
     stats = read_stats(shards)
     check_format_version(stats, shards)  # here, before a run is opened or a worker started
+    # A GPU run decoding on NVDEC needs clips NVDEC takes: refuse now, not in every worker.
+    check_decoder(stats, resolve_decoder(config.data.decoder, gpu=config.gpu),
+                  f"shard set {shards}")
     digest = manifest_digest(shards)
     run_key = f"{config.storage}/{config.run_name}"
     run_id, resumed = open_run(tracking_uri, experiment=config.experiment,

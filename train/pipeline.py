@@ -7,7 +7,9 @@ pipelines here, so the two cannot drift apart in how a clip is read, decoded or 
                           pad_last_batch=True, random_shuffle)
       -> window start from KEY.json (`train.contract`: random or centred; not for whole videos)
       -> fn.decoders.video("cpu" | "mixed"; whole video, or T frames every P from the start)
-      -> grey channel -> fn.resize to spec.size (when the shards' clips are another size)
+      -> grey channel -> fn.resize to spec.size (antialiased; when the shards' clips are another
+         size: the whole stored square, never a crop, so the sector keeps its lateral walls
+         and apex)
       -> windows only: random pad-and-crop (augment) -> crop_mirror_normalize (FHWC -> CFHW,
          spec.mean/std) -> intensity jitter (augment)
 
@@ -15,6 +17,12 @@ pipelines here, so the two cannot drift apart in how a clip is read, decoded or 
 ``float32[C, T, S, S]`` network inputs for ``window="random" | "centre"`` and ``uint8[F, S, S, 1]``
 grey frames for ``window="whole"`` (eval cuts its windows on the host with
 `train.contract.window_clips`). ``meta`` is the raw ``KEY.json`` bytes; `sample_meta` parses them.
+
+Where it runs: with ``PipelineConfig.device_id`` set the decoder is ``mixed`` (NVDEC) and every
+stage after it (grey channel, resize, augmentation, normalisation) runs on that GPU; without it
+everything runs on DALI's CPU threads (`resolve_decoder` picks, from ``data.decoder``). NVDEC
+refuses clips below a minimum size (`shards.format.NVDEC_MIN_SIZE`): callers check a set with
+`shards.format.check_gpu_decodable` before building a ``mixed`` pipeline.
 
 Sharding and padding are DALI's: with ``num_shards = w`` reader ``r`` reads the ``r``-th of ``w``
 contiguous parts of the samples and, with ``pad_last_batch``, repeats its last sample to fill its
@@ -33,6 +41,17 @@ from echocmr.train.config import AugmentConfig
 from echocmr.train.contract import InputSpec, centre_start, last_start
 
 WINDOWS = ("random", "centre", "whole")
+
+
+def resolve_decoder(setting: str, *, gpu: bool) -> str:
+    """``data.decoder`` for a run on a GPU (``gpu``) or not: ``"mixed"`` or ``"cpu"``."""
+    if setting == "auto":
+        return "mixed" if gpu else "cpu"
+    if setting == "mixed" and not gpu:
+        raise ValueError("data.decoder: mixed decodes on the GPU; this run has none")
+    if setting not in ("mixed", "cpu"):
+        raise ValueError(f"data.decoder={setting!r}: choose auto, mixed or cpu")
+    return setting
 
 
 @dataclass(frozen=True, kw_only=True)
