@@ -1,6 +1,9 @@
 """train.checkpoint.log_model / load_model and train.registry on a real MLflow sqlite store."""
 
+import os
+
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -32,21 +35,38 @@ def log_and_register(uri, name, seed, auc):
     return model_uri, reg
 
 
+def log_pickled(state: dict, uri: str, run_id: str) -> str:
+    """A model as echocmr logged it before the pyfunc artifact: the network pickled by
+    ``mlflow.pytorch`` with only torch in its requirements."""
+    from echocmr.train.checkpoint import model_from_state
+
+    model, spec = model_from_state(state)
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            metadata={"input_spec": spec.to_dict(), "epoch": state.get("epoch")},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]).model_uri
+
+
 def check_reloads_on_cpu(uri, model_uri, seed):
-    """MLflow's own loader and ours give the logged network, with our input spec."""
+    """MLflow's own loader (pyfunc) and ours give the logged network, with our input spec."""
     state = fake_state(seed)
     reference = R2Plus1D(TrainConfig.from_dict(state["config"]).model)
     reference.load_state_dict(state["model"])
     reference.eval()
     clip = torch.randn(3, 1, 4, 32, 32)
-    plain = mlflow.pytorch.load_model("models:/echo@champion")  # what any MLflow user does
+    plain = mlflow.pyfunc.load_model("models:/echo@champion")  # what any MLflow user does
     ours, spec = load_model(model_uri, tracking_uri=uri)
+    served = plain.predict(pd.DataFrame({"clip": list(clip.numpy())}))
     with torch.no_grad():
-        assert torch.equal(plain.eval()(clip), reference(clip))
+        expected = reference(clip).numpy()
         assert torch.equal(ours(clip), reference(clip))
+    assert served[[f"logit_{t}" for t in ("wma", "lge", "t1", "t2", "ecv")]].to_numpy() == \
+        pytest.approx(expected, abs=1e-6)
     assert spec == InputSpec.from_dict(state["input_spec"])
     info = mlflow.models.get_model_info("models:/echo/1")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 4, 32, 32)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["clip", "dicom", "view"]
+    assert info.metadata["input_spec"] == state["input_spec"]
 
 
 def test_champion_moves_only_to_a_better_model(tmp_path):
@@ -134,7 +154,8 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
             old_layout.setitem(sys.modules, old, module)
         old_layout.setitem(sys.modules, "train", train_pkg)
         with mlflow.start_run() as run:
-            model_uri = log_model(fake_state(6), tracking_uri=uri, run_id=run.info.run_id)
+            pass
+        model_uri = log_pickled(fake_state(6), uri, run.info.run_id)
     assert "train" not in sys.modules and R2Plus1D.__module__ == "echocmr.train.model"
     assert ModelConfig.__module__ == "echocmr.train.config"
     local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "old"))
@@ -174,5 +195,59 @@ def test_an_old_model_is_refused_clearly_when_train_is_another_package(tmp_path,
     import echocmr.train.checkpoint as checkpoint
 
     monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # somebody else's
-    with pytest.raises(RuntimeError, match="re-log it"), checkpoint._legacy_module_names():
+    with pytest.raises(RuntimeError, match="echocmr models relog"), \
+            checkpoint._legacy_module_names():
         pass
+
+
+def test_the_logged_model_holds_no_pickle(tmp_path, monkeypatch):
+    """Weights as plain tensors, the network described as JSON, the class from code: it loads
+    where pickle loading is disabled, and the reader refuses a format it does not know."""
+    import json
+
+    from echocmr.train.artifact import read_model_dir
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        model_uri = log_model(fake_state(7), tracking_uri=uri, run_id=run.info.run_id)
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))
+    files = sorted(os.path.relpath(os.path.join(r, f), local)
+                   for r, _, fs in os.walk(local) for f in fs)
+    assert "artifacts/model/weights.pt" in files and "artifacts/model/model.json" in files
+    assert "model_code.py" in files and "serving_input_example.json" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pth", ".cloudpickle"))]
+    weights = torch.load(os.path.join(local, "artifacts/model/weights.pt"), weights_only=True)
+    assert torch.equal(weights["fc.weight"], fake_state(7)["model"]["fc.weight"])
+    meta = json.loads(open(os.path.join(local, "artifacts/model/model.json")).read())
+    assert meta["format"] == 1 and meta["model_config"]["width"] == 4
+    requirements = open(os.path.join(local, "requirements.txt")).read().split()
+    assert any(r.startswith("echocmr==") for r in requirements)
+    assert any(r.startswith("torch==") for r in requirements)
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    out = pyfunc.predict(pd.DataFrame({"clip": [torch.zeros(1, 4, 32, 32).numpy()]}))
+    assert list(out.columns)[:1] == ["logit_wma"] and len(out) == 1
+    with pytest.raises(Exception, match="either 'clip' rows"):
+        pyfunc.predict(pd.DataFrame({"view": ["A4C"]}))
+    with pytest.raises(Exception, match=r"float32\[N, 1, 4, 32, 32\]"):
+        pyfunc.predict(pd.DataFrame({"clip": [torch.zeros(1, 4, 16, 16).numpy()]}))
+
+    meta["format"] = 2
+    open(os.path.join(local, "artifacts/model/model.json"), "w").write(json.dumps(meta))
+    with pytest.raises(ValueError, match="install the echocmr the model's requirements name"):
+        read_model_dir(os.path.join(local, "artifacts/model"))
+
+
+def test_a_pickled_model_where_pickle_is_disabled_says_how_to_relog(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        pass
+    model_uri = log_pickled(fake_state(8), uri, run.info.run_id)
+    model, _ = load_model(model_uri, tracking_uri=uri)  # pickles allowed: it still loads
+    assert torch.equal(model.state_dict()["fc.weight"], fake_state(8)["model"]["fc.weight"])
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(ValueError, match="echocmr models relog"):
+        load_model(model_uri, tracking_uri=uri)
