@@ -137,7 +137,9 @@ class TrainConfig:
     cache_dir: str | None = None
     experiment: str = "echocmr"  # MLflow experiment
     max_failures: int = 2  # worker-group restarts from the last checkpoint
-    keep_checkpoints: int | None = None  # None keeps every epoch's checkpoint
+    # Checkpoints kept: the N best by val score plus the latest (so the best is always kept and a
+    # resume always has its epoch); a full R(2+1)D-18 one is ~400 MB. None keeps every epoch's.
+    keep_checkpoints: int | None = 3
     register: str | None = None  # MLflow registered model name
 
     def __post_init__(self) -> None:
@@ -153,6 +155,9 @@ class TrainConfig:
         self.task_weights = {t: float(self.task_weights.get(t, 1.0)) for t in TASKS}
         if any(w < 0 for w in self.task_weights.values()) or not any(self.task_weights.values()):
             raise ConfigError(f"task_weights must be >= 0 with one > 0, got {self.task_weights}")
+        if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1 (the best is always kept) or null "
+                              f"(keep all), got {self.keep_checkpoints}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 or null")
         if self.cache_dir is not None and "://" in self.cache_dir:
