@@ -251,3 +251,86 @@ def test_a_pickled_model_where_pickle_is_disabled_says_how_to_relog(tmp_path, mo
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     with pytest.raises(ValueError, match="echocmr models relog"):
         load_model(model_uri, tracking_uri=uri)
+
+
+def test_promote_records_who_and_why(tmp_path, monkeypatch):
+    from echocmr.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    log_and_register(uri, "echo", seed=1, auc=0.70)
+    log_and_register(uri, "echo", seed=2, auc=0.60)  # challenger by the val policy
+    with pytest.raises(SystemExit):  # --reason is required
+        main(["models", "promote", "echo", "2", "--tracking-uri", uri])
+    monkeypatch.setenv("USER", "dr-reviewer")
+    assert main(["models", "promote", "echo", "2", "--alias", "champion", "--reason",
+                 "better calibrated on the site-B audit", "--tracking-uri", uri]) == 0
+    assert str(client.get_model_version_by_alias("echo", "champion").version) == "2"
+    tags = client.get_model_version("echo", "2").tags
+    assert tags["promoted_by"] == "dr-reviewer" and tags["promoted_alias"] == "champion"
+    assert tags["promoted_reason"] == "better calibrated on the site-B audit"
+    assert tags["promoted_from_version"] == "1" and tags["promoted_at"]
+    assert main(["models", "promote", "echo", "9", "--reason", "x", "--tracking-uri", uri]) == 1
+
+
+def test_relog_turns_a_pickled_version_into_the_current_format(tmp_path, monkeypatch):
+    from echocmr.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    with mlflow.start_run() as run:
+        pass
+    old_uri = log_pickled(fake_state(9), uri, run.info.run_id)
+    register_model(old_uri, "echo", tracking_uri=uri, val_mean_auc=0.7, val_aucs={"wma": 0.7},
+                   data_digest="d" * 64, run_id=run.info.run_id)
+    client.update_model_version("echo", "1", description="the old card")
+    assert main(["models", "relog", "echo", "1", "--tracking-uri", uri]) == 0
+    new = client.get_model_version_by_alias("echo", "champion")
+    assert str(new.version) == "2" and new.tags["relogged_from_version"] == "1"
+    assert new.tags["val_auc_wma"] == "0.700000" and new.description.startswith("the old card")
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model, spec = load_model("models:/echo@champion", tracking_uri=uri)
+    assert torch.equal(model.state_dict()["fc.weight"], fake_state(9)["model"]["fc.weight"])
+    assert spec == InputSpec.from_dict(fake_state(9)["input_spec"])
+
+
+def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path):
+    from types import SimpleNamespace
+
+    from echocmr.eval.tracking import annotate_version
+    from echocmr.train.card import training_card
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    log_and_register(uri, "echo", seed=1, auc=0.70)
+    split = {"clips": 40, "studies": 20, "patients": 10, "sites": ["a"],
+             "prevalence": {"wma": 0.25, "lge": None, "t1": 0.5, "t2": 0.1, "ecv": 0.0}}
+    card = training_card(name="echo", version="1", run_id="r" * 32, shards="/data/shards",
+                         digest="d" * 64, data={"sites": ["a", "b"], "clips": 80,
+                                                "splits": {"train": split, "val": split}},
+                         config=TrainConfig.from_dict(tiny_config()).to_dict(), best_epoch=3,
+                         val_aucs={"wma": 0.7, "lge": None}, val_mean_auc=0.7,
+                         echocmr_version="0.1.0")
+    assert "`" + "d" * 64 + "`" in card and "| train | 40 | 20 | 10 | 25.0% | - |" in card
+    assert "best epoch 3" in card and "| WMA | 0.700 |" in card and "| LGE | none |" in card
+    client.update_model_version("echo", "1", description=card)
+
+    def result(auc, verdict):
+        return SimpleNamespace(auc=auc, ci_low=auc - 0.1, ci_high=auc + 0.05, n_studies=30,
+                               verdict=verdict)
+
+    for auc in (0.81, 0.83):  # a second eval of the same split replaces the first's section
+        annotate_version(tracking_uri=uri, model_uri="models:/echo@champion", split="test",
+                         results={"wma": result(auc, "signal"), "lge": result(0.52, "no signal")},
+                         eval_run="e" * 32, data_digest="f" * 64)
+    mv = client.get_model_version("echo", "1")
+    assert mv.tags["test_auc_wma"] == "0.830" and mv.tags["test_ci_wma"] == "0.730-0.880"
+    assert mv.tags["test_verdict_lge"] == "no signal" and mv.tags["test_eval_run"] == "e" * 32
+    assert mv.description.startswith("# echo version 1")
+    assert mv.description.count("## Evaluation on test") == 1
+    assert "| WMA | 0.830 | 0.730-0.880 | 30 | signal |" in mv.description
+    assert annotate_version(tracking_uri=uri, model_uri="runs:/x/model", split="test",
+                            results={}, eval_run=None, data_digest="f" * 64) is None
