@@ -144,6 +144,28 @@ def _register_models(subparsers) -> None:
     pull.add_argument("--out", required=True, metavar="DIR")
     pull.add_argument("--tracking-uri", help=_TRACKING_HELP)
     pull.set_defaults(func=run_models_pull_cmd)
+    promote = sub.add_parser(
+        "promote", help="point an alias (champion) at a version by hand, recording who and why",
+        description="Override the val-AUC alias policy: set --alias on NAME VERSION and record "
+                    "on the version who did it (user name), when, and --reason.")
+    promote.add_argument("name", metavar="NAME")
+    promote.add_argument("version", metavar="VERSION")
+    promote.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    promote.add_argument("--reason", required=True, help="why (recorded on the version)")
+    promote.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    promote.set_defaults(func=run_models_promote_cmd)
+    relog = sub.add_parser(
+        "relog", help="re-log a version in the current model format (a new version)",
+        description="Re-log NAME VERSION, logged by an older echocmr (a pickled network), as a "
+                    "new version in the current format: weights from --checkpoint, else its "
+                    "run's recorded checkpoint, else the old model itself. Tags, description "
+                    "and aliases move to the new version.")
+    relog.add_argument("name", metavar="NAME")
+    relog.add_argument("version", metavar="VERSION")
+    relog.add_argument("--checkpoint", metavar="PATH",
+                       help="checkpoint directory or checkpoint.pt to take the weights from")
+    relog.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    relog.set_defaults(func=run_models_relog_cmd)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -211,6 +233,40 @@ def run_models_list_cmd(args: argparse.Namespace) -> int:
         print(json.dumps([i.to_dict() for i in infos], indent=2))
     else:
         print(format_models(infos))
+    return 0
+
+
+def run_models_promote_cmd(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from echocmr.train.registry import promote
+    from echocmr.train.tracking import resolve_tracking_uri
+
+    try:
+        previous = promote(resolve_tracking_uri(args.tracking_uri), args.name, args.version,
+                           alias=args.alias, reason=args.reason)
+    except (ValueError, MlflowException) as exc:
+        print(f"echocmr models promote: {exc}", file=sys.stderr)
+        return 1
+    moved = f" (was version {previous})" if previous else ""
+    print(f"{args.name}@{args.alias} -> version {args.version}{moved}; reason recorded")
+    return 0
+
+
+def run_models_relog_cmd(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from echocmr.eval.registry import relog_version
+    from echocmr.train.tracking import resolve_tracking_uri
+
+    try:
+        info = relog_version(resolve_tracking_uri(args.tracking_uri), args.name, args.version,
+                             checkpoint=args.checkpoint)
+    except (FileNotFoundError, ValueError, MlflowException) as exc:
+        print(f"echocmr models relog: {exc}", file=sys.stderr)
+        return 1
+    aliases = f" (@{', @'.join(info.aliases)})" if info.aliases else ""
+    print(f"re-logged {args.name} version {args.version} as version {info.version}{aliases}")
     return 0
 
 

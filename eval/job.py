@@ -96,7 +96,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:
-        from echocmr.eval.tracking import log_evaluation
+        from echocmr.eval.tracking import annotate_version, log_evaluation
 
         params = {"model_uri": model_uri, **loader.flat(config)}
         try:
@@ -104,6 +104,9 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                                     split=config.split, results=evaluation.results, out_dir=out,
                                     params=params,
                                     data_digest=digest)
+            # A registered version gets the test AUCs, CIs and verdicts as tags and in its card.
+            annotate_version(tracking_uri=tracking_uri, model_uri=model_uri, split=config.split,
+                             results=evaluation.results, eval_run=run_id, data_digest=digest)
         except Exception as exc:  # the outputs are on disk; say clearly that logging failed
             error = f"{type(exc).__name__}: {exc}"
             log.error("evaluation written to %s but not logged to MLflow at %s: %s", out,

@@ -194,6 +194,59 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     return info
 
 
+def relog_version(tracking_uri: str, name: str, version: str, *,
+                  checkpoint: str | None = None) -> ModelVersionInfo:
+    """Re-log version ``version`` of ``name`` in the current model format, as a new version.
+
+    The weights come from ``checkpoint`` if given, else the checkpoint its run recorded
+    (tag ``echocmr.model_checkpoint``) when that still exists, else the old logged model itself
+    (a pickled network loads where pickles are allowed). The new version gets the old one's
+    tags, description and aliases, plus ``relogged_from_version``.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.train.checkpoint import log_model, read_checkpoint
+
+    client = MlflowClient(tracking_uri)
+    mv = client.get_model_version(name, version)
+    run_id = mv.run_id or (mv.tags or {}).get("run_id")
+    if checkpoint is None and run_id:
+        recorded = client.get_run(run_id).data.tags.get("echocmr.model_checkpoint")
+        checkpoint = recorded if recorded and os.path.exists(recorded) else None
+    if checkpoint is not None:
+        state, source = read_checkpoint(checkpoint), checkpoint
+    else:
+        state, source = _state_of_logged(tracking_uri, f"models:/{name}/{version}"), "logged"
+    if run_id is None:
+        exp = client.get_experiment_by_name("echocmr")
+        exp_id = exp.experiment_id if exp else client.create_experiment("echocmr")
+        run_id = client.create_run(exp_id, run_name=f"relog-{name}-{version}").info.run_id
+    mlflow.set_tracking_uri(tracking_uri)
+    model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
+    tags = {**(mv.tags or {}), "relogged_from_version": str(version), "relogged_from": source}
+    new = mlflow.register_model(model_uri, name, tags=tags)
+    note = f"\n\n(Re-logged from version {version} in the current model format.)\n"
+    client.update_model_version(name, new.version, description=(mv.description or "") + note)
+    for alias in list(client.get_registered_model(name).aliases or {}):
+        if str(client.get_model_version_by_alias(name, alias).version) == str(version):
+            client.set_registered_model_alias(name, alias, new.version)
+    return resolve_version(tracking_uri, f"{name}/{new.version}")
+
+
+def _state_of_logged(tracking_uri: str, uri: str) -> dict:
+    """A checkpoint-layout state from a logged model (old pickled ones included)."""
+    from echocmr.train.checkpoint import load_model
+
+    model, spec = load_model(uri, tracking_uri=tracking_uri)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(f"{uri} holds no echocmr network config; relog it with --checkpoint")
+    model_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    return {"model": model.state_dict(), "config": {"model": model_cfg},
+            "input_spec": spec.to_dict(), "epoch": None, "metrics": {}}
+
+
 def _redact(uri: str) -> str:
     """A tracking URI without credentials (``https://user:pw@host`` -> ``https://host``)."""
     return re.sub(r"//[^/@]*@", "//", uri)

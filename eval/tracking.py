@@ -56,6 +56,38 @@ def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
+def annotate_version(*, tracking_uri: str, model_uri: str, split: str,
+                     results: dict[str, TaskResult], eval_run: str | None,
+                     data_digest: str) -> tuple[str, str] | None:
+    """When ``model_uri`` is a registered version (``models:/NAME@ALIAS`` or ``/VERSION``),
+    write the evaluation on it: tags ``<split>_auc_<task>``, ``<split>_ci_<task>``,
+    ``<split>_verdict_<task>`` and the model card's section for ``split``. Returns
+    ``(name, version)``, or None for other URIs."""
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.eval.registry import parse_reference
+    from echocmr.train.card import eval_tags, with_eval_section
+
+    if not model_uri.startswith("models:/"):
+        return None
+    try:
+        name, alias, version = parse_reference(model_uri)
+    except ValueError:  # models:/m-<id>: a logged model, not a registered version
+        return None
+    client = MlflowClient(tracking_uri)
+    mv = (client.get_model_version_by_alias(name, alias) if alias
+          else client.get_model_version(name, version))
+    version = str(mv.version)
+    tags = {**eval_tags(split, results), f"{split}_data_digest": data_digest}
+    if eval_run:
+        tags[f"{split}_eval_run"] = eval_run
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(name, version, description=with_eval_section(
+        mv.description, split, results, eval_run=eval_run, digest=data_digest))
+    return name, version
+
+
 def eval_metrics(results: dict[str, TaskResult], split: str) -> dict[str, float]:
     out = {}
     for task, r in results.items():

@@ -85,3 +85,52 @@ def s3_endpoint():
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def echocmr_wheel(tmp_path_factory):
+    """This checkout built as a wheel, once per test session (``pip wheel``, no deps, no build
+    isolation: nothing is downloaded)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(repo)], check=True, capture_output=True, text=True)
+    (wheel,) = out.glob("echocmr-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def fresh_venv(echocmr_wheel, tmp_path_factory):
+    """A new virtual environment with echocmr installed from the wheel and no source tree.
+
+    Built once per session in a few seconds: ``python -m venv --without-pip``, then a ``.pth``
+    line naming this venv's site-packages so torch, mlflow and the rest are importable without
+    reinstalling them (a plain path line is appended to ``sys.path`` without running that
+    directory's own ``.pth`` files, so the checkout's editable-install finder stays off), then
+    ``pip install --no-deps --no-index`` of the wheel into it. ``bin/uvicorn`` is written the way
+    pip would have written it had uvicorn been installed there (``mlflow models serve`` runs the
+    ``uvicorn`` on ``PATH``). Returns the venv's ``bin/python``.
+    """
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], check=True, capture_output=True, text=True)
+    Path(site.stdout.strip(), "_base_site_packages.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--no-index", str(echocmr_wheel)], check=True,
+                   capture_output=True, text=True)
+    uvicorn = venv / "bin" / "uvicorn"
+    uvicorn.write_text(f"#!{python}\nimport sys\nfrom uvicorn.main import main\nsys.exit(main())\n")
+    uvicorn.chmod(0o755)
+    return python

@@ -15,13 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("echocmr", "ingest", "shards", "train", "eval", "cluster")
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(REPO)], check=True, capture_output=True, text=True)
-    (wheel,) = out.glob("echocmr-*.whl")
-    return wheel
+@pytest.fixture
+def wheel(echocmr_wheel) -> Path:
+    return echocmr_wheel  # built once per session (conftest), shared with the deploy tests
 
 
 def test_wheel_installs_only_the_echocmr_namespace(wheel):

@@ -21,6 +21,13 @@ def test_defaults_are_the_paper_clip_and_torchvision_model():
     assert config.task_weights == {t: 1.0 for t in ("wma", "lge", "t1", "t2", "ecv")}
 
 
+def test_a_run_keeps_a_few_checkpoints_by_default():
+    assert TrainConfig().keep_checkpoints == 3  # the best by val score plus the latest stay
+    assert TrainConfig(keep_checkpoints=None).keep_checkpoints is None  # every epoch
+    with pytest.raises(ConfigError, match="the best is always kept"):
+        TrainConfig(keep_checkpoints=0)
+
+
 def test_yaml_nested_keys_and_precedence(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 7\nmodel: {width: 8}\ndata:\n  frames: 8\n  augment: {pad: 2}\n"

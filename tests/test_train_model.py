@@ -132,3 +132,28 @@ def test_small_model_shapes_and_gradients():
     assert out.shape == (2, 5)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("prefix", ["module.m.", "m.module.", "m.", "module.module."])
+def test_the_published_echo_cmr_release_format_loads(tmp_path, prefix):
+    """The echo-CMR study's checkpoints nest the network as ``m`` inside a DataParallel wrapper
+    (``module.m.stem.0.weight``), saved under ``state_dict``; its head has five outputs."""
+    state = fake_published_state(num_classes=5)
+    path = tmp_path / "echo_cmr_release.pt"
+    torch.save({"epoch": 44, "state_dict": {f"{prefix}{k}": v for k, v in state.items()}}, path)
+    model = build_model(ModelConfig(init=str(path)))  # grey: the RGB stem is summed
+    report = load_pretrained(R2Plus1D(ModelConfig(in_channels=3)), str(path))
+    assert not report.missing and not report.unexpected and not report.shape_mismatch
+    torch.testing.assert_close(model.fc.weight, state["fc.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(model.stem[0].weight, state["stem.0.weight"].sum(1, keepdim=True),
+                               rtol=0, atol=0)
+
+
+def test_torchvision_kinetics_state_dict_loads_as_init(tmp_path):
+    """torchvision's ``r2plus1d_18`` Kinetics-400 file: bare names, 3-channel stem, 400 classes."""
+    path = tmp_path / "r2plus1d_18-91a641e6.pth"
+    torch.save(fake_published_state(num_classes=400), path)
+    report = load_pretrained(R2Plus1D(ModelConfig()), str(path))
+    assert report.summed_input_channels and not report.unexpected
+    assert [m.split(":")[0] for m in report.shape_mismatch] == ["fc.weight", "fc.bias"]
+    assert len(report.loaded) == len(R2Plus1D(ModelConfig()).state_dict()) - 2

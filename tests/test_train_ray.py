@@ -6,8 +6,9 @@ workers trains into it; rank 1 exits hard mid-epoch 1 (the engine's test-only ho
 ``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the epoch-0 checkpoint and the run
 finishes. MLflow then holds the run, per-task
 val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
-``mlflow.pytorch.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
-checkpoint's outputs.
+``mlflow.pyfunc.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
+checkpoint's outputs; the version's description is the model card and the run records the shard
+set as its training dataset.
 
 Slow: the embedded ``sqlite:///mlflow.db`` default, and re-running a run name after the driver
 stopped (resume from the latest checkpoint into the same MLflow run).
@@ -23,6 +24,7 @@ import time
 import urllib.request
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -133,12 +135,19 @@ def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
     assert version.tags["data_digest"] == digest.hexdigest()
     assert float(version.tags["val_auc_wma"]) == pytest.approx(outcome.val_aucs["wma"], abs=1e-6)
 
+    assert digest.hexdigest() in version.description and "## Validation" in version.description
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.source and dataset.dataset.digest == digest.hexdigest()[:32]
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+
     mlflow.set_tracking_uri(uri)
-    champion = mlflow.pytorch.load_model(f"models:/{model_name}@champion")  # CPU-only machine
+    champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")  # CPU-only machine
     reference, spec = load_model(outcome.best_checkpoint)
     clip = torch.randn(3, spec.channels, spec.frames, spec.size, spec.size)
+    served = champion.predict(pd.DataFrame({"clip": list(clip.numpy())}))
     with torch.no_grad():
-        assert torch.equal(champion.eval()(clip), reference(clip))
+        expected = reference(clip).numpy()
+    assert served[[f"logit_{t}" for t in TASKS]].to_numpy() == pytest.approx(expected, abs=1e-6)
 
 
 def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, local_ray, shards,

@@ -1,6 +1,9 @@
 """train.checkpoint.log_model / load_model and train.registry on a real MLflow sqlite store."""
 
+import os
+
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -32,21 +35,38 @@ def log_and_register(uri, name, seed, auc):
     return model_uri, reg
 
 
+def log_pickled(state: dict, uri: str, run_id: str) -> str:
+    """A model as echocmr logged it before the pyfunc artifact: the network pickled by
+    ``mlflow.pytorch`` with only torch in its requirements."""
+    from echocmr.train.checkpoint import model_from_state
+
+    model, spec = model_from_state(state)
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            metadata={"input_spec": spec.to_dict(), "epoch": state.get("epoch")},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"]).model_uri
+
+
 def check_reloads_on_cpu(uri, model_uri, seed):
-    """MLflow's own loader and ours give the logged network, with our input spec."""
+    """MLflow's own loader (pyfunc) and ours give the logged network, with our input spec."""
     state = fake_state(seed)
     reference = R2Plus1D(TrainConfig.from_dict(state["config"]).model)
     reference.load_state_dict(state["model"])
     reference.eval()
     clip = torch.randn(3, 1, 4, 32, 32)
-    plain = mlflow.pytorch.load_model("models:/echo@champion")  # what any MLflow user does
+    plain = mlflow.pyfunc.load_model("models:/echo@champion")  # what any MLflow user does
     ours, spec = load_model(model_uri, tracking_uri=uri)
+    served = plain.predict(pd.DataFrame({"clip": list(clip.numpy())}))
     with torch.no_grad():
-        assert torch.equal(plain.eval()(clip), reference(clip))
+        expected = reference(clip).numpy()
         assert torch.equal(ours(clip), reference(clip))
+    assert served[[f"logit_{t}" for t in ("wma", "lge", "t1", "t2", "ecv")]].to_numpy() == \
+        pytest.approx(expected, abs=1e-6)
     assert spec == InputSpec.from_dict(state["input_spec"])
     info = mlflow.models.get_model_info("models:/echo/1")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 4, 32, 32)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["clip", "dicom", "view"]
+    assert info.metadata["input_spec"] == state["input_spec"]
 
 
 def test_champion_moves_only_to_a_better_model(tmp_path):
@@ -134,7 +154,8 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
             old_layout.setitem(sys.modules, old, module)
         old_layout.setitem(sys.modules, "train", train_pkg)
         with mlflow.start_run() as run:
-            model_uri = log_model(fake_state(6), tracking_uri=uri, run_id=run.info.run_id)
+            pass
+        model_uri = log_pickled(fake_state(6), uri, run.info.run_id)
     assert "train" not in sys.modules and R2Plus1D.__module__ == "echocmr.train.model"
     assert ModelConfig.__module__ == "echocmr.train.config"
     local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "old"))
@@ -174,5 +195,142 @@ def test_an_old_model_is_refused_clearly_when_train_is_another_package(tmp_path,
     import echocmr.train.checkpoint as checkpoint
 
     monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # somebody else's
-    with pytest.raises(RuntimeError, match="re-log it"), checkpoint._legacy_module_names():
+    with pytest.raises(RuntimeError, match="echocmr models relog"), \
+            checkpoint._legacy_module_names():
         pass
+
+
+def test_the_logged_model_holds_no_pickle(tmp_path, monkeypatch):
+    """Weights as plain tensors, the network described as JSON, the class from code: it loads
+    where pickle loading is disabled, and the reader refuses a format it does not know."""
+    import json
+
+    from echocmr.train.artifact import read_model_dir
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        model_uri = log_model(fake_state(7), tracking_uri=uri, run_id=run.info.run_id)
+    local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "m"))
+    files = sorted(os.path.relpath(os.path.join(r, f), local)
+                   for r, _, fs in os.walk(local) for f in fs)
+    assert "artifacts/model/weights.pt" in files and "artifacts/model/model.json" in files
+    assert "model_code.py" in files and "serving_input_example.json" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pth", ".cloudpickle"))]
+    weights = torch.load(os.path.join(local, "artifacts/model/weights.pt"), weights_only=True)
+    assert torch.equal(weights["fc.weight"], fake_state(7)["model"]["fc.weight"])
+    meta = json.loads(open(os.path.join(local, "artifacts/model/model.json")).read())
+    assert meta["format"] == 1 and meta["model_config"]["width"] == 4
+    requirements = open(os.path.join(local, "requirements.txt")).read().split()
+    assert any(r.startswith("echocmr==") for r in requirements)
+    assert any(r.startswith("torch==") for r in requirements)
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    out = pyfunc.predict(pd.DataFrame({"clip": [torch.zeros(1, 4, 32, 32).numpy()]}))
+    assert list(out.columns)[:1] == ["logit_wma"] and len(out) == 1
+    with pytest.raises(Exception, match="either 'clip' rows"):
+        pyfunc.predict(pd.DataFrame({"view": ["A4C"]}))
+    with pytest.raises(Exception, match=r"float32\[N, 1, 4, 32, 32\]"):
+        pyfunc.predict(pd.DataFrame({"clip": [torch.zeros(1, 4, 16, 16).numpy()]}))
+
+    meta["format"] = 2
+    open(os.path.join(local, "artifacts/model/model.json"), "w").write(json.dumps(meta))
+    with pytest.raises(ValueError, match="install the echocmr the model's requirements name"):
+        read_model_dir(os.path.join(local, "artifacts/model"))
+
+
+def test_a_pickled_model_where_pickle_is_disabled_says_how_to_relog(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        pass
+    model_uri = log_pickled(fake_state(8), uri, run.info.run_id)
+    model, _ = load_model(model_uri, tracking_uri=uri)  # pickles allowed: it still loads
+    assert torch.equal(model.state_dict()["fc.weight"], fake_state(8)["model"]["fc.weight"])
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(ValueError, match="echocmr models relog"):
+        load_model(model_uri, tracking_uri=uri)
+
+
+def test_promote_records_who_and_why(tmp_path, monkeypatch):
+    from echocmr.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    log_and_register(uri, "echo", seed=1, auc=0.70)
+    log_and_register(uri, "echo", seed=2, auc=0.60)  # challenger by the val policy
+    with pytest.raises(SystemExit):  # --reason is required
+        main(["models", "promote", "echo", "2", "--tracking-uri", uri])
+    monkeypatch.setenv("USER", "dr-reviewer")
+    assert main(["models", "promote", "echo", "2", "--alias", "champion", "--reason",
+                 "better calibrated on the site-B audit", "--tracking-uri", uri]) == 0
+    assert str(client.get_model_version_by_alias("echo", "champion").version) == "2"
+    tags = client.get_model_version("echo", "2").tags
+    assert tags["promoted_by"] == "dr-reviewer" and tags["promoted_alias"] == "champion"
+    assert tags["promoted_reason"] == "better calibrated on the site-B audit"
+    assert tags["promoted_from_version"] == "1" and tags["promoted_at"]
+    assert main(["models", "promote", "echo", "9", "--reason", "x", "--tracking-uri", uri]) == 1
+
+
+def test_relog_turns_a_pickled_version_into_the_current_format(tmp_path, monkeypatch):
+    from echocmr.cli import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    with mlflow.start_run() as run:
+        pass
+    old_uri = log_pickled(fake_state(9), uri, run.info.run_id)
+    register_model(old_uri, "echo", tracking_uri=uri, val_mean_auc=0.7, val_aucs={"wma": 0.7},
+                   data_digest="d" * 64, run_id=run.info.run_id)
+    client.update_model_version("echo", "1", description="the old card")
+    assert main(["models", "relog", "echo", "1", "--tracking-uri", uri]) == 0
+    new = client.get_model_version_by_alias("echo", "champion")
+    assert str(new.version) == "2" and new.tags["relogged_from_version"] == "1"
+    assert new.tags["val_auc_wma"] == "0.700000" and new.description.startswith("the old card")
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    model, spec = load_model("models:/echo@champion", tracking_uri=uri)
+    assert torch.equal(model.state_dict()["fc.weight"], fake_state(9)["model"]["fc.weight"])
+    assert spec == InputSpec.from_dict(fake_state(9)["input_spec"])
+
+
+def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path):
+    from types import SimpleNamespace
+
+    from echocmr.eval.tracking import annotate_version
+    from echocmr.train.card import training_card
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    log_and_register(uri, "echo", seed=1, auc=0.70)
+    split = {"clips": 40, "studies": 20, "patients": 10, "sites": ["a"],
+             "prevalence": {"wma": 0.25, "lge": None, "t1": 0.5, "t2": 0.1, "ecv": 0.0}}
+    card = training_card(name="echo", version="1", run_id="r" * 32, shards="/data/shards",
+                         digest="d" * 64, data={"sites": ["a", "b"], "clips": 80,
+                                                "splits": {"train": split, "val": split}},
+                         config=TrainConfig.from_dict(tiny_config()).to_dict(), best_epoch=3,
+                         val_aucs={"wma": 0.7, "lge": None}, val_mean_auc=0.7,
+                         echocmr_version="0.1.0")
+    assert "`" + "d" * 64 + "`" in card and "| train | 40 | 20 | 10 | 25.0% | - |" in card
+    assert "best epoch 3" in card and "| WMA | 0.700 |" in card and "| LGE | none |" in card
+    client.update_model_version("echo", "1", description=card)
+
+    def result(auc, verdict):
+        return SimpleNamespace(auc=auc, ci_low=auc - 0.1, ci_high=auc + 0.05, n_studies=30,
+                               verdict=verdict)
+
+    for auc in (0.81, 0.83):  # a second eval of the same split replaces the first's section
+        annotate_version(tracking_uri=uri, model_uri="models:/echo@champion", split="test",
+                         results={"wma": result(auc, "signal"), "lge": result(0.52, "no signal")},
+                         eval_run="e" * 32, data_digest="f" * 64)
+    mv = client.get_model_version("echo", "1")
+    assert mv.tags["test_auc_wma"] == "0.830" and mv.tags["test_ci_wma"] == "0.730-0.880"
+    assert mv.tags["test_verdict_lge"] == "no signal" and mv.tags["test_eval_run"] == "e" * 32
+    assert mv.description.startswith("# echo version 1")
+    assert mv.description.count("## Evaluation on test") == 1
+    assert "| WMA | 0.830 | 0.730-0.880 | 30 | signal |" in mv.description
+    assert annotate_version(tracking_uri=uri, model_uri="runs:/x/model", split="test",
+                            results={}, eval_run=None, data_digest="f" * 64) is None

@@ -105,38 +105,74 @@ def model_from_state(state: dict[str, Any]) -> tuple[R2Plus1D, InputSpec]:
     return model, InputSpec.from_dict(state["input_spec"])
 
 
-def signature(spec: InputSpec):
-    """MLflow signature: ``float32[-1, C, T, S, S]`` clips in, ``float32[-1, K]`` logits out."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+# The pyfunc's artifact key and input columns (`echocmr.eval.serving` serves them).
+ARTIFACT_KEY = "model"
+CLIP, DICOM, VIEW = "clip", "dicom", "view"
+MODEL_CODE_MODULE = "echocmr.eval.model_code"  # the models-from-code script; logged as a file
+RELOG_HINT = ("re-log it in the current format with `echocmr models relog NAME VERSION` (from its "
+              "run's checkpoint, docs/pull-a-model.md)")
 
-    clip = (-1, spec.channels, spec.frames, spec.size, spec.size)
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), clip, "clip")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(spec.tasks)),
-                                                     "logits")]))
+
+def signature(spec: InputSpec):
+    """The pyfunc's input schema: optional columns ``clip`` (``float32[C, T, S, S]`` per row, see
+    ``spec``), ``dicom`` (a DICOM file's bytes) and ``view`` (its view, optional). Each request
+    uses one form; outputs differ by form (`echocmr.eval.serving`), so they are left open."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    # double, not float: JSON numbers parse as float64, which MLflow will not narrow to float32;
+    # the pyfunc casts each clip to float32 itself.
+    clip_type = Array(Array(Array(Array(DataType.double))))
+    return ModelSignature(inputs=Schema([
+        ColSpec(clip_type, CLIP, required=False),
+        ColSpec(DataType.binary, DICOM, required=False),
+        ColSpec(DataType.string, VIEW, required=False),
+    ]))
+
+
+def input_example(spec: InputSpec):
+    """A request in the ``clip`` form: one clip at the training pixel mean (all zeros after
+    normalisation, which keeps the stored example small); the ``dicom`` form is shown in
+    docs/pull-a-model.md (MLflow keeps one example)."""
+    import pandas as pd
+
+    clip = [[[[0.0] * spec.size for _ in range(spec.size)] for _ in range(spec.frames)]
+            for _ in range(spec.channels)]
+    return pd.DataFrame({CLIP: [clip]})
 
 
 def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
               name: str = "model") -> str:
-    """Log the checkpoint's network into run ``run_id``; return its model URI (``models:/m-...``).
+    """Log the checkpoint's network into run ``run_id`` as echocmr's pyfunc; return its model URI
+    (``models:/m-...``). No pickle: the artifact is `train.artifact`'s, the code a file.
 
     Logs into the active run when it is ``run_id`` (the driver's ``with mlflow.start_run``);
     otherwise it opens the run for this call, which marks it ``FINISHED`` when done.
     """
+    import tempfile
+    from importlib.util import find_spec
+
     import mlflow
+
+    from echocmr.train.artifact import echocmr_version, torch_version, write_model_dir
 
     model, spec = model_from_state(state)
     mlflow.set_tracking_uri(tracking_uri)
-    torch_version = torch.__version__.split("+")[0]
+    val_metrics = _finite(state.get("metrics", {}))
     metadata = {"input_spec": spec.to_dict(), "epoch": state.get("epoch"),
-                "val_metrics": _finite(state.get("metrics", {}))}
+                "val_metrics": val_metrics, "echocmr_artifact": ARTIFACT_KEY}
     active = mlflow.active_run()
-    with contextlib.nullcontext() if active and active.info.run_id == run_id \
-            else mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name=name, signature=signature(spec), metadata=metadata,
-            serialization_format="pickle", pip_requirements=[f"torch=={torch_version}"])
+    with tempfile.TemporaryDirectory() as tmp, \
+            (contextlib.nullcontext() if active and active.info.run_id == run_id
+             else mlflow.start_run(run_id=run_id)):
+        artifact = write_model_dir(os.path.join(tmp, ARTIFACT_KEY), model, spec,
+                                   epoch=state.get("epoch"), val_metrics=val_metrics)
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=find_spec(MODEL_CODE_MODULE).origin,
+            artifacts={ARTIFACT_KEY: artifact}, signature=signature(spec),
+            input_example=input_example(spec), metadata=metadata,
+            pip_requirements=[f"echocmr=={echocmr_version()}", f"torch=={torch_version()}"])
     return info.model_uri
 
 
@@ -144,9 +180,10 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
     """A trained model (eval mode, CPU) and its `InputSpec`, from any place a model lives.
 
     ``uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, another
-    MLflow model URI, a local MLflow model directory (with ``MLmodel``), a checkpoint directory
-    or a ``checkpoint.pt`` file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``,
-    else ``sqlite:///mlflow.db``).
+    MLflow model URI, a local MLflow model directory (with ``MLmodel``), a `train.artifact`
+    directory (``model.json`` + ``weights.pt``), a checkpoint directory or a ``checkpoint.pt``
+    file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else
+    ``sqlite:///mlflow.db``); the model is downloaded and read as a local directory.
     """
     model, spec = _load_any(uri, tracking_uri)
     _check_shard_format(spec, uri)
@@ -154,18 +191,28 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
 
 
 def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, InputSpec]:
+    from echocmr.train.artifact import is_model_dir, read_model_dir
+
     local = os.path.expanduser(uri)
     if os.path.exists(local):
         if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
-            return _load_mlflow(local, local=True)
+            return _load_mlflow_dir(local, uri)
+        if os.path.isdir(local) and is_model_dir(local):
+            return read_model_dir(local)[:2]
         return model_from_state(read_checkpoint(local))
     if "://" in uri or uri.startswith(("models:/", "runs:/")):
+        import tempfile
+
         import mlflow
 
         from echocmr.train.tracking import resolve_tracking_uri
 
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-        return _load_mlflow(uri)
+        tracking_uri = resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="echocmr-model-") as tmp:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                       tracking_uri=tracking_uri)
+            return _load_mlflow_dir(path, uri)
     raise FileNotFoundError(f"model {uri!r} is neither an MLflow URI (models:/NAME@ALIAS, "
                             "runs:/...) nor an existing checkpoint or model directory")
 
@@ -180,33 +227,57 @@ def _check_shard_format(spec: InputSpec, uri: str) -> None:
                     uri, spec.shard_format, FORMAT_VERSION)
 
 
-def _load_mlflow(uri: str, *, local: bool = False) -> tuple[torch.nn.Module, InputSpec]:
-    import mlflow
+def mlflow_artifact_dir(local: str) -> str | None:
+    """The `train.artifact` directory inside a local MLflow model directory, None for models
+    logged before it existed (pickled networks). Reads ``MLmodel`` only: no tracking server."""
+    from mlflow.models import Model
 
-    if local:
-        # A pulled model directory is self-contained: read its MLmodel file. get_model_info
-        # would ask the tracking server about the model's id (MLflow 3) and hang when it is down.
-        from mlflow.models import Model
+    info = Model.load(os.path.join(local, "MLmodel"))
+    artifacts = (info.flavors.get("python_function") or {}).get("artifacts") or {}
+    entry = artifacts.get(ARTIFACT_KEY)
+    if entry is None:
+        return None
+    return os.path.join(local, entry["path"] if isinstance(entry, dict) else entry)
 
-        info = Model.load(os.path.join(uri, "MLmodel"))
-    else:
-        info = mlflow.models.get_model_info(uri)
+
+def _load_mlflow_dir(local: str, uri: str) -> tuple[torch.nn.Module, InputSpec]:
+    from mlflow.models import Model
+
+    from echocmr.train.artifact import read_model_dir
+
+    artifact = mlflow_artifact_dir(local)
+    if artifact is not None:
+        return read_model_dir(artifact)[:2]
+    info = Model.load(os.path.join(local, "MLmodel"))
     spec = (info.metadata or {}).get("input_spec")
-    if spec is None:
-        raise ValueError(f"{uri} has no input_spec in its MLmodel metadata: it was not logged by "
-                         "echocmr train")
+    if "pytorch" not in info.flavors or spec is None:
+        raise ValueError(f"{uri} is not a model logged by echocmr train (no echocmr artifact, "
+                         "no input_spec in its MLmodel metadata)")
+    return _load_pickled(local, uri), InputSpec.from_dict(spec)
+
+
+def _load_pickled(local: str, uri: str) -> torch.nn.Module:
+    """A network pickled by ``mlflow.pytorch`` (echocmr before the pyfunc artifact)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    log.warning("%s is a pickled network (logged by an older echocmr); %s", uri, RELOG_HINT)
     try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] not in LEGACY_PACKAGES:
-            raise
-        # Logged by echocmr before the `echocmr.*` namespace: its pickle names `train.model`.
-        log.info("%s was logged by an echocmr before 0.2 (its pickle names %r); loading it "
-                 "through the old module names", uri, exc.name)
-        with _legacy_module_names():
-            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+        try:
+            model = mlflow.pytorch.load_model(local, map_location="cpu")
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in LEGACY_PACKAGES:
+                raise
+            # Logged by echocmr before the `echocmr.*` namespace: its pickle names `train.model`.
+            log.info("%s names the old module %r; loading it through the old module names",
+                     uri, exc.name)
+            with _legacy_module_names():
+                model = mlflow.pytorch.load_model(local, map_location="cpu")
+    except MlflowException as exc:  # e.g. MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false
+        raise ValueError(f"{uri} is a pickled network and cannot be loaded here ({exc}); "
+                         f"{RELOG_HINT}") from None
     model.eval()
-    return model, InputSpec.from_dict(spec)
+    return model
 
 
 # Top-level packages of echocmr 0.1, before everything moved under `echocmr.`. A model pickled
@@ -249,7 +320,7 @@ def _legacy_module_names():
         raise RuntimeError(
             f"this model was logged by echocmr 0.1 and names module {taken[0]!r}, but another "
             f"package of that name is loaded in this Python; load it in a fresh process, or "
-            "re-log it from its run's checkpoint with the current echocmr")
+            f"{RELOG_HINT}")
     finder = _LegacyAliasFinder()
     sys.meta_path.insert(0, finder)
     try:

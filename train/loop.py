@@ -208,7 +208,13 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from echocmr.train.data import check_decoder
     from echocmr.train.engine import TEST_FAULT_ENV
     from echocmr.train.pipeline import resolve_decoder
-    from echocmr.train.tracking import finish_run, manifest_digest, open_run, resolve_tracking_uri
+    from echocmr.train.tracking import (
+        finish_run,
+        log_dataset,
+        manifest_digest,
+        open_run,
+        resolve_tracking_uri,
+    )
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
     shards = (storage.canonical(shards) if storage.is_url(shards)
@@ -230,6 +236,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
                                run_name=config.run_name, run_key=run_key,
                                tags={"data_digest": digest, "shards": shards})
     log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", tracking_uri)
+    if not resumed:
+        log_dataset(tracking_uri, run_id, shards, digest)  # what the model saw, in MLflow's UI
 
     started_ray = False
     if not ray.is_initialized():
@@ -268,15 +276,16 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         except BaseException:
             finish_run(tracking_uri, run_id, "FAILED")
             raise
-        return _finish(config, result, tracking_uri=tracking_uri, run_id=run_id, digest=digest)
+        return _finish(config, result, tracking_uri=tracking_uri, run_id=run_id, digest=digest,
+                       shards=shards)
     finally:
         if started_ray:
             ray.shutdown()
 
 
 def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
-            digest: str) -> TrainOutcome:
-    """Log the best checkpoint's model, register it, and close the MLflow run."""
+            digest: str, shards: str) -> TrainOutcome:
+    """Log the best checkpoint's model, register it with its model card, close the MLflow run."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -315,9 +324,26 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             outcome.registration = register_model(
                 outcome.model_uri, config.register, tracking_uri=tracking_uri,
                 val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id)
+            _write_card(outcome, config, tracking_uri=tracking_uri, shards=shards, digest=digest)
             mlflow.set_tags({"echocmr.registered": f"{config.register}/"
                                                    f"{outcome.registration.version}"})
     return outcome
+
+
+def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str, shards: str,
+                digest: str) -> None:
+    """The registered version's description (`train.card.training_card`)."""
+    from echocmr.train.artifact import echocmr_version
+    from echocmr.train.card import data_summary, training_card
+    from echocmr.train.registry import describe_version
+
+    reg = outcome.registration
+    card = training_card(name=reg.name, version=reg.version, run_id=outcome.run_id,
+                         shards=shards, digest=digest, data=data_summary(shards),
+                         config=config.to_dict(), best_epoch=outcome.best_epoch,
+                         val_aucs=outcome.val_aucs, val_mean_auc=outcome.val_mean_auc,
+                         echocmr_version=echocmr_version())
+    describe_version(tracking_uri, reg.name, reg.version, card)
 
 
 def _check_resources(config: TrainConfig, *, local: bool) -> None:

@@ -170,14 +170,17 @@ def load_pretrained(model: R2Plus1D, source: str | Mapping[str, torch.Tensor], *
     """Load a torchvision-named R(2+1)D state dict (a file path or a mapping) into ``model``.
 
     Accepts a bare state dict or one nested under ``state_dict``/``model``, with or without a
-    ``module.`` prefix (DataParallel checkpoints such as EchoNet-Dynamic's). The head ``fc``
+    ``module.`` prefix (DataParallel checkpoints such as EchoNet-Dynamic's) and the published
+    echo-CMR study's release prefix ``m.`` (its keys read ``module.m.stem.0.weight``; any
+    sequence of the two is removed). torchvision's Kinetics-400 ``r2plus1d_18`` weights load
+    as they are. The head ``fc``
     loads only when its shape matches (Kinetics has 400 classes, we have 5); the stem's RGB
     weights are summed for a grey model. With ``strict_backbone``, a backbone tensor that is
     missing or of the wrong shape is an error (it means a different architecture or width).
     """
     name = source if isinstance(source, str) else "<state dict>"
     state = _read_state_dict(source) if isinstance(source, str) else dict(source)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {_strip_prefixes(k): v for k, v in state.items()}
     own = model.state_dict()
     report = LoadReport(source=name)
     take: dict[str, torch.Tensor] = {}
@@ -208,6 +211,17 @@ def load_pretrained(model: R2Plus1D, source: str | Mapping[str, torch.Tensor], *
                 + report.describe())
     model.load_state_dict(take, strict=False)
     return report
+
+
+# Wrappers published checkpoints put before torchvision's names: DataParallel/DDP's ``module.``
+# and the echo-CMR study's ``m.`` (its model wrapper's attribute), in either order.
+_WRAPPER_PREFIXES = ("module.", "m.")
+
+
+def _strip_prefixes(key: str) -> str:
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
 
 
 def _mismatched(report: LoadReport) -> list[str]:

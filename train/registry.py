@@ -8,6 +8,11 @@ champion's (read from that version's ``val_mean_auc`` tag); otherwise the new ve
 had enough positives) never displaces a champion that has one. MLflow 3 deprecates stages; aliases
 are the supported way to point at "the model in use" (``models:/NAME@champion``).
 
+A person may override the policy: `promote` (``echocmr models promote NAME VERSION --alias
+champion --reason TEXT``) points the alias at a version and records on it who did (the user
+name), when and why (``promoted_by``, ``promoted_at``, ``promoted_reason``, ``promoted_alias``).
+`describe_version` writes the model card (`train.card`) as the version's description.
+
 Comparing AUCs across versions is only fair on the same val split: the data digest tags let a
 reviewer check that. Study-level AUCs with confidence intervals come from ``echocmr eval``.
 """
@@ -15,6 +20,7 @@ reviewer check that. Study-level AUCs with confidence intervals come from ``echo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -58,6 +64,44 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc
     client.set_registered_model_alias(name, alias, version)
     return Registration(name=name, version=str(version), alias=alias, val_mean_auc=val_mean_auc,
                         previous_champion=previous, previous_champion_auc=previous_auc)
+
+
+def promote(tracking_uri: str, name: str, version: str, *, alias: str, reason: str,
+            user: str | None = None) -> str | None:
+    """Point ``alias`` at ``version`` of ``name`` by hand; return the version it left (if any).
+
+    ``reason`` is required (a person overrides the val-AUC policy: say why); ``user`` defaults
+    to the login name. Both are written on the version as tags, with the time.
+    """
+    import getpass
+    import time
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not (reason or "").strip():
+        raise ValueError("promote needs a --reason (it is recorded on the version)")
+    client = MlflowClient(tracking_uri)
+    client.get_model_version(name, version)  # a missing version fails before anything moves
+    try:
+        previous = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        previous = None
+    user = user or os.environ.get("USER") or getpass.getuser()
+    client.set_registered_model_alias(name, alias, version)
+    for key, value in {"promoted_alias": alias, "promoted_by": user,
+                       "promoted_reason": reason.strip(),
+                       "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                       "promoted_from_version": previous or "none"}.items():
+        client.set_model_version_tag(name, version, key, value)
+    return previous
+
+
+def describe_version(tracking_uri: str, name: str, version: str, description: str) -> None:
+    """Write ``description`` (the model card) on ``version`` of ``name``."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).update_model_version(name, version, description=description)
 
 
 def _beats(new: float | None, old: float | None) -> bool:

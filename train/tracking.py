@@ -85,6 +85,27 @@ def open_run(tracking_uri: str, *, experiment: str, run_name: str, run_key: str,
     return run.info.run_id, False
 
 
+def log_dataset(tracking_uri: str, run_id: str, shards: str, digest: str) -> None:
+    """Record the shard set as the run's training dataset (``mlflow.log_input``'s entity): name,
+    digest, source (path or URL), schema and row count of its manifest, clips per split as input
+    tags; the MLflow UI shows it beside the run and its model. No row of the manifest is stored."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.shards.reader import read_manifest
+
+    manifest = read_manifest(shards)
+    name = os.path.basename(shards.rstrip("/")) or shards
+    # MLflow's dataset digest holds 36 characters; the full sha256 is the run's data_digest.
+    dataset = mlflow.data.from_pandas(manifest, source=shards, name=name, digest=digest[:32])
+    counts = manifest["split"].value_counts()
+    tags = [InputTag("mlflow.data.context", "training"), InputTag("data_digest", digest),
+            *(InputTag(f"clips_{split}", str(int(n))) for split, n in sorted(counts.items()))]
+    MlflowClient(tracking_uri).log_inputs(
+        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+
+
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark the run ``FINISHED`` (or ``FAILED`` / ``KILLED``)."""
     from mlflow.tracking import MlflowClient
