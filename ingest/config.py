@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from echocmr import config as loader
 from echocmr.config import ConfigError, to_dict
@@ -33,7 +33,8 @@ from echocmr.ingest.encode import EncoderConfig
 from echocmr.shards.format import SPLITS, TASKS
 
 __all__ = ["IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
-           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "load_config", "to_dict"]
+           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "TextDetectorConfig",
+           "load_config", "to_dict"]
 
 
 @dataclass(kw_only=True)
@@ -62,10 +63,14 @@ class SectorConfig:
 
     use_region_sequence: bool = True  # crop to SequenceOfUltrasoundRegions when it fits the image
     motion_threshold: float = 0.5  # temporal std (grey levels, 5x5 mean) above which pixels "move"
-    min_sector_fraction: float = 0.05  # moving area below this fraction of the crop: no sector mask
-    mask_static_overlays: bool = True  # blank static bright pixels inside the sector (text, markers)
-    overlay_max_std: float = 1.0  # "static": temporal std at most this (grey levels)
-    overlay_min_level: int = 40  # "bright": mean grey level at least this
+    min_sector_fraction: float = 0.05  # moving area below this fraction of the crop: `no_sector`
+    mask_static_overlays: bool = True  # blank static pixels inside the sector (text, markers)
+    overlay_max_std: float = 1.0  # "still" outright: temporal std at most this (grey levels)
+    # "still" under codec noise: temporal std at most this, in a flat patch (2+ still neighbours
+    # whose mean is within overlay_flat_delta): JPEG lifts constant text's std to 2-3.
+    overlay_codec_noise_std: float = 4.0
+    overlay_flat_delta: float = 3.0
+    overlay_min_level: int = 16  # overlay's mean grey level at least this (dim text is ~40)
     stats_frames: int = 64  # frames sampled (evenly) for the motion statistics
 
     def __post_init__(self) -> None:
@@ -92,6 +97,34 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.target_fps must be positive, got {self.target_fps}")
         if self.max_frames < 1:
             raise ConfigError(f"preprocess.max_frames must be >= 1, got {self.max_frames}")
+
+
+@dataclass(kw_only=True)
+class TextDetectorConfig:
+    """The second line of defence against burned-in text (`ingest.text_detector`).
+
+    An OCR model (RapidOCR's PP-OCRv4 detector and recogniser on ONNX Runtime, CPU) reads a few
+    evenly spaced output frames of every kept clip, upscaled; text it finds is masked in every
+    frame or the clip is rejected ``burned_in_text``.
+    """
+
+    enabled: bool = True
+    action: Literal["mask", "reject"] = "mask"  # what to do with a clip in which text is found
+    frames: int = 3  # output frames read per clip (evenly spaced, first and last included)
+    upscale: int = 4  # frames are enlarged this many times (bicubic) before detection
+    min_score: float = 0.5  # recognition confidence for a detected box to count as text
+    margin: int = 2  # output pixels added around each text box before masking
+    threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"text_detector.frames must be >= 1, got {self.frames}")
+        if self.upscale < 1:
+            raise ConfigError(f"text_detector.upscale must be >= 1, got {self.upscale}")
+        if not 0 <= self.min_score <= 1:
+            raise ConfigError("text_detector.min_score must be in [0, 1]")
+        if self.threads < 1:
+            raise ConfigError(f"text_detector.threads must be >= 1, got {self.threads}")
 
 
 @dataclass(kw_only=True)
@@ -170,6 +203,7 @@ class IngestConfig:
     keep_work_cache: bool = False  # keep OUT/.work (per-file results and clips) after success
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text_detector: TextDetectorConfig = field(default_factory=TextDetectorConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)

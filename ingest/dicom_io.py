@@ -45,11 +45,22 @@ REASONS: dict[str, str] = {
     "single_frame": "a still image, not a cine loop",
     "too_few_frames": "a cine loop shorter than read.min_frames",
     "decode_failed": "pixel data that the installed decoders cannot decode",
+    "bad_header": "header values that contradict themselves or the data (NumberOfFrames 0, "
+                  "Rows/Columns 0, implausible or unlike the codestream's)",
+    "no_sector": "no moving sector could be located (a frozen or still clip)",
     "colour_doppler": "strong chroma inside the sector (colour Doppler)",
+    "burned_in_text": "the text detector found text in the output frames (text_detector.action "
+                      "reject)",
     "missing_identifiers": "no SOP Instance UID, Study Instance UID or Patient ID",
     "no_study_date": "no study (or series/acquisition/content) date to pair with a CMR",
     "no_cmr_within_window": "no CMR of the same patient within the pairing window",
     "duplicate_instance": "the same SOP Instance UID was already kept from another file",
+    "symlink_loop": "a directory symlink that leads back to a directory above it (not followed)",
+    "broken_symlink": "a symlink whose target does not exist",
+    "duplicate_directory": "a directory symlink to a directory scanned already (not scanned again)",
+    "not_regular_file": "a FIFO, socket or device file (never opened)",
+    "unreadable_directory": "a directory that cannot be listed (permissions)",
+    "unreadable_file": "a file that cannot be opened (permissions)",
     "worker_crashed": "the worker process died on this file (a decoder crash, or out of memory)",
     "error": "an unexpected error while processing (a bug: please report it)",
 }
@@ -125,6 +136,9 @@ class DicomClip:
     regions: list[UltrasoundRegion] = field(default_factory=list)
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, col) from PixelSpacing, if any
     photometric: str = ""  # of the decoded data
+    # Lossy-compressed (a lossy transfer syntax, or LossyImageCompression "01"): constant overlay
+    # carries codec noise, which `ingest.sector` allows for.
+    lossy: bool = False
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -220,7 +234,23 @@ def clip_from_dataset(ds) -> DicomClip:
         regions=ultrasound_regions(ds),
         pixel_spacing_mm=_pixel_spacing(ds),
         photometric=photometric,
+        lossy=is_lossy(ds),
     )
+
+
+# JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 (may be lossy), HTJ2K, MPEG/HEVC.
+_LOSSY_SYNTAX_PREFIXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                          "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",
+                          "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.10",
+                          "1.2.840.10008.1.2.4.11")
+
+
+def is_lossy(ds) -> bool:
+    """Whether the pixels went through lossy compression (now or, per the header, before)."""
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if tsyntax.startswith(_LOSSY_SYNTAX_PREFIXES):
+        return True
+    return str(ds.get("LossyImageCompression", "") or "").strip() == "01"
 
 
 def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[DicomClip, ClipIdentity | None]:

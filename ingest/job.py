@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 UNKNOWN_VIEW = "unknown"
 
 
@@ -79,6 +79,7 @@ class FileResult:
     pixel_stats: list[float] | None = None  # mean, std, n_pixels
     video_sha256: str | None = None
     study_hash: str | None = None  # also for unpaired studies, to count them
+    text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
 
     def label_array(self) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
@@ -98,6 +99,10 @@ class IngestSummary:
     resumed_files: int = 0  # results taken from the work cache of an earlier, interrupted run
     key_source: str = "demo"
     seconds: float = 0.0
+    text_masked_clips: int = 0  # kept clips in which the text detector found (and masked) text
+    text_boxes: int = 0  # text boxes masked in them
+    text_detector: str = "mask"  # "mask", "reject" or "off"
+    label_warnings: dict[str, int] = field(default_factory=dict)  # what the label table lacked
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -107,6 +112,14 @@ class IngestSummary:
         lines.append("  clips per split: " + ", ".join(
             f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
+        if self.text_detector == "off":
+            lines.append("  text detector: off")
+        else:
+            lines.append(f"  text detector ({self.text_detector}): text masked in "
+                         f"{self.text_masked_clips} kept clip(s), {self.text_boxes} box(es); "
+                         f"rejected burned_in_text {self.rejected.get('burned_in_text', 0)}")
+        for what, n in sorted(self.label_warnings.items()):
+            lines.append(f"  label table: {what}: {n}")
         if self.resumed_files:
             lines.append(f"  resumed: {self.resumed_files} files from the work cache")
         lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
@@ -185,6 +198,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     del ds
     prepared = preprocess_clip(clip, config.preprocess)
     del clip
+    text_boxes = _detect_text(prepared.frames_THW, config)
     video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
 
     clip_hash = hasher.clip_hash(ident.sop_uid)
@@ -215,9 +229,27 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
-        study_hash=study_hash,
+        study_hash=study_hash, text_boxes=text_boxes,
     )
     return result, video
+
+
+def _detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
+    """Run the text detector on a prepared clip: mask what it finds in place, or reject."""
+    detector = config.text_detector
+    if not detector.enabled:
+        return 0
+    from echocmr.ingest.text_detector import find_text, sample_indices
+
+    findings = find_text(frames_THW, detector)
+    if not findings.boxes:
+        return 0
+    if detector.action == "reject":
+        n = len(sample_indices(len(frames_THW), detector.frames))
+        raise RejectedInput("burned_in_text", f"the text detector found {findings.boxes} text "
+                            f"box(es) in {n} sampled output frames")
+    frames_THW[:, findings.mask_HW] = 0
+    return findings.boxes
 
 
 # -- the work cache ----------------------------------------------------------------------------
@@ -332,6 +364,15 @@ def read_views(path: str | None) -> dict[str, str]:
     return views
 
 
+def _text_engine(config: IngestConfig) -> str:
+    """The OCR model's identity when the detector is on: a new model version redoes every file."""
+    if not config.text_detector.enabled:
+        return "text detector off"
+    from echocmr.ingest.text_detector import engine_version
+
+    return engine_version()
+
+
 def _file_digest(path: str | None) -> str:
     if path is None:
         return ""
@@ -390,8 +431,9 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         raise ValueError(f"--dicom {dicom_dir} holds no files")
     work = WorkCache(os.path.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
-        CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint, _file_digest(str(labels_path)),
-        _file_digest(None if views_path is None else str(views_path)),
+        CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint,
+        _file_digest(str(labels_path)), _file_digest(None if views_path is None else str(views_path)),
+        _text_engine(config),
     ]).encode()).hexdigest()
     work.prepare(fingerprint)
 
@@ -428,6 +470,9 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         rejected=dict(rejected), clips_per_split=summary.clips, unpaired_studies=len(unpaired),
         shards=summary.shards, resumed_files=resumed, key_source=key_source,
         seconds=time.monotonic() - started,
+        text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
+        text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
+        text_detector=config.text_detector.action if config.text_detector.enabled else "off",
     )
 
 

@@ -159,10 +159,11 @@ def test_region_sequence_crops_and_gives_spacing(tmp_path):
     assert find_sector(clip.frames_THW, clip.regions).source == "pixels"
 
 
-def test_static_clip_keeps_the_whole_frame():
+def test_static_clip_has_no_sector_and_is_rejected():
     frames = np.repeat(small_clip(2, 48, 64, seed=1).frames[:1], 16, axis=0)
-    sector = find_sector(frames, config=SectorConfig())
-    assert sector.box == (0, 48, 0, 64) and sector.mask_HW.all()
+    with pytest.raises(RejectedInput) as info:
+        find_sector(frames, config=SectorConfig())
+    assert info.value.reason == "no_sector"
 
 
 def test_convex_hull_fills_a_ring():
