@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes (default: all cores)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
+    p.add_argument("--allow-public-demo-key", action="store_true", default=None,
+                   help="without ECHOCMR_SPLIT_KEY or splits.split_key, hash with the public "
+                        "demo key even though the input is not an `echocmr synth` cohort "
+                        "(anyone can then reverse the patient hashes; for throwaway tests only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit without ingesting")
@@ -48,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
         print("echocmr ingest: --workers must be >= 1", file=sys.stderr)
         return 2
     config, done = resolve_for_command(
-        "ingest", lambda: load_config(args.config, site=args.site, workers=args.workers),
+        "ingest", lambda: load_config(
+            args.config, site=args.site, workers=args.workers,
+            splits=None if not args.allow_public_demo_key else {"allow_public_demo_key": True}),
         print_config=args.print_config,
         required={"--dicom": args.dicom, "--labels": args.labels, "--out": args.out})
     if done is not None:
@@ -62,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
         logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk: one line, not a traceback
+        logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
+        what = exc.strerror or str(exc)
+        print(f"echocmr ingest: {what}: {exc.filename}" if exc.filename else
+              f"echocmr ingest: {what}", file=sys.stderr)
         return 2
     print(summary.format())
     return 0

@@ -150,6 +150,16 @@ class LabelConfig:
     t2_cutoff_ms: dict[float, float] = field(default_factory=lambda: {1.5: 55.0, 3.0: 50.0})
     ecv_cutoff_pct: float = 30.0
     field_strength_tolerance_t: float = 0.25
+    # Strict reading (`ingest.labels`): how the table may be written, and what is an error.
+    date_format: str | None = None  # None: ISO 8601 dates only; else a strptime format ("%d/%m/%Y")
+    decimal_comma: bool = False  # numeric cells use a decimal comma ("31,5"); otherwise an error
+    # A task without any column (binary or raw): "warn" (counted; unknown for every row) or "error".
+    missing_task_columns: Literal["warn", "error"] = "warn"
+    # Rows of one patient and date whose labels disagree: "error", or "drop" them all (counted).
+    conflicting_duplicates: Literal["error", "drop"] = "error"
+    # A patient-ID column stored as numbers (leading zeros lost): "error", or compare IDs on both
+    # sides with leading zeros removed ("00123" pairs with 123).
+    numeric_patient_ids: Literal["error", "strip_leading_zeros"] = "error"
 
 
 @dataclass(kw_only=True)
@@ -168,11 +178,13 @@ class SplitConfig:
     """Patient-level splits by keyed hash (`ingest.splits`).
 
     ``split_key`` is the HMAC key; when unset, the environment variable ``ECHOCMR_SPLIT_KEY`` is
-    used, and failing that a public demo key (with a warning): fine for synthetic data, wrong for
-    patients, since anyone could recompute the hashes of known IDs.
+    used. Without either, ingest refuses to run unless the input is a cohort written by
+    ``echocmr synth`` or ``allow_public_demo_key`` is set (``--allow-public-demo-key``): with the
+    public demo key anyone could recompute the hashes of known IDs.
     """
 
     split_key: str | None = None
+    allow_public_demo_key: bool = False  # use the public demo key for real data (hashes reversible)
     fractions: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2}
     )
@@ -215,6 +227,7 @@ class IngestConfig:
         for volatile in ("workers", "keep_work_cache"):
             data.pop(volatile)
         data["splits"].pop("split_key")
+        data["splits"].pop("allow_public_demo_key")
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

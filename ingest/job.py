@@ -4,7 +4,9 @@
 
 Phases:
 
-1. **Scan** every regular file under ``--dicom`` (any name: exports often have no extension).
+1. **Scan** every path under ``--dicom`` (`scan_inputs`): regular files (any name: exports often
+   have no extension) are processed, everything else (loops, FIFOs, unreadable directories) gets
+   its report row with a reason.
 2. **Process** each file in a process pool (`process_file`): read and check the header, pair the
    study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a small
    `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached atomically
@@ -20,6 +22,7 @@ Nothing in the logs or the progress bar names a file: source paths can name pati
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -47,7 +50,12 @@ from echocmr.ingest.dicom_io import (
 from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
-from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.ingest.splits import (
+    KeyedHasher,
+    demo_key_refusal,
+    is_synthetic_cohort,
+    resolve_split_key,
+)
 from echocmr.shards.format import (
     FORMAT_VERSION,
     INGEST_REPORT_FILE,
@@ -80,6 +88,7 @@ class FileResult:
     video_sha256: str | None = None
     study_hash: str | None = None  # also for unpaired studies, to count them
     text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
+    paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
 
     def label_array(self) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
@@ -125,7 +134,10 @@ class IngestSummary:
         lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
                      f"{os.path.join(self.out, INGEST_REPORT_FILE)} (site-local, never ship it)")
         if self.key_source == "demo":
-            lines.append("  WARNING: public demo split key used; set ECHOCMR_SPLIT_KEY for real data")
+            lines.append("  WARNING: public demo split key used (--allow-public-demo-key): "
+                         "patient hashes are reversible; set ECHOCMR_SPLIT_KEY for real data")
+        elif self.key_source.startswith("demo"):
+            lines.append("  public demo split key used: the input is a synthetic cohort")
         return "\n".join(lines)
 
 
@@ -172,7 +184,7 @@ def process_file(task: tuple[str, str]) -> FileResult:
         result, video = _process(ctx, source)
     except RejectedInput as exc:
         result, video = FileResult(source=source, status="rejected", reason=exc.reason,
-                                   detail=exc.detail), None
+                                   detail=exc.detail, paired=getattr(exc, "paired", False)), None
     except Exception as exc:  # a bug must not stop the job; the report says what happened
         result, video = FileResult(source=source, status="rejected", reason="error",
                                    detail=f"{type(exc).__name__}: {exc}"), None
@@ -194,11 +206,15 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         detail = f"no CMR of this patient within +-{ctx.cmr.window_days} days"
         return FileResult(source=source, status="rejected", reason="no_cmr_within_window",
                           detail=detail, study_hash=study_hash), None
-    clip = clip_from_dataset(ds)
-    del ds
-    prepared = preprocess_clip(clip, config.preprocess)
-    del clip
-    text_boxes = _detect_text(prepared.frames_THW, config)
+    try:
+        clip = clip_from_dataset(ds)
+        del ds
+        prepared = preprocess_clip(clip, config.preprocess)
+        del clip
+        text_boxes = _detect_text(prepared.frames_THW, config)
+    except RejectedInput as exc:
+        exc.paired = True  # the label table did its part: counts against "pairs with nothing"
+        raise
     video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
 
     clip_hash = hasher.clip_hash(ident.sop_uid)
@@ -229,7 +245,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
-        study_hash=study_hash, text_boxes=text_boxes,
+        study_hash=study_hash, text_boxes=text_boxes, paired=True,
     )
     return result, video
 
@@ -326,20 +342,84 @@ def entry_id(dicom_dir: str, source: str) -> str:
 # -- the job -----------------------------------------------------------------------------------
 
 
-def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> list[str]:
-    """Every regular file under ``dicom_dir`` as a sorted relative POSIX path.
+@dataclass
+class Scan:
+    """What the scan of ``--dicom`` met: files to process, and a report row for everything else."""
 
-    ``exclude`` is a directory to skip (the output, should it lie inside the input tree).
+    files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
+    skipped: list[FileResult]  # paths not processed, each with its reason
+
+
+def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
+    """Walk ``dicom_dir`` recursively and account for every path met.
+
+    Symlinks are followed, to files and to directories alike (exports link studies into place),
+    with every directory scanned once: a link back to a directory above it is ``symlink_loop``, a
+    second way to a directory already scanned is ``duplicate_directory``, a dangling link is
+    ``broken_symlink``. FIFOs, sockets and devices are ``not_regular_file`` (never opened: reading
+    a FIFO blocks), a directory that cannot be listed is ``unreadable_directory`` and a file
+    without read permission ``unreadable_file``. ``exclude`` is a directory to skip silently (the
+    output, should it lie inside the input tree).
     """
-    found = []
+    import stat
+
+    files: list[str] = []
+    skipped: list[FileResult] = []
     skip = os.path.realpath(exclude) if exclude else None
-    for root, dirs, files in os.walk(dicom_dir):
-        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
-        for name in files:
-            full = os.path.join(root, name)
-            if os.path.isfile(full):
-                found.append(Path(os.path.relpath(full, dicom_dir)).as_posix())
-    return sorted(found)
+    root_real = os.path.realpath(dicom_dir)
+    scanned = {root_real: "."}
+
+    def reject(rel: str, reason: str, detail: str) -> None:
+        skipped.append(FileResult(source=rel, status="rejected", reason=reason, detail=detail))
+
+    def walk(rel_dir: str, ancestors: frozenset[str]) -> None:
+        full_dir = os.path.join(dicom_dir, rel_dir) if rel_dir else dicom_dir
+        try:
+            with os.scandir(full_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            reject(rel_dir or ".", "unreadable_directory", f"cannot list it: {exc.strerror}")
+            return
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            link = entry.is_symlink()
+            try:
+                st = os.stat(entry.path)  # follows symlinks
+            except FileNotFoundError:
+                reject(rel, "broken_symlink", "the symlink's target does not exist")
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    reject(rel, "symlink_loop", "a symlink that resolves to itself")
+                else:
+                    reject(rel, "unreadable_file", f"cannot stat it: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = os.path.realpath(entry.path)
+                if skip is not None and real == skip:
+                    continue
+                if real in ancestors:
+                    reject(rel, "symlink_loop", "a directory symlink to a directory above it "
+                           "(not followed)")
+                elif real in scanned:
+                    reject(rel, "duplicate_directory", f"the same directory as {scanned[real]} "
+                           "(scanned once)")
+                else:
+                    scanned[real] = rel
+                    walk(rel, ancestors | {real})
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(entry.path, os.R_OK):
+                    reject(rel, "unreadable_file", "no permission to read it")
+                else:
+                    files.append(rel)
+            else:
+                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
+                        if stat.S_ISSOCK(st.st_mode) else "a device file")
+                reject(rel, "not_regular_file", f"{kind}{' (via a symlink)' if link else ''}; "
+                       "never opened")
+
+    walk("", frozenset({root_real}))
+    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
 
 
 def read_views(path: str | None) -> dict[str, str]:
@@ -415,10 +495,18 @@ def run_ingest(
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
-    from echocmr.ingest.labels import read_table
+    from echocmr.ingest.labels import WARNINGS_ATTR, read_table
     from echocmr.shards.storage import atomic_write
 
-    key, key_source = resolve_split_key(config.splits.split_key)
+    key, key_source = resolve_split_key(config.splits.split_key, warn=False)
+    if key_source == "demo":
+        if is_synthetic_cohort(dicom_dir, labels_path):
+            key_source = "demo (synthetic cohort)"
+        elif not config.splits.allow_public_demo_key:
+            raise demo_key_refusal()
+        else:
+            log.warning("public demo split key used for data that is not a synthetic cohort "
+                        "(--allow-public-demo-key): every patient hash is reversible")
     hasher = KeyedHasher(key, site=config.site, config=config.splits)
     table = read_table(labels_path, config.labels)
     cmr = CmrIndex(table, config.pairing)
@@ -426,9 +514,11 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     log.info("CMR table: %d rows for %d patients; views for %d instances",
              len(cmr), cmr.n_patients, len(views))
 
-    sources = scan_inputs(dicom_dir, exclude=out_dir)
+    scan = scan_inputs(dicom_dir, exclude=out_dir)
+    sources = scan.files
     if not sources:
-        raise ValueError(f"--dicom {dicom_dir} holds no files")
+        raise ValueError(f"--dicom {dicom_dir} holds no readable files"
+                         + (f" ({len(scan.skipped)} other path(s) skipped)" if scan.skipped else ""))
     work = WorkCache(os.path.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
         CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint,
@@ -455,19 +545,29 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     for result in results_iter:
         results[result.source] = result
 
-    ordered = [results[s] for s in sources]
+    ordered = sorted([results[s] for s in sources] + scan.skipped, key=lambda r: r.source)
     _reject_duplicates(ordered)
-    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
     report = _report_bytes(ordered)
+    unpaired = [r for r in ordered if r.reason == "no_cmr_within_window"]
+    if unpaired and not any(r.paired for r in ordered):
+        atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
+        raise ValueError(
+            f"the label table {labels_path} pairs with no echo study ({len(unpaired)} file(s) "
+            f"found no CMR of their patient within +-{config.pairing.window_days} days; report "
+            f"in {os.path.join(out_dir, INGEST_REPORT_FILE)}): check that its patient IDs are "
+            "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
+            "dates are right (labels.date_format) and pairing.window_days")
+    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
     atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
 
     rejected = Counter(r.reason for r in ordered if r.status == "rejected")
-    unpaired = {r.study_hash for r in ordered if r.reason == "no_cmr_within_window"}
+    unpaired_studies = {r.study_hash for r in unpaired}
     if not config.keep_work_cache:
         work.remove()
     return IngestSummary(
         out=out_dir, files=len(ordered), kept=sum(r.status == "kept" for r in ordered),
-        rejected=dict(rejected), clips_per_split=summary.clips, unpaired_studies=len(unpaired),
+        rejected=dict(rejected), clips_per_split=summary.clips,
+        unpaired_studies=len(unpaired_studies), label_warnings=dict(table.attrs.get(WARNINGS_ATTR, {})),
         shards=summary.shards, resumed_files=resumed, key_source=key_source,
         seconds=time.monotonic() - started,
         text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),

@@ -134,11 +134,12 @@ def test_binary_columns_win_and_bad_values_are_errors():
 
 
 def test_csv_keeps_leading_zeros_and_parquet_reads_too(tmp_path):
-    raw = pd.DataFrame({"patient_id": ["00123", " 7 "], "cmr_date": ["2023-02-01", "bad"],
+    raw = pd.DataFrame({"patient_id": ["00123", " 7 "], "cmr_date": ["2023-02-01", ""],
                         "wma": [1, 0]})
     raw.to_csv(tmp_path / "t.csv", index=False)
     out = read_table(tmp_path / "t.csv")
-    assert out["patient_id"].tolist() == ["00123"]  # the row without a valid date is dropped
+    assert out["patient_id"].tolist() == ["00123"]  # the row without a date is dropped...
+    assert out.attrs["label_warnings"]["rows without a CMR date (ignored)"] == 1  # ...counted
     raw.to_parquet(tmp_path / "t.parquet")
     assert read_table(tmp_path / "t.parquet")["cmr_date"].tolist() == [date(2023, 2, 1)]
     with pytest.raises(ValueError, match="parquet or .csv"):
