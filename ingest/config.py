@@ -112,7 +112,7 @@ class TextDetectorConfig:
     action: Literal["mask", "reject"] = "mask"  # what to do with a clip in which text is found
     frames: int = 3  # output frames read per clip (evenly spaced, first and last included)
     upscale: int = 4  # frames are enlarged this many times (bicubic) before detection
-    min_score: float = 0.5  # recognition confidence for a detected box to count as text
+    min_score: float = 0.7  # recognition confidence for a box to count as text (speckle: < 0.6)
     margin: int = 2  # output pixels added around each text box before masking
     threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
 

@@ -22,7 +22,8 @@ ID and birth date) must never reach a shard. The region sequence alone gives a c
 sector: the sector inside it must be confirmed by motion.
 
 Inside the hull, burned-in overlay (text, focus/depth markers, the orientation dot, a frame
-counter's static parts) is masked, with a one-pixel margin for anti-aliased glyph edges. A pixel
+counter's static parts) is masked as the bounding box of each word (`overlay_boxes`: blanking
+the glyph pixels alone leaves legible black letters in bright tissue). A pixel
 is overlay when its temporal mean is at least ``overlay_min_level`` and it is *still*:
 
 * its temporal std is at most ``overlay_max_std`` (lossless data: text is exactly constant), or
@@ -133,7 +134,7 @@ def find_sector(
     if config.mask_static_overlays:
         overlay = mask & overlay_mask(std_HW, mean_HW, config, lossy=lossy)
         if overlay.any():
-            mask &= ~ndimage.binary_dilation(overlay, structure=_STRUCT3)
+            mask &= ~overlay_boxes(overlay, int(mask.sum()))
     source = "region+pixels" if source == "region" else "pixels"
 
     rows = np.flatnonzero(mask.any(axis=1))
@@ -143,6 +144,35 @@ def find_sector(
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     tight = (y0 + r0, y0 + r1, x0 + c0, x0 + c1)
     return Sector(box=tight, mask_HW=mask[r0:r1, c0:c1].copy(), spacing_mm=spacing, source=source)
+
+
+def overlay_boxes(overlay_HW: np.ndarray, sector_pixels: int) -> np.ndarray:
+    """What to blank for the overlay pixels: the bounding box of each word, not its glyphs.
+
+    Blanking glyph pixels alone leaves their shapes as black holes in bright tissue, which read
+    as well as the text did; blanking each letter's box leaves blocky letters. Overlay pixels are
+    dilated by two pixels (anti-aliased edges), grouped along rows (pixels up to 8 apart
+    horizontally join: letters of a word and words of a line), and each group that looks like
+    text (it fills 40 % of its bounding box, or the box is at least twice as wide as high) and
+    whose box is at most 30 % of the sector is blanked as that box; anything else (ragged or large
+    still tissue) is blanked as the dilated pixels themselves.
+    """
+    from scipy import ndimage
+
+    grown = ndimage.binary_dilation(overlay_HW, structure=_STRUCT3, iterations=2)
+    groups = ndimage.binary_dilation(grown, structure=np.ones((1, 9), dtype=bool)) | grown
+    labels, _ = ndimage.label(groups, structure=_STRUCT3)
+    out = grown.copy()
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        area = height * width
+        members = grown[box] & (labels[box] == i)
+        textlike = members.sum() >= 0.4 * area or width >= 2 * height
+        if area <= 0.3 * sector_pixels and textlike:
+            out[box] = True
+    return out
 
 
 def overlay_mask(std_HW: np.ndarray, mean_HW: np.ndarray, config: SectorConfig, *,
