@@ -15,7 +15,12 @@ pairing, encoding and shard writing included for ingest).
 Every input file is read once before the runs, so the first run does not pay for a cold page
 cache.
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10]`` (or ``make bench``).
+``--text-detector`` instead measures what the OCR pass (`ingest.text_detector`, on by default)
+costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
+the throughput ratio on/off and the detector's cost per kept clip.
+
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector]`` (or
+``make bench``).
 """
 
 from __future__ import annotations
@@ -49,16 +54,18 @@ def _warm(root: str) -> int:
     return total
 
 
-def _run_ingest(root: str, workers: int) -> tuple[float, int, list[str]]:
-    from echocmr.ingest.config import IngestConfig
+def _run_ingest(root: str, workers: int, detector: bool = True) -> tuple[float, int, list[str]]:
+    from echocmr.ingest.config import IngestConfig, TextDetectorConfig
     from echocmr.ingest.job import run_ingest
     from echocmr.shards.format import INGEST_REPORT_FILE
 
-    out = os.path.join(CACHE, f"out-{workers}")
+    out = os.path.join(CACHE, f"out-{workers}-{'ocr' if detector else 'no-ocr'}")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
+    config = IngestConfig(site="bench", workers=workers,
+                          text_detector=TextDetectorConfig(enabled=detector))
     summary = run_ingest(os.path.join(root, "dicom"), os.path.join(root, "cmr_labels.parquet"),
-                         out, config=IngestConfig(site="bench", workers=workers),
+                         out, config=config,
                          views_path=os.path.join(root, "views.csv"), progress=False)
     seconds = time.perf_counter() - t0
     import pyarrow.parquet as pq
@@ -96,11 +103,25 @@ def _plain_way(root: str, sources: list[str]) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=10, help="synthetic cohort size")
+    parser.add_argument("--text-detector", action="store_true",
+                        help="measure ingest with the text detector on against off")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
     os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
     root = _cohort(args.patients)
     print(f"{_warm(root) / 1e6:.0f} MB of DICOM read once to warm the page cache; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    if args.text_detector:
+        # Alternate off/on twice and keep each one's best, so a burst of load on a shared machine
+        # does not decide the ratio.
+        runs = [_run_ingest(root, workers=2, detector=on) for on in (False, True, False, True)]
+        t_off, kept_off, _ = min(runs[0::2])
+        t_on, kept_on, _ = min(runs[1::2])
+        print(f"{kept_on} clips kept; ingest with 2 workers, {os.cpu_count()} cores")
+        print(f"  detector off {t_off:7.1f} s  {kept_off / t_off:6.2f} clips/s")
+        print(f"  detector on  {t_on:7.1f} s  {kept_on / t_on:6.2f} clips/s")
+        print(f"  ratio on/off (throughput): {(kept_on / t_on) / (kept_off / t_off):.2f}x; "
+              f"detector cost {2 * (t_on - t_off) / max(kept_on, 1):.2f} core-s per clip")
+        return
 
     t1, kept1, sources = _run_ingest(root, workers=1)
     t2, kept2, _ = _run_ingest(root, workers=2)

@@ -38,6 +38,10 @@ def register(subparsers) -> None:
                         "default 144, which the GPU decoder accepts; the model's input size is "
                         "train's data.size)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
+    p.add_argument("--allow-public-demo-key", action="store_true", default=None,
+                   help="without ECHOCMR_SPLIT_KEY or splits.split_key, hash with the public "
+                        "demo key even though the input is not an `echocmr synth` cohort "
+                        "(anyone can then reverse the patient hashes; for throwaway tests only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit without ingesting")
@@ -54,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     config, done = resolve_for_command(
         "ingest", lambda: load_config(
             args.config, site=args.site, workers=args.workers,
-            preprocess={"size": args.clip_size} if args.clip_size is not None else None),
+            preprocess={"size": args.clip_size} if args.clip_size is not None else None,
+            splits=None if not args.allow_public_demo_key else {"allow_public_demo_key": True}),
         print_config=args.print_config,
         required={"--dicom": args.dicom, "--labels": args.labels, "--out": args.out})
     if done is not None:
@@ -68,6 +73,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
         logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --out, a full disk: one line, not a traceback
+        logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
+        what = exc.strerror or str(exc)
+        print(f"echocmr ingest: {what}: {exc.filename}" if exc.filename else
+              f"echocmr ingest: {what}", file=sys.stderr)
         return 2
     print(summary.format())
     return 0

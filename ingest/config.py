@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from echocmr import config as loader
 from echocmr.config import ConfigError, to_dict
@@ -33,7 +33,8 @@ from echocmr.ingest.encode import EncoderConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS
 
 __all__ = ["IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
-           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "load_config", "to_dict"]
+           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "TextDetectorConfig",
+           "load_config", "to_dict"]
 
 
 @dataclass(kw_only=True)
@@ -62,10 +63,14 @@ class SectorConfig:
 
     use_region_sequence: bool = True  # crop to SequenceOfUltrasoundRegions when it fits the image
     motion_threshold: float = 0.5  # temporal std (grey levels, 5x5 mean) above which pixels "move"
-    min_sector_fraction: float = 0.05  # moving area below this fraction of the crop: no sector mask
-    mask_static_overlays: bool = True  # blank static bright pixels inside the sector (text, markers)
-    overlay_max_std: float = 1.0  # "static": temporal std at most this (grey levels)
-    overlay_min_level: int = 40  # "bright": mean grey level at least this
+    min_sector_fraction: float = 0.05  # moving area below this fraction of the crop: `no_sector`
+    mask_static_overlays: bool = True  # blank static pixels inside the sector (text, markers)
+    overlay_max_std: float = 1.0  # "still" outright: temporal std at most this (grey levels)
+    # "still" under codec noise: temporal std at most this, in a flat patch (2+ still neighbours
+    # whose mean is within overlay_flat_delta): JPEG lifts constant text's std to 2-3.
+    overlay_codec_noise_std: float = 4.0
+    overlay_flat_delta: float = 3.0
+    overlay_min_level: int = 16  # overlay's mean grey level at least this (dim text is ~40)
     stats_frames: int = 64  # frames sampled (evenly) for the motion statistics
 
     def __post_init__(self) -> None:
@@ -98,6 +103,34 @@ class PreprocessConfig:
 
 
 @dataclass(kw_only=True)
+class TextDetectorConfig:
+    """The second line of defence against burned-in text (`ingest.text_detector`).
+
+    An OCR model (RapidOCR's PP-OCRv4 detector and recogniser on ONNX Runtime, CPU) reads a few
+    evenly spaced output frames of every kept clip, upscaled; text it finds is masked in every
+    frame or the clip is rejected ``burned_in_text``.
+    """
+
+    enabled: bool = True
+    action: Literal["mask", "reject"] = "mask"  # what to do with a clip in which text is found
+    frames: int = 3  # output frames read per clip (evenly spaced, first and last included)
+    upscale: int = 4  # frames are enlarged this many times (bicubic) before detection
+    min_score: float = 0.7  # recognition confidence for a box to count as text (speckle: < 0.6)
+    margin: int = 2  # output pixels added around each text box before masking
+    threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"text_detector.frames must be >= 1, got {self.frames}")
+        if self.upscale < 1:
+            raise ConfigError(f"text_detector.upscale must be >= 1, got {self.upscale}")
+        if not 0 <= self.min_score <= 1:
+            raise ConfigError("text_detector.min_score must be in [0, 1]")
+        if self.threads < 1:
+            raise ConfigError(f"text_detector.threads must be >= 1, got {self.threads}")
+
+
+@dataclass(kw_only=True)
 class LabelConfig:
     """Columns of the CMR table and the cut-offs that turn raw values into labels (`ingest.labels`).
 
@@ -120,6 +153,16 @@ class LabelConfig:
     t2_cutoff_ms: dict[float, float] = field(default_factory=lambda: {1.5: 55.0, 3.0: 50.0})
     ecv_cutoff_pct: float = 30.0
     field_strength_tolerance_t: float = 0.25
+    # Strict reading (`ingest.labels`): how the table may be written, and what is an error.
+    date_format: str | None = None  # None: ISO 8601 dates only; else a strptime format ("%d/%m/%Y")
+    decimal_comma: bool = False  # numeric cells use a decimal comma ("31,5"); otherwise an error
+    # A task without any column (binary or raw): "warn" (counted; unknown for every row) or "error".
+    missing_task_columns: Literal["warn", "error"] = "warn"
+    # Rows of one patient and date whose labels disagree: "error", or "drop" them all (counted).
+    conflicting_duplicates: Literal["error", "drop"] = "error"
+    # A patient-ID column stored as numbers (leading zeros lost): "error", or compare IDs on both
+    # sides with leading zeros removed ("00123" pairs with 123).
+    numeric_patient_ids: Literal["error", "strip_leading_zeros"] = "error"
 
 
 @dataclass(kw_only=True)
@@ -138,11 +181,13 @@ class SplitConfig:
     """Patient-level splits by keyed hash (`ingest.splits`).
 
     ``split_key`` is the HMAC key; when unset, the environment variable ``ECHOCMR_SPLIT_KEY`` is
-    used, and failing that a public demo key (with a warning): fine for synthetic data, wrong for
-    patients, since anyone could recompute the hashes of known IDs.
+    used. Without either, ingest refuses to run unless the input is a cohort written by
+    ``echocmr synth`` or ``allow_public_demo_key`` is set (``--allow-public-demo-key``): with the
+    public demo key anyone could recompute the hashes of known IDs.
     """
 
     split_key: str | None = None
+    allow_public_demo_key: bool = False  # use the public demo key for real data (hashes reversible)
     fractions: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2}
     )
@@ -173,6 +218,7 @@ class IngestConfig:
     keep_work_cache: bool = False  # keep OUT/.work (per-file results and clips) after success
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text_detector: TextDetectorConfig = field(default_factory=TextDetectorConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     pairing: PairingConfig = field(default_factory=PairingConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
@@ -184,6 +230,7 @@ class IngestConfig:
         for volatile in ("workers", "keep_work_cache"):
             data.pop(volatile)
         data["splits"].pop("split_key")
+        data["splits"].pop("allow_public_demo_key")
         blob = json.dumps(data, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -45,11 +45,22 @@ REASONS: dict[str, str] = {
     "single_frame": "a still image, not a cine loop",
     "too_few_frames": "a cine loop shorter than read.min_frames",
     "decode_failed": "pixel data that the installed decoders cannot decode",
+    "bad_header": "header values that contradict themselves or the data (NumberOfFrames 0, "
+                  "Rows/Columns 0, implausible or unlike the codestream's)",
+    "no_sector": "no moving sector could be located (a frozen or still clip)",
     "colour_doppler": "strong chroma inside the sector (colour Doppler)",
+    "burned_in_text": "the text detector found text in the output frames (text_detector.action "
+                      "reject)",
     "missing_identifiers": "no SOP Instance UID, Study Instance UID or Patient ID",
     "no_study_date": "no study (or series/acquisition/content) date to pair with a CMR",
     "no_cmr_within_window": "no CMR of the same patient within the pairing window",
     "duplicate_instance": "the same SOP Instance UID was already kept from another file",
+    "symlink_loop": "a directory symlink that leads back to a directory above it (not followed)",
+    "broken_symlink": "a symlink whose target does not exist",
+    "duplicate_directory": "a directory symlink to a directory scanned already (not scanned again)",
+    "not_regular_file": "a FIFO, socket or device file (never opened)",
+    "unreadable_directory": "a directory that cannot be listed (permissions)",
+    "unreadable_file": "a file that cannot be opened (permissions)",
     "worker_crashed": "the worker process died on this file (a decoder crash, or out of memory)",
     "error": "an unexpected error while processing (a bug: please report it)",
 }
@@ -125,6 +136,9 @@ class DicomClip:
     regions: list[UltrasoundRegion] = field(default_factory=list)
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, col) from PixelSpacing, if any
     photometric: str = ""  # of the decoded data
+    # Lossy-compressed (a lossy transfer syntax, or LossyImageCompression "01"): constant overlay
+    # carries codec noise, which `ingest.sector` allows for.
+    lossy: bool = False
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -141,6 +155,8 @@ def load_dataset(path: str | PathLike):
             ds = pydicom.dcmread(path)
         except InvalidDicomError:
             raise RejectedInput("not_dicom", "no DICOM preamble/'DICM' prefix") from None
+        except PermissionError as exc:
+            raise RejectedInput("unreadable_file", f"cannot open it: {exc.strerror}") from None
         except (EOFError, OSError) as exc:
             if isinstance(exc, EOFError) or "end of file" in str(exc).lower():
                 raise RejectedInput("truncated", f"file ends early: {exc}") from None
@@ -155,6 +171,9 @@ def load_dataset(path: str | PathLike):
         if "end of file" in text or "eof" in text:
             # pydicom drops an encapsulated element cut off by EOF with only a warning.
             raise RejectedInput("truncated", str(w.message))
+    media_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    if media_class.startswith(_NON_IMAGE_SOP_PREFIXES) or "DirectoryRecordSequence" in ds:
+        raise RejectedInput("not_image", "not an image object (a DICOMDIR or other non-image)")
     if "SOPClassUID" not in ds and "Modality" not in ds and "PixelData" not in ds:
         raise RejectedInput("unreadable", "no SOP Class, Modality or Pixel Data: not a DICOM object")
     return ds
@@ -174,15 +193,22 @@ def check_cine(ds, config: ReadConfig) -> int:
                             f"want one of {list(config.modalities)}")
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise RejectedInput("no_pixel_data", "an image object without Pixel Data")
-    try:
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
+    declared = ds.get("NumberOfFrames", None)
+    if declared in (None, ""):
         n_frames = 1
-    if n_frames <= 1:
+    else:
+        try:
+            n_frames = int(declared)
+        except (TypeError, ValueError):
+            raise RejectedInput("bad_header", "NumberOfFrames is not a number") from None
+        if n_frames < 1:
+            raise RejectedInput("bad_header", f"NumberOfFrames is {n_frames}")
+    if n_frames == 1:
         raise RejectedInput("single_frame", "a still image (1 frame)")
     if n_frames < config.min_frames:
         raise RejectedInput("too_few_frames", f"{n_frames} frames < read.min_frames "
                             f"{config.min_frames}")
+    _check_dimensions(ds, n_frames)
     _check_length(ds, n_frames)
     return n_frames
 
@@ -220,7 +246,23 @@ def clip_from_dataset(ds) -> DicomClip:
         regions=ultrasound_regions(ds),
         pixel_spacing_mm=_pixel_spacing(ds),
         photometric=photometric,
+        lossy=is_lossy(ds),
     )
+
+
+# JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 (may be lossy), HTJ2K, MPEG/HEVC.
+_LOSSY_SYNTAX_PREFIXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                          "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91",
+                          "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.10",
+                          "1.2.840.10008.1.2.4.11")
+
+
+def is_lossy(ds) -> bool:
+    """Whether the pixels went through lossy compression (now or, per the header, before)."""
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if tsyntax.startswith(_LOSSY_SYNTAX_PREFIXES):
+        return True
+    return str(ds.get("LossyImageCompression", "") or "").strip() == "01"
 
 
 def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[DicomClip, ClipIdentity | None]:
@@ -479,21 +521,39 @@ def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
 
 
 def frame_rate(ds) -> float | None:
-    """Source frames per second from FrameTime, FrameTimeVector, CineRate or the display rate."""
-    candidates = []
-    if ds.get("FrameTime") not in (None, ""):
-        candidates.append(1000.0 / float(ds.FrameTime) if float(ds.FrameTime) > 0 else None)
-    vector = ds.get("FrameTimeVector")
-    if vector not in (None, "") and len(vector) > 1:
-        mean_ms = float(np.mean([float(v) for v in list(vector)[1:]]))
-        candidates.append(1000.0 / mean_ms if mean_ms > 0 else None)
+    """Source frames per second from FrameTime, FrameTimeVector, CineRate or the display rate.
+
+    A malformed value (not a number) is skipped like a missing one; none usable: None.
+    """
+    candidates: list[float | None] = []
+    frame_time = _number(ds, "FrameTime")
+    if frame_time is not None:
+        candidates.append(1000.0 / frame_time if frame_time > 0 else None)
+    try:
+        vector = ds.get("FrameTimeVector")
+        if vector not in (None, "") and len(vector) > 1:
+            mean_ms = float(np.mean([float(v) for v in list(vector)[1:]]))
+            candidates.append(1000.0 / mean_ms if mean_ms > 0 else None)
+    except (TypeError, ValueError):
+        pass
     for tag in ("CineRate", "RecommendedDisplayFrameRate"):
-        if ds.get(tag) not in (None, ""):
-            candidates.append(float(ds.get(tag)))
+        candidates.append(_number(ds, tag))
     for fps in candidates:
         if fps is not None and 1.0 <= fps <= 1000.0:
             return fps
     return None
+
+
+def _number(ds, tag: str) -> float | None:
+    """A numeric element as float; None when absent, empty or malformed."""
+    try:
+        value = ds.get(tag)
+        if value in (None, ""):
+            return None
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def ultrasound_regions(ds) -> list[UltrasoundRegion]:
@@ -540,6 +600,56 @@ def _parse_da(value) -> date | None:
         except ValueError:
             return None
     return None
+
+
+MAX_SIDE = 8192  # pixels: no ultrasound screen is larger; a larger header is a broken one
+
+
+def _check_dimensions(ds, n_frames: int) -> None:
+    """Rows/Columns against sanity and against the data, before anything is allocated.
+
+    Native data: at least one whole frame of the declared size must be there (less is a header
+    that does not describe this data; fewer frames than declared is `truncated`, checked next).
+    Encapsulated JPEG / JPEG-LS / JPEG 2000: the first frame's codestream states its size.
+    """
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        raise RejectedInput("bad_header", "Rows/Columns/SamplesPerPixel/BitsAllocated is not "
+                            "a number") from None
+    if not (0 < rows <= MAX_SIDE and 0 < cols <= MAX_SIDE):
+        raise RejectedInput("bad_header", f"Rows x Columns {rows} x {cols} (each must be 1.."
+                            f"{MAX_SIDE})")
+    if "PixelData" not in ds:
+        return
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if tsyntax is None or not tsyntax.is_compressed:
+        frame_bytes = rows * cols * samples * max(bits // 8, 1)
+        if len(ds.PixelData) < frame_bytes:
+            raise RejectedInput("bad_header", f"{len(ds.PixelData)} bytes of pixel data cannot "
+                                f"hold one {rows} x {cols} frame")
+        return
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels.utils import _get_jpg_parameters
+
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=n_frames,
+                                     extended_offsets=_extended_offsets(ds)))
+    except Exception:
+        return  # fragment problems are `_check_length`'s (truncated) and the decoder's
+    size = None
+    params = _get_jpg_parameters(first) if first[:2] == b"\xff\xd8" else {}
+    if params.get("height") and params.get("width"):
+        size = (int(params["height"]), int(params["width"]))
+    elif first[:4] == b"\xff\x4f\xff\x51" and len(first) >= 24:  # J2K SOC + SIZ
+        xsiz, ysiz = int.from_bytes(first[8:12], "big"), int.from_bytes(first[12:16], "big")
+        xo, yo = int.from_bytes(first[16:20], "big"), int.from_bytes(first[20:24], "big")
+        size = (ysiz - yo, xsiz - xo)
+    if size is not None and size != (rows, cols):
+        raise RejectedInput("bad_header", f"header says {rows} x {cols}, the first frame's "
+                            f"codestream {size[0]} x {size[1]}")
 
 
 def _check_length(ds, n_frames: int) -> None:

@@ -4,7 +4,9 @@
 
 Phases:
 
-1. **Scan** every regular file under ``--dicom`` (any name: exports often have no extension).
+1. **Scan** every path under ``--dicom`` (`scan_inputs`): regular files (any name: exports often
+   have no extension) are processed, everything else (loops, FIFOs, unreadable directories) gets
+   its report row with a reason.
 2. **Process** each file in a process pool (`process_file`): read and check the header, pair the
    study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a small
    `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached atomically
@@ -20,6 +22,7 @@ Nothing in the logs or the progress bar names a file: source paths can name pati
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -47,7 +50,12 @@ from echocmr.ingest.dicom_io import (
 from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
-from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.ingest.splits import (
+    KeyedHasher,
+    demo_key_refusal,
+    is_synthetic_cohort,
+    resolve_split_key,
+)
 from echocmr.shards.format import (
     FORMAT_VERSION,
     INGEST_REPORT_FILE,
@@ -61,7 +69,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 UNKNOWN_VIEW = "unknown"
 
 
@@ -79,6 +87,8 @@ class FileResult:
     pixel_stats: list[float] | None = None  # mean, std, n_pixels
     video_sha256: str | None = None
     study_hash: str | None = None  # also for unpaired studies, to count them
+    text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
+    paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
 
     def label_array(self) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
@@ -98,6 +108,10 @@ class IngestSummary:
     resumed_files: int = 0  # results taken from the work cache of an earlier, interrupted run
     key_source: str = "demo"
     seconds: float = 0.0
+    text_masked_clips: int = 0  # kept clips in which the text detector found (and masked) text
+    text_boxes: int = 0  # text boxes masked in them
+    text_detector: str = "mask"  # "mask", "reject" or "off"
+    label_warnings: dict[str, int] = field(default_factory=dict)  # what the label table lacked
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -107,12 +121,23 @@ class IngestSummary:
         lines.append("  clips per split: " + ", ".join(
             f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
+        if self.text_detector == "off":
+            lines.append("  text detector: off")
+        else:
+            lines.append(f"  text detector ({self.text_detector}): text masked in "
+                         f"{self.text_masked_clips} kept clip(s), {self.text_boxes} box(es); "
+                         f"rejected burned_in_text {self.rejected.get('burned_in_text', 0)}")
+        for what, n in sorted(self.label_warnings.items()):
+            lines.append(f"  label table: {what}: {n}")
         if self.resumed_files:
             lines.append(f"  resumed: {self.resumed_files} files from the work cache")
         lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
                      f"{os.path.join(self.out, INGEST_REPORT_FILE)} (site-local, never ship it)")
         if self.key_source == "demo":
-            lines.append("  WARNING: public demo split key used; set ECHOCMR_SPLIT_KEY for real data")
+            lines.append("  WARNING: public demo split key used (--allow-public-demo-key): "
+                         "patient hashes are reversible; set ECHOCMR_SPLIT_KEY for real data")
+        elif self.key_source.startswith("demo"):
+            lines.append("  public demo split key used: the input is a synthetic cohort")
         return "\n".join(lines)
 
 
@@ -159,7 +184,7 @@ def process_file(task: tuple[str, str]) -> FileResult:
         result, video = _process(ctx, source)
     except RejectedInput as exc:
         result, video = FileResult(source=source, status="rejected", reason=exc.reason,
-                                   detail=exc.detail), None
+                                   detail=exc.detail, paired=getattr(exc, "paired", False)), None
     except Exception as exc:  # a bug must not stop the job; the report says what happened
         result, video = FileResult(source=source, status="rejected", reason="error",
                                    detail=f"{type(exc).__name__}: {exc}"), None
@@ -181,10 +206,15 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         detail = f"no CMR of this patient within +-{ctx.cmr.window_days} days"
         return FileResult(source=source, status="rejected", reason="no_cmr_within_window",
                           detail=detail, study_hash=study_hash), None
-    clip = clip_from_dataset(ds)
-    del ds
-    prepared = preprocess_clip(clip, config.preprocess)
-    del clip
+    try:
+        clip = clip_from_dataset(ds)
+        del ds
+        prepared = preprocess_clip(clip, config.preprocess)
+        del clip
+        text_boxes = _detect_text(prepared.frames_THW, config)
+    except RejectedInput as exc:
+        exc.paired = True  # the label table did its part: counts against "pairs with nothing"
+        raise
     video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
 
     clip_hash = hasher.clip_hash(ident.sop_uid)
@@ -215,9 +245,27 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
-        study_hash=study_hash,
+        study_hash=study_hash, text_boxes=text_boxes, paired=True,
     )
     return result, video
+
+
+def _detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
+    """Run the text detector on a prepared clip: mask what it finds in place, or reject."""
+    detector = config.text_detector
+    if not detector.enabled:
+        return 0
+    from echocmr.ingest.text_detector import find_text, sample_indices
+
+    findings = find_text(frames_THW, detector)
+    if not findings.boxes:
+        return 0
+    if detector.action == "reject":
+        n = len(sample_indices(len(frames_THW), detector.frames))
+        raise RejectedInput("burned_in_text", f"the text detector found {findings.boxes} text "
+                            f"box(es) in {n} sampled output frames")
+    frames_THW[:, findings.mask_HW] = 0
+    return findings.boxes
 
 
 # -- the work cache ----------------------------------------------------------------------------
@@ -294,20 +342,84 @@ def entry_id(dicom_dir: str, source: str) -> str:
 # -- the job -----------------------------------------------------------------------------------
 
 
-def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> list[str]:
-    """Every regular file under ``dicom_dir`` as a sorted relative POSIX path.
+@dataclass
+class Scan:
+    """What the scan of ``--dicom`` met: files to process, and a report row for everything else."""
 
-    ``exclude`` is a directory to skip (the output, should it lie inside the input tree).
+    files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
+    skipped: list[FileResult]  # paths not processed, each with its reason
+
+
+def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
+    """Walk ``dicom_dir`` recursively and account for every path met.
+
+    Symlinks are followed, to files and to directories alike (exports link studies into place),
+    with every directory scanned once: a link back to a directory above it is ``symlink_loop``, a
+    second way to a directory already scanned is ``duplicate_directory``, a dangling link is
+    ``broken_symlink``. FIFOs, sockets and devices are ``not_regular_file`` (never opened: reading
+    a FIFO blocks), a directory that cannot be listed is ``unreadable_directory`` and a file
+    without read permission ``unreadable_file``. ``exclude`` is a directory to skip silently (the
+    output, should it lie inside the input tree).
     """
-    found = []
+    import stat
+
+    files: list[str] = []
+    skipped: list[FileResult] = []
     skip = os.path.realpath(exclude) if exclude else None
-    for root, dirs, files in os.walk(dicom_dir):
-        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
-        for name in files:
-            full = os.path.join(root, name)
-            if os.path.isfile(full):
-                found.append(Path(os.path.relpath(full, dicom_dir)).as_posix())
-    return sorted(found)
+    root_real = os.path.realpath(dicom_dir)
+    scanned = {root_real: "."}
+
+    def reject(rel: str, reason: str, detail: str) -> None:
+        skipped.append(FileResult(source=rel, status="rejected", reason=reason, detail=detail))
+
+    def walk(rel_dir: str, ancestors: frozenset[str]) -> None:
+        full_dir = os.path.join(dicom_dir, rel_dir) if rel_dir else dicom_dir
+        try:
+            with os.scandir(full_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            reject(rel_dir or ".", "unreadable_directory", f"cannot list it: {exc.strerror}")
+            return
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            link = entry.is_symlink()
+            try:
+                st = os.stat(entry.path)  # follows symlinks
+            except FileNotFoundError:
+                reject(rel, "broken_symlink", "the symlink's target does not exist")
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    reject(rel, "symlink_loop", "a symlink that resolves to itself")
+                else:
+                    reject(rel, "unreadable_file", f"cannot stat it: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = os.path.realpath(entry.path)
+                if skip is not None and real == skip:
+                    continue
+                if real in ancestors:
+                    reject(rel, "symlink_loop", "a directory symlink to a directory above it "
+                           "(not followed)")
+                elif real in scanned:
+                    reject(rel, "duplicate_directory", f"the same directory as {scanned[real]} "
+                           "(scanned once)")
+                else:
+                    scanned[real] = rel
+                    walk(rel, ancestors | {real})
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(entry.path, os.R_OK):
+                    reject(rel, "unreadable_file", "no permission to read it")
+                else:
+                    files.append(rel)
+            else:
+                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
+                        if stat.S_ISSOCK(st.st_mode) else "a device file")
+                reject(rel, "not_regular_file", f"{kind}{' (via a symlink)' if link else ''}; "
+                       "never opened")
+
+    walk("", frozenset({root_real}))
+    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
 
 
 def read_views(path: str | None) -> dict[str, str]:
@@ -330,6 +442,15 @@ def read_views(path: str | None) -> dict[str, str]:
         if uid and view and view.lower() not in ("nan", "none"):
             views[uid] = view
     return views
+
+
+def _text_engine(config: IngestConfig) -> str:
+    """The OCR model's identity when the detector is on: a new model version redoes every file."""
+    if not config.text_detector.enabled:
+        return "text detector off"
+    from echocmr.ingest.text_detector import engine_version
+
+    return engine_version()
 
 
 def _file_digest(path: str | None) -> str:
@@ -374,10 +495,18 @@ def run_ingest(
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
-    from echocmr.ingest.labels import read_table
+    from echocmr.ingest.labels import WARNINGS_ATTR, read_table
     from echocmr.shards.storage import atomic_write
 
-    key, key_source = resolve_split_key(config.splits.split_key)
+    key, key_source = resolve_split_key(config.splits.split_key, warn=False)
+    if key_source == "demo":
+        if is_synthetic_cohort(dicom_dir, labels_path):
+            key_source = "demo (synthetic cohort)"
+        elif not config.splits.allow_public_demo_key:
+            raise demo_key_refusal()
+        else:
+            log.warning("public demo split key used for data that is not a synthetic cohort "
+                        "(--allow-public-demo-key): every patient hash is reversible")
     hasher = KeyedHasher(key, site=config.site, config=config.splits)
     table = read_table(labels_path, config.labels)
     cmr = CmrIndex(table, config.pairing)
@@ -385,13 +514,16 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     log.info("CMR table: %d rows for %d patients; views for %d instances",
              len(cmr), cmr.n_patients, len(views))
 
-    sources = scan_inputs(dicom_dir, exclude=out_dir)
+    scan = scan_inputs(dicom_dir, exclude=out_dir)
+    sources = scan.files
     if not sources:
-        raise ValueError(f"--dicom {dicom_dir} holds no files")
+        raise ValueError(f"--dicom {dicom_dir} holds no readable files"
+                         + (f" ({len(scan.skipped)} other path(s) skipped)" if scan.skipped else ""))
     work = WorkCache(os.path.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
-        CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint, _file_digest(str(labels_path)),
-        _file_digest(None if views_path is None else str(views_path)),
+        CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint,
+        _file_digest(str(labels_path)), _file_digest(None if views_path is None else str(views_path)),
+        _text_engine(config),
     ]).encode()).hexdigest()
     work.prepare(fingerprint)
 
@@ -413,21 +545,34 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     for result in results_iter:
         results[result.source] = result
 
-    ordered = [results[s] for s in sources]
+    ordered = sorted([results[s] for s in sources] + scan.skipped, key=lambda r: r.source)
     _reject_duplicates(ordered)
-    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
     report = _report_bytes(ordered)
+    unpaired = [r for r in ordered if r.reason == "no_cmr_within_window"]
+    if unpaired and not any(r.paired for r in ordered):
+        atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
+        raise ValueError(
+            f"the label table {labels_path} pairs with no echo study ({len(unpaired)} file(s) "
+            f"found no CMR of their patient within +-{config.pairing.window_days} days; report "
+            f"in {os.path.join(out_dir, INGEST_REPORT_FILE)}): check that its patient IDs are "
+            "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
+            "dates are right (labels.date_format) and pairing.window_days")
+    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
     atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
 
     rejected = Counter(r.reason for r in ordered if r.status == "rejected")
-    unpaired = {r.study_hash for r in ordered if r.reason == "no_cmr_within_window"}
+    unpaired_studies = {r.study_hash for r in unpaired}
     if not config.keep_work_cache:
         work.remove()
     return IngestSummary(
         out=out_dir, files=len(ordered), kept=sum(r.status == "kept" for r in ordered),
-        rejected=dict(rejected), clips_per_split=summary.clips, unpaired_studies=len(unpaired),
+        rejected=dict(rejected), clips_per_split=summary.clips,
+        unpaired_studies=len(unpaired_studies), label_warnings=dict(table.attrs.get(WARNINGS_ATTR, {})),
         shards=summary.shards, resumed_files=resumed, key_source=key_source,
         seconds=time.monotonic() - started,
+        text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
+        text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
+        text_detector=config.text_detector.action if config.text_detector.enabled else "off",
     )
 
 

@@ -12,12 +12,28 @@ Tasks, in shard order: WMA, LGE, T1, T2, ECV (`shards.format.TASKS`). Every task
 
 Patient IDs are read as text (a CSV reader would turn ``00123`` into ``123`` and break pairing)
 and stripped; CMR dates are parsed to dates.
+
+The table is read strictly, and what reading did is reported. Errors name the file, the column
+and the first offending rows (1-based data rows: row 1 is the first line after a CSV header):
+
+* a patient-ID column stored as numbers (Parquet ints/floats: leading zeros are gone, so
+  ``00123`` never pairs) unless ``numeric_patient_ids: strip_leading_zeros``;
+* a date that is not ISO 8601 (``08/05/2023`` is day-first in Europe, month-first in the US)
+  unless ``date_format`` says how to read it; a date that does not parse; a date in the future;
+* text in a numeric column (``high``, ``1.5T``, ``3 T``; ``31,5`` unless ``decimal_comma``);
+* rows of one patient and date whose labels disagree, unless ``conflicting_duplicates: drop``.
+
+Counted warnings (`TableReport.warnings`, printed in the ingest summary): rows without a date or
+patient ID (ignored), identical duplicate rows (merged), conflicting duplicates dropped, a task
+with no column at all (unknown for every row; an error with ``missing_task_columns: error``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from datetime import date
 from os import PathLike
 from pathlib import Path
 
@@ -33,9 +49,21 @@ _TRUE = {"1", "1.0", "true", "yes", "y", "t", "positive", "abnormal"}
 _FALSE = {"0", "0.0", "false", "no", "n", "f", "negative", "normal"}
 
 
+WARNINGS_ATTR = "label_warnings"  # DataFrame.attrs key: counted warnings of the reading
+STRIP_ZEROS_ATTR = "strip_leading_zeros"  # DataFrame.attrs key: compare IDs without leading 0s
+_SHOW_ROWS = 5
+
+
+def strip_zeros(patient_id: str) -> str:
+    """``"00123"`` -> ``"123"`` (``"000"`` -> ``"0"``), for `numeric_patient_ids` tables."""
+    return patient_id.lstrip("0") or ("0" if patient_id else "")
+
+
 def read_table(path: str | PathLike, config: LabelConfig | None = None) -> pd.DataFrame:
     """Read the CMR table and return it with ``patient_id`` (str), ``cmr_date`` (date),
-    ``field_strength_t`` (float) and the five task columns (float: 1, 0 or NaN)."""
+    ``field_strength_t`` (float) and the five task columns (float: 1, 0 or NaN).
+
+    ``.attrs[WARNINGS_ATTR]`` holds the counted warnings (what -> rows)."""
     config = config or LabelConfig()
     path = Path(path)
     if not path.is_file():
@@ -52,26 +80,35 @@ def read_table(path: str | PathLike, config: LabelConfig | None = None) -> pd.Da
 
 def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR table") -> pd.DataFrame:
     """Validate a raw CMR table and compute the five labels (see the module docstring)."""
+    warnings: Counter[str] = Counter()
     for column in (config.patient_id_column, config.date_column):
         if column not in raw.columns:
             raise ValueError(
                 f"{where}: missing column {column!r} (columns: {list(raw.columns)}); "
                 "set labels.patient_id_column / labels.date_column in the config"
             )
+    raw = raw.reset_index(drop=True)
     ids = raw[config.patient_id_column]
+    strip = False
+    if pd.api.types.is_numeric_dtype(ids.dtype):
+        if config.numeric_patient_ids == "error":
+            raise ValueError(
+                f"{where}: column {config.patient_id_column!r} holds numbers ({ids.dtype}), so "
+                "IDs with leading zeros ('00123') have lost them and will never pair with the "
+                "DICOMs' Patient ID. Store the column as text, or set "
+                "labels.numeric_patient_ids: strip_leading_zeros to compare IDs without them")
+        strip = True
     out = pd.DataFrame({"patient_id": ids.map(_id_text)})
-    dates = pd.to_datetime(raw[config.date_column], errors="coerce")
-    out["cmr_date"] = dates.dt.date
+    if strip:
+        out["patient_id"] = out["patient_id"].map(strip_zeros)
+    out["cmr_date"] = _dates(raw[config.date_column], config, where, warnings)
     if config.field_strength_column in raw.columns:
-        out["field_strength_t"] = pd.to_numeric(raw[config.field_strength_column], errors="coerce")
+        out["field_strength_t"] = _numbers(raw[config.field_strength_column], config, where)
     else:
         out["field_strength_t"] = np.nan
-    bad_dates = int(dates.isna().sum())
-    if bad_dates:
-        log.warning("%s: %d row(s) without a valid CMR date are ignored", where, bad_dates)
     missing_ids = int((out["patient_id"] == "").sum())
     if missing_ids:
-        log.warning("%s: %d row(s) without a patient id are ignored", where, missing_ids)
+        warnings["rows without a patient ID (ignored)"] += missing_ids
 
     field = out["field_strength_t"].to_numpy(dtype=np.float64)
     raw_sources = {
@@ -87,12 +124,113 @@ def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR
         if task in raw_sources:
             column, rule = raw_sources[task]
             if column in raw.columns:
-                measured = pd.to_numeric(raw[column], errors="coerce").to_numpy(dtype=np.float64)
+                measured = _numbers(raw[column], config, where).to_numpy(dtype=np.float64)
                 derived = np.array([rule(v, f) for v, f in zip(measured, field, strict=True)])
                 values = np.where(np.isnan(values), derived, values)
         out[task] = values.astype(np.float64)
+        has_raw = task in raw_sources and raw_sources[task][0] in raw.columns
+        if not (binary and binary in raw.columns) and not has_raw:
+            columns = [c for c in (binary, raw_sources.get(task, (None,))[0]) if c]
+            if config.missing_task_columns == "error":
+                raise ValueError(f"{where}: no column for task {task!r} (looked for "
+                                 f"{columns}); set labels.missing_task_columns: warn to leave "
+                                 "it unknown")
+            warnings[f"task {task}: no column {columns} (unknown for every row)"] += len(raw)
+    out["_row"] = np.arange(1, len(raw) + 1)
     keep = out["cmr_date"].notna() & (out["patient_id"] != "")
-    return out[keep].reset_index(drop=True)
+    out = _duplicates(out[keep], config, where, warnings)
+    out = out.drop(columns="_row").reset_index(drop=True)
+    for what, n in warnings.items():
+        log.warning("%s: %s: %d", where, what, n)
+    out.attrs[WARNINGS_ATTR] = dict(warnings)
+    out.attrs[STRIP_ZEROS_ATTR] = strip
+    return out
+
+
+def _rows(mask: np.ndarray) -> str:
+    rows = (np.flatnonzero(mask) + 1).tolist()
+    shown = ", ".join(map(str, rows[:_SHOW_ROWS]))
+    return f"row{'s' if len(rows) > 1 else ''} {shown}" + (f" (+{len(rows) - _SHOW_ROWS} more)"
+                                                          if len(rows) > _SHOW_ROWS else "")
+
+
+def _dates(column: pd.Series, config: LabelConfig, where: str, warnings: Counter) -> pd.Series:
+    """CMR dates, strictly: ISO 8601 (or ``date_format``); none in the future."""
+    name = column.name
+    empty = column.isna() | column.astype(str).str.strip().isin(["", "NaT", "nan", "None"])
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        parsed = pd.to_datetime(column)
+    elif column.map(lambda v: isinstance(v, date)).all() or column.map(
+            lambda v: isinstance(v, date) or v is None).all():
+        parsed = pd.to_datetime(column)
+    else:
+        text = column.astype(str).str.strip()
+        fmt = config.date_format or "ISO8601"
+        parsed = pd.to_datetime(text.where(~empty), format=fmt, errors="coerce")
+        bad = (parsed.isna() & ~empty).to_numpy()
+        if bad.any():
+            first = text[bad].iloc[0]
+            hint = ("" if config.date_format else
+                    "; dates must be ISO 8601 (2023-05-08): a date such as 08/05/2023 is "
+                    "day-first in some places and month-first in others, so set "
+                    "labels.date_format (e.g. '%d/%m/%Y') to say which")
+            raise ValueError(f"{where}: column {name!r}: {_rows(bad)} hold dates that do not "
+                             f"parse (first: {first!r}){hint}")
+    future = (parsed.dt.date > date.today()).fillna(False).to_numpy(dtype=bool)
+    if future.any():
+        raise ValueError(f"{where}: column {name!r}: {_rows(future)} hold dates in the future "
+                         f"(first: {parsed[future].iloc[0].date()})")
+    missing = int(parsed.isna().sum())
+    if missing:
+        warnings["rows without a CMR date (ignored)"] += missing
+    return parsed.dt.date
+
+
+def _numbers(column: pd.Series, config: LabelConfig, where: str) -> pd.Series:
+    """A numeric column, strictly: a cell that is not empty and not a number is an error."""
+    if pd.api.types.is_numeric_dtype(column.dtype):
+        return column.astype(np.float64)
+    text = column.astype(str).str.strip()
+    empty = column.isna() | text.str.lower().isin(["", "nan", "na", "n/a", "none"])
+    if config.decimal_comma:
+        text = text.str.replace(",", ".", regex=False)
+    parsed = pd.to_numeric(text.where(~empty), errors="coerce")
+    bad = (parsed.isna() & ~empty).to_numpy()
+    if bad.any():
+        first = column[bad].iloc[0]
+        hint = (" (a decimal comma? set labels.decimal_comma: true)"
+                if "," in str(first) and not config.decimal_comma else
+                " (numbers only: no units such as 'T' or 'ms', no words)")
+        raise ValueError(f"{where}: column {column.name!r}: {_rows(bad)} hold text where a "
+                         f"number belongs (first: {first!r}){hint}")
+    return parsed.astype(np.float64)
+
+
+def _duplicates(out: pd.DataFrame, config: LabelConfig, where: str,
+                warnings: Counter) -> pd.DataFrame:
+    """Rows of one patient and date: identical ones merged, conflicting ones an error (or
+    dropped, per ``conflicting_duplicates``)."""
+    values = ["field_strength_t", *TASKS]
+    key = ["patient_id", "cmr_date"]
+    dup = out.duplicated(key, keep=False)
+    if not dup.any():
+        return out
+    groups = out[dup].fillna({c: -1e300 for c in values}).groupby(key)[values].nunique()
+    conflicting = groups[(groups > 1).any(axis=1)].index
+    is_conflict = out.set_index(key).index.isin(conflicting)
+    if len(conflicting):
+        if config.conflicting_duplicates == "error":
+            rows = out.loc[is_conflict, "_row"].tolist()
+            shown = ", ".join(map(str, rows[:_SHOW_ROWS]))
+            raise ValueError(f"{where}: rows {shown} give one patient and CMR date different "
+                             "labels; fix the table or set labels.conflicting_duplicates: drop")
+        warnings["conflicting duplicate rows (dropped)"] += int(is_conflict.sum())
+        out = out[~is_conflict]
+    identical = out.duplicated(key, keep="first")
+    if identical.any():
+        warnings["identical duplicate rows (merged)"] += int(identical.sum())
+        out = out[~identical]
+    return out
 
 
 def _id_text(value) -> str:

@@ -43,7 +43,11 @@ class CmrIndex:
     """CMR rows by patient, for `pair`. Small and picklable: worker processes each get a copy."""
 
     def __init__(self, table: pd.DataFrame, config: PairingConfig | None = None) -> None:
+        from echocmr.ingest.labels import STRIP_ZEROS_ATTR
+
         self.window_days = (config or PairingConfig()).window_days
+        # The table's IDs were numbers: compare without leading zeros (`labels.numeric_patient_ids`).
+        self.strip_leading_zeros = bool(table.attrs.get(STRIP_ZEROS_ATTR, False))
         self._by_patient: dict[str, list[tuple[date, int, tuple[float, ...], float | None]]] = {}
         for row_number, row in enumerate(table.itertuples(index=False)):
             field = getattr(row, "field_strength_t", float("nan"))
@@ -67,7 +71,10 @@ class CmrIndex:
         if echo_date is None:
             return None
         best = None
-        for cmr_date, row_number, labels, field in self._by_patient.get(patient_id.strip(), []):
+        patient_id = patient_id.strip()
+        if self.strip_leading_zeros:
+            patient_id = patient_id.lstrip("0") or ("0" if patient_id else "")
+        for cmr_date, row_number, labels, field in self._by_patient.get(patient_id, []):
             gap = (echo_date - cmr_date).days
             if abs(gap) > self.window_days:
                 continue

@@ -88,7 +88,7 @@ def preprocess_clip(clip: DicomClip, config: PreprocessConfig | None = None) -> 
     if clip.chroma_HW is not None:
         coloured = clip.chroma_HW > config.read.doppler_chroma_threshold
     sector = find_sector(clip.frames_THW, clip.regions, config.sector, clip.pixel_spacing_mm,
-                         exclude_HW=coloured)
+                         exclude_HW=coloured, lossy=clip.lossy)
     check_colour_doppler(clip.chroma_HW, sector, config.read)
 
     orig_n = int(clip.frames_THW.shape[0])

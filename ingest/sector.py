@@ -15,9 +15,29 @@ vendor's screen layout. Two sources tell us where the sector is:
 Strongly coloured pixels (ECG traces, cursors and logos on colour machines) can be excluded from
 the motion map so that they never join the sector.
 
-Inside the hull, pixels that are bright and perfectly still (``overlay_max_std``,
-``overlay_min_level``) are overlay (text, focus/depth markers, the orientation dot) and are masked,
-with a one-pixel margin for anti-aliased glyph edges. Real tissue is never that still.
+A clip in which nothing moves (a frozen or paused loop, a still screen saved as a cine) has no
+sector to find: `find_sector` raises `RejectedInput("no_sector")` rather than keep the frame
+uncropped, because everything outside a located sector (the header band with the patient's name,
+ID and birth date) must never reach a shard. The region sequence alone gives a crop box, not a
+sector: the sector inside it must be confirmed by motion.
+
+Inside the hull, burned-in overlay (text, focus/depth markers, the orientation dot, a frame
+counter's static parts) is masked as the bounding box of each word (`overlay_boxes`: blanking
+the glyph pixels alone leaves legible black letters in bright tissue). A pixel
+is overlay when its temporal mean is at least ``overlay_min_level`` and it is *still*:
+
+* its temporal std is at most ``overlay_max_std`` (lossless data: text is exactly constant), or
+* in a clip that was lossy-compressed (`DicomClip.lossy`: a lossy transfer syntax or
+  LossyImageCompression "01"), its temporal std is at most ``overlay_codec_noise_std`` (JPEG adds
+  2-3 grey levels of noise to constant text next to moving speckle) **and** it lies in a flat patch:
+  at least two of its 8 neighbours are still too and have a temporal mean within
+  ``overlay_flat_delta`` grey levels of its own. Glyph strokes are runs of one level; speckle,
+  even where it barely moves, is granular. This is the temporal-plus-spatial structure a raw std
+  cut misses.
+
+Dim text (grey ~40) is caught because the level floor is low (16): dark still pixels that are
+not text cost nothing to mask. What this cannot catch (text that changes every frame, such as a
+frame counter) the text detector (`ingest.text_detector`) looks for in the output frames.
 """
 
 from __future__ import annotations
@@ -27,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from echocmr.ingest.config import SectorConfig
-from echocmr.ingest.dicom_io import UltrasoundRegion
+from echocmr.ingest.dicom_io import RejectedInput, UltrasoundRegion
 
 _STRUCT3 = np.ones((3, 3), dtype=bool)
 
@@ -39,7 +59,7 @@ class Sector:
     box: tuple[int, int, int, int]  # (y0, y1, x0, x1), half-open, in frame pixels
     mask_HW: np.ndarray  # bool, box-sized: True = keep (in the sector, not an overlay)
     spacing_mm: tuple[float, float] | None  # (row, col) mm per source pixel, when known
-    source: str  # "region+pixels", "pixels", "region" or "none": how the sector was found
+    source: str  # "region+pixels" or "pixels": how the sector was found
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,11 +81,13 @@ def find_sector(
     config: SectorConfig | None = None,
     pixel_spacing_mm: tuple[float, float] | None = None,
     exclude_HW: np.ndarray | None = None,
+    lossy: bool = False,
 ) -> Sector:
     """Locate the sector of ``uint8[T, H, W]`` frames (see the module docstring).
 
     ``exclude_HW`` marks pixels that must not count as moving tissue; preprocessing passes the
     strongly coloured ones, so a colour ECG trace touching the fan cannot join the sector.
+    ``lossy`` turns on the codec-noise rule for overlays. Raises `RejectedInput("no_sector")` when no moving sector can be found.
     """
     from scipy import ndimage
 
@@ -97,27 +119,83 @@ def find_sector(
         moving &= ~ndimage.binary_dilation(excluded, structure=_STRUCT3, iterations=3)
     moving = ndimage.binary_opening(moving, structure=_STRUCT3, iterations=2)
     labels, n = ndimage.label(moving, structure=_STRUCT3)
+    where = "inside the region sequence's box" if source == "region" else "in the frame"
     if n == 0:
-        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+        raise RejectedInput("no_sector", f"nothing moves {where} (a frozen or still clip): the "
+                            "sector cannot be located, and an uncropped frame may show text")
     sizes = np.bincount(labels.ravel())[1:]
     biggest = int(np.argmax(sizes)) + 1
-    if sizes[biggest - 1] < config.min_sector_fraction * full.size:
-        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+    fraction = sizes[biggest - 1] / full.size
+    if fraction < config.min_sector_fraction:
+        raise RejectedInput("no_sector", f"the largest moving area {where} is {fraction:.1%} of "
+                            f"it (< sector.min_sector_fraction {config.min_sector_fraction:.0%})")
 
     mask = convex_hull_mask(labels == biggest)
     if config.mask_static_overlays:
-        overlay = mask & (std_HW <= config.overlay_max_std) & (mean_HW >= config.overlay_min_level)
+        overlay = mask & overlay_mask(std_HW, mean_HW, config, lossy=lossy)
         if overlay.any():
-            mask &= ~ndimage.binary_dilation(overlay, structure=_STRUCT3)
+            mask &= ~overlay_boxes(overlay, int(mask.sum()))
     source = "region+pixels" if source == "region" else "pixels"
 
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
-        return Sector(box=box, mask_HW=full, spacing_mm=spacing, source=source)
+        raise RejectedInput("no_sector", "the whole moving area is static overlay")
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     tight = (y0 + r0, y0 + r1, x0 + c0, x0 + c1)
     return Sector(box=tight, mask_HW=mask[r0:r1, c0:c1].copy(), spacing_mm=spacing, source=source)
+
+
+def overlay_boxes(overlay_HW: np.ndarray, sector_pixels: int) -> np.ndarray:
+    """What to blank for the overlay pixels: the bounding box of each word, not its glyphs.
+
+    Blanking glyph pixels alone leaves their shapes as black holes in bright tissue, which read
+    as well as the text did; blanking each letter's box leaves blocky letters. Overlay pixels are
+    dilated by two pixels (anti-aliased edges), grouped along rows (pixels up to 8 apart
+    horizontally join: letters of a word and words of a line), and each group that looks like
+    text (it fills 40 % of its bounding box, or the box is at least twice as wide as high) and
+    whose box is at most 30 % of the sector is blanked as that box; anything else (ragged or large
+    still tissue) is blanked as the dilated pixels themselves.
+    """
+    from scipy import ndimage
+
+    grown = ndimage.binary_dilation(overlay_HW, structure=_STRUCT3, iterations=2)
+    groups = ndimage.binary_dilation(grown, structure=np.ones((1, 9), dtype=bool)) | grown
+    labels, _ = ndimage.label(groups, structure=_STRUCT3)
+    out = grown.copy()
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        area = height * width
+        members = grown[box] & (labels[box] == i)
+        textlike = members.sum() >= 0.4 * area or width >= 2 * height
+        if area <= 0.3 * sector_pixels and textlike:
+            out[box] = True
+    return out
+
+
+def overlay_mask(std_HW: np.ndarray, mean_HW: np.ndarray, config: SectorConfig, *,
+                 lossy: bool = False) -> np.ndarray:
+    """Pixels that are burned-in overlay by their temporal statistics (module docstring)."""
+    bright = mean_HW >= config.overlay_min_level
+    exact = bright & (std_HW <= config.overlay_max_std)
+    if not lossy:
+        return exact
+    noisy = bright & (std_HW <= config.overlay_codec_noise_std)
+    # Count the 8-neighbours that are noisy-still too and of nearly the same mean level.
+    h, w = mean_HW.shape
+    mean_p = np.pad(mean_HW, 1, mode="edge")
+    still_p = np.pad(noisy, 1)
+    flat_neighbours = np.zeros((h, w), dtype=np.int8)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            if dy == 1 and dx == 1:
+                continue
+            nb_mean = mean_p[dy:dy + h, dx:dx + w]
+            nb_still = still_p[dy:dy + h, dx:dx + w]
+            flat_neighbours += nb_still & (np.abs(nb_mean - mean_HW) <= config.overlay_flat_delta)
+    return exact | (noisy & (flat_neighbours >= 2))
 
 
 def convex_hull_mask(points_HW: np.ndarray) -> np.ndarray:

@@ -11,16 +11,27 @@ cannot be recomputed from a known patient ID (a plain SHA-256 of an ID can be, b
 * ``split_key_fingerprint`` = HMAC(key, fixed text): tells whether two shard sets used the same key
   (reshard refuses to mix keys) and reveals nothing about the key.
 
-The key comes from ``splits.split_key`` in the config, else ``ECHOCMR_SPLIT_KEY``, else the public
-`DEMO_SPLIT_KEY` with a warning: fine for synthetic data, not for patients.
+The key comes from ``splits.split_key`` in the config, else ``ECHOCMR_SPLIT_KEY``. Without either,
+ingest refuses to run (`DemoKeyRefused`) unless the input is a synthetic cohort written by
+``echocmr synth`` or the user passed ``--allow-public-demo-key`` (``splits.allow_public_demo_key``):
+the public `DEMO_SPLIT_KEY` makes every hash reversible by trying candidate IDs (100k IDs take
+seconds).
+
+A synthetic cohort is recognised by ``synthetic_cohort.json`` beside the label table (synth writes
+it): it names the generator and lists the SHA-256 of each label table synth wrote. It counts only
+when the ``--labels`` file's digest is listed there and ``--dicom`` lies inside the marker's
+directory; a marker a user copies next to a real table, or a real table edited afterwards, does
+not match. No hospital export contains it by accident.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
+from pathlib import Path
 
 from echocmr.ingest.config import SplitConfig
 from echocmr.shards.format import SPLITS
@@ -47,6 +58,56 @@ def resolve_split_key(configured: str | None = None, *, warn: bool = True) -> tu
             ENV_VAR,
         )
     return DEMO_SPLIT_KEY.encode(), "demo"
+
+
+SYNTHETIC_MARKER = "synthetic_cohort.json"
+_MARKER_GENERATOR = "echocmr synth"
+
+
+class DemoKeyRefused(ValueError):
+    """No split key was given for data that is not a synthetic cohort."""
+
+
+def demo_key_refusal() -> DemoKeyRefused:
+    return DemoKeyRefused(
+        f"no split key: set ${ENV_VAR} (or splits.split_key in --config) to a secret, e.g. "
+        f"`export {ENV_VAR}=$(openssl rand -hex 32)`, store it safely and use the same key for "
+        "every later ingest of this site: a different key gives every patient new hashes and a "
+        "new split (a patient's clips from two runs would then sit in different splits, and "
+        "`shards reshard` refuses to mix the sets). The public demo key is used only for a "
+        "cohort written by `echocmr synth`, or with --allow-public-demo-key, which makes every "
+        "patient hash reversible by anyone holding a list of patient IDs."
+    )
+
+
+def write_synthetic_marker(cohort_dir: str | os.PathLike, label_tables: tuple[str, ...], *,
+                           seed: int, patients: int) -> None:
+    """Write the marker that tells ingest this cohort is synthetic (called by `echocmr synth`)."""
+    root = Path(cohort_dir)
+    digests = {name: hashlib.sha256((root / name).read_bytes()).hexdigest()
+               for name in label_tables}
+    marker = {"generator": _MARKER_GENERATOR, "seed": seed, "patients": patients,
+              "label_tables_sha256": digests}
+    (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+
+
+def is_synthetic_cohort(dicom_dir: str | os.PathLike, labels_path: str | os.PathLike) -> bool:
+    """Whether ``labels_path`` is a label table `echocmr synth` wrote, for DICOMs inside its
+    cohort (see the module docstring)."""
+    labels = Path(labels_path).resolve()
+    marker_path = labels.parent / SYNTHETIC_MARKER
+    try:
+        marker = json.loads(marker_path.read_text())
+        listed = marker["label_tables_sha256"][labels.name]
+        generator = marker["generator"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if generator != _MARKER_GENERATOR:
+        return False
+    if hashlib.sha256(labels.read_bytes()).hexdigest() != listed:
+        return False
+    dicom = Path(dicom_dir).resolve()
+    return dicom == labels.parent or labels.parent in dicom.parents
 
 
 def key_fingerprint(key: bytes) -> str:

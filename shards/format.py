@@ -80,7 +80,11 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "pixel_mean",
     "pixel_std",
     "n_pixels",
+    "json_sha256",
 )
+# Columns a set of this format version may lack (written before they were added): readers fill
+# them with nulls, and `shards verify` then skips the check they allow.
+OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256",)
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -98,6 +102,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("pixel_mean", pa.float64()),
         ("pixel_std", pa.float64()),
         ("n_pixels", pa.int64()),
+        ("json_sha256", pa.string()),  # SHA-256 of the KEY.json member (tamper evidence)
     ]
 )
 assert tuple(MANIFEST_SCHEMA.names) == MANIFEST_COLUMNS

@@ -21,6 +21,7 @@ from echocmr.shards import storage
 from echocmr.shards.format import (
     EXTENSIONS,
     MANIFEST_FILE,
+    OPTIONAL_MANIFEST_COLUMNS,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -44,7 +45,11 @@ def read_manifest(directory: str) -> pd.DataFrame:
             "manifest last; re-run the ingest or reshard that makes it)"
         )
     with storage.open_file(path, "rb") as f:
-        return pq.read_table(io.BytesIO(f.read())).to_pandas()
+        manifest = pq.read_table(io.BytesIO(f.read())).to_pandas()
+    for column in OPTIONAL_MANIFEST_COLUMNS:
+        if column not in manifest.columns:  # a set written before the column existed
+            manifest[column] = None
+    return manifest
 
 
 def read_stats(directory: str) -> dict:

@@ -6,12 +6,18 @@ problem as a `Problem(shard, sample, what)` instead of stopping at the first:
 - the set: ``manifest.parquet`` and ``stats.json`` present and readable, of the format version
   this code reads (an older set must be re-ingested); no stray index;
 - each tar: opens, every member is whole, it ends with the end-of-archive blocks (so a tar cut at a
-  member boundary is caught too), and its ``.idx`` equals the index rebuilt from the tar;
+  member boundary is caught too) and holds nothing after them but the zero padding of its last
+  10 KiB record (bytes appended to a tar are invisible to tar readers), and its ``.idx`` equals
+  the index rebuilt from the tar;
 - each sample: a valid key, exactly ``.json``, ``.labels`` and ``.webm``; labels are 20 bytes; the
   JSON parses and names the same key, and the split of its shard;
-- against the manifest: the same keys in the same shards; split, site, patient, study, labels,
-  frame count, and the video's size and SHA-256 (a flipped byte inside a clip shows up here
-  without decoding; VP9 decoders happily decode damaged streams);
+- against the manifest: the same keys in the same shards; split, site, patient, study, frame
+  count, the ``.labels`` bytes (exactly: a changed bit inside a NaN is caught too), the video's
+  size and SHA-256 (a flipped byte inside a clip shows up here without decoding; VP9 decoders
+  happily decode damaged streams) and the ``.json`` member's SHA-256 (``json_sha256``; sets
+  written before that column existed skip this check): a changed byte anywhere in a sample;
+- ``stats.json`` against the manifest: the pixel mean/std of train (training normalises with
+  them), label prevalence and counts per split, recomputed and compared;
 - across the set: no key twice, no patient in two splits;
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
@@ -43,6 +49,7 @@ from echocmr.shards.format import (
     check_format_version,
     decode_labels,
     decode_meta,
+    encode_labels,
     index_name,
     split_member_name,
     validate_key,
@@ -51,6 +58,7 @@ from echocmr.shards.index import IndexEntry, format_index, group_members
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
 _BLOCK = 512
+_RECORD = 20 * _BLOCK  # tar's record size: the archive may be zero-padded to a multiple of it
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,38 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
                     problems.append(Problem(shard, key, what))
 
     problems += _check_manifest(manifest, seen)
+    problems += _check_stats(manifest, stats)
     return problems
+
+
+def _check_stats(manifest: pd.DataFrame, stats: dict) -> list[Problem]:
+    """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`)."""
+    from echocmr.shards.stats import compute_stats
+
+    try:
+        expected = compute_stats(manifest, clip_format=stats["clip"],
+                                 split_key_fingerprint=stats["split_key_fingerprint"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return [Problem(None, None, f"stats.json cannot be checked against the manifest: {exc}")]
+    wrong = [k for k in sorted(set(expected) | set(stats))
+             if k != "format_version"  # reported on its own, above
+             and not _close(expected.get(k), stats.get(k))]
+    return [Problem("stats.json", None, f"{k} does not match the manifest (stats.json "
+                    f"{stats.get(k)!r}, manifest gives {expected.get(k)!r})") for k in wrong]
+
+
+def _close(a, b) -> bool:
+    """Equal, with floats equal to 1e-6 relative (stats.json rounds to 6 decimals)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    return a == b
 
 
 def _check_tar(
@@ -170,6 +209,15 @@ def _check_tar(
                 "tar does not end with the end-of-archive blocks (truncated after this sample?)",
             )
         )
+    else:
+        # After the two zero blocks a tar may only hold zero padding up to its record size.
+        size = storage.size(tar_path)
+        allowed = -(-(end + 2 * _BLOCK) // _RECORD) * _RECORD
+        tail = storage.read_range(tar_path, end + 2 * _BLOCK, min(size - end - 2 * _BLOCK,
+                                                                   _RECORD))
+        if size > allowed or tail.strip(b"\0"):
+            problems.append(Problem(shard, None, f"{size - end - 2 * _BLOCK} byte(s) after the "
+                                    "end-of-archive blocks (not zero padding): appended data"))
     idx_path = tar_path[: -len(".tar")] + ".idx"
     if not storage.exists(idx_path):
         problems.append(Problem(index_name(shard), None, "index missing (DALI needs it)"))
@@ -251,6 +299,12 @@ def _compare_with_manifest(
         wrong = [t for i, t in enumerate(TASKS) if not _same_label(float(labels[i]), row[t])]
         if wrong:
             bad(f".labels differ from the manifest for {', '.join(wrong)}")
+        elif members["labels"] != encode_labels(np.array([row[t] for t in TASKS], np.float32)):
+            bad(".labels bytes differ from the manifest's labels (a changed bit in a NaN?)")
+    expected_json = row.get("json_sha256")
+    if "json" in members and isinstance(expected_json, str):
+        if hashlib.sha256(members["json"]).hexdigest() != expected_json:
+            bad(".json content differs from the manifest's SHA-256 (json_sha256)")
     if meta is not None:
         for field in ("split", "site", "patient_hash", "study_hash", "view", "n_frames"):
             value = getattr(meta, field)

@@ -234,7 +234,7 @@ class ShardSetWriter:
             )
             self._next_number[split] += 1
         shard.write(sample.key, members)
-        self._record(sample, meta, shard.name, pixel_stats)
+        self._record(sample, meta, shard.name, pixel_stats, members["json"])
         if len(shard) >= self.config.samples_per_shard:
             self.end_shard(split)
 
@@ -281,7 +281,8 @@ class ShardSetWriter:
         return meta
 
     def _record(
-        self, sample: Sample, meta: SampleMeta, shard: str, pixel_stats: tuple[float, float, int]
+        self, sample: Sample, meta: SampleMeta, shard: str, pixel_stats: tuple[float, float, int],
+        meta_json: bytes,
     ) -> None:
         mean, std, n_pixels = pixel_stats
         labels = np.asarray(sample.labels, dtype=np.float32)
@@ -301,6 +302,7 @@ class ShardSetWriter:
             "pixel_mean": float(mean),
             "pixel_std": float(std),
             "n_pixels": int(n_pixels),
+            "json_sha256": hashlib.sha256(meta_json).hexdigest(),
         }
         for column, value in row.items():
             self._columns[column].append(value)

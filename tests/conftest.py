@@ -14,6 +14,9 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Ingest refuses the public demo key for anything but a synth cohort; tests that ingest hand-made
+# DICOMs use this test key (module-scoped fixtures too; tests of the refusal remove it).
+os.environ.setdefault("ECHOCMR_SPLIT_KEY", "echocmr-test-suite-split-key")
 
 
 @pytest.fixture(autouse=True)

@@ -134,11 +134,12 @@ def test_binary_columns_win_and_bad_values_are_errors():
 
 
 def test_csv_keeps_leading_zeros_and_parquet_reads_too(tmp_path):
-    raw = pd.DataFrame({"patient_id": ["00123", " 7 "], "cmr_date": ["2023-02-01", "bad"],
+    raw = pd.DataFrame({"patient_id": ["00123", " 7 "], "cmr_date": ["2023-02-01", ""],
                         "wma": [1, 0]})
     raw.to_csv(tmp_path / "t.csv", index=False)
     out = read_table(tmp_path / "t.csv")
-    assert out["patient_id"].tolist() == ["00123"]  # the row without a valid date is dropped
+    assert out["patient_id"].tolist() == ["00123"]  # the row without a date is dropped...
+    assert out.attrs["label_warnings"]["rows without a CMR date (ignored)"] == 1  # ...counted
     raw.to_parquet(tmp_path / "t.parquet")
     assert read_table(tmp_path / "t.parquet")["cmr_date"].tolist() == [date(2023, 2, 1)]
     with pytest.raises(ValueError, match="parquet or .csv"):
@@ -195,3 +196,78 @@ def test_hashes_are_keyed_stable_and_split_by_patient():
     only_test = KeyedHasher(b"k1", site="s1", config=SplitConfig(
         fractions={"train": 0.0, "val": 0.0, "test": 1.0}))
     assert {only_test.split(f"p{i}") for i in range(50)} == {"test"}
+
+
+# -- strict reading ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("t1_native_ms", ["1100", "high"], r"'t1_native_ms': row 2 .*'high'"),
+        ("ecv_pct", ["31,5", "30"], r"decimal comma"),
+        ("field_strength_t", ["1.5T", "3 T"], r"rows 1, 2 .*'1.5T'.*no units"),
+        ("cmr_date", ["08/05/2023", "2023-01-01"], r"day-first.*labels.date_format"),
+        ("cmr_date", ["2999-01-01", "2023-01-01"], r"row 1 hold dates in the future"),
+    ],
+)
+def test_bad_cells_are_errors_that_name_file_column_and_rows(tmp_path, column, values, message):
+    raw = _table(**{column: values})
+    raw.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=message) as info:
+        read_table(tmp_path / "t.csv")
+    assert str(tmp_path / "t.csv") in str(info.value)
+
+
+def test_switches_for_legitimate_variants():
+    out = normalise_table(_table(ecv_pct=["31,5", "29,5"]), LabelConfig(decimal_comma=True))
+    assert out["ecv"].tolist() == [1.0, 0.0]
+    out = normalise_table(_table(cmr_date=["08/05/2023", "13/05/2023"]),
+                          LabelConfig(date_format="%d/%m/%Y"))
+    assert out["cmr_date"].tolist() == [date(2023, 5, 8), date(2023, 5, 13)]  # day-first
+    with pytest.raises(ValueError, match="no column for task 'lge'"):
+        normalise_table(_table(wma=[0, 1]), LabelConfig(missing_task_columns="error"))
+    warned = normalise_table(_table(wma=[0, 1]), LabelConfig())
+    assert warned.attrs["label_warnings"]["task lge: no column ['lge'] (unknown for every row)"] == 2
+
+
+def test_duplicate_rows_identical_merge_conflicting_fail_or_drop():
+    same = pd.DataFrame({"patient_id": ["A", "A", "B"], "cmr_date": ["2023-01-01"] * 3,
+                         "wma": [1, 1, 0]})
+    out = normalise_table(same, LabelConfig())
+    assert len(out) == 2 and out.attrs["label_warnings"]["identical duplicate rows (merged)"] == 1
+    conflict = same.assign(wma=[1, 0, 0])
+    with pytest.raises(ValueError, match="rows 1, 2 give one patient and CMR date different"):
+        normalise_table(conflict, LabelConfig())
+    dropped = normalise_table(conflict, LabelConfig(conflicting_duplicates="drop"))
+    assert dropped["patient_id"].tolist() == ["B"]
+    assert dropped.attrs["label_warnings"]["conflicting duplicate rows (dropped)"] == 2
+
+
+def test_numeric_patient_ids_are_an_error_or_compared_without_leading_zeros(tmp_path):
+    raw = pd.DataFrame({"patient_id": [123, 7], "cmr_date": ["2023-01-01"] * 2, "wma": [1, 0]})
+    raw.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="leading zeros.*numeric_patient_ids"):
+        read_table(tmp_path / "t.parquet")
+    table = read_table(tmp_path / "t.parquet",
+                       LabelConfig(numeric_patient_ids="strip_leading_zeros"))
+    index = CmrIndex(table, PairingConfig())
+    assert index.pair("00123", date(2023, 1, 2)).labels[0] == 1.0  # DICOM "00123" pairs
+
+
+def test_a_table_that_pairs_with_no_study_is_an_error(tmp_path):
+    from echocmr.ingest.job import run_ingest
+    from echocmr.ingest.synth.small import small_clip
+
+    from _ingest_fixtures import Identity, write_us_dicom
+
+    (tmp_path / "dicom").mkdir()
+    write_us_dicom(tmp_path / "dicom" / "a.dcm", small_clip(16, 48, 64, seed=1).frames,
+                   ident=Identity(patient_id="00123"))
+    pd.DataFrame({"patient_id": ["123"], "cmr_date": ["2023-05-08"], "wma": [1]}).to_csv(
+        tmp_path / "cmr.csv", index=False)
+    with pytest.raises(ValueError, match="pairs with no echo study"):
+        run_ingest(tmp_path / "dicom", tmp_path / "cmr.csv", tmp_path / "out", progress=False,
+                   in_process=True)
+    assert (tmp_path / "out" / "ingest_report.parquet").exists()
+    assert not (tmp_path / "out" / "manifest.parquet").exists()

@@ -5,6 +5,8 @@
     DIR/views.csv                                sop_instance_uid, view
     DIR/synth_truth.parquet                      one row per DICOM file: latent labels and what
                                                  ingest is expected to do with the file
+    DIR/synthetic_cohort.json                    the marker by which ingest recognises a
+                                                 synthetic cohort (`ingest.splits`)
 
 The plan is made serially (cheap), then patients are rendered by a process pool, one task per
 patient, each writing only its own files. No output depends on wall-clock time, worker count or
@@ -28,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from echocmr.ingest.splits import write_synthetic_marker
 from echocmr.ingest.synth.cohort import (
     OUT_OF_WINDOW,
     CohortConfig,
@@ -44,7 +47,8 @@ from echocmr.ingest.synth.vendors import VENDOR_BY_KEY
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("dicom", "cmr_labels.parquet", "cmr_labels.csv", "views.csv", "synth_truth.parquet")
+OUTPUTS = ("dicom", "cmr_labels.parquet", "cmr_labels.csv", "views.csv", "synth_truth.parquet",
+           "synthetic_cohort.json")
 LABEL_COLUMNS = ["patient_id", "cmr_id", "cmr_date", "field_strength_t", "wma", "lge",
                  "t1_native_ms", "t2_ms", "ecv_pct"]
 TRUTH_COLUMNS = ["source", "patient_id", "study_uid", "sop_uid", "vendor", "transfer_syntax",
@@ -173,6 +177,8 @@ def generate_cohort(
     labels = labels_table(plans)
     _write_parquet(labels, out / "cmr_labels.parquet")
     labels.to_csv(out / "cmr_labels.csv", index=False)
+    write_synthetic_marker(out, ("cmr_labels.parquet", "cmr_labels.csv"), seed=cfg.seed,
+                           patients=cfg.patients)
 
     n_workers = max(1, workers or os.cpu_count() or 1)
     order = sorted(range(len(plans)), key=lambda i: (-_cost(plans[i]), i))

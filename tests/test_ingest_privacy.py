@@ -1,0 +1,320 @@
+"""Burned-in text, keys, and every input accounted for: ingest tried as a hostile site would.
+
+The pixel tests plant names and numbers in the pixels (white, mid-grey and dim; in the header band
+and mid-sector; uncompressed and JPEG baseline; frozen and moving clips; pydicom's real
+``examples_ybr_color.dcm`` as a base; a per-frame counter), run the real ``echocmr ingest`` and
+check two ways: the text detector reads nothing in the shipped clips, and no planted glyph pixel
+lies inside what preprocessing keeps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+from pydicom.uid import JPEGBaseline8Bit
+
+from echocmr.ingest.config import PreprocessConfig, SectorConfig, TextDetectorConfig
+from echocmr.ingest.dicom_io import read_dicom
+from echocmr.ingest.encode import decode_webm
+from echocmr.ingest.sector import find_sector
+from echocmr.ingest.synth.overlays import screen_font
+from echocmr.ingest.synth.small import small_clip
+from echocmr.ingest.text_detector import find_text
+from echocmr.shards.format import INGEST_REPORT_FILE
+
+from _ingest_fixtures import Identity, grey_to_rgb, write_us_dicom
+
+LEVELS = (230, 128, 40)  # white, mid-grey, dim
+PLANTED = ("DOE JANE", "19610203", "MRN 4711")
+
+
+def _plant(frames: np.ndarray, rows: list[tuple[str, int, tuple[int, int]]], size: int):
+    """Draw each (text, level, (x, y)) into every frame; returns frames and {level: mask}."""
+    out, masks = frames.copy(), {}
+    for text, level, xy in rows:
+        layer = Image.new("L", (frames.shape[2], frames.shape[1]), 0)
+        ImageDraw.Draw(layer).text(xy, text, fill=255, font=screen_font(size))
+        mask = np.asarray(layer) > 100
+        out[:, mask] = level
+        masks[level] = mask
+    return out, masks
+
+
+def _mid_sector_text(frames: np.ndarray) -> np.ndarray:
+    return _mid_sector_text_and_mask(frames)[0]
+
+
+def _mid_sector_text_and_mask(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames with the three PLANTED lines mid-image, and where their glyphs are."""
+    h, w = frames.shape[1:3]
+    rows = [(text, level, (w // 4, h // 4 + i * h // 6))
+            for i, (text, level) in enumerate(zip(PLANTED, LEVELS, strict=True))]
+    out, masks = _plant(frames, rows, max(10, h // 9))
+    return out, np.logical_or.reduce(list(masks.values()))
+
+
+def _kept_glyphs(path, glyphs_HW: np.ndarray) -> float:
+    """Share of the planted glyph pixels that preprocessing keeps (inside the sector mask)."""
+    clip, _ = read_dicom(path)
+    coloured = None if clip.chroma_HW is None else clip.chroma_HW > 40
+    sector = find_sector(clip.frames_THW, clip.regions, exclude_HW=coloured, lossy=clip.lossy)
+    kept = np.zeros(glyphs_HW.shape, dtype=bool)
+    y0, y1, x0, x1 = sector.box
+    kept[y0:y1, x0:x1] = sector.mask_HW
+    return float((kept & glyphs_HW).sum() / glyphs_HW.sum())
+
+
+def _ybr_with_text(path) -> np.ndarray:
+    """pydicom's real JPEG-baseline YBR clip, names planted mid-image, written as JPEG again;
+    returns where the glyphs are."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    rgb = ds.pixel_array  # RGB
+    planted, glyphs = _mid_sector_text_and_mask(rgb)
+    write_us_dicom(path, planted, photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
+                   ident=Identity(patient_id="P5"))
+    return glyphs
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """One export of planted-text clips, ingested once by the real CLI."""
+    root = tmp_path_factory.mktemp("planted")
+    dicom = root / "dicom"
+    dicom.mkdir()
+    moving = small_clip(24, 96, 128, seed=3).frames  # header-band text "ID 4711 DOE J" too
+    frozen = np.repeat(moving[:1], 24, axis=0)
+    counter = moving.copy()
+    for t in range(len(counter)):  # a per-frame counter mid-sector
+        counter[t] = _plant(counter[t:t + 1], [(f"{t + 10:02d}", 230, (56, 40))], 12)[0][0]
+    glyphs = _mid_sector_text_and_mask(moving)[1]
+    files = {
+        "moving_native.dcm": ("native", _mid_sector_text(moving)),
+        "moving_jpeg.dcm": ("jpeg", _mid_sector_text(moving)),
+        "frozen_native.dcm": ("native", _mid_sector_text(frozen)),
+        "frozen_jpeg.dcm": ("jpeg", _mid_sector_text(frozen)),
+        "counter_jpeg.dcm": ("jpeg", counter),
+    }
+    for i, (name, (kind, frames)) in enumerate(sorted(files.items())):
+        ident = Identity(patient_id=f"P{i}")
+        if kind == "jpeg":
+            write_us_dicom(dicom / name, grey_to_rgb(frames), photometric="YBR_FULL_422",
+                           syntax=JPEGBaseline8Bit, ident=ident)
+        else:
+            write_us_dicom(dicom / name, frames, ident=ident)
+    ybr_glyphs = _ybr_with_text(dicom / "ybr_real.dcm")
+    glyph_masks = {"moving_native.dcm": glyphs, "moving_jpeg.dcm": glyphs,
+                   "ybr_real.dcm": ybr_glyphs}
+    labels = root / "cmr.csv"
+    pd.DataFrame({"patient_id": [f"P{i}" for i in range(6)], "cmr_date": ["2023-05-08"] * 6,
+                  "wma": [0] * 6}).to_csv(labels, index=False)
+    out = root / "out"
+    run = subprocess.run([sys.executable, "-m", "echocmr", "ingest", "--dicom", str(dicom),
+                          "--labels", str(labels), "--out", str(out), "--workers", "2",
+                          "--no-progress"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
+    clips = {}
+    for tar_name in sorted(n for n in os.listdir(out) if n.endswith(".tar")):
+        with tarfile.open(out / tar_name) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".webm"):
+                    clips[member.name[:-5]] = decode_webm(tar.extractfile(member).read())[0]
+    return {"dicom": dicom, "report": report, "clips": clips, "stdout": run.stdout,
+            "glyphs": glyph_masks}
+
+
+def test_frozen_clips_are_rejected_not_kept_uncropped(planted):
+    report = planted["report"]
+    for name in ("frozen_native.dcm", "frozen_jpeg.dcm"):
+        assert report.loc[name, "reason"] == "no_sector", report.loc[name].to_dict()
+    kept = report[report["status"] == "kept"].index.tolist()
+    assert sorted(kept) == ["counter_jpeg.dcm", "moving_jpeg.dcm", "moving_native.dcm",
+                            "ybr_real.dcm"]
+    assert "text detector (mask)" in planted["stdout"] and "rejected no_sector" in planted["stdout"]
+
+
+def test_no_planted_text_survives_legibly(planted):
+    report = planted["report"]
+    detector = TextDetectorConfig(frames=6)
+    for source, key in report.loc[report["status"] == "kept", "key"].items():
+        frames = planted["clips"][key]
+        assert find_text(frames, detector).boxes == 0, source  # the detector reads nothing
+        if source == "counter_jpeg.dcm":
+            continue  # a counter never stands still: the detector's case
+        # Pixel comparison: the same file prepared with every mask off shows the text.
+        # Pixel comparison: every planted glyph pixel lies outside what preprocessing keeps.
+        assert _kept_glyphs(planted["dicom"] / source, planted["glyphs"][source]) <= 0.01, source
+
+
+def test_header_band_text_never_ships(planted):
+    """small_clip's 'ID 4711 / DOE J' header sits outside the fan: the crop removes it."""
+    for key, frames in planted["clips"].items():
+        assert frames.shape[1:] == (PreprocessConfig().size,) * 2, key
+    report = planted["report"]
+    assert set(report["status"]) == {"kept", "rejected"}
+
+
+def test_detector_action_reject_rejects_a_clip_with_text(tmp_path):
+    from echocmr.ingest.config import IngestConfig
+    from echocmr.ingest.job import run_ingest
+
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    moving = small_clip(20, 96, 128, seed=4, overlays=False).frames
+    counter = moving.copy()
+    for t in range(len(counter)):
+        counter[t] = _plant(counter[t:t + 1], [(f"DOE {t:02d}", 200, (40, 50))], 14)[0][0]
+    write_us_dicom(dicom / "counter.dcm", counter, ident=Identity(patient_id="P0"))
+    pd.DataFrame({"patient_id": ["P0"], "cmr_date": ["2023-05-08"], "wma": [0]}).to_csv(
+        tmp_path / "cmr.csv", index=False)
+    # Overlay masking off: the detector is the only defence, and it must refuse the clip.
+    config = IngestConfig(text_detector=TextDetectorConfig(action="reject"),
+                          preprocess=PreprocessConfig(sector=SectorConfig(
+                              mask_static_overlays=False)))
+    summary = run_ingest(dicom, tmp_path / "cmr.csv", tmp_path / "out", config=config,
+                         progress=False, in_process=True)
+    assert summary.rejected == {"burned_in_text": 1} and summary.kept == 0
+    report = pd.read_parquet(tmp_path / "out" / INGEST_REPORT_FILE)
+    assert "DOE" not in report["detail"][0]  # what was read is never written
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def _tiny_export(root) -> tuple[str, str]:
+    dicom = os.path.join(root, "dicom")
+    os.makedirs(dicom)
+    write_us_dicom(os.path.join(dicom, "a.dcm"), small_clip(16, 48, 64, seed=1).frames,
+                   ident=Identity(patient_id="P0"))
+    labels = os.path.join(root, "cmr.csv")
+    pd.DataFrame({"patient_id": ["P0"], "cmr_date": ["2023-05-08"], "wma": [1]}).to_csv(
+        labels, index=False)
+    return dicom, labels
+
+
+def test_demo_key_is_refused_for_real_data_unless_the_flag_says_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("ECHOCMR_SPLIT_KEY")
+    dicom, labels = _tiny_export(tmp_path)
+    argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", dicom, "--labels", labels,
+            "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "ECHOCMR_SPLIT_KEY"}
+    refused = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "ECHOCMR_SPLIT_KEY" in refused.stderr and "new split" in refused.stderr
+    assert "--allow-public-demo-key" in refused.stderr
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    allowed = subprocess.run(argv + ["--allow-public-demo-key"], capture_output=True, text=True,
+                             env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "patient hashes are reversible" in allowed.stdout
+
+
+def test_a_synth_cohort_is_recognised_and_a_copied_marker_is_not(tmp_path):
+    import shutil
+
+    from echocmr.ingest.splits import SYNTHETIC_MARKER, is_synthetic_cohort
+    from echocmr.ingest.synth.generate import generate_cohort
+
+    cohort = tmp_path / "cohort"
+    generate_cohort(cohort, patients=1, seed=1, workers=1, progress=False)
+    assert is_synthetic_cohort(cohort / "dicom", cohort / "cmr_labels.parquet")
+    assert is_synthetic_cohort(cohort / "dicom", cohort / "cmr_labels.csv")
+    dicom, labels = _tiny_export(tmp_path / "real")
+    shutil.copy(cohort / SYNTHETIC_MARKER, os.path.dirname(labels))
+    assert not is_synthetic_cohort(dicom, labels)  # the digest does not match the real table
+    assert not is_synthetic_cohort(tmp_path / "real" / "dicom", cohort / "cmr_labels.csv")
+
+
+# -- every input accounted for ----------------------------------------------------------------
+
+
+def test_every_path_met_gets_a_row_and_reason_codes_are_right(tmp_path):
+    import pydicom
+
+    dicom, labels = _tiny_export(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_us_dicom(elsewhere / "linked.dcm", small_clip(16, 48, 64, seed=2).frames,
+                   ident=Identity(patient_id="P0"))
+    os.symlink(elsewhere, os.path.join(dicom, "via_link"))  # a good clip behind a dir symlink
+    os.symlink(dicom, os.path.join(dicom, "loop"))  # back to the top
+    os.symlink("nowhere", os.path.join(dicom, "dangling"))
+    os.mkfifo(os.path.join(dicom, "fifo"))
+    good = os.path.join(dicom, "a.dcm")
+
+    def variant(name, edit):
+        ds = pydicom.dcmread(good)
+        edit(ds)
+        ds.save_as(os.path.join(dicom, name))
+
+    from pydicom.dataelem import DataElement
+
+    # A FrameTime that is not a number (stored as LO: pydicom refuses to write a bad DS).
+    variant("frametime.dcm", lambda ds: ds.__setitem__(0x00181063,
+                                                       DataElement(0x00181063, "LO", "fast")))
+    variant("zero_frames.dcm", lambda ds: setattr(ds, "NumberOfFrames", 0))
+    variant("huge.dcm", lambda ds: (setattr(ds, "Rows", 65535), setattr(ds, "Columns", 65535)))
+    from pydicom.fileset import FileSet
+
+    fs = FileSet()
+    fs.add(good)
+    fs.write(tmp_path / "fs")
+    os.replace(tmp_path / "fs" / "DICOMDIR", os.path.join(dicom, "DICOMDIR"))
+
+    blocked = tmp_path / "blocked.txt"
+    blocked.write_text("a file, not a directory")
+    run = subprocess.run([sys.executable, "-m", "echocmr", "ingest", "--dicom", dicom,
+                          "--labels", labels, "--out", str(blocked / "out"), "--no-progress"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "echocmr", "ingest", "--dicom", dicom,
+                          "--labels", labels, "--out", str(out), "--no-progress",
+                          "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
+    reasons = {k: v if isinstance(v, str) else None for k, v in report["reason"].items()}
+    assert reasons == {
+        "DICOMDIR": "not_image",
+        "a.dcm": None,
+        "dangling": "broken_symlink",
+        "fifo": "not_regular_file",
+        "frametime.dcm": "duplicate_instance",  # read at the target rate; same SOP UID as a.dcm
+        "huge.dcm": "bad_header",
+        "loop": "symlink_loop",
+        "via_link/linked.dcm": None,
+        "zero_frames.dcm": "bad_header",
+    }
+    assert "rejected symlink_loop" in run.stdout and "rejected not_regular_file" in run.stdout
+
+
+def test_an_unreadable_directory_gets_a_row(tmp_path, monkeypatch):
+    from echocmr.ingest.job import scan_inputs
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "f.dcm").write_bytes(b"x")
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "g.dcm").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path):  # root reads every directory: simulate the permission error
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_inputs(str(tmp_path))
+    assert scan.files == ["ok/f.dcm"]
+    assert [(r.source, r.reason) for r in scan.skipped] == [("locked", "unreadable_directory")]
