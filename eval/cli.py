@@ -65,6 +65,11 @@ def _register_eval(subparsers) -> None:
                    help="multiple-testing adjustment of the verdicts over the tasks (holm)")
     p.add_argument("--min-positives", type=int, metavar="N",
                    help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    p.add_argument("--min-patients", type=int, metavar="N",
+                   help="fewer patients with a positive (or a negative) study: 'insufficient "
+                        "data' (default 10)")
+    p.add_argument("--ci-method", choices=("percentile", "bca"),
+                   help="patient bootstrap interval: percentile (default) or bca")
     p.add_argument("--workers", type=int,
                    help="Ray tasks to spread the split's shards over (default 1: in process)")
     p.add_argument("--gpu", action="store_true", default=None,
@@ -90,6 +95,9 @@ EVAL_FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("evaluation.summary.metrics.seed", "evaluation.summary.signal.seed"),
     "min_positives": ("evaluation.summary.metrics.min_positives",
                       "evaluation.summary.metrics.min_negatives"),
+    "min_patients": ("evaluation.summary.metrics.min_positive_patients",
+                     "evaluation.summary.metrics.min_negative_patients"),
+    "ci_method": ("evaluation.summary.metrics.ci_method",),
     "permutations": ("evaluation.summary.signal.n_permutations",),
     "alpha": ("evaluation.summary.signal.alpha",),
     "correction": ("evaluation.summary.signal.correction",),

@@ -46,15 +46,22 @@ def _p(p: float | None) -> str:
     return "—" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
+def _boot_ci(r: TaskResult) -> str:
+    """The bootstrap CI, with † when few patients make a percentile interval under-cover."""
+    text = _ci(r.ci_low, r.ci_high)
+    return f"{text} †" if r.few_patients and r.ci_low is not None and r.ci_method != "bca" else text
+
+
 def auc_table_text(results: dict[str, TaskResult]) -> str:
     """Fixed-width table: our AUC, both CIs, verdict, and the published AUC per task."""
-    head = ("task", "studies", "pos", "AUC", "95% CI boot", "95% CI DeLong", "p", "p adj",
-            "verdict", "published AUC (95% CI)")
+    head = ("task", "studies", "pos", "pos pts", "neg pts", "AUC", "95% CI boot",
+            "95% CI DeLong (clustered)", "p", "p adj", "verdict", "published AUC (95% CI)")
     rows = [head]
     for t, r in results.items():
         pub = PUBLISHED.get(t)
         rows.append((
-            t.upper(), str(r.n_studies), str(r.n_pos), _f(r.auc), _ci(r.ci_low, r.ci_high),
+            t.upper(), str(r.n_studies), str(r.n_pos), str(r.n_pos_patients),
+            str(r.n_neg_patients), _f(r.auc), _boot_ci(r),
             _ci(r.delong_low, r.delong_high), _p(r.p_value), _p(r.p_adjusted), r.verdict,
             pub.text() if pub else "—",
         ))
@@ -111,19 +118,32 @@ def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Pa
 
 
 def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, list]:
-    head = ["task", "studies", "patients", "positives", "AUC", "95% CI (patient bootstrap)",
-            "95% CI (DeLong)", "p (permutation)", "p adjusted", "verdict"]
+    head = ["task", "studies", "patients", "positive studies", "positive patients",
+            "negative patients", "AUC", "95% CI (patient bootstrap)",
+            "95% CI (DeLong, clustered by patient)", "p (permutation)", "p adjusted", "verdict"]
     if published:
         head.append("published AUC (95% CI)")
     rows = []
     for t, r in results.items():
-        row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos), _f(r.auc),
-               _ci(r.ci_low, r.ci_high), _ci(r.delong_low, r.delong_high), _p(r.p_value),
+        row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos),
+               str(r.n_pos_patients), str(r.n_neg_patients), _f(r.auc),
+               _boot_ci(r), _ci(r.delong_low, r.delong_high), _p(r.p_value),
                _p(r.p_adjusted), r.verdict]
         if published:
             row.append(PUBLISHED[t].text() if t in PUBLISHED else "—")
         rows.append(row)
     return head, rows
+
+
+def _few_patients_notes(results: dict[str, TaskResult], mc) -> list[tuple]:
+    flagged = [t.upper() for t, r in results.items()
+               if r.few_patients and r.ci_low is not None and r.ci_method != "bca"]
+    if not flagged:
+        return []
+    return [("p", f"† {', '.join(flagged)}: fewer than {mc.few_patients} patients in a class. "
+                  "The percentile bootstrap under-covers there (about 0.86–0.88 instead of 0.95 "
+                  "at 9 positive patients in simulation); read the interval as too narrow, or "
+                  "rerun with ci_method: bca.")]
 
 
 def _adjustment(sc) -> str:
@@ -145,6 +165,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     insufficient = [r for r in inp.results.values() if r.reason]
     for r in insufficient:
         b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
+    b += _few_patients_notes(inp.results, mc)
     if "all" in images:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))
@@ -166,16 +187,23 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
             b.append(("h", 3, f"{name} {value}"))
             b.append(("table", *_task_rows(res, published=False)))
     b.append(("h", 2, "Method"))
+    interval = (f"{100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
+                "percentiles" if mc.ci_method == "percentile" else
+                "BCa limits (bias correction from the resamples, acceleration from the "
+                "leave-one-patient-out jackknife)")
     b.append(("p", (
         f"Bootstrap: {mc.n_bootstrap} resamples of patients (all of a patient's studies together), "
-        f"seed {mc.seed}, {100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
-        "percentiles; resamples with one class only are left out. DeLong: variance from the "
-        "structural components (placement values), normal interval, studies treated as "
-        f"independent. Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
+        f"seed {mc.seed}, {interval}; resamples with one class only are left out. DeLong: "
+        "variance from the structural components (placement values) summed per patient "
+        "(clustered DeLong, Obuchowski 1997), normal interval; the plain DeLong interval that "
+        "treats studies as independent is in metrics_detail.json (delong_indep_*). "
+        f"Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
         f"by patient within the split, seed {sc.seed}, p = (1 + #perm AUC ≥ observed) / "
         f"(1 + permutations); {_adjustment(sc)} Tasks with fewer than "
-        f"{mc.min_positives} positive or {mc.min_negatives} negative studies are 'insufficient "
-        "data'. Unknown labels are left out per task, never counted as negative."
+        f"{mc.min_positives} positive or {mc.min_negatives} negative studies, or fewer than "
+        f"{mc.min_positive_patients} patients with a positive or {mc.min_negative_patients} with "
+        "a negative study, are 'insufficient data'. Unknown labels are left out per task, never "
+        "counted as negative."
     )))
     b.append(("p", "Tasks: " + "; ".join(TASK_TITLES[t] for t in inp.results if t in TASK_TITLES)))
     return b

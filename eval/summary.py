@@ -2,14 +2,19 @@
 
 ``summarise`` turns a table with ``patient_hash``, ``y_<task>`` (NaN = unknown) and ``p_<task>``
 into one ``TaskResult`` per task. Unknown labels are dropped per task, never coerced to 0. A task
-with fewer positives or negatives than the config asks for gets the verdict "insufficient data",
-its AUC where one is defined, and no intervals or p-value — rather than a crash or a fake answer.
+with fewer positive or negative studies, or fewer distinct patients with a positive or a negative
+study, than the config asks for gets the verdict "insufficient data", its AUC where one is
+defined, and no intervals or p-value — rather than a crash or a fake answer.
+
+``delong_low``/``delong_high`` are the clustered (by patient, Obuchowski 1997) DeLong interval;
+the plain one that treats studies as independent is kept in the details as ``delong_indep_*``.
 
 Verdicts come from p-values adjusted over the tasks summarised together (Holm by default, see
 `eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
 ``breakdown`` does the same within each value of a column (``view``, ``site``).
-``metrics_json`` writes the issue's contract: ``{task: {auc, ci_low, ci_high, delong_low,
-delong_high, n_studies, n_patients, n_pos, p_value, verdict}}``; ``detail_json`` adds the rest.
+``metrics_json`` writes the contract: ``{task: {auc, ci_low, ci_high, delong_low, delong_high,
+n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
+``detail_json`` adds the rest.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from echocmr.eval.metrics import (
     MetricsConfig,
     bootstrap_auc_ci,
     calibration_summary,
+    clustered_delong_ci,
     counts,
     delong_ci,
 )
@@ -34,7 +40,7 @@ from echocmr.train.metrics import roc_auc
 
 METRICS_KEYS = (
     "auc", "ci_low", "ci_high", "delong_low", "delong_high",
-    "n_studies", "n_patients", "n_pos", "p_value", "verdict",
+    "n_studies", "n_patients", "n_pos", "n_pos_patients", "n_neg_patients", "p_value", "verdict",
 )
 
 
@@ -52,12 +58,14 @@ class TaskResult:
     ci_high: float | None
     delong_low: float | None
     delong_high: float | None
-    delong_se: float | None
+    delong_se: float | None  # clustered by patient, like delong_low/high
     n_studies: int
     n_patients: int
     n_pos: int
     n_neg: int
     n_unknown: int
+    n_pos_patients: int = 0  # distinct patients with a positive study
+    n_neg_patients: int = 0  # distinct patients with a negative study
     p_value: float | None
     verdict: str
     reason: str | None = None  # why the verdict is "insufficient data"
@@ -65,6 +73,11 @@ class TaskResult:
     bootstrap_valid: int | None = None
     null_mean_auc: float | None = None
     calibration: Calibration | None = None
+    ci_method: str | None = None  # "percentile" or "bca" (ci_low/ci_high)
+    delong_indep_low: float | None = None  # DeLong with studies treated as independent
+    delong_indep_high: float | None = None
+    delong_indep_se: float | None = None
+    few_patients: bool = False  # fewer than MetricsConfig.few_patients patients in a class
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
@@ -100,32 +113,46 @@ def task_result(
     base = dict(
         task=task, n_studies=c.n_studies, n_patients=c.n_patients, n_pos=c.n_pos, n_neg=c.n_neg,
         n_unknown=int((~known).sum()),
+        n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
+        few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
     )
     mc = config.metrics
-    if c.n_pos < mc.min_positives or c.n_neg < mc.min_negatives:
+    reason = insufficiency(c, mc)
+    if reason:
         return TaskResult(
             **base,
             auc=roc_auc(y, p) if c.n_pos and c.n_neg else None,
             ci_low=None, ci_high=None, delong_low=None, delong_high=None, delong_se=None,
-            p_value=None, verdict=INSUFFICIENT,
-            reason=(
-                f"{c.n_pos} positive and {c.n_neg} negative studies with a known label; "
-                f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives"
-            ),
+            p_value=None, verdict=INSUFFICIENT, reason=reason,
         )
     boot = bootstrap_auc_ci(
-        y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level
+        y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level,
+        method=mc.ci_method,
     )
-    dl = delong_ci(y, p, level=mc.level)
+    dl = clustered_delong_ci(y, p, patients, level=mc.level)
+    indep = delong_ci(y, p, level=mc.level)
     sig = permutation_test(y, p, patients, config=config.signal)
     return TaskResult(
         **base,
-        auc=boot.auc, ci_low=boot.low, ci_high=boot.high,
+        auc=boot.auc, ci_low=boot.low, ci_high=boot.high, ci_method=boot.method,
         delong_low=dl.low, delong_high=dl.high, delong_se=dl.se,
+        delong_indep_low=indep.low, delong_indep_high=indep.high, delong_indep_se=indep.se,
         p_value=sig.p_value, verdict=sig.verdict,
         bootstrap_valid=boot.n_valid, null_mean_auc=sig.null_mean,
         calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
     )
+
+
+def insufficiency(c, mc: MetricsConfig) -> str | None:
+    """Why counts ``c`` cannot support intervals and a test under ``mc``; None when they can."""
+    if c.n_pos < mc.min_positives or c.n_neg < mc.min_negatives:
+        return (f"{c.n_pos} positive and {c.n_neg} negative studies with a known label; "
+                f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives")
+    if c.n_pos_patients < mc.min_positive_patients or c.n_neg_patients < mc.min_negative_patients:
+        return (f"{c.n_pos_patients} patients with a positive and {c.n_neg_patients} with a "
+                f"negative study ({c.n_pos} / {c.n_neg} studies); need >= "
+                f"{mc.min_positive_patients} and >= {mc.min_negative_patients} patients")
+    return None
 
 
 def summarise(

@@ -8,7 +8,8 @@ The run goes into the experiment of the model's training run when that is known 
   evaluated shard set's ``data_digest`` (sha256 of its manifest, as training records it);
 * params: the settings (clip sampling, aggregation, resamples, permutations, seeds);
 * metrics ``<split>_auc_<task>``, ``..._ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
-  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos`` — NaN-free: what could
+  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos``,
+  ``..._n_pos_patients``, ``..._n_neg_patients`` — NaN-free: what could
   not be computed is left out;
 * every output file under the artifact folder ``eval_<split>/``.
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 EVAL_EXPERIMENT = "echocmr-eval"
 _KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "p_value", "p_adjusted",
-         "n_studies", "n_pos")
+         "n_studies", "n_pos", "n_pos_patients", "n_neg_patients")
 
 
 def source_run_id(model_uri: str, tracking_uri: str) -> str | None:

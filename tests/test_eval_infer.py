@@ -103,7 +103,7 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     out = tmp_path / "out"
     rc = echocmr_cli.main(["eval", "--shards", shards, "--model", ckpt, "--split", "train",
                            "--out", str(out), "--clips", "centre", "--bootstrap", "1000",
-                           "--permutations", "500", "--min-positives", "2",
+                           "--permutations", "500", "--min-positives", "2", "--min-patients", "2",
                            "--tracking-uri", uri])
     assert rc == 0
     printed = capsys.readouterr().out

@@ -97,7 +97,7 @@ def test_unknown_labels_are_excluded_not_coerced():
 
 
 def test_too_few_positives_or_negatives_is_insufficient_not_a_crash():
-    df = study_table(40, seed=5)
+    df = study_table(80, seed=5)
     df["y_lge"] = 0.0
     df.loc[df.index[:3], "y_lge"] = 1.0  # three positives
     df["y_ecv"] = np.nan  # no known label at all
@@ -113,3 +113,43 @@ def test_too_few_positives_or_negatives_is_insufficient_not_a_crash():
     j = res["ecv"].metrics_json()
     assert j["auc"] is None and j["verdict"] == INSUFFICIENT
     json.dumps(j, allow_nan=False)
+
+
+def test_insufficient_data_is_decided_on_patients_not_studies():
+    """The audit's case: two positive patients with three studies each pass a 5-study rule, give a
+    narrow bootstrap CI away from 0.5 and a permutation p of 1.0. On patients they are two."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        pos = i < 2
+        for j in range(3 if pos else 1):
+            rows.append({"study_hash": f"s{i}{j}", "patient_hash": f"p{i:02d}", "site": "a",
+                         "split": "test", **{f"y_{t}": float(pos) for t in TASKS},
+                         **{f"p_{t}": (0.9 if pos else rng.uniform(0, 0.95)) for t in TASKS}})
+    df = pd.DataFrame(rows)
+    res = summarise(df, config=FAST, tasks=("lge",))["lge"]
+    assert (res.n_pos, res.n_pos_patients, res.n_neg_patients) == (6, 2, 38)
+    assert res.verdict == INSUFFICIENT and res.ci_low is None and res.p_value is None
+    assert "2 patients with a positive" in res.reason
+    loose = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positive_patients=2),
+                          signal=SignalConfig(n_permutations=1000))
+    res = summarise(df, config=loose, tasks=("lge",))["lge"]
+    assert res.verdict != INSUFFICIENT and res.few_patients
+    j = res.metrics_json()
+    assert (j["n_pos_patients"], j["n_neg_patients"]) == (2, 38)
+
+
+def test_report_labels_clustered_delong_and_flags_few_patient_rows(tmp_path):
+    from echocmr.eval.report import ReportInputs, auc_table_text, write_report
+
+    df = study_table(60, seed=3)
+    res = summarise(df, config=FAST)
+    assert any(r.few_patients for r in res.values())
+    write_report(tmp_path, ReportInputs(studies=df, results=res, config=FAST))
+    md = (tmp_path / "report.md").read_text()
+    assert "DeLong, clustered by patient" in md and "positive patients" in md
+    assert "† " in md and "under-covers" in md
+    text = auc_table_text(res)
+    assert "pos pts" in text and "DeLong (clustered)" in text
+    r = res["wma"]
+    assert r.delong_indep_low is not None and r.delong_indep_se <= r.delong_se * 1.5
