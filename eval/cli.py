@@ -65,6 +65,9 @@ def _register_eval(subparsers) -> None:
                    help="multiple-testing adjustment of the verdicts over the tasks (holm)")
     p.add_argument("--min-positives", type=int, metavar="N",
                    help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    p.add_argument("--pooled-sites", action="store_true", default=None,
+                   help="permutation audit across sites (default: within site when there are "
+                        "several, so a model that recognises the site is not 'signal')")
     p.add_argument("--min-patients", type=int, metavar="N",
                    help="fewer patients with a positive (or a negative) study: 'insufficient "
                         "data' (default 10)")
@@ -117,6 +120,9 @@ def eval_overrides(args: argparse.Namespace) -> dict:
             node[name] = value
     if getattr(args, "no_track", False):
         out["track"] = False
+    if getattr(args, "pooled_sites", None):
+        out.setdefault("evaluation", {}).setdefault("summary", {}).setdefault(
+            "signal", {})["within_site"] = False
     return out
 
 

@@ -121,6 +121,9 @@ def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, l
     head = ["task", "studies", "patients", "positive studies", "positive patients",
             "negative patients", "AUC", "95% CI (patient bootstrap)",
             "95% CI (DeLong, clustered by patient)", "p (permutation)", "p adjusted", "verdict"]
+    sites = any(r.n_sites > 1 for r in results.values())
+    if sites:
+        head[7:7] = ["AUC within site", "test on"]
     if published:
         head.append("published AUC (95% CI)")
     rows = []
@@ -129,6 +132,8 @@ def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, l
                str(r.n_pos_patients), str(r.n_neg_patients), _f(r.auc),
                _boot_ci(r), _ci(r.delong_low, r.delong_high), _p(r.p_value),
                _p(r.p_adjusted), r.verdict]
+        if sites:
+            row[7:7] = [_f(r.auc_within_site), r.audit]
         if published:
             row.append(PUBLISHED[t].text() if t in PUBLISHED else "—")
         rows.append(row)
@@ -144,6 +149,25 @@ def _few_patients_notes(results: dict[str, TaskResult], mc) -> list[tuple]:
                   "The percentile bootstrap under-covers there (about 0.86–0.88 instead of 0.95 "
                   "at 9 positive patients in simulation); read the interval as too narrow, or "
                   "rerun with ci_method: bca.")]
+
+
+def _site_note(results: dict[str, TaskResult]) -> list[tuple]:
+    multi = {t: r for t, r in results.items() if r.n_sites > 1}
+    if not multi:
+        return []
+    within = [t.upper() for t, r in multi.items() if r.audit == "within site"]
+    n = max(r.n_sites for r in multi.values())
+    if not within:
+        return [("p", f"{n} sites, pooled permutation test (within_site: false): a model that "
+                      "only recognises the site can pass it where prevalence differs by site.")]
+    pooled = "; ".join(f"{t.upper()} {_p(r.p_value_pooled)}" for t, r in multi.items()
+                       if r.p_value_pooled is not None)
+    return [("p", f"{n} sites: the verdicts of {', '.join(within)} rest on the **within-site** "
+                  "permutation test (labels permuted only among patients of the same site, "
+                  "statistic the pooled within-site AUC — same-site positive-negative pairs "
+                  "only), so a model that only recognises the site is not called signal. "
+                  f"p of the pooled test, for comparison: {pooled}. Per-site AUCs with their "
+                  "CIs are under 'Per site'.")]
 
 
 def _adjustment(sc) -> str:
@@ -166,6 +190,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     for r in insufficient:
         b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
     b += _few_patients_notes(inp.results, mc)
+    b += _site_note(inp.results)
     if "all" in images:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))

@@ -34,7 +34,14 @@ from echocmr.eval.metrics import (
     counts,
     delong_ci,
 )
-from echocmr.eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
+from echocmr.eval.signal import (
+    INSUFFICIENT,
+    SignalConfig,
+    holm_adjust,
+    permutation_test,
+    verdict,
+    within_site_auc,
+)
 from echocmr.eval.tasks import TASKS, p_col, y_col
 from echocmr.train.metrics import roc_auc
 
@@ -78,6 +85,10 @@ class TaskResult:
     delong_indep_high: float | None = None
     delong_indep_se: float | None = None
     few_patients: bool = False  # fewer than MetricsConfig.few_patients patients in a class
+    n_sites: int = 1  # sites among the studies with a known label
+    audit: str = "pooled"  # what p_value and the verdict rest on: "pooled" or "within site"
+    auc_within_site: float | None = None  # pooled within-site (stratified) AUC, >1 site
+    p_value_pooled: float | None = None  # the pooled permutation test, beside a within-site one
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
@@ -99,15 +110,24 @@ def _clean(v):
 
 
 def task_result(
-    task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *, config: SummaryConfig
+    task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *, config: SummaryConfig,
+    sites: np.ndarray | None = None,
 ) -> TaskResult:
-    """One task's metrics over studies; NaN labels are excluded here."""
+    """One task's metrics over studies; NaN labels are excluded here.
+
+    ``sites`` (one per study): with more than one among the known labels and
+    ``config.signal.within_site``, the permutation test runs within site on the pooled
+    within-site AUC, and the pooled test is kept beside it as ``p_value_pooled``.
+    """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     patients = np.asarray(patients)
     known = ~np.isnan(y)
     c = counts(y, patients)
     y, p, patients = y[known], p[known], patients[known]
+    if sites is not None:
+        sites = np.asarray(sites).astype(str)[known]
+    n_sites = int(np.unique(sites).size) if sites is not None else 1
     if np.isnan(p).any():
         raise ValueError(f"{task}: a study with a known label has no prediction")
     base = dict(
@@ -115,6 +135,7 @@ def task_result(
         n_unknown=int((~known).sum()),
         n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
         few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
+        n_sites=n_sites,
     )
     mc = config.metrics
     reason = insufficiency(c, mc)
@@ -132,8 +153,21 @@ def task_result(
     dl = clustered_delong_ci(y, p, patients, level=mc.level)
     indep = delong_ci(y, p, level=mc.level)
     sig = permutation_test(y, p, patients, config=config.signal)
+    site_audit = {}
+    if n_sites > 1:
+        site_audit["auc_within_site"] = within_site_auc(y, p, sites)
+        if config.signal.within_site:
+            if np.isnan(site_audit["auc_within_site"]):
+                return TaskResult(
+                    **base, auc=boot.auc, ci_low=None, ci_high=None, delong_low=None,
+                    delong_high=None, delong_se=None, p_value=None, verdict=INSUFFICIENT,
+                    reason=f"no site of {n_sites} has both positive and negative studies",
+                    **site_audit)
+            pooled = sig
+            sig = permutation_test(y, p, patients, config=config.signal, strata=sites)
+            site_audit.update(audit="within site", p_value_pooled=pooled.p_value)
     return TaskResult(
-        **base,
+        **base, **site_audit,
         auc=boot.auc, ci_low=boot.low, ci_high=boot.high, ci_method=boot.method,
         delong_low=dl.low, delong_high=dl.high, delong_se=dl.se,
         delong_indep_low=indep.low, delong_indep_high=indep.high, delong_indep_se=indep.se,
@@ -171,6 +205,7 @@ def summarise(
             studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
             studies["patient_hash"].to_numpy(),
             config=config,
+            sites=studies["site"].to_numpy() if "site" in studies.columns else None,
         )
         for t in tasks
     }

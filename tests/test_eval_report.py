@@ -77,6 +77,7 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
     assert page.count("data:image/png;base64,") == len(TASKS) + 1
     assert "### view A4C" in md and "### site site_b" in md and "## Calibration" in md
     assert "2.5th and 97.5th percentiles" in md
+    assert "AUC within site" in md and "rest on the **within-site** permutation test" in md
     detail = json.loads((out / "metrics_detail.json").read_text())
     assert set(detail["by_view"]) == {"A2C", "A4C", "PLAX"}
     assert set(detail["by_site"]) == {"site_a", "site_b"}
@@ -153,3 +154,18 @@ def test_report_labels_clustered_delong_and_flags_few_patient_rows(tmp_path):
     assert "pos pts" in text and "DeLong (clustered)" in text
     r = res["wma"]
     assert r.delong_indep_low is not None and r.delong_indep_se <= r.delong_se * 1.5
+
+
+def test_eval_flags_for_patients_bca_and_pooled_sites():
+    from echocmr.cli import build_parser
+    from echocmr.eval.cli import eval_overrides
+    from echocmr.eval.job import load_config
+
+    args = build_parser().parse_args(["eval", "--shards", "s", "--model", "m", "--out", "o",
+                                      "--min-patients", "4", "--ci-method", "bca",
+                                      "--pooled-sites"])
+    cfg = load_config(overrides=eval_overrides(args))
+    mc, sc = cfg.evaluation.summary.metrics, cfg.evaluation.summary.signal
+    assert (mc.min_positive_patients, mc.min_negative_patients, mc.ci_method) == (4, 4, "bca")
+    assert sc.within_site is False
+    assert load_config().evaluation.summary.signal.within_site is True
