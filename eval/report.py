@@ -151,6 +151,28 @@ def _few_patients_notes(results: dict[str, TaskResult], mc) -> list[tuple]:
                   "rerun with ci_method: bca.")]
 
 
+def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
+    rows = [(t, r.control) for t, r in results.items() if r.control is not None]
+    if not rows:
+        return []
+    ctrl = rows[0][1].control.upper()
+    head = ["task", f"{ctrl}-negative studies", f"AUC within {ctrl}-negative",
+            "p (permutation)", f"AUC gain over {ctrl} score", "p (likelihood ratio)", "verdict"]
+    body = [[t.upper(), str(c.n_control_negative), _f(c.auc_control_negative),
+             _p(c.p_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
+            for t, c in rows]
+    out = [("h", 2, f"Value over the positive control ({ctrl})"),
+           ("p", f"A task's score can rank its label above chance only because the label goes "
+                 f"with {ctrl}. Two checks: the AUC among {ctrl}-negative studies (permutation "
+                 "by patient, within site), and the AUC gain of a logistic model on "
+                 f"({ctrl} score, task score) over one on the {ctrl} score alone (likelihood-ratio "
+                 "test of the task score; studies treated as independent). A 'signal' that "
+                 f"passes neither becomes 'only through {ctrl}'."),
+           ("table", head, body)]
+    out += [("p", f"{t.upper()}: {c.reason}.") for t, c in rows if c.reason]
+    return out
+
+
 def _site_note(results: dict[str, TaskResult]) -> list[tuple]:
     multi = {t: r for t, r in results.items() if r.n_sites > 1}
     if not multi:
@@ -191,6 +213,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
     b += _few_patients_notes(inp.results, mc)
     b += _site_note(inp.results)
+    b += _control_blocks(inp.results)
     if "all" in images:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from echocmr.eval.control import ControlResult, control_result, refine_verdict
 from echocmr.eval.metrics import (
     Calibration,
     MetricsConfig,
@@ -55,6 +56,12 @@ METRICS_KEYS = (
 class SummaryConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    # Every other task's value over this one (eval.control); None: no such analysis.
+    positive_control: str | None = "wma"
+
+    def __post_init__(self) -> None:
+        if self.positive_control is not None and self.positive_control not in TASKS:
+            raise ValueError(f"positive_control={self.positive_control!r}: one of {TASKS} or null")
 
 
 @dataclass(kw_only=True)
@@ -89,6 +96,7 @@ class TaskResult:
     audit: str = "pooled"  # what p_value and the verdict rest on: "pooled" or "within site"
     auc_within_site: float | None = None  # pooled within-site (stratified) AUC, >1 site
     p_value_pooled: float | None = None  # the pooled permutation test, beside a within-site one
+    control: ControlResult | None = None  # value over the positive control (eval.control)
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
@@ -209,7 +217,25 @@ def summarise(
         )
         for t in tasks
     }
-    return adjust_verdicts(results, config.signal)
+    results = adjust_verdicts(results, config.signal)
+    ctrl = config.positive_control
+    if ctrl is not None and {y_col(ctrl), p_col(ctrl)} <= set(studies.columns):
+        mc = config.metrics
+        for t, r in results.items():
+            if t == ctrl:
+                continue
+            r.control = control_result(
+                studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[y_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[p_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies["patient_hash"].to_numpy(), control=ctrl, signal=config.signal,
+                min_positives=min(mc.min_positives, mc.min_negatives),
+                min_patients=min(mc.min_positive_patients, mc.min_negative_patients),
+                sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+            )
+            r.verdict = refine_verdict(r.verdict, r.control, config.signal.alpha)
+    return results
 
 
 def adjust_verdicts(results: dict[str, TaskResult], config: SignalConfig) -> dict[str, TaskResult]:

@@ -78,6 +78,7 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
     assert "### view A4C" in md and "### site site_b" in md and "## Calibration" in md
     assert "2.5th and 97.5th percentiles" in md
     assert "AUC within site" in md and "rest on the **within-site** permutation test" in md
+    assert "## Value over the positive control (WMA)" in md and "AUC within WMA-negative" in md
     detail = json.loads((out / "metrics_detail.json").read_text())
     assert set(detail["by_view"]) == {"A2C", "A4C", "PLAX"}
     assert set(detail["by_site"]) == {"site_a", "site_b"}

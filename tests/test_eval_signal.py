@@ -182,12 +182,12 @@ def test_summary_verdict_rests_on_within_site_test_with_several_sites():
                        "split": "test", **{f"y_{t}": y for t in TASKS},
                        **{f"p_{t}": 1 / (1 + np.exp(-s)) for t in TASKS}})
     fast = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000),
-                         signal=SignalConfig(n_permutations=500))
+                         signal=SignalConfig(n_permutations=500), positive_control=None)
     r = summarise(df, config=fast, tasks=("lge",))["lge"]
     assert r.n_sites == 2 and r.audit == "within site"
     assert r.p_value_pooled < 0.01 and r.verdict == NO_SIGNAL
     assert abs(r.auc_within_site - 0.5) < 0.06 and r.auc > 0.6
-    old = SummaryConfig(metrics=fast.metrics,
+    old = SummaryConfig(metrics=fast.metrics, positive_control=None,
                         signal=SignalConfig(n_permutations=500, within_site=False))
     r_old = summarise(df, config=old, tasks=("lge",))["lge"]
     assert r_old.audit == "pooled" and r_old.verdict == SIGNAL
