@@ -68,6 +68,8 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--pooled-sites", action="store_true", default=None,
                    help="permutation audit across sites (default: within site when there are "
                         "several, so a model that recognises the site is not 'signal')")
+    p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
+                   help="operating point: threshold chosen on val, applied to the split (youden)")
     p.add_argument("--min-patients", type=int, metavar="N",
                    help="fewer patients with a positive (or a negative) study: 'insufficient "
                         "data' (default 10)")
@@ -98,6 +100,7 @@ EVAL_FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("evaluation.summary.metrics.seed", "evaluation.summary.signal.seed"),
     "min_positives": ("evaluation.summary.metrics.min_positives",
                       "evaluation.summary.metrics.min_negatives"),
+    "threshold": ("evaluation.threshold",),
     "min_patients": ("evaluation.summary.metrics.min_positive_patients",
                      "evaluation.summary.metrics.min_negative_patients"),
     "ci_method": ("evaluation.summary.metrics.ci_method",),

@@ -19,8 +19,11 @@ from echocmr.eval.aggregate import (
     Aggregation,
     StackerConfig,
     aggregate,
+    clips_to_videos,
+    videos_to_studies,
     views_to_studies,
 )
+from echocmr.eval.operating import THRESHOLD_RULES, ThresholdRule, operating_point
 from echocmr.eval.outputs import (
     write_clip_predictions,
     write_detail,
@@ -41,10 +44,18 @@ class EvaluationConfig:
     stacker: StackerConfig = field(default_factory=StackerConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     breakdowns: tuple[str, ...] = ("view", "site")
+    # Operating point: threshold chosen on val ("youden", or "sensitivity" >= target), applied
+    # unchanged to the split evaluated; "none" skips it (and eval's inference on val).
+    threshold: ThresholdRule = "youden"
+    target_sensitivity: float = 0.9
 
     def __post_init__(self) -> None:
         if self.aggregation not in METHODS:
             raise ValueError(f"aggregation {self.aggregation!r}: choose one of {METHODS}")
+        if self.threshold not in THRESHOLD_RULES:
+            raise ValueError(f"threshold {self.threshold!r}: choose one of {THRESHOLD_RULES}")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity={self.target_sensitivity}: in (0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -77,6 +88,12 @@ def evaluate_clips(
         clips, method=config.aggregation, val_clips=val_clips, stacker_config=config.stacker
     )
     results = summarise(studies, config=config.summary)
+    val_studies = None
+    if val_clips is not None and not val_clips.empty:
+        val_videos = clips_to_videos(val_clips)
+        val_studies = (stacker.predict(val_videos) if stacker is not None
+                       else videos_to_studies(val_videos))
+    add_operating_points(results, studies, val_studies, config)
     by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
                if "view" in config.breakdowns else {})
     by_site = (breakdown(studies, "site", config=config.summary)
@@ -103,6 +120,29 @@ def evaluate_clips(
     log.info("wrote %s", ", ".join(sorted(files)))
     return Evaluation(studies=studies, videos=videos, results=results, by_view=by_view,
                       by_site=by_site, files=files, stacker=stacker_info)
+
+
+def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
+                         val_studies: pd.DataFrame | None, config: EvaluationConfig) -> None:
+    """Each task's threshold chosen on ``val_studies``, read on ``studies`` (eval.operating)."""
+    from echocmr.eval.tasks import p_col, y_col
+
+    if config.threshold == "none":
+        return
+    for task, r in results.items():
+        if val_studies is None:
+            r.operating_reason = "no val predictions to choose a threshold on"
+            continue
+        yv = val_studies[y_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        pv = val_studies[p_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        y = studies[y_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        p = studies[p_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        kv, k = ~pd.isna(yv), ~pd.isna(y)
+        if len(set(yv[kv])) < 2 or len(set(y[k])) < 2:
+            r.operating_reason = "val or this split lacks positives or negatives"
+            continue
+        r.operating = operating_point(yv[kv], pv[kv], y[k], p[k], rule=config.threshold,
+                                      target_sensitivity=config.target_sensitivity)
 
 
 def _settings(config: EvaluationConfig) -> dict:

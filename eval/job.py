@@ -74,9 +74,11 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                               tracking_uri=tracking_uri, address=address)
     log.info("%d clips of %d videos in %s", len(clips), clips["key"].nunique(), config.split)
     val_clips = None
-    if config.evaluation.aggregation == "stacker":
-        if config.split == "val":
-            raise ValueError("the stacker is fitted on val; evaluate it on another split")
+    if config.evaluation.aggregation == "stacker" and config.split == "val":
+        raise ValueError("the stacker is fitted on val; evaluate it on another split")
+    # The stacker is fitted on val, and the operating point's threshold is chosen there.
+    if config.split != "val" and (config.evaluation.aggregation == "stacker"
+                                  or config.evaluation.threshold != "none"):
         val_clips, _ = infer_split(shards, "val", model_uri, config=config.infer,
                                    loaded=loaded, tracking_uri=tracking_uri, address=address)
     digest = manifest_digest(shards)

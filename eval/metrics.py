@@ -113,6 +113,23 @@ def weighted_auc(y_true: np.ndarray, scores: np.ndarray, weights_BN: np.ndarray)
     return out
 
 
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as average precision: Σ (R_k − R_{k−1}) P_k over the
+    distinct scores from high to low (tied scores enter together), as
+    ``sklearn.metrics.average_precision_score``. Its chance level is the prevalence, not 0.5."""
+    y, s = check_binary(y_true, scores)
+    if not y.any():
+        raise ValueError("average precision needs at least one positive")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    ends = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[ends]
+    fp = (ends + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def patient_resamples(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
     """Patient indices of each bootstrap resample, shape (n_resamples, n_patients)."""
     return np.random.default_rng(seed).integers(0, n_patients, size=(n_resamples, n_patients))

@@ -151,6 +151,40 @@ def _few_patients_notes(results: dict[str, TaskResult], mc) -> list[tuple]:
                   "rerun with ci_method: bca.")]
 
 
+def _pct_ci(x: float | None, ci) -> str:
+    if x is None:
+        return "—"
+    lo, hi = ci
+    return f"{x:.2f} ({lo:.2f}–{hi:.2f})" if lo is not None else f"{x:.2f}"
+
+
+def _operating_blocks(results: dict[str, TaskResult]) -> list[tuple]:
+    head = ["task", "PR-AUC", "prevalence", "rule", "threshold (from val)", "sensitivity",
+            "specificity", "PPV", "NPV", "TP/FP/TN/FN"]
+    rows, notes = [], []
+    for t, r in results.items():
+        op = r.operating
+        if op is None:
+            rows.append([t.upper(), _f(r.pr_auc), _f(r.prevalence), "—", "—", "—", "—", "—", "—",
+                         "—"])
+            if r.operating_reason:
+                notes.append(f"{t.upper()}: {r.operating_reason}")
+            continue
+        rows.append([t.upper(), _f(r.pr_auc), _f(r.prevalence), op.rule, f"{op.threshold:.3f}",
+                     _pct_ci(op.sensitivity, op.sensitivity_ci),
+                     _pct_ci(op.specificity, op.specificity_ci), _pct_ci(op.ppv, op.ppv_ci),
+                     _pct_ci(op.npv, op.npv_ci), f"{op.tp}/{op.fp}/{op.tn}/{op.fn}"])
+    out = [("h", 2, "PR-AUC and an operating point chosen on val"),
+           ("p", "PR-AUC is average precision; its chance level is the prevalence, not 0.5. The "
+                 "threshold is chosen on the val split's studies (youden: max sensitivity + "
+                 "specificity − 1; sensitivity: the highest threshold reaching the target) and "
+                 "applied unchanged here; 95% Wilson intervals over studies."),
+           ("table", head, rows)]
+    if notes:
+        out.append(("p", "No operating point — " + "; ".join(notes) + "."))
+    return out
+
+
 def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
     rows = [(t, r.control) for t, r in results.items() if r.control is not None]
     if not rows:
@@ -214,6 +248,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     b += _few_patients_notes(inp.results, mc)
     b += _site_note(inp.results)
     b += _control_blocks(inp.results)
+    b += _operating_blocks(inp.results)
     if "all" in images:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))

@@ -13,7 +13,7 @@ Verdicts come from p-values adjusted over the tasks summarised together (Holm by
 `eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
 ``breakdown`` does the same within each value of a column (``view``, ``site``).
 ``metrics_json`` writes the contract: ``{task: {auc, ci_low, ci_high, delong_low, delong_high,
-n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
+pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
 ``detail_json`` adds the rest.
 """
 
@@ -29,12 +29,14 @@ from echocmr.eval.control import ControlResult, control_result, refine_verdict
 from echocmr.eval.metrics import (
     Calibration,
     MetricsConfig,
+    average_precision,
     bootstrap_auc_ci,
     calibration_summary,
     clustered_delong_ci,
     counts,
     delong_ci,
 )
+from echocmr.eval.operating import OperatingPoint
 from echocmr.eval.signal import (
     INSUFFICIENT,
     SignalConfig,
@@ -47,7 +49,7 @@ from echocmr.eval.tasks import TASKS, p_col, y_col
 from echocmr.train.metrics import roc_auc
 
 METRICS_KEYS = (
-    "auc", "ci_low", "ci_high", "delong_low", "delong_high",
+    "auc", "ci_low", "ci_high", "delong_low", "delong_high", "pr_auc",
     "n_studies", "n_patients", "n_pos", "n_pos_patients", "n_neg_patients", "p_value", "verdict",
 )
 
@@ -97,14 +99,20 @@ class TaskResult:
     auc_within_site: float | None = None  # pooled within-site (stratified) AUC, >1 site
     p_value_pooled: float | None = None  # the pooled permutation test, beside a within-site one
     control: ControlResult | None = None  # value over the positive control (eval.control)
+    pr_auc: float | None = None  # average precision; chance level = prevalence
+    prevalence: float | None = None  # positive share of the studies with a known label
+    operating: OperatingPoint | None = None  # threshold chosen on val, applied here
+    operating_reason: str | None = None  # why there is no operating point
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
         return {k: _clean(getattr(self, k)) for k in METRICS_KEYS}
 
     def detail_json(self) -> dict:
-        out = {k: _clean(v) for k, v in asdict(self).items() if k != "calibration"}
+        out = {k: _clean(v) for k, v in asdict(self).items()
+               if k not in ("calibration", "operating")}
         out["calibration"] = self.calibration.to_dict() if self.calibration else None
+        out["operating"] = self.operating.to_dict() if self.operating else None
         return out
 
 
@@ -144,6 +152,8 @@ def task_result(
         n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
         few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
         n_sites=n_sites,
+        pr_auc=average_precision(y, p) if c.n_pos and c.n_neg else None,
+        prevalence=c.n_pos / c.n_studies if c.n_studies else None,
     )
     mc = config.metrics
     reason = insufficiency(c, mc)

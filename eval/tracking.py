@@ -29,7 +29,8 @@ from echocmr.eval.summary import TaskResult
 log = logging.getLogger(__name__)
 
 EVAL_EXPERIMENT = "echocmr-eval"
-_KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "p_value", "p_adjusted",
+_KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "pr_auc", "p_value",
+         "p_adjusted",
          "n_studies", "n_pos", "n_pos_patients", "n_neg_patients")
 
 
@@ -98,6 +99,11 @@ def eval_metrics(results: dict[str, TaskResult], split: str) -> dict[str, float]
                 continue
             name = f"{split}_auc_{task}" if key == "auc" else f"{split}_{task}_{key}"
             out[name] = float(value)
+        op = r.operating
+        for key in ("threshold", "sensitivity", "specificity", "ppv", "npv"):
+            value = getattr(op, key) if op is not None else None
+            if value is not None:
+                out[f"{split}_{task}_{key}"] = float(value)
     return out
 
 

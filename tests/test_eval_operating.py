@@ -1,0 +1,73 @@
+"""PR-AUC against sklearn; the operating point's threshold comes from val and is applied unchanged."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_curve
+
+from echocmr.eval.evaluate import EvaluationConfig, evaluate_clips
+from echocmr.eval.metrics import MetricsConfig, average_precision
+from echocmr.eval.operating import choose_threshold, operating_point, wilson
+from echocmr.eval.signal import SignalConfig
+from echocmr.eval.summary import SummaryConfig
+
+from _eval_fixtures import clip_table
+
+
+def _data(n, seed, shift=1.0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(float)
+    return y, np.round(1 / (1 + np.exp(-(rng.normal(size=n) + shift * y))), 2)  # with ties
+
+
+def test_average_precision_equals_sklearn_with_ties():
+    for seed in range(5):
+        y, p = _data(200, seed)
+        assert average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+
+
+def test_youden_and_target_sensitivity_thresholds():
+    y, p = _data(300, 1, shift=1.5)
+    t = choose_threshold(y, p, rule="youden")
+    fpr, tpr, thr = roc_curve(y, p)
+    best = np.max(tpr - fpr)
+    sens, spec = (p[y == 1] >= t).mean(), (p[y == 0] < t).mean()
+    assert sens + spec - 1 == pytest.approx(best)
+    t90 = choose_threshold(y, p, rule="sensitivity", target_sensitivity=0.9)
+    assert (p[y == 1] >= t90).mean() >= 0.9
+    higher = np.unique(p)[np.unique(p) > t90]
+    assert all((p[y == 1] >= h).mean() < 0.9 for h in higher)  # the highest such threshold
+
+
+def test_operating_point_uses_the_val_threshold_on_test():
+    yv, pv = _data(300, 2, shift=1.5)
+    y, p = _data(200, 3, shift=1.5)
+    op = operating_point(yv, pv, y, p, rule="youden")
+    assert op.threshold == choose_threshold(yv, pv)  # from val, not from test
+    call = p >= op.threshold
+    assert op.tp == int((call & (y == 1)).sum()) and op.fn == int((~call & (y == 1)).sum())
+    assert op.sensitivity == pytest.approx(op.tp / (op.tp + op.fn))
+    assert op.ppv == pytest.approx(op.tp / (op.tp + op.fp))
+    lo, hi = wilson(op.tp, op.tp + op.fn)
+    assert lo < op.sensitivity < hi
+    assert wilson(0, 0) == (None, None)
+
+
+def test_evaluate_clips_reports_operating_points_from_val(tmp_path):
+    fast = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positive_patients=5,
+                                               min_negative_patients=5),
+                         signal=SignalConfig(n_permutations=200))
+    test, val = clip_table(60, seed=1), clip_table(60, seed=2, split="val")
+    ev = evaluate_clips(test, tmp_path, config=EvaluationConfig(summary=fast), val_clips=val)
+    wma = ev.results["wma"]
+    assert wma.operating is not None and wma.pr_auc is not None
+    detail = json.loads((tmp_path / "metrics_detail.json").read_text())
+    assert detail["tasks"]["wma"]["operating"]["rule"] == "youden"
+    assert json.loads((tmp_path / "metrics.json").read_text())["wma"]["pr_auc"] == pytest.approx(
+        wma.pr_auc)
+    md = (tmp_path / "report.md").read_text()
+    assert "PR-AUC and an operating point chosen on val" in md
+    ev = evaluate_clips(test, tmp_path / "noval", config=EvaluationConfig(summary=fast))
+    assert ev.results["wma"].operating is None
+    assert "no val predictions" in ev.results["wma"].operating_reason
