@@ -23,6 +23,7 @@ from echocmr.eval.aggregate import (
     videos_to_studies,
     views_to_studies,
 )
+from echocmr.eval.missingness import label_missingness
 from echocmr.eval.operating import THRESHOLD_RULES, ThresholdRule, operating_point
 from echocmr.eval.outputs import (
     write_clip_predictions,
@@ -79,8 +80,14 @@ def evaluate_clips(
     val_clips: pd.DataFrame | None = None,
     context: dict[str, str] | None = None,
     title: str | None = None,
+    label_table: pd.DataFrame | None = None,
 ) -> Evaluation:
-    """Aggregate ``clips`` to studies, compute every metric, and write all outputs to ``out_dir``."""
+    """Aggregate ``clips`` to studies, compute every metric, and write all outputs to ``out_dir``.
+
+    ``label_table``: one row per study of every split (``split``, ``site``, ``y_<task>``; e.g.
+    `eval.missingness.studies_from_manifest`) for the label-missingness table; without it the
+    table covers the studies evaluated (and val's, when given).
+    """
     config = config or EvaluationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +101,10 @@ def evaluate_clips(
         val_studies = (stacker.predict(val_videos) if stacker is not None
                        else videos_to_studies(val_videos))
     add_operating_points(results, studies, val_studies, config)
+    if label_table is None:
+        label_table = pd.concat([t for t in (studies, val_studies) if t is not None],
+                                ignore_index=True)
+    missing = label_missingness(label_table, control=config.summary.positive_control or "wma")
     by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
                if "view" in config.breakdowns else {})
     by_site = (breakdown(studies, "site", config=config.summary)
@@ -109,12 +120,12 @@ def evaluate_clips(
         "metrics_detail.json": write_detail(
             results, out_dir / "metrics_detail.json", by_view=by_view, by_site=by_site,
             extra={"settings": _settings(config), "context": dict(context or {}),
-                   "stacker": stacker_info},
+                   "stacker": stacker_info, "label_missingness": missing},
         ),
     }
     files.update(write_report(out_dir, ReportInputs(
         studies=studies, results=results, by_view=by_view, by_site=by_site,
-        context=dict(context or {}), config=config.summary,
+        context=dict(context or {}), config=config.summary, missingness=missing,
         title=title or f"echocmr evaluation — {', '.join(splits)} split",
     )))
     log.info("wrote %s", ", ".join(sorted(files)))

@@ -93,8 +93,12 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                         if config.evaluation.aggregation == "mean"
                         else "per-view logistic-regression stacker fitted on val"),
     }
+    from echocmr.eval.missingness import studies_from_manifest
+    from echocmr.shards.reader import read_manifest
+
     evaluation = evaluate_clips(clips, out, config=config.evaluation, val_clips=val_clips,
-                                context=context)
+                                context=context,
+                                label_table=studies_from_manifest(read_manifest(shards)))
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:

@@ -32,6 +32,7 @@ class ReportInputs:
     context: dict[str, str] = field(default_factory=dict)
     config: SummaryConfig = field(default_factory=SummaryConfig)
     title: str = "echocmr evaluation"
+    missingness: dict = field(default_factory=dict)  # eval.missingness.label_missingness
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -253,6 +254,15 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))
     b += [("img", images[t], f"ROC {t.upper()}") for t in TASKS if t in images]
+    if inp.missingness:
+        from echocmr.eval.missingness import missingness_rows
+
+        b.append(("h", 2, "Label missingness per task and split"))
+        b.append(("p", "Each AUC is over the studies whose label is known. Where many are unknown, "
+                       "compare the labelled studies with the rest on what is known for both (the "
+                       "WMA rate here; the site mix is in metrics_detail.json). Age and sex are "
+                       "not in the shards."))
+        b.append(("table", *missingness_rows(inp.missingness)))
     b.append(("h", 2, "Calibration"))
     head = ["task", "Brier", "slope", "intercept", "ECE", "mean p", "observed rate"]
     rows = [[t.upper(), _f(c.brier), _f(c.slope, 2), _f(c.intercept, 2), _f(c.ece),

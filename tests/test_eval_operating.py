@@ -68,6 +68,34 @@ def test_evaluate_clips_reports_operating_points_from_val(tmp_path):
         wma.pr_auc)
     md = (tmp_path / "report.md").read_text()
     assert "PR-AUC and an operating point chosen on val" in md
+    assert "## Label missingness per task and split" in md
+    assert set(detail["label_missingness"]["wma"]) == {"test", "val"}
     ev = evaluate_clips(test, tmp_path / "noval", config=EvaluationConfig(summary=fast))
     assert ev.results["wma"].operating is None
     assert "no val predictions" in ev.results["wma"].operating_reason
+
+
+def test_label_missingness_per_task_and_split():
+    import pandas as pd
+
+    from echocmr.eval.missingness import label_missingness, studies_from_manifest
+
+    rows = []
+    for i in range(40):
+        split = "test" if i < 20 else "val"
+        wma = float(i % 2)
+        t1 = np.nan if (i % 4 == 1) else 0.0  # unknown only in WMA-positive studies
+        for clip in range(2):
+            rows.append({"key": f"k{i}{clip}", "study_hash": f"s{i:02d}", "split": split,
+                         "site": "a" if i % 3 else "b", "wma": wma, "lge": 0.0, "t1": t1,
+                         "t2": 0.0, "ecv": 0.0})
+    studies = studies_from_manifest(pd.DataFrame(rows))
+    assert len(studies) == 40 and "y_t1" in studies.columns
+    miss = label_missingness(studies)
+    t1 = miss["t1"]["test"]
+    assert (t1["n_studies"], t1["n_unknown"], t1["frac_unknown"]) == (20, 5, 0.25)
+    assert t1["control_rate_unlabelled"] == 1.0 and t1["control_rate_labelled"] == pytest.approx(
+        5 / 15)
+    assert set(miss["t1"]) == {"test", "val"} and miss["wma"]["val"]["n_unknown"] == 0
+    assert "control_rate_labelled" not in miss["wma"]["val"]
+    assert abs(sum(t1["site_share_labelled"].values()) - 1) < 1e-12
