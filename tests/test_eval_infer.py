@@ -116,6 +116,8 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     assert wma["auc"] == pytest.approx(roc_auc_score(preds["y_wma"], preds["p_wma"]))
     assert wma["n_studies"] == len(preds) and wma["ci_low"] is not None
     assert (out / "report.html").exists() and (out / "clip_predictions.parquet").exists()
+    report = (out / "report.md").read_text()
+    assert "evaluations of this train split for this model: 1 (this one included)" in report
 
     from mlflow.tracking import MlflowClient
 

@@ -99,3 +99,29 @@ def test_label_missingness_per_task_and_split():
     assert set(miss["t1"]) == {"test", "val"} and miss["wma"]["val"]["n_unknown"] == 0
     assert "control_rate_labelled" not in miss["wma"]["val"]
     assert abs(sum(t1["site_share_labelled"].values()) - 1) < 1e-12
+
+
+def test_reevaluations_of_a_test_split_are_counted(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.eval.summary import summarise
+    from echocmr.eval.tracking import log_evaluation, previous_evaluations
+
+    from _eval_fixtures import study_table
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    results = summarise(study_table(60, seed=1), config=SummaryConfig(
+        metrics=MetricsConfig(n_bootstrap=1000), signal=SignalConfig(n_permutations=100)))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text("{}")
+    kw = dict(tracking_uri=uri, model_uri=str(tmp_path / "ckpt"), split="test",
+              data_digest="d1")
+    assert previous_evaluations(**kw) == 0
+    for i in (1, 2):
+        run = log_evaluation(**kw, results=results, out_dir=tmp_path / "out", params={},
+                             eval_count=previous_evaluations(**kw) + 1)
+        assert MlflowClient(uri).get_run(run).data.tags["echocmr.eval_count"] == str(i)
+    assert previous_evaluations(**kw) == 2
+    assert previous_evaluations(**{**kw, "split": "val"}) == 0  # another split
+    assert previous_evaluations(**{**kw, "data_digest": "d2"}) == 0  # another shard set
+    assert previous_evaluations(**{**kw, "model_uri": "other"}) == 0  # another model
