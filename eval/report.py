@@ -118,6 +118,45 @@ def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Pa
     return paths
 
 
+def plot_forest(results: dict[str, TaskResult], out_dir: Path) -> Path | None:
+    """``forest.png``: per task our AUC with its bootstrap CI beside the published one, the
+    verdict as a label; None when no task has an AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, r in results.items() if r.auc is not None or t in PUBLISHED]
+    if not any(results[t].auc is not None for t in tasks):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tasks) + 1.2))
+    for i, t in enumerate(tasks):
+        y = len(tasks) - 1 - i
+        r = results[t]
+        if r.auc is not None:
+            lo = r.ci_low if r.ci_low is not None else r.auc
+            hi = r.ci_high if r.ci_high is not None else r.auc
+            ax.errorbar(r.auc, y + 0.13, xerr=[[r.auc - lo], [hi - r.auc]], fmt="o",
+                        color="tab:blue", capsize=3, label="this evaluation" if i == 0 else None)
+        pub = PUBLISHED.get(t)
+        if pub is not None:
+            ax.errorbar(pub.auc, y - 0.13, xerr=[[pub.auc - pub.low], [pub.high - pub.auc]],
+                        fmt="s", color="grey", capsize=3, label="published" if i == 0 else None)
+        ax.text(1.02, y, r.verdict, va="center", fontsize=8, transform=ax.get_yaxis_transform())
+    ax.axvline(0.5, ls="--", color="grey", lw=1)
+    ax.set_yticks(range(len(tasks)), [t.upper() for t in reversed(tasks)])
+    lows = [r.ci_low for r in results.values() if r.ci_low is not None]
+    ax.set(xlim=(min([0.3, *lows]) - 0.02, 1.02), ylim=(-0.6, len(tasks) - 0.4),
+           xlabel="study-level AUC (95% CI: patient bootstrap)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=2, frameon=False)
+    height = 0.55 * len(tasks) + 1.2
+    fig.subplots_adjust(left=0.1, right=0.64, top=1 - 0.35 / height, bottom=0.6 / height)
+    path = Path(out_dir) / "forest.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, list]:
     head = ["task", "studies", "patients", "positive studies", "positive patients",
             "negative patients", "AUC", "95% CI (patient bootstrap)",
@@ -240,6 +279,9 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     mc, sc = inp.config.metrics, inp.config.signal
     b: list[tuple] = [("h", 1, inp.title)]
     b += [("p", "; ".join(f"{k}: {v}" for k, v in inp.context.items()))] if inp.context else []
+    if "forest" in images:
+        b.append(("img", images["forest"], "AUC per task with 95% CI beside the published study, "
+                                           "verdict on the right"))
     b.append(("h", 2, "AUC per task, beside the published study"))
     b.append(("table", *_task_rows(inp.results, published=True)))
     b.append(("p", f"Published column: {PUBLISHED_SOURCE}."))
@@ -350,8 +392,12 @@ def write_report(out_dir: Path, inp: ReportInputs) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plot_rocs(inp.studies, inp.results, out_dir)
+    forest = plot_forest(inp.results, out_dir)
+    if forest is not None:
+        images["forest"] = forest
     blocks = build_blocks(inp, images)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
     page.write_text(render_html(blocks, inp.title), encoding="utf-8")
-    return {"report.md": md, "report.html": page, **{f"roc_{k}.png": v for k, v in images.items()}}
+    return {"report.md": md, "report.html": page,
+            **{("forest.png" if k == "forest" else f"roc_{k}.png"): v for k, v in images.items()}}

@@ -74,7 +74,11 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
         assert (out / f"roc_{t}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](roc_{t}.png)" in md
         assert PUBLISHED[t].text() in md and PUBLISHED[t].text() in page
-    assert page.count("data:image/png;base64,") == len(TASKS) + 1
+    assert page.count("data:image/png;base64,") == len(TASKS) + 2  # ROCs, all ROCs, forest
+    # The forest plot leads: right after the title and context, before the AUC table.
+    assert md.index("](forest.png)") < md.index("## AUC per task")
+    assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "forest.png" in ev.files
     assert "### view A4C" in md and "### site site_b" in md and "## Calibration" in md
     assert "2.5th and 97.5th percentiles" in md
     assert "AUC within site" in md and "rest on the **within-site** permutation test" in md
