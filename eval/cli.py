@@ -68,6 +68,9 @@ def _register_eval(subparsers) -> None:
     p.add_argument("--pooled-sites", action="store_true", default=None,
                    help="permutation audit across sites (default: within site when there are "
                         "several, so a model that recognises the site is not 'signal')")
+    p.add_argument("--holdout-site", metavar="NAME",
+                   help="external validation: judge the split's studies of site NAME (one the "
+                        "model never trained on), beside the other sites' (internal)")
     p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
                    help="operating point: threshold chosen on val, applied to the split (youden)")
     p.add_argument("--min-patients", type=int, metavar="N",
@@ -101,6 +104,7 @@ EVAL_FLAGS: dict[str, tuple[str, ...]] = {
     "min_positives": ("evaluation.summary.metrics.min_positives",
                       "evaluation.summary.metrics.min_negatives"),
     "threshold": ("evaluation.threshold",),
+    "holdout_site": ("evaluation.holdout_site",),
     "min_patients": ("evaluation.summary.metrics.min_positive_patients",
                      "evaluation.summary.metrics.min_negative_patients"),
     "ci_method": ("evaluation.summary.metrics.ci_method",),

@@ -32,7 +32,7 @@ from echocmr.eval.outputs import (
     write_predictions,
 )
 from echocmr.eval.report import ReportInputs, write_report
-from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, summarise
+from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class EvaluationConfig:
     # unchanged to the split evaluated; "none" skips it (and eval's inference on val).
     threshold: ThresholdRule = "youden"
     target_sensitivity: float = 0.9
+    # External validation: the main table is this site's studies (a site the model did not train
+    # on, e.g. after `shards reshard --exclude-site`); the other sites' are the internal column.
+    holdout_site: str | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in METHODS:
@@ -94,13 +97,26 @@ def evaluate_clips(
     videos, studies, stacker = aggregate(
         clips, method=config.aggregation, val_clips=val_clips, stacker_config=config.stacker
     )
-    results = summarise(studies, config=config.summary)
+    judged, internal = studies, None
+    if config.holdout_site is not None:
+        site = studies["site"].astype(str)
+        if config.holdout_site not in set(site):
+            raise ValueError(f"--holdout-site {config.holdout_site!r}: the split's sites are "
+                             f"{sorted(set(site))}")
+        judged = studies[site == config.holdout_site]
+        internal = summarise(studies[site != config.holdout_site], config=config.summary)
+    results = summarise(judged, config=config.summary)
     val_studies = None
     if val_clips is not None and not val_clips.empty:
         val_videos = clips_to_videos(val_clips)
         val_studies = (stacker.predict(val_videos) if stacker is not None
                        else videos_to_studies(val_videos))
-    add_operating_points(results, studies, val_studies, config)
+        if config.holdout_site is not None:  # thresholds from the training sites' val only
+            val_studies = val_studies[val_studies["site"].astype(str) != config.holdout_site]
+    add_operating_points(results, judged, val_studies, config)
+    if internal is not None:
+        add_operating_points(internal, studies[studies["site"].astype(str)
+                                                != config.holdout_site], val_studies, config)
     if label_table is None:
         label_table = pd.concat([t for t in (studies, val_studies) if t is not None],
                                 ignore_index=True)
@@ -120,12 +136,15 @@ def evaluate_clips(
         "metrics_detail.json": write_detail(
             results, out_dir / "metrics_detail.json", by_view=by_view, by_site=by_site,
             extra={"settings": _settings(config), "context": dict(context or {}),
-                   "stacker": stacker_info, "label_missingness": missing},
+                   "stacker": stacker_info, "label_missingness": missing,
+                   "holdout_site": config.holdout_site,
+                   "internal": None if internal is None else detail_json(internal)},
         ),
     }
     files.update(write_report(out_dir, ReportInputs(
         studies=studies, results=results, by_view=by_view, by_site=by_site,
         context=dict(context or {}), config=config.summary, missingness=missing,
+        internal=internal, holdout_site=config.holdout_site,
         title=title or f"echocmr evaluation — {', '.join(splits)} split",
     )))
     log.info("wrote %s", ", ".join(sorted(files)))

@@ -33,6 +33,8 @@ class ReportInputs:
     config: SummaryConfig = field(default_factory=SummaryConfig)
     title: str = "echocmr evaluation"
     missingness: dict = field(default_factory=dict)  # eval.missingness.label_missingness
+    internal: dict[str, TaskResult] | None = None  # with holdout_site: the other sites' results
+    holdout_site: str | None = None
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -225,6 +227,30 @@ def _operating_blocks(results: dict[str, TaskResult]) -> list[tuple]:
     return out
 
 
+def _external_blocks(external: dict[str, TaskResult], internal: dict[str, TaskResult],
+                     site: str | None) -> list[tuple]:
+    head = ["task", "internal AUC (95% CI)", "internal studies / patients",
+            f"external AUC (95% CI), site {site}", "external studies / patients",
+            "external − internal", "external verdict"]
+    rows = []
+    for t, e in external.items():
+        i = internal.get(t)
+
+        def cell(r):
+            return "—" if r is None or r.auc is None else f"{r.auc:.3f} ({_ci(r.ci_low, r.ci_high)})"
+
+        diff = (f"{e.auc - i.auc:+.3f}" if i is not None and e.auc is not None
+                and i.auc is not None else "—")
+        rows.append([t.upper(), cell(i), f"{i.n_studies} / {i.n_patients}" if i else "—",
+                     cell(e), f"{e.n_studies} / {e.n_patients}", diff, e.verdict])
+    return [("h", 2, f"External validation: site {site} against the other sites"),
+            ("p", f"Internal: the split's studies of the other sites; external: those of site "
+                  f"{site}. The claim is external only when the model never trained on site "
+                  f"{site} (train on `shards reshard --exclude-site {site}`). The tables below "
+                  "are the external site's."),
+            ("table", head, rows)]
+
+
 def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
     rows = [(t, r.control) for t, r in results.items() if r.control is not None]
     if not rows:
@@ -282,7 +308,10 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     if "forest" in images:
         b.append(("img", images["forest"], "AUC per task with 95% CI beside the published study, "
                                            "verdict on the right"))
-    b.append(("h", 2, "AUC per task, beside the published study"))
+    if inp.internal is not None:
+        b += _external_blocks(inp.results, inp.internal, inp.holdout_site)
+    b.append(("h", 2, "AUC per task, beside the published study"
+                      + (f" (external: site {inp.holdout_site})" if inp.holdout_site else "")))
     b.append(("table", *_task_rows(inp.results, published=True)))
     b.append(("p", f"Published column: {PUBLISHED_SOURCE}."))
     insufficient = [r for r in inp.results.values() if r.reason]

@@ -125,3 +125,27 @@ def test_reevaluations_of_a_test_split_are_counted(tmp_path):
     assert previous_evaluations(**{**kw, "split": "val"}) == 0  # another split
     assert previous_evaluations(**{**kw, "data_digest": "d2"}) == 0  # another shard set
     assert previous_evaluations(**{**kw, "model_uri": "other"}) == 0  # another model
+
+
+def test_holdout_site_puts_external_beside_internal(tmp_path):
+    fast = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positive_patients=5,
+                                               min_negative_patients=5),
+                         signal=SignalConfig(n_permutations=200))
+    clips = clip_table(90, seed=4)
+    ext = clips["study_hash"].str[-1].isin(list("012"))
+    clips.loc[ext, "site"] = "site_x"
+    clips.loc[ext, "key"] = "site_x-" + clips.loc[ext, "key"]
+    val = clip_table(60, seed=5, split="val")
+    ev = evaluate_clips(clips, tmp_path, val_clips=val,
+                        config=EvaluationConfig(summary=fast, holdout_site="site_x"))
+    n_ext = clips.loc[ext, "study_hash"].nunique()
+    assert ev.results["wma"].n_studies == n_ext
+    detail = json.loads((tmp_path / "metrics_detail.json").read_text())
+    assert detail["holdout_site"] == "site_x"
+    assert detail["internal"]["wma"]["n_studies"] == clips["study_hash"].nunique() - n_ext
+    md = (tmp_path / "report.md").read_text()
+    assert "## External validation: site site_x against the other sites" in md
+    assert "external − internal" in md
+    with pytest.raises(ValueError, match="sites are"):
+        evaluate_clips(clips, tmp_path / "x",
+                       config=EvaluationConfig(summary=fast, holdout_site="nowhere"))
