@@ -22,6 +22,30 @@ def register(subparsers) -> None:
     _register_eval(subparsers)
     _register_predict(subparsers)
     _register_models(subparsers)
+    _register_sweep(subparsers)
+
+
+def _register_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="AUC spread over training seeds beside the sampling CI",
+        description="Read the metrics.json of several `echocmr eval` outputs (one model per "
+                    "training seed, same split) and print each task's AUC mean, SD and range "
+                    "over the seeds beside the mean bootstrap CI width.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="eval output directories")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_sweep_cmd)
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from echocmr.eval.sweep import read_evaluations, seed_spread, spread_table
+
+    try:
+        spread = seed_spread(read_evaluations(args.dirs))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"echocmr sweep: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(spread, indent=2) if args.json else spread_table(spread))
+    return 0
 
 
 def _register_eval(subparsers) -> None:
