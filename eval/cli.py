@@ -22,6 +22,30 @@ def register(subparsers) -> None:
     _register_eval(subparsers)
     _register_predict(subparsers)
     _register_models(subparsers)
+    _register_sweep(subparsers)
+
+
+def _register_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="AUC spread over training seeds beside the sampling CI",
+        description="Read the metrics.json of several `echocmr eval` outputs (one model per "
+                    "training seed, same split) and print each task's AUC mean, SD and range "
+                    "over the seeds beside the mean bootstrap CI width.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="eval output directories")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_sweep_cmd)
+
+
+def run_sweep_cmd(args: argparse.Namespace) -> int:
+    from echocmr.eval.sweep import read_evaluations, seed_spread, spread_table
+
+    try:
+        spread = seed_spread(read_evaluations(args.dirs))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"echocmr sweep: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(spread, indent=2) if args.json else spread_table(spread))
+    return 0
 
 
 def _register_eval(subparsers) -> None:
@@ -65,6 +89,19 @@ def _register_eval(subparsers) -> None:
                    help="multiple-testing adjustment of the verdicts over the tasks (holm)")
     p.add_argument("--min-positives", type=int, metavar="N",
                    help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    p.add_argument("--pooled-sites", action="store_true", default=None,
+                   help="permutation audit across sites (default: within site when there are "
+                        "several, so a model that recognises the site is not 'signal')")
+    p.add_argument("--holdout-site", metavar="NAME",
+                   help="external validation: judge the split's studies of site NAME (one the "
+                        "model never trained on), beside the other sites' (internal)")
+    p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
+                   help="operating point: threshold chosen on val, applied to the split (youden)")
+    p.add_argument("--min-patients", type=int, metavar="N",
+                   help="fewer patients with a positive (or a negative) study: 'insufficient "
+                        "data' (default 10)")
+    p.add_argument("--ci-method", choices=("percentile", "bca"),
+                   help="patient bootstrap interval: percentile (default) or bca")
     p.add_argument("--workers", type=int,
                    help="Ray tasks to spread the split's shards over (default 1: in process)")
     p.add_argument("--gpu", action="store_true", default=None,
@@ -90,6 +127,11 @@ EVAL_FLAGS: dict[str, tuple[str, ...]] = {
     "seed": ("evaluation.summary.metrics.seed", "evaluation.summary.signal.seed"),
     "min_positives": ("evaluation.summary.metrics.min_positives",
                       "evaluation.summary.metrics.min_negatives"),
+    "threshold": ("evaluation.threshold",),
+    "holdout_site": ("evaluation.holdout_site",),
+    "min_patients": ("evaluation.summary.metrics.min_positive_patients",
+                     "evaluation.summary.metrics.min_negative_patients"),
+    "ci_method": ("evaluation.summary.metrics.ci_method",),
     "permutations": ("evaluation.summary.signal.n_permutations",),
     "alpha": ("evaluation.summary.signal.alpha",),
     "correction": ("evaluation.summary.signal.correction",),
@@ -109,6 +151,9 @@ def eval_overrides(args: argparse.Namespace) -> dict:
             node[name] = value
     if getattr(args, "no_track", False):
         out["track"] = False
+    if getattr(args, "pooled_sites", None):
+        out.setdefault("evaluation", {}).setdefault("summary", {}).setdefault(
+            "signal", {})["within_site"] = False
     return out
 
 

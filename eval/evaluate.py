@@ -19,8 +19,12 @@ from echocmr.eval.aggregate import (
     Aggregation,
     StackerConfig,
     aggregate,
+    clips_to_videos,
+    videos_to_studies,
     views_to_studies,
 )
+from echocmr.eval.missingness import label_missingness
+from echocmr.eval.operating import THRESHOLD_RULES, ThresholdRule, operating_point
 from echocmr.eval.outputs import (
     write_clip_predictions,
     write_detail,
@@ -28,7 +32,7 @@ from echocmr.eval.outputs import (
     write_predictions,
 )
 from echocmr.eval.report import ReportInputs, write_report
-from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, summarise
+from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,21 @@ class EvaluationConfig:
     stacker: StackerConfig = field(default_factory=StackerConfig)
     summary: SummaryConfig = field(default_factory=SummaryConfig)
     breakdowns: tuple[str, ...] = ("view", "site")
+    # Operating point: threshold chosen on val ("youden", or "sensitivity" >= target), applied
+    # unchanged to the split evaluated; "none" skips it (and eval's inference on val).
+    threshold: ThresholdRule = "youden"
+    target_sensitivity: float = 0.9
+    # External validation: the main table is this site's studies (a site the model did not train
+    # on, e.g. after `shards reshard --exclude-site`); the other sites' are the internal column.
+    holdout_site: str | None = None
 
     def __post_init__(self) -> None:
         if self.aggregation not in METHODS:
             raise ValueError(f"aggregation {self.aggregation!r}: choose one of {METHODS}")
+        if self.threshold not in THRESHOLD_RULES:
+            raise ValueError(f"threshold {self.threshold!r}: choose one of {THRESHOLD_RULES}")
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise ValueError(f"target_sensitivity={self.target_sensitivity}: in (0, 1]")
 
 
 @dataclass(kw_only=True)
@@ -68,15 +83,44 @@ def evaluate_clips(
     val_clips: pd.DataFrame | None = None,
     context: dict[str, str] | None = None,
     title: str | None = None,
+    label_table: pd.DataFrame | None = None,
 ) -> Evaluation:
-    """Aggregate ``clips`` to studies, compute every metric, and write all outputs to ``out_dir``."""
+    """Aggregate ``clips`` to studies, compute every metric, and write all outputs to ``out_dir``.
+
+    ``label_table``: one row per study of every split (``split``, ``site``, ``y_<task>``; e.g.
+    `eval.missingness.studies_from_manifest`) for the label-missingness table; without it the
+    table covers the studies evaluated (and val's, when given).
+    """
     config = config or EvaluationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     videos, studies, stacker = aggregate(
         clips, method=config.aggregation, val_clips=val_clips, stacker_config=config.stacker
     )
-    results = summarise(studies, config=config.summary)
+    judged, internal = studies, None
+    if config.holdout_site is not None:
+        site = studies["site"].astype(str)
+        if config.holdout_site not in set(site):
+            raise ValueError(f"--holdout-site {config.holdout_site!r}: the split's sites are "
+                             f"{sorted(set(site))}")
+        judged = studies[site == config.holdout_site]
+        internal = summarise(studies[site != config.holdout_site], config=config.summary)
+    results = summarise(judged, config=config.summary)
+    val_studies = None
+    if val_clips is not None and not val_clips.empty:
+        val_videos = clips_to_videos(val_clips)
+        val_studies = (stacker.predict(val_videos) if stacker is not None
+                       else videos_to_studies(val_videos))
+        if config.holdout_site is not None:  # thresholds from the training sites' val only
+            val_studies = val_studies[val_studies["site"].astype(str) != config.holdout_site]
+    add_operating_points(results, judged, val_studies, config)
+    if internal is not None:
+        add_operating_points(internal, studies[studies["site"].astype(str)
+                                                != config.holdout_site], val_studies, config)
+    if label_table is None:
+        label_table = pd.concat([t for t in (studies, val_studies) if t is not None],
+                                ignore_index=True)
+    missing = label_missingness(label_table, control=config.summary.positive_control or "wma")
     by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
                if "view" in config.breakdowns else {})
     by_site = (breakdown(studies, "site", config=config.summary)
@@ -92,17 +136,43 @@ def evaluate_clips(
         "metrics_detail.json": write_detail(
             results, out_dir / "metrics_detail.json", by_view=by_view, by_site=by_site,
             extra={"settings": _settings(config), "context": dict(context or {}),
-                   "stacker": stacker_info},
+                   "stacker": stacker_info, "label_missingness": missing,
+                   "holdout_site": config.holdout_site,
+                   "internal": None if internal is None else detail_json(internal)},
         ),
     }
     files.update(write_report(out_dir, ReportInputs(
         studies=studies, results=results, by_view=by_view, by_site=by_site,
-        context=dict(context or {}), config=config.summary,
+        context=dict(context or {}), config=config.summary, missingness=missing,
+        internal=internal, holdout_site=config.holdout_site,
         title=title or f"echocmr evaluation — {', '.join(splits)} split",
     )))
     log.info("wrote %s", ", ".join(sorted(files)))
     return Evaluation(studies=studies, videos=videos, results=results, by_view=by_view,
                       by_site=by_site, files=files, stacker=stacker_info)
+
+
+def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
+                         val_studies: pd.DataFrame | None, config: EvaluationConfig) -> None:
+    """Each task's threshold chosen on ``val_studies``, read on ``studies`` (eval.operating)."""
+    from echocmr.eval.tasks import p_col, y_col
+
+    if config.threshold == "none":
+        return
+    for task, r in results.items():
+        if val_studies is None:
+            r.operating_reason = "no val predictions to choose a threshold on"
+            continue
+        yv = val_studies[y_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        pv = val_studies[p_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        y = studies[y_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        p = studies[p_col(task)].to_numpy(dtype=float, na_value=float("nan"))
+        kv, k = ~pd.isna(yv), ~pd.isna(y)
+        if len(set(yv[kv])) < 2 or len(set(y[k])) < 2:
+            r.operating_reason = "val or this split lacks positives or negatives"
+            continue
+        r.operating = operating_point(yv[kv], pv[kv], y[k], p[k], rule=config.threshold,
+                                      target_sensitivity=config.target_sensitivity)
 
 
 def _settings(config: EvaluationConfig) -> dict:

@@ -74,9 +74,11 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                               tracking_uri=tracking_uri, address=address)
     log.info("%d clips of %d videos in %s", len(clips), clips["key"].nunique(), config.split)
     val_clips = None
-    if config.evaluation.aggregation == "stacker":
-        if config.split == "val":
-            raise ValueError("the stacker is fitted on val; evaluate it on another split")
+    if config.evaluation.aggregation == "stacker" and config.split == "val":
+        raise ValueError("the stacker is fitted on val; evaluate it on another split")
+    # The stacker is fitted on val, and the operating point's threshold is chosen there.
+    if config.split != "val" and (config.evaluation.aggregation == "stacker"
+                                  or config.evaluation.threshold != "none"):
         val_clips, _ = infer_split(shards, "val", model_uri, config=config.infer,
                                    loaded=loaded, tracking_uri=tracking_uri, address=address)
     digest = manifest_digest(shards)
@@ -91,8 +93,27 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                         if config.evaluation.aggregation == "mean"
                         else "per-view logistic-regression stacker fitted on val"),
     }
+    eval_count = None
+    if config.track:
+        from echocmr.eval.tracking import previous_evaluations
+
+        try:
+            eval_count = 1 + previous_evaluations(tracking_uri=tracking_uri, model_uri=model_uri,
+                                                  split=config.split, data_digest=digest)
+            context[f"evaluations of this {config.split} split for this model"] = (
+                f"{eval_count} (this one included)" + (
+                    "; every look at a held-out split spends some of its independence"
+                    if eval_count > 1 and config.split == "test" else ""))
+        except Exception as exc:  # tracking down: say so; logging below will say it too
+            log.warning("could not count earlier evaluations at %s: %s", tracking_uri, exc)
+            context[f"evaluations of this {config.split} split for this model"] = (
+                "unknown (MLflow unreachable)")
+    from echocmr.eval.missingness import studies_from_manifest
+    from echocmr.shards.reader import read_manifest
+
     evaluation = evaluate_clips(clips, out, config=config.evaluation, val_clips=val_clips,
-                                context=context)
+                                context=context,
+                                label_table=studies_from_manifest(read_manifest(shards)))
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:
@@ -103,7 +124,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
             run_id = log_evaluation(tracking_uri=tracking_uri, model_uri=model_uri,
                                     split=config.split, results=evaluation.results, out_dir=out,
                                     params=params,
-                                    data_digest=digest)
+                                    data_digest=digest, eval_count=eval_count)
             # A registered version gets the test AUCs, CIs and verdicts as tags and in its card.
             annotate_version(tracking_uri=tracking_uri, model_uri=model_uri, split=config.split,
                              results=evaluation.results, eval_run=run_id, data_digest=digest)

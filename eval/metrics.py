@@ -10,8 +10,17 @@ Two intervals sit side by side because they answer slightly different questions:
   interval is the 2.5th and 97.5th percentile of the resampled AUCs — a common helper in echo papers'
   code takes the 5th/95th and calls it 95%, which is a 90% interval;
 * **DeLong** (DeLong, DeLong & Clarke-Pearson, Biometrics 1988) estimates the AUC variance from the
-  structural components (placement values) of the Mann-Whitney statistic. It treats studies as
-  independent, so with several studies per patient it can be a little narrow.
+  structural components (placement values) of the Mann-Whitney statistic. The plain form
+  (``delong_ci``) treats studies as independent, so with several correlated studies per patient it
+  is too narrow (it covered the true AUC 88–89 % of the time in simulation at a nominal 95 %). The
+  **clustered** form (``clustered_delong_ci``, Obuchowski, Biometrics 1997) sums the structural
+  components per patient before taking their variance, and holds its level; it is the one reported
+  as ``delong_low``/``delong_high``. With one study per patient the two agree to O(1/n).
+
+With few patients in a class (under ~20) the percentile bootstrap under-covers (0.86–0.88 at 9
+positive patients in simulation). ``ci_method="bca"`` gives the bias-corrected and accelerated
+interval (Efron 1987; acceleration from the leave-one-patient-out jackknife) instead, and the
+report flags rows with fewer than ``few_patients`` patients in a class either way.
 
 The bootstrap is vectorised: a resample is a vector of patient multiplicities, a study's weight is
 its patient's multiplicity, and the AUC of the resample is the weighted Mann-Whitney statistic,
@@ -27,10 +36,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
+from typing import Literal, get_args
 
 import numpy as np
 
 from echocmr.train.metrics import check_binary, midranks, roc_auc
+
+CiMethod = Literal["percentile", "bca"]
+CI_METHODS = get_args(CiMethod)
 
 # Resamples are processed in blocks of this many rows to keep memory at O(block * studies).
 _BLOCK = 256
@@ -40,19 +53,31 @@ _BLOCK = 256
 class MetricsConfig:
     """How the per-task metrics are computed.
 
-    ``min_positives``/``min_negatives``: below either, a task's result is "insufficient data" with
-    the AUC (when defined) but no intervals or p-value — an interval from three positives would
-    look like an answer and is not one.
+    ``min_positives``/``min_negatives`` (studies) and ``min_positive_patients``/
+    ``min_negative_patients`` (distinct patients with a study of that class): below any, a task's
+    result is "insufficient data" with the AUC (when defined) but no intervals or p-value — an
+    interval from three positives would look like an answer and is not one, and two positive
+    patients with three studies each are two positives, not six. ``few_patients``: rows with
+    fewer patients than this in a class are flagged in the report (the percentile bootstrap
+    under-covers there; ``ci_method="bca"`` is the better interval).
     """
 
     n_bootstrap: int = 2000
     seed: int = 0
     level: float = 0.95
+    ci_method: CiMethod = "percentile"
     min_positives: int = 5
     min_negatives: int = 5
+    min_positive_patients: int = 10
+    min_negative_patients: int = 10
+    few_patients: int = 20
     calibration_bins: int = 10
 
     def __post_init__(self) -> None:
+        if self.ci_method not in CI_METHODS:
+            raise ValueError(f"ci_method={self.ci_method!r}: choose one of {CI_METHODS}")
+        if self.min_positive_patients < 2 or self.min_negative_patients < 2:
+            raise ValueError("min_positive_patients and min_negative_patients must be >= 2")
         if self.n_bootstrap < 1000:
             raise ValueError(
                 f"n_bootstrap={self.n_bootstrap}: use at least 1000 resamples for a 95% interval"
@@ -88,6 +113,23 @@ def weighted_auc(y_true: np.ndarray, scores: np.ndarray, weights_BN: np.ndarray)
     return out
 
 
+def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as average precision: Σ (R_k − R_{k−1}) P_k over the
+    distinct scores from high to low (tied scores enter together), as
+    ``sklearn.metrics.average_precision_score``. Its chance level is the prevalence, not 0.5."""
+    y, s = check_binary(y_true, scores)
+    if not y.any():
+        raise ValueError("average precision needs at least one positive")
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    ends = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[ends]
+    fp = (ends + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def patient_resamples(n_patients: int, n_resamples: int, seed: int) -> np.ndarray:
     """Patient indices of each bootstrap resample, shape (n_resamples, n_patients)."""
     return np.random.default_rng(seed).integers(0, n_patients, size=(n_resamples, n_patients))
@@ -95,7 +137,10 @@ def patient_resamples(n_patients: int, n_resamples: int, seed: int) -> np.ndarra
 
 @dataclass(kw_only=True)
 class BootstrapCI:
-    """Percentile interval of a patient bootstrap; ``n_valid`` resamples had both classes."""
+    """Interval of a patient bootstrap; ``n_valid`` resamples had both classes.
+
+    ``method``: "percentile" or "bca"; for BCa, ``z0`` (bias correction) and ``acceleration``.
+    """
 
     auc: float
     low: float
@@ -103,6 +148,43 @@ class BootstrapCI:
     n_resamples: int
     n_valid: int
     seed: int
+    method: str = "percentile"
+    z0: float | None = None
+    acceleration: float | None = None
+
+
+def jackknife_patient_aucs(y_true: np.ndarray, scores: np.ndarray,
+                           patients: np.ndarray) -> np.ndarray:
+    """AUC with each patient left out in turn (patients in sorted order); NaN where a class empties."""
+    y, s = check_binary(y_true, scores)
+    uniq, study_patient = np.unique(np.asarray(patients), return_inverse=True)
+    weights = (study_patient[None, :] != np.arange(uniq.size)[:, None]).astype(np.float64)
+    return weighted_auc(y, s, weights)
+
+
+def bca_limits(boot: np.ndarray, theta: float, jack: np.ndarray,
+               level: float) -> tuple[float, float, float, float]:
+    """(low, high, z0, a) of the BCa interval from valid resampled and jackknife statistics.
+
+    z0 = Φ⁻¹(share of resamples below θ, ties half); a = Σd³ / (6 (Σd²)^1.5) with d the jackknife
+    mean minus each jackknife value; the limits are the resamples' Φ(z0 + (z0 + z)/(1 − a(z0 + z)))
+    quantiles for z = Φ⁻¹ of each tail (Efron 1987; Efron & Tibshirani 1993, §14.3).
+    """
+    nd = NormalDist()
+    b = boot.size
+    share = ((boot < theta).sum() + 0.5 * (boot == theta).sum()) / b
+    share = min(max(share, 1.0 / (b + 1)), b / (b + 1.0))  # keep z0 finite
+    z0 = nd.inv_cdf(share)
+    jack = jack[~np.isnan(jack)]
+    d = jack.mean() - jack
+    den = 6.0 * (d @ d) ** 1.5
+    a = float((d**3).sum() / den) if den > 0 else 0.0
+    out = []
+    for tail in ((1.0 - level) / 2.0, (1.0 + level) / 2.0):
+        z = nd.inv_cdf(tail)
+        out.append(nd.cdf(z0 + (z0 + z) / (1.0 - a * (z0 + z))))
+    low, high = np.percentile(boot, [100.0 * out[0], 100.0 * out[1]])
+    return float(low), float(high), float(z0), a
 
 
 def bootstrap_auc_ci(
@@ -113,12 +195,15 @@ def bootstrap_auc_ci(
     n_resamples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    method: CiMethod = "percentile",
 ) -> BootstrapCI:
-    """AUC with a percentile CI from resampling patients (all their studies together).
+    """AUC with a percentile (or BCa) CI from resampling patients (all their studies together).
 
     Resamples that contain only one class have no AUC and are left out of the percentiles;
-    ``n_valid`` says how many remained.
+    ``n_valid`` says how many remained. The resamples are the same for both methods.
     """
+    if method not in CI_METHODS:
+        raise ValueError(f"method={method!r}: choose one of {CI_METHODS}")
     y, s = check_binary(y_true, scores)
     patients = np.asarray(patients)
     if patients.shape != y.shape:
@@ -133,15 +218,26 @@ def bootstrap_auc_ci(
         counts = counts.reshape(block.shape[0], uniq.size)
         aucs[lo : lo + _BLOCK] = weighted_auc(y, s, counts[:, study_patient])
     valid = aucs[~np.isnan(aucs)]
-    tail = 100.0 * (1.0 - level) / 2.0  # 2.5 for a 95% interval
-    low, high = (np.percentile(valid, [tail, 100.0 - tail]) if valid.size else (np.nan, np.nan))
+    auc = roc_auc(y, s)
+    z0 = accel = None
+    if not valid.size:
+        low, high = np.nan, np.nan
+    elif method == "bca":
+        low, high, z0, accel = bca_limits(valid, auc, jackknife_patient_aucs(y, s, patients),
+                                          level)
+    else:
+        tail = 100.0 * (1.0 - level) / 2.0  # 2.5 for a 95% interval
+        low, high = np.percentile(valid, [tail, 100.0 - tail])
     return BootstrapCI(
-        auc=roc_auc(y, s),
+        auc=auc,
         low=float(low),
         high=float(high),
         n_resamples=n_resamples,
         n_valid=int(valid.size),
         seed=seed,
+        method=method,
+        z0=z0,
+        acceleration=accel,
     )
 
 
@@ -188,23 +284,79 @@ def delong_ci(y_true: np.ndarray, scores: np.ndarray, *, level: float = 0.95) ->
     return DelongCI(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
 
 
+def clustered_delong_variance(y_true: np.ndarray, scores: np.ndarray,
+                              patients: np.ndarray) -> tuple[float, float]:
+    """(AUC, variance) by Obuchowski's clustered DeLong (Biometrics 1997, 53:567-578).
+
+    With I patients (clusters), M positive and N negative studies, and per patient i the sums
+    V10_i (its positives' placement values) and V01_i (its negatives'), m_i positives, n_i
+    negatives::
+
+        S10 = I / ((I-1) M) Σ (V10_i − m_i A)²      S01 = I / ((I-1) N) Σ (V01_i − n_i A)²
+        S11 = I / (I-1) Σ (V10_i − m_i A)(V01_i − n_i A)
+        var(A) = S10 / M + S01 / N + 2 S11 / (M N)
+
+    A patient's studies contribute one term, so their correlation enters the variance, and a
+    patient with both positive and negative studies adds the covariance term.
+    """
+    y, s = check_binary(y_true, scores)
+    patients = np.asarray(patients)
+    if patients.shape != y.shape:
+        raise ValueError("patients must give one patient id per study")
+    v10, v01 = delong_placements(y, s)
+    _, inverse = np.unique(patients, return_inverse=True)
+    n_clusters = int(inverse.max()) + 1
+    if n_clusters < 2:
+        raise ValueError("clustered DeLong needs at least two patients")
+    m, n = v10.size, v01.size
+    auc = float(v10.mean())
+    pos, neg = inverse[y], inverse[~y]
+    r10 = (np.bincount(pos, weights=v10, minlength=n_clusters)
+           - auc * np.bincount(pos, minlength=n_clusters))
+    r01 = (np.bincount(neg, weights=v01, minlength=n_clusters)
+           - auc * np.bincount(neg, minlength=n_clusters))
+    k = n_clusters / (n_clusters - 1.0)
+    s10 = k * (r10 @ r10) / m
+    s01 = k * (r01 @ r01) / n
+    s11 = k * (r10 @ r01)
+    return auc, float(max(s10 / m + s01 / n + 2.0 * s11 / (m * n), 0.0))
+
+
+def clustered_delong_ci(y_true: np.ndarray, scores: np.ndarray, patients: np.ndarray, *,
+                        level: float = 0.95) -> DelongCI:
+    """Normal CI with the clustered (by patient) DeLong standard error, clipped to [0, 1]."""
+    auc, var = clustered_delong_variance(y_true, scores, patients)
+    se = float(np.sqrt(var))
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    return DelongCI(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
+
+
 @dataclass(kw_only=True)
 class Counts:
     n_studies: int
     n_patients: int
     n_pos: int
     n_neg: int
+    n_pos_patients: int = 0  # distinct patients with a positive study
+    n_neg_patients: int = 0  # distinct patients with a negative study
 
 
 def counts(y_true: np.ndarray, patients: np.ndarray) -> Counts:
-    """Studies, distinct patients, positives and negatives among studies with a known label."""
+    """Studies, distinct patients, positives and negatives among studies with a known label.
+
+    A patient with a positive and a negative study counts in both ``n_pos_patients`` and
+    ``n_neg_patients``.
+    """
     y = np.asarray(y_true, dtype=np.float64)
+    patients = np.asarray(patients)
     known = ~np.isnan(y)
     return Counts(
         n_studies=int(known.sum()),
-        n_patients=int(np.unique(np.asarray(patients)[known]).size),
+        n_patients=int(np.unique(patients[known]).size),
         n_pos=int((y[known] == 1).sum()),
         n_neg=int((y[known] == 0).sum()),
+        n_pos_patients=int(np.unique(patients[known & (y == 1)]).size),
+        n_neg_patients=int(np.unique(patients[known & (y == 0)]).size),
     )
 
 

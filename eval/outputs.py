@@ -4,8 +4,9 @@
   ``y_wma … y_ecv`` (float, **null** where unknown) and ``p_wma … p_ecv``.
 * ``clip_predictions.parquet``: one row per clip (window) — ``key, study_hash, patient_hash, site,
   split, view, clip_index, start_frame``, labels and probabilities as above.
-* ``metrics.json``: ``{task: {auc, ci_low, ci_high, delong_low, delong_high, n_studies,
-  n_patients, n_pos, p_value, verdict}}`` and nothing else, null where not computable.
+* ``metrics.json``: ``{task: {auc, ci_low, ci_high, delong_low, delong_high, pr_auc, n_studies,
+  n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}`` and nothing else, null
+  where not computable (``delong_*`` is the clustered-by-patient DeLong interval).
 * ``metrics_detail.json``: the same tasks with every number behind them (negatives, unknowns,
   DeLong SE, valid resamples, calibration), the per-view and per-site breakdowns, the stacker's
   coefficients and the settings — what the report is made from.

@@ -32,6 +32,9 @@ class ReportInputs:
     context: dict[str, str] = field(default_factory=dict)
     config: SummaryConfig = field(default_factory=SummaryConfig)
     title: str = "echocmr evaluation"
+    missingness: dict = field(default_factory=dict)  # eval.missingness.label_missingness
+    internal: dict[str, TaskResult] | None = None  # with holdout_site: the other sites' results
+    holdout_site: str | None = None
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -46,15 +49,22 @@ def _p(p: float | None) -> str:
     return "—" if p is None else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
+def _boot_ci(r: TaskResult) -> str:
+    """The bootstrap CI, with † when few patients make a percentile interval under-cover."""
+    text = _ci(r.ci_low, r.ci_high)
+    return f"{text} †" if r.few_patients and r.ci_low is not None and r.ci_method != "bca" else text
+
+
 def auc_table_text(results: dict[str, TaskResult]) -> str:
     """Fixed-width table: our AUC, both CIs, verdict, and the published AUC per task."""
-    head = ("task", "studies", "pos", "AUC", "95% CI boot", "95% CI DeLong", "p", "p adj",
-            "verdict", "published AUC (95% CI)")
+    head = ("task", "studies", "pos", "pos pts", "neg pts", "AUC", "95% CI boot",
+            "95% CI DeLong (clustered)", "p", "p adj", "verdict", "published AUC (95% CI)")
     rows = [head]
     for t, r in results.items():
         pub = PUBLISHED.get(t)
         rows.append((
-            t.upper(), str(r.n_studies), str(r.n_pos), _f(r.auc), _ci(r.ci_low, r.ci_high),
+            t.upper(), str(r.n_studies), str(r.n_pos), str(r.n_pos_patients),
+            str(r.n_neg_patients), _f(r.auc), _boot_ci(r),
             _ci(r.delong_low, r.delong_high), _p(r.p_value), _p(r.p_adjusted), r.verdict,
             pub.text() if pub else "—",
         ))
@@ -110,20 +120,176 @@ def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Pa
     return paths
 
 
+def plot_forest(results: dict[str, TaskResult], out_dir: Path) -> Path | None:
+    """``forest.png``: per task our AUC with its bootstrap CI beside the published one, the
+    verdict as a label; None when no task has an AUC."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, r in results.items() if r.auc is not None or t in PUBLISHED]
+    if not any(results[t].auc is not None for t in tasks):
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tasks) + 1.2))
+    for i, t in enumerate(tasks):
+        y = len(tasks) - 1 - i
+        r = results[t]
+        if r.auc is not None:
+            lo = r.ci_low if r.ci_low is not None else r.auc
+            hi = r.ci_high if r.ci_high is not None else r.auc
+            ax.errorbar(r.auc, y + 0.13, xerr=[[r.auc - lo], [hi - r.auc]], fmt="o",
+                        color="tab:blue", capsize=3, label="this evaluation" if i == 0 else None)
+        pub = PUBLISHED.get(t)
+        if pub is not None:
+            ax.errorbar(pub.auc, y - 0.13, xerr=[[pub.auc - pub.low], [pub.high - pub.auc]],
+                        fmt="s", color="grey", capsize=3, label="published" if i == 0 else None)
+        ax.text(1.02, y, r.verdict, va="center", fontsize=8, transform=ax.get_yaxis_transform())
+    ax.axvline(0.5, ls="--", color="grey", lw=1)
+    ax.set_yticks(range(len(tasks)), [t.upper() for t in reversed(tasks)])
+    lows = [r.ci_low for r in results.values() if r.ci_low is not None]
+    ax.set(xlim=(min([0.3, *lows]) - 0.02, 1.02), ylim=(-0.6, len(tasks) - 0.4),
+           xlabel="study-level AUC (95% CI: patient bootstrap)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=2, frameon=False)
+    height = 0.55 * len(tasks) + 1.2
+    fig.subplots_adjust(left=0.1, right=0.64, top=1 - 0.35 / height, bottom=0.6 / height)
+    path = Path(out_dir) / "forest.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _task_rows(results: dict[str, TaskResult], published: bool) -> tuple[list, list]:
-    head = ["task", "studies", "patients", "positives", "AUC", "95% CI (patient bootstrap)",
-            "95% CI (DeLong)", "p (permutation)", "p adjusted", "verdict"]
+    head = ["task", "studies", "patients", "positive studies", "positive patients",
+            "negative patients", "AUC", "95% CI (patient bootstrap)",
+            "95% CI (DeLong, clustered by patient)", "p (permutation)", "p adjusted", "verdict"]
+    sites = any(r.n_sites > 1 for r in results.values())
+    if sites:
+        head[7:7] = ["AUC within site", "test on"]
     if published:
         head.append("published AUC (95% CI)")
     rows = []
     for t, r in results.items():
-        row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos), _f(r.auc),
-               _ci(r.ci_low, r.ci_high), _ci(r.delong_low, r.delong_high), _p(r.p_value),
+        row = [t.upper(), str(r.n_studies), str(r.n_patients), str(r.n_pos),
+               str(r.n_pos_patients), str(r.n_neg_patients), _f(r.auc),
+               _boot_ci(r), _ci(r.delong_low, r.delong_high), _p(r.p_value),
                _p(r.p_adjusted), r.verdict]
+        if sites:
+            row[7:7] = [_f(r.auc_within_site), r.audit]
         if published:
             row.append(PUBLISHED[t].text() if t in PUBLISHED else "—")
         rows.append(row)
     return head, rows
+
+
+def _few_patients_notes(results: dict[str, TaskResult], mc) -> list[tuple]:
+    flagged = [t.upper() for t, r in results.items()
+               if r.few_patients and r.ci_low is not None and r.ci_method != "bca"]
+    if not flagged:
+        return []
+    return [("p", f"† {', '.join(flagged)}: fewer than {mc.few_patients} patients in a class. "
+                  "The percentile bootstrap under-covers there (about 0.86–0.88 instead of 0.95 "
+                  "at 9 positive patients in simulation); read the interval as too narrow, or "
+                  "rerun with ci_method: bca.")]
+
+
+def _pct_ci(x: float | None, ci) -> str:
+    if x is None:
+        return "—"
+    lo, hi = ci
+    return f"{x:.2f} ({lo:.2f}–{hi:.2f})" if lo is not None else f"{x:.2f}"
+
+
+def _operating_blocks(results: dict[str, TaskResult]) -> list[tuple]:
+    head = ["task", "PR-AUC", "prevalence", "rule", "threshold (from val)", "sensitivity",
+            "specificity", "PPV", "NPV", "TP/FP/TN/FN"]
+    rows, notes = [], []
+    for t, r in results.items():
+        op = r.operating
+        if op is None:
+            rows.append([t.upper(), _f(r.pr_auc), _f(r.prevalence), "—", "—", "—", "—", "—", "—",
+                         "—"])
+            if r.operating_reason:
+                notes.append(f"{t.upper()}: {r.operating_reason}")
+            continue
+        rows.append([t.upper(), _f(r.pr_auc), _f(r.prevalence), op.rule, f"{op.threshold:.3f}",
+                     _pct_ci(op.sensitivity, op.sensitivity_ci),
+                     _pct_ci(op.specificity, op.specificity_ci), _pct_ci(op.ppv, op.ppv_ci),
+                     _pct_ci(op.npv, op.npv_ci), f"{op.tp}/{op.fp}/{op.tn}/{op.fn}"])
+    out = [("h", 2, "PR-AUC and an operating point chosen on val"),
+           ("p", "PR-AUC is average precision; its chance level is the prevalence, not 0.5. The "
+                 "threshold is chosen on the val split's studies (youden: max sensitivity + "
+                 "specificity − 1; sensitivity: the highest threshold reaching the target) and "
+                 "applied unchanged here; 95% Wilson intervals over studies."),
+           ("table", head, rows)]
+    if notes:
+        out.append(("p", "No operating point — " + "; ".join(notes) + "."))
+    return out
+
+
+def _external_blocks(external: dict[str, TaskResult], internal: dict[str, TaskResult],
+                     site: str | None) -> list[tuple]:
+    head = ["task", "internal AUC (95% CI)", "internal studies / patients",
+            f"external AUC (95% CI), site {site}", "external studies / patients",
+            "external − internal", "external verdict"]
+    rows = []
+    for t, e in external.items():
+        i = internal.get(t)
+
+        def cell(r):
+            return "—" if r is None or r.auc is None else f"{r.auc:.3f} ({_ci(r.ci_low, r.ci_high)})"
+
+        diff = (f"{e.auc - i.auc:+.3f}" if i is not None and e.auc is not None
+                and i.auc is not None else "—")
+        rows.append([t.upper(), cell(i), f"{i.n_studies} / {i.n_patients}" if i else "—",
+                     cell(e), f"{e.n_studies} / {e.n_patients}", diff, e.verdict])
+    return [("h", 2, f"External validation: site {site} against the other sites"),
+            ("p", f"Internal: the split's studies of the other sites; external: those of site "
+                  f"{site}. The claim is external only when the model never trained on site "
+                  f"{site} (train on `shards reshard --exclude-site {site}`). The tables below "
+                  "are the external site's."),
+            ("table", head, rows)]
+
+
+def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
+    rows = [(t, r.control) for t, r in results.items() if r.control is not None]
+    if not rows:
+        return []
+    ctrl = rows[0][1].control.upper()
+    head = ["task", f"{ctrl}-negative studies", f"AUC within {ctrl}-negative",
+            "p (permutation)", f"AUC gain over {ctrl} score", "p (likelihood ratio)", "verdict"]
+    body = [[t.upper(), str(c.n_control_negative), _f(c.auc_control_negative),
+             _p(c.p_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
+            for t, c in rows]
+    out = [("h", 2, f"Value over the positive control ({ctrl})"),
+           ("p", f"A task's score can rank its label above chance only because the label goes "
+                 f"with {ctrl}. Two checks: the AUC among {ctrl}-negative studies (permutation "
+                 "by patient, within site), and the AUC gain of a logistic model on "
+                 f"({ctrl} score, task score) over one on the {ctrl} score alone (likelihood-ratio "
+                 "test of the task score; studies treated as independent). A 'signal' that "
+                 f"passes neither becomes 'only through {ctrl}'."),
+           ("table", head, body)]
+    out += [("p", f"{t.upper()}: {c.reason}.") for t, c in rows if c.reason]
+    return out
+
+
+def _site_note(results: dict[str, TaskResult]) -> list[tuple]:
+    multi = {t: r for t, r in results.items() if r.n_sites > 1}
+    if not multi:
+        return []
+    within = [t.upper() for t, r in multi.items() if r.audit == "within site"]
+    n = max(r.n_sites for r in multi.values())
+    if not within:
+        return [("p", f"{n} sites, pooled permutation test (within_site: false): a model that "
+                      "only recognises the site can pass it where prevalence differs by site.")]
+    pooled = "; ".join(f"{t.upper()} {_p(r.p_value_pooled)}" for t, r in multi.items()
+                       if r.p_value_pooled is not None)
+    return [("p", f"{n} sites: the verdicts of {', '.join(within)} rest on the **within-site** "
+                  "permutation test (labels permuted only among patients of the same site, "
+                  "statistic the pooled within-site AUC — same-site positive-negative pairs "
+                  "only), so a model that only recognises the site is not called signal. "
+                  f"p of the pooled test, for comparison: {pooled}. Per-site AUCs with their "
+                  "CIs are under 'Per site'.")]
 
 
 def _adjustment(sc) -> str:
@@ -139,16 +305,35 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     mc, sc = inp.config.metrics, inp.config.signal
     b: list[tuple] = [("h", 1, inp.title)]
     b += [("p", "; ".join(f"{k}: {v}" for k, v in inp.context.items()))] if inp.context else []
-    b.append(("h", 2, "AUC per task, beside the published study"))
+    if "forest" in images:
+        b.append(("img", images["forest"], "AUC per task with 95% CI beside the published study, "
+                                           "verdict on the right"))
+    if inp.internal is not None:
+        b += _external_blocks(inp.results, inp.internal, inp.holdout_site)
+    b.append(("h", 2, "AUC per task, beside the published study"
+                      + (f" (external: site {inp.holdout_site})" if inp.holdout_site else "")))
     b.append(("table", *_task_rows(inp.results, published=True)))
     b.append(("p", f"Published column: {PUBLISHED_SOURCE}."))
     insufficient = [r for r in inp.results.values() if r.reason]
     for r in insufficient:
         b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
+    b += _few_patients_notes(inp.results, mc)
+    b += _site_note(inp.results)
+    b += _control_blocks(inp.results)
+    b += _operating_blocks(inp.results)
     if "all" in images:
         b.append(("img", images["all"], "ROC curves of all tasks"))
     b.append(("h", 2, "ROC curves"))
     b += [("img", images[t], f"ROC {t.upper()}") for t in TASKS if t in images]
+    if inp.missingness:
+        from echocmr.eval.missingness import missingness_rows
+
+        b.append(("h", 2, "Label missingness per task and split"))
+        b.append(("p", "Each AUC is over the studies whose label is known. Where many are unknown, "
+                       "compare the labelled studies with the rest on what is known for both (the "
+                       "WMA rate here; the site mix is in metrics_detail.json). Age and sex are "
+                       "not in the shards."))
+        b.append(("table", *missingness_rows(inp.missingness)))
     b.append(("h", 2, "Calibration"))
     head = ["task", "Brier", "slope", "intercept", "ECE", "mean p", "observed rate"]
     rows = [[t.upper(), _f(c.brier), _f(c.slope, 2), _f(c.intercept, 2), _f(c.ece),
@@ -166,16 +351,23 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
             b.append(("h", 3, f"{name} {value}"))
             b.append(("table", *_task_rows(res, published=False)))
     b.append(("h", 2, "Method"))
+    interval = (f"{100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
+                "percentiles" if mc.ci_method == "percentile" else
+                "BCa limits (bias correction from the resamples, acceleration from the "
+                "leave-one-patient-out jackknife)")
     b.append(("p", (
         f"Bootstrap: {mc.n_bootstrap} resamples of patients (all of a patient's studies together), "
-        f"seed {mc.seed}, {100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
-        "percentiles; resamples with one class only are left out. DeLong: variance from the "
-        "structural components (placement values), normal interval, studies treated as "
-        f"independent. Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
+        f"seed {mc.seed}, {interval}; resamples with one class only are left out. DeLong: "
+        "variance from the structural components (placement values) summed per patient "
+        "(clustered DeLong, Obuchowski 1997), normal interval; the plain DeLong interval that "
+        "treats studies as independent is in metrics_detail.json (delong_indep_*). "
+        f"Permutation test of AUC > 0.5: {sc.n_permutations} permutations of labels "
         f"by patient within the split, seed {sc.seed}, p = (1 + #perm AUC ≥ observed) / "
         f"(1 + permutations); {_adjustment(sc)} Tasks with fewer than "
-        f"{mc.min_positives} positive or {mc.min_negatives} negative studies are 'insufficient "
-        "data'. Unknown labels are left out per task, never counted as negative."
+        f"{mc.min_positives} positive or {mc.min_negatives} negative studies, or fewer than "
+        f"{mc.min_positive_patients} patients with a positive or {mc.min_negative_patients} with "
+        "a negative study, are 'insufficient data'. Unknown labels are left out per task, never "
+        "counted as negative."
     )))
     b.append(("p", "Tasks: " + "; ".join(TASK_TITLES[t] for t in inp.results if t in TASK_TITLES)))
     return b
@@ -229,8 +421,12 @@ def write_report(out_dir: Path, inp: ReportInputs) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plot_rocs(inp.studies, inp.results, out_dir)
+    forest = plot_forest(inp.results, out_dir)
+    if forest is not None:
+        images["forest"] = forest
     blocks = build_blocks(inp, images)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
     page.write_text(render_html(blocks, inp.title), encoding="utf-8")
-    return {"report.md": md, "report.html": page, **{f"roc_{k}.png": v for k, v in images.items()}}
+    return {"report.md": md, "report.html": page,
+            **{("forest.png" if k == "forest" else f"roc_{k}.png"): v for k, v in images.items()}}

@@ -2,14 +2,19 @@
 
 ``summarise`` turns a table with ``patient_hash``, ``y_<task>`` (NaN = unknown) and ``p_<task>``
 into one ``TaskResult`` per task. Unknown labels are dropped per task, never coerced to 0. A task
-with fewer positives or negatives than the config asks for gets the verdict "insufficient data",
-its AUC where one is defined, and no intervals or p-value — rather than a crash or a fake answer.
+with fewer positive or negative studies, or fewer distinct patients with a positive or a negative
+study, than the config asks for gets the verdict "insufficient data", its AUC where one is
+defined, and no intervals or p-value — rather than a crash or a fake answer.
+
+``delong_low``/``delong_high`` are the clustered (by patient, Obuchowski 1997) DeLong interval;
+the plain one that treats studies as independent is kept in the details as ``delong_indep_*``.
 
 Verdicts come from p-values adjusted over the tasks summarised together (Holm by default, see
 `eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
 ``breakdown`` does the same within each value of a column (``view``, ``site``).
-``metrics_json`` writes the issue's contract: ``{task: {auc, ci_low, ci_high, delong_low,
-delong_high, n_studies, n_patients, n_pos, p_value, verdict}}``; ``detail_json`` adds the rest.
+``metrics_json`` writes the contract: ``{task: {auc, ci_low, ci_high, delong_low, delong_high,
+pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
+``detail_json`` adds the rest.
 """
 
 from __future__ import annotations
@@ -20,21 +25,32 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from echocmr.eval.control import ControlResult, control_result, refine_verdict
 from echocmr.eval.metrics import (
     Calibration,
     MetricsConfig,
+    average_precision,
     bootstrap_auc_ci,
     calibration_summary,
+    clustered_delong_ci,
     counts,
     delong_ci,
 )
-from echocmr.eval.signal import INSUFFICIENT, SignalConfig, holm_adjust, permutation_test, verdict
+from echocmr.eval.operating import OperatingPoint
+from echocmr.eval.signal import (
+    INSUFFICIENT,
+    SignalConfig,
+    holm_adjust,
+    permutation_test,
+    verdict,
+    within_site_auc,
+)
 from echocmr.eval.tasks import TASKS, p_col, y_col
 from echocmr.train.metrics import roc_auc
 
 METRICS_KEYS = (
-    "auc", "ci_low", "ci_high", "delong_low", "delong_high",
-    "n_studies", "n_patients", "n_pos", "p_value", "verdict",
+    "auc", "ci_low", "ci_high", "delong_low", "delong_high", "pr_auc",
+    "n_studies", "n_patients", "n_pos", "n_pos_patients", "n_neg_patients", "p_value", "verdict",
 )
 
 
@@ -42,6 +58,12 @@ METRICS_KEYS = (
 class SummaryConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     signal: SignalConfig = field(default_factory=SignalConfig)
+    # Every other task's value over this one (eval.control); None: no such analysis.
+    positive_control: str | None = "wma"
+
+    def __post_init__(self) -> None:
+        if self.positive_control is not None and self.positive_control not in TASKS:
+            raise ValueError(f"positive_control={self.positive_control!r}: one of {TASKS} or null")
 
 
 @dataclass(kw_only=True)
@@ -52,12 +74,14 @@ class TaskResult:
     ci_high: float | None
     delong_low: float | None
     delong_high: float | None
-    delong_se: float | None
+    delong_se: float | None  # clustered by patient, like delong_low/high
     n_studies: int
     n_patients: int
     n_pos: int
     n_neg: int
     n_unknown: int
+    n_pos_patients: int = 0  # distinct patients with a positive study
+    n_neg_patients: int = 0  # distinct patients with a negative study
     p_value: float | None
     verdict: str
     reason: str | None = None  # why the verdict is "insufficient data"
@@ -65,14 +89,30 @@ class TaskResult:
     bootstrap_valid: int | None = None
     null_mean_auc: float | None = None
     calibration: Calibration | None = None
+    ci_method: str | None = None  # "percentile" or "bca" (ci_low/ci_high)
+    delong_indep_low: float | None = None  # DeLong with studies treated as independent
+    delong_indep_high: float | None = None
+    delong_indep_se: float | None = None
+    few_patients: bool = False  # fewer than MetricsConfig.few_patients patients in a class
+    n_sites: int = 1  # sites among the studies with a known label
+    audit: str = "pooled"  # what p_value and the verdict rest on: "pooled" or "within site"
+    auc_within_site: float | None = None  # pooled within-site (stratified) AUC, >1 site
+    p_value_pooled: float | None = None  # the pooled permutation test, beside a within-site one
+    control: ControlResult | None = None  # value over the positive control (eval.control)
+    pr_auc: float | None = None  # average precision; chance level = prevalence
+    prevalence: float | None = None  # positive share of the studies with a known label
+    operating: OperatingPoint | None = None  # threshold chosen on val, applied here
+    operating_reason: str | None = None  # why there is no operating point
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
         return {k: _clean(getattr(self, k)) for k in METRICS_KEYS}
 
     def detail_json(self) -> dict:
-        out = {k: _clean(v) for k, v in asdict(self).items() if k != "calibration"}
+        out = {k: _clean(v) for k, v in asdict(self).items()
+               if k not in ("calibration", "operating")}
         out["calibration"] = self.calibration.to_dict() if self.calibration else None
+        out["operating"] = self.operating.to_dict() if self.operating else None
         return out
 
 
@@ -86,46 +126,85 @@ def _clean(v):
 
 
 def task_result(
-    task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *, config: SummaryConfig
+    task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *, config: SummaryConfig,
+    sites: np.ndarray | None = None,
 ) -> TaskResult:
-    """One task's metrics over studies; NaN labels are excluded here."""
+    """One task's metrics over studies; NaN labels are excluded here.
+
+    ``sites`` (one per study): with more than one among the known labels and
+    ``config.signal.within_site``, the permutation test runs within site on the pooled
+    within-site AUC, and the pooled test is kept beside it as ``p_value_pooled``.
+    """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     patients = np.asarray(patients)
     known = ~np.isnan(y)
     c = counts(y, patients)
     y, p, patients = y[known], p[known], patients[known]
+    if sites is not None:
+        sites = np.asarray(sites).astype(str)[known]
+    n_sites = int(np.unique(sites).size) if sites is not None else 1
     if np.isnan(p).any():
         raise ValueError(f"{task}: a study with a known label has no prediction")
     base = dict(
         task=task, n_studies=c.n_studies, n_patients=c.n_patients, n_pos=c.n_pos, n_neg=c.n_neg,
         n_unknown=int((~known).sum()),
+        n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
+        few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
+        n_sites=n_sites,
+        pr_auc=average_precision(y, p) if c.n_pos and c.n_neg else None,
+        prevalence=c.n_pos / c.n_studies if c.n_studies else None,
     )
     mc = config.metrics
-    if c.n_pos < mc.min_positives or c.n_neg < mc.min_negatives:
+    reason = insufficiency(c, mc)
+    if reason:
         return TaskResult(
             **base,
             auc=roc_auc(y, p) if c.n_pos and c.n_neg else None,
             ci_low=None, ci_high=None, delong_low=None, delong_high=None, delong_se=None,
-            p_value=None, verdict=INSUFFICIENT,
-            reason=(
-                f"{c.n_pos} positive and {c.n_neg} negative studies with a known label; "
-                f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives"
-            ),
+            p_value=None, verdict=INSUFFICIENT, reason=reason,
         )
     boot = bootstrap_auc_ci(
-        y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level
+        y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level,
+        method=mc.ci_method,
     )
-    dl = delong_ci(y, p, level=mc.level)
+    dl = clustered_delong_ci(y, p, patients, level=mc.level)
+    indep = delong_ci(y, p, level=mc.level)
     sig = permutation_test(y, p, patients, config=config.signal)
+    site_audit = {}
+    if n_sites > 1:
+        site_audit["auc_within_site"] = within_site_auc(y, p, sites)
+        if config.signal.within_site:
+            if np.isnan(site_audit["auc_within_site"]):
+                return TaskResult(
+                    **base, auc=boot.auc, ci_low=None, ci_high=None, delong_low=None,
+                    delong_high=None, delong_se=None, p_value=None, verdict=INSUFFICIENT,
+                    reason=f"no site of {n_sites} has both positive and negative studies",
+                    **site_audit)
+            pooled = sig
+            sig = permutation_test(y, p, patients, config=config.signal, strata=sites)
+            site_audit.update(audit="within site", p_value_pooled=pooled.p_value)
     return TaskResult(
-        **base,
-        auc=boot.auc, ci_low=boot.low, ci_high=boot.high,
+        **base, **site_audit,
+        auc=boot.auc, ci_low=boot.low, ci_high=boot.high, ci_method=boot.method,
         delong_low=dl.low, delong_high=dl.high, delong_se=dl.se,
+        delong_indep_low=indep.low, delong_indep_high=indep.high, delong_indep_se=indep.se,
         p_value=sig.p_value, verdict=sig.verdict,
         bootstrap_valid=boot.n_valid, null_mean_auc=sig.null_mean,
         calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
     )
+
+
+def insufficiency(c, mc: MetricsConfig) -> str | None:
+    """Why counts ``c`` cannot support intervals and a test under ``mc``; None when they can."""
+    if c.n_pos < mc.min_positives or c.n_neg < mc.min_negatives:
+        return (f"{c.n_pos} positive and {c.n_neg} negative studies with a known label; "
+                f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives")
+    if c.n_pos_patients < mc.min_positive_patients or c.n_neg_patients < mc.min_negative_patients:
+        return (f"{c.n_pos_patients} patients with a positive and {c.n_neg_patients} with a "
+                f"negative study ({c.n_pos} / {c.n_neg} studies); need >= "
+                f"{mc.min_positive_patients} and >= {mc.min_negative_patients} patients")
+    return None
 
 
 def summarise(
@@ -144,10 +223,29 @@ def summarise(
             studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
             studies["patient_hash"].to_numpy(),
             config=config,
+            sites=studies["site"].to_numpy() if "site" in studies.columns else None,
         )
         for t in tasks
     }
-    return adjust_verdicts(results, config.signal)
+    results = adjust_verdicts(results, config.signal)
+    ctrl = config.positive_control
+    if ctrl is not None and {y_col(ctrl), p_col(ctrl)} <= set(studies.columns):
+        mc = config.metrics
+        for t, r in results.items():
+            if t == ctrl:
+                continue
+            r.control = control_result(
+                studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[y_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies[p_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
+                studies["patient_hash"].to_numpy(), control=ctrl, signal=config.signal,
+                min_positives=min(mc.min_positives, mc.min_negatives),
+                min_patients=min(mc.min_positive_patients, mc.min_negative_patients),
+                sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+            )
+            r.verdict = refine_verdict(r.verdict, r.control, config.signal.alpha)
+    return results
 
 
 def adjust_verdicts(results: dict[str, TaskResult], config: SignalConfig) -> dict[str, TaskResult]:

@@ -8,9 +8,13 @@ The run goes into the experiment of the model's training run when that is known 
   evaluated shard set's ``data_digest`` (sha256 of its manifest, as training records it);
 * params: the settings (clip sampling, aggregation, resamples, permutations, seeds);
 * metrics ``<split>_auc_<task>``, ``..._ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
-  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos`` — NaN-free: what could
+  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos``,
+  ``..._n_pos_patients``, ``..._n_neg_patients`` — NaN-free: what could
   not be computed is left out;
-* every output file under the artifact folder ``eval_<split>/``.
+* every output file under the artifact folder ``eval_<split>/``;
+* ``echocmr.eval_count``: how many eval runs of this model (its training run, else its URI) on
+  this split of this shard set exist, this one included — each look at a test split spends some
+  of its independence, and the report says how many looks there have been.
 
 The client is explicit (``MlflowClient(uri)`` and a run id); nothing touches the fluent API's
 process-global active run.
@@ -28,8 +32,9 @@ from echocmr.eval.summary import TaskResult
 log = logging.getLogger(__name__)
 
 EVAL_EXPERIMENT = "echocmr-eval"
-_KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "p_value", "p_adjusted",
-         "n_studies", "n_pos")
+_KEYS = ("auc", "ci_low", "ci_high", "delong_low", "delong_high", "pr_auc", "p_value",
+         "p_adjusted",
+         "n_studies", "n_pos", "n_pos_patients", "n_neg_patients")
 
 
 def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
@@ -97,7 +102,48 @@ def eval_metrics(results: dict[str, TaskResult], split: str) -> dict[str, float]
                 continue
             name = f"{split}_auc_{task}" if key == "auc" else f"{split}_{task}_{key}"
             out[name] = float(value)
+        op = r.operating
+        for key in ("threshold", "sensitivity", "specificity", "ppv", "npv"):
+            value = getattr(op, key) if op is not None else None
+            if value is not None:
+                out[f"{split}_{task}_{key}"] = float(value)
     return out
+
+
+def evaluation_filter(*, model_uri: str, split: str, source: str | None,
+                      data_digest: str | None) -> str:
+    """MLflow search filter for the eval runs of this model (its training run when known, else its
+    URI) on this split (of this shard set, when its digest is known)."""
+    def q(v: str) -> str:
+        return v.replace("'", "\\'")
+
+    parts = ["tags.`echocmr.kind` = 'eval'", f"tags.split = '{q(split)}'"]
+    parts.append(f"tags.`echocmr.source_run_id` = '{q(source)}'" if source
+                 else f"tags.`echocmr.model_uri` = '{q(model_uri)}'")
+    if data_digest:
+        parts.append(f"tags.data_digest = '{q(data_digest)}'")
+    return " and ".join(parts)
+
+
+def previous_evaluations(*, tracking_uri: str, model_uri: str, split: str,
+                         data_digest: str | None = None) -> int:
+    """How many eval runs of this model on this split are already recorded (every experiment)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    source = source_run_id(model_uri, tracking_uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return 0
+    flt = evaluation_filter(model_uri=model_uri, split=split, source=source,
+                            data_digest=data_digest)
+    n, token = 0, None
+    while True:
+        page = client.search_runs(ids, flt, max_results=1000, page_token=token)
+        n += len(page)
+        token = page.token
+        if not token:
+            return n
 
 
 def log_evaluation(
@@ -109,8 +155,13 @@ def log_evaluation(
     out_dir: Path,
     params: dict[str, str],
     data_digest: str | None = None,
+    eval_count: int | None = None,
 ) -> str:
-    """Create the eval run, log everything, finish it; returns the run id."""
+    """Create the eval run, log everything, finish it; returns the run id.
+
+    ``eval_count``: how many times this model's ``split`` has now been evaluated, this run
+    included (tag ``echocmr.eval_count`` and metric ``<split>_eval_count``).
+    """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
@@ -131,13 +182,18 @@ def log_evaluation(
         tags["echocmr.source_run_id"] = source
     if data_digest:
         tags["data_digest"] = data_digest
+    if eval_count is not None:
+        tags["echocmr.eval_count"] = str(eval_count)
     run = client.create_run(experiment_id, run_name=f"eval-{split}", tags=tags)
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
         client.log_batch(
             run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in eval_metrics(results, split).items()],
+            metrics=[Metric(k, v, now, 0) for k, v in {
+                **eval_metrics(results, split),
+                **({f"{split}_eval_count": float(eval_count)} if eval_count is not None else {}),
+            }.items()],
             params=[Param(k, str(v)[:6000]) for k, v in params.items()],
             tags=[RunTag("verdicts", ", ".join(f"{t}: {r.verdict}" for t, r in results.items()))],
         )

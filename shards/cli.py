@@ -72,6 +72,9 @@ def register(subparsers) -> None:
         help="target shard size in MB instead of a sample count",
     )
     reshard.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    reshard.add_argument("--exclude-site", action="append", default=[], metavar="NAME",
+                         help="leave this site out (repeatable): train without it, then "
+                              "`echocmr eval --holdout-site NAME` on a set that has it")
     reshard.add_argument(
         "--decode", action="store_true", help="verify the output with --decode (every clip decoded)"
     )
@@ -118,6 +121,7 @@ def run_reshard(args: argparse.Namespace) -> int:
         shard_mb=args.shard_mb,
         seed=args.seed,
         verify_decode=args.decode,
+        exclude_sites=tuple(args.exclude_site),
     )
     try:
         summary = reshard(args.input, args.out, config=config)

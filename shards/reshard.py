@@ -74,8 +74,11 @@ class ReshardConfig:
     shard_mb: float | None = None
     seed: int = 0
     verify_decode: bool = False  # also decode every output clip through DALI before success
+    # Sites left out of the output (train without a site, to validate on it externally).
+    exclude_sites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.exclude_sites = tuple(self.exclude_sites)
         if self.samples_per_shard is None and self.shard_mb is None:
             self.samples_per_shard = 256
         if self.samples_per_shard is not None and self.samples_per_shard < 1:
@@ -309,6 +312,14 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
     header = check_compatible(loaded)
     rows = _locate(loaded)
     del loaded  # the located rows hold everything the plan needs
+    if config.exclude_sites:
+        unknown = set(config.exclude_sites) - set(rows["site"].astype(str))
+        if unknown:
+            raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
+                               f"{sorted(set(rows['site'].astype(str)))}")
+        rows = rows[~rows["site"].astype(str).isin(config.exclude_sites)].reset_index(drop=True)
+        if rows.empty:
+            raise ReshardError("excluding those sites leaves no samples")
     shards = plan(rows, config)
     del rows
 

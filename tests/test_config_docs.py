@@ -43,7 +43,7 @@ DOCUMENTED = [
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
     ReshardConfig,
     train_config.TrainConfig, train_config.ModelConfig, train_config.DataConfig,
-    train_config.AugmentConfig, train_config.OptimConfig,
+    train_config.AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,
     EvalConfig, InferConfig, EvaluationConfig, StackerConfig, SummaryConfig, MetricsConfig,
     SignalConfig, PredictConfig,
     LocalClusterConfig, SubmitConfig, DemoConfig,

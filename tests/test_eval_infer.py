@@ -103,7 +103,7 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     out = tmp_path / "out"
     rc = echocmr_cli.main(["eval", "--shards", shards, "--model", ckpt, "--split", "train",
                            "--out", str(out), "--clips", "centre", "--bootstrap", "1000",
-                           "--permutations", "500", "--min-positives", "2",
+                           "--permutations", "500", "--min-positives", "2", "--min-patients", "2",
                            "--tracking-uri", uri])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -116,6 +116,8 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     assert wma["auc"] == pytest.approx(roc_auc_score(preds["y_wma"], preds["p_wma"]))
     assert wma["n_studies"] == len(preds) and wma["ci_low"] is not None
     assert (out / "report.html").exists() and (out / "clip_predictions.parquet").exists()
+    report = (out / "report.md").read_text()
+    assert "evaluations of this train split for this model: 1 (this one included)" in report
 
     from mlflow.tracking import MlflowClient
 

@@ -74,9 +74,15 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
         assert (out / f"roc_{t}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](roc_{t}.png)" in md
         assert PUBLISHED[t].text() in md and PUBLISHED[t].text() in page
-    assert page.count("data:image/png;base64,") == len(TASKS) + 1
+    assert page.count("data:image/png;base64,") == len(TASKS) + 2  # ROCs, all ROCs, forest
+    # The forest plot leads: right after the title and context, before the AUC table.
+    assert md.index("](forest.png)") < md.index("## AUC per task")
+    assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "forest.png" in ev.files
     assert "### view A4C" in md and "### site site_b" in md and "## Calibration" in md
     assert "2.5th and 97.5th percentiles" in md
+    assert "AUC within site" in md and "rest on the **within-site** permutation test" in md
+    assert "## Value over the positive control (WMA)" in md and "AUC within WMA-negative" in md
     detail = json.loads((out / "metrics_detail.json").read_text())
     assert set(detail["by_view"]) == {"A2C", "A4C", "PLAX"}
     assert set(detail["by_site"]) == {"site_a", "site_b"}
@@ -97,7 +103,7 @@ def test_unknown_labels_are_excluded_not_coerced():
 
 
 def test_too_few_positives_or_negatives_is_insufficient_not_a_crash():
-    df = study_table(40, seed=5)
+    df = study_table(80, seed=5)
     df["y_lge"] = 0.0
     df.loc[df.index[:3], "y_lge"] = 1.0  # three positives
     df["y_ecv"] = np.nan  # no known label at all
@@ -113,3 +119,58 @@ def test_too_few_positives_or_negatives_is_insufficient_not_a_crash():
     j = res["ecv"].metrics_json()
     assert j["auc"] is None and j["verdict"] == INSUFFICIENT
     json.dumps(j, allow_nan=False)
+
+
+def test_insufficient_data_is_decided_on_patients_not_studies():
+    """The audit's case: two positive patients with three studies each pass a 5-study rule, give a
+    narrow bootstrap CI away from 0.5 and a permutation p of 1.0. On patients they are two."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        pos = i < 2
+        for j in range(3 if pos else 1):
+            rows.append({"study_hash": f"s{i}{j}", "patient_hash": f"p{i:02d}", "site": "a",
+                         "split": "test", **{f"y_{t}": float(pos) for t in TASKS},
+                         **{f"p_{t}": (0.9 if pos else rng.uniform(0, 0.95)) for t in TASKS}})
+    df = pd.DataFrame(rows)
+    res = summarise(df, config=FAST, tasks=("lge",))["lge"]
+    assert (res.n_pos, res.n_pos_patients, res.n_neg_patients) == (6, 2, 38)
+    assert res.verdict == INSUFFICIENT and res.ci_low is None and res.p_value is None
+    assert "2 patients with a positive" in res.reason
+    loose = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000, min_positive_patients=2),
+                          signal=SignalConfig(n_permutations=1000))
+    res = summarise(df, config=loose, tasks=("lge",))["lge"]
+    assert res.verdict != INSUFFICIENT and res.few_patients
+    j = res.metrics_json()
+    assert (j["n_pos_patients"], j["n_neg_patients"]) == (2, 38)
+
+
+def test_report_labels_clustered_delong_and_flags_few_patient_rows(tmp_path):
+    from echocmr.eval.report import ReportInputs, auc_table_text, write_report
+
+    df = study_table(60, seed=3)
+    res = summarise(df, config=FAST)
+    assert any(r.few_patients for r in res.values())
+    write_report(tmp_path, ReportInputs(studies=df, results=res, config=FAST))
+    md = (tmp_path / "report.md").read_text()
+    assert "DeLong, clustered by patient" in md and "positive patients" in md
+    assert "† " in md and "under-covers" in md
+    text = auc_table_text(res)
+    assert "pos pts" in text and "DeLong (clustered)" in text
+    r = res["wma"]
+    assert r.delong_indep_low is not None and r.delong_indep_se <= r.delong_se * 1.5
+
+
+def test_eval_flags_for_patients_bca_and_pooled_sites():
+    from echocmr.cli import build_parser
+    from echocmr.eval.cli import eval_overrides
+    from echocmr.eval.job import load_config
+
+    args = build_parser().parse_args(["eval", "--shards", "s", "--model", "m", "--out", "o",
+                                      "--min-patients", "4", "--ci-method", "bca",
+                                      "--pooled-sites"])
+    cfg = load_config(overrides=eval_overrides(args))
+    mc, sc = cfg.evaluation.summary.metrics, cfg.evaluation.summary.signal
+    assert (mc.min_positive_patients, mc.min_negative_patients, mc.ci_method) == (4, 4, "bca")
+    assert sc.within_site is False
+    assert load_config().evaluation.summary.signal.within_site is True

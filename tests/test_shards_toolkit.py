@@ -302,3 +302,14 @@ def test_cli_verify_stats_reshard(sites, merged, damaged, tmp_path, capsys):
     assert "verified OK" in capsys.readouterr().out
     assert echocmr(["shards", "reshard", "--input", sites[0], "--out", sites[1]]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_reshard_can_leave_a_site_out_for_external_validation(sites, tmp_path):
+    out = str(tmp_path / "without_b")
+    reshard(list(sites), out, config=ReshardConfig(samples_per_shard=4, exclude_sites=("site_b",)))
+    after = read_manifest(out)
+    assert set(after["site"]) == {"site_a"} and len(after) == len(read_manifest(sites[0]))
+    assert verify(out) == []
+    with pytest.raises(ReshardError, match="sites are"):
+        reshard(list(sites), str(tmp_path / "x"),
+                config=ReshardConfig(exclude_sites=("nowhere",)))

@@ -92,3 +92,38 @@ def test_roc_auc_equals_sklearn_with_ties():
         assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
     with pytest.raises(ValueError, match="one positive and one negative"):
         roc_auc(np.array([True, True]), np.array([0.1, 0.2]))
+
+
+def test_checkpoint_score_follows_the_prespecified_selection():
+    from echocmr.train.config import ConfigError, SelectionConfig, load_config
+
+    aucs = {"wma": 0.9, "lge": 0.7, "t1": 0.4, "t2": None, "ecv": 0.5}
+    assert checkpoint_score(aucs, 0.6) == pytest.approx((0.9 + 0.7 + 0.4 + 0.5) / 4)
+    assert checkpoint_score(aucs, 0.6, tasks=("wma",)) == 0.9
+    assert checkpoint_score(aucs, 0.6, tasks=("wma", "lge"), weights={"wma": 3, "lge": 1}) == (
+        pytest.approx(0.85))
+    assert checkpoint_score(aucs, 0.6, tasks=("t2",)) == -0.6  # no AUC: -val loss
+    assert checkpoint_score(aucs, 0.6, metric="loss") == -0.6
+    cfg = load_config()
+    assert (cfg.selection.metric, cfg.selection.tasks) == ("auc", ("wma",))
+    assert cfg.selection.describe() == "val AUC (wma)"
+    cfg = load_config(overrides={"selection": {"metric": "loss"}})
+    assert cfg.selection.describe() == "val loss"
+    with pytest.raises(ConfigError, match="selection.tasks"):
+        SelectionConfig(tasks=("bogus",))
+    with pytest.raises(ConfigError, match="selection.metric|metric"):
+        load_config(overrides={"selection": {"metric": "f1"}})
+
+
+def test_val_result_score_uses_the_run_selection():
+    import numpy as np
+
+    from echocmr.train.config import SelectionConfig
+    from echocmr.train.engine import ValResult
+
+    aucs = {"wma": 0.9, "lge": 0.3, "t1": 0.5, "t2": 0.5, "ecv": 0.5}
+    v = ValResult(loss=0.4, aucs=aucs, keys=[], probs=np.zeros((0, 5)), labels=np.zeros((0, 5)),
+                  selection=SelectionConfig())
+    assert v.score == 0.9 and v.mean_auc == pytest.approx(0.54)
+    v.selection = SelectionConfig(metric="loss")
+    assert v.score == -0.4

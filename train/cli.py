@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
     p.add_argument("--storage", metavar="DIR",
                    help="checkpoint storage shared by all nodes (default ./train_runs)")
+    p.add_argument("--seed", type=int,
+                   help="training seed (data.seed: weight init, shuffle, clip starts, "
+                        "augmentation); vary it for a seed sweep (docs/evaluation.md)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit without training")
     p.set_defaults(func=run)
@@ -57,6 +60,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             out[key] = value
     if getattr(args, "init", None):
         out["model"] = {"init": args.init}
+    if getattr(args, "seed", None) is not None:
+        out["data"] = {"seed": args.seed}
     return out
 
 

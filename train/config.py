@@ -29,7 +29,7 @@ from echocmr.config import ConfigError, check_choices, read_yaml
 from echocmr.shards.format import TASKS
 
 __all__ = ["PRESETS", "AugmentConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
-           "TrainConfig", "dump_yaml", "flat_params", "load_config", "read_yaml"]
+           "SelectionConfig", "TrainConfig", "dump_yaml", "flat_params", "load_config", "read_yaml"]
 
 
 @dataclass(kw_only=True)
@@ -119,6 +119,44 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class SelectionConfig:
+    """How the best checkpoint is chosen, fixed before training (recorded on the run).
+
+    ``metric: auc``: the mean clip-level val AUC over ``tasks`` (weighted by ``weights`` when
+    given), falling back to -val loss in an epoch where none of them has an AUC; ``metric: loss``:
+    -val loss (the task-weighted BCE of all tasks). The default, WMA's val AUC, is the one label
+    with a strong expected signal (the positive control); averaging in the tasks that are null by
+    design mostly adds noise to the choice (docs/evaluation.md, "Model selection").
+    """
+
+    metric: Literal["auc", "loss"] = "auc"
+    tasks: tuple[str, ...] = ("wma",)
+    weights: dict[str, float] | None = None  # per task in ``tasks``; None = equal
+
+    def __post_init__(self) -> None:
+        check_choices(self, "selection.")
+        self.tasks = tuple(self.tasks)
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown or not self.tasks:
+            raise ConfigError(f"selection.tasks must be a non-empty list of {TASKS}, got "
+                              f"{list(self.tasks)}")
+        if self.weights is not None:
+            extra = set(self.weights) - set(self.tasks)
+            if extra or any(w < 0 for w in self.weights.values()) or not any(
+                    self.weights.get(t, 0.0) for t in self.tasks):
+                raise ConfigError(f"selection.weights must give tasks of selection.tasks "
+                                  f"weights >= 0, one > 0; got {self.weights}")
+
+    def describe(self) -> str:
+        """e.g. ``val AUC (wma)`` or ``val loss``: what the run's best epoch was chosen on."""
+        if self.metric == "loss":
+            return "val loss"
+        w = self.weights
+        parts = [f"{w.get(t, 0.0):g}*{t}" if w else t for t in self.tasks]
+        return f"val AUC ({' + '.join(parts)})"
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """One training run."""
 
@@ -147,9 +185,11 @@ class TrainConfig:
     # resume always has its epoch); a full R(2+1)D-18 one is ~400 MB. None keeps every epoch's.
     keep_checkpoints: int | None = 3
     register: str | None = None  # MLflow registered model name
+    selection: SelectionConfig = field(default_factory=SelectionConfig)  # best-checkpoint rule
 
     def __post_init__(self) -> None:
-        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig)):
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig),
+                          ("selection", SelectionConfig)):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, loader.build(cls, getattr(self, name), where=name))
         if self.epochs < 1 or self.workers < 1 or self.cpus_per_worker < 1:

@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 
 from echocmr.shards.format import TASKS
-from echocmr.train.config import TrainConfig
+from echocmr.train.config import SelectionConfig, TrainConfig
 from echocmr.train.contract import InputSpec
 from echocmr.train.data import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.train.loss import build_loss
@@ -90,6 +90,7 @@ class ValResult:
     keys: list[str]  # gathered over ranks, padding removed
     probs: np.ndarray  # [N, K]
     labels: np.ndarray  # [N, K], NaN unknown
+    selection: SelectionConfig | None = None  # None: the mean AUC over every task
 
     @property
     def mean_auc(self) -> float | None:
@@ -97,7 +98,11 @@ class ValResult:
 
     @property
     def score(self) -> float:
-        return checkpoint_score(self.aucs, self.loss)
+        sel = self.selection
+        if sel is None:
+            return checkpoint_score(self.aucs, self.loss)
+        return checkpoint_score(self.aucs, self.loss, metric=sel.metric, tasks=sel.tasks,
+                                weights=sel.weights)
 
 
 class Engine:
@@ -238,7 +243,8 @@ class Engine:
         total_n = sum(p[4] for p in parts)
         val_loss = sum(p[3] for p in parts) / max(total_n, 1)
         aucs = task_aucs(labels_NK, probs_NK, self.config.min_positives)
-        return ValResult(loss=val_loss, aucs=aucs, keys=rows_k, probs=probs_NK, labels=labels_NK)
+        return ValResult(loss=val_loss, aucs=aucs, keys=rows_k, probs=probs_NK, labels=labels_NK,
+                         selection=self.config.selection)
 
     def _sync_buffers(self) -> None:
         if self.world > 1:

@@ -2,8 +2,9 @@
 
 A task's AUC is reported only when the val split has at least ``min_positives`` positives and as
 many negatives among its known labels; otherwise it is ``None`` (an AUC over two positives says
-nothing). The mean over reported tasks chooses the best checkpoint; if no task qualifies the
-checkpoint score falls back to the negative val loss (the same rule every epoch of a run, since the
+nothing). The pre-specified selection metric (``TrainConfig.selection``: by default WMA's AUC)
+chooses the best checkpoint; if none of its tasks qualifies the checkpoint score falls back to the
+negative val loss (the same rule every epoch of a run, since the
 val split does not change). Clip-level only: study-level aggregation and confidence intervals are
 ``eval``'s job.
 
@@ -91,7 +92,23 @@ def mean_auc(aucs: dict[str, float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def checkpoint_score(aucs: dict[str, float | None], val_loss: float) -> float:
-    """Higher is better: the mean AUC, or ``-val_loss`` when no task has an AUC."""
-    m = mean_auc(aucs)
-    return m if m is not None else -float(val_loss)
+def checkpoint_score(aucs: dict[str, float | None], val_loss: float, *,
+                     metric: str = "auc", tasks: tuple[str, ...] | None = None,
+                     weights: dict[str, float] | None = None) -> float:
+    """Higher is better (``TrainConfig.selection``).
+
+    ``metric="auc"``: the (``weights``-weighted) mean AUC over ``tasks`` (None: every task) that
+    have one, or ``-val_loss`` when none has; ``metric="loss"``: ``-val_loss``.
+    """
+    if metric == "loss":
+        return -float(val_loss)
+    if metric != "auc":
+        raise ValueError(f"selection metric {metric!r}: auc or loss")
+    chosen = aucs if tasks is None else {t: aucs.get(t) for t in tasks}
+    have = {t: v for t, v in chosen.items() if v is not None and not math.isnan(v)}
+    if weights is not None:
+        have = {t: v for t, v in have.items() if weights.get(t, 0.0) > 0}
+    if not have:
+        return -float(val_loss)
+    w = np.array([1.0 if weights is None else weights[t] for t in have])
+    return float(np.dot(w, list(have.values())) / w.sum())

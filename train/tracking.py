@@ -154,7 +154,10 @@ class MlflowTracker(NullTracker):
                 self.client.log_batch(self.run_id, params=items[i:i + 100])
         except MlflowException as exc:  # resumed with a changed config: keep going, say so
             log.warning("MLflow refused some params (was the config changed on resume?): %s", exc)
-        self.client.log_batch(self.run_id, tags=[RunTag("data_digest", data_digest)])
+        self.client.log_batch(self.run_id, tags=[
+            RunTag("data_digest", data_digest),
+            RunTag("echocmr.selection", config.selection.describe()),  # the pre-specified rule
+        ])
         self.client.log_text(self.run_id, dump_yaml(config), "config.yaml")
         self.client.log_dict(self.run_id, stats, STATS_FILE)
         self.client.log_dict(self.run_id, input_spec, "input_spec.json")

@@ -1,0 +1,62 @@
+"""A seed sweep: each task's AUC spread over training seeds, beside its sampling CI.
+
+Train k times with ``echocmr train --seed s`` (everything else the same), evaluate each model on
+the same split, then ``echocmr sweep DIR...`` over the k eval output directories. The bootstrap CI
+of one evaluation is the *sampling* uncertainty (another test set of this size); the spread over
+seeds is the *training* variance (another training run of this recipe) — a single run's AUC
+carries both, and the CI shows only the first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def seed_spread(evaluations: dict[str, dict]) -> dict[str, dict]:
+    """``{task: {n_runs, mean, sd, min, max, mean_ci_width, aucs}}`` from ``{label: metrics.json}``.
+
+    ``sd`` is the sample SD (ddof 1) of the runs' AUCs, null with one run; ``mean_ci_width`` the
+    mean width of their bootstrap CIs.
+    """
+    tasks: list[str] = []
+    for m in evaluations.values():
+        tasks += [t for t in m if t not in tasks]
+    out = {}
+    for t in tasks:
+        aucs = {k: m[t]["auc"] for k, m in evaluations.items()
+                if t in m and m[t].get("auc") is not None}
+        widths = [m[t]["ci_high"] - m[t]["ci_low"] for m in evaluations.values()
+                  if t in m and m[t].get("ci_low") is not None and m[t].get("ci_high") is not None]
+        v = np.array(list(aucs.values()), dtype=float)
+        out[t] = {
+            "n_runs": int(v.size),
+            "mean": float(v.mean()) if v.size else None,
+            "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+            "min": float(v.min()) if v.size else None,
+            "max": float(v.max()) if v.size else None,
+            "mean_ci_width": float(np.mean(widths)) if widths else None,
+            "aucs": aucs,
+        }
+    return out
+
+
+def read_evaluations(dirs: list[str]) -> dict[str, dict]:
+    """``{directory: its metrics.json}``."""
+    return {str(d): json.loads((Path(d) / "metrics.json").read_text()) for d in dirs}
+
+
+def spread_table(spread: dict[str, dict]) -> str:
+    def f(x):
+        return "—" if x is None else f"{x:.3f}"
+
+    head = ("task", "runs", "mean AUC", "SD over seeds", "range", "mean 95% CI width (sampling)")
+    rows = [head] + [(t.upper(), str(s["n_runs"]), f(s["mean"]), f(s["sd"]),
+                      f"{f(s['min'])}–{f(s['max'])}", f(s["mean_ci_width"]))
+                     for t, s in spread.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
