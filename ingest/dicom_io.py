@@ -13,8 +13,9 @@ the header (pydicom then corrects it, e.g. RGB component IDs in a "YBR_FULL_422"
 * ``RGB`` (also what JPEG 2000 ICT/RCT decoders return): BT.601 luma in integer arithmetic.
 * ``PALETTE COLOR``: the colour LUT, then as RGB. ``MONOCHROME1`` is inverted.
 
-Chroma is kept only as a per-pixel map (the largest chroma magnitude over sampled frames), which
-`ingest.preprocess` compares with the sector to reject colour Doppler.
+Chroma is kept only as a per-pixel map (the second largest chroma magnitude over sampled frames:
+one odd frame cannot make a pixel coloured), which `ingest.preprocess` compares with the sector to
+reject colour Doppler.
 
 Every refusal raises `RejectedInput` with a short reason code (the ``reason`` column of the ingest
 report, listed in `REASONS`) and a human-readable detail.
@@ -131,7 +132,7 @@ class DicomClip:
     """A decoded clip: grey frames plus what preprocessing needs."""
 
     frames_THW: np.ndarray  # uint8 grey (luma)
-    chroma_HW: np.ndarray | None  # float32 max chroma magnitude over sampled frames; None if grey
+    chroma_HW: np.ndarray | None  # float32 2nd-largest chroma over sampled frames; None if grey
     fps: float | None  # source frame rate, None when the file does not say
     regions: list[UltrasoundRegion] = field(default_factory=list)
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, col) from PixelSpacing, if any
@@ -359,6 +360,12 @@ def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
     into luma correctly too. The one case it cannot know, RGB samples without any marker, follows
     the header: when the header says RGB we return None and pydicom's general path decodes it.
     The chroma map comes from a few frames decoded at 1/4 size.
+
+    libjpeg (through Pillow) decodes corrupt entropy-coded data to garbage with only a warning,
+    which Pillow drops. So every frame's marker structure is checked (`_jpeg_frame_problem`), and
+    the frames sampled for the chroma map are decoded once more by pylibjpeg-libjpeg, which
+    raises on Huffman data out of sync (a zeroed or overwritten run of bytes; ~10 ms a 600x800
+    frame, so only the sampled frames): a damaged frame makes the clip `decode_failed`.
     """
     from io import BytesIO
 
@@ -395,6 +402,13 @@ def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
             raise RejectedInput("decode_failed", f"JPEG frame is {image.size}, header {cols}x{rows}")
         return image
 
+    sampled = set(_sample_frames(n_frames).tolist())
+    for i, data in enumerate(frames[:n_frames]):
+        problem = _jpeg_frame_problem(data)
+        if problem is None and i in sampled:
+            problem = _strict_decode_problem(data)
+        if problem is not None:
+            raise RejectedInput("decode_failed", f"JPEG frame {i}: {problem}")
     luma = np.empty((n_frames, rows, cols), dtype=np.uint8)
     try:
         for i, data in enumerate(frames[:n_frames]):
@@ -416,6 +430,84 @@ def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
         reason = "truncated" if "truncated" in str(exc).lower() else "decode_failed"
         raise RejectedInput(reason, f"JPEG frame: {type(exc).__name__}: {exc}") from None
     return luma, chroma, photometric
+
+
+# Markers that may follow an entropy-coded segment before the next scan (tables, restart interval,
+# number of lines, comments, application data); anything else there, or bytes after EOI, is damage.
+_BETWEEN_SCANS = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)}
+
+
+def _jpeg_frame_problem(data: bytes) -> str | None:
+    """What is wrong with one frame's JPEG marker structure, or None when it is sound.
+
+    SOI first; header segments whose lengths fit; then each scan's entropy-coded data, where a
+    0xFF byte must be stuffing (``FF 00``), fill (``FF FF``) or the next restart marker in turn
+    (``RST0..7`` cyclically); the data ends with one EOI (a DICOM pad byte of 0 may follow).
+    A flipped or overwritten run of bytes almost always breaks one of these.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8)
+    end = len(buf) - 1 if len(buf) and buf[-1] == 0 else len(buf)  # a fragment's pad byte
+    if end < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return "no SOI marker"
+    if buf[end - 2] != 0xFF or buf[end - 1] != 0xD9:
+        return "does not end with an EOI marker"
+    i, scans = 2, 0
+    while i < end - 2:
+        if buf[i] != 0xFF:
+            return f"no marker at byte {i}"
+        marker = int(buf[i + 1])
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:
+            return f"EOI at byte {i}, before the end of the frame"
+        if i + 4 > end:
+            return f"marker segment cut off at byte {i}"
+        length = int(buf[i + 2]) << 8 | int(buf[i + 3])
+        if length < 2 or i + 2 + length > end - 2:
+            return f"marker 0x{marker:02X} at byte {i} has an impossible length {length}"
+        i += 2 + length
+        if marker != 0xDA:
+            if scans and marker not in _BETWEEN_SCANS:
+                return f"unexpected marker 0x{marker:02X} at byte {i - 2 - length}"
+            continue
+        scans += 1
+        ecs = buf[i:end - 2]  # entropy-coded data up to the final EOI at most
+        ff = np.flatnonzero(ecs[:-1] == 0xFF) if len(ecs) > 1 else np.empty(0, dtype=np.intp)
+        nxt = ecs[ff + 1]
+        special = ff[nxt != 0x00]
+        expected_rst, stop = 0xD0, len(ecs)
+        for pos in special.tolist():
+            code = int(ecs[pos + 1])
+            if code == 0xFF:
+                continue  # fill: the byte after it is judged in turn
+            if 0xD0 <= code <= 0xD7:
+                if code != expected_rst:
+                    return f"restart marker RST{code - 0xD0} out of order in scan {scans}"
+                expected_rst = 0xD0 + (code - 0xD0 + 1) % 8
+                continue
+            if code in _BETWEEN_SCANS or code == 0xDA:
+                stop = pos
+                break
+            return f"invalid marker 0x{code:02X} in the entropy-coded data of scan {scans}"
+        i += stop
+    if scans == 0:
+        return "no SOS marker (no image data)"
+    return None
+
+
+def _strict_decode_problem(data: bytes) -> str | None:
+    """The error pylibjpeg-libjpeg raises on a frame's codestream, or None (also when the
+    plugin is not installed)."""
+    try:
+        import libjpeg
+    except ImportError:
+        return None
+    try:
+        libjpeg.decode(data)
+    except Exception as exc:  # RuntimeError("libjpeg error code ... returned from Decode(): ...")
+        return f"corrupt codestream ({str(exc).rsplit(': ', 1)[-1]})"
+    return None
 
 
 def _jpeg_colour(data: bytes) -> str | None:
@@ -500,12 +592,22 @@ def _sample_frames(n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, _CHROMA_FRAMES)).round().astype(int))
 
 
+def _over_frames(chroma_THW: np.ndarray) -> np.ndarray:
+    """The second largest value over frames (the largest when there is one frame): a pixel counts
+    as coloured only when it is coloured in at least two sampled frames, so one corrupt or odd
+    frame cannot make a clip colour Doppler (colour flow is in every other frame at least)."""
+    n = len(chroma_THW)
+    if n < 2:
+        return chroma_THW.max(axis=0)
+    return np.partition(chroma_THW, n - 2, axis=0)[n - 2]
+
+
 def _chroma_ybr(ybr_THWC: np.ndarray) -> np.ndarray:
-    """Max over sampled frames of sqrt((Cb-128)^2 + (Cr-128)^2)."""
+    """Second largest (`_over_frames`) over sampled frames of sqrt((Cb-128)^2 + (Cr-128)^2)."""
     sub = ybr_THWC[_sample_frames(len(ybr_THWC))]
     cb = sub[..., 1].astype(np.float32) - 128.0
     cr = sub[..., 2].astype(np.float32) - 128.0
-    return np.sqrt(cb * cb + cr * cr).max(axis=0)
+    return _over_frames(np.sqrt(cb * cb + cr * cr))
 
 
 def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
@@ -514,7 +616,7 @@ def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
     r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
     cb = -0.168736 * r - 0.331264 * g + 0.5 * b
     cr = 0.5 * r - 0.418688 * g - 0.081312 * b
-    return np.sqrt(cb * cb + cr * cr).max(axis=0)
+    return _over_frames(np.sqrt(cb * cb + cr * cr))
 
 
 # -- metadata ---------------------------------------------------------------------------------

@@ -326,3 +326,47 @@ def test_an_unreadable_directory_gets_a_row(tmp_path, monkeypatch):
     scan = scan_inputs(str(tmp_path))
     assert scan.files == ["ok/f.dcm"]
     assert [(r.source, r.reason) for r in scan.skipped] == [("locked", "unreadable_directory")]
+
+
+def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp_path):
+    """A run of zeroed bytes in one frame's entropy-coded data: libjpeg (through Pillow) decodes
+    it to garbage without an error, which could read as colour Doppler or be shipped."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from _ingest_fixtures import add_colour_doppler
+
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    frames = small_clip(24, 96, 128, seed=3).frames
+    bad = dicom / "corrupt.dcm"
+    write_us_dicom(bad, grey_to_rgb(frames), photometric="YBR_FULL_422",
+                   syntax=JPEGBaseline8Bit, ident=Identity(patient_id="P0"))
+    ds = pydicom.dcmread(bad)
+    codestreams = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=24)]
+    k = 10  # a run libjpeg detects: not every damaged run is (baseline JPEG has no checksum)
+    sos = codestreams[k].find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(codestreams[k][sos + 2:sos + 4], "big")
+    mid = (start + len(codestreams[k]) - 2) // 2
+    codestreams[k][mid - 40:mid + 40] = bytes(80)
+    ds.PixelData = encapsulate([bytes(f) for f in codestreams])
+    ds.save_as(bad)
+    write_us_dicom(dicom / "doppler.dcm",
+                   add_colour_doppler(grey_to_rgb(frames), (40, 70, 50, 80)),
+                   photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
+                   ident=Identity(patient_id="P1"))
+    write_us_dicom(dicom / "good.dcm", grey_to_rgb(frames), photometric="YBR_FULL_422",
+                   syntax=JPEGBaseline8Bit, ident=Identity(patient_id="P2"))
+    labels = tmp_path / "cmr.csv"
+    pd.DataFrame({"patient_id": ["P0", "P1", "P2"], "cmr_date": ["2023-05-08"] * 3,
+                  "wma": [0] * 3}).to_csv(labels, index=False)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "echocmr", "ingest", "--dicom", str(dicom),
+                          "--labels", str(labels), "--out", str(out), "--workers", "1",
+                          "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
+    reasons = {k: v if isinstance(v, str) else None for k, v in report["reason"].items()}
+    assert reasons == {"corrupt.dcm": "decode_failed", "doppler.dcm": "colour_doppler",
+                       "good.dcm": None}
+    assert f"frame {k}" in report.loc["corrupt.dcm", "detail"]
