@@ -243,6 +243,9 @@ def _child_env(c: DemoConfig) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = tracking_uri(c)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.pop("RAY_ADDRESS", None)  # the demo runs its own local Ray
+    # The demo's cohort is synthetic and its splits are the public demo key's: DEMO_SEED was
+    # chosen for the test split that key gives. A site key in the environment would re-split it.
+    env.pop("ECHOCMR_SPLIT_KEY", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

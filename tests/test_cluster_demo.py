@@ -170,3 +170,12 @@ def test_gpu_choice(tmp_path, recorder, monkeypatch, capsys):
 
     assert demo.run_demo_flow(demo.DemoConfig(out=tmp_path / "c", gpu=True)) == 2  # 2 > 1 GPU
     assert "needs 2 GPUs" in capsys.readouterr().out
+
+
+def test_children_split_with_the_public_demo_key(tmp_path, monkeypatch):
+    """DEMO_SEED was chosen for the splits of the public demo key: a site key in the user's
+    environment (the test suite sets one) must not re-split the demo's synthetic cohort."""
+    monkeypatch.setenv("ECHOCMR_SPLIT_KEY", "a-site-key")
+    env = demo._child_env(demo.DemoConfig(out=tmp_path))
+    assert "ECHOCMR_SPLIT_KEY" not in env
+    assert env["MLFLOW_TRACKING_URI"] == demo.tracking_uri(demo.DemoConfig(out=tmp_path))
