@@ -49,6 +49,8 @@ class ModelVersionInfo:
     val_mean_auc: float | None = None
     val_aucs: dict[str, float | None] = field(default_factory=dict)
     data_digest: str | None = None
+    selection: str | None = None  # the rule its checkpoint (and champion alias) was chosen by
+    selection_score: float | None = None
     source: str | None = None
     created: int | None = None  # ms since epoch
 
@@ -86,7 +88,8 @@ def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
         name=version.name, version=str(version.version), aliases=sorted(aliases), run_id=run_id,
         val_mean_auc=_float(tags.get("val_mean_auc")),
         val_aucs={t: _float(tags.get(f"val_auc_{t}")) for t in TASKS},
-        data_digest=tags.get("data_digest"), source=version.source,
+        data_digest=tags.get("data_digest"), selection=tags.get("selection"),
+        selection_score=_float(tags.get("selection_score")), source=version.source,
         created=version.creation_timestamp,
     )
     needs_run = info.data_digest is None or all(v is None for v in info.val_aucs.values())
@@ -125,12 +128,13 @@ def format_models(infos: list[ModelVersionInfo]) -> str:
     """A fixed-width table for the terminal."""
     if not infos:
         return "no registered models (train with --register NAME to create one)"
-    head = ["name", "version", "aliases", "val mean AUC",
+    head = ["name", "version", "aliases", "selected on", "val mean AUC",
             *[f"val {t.upper()}" for t in TASKS], "data digest", "run"]
     rows = [head]
     for i in infos:
+        chosen = f"{i.selection} {_fmt(i.selection_score)}" if i.selection else "-"
         rows.append([
-            i.name, i.version, ",".join(i.aliases) or "-", _fmt(i.val_mean_auc),
+            i.name, i.version, ",".join(i.aliases) or "-", chosen, _fmt(i.val_mean_auc),
             *[_fmt(i.val_aucs.get(t)) for t in TASKS], (i.data_digest or "-")[:12],
             (i.run_id or "-")[:12],
         ])

@@ -89,6 +89,55 @@ def test_champion_moves_only_to_a_better_model(tmp_path):
     assert tags["data_digest"] == "d" * 64 and tags["run_id"]
 
 
+def test_champion_follows_the_checkpoint_rule_and_compares_only_like_with_like(tmp_path):
+    """The alias moves by the run's pre-specified selection rule, and only against a champion
+    chosen by the same rule on the same data; otherwise challenger, with the reason on the tag."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+
+    def reg(seed, *, wma, mean, selection="val AUC (wma)", digest="d" * 64):
+        with mlflow.start_run() as run:
+            model_uri = log_model(fake_state(seed), tracking_uri=uri, run_id=run.info.run_id)
+        return register_model(model_uri, "echo", tracking_uri=uri, val_mean_auc=mean,
+                              val_aucs={"wma": wma}, data_digest=digest, run_id=run.info.run_id,
+                              selection=selection, selection_score=wma)
+
+    first = reg(1, wma=0.80, mean=0.60)
+    assert first.alias == "champion"
+    # A better mean AUC over five tasks (three null by design) no longer wins: WMA is the rule.
+    noisier = reg(2, wma=0.78, mean=0.70)
+    assert noisier.alias == "challenger" and "does not beat champion v1's 0.800000" in \
+        noisier.decision
+    better = reg(3, wma=0.85, mean=0.55)
+    assert better.alias == "champion" and "beats champion v1's" in better.decision
+    other_data = reg(4, wma=0.95, mean=0.90, digest="e" * 64)
+    assert other_data.alias == "challenger" and "other data" in other_data.decision
+    other_rule = reg(5, wma=0.95, mean=0.90, selection="val loss")
+    assert other_rule.alias == "challenger" and "'val loss'" in other_rule.decision
+    assert str(client.get_model_version_by_alias("echo", "champion").version) == better.version
+    tags = client.get_model_version("echo", other_rule.version).tags
+    assert tags["selection"] == "val loss" and tags["champion_decision"] == other_rule.decision
+    assert client.get_model_version("echo", better.version).tags["selection_score"] == "0.850000"
+
+
+def test_a_champion_registered_before_selection_tags_is_read_as_the_mean_auc_rule(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    _, old = log_and_register(uri, "echo", seed=1, auc=0.70)
+    for key in ("selection", "selection_score", "champion_decision"):  # as 0.1/0.2.0 tagged it
+        client.delete_model_version_tag("echo", old.version, key)
+    _, legacy_rule = log_and_register(uri, "echo", seed=2, auc=0.75)
+    assert legacy_rule.alias == "champion" and legacy_rule.selection == "val mean AUC (all tasks)"
+    with mlflow.start_run() as run:
+        model_uri = log_model(fake_state(3), tracking_uri=uri, run_id=run.info.run_id)
+    new_rule = register_model(model_uri, "echo", tracking_uri=uri, val_mean_auc=0.9,
+                              val_aucs={"wma": 0.9}, data_digest="d" * 64,
+                              selection="val AUC (wma)", selection_score=0.9)
+    assert new_rule.alias == "challenger" and "promote by hand" in new_rule.decision
+
+
 def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, monkeypatch):
     """A downloaded model directory is self-contained: loading it never asks a server."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"

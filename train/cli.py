@@ -94,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     if outcome.registration is not None:
         r = outcome.registration
         print(f"registered {r.name} version {r.version} as @{r.alias} "
-              f"(models:/{r.name}@{r.alias})")
+              f"(models:/{r.name}@{r.alias}): {r.decision}")
     return 0

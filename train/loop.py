@@ -33,7 +33,7 @@ from echocmr.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-SCORE = "val_score"  # the checkpoint score: val mean AUC (or -val_loss without AUCs)
+SCORE = "val_score"  # the checkpoint score under config.selection (-val_loss without its AUCs)
 
 
 @dataclass
@@ -323,7 +323,9 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
         if config.register:
             outcome.registration = register_model(
                 outcome.model_uri, config.register, tracking_uri=tracking_uri,
-                val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id)
+                val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id,
+                selection=config.selection.describe(),
+                selection_score=_none_if_nan(best_metrics.get(SCORE)))
             _write_card(outcome, config, tracking_uri=tracking_uri, shards=shards, digest=digest)
             mlflow.set_tags({"echocmr.registered": f"{config.register}/"
                                                    f"{outcome.registration.version}"})
