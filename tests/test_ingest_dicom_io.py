@@ -269,3 +269,87 @@ def test_identity_and_frame_rate(tmp_path, grey):
     assert frame_rate(ds) == 50.0
     del ds.CineRate
     assert frame_rate(ds) is None
+
+
+def _jpeg_clip(path, n_frames: int = 20):
+    """A YBR JPEG-baseline clip and its codestreams (one per frame)."""
+    from pydicom.encaps import generate_frames
+
+    frames = small_clip(n_frames, 96, 128, seed=5).frames
+    write_us_dicom(path, grey_to_rgb(frames), photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit)
+    ds = pydicom.dcmread(path)
+    return ds, [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=n_frames)]
+
+
+def _with_frames(ds, path, codestreams) -> None:
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([bytes(f) for f in codestreams])
+    ds.save_as(path)
+
+
+def _entropy_start(codestream: bytes) -> int:
+    sos = codestream.find(b"\xff\xda")
+    return sos + 2 + int.from_bytes(codestream[sos + 2:sos + 4], "big")
+
+
+def test_every_jpeg_frame_is_decoded_strictly_not_only_the_sampled_ones(tmp_path):
+    """libjpeg-turbo's strict mode sees damage in any frame, with the second decoder off."""
+    from echocmr.ingest.dicom_io import _sample_frames, decode_jpeg_luma
+
+    path = tmp_path / "clip.dcm"
+    ds, codestreams = _jpeg_clip(path, n_frames=40)
+    k = next(i for i in range(40) if i not in set(_sample_frames(40, 4).tolist()))
+    c = codestreams[k]
+    # Overwrite the middle of the entropy-coded data: out-of-sync Huffman data / a marker hit early.
+    mid = (_entropy_start(c) + len(c) - 2) // 2
+    c[mid - 40:mid + 40] = bytes(80)
+    _with_frames(ds, path, codestreams)
+    damaged = pydicom.dcmread(path)
+    with pytest.raises(RejectedInput) as info:
+        decode_jpeg_luma(damaged, strict_frames=0)
+    assert info.value.reason == "decode_failed"
+    assert f"JPEG frame {k}:" in info.value.detail and "Corrupt JPEG data" in info.value.detail
+    with pytest.raises(RejectedInput, match=f"JPEG frame {k}:"):
+        decode_jpeg_luma(damaged, strict_frames=4)
+
+
+def test_a_jpeg_warning_that_is_not_damage_does_not_reject_the_clip(tmp_path):
+    """An unknown JFIF revision is a libjpeg warning, not damage to the pixels: the frame decodes
+    to the same luma as the unmodified one."""
+    from echocmr.ingest.dicom_io import decode_jpeg_luma
+
+    path = tmp_path / "clip.dcm"
+    ds, codestreams = _jpeg_clip(path)
+    reference, _, _ = decode_jpeg_luma(pydicom.dcmread(path))
+    app0 = codestreams[3].find(b"JFIF\x00")
+    if app0 < 0:  # the writer left out JFIF: add an APP0 segment with a revision libjpeg warns on
+        segment = b"\xff\xe0\x00\x10JFIF\x00\x07\x01\x00\x00\x01\x00\x01\x00\x00"
+        codestreams[3][2:2] = segment
+    else:
+        codestreams[3][app0 + 5] = 7  # major version 7
+    import simplejpeg
+
+    with pytest.raises(ValueError, match="JFIF"):
+        simplejpeg.decode_jpeg(bytes(codestreams[3]), colorspace="GRAY", strict=True)
+    _with_frames(ds, path, codestreams)
+    luma, _, _ = decode_jpeg_luma(pydicom.dcmread(path))
+    assert np.array_equal(luma, reference)
+
+
+def test_the_jpeg_fast_path_gives_pillows_luma_exactly(tmp_path):
+    """libjpeg-turbo's greyscale output is the Y plane Pillow's draft("L") gave before."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from echocmr.ingest.dicom_io import decode_jpeg_luma
+
+    path = tmp_path / "clip.dcm"
+    _, codestreams = _jpeg_clip(path)
+    luma, _, photometric = decode_jpeg_luma(pydicom.dcmread(path))
+    for i, c in enumerate(codestreams):
+        with Image.open(BytesIO(bytes(c))) as image:
+            image.draft("L", image.size)
+            assert np.array_equal(luma[i], np.asarray(image))
+    assert photometric.startswith("YBR")
