@@ -15,11 +15,20 @@ pairing, encoding and shard writing included for ingest).
 Every input file is read once before the runs, so the first run does not pay for a cold page
 cache.
 
+The main run also ingests on one worker with the text detector off, so the per-core ratio is
+printed both ways (the OCR pass is most of a kept clip's cost).
+
+``--decode`` instead measures the JPEG-baseline decode alone on the cohort's JPEG clips, per
+frame on one core: pydicom's ``pixel_array`` (the plain way), echocmr's luma path with the
+second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, and libjpeg-turbo's
+DCT-scaled decode at 1/2, 1/4 and 1/8 with its mean absolute difference to the full-resolution
+decode (box-averaged to the same size, and both resized to a 144-pixel-high output).
+
 ``--text-detector`` instead measures what the OCR pass (`ingest.text_detector`, on by default)
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
 the throughput ratio on/off and the detector's cost per kept clip.
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector]`` (or
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode]`` (or
 ``make bench``).
 """
 
@@ -100,16 +109,94 @@ def _plain_way(root: str, sources: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _jpeg_datasets(root: str) -> list:
+    import pydicom
+
+    out = []
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):
+        for name in sorted(files):
+            ds = pydicom.dcmread(os.path.join(dirpath, name))
+            if str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.4.50":
+                out.append(ds)
+    return out
+
+
+def _decode(root: str) -> None:
+    """Per-frame JPEG-baseline decode cost, and what DCT scaling would save and change."""
+    import numpy as np
+    import simplejpeg
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+
+    from echocmr.ingest.dicom_io import decode_jpeg_luma
+
+    datasets = _jpeg_datasets(root)
+    n_frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets)
+    print(f"{len(datasets)} JPEG-baseline clips, {n_frames} frames "
+          f"({', '.join(sorted({f'{ds.Columns}x{ds.Rows}' for ds in datasets}))}); one core")
+
+    def per_frame(fn) -> float:
+        t0 = time.perf_counter()
+        for ds in datasets:
+            fn(ds)
+        return (time.perf_counter() - t0) / n_frames * 1000
+
+    plain = per_frame(lambda ds: ds.pixel_array)
+    with_second = per_frame(lambda ds: decode_jpeg_luma(ds, strict_frames=32))
+    turbo_only = per_frame(lambda ds: decode_jpeg_luma(ds, strict_frames=0))
+    print(f"  plain way (pydicom pixel_array, RGB)           {plain:6.2f} ms/frame")
+    print(f"  echocmr luma, strict turbo + pylibjpeg on 32   {with_second:6.2f} ms/frame  "
+          f"({plain / with_second:.1f}x the plain way)")
+    print(f"  echocmr luma, strict turbo only                {turbo_only:6.2f} ms/frame  "
+          f"({plain / turbo_only:.1f}x)")
+    codestreams = [bytes(f) for ds in datasets for f in generate_frames(
+        ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))]
+    shapes = [(int(ds.Rows), int(ds.Columns)) for ds in datasets
+              for _ in range(int(ds.get("NumberOfFrames", 1) or 1))]
+
+    def turbo(scale: int) -> tuple[float, list]:
+        t0 = time.perf_counter()
+        out = [simplejpeg.decode_jpeg(c, colorspace="GRAY", min_height=-(-h // scale),
+                                      min_width=-(-w // scale))[..., 0]
+               for c, (h, w) in zip(codestreams, shapes, strict=True)]
+        return (time.perf_counter() - t0) / len(codestreams) * 1000, out
+
+    def resized(frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape
+        image = Image.fromarray(frame).resize((round(w * 144 / h), 144), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.float64)
+
+    t_full, full = turbo(1)
+    print(f"  turbo luma, full scale                         {t_full:6.2f} ms/frame")
+    every = max(len(full) // 60, 1)  # the differences on ~60 frames spread over the clips
+    for scale in (2, 4, 8):
+        t_s, small = turbo(scale)
+        box, out = [], []
+        for f, s in zip(full[::every], small[::every], strict=True):
+            h, w = s.shape
+            down = f[:h * scale, :w * scale].reshape(h, scale, w, scale).mean(axis=(1, 3))
+            box.append(np.abs(down - s).mean())
+            out.append(np.abs(resized(f) - resized(s)).mean())
+        print(f"  turbo luma, 1/{scale} scale (DCT scaling)           {t_s:6.2f} ms/frame  "
+              f"({t_full / t_s:.2f}x full); mean |diff| {np.mean(box):.2f} grey levels at "
+              f"1/{scale}, {np.mean(out):.2f} at a 144-pixel-high output")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=10, help="synthetic cohort size")
     parser.add_argument("--text-detector", action="store_true",
                         help="measure ingest with the text detector on against off")
+    parser.add_argument("--decode", action="store_true",
+                        help="measure the JPEG decode alone (plain, echocmr, DCT-scaled)")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
     os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
     root = _cohort(args.patients)
     print(f"{_warm(root) / 1e6:.0f} MB of DICOM read once to warm the page cache; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    if args.decode:
+        _decode(root)
+        return
     if args.text_detector:
         # Alternate off/on twice and keep each one's best, so a burst of load on a shared machine
         # does not decide the ratio.
@@ -124,17 +211,19 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     t1, kept1, sources = _run_ingest(root, workers=1)
+    t1_off, kept1_off, _ = _run_ingest(root, workers=1, detector=False)
     t2, kept2, _ = _run_ingest(root, workers=2)
     tp = _plain_way(root, sources)
     n = len(sources)
-    rates = {"ingest, 1 worker": kept1 / t1, "ingest, 2 workers": kept2 / t2, "plain way": n / tp}
+    runs = (("ingest, 1 worker", t1, kept1), ("1 worker, no OCR", t1_off, kept1_off),
+            ("ingest, 2 workers", t2, kept2), ("plain way", tp, n))
     print(f"{n} clips (of the cohort's files, the ones ingest keeps); {os.cpu_count()} cores")
-    for name, seconds, clips in (("ingest, 1 worker", t1, kept1), ("ingest, 2 workers", t2, kept2),
-                                 ("plain way", tp, n)):
+    for name, seconds, clips in runs:
         print(f"  {name:<18} {seconds:7.1f} s  {clips / seconds:6.2f} clips/s")
-    plain = rates["plain way"]
-    print(f"  ratio ingest/plain: 1 worker {rates['ingest, 1 worker'] / plain:.2f}x, "
-          f"2 workers {rates['ingest, 2 workers'] / plain:.2f}x")
+    plain = n / tp
+    print(f"  ratio ingest/plain: 1 worker {kept1 / t1 / plain:.2f}x "
+          f"({kept1_off / t1_off / plain:.2f}x with the text detector off), "
+          f"2 workers {kept2 / t2 / plain:.2f}x")
 
 
 if __name__ == "__main__":
