@@ -343,6 +343,9 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
         rows = rows[~rows["site"].astype(str).isin(config.exclude_sites)].reset_index(drop=True)
         if rows.empty:
             raise ReshardError("excluding those sites leaves no samples")
+        if header["label_rules"] is not None:
+            header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
+                                     if site not in config.exclude_sites}
     shards = plan(rows, config)
     del rows
 
