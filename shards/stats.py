@@ -153,6 +153,10 @@ def format_table(report: dict) -> str:
         f"{clip.get('codec')} {clip.get('pix_fmt')}; train pixel mean {report['pixel_mean']}, "
         f"std {report['pixel_std']}"
     )
+    rules = report.get("label_rules")
+    if rules:
+        lines.append("label cut-offs (fingerprint per site): "
+                     + ", ".join(f"{site} {fp}" for site, fp in sorted(rules.items())))
     header = f"{'':<22}" + "".join(f"{s:>12}" for s in SPLITS)
     lines += ["", header]
 

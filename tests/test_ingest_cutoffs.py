@@ -312,6 +312,9 @@ def test_ingest_applies_sequence_and_site_rules_and_records_them(export, tmp_pat
     reshard([str(out_a), str(out_b)], str(merged), config=ReshardConfig())
     assert json.loads((merged / "stats.json").read_text())["label_rules"] == {
         "hosp_a": rules_a, "hosp_b": rules_b}
+    from echocmr.shards.stats import describe, format_table
+
+    assert f"hosp_a {rules_a}, hosp_b {rules_b}" in format_table(describe(str(merged)))
 
     # hosp_b again, from another export under today's cut-offs: one site, two definitions of
     # abnormal T1 cannot be merged into one set.
