@@ -185,6 +185,10 @@ class RuleSet:
                       if r.task == task and r.site is not None and r.site == site]
             for rule in rules:
                 field_t = _field_key(by_field, rule.field_strength_t)
+                if field_t is None:  # a config changed after it was checked
+                    raise ConfigError(f"labels.cutoff_rules: rule {rule.describe()}: no default "
+                                      f"in labels.{task}_cutoff_ms at that field strength",
+                                      key="labels.cutoff_rules")
                 sequence = normalise_sequence(rule.sequence, task, self.aliases)
                 name = f"{task} {field_t:g} T" + (f" {sequence}" if sequence else "")
                 name += f" (site {rule.site})" if rule.site is not None else " (rule)"
