@@ -30,9 +30,9 @@ from typing import Any, Literal
 from echocmr import config as loader
 from echocmr.config import ConfigError, to_dict
 from echocmr.ingest.encode import EncoderConfig
-from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS
+from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
-__all__ = ["IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
+__all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
            "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "TextDetectorConfig",
            "load_config", "to_dict"]
 
@@ -131,13 +131,66 @@ class TextDetectorConfig:
 
 
 @dataclass(kw_only=True)
+class CutoffRule:
+    """One local reference range for T1 or T2 (``labels.cutoff_rules``; `ingest.cutoffs`).
+
+    The rule applies to rows of ``task`` at ``field_strength_t`` (a key of the task's default
+    table, ``t1_cutoff_ms`` / ``t2_cutoff_ms``), measured with ``sequence`` (None: rows that name
+    no sequence) at ``site`` (None: every site; else only an ingest of that ``--site``). A value
+    above ``high`` is abnormal; with ``low`` as well, a value below ``low`` is abnormal too (low
+    native T1: Fabry disease, iron overload). Values in ms.
+    """
+
+    task: Literal["t1", "t2"]
+    field_strength_t: float
+    high: float
+    low: float | None = None
+    sequence: str | None = None  # normalised as the table's sequence cells are (`ingest.cutoffs`)
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        from echocmr.config import check_choices
+
+        check_choices(self, "labels.cutoff_rules.")
+        where = f"labels.cutoff_rules: rule {self.describe()}"
+        if not self.field_strength_t > 0:
+            raise ConfigError(f"{where}: field_strength_t must be positive, got "
+                              f"{self.field_strength_t}", key="labels.cutoff_rules")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{where}: {name} must be positive, got {value}",
+                                  key="labels.cutoff_rules")
+        if self.low is not None and not self.low < self.high:
+            raise ConfigError(f"{where}: low {self.low} must be below high {self.high}",
+                              key="labels.cutoff_rules")
+        if self.sequence is not None and not self.sequence.strip():
+            raise ConfigError(f"{where}: sequence is empty (leave it out for rows that name no "
+                              "sequence)", key="labels.cutoff_rules")
+        if self.site is not None:
+            try:
+                validate_site(self.site)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}", key="labels.cutoff_rules") from None
+
+    def describe(self) -> str:
+        """``"t1 3.0 T shmolli (site hospital_a)"``: which rows the rule is for."""
+        text = f"{self.task} {self.field_strength_t:g} T"
+        if self.sequence is not None:
+            text += f" {self.sequence}"
+        return text + (f" (site {self.site})" if self.site is not None else "")
+
+
+@dataclass(kw_only=True)
 class LabelConfig:
     """Columns of the CMR table and the cut-offs that turn raw values into labels (`ingest.labels`).
 
     A task's binary column (0/1) wins when present and known; otherwise its raw column is compared
-    with the cut-off (abnormal when strictly greater). T1 and T2 cut-offs depend on the field
-    strength: keys are tesla, matched within ``field_strength_tolerance_t``; an unknown or unmatched
-    field strength leaves T1/T2 unknown (NaN), never normal.
+    with the cut-off (abnormal when strictly greater, or with a two-sided rule also when strictly
+    below ``low``). T1 and T2 cut-offs depend on the field strength: keys are tesla, matched within
+    ``field_strength_tolerance_t``; an unknown or unmatched field strength leaves T1/T2 unknown
+    (NaN), never normal. ``cutoff_rules`` refine the per-field defaults by mapping sequence and
+    site (`ingest.cutoffs` has the precedence).
     """
 
     patient_id_column: str = "patient_id"
@@ -153,6 +206,16 @@ class LabelConfig:
     t2_cutoff_ms: dict[float, float] = field(default_factory=lambda: {1.5: 55.0, 3.0: 50.0})
     ecv_cutoff_pct: float = 30.0
     field_strength_tolerance_t: float = 0.25
+    # Mapping sequence per row (optional columns; ignored for a task without sequence rules).
+    t1_sequence_column: str = "t1_sequence"
+    t2_sequence_column: str = "t2_sequence"
+    # Local reference ranges by (field strength, sequence) and site; see `CutoffRule`.
+    cutoff_rules: tuple[CutoffRule, ...] = ()
+    # A site's own spellings of sequence names -> the name rules use ({"t1map_5s3s3s": "molli"}).
+    sequence_aliases: dict[str, str] = field(default_factory=dict)
+    # A sequence cell that names no known sequence while the task has sequence rules: "error", or
+    # "warn" (counted; that row's label unknown).
+    unknown_sequences: Literal["error", "warn"] = "error"
     # Strict reading (`ingest.labels`): how the table may be written, and what is an error.
     date_format: str | None = None  # None: ISO 8601 dates only; else a strptime format ("%d/%m/%Y")
     decimal_comma: bool = False  # numeric cells use a decimal comma ("31,5"); otherwise an error
@@ -163,6 +226,27 @@ class LabelConfig:
     # A patient-ID column stored as numbers (leading zeros lost): "error", or compare IDs on both
     # sides with leading zeros removed ("00123" pairs with 123).
     numeric_patient_ids: Literal["error", "strip_leading_zeros"] = "error"
+
+    def __post_init__(self) -> None:
+        from echocmr.config import check_choices
+        from echocmr.ingest.cutoffs import check_rules
+
+        check_choices(self, "labels.")
+        self.cutoff_rules = tuple(r if isinstance(r, CutoffRule) else CutoffRule(**r)
+                                  for r in self.cutoff_rules)
+        if not self.field_strength_tolerance_t > 0:
+            raise ConfigError("labels.field_strength_tolerance_t must be positive, got "
+                              f"{self.field_strength_tolerance_t}",
+                              key="labels.field_strength_tolerance_t")
+        if not 0 < self.ecv_cutoff_pct < 100:
+            raise ConfigError(f"labels.ecv_cutoff_pct must be in (0, 100), got "
+                              f"{self.ecv_cutoff_pct}", key="labels.ecv_cutoff_pct")
+        for name in ("t1_cutoff_ms", "t2_cutoff_ms"):
+            for field_t, cutoff in getattr(self, name).items():
+                if not field_t > 0 or not cutoff > 0:
+                    raise ConfigError(f"labels.{name}: field strengths and cut-offs must be "
+                                      f"positive, got {field_t}: {cutoff}", key=f"labels.{name}")
+        check_rules(self)
 
 
 @dataclass(kw_only=True)

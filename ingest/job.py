@@ -112,6 +112,9 @@ class IngestSummary:
     text_boxes: int = 0  # text boxes masked in them
     text_detector: str = "mask"  # "mask", "reject" or "off"
     label_warnings: dict[str, int] = field(default_factory=dict)  # what the label table lacked
+    label_rules: dict[str, int] = field(default_factory=dict)  # cut-off -> table rows it labelled
+    label_rules_fingerprint: str = ""  # `ingest.cutoffs.RuleSet.fingerprint` (stats.json)
+    label_rules_before: str | None = None  # the fingerprint the set replaced had, when different
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -129,6 +132,14 @@ class IngestSummary:
                          f"rejected burned_in_text {self.rejected.get('burned_in_text', 0)}")
         for what, n in sorted(self.label_warnings.items()):
             lines.append(f"  label table: {what}: {n}")
+        for rule, n in self.label_rules.items():
+            lines.append(f"  label cut-off {rule}: {n} row(s)")
+        if self.label_rules_fingerprint:
+            lines.append(f"  label cut-offs: fingerprint {self.label_rules_fingerprint} "
+                         "(stats.json label_rules)")
+        if self.label_rules_before:
+            lines.append(f"  NOTE: the set this run replaced had this site's labels from other "
+                         f"cut-offs (fingerprint {self.label_rules_before})")
         if self.resumed_files:
             lines.append(f"  resumed: {self.resumed_files} files from the work cache")
         lines.append(f"  {len(self.shards)} shards in {self.out}; report: "
@@ -495,7 +506,7 @@ def run_ingest(
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
-    from echocmr.ingest.labels import WARNINGS_ATTR, read_table
+    from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_ATTR, read_table
     from echocmr.shards.storage import atomic_write
 
     key, key_source = resolve_split_key(config.splits.split_key, warn=False)
@@ -508,7 +519,8 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
             log.warning("public demo split key used for data that is not a synthetic cohort "
                         "(--allow-public-demo-key): every patient hash is reversible")
     hasher = KeyedHasher(key, site=config.site, config=config.splits)
-    table = read_table(labels_path, config.labels)
+    table = read_table(labels_path, config.labels, site=config.site)
+    rules_fingerprint = table.attrs[RULES_FINGERPRINT_ATTR]
     cmr = CmrIndex(table, config.pairing)
     views = read_views(None if views_path is None else str(views_path))
     log.info("CMR table: %d rows for %d patients; views for %d instances",
@@ -557,7 +569,12 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
             f"in {os.path.join(out_dir, INGEST_REPORT_FILE)}): check that its patient IDs are "
             "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
             "dates are right (labels.date_format) and pairing.window_days")
-    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint)
+    rules_before = _recorded_label_rules(out_dir, config.site)
+    if rules_before not in (None, rules_fingerprint):
+        log.warning("the shard set in %s had site %s's labels from other cut-offs (%s, now %s): "
+                    "it is replaced", out_dir, config.site, rules_before, rules_fingerprint)
+    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint,
+                             {config.site: rules_fingerprint})
     atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
 
     rejected = Counter(r.reason for r in ordered if r.status == "rejected")
@@ -568,6 +585,9 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         out=out_dir, files=len(ordered), kept=sum(r.status == "kept" for r in ordered),
         rejected=dict(rejected), clips_per_split=summary.clips,
         unpaired_studies=len(unpaired_studies), label_warnings=dict(table.attrs.get(WARNINGS_ATTR, {})),
+        label_rules=dict(table.attrs.get(RULES_ATTR, {})), label_rules_fingerprint=rules_fingerprint,
+        label_rules_before=(rules_before if rules_before not in (None, rules_fingerprint)
+                            else None),
         shards=summary.shards, resumed_files=resumed, key_source=key_source,
         seconds=time.monotonic() - started,
         text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
@@ -676,8 +696,24 @@ def _reject_duplicates(results: list[FileResult]) -> None:
             first[result.key] = result.source
 
 
+def _recorded_label_rules(out_dir: str, site: str) -> str | None:
+    """The cut-off fingerprint ``out_dir``'s current ``stats.json`` records for ``site``."""
+    from echocmr.shards.format import STATS_FILE
+
+    try:
+        stats = json.loads(Path(out_dir, STATS_FILE).read_text())
+        recorded = stats.get("label_rules") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    before = recorded.get(site) if isinstance(recorded, dict) else None
+    if before is not None:
+        log.info("%s records label cut-offs %s for site %s", STATS_FILE, before, site)
+    return before
+
+
 def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
-                   out_dir: str, config: IngestConfig, fingerprint: str):
+                   out_dir: str, config: IngestConfig, fingerprint: str,
+                   label_rules: dict[str, str]):
     from echocmr.shards.format import DEFAULT_CLIP_SIZE, ClipFormat, Sample
     from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
@@ -694,7 +730,7 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
     with ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
-                        split_key_fingerprint=fingerprint) as writer:
+                        split_key_fingerprint=fingerprint, label_rules=label_rules) as writer:
         for result in kept:
             video = work.video(entries[result.source], result.video_sha256)
             sample = Sample(key=result.key, video=video, labels=result.label_array(),

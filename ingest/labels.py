@@ -7,8 +7,11 @@ Tasks, in shard order: WMA, LGE, T1, T2, ECV (`shards.format.TASKS`). Every task
   0/1 (or true/false, yes/no).
 * Otherwise T1, T2 and ECV come from raw columns and cut-offs, abnormal when strictly above:
   native T1 > 1050 ms at 1.5 T / > 1250 ms at 3 T; T2 > 55 ms at 1.5 T / > 50 ms at 3 T;
-  ECV > 30 %. The T1/T2 cut-offs are chosen by the row's field strength (nearest configured key
-  within ``field_strength_tolerance_t``); an unknown field strength leaves T1/T2 unknown.
+  ECV > 30 % (the defaults). The T1/T2 cut-offs are chosen by the row's field strength (nearest
+  configured key within ``field_strength_tolerance_t``) and, with ``labels.cutoff_rules``, by the
+  row's mapping sequence (``t1_sequence`` / ``t2_sequence`` columns) and the ingest's site, one-
+  or two-sided (`ingest.cutoffs` has the precedence). A row without a cut-off (unknown field
+  strength, a sequence without one) stays unknown and is counted.
 
 Patient IDs are read as text (a CSV reader would turn ``00123`` into ``123`` and break pairing)
 and stripped; CMR dates are parsed to dates.
@@ -21,11 +24,15 @@ and the first offending rows (1-based data rows: row 1 is the first line after a
 * a date that is not ISO 8601 (``08/05/2023`` is day-first in Europe, month-first in the US)
   unless ``date_format`` says how to read it; a date that does not parse; a date in the future;
 * text in a numeric column (``high``, ``1.5T``, ``3 T``; ``31,5`` unless ``decimal_comma``);
-* rows of one patient and date whose labels disagree, unless ``conflicting_duplicates: drop``.
+* rows of one patient and date whose labels disagree, unless ``conflicting_duplicates: drop``;
+* a sequence cell that names no known sequence, for a task with sequence rules, unless
+  ``unknown_sequences: warn``.
 
-Counted warnings (`TableReport.warnings`, printed in the ingest summary): rows without a date or
-patient ID (ignored), identical duplicate rows (merged), conflicting duplicates dropped, a task
-with no column at all (unknown for every row; an error with ``missing_task_columns: error``).
+Counted warnings (``.attrs[WARNINGS_ATTR]``, printed in the ingest summary): rows without a date
+or patient ID (ignored), identical duplicate rows (merged), conflicting duplicates dropped, a task
+with no column at all (unknown for every row; an error with ``missing_task_columns: error``),
+T1/T2 values without a cut-off (unknown). ``.attrs[RULES_ATTR]`` counts the rows each cut-off
+labelled (also printed).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.ingest.config import LabelConfig
+from echocmr.ingest.cutoffs import RuleSet
 from echocmr.shards.format import TASKS
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,9 @@ _FALSE = {"0", "0.0", "false", "no", "n", "f", "negative", "normal"}
 
 WARNINGS_ATTR = "label_warnings"  # DataFrame.attrs key: counted warnings of the reading
 STRIP_ZEROS_ATTR = "strip_leading_zeros"  # DataFrame.attrs key: compare IDs without leading 0s
+RULES_ATTR = "label_rules"  # DataFrame.attrs key: cut-off rule description -> rows it labelled
+RULES_FINGERPRINT_ATTR = "label_rules_fingerprint"  # DataFrame.attrs key: `RuleSet.fingerprint`
+_NO_CUTOFF = "\0"  # prefix of a per-row "rule" that is the reason there was none
 _SHOW_ROWS = 5
 
 
@@ -59,11 +70,15 @@ def strip_zeros(patient_id: str) -> str:
     return patient_id.lstrip("0") or ("0" if patient_id else "")
 
 
-def read_table(path: str | PathLike, config: LabelConfig | None = None) -> pd.DataFrame:
+def read_table(path: str | PathLike, config: LabelConfig | None = None, *,
+               site: str | None = None) -> pd.DataFrame:
     """Read the CMR table and return it with ``patient_id`` (str), ``cmr_date`` (date),
     ``field_strength_t`` (float) and the five task columns (float: 1, 0 or NaN).
 
-    ``.attrs[WARNINGS_ATTR]`` holds the counted warnings (what -> rows)."""
+    ``site`` is the ingest's ``--site``: the cut-off rules of that site apply (`ingest.cutoffs`).
+    ``.attrs[WARNINGS_ATTR]`` holds the counted warnings (what -> rows), ``.attrs[RULES_ATTR]``
+    how many rows each cut-off labelled and ``.attrs[RULES_FINGERPRINT_ATTR]`` the hash of the
+    cut-offs in effect (`RuleSet.fingerprint`)."""
     config = config or LabelConfig()
     path = Path(path)
     if not path.is_file():
@@ -75,10 +90,11 @@ def read_table(path: str | PathLike, config: LabelConfig | None = None) -> pd.Da
         raw = pd.read_csv(path, dtype={config.patient_id_column: str}, keep_default_na=True)
     else:
         raise ValueError(f"CMR label table {path}: use a .parquet or .csv file")
-    return normalise_table(raw, config, where=str(path))
+    return normalise_table(raw, config, where=str(path), site=site)
 
 
-def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR table") -> pd.DataFrame:
+def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR table",
+                    site: str | None = None) -> pd.DataFrame:
     """Validate a raw CMR table and compute the five labels (see the module docstring)."""
     warnings: Counter[str] = Counter()
     for column in (config.patient_id_column, config.date_column):
@@ -111,38 +127,48 @@ def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR
         warnings["rows without a patient ID (ignored)"] += missing_ids
 
     field = out["field_strength_t"].to_numpy(dtype=np.float64)
-    raw_sources = {
-        "t1": (config.t1_column, lambda v, f: _above(v, _cutoff(config.t1_cutoff_ms, f, config))),
-        "t2": (config.t2_column, lambda v, f: _above(v, _cutoff(config.t2_cutoff_ms, f, config))),
-        "ecv": (config.ecv_column, lambda v, f: _above(v, config.ecv_cutoff_pct)),
-    }
+    rules = RuleSet(config, site)
+    raw_columns = {"t1": config.t1_column, "t2": config.t2_column, "ecv": config.ecv_column}
+    applied: dict[str, np.ndarray] = {}  # task -> per row: the rule's description, or ""
     for task in TASKS:
         values = np.full(len(raw), np.nan)
         binary = config.binary_columns.get(task)
         if binary and binary in raw.columns:
             values = np.array([_binary(v, f"{where} column {binary!r}") for v in raw[binary]])
-        if task in raw_sources:
-            column, rule = raw_sources[task]
-            if column in raw.columns:
-                measured = _numbers(raw[column], config, where).to_numpy(dtype=np.float64)
-                derived = np.array([rule(v, f) for v, f in zip(measured, field, strict=True)])
-                values = np.where(np.isnan(values), derived, values)
+        column = raw_columns.get(task)
+        has_raw = column is not None and column in raw.columns
+        if has_raw:
+            measured = _numbers(raw[column], config, where).to_numpy(dtype=np.float64)
+            derived, used = _derive(task, measured, field, raw, rules, config, where, warnings)
+            use = np.isnan(values) & ~np.isnan(measured)
+            applied[task] = np.where(use, used, "")
+            values = np.where(np.isnan(values), derived, values)
         out[task] = values.astype(np.float64)
-        has_raw = task in raw_sources and raw_sources[task][0] in raw.columns
         if not (binary and binary in raw.columns) and not has_raw:
-            columns = [c for c in (binary, raw_sources.get(task, (None,))[0]) if c]
+            columns = [c for c in (binary, column) if c]
             if config.missing_task_columns == "error":
                 raise ValueError(f"{where}: no column for task {task!r} (looked for "
                                  f"{columns}); set labels.missing_task_columns: warn to leave "
                                  "it unknown")
             warnings[f"task {task}: no column {columns} (unknown for every row)"] += len(raw)
+    for task, used in applied.items():
+        out[f"_rule_{task}"] = used
     out["_row"] = np.arange(1, len(raw) + 1)
     keep = out["cmr_date"].notna() & (out["patient_id"] != "")
     out = _duplicates(out[keep], config, where, warnings)
+    rule_counts: Counter[str] = Counter()
+    for task in applied:
+        for used, n in Counter(out.pop(f"_rule_{task}")).items():
+            if used.startswith(_NO_CUTOFF):
+                warnings[f"{task}: {used[len(_NO_CUTOFF):]} (unknown)"] += n
+            elif used:
+                rule_counts[used] += n
     out = out.drop(columns="_row").reset_index(drop=True)
     for what, n in warnings.items():
         log.warning("%s: %s: %d", where, what, n)
     out.attrs[WARNINGS_ATTR] = dict(warnings)
+    out.attrs[RULES_ATTR] = dict(sorted(rule_counts.items()))
+    out.attrs[RULES_FINGERPRINT_ATTR] = rules.fingerprint
     out.attrs[STRIP_ZEROS_ATTR] = strip
     return out
 
@@ -260,20 +286,47 @@ def _binary(value, where: str) -> float:
     raise ValueError(f"{where}: binary label must be 0/1, true/false or yes/no, got {value!r}")
 
 
-def _cutoff(cutoffs: dict[float, float], field_t: float, config: LabelConfig) -> float:
-    """The cut-off of the configured field strength nearest to ``field_t`` (NaN: none close)."""
-    if math.isnan(field_t) or not cutoffs:
-        return math.nan
-    nearest = min(cutoffs, key=lambda f: (abs(f - field_t), f))
-    if abs(nearest - field_t) > config.field_strength_tolerance_t:
-        return math.nan
-    return float(cutoffs[nearest])
-
-
-def _above(value: float, cutoff: float) -> float:
-    if math.isnan(value) or math.isnan(cutoff):
-        return math.nan
-    return 1.0 if value > cutoff else 0.0
+def _derive(task: str, measured: np.ndarray, field: np.ndarray, raw: pd.DataFrame,
+            rules: RuleSet, config: LabelConfig, where: str,
+            warnings: Counter) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of a task from its measured values, and per row the rule used (its description)
+    or why there was none (prefixed `_NO_CUTOFF`; empty when nothing was measured)."""
+    n = len(measured)
+    sequences: list[str | None] = [None] * n
+    if task == "ecv":
+        return (np.array([rules.ecv.label(v) for v in measured]),
+                np.full(n, rules.ecv.describe(), dtype=object))
+    column = {"t1": config.t1_sequence_column, "t2": config.t2_sequence_column}[task]
+    unknown = np.zeros(n, dtype=bool)
+    if column in raw.columns:
+        if rules.has_sequence_rules(task):
+            sequences = [rules.normalise(v, task) for v in raw[column]]
+            known = rules.known_sequences(task)
+            unknown = np.array([s is not None and s not in known for s in sequences])
+            if unknown.any():
+                first = raw[column][unknown].iloc[0]
+                if config.unknown_sequences == "error":
+                    raise ValueError(
+                        f"{where}: column {column!r}: {_rows(unknown)} name no known {task} "
+                        f"sequence (first: {first!r}; known: {', '.join(sorted(known))}). "
+                        "Map the spelling to a name in labels.sequence_aliases, or set "
+                        f"labels.unknown_sequences: warn to leave those rows' {task} unknown")
+        else:
+            log.info("%s: column %r is not used: no cut-off rule names a %s sequence",
+                     where, column, task)
+    labels, used = np.full(n, np.nan), np.full(n, "", dtype=object)
+    for i in range(n):
+        if math.isnan(measured[i]):
+            continue
+        if unknown[i]:
+            used[i] = f"{_NO_CUTOFF}column {column!r}: unknown sequence {raw[column].iloc[i]!r}"
+            continue
+        found, why = rules.resolve(task, field[i], sequences[i])
+        if found is None:
+            used[i] = _NO_CUTOFF + why
+        else:
+            labels[i], used[i] = found.label(measured[i]), found.describe()
+    return labels, used
 
 
 def label_vector(row) -> np.ndarray:

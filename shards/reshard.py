@@ -145,7 +145,30 @@ def check_compatible(inputs: list[_Input]) -> dict:
     return {
         "clip": clips[first.directory],
         "split_key_fingerprint": first.stats["split_key_fingerprint"],
+        "label_rules": _merge_label_rules(inputs),
     }
+
+
+def _merge_label_rules(inputs: list[_Input]) -> dict[str, str] | None:
+    """The inputs' ``label_rules`` (site -> cut-off fingerprint) in one map; None when no input
+    recorded any. Two inputs whose clips of one site were labelled with different cut-offs are
+    an error: the merged set would mix two definitions of abnormal T1/T2 for that site."""
+    merged: dict[str, tuple[str, str]] = {}
+    recorded = False
+    for inp in inputs:
+        rules = inp.stats.get("label_rules")
+        if rules is None:
+            continue
+        recorded = True
+        for site, fingerprint in rules.items():
+            previous = merged.setdefault(site, (fingerprint, inp.directory))
+            if previous[0] != fingerprint:
+                raise ReshardError(
+                    f"inputs disagree on the label cut-offs of site {site!r} ({previous[1]}: "
+                    f"{previous[0]!r}; {inp.directory}: {fingerprint!r}): re-ingest one of "
+                    "them with the other's labels config (labels.cutoff_rules, "
+                    "t1_cutoff_ms, t2_cutoff_ms, ...)")
+    return {site: fp for site, (fp, _) in sorted(merged.items())} if recorded else None
 
 
 def _load_inputs(directories: list[str]) -> list[_Input]:
@@ -320,6 +343,9 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
         rows = rows[~rows["site"].astype(str).isin(config.exclude_sites)].reset_index(drop=True)
         if rows.empty:
             raise ReshardError("excluding those sites leaves no samples")
+        if header["label_rules"] is not None:
+            header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
+                                     if site not in config.exclude_sites}
     shards = plan(rows, config)
     del rows
 
@@ -350,6 +376,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
         manifest[list(MANIFEST_COLUMNS)],
         clip_format=header["clip"],
         split_key_fingerprint=header["split_key_fingerprint"],
+        label_rules=header["label_rules"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
 

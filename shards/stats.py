@@ -55,11 +55,17 @@ def split_summary(rows: pd.DataFrame) -> dict:
 
 
 def compute_stats(
-    manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str
+    manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
+    label_rules: dict[str, str] | None = None,
 ) -> dict:
-    """The ``stats.json`` content for a manifest (see docs/formats.md)."""
+    """The ``stats.json`` content for a manifest (see docs/formats.md).
+
+    ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
+    `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
+    written by another tool, or before ingest recorded it)."""
     train = manifest[manifest["split"] == "train"]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
+    extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
@@ -68,6 +74,7 @@ def compute_stats(
         "pixel_mean": None if math.isnan(mean) else round(mean, 6),
         "pixel_std": None if math.isnan(std) else round(std, 6),
         "splits": {s: split_summary(manifest[manifest["split"] == s]) for s in SPLITS},
+        **extra,
     }
 
 
@@ -90,6 +97,7 @@ def describe(directory: str) -> dict:
         "set": str(directory),
         "clip": stats.get("clip"),
         "split_key_fingerprint": stats.get("split_key_fingerprint"),
+        "label_rules": stats.get("label_rules"),
         "pixel_mean": stats.get("pixel_mean"),
         "pixel_std": stats.get("pixel_std"),
         "splits": {},
@@ -145,6 +153,10 @@ def format_table(report: dict) -> str:
         f"{clip.get('codec')} {clip.get('pix_fmt')}; train pixel mean {report['pixel_mean']}, "
         f"std {report['pixel_std']}"
     )
+    rules = report.get("label_rules")
+    if rules:
+        lines.append("label cut-offs (fingerprint per site): "
+                     + ", ".join(f"{site} {fp}" for site, fp in sorted(rules.items())))
     header = f"{'':<22}" + "".join(f"{s:>12}" for s in SPLITS)
     lines += ["", header]
 

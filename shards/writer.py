@@ -184,8 +184,10 @@ class ShardSetWriter:
         config: WriterConfig,
         clip_format: ClipFormat | dict,
         split_key_fingerprint: str,
+        label_rules: dict[str, str] | None = None,
     ) -> None:
         self.out = str(out)
+        self.label_rules = label_rules  # site -> cut-off fingerprint, for stats.json
         self.config = config
         self.clip_format = ClipFormat.from_dict(clip_format)
         if not split_key_fingerprint:
@@ -321,7 +323,8 @@ class ShardSetWriter:
         storage.atomic_write(storage.join(self.out, MANIFEST_FILE), manifest_bytes(self._columns))
         manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})
         stats = compute_stats(
-            manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint
+            manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint,
+            label_rules=self.label_rules,
         )
         storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
         self._closed = True

@@ -40,6 +40,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 DOCUMENTED = [
     ingest_config.IngestConfig, ingest_config.PreprocessConfig, ingest_config.ReadConfig,
     ingest_config.SectorConfig, EncoderConfig, ingest_config.LabelConfig,
+    ingest_config.CutoffRule,
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
     ReshardConfig,
     train_config.TrainConfig, train_config.ModelConfig, train_config.DataConfig,
