@@ -624,7 +624,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     resumed = len(results)
     todo = [(s, entries[s]) for s in sources if s not in results]
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
-                        views=views, split_key=key, before_file=_test_delay())
+                        views=views, split_key=key, before_file=_test_hook())
     workers = max(1, config.workers or os.cpu_count() or 1)
     if address is not None:
         from echocmr.ingest.distributed import ray_session
@@ -689,30 +689,48 @@ def _finish_outputs(results: dict[str, FileResult], sources: list[str], scan: Sc
     return summary, report, ordered, unpaired
 
 
-TEST_DELAY_ENV = "ECHOCMR_TEST_INGEST_DELAY_S"  # test-only: seconds each file task sleeps first
+TEST_HOOK_ENV = "ECHOCMR_TEST_INGEST"  # test-only: {"delay_s": D, "log": PATH}, see `_TestHook`
 
 
 @dataclass(frozen=True)
-class _Sleep:
-    """A `WorkerContext.before_file` hook that sleeps (picklable, so it reaches Ray workers)."""
+class _TestHook:
+    """A test-only `WorkerContext.before_file` hook: note where each file task starts, then sleep.
 
-    seconds: float
+    Tests of a node dying mid-run need tasks that last (``delay_s``) and need to see which node
+    ran (or re-ran) which file: each start appends ``<node id> <source>`` to ``log`` (the Ray
+    node's id, ``local`` outside Ray). Read by the driver from ``ECHOCMR_TEST_INGEST`` and
+    shipped in the worker context, so a cluster's workers need not share the driver's
+    environment. Picklable, so it reaches pool and Ray workers alike.
+    """
+
+    delay_s: float = 0.0
+    log: str | None = None
 
     def __call__(self, source: str) -> None:
-        time.sleep(self.seconds)
+        if self.log:
+            node = "local"
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    node = ray.get_runtime_context().get_node_id()
+            except ImportError:
+                pass
+            with open(self.log, "a") as f:  # one short append per line: lines never interleave
+                f.write(f"{node} {source}\n")
+        time.sleep(self.delay_s)
 
 
-def _test_delay() -> _Sleep | None:
-    """The test-only delay ``ECHOCMR_TEST_INGEST_DELAY_S`` asks for (tests of a node dying while
-    tasks run need tasks that last); read by the driver and shipped in the worker context, so a
-    cluster's workers need not share the driver's environment."""
-    text = os.environ.get(TEST_DELAY_ENV)
+def _test_hook() -> _TestHook | None:
+    text = os.environ.get(TEST_HOOK_ENV)
     if not text:
         return None
     try:
-        return _Sleep(float(text))
-    except ValueError:
-        raise ValueError(f"{TEST_DELAY_ENV} must be a number of seconds, got {text!r}") from None
+        spec = json.loads(text)
+        return _TestHook(delay_s=float(spec.get("delay_s", 0.0)), log=spec.get("log"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f'{TEST_HOOK_ENV} must be JSON {{"delay_s": D, "log": PATH}}, got '
+                         f"{text!r} ({exc})") from None
 
 
 def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
