@@ -76,6 +76,9 @@ def cluster(s3):
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("FSSPEC_S3_ENDPOINT_URL", s3)
+        # Workers unpickle test hooks from tests/_ingest_fixtures.py (the crash test's).
+        tests = os.path.dirname(os.path.abspath(__file__))
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
         c = Cluster(initialize_head=True,
                     head_node_args={"num_cpus": 1, "include_dashboard": False})
         worker = c.add_node(num_cpus=1)
