@@ -28,7 +28,15 @@ decode (box-averaged to the same size, and both resized to a 144-pixel-high outp
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
 the throughput ratio on/off and the detector's cost per kept clip.
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode]`` (or
+``--ray`` instead runs ingest as Ray tasks (`ingest.distributed`) on a
+``ray.cluster_utils.Cluster`` of 1 and then 2 nodes of 1 CPU each, prints the wall time of each
+(connection to the running cluster, file tasks, shard tasks, manifest; not the cluster's start)
+and checks that both wrote byte-identical sets. On a 2-core machine this is a correctness run:
+the driver, the Ray daemons of each node and the tasks share the same two cores, so a second node
+adds no CPU (docs/ingest.md, "Ingest a whole archive", says what scaling to expect on a real
+cluster).
+
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode | --ray]`` (or
 ``make bench``).
 """
 
@@ -182,6 +190,55 @@ def _decode(root: str) -> None:
               f"1/{scale}, {np.mean(out):.2f} at a 144-pixel-high output")
 
 
+def _digests(out: str) -> dict[str, str]:
+    import hashlib
+
+    return {os.path.relpath(os.path.join(d, n), out):
+            hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+            for d, _, names in os.walk(out) for n in names}
+
+
+def _run_on_ray(root: str, nodes: int) -> tuple[float, int, dict[str, str]]:
+    """Ingest on a fresh local cluster of ``nodes`` nodes (1 CPU each): (seconds, kept, digests)."""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from echocmr.ingest.config import IngestConfig, ShardConfig
+    from echocmr.ingest.job import run_ingest
+
+    out = os.path.join(CACHE, f"out-ray-{nodes}")
+    shutil.rmtree(out, ignore_errors=True)
+    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        t0 = time.perf_counter()
+        summary = run_ingest(os.path.join(root, "dicom"), os.path.join(root, "cmr_labels.parquet"),
+                             out, config=IngestConfig(site="bench", shards=ShardConfig(
+                                 samples_per_shard=4)),  # several shard tasks, not one
+                             views_path=os.path.join(root, "views.csv"), progress=False,
+                             address=cluster.address)
+        seconds = time.perf_counter() - t0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return seconds, summary.kept, _digests(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=10, help="synthetic cohort size")
@@ -189,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure ingest with the text detector on against off")
     parser.add_argument("--decode", action="store_true",
                         help="measure the JPEG decode alone (plain, echocmr, DCT-scaled)")
+    parser.add_argument("--ray", action="store_true",
+                        help="ingest as Ray tasks on a local cluster of 1, then 2 nodes")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
     os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
     root = _cohort(args.patients)
@@ -196,6 +255,19 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f}", flush=True)
     if args.decode:
         _decode(root)
+        return
+    if args.ray:
+        t1, kept, one = _run_on_ray(root, nodes=1)
+        t2, _, two = _run_on_ray(root, nodes=2)
+        print(f"{kept} clips kept; ingest as Ray tasks, nodes of 1 CPU each, {os.cpu_count()} "
+              f"cores on this machine")
+        print(f"  1 node  {t1:7.1f} s  {kept / t1:6.2f} clips/s")
+        print(f"  2 nodes {t2:7.1f} s  {kept / t2:6.2f} clips/s")
+        same = one == two
+        print(f"  outputs byte-identical (sha256 of all {len(one)} files): {same}")
+        if not same:
+            raise RuntimeError("1-node and 2-node ingests differ: " + ", ".join(
+                sorted(k for k in one.keys() | two.keys() if one.get(k) != two.get(k))))
         return
     if args.text_detector:
         # Alternate off/on twice and keep each one's best, so a burst of load on a shared machine

@@ -21,18 +21,24 @@ def register(subparsers) -> None:
         "training shards (see docs/ingest.md). Re-running into the same --out resumes.",
     )
     p.add_argument("--dicom", metavar="DIR",
-                   help="folder of DICOM files (recursive); required unless --print-config")
+                   help="folder of DICOM files (recursive), or an s3:// / gs:// prefix; required "
+                        "unless --print-config")
     p.add_argument("--labels", metavar="FILE",
                    help="CMR table (.parquet or .csv): patient_id, cmr_date, labels; required "
                         "unless --print-config")
     p.add_argument("--out", metavar="DIR",
-                   help="output shard set directory; required unless --print-config")
+                   help="output shard set directory or URL prefix (the work cache goes under it); "
+                        "required unless --print-config")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="run the per-file work and the shard writing as tasks on this Ray "
+                        "cluster: auto, HOST:PORT or ray://HOST:PORT (default: $RAY_ADDRESS; "
+                        "neither: a local process pool of --workers)")
     p.add_argument("--site", default=None, metavar="NAME",
                    help="site name, lower-case [a-z0-9_]+ (default from config: 'site')")
     p.add_argument("--views", default=None, metavar="FILE",
                    help="CSV/Parquet with sop_instance_uid,view (default: every view 'unknown')")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes (default: all cores)")
+                   help="worker processes without Ray (default: all cores)")
     p.add_argument("--clip-size", type=int, default=None, metavar="N",
                    help="side of the stored square clips, even (overrides preprocess.size; "
                         "default 144, which the GPU decoder accepts; the model's input size is "
@@ -69,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
-                             views_path=args.views, progress=not args.no_progress)
+                             views_path=args.views, progress=not args.no_progress,
+                             address=args.address)
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
         logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)

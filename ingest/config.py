@@ -33,7 +33,8 @@ from echocmr.ingest.encode import EncoderConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
 __all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
-           "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig", "TextDetectorConfig",
+           "RayConfig", "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig",
+           "TextDetectorConfig",
            "load_config", "to_dict"]
 
 
@@ -294,6 +295,29 @@ class ShardConfig:
 
 
 @dataclass(kw_only=True)
+class RayConfig:
+    """How ingest's tasks run on a Ray cluster (``--address``; `ingest.distributed`).
+
+    Used only when ingest runs on Ray; none of it changes the output (not in the fingerprint).
+    """
+
+    cpus_per_task: float = 1.0  # Ray CPUs per file task (and per shard-writing task)
+    memory_mb_per_task: int | None = None  # Ray `memory` reserved per file task (scheduling only)
+    max_retries: int = 3  # a task whose worker or node dies runs again, elsewhere, this many times
+    max_in_flight: int | None = None  # file tasks submitted ahead; None: 4 per cluster CPU
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_task > 0:
+            raise ConfigError(f"ray.cpus_per_task must be positive, got {self.cpus_per_task}")
+        if self.memory_mb_per_task is not None and self.memory_mb_per_task < 1:
+            raise ConfigError("ray.memory_mb_per_task must be >= 1 (or null)")
+        if self.max_retries < 0:
+            raise ConfigError(f"ray.max_retries must be >= 0, got {self.max_retries}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ConfigError("ray.max_in_flight must be >= 1 (or null)")
+
+
+@dataclass(kw_only=True)
 class IngestConfig:
     """Everything the ingest job needs besides its input and output paths."""
 
@@ -307,11 +331,12 @@ class IngestConfig:
     pairing: PairingConfig = field(default_factory=PairingConfig)
     splits: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes the output (the split key itself excluded)."""
         data = to_dict(self)
-        for volatile in ("workers", "keep_work_cache"):
+        for volatile in ("workers", "keep_work_cache", "ray"):
             data.pop(volatile)
         data["splits"].pop("split_key")
         data["splits"].pop("allow_public_demo_key")

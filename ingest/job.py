@@ -1,19 +1,24 @@
 """The ingest job: a hospital export in, de-identified training shards out.
 
-    echocmr ingest --dicom DIR --labels FILE --out DIR [--site NAME] [--views FILE] [--workers N]
+    echocmr ingest --dicom DIR|URL --labels FILE --out DIR|URL [--site NAME] [--views FILE]
+                   [--workers N | --address RAY]
 
 Phases:
 
 1. **Scan** every path under ``--dicom`` (`scan_inputs`): regular files (any name: exports often
    have no extension) are processed, everything else (loops, FIFOs, unreadable directories) gets
-   its report row with a reason.
-2. **Process** each file in a process pool (`process_file`): read and check the header, pair the
-   study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a small
-   `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached atomically
-   under ``OUT/.work/`` before it is reported done, so a killed run resumes where it stopped.
+   its report row with a reason. An ``s3://`` / ``gs://`` prefix is listed instead (`scan_url`).
+2. **Process** each file (`process_file`) in a process pool, or as Ray tasks on a cluster with
+   ``--address`` (`ingest.distributed`; the same function): read and check the header, pair the
+   study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a
+   small `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached
+   atomically under ``OUT/.work/`` (a directory or URL prefix) before it is reported done, so a
+   killed run resumes where it stopped.
 3. **Write** the kept clips, sorted by (split, key) so the order does not depend on which worker
-   finished first, through `shards.writer.ShardSetWriter`; then ``ingest_report.parquet`` (one row
-   per input file). Same inputs and config give byte-identical output, resumed or not.
+   finished first: `shards.writer.ShardSetWriter` plans the shards from the metadata, each shard
+   is written from the work cache (`write_shard_job`: here, or one Ray task per shard), then the
+   manifest and stats; then ``ingest_report.parquet`` (one row per input file). Same inputs and
+   config give byte-identical output, resumed or not, with or without Ray, on any number of nodes.
 4. **Clean up** ``OUT/.work`` (kept when ``keep_work_cache`` is set; it is site-local like the
    report: result files hold the same fields as the report).
 
@@ -28,8 +33,8 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -69,7 +74,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 UNKNOWN_VIEW = "unknown"
 
 
@@ -86,6 +91,7 @@ class FileResult:
     labels: list[float | None] | None = None  # five labels, None for NaN (JSON has no NaN)
     pixel_stats: list[float] | None = None  # mean, std, n_pixels
     video_sha256: str | None = None
+    video_bytes: int | None = None  # size of the clip (what shard planning needs)
     study_hash: str | None = None  # also for unpaired studies, to count them
     text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
     paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
@@ -205,7 +211,7 @@ def process_file(task: tuple[str, str]) -> FileResult:
 
 def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]:
     config = ctx.config
-    ds = load_dataset(os.path.join(ctx.dicom_dir, source))
+    ds = load_dataset(_input(ctx.dicom_dir, source))
     check_cine(ds, config.preprocess.read)
     ident = identity(ds)
     hasher = KeyedHasher(ctx.split_key, site=config.site, config=config.splits)
@@ -256,9 +262,22 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
+        video_bytes=len(video),
         study_hash=study_hash, text_boxes=text_boxes, paired=True,
     )
     return result, video
+
+
+def _input(dicom_dir: str, source: str):
+    """What pydicom reads for ``source``: a local path, or the object's bytes from a URL prefix
+    (one GET: pydicom seeks around a file, which would be many ranged requests)."""
+    from echocmr.shards import storage
+
+    if storage.is_local(dicom_dir):
+        return os.path.join(storage.local_path(dicom_dir), source)
+    import io
+
+    return io.BytesIO(storage.read_bytes(storage.join(dicom_dir, source)))
 
 
 def _detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
@@ -283,32 +302,49 @@ def _detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
 
 
 class WorkCache:
-    """Per-file results and clips under ``OUT/.work``, each published by an atomic rename.
+    """Per-file results and clips under ``OUT/.work`` (a directory or URL prefix), each published
+    atomically.
 
     ``<entry>.webm`` is written before ``<entry>.json``; a result file therefore means the entry is
     complete. ``stamp.json`` holds the fingerprint of everything that shapes the output (config,
     split key fingerprint, label and view tables, cache version); a different stamp wipes the cache.
+    Every process that runs `process_file` (pool workers, Ray tasks on any node) writes here, so on
+    a cluster it must be shared storage or a URL.
     """
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        from echocmr.shards import storage
+
+        self.path = str(path)
+        self._local = storage.is_local(self.path)
 
     def prepare(self, fingerprint: str) -> None:
-        stamp = os.path.join(self.path, "stamp.json")
-        if os.path.isdir(self.path):
-            try:
-                old = json.loads(Path(stamp).read_text())["fingerprint"]
-            except (OSError, ValueError, KeyError):
-                old = None
-            if old != fingerprint:
+        from echocmr.shards import storage
+
+        stamp = storage.join(self.path, "stamp.json")
+        try:
+            old = json.loads(storage.read_bytes(stamp))["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = None
+        if old != fingerprint:
+            if old is not None or storage.listdir(storage.join(self.path, "files")):
                 log.info("work cache is from a different config or input tables: starting afresh")
-                shutil.rmtree(self.path)
-        os.makedirs(os.path.join(self.path, "files"), exist_ok=True)
-        if not os.path.exists(stamp):
+            storage.remove_tree(self.path)
+        storage.makedirs(storage.join(self.path, "files"))
+        if old != fingerprint:
             _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
 
     def _file(self, entry: str, ext: str) -> str:
-        return os.path.join(self.path, "files", f"{entry}.{ext}")
+        from echocmr.shards import storage
+
+        return storage.join(self.path, "files", f"{entry}.{ext}")
+
+    def done(self) -> set[str]:
+        """Entries with a result file (one listing, not one request per file)."""
+        from echocmr.shards import storage
+
+        return {n[:-5] for n in storage.listdir(storage.join(self.path, "files"))
+                if n.endswith(".json")}
 
     def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
         if video is not None:
@@ -317,27 +353,42 @@ class WorkCache:
 
     def load(self, entry: str) -> FileResult | None:
         """The cached result, or None when absent or unusable."""
+        from echocmr.shards import storage
+
         try:
-            data = json.loads(Path(self._file(entry, "json")).read_text())
+            data = json.loads(storage.read_bytes(self._file(entry, "json")))
             result = FileResult(**data)
         except (OSError, ValueError, TypeError):
             return None
-        if result.status == "kept" and not os.path.exists(self._file(entry, "webm")):
+        if result.status == "kept" and not storage.exists(self._file(entry, "webm")):
             return None
         return result
 
     def video(self, entry: str, sha256: str) -> bytes:
-        data = Path(self._file(entry, "webm")).read_bytes()
+        from echocmr.shards import storage
+
+        data = storage.read_bytes(self._file(entry, "webm"))
         if hashlib.sha256(data).hexdigest() != sha256:
             raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
         return data
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        from echocmr.shards import storage
+
+        storage.remove_tree(self.path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    """Publish ``data`` at ``path`` whole. Local: a temp file renamed into place (no fsync: the
+    cache is rebuilt if lost, and fsync per file would cost more than the file); a URL: one PUT."""
+    from echocmr.shards import storage
+
+    if not storage.is_local(path):
+        storage.atomic_write(path, data)
+        return
+    path = storage.local_path(path)
+    # pid and a random part: two nodes on shared storage may run the same pid (a retried task).
+    tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
@@ -359,6 +410,23 @@ class Scan:
 
     files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
     skipped: list[FileResult]  # paths not processed, each with its reason
+    entries: dict[str, str] = field(default_factory=dict)  # source -> cache entry (URL listings)
+
+
+def scan_url(prefix: str) -> Scan:
+    """List every object below an ``s3://`` / ``gs://`` prefix (fsspec), sorted by relative path.
+
+    An object store has no links, FIFOs or unreadable directories: every object is a file to
+    process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
+    prefix once and reads no object it already did.
+    """
+    from echocmr.shards import storage
+
+    files, entries = [], {}
+    for rel, nbytes, version in storage.walk_files(prefix):
+        files.append(rel)
+        entries[rel] = hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24]
+    return Scan(files=files, skipped=[], entries=entries)
 
 
 def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
@@ -479,34 +547,55 @@ def run_ingest(
     views_path: str | os.PathLike | None = None,
     progress: bool = True,
     in_process: bool = False,
+    address: str | None = None,
 ) -> IngestSummary:
     """Run the whole job (see the module docstring); returns what it did.
 
-    ``in_process`` processes files in this process instead of a pool of ``config.workers``
-    (for debugging and quick tests: no start-up cost, but no protection from a crashing decoder).
+    ``dicom_dir`` is a directory or an ``s3://`` / ``gs://`` prefix; ``out_dir`` a directory or a
+    URL prefix (the work cache lives under it). ``address`` (else ``$RAY_ADDRESS``) runs the
+    per-file work and the shard writing as Ray tasks on that cluster (`ingest.distributed`);
+    without one, files go to a process pool of ``config.workers``, or with ``in_process`` through
+    this process (for debugging and quick tests: no start-up cost, but no protection from a
+    crashing decoder). The output is byte-identical whichever way it runs.
     """
+    import contextlib
+
+    from echocmr.shards import storage
     from echocmr.shards.format import validate_site
     from echocmr.shards.lock import exclusive_output
-    from echocmr.shards.storage import is_url
 
     started = time.monotonic()
     config = config or IngestConfig()
     validate_site(config.site)
     dicom_dir, out_dir = str(dicom_dir), str(out_dir)
-    if is_url(out_dir):
-        raise ValueError(f"--out {out_dir}: ingest writes to a local directory (it keeps a work "
-                         "cache there); copy the shard set with `echocmr shards reshard` afterwards")
-    if not os.path.isdir(dicom_dir):
-        raise FileNotFoundError(f"--dicom {dicom_dir} is not a directory")
-    with exclusive_output(out_dir, "ingest"):
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and in_process:
+        raise ValueError("in_process and a Ray address exclude each other")
+    # Absolute local paths: Ray workers (and pool workers) do not share the caller's cwd.
+    if storage.is_local(dicom_dir):
+        dicom_dir = os.path.abspath(storage.local_path(dicom_dir))
+        if not os.path.isdir(dicom_dir):
+            raise FileNotFoundError(f"--dicom {dicom_dir} is not a directory")
+    if storage.is_local(out_dir):
+        out_dir = os.path.abspath(storage.local_path(out_dir))
+        # flock works on local file systems; a URL prefix has no lock (docs/ingest.md).
+        lock = exclusive_output(out_dir, "ingest")
+    else:
+        lock = contextlib.nullcontext()
+    with lock:
         return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
-                           progress=progress, in_process=in_process, started=started)
+                           progress=progress, in_process=in_process, started=started,
+                           address=address)
 
 
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
-                views_path, progress: bool, in_process: bool, started: float) -> IngestSummary:
+                views_path, progress: bool, in_process: bool, started: float,
+                address: str | None) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
+    import contextlib
+
     from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_ATTR, read_table
+    from echocmr.shards import storage
     from echocmr.shards.storage import atomic_write
 
     key, key_source = resolve_split_key(config.splits.split_key, warn=False)
@@ -526,12 +615,15 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     log.info("CMR table: %d rows for %d patients; views for %d instances",
              len(cmr), cmr.n_patients, len(views))
 
-    scan = scan_inputs(dicom_dir, exclude=out_dir)
+    if storage.is_local(dicom_dir):
+        scan = scan_inputs(dicom_dir, exclude=out_dir if storage.is_local(out_dir) else None)
+    else:
+        scan = scan_url(dicom_dir)
     sources = scan.files
     if not sources:
         raise ValueError(f"--dicom {dicom_dir} holds no readable files"
                          + (f" ({len(scan.skipped)} other path(s) skipped)" if scan.skipped else ""))
-    work = WorkCache(os.path.join(out_dir, WORK_DIR))
+    work = WorkCache(storage.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
         CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint,
         _file_digest(str(labels_path)), _file_digest(None if views_path is None else str(views_path)),
@@ -539,43 +631,43 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     ]).encode()).hexdigest()
     work.prepare(fingerprint)
 
-    entries = {s: entry_id(dicom_dir, s) for s in sources}
+    entries = scan.entries or {s: entry_id(dicom_dir, s) for s in sources}
     results: dict[str, FileResult] = {}
+    done = work.done()
     for source in sources:
-        cached = work.load(entries[source])
+        cached = work.load(entries[source]) if entries[source] in done else None
         if cached is not None:
             results[source] = cached
     resumed = len(results)
     todo = [(s, entries[s]) for s in sources if s not in results]
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
-                        views=views, split_key=key)
+                        views=views, split_key=key, before_file=_test_hook())
     workers = max(1, config.workers or os.cpu_count() or 1)
-    log.info("%d input files (%d done in an earlier run), %d worker(s)", len(sources), resumed,
-             workers)
-    results_iter = _run_tasks(ctx, todo, workers, in_process=in_process, progress=progress,
-                              total=len(sources), initial=resumed)
-    for result in results_iter:
-        results[result.source] = result
+    if address is not None:
+        from echocmr.ingest.distributed import ray_session
 
-    ordered = sorted([results[s] for s in sources] + scan.skipped, key=lambda r: r.source)
-    _reject_duplicates(ordered)
-    report = _report_bytes(ordered)
-    unpaired = [r for r in ordered if r.reason == "no_cmr_within_window"]
-    if unpaired and not any(r.paired for r in ordered):
-        atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
-        raise ValueError(
-            f"the label table {labels_path} pairs with no echo study ({len(unpaired)} file(s) "
-            f"found no CMR of their patient within +-{config.pairing.window_days} days; report "
-            f"in {os.path.join(out_dir, INGEST_REPORT_FILE)}): check that its patient IDs are "
-            "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
-            "dates are right (labels.date_format) and pairing.window_days")
+        session = ray_session(address)
+        log.info("%d input files (%d done in an earlier run), Ray tasks at %s", len(sources),
+                 resumed, address)
+    else:
+        session = contextlib.nullcontext()
+        log.info("%d input files (%d done in an earlier run), %d worker(s)", len(sources),
+                 resumed, workers)
     rules_before = _recorded_label_rules(out_dir, config.site)
     if rules_before not in (None, rules_fingerprint):
         log.warning("the shard set in %s had site %s's labels from other cut-offs (%s, now %s): "
                     "it is replaced", out_dir, config.site, rules_before, rules_fingerprint)
-    summary = _write_outputs(ordered, entries, work, out_dir, config, hasher.fingerprint,
-                             {config.site: rules_fingerprint})
-    atomic_write(os.path.join(out_dir, INGEST_REPORT_FILE), report)
+    with session:
+        results_iter = _run_tasks(ctx, todo, workers, in_process=in_process, progress=progress,
+                                  total=len(sources), initial=resumed,
+                                  ray_config=config.ray if address is not None else None)
+        for result in results_iter:
+            results[result.source] = result
+        summary, report, ordered, unpaired = _finish_outputs(
+            results, sources, scan, entries, work, out_dir, labels_path, config,
+            hasher.fingerprint, {config.site: rules_fingerprint}, use_ray=address is not None)
+
+    atomic_write(storage.join(out_dir, INGEST_REPORT_FILE), report)
 
     rejected = Counter(r.reason for r in ordered if r.status == "rejected")
     unpaired_studies = {r.study_hash for r in unpaired}
@@ -596,15 +688,90 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     )
 
 
+def _finish_outputs(results: dict[str, FileResult], sources: list[str], scan: Scan,
+                    entries: dict[str, str], work: WorkCache, out_dir: str, labels_path,
+                    config: IngestConfig, fingerprint: str, label_rules: dict[str, str], *,
+                    use_ray: bool):
+    """Order every result by source, write the shards; returns (write summary, report bytes,
+    ordered results, unpaired results). The report itself is published last, by the caller."""
+    from echocmr.shards import storage
+
+    ordered = sorted([results[s] for s in sources] + scan.skipped, key=lambda r: r.source)
+    _reject_duplicates(ordered)
+    report = _report_bytes(ordered)
+    unpaired = [r for r in ordered if r.reason == "no_cmr_within_window"]
+    if unpaired and not any(r.paired for r in ordered):
+        where = storage.join(out_dir, INGEST_REPORT_FILE)
+        storage.atomic_write(where, report)
+        raise ValueError(
+            f"the label table {labels_path} pairs with no echo study ({len(unpaired)} file(s) "
+            f"found no CMR of their patient within +-{config.pairing.window_days} days; report "
+            f"in {where}): check that its patient IDs are "
+            "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
+            "dates are right (labels.date_format) and pairing.window_days")
+    summary = _write_outputs(ordered, entries, work, out_dir, config, fingerprint, label_rules,
+                             use_ray=use_ray)
+    return summary, report, ordered, unpaired
+
+
+TEST_HOOK_ENV = "ECHOCMR_TEST_INGEST"  # test-only: {"delay_s": D, "log": PATH}, see `_TestHook`
+
+
+@dataclass(frozen=True)
+class _TestHook:
+    """A test-only `WorkerContext.before_file` hook: note where each file task starts, then sleep.
+
+    Tests of a node dying mid-run need tasks that last (``delay_s``) and need to see which node
+    ran (or re-ran) which file: each start appends ``<node id> <source>`` to ``log`` (the Ray
+    node's id, ``local`` outside Ray). Read by the driver from ``ECHOCMR_TEST_INGEST`` and
+    shipped in the worker context, so a cluster's workers need not share the driver's
+    environment. Picklable, so it reaches pool and Ray workers alike.
+    """
+
+    delay_s: float = 0.0
+    log: str | None = None
+
+    def __call__(self, source: str) -> None:
+        if self.log:
+            node = "local"
+            try:
+                import ray
+
+                if ray.is_initialized():
+                    node = ray.get_runtime_context().get_node_id()
+            except ImportError:
+                pass
+            with open(self.log, "a") as f:  # one short append per line: lines never interleave
+                f.write(f"{node} {source}\n")
+        time.sleep(self.delay_s)
+
+
+def _test_hook() -> _TestHook | None:
+    text = os.environ.get(TEST_HOOK_ENV)
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+        return _TestHook(delay_s=float(spec.get("delay_s", 0.0)), log=spec.get("log"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f'{TEST_HOOK_ENV} must be JSON {{"delay_s": D, "log": PATH}}, got '
+                         f"{text!r} ({exc})") from None
+
+
 def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
-               in_process: bool, progress: bool, total: int, initial: int):
-    """Yield `process_file` results for ``todo`` (in a process pool unless ``in_process``)."""
+               in_process: bool, progress: bool, total: int, initial: int, ray_config=None):
+    """Yield `process_file` results for ``todo``: as Ray tasks when ``ray_config`` is given,
+    else in a process pool unless ``in_process``."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=initial, desc="ingest", unit="file", disable=not progress,
                dynamic_ncols=True)
     try:
-        if in_process:
+        if ray_config is not None:
+            from echocmr.ingest.distributed import ray_file_results
+
+            results = ray_file_results(ctx, todo, ray_config)
+        elif in_process:
             init_worker(ctx)
             results = map(process_file, todo)
         else:
@@ -698,10 +865,11 @@ def _reject_duplicates(results: list[FileResult]) -> None:
 
 def _recorded_label_rules(out_dir: str, site: str) -> str | None:
     """The cut-off fingerprint ``out_dir``'s current ``stats.json`` records for ``site``."""
+    from echocmr.shards import storage
     from echocmr.shards.format import STATS_FILE
 
     try:
-        stats = json.loads(Path(out_dir, STATS_FILE).read_text())
+        stats = json.loads(storage.read_bytes(storage.join(out_dir, STATS_FILE)))
         recorded = stats.get("label_rules") or {}
     except (OSError, ValueError, AttributeError):
         return None
@@ -711,11 +879,42 @@ def _recorded_label_rules(out_dir: str, site: str) -> str | None:
     return before
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One planned shard to write: its name and its samples' cache entries, in order."""
+
+    out: str
+    name: str
+    work_dir: str
+    # (cache entry, key, KEY.json dict, labels, video sha256) per sample, in shard order
+    samples: list[tuple[str, str, dict, list, str]]
+
+
+def write_shard_job(job: ShardJob) -> str:
+    """Write one planned shard from the work cache (in the driver or as a Ray task)."""
+    from echocmr.shards.format import Sample
+    from echocmr.shards.writer import write_shard
+
+    work = WorkCache(job.work_dir)
+
+    def samples():
+        for entry, key, meta, labels, sha in job.samples:
+            yield Sample(key=key, video=work.video(entry, sha), meta=meta,
+                         labels=np.array([np.nan if v is None else v for v in labels],
+                                         dtype=np.float32))
+
+    write_shard(job.out, job.name, samples())
+    return job.name
+
+
 def _write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
                    out_dir: str, config: IngestConfig, fingerprint: str,
-                   label_rules: dict[str, str]):
-    from echocmr.shards.format import DEFAULT_CLIP_SIZE, ClipFormat, Sample
-    from echocmr.shards.writer import ShardSetWriter, WriterConfig
+                   label_rules: dict[str, str], *, use_ray: bool):
+    """Plan the shards from the results' metadata, write them (Ray tasks, or here), then the
+    manifest and stats. Each shard's samples are a range of the sorted list, so who writes which
+    shard, and when, changes no byte."""
+    from echocmr.shards.format import DEFAULT_CLIP_SIZE, ClipFormat
+    from echocmr.shards.writer import SampleRef, ShardSetWriter, WriterConfig
 
     kept = [r for r in results if r.status == "kept"]
     kept.sort(key=lambda r: (SPLITS.index(r.meta["split"]), r.key))
@@ -729,14 +928,33 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
                     DEFAULT_CLIP_SIZE)
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
-    with ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
-                        split_key_fingerprint=fingerprint, label_rules=label_rules) as writer:
+    writer = ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
+                            split_key_fingerprint=fingerprint, label_rules=label_rules)
+    try:
+        by_key = {}
         for result in kept:
-            video = work.video(entries[result.source], result.video_sha256)
-            sample = Sample(key=result.key, video=video, labels=result.label_array(),
-                            meta=result.meta)
+            if result.video_bytes is None:
+                raise RuntimeError(f"work cache entry {entries[result.source]} has no clip size; "
+                                   f"delete {work.path} and rerun")
             mean, std, n = result.pixel_stats
-            writer.add(sample, pixel_stats=(mean, std, int(n)))
+            writer.plan(SampleRef(key=result.key, meta=result.meta, labels=result.label_array(),
+                                  video_size=result.video_bytes, video_sha256=result.video_sha256),
+                        pixel_stats=(mean, std, int(n)))
+            by_key[result.key] = result
+        jobs = [ShardJob(out=out_dir, name=name, work_dir=work.path, samples=[
+            (entries[by_key[k].source], k, by_key[k].meta, by_key[k].labels,
+             by_key[k].video_sha256) for k in keys]) for name, keys in writer.planned.items()]
+        if use_ray:
+            from echocmr.ingest.distributed import ray_write_shards
+
+            ray_write_shards(jobs, config.ray)
+        else:
+            for job in jobs:
+                write_shard_job(job)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
     return writer.summary
 
 

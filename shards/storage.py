@@ -126,6 +126,37 @@ def listdir(path: str) -> list[str]:
     return sorted(basename(e["name"]) for e in entries if e.get("type") != "directory")
 
 
+def walk_files(prefix: str) -> list[tuple[str, int, str]]:
+    """Every object below a URL prefix, recursively: (relative POSIX path, size, version), sorted.
+
+    ``version`` is what tells a changed object from the same one (its ETag, else its
+    modification time, as the store reports it). For object stores, where a "directory" is only
+    a shared prefix; local trees have their own walk (ingest's `scan_inputs`).
+    """
+    fs, root = _fs(prefix)
+    root = root.rstrip("/")
+    found = []
+    for name, info in fs.find(root, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        rel = name[len(root):].lstrip("/") if name.startswith(root) else basename(name)
+        version = str(info.get("ETag") or info.get("etag") or info.get("LastModified")
+                      or info.get("mtime") or info.get("updated") or "")
+        found.append((rel, int(info.get("size") or 0), version))
+    return sorted(found)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory or everything below a URL prefix (nothing there: nothing to do)."""
+    if is_local(path):
+        shutil.rmtree(local_path(path), ignore_errors=True)
+        return
+    fs, p = _fs(path)
+    with contextlib.suppress(FileNotFoundError):
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
 def makedirs(path: str) -> None:
     """Create a local directory (object stores need none)."""
     if is_local(path):

@@ -162,6 +162,42 @@ class ShardFile:
         self._staged.discard()
 
 
+@dataclass(frozen=True)
+class SampleRef:
+    """A sample whose clip is stored elsewhere (ingest's work cache): what `plan` needs."""
+
+    key: str
+    meta: SampleMeta | dict
+    labels: np.ndarray
+    video_size: int
+    video_sha256: str
+
+
+def sample_members(sample: Sample) -> dict[str, bytes]:
+    """A sample's tar members, ``{ext: bytes}``."""
+    return {
+        "json": sample.meta.to_json(),
+        "labels": encode_labels(sample.labels),
+        "webm": bytes(sample.video),
+    }
+
+
+def write_shard(out: str, name: str, samples) -> None:
+    """Write one planned shard (`ShardSetWriter.plan`): its tar and ``.idx``, atomically.
+
+    ``samples`` are the shard's `Sample` objects in plan order. Rewriting a shard (a task run
+    twice) publishes the same bytes again.
+    """
+    shard = ShardFile(out, name)
+    try:
+        for sample in samples:
+            shard.write(sample.key, sample_members(sample))
+        shard.finish()
+    except BaseException:
+        shard.discard()
+        raise
+
+
 def manifest_bytes(columns: dict[str, list] | pd.DataFrame) -> bytes:
     """Serialise manifest columns (lists or a DataFrame holding them) to Parquet bytes."""
     if isinstance(columns, pd.DataFrame):
@@ -196,6 +232,9 @@ class ShardSetWriter:
         storage.makedirs(self.out)
         storage.remove_stale_temps(self.out)
         self._open: dict[str, ShardFile] = {}
+        self._layout: dict[str, list] = {}  # split -> [open shard's name, samples, tar bytes]
+        self._planning = False
+        self.planned: dict[str, list[str]] = {}  # shard name -> its keys, in order (`plan`)
         self._next_number = dict.fromkeys(SPLITS, 0)
         self._written: list[str] = []
         self._columns: dict[str, list] = {c: [] for c in MANIFEST_COLUMNS}
@@ -211,86 +250,126 @@ class ShardSetWriter:
 
         ``pixel_stats`` is (mean, std, n_pixels) of the clip's pixels on the 0-255 scale.
         """
+        if self._planning:
+            raise RuntimeError("this writer plans shards (`plan`); it does not take samples")
+        meta = self._check(sample.key, sample.meta, len(sample.video))
+        members = sample_members(sample)
+        split = meta.split
+        name = self._place(split, [len(v) for v in members.values()])
+        shard = self._open.get(split)
+        if shard is None:
+            shard = self._open[split] = ShardFile(self.out, name)
+        shard.write(sample.key, members)
+        self._record(sample.key, meta, sample.labels, len(sample.video),
+                     hashlib.sha256(sample.video).hexdigest(), pixel_stats, members["json"])
+        if self._layout[split][1] >= self.config.samples_per_shard:
+            self.end_shard(split)
+
+    def plan(self, ref: SampleRef, *, pixel_stats: tuple[float, float, int]) -> str:
+        """Place a sample whose clip is elsewhere; returns the name of the shard it goes to.
+
+        The same checks, cuts and manifest row as `add`, without writing a byte: the tar of
+        each planned shard is then written by `write_shard` (in any process, in any order, in
+        parallel) with that shard's samples in plan order, and `close` writes manifest and stats
+        once every planned tar is there. The files are byte-identical to adding the same
+        samples in the same order.
+        """
         if self._closed:
             raise RuntimeError("ShardSetWriter is closed")
-        meta = self._check(sample)
+        if self._open:
+            raise RuntimeError("this writer took samples (`add`); it cannot plan as well")
+        self._planning = True
+        meta = self._check(ref.key, ref.meta, ref.video_size)
+        meta_json = meta.to_json()
         split = meta.split
-        members = {
-            "json": meta.to_json(),
-            "labels": encode_labels(sample.labels),
-            "webm": bytes(sample.video),
-        }
-        shard = self._open.get(split)
+        sizes = [len(meta_json), len(encode_labels(ref.labels)), ref.video_size]
+        name = self._place(split, sizes)
+        self.planned.setdefault(name, []).append(ref.key)
+        self._record(ref.key, meta, ref.labels, ref.video_size, ref.video_sha256, pixel_stats,
+                     meta_json)
+        if self._layout[split][1] >= self.config.samples_per_shard:
+            self.end_shard(split)
+        return name
+
+    def _place(self, split: str, member_sizes: list[int]) -> str:
+        """The shard of ``split`` the next sample (members of these sizes) goes to.
+
+        Cuts the open shard first when the sample would take it past ``shard_mb``; the bytes
+        are counted from the sizes (a ustar member is a 512-byte header plus padded data), so
+        planning and writing cut at the same samples.
+        """
         limit = None if self.config.shard_mb is None else self.config.shard_mb * 1e6
-        if (
-            shard is not None
-            and limit is not None
-            and len(shard)
-            and (shard.nbytes + tar_bytes([len(v) for v in members.values()]) + 2 * _BLOCK > limit)
-        ):
+        entry = self._layout.get(split)
+        grows = tar_bytes(member_sizes)
+        if (entry is not None and limit is not None and entry[1]
+                and entry[2] + grows + 2 * _BLOCK > limit):
             self.end_shard(split)
-            shard = None
-        if shard is None:
-            shard = self._open[split] = ShardFile(
-                self.out, shard_name(split, self._next_number[split])
-            )
+            entry = None
+        if entry is None:
+            entry = self._layout[split] = [shard_name(split, self._next_number[split]), 0, 0]
             self._next_number[split] += 1
-        shard.write(sample.key, members)
-        self._record(sample, meta, shard.name, pixel_stats, members["json"])
-        if len(shard) >= self.config.samples_per_shard:
-            self.end_shard(split)
+        entry[1] += 1
+        entry[2] += grows
+        return entry[0]
 
     def end_shard(self, split: str) -> str | None:
         """Finish the open shard of ``split`` now (reshard cuts shards at planned sizes)."""
-        shard = self._open.pop(split, None)
-        if shard is None:
+        entry = self._layout.pop(split, None)
+        if entry is None:
             return None
-        shard.finish()
-        self._written.append(shard.name)
-        return shard.name
+        shard = self._open.pop(split, None)
+        if shard is not None:
+            if shard.name != entry[0]:
+                raise RuntimeError(f"shard layout mismatch: {shard.name} != {entry[0]}")
+            shard.finish()
+        self._written.append(entry[0])
+        return entry[0]
 
-    def _check(self, sample: Sample) -> SampleMeta:
-        validate_key(sample.key)
-        if sample.key in self._keys:
+    def _check(self, key: str, meta: SampleMeta | dict, video_size: int) -> SampleMeta:
+        validate_key(key)
+        if key in self._keys:
             raise ValueError(
-                f"duplicate sample key {sample.key!r}: every clip must be written once"
+                f"duplicate sample key {key!r}: every clip must be written once"
             )
-        meta = sample.meta  # parsed and complete (`Sample` builds a `SampleMeta`)
+        if not isinstance(meta, SampleMeta):
+            meta = SampleMeta.from_dict(meta, key=key)
+        elif meta.key != key:
+            raise ValueError(f"meta.key is {meta.key!r} but the sample key is {key!r}")
         fmt = self.clip_format
         if meta.split not in SPLITS:
-            raise ValueError(f"sample {sample.key}: split {meta.split!r} not in {SPLITS}")
-        if meta.site != key_site(sample.key):
-            raise ValueError(f"sample {sample.key}: meta site {meta.site!r} != key prefix")
+            raise ValueError(f"sample {key}: split {meta.split!r} not in {SPLITS}")
+        if meta.site != key_site(key):
+            raise ValueError(f"sample {key}: meta site {meta.site!r} != key prefix")
         if not math.isclose(meta.fps, fmt.fps, rel_tol=1e-4):
             raise ValueError(
-                f"sample {sample.key}: fps {meta.fps} != set fps {fmt.fps}; resample before writing"
+                f"sample {key}: fps {meta.fps} != set fps {fmt.fps}; resample before writing"
             )
         if meta.ingest is not None:
             for side in ("height", "width"):
                 if getattr(meta.ingest, side) != getattr(fmt, side):
                     raise ValueError(
-                        f"sample {sample.key}: {side} {getattr(meta.ingest, side)} != set "
+                        f"sample {key}: {side} {getattr(meta.ingest, side)} != set "
                         f"{getattr(fmt, side)}"
                     )
         previous = self._patient_split.setdefault(meta.patient_hash, meta.split)
         if previous != meta.split:
             raise ValueError(
-                f"sample {sample.key}: patient {meta.patient_hash} is already in "
+                f"sample {key}: patient {meta.patient_hash} is already in "
                 f"split {previous!r}, not {meta.split!r}; splits are by patient"
             )
-        if not sample.video:
-            raise ValueError(f"sample {sample.key}: empty video")
+        if not video_size:
+            raise ValueError(f"sample {key}: empty video")
         return meta
 
     def _record(
-        self, sample: Sample, meta: SampleMeta, shard: str, pixel_stats: tuple[float, float, int],
-        meta_json: bytes,
+        self, key: str, meta: SampleMeta, labels: np.ndarray, video_size: int, video_sha256: str,
+        pixel_stats: tuple[float, float, int], meta_json: bytes,
     ) -> None:
         mean, std, n_pixels = pixel_stats
-        labels = np.asarray(sample.labels, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.float32)
         row = {
-            "key": sample.key,
-            "shard": shard,
+            "key": key,
+            "shard": self._layout[meta.split][0],
             "split": meta.split,
             "site": meta.site,
             "patient_hash": meta.patient_hash,
@@ -299,8 +378,8 @@ class ShardSetWriter:
             "n_frames": meta.n_frames,
             "fps": meta.fps,
             **{task: float(labels[i]) for i, task in enumerate(TASKS)},
-            "video_bytes": len(sample.video),
-            "video_sha256": hashlib.sha256(sample.video).hexdigest(),
+            "video_bytes": int(video_size),
+            "video_sha256": video_sha256,
             "pixel_mean": float(mean),
             "pixel_std": float(std),
             "n_pixels": int(n_pixels),
@@ -308,7 +387,7 @@ class ShardSetWriter:
         }
         for column, value in row.items():
             self._columns[column].append(value)
-        self._keys.add(sample.key)
+        self._keys.add(key)
 
     # -- finishing -----------------------------------------------------------------------------
 
@@ -319,6 +398,13 @@ class ShardSetWriter:
             return self.summary
         for split in SPLITS:
             self.end_shard(split)
+        if self._planning:
+            missing = [n for n in self._written if not storage.exists(storage.join(self.out, n))
+                       or not storage.exists(storage.join(self.out, index_name(n)))]
+            if missing:
+                raise RuntimeError(f"{self.out}: planned shard(s) {', '.join(missing[:5])} were "
+                                   "not written (`write_shard`)")
+            storage.remove_stale_temps(self.out)  # left by shard tasks that died and were rerun
         self._remove_stale_shards()
         storage.atomic_write(storage.join(self.out, MANIFEST_FILE), manifest_bytes(self._columns))
         manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})

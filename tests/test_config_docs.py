@@ -42,6 +42,7 @@ DOCUMENTED = [
     ingest_config.SectorConfig, EncoderConfig, ingest_config.LabelConfig,
     ingest_config.CutoffRule,
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
+    ingest_config.RayConfig,
     ReshardConfig,
     train_config.TrainConfig, train_config.ModelConfig, train_config.DataConfig,
     train_config.AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,

@@ -1,0 +1,261 @@
+"""Ingest on a two-node Ray cluster: byte-identical to the local run, through a lost node, a killed
+driver, and with inputs and outputs on S3.
+
+`ray.cluster_utils.Cluster` starts a head and a worker node (1 CPU each) on this machine, shared
+by the module's tests; `run_ingest(address=...)` connects to it as it would to any cluster. The
+export is tiny (3 patients x 2 clips plus 4 bad files, 16 frames of 48x64) and the text detector
+is off, so each file takes well under a second: the tests prove the plumbing (placement, retries,
+resume, order), not speed. The reference is the same export ingested in this process.
+
+Where tasks ran is read from the test-only hook ``ECHOCMR_TEST_INGEST`` (`ingest.job._TestHook`):
+each file task appends ``<node id> <source>`` to a log before it starts (and sleeps, where a test
+needs tasks that last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from echocmr.ingest.config import IngestConfig, ShardConfig, TextDetectorConfig
+from echocmr.ingest.job import TEST_HOOK_ENV, WORK_DIR, run_ingest
+
+from _ingest_fixtures import write_cohort
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config() -> IngestConfig:
+    return IngestConfig(site="site_a", text_detector=TextDetectorConfig(enabled=False),
+                        shards=ShardConfig(samples_per_shard=2))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_cohort(tmp_path_factory.mktemp("export"), n_patients=3, clips_per_study=2,
+                        n_frames=16, shape=(48, 64), seed=5)
+
+
+@pytest.fixture(scope="module")
+def reference(cohort, tmp_path_factory):
+    """The export ingested in this process, without Ray: sha256 of every file."""
+    out = str(tmp_path_factory.mktemp("local") / "set")
+    run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(), progress=False,
+               in_process=True)
+    return _digests(out)
+
+
+@pytest.fixture(scope="module")
+def s3(s3_endpoint):
+    """The S3 server, started before the cluster so that its nodes inherit the credentials and
+    the endpoint (``FSSPEC_S3_ENDPOINT_URL``, as a user would configure their workers)."""
+    return s3_endpoint
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """A head and one worker node, 1 CPU each; Ray's files in a private temp dir."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", temp)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        mp.setenv("FSSPEC_S3_ENDPOINT_URL", s3)
+        # Workers unpickle test hooks from tests/_ingest_fixtures.py (the crash test's).
+        tests = os.path.dirname(os.path.abspath(__file__))
+        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+        c = Cluster(initialize_head=True,
+                    head_node_args={"num_cpus": 1, "include_dashboard": False})
+        worker = c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        try:
+            yield c, {"worker": worker}
+        finally:
+            ray.shutdown()
+            c.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _digests(root: str) -> dict[str, str]:
+    """sha256 of every file under a directory or URL prefix, by relative path."""
+    from echocmr.shards import storage
+
+    if storage.is_local(root):
+        return {os.path.relpath(os.path.join(d, n), root):
+                hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest()
+                for d, _, names in os.walk(root) for n in names}
+    return {rel: hashlib.sha256(storage.read_bytes(storage.join(root, rel))).hexdigest()
+            for rel, _, _ in storage.walk_files(root)}
+
+
+def _starts(log: str) -> list[tuple[str, str]]:
+    if not os.path.exists(log):
+        return []
+    return [tuple(line.split(" ", 1)) for line in open(log).read().splitlines() if line]
+
+
+def _hook(monkeypatch, log: str, delay_s: float = 0.0) -> None:
+    monkeypatch.setenv(TEST_HOOK_ENV, json.dumps({"delay_s": delay_s, "log": log}))
+
+
+def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, cluster, tmp_path,
+                                                         monkeypatch):
+    c, nodes = cluster
+    log = str(tmp_path / "starts.log")
+    _hook(monkeypatch, log, delay_s=0.3)  # long enough that one node cannot take every file
+    out = str(tmp_path / "ray")
+    summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(),
+                         progress=False, address=c.address)
+    assert summary.kept == 6 and len(summary.shards) >= 3
+    assert _digests(out) == reference
+    assert not os.path.exists(os.path.join(out, WORK_DIR))
+    starts = _starts(log)
+    assert sorted(s for _, s in starts) == sorted(cohort.expected)  # every file once
+    assert {n for n, _ in starts} == {c.head_node.node_id, nodes["worker"].node_id}
+
+
+def test_s3_inputs_and_outputs_locally_and_on_the_cluster(cohort, reference, cluster, s3):
+    from echocmr.shards import storage
+
+    c, _ = cluster
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    for d, _, names in os.walk(cohort.dicom_dir):
+        for n in names:
+            rel = os.path.relpath(os.path.join(d, n), cohort.dicom_dir)
+            fs.put_file(os.path.join(d, n), f"echo/in/{rel}")
+    # Without Ray (this process) and on the cluster: both byte-identical to the local run.
+    run_ingest("s3://echo/in", cohort.labels_path, "s3://echo/out-local", config=_config(),
+               progress=False, in_process=True)
+    assert _digests("s3://echo/out-local") == reference
+    summary = run_ingest("s3://echo/in", cohort.labels_path, "s3://echo/out-ray",
+                         config=_config(), progress=False, address=c.address)
+    assert summary.kept == 6
+    assert _digests("s3://echo/out-ray") == reference  # the work cache under it is gone too
+    assert not storage.walk_files(f"s3://echo/out-ray/{WORK_DIR}")
+
+
+def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, tmp_path):
+    """The real command with ``--address``, SIGKILLed after a few files; the rerun resumes."""
+    c, _ = cluster
+    out = str(tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": REPO,
+           TEST_HOOK_ENV: json.dumps({"delay_s": 0.5, "log": str(tmp_path / "starts.log")})}
+    config = tmp_path / "ingest.yaml"
+    config.write_text("text_detector: {enabled: false}\nshards: {samples_per_shard: 2}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "echocmr", "ingest", "--dicom", cohort.dicom_dir, "--labels",
+         cohort.labels_path, "--out", out, "--site", "site_a", "--config", str(config),
+         "--address", c.address, "--no-progress"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    files = os.path.join(out, WORK_DIR, "files")
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.isdir(files) and len([n for n in os.listdir(files)
+                                             if n.endswith(".json")]) >= 3:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver; its tasks' workers belong to the cluster
+        _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert not os.path.exists(os.path.join(out, "manifest.parquet")), "finished before the kill"
+    n_done = len([n for n in os.listdir(files) if n.endswith(".json")])
+    assert 0 < n_done < len(cohort.expected)
+
+    summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(),
+                         progress=False, address=c.address)
+    assert summary.resumed_files >= n_done
+    assert _digests(out) == reference
+
+
+def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tmp_path):
+    """As in the local pool: the task is retried (``ray.max_retries``), then the file rejected;
+    the other files are unaffected and the job goes on."""
+    import pandas as pd
+
+    from echocmr.ingest.config import RayConfig
+    from echocmr.ingest.distributed import ray_file_results
+    from echocmr.ingest.job import WorkCache, WorkerContext
+    from echocmr.ingest.pairing import CmrIndex
+    from echocmr.shards.format import TASKS
+
+    from _ingest_fixtures import die_on_crash_files
+
+    small = write_cohort(tmp_path, n_patients=1, clips_per_study=2, n_frames=16,
+                         bad_files=False, shape=(48, 64))
+    folder = next(iter(small.patients.values()))
+    src = os.path.join(small.dicom_dir, folder, "study1", "clip0.dcm")
+    os.link(src, os.path.join(small.dicom_dir, folder, "study1", "crash.dcm"))
+    sources = sorted(os.path.relpath(os.path.join(d, f), small.dicom_dir)
+                     for d, _, fs in os.walk(small.dicom_dir) for f in fs)
+    work = WorkCache(str(tmp_path / "work"))
+    work.prepare("test")
+    ctx = WorkerContext(config=_config(), dicom_dir=small.dicom_dir, work_dir=work.path,
+                        cmr=CmrIndex(pd.DataFrame(columns=["patient_id", "cmr_date",
+                                                           "field_strength_t", *TASKS])),
+                        views={}, split_key=b"k", before_file=die_on_crash_files)
+    results = {r.source: r for r in ray_file_results(
+        ctx, [(s, f"e{i}") for i, s in enumerate(sources)], RayConfig(max_retries=1))}
+    assert sorted(results) == sources
+    for source, result in results.items():
+        want = "worker_crashed" if "crash" in source else "no_cmr_within_window"
+        assert result.reason == want, (source, result)
+    crashed = sources.index(next(s for s in sources if "crash" in s))
+    assert work.load(f"e{crashed}").reason == "worker_crashed"  # cached: a rerun skips it
+
+
+def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path,
+                                               monkeypatch):
+    """Remove the worker node while it runs a file: Ray reruns that task on the head."""
+    c, nodes = cluster
+    worker = nodes["worker"]
+    log = str(tmp_path / "starts.log")
+    _hook(monkeypatch, log, delay_s=1.5)
+    out = str(tmp_path / "lost")
+    box: dict = {}
+
+    def ingest() -> None:
+        try:
+            box["summary"] = run_ingest(cohort.dicom_dir, cohort.labels_path, out,
+                                        config=_config(), progress=False, address=c.address)
+        except BaseException as exc:  # surfaced by the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=ingest, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(n == worker.node_id for n, _ in _starts(log)):
+        assert thread.is_alive(), box.get("error")
+        time.sleep(0.02)
+    victims = [s for n, s in _starts(log) if n == worker.node_id]
+    assert victims, "no file task ever started on the worker node"
+    c.remove_node(worker)  # raylet and worker processes die, mid-sleep of the victims' tasks
+    nodes["worker"] = c.add_node(num_cpus=1)  # for any later test; may join after the run
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "ingest did not finish after the node was lost"
+    if "error" in box:
+        raise box["error"]
+    assert _digests(out) == reference
+    starts = _starts(log)
+    # The file that was running on the lost node started again elsewhere.
+    assert any(s == victims[-1] and n != worker.node_id for n, s in starts), starts
+    assert sorted(set(s for _, s in starts)) == sorted(cohort.expected)
