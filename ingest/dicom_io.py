@@ -237,9 +237,10 @@ def identity(ds) -> ClipIdentity:
                         study_date=study_date)
 
 
-def clip_from_dataset(ds) -> DicomClip:
+def clip_from_dataset(ds, config: ReadConfig | None = None) -> DicomClip:
     """Decode the pixel data of a checked dataset to grey frames and a chroma map."""
-    frames, chroma, photometric = decode_grey(ds)
+    config = config or ReadConfig()
+    frames, chroma, photometric = decode_grey(ds, strict_jpeg_frames=config.strict_jpeg_check_frames)
     return DicomClip(
         frames_THW=frames,
         chroma_HW=chroma,
@@ -278,21 +279,25 @@ def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[
         ident = identity(ds)
     except RejectedInput:
         ident = None
-    return clip_from_dataset(ds), ident
+    return clip_from_dataset(ds, config), ident
 
 
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def decode_grey(ds) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Pixel data to ``(uint8[T, H, W] luma, chroma map or None, decoded photometric)``."""
+def decode_grey(ds, strict_jpeg_frames: int = _CHROMA_FRAMES
+                ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Pixel data to ``(uint8[T, H, W] luma, chroma map or None, decoded photometric)``.
+
+    ``strict_jpeg_frames``: see `decode_jpeg_luma`.
+    """
     from pydicom.pixels import get_decoder
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None:
         raise RejectedInput("decode_failed", "no Transfer Syntax UID in the file meta")
     if tsyntax in _JPEG_LUMA_SYNTAXES:
-        fast = decode_jpeg_luma(ds)
+        fast = decode_jpeg_luma(ds, strict_frames=strict_jpeg_frames)
         if fast is not None:
             return fast
     try:
@@ -351,7 +356,8 @@ _JPEG_LUMA_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _CHROMA_SCALE = 4  # the chroma map is decoded at 1/4 size (DCT scaling): Doppler is not subtle
 
 
-def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
+def decode_jpeg_luma(ds, strict_frames: int = _CHROMA_FRAMES
+                     ) -> tuple[np.ndarray, np.ndarray | None, str] | None:
     """The fast path for 8-bit JPEG: ask libjpeg (through Pillow) for greyscale output.
 
     libjpeg then decodes the Y component only and skips chroma upsampling and colour conversion
@@ -363,9 +369,12 @@ def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
 
     libjpeg (through Pillow) decodes corrupt entropy-coded data to garbage with only a warning,
     which Pillow drops. So every frame's marker structure is checked (`_jpeg_frame_problem`), and
-    the frames sampled for the chroma map are decoded once more by pylibjpeg-libjpeg, which
-    raises on Huffman data out of sync (a zeroed or overwritten run of bytes; ~10 ms a 600x800
-    frame, so only the sampled frames): a damaged frame makes the clip `decode_failed`.
+    ``strict_frames`` evenly spaced frames (``preprocess.read.strict_jpeg_check_frames``; 32, the
+    frames sampled for the chroma map, by default) are decoded once more by pylibjpeg-libjpeg,
+    which raises on Huffman data out of sync (a zeroed or overwritten run of bytes; ~10 ms a
+    600x800 frame, so only a sample): a damaged frame makes the clip `decode_failed`. With
+    ``strict_frames=0`` only the marker check runs, and damage it cannot see is decoded as
+    garbage without an error.
     """
     from io import BytesIO
 
@@ -402,7 +411,7 @@ def decode_jpeg_luma(ds) -> tuple[np.ndarray, np.ndarray | None, str] | None:
             raise RejectedInput("decode_failed", f"JPEG frame is {image.size}, header {cols}x{rows}")
         return image
 
-    sampled = set(_sample_frames(n_frames).tolist())
+    sampled = set(_sample_frames(n_frames, strict_frames).tolist()) if strict_frames else set()
     for i, data in enumerate(frames[:n_frames]):
         problem = _jpeg_frame_problem(data)
         if problem is None and i in sampled:
@@ -588,8 +597,8 @@ def _luma(rgb_THWC: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sample_frames(n: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n - 1, min(n, _CHROMA_FRAMES)).round().astype(int))
+def _sample_frames(n: int, k: int = _CHROMA_FRAMES) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
 def _over_frames(chroma_THW: np.ndarray) -> np.ndarray:
