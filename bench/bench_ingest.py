@@ -19,8 +19,12 @@ cache.
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
 the throughput ratio on/off and the detector's cost per kept clip.
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector]`` (or
-``make bench``).
+``--decode`` instead times the decode of each 8-bit JPEG clip of the cohort (`decode_grey`,
+best of 3, one process) with the strict libjpeg re-decode of 32 sampled frames (the default of
+``preprocess.read.strict_jpeg_check_frames``) and without it (0), and prints the medians.
+
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode]``
+(or ``make bench``).
 """
 
 from __future__ import annotations
@@ -100,16 +104,53 @@ def _plain_way(root: str, sources: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _decode_times(root: str) -> None:
+    """Median per-clip decode time of the cohort's 8-bit JPEG clips, strict re-decode on/off."""
+    import statistics
+
+    from echocmr.ingest.dicom_io import RejectedInput, decode_grey, load_dataset
+
+    jpeg = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+    times: dict[int, list[float]] = {32: [], 0: []}
+    shapes = set()
+    for dirpath, _, files in os.walk(os.path.join(root, "dicom")):
+        for name in sorted(files):
+            try:
+                ds = load_dataset(os.path.join(dirpath, name))
+            except RejectedInput:  # the cohort's non-image files (DICOMDIR, reports)
+                continue
+            if str(ds.file_meta.get("TransferSyntaxUID", "")) not in jpeg:
+                continue
+            if int(ds.get("NumberOfFrames", 1) or 1) < 2:
+                continue
+            shapes.add((int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)))
+            for k in times:
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    decode_grey(ds, strict_jpeg_frames=k)
+                    best = min(best, time.perf_counter() - t0)
+                times[k].append(best)
+    print(f"{len(times[0])} JPEG clips (frames x rows x cols: {sorted(shapes)})")
+    for k, values in times.items():
+        print(f"  strict_jpeg_check_frames={k:<3} median {statistics.median(values):.3f} s per clip")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--patients", type=int, default=10, help="synthetic cohort size")
     parser.add_argument("--text-detector", action="store_true",
                         help="measure ingest with the text detector on against off")
+    parser.add_argument("--decode", action="store_true",
+                        help="time the JPEG decode per clip with the strict re-decode on and off")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
     os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
     root = _cohort(args.patients)
     print(f"{_warm(root) / 1e6:.0f} MB of DICOM read once to warm the page cache; load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    if args.decode:
+        _decode_times(root)
+        return
     if args.text_detector:
         # Alternate off/on twice and keep each one's best, so a burst of load on a shared machine
         # does not decide the ratio.

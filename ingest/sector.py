@@ -36,8 +36,10 @@ is overlay when its temporal mean is at least ``overlay_min_level`` and it is *s
   cut misses.
 
 Dim text (grey ~40) is caught because the level floor is low (16): dark still pixels that are
-not text cost nothing to mask. What this cannot catch (text that changes every frame, such as a
-frame counter) the text detector (`ingest.text_detector`) looks for in the output frames.
+not text cost nothing to mask. Text that changes every frame (a frame counter, a clock) is not
+still; `changing_overlay_mask` finds it as thin strokes that come and go at one grey level
+(``mask_changing_overlays``). What neither catches the text detector (`ingest.text_detector`)
+looks for in the output frames.
 """
 
 from __future__ import annotations
@@ -163,7 +165,8 @@ def overlay_boxes(overlay_HW: np.ndarray, sector_pixels: int) -> np.ndarray:
     horizontally join: letters of a word and words of a line), and each group that looks like
     text (it fills 40 % of its bounding box, or the box is at least twice as wide as high) and
     whose box is at most 30 % of the sector is blanked as that box; anything else (ragged or large
-    still tissue) is blanked as the dilated pixels themselves.
+    still tissue, with any word that joins it) is made solid (`solid_overlay`), so a word there
+    becomes a bar rather than black letters.
     """
     from scipy import ndimage
 
