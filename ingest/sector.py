@@ -195,7 +195,7 @@ def solid_overlay(overlay_HW: np.ndarray) -> np.ndarray:
     Blanking the glyph pixels alone leaves letter-shaped holes that read as well as the letters
     did. Gaps along rows of up to 9 pixels and along columns of up to 7 are closed (the space
     inside and between letters of screen text, not the width of a heart chamber), enclosed holes
-    of at most 400 pixels are filled, and the result grows by one pixel (anti-aliased edges), so
+    of at most 400 pixels are filled, and what was added grows by one pixel (anti-aliased edges), so
     a word becomes a solid bar.
     """
     from scipy import ndimage
@@ -214,7 +214,9 @@ def solid_overlay(overlay_HW: np.ndarray) -> np.ndarray:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         closed |= (sizes <= _SOLID_MAX_HOLE)[labels] & holes
-    closed = ndimage.binary_dilation(closed, structure=_STRUCT3)
+    # Grow what closing added by a pixel (the anti-aliased edges of the strokes around it), but
+    # not the still pixels themselves: a large ragged still area would lose a rim of tissue.
+    closed = padded | ndimage.binary_dilation(closed & ~padded, structure=_STRUCT3)
     return closed[pad:-pad, pad:-pad]
 
 
