@@ -43,6 +43,10 @@ def register(subparsers) -> None:
                    help="side of the stored square clips, even (overrides preprocess.size; "
                         "default 144, which the GPU decoder accepts; the model's input size is "
                         "train's data.size)")
+    p.add_argument("--strict-jpeg-check-frames", type=int, default=None, metavar="N",
+                   help="8-bit JPEG frames per clip decoded a second time, strictly, to catch "
+                        "damaged frames (overrides preprocess.read.strict_jpeg_check_frames; "
+                        "default 32; 0: off, faster, and some damaged frames are then shipped)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML config (docs/ingest.md)")
     p.add_argument("--allow-public-demo-key", action="store_true", default=None,
                    help="without ECHOCMR_SPLIT_KEY or splits.split_key, hash with the public "
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     config, done = resolve_for_command(
         "ingest", lambda: load_config(
             args.config, site=args.site, workers=args.workers,
-            preprocess={"size": args.clip_size} if args.clip_size is not None else None,
+            preprocess=_preprocess_overrides(args),
             splits=None if not args.allow_public_demo_key else {"allow_public_demo_key": True}),
         print_config=args.print_config,
         required={"--dicom": args.dicom, "--labels": args.labels, "--out": args.out})
@@ -89,3 +93,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary.format())
     return 0
+
+
+def _preprocess_overrides(args: argparse.Namespace) -> dict | None:
+    """The preprocess keys set by flags (None: none)."""
+    out: dict = {}
+    if args.clip_size is not None:
+        out["size"] = args.clip_size
+    if args.strict_jpeg_check_frames is not None:
+        out["read"] = {"strict_jpeg_check_frames": args.strict_jpeg_check_frames}
+    return out or None

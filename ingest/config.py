@@ -49,8 +49,14 @@ class ReadConfig:
     doppler_chroma_threshold: float = 40.0
     # ...and the clip is rejected `colour_doppler` when that holds for this fraction of the sector.
     doppler_min_fraction: float = 0.01
+    # 8-bit JPEG: frames (evenly spaced) decoded a second time, strictly, by libjpeg to catch
+    # damaged entropy-coded data the fast decoder turns into garbage; 0: no strict decode.
+    strict_jpeg_check_frames: int = 32
 
     def __post_init__(self) -> None:
+        if self.strict_jpeg_check_frames < 0:
+            raise ConfigError("preprocess.read.strict_jpeg_check_frames must be >= 0, got "
+                              f"{self.strict_jpeg_check_frames}")
         if self.min_frames < 2:
             raise ConfigError(f"preprocess.read.min_frames must be >= 2 (cine loops only), got {self.min_frames}")
         if not 0 < self.doppler_min_fraction <= 1:
@@ -66,6 +72,8 @@ class SectorConfig:
     motion_threshold: float = 0.5  # temporal std (grey levels, 5x5 mean) above which pixels "move"
     min_sector_fraction: float = 0.05  # moving area below this fraction of the crop: `no_sector`
     mask_static_overlays: bool = True  # blank static pixels inside the sector (text, markers)
+    # blank overlay that changes from frame to frame (a frame counter): thin one-level strokes
+    mask_changing_overlays: bool = True
     overlay_max_std: float = 1.0  # "still" outright: temporal std at most this (grey levels)
     # "still" under codec noise: temporal std at most this, in a flat patch (2+ still neighbours
     # whose mean is within overlay_flat_delta): JPEG lifts constant text's std to 2-3.

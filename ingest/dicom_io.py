@@ -237,9 +237,10 @@ def identity(ds) -> ClipIdentity:
                         study_date=study_date)
 
 
-def clip_from_dataset(ds) -> DicomClip:
+def clip_from_dataset(ds, config: ReadConfig | None = None) -> DicomClip:
     """Decode the pixel data of a checked dataset to grey frames and a chroma map."""
-    frames, chroma, photometric = decode_grey(ds)
+    config = config or ReadConfig()
+    frames, chroma, photometric = decode_grey(ds, strict_jpeg_frames=config.strict_jpeg_check_frames)
     return DicomClip(
         frames_THW=frames,
         chroma_HW=chroma,
@@ -278,21 +279,25 @@ def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[
         ident = identity(ds)
     except RejectedInput:
         ident = None
-    return clip_from_dataset(ds), ident
+    return clip_from_dataset(ds, config), ident
 
 
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def decode_grey(ds) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Pixel data to ``(uint8[T, H, W] luma, chroma map or None, decoded photometric)``."""
+def decode_grey(ds, strict_jpeg_frames: int = _CHROMA_FRAMES
+                ) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Pixel data to ``(uint8[T, H, W] luma, chroma map or None, decoded photometric)``.
+
+    ``strict_jpeg_frames``: see `decode_jpeg_luma`.
+    """
     from pydicom.pixels import get_decoder
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if tsyntax is None:
         raise RejectedInput("decode_failed", "no Transfer Syntax UID in the file meta")
     if tsyntax in _JPEG_LUMA_SYNTAXES:
-        fast = decode_jpeg_luma(ds)
+        fast = decode_jpeg_luma(ds, strict_frames=strict_jpeg_frames)
         if fast is not None:
             return fast
     try:
@@ -351,7 +356,8 @@ _JPEG_LUMA_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 _CHROMA_SCALE = 4  # the chroma map is decoded at 1/4 size (DCT scaling): Doppler is not subtle
 
 
-def decode_jpeg_luma(ds, strict_frames: int = 32) -> tuple[np.ndarray, np.ndarray | None, str] | None:
+def decode_jpeg_luma(ds, strict_frames: int = _CHROMA_FRAMES
+                     ) -> tuple[np.ndarray, np.ndarray | None, str] | None:
     """The fast path for 8-bit JPEG: ask libjpeg-turbo (through simplejpeg) for greyscale output.
 
     libjpeg then decodes the Y component only and skips chroma upsampling and colour conversion
@@ -367,7 +373,8 @@ def decode_jpeg_luma(ds, strict_frames: int = 32) -> tuple[np.ndarray, np.ndarra
     extraneous bytes) into errors, so a damaged frame makes the clip `decode_failed`; a frame
     with another warning (an unknown JFIF revision, a bogus ICC profile: not damage to the pixels)
     is decoded leniently by Pillow's libjpeg instead. Every frame's marker structure is checked too
-    (`_jpeg_frame_problem`), and ``strict_frames`` sampled frames are decoded once more by
+    (`_jpeg_frame_problem`), and ``strict_frames`` evenly spaced frames
+    (``preprocess.read.strict_jpeg_check_frames``; 32 by default) are decoded once more by
     pylibjpeg-libjpeg, a second, independent decoder that catches some damage turbo decodes
     without a warning (~13 ms a 600x800 frame, so only sampled frames; 0 turns it off).
     Strict turbo decoding costs nothing over the plain decode (~1 ms a frame).

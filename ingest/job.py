@@ -224,7 +224,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         return FileResult(source=source, status="rejected", reason="no_cmr_within_window",
                           detail=detail, study_hash=study_hash), None
     try:
-        clip = clip_from_dataset(ds)
+        clip = clip_from_dataset(ds, config.preprocess.read)
         del ds
         prepared = preprocess_clip(clip, config.preprocess)
         del clip

@@ -76,7 +76,7 @@ def preprocess_dicom(
     ds = load_dataset(path)
     check_cine(ds, config.read)
     uid = study_uid(ds)
-    clip = clip_from_dataset(ds)
+    clip = clip_from_dataset(ds, config.read)
     del ds
     return replace(preprocess_clip(clip, config), study_uid=uid)
 

@@ -36,8 +36,10 @@ is overlay when its temporal mean is at least ``overlay_min_level`` and it is *s
   cut misses.
 
 Dim text (grey ~40) is caught because the level floor is low (16): dark still pixels that are
-not text cost nothing to mask. What this cannot catch (text that changes every frame, such as a
-frame counter) the text detector (`ingest.text_detector`) looks for in the output frames.
+not text cost nothing to mask. Text that changes every frame (a frame counter, a clock) is not
+still; `changing_overlay_mask` finds it as thin strokes that come and go at one grey level
+(``mask_changing_overlays``). What neither catches the text detector (`ingest.text_detector`)
+looks for in the output frames.
 """
 
 from __future__ import annotations
@@ -132,9 +134,17 @@ def find_sector(
 
     mask = convex_hull_mask(labels == biggest)
     if config.mask_static_overlays:
+        sector_pixels = int(mask.sum())
         overlay = mask & overlay_mask(std_HW, mean_HW, config, lossy=lossy)
         if overlay.any():
-            mask &= ~overlay_boxes(overlay, int(mask.sum()))
+            mask &= ~overlay_boxes(overlay, sector_pixels)
+        if config.mask_changing_overlays:
+            # Grouped into words on their own, among what is left: a counter's boxes must not
+            # merge with still pixels (a marker, a still wall) into one large box.
+            changing = mask & changing_overlay_mask(crop[picks.astype(int)], config, lossy=lossy,
+                                                    inside_HW=mask)
+            if changing.any():
+                mask &= ~overlay_boxes(changing, sector_pixels)
     source = "region+pixels" if source == "region" else "pixels"
 
     rows = np.flatnonzero(mask.any(axis=1))
@@ -155,14 +165,16 @@ def overlay_boxes(overlay_HW: np.ndarray, sector_pixels: int) -> np.ndarray:
     horizontally join: letters of a word and words of a line), and each group that looks like
     text (it fills 40 % of its bounding box, or the box is at least twice as wide as high) and
     whose box is at most 30 % of the sector is blanked as that box; anything else (ragged or large
-    still tissue) is blanked as the dilated pixels themselves.
+    still tissue, with any word that joins it) is made solid (`solid_overlay`), so a word there
+    becomes a bar rather than black letters.
     """
     from scipy import ndimage
 
     grown = ndimage.binary_dilation(overlay_HW, structure=_STRUCT3, iterations=2)
     groups = ndimage.binary_dilation(grown, structure=np.ones((1, 9), dtype=bool)) | grown
     labels, _ = ndimage.label(groups, structure=_STRUCT3)
-    out = grown.copy()
+    out = np.zeros_like(grown)
+    rest = grown.copy()
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
@@ -172,7 +184,111 @@ def overlay_boxes(overlay_HW: np.ndarray, sector_pixels: int) -> np.ndarray:
         textlike = members.sum() >= 0.4 * area or width >= 2 * height
         if area <= 0.3 * sector_pixels and textlike:
             out[box] = True
-    return out
+            rest[box] &= labels[box] != i
+    return out | solid_overlay(rest)
+
+
+def solid_overlay(overlay_HW: np.ndarray) -> np.ndarray:
+    """Overlay pixels made solid: what `overlay_boxes` blanks where a word is part of a large
+    still area and cannot be boxed alone.
+
+    Blanking the glyph pixels alone leaves letter-shaped holes that read as well as the letters
+    did. Gaps along rows of up to 9 pixels and along columns of up to 7 are closed (the space
+    inside and between letters of screen text, not the width of a heart chamber), enclosed holes
+    of at most 400 pixels are filled, and what was added grows by one pixel (anti-aliased edges), so
+    a word becomes a solid bar.
+    """
+    from scipy import ndimage
+
+    if not overlay_HW.any():
+        return overlay_HW.copy()
+    # Pad so that closing does not erode at the border of the box.
+    pad = 9
+    padded = np.pad(overlay_HW, pad)
+    closed = ndimage.binary_closing(padded, structure=np.ones((1, 9), dtype=bool))
+    closed = ndimage.binary_closing(closed, structure=np.ones((7, 1), dtype=bool))
+    closed |= padded
+    holes = ndimage.binary_fill_holes(closed) & ~closed
+    labels, n = ndimage.label(holes)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        closed |= (sizes <= _SOLID_MAX_HOLE)[labels] & holes
+    # Grow what closing added by a pixel (the anti-aliased edges of the strokes around it), but
+    # not the still pixels themselves: a large ragged still area would lose a rim of tissue.
+    closed = padded | ndimage.binary_dilation(closed & ~padded, structure=_STRUCT3)
+    return closed[pad:-pad, pad:-pad]
+
+
+# Changing overlay (`changing_overlay_mask`): a stroke is brighter than both sides by this much
+# within this many pixels, in at least this share of the sampled frames (and 2 of them).
+_SOLID_MAX_HOLE = 400  # pixels: enclosed holes up to this size are filled (`solid_overlay`)
+_STROKE_CONTRAST = 32
+_STROKE_REACH = 2
+_STROKE_MIN_SHARE = 0.2
+_STROKE_MAX_SHARE = 0.9
+_STROKE_MIN_PIXELS = 4  # connected pixels (8-neighbours): single flecks of tissue are dropped
+
+
+def changing_overlay_mask(frames_THW: np.ndarray, config: SectorConfig, *, lossy: bool = False,
+                          inside_HW: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of overlay that changes from frame to frame (a frame counter, a clock, a moving
+    cursor or ECG sweep): thin strokes drawn at one grey level.
+
+    A pixel is a stroke pixel in a frame when it is at least ``overlay_min_level`` +
+    ``_STROKE_CONTRAST`` and, along some direction (row, column or a diagonal), there are pixels
+    at least ``_STROKE_CONTRAST`` darker on both sides within ``_STROKE_REACH`` pixels. It is
+    changing overlay when it is a stroke pixel in at least ``_STROKE_MIN_SHARE`` of the frames
+    (2 at least) but not in more than ``_STROKE_MAX_SHARE`` of them (it comes and goes) and, in those frames, always at the same level: the std of its level over them
+    is at most ``overlay_max_std`` (``overlay_codec_noise_std`` in a lossy clip). Glyphs are
+    drawn in one colour, so a digit that comes and goes returns at exactly its level; bright
+    tissue edges pass the stroke test too, but at a level that changes with the heart. Only pixels
+    of ``inside_HW`` (the sector) count as the darker sides, so the narrow tip of a fan between
+    its black edges is not a stroke. Groups of
+    fewer than ``_STROKE_MIN_PIXELS`` such pixels are dropped (flecks of tissue that pass by chance).
+    """
+    from scipy import ndimage
+
+    _, h, w = frames_THW.shape
+    r, contrast = _STROKE_REACH, _STROKE_CONTRAST
+    count = np.zeros((h, w), dtype=np.int32)
+    s1 = np.zeros((h, w), dtype=np.float64)
+    s2 = np.zeros((h, w), dtype=np.float64)
+    for frame in frames_THW:
+        v = frame.astype(np.int16)
+        sides = v if inside_HW is None else np.where(inside_HW, v, 255)
+        padded = np.pad(sides, r, mode="edge")
+        floor = v - contrast
+
+        def darker(dy: int, dx: int, padded=padded, floor=floor) -> np.ndarray:
+            out = np.zeros((h, w), dtype=bool)
+            for k in range(1, r + 1):
+                out |= padded[r + k * dy:r + k * dy + h, r + k * dx:r + k * dx + w] <= floor
+            return out
+
+        stroke = np.zeros((h, w), dtype=bool)
+        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            stroke |= darker(dy, dx) & darker(-dy, -dx)
+        stroke &= v >= config.overlay_min_level + contrast
+        count += stroke
+        values = np.where(stroke, v, 0).astype(np.float64)
+        s1 += values
+        s2 += values * values
+    n = np.maximum(count, 1)
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    limit = config.overlay_codec_noise_std if lossy else config.overlay_max_std
+    needed = max(2, int(np.ceil(_STROKE_MIN_SHARE * len(frames_THW))))
+    # A stroke in (nearly) every frame is still overlay's business, or bright tissue that never
+    # dims (a saturated near-field streak): changing overlay comes and goes.
+    comes_and_goes = count <= _STROKE_MAX_SHARE * len(frames_THW)
+    found = (count >= needed) & comes_and_goes & (std <= limit)
+    labels, n = ndimage.label(found, structure=_STRUCT3)
+    if n == 0:
+        return found
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return sizes[labels] >= _STROKE_MIN_PIXELS
 
 
 def overlay_mask(std_HW: np.ndarray, mean_HW: np.ndarray, config: SectorConfig, *,

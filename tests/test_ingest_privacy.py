@@ -53,36 +53,85 @@ def _mid_sector_text(frames: np.ndarray) -> np.ndarray:
 
 def _mid_sector_text_and_mask(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frames with the three PLANTED lines mid-image, and where their glyphs are."""
+    out, words = _mid_sector_text_and_words(frames)
+    return out, np.logical_or.reduce(words)
+
+
+def _mid_sector_text_and_words(frames: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frames with the three PLANTED lines mid-image, and each line's glyph mask."""
     h, w = frames.shape[1:3]
     rows = [(text, level, (w // 4, h // 4 + i * h // 6))
             for i, (text, level) in enumerate(zip(PLANTED, LEVELS, strict=True))]
     out, masks = _plant(frames, rows, max(10, h // 9))
-    return out, np.logical_or.reduce(list(masks.values()))
+    return out, list(masks.values())
+
+
+def _kept_mask(path) -> tuple[np.ndarray, np.ndarray]:
+    """The source frames and what preprocessing keeps of them (the sector mask, frame-sized)."""
+    clip, _ = read_dicom(path)
+    coloured = None if clip.chroma_HW is None else clip.chroma_HW > 40
+    sector = find_sector(clip.frames_THW, clip.regions, exclude_HW=coloured, lossy=clip.lossy)
+    kept = np.zeros(clip.frames_THW.shape[1:], dtype=bool)
+    y0, y1, x0, x1 = sector.box
+    kept[y0:y1, x0:x1] = sector.mask_HW
+    return clip.frames_THW, kept
 
 
 def _kept_glyphs(path, glyphs_HW: np.ndarray) -> float:
     """Share of the planted glyph pixels that preprocessing keeps (inside the sector mask)."""
+    kept = _kept_mask(path)[1]
+    return float((kept & glyphs_HW).sum() / glyphs_HW.sum())
+
+
+def _in_output(path, source_HW: np.ndarray, size: int) -> np.ndarray:
+    """A source-frame mask carried to the output frame (crop to the sector box, centred square,
+    resize), grown by 2 output pixels."""
+    from PIL import Image
+    from scipy import ndimage
+
     clip, _ = read_dicom(path)
     coloured = None if clip.chroma_HW is None else clip.chroma_HW > 40
-    sector = find_sector(clip.frames_THW, clip.regions, exclude_HW=coloured, lossy=clip.lossy)
-    kept = np.zeros(glyphs_HW.shape, dtype=bool)
-    y0, y1, x0, x1 = sector.box
-    kept[y0:y1, x0:x1] = sector.mask_HW
-    return float((kept & glyphs_HW).sum() / glyphs_HW.sum())
+    y0, y1, x0, x1 = find_sector(clip.frames_THW, clip.regions, exclude_HW=coloured,
+                                 lossy=clip.lossy).box
+    crop = source_HW[y0:y1, x0:x1]
+    side = max(crop.shape)
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    square[top:top + crop.shape[0], left:left + crop.shape[1]] = crop * 255
+    out = np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.BILINEAR)) > 0
+    return ndimage.binary_dilation(out, iterations=2)
+
+
+def _letter_contrast(shown_THW: np.ndarray, word_HW: np.ndarray) -> float:
+    """How far a blanked word's letter shapes stand out: inside the word's bounding box, the
+    mean kept pixel on its glyph strokes against the mean on the pixels 3-4 pixels from a stroke
+    (between and inside letters, beyond the blanking's margin; 1-2 pixels for small text). Blanking the glyphs alone leaves
+    black letters on tissue (a large difference); a solid bar or box leaves none."""
+    from scipy import ndimage
+
+    ys, xs = np.nonzero(word_HW)
+    in_box = np.zeros_like(word_HW)
+    in_box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    ring = (ndimage.binary_dilation(word_HW, iterations=4)
+            & ~ndimage.binary_dilation(word_HW, iterations=2) & in_box)
+    if ring.sum() < 10:  # small text, letters packed tight: the 2 pixels next to the strokes
+        ring = ndimage.binary_dilation(word_HW, iterations=2) & ~word_HW & in_box
+    assert ring.sum() >= 10  # enough pixels for the mean to mean something
+    return abs(float(shown_THW[:, word_HW].mean()) - float(shown_THW[:, ring].mean()))
 
 
 def _ybr_with_text(path) -> np.ndarray:
     """pydicom's real JPEG-baseline YBR clip, names planted mid-image, written as JPEG again;
-    returns where the glyphs are."""
+    returns each planted line's glyph mask."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
     rgb = ds.pixel_array  # RGB
-    planted, glyphs = _mid_sector_text_and_mask(rgb)
+    planted, words = _mid_sector_text_and_words(rgb)
     write_us_dicom(path, planted, photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
                    ident=Identity(patient_id="P5"))
-    return glyphs
+    return words
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +143,13 @@ def planted(tmp_path_factory):
     moving = small_clip(24, 96, 128, seed=3).frames  # header-band text "ID 4711 DOE J" too
     frozen = np.repeat(moving[:1], 24, axis=0)
     counter = moving.copy()
+    counter_glyphs = np.zeros(moving.shape[1:], dtype=bool)
     for t in range(len(counter)):  # a per-frame counter mid-sector
-        counter[t] = _plant(counter[t:t + 1], [(f"{t + 10:02d}", 230, (56, 40))], 12)[0][0]
-    glyphs = _mid_sector_text_and_mask(moving)[1]
+        planted_t, masks_t = _plant(counter[t:t + 1], [(f"{t + 10:02d}", 230, (56, 40))], 12)
+        counter[t] = planted_t[0]
+        counter_glyphs |= masks_t[230]
+    words = _mid_sector_text_and_words(moving)[1]
+    glyphs = np.logical_or.reduce(words)
     files = {
         "moving_native.dcm": ("native", _mid_sector_text(moving)),
         "moving_jpeg.dcm": ("jpeg", _mid_sector_text(moving)),
@@ -111,9 +164,11 @@ def planted(tmp_path_factory):
                            syntax=JPEGBaseline8Bit, ident=ident)
         else:
             write_us_dicom(dicom / name, frames, ident=ident)
-    ybr_glyphs = _ybr_with_text(dicom / "ybr_real.dcm")
+    ybr_words = _ybr_with_text(dicom / "ybr_real.dcm")
+    ybr_glyphs = np.logical_or.reduce(ybr_words)
+    word_masks = {"moving_native.dcm": words, "moving_jpeg.dcm": words, "ybr_real.dcm": ybr_words}
     glyph_masks = {"moving_native.dcm": glyphs, "moving_jpeg.dcm": glyphs,
-                   "ybr_real.dcm": ybr_glyphs}
+                   "ybr_real.dcm": ybr_glyphs, "counter_jpeg.dcm": counter_glyphs}
     labels = root / "cmr.csv"
     pd.DataFrame({"patient_id": [f"P{i}" for i in range(6)], "cmr_date": ["2023-05-08"] * 6,
                   "wma": [0] * 6}).to_csv(labels, index=False)
@@ -130,7 +185,7 @@ def planted(tmp_path_factory):
                 if member.name.endswith(".webm"):
                     clips[member.name[:-5]] = decode_webm(tar.extractfile(member).read())[0]
     return {"dicom": dicom, "report": report, "clips": clips, "stdout": run.stdout,
-            "glyphs": glyph_masks}
+            "glyphs": glyph_masks, "words": word_masks}
 
 
 def test_frozen_clips_are_rejected_not_kept_uncropped(planted):
@@ -154,14 +209,34 @@ def test_no_planted_text_survives_legibly(planted):
         assert _kept_glyphs(planted["dicom"] / source, planted["glyphs"][source]) <= 0.01, source
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap (docs/ingest.md, limits): a per-frame counter never stands still, so overlay "
-    "masking misses it, and the detector's 3 sampled frames can miss the frames where OCR reads "
-    "its digits; a 6-frame check of the shipped clip reads one. Strict: fixing it fails this "
-    "marker, so remove it then."))
+def test_blanked_words_leave_no_letter_shapes(planted):
+    """Blanking is not enough when the blanks are letter-shaped: where a word's still pixels join
+    a large still area (pydicom's YBR clip), it must become a solid bar, not black letters."""
+    report = planted["report"]
+    detector = TextDetectorConfig(frames=6)
+    for source, words in planted["words"].items():
+        frames, kept = _kept_mask(planted["dicom"] / source)
+        shown = frames * kept
+        for text, word in zip(PLANTED, words, strict=True):
+            assert _letter_contrast(shown, word) <= 4.0, (source, text)
+        output = planted["clips"][report.loc[source, "key"]]
+        assert find_text(output, detector).boxes == 0, source
+        # Dark letters on a light ground: nothing is read where the words were. (Inverted
+        # speckle elsewhere can give a chance read such as a "4" in tissue, which is not text.)
+        where = _in_output(planted["dicom"] / source, np.logical_or.reduce(words), output.shape[1])
+        inverted = find_text(255 - output, detector)
+        assert not (inverted.mask_HW & where).any(), source
+
+
 def test_a_per_frame_counter_does_not_survive(planted):
+    """A frame number mid-sector changes every frame, so still-overlay masking cannot see it;
+    changing-overlay masking (`ingest.sector.changing_overlay_mask`) must blank it."""
     key = planted["report"].loc["counter_jpeg.dcm", "key"]
-    assert find_text(planted["clips"][key], TextDetectorConfig(frames=6)).boxes == 0
+    frames = planted["clips"][key]
+    every = TextDetectorConfig(frames=len(frames))  # every shipped frame, not a sample
+    assert find_text(frames, every).boxes == 0
+    dicom = planted["dicom"] / "counter_jpeg.dcm"
+    assert _kept_glyphs(dicom, planted["glyphs"]["counter_jpeg.dcm"]) <= 0.01
 
 
 def test_header_band_text_never_ships(planted):
@@ -328,29 +403,64 @@ def test_an_unreadable_directory_gets_a_row(tmp_path, monkeypatch):
     assert [(r.source, r.reason) for r in scan.skipped] == [("locked", "unreadable_directory")]
 
 
-def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp_path):
-    """A run of zeroed bytes in one frame's entropy-coded data: libjpeg (through Pillow) decodes
-    it to garbage without an error, which could read as colour Doppler or be shipped."""
+def _damaged_jpeg(path, frames: np.ndarray, k: int, ident: Identity, *,
+                  turbo_blind: bool = False) -> None:
+    """A JPEG-baseline file whose frame ``k`` has a run of zeroed bytes in its entropy-coded
+    data: libjpeg (through Pillow) decodes it to garbage without an error. ``turbo_blind``: a
+    damage libjpeg-turbo's strict mode decodes without a warning and pylibjpeg-libjpeg refuses
+    (found by trying runs in a fixed order; about 1 in 14 random runs is such a damage)."""
     import pydicom
     from pydicom.encaps import encapsulate, generate_frames
 
+    write_us_dicom(path, grey_to_rgb(frames), photometric="YBR_FULL_422",
+                   syntax=JPEGBaseline8Bit, ident=ident)
+    ds = pydicom.dcmread(path)
+    codestreams = [bytearray(f) for f in generate_frames(ds.PixelData,
+                                                          number_of_frames=len(frames))]
+    sos = codestreams[k].find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(codestreams[k][sos + 2:sos + 4], "big")
+    if turbo_blind:
+        codestreams[k] = _turbo_blind_damage(bytes(codestreams[k]), start)
+    else:
+        mid = (start + len(codestreams[k]) - 2) // 2
+        codestreams[k][mid - 40:mid + 40] = bytes(80)
+    ds.PixelData = encapsulate([bytes(f) for f in codestreams])
+    ds.save_as(path)
+
+
+def _turbo_blind_damage(codestream: bytes, start: int) -> bytearray:
+    import libjpeg
+    import simplejpeg
+
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        damaged = bytearray(codestream)
+        length = int(rng.choice([4, 16, 80]))
+        at = int(rng.integers(start, len(damaged) - 2 - length))
+        damaged[at:at + length] = rng.integers(0, 255, length, dtype=np.uint8).tobytes() \
+            .replace(b"\xff", b"\x00")
+        try:
+            simplejpeg.decode_jpeg(bytes(damaged), colorspace="GRAY", strict=True)
+        except ValueError:
+            continue
+        try:
+            libjpeg.decode(bytes(damaged))
+        except Exception:
+            if damaged != bytearray(codestream):
+                return damaged
+    raise AssertionError("no damage found that only pylibjpeg-libjpeg sees")
+
+
+def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp_path):
+    """A run of zeroed bytes in one frame's entropy-coded data: libjpeg (through Pillow) decodes
+    it to garbage without an error, which could read as colour Doppler or be shipped."""
     from _ingest_fixtures import add_colour_doppler
 
     dicom = tmp_path / "dicom"
     dicom.mkdir()
     frames = small_clip(24, 96, 128, seed=3).frames
-    bad = dicom / "corrupt.dcm"
-    write_us_dicom(bad, grey_to_rgb(frames), photometric="YBR_FULL_422",
-                   syntax=JPEGBaseline8Bit, ident=Identity(patient_id="P0"))
-    ds = pydicom.dcmread(bad)
-    codestreams = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=24)]
     k = 10  # a run libjpeg detects: not every damaged run is (baseline JPEG has no checksum)
-    sos = codestreams[k].find(b"\xff\xda")
-    start = sos + 2 + int.from_bytes(codestreams[k][sos + 2:sos + 4], "big")
-    mid = (start + len(codestreams[k]) - 2) // 2
-    codestreams[k][mid - 40:mid + 40] = bytes(80)
-    ds.PixelData = encapsulate([bytes(f) for f in codestreams])
-    ds.save_as(bad)
+    _damaged_jpeg(dicom / "corrupt.dcm", frames, k, Identity(patient_id="P0"))
     write_us_dicom(dicom / "doppler.dcm",
                    add_colour_doppler(grey_to_rgb(frames), (40, 70, 50, 80)),
                    photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
@@ -370,3 +480,40 @@ def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp
     assert reasons == {"corrupt.dcm": "decode_failed", "doppler.dcm": "colour_doppler",
                        "good.dcm": None}
     assert f"frame {k}" in report.loc["corrupt.dcm", "detail"]
+
+
+def test_the_strict_jpeg_check_can_be_switched_off(tmp_path):
+    """``preprocess.read.strict_jpeg_check_frames``: every frame is decoded strictly by
+    libjpeg-turbo whatever the setting; the second decoder (pylibjpeg-libjpeg) on sampled frames
+    catches a damage turbo decodes without a warning. 0 skips it: nothing else sees that damage
+    (the marker structure is sound), and the clip is prepared from the garbage frame."""
+    from echocmr.ingest.config import ReadConfig
+    from echocmr.ingest.dicom_io import RejectedInput
+    from echocmr.ingest.preprocess import preprocess_dicom
+
+    frames = small_clip(24, 96, 128, seed=3).frames
+    off = PreprocessConfig(read=ReadConfig(strict_jpeg_check_frames=0))
+    seen = tmp_path / "seen.dcm"  # zeroed bytes: turbo's strict mode sees it in any frame
+    _damaged_jpeg(seen, frames, 10, Identity(patient_id="P0"))
+    with pytest.raises(RejectedInput, match="frame 10: corrupt codestream .Corrupt JPEG data"):
+        preprocess_dicom(seen, off)
+
+    path = tmp_path / "corrupt.dcm"
+    _damaged_jpeg(path, frames, 10, Identity(patient_id="P0"), turbo_blind=True)
+    with pytest.raises(RejectedInput) as caught:
+        preprocess_dicom(path, PreprocessConfig())
+    assert caught.value.reason == "decode_failed" and "frame 10" in caught.value.detail
+    with pytest.raises(RejectedInput):  # every frame
+        preprocess_dicom(path, PreprocessConfig(read=ReadConfig(strict_jpeg_check_frames=24)))
+    preprocess_dicom(path, PreprocessConfig(read=ReadConfig(strict_jpeg_check_frames=3)))  # 0, 12, 23
+    clip = preprocess_dicom(path, off)  # shipped: nothing else notices
+    assert clip.n_frames == 24
+    clean = tmp_path / "clean.dcm"
+    write_us_dicom(clean, grey_to_rgb(frames), photometric="YBR_FULL_422",
+                   syntax=JPEGBaseline8Bit, ident=Identity(patient_id="P0"))
+    damaged = read_dicom(path, off.read)[0].frames_THW
+    good = read_dicom(clean, off.read)[0].frames_THW
+    assert np.abs(damaged[10].astype(int) - good[10]).max() > 50  # frame 10 decoded as garbage
+    assert np.array_equal(np.delete(damaged, 10, axis=0), np.delete(good, 10, axis=0))
+    with pytest.raises(ValueError, match="strict_jpeg_check_frames"):
+        ReadConfig(strict_jpeg_check_frames=-1)
