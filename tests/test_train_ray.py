@@ -163,22 +163,62 @@ def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, loc
     monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
         {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1)))
+    config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1,
+                                                 checkpoint_every_steps=2)))
     rc = echocmr_cli.main(["train", "--shards", shards, "--config", str(config), "--workers", "2",
                            "--tracking-uri", mlflow_server, "--register", "echo_cmr",
                            "--run-name", "two-workers", "--storage", str(tmp_path / "runs")])
     assert rc == 0
     (outcome,) = outcomes
 
-    # rank 1 died in epoch 1 (step 5 of 3-step epochs); the group restarted from epoch 0's
-    # checkpoint and finished epoch 1
+    # rank 1 died in epoch 1 (step 5 of 3-step epochs); the group restarted from the step
+    # checkpoint of step 4 (epoch 1, after its first batch) and finished epoch 1
     assert marker.exists()
     assert outcome.last_metrics["epoch"] == 1 and outcome.last_metrics["resumed_at_epoch"] == 1
+    assert outcome.last_metrics["resumed_at_step"] == 4 and outcome.last_metrics["train_steps"] == 3
     assert (outcome.registration.version, outcome.registration.alias) == ("1", "champion")
     check_mlflow_run(mlflow_server, outcome, shards, epochs=2, workers=2, model_name="echo_cmr")
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     stored = [f for _, _, files in os.walk(mlflow_server.artifacts) for f in files]
     assert "MLmodel" in stored  # the model went to the server's artifact store
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_weights(
+        local_ray, shards, tmp_path, monkeypatch):
+    """One worker, killed at step 7 (epoch 1, batch 2 of 5): Ray restarts it from the step-6
+    checkpoint, and the run ends with the weights of an uninterrupted run (in-process Engine)."""
+    from echocmr.shards.reader import read_stats
+    from echocmr.train.checkpoint import read_checkpoint
+    from echocmr.train.engine import Engine
+
+    settings = tiny_config(epochs=2, max_steps_per_epoch=5, checkpoint_every_steps=3,
+                           max_failures=1, keep_checkpoints=None)
+    marker = tmp_path / "rank0-killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 0, "step": 7, "marker": str(marker), "delay_s": 2.0}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outcome = run_training(TrainConfig.from_dict(
+        {**settings, "run_name": "killed", "storage": str(tmp_path / "runs")}), shards,
+        tracking_uri=uri)
+    assert marker.exists()
+    assert outcome.last_metrics["resumed_at_epoch"] == 1
+    assert outcome.last_metrics["resumed_at_step"] == 6  # not 5: the epoch 0 checkpoint
+    run_dir = tmp_path / "runs" / "killed"
+    assert sorted(p.name for p in run_dir.glob("step_*")) == [
+        "step_00000003", "step_00000006", "step_00000009"]  # 9: written again after the restart
+    last = read_checkpoint(str(run_dir / "epoch_0001"))
+
+    monkeypatch.delenv(TEST_FAULT_ENV)
+    straight = Engine(TrainConfig.from_dict(settings), shards, stats=read_stats(shards))
+    epochs = [straight.train_epoch() for _ in range(2)]
+    assert last["global_step"] == straight.global_step == 10
+    for (name, a), b in zip(straight.model.state_dict().items(), last["model"].values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    # the resumed epoch's logged loss covers the whole epoch, as the uninterrupted one's does
+    history = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [e.loss for e in epochs]
 
 
 @pytest.mark.slow
