@@ -17,11 +17,6 @@ stopped (resume from the latest checkpoint into the same MLflow run).
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import pandas as pd
@@ -59,58 +54,6 @@ def local_ray():
         os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
     else:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = saved
-
-
-class ServerURL(str):
-    """The server's URL (a str) that knows its artifact store and waits until it answers."""
-
-    def __new__(cls, url: str, *, artifacts: str, proc: subprocess.Popen, log: str):
-        obj = super().__new__(cls, url)
-        obj.artifacts, obj.proc, obj.log = artifacts, proc, log
-        return obj
-
-    def wait(self, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {open(self.log).read()}")
-            try:
-                with urllib.request.urlopen(f"{self}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server did not answer /health within {timeout} s")
-            time.sleep(0.5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on loopback, sqlite backend, artifacts under tmp. Yields at once (the
-    server starts while Ray does); call ``.wait()`` before use."""
-    tmp_path = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-             "--artifacts-destination", str(tmp_path / "server-artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield ServerURL(f"http://127.0.0.1:{port}", artifacts=str(tmp_path / "server-artifacts"),
-                        proc=proc, log=str(log_path))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
