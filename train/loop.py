@@ -14,9 +14,16 @@ through fsspec, and every worker stages the train and val splits onto its node's
 makes one worker per node download while the others wait, and a restart finds the copy in place.
 
 Failures: ``FailureConfig(max_failures)`` restarts the whole worker group from the last reported
-checkpoint when a worker dies. A driver crash: run the same command with the same run name and
-storage again; Ray Train restores the run's latest checkpoint and the MLflow run (found by its
-``echocmr.run_key`` tag) continues.
+checkpoint when a worker dies: an epoch's, or with ``checkpoint_every_steps`` a step checkpoint
+inside the epoch (``step_NNNNNNNN``, no val score, never the best), from which `Engine` replays the
+epoch's reader to the saved batch and goes on exactly. A driver crash: run the same command with
+the same run name and storage again; Ray Train restores the run's latest checkpoint and the MLflow
+run (found by its ``echocmr.run_key`` tag) continues. A rerun with another ``--workers`` goes on
+from an epoch checkpoint (`train.engine.world_change_note` says what the epochs then see) and is
+refused from a step checkpoint (`_check_resume`, from the checkpoint's ``resume.json``).
+
+Before any of that, on a cluster of several nodes, `train.preflight` refuses a local sqlite
+tracking URI and a local ``--storage`` that another node cannot see.
 """
 
 from __future__ import annotations
