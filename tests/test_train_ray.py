@@ -192,3 +192,69 @@ def test_rerun_after_driver_stop_resumes_the_same_run(local_ray, shards, tmp_pat
     assert second.last_metrics["resumed_at_epoch"] == 1 and second.last_metrics["epoch"] == 1
     steps = [m.step for m in MlflowClient(uri).get_metric_history(first.run_id, "train_loss")]
     assert steps == [0, 1]
+
+
+@pytest.mark.slow
+def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
+        local_ray, shards, tmp_path, monkeypatch):
+    """DDP on gloo: rank 1 killed at step 5 (epoch 1, batch 2 of 3); the group restarts from the
+    step-4 checkpoint, which holds both ranks' part of the epoch; the final weights and the
+    logged train losses equal those of the same run without the crash."""
+    from echocmr.train.checkpoint import read_checkpoint
+
+    settings = tiny_config(workers=2, epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=2,
+                           max_failures=1)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def run(name):
+        outcome = run_training(TrainConfig.from_dict(
+            {**settings, "run_name": name, "storage": str(tmp_path / "runs")}), shards,
+            tracking_uri=uri)
+        losses = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+        return (outcome, read_checkpoint(str(tmp_path / "runs" / name / "epoch_0001")),
+                [m.value for m in sorted(losses, key=lambda m: m.step)])
+
+    straight, straight_last, straight_losses = run("straight")
+    assert straight.last_metrics["resumed_at_step"] == -1
+    marker = tmp_path / "rank1-killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
+    crashed, crashed_last, crashed_losses = run("crashed")
+    assert marker.exists() and crashed.last_metrics["resumed_at_step"] == 4
+    assert crashed_losses == straight_losses
+    for (name, a), b in zip(straight_last["model"].items(), crashed_last["model"].values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_rerun_with_another_worker_count(local_ray, shards, tmp_path, monkeypatch):
+    """A step checkpoint of 1 worker is refused for 2 before anything starts; the same run with
+    1 worker finishes the epoch; from that epoch checkpoint 2 workers go on, and say so."""
+    from ray.train import TrainingFailedError
+
+    from echocmr.train.preflight import PreflightError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = dict(max_steps_per_epoch=4, checkpoint_every_steps=2, run_name="grow",
+                  storage=str(tmp_path / "runs"))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 0, "step": 3, "marker": str(marker), "delay_s": 2.0}))
+    with pytest.raises(TrainingFailedError):  # no restarts allowed: the run stops mid-epoch 0
+        run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=1, max_failures=0,
+                                                       **common)), shards, tracking_uri=uri)
+    monkeypatch.delenv(TEST_FAULT_ENV)
+    with pytest.raises(PreflightError, match=r"mid-epoch \(epoch 0, after batch 2\) of a "
+                                             r"1-worker run.*--workers 1"):
+        run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=2, **common)), shards,
+                     tracking_uri=uri)
+    first = run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=1, **common)),
+                         shards, tracking_uri=uri)
+    assert first.last_metrics["resumed_at_step"] == 2
+    grown = run_training(TrainConfig.from_dict(tiny_config(epochs=2, workers=2, **common)),
+                         shards, tracking_uri=uri)
+    assert grown.run_id == first.run_id
+    assert grown.last_metrics["resumed_at_epoch"] == 1 and grown.last_metrics["epoch"] == 1
+    note = MlflowClient(uri).get_run(grown.run_id).data.tags["echocmr.resume_note"]
+    assert note.startswith("resumed at epoch 1 with 2 workers; the checkpoint was written by 1")

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -42,6 +43,9 @@ from echocmr.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 SCORE = "val_score"  # the checkpoint score: val mean AUC (or -val_loss without AUCs)
+# A step checkpoint's score: below any val score. Finite: Ray Train's snapshot of its checkpoints
+# stores -inf as null, and a restarted controller then fails to rank it (measured, Ray 2.60).
+STEP_SCORE = -sys.float_info.max
 RESUME_FILE = "resume.json"  # beside checkpoint.pt: position, worker count, step (small)
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
 
@@ -152,7 +156,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             return
         # No val score: Ray ranks it below every epoch checkpoint; `_finish` never picks it.
         metrics = {"epoch": engine.position.epoch, "batch": engine.position.batch,
-                   "global_step": engine.global_step, "mid_epoch": 1, SCORE: -math.inf,
+                   "global_step": engine.global_step, "mid_epoch": 1, SCORE: STEP_SCORE,
                    "resumed_at_epoch": resumed_at, "resumed_at_step": resumed_step}
         report(checkpoint_state(engine.position.epoch - 1, metrics), metrics,
                f"step_{engine.global_step:08d}")
