@@ -3,15 +3,21 @@
 Default run (one Ray training run, to keep the suite quick on 2 cores): a real ``mlflow server``
 on loopback (sqlite backend and artifacts in tmp); ``echocmr train`` (the CLI) with two CPU
 workers trains into it; rank 1 exits hard mid-epoch 1 (the engine's test-only hook, set through
-``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the epoch-0 checkpoint and the run
+``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the last checkpoint and the run
 finishes. MLflow then holds the run, per-task
 val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
 ``mlflow.pyfunc.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
 checkpoint's outputs; the version's description is the model card and the run records the shard
 set as its training dataset.
 
-Slow: the embedded ``sqlite:///mlflow.db`` default, and re-running a run name after the driver
-stopped (resume from the latest checkpoint into the same MLflow run).
+With step checkpoints every 2 steps it restarts from the step-4 checkpoint, not epoch 0's. A
+second default test kills the only worker mid-epoch and checks that the run restarts from its
+last step checkpoint and ends with the weights and logged losses of an uninterrupted in-process
+`Engine` run.
+
+Slow: the embedded ``sqlite:///mlflow.db`` default, re-running a run name after the driver
+stopped (resume from the latest checkpoint into the same MLflow run), two workers killed
+mid-epoch against an uninterrupted two-worker run, and a rerun with another worker count.
 """
 
 import hashlib
