@@ -120,7 +120,9 @@ def run_local(args) -> int:
         return 1
     print(f"Ray address:  {state.address}")
     print(f"Jobs API:     {state.dashboard_url}")
-    print(f"submit with:  echocmr cluster submit -- echocmr train --shards DIR --workers {len(state.nodes)}")
+    print(f"submit with:  echocmr cluster submit -- echocmr train --shards DIR --workers {len(state.nodes)}"
+          + (" --tracking-uri http://HOST:5000 (several nodes: an MLflow server, not sqlite)"
+             if len(state.nodes) > 1 else ""))
     print(f"or connect:   RAY_ADDRESS={state.address} (ray.init / echocmr train --address)")
     print("stop with:    echocmr cluster stop")
     return 0

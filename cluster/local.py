@@ -6,7 +6,8 @@ Jobs API) should be provable on a laptop or a CI runner before anyone books a GP
 with real ``ray start`` processes that outlive the command, like a real cluster:
 
     echocmr cluster local --nodes 2 --cpus-per-node 1    # prints the address
-    echocmr cluster submit -- echocmr train --shards demo_out/shards --workers 2
+    echocmr cluster submit -- echocmr train --shards demo_out/shards --workers 2 \
+        --tracking-uri http://127.0.0.1:5000    # several nodes: an `mlflow server`, not sqlite
     echocmr cluster stop
 
 Every node gets ``--num-cpus C``, its own custom resource ``node_<i>`` (so work can be pinned to a

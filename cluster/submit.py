@@ -1,6 +1,7 @@
 """Submit a command to any Ray cluster through the Ray Jobs API and follow it to the end.
 
-    echocmr cluster submit -- echocmr train --shards /data/shards --workers 4 --gpu
+    echocmr cluster submit -- echocmr train --shards /data/shards --workers 4 --gpu \
+        --tracking-uri http://mlflow:5000 --storage s3://bucket/runs
     echocmr cluster submit --address http://head:8265 --env MLFLOW_TRACKING_URI=... -- CMD ...
 
 The command runs as the job's driver on the head node, with the head's installation (the image on

@@ -137,3 +137,17 @@ def fresh_venv(echocmr_wheel, tmp_path_factory):
     uvicorn.write_text(f"#!{python}\nimport sys\nfrom uvicorn.main import main\nsys.exit(main())\n")
     uvicorn.chmod(0o755)
     return python
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on loopback (`_mlflow_fixtures.start_mlflow_server`), one per
+    module. Yields at once; call ``.wait()`` before use."""
+    from _mlflow_fixtures import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)

@@ -106,7 +106,7 @@ def test_local_rejects_bad_sizes(cluster_env):
 
 
 @pytest.mark.slow
-def test_submit_echocmr_train_to_a_local_two_node_cluster(cluster_env, tmp_path):
+def test_submit_echocmr_train_to_a_local_two_node_cluster(cluster_env, mlflow_server, tmp_path):
     """The documented path: `cluster local`, then `cluster submit -- echocmr train ...` (~2 min)."""
     import yaml
 
@@ -121,7 +121,7 @@ def test_submit_echocmr_train_to_a_local_two_node_cluster(cluster_env, tmp_path)
             "cluster", "submit", "--", "echocmr", "train", "--shards", shards,
             "--workers", "2", "--config", "tiny.yaml", "--storage", "runs",
             "--run-name", "submitted", "--register", "tiny",
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--tracking-uri", mlflow_server.wait(),  # two nodes: a server, never an sqlite file
             env=cluster_env, timeout=900,
         )  # fmt: skip
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]

@@ -10,7 +10,8 @@ would to any cluster. One run shows both multi-node facts:
    (``FailureConfig(max_failures)``) restarts it once a replacement node joins, as KubeRay or the
    autoscaler would provide, and the run finishes from the last checkpoint, not from scratch.
 
-The run uses the train package's tiny config and shards (plumbing, not learning). ~60-80 s.
+The run uses the train package's tiny config and shards (plumbing, not learning) and logs to a
+real ``mlflow server`` on loopback: a local sqlite file is refused on several nodes. ~60-80 s.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def _wait_for(predicate, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def test_two_node_training_survives_losing_a_node(two_nodes, tmp_path):
+def test_two_node_training_survives_losing_a_node(two_nodes, mlflow_server, tmp_path):
     import ray
 
     from echocmr.train.config import TrainConfig
@@ -103,7 +104,8 @@ def test_two_node_training_survives_losing_a_node(two_nodes, tmp_path):
         tiny_config(epochs=EPOCHS, workers=2, cpus_per_worker=1, max_failures=2,
                     run_name="multinode", storage=str(tmp_path / "runs"))
     )
-    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Several nodes: a tracking server, not an sqlite file (which `train.preflight` refuses).
+    tracking = mlflow_server.wait()
     box: dict = {}
 
     def train() -> None:

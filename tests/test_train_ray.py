@@ -3,25 +3,26 @@
 Default run (one Ray training run, to keep the suite quick on 2 cores): a real ``mlflow server``
 on loopback (sqlite backend and artifacts in tmp); ``echocmr train`` (the CLI) with two CPU
 workers trains into it; rank 1 exits hard mid-epoch 1 (the engine's test-only hook, set through
-``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the epoch-0 checkpoint and the run
+``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the last checkpoint and the run
 finishes. MLflow then holds the run, per-task
 val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
 ``mlflow.pyfunc.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
 checkpoint's outputs; the version's description is the model card and the run records the shard
 set as its training dataset.
 
-Slow: the embedded ``sqlite:///mlflow.db`` default, and re-running a run name after the driver
-stopped (resume from the latest checkpoint into the same MLflow run).
+With step checkpoints every 2 steps it restarts from the step-4 checkpoint, not epoch 0's. A
+second default test kills the only worker mid-epoch and checks that the run restarts from its
+last step checkpoint and ends with the weights and logged losses of an uninterrupted in-process
+`Engine` run.
+
+Slow: the embedded ``sqlite:///mlflow.db`` default, re-running a run name after the driver
+stopped (resume from the latest checkpoint into the same MLflow run), two workers killed
+mid-epoch against an uninterrupted two-worker run, and a rerun with another worker count.
 """
 
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import pandas as pd
@@ -59,58 +60,6 @@ def local_ray():
         os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
     else:
         os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = saved
-
-
-class ServerURL(str):
-    """The server's URL (a str) that knows its artifact store and waits until it answers."""
-
-    def __new__(cls, url: str, *, artifacts: str, proc: subprocess.Popen, log: str):
-        obj = super().__new__(cls, url)
-        obj.artifacts, obj.proc, obj.log = artifacts, proc, log
-        return obj
-
-    def wait(self, timeout: float = 180) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {open(self.log).read()}")
-            try:
-                with urllib.request.urlopen(f"{self}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server did not answer /health within {timeout} s")
-            time.sleep(0.5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on loopback, sqlite backend, artifacts under tmp. Yields at once (the
-    server starts while Ray does); call ``.wait()`` before use."""
-    tmp_path = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [mlflow_bin, "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-             "--artifacts-destination", str(tmp_path / "server-artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield ServerURL(f"http://127.0.0.1:{port}", artifacts=str(tmp_path / "server-artifacts"),
-                        proc=proc, log=str(log_path))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
@@ -163,22 +112,62 @@ def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, loc
     monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
         {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1)))
+    config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1,
+                                                 checkpoint_every_steps=2)))
     rc = echocmr_cli.main(["train", "--shards", shards, "--config", str(config), "--workers", "2",
                            "--tracking-uri", mlflow_server, "--register", "echo_cmr",
                            "--run-name", "two-workers", "--storage", str(tmp_path / "runs")])
     assert rc == 0
     (outcome,) = outcomes
 
-    # rank 1 died in epoch 1 (step 5 of 3-step epochs); the group restarted from epoch 0's
-    # checkpoint and finished epoch 1
+    # rank 1 died in epoch 1 (step 5 of 3-step epochs); the group restarted from the step
+    # checkpoint of step 4 (epoch 1, after its first batch) and finished epoch 1
     assert marker.exists()
     assert outcome.last_metrics["epoch"] == 1 and outcome.last_metrics["resumed_at_epoch"] == 1
+    assert outcome.last_metrics["resumed_at_step"] == 4 and outcome.last_metrics["train_steps"] == 3
     assert (outcome.registration.version, outcome.registration.alias) == ("1", "champion")
     check_mlflow_run(mlflow_server, outcome, shards, epochs=2, workers=2, model_name="echo_cmr")
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
     stored = [f for _, _, files in os.walk(mlflow_server.artifacts) for f in files]
     assert "MLmodel" in stored  # the model went to the server's artifact store
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_weights(
+        local_ray, shards, tmp_path, monkeypatch):
+    """One worker, killed at step 7 (epoch 1, batch 2 of 5): Ray restarts it from the step-6
+    checkpoint, and the run ends with the weights of an uninterrupted run (in-process Engine)."""
+    from echocmr.shards.reader import read_stats
+    from echocmr.train.checkpoint import read_checkpoint
+    from echocmr.train.engine import Engine
+
+    settings = tiny_config(epochs=2, max_steps_per_epoch=5, checkpoint_every_steps=3,
+                           max_failures=1, keep_checkpoints=None)
+    marker = tmp_path / "rank0-killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 0, "step": 7, "marker": str(marker), "delay_s": 2.0}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outcome = run_training(TrainConfig.from_dict(
+        {**settings, "run_name": "killed", "storage": str(tmp_path / "runs")}), shards,
+        tracking_uri=uri)
+    assert marker.exists()
+    assert outcome.last_metrics["resumed_at_epoch"] == 1
+    assert outcome.last_metrics["resumed_at_step"] == 6  # not 5: the epoch 0 checkpoint
+    run_dir = tmp_path / "runs" / "killed"
+    assert sorted(p.name for p in run_dir.glob("step_*")) == [
+        "step_00000003", "step_00000006", "step_00000009"]  # 9: written again after the restart
+    last = read_checkpoint(str(run_dir / "epoch_0001"))
+
+    monkeypatch.delenv(TEST_FAULT_ENV)
+    straight = Engine(TrainConfig.from_dict(settings), shards, stats=read_stats(shards))
+    epochs = [straight.train_epoch() for _ in range(2)]
+    assert last["global_step"] == straight.global_step == 10
+    for (name, a), b in zip(straight.model.state_dict().items(), last["model"].values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    # the resumed epoch's logged loss covers the whole epoch, as the uninterrupted one's does
+    history = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [e.loss for e in epochs]
 
 
 @pytest.mark.slow
@@ -209,3 +198,69 @@ def test_rerun_after_driver_stop_resumes_the_same_run(local_ray, shards, tmp_pat
     assert second.last_metrics["resumed_at_epoch"] == 1 and second.last_metrics["epoch"] == 1
     steps = [m.step for m in MlflowClient(uri).get_metric_history(first.run_id, "train_loss")]
     assert steps == [0, 1]
+
+
+@pytest.mark.slow
+def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
+        local_ray, shards, tmp_path, monkeypatch):
+    """DDP on gloo: rank 1 killed at step 5 (epoch 1, batch 2 of 3); the group restarts from the
+    step-4 checkpoint, which holds both ranks' part of the epoch; the final weights and the
+    logged train losses equal those of the same run without the crash."""
+    from echocmr.train.checkpoint import read_checkpoint
+
+    settings = tiny_config(workers=2, epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=2,
+                           max_failures=1)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def run(name):
+        outcome = run_training(TrainConfig.from_dict(
+            {**settings, "run_name": name, "storage": str(tmp_path / "runs")}), shards,
+            tracking_uri=uri)
+        losses = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+        return (outcome, read_checkpoint(str(tmp_path / "runs" / name / "epoch_0001")),
+                [m.value for m in sorted(losses, key=lambda m: m.step)])
+
+    straight, straight_last, straight_losses = run("straight")
+    assert straight.last_metrics["resumed_at_step"] == -1
+    marker = tmp_path / "rank1-killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
+    crashed, crashed_last, crashed_losses = run("crashed")
+    assert marker.exists() and crashed.last_metrics["resumed_at_step"] == 4
+    assert crashed_losses == straight_losses
+    for (name, a), b in zip(straight_last["model"].items(), crashed_last["model"].values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_rerun_with_another_worker_count(local_ray, shards, tmp_path, monkeypatch):
+    """A step checkpoint of 1 worker is refused for 2 before anything starts; the same run with
+    1 worker finishes the epoch; from that epoch checkpoint 2 workers go on, and say so."""
+    from ray.train import TrainingFailedError
+
+    from echocmr.train.preflight import PreflightError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = dict(max_steps_per_epoch=4, checkpoint_every_steps=2, run_name="grow",
+                  storage=str(tmp_path / "runs"))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
+        {"rank": 0, "step": 3, "marker": str(marker), "delay_s": 2.0}))
+    with pytest.raises(TrainingFailedError):  # no restarts allowed: the run stops mid-epoch 0
+        run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=1, max_failures=0,
+                                                       **common)), shards, tracking_uri=uri)
+    monkeypatch.delenv(TEST_FAULT_ENV)
+    with pytest.raises(PreflightError, match=r"mid-epoch \(epoch 0, after batch 2\) of a "
+                                             r"1-worker run.*--workers 1"):
+        run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=2, **common)), shards,
+                     tracking_uri=uri)
+    first = run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=1, **common)),
+                         shards, tracking_uri=uri)
+    assert first.last_metrics["resumed_at_step"] == 2
+    grown = run_training(TrainConfig.from_dict(tiny_config(epochs=2, workers=2, **common)),
+                         shards, tracking_uri=uri)
+    assert grown.run_id == first.run_id
+    assert grown.last_metrics["resumed_at_epoch"] == 1 and grown.last_metrics["epoch"] == 1
+    note = MlflowClient(uri).get_run(grown.run_id).data.tags["echocmr.resume_note"]
+    assert note.startswith("resumed at epoch 1 with 2 workers; the checkpoint was written by 1")

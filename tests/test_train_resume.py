@@ -86,3 +86,71 @@ def test_load_model_from_checkpoint_gives_eval_model(shards, tmp_path):
         assert torch.equal(model(clip), e.model(clip))
     with pytest.raises(FileNotFoundError, match="neither an MLflow URI"):
         load_model(str(tmp_path / "nothing-here"))
+
+
+class Killed(Exception):
+    """Stands for the process dying mid-epoch (the Ray test kills a real worker)."""
+
+
+def test_step_checkpoint_resumes_mid_epoch_and_ends_with_identical_weights(shards, tmp_path):
+    straight = engine(shards)
+    results = [straight.train_epoch() for _ in range(3)]
+    assert straight.steps_per_epoch == 9
+
+    crashed = engine(shards)
+    crashed.train_epoch()
+    saved = []
+
+    def on_step():  # a step checkpoint every 4 global steps, then "killed" at step 14
+        if crashed.global_step % 4 == 0:
+            save_checkpoint(str(tmp_path / f"step{crashed.global_step}"),
+                            checkpoint_state(crashed, crashed.position.epoch - 1))
+            saved.append(crashed.global_step)
+        if crashed.global_step == 14:
+            raise Killed
+
+    with pytest.raises(Killed):
+        crashed.train_epoch(on_step=on_step)
+    assert saved == [12]  # step 12 = epoch 1, after batch 3
+
+    torch.manual_seed(7)
+    resumed = engine(shards)
+    resumed.load_state_dict(read_checkpoint(str(tmp_path / "step12")))
+    assert resumed.position.epoch == 1 and resumed.position.batch == 3
+    epoch1 = resumed.train_epoch()
+    # the resumed epoch reports the whole epoch, its first three steps from the checkpoint
+    assert epoch1.step_losses == results[1].step_losses
+    assert epoch1.batch_keys == results[1].batch_keys
+    assert epoch1.loss == results[1].loss and epoch1.task_loss == results[1].task_loss
+    assert epoch1.clips == results[1].clips and epoch1.steps == 9
+    epoch2 = resumed.train_epoch()
+    assert epoch2.step_losses == results[2].step_losses
+    for (name, a), b in zip(resumed.model.state_dict().items(),
+                            straight.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert resumed.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+
+
+def test_another_worker_count_resumes_at_an_epoch_boundary_and_refuses_mid_epoch(shards):
+    from echocmr.train.engine import ResumeError
+
+    two = engine(shards)
+    two.train_epoch()
+    state = two.state_dict()
+    state["world"] = 2  # as a two-worker run writes it: one RNG state and progress per rank
+    state["rng"], state["progress"] = state["rng"] * 2, [None, None]
+    one = engine(shards)
+    one.load_state_dict(state)
+    assert one.position.epoch == 1 and one.global_step == 9
+    note = one.resume_note
+    assert "resumed at epoch 1 with 1 workers; the checkpoint was written by 2" in note
+    assert "each of the 18 train clips once" in note and "RNG states are not restored" in note
+    # the schedule continues at epoch 1 of this run's steps (the same steps here: 1 worker)
+    assert one.scheduler.last_epoch == 9
+    assert one.optimizer.param_groups[0]["lr"] == two.optimizer.param_groups[0]["lr"]
+    assert one.train_epoch().steps == 9
+
+    state["position"] = {"epoch": 1, "batch": 3}
+    with pytest.raises(ResumeError, match=r"mid-epoch \(epoch 1, after batch 3\) of a 2-worker "
+                                          r"run.*Resume with --workers 2"):
+        engine(shards).load_state_dict(state)

@@ -2,9 +2,15 @@
 
 A checkpoint is a directory holding ``checkpoint.pt`` (``torch.save`` of a dict): ``model``
 (CPU state dict, torchvision names), ``optimizer``, ``scheduler``, ``position`` (reader epoch and
-batch), ``global_step``, ``rng`` (every rank's generator states), ``epoch`` (last completed),
-``metrics`` (that epoch's), ``config`` (the resolved `TrainConfig` as a dict) and ``input_spec``
-(`train.contract.InputSpec` as a dict). Ray Train stores one per epoch under its run directory.
+batch), ``global_step``, ``world`` (workers that wrote it), ``steps_per_epoch``, ``rng`` (every
+rank's generator states), ``progress`` (per rank: None at an epoch boundary, else what it trained
+of the epoch so far: step losses, per-task loss sums as a tensor, batch keys, clips, seconds),
+``epoch`` (last completed), ``metrics`` (that epoch's), ``config`` (the resolved `TrainConfig` as
+a dict) and ``input_spec`` (`train.contract.InputSpec` as a dict). Ray Train stores one per epoch
+(``epoch_NNNN``) and, with ``checkpoint_every_steps``, one per N steps (``step_NNNNNNNN``) under its
+run directory, each with a small ``resume.json`` beside it (`train.loop`). ``world``,
+``steps_per_epoch`` and ``progress`` are newer than format 1's first files; a checkpoint without
+them reads as one written by ``len(rng)`` workers at an epoch boundary.
 `save_model` writes the same layout for a trained network alone (weights, model config, input
 spec; no optimiser or reader position): what ``echocmr models pull`` stores, and all that
 `model_from_state` needs.

@@ -77,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
         return done
     from echocmr.shards.format import FormatVersionError, GPUDecodeError
     from echocmr.train.loop import run_training
+    from echocmr.train.preflight import PreflightError
 
     try:
         outcome = run_training(config, args.shards, tracking_uri=args.tracking_uri,
                                address=args.address)
-    except (FormatVersionError, GPUDecodeError) as exc:  # refused before any worker started
+    except (FormatVersionError, GPUDecodeError, PreflightError) as exc:  # before any worker
         print(f"echocmr train: {exc}", file=sys.stderr)
         return 2
     print(f"run {outcome.run_name} (MLflow run {outcome.run_id} at {outcome.tracking_uri})")

@@ -184,6 +184,9 @@ class TrainConfig:
     # Checkpoints kept: the N best by val score plus the latest (so the best is always kept and a
     # resume always has its epoch); a full R(2+1)D-18 one is ~400 MB. None keeps every epoch's.
     keep_checkpoints: int | None = 3
+    # Also checkpoint every N optimiser steps inside an epoch (a restart then resumes at the
+    # last of them, not at the epoch's start); None: at the end of each epoch only.
+    checkpoint_every_steps: int | None = None
     register: str | None = None  # MLflow registered model name
     selection: SelectionConfig = field(default_factory=SelectionConfig)  # best-checkpoint rule
 
@@ -207,6 +210,9 @@ class TrainConfig:
         if self.keep_checkpoints is not None and self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1 (the best is always kept) or null "
                               f"(keep all), got {self.keep_checkpoints}")
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            raise ConfigError(f"checkpoint_every_steps must be >= 1 or null (epoch checkpoints "
+                              f"only), got {self.checkpoint_every_steps}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 or null")
         if self.cache_dir is not None and "://" in self.cache_dir:

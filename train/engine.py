@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,49 @@ class EpochResult:
     @property
     def data_wait_fraction(self) -> float:
         return self.data_wait_s / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _EpochProgress:
+    """What one rank has trained of the current epoch: the part a mid-epoch checkpoint keeps, so
+    that the resumed epoch reports the losses, clips and time of the whole epoch."""
+
+    epoch: int
+    losses: list  # per step: 0-d float32 tensors on the device (floats once restored)
+    task_sums: torch.Tensor  # [K] float32, summed over the steps
+    keys: list[list[str]] = field(default_factory=list)
+    clips: int = 0
+    data_wait_s: float = 0.0
+    seconds_before: float = 0.0  # spent on this epoch before `started` (an earlier process)
+    started: float = 0.0  # perf_counter when this process took the epoch up
+
+    @classmethod
+    def empty(cls, epoch: int, device: torch.device) -> _EpochProgress:
+        return cls(epoch=epoch, losses=[], task_sums=torch.zeros(len(TASKS), device=device))
+
+    def step_losses(self) -> list[float]:
+        """Per-step losses as floats (one device sync for the tensors among them)."""
+        if not self.losses:
+            return []
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32).to(self.task_sums.device)
+                            for v in self.losses]).tolist()
+
+    def to_state(self) -> dict:
+        return {"epoch": self.epoch, "step_losses": self.step_losses(),
+                "task_sums": self.task_sums.detach().cpu().clone(), "keys": self.keys,
+                "clips": self.clips, "data_wait_s": self.data_wait_s,
+                "seconds": self.seconds_before + time.perf_counter() - self.started}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> _EpochProgress:
+        return cls(epoch=int(state["epoch"]), losses=list(state["step_losses"]),
+                   task_sums=state["task_sums"].to(device), keys=list(state["keys"]),
+                   clips=int(state["clips"]), data_wait_s=float(state["data_wait_s"]),
+                   seconds_before=float(state["seconds"]))
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint this engine cannot continue from exactly (and will not continue from)."""
 
 
 @dataclass
@@ -139,47 +183,61 @@ class Engine:
         self.scheduler = _scheduler(self.optimizer, config, self.steps_per_epoch)
         self.position = ReaderPosition()
         self.global_step = 0
+        self._progress: _EpochProgress | None = None  # the epoch in progress, if any
+        self.resume_note: str | None = None  # set by `load_state_dict` on a worker-count change
         self._fault = _test_fault()
 
     # -- training -----------------------------------------------------------------------------
 
-    def train_epoch(self) -> EpochResult:
-        """Train from the reader position to the end of its epoch; the position moves on."""
+    def train_epoch(self, on_step: Callable[[], None] | None = None) -> EpochResult:
+        """Train from the reader position to the end of its epoch; the position moves on.
+
+        ``on_step`` runs after every step, once the position and ``global_step`` count it (the
+        Ray loop writes its step checkpoints there). An epoch resumed mid-way from a checkpoint
+        starts from what the checkpoint kept of it (`state_dict`'s ``progress``), so its result
+        covers the whole epoch, as an uninterrupted run's does.
+        """
         epoch, first = self.position.epoch, self.position.batch
         self.net.train()
         # Losses stay where they were computed until the epoch ends: reading one back per step
         # (loss.item()) would make the host wait for the GPU every step and count that as data
         # wait. On the CPU the values, and their float32 sums, are the same either way.
-        losses, task_sums, keys = [], torch.zeros(len(TASKS), device=self.device), []
-        clips, wait = 0, 0.0
-        start = time.perf_counter()
+        done = self._progress
+        if done is None or done.epoch != epoch or len(done.losses) != first:
+            done = _EpochProgress.empty(epoch, self.device)  # no (or another epoch's) record
+        self._progress = done
+        start = done.started = time.perf_counter()
         batches = self.train_loader.epoch(epoch, start_batch=first,
                                           max_batches=self.steps_per_epoch)
         while True:
             t0 = time.perf_counter()
             batch = next(batches, None)
-            wait += time.perf_counter() - t0
+            done.data_wait_s += time.perf_counter() - t0
             if batch is None:
                 break
             loss, task_loss = self._step(batch)
-            losses.append(loss)
-            task_sums += task_loss
-            keys.append(batch.keys)
-            clips += batch.n_valid
+            done.losses.append(loss)
+            done.task_sums += task_loss
+            done.keys.append(batch.keys)
+            done.clips += batch.n_valid
             self.position.batch += 1
             self.global_step += 1
+            if on_step is not None:
+                on_step()
             self._maybe_fault()
-        step_losses = torch.stack(losses).tolist() if losses else []  # the epoch's one sync
-        task_mean = (task_sums / max(len(losses), 1)).cpu()
-        seconds = time.perf_counter() - start
+        losses = done.losses
+        step_losses = done.step_losses()  # the epoch's one sync
+        task_mean = (done.task_sums / max(len(losses), 1)).cpu()
+        seconds = done.seconds_before + time.perf_counter() - start
         mean_loss = self.mean_over_ranks(float(np.mean(step_losses)) if losses else 0.0)
         self.position = ReaderPosition(epoch=epoch + 1, batch=0)
+        self._progress = None
         return EpochResult(
             epoch=epoch, steps=len(losses), loss=mean_loss,
             task_loss={t: self.mean_over_ranks(float(v))
                        for t, v in zip(TASKS, task_mean, strict=True)},
-            clips=clips, seconds=seconds, data_wait_s=wait, step_losses=step_losses,
-            batch_keys=keys)
+            clips=done.clips, seconds=seconds, data_wait_s=done.data_wait_s,
+            step_losses=step_losses, batch_keys=done.keys)
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step; returns the loss and per-task losses as 0-d / [K] float32
@@ -262,35 +320,96 @@ class Engine:
     # -- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Model (CPU, contiguous), optimiser, scheduler, reader position, step and RNG states.
+        """Model (CPU, contiguous), optimiser, scheduler, reader position, step, worker count,
+        and per rank: RNG states and, mid-epoch, what it has trained of the epoch (``progress``).
 
-        ``rng`` holds every rank's generator states (gathered; a collective call when
+        ``rng`` and ``progress`` are gathered from every rank (a collective call when
         ``world > 1``), so all ranks must call this together.
         """
-        rng = [rng_state()]
+        progress = self._progress.to_state() \
+            if self._progress is not None and self.position.batch > 0 else None
+        mine = (rng_state(), progress)
+        ranks = [mine]
         if self.world > 1:
-            rng = [None] * self.world
-            dist.all_gather_object(rng, rng_state())
+            ranks = [None] * self.world
+            dist.all_gather_object(ranks, mine)
         return {
             "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "position": {"epoch": self.position.epoch, "batch": self.position.batch},
             "global_step": self.global_step,
-            "rng": rng,
+            "world": self.world,
+            "steps_per_epoch": self.steps_per_epoch,
+            "rng": [r for r, _ in ranks],
+            "progress": [p for _, p in ranks],
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; exactly when it was saved by as many workers as this run has.
+
+        Another worker count: from an epoch boundary the run goes on (the schedule at the same
+        epoch; the old ranks' RNG states unused, `resume_note` says so); from mid-epoch it is
+        refused with `ResumeError` (batch ``b`` of ``w`` workers is not batch ``b`` of ``w'``).
+        """
+        position = ReaderPosition(**state["position"])
+        saved_world = int(state.get("world") or len(state.get("rng") or []) or self.world)
+        if saved_world != self.world and position.batch > 0:
+            raise ResumeError(mid_epoch_world_change(position, saved_world, self.world))
         self.model.load_state_dict(state["model"])
         if self._memory_format is not torch.contiguous_format:
             self.model.to(memory_format=self._memory_format)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.position = ReaderPosition(**state["position"])
+        self.position = position
         self.global_step = int(state["global_step"])
-        rngs = state.get("rng") or []
-        if len(rngs) == self.world:
-            set_rng_state(rngs[self.rank])
+        self._progress = None
+        if saved_world == self.world:
+            rngs = state.get("rng") or []
+            if len(rngs) == self.world:
+                set_rng_state(rngs[self.rank])
+            progress = (state.get("progress") or [None] * self.world)[self.rank]
+            if progress is not None and position.batch > 0:
+                self._progress = _EpochProgress.from_state(progress, self.device)
+            return
+        # An epoch boundary with another worker count: the LR schedule goes on at the same
+        # epoch, counted in this run's steps per epoch (the optimiser steps themselves differ).
+        at = position.epoch * self.steps_per_epoch
+        factor = self.scheduler.lr_lambdas[0]
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor(at)
+        self.scheduler.last_epoch = at
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self.resume_note = world_change_note(
+            position.epoch, saved_world, self.world, self.steps_per_epoch,
+            self.config.data.batch_size, self.train_loader.num_samples,
+            capped=self.steps_per_epoch < len(self.train_loader))
+
+
+def mid_epoch_world_change(position: ReaderPosition, saved: int, now: int) -> str:
+    """Why a mid-epoch checkpoint of ``saved`` workers is refused for ``now``, and what to do."""
+    return (f"the latest checkpoint is mid-epoch (epoch {position.epoch}, after batch "
+            f"{position.batch}) of a {saved}-worker run, and this run has {now} workers: batch "
+            f"{position.batch} of {saved} readers is not batch {position.batch} of {now}, so the "
+            f"rest of the epoch cannot be told apart from what was trained. Resume with "
+            f"--workers {saved}, and change the worker count after an epoch ends (an epoch "
+            f"checkpoint), or start a new --run-name")
+
+
+def world_change_note(epoch: int, saved: int, now: int, steps: int, batch: int,
+                      samples: int, *, capped: bool = False) -> str:
+    """What a run resumed at an epoch boundary with another worker count trains from then on."""
+    sees = (f"the first {steps} batches of each of {now} reader parts of the {samples} train "
+            f"clips (max_steps_per_epoch)" if capped else
+            f"each of the {samples} train clips once, now in {now} reader parts")
+    return (f"resumed at epoch {epoch} with {now} workers; the checkpoint was written by {saved}. "
+            f"From epoch {epoch} each epoch sees {sees} ({steps} steps of {now} x {batch} "
+            f"clips; the tar order "
+            f"per epoch is unchanged, the sample order and augmentation within each part are "
+            f"those of a {now}-worker run), so the weights differ from an uninterrupted run "
+            f"with either count. The learning-rate schedule continues at epoch {epoch}; the "
+            f"{saved} saved per-rank RNG states are not restored (no training step draws from "
+            f"them: DALI's randomness is seeded from (seed, epoch, rank))")
 
 
 def rng_state() -> dict:

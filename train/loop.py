@@ -14,16 +14,25 @@ through fsspec, and every worker stages the train and val splits onto its node's
 makes one worker per node download while the others wait, and a restart finds the copy in place.
 
 Failures: ``FailureConfig(max_failures)`` restarts the whole worker group from the last reported
-checkpoint when a worker dies. A driver crash: run the same command with the same run name and
-storage again; Ray Train restores the run's latest checkpoint and the MLflow run (found by its
-``echocmr.run_key`` tag) continues.
+checkpoint when a worker dies: an epoch's, or with ``checkpoint_every_steps`` a step checkpoint
+inside the epoch (``step_NNNNNNNN``, no val score, never the best), from which `Engine` replays the
+epoch's reader to the saved batch and goes on exactly. A driver crash: run the same command with
+the same run name and storage again; Ray Train restores the run's latest checkpoint and the MLflow
+run (found by its ``echocmr.run_key`` tag) continues. A rerun with another ``--workers`` goes on
+from an epoch checkpoint (`train.engine.world_change_note` says what the epochs then see) and is
+refused from a step checkpoint (`_check_resume`, from the checkpoint's ``resume.json``).
+
+Before any of that, on a cluster of several nodes, `train.preflight` refuses a local sqlite
+tracking URI and a local ``--storage`` that another node cannot see.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -34,6 +43,11 @@ from echocmr.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 SCORE = "val_score"  # the checkpoint score under config.selection (-val_loss without its AUCs)
+# A step checkpoint's score: below any val score. Finite: Ray Train's snapshot of its checkpoints
+# stores -inf as null, and a restarted controller then fails to rank it (measured, Ray 2.60).
+STEP_SCORE = -sys.float_info.max
+RESUME_FILE = "resume.json"  # beside checkpoint.pt: position, worker count, step (small)
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
 
 
 @dataclass
@@ -104,42 +118,70 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if restored is not None:
         with restored.as_directory() as directory:
             state = read_checkpoint(directory)
-        engine.load_state_dict(state)
+        engine.load_state_dict(state)  # ResumeError: mid-epoch with another worker count
         last_metrics = state.get("metrics")
-        log.info("rank %d resumed at epoch %d (step %d)", rank, engine.position.epoch,
-                 engine.global_step)
+        log.info("rank %d resumed at epoch %d, batch %d (step %d)", rank, engine.position.epoch,
+                 engine.position.batch, engine.global_step)
+        if engine.resume_note and rank == 0:
+            log.warning("%s", engine.resume_note)
+            tracker.set_tags({"echocmr.resume_note": engine.resume_note[:5000]})
     else:
         tracker.log_start(config, stats=stats, data_digest=loop_config["data_digest"],
                           input_spec=engine.spec.to_dict())
     resumed_at = engine.position.epoch if restored is not None else -1
+    resumed_step = engine.global_step if restored is not None else -1
+
+    def checkpoint_state(epoch: int | None, metrics: dict) -> dict:
+        state = engine.state_dict()  # collective (gathers per-rank states): every rank calls it
+        return {**state, "epoch": epoch, "metrics": metrics, "config": config.to_dict(),
+                "input_spec": engine.spec.to_dict()}
+
+    def report(state: dict, metrics: dict, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(tmp, state)
+                with open(os.path.join(tmp, RESUME_FILE), "w") as f:  # what the driver reads
+                    json.dump({"position": state["position"], "world": state["world"],
+                               "global_step": state["global_step"]}, f)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    every = config.checkpoint_every_steps
+
+    def step_checkpoint() -> None:
+        """Every ``every`` global steps, inside an epoch (its end has the epoch checkpoint)."""
+        if not every or engine.global_step % every or \
+                engine.position.batch >= engine.steps_per_epoch:
+            return
+        # No val score: Ray ranks it below every epoch checkpoint; `_finish` never picks it.
+        metrics = {"epoch": engine.position.epoch, "batch": engine.position.batch,
+                   "global_step": engine.global_step, "mid_epoch": 1, SCORE: STEP_SCORE,
+                   "resumed_at_epoch": resumed_at, "resumed_at_step": resumed_step}
+        report(checkpoint_state(engine.position.epoch - 1, metrics), metrics,
+               f"step_{engine.global_step:08d}")
 
     if engine.position.epoch >= config.epochs:  # the run had already finished
-        ray.train.report({**(last_metrics or {}), "resumed_at_epoch": resumed_at})
+        ray.train.report({**(last_metrics or {}), "resumed_at_epoch": resumed_at,
+                          "resumed_at_step": resumed_step})
         return
     while engine.position.epoch < config.epochs:
-        result = engine.train_epoch()
+        result = engine.train_epoch(on_step=step_checkpoint)
         val = engine.validate()
         metrics = epoch_metrics(result, val)
         # Throughput over all workers; the share of step time spent waiting for data (mean).
         metrics["train_clips_per_s"] = engine.mean_over_ranks(result.clips_per_s) * world
         metrics["data_wait_fraction"] = engine.mean_over_ranks(result.data_wait_fraction)
         metrics["resumed_at_epoch"] = resumed_at
+        metrics["resumed_at_step"] = resumed_step
+        metrics["global_step"] = engine.global_step
         tracker.log_epoch(result.epoch, metrics)
         if rank == 0:
             log.info("epoch %d: train loss %.4f, val loss %.4f, val mean AUC %s, %.1f clips/s, "
                      "%.0f%% of step time waiting for data", result.epoch, result.loss, val.loss,
                      "n/a" if val.mean_auc is None else f"{val.mean_auc:.3f}",
                      metrics["train_clips_per_s"], 100 * metrics["data_wait_fraction"])
-        state = engine.state_dict()  # collective (gathers RNG states): every rank calls it
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(tmp, {**state, "epoch": result.epoch, "metrics": metrics,
-                                      "config": config.to_dict(),
-                                      "input_spec": engine.spec.to_dict()})
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint,
-                             checkpoint_dir_name=f"epoch_{result.epoch:04d}")
+        report(checkpoint_state(result.epoch, metrics), metrics, f"epoch_{result.epoch:04d}")
 
 
 def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
@@ -208,6 +250,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from echocmr.train.data import check_decoder
     from echocmr.train.engine import TEST_FAULT_ENV
     from echocmr.train.pipeline import resolve_decoder
+    from echocmr.train.preflight import check_cluster
     from echocmr.train.tracking import (
         finish_run,
         log_dataset,
@@ -231,13 +274,6 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     check_decoder(stats, resolve_decoder(config.data.decoder, gpu=config.gpu),
                   f"shard set {shards}")
     digest = manifest_digest(shards)
-    run_key = f"{config.storage}/{config.run_name}"
-    run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
-                               run_name=config.run_name, run_key=run_key,
-                               tags={"data_digest": digest, "shards": shards})
-    log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", tracking_uri)
-    if not resumed:
-        log_dataset(tracking_uri, run_id, shards, digest)  # what the model saw, in MLflow's UI
 
     started_ray = False
     if not ray.is_initialized():
@@ -251,7 +287,18 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     # started before it was set, or a cluster's, does not share this process's environment.
     test_env = {TEST_FAULT_ENV: os.environ[TEST_FAULT_ENV]} if os.environ.get(TEST_FAULT_ENV) else {}
     try:
+        # Before an MLflow run is opened or a worker started: what cannot work is refused now.
         _check_resources(config, local=started_ray and address is None)
+        check_cluster(tracking_uri=tracking_uri, storage=config.storage)
+        _check_resume(config)
+        run_key = f"{config.storage}/{config.run_name}"
+        run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
+                                   run_name=config.run_name, run_key=run_key,
+                                   tags={"data_digest": digest, "shards": shards})
+        log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new",
+                 tracking_uri)
+        if not resumed:
+            log_dataset(tracking_uri, run_id, shards, digest)  # what the model saw, in MLflow
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": config.to_dict(), "shards": shards, "stats": stats,
@@ -292,7 +339,8 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     from echocmr.train.checkpoint import log_model, read_checkpoint
     from echocmr.train.registry import register_model
 
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE) is not None]
+    scored = [(c, m) for c, m in (result.best_checkpoints or [])
+              if m.get(SCORE) is not None and not m.get("mid_epoch")]
     if not scored:
         raise RuntimeError(f"run {config.run_name} reported no checkpoint; nothing to log")
     best, best_metrics = max(scored, key=lambda cm: cm[1][SCORE])
@@ -367,6 +415,48 @@ def _check_resources(config: TrainConfig, *, local: bool) -> None:
         if local:
             raise RuntimeError(message)
         log.warning("%s; waiting for the cluster to provide them", message)
+
+
+def latest_resume_point(storage: str, run_name: str) -> dict | None:
+    """``resume.json`` of the checkpoint a rerun of ``run_name`` restores (Ray Train V2's latest,
+    from its snapshot in the run directory), or None: no such run, or a checkpoint without one.
+    """
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+
+    def read(path: str) -> dict | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
+    run_dir = f"{root.rstrip('/')}/{run_name}"
+    snapshot = read(f"{run_dir}/{SNAPSHOT_FILE}") or {}
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    name = latest.get("checkpoint_dir_name")
+    return read(f"{run_dir}/{name}/{RESUME_FILE}") if name else None
+
+
+def _check_resume(config: TrainConfig) -> None:
+    """Refuse, before any worker starts, a rerun whose latest checkpoint is mid-epoch and was
+    written by another number of workers (`train.engine.mid_epoch_world_change`)."""
+    from echocmr.train.data import ReaderPosition
+    from echocmr.train.engine import mid_epoch_world_change
+    from echocmr.train.preflight import PreflightError
+
+    point = latest_resume_point(config.storage, config.run_name)
+    if point is None:
+        return
+    position, world = ReaderPosition(**point["position"]), int(point["world"])
+    if world != config.workers and position.batch > 0:
+        raise PreflightError(f"run {config.run_name} in {config.storage}: "
+                           + mid_epoch_world_change(position, world, config.workers))
+    if world != config.workers:
+        log.warning("run %s resumes at epoch %d with %d workers; its checkpoint was written by "
+                    "%d (what the epochs then see: the run's MLflow tag echocmr.resume_note, "
+                    "docs/training.md)", config.run_name, position.epoch, config.workers, world)
 
 
 def _storage_path(storage: str) -> str:
