@@ -3,8 +3,12 @@ indexes over the same tars), the stats come from them, and a real ``echocmr trai
 --exclude-site`` (local Ray, sqlite MLflow) records the left-out site on the run, in the
 checkpoint and in the model card."""
 
+import contextlib
+import io
+import json
 import os
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -13,7 +17,12 @@ import echocmr.cli as echocmr_cli
 from echocmr.shards.reader import read_manifest, read_stats
 from echocmr.shards.reshard import ReshardConfig, reshard
 from echocmr.shards.stats import pooled_pixel_stats
-from echocmr.train.checkpoint import read_checkpoint
+from echocmr.train.checkpoint import (
+    model_from_state,
+    read_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 from echocmr.train.config import ConfigError, DataConfig
 from echocmr.train.contract import InputSpec
 from echocmr.train.data import ClipLoader, site_selection, split_files
@@ -88,23 +97,34 @@ def test_stats_without_the_site_come_from_the_other_sites_clips(two_sites):
         site_selection(two_sites, stats, ("site_a", "site_b"))
 
 
-def test_train_cli_excludes_the_site_and_records_it(two_sites, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def trained(two_sites, tmp_path_factory):
+    """``echocmr train --exclude-site site_b --register echo_ab`` once, on a real local Ray."""
     import ray
 
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    config = tmp_path / "train.yaml"
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    config = tmp / "train.yaml"
     config.write_text(yaml.safe_dump(tiny_config(epochs=1)))
+    cwd = os.getcwd()
+    os.chdir(tmp)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert echocmr_cli.main([
-            "train", "--shards", two_sites, "--config", str(config), "--tracking-uri", uri,
-            "--exclude-site", "site_b", "--register", "echo_ab", "--run-name", "no_b",
-            "--storage", str(tmp_path / "runs")]) == 0
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert echocmr_cli.main([
+                "train", "--shards", two_sites, "--config", str(config), "--tracking-uri", uri,
+                "--exclude-site", "site_b", "--register", "echo_ab", "--run-name", "no_b",
+                "--storage", str(tmp / "runs")]) == 0
     finally:
         ray.shutdown()
-    printed = capsys.readouterr().out
-    client = MlflowClient(uri)
+        os.chdir(cwd)
+    best = out.getvalue().split("checkpoint ")[1].split("\n")[0].strip()
+    return {"uri": uri, "tmp": tmp, "best": best}
+
+
+def test_train_cli_excludes_the_site_and_records_it(two_sites, trained):
+    client = MlflowClient(trained["uri"])
     run = client.search_runs([client.get_experiment_by_name("echocmr").experiment_id])[0]
     assert run.data.tags["echocmr.exclude_sites"] == "site_b"
     assert run.data.tags["echocmr.train_sites"] == "site_a"
@@ -115,6 +135,55 @@ def test_train_cli_excludes_the_site_and_records_it(two_sites, tmp_path, monkeyp
     version = client.get_model_version_by_alias("echo_ab", "champion")
     assert "**left out of training**" in version.description and "site_b" in version.description
     assert "trained on sites (train and val): site_a" in version.description
-    best = printed.split("checkpoint ")[1].split("\n")[0].strip()
-    assert read_checkpoint(best)["train_sites"] == ["site_a"]
-    assert read_checkpoint(best)["config"]["data"]["exclude_sites"] == ["site_b"]
+    state = read_checkpoint(trained["best"])
+    assert state["train_sites"] == ["site_a"] and state["config"]["data"]["exclude_sites"] == [
+        "site_b"]
+
+
+def _eval(two_sites, trained, model, out, *extra):
+    return echocmr_cli.main(["eval", "--shards", two_sites, "--model", model, "--out", str(out),
+                             "--tracking-uri", trained["uri"], "--bootstrap", "1000",
+                             "--permutations", "200", "--clips", "centre", *extra])
+
+
+def test_eval_holdout_site_is_external_over_every_split_of_it(two_sites, trained, capsys):
+    out = trained["tmp"] / "external"
+    assert _eval(two_sites, trained, "models:/echo_ab@champion", out,
+                 "--holdout-site", "site_b") == 0
+    preds = pd.read_parquet(out / "predictions.parquet")
+    manifest = read_manifest(two_sites)
+    b = manifest[manifest["site"] == "site_b"]
+    a_test = manifest[(manifest["site"] == "site_a") & (manifest["split"] == "test")]
+    # every study of the left-out site (train, val and test), and the test split of the other
+    assert set(preds.loc[preds["site"] == "site_b", "study_hash"]) == set(b["study_hash"])
+    assert set(preds.loc[preds["site"] == "site_a", "study_hash"]) == set(a_test["study_hash"])
+    detail = json.loads((out / "metrics_detail.json").read_text())
+    assert detail["holdout_site"] == "site_b" and detail["internal"]["wma"]["n_studies"] == len(
+        set(a_test["study_hash"]))
+    report = (out / "report.md").read_text()
+    assert "External validation: site site_b" in report and "internal AUC (95% CI)" in report
+    assert "site site_b was never seen" in report and "train, val, test splits" in report
+    version = MlflowClient(trained["uri"]).get_model_version_by_alias("echo_ab", "champion")
+    assert "external_site_b_auc_wma" in version.tags and "test_auc_wma" not in version.tags
+
+
+def test_eval_refuses_a_holdout_site_the_model_trained_on(two_sites, trained, tmp_path, capsys):
+    seen = read_checkpoint(trained["best"])
+    seen["train_sites"] = ["site_a", "site_b"]  # as a model trained on both records it
+    save_checkpoint(str(tmp_path / "both"), {k: v for k, v in seen.items() if k != "format"})
+    assert _eval(two_sites, trained, str(tmp_path / "both"), tmp_path / "no",
+                 "--holdout-site", "site_b", "--no-track") == 1
+    err = capsys.readouterr().err
+    assert "trained on site site_b" in err and "--exclude-site site_b" in err
+    assert not (tmp_path / "no" / "report.md").exists()
+
+
+def test_eval_without_a_record_keeps_to_the_split_and_says_unverified(two_sites, trained,
+                                                                       tmp_path):
+    model, spec = model_from_state(read_checkpoint(trained["best"]))
+    save_model(str(tmp_path / "bare"), model, spec)  # a network alone: no training record
+    assert _eval(two_sites, trained, str(tmp_path / "bare"), tmp_path / "out",
+                 "--holdout-site", "site_b", "--no-track") == 0
+    preds = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert set(preds["split"]) == {"test"}
+    assert "is NOT verified" in (tmp_path / "out" / "report.md").read_text()

@@ -128,8 +128,8 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
         return tars, indexes, counts
     if index_dir is None:
         raise ValueError("selecting sites writes shortened indexes: pass index_dir")
-    return _select_sites(shards, split, tars, indexes, exclude_sites=exclude_sites, sites=sites,
-                         index_dir=index_dir)
+    return select_sites(shards, split, tars, indexes, exclude_sites=exclude_sites, sites=sites,
+                        index_dir=index_dir)
 
 
 def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
@@ -168,9 +168,11 @@ def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
     return {**stats, **recomputed, "excluded_sites": list(exclude_sites)}, sites
 
 
-def _select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
-                  exclude_sites: Sequence[str], sites: Sequence[str] | None,
-                  index_dir: str) -> tuple[list[str], list[str], list[int]]:
+def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
+                 exclude_sites: Sequence[str] = (), sites: Sequence[str] | None = None,
+                 index_dir: str) -> tuple[list[str], list[str], list[int]]:
+    """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
+    shortened indexes written into ``index_dir``, tars left with no sample dropped."""
     from echocmr.shards.index import format_index, parse_index, sample_keys
     from echocmr.shards.reader import read_manifest
 
