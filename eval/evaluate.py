@@ -81,6 +81,8 @@ class Evaluation:
     by_site: dict[str, dict[str, TaskResult]]
     files: dict[str, Path]
     stacker: dict | None = None
+    internal: dict[str, TaskResult] | None = None  # with holdout_site: the other sites' results
+    external_splits: list[str] | None = None  # with holdout_site: the splits judged
 
 
 def evaluate_clips(
@@ -164,7 +166,8 @@ def evaluate_clips(
     )))
     log.info("wrote %s", ", ".join(sorted(files)))
     return Evaluation(studies=studies, videos=videos, results=results, by_view=by_view,
-                      by_site=by_site, files=files, stacker=stacker_info)
+                      by_site=by_site, files=files, stacker=stacker_info, internal=internal,
+                      external_splits=external_splits)
 
 
 def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,

@@ -77,6 +77,26 @@ def auc_table_text(results: dict[str, TaskResult]) -> str:
     return "\n".join(lines)
 
 
+def external_table_text(external: dict[str, TaskResult],
+                        internal: dict[str, TaskResult]) -> str:
+    """Fixed-width table: internal and external AUC with bootstrap CI and patients per task."""
+    head = ("task", "internal AUC", "95% CI", "pos/neg pts", "external AUC", "95% CI",
+            "pos/neg pts", "ext − int", "external verdict")
+    rows = [head]
+    for t, e in external.items():
+        i = internal.get(t)
+        diff = (f"{e.auc - i.auc:+.3f}" if i is not None and e.auc is not None
+                and i.auc is not None else "—")
+        rows.append((t.upper(), _f(i.auc) if i else "—", _boot_ci(i) if i else "—",
+                     f"{i.n_pos_patients}/{i.n_neg_patients}" if i else "—", _f(e.auc),
+                     _boot_ci(e), f"{e.n_pos_patients}/{e.n_neg_patients}", diff, e.verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Path) -> dict:
     """``roc_<task>.png`` per task with an AUC, and ``roc_all.png``; returns {name: path}."""
     import matplotlib
