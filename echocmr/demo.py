@@ -471,7 +471,7 @@ def register(subparsers) -> None:
                       help="training epochs (default: the demo train preset's, see `echocmr "
                            "train --preset demo --print-config`)")
     demo.add_argument("--seed", type=int, default=None,
-                      help="cohort seed (default 4: see echocmr/demo.py, DEMO_SEED)")
+                      help="cohort seed (default 37: see echocmr/demo.py, DEMO_SEED)")
     demo.add_argument("--gpu", action="store_true", default=None,
                       help="train on GPUs (default: when there are any; one worker per GPU)")
     demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")
