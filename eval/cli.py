@@ -239,8 +239,9 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
               f"(site {holdout}, {', '.join(ev.external_splits or [])}):")
         print(external_table_text(ev.results, ev.internal))
         print()
-    print(f"study-level AUCs, {config.split} split" + (f", site {holdout}" if holdout else "")
-          + " (published study beside):")
+    judged = (f"site {holdout}, {', '.join(ev.external_splits or [config.split])}" if holdout
+              else f"{config.split} split")
+    print(f"study-level AUCs, {judged} (published study beside):")
     print(outcome.table)
     print(f"outputs in {args.out}: predictions.parquet, metrics.json, report.md, report.html")
     if outcome.run_id:
