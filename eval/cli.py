@@ -230,7 +230,18 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"echocmr eval: {exc}", file=sys.stderr)
         return 1
-    print(f"study-level AUCs, {config.split} split (published study beside):")
+    holdout = config.evaluation.holdout_site
+    ev = outcome.evaluation
+    if holdout is not None and ev.internal is not None:
+        from echocmr.eval.report import external_table_text
+
+        print(f"study-level AUCs, internal (other sites, {config.split} split) beside external "
+              f"(site {holdout}, {', '.join(ev.external_splits or [])}):")
+        print(external_table_text(ev.results, ev.internal))
+        print()
+    judged = (f"site {holdout}, {', '.join(ev.external_splits or [config.split])}" if holdout
+              else f"{config.split} split")
+    print(f"study-level AUCs, {judged} (published study beside):")
     print(outcome.table)
     print(f"outputs in {args.out}: predictions.parquet, metrics.json, report.md, report.html")
     if outcome.run_id:

@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int,
                    help="training seed (data.seed: weight init, shuffle, clip starts, "
                         "augmentation); vary it for a seed sweep (docs/evaluation.md)")
+    p.add_argument("--exclude-site", action="append", metavar="NAME",
+                   help="leave site NAME out of training and validation (repeatable; "
+                        "data.exclude_sites), to validate on it externally with `echocmr eval "
+                        "--holdout-site NAME`")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML and exit without training")
     p.set_defaults(func=run)
@@ -61,7 +65,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "init", None):
         out["model"] = {"init": args.init}
     if getattr(args, "seed", None) is not None:
-        out["data"] = {"seed": args.seed}
+        out.setdefault("data", {})["seed"] = args.seed
+    if getattr(args, "exclude_site", None):
+        out.setdefault("data", {})["exclude_sites"] = sorted(set(args.exclude_site))
     return out
 
 
