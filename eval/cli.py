@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 _TRACKING_HELP = "MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 _MODEL_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a directory from "
@@ -23,6 +24,89 @@ def register(subparsers) -> None:
     _register_predict(subparsers)
     _register_models(subparsers)
     _register_sweep(subparsers)
+    _register_loso(subparsers)
+
+
+# Flags of `echocmr eval` that `loso` and `sweep --train` do not take as they are: they pass the
+# shard set, model, output and MLflow/Ray settings themselves, set --holdout-site (loso), and take
+# --config/--seed/--workers/--print-config as training's (--eval-config/--eval-seed/--eval-workers
+# are eval's). --gpu and --cache-dir serve both.
+_EVAL_SKIP = ("--shards", "--model", "--out", "--config", "--print-config", "--cache-dir",
+              "--seed", "--workers", "--gpu", "--address", "--tracking-uri")
+_TRAIN_SKIP = ("--print-config", "--register", "--run-name", "--exclude-site")
+
+
+def _add_orchestrated(p: argparse.ArgumentParser, *, eval_skip: tuple[str, ...],
+                      train_skip: tuple[str, ...] = _TRAIN_SKIP) -> None:
+    """Training's flags, then evaluation's, for a command that trains and evaluates several
+    models (`echocmr loso`, `echocmr sweep --train`)."""
+    from echocmr.train.cli import add_train_arguments
+
+    add_train_arguments(p, skip=train_skip)
+    add_eval_arguments(p, skip=eval_skip)
+    p.add_argument("--eval-config", metavar="FILE",
+                   help="YAML config of each evaluation (EvalConfig, as `echocmr eval --config`)")
+    p.add_argument("--eval-seed", type=int,
+                   help="seed of each evaluation's bootstrap and permutations (default 0)")
+    p.add_argument("--eval-workers", type=int,
+                   help="Ray tasks per evaluation (default 1: in process)")
+
+
+def _orchestrated_configs(args: argparse.Namespace, *, exclude_sites=()):
+    """``(TrainConfig, EvalConfig)`` from an orchestrating command's flags."""
+    from echocmr.eval.job import load_config as load_eval_config
+    from echocmr.train.cli import overrides_from_args
+    from echocmr.train.config import load_config as load_train_config
+
+    flags = {**vars(args), "exclude_site": list(exclude_sites) or None}
+    train = load_train_config(args.config, preset=args.preset,
+                              overrides=overrides_from_args(argparse.Namespace(**flags)))
+    ns = {flag: getattr(args, flag, None) for flag in EVAL_FLAGS}
+    ns.update(seed=args.eval_seed, workers=args.eval_workers, gpu=args.gpu,
+              cache_dir=args.cache_dir, no_track=args.no_track,
+              pooled_sites=args.pooled_sites)
+    evaluation = load_eval_config(args.eval_config,
+                                  overrides=eval_overrides(argparse.Namespace(**ns)))
+    return train, evaluation
+
+
+def _register_loso(subparsers) -> None:
+    p = subparsers.add_parser(
+        "loso", help="leave-one-site-out: per site, train without it and validate on it",
+        description="For each site (default: every site in the manifest): train with that site "
+                    "excluded (or reuse a finished MLflow run of the same recipe, data digest "
+                    "and left-out site), evaluate it with --holdout-site on that site, and write "
+                    "OUT/loso.md and OUT/loso.json: internal beside external AUC per site and "
+                    "task, and the external AUCs' mean over sites. Training flags as `echocmr "
+                    "train`; evaluation flags as `echocmr eval` (docs/evaluation.md).")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory: loso.md, loso.json, one eval directory per site")
+    p.add_argument("--sites", nargs="+", metavar="NAME",
+                   help="the sites to leave out in turn (default: every site of the shard set)")
+    _add_orchestrated(p, eval_skip=(*_EVAL_SKIP, "--holdout-site"))
+    p.set_defaults(func=run_loso_cmd)
+
+
+def run_loso_cmd(args: argparse.Namespace) -> int:
+    from echocmr.config import ConfigError
+    from echocmr.eval.loso import run_loso
+
+    if not args.shards:
+        print("echocmr loso: --shards is required", file=sys.stderr)
+        return 2
+    try:
+        train, evaluation = _orchestrated_configs(args)
+        result = run_loso(args.shards, train, args.out, eval_config=evaluation, sites=args.sites,
+                          tracking_uri=args.tracking_uri, address=args.address)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"echocmr loso: {exc}", file=sys.stderr)
+        return 1
+    print((Path(args.out) / "loso.md").read_text())
+    for s in result.sites:
+        print(f"site {s.site}: {'reused' if s.reused else 'trained'} run {s.run_name} "
+              f"({s.run_id}), eval in {s.eval_dir}")
+    print(f"table in {Path(args.out) / 'loso.md'} and {Path(args.out) / 'loso.json'}")
+    return 0
 
 
 def _register_sweep(subparsers) -> None:
@@ -30,21 +114,76 @@ def _register_sweep(subparsers) -> None:
         "sweep", help="AUC spread over training seeds beside the sampling CI",
         description="Read the metrics.json of several `echocmr eval` outputs (one model per "
                     "training seed, same split) and print each task's AUC mean, SD and range "
-                    "over the seeds beside the mean bootstrap CI width.")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="eval output directories")
+                    "over the seeds beside the mean bootstrap CI width. With --train --seeds "
+                    "S1 S2 ... --shards DIR --out OUT: train once per seed (reusing a finished "
+                    "run of the same recipe and seed), evaluate each on the same split, and "
+                    "write that table to OUT/sweep.md and OUT/sweep.json.")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="eval output directories")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--train", action="store_true",
+                   help="train and evaluate one model per --seeds value, then summarise")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                   help="with --train: the training seeds (data.seed), two or more")
+    p.add_argument("--out", metavar="DIR",
+                   help="with --train: output directory (sweep.md, sweep.json, seed-<s>/)")
+    p.add_argument("--exclude-site", action="append", metavar="NAME",
+                   help="with --train: leave site NAME out of every run (repeatable), e.g. the "
+                        "--holdout-site")
+    # --seeds replaces training's --seed
+    _add_orchestrated(p, eval_skip=_EVAL_SKIP, train_skip=(*_TRAIN_SKIP, "--seed"))
     p.set_defaults(func=run_sweep_cmd)
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     from echocmr.eval.sweep import read_evaluations, seed_spread, spread_table
 
+    if args.train:
+        return _run_sweep_train(args)
+    if not args.dirs:
+        print("echocmr sweep: give eval output directories, or --train --seeds ... to train "
+              "them", file=sys.stderr)
+        return 2
+    if args.seeds or args.shards or args.out:
+        print("echocmr sweep: --seeds, --shards and --out train a sweep: add --train (and drop "
+              "the directories)", file=sys.stderr)
+        return 2
     try:
         spread = seed_spread(read_evaluations(args.dirs))
     except (OSError, ValueError, KeyError) as exc:
         print(f"echocmr sweep: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(spread, indent=2) if args.json else spread_table(spread))
+    return 0
+
+
+def _run_sweep_train(args: argparse.Namespace) -> int:
+    from echocmr.config import ConfigError
+    from echocmr.eval.sweep import run_seed_sweep, spread_table
+
+    missing = [f for f, v in (("--seeds", args.seeds), ("--shards", args.shards),
+                              ("--out", args.out)) if not v]
+    if args.dirs or missing:
+        print("echocmr sweep --train: " + (f"needs {', '.join(missing)}" if missing else
+              f"takes no directories (got {' '.join(args.dirs)})"), file=sys.stderr)
+        return 2
+    excluded = sorted(set(args.exclude_site or []))
+    if args.holdout_site and args.holdout_site not in excluded:
+        print(f"echocmr sweep --train: --holdout-site {args.holdout_site} is external only for "
+              f"models trained without it: add --exclude-site {args.holdout_site}",
+              file=sys.stderr)
+        return 2
+    try:
+        train, evaluation = _orchestrated_configs(args, exclude_sites=excluded)
+        doc = run_seed_sweep(args.shards, train, args.seeds, args.out, eval_config=evaluation,
+                             tracking_uri=args.tracking_uri, address=args.address)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"echocmr sweep: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc["spread"], indent=2) if args.json else spread_table(doc["spread"]))
+    for r in doc["runs"]:
+        print(f"seed {r['seed']}: {'reused' if r['reused'] else 'trained'} run {r['run_name']} "
+              f"({r['run_id']}), eval in {r['eval_dir']}")
+    print(f"table in {Path(args.out) / 'sweep.md'} and {Path(args.out) / 'sweep.json'}")
     return 0
 
 
@@ -55,62 +194,96 @@ def _register_eval(subparsers) -> None:
                     "write predictions, metrics.json, report.md/html (beside the published "
                     "table) to --out; log them to MLflow. Settings: defaults <- --config FILE "
                     "<- flags (docs/configuration.md).")
-    p.add_argument("--shards",
-                   help="shard set: a directory, or a URL (s3://, gs://) staged to local disk; "
-                        "required unless --print-config")
-    p.add_argument("--model", metavar="URI",
-                   help=f"{_MODEL_HELP}; required unless --print-config")
-    p.add_argument("--out", metavar="DIR", help="output directory; required unless --print-config")
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML config (EvalConfig: split, infer, evaluation, track)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit without evaluating")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
-                        "~/.cache/echocmr/shards)")
-    # The names of shards.format.SPLITS, spelled out: importing it (numpy, pyarrow) would slow --help.
-    p.add_argument("--split", choices=("train", "val", "test"), help="split (default test)")
-    p.add_argument("--clips", choices=("all", "centre"),
-                   help="all windows over each video (default) or the centre one")
-    p.add_argument("--stride", type=int, metavar="FRAMES",
-                   help="frames between window starts (default: half a window's span; 1 = every "
-                        "clip)")
-    p.add_argument("--aggregation", choices=("mean", "stacker"),
-                   help="videos -> study: mean of probabilities (default), or a per-view "
-                        "logistic regression fitted on val")
-    p.add_argument("--bootstrap", type=int, metavar="N",
-                   help="patient bootstrap resamples (>= 1000; default 2000)")
-    p.add_argument("--permutations", type=int, metavar="N",
-                   help="label permutations of the signal audit (default 2000)")
-    p.add_argument("--seed", type=int,
-                   help="seed of the bootstrap and permutations (default 0)")
-    p.add_argument("--alpha", type=float, help="significance level of the audit (default 0.05)")
-    p.add_argument("--correction", choices=("holm", "none"),
-                   help="multiple-testing adjustment of the verdicts over the tasks (holm)")
-    p.add_argument("--min-positives", type=int, metavar="N",
-                   help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
-    p.add_argument("--pooled-sites", action="store_true", default=None,
-                   help="permutation audit across sites (default: within site when there are "
-                        "several, so a model that recognises the site is not 'signal')")
-    p.add_argument("--holdout-site", metavar="NAME",
-                   help="external validation: judge the split's studies of site NAME (one the "
-                        "model never trained on), beside the other sites' (internal)")
-    p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
-                   help="operating point: threshold chosen on val, applied to the split (youden)")
-    p.add_argument("--min-patients", type=int, metavar="N",
-                   help="fewer patients with a positive (or a negative) study: 'insufficient "
-                        "data' (default 10)")
-    p.add_argument("--ci-method", choices=("percentile", "bca"),
-                   help="patient bootstrap interval: percentile (default) or bca")
-    p.add_argument("--workers", type=int,
-                   help="Ray tasks to spread the split's shards over (default 1: in process)")
-    p.add_argument("--gpu", action="store_true", default=None,
-                   help="CUDA model and DALI mixed decoding")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass (default 16)")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--tracking-uri", help=_TRACKING_HELP)
-    p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add_eval_arguments(p)
     p.set_defaults(func=run_eval_cmd)
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """`echocmr eval`'s flags on ``p``, less those in ``skip`` (`echocmr loso` and `echocmr sweep
+    --train` share the others, and set or rename these)."""
+    if "--shards" not in skip:
+        p.add_argument("--shards",
+                       help="shard set: a directory, or a URL (s3://, gs://) staged to local disk; "
+                            "required unless --print-config")
+    if "--model" not in skip:
+        p.add_argument("--model", metavar="URI",
+                       help=f"{_MODEL_HELP}; required unless --print-config")
+    if "--out" not in skip:
+        p.add_argument("--out", metavar="DIR", help="output directory; required unless --print-config")
+    if "--config" not in skip:
+        p.add_argument("--config", metavar="FILE",
+                       help="YAML config (EvalConfig: split, infer, evaluation, track)")
+    if "--print-config" not in skip:
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as YAML and exit without evaluating")
+    if "--cache-dir" not in skip:
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
+                            "~/.cache/echocmr/shards)")
+    # The names of shards.format.SPLITS, spelled out: importing it (numpy, pyarrow) would slow
+    # --help.
+    if "--split" not in skip:
+        p.add_argument("--split", choices=("train", "val", "test"), help="split (default test)")
+    if "--clips" not in skip:
+        p.add_argument("--clips", choices=("all", "centre"),
+                       help="all windows over each video (default) or the centre one")
+    if "--stride" not in skip:
+        p.add_argument("--stride", type=int, metavar="FRAMES",
+                       help="frames between window starts (default: half a window's span; 1 = every "
+                            "clip)")
+    if "--aggregation" not in skip:
+        p.add_argument("--aggregation", choices=("mean", "stacker"),
+                       help="videos -> study: mean of probabilities (default), or a per-view "
+                            "logistic regression fitted on val")
+    if "--bootstrap" not in skip:
+        p.add_argument("--bootstrap", type=int, metavar="N",
+                       help="patient bootstrap resamples (>= 1000; default 2000)")
+    if "--permutations" not in skip:
+        p.add_argument("--permutations", type=int, metavar="N",
+                       help="label permutations of the signal audit (default 2000)")
+    if "--seed" not in skip:
+        p.add_argument("--seed", type=int,
+                       help="seed of the bootstrap and permutations (default 0)")
+    if "--alpha" not in skip:
+        p.add_argument("--alpha", type=float, help="significance level of the audit (default 0.05)")
+    if "--correction" not in skip:
+        p.add_argument("--correction", choices=("holm", "none"),
+                       help="multiple-testing adjustment of the verdicts over the tasks (holm)")
+    if "--min-positives" not in skip:
+        p.add_argument("--min-positives", type=int, metavar="N",
+                       help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    if "--pooled-sites" not in skip:
+        p.add_argument("--pooled-sites", action="store_true", default=None,
+                       help="permutation audit across sites (default: within site when there are "
+                            "several, so a model that recognises the site is not 'signal')")
+    if "--holdout-site" not in skip:
+        p.add_argument("--holdout-site", metavar="NAME",
+                       help="external validation: judge the split's studies of site NAME (one the "
+                            "model never trained on), beside the other sites' (internal)")
+    if "--threshold" not in skip:
+        p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
+                       help="operating point: threshold chosen on val, applied to the split (youden)")
+    if "--min-patients" not in skip:
+        p.add_argument("--min-patients", type=int, metavar="N",
+                       help="fewer patients with a positive (or a negative) study: 'insufficient "
+                            "data' (default 10)")
+    if "--ci-method" not in skip:
+        p.add_argument("--ci-method", choices=("percentile", "bca"),
+                       help="patient bootstrap interval: percentile (default) or bca")
+    if "--workers" not in skip:
+        p.add_argument("--workers", type=int,
+                       help="Ray tasks to spread the split's shards over (default 1: in process)")
+    if "--gpu" not in skip:
+        p.add_argument("--gpu", action="store_true", default=None,
+                       help="CUDA model and DALI mixed decoding")
+    if "--batch-size" not in skip:
+        p.add_argument("--batch-size", type=int, help="windows per forward pass (default 16)")
+    if "--address" not in skip:
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    if "--tracking-uri" not in skip:
+        p.add_argument("--tracking-uri", help=_TRACKING_HELP)
+    if "--no-track" not in skip:
+        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
 
 
 # Flag -> the config keys it sets (``--seed`` and ``--min-positives`` each set two).
@@ -230,7 +403,18 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"echocmr eval: {exc}", file=sys.stderr)
         return 1
-    print(f"study-level AUCs, {config.split} split (published study beside):")
+    holdout = config.evaluation.holdout_site
+    ev = outcome.evaluation
+    if holdout is not None and ev.internal is not None:
+        from echocmr.eval.report import external_table_text
+
+        print(f"study-level AUCs, internal (other sites, {config.split} split) beside external "
+              f"(site {holdout}, {', '.join(ev.external_splits or [])}):")
+        print(external_table_text(ev.results, ev.internal))
+        print()
+    judged = (f"site {holdout}, {', '.join(ev.external_splits or [config.split])}" if holdout
+              else f"{config.split} split")
+    print(f"study-level AUCs, {judged} (published study beside):")
     print(outcome.table)
     print(f"outputs in {args.out}: predictions.parquet, metrics.json, report.md, report.html")
     if outcome.run_id:

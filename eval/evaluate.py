@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
@@ -50,14 +51,21 @@ class EvaluationConfig:
     threshold: ThresholdRule = "youden"
     target_sensitivity: float = 0.9
     # External validation: the main table is this site's studies (a site the model did not train
-    # on, e.g. after `shards reshard --exclude-site`); the other sites' are the internal column.
+    # on: `train --exclude-site`, or a set resharded without it); the other sites' studies of the
+    # split are the internal column. `eval.job` checks the model's record of its training sites.
     holdout_site: str | None = None
+    # Which of the held-out site's studies are external: "all" its splits when the model's
+    # record shows it never trained on the site (none of its patients was seen), else only the
+    # evaluated split's ("split"; also what an unverified model gets).
+    external_splits: Literal["all", "split"] = "all"
 
     def __post_init__(self) -> None:
         if self.aggregation not in METHODS:
             raise ValueError(f"aggregation {self.aggregation!r}: choose one of {METHODS}")
         if self.threshold not in THRESHOLD_RULES:
             raise ValueError(f"threshold {self.threshold!r}: choose one of {THRESHOLD_RULES}")
+        if self.external_splits not in ("all", "split"):
+            raise ValueError(f"external_splits {self.external_splits!r}: choose all or split")
         if not 0.0 < self.target_sensitivity <= 1.0:
             raise ValueError(f"target_sensitivity={self.target_sensitivity}: in (0, 1]")
 
@@ -73,6 +81,8 @@ class Evaluation:
     by_site: dict[str, dict[str, TaskResult]]
     files: dict[str, Path]
     stacker: dict | None = None
+    internal: dict[str, TaskResult] | None = None  # with holdout_site: the other sites' results
+    external_splits: list[str] | None = None  # with holdout_site: the splits judged
 
 
 def evaluate_clips(
@@ -94,10 +104,13 @@ def evaluate_clips(
     config = config or EvaluationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    fit_clips = val_clips
+    if config.holdout_site is not None and val_clips is not None:  # never fit on the held-out site
+        fit_clips = val_clips[val_clips["site"].astype(str) != config.holdout_site]
     videos, studies, stacker = aggregate(
-        clips, method=config.aggregation, val_clips=val_clips, stacker_config=config.stacker
+        clips, method=config.aggregation, val_clips=fit_clips, stacker_config=config.stacker
     )
-    judged, internal = studies, None
+    judged, internal, internal_splits, external_splits = studies, None, None, None
     if config.holdout_site is not None:
         site = studies["site"].astype(str)
         if config.holdout_site not in set(site):
@@ -105,6 +118,8 @@ def evaluate_clips(
                              f"{sorted(set(site))}")
         judged = studies[site == config.holdout_site]
         internal = summarise(studies[site != config.holdout_site], config=config.summary)
+        internal_splits = _in_order(studies.loc[site != config.holdout_site, "split"])
+        external_splits = _in_order(judged["split"])
     results = summarise(judged, config=config.summary)
     val_studies = None
     if val_clips is not None and not val_clips.empty:
@@ -126,7 +141,7 @@ def evaluate_clips(
     by_site = (breakdown(studies, "site", config=config.summary)
                if "site" in config.breakdowns else {})
     stacker_info = stacker.describe() if stacker is not None else None
-    splits = sorted(studies["split"].astype(str).unique())
+    splits = _in_order(studies["split"])
     files = {
         "predictions.parquet": write_predictions(studies, out_dir / "predictions.parquet"),
         "clip_predictions.parquet": write_clip_predictions(
@@ -145,11 +160,14 @@ def evaluate_clips(
         studies=studies, results=results, by_view=by_view, by_site=by_site,
         context=dict(context or {}), config=config.summary, missingness=missing,
         internal=internal, holdout_site=config.holdout_site,
-        title=title or f"echocmr evaluation — {', '.join(splits)} split",
+        internal_splits=internal_splits, external_splits=external_splits,
+        title=title or f"echocmr evaluation — {', '.join(splits)} split"
+        + ("s" if len(splits) > 1 else ""),
     )))
     log.info("wrote %s", ", ".join(sorted(files)))
     return Evaluation(studies=studies, videos=videos, results=results, by_view=by_view,
-                      by_site=by_site, files=files, stacker=stacker_info)
+                      by_site=by_site, files=files, stacker=stacker_info, internal=internal,
+                      external_splits=external_splits)
 
 
 def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
@@ -173,6 +191,14 @@ def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
             continue
         r.operating = operating_point(yv[kv], pv[kv], y[k], p[k], rule=config.threshold,
                                       target_sensitivity=config.target_sensitivity)
+
+
+def _in_order(splits: pd.Series) -> list[str]:
+    """The distinct splits, in train, val, test order."""
+    from echocmr.shards.format import SPLITS
+
+    names = set(splits.astype(str))
+    return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))
 
 
 def _settings(config: EvaluationConfig) -> dict:

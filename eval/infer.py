@@ -161,16 +161,20 @@ def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, c
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
 
 
-def _split_inputs(shards: str, split: str,
-                  cache_dir: str | None = None) -> tuple[list[str], list[str], ClipFormat]:
-    """Local tars, their indexes and the clip format of ``split``; a set at a URL is staged
-    onto this node's disk first."""
+def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
+                  sites=None, index_dir: str | None = None
+                  ) -> tuple[list[str], list[str], ClipFormat]:
+    """Local tars, their indexes and the clip format of ``split`` (only ``sites``' samples when
+    given, through shortened indexes in ``index_dir``); a set at a URL is staged onto this
+    node's disk first."""
     from echocmr.shards.reader import read_stats
     from echocmr.shards.stage import stage
     from echocmr.train.data import split_files
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
-    tars, indexes, _ = split_files(local, split)
+    tars, indexes, _ = split_files(local, split, sites=sites, index_dir=index_dir)
+    if not tars:
+        raise FileNotFoundError(f"no {split} clips of site {', '.join(sites or ())} in {shards}")
     return tars, indexes, ClipFormat.of_stats(read_stats(local))
 
 
@@ -191,36 +195,47 @@ def _remote_split(shards: str, split: str) -> tuple[list[str], ClipFormat]:
 
 def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig | None = None,
                 loaded=None, tracking_uri: str | None = None,
-                address: str | None = None) -> tuple[pd.DataFrame, object]:
-    """Clip table of ``split`` and the model's input spec.
+                address: str | None = None, sites=None) -> tuple[pd.DataFrame, object]:
+    """Clip table of ``split`` (of ``sites`` only, when given) and the model's input spec.
 
     ``loaded`` = ``(model, spec)`` skips loading (in-process runs); Ray tasks always load
     ``model_uri`` themselves, so it must be reachable from every worker. ``address``: the Ray
     cluster (else ``RAY_ADDRESS``, else a local Ray).
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="echocmr-idx-") as index_dir:
+        return _infer_split(shards, split, model_uri, config=config or InferConfig(),
+                            loaded=loaded, tracking_uri=tracking_uri, address=address,
+                            sites=None if sites is None else tuple(sites), index_dir=index_dir)
+
+
+def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig, loaded,
+                 tracking_uri: str | None, address: str | None, sites, index_dir: str):
     from echocmr.shards.storage import canonical, is_url
 
-    config = config or InferConfig()
     remote = is_url(shards)
     if remote:  # tar names only: this process or each Ray task stages the split where it runs
         shards = canonical(shards)
         tars, clip = _remote_split(shards, split)
         indexes = [None] * len(tars)
-    else:
+    else:  # the set's own indexes: Ray tasks narrow them to ``sites`` where they run
         tars, indexes, clip = _split_inputs(shards, split)
     if config.gpu:  # DALI "mixed": refuse clips NVDEC cannot take before any work starts
         check_gpu_decodable(clip, f"shard set {shards}",
                             cpu_fix="run eval without --gpu (the CPU decoder reads any size)")
     stored = clip.size
     if config.workers <= 1 or len(tars) == 1:
-        if remote:
-            tars, indexes, _ = _split_inputs(shards, split, config.cache_dir)
+        if remote or sites is not None:
+            tars, indexes, _ = _split_inputs(shards, split, config.cache_dir, sites=sites,
+                                             index_dir=index_dir)
         model, spec = loaded if loaded is not None else _load(model_uri, tracking_uri)
         clips = infer_tars(model, spec, tars, indexes, config=config, stored_size=stored)
     else:  # Ray tasks may run elsewhere: give them an absolute path for a local model
         uri = os.path.abspath(model_uri) if os.path.exists(model_uri) else model_uri
         clips, spec = _infer_with_ray(uri, tars, indexes, stored, config, tracking_uri, address,
-                                      source=shards if remote else None, split=split)
+                                      source=shards if remote else None, split=split,
+                                      sites=sites, shards=shards)
     # One row order whatever the number of workers.
     return clips.sort_values(["key", "clip_index"], ignore_index=True), spec
 
@@ -232,10 +247,20 @@ def _load(model_uri: str, tracking_uri: str | None = None):
 
 
 def _ray_task(model_uri: str, tars: list[str], indexes: list, stored, config_dict: dict,
-              tracking_uri: str | None, source: str | None = None, split: str | None = None):
+              tracking_uri: str | None, source: str | None = None, split: str | None = None,
+              sites=None, shards: str | None = None):
     """One Ray task's share. With ``source`` (a set at a URL), ``tars`` are tar names of
-    ``split``: the task stages the split on its node and reads its local copies of them."""
-    cfg = InferConfig(**config_dict)
+    ``split``: the task stages the split on its node and reads its local copies of them. With
+    ``sites``, the task narrows its tars to those sites' samples (indexes written on its node)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="echocmr-idx-") as index_dir:
+        return _task_share(model_uri, tars, indexes, stored, InferConfig(**config_dict),
+                           tracking_uri, source, split, sites, shards, index_dir)
+
+
+def _task_share(model_uri, tars, indexes, stored, cfg: InferConfig, tracking_uri, source, split,
+                sites, shards, index_dir):
     if source is not None:
         local_tars, local_indexes, _ = _split_inputs(source, split, cfg.cache_dir)
         by_name = {os.path.basename(t): (t, i) for t, i in zip(local_tars, local_indexes,
@@ -244,12 +269,22 @@ def _ray_task(model_uri: str, tars: list[str], indexes: list, stored, config_dic
         if missing:
             raise FileNotFoundError(f"{source} no longer has {', '.join(missing)} of {split}")
         tars, indexes = [by_name[n][0] for n in tars], [by_name[n][1] for n in tars]
+    if sites is not None:
+        from echocmr.shards.stage import stage
+        from echocmr.train.data import select_sites
+
+        local = stage(source, cfg.cache_dir, splits=(split,)) if source is not None else shards
+        tars, indexes, _ = select_sites(local, split, tars, indexes, sites=sites,
+                                        index_dir=index_dir)
+        if not tars:  # this task's tars hold none of the sites' samples
+            return pd.DataFrame(columns=CLIP_COLUMNS), None
     model, spec = _load(model_uri, tracking_uri)
     return infer_tars(model, spec, tars, indexes, config=cfg, stored_size=stored), spec
 
 
 def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, tracking_uri,
-                    address: str | None, *, source: str | None = None, split: str | None = None):
+                    address: str | None, *, source: str | None = None, split: str | None = None,
+                    sites=None, shards: str | None = None):
     import ray
 
     started = not ray.is_initialized()
@@ -262,9 +297,12 @@ def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, track
                             num_gpus=1 if config.gpu else 0)(_ray_task)
         cfg = {**asdict(config), "workers": 1}
         futures = [remote.remote(model_uri, tars[w::workers], indexes[w::workers], stored, cfg,
-                                 tracking_uri, source, split) for w in range(workers)]
-        parts = ray.get(futures)
+                                 tracking_uri, source, split, sites, shards)
+                   for w in range(workers)]
+        parts = [p for p in ray.get(futures) if p[1] is not None]
     finally:
         if started:
             ray.shutdown()
+    if not parts:
+        raise FileNotFoundError(f"no {split} clips of site {', '.join(sites or ())}")
     return pd.concat([p[0] for p in parts], ignore_index=True), parts[0][1]

@@ -58,6 +58,57 @@ class EvalOutcome:
     tracking_error: str | None = None
 
 
+def check_holdout(model_uri: str, site: str, tracking_uri: str) -> dict | None:
+    """The model's record of its training sites (`eval.tracking.training_sites`) for an
+    external validation on ``site``; ValueError when the model trained on ``site``.
+
+    Refusing, not warning: a model that saw a site's patients (even other patients of it, or
+    its val split for model selection) measures internal performance there, and a report
+    calling that external would be wrong. No record (models from before, bare networks): a
+    warning, and the evaluation keeps to the split evaluated.
+    """
+    from echocmr.eval.tracking import training_sites
+
+    record = training_sites(model_uri, tracking_uri)
+    if record is None:
+        log.warning("%s has no record of the sites it trained on: cannot check that it never saw "
+                    "site %s; its external AUC is only external if it did not", model_uri, site)
+        return None
+    if site in record["train_sites"]:
+        raise ValueError(
+            f"--holdout-site {site}: {model_uri} trained on site {site} (its training sites: "
+            f"{', '.join(record['train_sites'])}), so its AUC there is not external. Train "
+            f"without it (`echocmr train --exclude-site {site}`) or drop --holdout-site")
+    return record
+
+
+def _with_whole_site(clips, val_clips, shards, config: EvalConfig, model_uri: str, site: str, *,
+                     loaded, tracking_uri: str, address: str | None):
+    """``clips`` plus the held-out site's clips of every other split (val's from ``val_clips``
+    when eval inferred val anyway): none of that site's patients was seen in training."""
+    import pandas as pd
+
+    from echocmr.shards.format import SPLITS
+    from echocmr.shards.reader import read_manifest
+
+    manifest = read_manifest(shards)
+    has = set(manifest.loc[manifest["site"].astype(str) == site, "split"].astype(str))
+    parts = [clips]
+    for split in SPLITS:
+        if split == config.split or split not in has:
+            continue
+        if split == "val" and val_clips is not None:
+            parts.append(val_clips[val_clips["site"].astype(str) == site])
+            continue
+        extra, _ = infer_split(shards, split, model_uri, config=config.infer, loaded=loaded,
+                               tracking_uri=tracking_uri, address=address, sites=(site,))
+        parts.append(extra)
+    out = pd.concat(parts, ignore_index=True)
+    log.info("external site %s: %d clips of %s splits", site,
+             int((out["site"].astype(str) == site).sum()), ", ".join(sorted(has)))
+    return out.sort_values(["key", "clip_index"], ignore_index=True)
+
+
 def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig | None = None,
              tracking_uri: str | None = None, address: str | None = None,
              loaded=None) -> EvalOutcome:
@@ -81,6 +132,13 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                                   or config.evaluation.threshold != "none"):
         val_clips, _ = infer_split(shards, "val", model_uri, config=config.infer,
                                    loaded=loaded, tracking_uri=tracking_uri, address=address)
+    holdout = config.evaluation.holdout_site
+    record = None
+    if holdout is not None:
+        record = check_holdout(model_uri, holdout, tracking_uri)
+        if record is not None and config.evaluation.external_splits == "all":
+            clips = _with_whole_site(clips, val_clips, shards, config, model_uri, holdout,
+                                     loaded=loaded, tracking_uri=tracking_uri, address=address)
     digest = manifest_digest(shards)
     context = {
         "model": model_uri,
@@ -93,6 +151,13 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                         if config.evaluation.aggregation == "mean"
                         else "per-view logistic-regression stacker fitted on val"),
     }
+    if holdout is not None:
+        context["training sites"] = (
+            f"The model's training recorded sites {', '.join(record['train_sites'])} (left out: "
+            f"{', '.join(record['exclude_sites']) or 'none'}): site {holdout} was never seen, "
+            "so every one of its patients is external." if record is not None else
+            f"The model has no record of its training sites: that it never saw site {holdout} "
+            f"is NOT verified, and only site {holdout}'s {config.split} studies are used.")
     eval_count = None
     if config.track:
         from echocmr.eval.tracking import previous_evaluations
@@ -126,7 +191,9 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
                                     params=params,
                                     data_digest=digest, eval_count=eval_count)
             # A registered version gets the test AUCs, CIs and verdicts as tags and in its card.
-            annotate_version(tracking_uri=tracking_uri, model_uri=model_uri, split=config.split,
+            # An external validation is written as such, not as the model's test result.
+            label = config.split if holdout is None else f"external_{holdout}"
+            annotate_version(tracking_uri=tracking_uri, model_uri=model_uri, split=label,
                              results=evaluation.results, eval_run=run_id, data_digest=digest)
         except Exception as exc:  # the outputs are on disk; say clearly that logging failed
             error = f"{type(exc).__name__}: {exc}"

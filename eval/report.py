@@ -35,6 +35,8 @@ class ReportInputs:
     missingness: dict = field(default_factory=dict)  # eval.missingness.label_missingness
     internal: dict[str, TaskResult] | None = None  # with holdout_site: the other sites' results
     holdout_site: str | None = None
+    internal_splits: list[str] | None = None  # the splits the internal / external studies are of
+    external_splits: list[str] | None = None
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -68,6 +70,26 @@ def auc_table_text(results: dict[str, TaskResult]) -> str:
             _ci(r.delong_low, r.delong_high), _p(r.p_value), _p(r.p_adjusted), r.verdict,
             pub.text() if pub else "—",
         ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def external_table_text(external: dict[str, TaskResult],
+                        internal: dict[str, TaskResult]) -> str:
+    """Fixed-width table: internal and external AUC with bootstrap CI and patients per task."""
+    head = ("task", "internal AUC", "95% CI", "pos/neg pts", "external AUC", "95% CI",
+            "pos/neg pts", "ext − int", "external verdict")
+    rows = [head]
+    for t, e in external.items():
+        i = internal.get(t)
+        diff = (f"{e.auc - i.auc:+.3f}" if i is not None and e.auc is not None
+                and i.auc is not None else "—")
+        rows.append((t.upper(), _f(i.auc) if i else "—", _boot_ci(i) if i else "—",
+                     f"{i.n_pos_patients}/{i.n_neg_patients}" if i else "—", _f(e.auc),
+                     _boot_ci(e), f"{e.n_pos_patients}/{e.n_neg_patients}", diff, e.verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in rows]
@@ -228,7 +250,9 @@ def _operating_blocks(results: dict[str, TaskResult]) -> list[tuple]:
 
 
 def _external_blocks(external: dict[str, TaskResult], internal: dict[str, TaskResult],
-                     site: str | None) -> list[tuple]:
+                     site: str | None, internal_splits: list[str] | None = None,
+                     external_splits: list[str] | None = None,
+                     record: str | None = None) -> list[tuple]:
     head = ["task", "internal AUC (95% CI)", "internal studies / patients",
             f"external AUC (95% CI), site {site}", "external studies / patients",
             "external − internal", "external verdict"]
@@ -243,11 +267,18 @@ def _external_blocks(external: dict[str, TaskResult], internal: dict[str, TaskRe
                 and i.auc is not None else "—")
         rows.append([t.upper(), cell(i), f"{i.n_studies} / {i.n_patients}" if i else "—",
                      cell(e), f"{e.n_studies} / {e.n_patients}", diff, e.verdict])
+
+    def splits(names: list[str] | None) -> str:
+        return f" ({', '.join(names)} split{'s' if len(names) > 1 else ''})" if names else ""
+
     return [("h", 2, f"External validation: site {site} against the other sites"),
-            ("p", f"Internal: the split's studies of the other sites; external: those of site "
-                  f"{site}. The claim is external only when the model never trained on site "
-                  f"{site} (train on `shards reshard --exclude-site {site}`). The tables below "
-                  "are the external site's."),
+            ("p", f"Internal: the other sites' studies{splits(internal_splits)}, sites the model "
+                  f"trained on; external: site {site}'s{splits(external_splits)}. "
+                  + (record or f"The claim is external only when the model never trained on "
+                                f"site {site} (`echocmr train --exclude-site {site}`).")
+                  + " Thresholds (and a stacker) come from the training sites' val studies "
+                    "only. The tables below are the external site's; a difference within the "
+                    "CIs is no evidence of a drop (docs/evaluation.md)."),
             ("table", head, rows)]
 
 
@@ -309,7 +340,8 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         b.append(("img", images["forest"], "AUC per task with 95% CI beside the published study, "
                                            "verdict on the right"))
     if inp.internal is not None:
-        b += _external_blocks(inp.results, inp.internal, inp.holdout_site)
+        b += _external_blocks(inp.results, inp.internal, inp.holdout_site, inp.internal_splits,
+                              inp.external_splits, inp.context.get("training sites"))
     b.append(("h", 2, "AUC per task, beside the published study"
                       + (f" (external: site {inp.holdout_site})" if inp.holdout_site else "")))
     b.append(("table", *_task_rows(inp.results, published=True)))

@@ -60,3 +60,48 @@ def spread_table(spread: dict[str, dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_seed_sweep(shards: str, train_config, seeds: list[int], out: str | Path, *,
+                   eval_config=None, tracking_uri: str | None = None,
+                   address: str | None = None, prefix: str = "sweep") -> dict:
+    """Train ``train_config`` once per seed of ``seeds`` (``data.seed``; a finished run of the
+    same recipe and seed is reused, `eval.runs.train_or_reuse`), evaluate each model on the same
+    split (and ``evaluation.holdout_site``, if set) into ``OUT/seed-<s>/``, and write the spread
+    (`seed_spread`) to ``OUT/sweep.json`` and ``OUT/sweep.md``. Returns the JSON written."""
+    from dataclasses import replace
+
+    from echocmr.eval.job import EvalConfig, run_eval
+    from echocmr.eval.runs import train_or_reuse
+    from echocmr.train.tracking import resolve_tracking_uri
+
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if len(seeds) < 2:
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: a spread needs two seeds or more")
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    eval_config = eval_config or EvalConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, dirs = [], []
+    for seed in seeds:
+        config = replace(train_config, data=replace(train_config.data, seed=seed))
+        model = train_or_reuse(config, shards, prefix=f"{prefix}-seed{seed}",
+                               tracking_uri=tracking_uri, address=address)
+        d = out / f"seed-{seed}"
+        outcome = run_eval(shards, model.model_uri, d, config=eval_config,
+                           tracking_uri=tracking_uri, address=address)
+        dirs.append(str(d))
+        runs.append({"seed": seed, "run_id": model.run_id, "run_name": model.run_name,
+                     "model_uri": model.model_uri, "reused": model.reused, "eval_dir": str(d),
+                     "eval_run_id": outcome.run_id})
+    spread = seed_spread(read_evaluations(dirs))
+    holdout = eval_config.evaluation.holdout_site
+    judged = f"site {holdout} (external)" if holdout else f"{eval_config.split} split"
+    doc = {"seeds": seeds, "judged": judged, "runs": runs, "spread": spread}
+    (out / "sweep.json").write_text(json.dumps(doc, indent=2))
+    (out / "sweep.md").write_text(
+        f"# Seed sweep: {len(seeds)} training seeds ({', '.join(map(str, seeds))}), {judged}\n\n"
+        "SD over seeds: training variance (another run of this recipe). Mean CI width: sampling "
+        "uncertainty of one evaluation (another test set of this size).\n\n```\n"
+        f"{spread_table(spread)}\n```\n")
+    return doc

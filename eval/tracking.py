@@ -61,6 +61,47 @@ def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
+def training_sites(model_uri: str, tracking_uri: str) -> dict[str, list[str]] | None:
+    """``{"train_sites": [...], "exclude_sites": [...]}`` as the model's training recorded them
+    (its MLflow run's tags, or a checkpoint's own record), None when nothing says.
+
+    Models trained before echocmr recorded sites, and networks saved without their run, have
+    no record: an external validation on them cannot be checked.
+    """
+    from echocmr.train.tracking import EXCLUDE_SITES_TAG, TRAIN_SITES_TAG
+
+    def split(text: str) -> list[str]:
+        return [s for s in text.split(",") if s]
+
+    local = Path(model_uri).expanduser()
+    if local.exists() and (local.is_file() or (local / "checkpoint.pt").is_file()):
+        from echocmr.train.checkpoint import read_checkpoint
+
+        try:
+            state = read_checkpoint(str(local))
+        except ValueError:
+            return None
+        if state.get("train_sites") is None:
+            return None
+        data = (state.get("config") or {}).get("data") or {}
+        return {"train_sites": list(state["train_sites"]),
+                "exclude_sites": list(data.get("exclude_sites") or [])}
+    run_id = source_run_id(model_uri, tracking_uri)
+    if run_id is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri).get_run(run_id).data.tags
+    except Exception as exc:  # the run is gone, or tracking is unreachable
+        log.warning("could not read the training run %s of %s: %s", run_id, model_uri, exc)
+        return None
+    if TRAIN_SITES_TAG not in tags:
+        return None
+    return {"train_sites": split(tags[TRAIN_SITES_TAG]),
+            "exclude_sites": split(tags.get(EXCLUDE_SITES_TAG, ""))}
+
+
 def annotate_version(*, tracking_uri: str, model_uri: str, split: str,
                      results: dict[str, TaskResult], eval_run: str | None,
                      data_digest: str) -> tuple[str, str] | None:

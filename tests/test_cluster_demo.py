@@ -16,6 +16,10 @@ import echocmr.cli as echocmr_cli
 from echocmr import demo
 from echocmr.train import config as train_config
 
+SITES = ["northfield", "riverside", "st_elsewhere"]
+INGESTS = [f"ingest_{site}" for site in SITES]
+ALL = ["synth", *INGESTS, "reshard", "verify", "train", "eval"]
+
 
 @pytest.fixture
 def recorder(monkeypatch):
@@ -30,7 +34,8 @@ def recorder(monkeypatch):
             (output / "made").write_text(step.name)
         log_file.write_text(f"$ echocmr {' '.join(step.argv)}\n")
         if step.name == "eval":
-            log_file.write_text("study-level AUCs, test split\nWMA 0.9\n\noutputs in x\n")
+            log_file.write_text("study-level AUCs, internal beside external\nWMA 0.8 0.7\n\n"
+                                "study-level AUCs, test split\nWMA 0.9\n\noutputs in x\n")
         assert env["MLFLOW_TRACKING_URI"] == demo.tracking_uri(config)
         return fail.get(step.name, 0)
 
@@ -43,7 +48,7 @@ def test_every_step_parses_with_the_real_command_line(tmp_path):
     parser = echocmr_cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
     steps = demo.plan(demo.DemoConfig(out=tmp_path), gpu=True)
-    assert [s.name for s in steps] == ["synth", "ingest", "verify", "train", "eval"]
+    assert [s.name for s in steps] == ALL
     for step in steps:
         assert step.argv[0] in commands, f"`echocmr {step.argv[0]}` is not registered"
         try:
@@ -54,6 +59,26 @@ def test_every_step_parses_with_the_real_command_line(tmp_path):
     train = next(s for s in steps if s.name == "train")
     assert "--workers" in train.argv and train.argv[train.argv.index("--workers") + 1] == "2"
     assert "--gpu" in train.argv
+    # each site ingested on its own, merged; training leaves one out, eval validates on it
+    ingests = [s for s in steps if s.name.startswith("ingest_")]
+    assert [s.argv[s.argv.index("--site") + 1] for s in ingests] == SITES
+    assert all(s.argv[s.argv.index("--dicom") + 1].endswith(f"dicom/{site}")
+               for s, site in zip(ingests, SITES, strict=True))
+    reshard = next(s for s in steps if s.name == "reshard")
+    assert [Path(x).name for x in reshard.argv[reshard.argv.index("--input") + 1:
+                                               reshard.argv.index("--out")]] == SITES
+    assert train.argv[train.argv.index("--exclude-site") + 1] == demo.DEMO_HOLDOUT
+    evaluate = next(s for s in steps if s.name == "eval")
+    assert evaluate.argv[evaluate.argv.index("--holdout-site") + 1] == demo.DEMO_HOLDOUT
+
+
+def test_demo_seed_is_the_lowest_that_meets_its_rule():
+    """DEMO_SEED's comment, counted from the cohort plan: the test split, the held-out site and
+    the internal column all have enough patients; no lower seed does."""
+    counts = demo.seed_counts(demo.DEMO_SEED)
+    assert demo.seed_qualifies(counts)
+    assert min(counts["external"]["wma"][2:]) >= 10 and min(counts["internal_test"]["wma"][2:]) >= 10
+    assert not any(demo.seed_qualifies(demo.seed_counts(s)) for s in range(demo.DEMO_SEED))
 
 
 def test_train_config_is_a_valid_train_config(tmp_path):
@@ -76,13 +101,14 @@ def test_resume_skips_finished_steps_and_reruns_changed_ones(tmp_path, recorder,
     calls, _ = recorder
     out = tmp_path / "demo_out"
     assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0
-    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+    assert calls == ALL
     resolved = train_config.load_config(str(out / "train.yaml"), preset=demo.DEMO_PRESET)
     assert resolved.epochs == train_config.PRESETS["demo"]["epochs"] == 6
     assert resolved == train_config.TrainConfig.from_dict(demo.train_config(
         demo.DemoConfig(out=out, patients=30), gpu=False))
     printed = capsys.readouterr().out
     assert "study-level AUCs" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
+    assert "WMA 0.8 0.7" in printed and "WMA 0.9" in printed  # both tables end the output
 
     calls.clear()
     assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0
@@ -98,7 +124,7 @@ def test_resume_skips_finished_steps_and_reruns_changed_ones(tmp_path, recorder,
 
     calls.clear()
     assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=40, epochs=2)) == 0
-    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+    assert calls == ALL
 
 
 def test_a_failed_step_stops_the_demo_and_the_rerun_starts_there(tmp_path, recorder, capsys):
@@ -106,7 +132,7 @@ def test_a_failed_step_stops_the_demo_and_the_rerun_starts_there(tmp_path, recor
     out = tmp_path / "d"
     fail["train"] = 3
     assert demo.run_demo_flow(demo.DemoConfig(out=out)) == 3
-    assert calls == ["synth", "ingest", "verify", "train"]
+    assert calls == ALL[:-1]
     assert "train FAILED (exit 3)" in capsys.readouterr().out
     (out / "ray_runs" / "checkpoint").write_text("kept")
 
@@ -118,7 +144,7 @@ def test_a_failed_step_stops_the_demo_and_the_rerun_starts_there(tmp_path, recor
 
     calls.clear()
     assert demo.run_demo_flow(demo.DemoConfig(out=out, fresh=True)) == 0
-    assert calls == ["synth", "ingest", "verify", "train", "eval"]
+    assert calls == ALL
     assert not (out / "ray_runs" / "checkpoint").exists()
 
 
@@ -131,7 +157,8 @@ def test_bad_sizes_are_refused():
 
 @pytest.mark.slow
 def test_demo_end_to_end_on_a_small_cohort(tmp_path):
-    """The real flow, small: 20 patients, one epoch (~5-7 min on 2 busy cores)."""
+    """The real flow, small: 20 patients at three sites, one epoch, one site left out of
+    training and validated on externally (~5-7 min on 2 busy cores)."""
     import subprocess
 
     out = tmp_path / "demo_out"
@@ -142,7 +169,10 @@ def test_demo_end_to_end_on_a_small_cohort(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "study-level AUCs" in result.stdout
-    assert (out / "report" / "report.md").exists()
+    assert f"beside external (site {demo.DEMO_HOLDOUT}" in result.stdout
+    report = (out / "report" / "report.md").read_text()
+    assert f"External validation: site {demo.DEMO_HOLDOUT}" in report
+    assert f"site {demo.DEMO_HOLDOUT} was never seen" in report
     assert (out / "shards" / "manifest.parquet").exists()
     assert (out / "mlflow.db").exists()
     assert "models:/echocmr-demo@champion" in result.stdout

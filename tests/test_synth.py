@@ -28,6 +28,8 @@ from echocmr.ingest.synth.generate import LABEL_COLUMNS, TRUTH_COLUMNS, _render_
 from echocmr.ingest.synth.labels import CUTOFFS
 from echocmr.ingest.synth.phantom import EchoPhantom
 from echocmr.ingest.synth.sector import draw_geometry
+from echocmr.ingest.synth.sites import SITE_BY_KEY, SITES
+from echocmr.ingest.synth.vendors import VENDOR_BY_KEY, vendor_shares
 
 PATIENTS, SEED = 12, 7
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -100,6 +102,45 @@ def test_at_least_three_transfer_syntaxes_and_every_vendor(truth, cohort):
     assert images["transfer_syntax"].nunique() >= 3
     assert set(images["photometric"]) == {"YBR_FULL_422", "RGB", "MONOCHROME2"}
     assert len(cohort[1]["vendors"]) == 6
+
+
+def test_every_patient_has_one_site_its_files_and_labels_name(cohort, truth):
+    out, summary = cohort
+    labels = pd.read_parquet(out / "cmr_labels.parquet")
+    site_of = labels.groupby("patient_id")["site"].agg(lambda s: set(s))
+    assert all(len(v) == 1 for v in site_of)  # one site per patient, on every exam
+    assert (truth["site"] == truth["patient_id"].map(lambda p: next(iter(site_of[p])))).all()
+    assert (truth["source"].str.split("/").str[0] == truth["site"]).all()
+    assert (truth["source"].str.split("/").str[1] == truth["vendor"]).all()
+    assert set(summary["sites"]) <= set(SITE_BY_KEY) and sum(summary["sites"].values()) == PATIENTS
+    for row in truth.drop_duplicates("study_uid").itertuples():
+        ds = pydicom.dcmread(out / "dicom" / row.source, stop_before_pixels=True)
+        assert ds.InstitutionName in SITE_BY_KEY[row.site].institutions, row.source
+
+
+def test_sites_at_scale_keep_the_machine_shares_and_leave_labels_alone():
+    """2,000 planned patients (no pixels): site shares as the table says, each site on its own
+    machines, the cohort's machine shares those of vendors.py, and no label depends on the site.
+    Tolerances are about 4 binomial standard deviations (plus the mixes' 1-point design slack)."""
+    plans = plan_cohort(CohortConfig(patients=2000, seed=3, problem_files=False))
+    n = len(plans)
+    for site in SITES:
+        mine = [p for p in plans if p.site == site.key]
+        assert len(mine) / n == pytest.approx(site.share, abs=0.045), site.key
+        studies = [s for p in mine for s in p.studies]
+        used = {s.vendor for s in studies}
+        assert used <= set(site.vendors), (site.key, used)
+        for vendor, share in site.vendors.items():
+            got = sum(s.vendor == vendor for s in studies) / len(studies)
+            assert got == pytest.approx(share, abs=0.07), (site.key, vendor)
+        wma = np.mean([p.latent.wma for p in mine])
+        t1 = np.mean([p.latent.t1 for p in mine])
+        assert wma == pytest.approx(0.35, abs=0.09) and t1 == pytest.approx(0.30, abs=0.09)
+    studies = [s for p in plans for s in p.studies]
+    for key, share in zip(*vendor_shares(), strict=True):
+        got = sum(s.vendor == key for s in studies) / len(studies)
+        assert got == pytest.approx(share, abs=0.03), key
+    assert set(VENDOR_BY_KEY) == {s.vendor for s in studies}
 
 
 def _sector_and_pixels(path: Path, frame: int = 0):

@@ -113,6 +113,14 @@ def test_champion_follows_the_checkpoint_rule_and_compares_only_like_with_like(t
     assert better.alias == "champion" and "beats champion v1's" in better.decision
     other_data = reg(4, wma=0.95, mean=0.90, digest="e" * 64)
     assert other_data.alias == "challenger" and "other data" in other_data.decision
+    with mlflow.start_run() as run:
+        scoped_uri = log_model(fake_state(6), tracking_uri=uri, run_id=run.info.run_id)
+    other_scope = register_model(scoped_uri, "echo", tracking_uri=uri, val_mean_auc=0.9,
+                                 val_aucs={"wma": 0.96}, data_digest="d" * 64,
+                                 selection="val AUC (wma)", selection_score=0.96,
+                                 data_scope="excluding sites st_elsewhere")
+    assert other_scope.alias == "challenger" and "excluding sites st_elsewhere" in \
+        other_scope.decision
     other_rule = reg(5, wma=0.95, mean=0.90, selection="val loss")
     assert other_rule.alias == "challenger" and "'val loss'" in other_rule.decision
     assert str(client.get_model_version_by_alias("echo", "champion").version) == better.version

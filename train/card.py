@@ -22,16 +22,19 @@ EVAL_BEGIN = "<!-- echocmr eval {split} -->"
 EVAL_END = "<!-- /echocmr eval {split} -->"
 
 
-def data_summary(shards: str) -> dict[str, Any]:
-    """Per split counts and prevalence of a shard set, plus its sites (plain data)."""
+def data_summary(shards: str, *, exclude_sites=(), train_sites=None) -> dict[str, Any]:
+    """Per split counts and prevalence of a shard set without ``exclude_sites`` (what training
+    read), its sites, the sites left out and those trained on (plain data)."""
     from echocmr.shards.reader import read_manifest
     from echocmr.shards.stats import split_summary
 
     manifest = read_manifest(shards)
+    manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
     splits = {s: split_summary(manifest[manifest["split"] == s]) for s in SPLITS
               if (manifest["split"] == s).any()}
     return {"sites": sorted(str(s) for s in manifest["site"].unique()), "clips": len(manifest),
-            "splits": splits}
+            "splits": splits, "excluded_sites": sorted(exclude_sites),
+            "train_sites": None if train_sites is None else list(train_sites)}
 
 
 def training_card(*, name: str, version: str, run_id: str, shards: str, digest: str,
@@ -46,7 +49,12 @@ def training_card(*, name: str, version: str, run_id: str, shards: str, digest: 
              "## Data", "",
              f"- shard set digest (sha256 of manifest.parquet): `{digest}`",
              f"- source: `{shards}`",
-             f"- sites: {', '.join(data['sites']) or '-'}", "",
+             f"- sites: {', '.join(data['sites']) or '-'}",
+             *([f"- trained on sites (train and val): {', '.join(data['train_sites'])}"]
+               if data.get("train_sites") is not None else []),
+             *([f"- **left out of training** (`--exclude-site`, for external validation): "
+                f"{', '.join(data['excluded_sites'])}; the table counts the other sites only"]
+               if data.get("excluded_sites") else []), "",
              "| split | clips | studies | patients | "
              + " | ".join(f"{t.upper()} prevalence" for t in TASKS) + " |",
              "|---|---|---|---|" + "---|" * len(TASKS)]

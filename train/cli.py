@@ -21,32 +21,58 @@ def register(subparsers) -> None:
         description="Train one R(2+1)D network with five heads (WMA, LGE, T1, T2, ECV) on the "
                     "shards, on one machine or a Ray cluster; log to MLflow and optionally "
                     "register.")
-    p.add_argument("--shards",
-                   help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
-                        "onto its disk (train and val splits); required unless --print-config")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
-                        "~/.cache/echocmr/shards)")
-    p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
-    p.add_argument("--gpu", action="store_true", default=None,
-                   help="one GPU per worker: DALI mixed decode, NCCL, bf16")
-    p.add_argument("--epochs", type=int, help="epochs to train")
-    p.add_argument("--config", metavar="FILE", help="YAML config (see docs/training.md)")
-    p.add_argument("--preset", help="named starting config: cpu-small, gpu, demo")
-    p.add_argument("--register", metavar="NAME", help="register the best model under NAME")
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///mlflow.db)")
-    p.add_argument("--init", metavar="FILE", help="published r2plus1d_18 state dict to start from")
-    p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
-    p.add_argument("--storage", metavar="DIR",
-                   help="checkpoint storage shared by all nodes (default ./train_runs)")
-    p.add_argument("--seed", type=int,
-                   help="training seed (data.seed: weight init, shuffle, clip starts, "
-                        "augmentation); vary it for a seed sweep (docs/evaluation.md)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit without training")
+    add_train_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_train_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """`echocmr train`'s flags on ``p``, less those in ``skip`` (`echocmr loso` and `echocmr sweep
+    --train` set them themselves)."""
+    if "--shards" not in skip:
+        p.add_argument("--shards",
+                       help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
+                            "onto its disk (train and val splits); required unless --print-config")
+    if "--cache-dir" not in skip:
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
+                            "~/.cache/echocmr/shards)")
+    if "--workers" not in skip:
+        p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
+    if "--gpu" not in skip:
+        p.add_argument("--gpu", action="store_true", default=None,
+                       help="one GPU per worker: DALI mixed decode, NCCL, bf16")
+    if "--epochs" not in skip:
+        p.add_argument("--epochs", type=int, help="epochs to train")
+    if "--config" not in skip:
+        p.add_argument("--config", metavar="FILE", help="YAML config (see docs/training.md)")
+    if "--preset" not in skip:
+        p.add_argument("--preset", help="named starting config: cpu-small, gpu, demo")
+    if "--register" not in skip:
+        p.add_argument("--register", metavar="NAME", help="register the best model under NAME")
+    if "--address" not in skip:
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    if "--tracking-uri" not in skip:
+        p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
+                                              "sqlite:///mlflow.db)")
+    if "--init" not in skip:
+        p.add_argument("--init", metavar="FILE", help="published r2plus1d_18 state dict to start from")
+    if "--run-name" not in skip:
+        p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
+    if "--storage" not in skip:
+        p.add_argument("--storage", metavar="DIR",
+                       help="checkpoint storage shared by all nodes (default ./train_runs)")
+    if "--seed" not in skip:
+        p.add_argument("--seed", type=int,
+                       help="training seed (data.seed: weight init, shuffle, clip starts, "
+                            "augmentation); vary it for a seed sweep (docs/evaluation.md)")
+    if "--exclude-site" not in skip:
+        p.add_argument("--exclude-site", action="append", metavar="NAME",
+                       help="leave site NAME out of training and validation (repeatable; "
+                            "data.exclude_sites), to validate on it externally with `echocmr eval "
+                            "--holdout-site NAME`")
+    if "--print-config" not in skip:
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as YAML and exit without training")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -61,7 +87,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     if getattr(args, "init", None):
         out["model"] = {"init": args.init}
     if getattr(args, "seed", None) is not None:
-        out["data"] = {"seed": args.seed}
+        out.setdefault("data", {})["seed"] = args.seed
+    if getattr(args, "exclude_site", None):
+        out.setdefault("data", {})["exclude_sites"] = sorted(set(args.exclude_site))
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from echocmr import config as loader
 from echocmr.config import ConfigError, check_choices, read_yaml
-from echocmr.shards.format import TASKS
+from echocmr.shards.format import TASKS, validate_site
 
 __all__ = ["PRESETS", "AugmentConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
            "SelectionConfig", "TrainConfig", "dump_yaml", "flat_params", "load_config", "read_yaml"]
@@ -87,8 +87,17 @@ class DataConfig:
     # Video decoder: "mixed" (NVDEC, GPU), "cpu" (DALI CPU threads; on a GPU run the batches
     # then go through pinned host memory to the GPU), "auto" (mixed on a GPU run, else cpu).
     decoder: Literal["auto", "mixed", "cpu"] = "auto"
+    # Sites whose clips this run never reads (train and val): external validation on them later
+    # (`echocmr train --exclude-site`, `echocmr eval --holdout-site`; docs/evaluation.md).
+    exclude_sites: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.exclude_sites = tuple(self.exclude_sites)
+        for site in self.exclude_sites:
+            try:
+                validate_site(site)
+            except ValueError as exc:
+                raise ConfigError(f"data.exclude_sites: {exc}") from None
         if isinstance(self.augment, dict):
             self.augment = loader.build(AugmentConfig, self.augment, where="data.augment")
         for name in ("frames", "period", "size", "batch_size", "num_threads", "prefetch",

@@ -24,6 +24,13 @@ rank), and the tar order is permuted per epoch with a seed shared by all ranks (
 still partition the split). The reader position is therefore just (epoch, batch):
 `ClipLoader.epoch(e, start_batch=b)` replays epoch ``e`` from batch ``b`` exactly.
 
+Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``): the tars stay as
+they are; `split_files` writes, into a private temporary directory, a ``.idx`` per tar that lists
+only the samples of the other sites (which site a sample is of comes from ``manifest.parquet``),
+and DALI reads the same tars through those. Sample counts, rank parts, batches per epoch and the
+val split all follow the shortened indexes, so a left-out site's clips are never decoded. Eval
+uses the same selection the other way round (``sites=``: only these sites).
+
 Pixel values (measured on DALI 2.4, CPU decoder): the decoder reads our VP9's luma as limited
 ("TV") range and gives ``R = G = B = clip(round((Y' - 16) * 255 / 219), 0, 255)``. Ingest stores
 grey ``Y`` as ``Y' = 16 + round(Y * 219 / 255)`` (``shards.format.GREY_TO_LUMA``, format version
@@ -40,7 +47,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +93,17 @@ class Batch:
         return ~torch.isnan(self.labels) & self.valid[:, None]
 
 
-def split_files(shards: str, split: str) -> tuple[list[str], list[str], list[int]]:
+def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
+                sites: Sequence[str] | None = None, index_dir: str | None = None
+                ) -> tuple[list[str], list[str], list[int]]:
     """Tars, their ``.idx`` files and sample counts for one split of a local shard set.
 
-    Raises `shards.format.FormatVersionError` for a set of another format version (its pixels
-    would decode differently): training and eval both read through here.
+    ``exclude_sites`` leaves those sites' samples out, ``sites`` keeps only those sites'; either
+    writes shortened indexes into ``index_dir`` (which must exist) and returns them in place of
+    the set's own (a tar left with no sample is dropped). A site the set does not hold is a
+    ValueError naming the sites it does. Raises `shards.format.FormatVersionError` for a set of
+    another format version (its pixels would decode differently): training and eval both read
+    through here.
     """
     from echocmr.shards.reader import list_shards, read_stats
     from echocmr.shards.storage import is_local, local_path
@@ -110,7 +124,81 @@ def split_files(shards: str, split: str) -> tuple[list[str], list[str], list[int
                                     "re-run the ingest or reshard that wrote the set")
         indexes.append(idx)
         counts.append(index_count(idx))
-    return tars, indexes, counts
+    if not exclude_sites and sites is None:
+        return tars, indexes, counts
+    if index_dir is None:
+        raise ValueError("selecting sites writes shortened indexes: pass index_dir")
+    return select_sites(shards, split, tars, indexes, exclude_sites=exclude_sites, sites=sites,
+                        index_dir=index_dir)
+
+
+def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
+    """ValueError unless every site in ``names`` is in ``manifest`` (``flag`` names the option)."""
+    have = sorted(str(s) for s in manifest["site"].unique())
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise ValueError(f"{flag} {', '.join(unknown)}: {where} has no such site; its sites are "
+                         f"{', '.join(have)}")
+
+
+def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
+                   ) -> tuple[dict, list[str]]:
+    """``(stats, training sites)`` of a run that leaves ``exclude_sites`` out of ``shards``.
+
+    The training sites are those with train or val clips once the excluded are gone. The stats
+    are the set's ``stats.json`` recomputed from the manifest without the excluded sites (train
+    pixel mean/std, prevalence per split), so not even the input normalisation or the positive
+    weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
+    """
+    from echocmr.shards.reader import read_manifest
+    from echocmr.shards.stats import compute_stats
+
+    manifest = read_manifest(shards)
+    check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
+    kept = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
+    fit = kept[kept["split"].isin(["train", "val"])]
+    sites = sorted(str(s) for s in fit["site"].unique())
+    if not (kept["split"] == "train").any():
+        raise ValueError(f"--exclude-site {', '.join(exclude_sites)} leaves no train clips in "
+                         f"{shards}")
+    if not exclude_sites:
+        return stats, sites
+    recomputed = compute_stats(kept, clip_format=stats["clip"],
+                               split_key_fingerprint=stats.get("split_key_fingerprint", ""))
+    return {**stats, **recomputed, "excluded_sites": list(exclude_sites)}, sites
+
+
+def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
+                 exclude_sites: Sequence[str] = (), sites: Sequence[str] | None = None,
+                 index_dir: str) -> tuple[list[str], list[str], list[int]]:
+    """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
+    shortened indexes written into ``index_dir``, tars left with no sample dropped."""
+    from echocmr.shards.index import format_index, parse_index, sample_keys
+    from echocmr.shards.reader import read_manifest
+
+    manifest = read_manifest(shards)
+    check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
+    if sites is not None:
+        check_sites(manifest, list(sites), "--holdout-site", f"shard set {shards}")
+    site = manifest["site"].astype(str)
+    keep = ~site.isin(list(exclude_sites))
+    if sites is not None:
+        keep &= site.isin(list(sites))
+    wanted = set(manifest.loc[keep & (manifest["split"] == split), "key"])
+    out_tars, out_indexes, out_counts = [], [], []
+    for tar, idx in zip(tars, indexes, strict=True):
+        with open(idx, encoding="utf-8") as f:
+            samples = parse_index(f.read())
+        kept = [m for m, k in zip(samples, sample_keys(samples), strict=True) if k in wanted]
+        if not kept:
+            continue
+        path = os.path.join(index_dir, f"{split}-{len(out_indexes):06d}-{os.path.basename(idx)}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(format_index(kept))
+        out_tars.append(tar)
+        out_indexes.append(path)
+        out_counts.append(len(kept))
+    return out_tars, out_indexes, out_counts
 
 
 def check_decoder(stats: dict, decoder: str, where: str) -> None:
@@ -154,12 +242,19 @@ class ClipLoader:
         self.decoder = resolve_decoder(config.decoder, gpu=self.device.type == "cuda")
         if stats:
             check_decoder(stats, self.decoder, f"shard set {shards}")
-        self.tars, self.indexes, counts = split_files(shards, split)
+        self._index_dir = None  # shortened indexes when sites are left out (module docstring)
+        if config.exclude_sites:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
+        self.tars, self.indexes, counts = split_files(
+            shards, split, exclude_sites=config.exclude_sites,
+            index_dir=self._index_dir.name if self._index_dir else None)
         self.num_samples = sum(counts)
         self.shard_sizes = shard_sizes(self.num_samples, world)
         if min(self.shard_sizes) < 1:
-            raise ValueError(
-                f"{split} has {self.num_samples} clips, fewer than the {world} workers")
+            left_out = (f" once {', '.join(config.exclude_sites)} are left out"
+                        if config.exclude_sites else "")
+            raise ValueError(f"{split} has {self.num_samples} clips{left_out}, fewer than the "
+                             f"{world} workers")
         self.batches_per_epoch = math.ceil(max(self.shard_sizes) / config.batch_size)
         self._stored_size = ClipFormat.of_stats(stats).size if stats else None
 

@@ -134,6 +134,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def checkpoint_state(epoch: int | None, metrics: dict) -> dict:
         state = engine.state_dict()  # collective (gathers per-rank states): every rank calls it
         return {**state, "epoch": epoch, "metrics": metrics, "config": config.to_dict(),
+                "train_sites": loop_config.get("train_sites"),
                 "input_spec": engine.spec.to_dict()}
 
     def report(state: dict, metrics: dict, name: str) -> None:
@@ -247,7 +248,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from echocmr.shards import storage
     from echocmr.shards.format import check_format_version
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import check_decoder
+    from echocmr.train.data import check_decoder, site_selection
     from echocmr.train.engine import TEST_FAULT_ENV
     from echocmr.train.pipeline import resolve_decoder
     from echocmr.train.preflight import check_cluster
@@ -257,6 +258,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         manifest_digest,
         open_run,
         resolve_tracking_uri,
+        site_tags,
     )
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
@@ -273,6 +275,9 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     # A GPU run decoding on NVDEC needs clips NVDEC takes: refuse now, not in every worker.
     check_decoder(stats, resolve_decoder(config.data.decoder, gpu=config.gpu),
                   f"shard set {shards}")
+    # Left-out sites (data.exclude_sites): checked against the set, and the stats every worker
+    # normalises with recomputed without them (train.data.site_selection).
+    stats, train_sites = site_selection(shards, stats, config.data.exclude_sites)
     digest = manifest_digest(shards)
 
     started_ray = False
@@ -294,7 +299,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         run_key = f"{config.storage}/{config.run_name}"
         run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
                                    run_name=config.run_name, run_key=run_key,
-                                   tags={"data_digest": digest, "shards": shards})
+                                   tags={"data_digest": digest, "shards": shards,
+                                         **site_tags(config.data.exclude_sites, train_sites)})
         log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new",
                  tracking_uri)
         if not resumed:
@@ -303,7 +309,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
             train_worker,
             train_loop_config={"config": config.to_dict(), "shards": shards, "stats": stats,
                                "tracking_uri": tracking_uri, "run_id": run_id,
-                               "data_digest": digest, "test_env": test_env},
+                               "data_digest": digest, "test_env": test_env,
+                               "train_sites": train_sites},
             torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=config.workers, use_gpu=config.gpu,
@@ -324,14 +331,14 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
             finish_run(tracking_uri, run_id, "FAILED")
             raise
         return _finish(config, result, tracking_uri=tracking_uri, run_id=run_id, digest=digest,
-                       shards=shards)
+                       shards=shards, train_sites=train_sites)
     finally:
         if started_ray:
             ray.shutdown()
 
 
 def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
-            digest: str, shards: str) -> TrainOutcome:
+            digest: str, shards: str, train_sites: list[str]) -> TrainOutcome:
     """Log the best checkpoint's model, register it with its model card, close the MLflow run."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -373,15 +380,23 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
                 outcome.model_uri, config.register, tracking_uri=tracking_uri,
                 val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id,
                 selection=config.selection.describe(),
-                selection_score=_none_if_nan(best_metrics.get(SCORE)))
-            _write_card(outcome, config, tracking_uri=tracking_uri, shards=shards, digest=digest)
+                selection_score=_none_if_nan(best_metrics.get(SCORE)),
+                data_scope=_data_scope(config))
+            _write_card(outcome, config, tracking_uri=tracking_uri, shards=shards, digest=digest,
+                        train_sites=train_sites)
             mlflow.set_tags({"echocmr.registered": f"{config.register}/"
                                                    f"{outcome.registration.version}"})
     return outcome
 
 
+def _data_scope(config: TrainConfig) -> str:
+    """Which part of the shard set the run trained and chose its checkpoint on (registry tag)."""
+    excluded = sorted(config.data.exclude_sites or [])
+    return f"excluding sites {', '.join(excluded)}" if excluded else "all sites"
+
+
 def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str, shards: str,
-                digest: str) -> None:
+                digest: str, train_sites: list[str]) -> None:
     """The registered version's description (`train.card.training_card`)."""
     from echocmr.train.artifact import echocmr_version
     from echocmr.train.card import data_summary, training_card
@@ -389,7 +404,9 @@ def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str
 
     reg = outcome.registration
     card = training_card(name=reg.name, version=reg.version, run_id=outcome.run_id,
-                         shards=shards, digest=digest, data=data_summary(shards),
+                         shards=shards, digest=digest,
+                         data=data_summary(shards, exclude_sites=config.data.exclude_sites,
+                                           train_sites=train_sites),
                          config=config.to_dict(), best_epoch=outcome.best_epoch,
                          val_aucs=outcome.val_aucs, val_mean_auc=outcome.val_mean_auc,
                          echocmr_version=echocmr_version())

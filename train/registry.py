@@ -5,7 +5,8 @@ tags it with its val AUCs (``val_mean_auc``, ``val_auc_<task>``), the data diges
 the pre-specified rule its best checkpoint was chosen by (``selection``, e.g. ``val AUC (wma)``)
 with that rule's score (``selection_score``). The alias ``champion`` moves by the same rule that
 chose the checkpoint: to the new version only if the current champion was chosen by the same rule
-on the same data (``data_digest``: the same val split) and the new score beats its score. Scores
+on the same data (``data_digest`` and ``data_scope``, e.g. ``excluding sites X`` after
+``train --exclude-site X``: the same val split) and the new score beats its score. Scores
 under different rules, or on different val sets, are not comparable: the new version becomes
 ``challenger`` and the version's ``champion_decision`` tag says why, so a person compares them on
 a common test set (``echocmr eval``) and promotes by hand. The first version of a name is
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 LEGACY_SELECTION = "val mean AUC (all tasks)"  # the rule of versions without a selection tag
+ALL_SITES = "all sites"  # the data scope of versions without a data_scope tag
 
 
 @dataclass
@@ -49,7 +51,8 @@ class Registration:
 def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc: float | None,
                    val_aucs: dict[str, float | None], data_digest: str,
                    run_id: str | None = None, selection: str | None = None,
-                   selection_score: float | None = None) -> Registration:
+                   selection_score: float | None = None,
+                   data_scope: str = ALL_SITES) -> Registration:
     """Register ``model_uri`` as a new version of ``name`` and set its alias (see module doc).
 
     ``selection``/``selection_score``: the run's checkpoint rule (``SelectionConfig.describe()``)
@@ -67,7 +70,8 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc
             **{f"val_auc_{task}": _fmt(auc) for task, auc in val_aucs.items()}}
     if selection is None:
         selection, selection_score = LEGACY_SELECTION, val_mean_auc
-    tags |= {"selection": selection, "selection_score": _fmt(selection_score)}
+    tags |= {"selection": selection, "selection_score": _fmt(selection_score),
+             "data_scope": data_scope}
     if run_id:
         tags["run_id"] = run_id
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
@@ -79,7 +83,7 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc
         previous_auc = _parse(champion.tags.get("val_mean_auc"))
     except MlflowException:  # no champion yet
         pass
-    alias, decision = _decide(champion, selection, selection_score, data_digest)
+    alias, decision = _decide(champion, selection, selection_score, data_digest, data_scope)
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "champion_decision", decision)
     return Registration(name=name, version=version, alias=alias, val_mean_auc=val_mean_auc,
@@ -87,7 +91,8 @@ def register_model(model_uri: str, name: str, *, tracking_uri: str, val_mean_auc
                         selection=selection, selection_score=selection_score, decision=decision)
 
 
-def _decide(champion, selection: str, score: float | None, digest: str) -> tuple[str, str]:
+def _decide(champion, selection: str, score: float | None, digest: str,
+            scope: str = ALL_SITES) -> tuple[str, str]:
     """(alias, why) for a new version against the current ``champion`` version (or None)."""
     if champion is None:
         return CHAMPION, "first version with a champion alias"
@@ -102,6 +107,11 @@ def _decide(champion, selection: str, score: float | None, digest: str) -> tuple
         return CHALLENGER, (f"not compared: champion v{v} was scored on other data (digest "
                             f"{str(tags.get('data_digest'))[:12]}, this {digest[:12]}); evaluate "
                             "both on one test split and promote by hand")
+    their_scope = tags.get("data_scope", ALL_SITES)
+    if their_scope != scope:
+        return CHALLENGER, (f"not compared: champion v{v} was trained and scored on "
+                            f"{their_scope}, this version on {scope} (another val set); "
+                            "evaluate both on one test split and promote by hand")
     if _beats(score, their_score):
         return CHAMPION, f"{selection} {_fmt(score)} beats champion v{v}'s {_fmt(their_score)}"
     return CHALLENGER, (f"{selection} {_fmt(score)} does not beat champion v{v}'s "

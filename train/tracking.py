@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG = "echocmr.run_key"
+# Which sites a run trained on and which it left out (comma-separated, "" for none): eval checks
+# a --holdout-site against them, and `echocmr loso` finds each site's model by the second.
+TRAIN_SITES_TAG = "echocmr.train_sites"
+EXCLUDE_SITES_TAG = "echocmr.exclude_sites"
+
+
+def site_tags(exclude_sites, train_sites) -> dict[str, str]:
+    """The run tags that record the sites a run trained on and those it left out."""
+    return {TRAIN_SITES_TAG: ",".join(train_sites),
+            EXCLUDE_SITES_TAG: ",".join(sorted(exclude_sites))}
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:

@@ -12,6 +12,8 @@ What a patient gets:
   mostly small (Laplace around +1 day, within +-28 days); 7 % of studies fall 35-300 days away
   from every CMR of the patient, which ingest must reject as ``no_cmr_within_window``.
 - 2-4 clips per study (A4C, A2C, PLAX; a fourth repeats a view), all on the study's machine.
+- One hospital (``sites.py``): every study of the patient is done there, on a machine drawn
+  from that hospital's own mix, and the DICOM tree is ``dicom/<site>/<vendor>/...``.
 - Problem files added to in-window studies: a single-frame image, a colour-Doppler clip, a Basic
   Text SR and a 5-frame clip (``PROBLEM_REASONS``), at least one each, ~1 per 100 patients.
 """
@@ -32,6 +34,7 @@ from echocmr.ingest.synth.labels import (
     draw_cmr_values,
     draw_latent,
 )
+from echocmr.ingest.synth.sites import SITE_BY_KEY, draw_site, site_vendor_shares
 from echocmr.ingest.synth.vendors import VENDOR_BY_KEY, vendor_shares
 
 # problem file kind -> the reason ingest must give when it rejects it
@@ -52,8 +55,6 @@ _FIRST = {"F": ("JANE", "MARY", "ANNA", "LINDA", "SARAH", "EMMA", "OLIVIA", "GRA
                 "CLARA", "NORA", "RUTH", "HELEN", "IRIS", "LUCY", "MAYA"),
           "M": ("JOHN", "JAMES", "DAVID", "PETER", "MARK", "PAUL", "OMAR", "LIAM", "NOAH",
                 "HENRY", "OSCAR", "VICTOR", "HUGO", "IVAN", "LEO", "SAMUEL")}
-_INSTITUTIONS = ("ST ELSEWHERE GENERAL HOSPITAL", "NORTHFIELD HEART CENTRE",
-                 "RIVERSIDE UNIVERSITY HOSPITAL")
 
 
 @dataclass(kw_only=True)
@@ -128,6 +129,7 @@ class StudyPlan:
 class PatientPlan:
     index: int
     patient_id: str
+    site: str  # the hospital (sites.py): ingest's --site for this patient's files
     last_name: str
     first_name: str
     sex: str
@@ -143,11 +145,12 @@ class PatientPlan:
         return f"{self.last_name}_{self.first_name}_{self.patient_id}"
 
     def study_folder(self, study: StudyPlan) -> str:
-        """Path of a study below DIR/dicom/, in its vendor's naming style."""
+        """Path of a study below DIR/dicom/: its site, machine, patient, and the study in the
+        machine's naming style."""
         vendor = VENDOR_BY_KEY[study.vendor]
         name = (f"{study.date:%Y%m%d}_{study.accession}" if vendor.file_style == "numbered"
                 else study.study_uid)
-        return f"{vendor.key}/{self.folder}/{name}"
+        return f"{self.site}/{vendor.key}/{self.folder}/{name}"
 
     def file_name(self, study: StudyPlan, f: FilePlan) -> str:
         vendor = VENDOR_BY_KEY[study.vendor]
@@ -206,7 +209,9 @@ def plan_patient(seed: int, index: int, cfg: CohortConfig) -> PatientPlan:
     age_days = int(rng.uniform(25, 85) * 365.25)
     birth = first_cmr - dt.timedelta(days=age_days)
     base_hr = rng.uniform(55, 100)
-    keys, shares = vendor_shares()
+    site = draw_site(seed, index)
+    keys, _ = vendor_shares()
+    shares = site_vendor_shares(site, keys)
     studies: list[StudyPlan] = []
     used_dates: set[dt.date] = set()
     n_studies = int(rng.choice([1, 2, 3], p=[0.55, 0.3, 0.15]))
@@ -236,7 +241,7 @@ def plan_patient(seed: int, index: int, cfg: CohortConfig) -> PatientPlan:
             time=f"{int(rng.integers(8, 18)):02d}{int(rng.integers(60)):02d}"
                  f"{int(rng.integers(60)):02d}",
             vendor=str(rng.choice(keys, p=shares)),
-            institution=str(rng.choice(_INSTITUTIONS)),
+            institution=str(rng.choice(site.institutions)),
             cmr_index=anchor,
             gap_days=(date - cmr_dates[anchor]).days,
             in_window=not outside,
@@ -256,7 +261,7 @@ def plan_patient(seed: int, index: int, cfg: CohortConfig) -> PatientPlan:
                 heart_rate=clip_hr, fps=fps, n_frames=n_frames, seed=(seed, index, k, j, 2),
             ))
         studies.append(study)
-    return PatientPlan(index=index, patient_id=pid, last_name=last, first_name=first, sex=sex,
+    return PatientPlan(index=index, patient_id=pid, site=site.key, last_name=last, first_name=first, sex=sex,
                        birth_date=birth, latent=latent, heart=heart, cmrs=cmrs, studies=studies)
 
 
@@ -290,16 +295,20 @@ def _switch_vendor(study: StudyPlan, key: str) -> None:
 
 
 def _cover_vendors(plans: list[PatientPlan], rng: np.random.Generator) -> None:
-    """Make sure every machine appears: switch studies of the commonest machine to missing ones."""
-    studies = [s for p in plans for s in p.studies]
+    """Make sure every machine appears: switch studies of the commonest machine to missing ones,
+    at a site that has the missing machine when there is one."""
+    studies = [(p.site, s) for p in plans for s in p.studies]
     if len(studies) < len(VENDOR_BY_KEY):
         return
     for key in VENDOR_BY_KEY:
-        counts = {k: sum(s.vendor == k for s in studies) for k in VENDOR_BY_KEY}
+        counts = {k: sum(s.vendor == k for _, s in studies) for k in VENDOR_BY_KEY}
         if counts[key]:
             continue
         commonest = max(counts, key=lambda k: (counts[k], k))
-        pool = [s for s in studies if s.vendor == commonest]
+        pool = [s for _, s in studies if s.vendor == commonest]
+        owns = [s for site, s in studies if s.vendor == commonest
+                and key in SITE_BY_KEY[site].vendors]
+        pool = owns or pool
         _switch_vendor(pool[int(rng.integers(len(pool)))], key)
 
 
@@ -317,7 +326,9 @@ def plan_cohort(cfg: CohortConfig) -> list[PatientPlan]:
     for kind in PROBLEM_REASONS:
         pool = candidates
         if kind == "colour_doppler":
-            colour = [(p, s) for p, s in candidates if VENDOR_BY_KEY[s.vendor].colour]
+            # a colour machine that records its colour box (the second region item)
+            colour = [(p, s) for p, s in candidates if VENDOR_BY_KEY[s.vendor].colour
+                      and VENDOR_BY_KEY[s.vendor].has_regions]
             pool = colour or candidates
         picks = rng.choice(len(pool), size=min(n_each, len(pool)), replace=False)
         for i in sorted(int(x) for x in picks):

@@ -1,7 +1,8 @@
 """Write a synthetic cohort to disk: DICOM tree, CMR label table, view map and ground truth.
 
-    DIR/dicom/<vendor>/<LAST_FIRST_PID>/<study>/<file>.dcm
-    DIR/cmr_labels.parquet, DIR/cmr_labels.csv   one row per CMR exam (raw values)
+    DIR/dicom/<site>/<vendor>/<LAST_FIRST_PID>/<study>/<file>.dcm
+    DIR/cmr_labels.parquet, DIR/cmr_labels.csv   one row per CMR exam (raw values, and the
+                                                 patient's site)
     DIR/views.csv                                sop_instance_uid, view
     DIR/synth_truth.parquet                      one row per DICOM file: latent labels and what
                                                  ingest is expected to do with the file
@@ -49,9 +50,9 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("dicom", "cmr_labels.parquet", "cmr_labels.csv", "views.csv", "synth_truth.parquet",
            "synthetic_cohort.json")
-LABEL_COLUMNS = ["patient_id", "cmr_id", "cmr_date", "field_strength_t", "wma", "lge",
+LABEL_COLUMNS = ["patient_id", "site", "cmr_id", "cmr_date", "field_strength_t", "wma", "lge",
                  "t1_native_ms", "t2_ms", "ecv_pct"]
-TRUTH_COLUMNS = ["source", "patient_id", "study_uid", "sop_uid", "vendor", "transfer_syntax",
+TRUTH_COLUMNS = ["source", "site", "patient_id", "study_uid", "sop_uid", "vendor", "transfer_syntax",
                  "photometric", "n_frames", "fps", "view", "heart_rate", "wma", "lge", "t1",
                  "t2", "ecv", "wma_visible", "expected_status", "expected_reason", "cmr_id",
                  "echo_cmr_gap_days"]
@@ -60,7 +61,7 @@ TRUTH_COLUMNS = ["source", "patient_id", "study_uid", "sop_uid", "vendor", "tran
 def labels_table(plans: list[PatientPlan]) -> pd.DataFrame:
     """The CMR label table as a hospital would export it: one row per exam, raw values."""
     rows = [
-        {"patient_id": p.patient_id, "cmr_id": c.cmr_id, "cmr_date": c.date,
+        {"patient_id": p.patient_id, "site": p.site, "cmr_id": c.cmr_id, "cmr_date": c.date,
          "field_strength_t": c.field_strength_t, "wma": p.latent.wma, "lge": p.latent.lge,
          "t1_native_ms": c.t1_native_ms, "t2_ms": c.t2_ms, "ecv_pct": c.ecv_pct}
         for p in plans for c in p.cmrs
@@ -117,7 +118,7 @@ def _render_patient(task: tuple[PatientPlan, str, PhantomConfig | None]) -> list
                 status, reason = "kept", None
             image = f.kind != "text_sr"
             rows.append({
-                "source": source, "patient_id": plan.patient_id, "study_uid": study.study_uid,
+                "source": source, "site": plan.site, "patient_id": plan.patient_id, "study_uid": study.study_uid,
                 "sop_uid": f.sop_uid, "vendor": vendor.key,
                 "transfer_syntax": vendor.transfer_syntax if image else "1.2.840.10008.1.2.1",
                 "photometric": vendor.photometric if image else None,
@@ -219,6 +220,8 @@ def generate_cohort(
                               .items()},
         "vendors": {str(k): int(v) for k, v in truth["vendor"].value_counts().sort_index()
                     .items()},
+        "sites": {str(k): int(v) for k, v in labels.groupby("site")["patient_id"].nunique()
+                  .sort_index().items()},
         "transfer_syntaxes": sorted(truth["transfer_syntax"].unique().tolist()),
         "mean_frames_per_clip": float(np.round(clips["n_frames"].mean(), 1)) if len(clips)
         else 0.0,

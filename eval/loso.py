@@ -1,0 +1,205 @@
+"""Leave-one-site-out: per site, a model trained without it, evaluated on it as external.
+
+For each site (default: every site in the shard set's manifest) `run_loso`
+
+1. takes the training config with ``data.exclude_sites = [site]`` and finds a finished MLflow run
+   of it, or trains it (`eval.runs.train_or_reuse`: same data digest, same left-out site, same
+   recipe — a re-run reuses, a crashed one resumes);
+2. evaluates that model with ``evaluation.holdout_site = site`` (`eval.job.run_eval`, into
+   ``OUT/<site>/``): the site's studies are external, the other sites' studies of the split
+   internal;
+3. collects both columns into one table, ``OUT/loso.md`` and ``OUT/loso.json``.
+
+The pooled line per task is the **unweighted mean of the per-site external AUCs** over the sites
+where that task had enough data, with their SD and range over sites. It is a summary of how the
+recipe transfers to "another site" across the sites there are; it is *not* an AUC over all
+patients pooled (each site's model is a different model, so their scores do not share a scale),
+and it has no CI: with k sites its own uncertainty is that of a mean of k numbers, each with its
+own sampling CI — with 3 sites, the SD over sites is itself a rough figure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from echocmr.eval.job import EvalConfig
+from echocmr.eval.signal import INSUFFICIENT
+from echocmr.eval.summary import TaskResult
+from echocmr.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+INSUFFICIENT_TEXT = "insufficient data"
+
+
+@dataclass
+class SiteResult:
+    site: str
+    run_id: str
+    run_name: str
+    model_uri: str
+    reused: bool
+    eval_dir: str
+    external_splits: list[str]
+    internal: dict[str, dict]  # task -> cell (see _cell)
+    external: dict[str, dict]
+    eval_run_id: str | None = None
+
+
+@dataclass
+class LosoResult:
+    sites: list[SiteResult] = field(default_factory=list)
+    pooled: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"sites": [s.__dict__ for s in self.sites], "pooled": self.pooled,
+                "pooled_is": POOLED_IS}
+
+
+POOLED_IS = ("unweighted mean, SD (ddof 1) and range of the per-site external AUCs over the "
+             "sites where the task had enough data; not an AUC over pooled patients, no CI")
+
+
+def manifest_sites(shards: str) -> list[str]:
+    """The sites of the shard set's manifest, sorted."""
+    from echocmr.shards.reader import read_manifest
+
+    return sorted(set(read_manifest(shards)["site"].astype(str)))
+
+
+def _cell(r: TaskResult | None) -> dict:
+    """What the table shows of one task's result; ``auc`` None when there was too little data."""
+    if r is None:
+        return {"auc": None, "ci_low": None, "ci_high": None, "n_patients": 0, "n_studies": 0,
+                "n_pos_patients": 0, "n_neg_patients": 0, "verdict": INSUFFICIENT_TEXT}
+    enough = r.verdict != INSUFFICIENT
+    return {"auc": r.auc if enough else None,
+            "ci_low": r.ci_low if enough else None, "ci_high": r.ci_high if enough else None,
+            "n_patients": r.n_patients, "n_studies": r.n_studies,
+            "n_pos_patients": r.n_pos_patients, "n_neg_patients": r.n_neg_patients,
+            "verdict": r.verdict, "reason": r.reason}
+
+
+def run_loso(shards: str, train_config: TrainConfig, out: str | Path, *,
+             eval_config: EvalConfig | None = None, sites: list[str] | None = None,
+             tracking_uri: str | None = None, address: str | None = None,
+             prefix: str = "loso") -> LosoResult:
+    """Every site of ``sites`` (default all) left out in turn (module docstring)."""
+    from echocmr.eval.job import run_eval
+    from echocmr.eval.runs import train_or_reuse
+    from echocmr.train.tracking import resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    eval_config = eval_config or EvalConfig()
+    known = manifest_sites(shards)
+    sites = list(dict.fromkeys(sites or known))
+    unknown = [s for s in sites if s not in known]
+    if unknown:
+        raise ValueError(f"--sites {', '.join(unknown)}: no such site in {shards}; its sites "
+                         f"are {', '.join(known)}")
+    if len(known) < 2:
+        raise ValueError(f"{shards} has one site ({', '.join(known)}): leaving it out leaves "
+                         "nothing to train on")
+    if train_config.data.exclude_sites:
+        raise ValueError("leave-one-site-out sets data.exclude_sites itself, one site at a "
+                         f"time; the config already excludes {list(train_config.data.exclude_sites)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = LosoResult()
+    for site in sites:
+        config = replace(train_config, data=replace(train_config.data, exclude_sites=(site,)))
+        model = train_or_reuse(config, shards, prefix=f"{prefix}-{site}",
+                               tracking_uri=tracking_uri, address=address)
+        ecfg = replace(eval_config,
+                       evaluation=replace(eval_config.evaluation, holdout_site=site))
+        site_dir = out / site
+        outcome = run_eval(shards, model.model_uri, site_dir, config=ecfg,
+                           tracking_uri=tracking_uri, address=address)
+        ev = outcome.evaluation
+        internal = ev.internal or {}
+        result.sites.append(SiteResult(
+            site=site, run_id=model.run_id, run_name=model.run_name, model_uri=model.model_uri,
+            reused=model.reused, eval_dir=str(site_dir),
+            external_splits=list(ev.external_splits or []),
+            internal={t: _cell(internal.get(t)) for t in ev.results},
+            external={t: _cell(r) for t, r in ev.results.items()},
+            eval_run_id=outcome.run_id))
+        log.info("site %s: model %s (%s), eval in %s", site, model.model_uri,
+                 "reused" if model.reused else "trained", site_dir)
+    result.pooled = pooled_external(result.sites)
+    (out / "loso.json").write_text(json.dumps(result.to_dict(), indent=2))
+    (out / "loso.md").write_text(loso_markdown(result, split=eval_config.split))
+    return result
+
+
+def pooled_external(sites: list[SiteResult]) -> dict[str, dict]:
+    """Per task: the external AUCs' unweighted mean, SD and range over sites (`POOLED_IS`)."""
+    tasks: list[str] = []
+    for s in sites:
+        tasks += [t for t in s.external if t not in tasks]
+    out = {}
+    for t in tasks:
+        aucs = {s.site: s.external[t]["auc"] for s in sites
+                if t in s.external and s.external[t]["auc"] is not None}
+        v = np.array(list(aucs.values()), dtype=float)
+        out[t] = {"n_sites": int(v.size), "n_sites_total": len(sites),
+                  "mean": float(v.mean()) if v.size else None,
+                  "sd": float(v.std(ddof=1)) if v.size > 1 else None,
+                  "min": float(v.min()) if v.size else None,
+                  "max": float(v.max()) if v.size else None, "aucs": aucs}
+    return out
+
+
+def _auc_ci(c: dict) -> str:
+    if c["auc"] is None:
+        return INSUFFICIENT_TEXT
+    ci = (f" [{c['ci_low']:.3f}–{c['ci_high']:.3f}]" if c["ci_low"] is not None
+          and c["ci_high"] is not None else "")
+    return f"{c['auc']:.3f}{ci}"
+
+
+def _counts(c: dict) -> str:
+    return f"{c['n_patients']}/{c['n_studies']}"
+
+
+def _f(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def loso_markdown(result: LosoResult, *, split: str = "test") -> str:
+    """The combined table: per site and task, internal beside external, then the pooled line."""
+    lines = [
+        "# Leave-one-site-out",
+        "",
+        f"Each row: the model trained without the site, evaluated on it. *Internal* is the "
+        f"other sites' {split} studies; *external* every study of the left-out site (the splits "
+        "listed). AUC [95% patient-bootstrap CI]; patients/studies; verdict of the signal audit "
+        "on the external studies.",
+        "",
+        "| site | task | internal AUC [CI] | internal pts/studies | external AUC [CI] | "
+        "external pts/studies | external verdict | model |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in result.sites:
+        for t, e in s.external.items():
+            i = s.internal.get(t) or _cell(None)
+            how = "reused" if s.reused else "trained"
+            lines.append(f"| {s.site} | {t.upper()} | {_auc_ci(i)} | {_counts(i)} | "
+                         f"{_auc_ci(e)} | {_counts(e)} | {e['verdict']} | "
+                         f"{s.run_name} ({how}) |")
+    lines += ["", "## Pooled over sites", "",
+              f"{POOLED_IS[0].upper()}{POOLED_IS[1:]}. Few sites make this figure itself noisy.",
+              "", "| task | sites with data | mean external AUC | SD over sites | range |",
+              "|---|---|---|---|---|"]
+    for t, p in result.pooled.items():
+        mean = _f(p["mean"]) if p["n_sites"] else INSUFFICIENT_TEXT
+        lines.append(f"| {t.upper()} | {p['n_sites']} of {p['n_sites_total']} | {mean} | "
+                     f"{_f(p['sd'])} | {_f(p['min'])}–{_f(p['max'])} |")
+    external = ", ".join(f"{s.site}: {', '.join(s.external_splits)}" for s in result.sites)
+    lines += ["", f"External splits judged — {external}.", ""]
+    return "\n".join(lines)
