@@ -175,6 +175,7 @@ def _decode(root: str) -> None:
         return np.asarray(image, dtype=np.float64)
 
     _damage_counts(datasets[0])
+    _stages(root)
     t_full, full = turbo(1)
     print(f"  turbo luma, full scale                         {t_full:6.2f} ms/frame")
     every = max(len(full) // 60, 1)  # the differences on ~60 frames spread over the clips
@@ -189,6 +190,42 @@ def _decode(root: str) -> None:
         print(f"  turbo luma, 1/{scale} scale (DCT scaling)           {t_s:6.2f} ms/frame  "
               f"({t_full / t_s:.2f}x full); mean |diff| {np.mean(box):.2f} grey levels at "
               f"1/{scale}, {np.mean(out):.2f} at a 144-pixel-high output")
+
+
+def _stages(root: str) -> None:
+    """Where a kept clip's time goes on one core: read + decode, sector/mask/resize, OCR, VP9."""
+    from echocmr.ingest.config import IngestConfig
+    from echocmr.ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, load_dataset
+    from echocmr.ingest.encode import encode_webm
+    from echocmr.ingest.job import _detect_text
+    from echocmr.ingest.preprocess import preprocess_clip
+
+    config = IngestConfig(site="bench")
+    spent = {"read + decode": 0.0, "sector, mask, resize": 0.0, "text detector": 0.0,
+             "VP9 encode": 0.0}
+    kept = 0
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):
+        for name in sorted(files):
+            t0 = time.perf_counter()
+            try:
+                ds = load_dataset(os.path.join(dirpath, name))
+                check_cine(ds, config.preprocess.read)
+                clip = clip_from_dataset(ds, config.preprocess.read)
+                t1 = time.perf_counter()
+                prepared = preprocess_clip(clip, config.preprocess)
+            except RejectedInput:
+                continue
+            t2 = time.perf_counter()
+            _detect_text(prepared.frames_THW, config)
+            t3 = time.perf_counter()
+            encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
+            t4 = time.perf_counter()
+            for key, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                spent[key] += dt
+            kept += 1
+    total = sum(spent.values())
+    print(f"  per kept clip on one core ({kept} clips, default config): "
+          + ", ".join(f"{k} {v / kept:.3f} s ({v / total:.0%})" for k, v in spent.items()))
 
 
 def _damage_counts(ds, trials: int = 300) -> None:
