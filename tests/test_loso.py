@@ -144,6 +144,13 @@ def test_sweep_train_gives_one_run_per_seed_and_the_spread(orchestrated):
     assert doc["judged"] == "site site_b (external)"
     assert doc["spread"]["wma"]["n_runs"] == 2 and doc["spread"]["wma"]["sd"] is not None
     assert "SD over seeds" in (orchestrated["tmp"] / "sweep" / "sweep.md").read_text()
+    # a seed whose task had too few patients is counted, not averaged in
+    metrics = [json.loads((orchestrated["tmp"] / "sweep" / f"seed-{s}" / "metrics.json")
+                          .read_text()) for s in (0, 1)]
+    for task, spread in doc["spread"].items():
+        short = sum(m[task]["verdict"] == "insufficient data" for m in metrics)
+        assert spread["n_insufficient"] == short and spread["n_runs"] == 2 - short
+    assert any(s["n_insufficient"] for s in doc["spread"].values())
     # the summary alone, as before: `echocmr sweep DIR...` over the two eval directories
     dirs = [r["eval_dir"] for r in doc["runs"]]
     printed = json.loads(_cli("sweep", *dirs, "--json"))
