@@ -203,7 +203,11 @@ def test_find_finished_run_matches_data_site_recipe_and_a_logged_model(tmp_path)
                                    "register": "m", "keep_checkpoints": 1})
     assert find_finished_run(uri, moved, "d1").info.run_id == good
     assert fingerprint(moved, "d1") == fingerprint(want, "d1") != fingerprint(want, "d2")
-    assert find_finished_run(uri, _config(), "d1") is None  # no site left out: another model
+    everyone = _config()  # no site left out: another model, recorded with an empty tag
+    assert find_finished_run(uri, everyone, "d1") is None
+    all_sites = _run(client, exp, everyone, "d1")
+    assert find_finished_run(uri, everyone, "d1").info.run_id == all_sites
+    assert find_finished_run(uri, want, "d1").info.run_id == good
 
 
 def test_sweep_and_loso_refuse_what_they_cannot_do(two_sites, tmp_path, capsys):
