@@ -167,6 +167,10 @@ def _counts(c: dict) -> str:
     return f"{c['n_patients']}/{c['n_studies']}"
 
 
+def _range(p: dict) -> str:
+    return f"{_f(p['min'])}–{_f(p['max'])}" if p["n_sites"] else "—"
+
+
 def _f(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -199,7 +203,7 @@ def loso_markdown(result: LosoResult, *, split: str = "test") -> str:
     for t, p in result.pooled.items():
         mean = _f(p["mean"]) if p["n_sites"] else INSUFFICIENT_TEXT
         lines.append(f"| {t.upper()} | {p['n_sites']} of {p['n_sites_total']} | {mean} | "
-                     f"{_f(p['sd'])} | {_f(p['min'])}–{_f(p['max'])} |")
+                     f"{_f(p['sd'])} | {_range(p)} |")
     external = ", ".join(f"{s.site}: {', '.join(s.external_splits)}" for s in result.sites)
     lines += ["", f"External splits judged — {external}.", ""]
     return "\n".join(lines)

@@ -14,25 +14,32 @@ from pathlib import Path
 
 import numpy as np
 
+from echocmr.eval.signal import INSUFFICIENT
+
 
 def seed_spread(evaluations: dict[str, dict]) -> dict[str, dict]:
     """``{task: {n_runs, mean, sd, min, max, mean_ci_width, aucs}}`` from ``{label: metrics.json}``.
 
     ``sd`` is the sample SD (ddof 1) of the runs' AUCs, null with one run; ``mean_ci_width`` the
-    mean width of their bootstrap CIs.
+    mean width of their bootstrap CIs. A run whose verdict for the task is "insufficient data"
+    (too few patients or positives: an AUC may be defined, but is not an answer) is left out
+    and counted in ``n_insufficient``.
     """
     tasks: list[str] = []
     for m in evaluations.values():
         tasks += [t for t in m if t not in tasks]
     out = {}
     for t in tasks:
+        short = [k for k, m in evaluations.items()
+                 if t in m and m[t].get("verdict") == INSUFFICIENT]
         aucs = {k: m[t]["auc"] for k, m in evaluations.items()
-                if t in m and m[t].get("auc") is not None}
-        widths = [m[t]["ci_high"] - m[t]["ci_low"] for m in evaluations.values()
-                  if t in m and m[t].get("ci_low") is not None and m[t].get("ci_high") is not None]
+                if t in m and m[t].get("auc") is not None and k not in short}
+        widths = [m[t]["ci_high"] - m[t]["ci_low"] for k, m in evaluations.items()
+                  if k not in short and t in m and m[t].get("ci_low") is not None and m[t].get("ci_high") is not None]
         v = np.array(list(aucs.values()), dtype=float)
         out[t] = {
             "n_runs": int(v.size),
+            "n_insufficient": len(short),
             "mean": float(v.mean()) if v.size else None,
             "sd": float(v.std(ddof=1)) if v.size > 1 else None,
             "min": float(v.min()) if v.size else None,
@@ -52,9 +59,14 @@ def spread_table(spread: dict[str, dict]) -> str:
     def f(x):
         return "—" if x is None else f"{x:.3f}"
 
+    def runs(s):
+        short = s.get("n_insufficient", 0)
+        return f"{s['n_runs']} (+{short} insufficient data)" if short else str(s["n_runs"])
+
     head = ("task", "runs", "mean AUC", "SD over seeds", "range", "mean 95% CI width (sampling)")
-    rows = [head] + [(t.upper(), str(s["n_runs"]), f(s["mean"]), f(s["sd"]),
-                      f"{f(s['min'])}–{f(s['max'])}", f(s["mean_ci_width"]))
+    rows = [head] + [(t.upper(), runs(s), f(s["mean"]), f(s["sd"]),
+                      f"{f(s['min'])}–{f(s['max'])}" if s["n_runs"] else "—",
+                      f(s["mean_ci_width"]))
                      for t, s in spread.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

@@ -47,6 +47,13 @@ def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
+        rest = model_uri[len("models:/"):]
+        if rest.startswith("m-") and "/" not in rest and "@" not in rest:
+            try:  # a logged model (what `echocmr train` prints): its source run
+                return client.get_logged_model(rest).source_run_id or None
+            except Exception as exc:
+                log.debug("no logged model %s: %s", model_uri, exc)
+                return None
         try:
             name, alias, version = parse_reference(model_uri)
             mv = (client.get_model_version_by_alias(name, alias) if alias

@@ -144,6 +144,13 @@ def test_sweep_train_gives_one_run_per_seed_and_the_spread(orchestrated):
     assert doc["judged"] == "site site_b (external)"
     assert doc["spread"]["wma"]["n_runs"] == 2 and doc["spread"]["wma"]["sd"] is not None
     assert "SD over seeds" in (orchestrated["tmp"] / "sweep" / "sweep.md").read_text()
+    # a seed whose task had too few patients is counted, not averaged in
+    metrics = [json.loads((orchestrated["tmp"] / "sweep" / f"seed-{s}" / "metrics.json")
+                          .read_text()) for s in (0, 1)]
+    for task, spread in doc["spread"].items():
+        short = sum(m[task]["verdict"] == "insufficient data" for m in metrics)
+        assert spread["n_insufficient"] == short and spread["n_runs"] == 2 - short
+    assert any(s["n_insufficient"] for s in doc["spread"].values())
     # the summary alone, as before: `echocmr sweep DIR...` over the two eval directories
     dirs = [r["eval_dir"] for r in doc["runs"]]
     printed = json.loads(_cli("sweep", *dirs, "--json"))
@@ -196,7 +203,11 @@ def test_find_finished_run_matches_data_site_recipe_and_a_logged_model(tmp_path)
                                    "register": "m", "keep_checkpoints": 1})
     assert find_finished_run(uri, moved, "d1").info.run_id == good
     assert fingerprint(moved, "d1") == fingerprint(want, "d1") != fingerprint(want, "d2")
-    assert find_finished_run(uri, _config(), "d1") is None  # no site left out: another model
+    everyone = _config()  # no site left out: another model, recorded with an empty tag
+    assert find_finished_run(uri, everyone, "d1") is None
+    all_sites = _run(client, exp, everyone, "d1")
+    assert find_finished_run(uri, everyone, "d1").info.run_id == all_sites
+    assert find_finished_run(uri, want, "d1").info.run_id == good
 
 
 def test_sweep_and_loso_refuse_what_they_cannot_do(two_sites, tmp_path, capsys):
