@@ -167,6 +167,17 @@ def resolve_for_command(command: str, load_config: Callable[[], Any], *, print_c
     return config, None
 
 
+def flag_adder(parser, skip: tuple[str, ...] = ()) -> Callable[..., None]:
+    """``parser.add_argument`` for a command's flag set, leaving out the flags named in ``skip``
+    (a command that embeds another's flags, such as `echocmr loso`, sets or renames those)."""
+
+    def add(*names: str, **kwargs: Any) -> None:
+        if names[0] not in skip:
+            parser.add_argument(*names, **kwargs)
+
+    return add
+
+
 def check_choices(obj: Any, prefix: str = "") -> None:
     """Raise `ConfigError` for a ``Literal[...]`` field of ``obj`` holding another value.
 

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from echocmr.config import flag_adder
+
 _TRACKING_HELP = "MLflow URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
 _MODEL_HELP = ("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a directory from "
                "`echocmr models pull`, or a checkpoint directory / checkpoint.pt")
@@ -201,89 +203,63 @@ def _register_eval(subparsers) -> None:
 def add_eval_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """`echocmr eval`'s flags on ``p``, less those in ``skip`` (`echocmr loso` and `echocmr sweep
     --train` share the others, and set or rename these)."""
-    if "--shards" not in skip:
-        p.add_argument("--shards",
-                       help="shard set: a directory, or a URL (s3://, gs://) staged to local disk; "
-                            "required unless --print-config")
-    if "--model" not in skip:
-        p.add_argument("--model", metavar="URI",
-                       help=f"{_MODEL_HELP}; required unless --print-config")
-    if "--out" not in skip:
-        p.add_argument("--out", metavar="DIR", help="output directory; required unless --print-config")
-    if "--config" not in skip:
-        p.add_argument("--config", metavar="FILE",
-                       help="YAML config (EvalConfig: split, infer, evaluation, track)")
-    if "--print-config" not in skip:
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config as YAML and exit without evaluating")
-    if "--cache-dir" not in skip:
-        p.add_argument("--cache-dir", metavar="DIR",
-                       help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
-                            "~/.cache/echocmr/shards)")
+    add = flag_adder(p, skip)
+    add("--shards",
+        help="shard set: a directory, or a URL (s3://, gs://) staged to local disk; "
+             "required unless --print-config")
+    add("--model", metavar="URI",
+        help=f"{_MODEL_HELP}; required unless --print-config")
+    add("--out", metavar="DIR", help="output directory; required unless --print-config")
+    add("--config", metavar="FILE",
+        help="YAML config (EvalConfig: split, infer, evaluation, track)")
+    add("--print-config", action="store_true",
+        help="print the resolved config as YAML and exit without evaluating")
+    add("--cache-dir", metavar="DIR",
+        help="where a URL shard set is staged (default $ECHOCMR_CACHE, else "
+             "~/.cache/echocmr/shards)")
     # The names of shards.format.SPLITS, spelled out: importing it (numpy, pyarrow) would slow
     # --help.
-    if "--split" not in skip:
-        p.add_argument("--split", choices=("train", "val", "test"), help="split (default test)")
-    if "--clips" not in skip:
-        p.add_argument("--clips", choices=("all", "centre"),
-                       help="all windows over each video (default) or the centre one")
-    if "--stride" not in skip:
-        p.add_argument("--stride", type=int, metavar="FRAMES",
-                       help="frames between window starts (default: half a window's span; 1 = every "
-                            "clip)")
-    if "--aggregation" not in skip:
-        p.add_argument("--aggregation", choices=("mean", "stacker"),
-                       help="videos -> study: mean of probabilities (default), or a per-view "
-                            "logistic regression fitted on val")
-    if "--bootstrap" not in skip:
-        p.add_argument("--bootstrap", type=int, metavar="N",
-                       help="patient bootstrap resamples (>= 1000; default 2000)")
-    if "--permutations" not in skip:
-        p.add_argument("--permutations", type=int, metavar="N",
-                       help="label permutations of the signal audit (default 2000)")
-    if "--seed" not in skip:
-        p.add_argument("--seed", type=int,
-                       help="seed of the bootstrap and permutations (default 0)")
-    if "--alpha" not in skip:
-        p.add_argument("--alpha", type=float, help="significance level of the audit (default 0.05)")
-    if "--correction" not in skip:
-        p.add_argument("--correction", choices=("holm", "none"),
-                       help="multiple-testing adjustment of the verdicts over the tasks (holm)")
-    if "--min-positives" not in skip:
-        p.add_argument("--min-positives", type=int, metavar="N",
-                       help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
-    if "--pooled-sites" not in skip:
-        p.add_argument("--pooled-sites", action="store_true", default=None,
-                       help="permutation audit across sites (default: within site when there are "
-                            "several, so a model that recognises the site is not 'signal')")
-    if "--holdout-site" not in skip:
-        p.add_argument("--holdout-site", metavar="NAME",
-                       help="external validation: judge the split's studies of site NAME (one the "
-                            "model never trained on), beside the other sites' (internal)")
-    if "--threshold" not in skip:
-        p.add_argument("--threshold", choices=("youden", "sensitivity", "none"),
-                       help="operating point: threshold chosen on val, applied to the split (youden)")
-    if "--min-patients" not in skip:
-        p.add_argument("--min-patients", type=int, metavar="N",
-                       help="fewer patients with a positive (or a negative) study: 'insufficient "
-                            "data' (default 10)")
-    if "--ci-method" not in skip:
-        p.add_argument("--ci-method", choices=("percentile", "bca"),
-                       help="patient bootstrap interval: percentile (default) or bca")
-    if "--workers" not in skip:
-        p.add_argument("--workers", type=int,
-                       help="Ray tasks to spread the split's shards over (default 1: in process)")
-    if "--gpu" not in skip:
-        p.add_argument("--gpu", action="store_true", default=None,
-                       help="CUDA model and DALI mixed decoding")
-    if "--batch-size" not in skip:
-        p.add_argument("--batch-size", type=int, help="windows per forward pass (default 16)")
-    if "--address" not in skip:
-        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    if "--tracking-uri" not in skip:
-        p.add_argument("--tracking-uri", help=_TRACKING_HELP)
-    if "--no-track" not in skip:
-        p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    add("--split", choices=("train", "val", "test"), help="split (default test)")
+    add("--clips", choices=("all", "centre"),
+        help="all windows over each video (default) or the centre one")
+    add("--stride", type=int, metavar="FRAMES",
+        help="frames between window starts (default: half a window's span; 1 = every "
+             "clip)")
+    add("--aggregation", choices=("mean", "stacker"),
+        help="videos -> study: mean of probabilities (default), or a per-view "
+             "logistic regression fitted on val")
+    add("--bootstrap", type=int, metavar="N",
+        help="patient bootstrap resamples (>= 1000; default 2000)")
+    add("--permutations", type=int, metavar="N",
+        help="label permutations of the signal audit (default 2000)")
+    add("--seed", type=int,
+        help="seed of the bootstrap and permutations (default 0)")
+    add("--alpha", type=float, help="significance level of the audit (default 0.05)")
+    add("--correction", choices=("holm", "none"),
+        help="multiple-testing adjustment of the verdicts over the tasks (holm)")
+    add("--min-positives", type=int, metavar="N",
+        help="fewer positive (or negative) studies: 'insufficient data' (default 5)")
+    add("--pooled-sites", action="store_true", default=None,
+        help="permutation audit across sites (default: within site when there are "
+             "several, so a model that recognises the site is not 'signal')")
+    add("--holdout-site", metavar="NAME",
+        help="external validation: judge the split's studies of site NAME (one the "
+             "model never trained on), beside the other sites' (internal)")
+    add("--threshold", choices=("youden", "sensitivity", "none"),
+        help="operating point: threshold chosen on val, applied to the split (youden)")
+    add("--min-patients", type=int, metavar="N",
+        help="fewer patients with a positive (or a negative) study: 'insufficient "
+             "data' (default 10)")
+    add("--ci-method", choices=("percentile", "bca"),
+        help="patient bootstrap interval: percentile (default) or bca")
+    add("--workers", type=int,
+        help="Ray tasks to spread the split's shards over (default 1: in process)")
+    add("--gpu", action="store_true", default=None,
+        help="CUDA model and DALI mixed decoding")
+    add("--batch-size", type=int, help="windows per forward pass (default 16)")
+    add("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    add("--tracking-uri", help=_TRACKING_HELP)
+    add("--no-track", action="store_true", help="do not log to MLflow")
 
 
 # Flag -> the config keys it sets (``--seed`` and ``--min-positives`` each set two).

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from echocmr.config import flag_adder
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -28,51 +30,36 @@ def register(subparsers) -> None:
 def add_train_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
     """`echocmr train`'s flags on ``p``, less those in ``skip`` (`echocmr loso` and `echocmr sweep
     --train` set them themselves)."""
-    if "--shards" not in skip:
-        p.add_argument("--shards",
-                       help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
-                            "onto its disk (train and val splits); required unless --print-config")
-    if "--cache-dir" not in skip:
-        p.add_argument("--cache-dir", metavar="DIR",
-                       help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
-                            "~/.cache/echocmr/shards)")
-    if "--workers" not in skip:
-        p.add_argument("--workers", type=int, help="data-parallel Ray workers (default 1)")
-    if "--gpu" not in skip:
-        p.add_argument("--gpu", action="store_true", default=None,
-                       help="one GPU per worker: DALI mixed decode, NCCL, bf16")
-    if "--epochs" not in skip:
-        p.add_argument("--epochs", type=int, help="epochs to train")
-    if "--config" not in skip:
-        p.add_argument("--config", metavar="FILE", help="YAML config (see docs/training.md)")
-    if "--preset" not in skip:
-        p.add_argument("--preset", help="named starting config: cpu-small, gpu, demo")
-    if "--register" not in skip:
-        p.add_argument("--register", metavar="NAME", help="register the best model under NAME")
-    if "--address" not in skip:
-        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    if "--tracking-uri" not in skip:
-        p.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
-                                              "sqlite:///mlflow.db)")
-    if "--init" not in skip:
-        p.add_argument("--init", metavar="FILE", help="published r2plus1d_18 state dict to start from")
-    if "--run-name" not in skip:
-        p.add_argument("--run-name", help="run name; re-running with the same name resumes it")
-    if "--storage" not in skip:
-        p.add_argument("--storage", metavar="DIR",
-                       help="checkpoint storage shared by all nodes (default ./train_runs)")
-    if "--seed" not in skip:
-        p.add_argument("--seed", type=int,
-                       help="training seed (data.seed: weight init, shuffle, clip starts, "
-                            "augmentation); vary it for a seed sweep (docs/evaluation.md)")
-    if "--exclude-site" not in skip:
-        p.add_argument("--exclude-site", action="append", metavar="NAME",
-                       help="leave site NAME out of training and validation (repeatable; "
-                            "data.exclude_sites), to validate on it externally with `echocmr eval "
-                            "--holdout-site NAME`")
-    if "--print-config" not in skip:
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config as YAML and exit without training")
+    add = flag_adder(p, skip)
+    add("--shards",
+        help="shard set: a directory, or a URL (s3://, gs://) that each node stages "
+             "onto its disk (train and val splits); required unless --print-config")
+    add("--cache-dir", metavar="DIR",
+        help="where nodes stage a URL shard set (default $ECHOCMR_CACHE, else "
+             "~/.cache/echocmr/shards)")
+    add("--workers", type=int, help="data-parallel Ray workers (default 1)")
+    add("--gpu", action="store_true", default=None,
+        help="one GPU per worker: DALI mixed decode, NCCL, bf16")
+    add("--epochs", type=int, help="epochs to train")
+    add("--config", metavar="FILE", help="YAML config (see docs/training.md)")
+    add("--preset", help="named starting config: cpu-small, gpu, demo")
+    add("--register", metavar="NAME", help="register the best model under NAME")
+    add("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    add("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI, else "
+                               "sqlite:///mlflow.db)")
+    add("--init", metavar="FILE", help="published r2plus1d_18 state dict to start from")
+    add("--run-name", help="run name; re-running with the same name resumes it")
+    add("--storage", metavar="DIR",
+        help="checkpoint storage shared by all nodes (default ./train_runs)")
+    add("--seed", type=int,
+        help="training seed (data.seed: weight init, shuffle, clip starts, "
+             "augmentation); vary it for a seed sweep (docs/evaluation.md)")
+    add("--exclude-site", action="append", metavar="NAME",
+        help="leave site NAME out of training and validation (repeatable; "
+             "data.exclude_sites), to validate on it externally with `echocmr eval "
+             "--holdout-site NAME`")
+    add("--print-config", action="store_true",
+        help="print the resolved config as YAML and exit without training")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
