@@ -156,3 +156,19 @@ def mlflow_server(tmp_path_factory):
     finally:
         server.proc.terminate()
         server.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def two_sites(tmp_path_factory):
+    """A merged shard set of two sites (site_a: 10 patients, site_b: 8), for the site tests."""
+    from echocmr.shards.reshard import ReshardConfig, reshard
+
+    from _shards_fixtures import make_shard_set
+
+    root = tmp_path_factory.mktemp("sites")
+    parts = [make_shard_set(str(root / site), site=site, n_patients=n, clips_per_patient=3,
+                            n_frames=20, size=32, samples_per_shard=4, seed=seed)
+             for site, n, seed in (("site_a", 10, 0), ("site_b", 8, 1))]
+    out = str(root / "merged")
+    reshard(parts, out, config=ReshardConfig(samples_per_shard=5))
+    return out

@@ -14,27 +14,14 @@ from mlflow.tracking import MlflowClient
 
 import echocmr.cli as echocmr_cli
 from echocmr.eval.runs import find_finished_run, fingerprint, recipe_params
-from echocmr.shards.reshard import ReshardConfig, reshard
 from echocmr.train.checkpoint import read_checkpoint
 from echocmr.train.config import TrainConfig
 from echocmr.train.tracking import EXCLUDE_SITES_TAG
 
-from _shards_fixtures import make_shard_set
 from _train_fixtures import tiny_config
 
 EVAL_FLAGS = ["--bootstrap", "1000", "--permutations", "200", "--clips", "centre",
               "--min-patients", "3", "--min-positives", "3"]
-
-
-@pytest.fixture(scope="module")
-def two_sites(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loso_sites")
-    parts = [make_shard_set(str(root / site), site=site, n_patients=n, clips_per_patient=3,
-                            n_frames=20, size=32, samples_per_shard=4, seed=seed)
-             for site, n, seed in (("site_a", 10, 0), ("site_b", 8, 1))]
-    out = str(root / "merged")
-    reshard(parts, out, config=ReshardConfig(samples_per_shard=5))
-    return out
 
 
 def _training_runs(uri: str) -> list:

@@ -15,7 +15,6 @@ from mlflow.tracking import MlflowClient
 
 import echocmr.cli as echocmr_cli
 from echocmr.shards.reader import read_manifest, read_stats
-from echocmr.shards.reshard import ReshardConfig, reshard
 from echocmr.shards.stats import pooled_pixel_stats
 from echocmr.train.checkpoint import (
     model_from_state,
@@ -27,19 +26,7 @@ from echocmr.train.config import ConfigError, DataConfig
 from echocmr.train.contract import InputSpec
 from echocmr.train.data import ClipLoader, site_selection, split_files
 
-from _shards_fixtures import make_shard_set
 from _train_fixtures import TINY, tiny_config
-
-
-@pytest.fixture(scope="module")
-def two_sites(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sites")
-    parts = [make_shard_set(str(root / site), site=site, n_patients=n, clips_per_patient=3,
-                            n_frames=20, size=32, samples_per_shard=4, seed=seed)
-             for site, n, seed in (("site_a", 10, 0), ("site_b", 8, 1))]
-    out = str(root / "merged")
-    reshard(parts, out, config=ReshardConfig(samples_per_shard=5))
-    return out
 
 
 def _data(**kw) -> DataConfig:
