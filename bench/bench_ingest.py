@@ -275,25 +275,13 @@ def _digests(out: str) -> dict[str, str]:
 
 def _run_on_ray(root: str, nodes: int) -> tuple[float, int, dict[str, str]]:
     """Ingest on a fresh local cluster of ``nodes`` nodes (1 CPU each): (seconds, kept, digests)."""
-    import tempfile
-
-    import ray
-    from ray.cluster_utils import Cluster
-
+    from echocmr.cluster.inprocess import temporary_cluster
     from echocmr.ingest.config import IngestConfig, ShardConfig
     from echocmr.ingest.job import run_ingest
 
     out = os.path.join(CACHE, f"out-ray-{nodes}")
     shutil.rmtree(out, ignore_errors=True)
-    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
-    os.environ.update(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled")
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
+    with temporary_cluster([{"num_cpus": 1}] * nodes, connect=False) as cluster:
         t0 = time.perf_counter()
         summary = run_ingest(os.path.join(root, "dicom"), os.path.join(root, "cmr_labels.parquet"),
                              out, config=IngestConfig(site="bench", shards=ShardConfig(
@@ -301,16 +289,6 @@ def _run_on_ray(root: str, nodes: int) -> tuple[float, int, dict[str, str]]:
                              views_path=os.path.join(root, "views.csv"), progress=False,
                              address=cluster.address)
         seconds = time.perf_counter() - t0
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return seconds, summary.kept, _digests(out)
 
 

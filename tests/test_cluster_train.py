@@ -17,13 +17,13 @@ real ``mlflow server`` on loopback: a local sqlite file is refused on several no
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from echocmr.cluster.inprocess import temporary_cluster
 
 from _train_fixtures import make_tiny_shards, tiny_config
 
@@ -33,31 +33,14 @@ EPOCHS = 3
 
 
 @pytest.fixture
-def two_nodes(monkeypatch):
+def two_nodes():
     """A head and one worker node; Ray's files in a private temp dir so that no other
     `ray.init()` on this machine can find and join this cluster."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
-    monkeypatch.setenv("RAY_TMPDIR", temp)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # see cluster/local.py
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     # A restart waits this long for the worker group's resources before it tries again.
-    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "30")
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"node_0": 1}, "include_dashboard": False},
-    )
-    worker = cluster.add_node(num_cpus=1, resources={"node_1": 1})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    try:
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    env = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"}
+    with temporary_cluster([{"num_cpus": 1, "resources": {"node_0": 1}},
+                            {"num_cpus": 1, "resources": {"node_1": 1}}], env=env) as c:
+        yield c.cluster, c.nodes[1]
 
 
 def _worker_group_placements() -> list[list[str]]:

@@ -17,16 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
+from echocmr.cluster.inprocess import temporary_cluster
 from echocmr.ingest.config import IngestConfig, ShardConfig, TextDetectorConfig
 from echocmr.ingest.job import TEST_HOOK_ENV, WORK_DIR, run_ingest
 
@@ -67,29 +66,12 @@ def s3(s3_endpoint):
 @pytest.fixture(scope="module")
 def cluster(s3):
     """A head and one worker node, 1 CPU each; Ray's files in a private temp dir."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    temp = tempfile.mkdtemp(prefix="ecmr-", dir="/tmp")  # short: Unix socket paths
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_TMPDIR", temp)
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.setenv("FSSPEC_S3_ENDPOINT_URL", s3)
-        # Workers unpickle test hooks from tests/_ingest_fixtures.py (the crash test's).
-        tests = os.path.dirname(os.path.abspath(__file__))
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
-        c = Cluster(initialize_head=True,
-                    head_node_args={"num_cpus": 1, "include_dashboard": False})
-        worker = c.add_node(num_cpus=1)
-        c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False)
-        try:
-            yield c, {"worker": worker}
-        finally:
-            ray.shutdown()
-            c.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
+    # Workers unpickle test hooks from tests/_ingest_fixtures.py (the crash test's).
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {"FSSPEC_S3_ENDPOINT_URL": s3,
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    with temporary_cluster(env=env, init_args={"log_to_driver": False}) as c:
+        yield c.cluster, {"worker": c.nodes[1]}
 
 
 def _digests(root: str) -> dict[str, str]:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 
 import echocmr.cli as echocmr_cli
+from echocmr.cluster.inprocess import temporary_cluster
 from echocmr.train.preflight import (
     MARKER_PREFIX,
     PreflightError,
@@ -45,29 +44,8 @@ def _can_unshare() -> bool:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head + one worker node (shared filesystem), connected; Ray files in a private temp dir."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    temp = tempfile.mkdtemp(prefix="ecmp-", dir="/tmp")  # short: Unix socket paths
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE",
-                                            "RAY_USAGE_STATS_ENABLED")}
-    os.environ.update(RAY_TMPDIR=temp, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    ray.init(address=c.address)
-    try:
-        yield c, temp
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with temporary_cluster(prefix="ecmp-") as c:
+        yield c.cluster, c.temp_dir
 
 
 def _wait_alive(count: int, timeout_s: float = 120) -> None:
