@@ -558,11 +558,10 @@ def run_ingest(
     this process (for debugging and quick tests: no start-up cost, but no protection from a
     crashing decoder). The output is byte-identical whichever way it runs.
     """
-    import contextlib
 
     from echocmr.shards import storage
     from echocmr.shards.format import validate_site
-    from echocmr.shards.lock import exclusive_output
+    from echocmr.shards.lock import exclusive_output, exclusive_url_output
 
     started = time.monotonic()
     config = config or IngestConfig()
@@ -578,10 +577,9 @@ def run_ingest(
             raise FileNotFoundError(f"--dicom {dicom_dir} is not a directory")
     if storage.is_local(out_dir):
         out_dir = os.path.abspath(storage.local_path(out_dir))
-        # flock works on local file systems; a URL prefix has no lock (docs/ingest.md).
-        lock = exclusive_output(out_dir, "ingest")
+        lock = exclusive_output(out_dir, "ingest")  # a flock
     else:
-        lock = contextlib.nullcontext()
+        lock = exclusive_url_output(out_dir, "ingest")  # a lease object (shards.lock)
     with lock:
         return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
                            progress=progress, in_process=in_process, started=started,
