@@ -346,10 +346,11 @@ def _stroke_sums(frames_THW: np.ndarray, min_level: int, inside_HW: np.ndarray |
     count = np.zeros((h, w), dtype=np.int32)
     total = np.zeros((h, w), dtype=np.int64)
     squares = np.zeros((h, w), dtype=np.int64)
+    # Pixels outside the sector never count as the darker side: they are raised to 255.
+    outside = None if inside_HW is None else np.where(inside_HW, 0, 255).astype(np.uint8)
     for start in range(0, t, _STROKE_CHUNK):
         v = frames_THW[start:start + _STROKE_CHUNK]
-        # Pixels outside the sector never count as the darker side.
-        sides = v if inside_HW is None else np.where(inside_HW, v, np.uint8(255))
+        sides = v if outside is None else np.maximum(v, outside)
         padded = np.pad(sides, ((0, 0), (r, r), (r, r)), mode="edge")
 
         def darkest(dy: int, dx: int, padded=padded) -> np.ndarray:
@@ -365,8 +366,8 @@ def _stroke_sums(frames_THW: np.ndarray, min_level: int, inside_HW: np.ndarray |
             both = np.maximum(darkest(dy, dx), darkest(-dy, -dx))
             sides_max = both if sides_max is None else np.minimum(sides_max, both, out=sides_max)
         stroke = (sides_max <= v - np.uint8(contrast)) & (v >= level)
-        count += stroke.sum(axis=0, dtype=np.int32)
-        values = np.where(stroke, v, np.uint8(0)).astype(np.uint16)
+        count += stroke.view(np.uint8).sum(axis=0, dtype=np.uint8)  # a chunk is < 256 frames
+        values = np.multiply(v, stroke, dtype=np.uint16)
         total += values.sum(axis=0, dtype=np.uint32)
         np.multiply(values, values, out=values)  # 255 ** 2 fits uint16
         squares += values.sum(axis=0, dtype=np.uint32)
