@@ -626,12 +626,18 @@ def _to_uint8(arr: np.ndarray, bits_stored: int, ds) -> np.ndarray:
 
 
 def _luma(rgb_THWC: np.ndarray) -> np.ndarray:
-    """BT.601 luma of uint8 RGB in integer arithmetic (weights sum to 2^16), chunked."""
+    """BT.601 luma of uint8 RGB in integer arithmetic (weights sum to 2^16), a frame at a time
+    (a frame's uint32 temporaries stay in cache; 16 frames' did not)."""
     out = np.empty(rgb_THWC.shape[:-1], dtype=np.uint8)
-    for start in range(0, len(rgb_THWC), 16):
-        chunk = rgb_THWC[start:start + 16].astype(np.uint32)
-        y = chunk[..., 0] * 19595 + chunk[..., 1] * 38470 + chunk[..., 2] * 7471 + 32768
-        out[start:start + 16] = (y >> 16).astype(np.uint8)
+    y = np.empty(rgb_THWC.shape[1:-1], dtype=np.uint32)
+    term = np.empty_like(y)
+    for frame, dest in zip(rgb_THWC, out, strict=True):
+        np.multiply(frame[..., 0], 19595, out=y, dtype=np.uint32)
+        y += np.multiply(frame[..., 1], 38470, out=term, dtype=np.uint32)
+        y += np.multiply(frame[..., 2], 7471, out=term, dtype=np.uint32)
+        y += 32768
+        y >>= 16
+        dest[...] = y
     return out
 
 
@@ -639,31 +645,52 @@ def _sample_frames(n: int, k: int = _CHROMA_FRAMES) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
 
 
-def _over_frames(chroma_THW: np.ndarray) -> np.ndarray:
+def _over_frames(chroma_frames) -> np.ndarray:
     """The second largest value over frames (the largest when there is one frame): a pixel counts
     as coloured only when it is coloured in at least two sampled frames, so one corrupt or odd
-    frame cannot make a clip colour Doppler (colour flow is in every other frame at least)."""
-    n = len(chroma_THW)
-    if n < 2:
-        return chroma_THW.max(axis=0)
-    return np.partition(chroma_THW, n - 2, axis=0)[n - 2]
+    frame cannot make a clip colour Doppler (colour flow is in every other frame at least).
+
+    ``chroma_frames`` is an iterable of 2D maps (one at a time: the chroma functions compute
+    each frame's map in cache rather than a float32 stack of all of them). The running pair
+    (largest, second largest) is exactly ``np.partition(stack, n - 2, axis=0)[n - 2]``.
+    """
+    first = second = None
+    for chroma_HW in chroma_frames:
+        if first is None:
+            first = chroma_HW.copy()
+        elif second is None:
+            second = np.minimum(first, chroma_HW)
+            np.maximum(first, chroma_HW, out=first)
+        else:
+            np.maximum(second, np.minimum(first, chroma_HW), out=second)
+            np.maximum(first, chroma_HW, out=first)
+    if first is None:
+        raise ValueError("no frames to take the chroma of")
+    return first if second is None else second
 
 
 def _chroma_ybr(ybr_THWC: np.ndarray) -> np.ndarray:
     """Second largest (`_over_frames`) over sampled frames of sqrt((Cb-128)^2 + (Cr-128)^2)."""
-    sub = ybr_THWC[_sample_frames(len(ybr_THWC))]
-    cb = sub[..., 1].astype(np.float32) - 128.0
-    cr = sub[..., 2].astype(np.float32) - 128.0
-    return _over_frames(np.sqrt(cb * cb + cr * cr))
+    def per_frame():
+        for frame in ybr_THWC[_sample_frames(len(ybr_THWC))]:
+            cb = frame[..., 1].astype(np.float32) - 128.0
+            cr = frame[..., 2].astype(np.float32) - 128.0
+            yield np.sqrt(cb * cb + cr * cr)
+
+    return _over_frames(per_frame())
 
 
 def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
     """The same chroma magnitude for RGB input (BT.601 full-range Cb/Cr)."""
-    sub = rgb_THWC[_sample_frames(len(rgb_THWC))].astype(np.float32)
-    r, g, b = sub[..., 0], sub[..., 1], sub[..., 2]
-    cb = -0.168736 * r - 0.331264 * g + 0.5 * b
-    cr = 0.5 * r - 0.418688 * g - 0.081312 * b
-    return _over_frames(np.sqrt(cb * cb + cr * cr))
+    def per_frame():
+        for frame in rgb_THWC[_sample_frames(len(rgb_THWC))]:
+            f = frame.astype(np.float32)
+            r, g, b = f[..., 0], f[..., 1], f[..., 2]
+            cb = -0.168736 * r - 0.331264 * g + 0.5 * b
+            cr = 0.5 * r - 0.418688 * g - 0.081312 * b
+            yield np.sqrt(cb * cb + cr * cr)
+
+    return _over_frames(per_frame())
 
 
 # -- metadata ---------------------------------------------------------------------------------
