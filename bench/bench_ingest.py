@@ -28,6 +28,12 @@ decode (box-averaged to the same size, and both resized to a 144-pixel-high outp
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
 the throughput ratio on/off and the detector's cost per kept clip.
 
+``--encoder`` instead encodes the cohort's prepared clips (decoded and preprocessed as ingest does)
+with VP9 at ``cpu-used`` 4..8 under libvpx's "good" and "realtime" deadlines and prints, per
+setting, CPU seconds per clip, KB per clip, the decoded clip's mean / 99th-percentile / largest
+absolute error against the input frames (grey levels), and whether a second encode gave the same
+bytes.
+
 ``--ray`` instead runs ingest as Ray tasks (`ingest.distributed`) on a
 ``ray.cluster_utils.Cluster`` of 1 and then 2 nodes of 1 CPU each, prints the wall time of each
 (connection to the running cluster, file tasks, shard tasks, manifest; not the cluster's start)
@@ -36,7 +42,7 @@ the driver, the Ray daemons of each node and the tasks share the same two cores,
 adds no CPU (docs/ingest.md, "Ingest a whole archive", says what scaling to expect on a real
 cluster).
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode | --ray]`` (or
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode | --encoder | --ray]`` (or
 ``make bench``).
 """
 
@@ -265,6 +271,61 @@ def _damage_counts(ds, trials: int = 300) -> None:
           + ", ".join(f"{k} {v}" for k, v in seen.items()))
 
 
+def _prepared_clips(root: str) -> list:
+    """The cohort's kept clips as ingest hands them to the encoder (text detector off: masking a
+    few boxes does not change what the encoder costs)."""
+    from echocmr.ingest.config import IngestConfig
+    from echocmr.ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, load_dataset
+    from echocmr.ingest.preprocess import preprocess_clip
+
+    config = IngestConfig(site="bench")
+    clips = []
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):
+        for name in sorted(files):
+            try:
+                ds = load_dataset(os.path.join(dirpath, name))
+                check_cine(ds, config.preprocess.read)
+                clips.append(preprocess_clip(clip_from_dataset(ds, config.preprocess.read),
+                                             config.preprocess))
+            except RejectedInput:
+                continue
+    return clips
+
+
+def _encoder(root: str) -> None:
+    """VP9 settings on the cohort's prepared clips, one core: CPU seconds per clip, bytes, and
+    the decoded clip's error against the frames that went in (grey levels, as DALI decodes)."""
+    import numpy as np
+
+    from echocmr.ingest.encode import EncoderConfig, decode_webm, encode_webm
+
+    clips = _prepared_clips(root)
+    n_frames = sum(c.n_frames for c in clips)
+    print(f"{len(clips)} prepared clips, {n_frames} frames of "
+          f"{clips[0].frames_THW.shape[1]}x{clips[0].frames_THW.shape[2]}; crf 20, 1 thread, "
+          "row-mt 0; CPU time of the encode alone, best of 2")
+    print(f"  {'deadline':<9} {'cpu-used':>8} {'s/clip':>7} {'KB/clip':>8} {'MAE':>6} "
+          f"{'p99 err':>7} {'max err':>7} {'deterministic':>13}")
+    for deadline in ("good", "realtime"):
+        for cpu_used in range(4, 9):
+            config = EncoderConfig(cpu_used=cpu_used, deadline=deadline)
+            best, videos = float("inf"), []
+            for _ in range(2):
+                t0 = time.process_time()
+                videos = [encode_webm(c.frames_THW, c.fps, config) for c in clips]
+                best = min(best, time.process_time() - t0)
+            again = [encode_webm(c.frames_THW, c.fps, config) for c in clips]
+            errors = []
+            for clip, video in zip(clips, videos, strict=True):
+                decoded, _ = decode_webm(video)
+                errors.append(np.abs(decoded.astype(np.int16) - clip.frames_THW).ravel())
+            err = np.concatenate(errors)
+            print(f"  {deadline:<9} {cpu_used:>8} {best / len(clips):7.4f} "
+                  f"{sum(map(len, videos)) / len(clips) / 1000:8.1f} {err.mean():6.3f} "
+                  f"{np.percentile(err, 99):7.0f} {err.max():7d} {str(again == videos):>13}",
+                  flush=True)
+
+
 def _digests(out: str) -> dict[str, str]:
     import hashlib
 
@@ -321,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure ingest with the text detector on against off")
     parser.add_argument("--decode", action="store_true",
                         help="measure the JPEG decode alone (plain, echocmr, DCT-scaled)")
+    parser.add_argument("--encoder", action="store_true",
+                        help="measure VP9 settings (cpu-used 4..8, deadline good/realtime)")
     parser.add_argument("--ray", action="store_true",
                         help="ingest as Ray tasks on a local cluster of 1, then 2 nodes")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
@@ -330,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f}", flush=True)
     if args.decode:
         _decode(root)
+        return
+    if args.encoder:
+        _encoder(root)
         return
     if args.ray:
         t1, kept, one = _run_on_ray(root, nodes=1)
