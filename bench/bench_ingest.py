@@ -20,7 +20,9 @@ printed both ways (the OCR pass is most of a kept clip's cost).
 
 ``--decode`` instead measures the JPEG-baseline decode alone on the cohort's JPEG clips, per
 frame on one core: pydicom's ``pixel_array`` (the plain way), echocmr's luma path with the
-second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, and libjpeg-turbo's
+second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, the damage each decoder
+sees (300 damaged frames; pylibjpeg's read pass, which ingest runs, checked against its full
+decode run by run), pylibjpeg's cost per frame both ways, and libjpeg-turbo's
 DCT-scaled decode at 1/2, 1/4 and 1/8 with its mean absolute difference to the full-resolution
 decode (box-averaged to the same size, and both resized to a 144-pixel-high output).
 
@@ -167,6 +169,18 @@ def _decode(root: str) -> None:
         ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))]
     shapes = [(int(ds.Rows), int(ds.Columns)) for ds in datasets
               for _ in range(int(ds.get("NumberOfFrames", 1) or 1))]
+    import libjpeg
+
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
+    sample = codestreams[::max(len(codestreams) // 64, 1)]
+    for name, check in (("full decode (libjpeg.decode)", lambda c: _full_decode_problem(libjpeg, c)),
+                        ("read pass only (ingest)", _strict_decode_problem)):
+        t0 = time.process_time()
+        for c in sample:
+            check(c)
+        print(f"  pylibjpeg-libjpeg, {name:<29} {(time.process_time() - t0) / len(sample) * 1000:6.2f}"
+              f" ms/frame (CPU, {len(sample)} frames)")
 
     def turbo(scale: int) -> tuple[float, list]:
         t0 = time.perf_counter()
@@ -236,16 +250,21 @@ def _stages(root: str) -> None:
 
 def _damage_counts(ds, trials: int = 300) -> None:
     """Which decoder sees a damaged frame: runs of 4, 16 or 80 bytes overwritten (zeros, or
-    random bytes without 0xFF) at random places in one frame's entropy-coded data."""
+    random bytes without 0xFF) at random places in one frame's entropy-coded data. Also checks,
+    run by run, that pylibjpeg's read pass alone (`dicom_io._strict_decode_problem`) gives the
+    verdict and message of its full decode."""
     import libjpeg
     import numpy as np
     import simplejpeg
     from pydicom.encaps import generate_frames
 
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
     frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1)
                                                                        or 1)))
     rng = np.random.default_rng(0)
     seen = {"both": 0, "turbo strict only": 0, "pylibjpeg only": 0, "neither": 0}
+    disagree = 0
     for trial in range(trials):
         data = bytearray(frames[trial % len(frames)])
         sos = data.find(b"\xff\xda")
@@ -260,15 +279,17 @@ def _damage_counts(ds, trials: int = 300) -> None:
             turbo = False
         except ValueError:
             turbo = True
-        try:
-            libjpeg.decode(data)
-            second = False
-        except Exception:
-            second = True
+        full = _full_decode_problem(libjpeg, data)  # libjpeg.decode: read pass + pixels
+        second = full is not None
+        disagree += _strict_decode_problem(data) != full  # the read pass alone, as ingest runs it
         seen["both" if turbo and second else "turbo strict only" if turbo
              else "pylibjpeg only" if second else "neither"] += 1
     print(f"  {trials} damaged frames ({ds.Columns}x{ds.Rows}): seen by "
           + ", ".join(f"{k} {v}" for k, v in seen.items()))
+    print(f"  pylibjpeg's read pass alone (what ingest runs) against its full decode: "
+          f"{trials - disagree} of {trials} damaged frames with the same verdict and message")
+    if disagree:
+        raise RuntimeError(f"pylibjpeg's read pass and full decode disagree on {disagree} frames")
 
 
 def _prepared_clips(root: str) -> list:

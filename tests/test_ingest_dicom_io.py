@@ -434,3 +434,44 @@ def test_to_uint8_is_the_int64_shift_exactly(dtype, bits, signed):
         wide += 1 << (bits - 1)
     expected = np.clip(wide >> (bits - 8), 0, 255).astype(np.uint8)
     assert np.array_equal(_to_uint8(arr, bits, ds), expected)
+
+
+def test_pylibjpegs_read_pass_gives_its_full_decodes_verdict_on_damaged_frames(tmp_path):
+    """Ingest runs only pylibjpeg-libjpeg's read pass (~10x cheaper than ``libjpeg.decode``);
+    on damaged frames of every kind it must say what the full decode says, message included, and
+    see some damage libjpeg-turbo's strict mode decodes silently (the reason it runs at all)."""
+    import libjpeg
+    import simplejpeg
+
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
+    _, codestreams = _jpeg_clip(tmp_path / "clip.dcm", n_frames=8)
+    rng = np.random.default_rng(7)
+    seen, only_second = 0, 0
+    for trial in range(240):
+        data = bytearray(codestreams[trial % len(codestreams)])
+        start, kind = _entropy_start(data), trial % 4
+        if kind == 0:  # a run of zeros or random bytes (no 0xFF) in the scan data
+            n = int(rng.choice([4, 16, 40]))
+            at = int(rng.integers(start, len(data) - 2 - n))
+            data[at:at + n] = bytes(n) if trial % 8 else \
+                rng.integers(0, 255, n, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
+        elif kind == 1:  # one bit flipped anywhere
+            at = int(rng.integers(2, len(data) - 2))
+            data[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:  # a header byte changed
+            data[int(rng.integers(2, start))] = int(rng.integers(0, 256))
+        else:  # cut short, then an EOI
+            data = data[:int(rng.integers(start, len(data) - 4))] + b"\xff\xd9"
+        data = bytes(data)
+        full = _full_decode_problem(libjpeg, data)
+        assert _strict_decode_problem(data) == full, (trial, full)
+        if full is not None:
+            seen += 1
+            try:
+                simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
+                only_second += 1
+            except ValueError:
+                pass
+    assert seen >= 30 and only_second >= 1, (seen, only_second)
+    assert _strict_decode_problem(bytes(codestreams[0])) is None
