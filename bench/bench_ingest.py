@@ -20,13 +20,21 @@ printed both ways (the OCR pass is most of a kept clip's cost).
 
 ``--decode`` instead measures the JPEG-baseline decode alone on the cohort's JPEG clips, per
 frame on one core: pydicom's ``pixel_array`` (the plain way), echocmr's luma path with the
-second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, and libjpeg-turbo's
+second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, the damage each decoder
+sees (300 damaged frames; pylibjpeg's read pass, which ingest runs, checked against its full
+decode run by run), pylibjpeg's cost per frame both ways, and libjpeg-turbo's
 DCT-scaled decode at 1/2, 1/4 and 1/8 with its mean absolute difference to the full-resolution
 decode (box-averaged to the same size, and both resized to a 144-pixel-high output).
 
 ``--text-detector`` instead measures what the OCR pass (`ingest.text_detector`, on by default)
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
 the throughput ratio on/off and the detector's cost per kept clip.
+
+``--encoder`` instead encodes the cohort's prepared clips (decoded and preprocessed as ingest does)
+with VP9 at ``cpu-used`` 4..8 under libvpx's "good" and "realtime" deadlines and prints, per
+setting, CPU seconds per clip, KB per clip, the decoded clip's mean / 99th-percentile / largest
+absolute error against the input frames (grey levels), and whether a second encode gave the same
+bytes.
 
 ``--ray`` instead runs ingest as Ray tasks (`ingest.distributed`) on a
 ``ray.cluster_utils.Cluster`` of 1 and then 2 nodes of 1 CPU each, prints the wall time of each
@@ -36,7 +44,7 @@ the driver, the Ray daemons of each node and the tasks share the same two cores,
 adds no CPU (docs/ingest.md, "Ingest a whole archive", says what scaling to expect on a real
 cluster).
 
-Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode | --ray]`` (or
+Run: ``.venv/bin/python -m bench.bench_ingest [--patients 10] [--text-detector | --decode | --encoder | --ray]`` (or
 ``make bench``).
 """
 
@@ -161,6 +169,18 @@ def _decode(root: str) -> None:
         ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))]
     shapes = [(int(ds.Rows), int(ds.Columns)) for ds in datasets
               for _ in range(int(ds.get("NumberOfFrames", 1) or 1))]
+    import libjpeg
+
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
+    sample = codestreams[::max(len(codestreams) // 64, 1)]
+    for name, check in (("full decode (libjpeg.decode)", lambda c: _full_decode_problem(libjpeg, c)),
+                        ("read pass only (ingest)", _strict_decode_problem)):
+        t0 = time.process_time()
+        for c in sample:
+            check(c)
+        print(f"  pylibjpeg-libjpeg, {name:<29} {(time.process_time() - t0) / len(sample) * 1000:6.2f}"
+              f" ms/frame (CPU, {len(sample)} frames)")
 
     def turbo(scale: int) -> tuple[float, list]:
         t0 = time.perf_counter()
@@ -230,16 +250,21 @@ def _stages(root: str) -> None:
 
 def _damage_counts(ds, trials: int = 300) -> None:
     """Which decoder sees a damaged frame: runs of 4, 16 or 80 bytes overwritten (zeros, or
-    random bytes without 0xFF) at random places in one frame's entropy-coded data."""
+    random bytes without 0xFF) at random places in one frame's entropy-coded data. Also checks,
+    run by run, that pylibjpeg's read pass alone (`dicom_io._strict_decode_problem`) gives the
+    verdict and message of its full decode."""
     import libjpeg
     import numpy as np
     import simplejpeg
     from pydicom.encaps import generate_frames
 
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
     frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1)
                                                                        or 1)))
     rng = np.random.default_rng(0)
     seen = {"both": 0, "turbo strict only": 0, "pylibjpeg only": 0, "neither": 0}
+    disagree = 0
     for trial in range(trials):
         data = bytearray(frames[trial % len(frames)])
         sos = data.find(b"\xff\xda")
@@ -254,15 +279,72 @@ def _damage_counts(ds, trials: int = 300) -> None:
             turbo = False
         except ValueError:
             turbo = True
-        try:
-            libjpeg.decode(data)
-            second = False
-        except Exception:
-            second = True
+        full = _full_decode_problem(libjpeg, data)  # libjpeg.decode: read pass + pixels
+        second = full is not None
+        disagree += _strict_decode_problem(data) != full  # the read pass alone, as ingest runs it
         seen["both" if turbo and second else "turbo strict only" if turbo
              else "pylibjpeg only" if second else "neither"] += 1
     print(f"  {trials} damaged frames ({ds.Columns}x{ds.Rows}): seen by "
           + ", ".join(f"{k} {v}" for k, v in seen.items()))
+    print(f"  pylibjpeg's read pass alone (what ingest runs) against its full decode: "
+          f"{trials - disagree} of {trials} damaged frames with the same verdict and message")
+    if disagree:
+        raise RuntimeError(f"pylibjpeg's read pass and full decode disagree on {disagree} frames")
+
+
+def _prepared_clips(root: str) -> list:
+    """The cohort's kept clips as ingest hands them to the encoder (text detector off: masking a
+    few boxes does not change what the encoder costs)."""
+    from echocmr.ingest.config import IngestConfig
+    from echocmr.ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, load_dataset
+    from echocmr.ingest.preprocess import preprocess_clip
+
+    config = IngestConfig(site="bench")
+    clips = []
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):
+        for name in sorted(files):
+            try:
+                ds = load_dataset(os.path.join(dirpath, name))
+                check_cine(ds, config.preprocess.read)
+                clips.append(preprocess_clip(clip_from_dataset(ds, config.preprocess.read),
+                                             config.preprocess))
+            except RejectedInput:
+                continue
+    return clips
+
+
+def _encoder(root: str) -> None:
+    """VP9 settings on the cohort's prepared clips, one core: CPU seconds per clip, bytes, and
+    the decoded clip's error against the frames that went in (grey levels, as DALI decodes)."""
+    import numpy as np
+
+    from echocmr.ingest.encode import EncoderConfig, decode_webm, encode_webm
+
+    clips = _prepared_clips(root)
+    n_frames = sum(c.n_frames for c in clips)
+    print(f"{len(clips)} prepared clips, {n_frames} frames of "
+          f"{clips[0].frames_THW.shape[1]}x{clips[0].frames_THW.shape[2]}; crf 20, 1 thread, "
+          "row-mt 0; CPU time of the encode alone, best of 2")
+    print(f"  {'deadline':<9} {'cpu-used':>8} {'s/clip':>7} {'KB/clip':>8} {'MAE':>6} "
+          f"{'p99 err':>7} {'max err':>7} {'deterministic':>13}")
+    for deadline in ("good", "realtime"):
+        for cpu_used in range(4, 9):
+            config = EncoderConfig(cpu_used=cpu_used, deadline=deadline)
+            best, videos = float("inf"), []
+            for _ in range(2):
+                t0 = time.process_time()
+                videos = [encode_webm(c.frames_THW, c.fps, config) for c in clips]
+                best = min(best, time.process_time() - t0)
+            again = [encode_webm(c.frames_THW, c.fps, config) for c in clips]
+            errors = []
+            for clip, video in zip(clips, videos, strict=True):
+                decoded, _ = decode_webm(video)
+                errors.append(np.abs(decoded.astype(np.int16) - clip.frames_THW).ravel())
+            err = np.concatenate(errors)
+            print(f"  {deadline:<9} {cpu_used:>8} {best / len(clips):7.4f} "
+                  f"{sum(map(len, videos)) / len(clips) / 1000:8.1f} {err.mean():6.3f} "
+                  f"{np.percentile(err, 99):7.0f} {err.max():7d} {str(again == videos):>13}",
+                  flush=True)
 
 
 def _digests(out: str) -> dict[str, str]:
@@ -299,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure ingest with the text detector on against off")
     parser.add_argument("--decode", action="store_true",
                         help="measure the JPEG decode alone (plain, echocmr, DCT-scaled)")
+    parser.add_argument("--encoder", action="store_true",
+                        help="measure VP9 settings (cpu-used 4..8, deadline good/realtime)")
     parser.add_argument("--ray", action="store_true",
                         help="ingest as Ray tasks on a local cluster of 1, then 2 nodes")
     args = parser.parse_args([] if argv is None else argv)  # `make bench` passes nothing
@@ -308,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.getloadavg()[0]:.1f}", flush=True)
     if args.decode:
         _decode(root)
+        return
+    if args.encoder:
+        _encoder(root)
         return
     if args.ray:
         t1, kept, one = _run_on_ray(root, nodes=1)

@@ -2,9 +2,11 @@
 
 `ShardSetWriter` takes samples in their final order and routes each to the open tar of its split
 (``meta.split``), cutting a new ``<split>-NNNNNN.tar`` when the current one holds
-``samples_per_shard`` samples or would pass ``shard_mb``. Tars are written with webdataset's
-`TarWriter` (so the stock reader agrees with us by construction) with mtime, owner and mode fixed,
-which makes the output byte-identical for identical input.
+``samples_per_shard`` samples or would pass ``shard_mb``. Tars are written exactly as webdataset's
+`TarWriter` writes them (`_TarStream`: Python's tarfile, members sorted by extension; a test pins
+the bytes to TarWriter's, so the stock reader agrees with us) with mtime, owner and mode fixed,
+which makes the output byte-identical for identical input. webdataset itself is not imported to
+write: its package imports torch, ~2 s of every ingest run's driver and of every shard task.
 
 Atomicity: every file is written under a temporary name and published whole (`shards.storage`);
 a crash leaves finished shards and no partial file. ``manifest.parquet`` and ``stats.json`` are
@@ -30,6 +32,7 @@ import hashlib
 import io
 import logging
 import math
+import tarfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,22 +107,36 @@ def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
 
+class _TarStream:
+    """The tar webdataset's ``TarWriter(f, encoder=False, user=TAR_USER, group=TAR_USER,
+    mode=TAR_MODE, mtime=TAR_MTIME)`` writes, byte for byte (tests/test_shards_writer.py), with
+    the standard library alone: a streaming tarfile, one member per extension in sorted order."""
+
+    def __init__(self, fileobj) -> None:
+        self.tarstream = tarfile.open(fileobj=fileobj, mode="w|")
+
+    def write(self, sample: dict[str, bytes]) -> None:
+        key = sample["__key__"]
+        for ext in sorted(k for k in sample if k != "__key__"):
+            data = sample[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = TAR_MTIME
+            info.mode = TAR_MODE
+            info.uname = info.gname = TAR_USER
+            self.tarstream.addfile(info, io.BytesIO(data))
+
+    def close(self) -> None:
+        self.tarstream.close()
+
+
 class ShardFile:
     """One tar and its ``.idx``, staged and published atomically by `finish`."""
 
     def __init__(self, out: str, name: str) -> None:
-        import webdataset as wds  # imports torch: load it only when a tar is written
-
         self.out, self.name = out, name
         self._staged = storage.StagedFile(storage.join(out, name))
-        self._tar = wds.TarWriter(
-            self._staged.file,
-            user=TAR_USER,
-            group=TAR_USER,
-            mode=TAR_MODE,
-            mtime=TAR_MTIME,
-            encoder=False,
-        )
+        self._tar = _TarStream(self._staged.file)
         self.index: list[SampleIndex] = []
         self.keys: list[str] = []
 

@@ -353,3 +353,125 @@ def test_the_jpeg_fast_path_gives_pillows_luma_exactly(tmp_path):
             image.draft("L", image.size)
             assert np.array_equal(luma[i], np.asarray(image))
     assert photometric.startswith("YBR")
+
+
+# -- the general path's shortcuts give pydicom's default result exactly -----------------------
+
+
+@pytest.mark.parametrize("name", [
+    "MR_small_jpeg_ls_lossless.dcm",  # 16-bit lossless
+    "JPEGLSNearLossless_08.dcm",
+    "JPEGLSNearLossless_16.dcm",
+    "SC_rgb_jls_lossy_line.dcm",  # RGB, line interleaved
+    "SC_rgb_jls_lossy_sample.dcm",  # RGB, sample interleaved
+])
+def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_default_order_gives(name, monkeypatch):
+    """JPEG-LS goes to pyjpegls (CharLS, ~3.5x faster than pylibjpeg-libjpeg, which pydicom tries
+    first); the grey frames must be those of pydicom's default plugin order, bit for bit."""
+    from pydicom.pixels import get_decoder
+
+    from echocmr.ingest import dicom_io
+
+    ds = load_dataset(_bundled(name))
+    reference = pydicom.dcmread(_bundled(name))
+    decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+    asked = []
+    real = type(decoder).as_array
+
+    def spy(self, src, **kwargs):
+        asked.append(kwargs.get("decoding_plugin", ""))
+        return real(self, src, **kwargs)
+
+    monkeypatch.setattr(type(decoder), "as_array", spy)
+    frames, chroma, photometric = decode_grey(ds)
+    assert asked == ["pyjpegls"]
+    arr, changes = real(decoder, reference, raw=True)  # pydicom's order: pylibjpeg first
+    monkeypatch.setattr(dicom_io, "_as_array", lambda dec, d, ts: (arr, changes))
+    expected, expected_chroma, expected_pi = decode_grey(reference)
+    assert np.array_equal(frames, expected) and photometric == expected_pi
+    assert (chroma is None and expected_chroma is None) or np.array_equal(chroma, expected_chroma)
+
+
+def test_jpeg_ls_that_charls_refuses_gets_pydicoms_default_verdict(tmp_path, grey):
+    """A frame CharLS cannot decode: the clip is decoded again in pydicom's default order, so the
+    verdict and its detail are what they were before CharLS went first (both plugins named)."""
+    path = tmp_path / "ls.dcm"
+    write_us_dicom(path, grey, syntax=JPEGLSLossless)
+    ds = pydicom.dcmread(path)
+    from pydicom.encaps import encapsulate, generate_frames
+
+    frames = [bytearray(f) for f in generate_frames(ds.PixelData, number_of_frames=len(grey))]
+    sof = frames[5].find(b"\xff\xf7")
+    frames[5][sof + 1] = 0x01  # the JPEG-LS frame header is gone: no decoder can read frame 5
+    ds.PixelData = encapsulate([bytes(f) for f in frames])
+    ds.save_as(path)
+    with pytest.raises(RejectedInput) as info:
+        decode_grey(load_dataset(path))
+    assert info.value.reason == "decode_failed"
+    assert "pylibjpeg:" in info.value.detail and "pyjpegls:" in info.value.detail
+    assert info.value.detail.index("pylibjpeg:") < info.value.detail.index("pyjpegls:")
+
+
+@pytest.mark.parametrize(("dtype", "bits", "signed"), [
+    (np.uint16, 12, 0), (np.uint16, 16, 0), (np.int16, 16, 1), (np.int16, 12, 1),
+    (np.int8, 8, 1), (np.uint32, 24, 0), (np.int32, 32, 1), (np.uint16, 32, 0),
+])
+def test_to_uint8_is_the_int64_shift_exactly(dtype, bits, signed):
+    """Deep samples scale to 8 bits in int32 where that holds them; the result must be the int64
+    arithmetic's: offset signed data by 2^(bits-1), shift right by bits - 8, clip to 0..255."""
+    from pydicom.dataset import Dataset
+
+    from echocmr.ingest.dicom_io import _to_uint8
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(bits)
+    arr = rng.integers(info.min, info.max, size=(3, 17, 19), dtype=dtype, endpoint=True)
+    arr.flat[:4] = [info.min, info.max, 0, -1 if signed else 1]
+    ds = Dataset()
+    ds.PixelRepresentation = signed
+    wide = arr.astype(np.int64)
+    if signed:
+        wide += 1 << (bits - 1)
+    expected = np.clip(wide >> (bits - 8), 0, 255).astype(np.uint8)
+    assert np.array_equal(_to_uint8(arr, bits, ds), expected)
+
+
+def test_pylibjpegs_read_pass_gives_its_full_decodes_verdict_on_damaged_frames(tmp_path):
+    """Ingest runs only pylibjpeg-libjpeg's read pass (~10x cheaper than ``libjpeg.decode``);
+    on damaged frames of every kind it must say what the full decode says, message included, and
+    see some damage libjpeg-turbo's strict mode decodes silently (the reason it runs at all)."""
+    import libjpeg
+    import simplejpeg
+
+    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+
+    _, codestreams = _jpeg_clip(tmp_path / "clip.dcm", n_frames=8)
+    rng = np.random.default_rng(7)
+    seen, only_second = 0, 0
+    for trial in range(240):
+        data = bytearray(codestreams[trial % len(codestreams)])
+        start, kind = _entropy_start(data), trial % 4
+        if kind == 0:  # a run of zeros or random bytes (no 0xFF) in the scan data
+            n = int(rng.choice([4, 16, 40]))
+            at = int(rng.integers(start, len(data) - 2 - n))
+            data[at:at + n] = bytes(n) if trial % 8 else \
+                rng.integers(0, 255, n, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
+        elif kind == 1:  # one bit flipped anywhere
+            at = int(rng.integers(2, len(data) - 2))
+            data[at] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 2:  # a header byte changed
+            data[int(rng.integers(2, start))] = int(rng.integers(0, 256))
+        else:  # cut short, then an EOI
+            data = data[:int(rng.integers(start, len(data) - 4))] + b"\xff\xd9"
+        data = bytes(data)
+        full = _full_decode_problem(libjpeg, data)
+        assert _strict_decode_problem(data) == full, (trial, full)
+        if full is not None:
+            seen += 1
+            try:
+                simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
+                only_second += 1
+            except ValueError:
+                pass
+    assert seen >= 30 and only_second >= 1, (seen, only_second)
+    assert _strict_decode_problem(bytes(codestreams[0])) is None

@@ -302,3 +302,40 @@ def test_file_urls_and_local_atomic_writes(tmp_path):
     assert os.listdir(tmp_path) == ["viaurl"]  # neither the target nor a temp file
     storage.atomic_write(str(target), b"whole")
     assert target.read_bytes() == b"whole"
+
+
+def test_tar_bytes_equal_webdatasets_tarwriter_and_writing_imports_no_torch(shard_set, tmp_path):
+    """`_TarStream` writes what webdataset's TarWriter wrote before it (sizes 0, 1, 511, 512, 513
+    and real shards re-written member by member), and writing a shard set imports neither
+    webdataset nor torch (which cost every ingest driver ~2 s)."""
+    import io
+
+    from echocmr.shards.writer import TAR_MODE, TAR_MTIME, TAR_USER, _TarStream
+
+    rng = np.random.default_rng(0)
+    samples = [{"__key__": f"s-{i:03d}", "json": rng.bytes(n), "labels": rng.bytes(20),
+                "webm": rng.bytes(3 * n + 7)} for i, n in enumerate((0, 1, 511, 512, 513, 5000))]
+    for tar_path in list_shards(shard_set):
+        with tarfile.open(tar_path) as tar:
+            members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        by_key: dict = {}
+        for name, data in members:
+            key, ext = name.split(".", 1)
+            by_key.setdefault(key, {"__key__": key})[ext] = data
+        samples.extend(by_key.values())
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    stream = _TarStream(ours)
+    with wds.TarWriter(theirs, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, mtime=TAR_MTIME,
+                       encoder=False) as stock:
+        for sample in samples:
+            stream.write(sample)
+            stock.write(sample)
+    stream.close()
+    assert len(ours.getvalue()) > 100_000
+    assert ours.getvalue() == theirs.getvalue()
+    code = ("import sys; from _shards_fixtures import make_shard_set; "
+            f"make_shard_set({str(tmp_path / 'b')!r}, n_patients=2, clips_per_patient=1, "
+            "n_frames=4); print(sorted(m for m in ('torch', 'webdataset') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(__file__))
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
