@@ -21,8 +21,8 @@ clip three times: whole, without its first third, without its last third, so oth
 sampled). Seconds per clip: CPU time of this process (one ONNX Runtime thread) over every call,
 planted and clean, and the wall time beside it.
 
-The first row is the default of the code before this benchmark (upscale 4, the detector resizing
-to a 736-pixel short side, one call per frame); each row's ratio is its speed-up over it, and
+The first row is the default (upscale 4, the detector resizing to a 736-pixel short side, one
+call per frame); each row's ratio is its speed-up over it, and
 ``worst bucket`` is the lowest (recall - the first row's recall) over the 15 glyph-height x
 contrast buckets: a setting is as good as the first row when that is >= 0. Then the recall of
 every bucket, setting by setting.
@@ -49,9 +49,9 @@ NAMES = ("DOE JANE", "SMITH JOHN", "MULLER ANNA", "GARCIA M", "NGUYEN T", "KOWAL
 PER_CLIP = 5
 FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 
-# name -> TextDetectorConfig fields; the first is the old default, the yardstick.
+# name -> TextDetectorConfig fields; the first is the default, the yardstick.
 SETTINGS = {
-    "old default (4x, det 736)": dict(upscale=4, detector_side=736),
+    "default (4x, det 736)": dict(upscale=4, detector_side=736),
     "4x, det as is": dict(upscale=4, detector_side=0),
     "3x, det as is": dict(upscale=3, detector_side=0),
     "5x, det as is": dict(upscale=5, detector_side=0),

@@ -128,7 +128,9 @@ class TextDetectorConfig:
     margin: int = 2  # output pixels added around each text box before masking
     threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
     # the detector resizes what it is given so its short side is this many pixels (RapidOCR's
-    # own default, 736); 0: it reads the upscaled frames at their size (padded to a multiple of 32)
+    # own default, 736); 0: it reads the upscaled frames at their size (padded to a multiple of
+    # 32): 1.55x cheaper at equal or better recall on bench/bench_text_detector.py, but not the
+    # default: see docs/benchmarks.md, "The text detector's settings"
     detector_side: int = 736
     # one detector call on all sampled frames tiled into one image (black gutters between tiles,
     # boxes clipped to their tile), instead of one call per frame

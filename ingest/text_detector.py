@@ -18,6 +18,14 @@ thread per session its results are deterministic, so resumed runs give byte-iden
 One model is loaded per worker process, on first use (~1 s). Cost: ~0.25 s per frame on one
 core (the detector resizes its input to a 736-pixel short side), so ~0.75 s per clip at 3 frames;
 `bench/bench_ingest.py --text-detector` measures it.
+
+The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
+at the default settings the result is bit-identical to ``RapidOCR.__call__``) so that its input
+can be chosen: resized to ``detector_side`` or read as it is (padded to a multiple of 32),
+cropped to the non-zero box (``crop_to_content``), one call per frame or all sampled frames
+tiled into one mosaic (``mosaic``: black gutters of `GUTTER` pixels, every box clipped to each
+tile it overlaps and carried back to that frame's output pixels). `bench/bench_text_detector.py`
+measures recall, false boxes and cost of each setting.
 """
 
 from __future__ import annotations
