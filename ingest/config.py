@@ -127,6 +127,17 @@ class TextDetectorConfig:
     min_score: float = 0.7  # recognition confidence for a box to count as text (speckle: < 0.6)
     margin: int = 2  # output pixels added around each text box before masking
     threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
+    # the detector resizes what it is given so its short side is this many pixels (RapidOCR's
+    # own default, 736); 0: it reads the upscaled frames at their size (padded to a multiple of
+    # 32): 1.55x cheaper at equal or better recall on bench/bench_text_detector.py, but not the
+    # default: see docs/benchmarks.md, "The text detector's settings"
+    detector_side: int = 736
+    # one detector call on all sampled frames tiled into one image (black gutters between tiles,
+    # boxes clipped to their tile), instead of one call per frame
+    mosaic: bool = False
+    # read only the bounding box of the sampled frames' non-zero pixels (plus `margin`): the
+    # black padding around the sector holds nothing to read
+    crop_to_content: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -137,6 +148,11 @@ class TextDetectorConfig:
             raise ConfigError("text_detector.min_score must be in [0, 1]")
         if self.threads < 1:
             raise ConfigError(f"text_detector.threads must be >= 1, got {self.threads}")
+        if self.margin < 0:
+            raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
+        if self.detector_side < 0 or self.detector_side % 32:
+            raise ConfigError("text_detector.detector_side must be 0 or a positive multiple of "
+                              f"32 (the detector's stride), got {self.detector_side}")
 
 
 @dataclass(kw_only=True)

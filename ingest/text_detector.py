@@ -18,6 +18,14 @@ thread per session its results are deterministic, so resumed runs give byte-iden
 One model is loaded per worker process, on first use (~1 s). Cost: ~0.25 s per frame on one
 core (the detector resizes its input to a 736-pixel short side), so ~0.75 s per clip at 3 frames;
 `bench/bench_ingest.py --text-detector` measures it.
+
+The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
+at the default settings the result is bit-identical to ``RapidOCR.__call__``) so that its input
+can be chosen: resized to ``detector_side`` or read as it is (padded to a multiple of 32),
+cropped to the non-zero box (``crop_to_content``), one call per frame or all sampled frames
+tiled into one mosaic (``mosaic``: black gutters of `GUTTER` pixels, every box clipped to each
+tile it overlaps and carried back to that frame's output pixels). `bench/bench_text_detector.py`
+measures recall, false boxes and cost of each setting.
 """
 
 from __future__ import annotations
@@ -64,6 +72,95 @@ def sample_indices(n_frames: int, n: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_frames - 1, min(n, n_frames)).round().astype(int))
 
 
+STRIDE = 32  # the detector's input sides are multiples of this
+GUTTER = 64  # black pixels between mosaic tiles (and around them), at the upscaled size
+
+
+@lru_cache(maxsize=1)
+def _normalise_lut() -> np.ndarray:
+    """Grey level -> the detector's input value, computed as RapidOCR's DetPreProcess does
+    (float32 scale, float64 mean/std, float32 result) so a lookup gives the same bits."""
+    levels = np.arange(256, dtype=np.float32) * (1 / 255.0)
+    return ((levels - np.array([0.5])) / np.array([0.5])).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _postprocess(box_thresh: float = 0.5, unclip_ratio: float = 1.6):
+    """RapidOCR's DB post-processing (probability map -> boxes) with its default settings."""
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
+
+    return DBPostProcess(thresh=0.3, box_thresh=box_thresh, max_candidates=1000,
+                         unclip_ratio=unclip_ratio, score_mode="fast", use_dilation=True)
+
+
+def _detect(engine, image_HW: np.ndarray, side: int) -> np.ndarray:
+    """Text boxes (``float32[N, 4, 2]``, x/y in ``image_HW`` pixels) found by the detector.
+
+    ``side`` > 0: the image is resized so its short side is ``side`` (then each side rounded
+    to a multiple of 32), as RapidOCR does by default; 0: it is padded with black to a multiple
+    of 32 and read at its own size."""
+    import cv2
+
+    h, w = image_HW.shape
+    if side:
+        ratio = side / min(h, w) if min(h, w) < side else 1.0
+        size = (int(round(int(w * ratio) / STRIDE) * STRIDE),
+                int(round(int(h * ratio) / STRIDE) * STRIDE))
+        net_HW = cv2.resize(image_HW, size)
+        map_shape = (h, w)  # the map is scaled back to the image
+    else:
+        ph, pw = -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+        net_HW = np.zeros((ph, pw), dtype=np.uint8)
+        net_HW[:h, :w] = image_HW
+        map_shape = (ph, pw)  # the map is the padded image, pixel for pixel
+    tensor = np.ascontiguousarray(np.broadcast_to(_normalise_lut()[net_HW], (1, 3) + net_HW.shape))
+    prob = engine.text_det.infer(tensor)[0]
+    boxes, _ = _postprocess()(prob, map_shape)
+    boxes = engine.text_det.filter_tag_det_res(boxes, (h, w))
+    return boxes if len(boxes) else np.zeros((0, 4, 2), dtype=np.float32)
+
+
+def _content_box(frames_THW: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) around the non-zero pixels of any frame, grown by ``margin``."""
+    any_HW = frames_THW.any(axis=0)
+    rows, cols = np.flatnonzero(any_HW.any(axis=1)), np.flatnonzero(any_HW.any(axis=0))
+    if not len(rows):
+        return None
+    h, w = any_HW.shape
+    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h),
+            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
+
+
+def mosaic_grid(n: int, tile_hw: tuple[int, int], gutter: int = GUTTER) -> tuple[int, int]:
+    """(rows, columns) of the mosaic of ``n`` tiles with the fewest pixels (then the squarest,
+    then the widest)."""
+    th, tw = tile_hw
+
+    def pixels(cols: int) -> tuple[int, int, int]:
+        rows = -(-n // cols)
+        height, width = rows * th + (rows + 1) * gutter, cols * tw + (cols + 1) * gutter
+        return -(-height // STRIDE) * -(-width // STRIDE), abs(height - width), -cols
+
+    cols = min(range(1, n + 1), key=pixels)
+    return -(-n // cols), cols
+
+
+def _layout(tiles: list[np.ndarray], mosaic: bool) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
+    """The images the detector reads, each with the (top, left) of the tiles it holds."""
+    if not mosaic:
+        return [(tile, [(0, 0)]) for tile in tiles]
+    th, tw = tiles[0].shape
+    rows, cols = mosaic_grid(len(tiles), (th, tw))
+    image = np.zeros((rows * th + (rows + 1) * GUTTER, cols * tw + (cols + 1) * GUTTER),
+                     dtype=np.uint8)
+    origins = []
+    for i, tile in enumerate(tiles):
+        top, left = GUTTER + (i // cols) * (th + GUTTER), GUTTER + (i % cols) * (tw + GUTTER)
+        image[top:top + th, left:left + tw] = tile
+        origins.append((top, left))
+    return [(image, origins)]
+
+
 def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) -> TextFindings:
     """Run the detector on sampled frames of ``uint8[T, H, W]`` and return where text is."""
     from PIL import Image, ImageDraw
@@ -71,21 +168,43 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     config = config or TextDetectorConfig()
     _, h, w = frames_THW.shape
     scale = config.upscale
-    engine = _engine(config.threads)
+    sampled = frames_THW[sample_indices(len(frames_THW), config.frames)]
     layer = Image.new("L", (w, h), 0)
+    box = _content_box(sampled, config.margin) if config.crop_to_content else (0, h, 0, w)
+    if box is None:  # every sampled frame is black: nothing to read
+        return TextFindings(boxes=0, mask_HW=np.zeros((h, w), dtype=bool))
+    y0, y1, x0, x1 = box
+    engine = _engine(config.threads)
+    size = ((x1 - x0) * scale, (y1 - y0) * scale)
+    tiles = [np.asarray(Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
+                        .resize(size, Image.Resampling.BICUBIC)) for frame in sampled]
+    th, tw = tiles[0].shape
     draw = ImageDraw.Draw(layer)
     boxes = 0
-    for t in sample_indices(len(frames_THW), config.frames):
-        frame = Image.fromarray(np.ascontiguousarray(frames_THW[t]))
-        big = np.asarray(frame.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
-        result, _ = engine(np.repeat(big[..., None], 3, axis=-1))
-        for quad, text, score in result or []:
+    for image, origins in _layout(tiles, config.mosaic):
+        quads, where = [], []
+        for quad in engine.sorted_boxes(_detect(engine, image, config.detector_side)):
+            for top, left in origins:  # a box belongs to each tile it overlaps, clipped to it
+                clipped = np.stack([np.clip(quad[:, 0], left, left + tw - 1),
+                                    np.clip(quad[:, 1], top, top + th - 1)], axis=1)
+                if not np.array_equal(clipped, quad) and min(  # as the detector drops
+                        int(np.linalg.norm(clipped[0] - clipped[1])),  # boxes of 3 pixels
+                        int(np.linalg.norm(clipped[0] - clipped[3]))) <= 3:  # or less
+                    continue
+                quads.append(clipped.astype(np.float32))
+                where.append((top, left))
+        if not quads:
+            continue
+        crops = [np.repeat(crop[..., None], 3, axis=-1)
+                 for crop in engine.get_crop_img_list(image, quads)]
+        read, _ = engine.text_rec(crops)
+        for quad, (top, left), (text, score, *_) in zip(quads, where, read, strict=True):
             if not str(text).strip() or float(score) < config.min_score:
                 continue
             boxes += 1
-            points = np.asarray(quad, dtype=np.float64) / scale
-            x0, y0 = points.min(axis=0) - config.margin
-            x1, y1 = points.max(axis=0) + config.margin
-            draw.rectangle([int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)),
-                            int(np.ceil(y1))], fill=1)
+            points = (quad - (left, top)) / scale + (x0, y0)
+            bx0, by0 = points.min(axis=0) - config.margin
+            bx1, by1 = points.max(axis=0) + config.margin
+            draw.rectangle([int(np.floor(bx0)), int(np.floor(by0)), int(np.ceil(bx1)),
+                            int(np.ceil(by1))], fill=1)
     return TextFindings(boxes=boxes, mask_HW=np.asarray(layer, dtype=bool))
