@@ -127,17 +127,16 @@ class TextDetectorConfig:
     min_score: float = 0.7  # recognition confidence for a box to count as text (speckle: < 0.6)
     margin: int = 2  # output pixels added around each text box before masking
     threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
-    # the detector resizes what it is given so its short side is this many pixels (RapidOCR's
-    # own default, 736); 0: it reads the upscaled frames at their size (padded to a multiple of
-    # 32): 1.55x cheaper at equal or better recall on bench/bench_text_detector.py, but not the
-    # default: see docs/benchmarks.md, "The text detector's settings"
-    detector_side: int = 736
+    # 0: the detector reads the upscaled frames at their size (padded to a multiple of 32); N > 0:
+    # it resizes them so their short side is N pixels (RapidOCR's own default, 736, the old
+    # default here: 1.7x the CPU time, lower recall on bench/bench_text_detector.py)
+    detector_side: int = 0
     # one detector call on all sampled frames tiled into one image (black gutters between tiles,
     # boxes clipped to their tile), instead of one call per frame
     mosaic: bool = False
     # read only the bounding box of the sampled frames' non-zero pixels (plus `margin`): the
     # black padding around the sector holds nothing to read
-    crop_to_content: bool = False
+    crop_to_content: bool = True
 
     def __post_init__(self) -> None:
         if self.frames < 1:

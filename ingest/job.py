@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 UNKNOWN_VIEW = "unknown"
 
 

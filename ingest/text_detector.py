@@ -15,14 +15,15 @@ recogniser exported to ONNX, shipped inside the wheel (no download, works offlin
 Runtime on the CPU. Why this one: it needs no GPU and no network, installs from PyPI without
 system packages (Tesseract would), reads Latin text and digits well at this size, and at one
 thread per session its results are deterministic, so resumed runs give byte-identical shards.
-One model is loaded per worker process, on first use (~1 s). Cost: ~0.25 s per frame on one
-core (the detector resizes its input to a 736-pixel short side), so ~0.75 s per clip at 3 frames;
-`bench/bench_ingest.py --text-detector` measures it.
+One model is loaded per worker process, on first use (~1 s). Cost: ~0.18 s per frame on one
+core at the defaults (the 4x frame cropped to its non-zero box and read as it is), so ~0.55 s
+per clip at 3 frames; `bench/bench_ingest.py --text-detector` measures it.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
-at the default settings the result is bit-identical to ``RapidOCR.__call__``) so that its input
-can be chosen: resized to ``detector_side`` or read as it is (padded to a multiple of 32),
-cropped to the non-zero box (``crop_to_content``), one call per frame or all sampled frames
+at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
+so that its input can be chosen: read as it is (padded to a multiple of 32, the default) or
+resized to a ``detector_side`` short side, cropped to the non-zero box (``crop_to_content``, the
+default) or whole, one call per frame or all sampled frames
 tiled into one mosaic (``mosaic``: black gutters of `GUTTER` pixels, every box clipped to each
 tile it overlaps and carried back to that frame's output pixels). `bench/bench_text_detector.py`
 measures recall, false boxes and cost of each setting.

@@ -228,6 +228,55 @@ def test_blanked_words_leave_no_letter_shapes(planted):
         assert not (inverted.mask_HW & where).any(), source
 
 
+def _carried(path, frames_THW: np.ndarray) -> np.ndarray:
+    """Source-sized frames carried to the output as preprocessing carries a clip (crop to the
+    sector box, centred square, resize), without the sector mask or the codec."""
+    from echocmr.ingest.preprocess import pad_to_square, resize_frames
+
+    clip, _ = read_dicom(path)
+    coloured = None if clip.chroma_HW is None else clip.chroma_HW > 40
+    y0, y1, x0, x1 = find_sector(clip.frames_THW, clip.regions, exclude_HW=coloured,
+                                 lossy=clip.lossy).box
+    square, _ = pad_to_square(np.ascontiguousarray(frames_THW[:, y0:y1, x0:x1]))
+    return resize_frames(square, PreprocessConfig().size)
+
+
+def _letter_box_contrast(shown_THW: np.ndarray, glyphs_HW: np.ndarray) -> float:
+    """How far letter shapes stand out in output pixels: the mean on the glyph strokes against the
+    mean on the other pixels of each letter's own box (its counters and the gaps between its
+    strokes: what makes a letter legible). Output glyphs are 1-2 pixels wide, so the ring of
+    `_letter_contrast` (pixels 3-4 away, within the word's box) lands in the gaps between words,
+    where a blanked bar's end meets tissue; a letter's own box does not."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(glyphs_HW, structure=np.ones((3, 3), dtype=bool))
+    boxes = np.zeros_like(glyphs_HW)
+    for box in ndimage.find_objects(labels):
+        boxes[box] = True
+    inside = boxes & ~glyphs_HW
+    assert inside.sum() >= 10  # enough pixels for the mean to mean something
+    return abs(float(shown_THW[:, glyphs_HW].mean()) - float(shown_THW[:, inside].mean()))
+
+
+def test_shipped_pixels_show_no_letter_shapes_where_words_were(planted):
+    """`test_blanked_words_leave_no_letter_shapes` on what ships rather than on what
+    preprocessing keeps: in the decoded output clip (resized, VP9-coded, text-detector masked),
+    each blanked word's glyphs carried to the output against the rest of each letter's box. A
+    pixel check, whatever the detector and its settings read there. The same measure on the
+    planted frames carried without blanking sees the white and mid-grey words (it can fail; dim
+    text at grey 40 is hardly brighter than the tissue around it, blanked or not)."""
+    report = planted["report"]
+    for source, words in planted["words"].items():
+        path = planted["dicom"] / source
+        output = planted["clips"][report.loc[source, "key"]]
+        unblanked = _carried(path, read_dicom(path)[0].frames_THW)
+        for text, level, word in zip(PLANTED, LEVELS, words, strict=True):
+            glyphs = _carried(path, word[None].astype(np.uint8) * 255)[0] >= 128
+            if level >= 128:
+                assert _letter_box_contrast(unblanked, glyphs) >= 20.0, (source, text)
+            assert _letter_box_contrast(output, glyphs) <= 4.0, (source, text)
+
+
 def test_a_per_frame_counter_does_not_survive(planted):
     """A frame number mid-sector changes every frame, so still-overlay masking cannot see it;
     changing-overlay masking (`ingest.sector.changing_overlay_mask`) must blank it."""
