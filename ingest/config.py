@@ -129,7 +129,7 @@ class TextDetectorConfig:
     threads: int = 1  # ONNX Runtime threads per worker (1: deterministic, and workers are many)
     # 0: the detector reads the upscaled frames at their size (padded to a multiple of 32); N > 0:
     # it resizes them so their short side is N pixels (RapidOCR's own default, 736, the old
-    # default here: 1.7x the CPU time, lower recall on bench/bench_text_detector.py)
+    # default here: 1.6-1.7x the CPU time, lower recall on bench/bench_text_detector.py)
     detector_side: int = 0
     # one detector call on all sampled frames tiled into one image (black gutters between tiles,
     # boxes clipped to their tile), instead of one call per frame

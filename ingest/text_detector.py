@@ -15,8 +15,8 @@ recogniser exported to ONNX, shipped inside the wheel (no download, works offlin
 Runtime on the CPU. Why this one: it needs no GPU and no network, installs from PyPI without
 system packages (Tesseract would), reads Latin text and digits well at this size, and at one
 thread per session its results are deterministic, so resumed runs give byte-identical shards.
-One model is loaded per worker process, on first use (~1 s). Cost: ~0.18 s per frame on one
-core at the defaults (the 4x frame cropped to its non-zero box and read as it is), so ~0.55 s
+One model is loaded per worker process, on first use (~1 s). Cost: ~0.19 s per frame on one
+core at the defaults (the 4x frame cropped to its non-zero box and read as it is), so ~0.56 s
 per clip at 3 frames; `bench/bench_ingest.py --text-detector` measures it.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
