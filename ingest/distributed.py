@@ -34,14 +34,13 @@ from collections.abc import Iterator
 from echocmr.ingest.config import RayConfig
 from echocmr.ingest.job import (
     REASONS,
-    FileResult,
     ShardJob,
-    WorkCache,
     WorkerContext,
     init_worker,
     process_file,
     write_shard_job,
 )
+from echocmr.ingest.workcache import FileResult, WorkCache
 
 log = logging.getLogger(__name__)
 

@@ -27,18 +27,16 @@ Nothing in the logs or the progress bar names a file: source paths can name pati
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from echocmr.ingest.dicom_io import (
     load_dataset,
 )
 from echocmr.ingest.encode import encode_webm
+from echocmr.ingest.inputs import Scan, read_views, scan_inputs, scan_url
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.splits import (
@@ -60,6 +59,13 @@ from echocmr.ingest.splits import (
     demo_key_refusal,
     is_synthetic_cohort,
     resolve_split_key,
+)
+from echocmr.ingest.workcache import (
+    CACHE_VERSION,
+    WORK_DIR,
+    FileResult,
+    WorkCache,
+    entry_id,
 )
 from echocmr.shards.format import (
     FORMAT_VERSION,
@@ -71,33 +77,7 @@ from echocmr.shards.format import (
 
 log = logging.getLogger(__name__)
 
-WORK_DIR = ".work"
-# Bump when the cached result format or processing changes. The shard format version is part of
-# the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "5"
 UNKNOWN_VIEW = "unknown"
-
-
-@dataclass
-class FileResult:
-    """What processing one input file produced (small: the clip itself is in the work cache)."""
-
-    source: str  # relative to --dicom (site-local: may name a patient)
-    status: str  # "kept" or "rejected"
-    reason: str | None = None
-    detail: str | None = None
-    key: str | None = None
-    meta: dict | None = None  # the sample's KEY.json content, when kept
-    labels: list[float | None] | None = None  # five labels, None for NaN (JSON has no NaN)
-    pixel_stats: list[float] | None = None  # mean, std, n_pixels
-    video_sha256: str | None = None
-    video_bytes: int | None = None  # size of the clip (what shard planning needs)
-    study_hash: str | None = None  # also for unpaired studies, to count them
-    text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
-    paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
-
-    def label_array(self) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
 
 
 @dataclass
@@ -298,229 +278,7 @@ def _detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
     return findings.boxes
 
 
-# -- the work cache ----------------------------------------------------------------------------
-
-
-class WorkCache:
-    """Per-file results and clips under ``OUT/.work`` (a directory or URL prefix), each published
-    atomically.
-
-    ``<entry>.webm`` is written before ``<entry>.json``; a result file therefore means the entry is
-    complete. ``stamp.json`` holds the fingerprint of everything that shapes the output (config,
-    split key fingerprint, label and view tables, cache version); a different stamp wipes the cache.
-    Every process that runs `process_file` (pool workers, Ray tasks on any node) writes here, so on
-    a cluster it must be shared storage or a URL.
-    """
-
-    def __init__(self, path: str) -> None:
-        from echocmr.shards import storage
-
-        self.path = str(path)
-        self._local = storage.is_local(self.path)
-
-    def prepare(self, fingerprint: str) -> None:
-        from echocmr.shards import storage
-
-        stamp = storage.join(self.path, "stamp.json")
-        try:
-            old = json.loads(storage.read_bytes(stamp))["fingerprint"]
-        except (OSError, ValueError, KeyError, TypeError):
-            old = None
-        if old != fingerprint:
-            if old is not None or storage.listdir(storage.join(self.path, "files")):
-                log.info("work cache is from a different config or input tables: starting afresh")
-            storage.remove_tree(self.path)
-        storage.makedirs(storage.join(self.path, "files"))
-        if old != fingerprint:
-            _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
-
-    def _file(self, entry: str, ext: str) -> str:
-        from echocmr.shards import storage
-
-        return storage.join(self.path, "files", f"{entry}.{ext}")
-
-    def done(self) -> set[str]:
-        """Entries with a result file (one listing, not one request per file)."""
-        from echocmr.shards import storage
-
-        return {n[:-5] for n in storage.listdir(storage.join(self.path, "files"))
-                if n.endswith(".json")}
-
-    def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
-        if video is not None:
-            _atomic_write(self._file(entry, "webm"), video)
-        _atomic_write(self._file(entry, "json"), json.dumps(asdict(result), sort_keys=True).encode())
-
-    def load(self, entry: str) -> FileResult | None:
-        """The cached result, or None when absent or unusable."""
-        from echocmr.shards import storage
-
-        try:
-            data = json.loads(storage.read_bytes(self._file(entry, "json")))
-            result = FileResult(**data)
-        except (OSError, ValueError, TypeError):
-            return None
-        if result.status == "kept" and not storage.exists(self._file(entry, "webm")):
-            return None
-        return result
-
-    def video(self, entry: str, sha256: str) -> bytes:
-        from echocmr.shards import storage
-
-        data = storage.read_bytes(self._file(entry, "webm"))
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
-        return data
-
-    def remove(self) -> None:
-        from echocmr.shards import storage
-
-        storage.remove_tree(self.path)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Publish ``data`` at ``path`` whole. Local: a temp file renamed into place (no fsync: the
-    cache is rebuilt if lost, and fsync per file would cost more than the file); a URL: one PUT."""
-    from echocmr.shards import storage
-
-    if not storage.is_local(path):
-        storage.atomic_write(path, data)
-        return
-    path = storage.local_path(path)
-    # pid and a random part: two nodes on shared storage may run the same pid (a retried task).
-    tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def entry_id(dicom_dir: str, source: str) -> str:
-    """Cache entry of a file: its relative path, size and modification time."""
-    st = os.stat(os.path.join(dicom_dir, source))
-    text = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
 # -- the job -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Scan:
-    """What the scan of ``--dicom`` met: files to process, and a report row for everything else."""
-
-    files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
-    skipped: list[FileResult]  # paths not processed, each with its reason
-    entries: dict[str, str] = field(default_factory=dict)  # source -> cache entry (URL listings)
-
-
-def scan_url(prefix: str) -> Scan:
-    """List every object below an ``s3://`` / ``gs://`` prefix (fsspec), sorted by relative path.
-
-    An object store has no links, FIFOs or unreadable directories: every object is a file to
-    process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
-    prefix once and reads no object it already did.
-    """
-    from echocmr.shards import storage
-
-    files, entries = [], {}
-    for rel, nbytes, version in storage.walk_files(prefix):
-        files.append(rel)
-        entries[rel] = hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24]
-    return Scan(files=files, skipped=[], entries=entries)
-
-
-def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
-    """Walk ``dicom_dir`` recursively and account for every path met.
-
-    Symlinks are followed, to files and to directories alike (exports link studies into place),
-    with every directory scanned once: a link back to a directory above it is ``symlink_loop``, a
-    second way to a directory already scanned is ``duplicate_directory``, a dangling link is
-    ``broken_symlink``. FIFOs, sockets and devices are ``not_regular_file`` (never opened: reading
-    a FIFO blocks), a directory that cannot be listed is ``unreadable_directory`` and a file
-    without read permission ``unreadable_file``. ``exclude`` is a directory to skip silently (the
-    output, should it lie inside the input tree).
-    """
-    import stat
-
-    files: list[str] = []
-    skipped: list[FileResult] = []
-    skip = os.path.realpath(exclude) if exclude else None
-    root_real = os.path.realpath(dicom_dir)
-    scanned = {root_real: "."}
-
-    def reject(rel: str, reason: str, detail: str) -> None:
-        skipped.append(FileResult(source=rel, status="rejected", reason=reason, detail=detail))
-
-    def walk(rel_dir: str, ancestors: frozenset[str]) -> None:
-        full_dir = os.path.join(dicom_dir, rel_dir) if rel_dir else dicom_dir
-        try:
-            with os.scandir(full_dir) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            reject(rel_dir or ".", "unreadable_directory", f"cannot list it: {exc.strerror}")
-            return
-        for entry in entries:
-            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            link = entry.is_symlink()
-            try:
-                st = os.stat(entry.path)  # follows symlinks
-            except FileNotFoundError:
-                reject(rel, "broken_symlink", "the symlink's target does not exist")
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    reject(rel, "symlink_loop", "a symlink that resolves to itself")
-                else:
-                    reject(rel, "unreadable_file", f"cannot stat it: {exc.strerror}")
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                real = os.path.realpath(entry.path)
-                if skip is not None and real == skip:
-                    continue
-                if real in ancestors:
-                    reject(rel, "symlink_loop", "a directory symlink to a directory above it "
-                           "(not followed)")
-                elif real in scanned:
-                    reject(rel, "duplicate_directory", f"the same directory as {scanned[real]} "
-                           "(scanned once)")
-                else:
-                    scanned[real] = rel
-                    walk(rel, ancestors | {real})
-            elif stat.S_ISREG(st.st_mode):
-                if not os.access(entry.path, os.R_OK):
-                    reject(rel, "unreadable_file", "no permission to read it")
-                else:
-                    files.append(rel)
-            else:
-                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
-                        if stat.S_ISSOCK(st.st_mode) else "a device file")
-                reject(rel, "not_regular_file", f"{kind}{' (via a symlink)' if link else ''}; "
-                       "never opened")
-
-    walk("", frozenset({root_real}))
-    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
-
-
-def read_views(path: str | None) -> dict[str, str]:
-    """SOP Instance UID -> view from a CSV or Parquet file with ``sop_instance_uid, view``."""
-    if path is None:
-        return {}
-    import pandas as pd
-
-    if str(path).lower().endswith((".parquet", ".pq")):
-        table = pd.read_parquet(path)
-    else:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"sop_instance_uid", "view"} - set(table.columns)
-    if missing:
-        raise ValueError(f"views file {path}: missing column(s) {sorted(missing)}; "
-                         "expected 'sop_instance_uid,view'")
-    views = {}
-    for uid, view in zip(table["sop_instance_uid"], table["view"], strict=True):
-        uid, view = str(uid).strip(), str(view).strip()
-        if uid and view and view.lower() not in ("nan", "none"):
-            views[uid] = view
-    return views
 
 
 def _text_engine(config: IngestConfig) -> str:

@@ -22,8 +22,9 @@ import webdataset as wds
 
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.encode import decode_webm
-from echocmr.ingest.job import WORK_DIR, run_ingest
+from echocmr.ingest.job import run_ingest
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.ingest.workcache import WORK_DIR
 from echocmr.shards.format import INGEST_REPORT_FILE, TASKS, decode_labels
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
@@ -225,8 +226,9 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
 
 def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
     """A decoder crash (the worker dies) must neither hang nor stop the job."""
-    from echocmr.ingest.job import WorkCache, WorkerContext, _pool_results
+    from echocmr.ingest.job import WorkerContext, _pool_results
     from echocmr.ingest.pairing import CmrIndex
+    from echocmr.ingest.workcache import WorkCache
 
     from _ingest_fixtures import die_on_crash_files
 

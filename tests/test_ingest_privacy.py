@@ -433,7 +433,7 @@ def test_every_path_met_gets_a_row_and_reason_codes_are_right(tmp_path):
 
 
 def test_an_unreadable_directory_gets_a_row(tmp_path, monkeypatch):
-    from echocmr.ingest.job import scan_inputs
+    from echocmr.ingest.inputs import scan_inputs
 
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "f.dcm").write_bytes(b"x")

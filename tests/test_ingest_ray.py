@@ -27,7 +27,8 @@ import pytest
 
 from echocmr.cluster.inprocess import temporary_cluster
 from echocmr.ingest.config import IngestConfig, ShardConfig, TextDetectorConfig
-from echocmr.ingest.job import TEST_HOOK_ENV, WORK_DIR, run_ingest
+from echocmr.ingest.job import TEST_HOOK_ENV, run_ingest
+from echocmr.ingest.workcache import WORK_DIR
 
 from _ingest_fixtures import write_cohort
 
@@ -176,8 +177,9 @@ def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tm
 
     from echocmr.ingest.config import RayConfig
     from echocmr.ingest.distributed import ray_file_results
-    from echocmr.ingest.job import WorkCache, WorkerContext
+    from echocmr.ingest.job import WorkerContext
     from echocmr.ingest.pairing import CmrIndex
+    from echocmr.ingest.workcache import WorkCache
     from echocmr.shards.format import TASKS
 
     from _ingest_fixtures import die_on_crash_files

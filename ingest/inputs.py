@@ -1,0 +1,135 @@
+"""Ingest's inputs: every path under ``--dicom`` accounted for, and the optional views table.
+
+`scan_inputs` walks a local tree and gives each path that is not a regular, readable file its
+report row with a reason (links, loops, FIFOs, unreadable directories: nothing met is silently
+lost); `scan_url` lists an ``s3://`` / ``gs://`` prefix. `read_views` reads the SOP Instance UID
+to view table (``--views``).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from echocmr.ingest.workcache import FileResult
+
+
+@dataclass
+class Scan:
+    """What the scan of ``--dicom`` met: files to process, and a report row for everything else."""
+
+    files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
+    skipped: list[FileResult]  # paths not processed, each with its reason
+    entries: dict[str, str] = field(default_factory=dict)  # source -> cache entry (URL listings)
+
+
+def scan_url(prefix: str) -> Scan:
+    """List every object below an ``s3://`` / ``gs://`` prefix (fsspec), sorted by relative path.
+
+    An object store has no links, FIFOs or unreadable directories: every object is a file to
+    process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
+    prefix once and reads no object it already did.
+    """
+    from echocmr.shards import storage
+
+    files, entries = [], {}
+    for rel, nbytes, version in storage.walk_files(prefix):
+        files.append(rel)
+        entries[rel] = hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24]
+    return Scan(files=files, skipped=[], entries=entries)
+
+
+def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
+    """Walk ``dicom_dir`` recursively and account for every path met.
+
+    Symlinks are followed, to files and to directories alike (exports link studies into place),
+    with every directory scanned once: a link back to a directory above it is ``symlink_loop``, a
+    second way to a directory already scanned is ``duplicate_directory``, a dangling link is
+    ``broken_symlink``. FIFOs, sockets and devices are ``not_regular_file`` (never opened: reading
+    a FIFO blocks), a directory that cannot be listed is ``unreadable_directory`` and a file
+    without read permission ``unreadable_file``. ``exclude`` is a directory to skip silently (the
+    output, should it lie inside the input tree).
+    """
+    import stat
+
+    files: list[str] = []
+    skipped: list[FileResult] = []
+    skip = os.path.realpath(exclude) if exclude else None
+    root_real = os.path.realpath(dicom_dir)
+    scanned = {root_real: "."}
+
+    def reject(rel: str, reason: str, detail: str) -> None:
+        skipped.append(FileResult(source=rel, status="rejected", reason=reason, detail=detail))
+
+    def walk(rel_dir: str, ancestors: frozenset[str]) -> None:
+        full_dir = os.path.join(dicom_dir, rel_dir) if rel_dir else dicom_dir
+        try:
+            with os.scandir(full_dir) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            reject(rel_dir or ".", "unreadable_directory", f"cannot list it: {exc.strerror}")
+            return
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            link = entry.is_symlink()
+            try:
+                st = os.stat(entry.path)  # follows symlinks
+            except FileNotFoundError:
+                reject(rel, "broken_symlink", "the symlink's target does not exist")
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    reject(rel, "symlink_loop", "a symlink that resolves to itself")
+                else:
+                    reject(rel, "unreadable_file", f"cannot stat it: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                real = os.path.realpath(entry.path)
+                if skip is not None and real == skip:
+                    continue
+                if real in ancestors:
+                    reject(rel, "symlink_loop", "a directory symlink to a directory above it "
+                           "(not followed)")
+                elif real in scanned:
+                    reject(rel, "duplicate_directory", f"the same directory as {scanned[real]} "
+                           "(scanned once)")
+                else:
+                    scanned[real] = rel
+                    walk(rel, ancestors | {real})
+            elif stat.S_ISREG(st.st_mode):
+                if not os.access(entry.path, os.R_OK):
+                    reject(rel, "unreadable_file", "no permission to read it")
+                else:
+                    files.append(rel)
+            else:
+                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
+                        if stat.S_ISSOCK(st.st_mode) else "a device file")
+                reject(rel, "not_regular_file", f"{kind}{' (via a symlink)' if link else ''}; "
+                       "never opened")
+
+    walk("", frozenset({root_real}))
+    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
+
+
+def read_views(path: str | None) -> dict[str, str]:
+    """SOP Instance UID -> view from a CSV or Parquet file with ``sop_instance_uid, view``."""
+    if path is None:
+        return {}
+    import pandas as pd
+
+    if str(path).lower().endswith((".parquet", ".pq")):
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"sop_instance_uid", "view"} - set(table.columns)
+    if missing:
+        raise ValueError(f"views file {path}: missing column(s) {sorted(missing)}; "
+                         "expected 'sop_instance_uid,view'")
+    views = {}
+    for uid, view in zip(table["sop_instance_uid"], table["view"], strict=True):
+        uid, view = str(uid).strip(), str(view).strip()
+        if uid and view and view.lower() not in ("nan", "none"):
+            views[uid] = view
+    return views

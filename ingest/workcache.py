@@ -1,0 +1,150 @@
+"""Ingest's work cache: what each input file became, kept under ``OUT/.work`` until the shards
+are written, so that a killed run resumes where it stopped and a resumed run gives the same bytes.
+
+`FileResult` is one file's outcome (kept with its metadata, or rejected with its reason); it is
+what workers return, what the cache stores as ``<entry>.json`` beside the clip ``<entry>.webm``,
+and what the ingest report's rows are made from. `WorkCache` publishes each entry atomically
+(clip first, result last); its ``stamp.json`` holds the fingerprint of everything that shapes the
+output, with ``CACHE_VERSION``: a different stamp starts the cache afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+# Bump when the cached result format or processing changes. The shard format version is part of
+# the cache fingerprint as well: a re-run after a format change never reuses older clips.
+CACHE_VERSION = "5"
+
+
+@dataclass
+class FileResult:
+    """What processing one input file produced (small: the clip itself is in the work cache)."""
+
+    source: str  # relative to --dicom (site-local: may name a patient)
+    status: str  # "kept" or "rejected"
+    reason: str | None = None
+    detail: str | None = None
+    key: str | None = None
+    meta: dict | None = None  # the sample's KEY.json content, when kept
+    labels: list[float | None] | None = None  # five labels, None for NaN (JSON has no NaN)
+    pixel_stats: list[float] | None = None  # mean, std, n_pixels
+    video_sha256: str | None = None
+    video_bytes: int | None = None  # size of the clip (what shard planning needs)
+    study_hash: str | None = None  # also for unpaired studies, to count them
+    text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
+    paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
+
+    def label_array(self) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
+
+
+
+class WorkCache:
+    """Per-file results and clips under ``OUT/.work`` (a directory or URL prefix), each published
+    atomically.
+
+    ``<entry>.webm`` is written before ``<entry>.json``; a result file therefore means the entry is
+    complete. ``stamp.json`` holds the fingerprint of everything that shapes the output (config,
+    split key fingerprint, label and view tables, cache version); a different stamp wipes the cache.
+    Every process that runs `process_file` (pool workers, Ray tasks on any node) writes here, so on
+    a cluster it must be shared storage or a URL.
+    """
+
+    def __init__(self, path: str) -> None:
+        from echocmr.shards import storage
+
+        self.path = str(path)
+        self._local = storage.is_local(self.path)
+
+    def prepare(self, fingerprint: str) -> None:
+        from echocmr.shards import storage
+
+        stamp = storage.join(self.path, "stamp.json")
+        try:
+            old = json.loads(storage.read_bytes(stamp))["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = None
+        if old != fingerprint:
+            if old is not None or storage.listdir(storage.join(self.path, "files")):
+                log.info("work cache is from a different config or input tables: starting afresh")
+            storage.remove_tree(self.path)
+        storage.makedirs(storage.join(self.path, "files"))
+        if old != fingerprint:
+            _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
+
+    def _file(self, entry: str, ext: str) -> str:
+        from echocmr.shards import storage
+
+        return storage.join(self.path, "files", f"{entry}.{ext}")
+
+    def done(self) -> set[str]:
+        """Entries with a result file (one listing, not one request per file)."""
+        from echocmr.shards import storage
+
+        return {n[:-5] for n in storage.listdir(storage.join(self.path, "files"))
+                if n.endswith(".json")}
+
+    def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
+        if video is not None:
+            _atomic_write(self._file(entry, "webm"), video)
+        _atomic_write(self._file(entry, "json"), json.dumps(asdict(result), sort_keys=True).encode())
+
+    def load(self, entry: str) -> FileResult | None:
+        """The cached result, or None when absent or unusable."""
+        from echocmr.shards import storage
+
+        try:
+            data = json.loads(storage.read_bytes(self._file(entry, "json")))
+            result = FileResult(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+        if result.status == "kept" and not storage.exists(self._file(entry, "webm")):
+            return None
+        return result
+
+    def video(self, entry: str, sha256: str) -> bytes:
+        from echocmr.shards import storage
+
+        data = storage.read_bytes(self._file(entry, "webm"))
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
+        return data
+
+    def remove(self) -> None:
+        from echocmr.shards import storage
+
+        storage.remove_tree(self.path)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Publish ``data`` at ``path`` whole. Local: a temp file renamed into place (no fsync: the
+    cache is rebuilt if lost, and fsync per file would cost more than the file); a URL: one PUT."""
+    from echocmr.shards import storage
+
+    if not storage.is_local(path):
+        storage.atomic_write(path, data)
+        return
+    path = storage.local_path(path)
+    # pid and a random part: two nodes on shared storage may run the same pid (a retried task).
+    tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def entry_id(dicom_dir: str, source: str) -> str:
+    """Cache entry of a file: its relative path, size and modification time."""
+    st = os.stat(os.path.join(dicom_dir, source))
+    text = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
