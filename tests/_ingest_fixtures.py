@@ -201,6 +201,32 @@ def die_on_crash_files(source: str) -> None:
         os._exit(139)
 
 
+def crash_cohort(root, config):
+    """A 1-patient cohort with one extra file, ``crash.dcm``, that kills the worker processing
+    it (`die_on_crash_files`), and a worker context for it with an empty CMR table (every other
+    file is ``no_cmr_within_window``). Returns (sorted relative sources, the context, its
+    prepared `WorkCache`); task ``i`` of ``sources`` is cache entry ``e{i}``."""
+    from echocmr.ingest.job import WorkerContext
+    from echocmr.ingest.pairing import CmrIndex
+    from echocmr.ingest.workcache import WorkCache
+    from echocmr.shards.format import TASKS
+
+    cohort = write_cohort(root, n_patients=1, clips_per_study=2, n_frames=16, bad_files=False,
+                          shape=(48, 64))
+    folder = next(iter(cohort.patients.values()))
+    src = os.path.join(cohort.dicom_dir, folder, "study1", "clip0.dcm")
+    os.link(src, os.path.join(cohort.dicom_dir, folder, "study1", "crash.dcm"))
+    sources = sorted(os.path.relpath(os.path.join(d, f), cohort.dicom_dir)
+                     for d, _, fs in os.walk(cohort.dicom_dir) for f in fs)
+    work = WorkCache(os.path.join(str(root), "work"))
+    work.prepare("test")
+    empty = pd.DataFrame(columns=["patient_id", "cmr_date", "field_strength_t", *TASKS])
+    ctx = WorkerContext(config=config, dicom_dir=cohort.dicom_dir, work_dir=work.path,
+                        cmr=CmrIndex(empty), views={}, split_key=b"k",
+                        before_file=die_on_crash_files)
+    return sources, ctx, work
+
+
 # -- checking outputs --------------------------------------------------------------------------
 
 SHIPPED_SUFFIXES = (".tar", ".idx", ".parquet", ".json")

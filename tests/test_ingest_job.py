@@ -226,25 +226,11 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
 
 def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
     """A decoder crash (the worker dies) must neither hang nor stop the job."""
-    from echocmr.ingest.job import WorkerContext, _pool_results
-    from echocmr.ingest.pairing import CmrIndex
-    from echocmr.ingest.workcache import WorkCache
+    from echocmr.ingest.job import _pool_results
 
-    from _ingest_fixtures import die_on_crash_files
+    from _ingest_fixtures import crash_cohort
 
-    cohort = write_cohort(tmp_path, n_patients=1, clips_per_study=2, n_frames=16,
-                          bad_files=False, shape=(48, 64))
-    folder = next(iter(cohort.patients.values()))
-    src = os.path.join(cohort.dicom_dir, folder, "study1", "clip0.dcm")
-    os.link(src, os.path.join(cohort.dicom_dir, folder, "study1", "crash.dcm"))
-    sources = sorted(os.path.relpath(os.path.join(d, f), cohort.dicom_dir)
-                     for d, _, fs in os.walk(cohort.dicom_dir) for f in fs)
-    work = WorkCache(str(tmp_path / "work"))
-    work.prepare("test")
-    ctx = WorkerContext(config=IngestConfig(site="s"), dicom_dir=cohort.dicom_dir,
-                        work_dir=work.path, cmr=CmrIndex(pd.DataFrame(columns=[
-                            "patient_id", "cmr_date", "field_strength_t", *TASKS])),
-                        views={}, split_key=b"k", before_file=die_on_crash_files)
+    sources, ctx, _ = crash_cohort(tmp_path, IngestConfig(site="s"))
     results = {r.source: r for r in _pool_results(ctx, [(s, f"e{i}") for i, s in
                                                         enumerate(sources)], workers=2)}
     assert sorted(results) == sources

@@ -173,30 +173,12 @@ def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, t
 def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tmp_path):
     """As in the local pool: the task is retried (``ray.max_retries``), then the file rejected;
     the other files are unaffected and the job goes on."""
-    import pandas as pd
-
     from echocmr.ingest.config import RayConfig
     from echocmr.ingest.distributed import ray_file_results
-    from echocmr.ingest.job import WorkerContext
-    from echocmr.ingest.pairing import CmrIndex
-    from echocmr.ingest.workcache import WorkCache
-    from echocmr.shards.format import TASKS
 
-    from _ingest_fixtures import die_on_crash_files
+    from _ingest_fixtures import crash_cohort
 
-    small = write_cohort(tmp_path, n_patients=1, clips_per_study=2, n_frames=16,
-                         bad_files=False, shape=(48, 64))
-    folder = next(iter(small.patients.values()))
-    src = os.path.join(small.dicom_dir, folder, "study1", "clip0.dcm")
-    os.link(src, os.path.join(small.dicom_dir, folder, "study1", "crash.dcm"))
-    sources = sorted(os.path.relpath(os.path.join(d, f), small.dicom_dir)
-                     for d, _, fs in os.walk(small.dicom_dir) for f in fs)
-    work = WorkCache(str(tmp_path / "work"))
-    work.prepare("test")
-    ctx = WorkerContext(config=_config(), dicom_dir=small.dicom_dir, work_dir=work.path,
-                        cmr=CmrIndex(pd.DataFrame(columns=["patient_id", "cmr_date",
-                                                           "field_strength_t", *TASKS])),
-                        views={}, split_key=b"k", before_file=die_on_crash_files)
+    sources, ctx, work = crash_cohort(tmp_path, _config())
     results = {r.source: r for r in ray_file_results(
         ctx, [(s, f"e{i}") for i, s in enumerate(sources)], RayConfig(max_retries=1))}
     assert sorted(results) == sources
