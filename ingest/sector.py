@@ -146,13 +146,12 @@ def find_sector(
                 mask &= ~overlay_boxes(changing, sector_pixels)
     source = "region+pixels" if source == "region" else "pixels"
 
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if len(rows) == 0:
+    kept = grown_bbox(mask, 0)
+    if kept is None:
         raise RejectedInput("no_sector", "the whole moving area is static overlay")
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    tight = (y0 + r0, y0 + r1, x0 + c0, x0 + c1)
-    return Sector(box=tight, mask_HW=mask[r0:r1, c0:c1].copy(), spacing_mm=spacing, source=source)
+    rows, cols = kept
+    tight = (y0 + int(rows.start), y0 + int(rows.stop), x0 + int(cols.start), x0 + int(cols.stop))
+    return Sector(box=tight, mask_HW=mask[kept].copy(), spacing_mm=spacing, source=source)
 
 
 def temporal_mean_std(frames_THW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +305,7 @@ def changing_overlay_mask(frames_THW: np.ndarray, config: SectorConfig, *, lossy
     found = np.zeros((h, w), dtype=bool)
     window = (slice(0, h), slice(0, w))
     if inside_HW is not None:
-        window = _grown_bbox(inside_HW, 2 * _STROKE_REACH)
+        window = grown_bbox(inside_HW, 2 * _STROKE_REACH)
         if window is None:
             return found
     inside = None if inside_HW is None else inside_HW[window]
@@ -374,8 +373,9 @@ def _stroke_sums(frames_THW: np.ndarray, min_level: int, inside_HW: np.ndarray |
     return count, total, squares
 
 
-def _grown_bbox(mask_HW: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    """The bounding box of a mask's True pixels grown by ``margin`` (within the image), or None."""
+def grown_bbox(mask_HW: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The bounding box of a mask's True pixels grown by ``margin`` (within the image), as
+    (rows, columns) slices, or None when no pixel is set."""
     rows = np.flatnonzero(mask_HW.any(axis=1))
     if len(rows) == 0:
         return None

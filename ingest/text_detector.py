@@ -37,6 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from echocmr.ingest.config import TextDetectorConfig
+from echocmr.ingest.sector import grown_bbox
 
 
 @dataclass(frozen=True)
@@ -121,17 +122,6 @@ def _detect(engine, image_HW: np.ndarray, side: int) -> np.ndarray:
     return boxes if len(boxes) else np.zeros((0, 4, 2), dtype=np.float32)
 
 
-def _content_box(frames_THW: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
-    """(y0, y1, x0, x1) around the non-zero pixels of any frame, grown by ``margin``."""
-    any_HW = frames_THW.any(axis=0)
-    rows, cols = np.flatnonzero(any_HW.any(axis=1)), np.flatnonzero(any_HW.any(axis=0))
-    if not len(rows):
-        return None
-    h, w = any_HW.shape
-    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h),
-            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
-
-
 def mosaic_grid(n: int, tile_hw: tuple[int, int], gutter: int = GUTTER) -> tuple[int, int]:
     """(rows, columns) of the mosaic of ``n`` tiles with the fewest pixels (then the squarest,
     then the widest)."""
@@ -171,10 +161,13 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     scale = config.upscale
     sampled = frames_THW[sample_indices(len(frames_THW), config.frames)]
     layer = Image.new("L", (w, h), 0)
-    box = _content_box(sampled, config.margin) if config.crop_to_content else (0, h, 0, w)
+    # The box around any sampled frame's non-zero pixels (grown by the margin), or all of it.
+    box = grown_bbox(sampled.any(axis=0), config.margin) if config.crop_to_content else \
+        (slice(0, h), slice(0, w))
     if box is None:  # every sampled frame is black: nothing to read
         return TextFindings(boxes=0, mask_HW=np.zeros((h, w), dtype=bool))
-    y0, y1, x0, x1 = box
+    rows, cols = box
+    y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
     engine = _engine(config.threads)
     size = ((x1 - x0) * scale, (y1 - y0) * scale)
     tiles = [np.asarray(Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
