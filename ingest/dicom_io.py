@@ -729,7 +729,8 @@ def _over_frames(chroma_frames) -> np.ndarray:
 def _chroma_ybr(ybr_THWC: np.ndarray) -> np.ndarray:
     """Second largest (`_over_frames`) over sampled frames of sqrt((Cb-128)^2 + (Cr-128)^2)."""
     def per_frame():
-        for frame in ybr_THWC[_sample_frames(len(ybr_THWC))]:
+        for i in _sample_frames(len(ybr_THWC)):  # a frame at a time: no copy of the sample
+            frame = ybr_THWC[i]
             cb = frame[..., 1].astype(np.float32) - 128.0
             cr = frame[..., 2].astype(np.float32) - 128.0
             yield np.sqrt(cb * cb + cr * cr)
@@ -740,8 +741,8 @@ def _chroma_ybr(ybr_THWC: np.ndarray) -> np.ndarray:
 def _chroma_rgb(rgb_THWC: np.ndarray) -> np.ndarray:
     """The same chroma magnitude for RGB input (BT.601 full-range Cb/Cr)."""
     def per_frame():
-        for frame in rgb_THWC[_sample_frames(len(rgb_THWC))]:
-            f = frame.astype(np.float32)
+        for i in _sample_frames(len(rgb_THWC)):  # a frame at a time: no copy of the sample
+            f = rgb_THWC[i].astype(np.float32)
             r, g, b = f[..., 0], f[..., 1], f[..., 2]
             cb = -0.168736 * r - 0.331264 * g + 0.5 * b
             cr = 0.5 * r - 0.418688 * g - 0.081312 * b
