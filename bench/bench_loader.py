@@ -174,8 +174,8 @@ def _cpu_seconds() -> float:
 
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import ClipLoader
 
     data = replace(config.data, num_threads=threads)
@@ -194,8 +194,8 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
     """(clips/s, CPU s/clip) of the AVI Dataset in a DataLoader over the train split, 2nd epoch."""
     import torch
 
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
 
     spec = InputSpec.build(config.data, read_stats(shards))
     aug = config.data.augment

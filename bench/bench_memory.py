@@ -53,9 +53,9 @@ def run(shards: str, epochs: int) -> list[float]:
     """RSS after each epoch (train + val pass) of the ``cpu-small`` loaders on ``shards``."""
     import torch
 
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
     from echocmr.train.config import load_config
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import ClipLoader
 
     config = load_config(preset="cpu-small")

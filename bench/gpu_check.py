@@ -336,9 +336,9 @@ def _decode_whole(shards: str, decoder: str, device) -> dict:
     """``{key: uint8[F, H, W]}`` of the test split at the stored size (no resize)."""
     import numpy as np
 
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
     from echocmr.train.config import DataConfig
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import split_files
     from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
@@ -386,8 +386,8 @@ def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int
 
 def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:
     """Clips/s of the training loader into tensors on ``device``, per decoder."""
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
@@ -432,7 +432,8 @@ def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:
 
 
 def train_config(profile: Profile, *, batch_size: int, compile: bool, device):
-    from echocmr.train.config import ModelConfig, TrainConfig
+    from echocmr.model.config import ModelConfig
+    from echocmr.train.config import TrainConfig
 
     gpu = device.type == "cuda"
     return TrainConfig(
@@ -447,7 +448,7 @@ def flops_per_clip(profile: Profile, device) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from echocmr.train.model import build_model
+    from echocmr.model.network import build_model
 
     config = train_config(profile, batch_size=2, compile=False, device=device)
     model = build_model(config.model).to(device).train()
@@ -559,8 +560,8 @@ def rebuild_section(wide: str, profile: Profile, device, budget: Budget) -> dict
     DALI's ``ReleaseUnusedMemory`` after each."""
     from nvidia.dali import backend
 
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
@@ -603,10 +604,10 @@ def eval_section(shards: str, profile: Profile, device, budget: Budget) -> dict:
 
     from echocmr.eval.infer import InferConfig, infer_tars
     from echocmr.eval.tasks import TASKS, p_col
+    from echocmr.model.contract import InputSpec
+    from echocmr.model.network import build_model
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import split_files
-    from echocmr.train.model import build_model
 
     stats = read_stats(shards)
     config = train_config(profile, batch_size=2, compile=False, device=device)

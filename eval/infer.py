@@ -34,15 +34,15 @@ import pandas as pd
 
 from echocmr.eval.outputs import CLIP_COLUMNS
 from echocmr.eval.tasks import TASKS, p_col, y_col
-from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
-from echocmr.train.contract import WINDOW_MODES as MODES
-from echocmr.train.contract import (
+from echocmr.model.contract import WINDOW_MODES as MODES
+from echocmr.model.contract import (
     InputSpec,
     WindowMode,
     window_clips,
     window_span,
     window_starts,
 )
+from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig
 
 
 def _load(model_uri: str, tracking_uri: str | None = None):
-    from echocmr.train.checkpoint import load_model
+    from echocmr.model.checkpoint import load_model
 
     return load_model(model_uri, tracking_uri=tracking_uri)
 

@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from echocmr.train.metrics import check_binary, midranks, roc_auc
+from echocmr.model.auc import check_binary, midranks, roc_auc
 
 CiMethod = Literal["percentile", "bca"]
 CI_METHODS = get_args(CiMethod)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from echocmr.eval.infer import ClipMode, predict_windows
 from echocmr.eval.tasks import TASKS, p_col
-from echocmr.train.contract import WINDOW_MODES, frames_to_clip, window_starts
+from echocmr.model.contract import WINDOW_MODES, frames_to_clip, window_starts
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
     from echocmr.eval.registry import read_model_stats
-    from echocmr.train.checkpoint import load_model
+    from echocmr.model.checkpoint import load_model
 
     model, spec = load_model(model_uri, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():

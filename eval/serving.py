@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - echocmr always installs mlflow
     PythonModel = object
 
 from echocmr.eval.tasks import TASKS, p_col
-from echocmr.train.checkpoint import ARTIFACT_KEY, CLIP, DICOM, VIEW
+from echocmr.model.checkpoint import ARTIFACT_KEY, CLIP, DICOM, VIEW
 
 
 def logit_col(task: str) -> str:
@@ -51,7 +51,7 @@ class EchoCMRModel(PythonModel):
     spec = None
 
     def load_context(self, context) -> None:
-        from echocmr.train.artifact import read_model_dir
+        from echocmr.model.artifact import read_model_dir
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
 

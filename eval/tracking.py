@@ -82,7 +82,7 @@ def training_sites(model_uri: str, tracking_uri: str) -> dict[str, list[str]] | 
 
     local = Path(model_uri).expanduser()
     if local.exists() and (local.is_file() or (local / "checkpoint.pt").is_file()):
-        from echocmr.train.checkpoint import read_checkpoint
+        from echocmr.model.checkpoint import read_checkpoint
 
         try:
             state = read_checkpoint(str(local))
@@ -119,7 +119,7 @@ def annotate_version(*, tracking_uri: str, model_uri: str, split: str,
     from mlflow.tracking import MlflowClient
 
     from echocmr.eval.registry import parse_reference
-    from echocmr.train.card import eval_tags, with_eval_section
+    from echocmr.model.card import eval_tags, with_eval_section
 
     if not model_uri.startswith("models:/"):
         return None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from echocmr.train.checkpoint import log_model, save_checkpoint
+from echocmr.model.checkpoint import log_model, save_checkpoint
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
 from echocmr.train.config import TrainConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
 from echocmr.train.registry import register_model
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import echocmr.cli as echocmr_cli
+from echocmr.model.contract import InputSpec
 from echocmr.shards.format import (
     DEFAULT_CLIP_SIZE,
     NVDEC_MIN_SIZE,
@@ -21,7 +22,6 @@ from echocmr.shards.format import (
 )
 from echocmr.shards.reader import read_stats
 from echocmr.train.config import ConfigError, DataConfig, TrainConfig
-from echocmr.train.contract import InputSpec
 from echocmr.train.data import ClipLoader
 from echocmr.train.pipeline import resolve_decoder
 

@@ -24,7 +24,7 @@ def test_a_model_logged_by_echocmr_0_2_0_loads_and_predicts(tmp_path):
     code = textwrap.dedent(f"""
         import json, sys
         import mlflow, numpy as np, pandas as pd, torch
-        from echocmr.train.checkpoint import load_model
+        from echocmr.model.checkpoint import load_model
 
         plain = mlflow.pyfunc.load_model({str(OLD_MODEL)!r})
         clip = np.random.default_rng(0).normal(size=(1, 4, 32, 32))

@@ -289,8 +289,8 @@ def test_the_lock_waits_for_its_holder_when_asked(tmp_path):
 
 def test_the_training_loader_reads_a_staged_set_like_the_original(s3_endpoint, original,
                                                                   tmp_path):
+    from echocmr.model.contract import InputSpec
     from echocmr.train.config import AugmentConfig, DataConfig
-    from echocmr.train.contract import InputSpec
     from echocmr.train.data import ClipLoader, split_files
 
     url = upload(original, "s3://echo/train")

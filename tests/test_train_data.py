@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from echocmr.ingest.encode import decode_webm, encode_webm
+from echocmr.model.contract import InputSpec, frames_to_clip
 from echocmr.shards.format import FormatVersionError, Sample
 from echocmr.shards.reader import iter_samples, read_manifest, read_stats
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
 from echocmr.train.config import DataConfig
-from echocmr.train.contract import InputSpec, frames_to_clip
 from echocmr.train.data import ClipLoader, shard_sizes, split_files
 
 from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format

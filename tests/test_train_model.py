@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from echocmr.train.config import ModelConfig
-from echocmr.train.model import R2Plus1D, build_model, count_parameters, load_pretrained
+from echocmr.model.config import ModelConfig
+from echocmr.model.network import R2Plus1D, build_model, count_parameters, load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

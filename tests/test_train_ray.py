@@ -31,8 +31,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from echocmr.model.checkpoint import load_model
 from echocmr.shards.format import TASKS
-from echocmr.train.checkpoint import load_model
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import TEST_FAULT_ENV
 from echocmr.train.loop import run_training
@@ -137,8 +137,8 @@ def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_w
         local_ray, shards, tmp_path, monkeypatch):
     """One worker, killed at step 7 (epoch 1, batch 2 of 5): Ray restarts it from the step-6
     checkpoint, and the run ends with the weights of an uninterrupted run (in-process Engine)."""
+    from echocmr.model.checkpoint import read_checkpoint
     from echocmr.shards.reader import read_stats
-    from echocmr.train.checkpoint import read_checkpoint
     from echocmr.train.engine import Engine
 
     settings = tiny_config(epochs=2, max_steps_per_epoch=5, checkpoint_every_steps=3,
@@ -206,7 +206,7 @@ def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
     """DDP on gloo: rank 1 killed at step 5 (epoch 1, batch 2 of 3); the group restarts from the
     step-4 checkpoint, which holds both ranks' part of the epoch; the final weights and the
     logged train losses equal those of the same run without the crash."""
-    from echocmr.train.checkpoint import read_checkpoint
+    from echocmr.model.checkpoint import read_checkpoint
 
     settings = tiny_config(workers=2, epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=2,
                            max_failures=1)

@@ -4,8 +4,8 @@ uninterrupted run's. In-process (one rank, no Ray) through the real checkpoint f
 import pytest
 import torch
 
+from echocmr.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from echocmr.shards.reader import read_stats
-from echocmr.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import Engine
 

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from echocmr.model.contract import InputSpec
 from echocmr.shards.format import (
     STATS_FILE,
     ClipFormat,
@@ -63,7 +64,6 @@ from echocmr.shards.format import (
 )
 from echocmr.shards.index import index_count
 from echocmr.train.config import DataConfig
-from echocmr.train.contract import InputSpec
 from echocmr.train.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 
 

@@ -36,13 +36,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from echocmr.model.auc import mean_auc, task_aucs
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D, build_model
 from echocmr.shards.format import TASKS
 from echocmr.train.config import SelectionConfig, TrainConfig
-from echocmr.train.contract import InputSpec
 from echocmr.train.data import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.train.loss import build_loss
-from echocmr.train.metrics import checkpoint_score, mean_auc, task_aucs
-from echocmr.train.model import R2Plus1D, build_model
+from echocmr.train.selection import checkpoint_score
 
 TEST_FAULT_ENV = "ECHOCMR_TEST_FAULT"  # test-only, see the module docstring
 

@@ -91,7 +91,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from echocmr.train.checkpoint import read_checkpoint, save_checkpoint
+    from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
     from echocmr.train.engine import Engine
     from echocmr.train.tracking import make_tracker
 
@@ -343,7 +343,7 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.checkpoint import log_model, read_checkpoint
+    from echocmr.model.checkpoint import log_model, read_checkpoint
     from echocmr.train.registry import register_model
 
     scored = [(c, m) for c, m in (result.best_checkpoints or [])
@@ -398,8 +398,8 @@ def _data_scope(config: TrainConfig) -> str:
 def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str, shards: str,
                 digest: str, train_sites: list[str]) -> None:
     """The registered version's description (`train.card.training_card`)."""
-    from echocmr.train.artifact import echocmr_version
-    from echocmr.train.card import data_summary, training_card
+    from echocmr.model.artifact import echocmr_version
+    from echocmr.model.card import data_summary, training_card
     from echocmr.train.registry import describe_version
 
     reg = outcome.registration

@@ -36,9 +36,9 @@ from functools import partial
 
 import numpy as np
 
+from echocmr.model.contract import InputSpec, centre_start, last_start
 from echocmr.shards.format import SampleMeta
 from echocmr.train.config import AugmentConfig
-from echocmr.train.contract import InputSpec, centre_start, last_start
 
 WINDOWS = ("random", "centre", "whole")
 

@@ -19,7 +19,7 @@ The logged MLflow model is the network pickled on the CPU in float32 (MLflow's `
 serialisation, not the ``pt2`` default: ``torch.export`` needs a batch >= 2 example and ties the
 graph to the exporting device). It reloads on a CPU-only machine with
 ``mlflow.pytorch.load_model(uri)`` wherever ``echocmr`` is installed (the class is
-``echocmr.train.model.R2Plus1D``; models logged before the ``echocmr.*`` namespace name
+``echocmr.model.network.R2Plus1D``; models logged before the ``echocmr.*`` namespace name
 ``train.model.R2Plus1D`` and load through `_legacy_module_names`). Its signature is ``float32[-1, C, T, S, S] -> float32[-1, 5]`` and its
 MLmodel metadata holds ``input_spec``.
 
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from echocmr.train.config import ModelConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
+from echocmr.model.config import ModelConfig
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
 
     import mlflow
 
-    from echocmr.train.artifact import echocmr_version, torch_version, write_model_dir
+    from echocmr.model.artifact import echocmr_version, torch_version, write_model_dir
 
     model, spec = model_from_state(state)
     mlflow.set_tracking_uri(tracking_uri)
@@ -197,7 +197,7 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
 
 
 def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, InputSpec]:
-    from echocmr.train.artifact import is_model_dir, read_model_dir
+    from echocmr.model.artifact import is_model_dir, read_model_dir
 
     local = os.path.expanduser(uri)
     if os.path.exists(local):
@@ -249,7 +249,7 @@ def mlflow_artifact_dir(local: str) -> str | None:
 def _load_mlflow_dir(local: str, uri: str) -> tuple[torch.nn.Module, InputSpec]:
     from mlflow.models import Model
 
-    from echocmr.train.artifact import read_model_dir
+    from echocmr.model.artifact import read_model_dir
 
     artifact = mlflow_artifact_dir(local)
     if artifact is not None:
@@ -289,10 +289,17 @@ def _load_pickled(local: str, uri: str) -> torch.nn.Module:
 # Top-level packages of echocmr 0.1, before everything moved under `echocmr.`. A model pickled
 # then names its classes by them (`train.model.R2Plus1D`, `train.config.ModelConfig`).
 LEGACY_PACKAGES = ("train", "shards", "ingest", "eval", "cluster")
+# Modules that moved since (0.3: the model package); everything else is `echocmr.<old name>`.
+MOVED_MODULES = {"train.model": "echocmr.model.network", "train.contract": "echocmr.model.contract"}
+
+
+def current_module_name(legacy: str) -> str:
+    """Where a module an old pickle names lives now (`train.model` -> `echocmr.model.network`)."""
+    return MOVED_MODULES.get(legacy, f"echocmr.{legacy}")
 
 
 class _LegacyAliasFinder:
-    """Resolves `train.x` to the already-importable `echocmr.train.x` (same module object)."""
+    """Resolves `train.x` to the module that holds its classes now (same module object)."""
 
     def find_spec(self, fullname, path=None, target=None):
         import importlib
@@ -300,7 +307,7 @@ class _LegacyAliasFinder:
 
         if fullname.split(".")[0] not in LEGACY_PACKAGES:
             return None
-        module = importlib.import_module(f"echocmr.{fullname}")
+        module = importlib.import_module(current_module_name(fullname))
         return importlib.util.spec_from_loader(fullname, _AliasLoader(module))
 
 
@@ -317,7 +324,7 @@ class _AliasLoader:
 
 @contextlib.contextmanager
 def _legacy_module_names():
-    """Let an old pickle find `train.model` as `echocmr.train.model`, for one load only: nothing
+    """Let an old pickle find `train.model` as `echocmr.model.network`, for one load only: nothing
     named `train` stays in `sys.modules` to shadow (or be shadowed by) somebody else's package."""
     import sys
 

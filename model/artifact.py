@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from echocmr.train.config import ModelConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
+from echocmr.model.config import ModelConfig
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
 
 ARTIFACT_FORMAT = 1
 KIND = "echocmr.R2Plus1D"
