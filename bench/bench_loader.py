@@ -175,8 +175,8 @@ def _cpu_seconds() -> float:
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
     from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import ClipLoader
 
     data = replace(config.data, num_threads=threads)
     stats = read_stats(shards)

@@ -54,9 +54,9 @@ def run(shards: str, epochs: int) -> list[float]:
     import torch
 
     from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
     from echocmr.train.config import load_config
-    from echocmr.train.data import ClipLoader
 
     config = load_config(preset="cpu-small")
     stats = read_stats(shards)

@@ -337,10 +337,10 @@ def _decode_whole(shards: str, decoder: str, device) -> dict:
     import numpy as np
 
     from echocmr.model.contract import InputSpec
+    from echocmr.read.config import DataConfig
+    from echocmr.read.loader import split_files
+    from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
     from echocmr.shards.reader import read_stats
-    from echocmr.train.config import DataConfig
-    from echocmr.train.data import split_files
-    from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
     stats = read_stats(shards)
     clip = _clip(shards)
@@ -378,7 +378,7 @@ def _frame_diff(a: dict, b: dict) -> dict:
 
 
 def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int):
-    from echocmr.train.config import DataConfig
+    from echocmr.read.config import DataConfig
 
     return DataConfig(frames=profile.frames, period=profile.period, size=profile.size,
                       batch_size=batch_size, decoder=decoder, num_threads=threads, prefetch=2)
@@ -387,8 +387,8 @@ def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int
 def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:
     """Clips/s of the training loader into tensors on ``device``, per decoder."""
     from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
     out = {}
@@ -509,7 +509,7 @@ def _synthetic(engine, bs: int, device):
     """The same batch over and over, already on the device: no data wait at all."""
     import torch
 
-    from echocmr.train.data import Batch
+    from echocmr.read.loader import Batch
 
     spec = engine.spec
     batch = Batch(clips=torch.randn(bs, 1, spec.frames, spec.size, spec.size, device=device),
@@ -561,8 +561,8 @@ def rebuild_section(wide: str, profile: Profile, device, budget: Budget) -> dict
     from nvidia.dali import backend
 
     from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
     config = data_config(profile, batch_size=profile.loader_batch, decoder="auto",
@@ -603,11 +603,11 @@ def eval_section(shards: str, profile: Profile, device, budget: Budget) -> dict:
     import torch
 
     from echocmr.eval.infer import InferConfig, infer_tars
-    from echocmr.eval.tasks import TASKS, p_col
     from echocmr.model.contract import InputSpec
     from echocmr.model.network import build_model
+    from echocmr.model.tasks import TASKS, p_col
+    from echocmr.read.loader import split_files
     from echocmr.shards.reader import read_stats
-    from echocmr.train.data import split_files
 
     stats = read_stats(shards)
     config = train_config(profile, batch_size=2, compile=False, device=device)

@@ -173,7 +173,7 @@ def evaluate_clips(
 def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
                          val_studies: pd.DataFrame | None, config: EvaluationConfig) -> None:
     """Each task's threshold chosen on ``val_studies``, read on ``studies`` (eval.operating)."""
-    from echocmr.eval.tasks import p_col, y_col
+    from echocmr.model.tasks import p_col, y_col
 
     if config.threshold == "none":
         return

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 from echocmr.eval.outputs import CLIP_COLUMNS
-from echocmr.eval.tasks import TASKS, p_col, y_col
 from echocmr.model.contract import WINDOW_MODES as MODES
 from echocmr.model.contract import (
     InputSpec,
@@ -42,6 +41,8 @@ from echocmr.model.contract import (
     window_span,
     window_starts,
 )
+from echocmr.model.predict import predict_windows
+from echocmr.model.tasks import TASKS, p_col, y_col
 from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
 
 log = logging.getLogger(__name__)
@@ -80,24 +81,12 @@ class InferConfig:
         return f"all clips, {spec.frames} frames every {spec.period}, start stride {stride}"
 
 
-def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
-    """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for lo in range(0, clips_WCTHW.shape[0], batch_size):
-            x = torch.from_numpy(clips_WCTHW[lo : lo + batch_size]).to(device)
-            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
 def decode_videos(tars: list[str], indexes: list[str], spec: InputSpec, *,
                   stored_size: tuple | None, config: InferConfig,
                   device) -> Iterator[tuple[str, np.ndarray, SampleMeta, np.ndarray]]:
     """``(key, labels float32[5], meta, frames uint8[F, S, S])`` per sample, in stored order."""
+    from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
     from echocmr.shards.index import index_count
-    from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
     n_samples = sum(index_count(i) for i in indexes)
     gpu = getattr(device, "type", str(device)) == "cuda"
@@ -167,9 +156,9 @@ def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
     """Local tars, their indexes and the clip format of ``split`` (only ``sites``' samples when
     given, through shortened indexes in ``index_dir``); a set at a URL is staged onto this
     node's disk first."""
+    from echocmr.read.loader import split_files
     from echocmr.shards.reader import read_stats
     from echocmr.shards.stage import stage
-    from echocmr.train.data import split_files
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split, sites=sites, index_dir=index_dir)
@@ -241,7 +230,7 @@ def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig
 
 
 def _load(model_uri: str, tracking_uri: str | None = None):
-    from echocmr.model.checkpoint import load_model
+    from echocmr.model.store import load_model
 
     return load_model(model_uri, tracking_uri=tracking_uri)
 
@@ -270,8 +259,8 @@ def _task_share(model_uri, tars, indexes, stored, cfg: InferConfig, tracking_uri
             raise FileNotFoundError(f"{source} no longer has {', '.join(missing)} of {split}")
         tars, indexes = [by_name[n][0] for n in tars], [by_name[n][1] for n in tars]
     if sites is not None:
+        from echocmr.read.loader import select_sites
         from echocmr.shards.stage import stage
-        from echocmr.train.data import select_sites
 
         local = stage(source, cfg.cache_dir, splits=(split,)) if source is not None else shards
         tars, indexes, _ = select_sites(local, split, tars, indexes, sites=sites,

@@ -67,7 +67,7 @@ def check_holdout(model_uri: str, site: str, tracking_uri: str) -> dict | None:
     calling that external would be wrong. No record (models from before, bare networks): a
     warning, and the evaluation keeps to the split evaluated.
     """
-    from echocmr.eval.tracking import training_sites
+    from echocmr.model.lineage import training_sites
 
     record = training_sites(model_uri, tracking_uri)
     if record is None:
@@ -116,7 +116,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
 
     ``address``: Ray cluster for ``infer.workers > 1`` (else ``RAY_ADDRESS``, else local Ray).
     """
-    from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
+    from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
 
     config = config or EvalConfig()
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -160,7 +160,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
             f"is NOT verified, and only site {holdout}'s {config.split} studies are used.")
     eval_count = None
     if config.track:
-        from echocmr.eval.tracking import previous_evaluations
+        from echocmr.eval.record import previous_evaluations
 
         try:
             eval_count = 1 + previous_evaluations(tracking_uri=tracking_uri, model_uri=model_uri,
@@ -182,7 +182,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:
-        from echocmr.eval.tracking import annotate_version, log_evaluation
+        from echocmr.eval.record import annotate_version, log_evaluation
 
         params = {"model_uri": model_uri, **loader.flat(config)}
         try:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from echocmr.eval.published import PUBLISHED, PUBLISHED_SOURCE
 from echocmr.eval.summary import SummaryConfig, TaskResult
-from echocmr.eval.tasks import TASK_TITLES, TASKS, p_col, y_col
+from echocmr.model.tasks import TASK_TITLES, TASKS, p_col, y_col
 
 
 @dataclass(kw_only=True)

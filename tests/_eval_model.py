@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from echocmr.model.checkpoint import log_model, save_checkpoint
+from echocmr.model.checkpoint import save_checkpoint
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D
+from echocmr.model.registry import register_model
+from echocmr.model.store import log_model
 from echocmr.train.config import TrainConfig
-from echocmr.train.registry import register_model
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},
         "data": {"frames": 8, "period": 2, "size": 32, "augment": {"enabled": False}}}

@@ -76,7 +76,8 @@ def test_literal_and_type_errors_name_the_layer_that_set_the_value():
 
 
 def test_train_config_literals_are_checked_in_python_too():
-    from echocmr.train.config import DataConfig, OptimConfig
+    from echocmr.read.config import DataConfig
+    from echocmr.train.config import OptimConfig
 
     with pytest.raises(ConfigError, match="data.pad_mode must be one of 'constant', 'edge'"):
         DataConfig(pad_mode="reflect")

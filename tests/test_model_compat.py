@@ -2,7 +2,7 @@
 
 ``tests/data/model_0_2_0`` is a model as echocmr 0.2.0 (main at b08f9aa, before ``echocmr.model``
 existed) logged it: an MLflow models-from-code pyfunc whose copied ``model_code.py`` imports
-``echocmr.eval.serving``, with the tensor artifact beside it. It was made with the registry
+``echocmr.eval.serving`` (kept as a one-line alias of ``echocmr.model.serving``), with the tensor artifact beside it. It was made with the registry
 tests' ``fake_state(11)`` and downloaded as is. Both loaders — MLflow's own, as any MLflow user
 calls it, and ours — must read it in a fresh Python and give the same network.
 """
@@ -24,7 +24,7 @@ def test_a_model_logged_by_echocmr_0_2_0_loads_and_predicts(tmp_path):
     code = textwrap.dedent(f"""
         import json, sys
         import mlflow, numpy as np, pandas as pd, torch
-        from echocmr.model.checkpoint import load_model
+        from echocmr.model.store import load_model
 
         plain = mlflow.pyfunc.load_model({str(OLD_MODEL)!r})
         clip = np.random.default_rng(0).normal(size=(1, 4, 32, 32))

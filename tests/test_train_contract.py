@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from echocmr.model.checkpoint import load_model, read_checkpoint, save_model
+from echocmr.model.checkpoint import read_checkpoint, save_model
 from echocmr.model.config import ModelConfig
 from echocmr.model.contract import (
     InputSpec,
@@ -17,6 +17,7 @@ from echocmr.model.contract import (
     window_starts,
 )
 from echocmr.model.network import R2Plus1D
+from echocmr.model.store import load_model
 from echocmr.shards.format import GREY_ROUND_TRIP
 from echocmr.shards.index import IndexEntry, format_index, index_count
 

@@ -9,11 +9,11 @@ import torch
 
 from echocmr.ingest.encode import decode_webm, encode_webm
 from echocmr.model.contract import InputSpec, frames_to_clip
+from echocmr.read.config import DataConfig
+from echocmr.read.loader import ClipLoader, shard_sizes, split_files
 from echocmr.shards.format import FormatVersionError, Sample
 from echocmr.shards.reader import iter_samples, read_manifest, read_stats
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
-from echocmr.train.config import DataConfig
-from echocmr.train.data import ClipLoader, shard_sizes, split_files
 
 from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 from _train_fixtures import make_tiny_shards

@@ -31,7 +31,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from echocmr.model.checkpoint import load_model
+from echocmr.model.store import load_model
 from echocmr.shards.format import TASKS
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import TEST_FAULT_ENV

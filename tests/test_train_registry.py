@@ -8,12 +8,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from echocmr.model.checkpoint import load_model, log_model
 from echocmr.model.config import ModelConfig
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D
+from echocmr.model.registry import register_model
+from echocmr.model.store import load_model, log_model
 from echocmr.train.config import TrainConfig
-from echocmr.train.registry import register_model
 
 from _train_fixtures import tiny_config
 
@@ -224,7 +224,7 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
     # Load where only the installed package is importable (not this checkout's bare folders).
     code = textwrap.dedent(f"""
         import sys, torch, mlflow
-        from echocmr.model.checkpoint import load_model
+        from echocmr.model.store import load_model
         try:
             mlflow.pytorch.load_model({local!r})
             print("plain: loaded")
@@ -250,11 +250,11 @@ def test_an_old_model_is_refused_clearly_when_train_is_another_package(tmp_path,
     import sys
     import types
 
-    import echocmr.model.checkpoint as checkpoint
+    import echocmr.model.legacy as legacy
 
     monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # somebody else's
     with pytest.raises(RuntimeError, match="echocmr models relog"), \
-            checkpoint._legacy_module_names():
+            legacy._legacy_module_names():
         pass
 
 
@@ -357,7 +357,7 @@ def test_relog_turns_a_pickled_version_into_the_current_format(tmp_path, monkeyp
 def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path):
     from types import SimpleNamespace
 
-    from echocmr.eval.tracking import annotate_version
+    from echocmr.eval.record import annotate_version
     from echocmr.model.card import training_card
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

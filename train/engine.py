@@ -39,9 +39,9 @@ import torch.distributed as dist
 from echocmr.model.auc import mean_auc, task_aucs
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D, build_model
+from echocmr.read.loader import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.shards.format import TASKS
 from echocmr.train.config import SelectionConfig, TrainConfig
-from echocmr.train.data import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.train.loss import build_loss
 from echocmr.train.selection import checkpoint_score
 

@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.infer import ClipMode, predict_windows
-from echocmr.eval.tasks import TASKS, p_col
-from echocmr.model.contract import WINDOW_MODES, frames_to_clip, window_starts
+from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
+from echocmr.model.tasks import TASKS, p_col
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ FORMATS = (".csv", ".json")
 
 @dataclass(kw_only=True)
 class PredictConfig:
-    clips: ClipMode = "all"  # "all" windows or the "centre" one, as in eval
+    clips: WindowMode = "all"  # "all" windows or the "centre" one, as in eval
     stride: int | None = None  # frames between window starts; None = half a window's span
     batch_size: int = 16
     ingest_config: str | None = None  # ingest YAML whose `preprocess` section to use
@@ -75,6 +74,18 @@ def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | N
         log.warning("ingest config frame rate %.3g differs from the model's %.3g fps",
                     base.target_fps, spec.fps)
     return base
+
+
+def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
+    """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, clips_WCTHW.shape[0], batch_size):
+            x = torch.from_numpy(clips_WCTHW[lo : lo + batch_size]).to(device)
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
 
 
 def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictConfig,
@@ -156,8 +167,8 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
-    from echocmr.eval.registry import read_model_stats
-    from echocmr.model.checkpoint import load_model
+    from echocmr.model.store import load_model
+    from echocmr.model.versions import read_model_stats
 
     model, spec = load_model(model_uri, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():
@@ -166,8 +177,8 @@ def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     if model_uri.startswith(("models:/", "runs:/")):  # the training run logged stats.json
         import mlflow
 
-        from echocmr.eval.tracking import source_run_id
-        from echocmr.train.tracking import resolve_tracking_uri
+        from echocmr.model.lineage import source_run_id
+        from echocmr.model.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(tracking_uri)
         run_id = source_run_id(model_uri, uri)

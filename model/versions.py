@@ -30,8 +30,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from echocmr.eval.tasks import TASKS
-from echocmr.shards.format import STATS_FILE
+from echocmr.shards.format import STATS_FILE, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,8 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     import mlflow
     from mlflow.models import Model
 
-    from echocmr.model.checkpoint import load_model, save_model
+    from echocmr.model.checkpoint import save_model
+    from echocmr.model.store import load_model
 
     parse_reference(ref)  # a malformed reference fails before anything is contacted
     out = Path(out)
@@ -210,7 +210,8 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.model.checkpoint import log_model, read_checkpoint
+    from echocmr.model.checkpoint import read_checkpoint
+    from echocmr.model.store import log_model
 
     client = MlflowClient(tracking_uri)
     mv = client.get_model_version(name, version)
@@ -240,7 +241,7 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
 
 def _state_of_logged(tracking_uri: str, uri: str) -> dict:
     """A checkpoint-layout state from a logged model (old pickled ones included)."""
-    from echocmr.model.checkpoint import load_model
+    from echocmr.model.store import load_model
 
     model, spec = load_model(uri, tracking_uri=tracking_uri)
     config = getattr(model, "config", None)

@@ -55,6 +55,8 @@ import numpy as np
 import torch
 
 from echocmr.model.contract import InputSpec
+from echocmr.read.config import DataConfig
+from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 from echocmr.shards.format import (
     STATS_FILE,
     ClipFormat,
@@ -63,8 +65,6 @@ from echocmr.shards.format import (
     index_name,
 )
 from echocmr.shards.index import index_count
-from echocmr.train.config import DataConfig
-from echocmr.train.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 
 
 @dataclass

@@ -67,7 +67,7 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
     or None."""
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.tracking import EXCLUDE_SITES_TAG
+    from echocmr.model.tracking import EXCLUDE_SITES_TAG
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(config.experiment)
@@ -94,8 +94,8 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
 def train_or_reuse(config: TrainConfig, shards: str, *, prefix: str, tracking_uri: str,
                    address: str | None = None) -> TrainedModel:
     """A finished run of ``config`` on ``shards``: found (`find_finished_run`) or trained now."""
+    from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
     from echocmr.train.loop import run_training
-    from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     digest = manifest_digest(shards)

@@ -37,8 +37,8 @@ from functools import partial
 import numpy as np
 
 from echocmr.model.contract import InputSpec, centre_start, last_start
+from echocmr.read.config import AugmentConfig
 from echocmr.shards.format import SampleMeta
-from echocmr.train.config import AugmentConfig
 
 WINDOWS = ("random", "centre", "whole")
 

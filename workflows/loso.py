@@ -91,8 +91,8 @@ def run_loso(shards: str, train_config: TrainConfig, out: str | Path, *,
              prefix: str = "loso") -> LosoResult:
     """Every site of ``sites`` (default all) left out in turn (module docstring)."""
     from echocmr.eval.job import run_eval
-    from echocmr.eval.runs import train_or_reuse
-    from echocmr.train.tracking import resolve_tracking_uri
+    from echocmr.model.tracking import resolve_tracking_uri
+    from echocmr.workflows.runs import train_or_reuse
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     eval_config = eval_config or EvalConfig()

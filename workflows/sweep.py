@@ -84,8 +84,8 @@ def run_seed_sweep(shards: str, train_config, seeds: list[int], out: str | Path,
     from dataclasses import replace
 
     from echocmr.eval.job import EvalConfig, run_eval
-    from echocmr.eval.runs import train_or_reuse
-    from echocmr.train.tracking import resolve_tracking_uri
+    from echocmr.model.tracking import resolve_tracking_uri
+    from echocmr.workflows.runs import train_or_reuse
 
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if len(seeds) < 2:

@@ -7,6 +7,6 @@ echocmr that the model's requirements pin.
 
 import mlflow
 
-from echocmr.eval.serving import EchoCMRModel
+from echocmr.model.serving import EchoCMRModel
 
 mlflow.models.set_model(EchoCMRModel())
