@@ -42,8 +42,22 @@ from echocmr.model.contract import (
     window_starts,
 )
 from echocmr.model.predict import predict_windows
+from echocmr.model.store import load_model
 from echocmr.model.tasks import TASKS, p_col, y_col
-from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
+from echocmr.read.loader import select_sites, split_files
+from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
+from echocmr.shards import storage
+from echocmr.shards.format import (
+    STATS_FILE,
+    ClipFormat,
+    SampleMeta,
+    check_format_version,
+    check_gpu_decodable,
+)
+from echocmr.shards.index import index_count
+from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.stage import stage
+from echocmr.shards.storage import canonical, is_url
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +99,6 @@ def decode_videos(tars: list[str], indexes: list[str], spec: InputSpec, *,
                   stored_size: tuple | None, config: InferConfig,
                   device) -> Iterator[tuple[str, np.ndarray, SampleMeta, np.ndarray]]:
     """``(key, labels float32[5], meta, frames uint8[F, S, S])`` per sample, in stored order."""
-    from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
-    from echocmr.shards.index import index_count
 
     n_samples = sum(index_count(i) for i in indexes)
     gpu = getattr(device, "type", str(device)) == "cuda"
@@ -156,9 +168,6 @@ def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
     """Local tars, their indexes and the clip format of ``split`` (only ``sites``' samples when
     given, through shortened indexes in ``index_dir``); a set at a URL is staged onto this
     node's disk first."""
-    from echocmr.read.loader import split_files
-    from echocmr.shards.reader import read_stats
-    from echocmr.shards.stage import stage
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split, sites=sites, index_dir=index_dir)
@@ -170,9 +179,6 @@ def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
 def _remote_split(shards: str, split: str) -> tuple[list[str], ClipFormat]:
     """Tar names and the clip format of ``split`` of a set at a URL, read without staging it
     (the Ray tasks stage it where they run); the same checks `split_files` makes up front."""
-    from echocmr.shards import storage
-    from echocmr.shards.format import STATS_FILE, check_format_version
-    from echocmr.shards.reader import list_shards, read_stats
 
     names = [storage.basename(t) for t in list_shards(shards, split)]
     if not names:
@@ -201,7 +207,6 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
 
 def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig, loaded,
                  tracking_uri: str | None, address: str | None, sites, index_dir: str):
-    from echocmr.shards.storage import canonical, is_url
 
     remote = is_url(shards)
     if remote:  # tar names only: this process or each Ray task stages the split where it runs
@@ -230,7 +235,6 @@ def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig
 
 
 def _load(model_uri: str, tracking_uri: str | None = None):
-    from echocmr.model.store import load_model
 
     return load_model(model_uri, tracking_uri=tracking_uri)
 
@@ -259,8 +263,6 @@ def _task_share(model_uri, tars, indexes, stored, cfg: InferConfig, tracking_uri
             raise FileNotFoundError(f"{source} no longer has {', '.join(missing)} of {split}")
         tars, indexes = [by_name[n][0] for n in tars], [by_name[n][1] for n in tars]
     if sites is not None:
-        from echocmr.read.loader import select_sites
-        from echocmr.shards.stage import stage
 
         local = stage(source, cfg.cache_dir, splits=(split,)) if source is not None else shards
         tars, indexes, _ = select_sites(local, split, tars, indexes, sites=sites,

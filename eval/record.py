@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 
 from echocmr.eval.summary import TaskResult
+from echocmr.model.card import eval_tags, with_eval_section
 from echocmr.model.lineage import source_run_id
+from echocmr.model.registry import parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,6 @@ def annotate_version(*, tracking_uri: str, model_uri: str, split: str,
     ``(name, version)``, or None for other URIs."""
     from mlflow.tracking import MlflowClient
 
-    from echocmr.model.card import eval_tags, with_eval_section
-    from echocmr.model.versions import parse_reference
 
     if not model_uri.startswith("models:/"):
         return None

@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 
 from echocmr.model.checkpoint import read_checkpoint
+from echocmr.model.pulled import read_model_info
+from echocmr.model.registry import parse_reference
 from echocmr.model.tracking import EXCLUDE_SITES_TAG, TRAIN_SITES_TAG
-from echocmr.model.versions import parse_reference, read_model_info
 
 log = logging.getLogger(__name__)
 

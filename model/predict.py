@@ -32,8 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echocmr.ingest.config import PreprocessConfig, load_config
+from echocmr.ingest.dicom_io import RejectedInput
+from echocmr.ingest.preprocess import preprocess_dicom
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
+from echocmr.model.lineage import source_run_id
+from echocmr.model.pulled import read_model_stats
+from echocmr.model.store import load_model
 from echocmr.model.tasks import TASKS, p_col
+from echocmr.model.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,6 @@ class Prediction:
 
 def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | None = None):
     """Ingest's `PreprocessConfig` for this model (see the module docstring)."""
-    from echocmr.ingest.config import PreprocessConfig, load_config
 
     base = load_config(ingest_config).preprocess if ingest_config else PreprocessConfig()
     clip = (stats or {}).get("clip") or {}
@@ -102,8 +108,6 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
                   stats: dict | None = None) -> Prediction:
     """Probabilities per study for ``paths``; unusable files are listed, not fatal."""
-    from echocmr.ingest.dicom_io import RejectedInput
-    from echocmr.ingest.preprocess import preprocess_dicom
 
     config = config or PredictConfig()
     if tuple(spec.tasks) != tuple(TASKS):
@@ -167,8 +171,6 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
-    from echocmr.model.store import load_model
-    from echocmr.model.versions import read_model_stats
 
     model, spec = load_model(model_uri, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():
@@ -177,8 +179,6 @@ def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     if model_uri.startswith(("models:/", "runs:/")):  # the training run logged stats.json
         import mlflow
 
-        from echocmr.model.lineage import source_run_id
-        from echocmr.model.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(tracking_uri)
         run_id = source_run_id(model_uri, uri)

@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from echocmr.model.artifact import read_model_dir
+from echocmr.model.predict import predict_files
+
 try:  # a base class when MLflow is installed (always, for a served model)
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover - echocmr always installs mlflow
@@ -51,7 +54,6 @@ class EchoCMRModel(PythonModel):
     spec = None
 
     def load_context(self, context) -> None:
-        from echocmr.model.artifact import read_model_dir
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
 
@@ -89,7 +91,6 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
 
 def predict_study(model, spec, files: list, views: list | None = None) -> dict[str, Any]:
     """One study's DICOM files (bytes) through `eval.predict.predict_files` (module docstring)."""
-    from echocmr.model.predict import predict_files
 
     views = list(views or [None] * len(files))
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:

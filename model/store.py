@@ -13,20 +13,12 @@ older echocmr versions load through `model.legacy`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Any
 
 import torch
 
-from echocmr.model.artifact import (
-    echocmr_version,
-    is_model_dir,
-    read_model_dir,
-    torch_version,
-    write_model_dir,
-)
+from echocmr.model.artifact import is_model_dir, read_model_dir
 from echocmr.model.checkpoint import model_from_state, read_checkpoint
 from echocmr.model.contract import InputSpec
 from echocmr.model.legacy import load_pickled
@@ -38,70 +30,6 @@ log = logging.getLogger(__name__)
 # The pyfunc's artifact key and input columns (`model.serving` serves them).
 ARTIFACT_KEY = "model"
 CLIP, DICOM, VIEW = "clip", "dicom", "view"
-MODEL_CODE_MODULE = "echocmr.model.model_code"  # the models-from-code script; logged as a file
-
-def signature(spec: InputSpec):
-    """The pyfunc's input schema: optional columns ``clip`` (``float32[C, T, S, S]`` per row, see
-    ``spec``), ``dicom`` (a DICOM file's bytes) and ``view`` (its view, optional). Each request
-    uses one form; outputs differ by form (`echocmr.model.serving`), so they are left open."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-    from mlflow.types.schema import Array
-
-    # double, not float: JSON numbers parse as float64, which MLflow will not narrow to float32;
-    # the pyfunc casts each clip to float32 itself.
-    clip_type = Array(Array(Array(Array(DataType.double))))
-    return ModelSignature(inputs=Schema([
-        ColSpec(clip_type, CLIP, required=False),
-        ColSpec(DataType.binary, DICOM, required=False),
-        ColSpec(DataType.string, VIEW, required=False),
-    ]))
-
-
-def input_example(spec: InputSpec):
-    """A request in the ``clip`` form: one clip at the training pixel mean (all zeros after
-    normalisation, which keeps the stored example small); the ``dicom`` form is shown in
-    docs/pull-a-model.md (MLflow keeps one example)."""
-    import pandas as pd
-
-    clip = [[[[0.0] * spec.size for _ in range(spec.size)] for _ in range(spec.frames)]
-            for _ in range(spec.channels)]
-    return pd.DataFrame({CLIP: [clip]})
-
-
-def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
-              name: str = "model") -> str:
-    """Log the checkpoint's network into run ``run_id`` as echocmr's pyfunc; return its model URI
-    (``models:/m-...``). No pickle: the artifact is `train.artifact`'s, the code a file.
-
-    Logs into the active run when it is ``run_id`` (the driver's ``with mlflow.start_run``);
-    otherwise it opens the run for this call, which marks it ``FINISHED`` when done.
-    """
-    import tempfile
-    from importlib.util import find_spec
-
-    import mlflow
-
-
-    model, spec = model_from_state(state)
-    mlflow.set_tracking_uri(tracking_uri)
-    val_metrics = _finite(state.get("metrics", {}))
-    metadata = {"input_spec": spec.to_dict(), "epoch": state.get("epoch"),
-                "val_metrics": val_metrics, "echocmr_artifact": ARTIFACT_KEY}
-    active = mlflow.active_run()
-    with tempfile.TemporaryDirectory() as tmp, \
-            (contextlib.nullcontext() if active and active.info.run_id == run_id
-             else mlflow.start_run(run_id=run_id)):
-        artifact = write_model_dir(os.path.join(tmp, ARTIFACT_KEY), model, spec,
-                                   epoch=state.get("epoch"), val_metrics=val_metrics)
-        info = mlflow.pyfunc.log_model(
-            name=name, python_model=find_spec(MODEL_CODE_MODULE).origin,
-            artifacts={ARTIFACT_KEY: artifact}, signature=signature(spec),
-            input_example=input_example(spec), metadata=metadata,
-            pip_requirements=[f"echocmr=={echocmr_version()}", f"torch=={torch_version()}"])
-    return info.model_uri
-
-
 def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.Module, InputSpec]:
     """A trained model (eval mode, CPU) and its `InputSpec`, from any place a model lives.
 
@@ -173,10 +101,3 @@ def _load_mlflow_dir(local: str, uri: str) -> tuple[torch.nn.Module, InputSpec]:
         raise ValueError(f"{uri} is not a model logged by echocmr train (no echocmr artifact, "
                          "no input_spec in its MLmodel metadata)")
     return load_pickled(local, uri), InputSpec.from_dict(spec)
-
-
-def _finite(metrics: dict) -> dict:
-    import math
-
-    return {k: v for k, v in metrics.items()
-            if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))}

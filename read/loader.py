@@ -64,7 +64,10 @@ from echocmr.shards.format import (
     check_gpu_decodable,
     index_name,
 )
-from echocmr.shards.index import index_count
+from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.stats import compute_stats
+from echocmr.shards.storage import is_local, local_path
 
 
 @dataclass
@@ -105,8 +108,6 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
     another format version (its pixels would decode differently): training and eval both read
     through here.
     """
-    from echocmr.shards.reader import list_shards, read_stats
-    from echocmr.shards.storage import is_local, local_path
 
     if not is_local(shards):
         raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
@@ -150,8 +151,6 @@ def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
     pixel mean/std, prevalence per split), so not even the input normalisation or the positive
     weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
     """
-    from echocmr.shards.reader import read_manifest
-    from echocmr.shards.stats import compute_stats
 
     manifest = read_manifest(shards)
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
@@ -173,8 +172,6 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
                  index_dir: str) -> tuple[list[str], list[str], list[int]]:
     """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
     shortened indexes written into ``index_dir``, tars left with no sample dropped."""
-    from echocmr.shards.index import format_index, parse_index, sample_keys
-    from echocmr.shards.reader import read_manifest
 
     manifest = read_manifest(shards)
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")

@@ -13,8 +13,8 @@ import torch
 from echocmr.model.checkpoint import save_checkpoint
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D
+from echocmr.model.publish import log_model
 from echocmr.model.registry import register_model
-from echocmr.model.store import log_model
 from echocmr.train.config import TrainConfig
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import echocmr.cli as echocmr_cli
+from echocmr.model.pulled import MODEL_INFO_FILE
 from echocmr.model.store import load_model
-from echocmr.model.versions import MODEL_INFO_FILE, list_models, pull_model
+from echocmr.model.versions import list_models, pull_model
 from echocmr.shards.format import TASKS
 
 from _eval_model import register, tiny_state

@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 from echocmr.model.config import ModelConfig
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D
+from echocmr.model.publish import log_model
 from echocmr.model.registry import register_model
-from echocmr.model.store import load_model, log_model
+from echocmr.model.store import load_model
 from echocmr.train.config import TrainConfig
 
 from _train_fixtures import tiny_config

@@ -38,7 +38,23 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from echocmr.model.artifact import echocmr_version
+from echocmr.model.card import data_summary, training_card
+from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
+from echocmr.model.publish import log_model
+from echocmr.model.registry import describe_version, register_model
+from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
+from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
+from echocmr.read.pipeline import resolve_decoder
+from echocmr.shards import storage
+from echocmr.shards.format import TASKS, check_format_version
+from echocmr.shards.reader import read_stats
+from echocmr.shards.stage import stage
+from echocmr.shards.storage import is_url
 from echocmr.train.config import TrainConfig
+from echocmr.train.engine import TEST_FAULT_ENV, Engine, mid_epoch_world_change
+from echocmr.train.preflight import PreflightError, check_cluster
+from echocmr.train.tracker import finish_run, log_dataset, make_tracker, open_run
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +85,6 @@ class TrainOutcome:
 
 def epoch_metrics(result, val) -> dict[str, Any]:
     """The per-epoch metrics reported to Ray and logged to MLflow."""
-    from echocmr.shards.format import TASKS
 
     metrics: dict[str, Any] = {
         "epoch": result.epoch,
@@ -91,9 +106,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
-    from echocmr.train.engine import Engine
-    from echocmr.train.tracker import make_tracker
 
     if not logging.getLogger().handlers:  # Ray workers start without logging configured
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -188,9 +200,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
     """``shards`` itself when local; else its node-local copy of train and val, checked to be
     the data the driver opened the run with (the set may have changed at the URL since)."""
-    from echocmr.model.tracking import manifest_digest
-    from echocmr.shards.stage import stage
-    from echocmr.shards.storage import is_url
 
     if not is_url(shards):
         return shards
@@ -245,15 +254,6 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
-    from echocmr.read.loader import check_decoder, site_selection
-    from echocmr.read.pipeline import resolve_decoder
-    from echocmr.shards import storage
-    from echocmr.shards.format import check_format_version
-    from echocmr.shards.reader import read_stats
-    from echocmr.train.engine import TEST_FAULT_ENV
-    from echocmr.train.preflight import check_cluster
-    from echocmr.train.tracker import finish_run, log_dataset, open_run
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
     shards = (storage.canonical(shards) if storage.is_url(shards)
@@ -337,9 +337,6 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.model.checkpoint import read_checkpoint
-    from echocmr.model.registry import register_model
-    from echocmr.model.store import log_model
 
     scored = [(c, m) for c, m in (result.best_checkpoints or [])
               if m.get(SCORE) is not None and not m.get("mid_epoch")]
@@ -348,7 +345,6 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     best, best_metrics = max(scored, key=lambda cm: cm[1][SCORE])
     with best.as_directory() as directory:
         state = read_checkpoint(directory)
-    from echocmr.shards.format import TASKS
 
     aucs = {t: _none_if_nan(best_metrics.get(f"val_auc_{t}")) for t in TASKS}
     mean = _none_if_nan(best_metrics.get("val_mean_auc"))
@@ -393,9 +389,6 @@ def _data_scope(config: TrainConfig) -> str:
 def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str, shards: str,
                 digest: str, train_sites: list[str]) -> None:
     """The registered version's description (`train.card.training_card`)."""
-    from echocmr.model.artifact import echocmr_version
-    from echocmr.model.card import data_summary, training_card
-    from echocmr.model.registry import describe_version
 
     reg = outcome.registration
     card = training_card(name=reg.name, version=reg.version, run_id=outcome.run_id,
@@ -454,9 +447,6 @@ def latest_resume_point(storage: str, run_name: str) -> dict | None:
 def _check_resume(config: TrainConfig) -> None:
     """Refuse, before any worker starts, a rerun whose latest checkpoint is mid-epoch and was
     written by another number of workers (`train.engine.mid_epoch_world_change`)."""
-    from echocmr.read.loader import ReaderPosition
-    from echocmr.train.engine import mid_epoch_world_change
-    from echocmr.train.preflight import PreflightError
 
     point = latest_resume_point(config.storage, config.run_name)
     if point is None:

@@ -24,6 +24,7 @@ import warnings
 
 from echocmr.model.tracking import sqlite_artifact_root
 from echocmr.shards.format import STATS_FILE
+from echocmr.shards.reader import read_manifest
 from echocmr.train.config import TrainConfig, dump_yaml, flat_params
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ def log_dataset(tracking_uri: str, run_id: str, shards: str, digest: str) -> Non
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.tracking import MlflowClient
 
-    from echocmr.shards.reader import read_manifest
 
     manifest = read_manifest(shards)
     name = os.path.basename(shards.rstrip("/")) or shards

@@ -30,7 +30,9 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
+from echocmr.model.tracking import EXCLUDE_SITES_TAG, manifest_digest, resolve_tracking_uri
 from echocmr.train.config import TrainConfig, flat_params
+from echocmr.train.loop import run_training
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,6 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
     or None."""
     from mlflow.tracking import MlflowClient
 
-    from echocmr.model.tracking import EXCLUDE_SITES_TAG
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(config.experiment)
@@ -94,8 +95,6 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
 def train_or_reuse(config: TrainConfig, shards: str, *, prefix: str, tracking_uri: str,
                    address: str | None = None) -> TrainedModel:
     """A finished run of ``config`` on ``shards``: found (`find_finished_run`) or trained now."""
-    from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
-    from echocmr.train.loop import run_training
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     digest = manifest_digest(shards)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from echocmr.eval.job import EvalConfig, run_eval
 from echocmr.eval.signal import INSUFFICIENT
+from echocmr.model.tracking import resolve_tracking_uri
+from echocmr.workflows.runs import train_or_reuse
 
 
 def seed_spread(evaluations: dict[str, dict]) -> dict[str, dict]:
@@ -83,9 +86,6 @@ def run_seed_sweep(shards: str, train_config, seeds: list[int], out: str | Path,
     (`seed_spread`) to ``OUT/sweep.json`` and ``OUT/sweep.md``. Returns the JSON written."""
     from dataclasses import replace
 
-    from echocmr.eval.job import EvalConfig, run_eval
-    from echocmr.model.tracking import resolve_tracking_uri
-    from echocmr.workflows.runs import train_or_reuse
 
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if len(seeds) < 2:
