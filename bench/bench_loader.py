@@ -3,7 +3,7 @@
 What is compared. The same clips held two ways:
 
 * ours: a shard set (VP9 WebM in WebDataset tars + DALI ``.idx`` files) read by
-  `train.data.ClipLoader` with ``train=True`` (shuffle, random clip start, pad-and-crop and
+  `read.loader.ClipLoader` with ``train=True`` (shuffle, random clip start, pad-and-crop and
   intensity augmentation) on DALI's CPU video decoder with ``data.num_threads = N``;
 * plain: what EchoNet-Dynamic-style code has and does. A folder of AVIs (one per clip, written by
   ``cv2.VideoWriter`` as MJPG, 3-channel BGR, OpenCV's default quality) plus a ``FileList.csv`` of

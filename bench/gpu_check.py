@@ -17,7 +17,7 @@ Sections (each catches its own errors and records them, so one failing hides no 
 1. ``decode``: DALI ``mixed`` against ``cpu`` on the same whole test clips, at the default clip
    size (144) and the old 112: works or the error, and max / mean absolute difference in grey
    levels.
-2. ``loader``: `train.data.ClipLoader` clips/s into training tensors on the device (training
+2. ``loader``: `read.loader.ClipLoader` clips/s into training tensors on the device (training
    window, augmentation on): ``mixed``, and CPU decode with 16 DALI threads.
 3. ``train``: `train.engine.Engine` steps of R(2+1)D-18 at 32x112x112 (bf16 autocast,
    channels-last), without and with ``torch.compile``, batch 16/32/64, fed by the real loader

@@ -1,12 +1,12 @@
 """Inference over a shard split: every clip (window) of every video, as a clip table.
 
-Decoding is the training pipeline's own graph (`train.pipeline.build_pipeline` with
+Decoding is the training pipeline's own graph (`read.pipeline.build_pipeline` with
 ``window="whole"``): the same reader, video decoder (``cpu``, or ``mixed`` on a GPU), grey channel
 and resize, except that each video is decoded whole. Windows are then cut on the host by the
-model contract (`train.contract.window_starts` and `window_clips`): T frames every P frames of the
+model contract (`model.contract.window_starts` and `window_clips`): T frames every P frames of the
 model's `InputSpec`, padded and normalised exactly as the training pipeline does.
 
-Windows (``InferConfig.clips``, see `train.contract.window_starts`):
+Windows (``InferConfig.clips``, see `model.contract.window_starts`):
 
 * ``all`` (default): starts 0, stride, 2*stride, ... up to the last full window, plus the last
   full window itself so the tail is covered. ``stride`` defaults to half a window's span

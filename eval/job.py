@@ -2,7 +2,7 @@
 
     infer (eval.infer: DALI decode, all or centre windows, Ray workers for large splits)
       -> evaluate (eval.evaluate: aggregate, metrics with both CIs, signal audit, reports)
-      -> log (eval.tracking: one MLflow run with metrics, params and every output file)
+      -> log (eval.record: one MLflow run with metrics, params and every output file)
 
 The stacker aggregation also runs the model over the val split to fit its per-view weights.
 
@@ -65,7 +65,7 @@ class EvalOutcome:
 
 
 def check_holdout(model_uri: str, site: str, tracking_uri: str) -> dict | None:
-    """The model's record of its training sites (`eval.tracking.training_sites`) for an
+    """The model's record of its training sites (`eval.record.training_sites`) for an
     external validation on ``site``; ValueError when the model trained on ``site``.
 
     Refusing, not warning: a model that saw a site's patients (even other patients of it, or

@@ -13,7 +13,7 @@ starts at `last_start` = ``max(n - span, 0)``. Training takes a uniformly random
 ``0..last_start``, validation the centred one (`centre_start` = ``last_start // 2``), eval and
 predict `window_starts` (every ``stride`` frames plus the last, or the centred one).
 
-Three callers, one implementation: the DALI pipeline (`train.pipeline`) computes the start per
+Three callers, one implementation: the DALI pipeline (`read.pipeline`) computes the start per
 sample with `last_start` / `centre_start` and lets the decoder pick the frames; eval cuts windows
 from whole decoded videos with `window_clips`; predict feeds raw frames through `frames_to_clip`,
 which first passes each grey level through the shards' exact store-and-decode round trip

@@ -1,4 +1,4 @@
-"""The pyfunc's model code (MLflow models-from-code): `train.checkpoint.log_model` logs this file.
+"""The pyfunc's model code (MLflow models-from-code): `model.publish.log_model` logs this file.
 
 MLflow copies it into the logged model and runs it at load time; it only names echocmr's class,
 so the logged model holds no pickled object. The class and its reader come from the installed

@@ -2,7 +2,7 @@
 
 Each file goes through exactly the ingest code (`ingest.preprocess.preprocess_dicom`: read, find
 the sector, mask overlays, square, resize, resample), then through the same windows as ``eval``
-(`train.contract.window_starts`; each window made by `train.contract.frames_to_clip`, which feeds
+(`model.contract.window_starts`; each window made by `model.contract.frames_to_clip`, which feeds
 the network the values the training pipeline's decoder gives for the same luma), then the model.
 Clip probabilities are averaged per file, files per study — the same mean aggregation as ``eval``.
 
@@ -13,9 +13,9 @@ else from the files. A file that cannot be used (not DICOM, a still image, colou
 reported with ingest's reason code and detail; it never stops the run.
 
 Preprocessing settings: ingest's defaults, with the clip size and frame rate of the shards the
-model was trained on (from the model's `InputSpec`; for models logged before the spec had
-``clip_size``, from ``stats.json`` in a pulled model directory or the training run); ``--ingest-config FILE`` gives the YAML used for ingest when it was not the
-default.
+model was trained on (from the model's `InputSpec`, or for older models from the training run's
+``stats.json``: docs/formats.md, "A trained model"); ``--ingest-config FILE`` gives the YAML used
+for ingest when it was not the default.
 
 Output by extension: ``.csv`` (one row per study, then one per rejected file with ``status``
 ``rejected`` and its ``reason``) or ``.json`` (``{"studies": [...], "rejected": [...]}``).

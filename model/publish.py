@@ -51,7 +51,7 @@ def input_example(spec: InputSpec):
 def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
               name: str = "model") -> str:
     """Log the checkpoint's network into run ``run_id`` as echocmr's pyfunc; return its model URI
-    (``models:/m-...``). No pickle: the artifact is `train.artifact`'s, the code a file.
+    (``models:/m-...``). No pickle: the artifact is `model.artifact`'s, the code a file.
 
     Logs into the active run when it is ``run_id`` (the driver's ``with mlflow.start_run``);
     otherwise it opens the run for this call, which marks it ``FINISHED`` when done.

@@ -18,7 +18,7 @@ in use" (``models:/NAME@champion``).
 A person may override the policy: `promote` (``echocmr models promote NAME VERSION --alias
 champion --reason TEXT``) points the alias at a version and records on it who did (the user
 name), when and why (``promoted_by``, ``promoted_at``, ``promoted_reason``, ``promoted_alias``).
-`describe_version` writes the model card (`train.card`) as the version's description.
+`describe_version` writes the model card (`model.card`) as the version's description.
 
 Comparing AUCs across versions is only fair on the same val split: the data digest tags let a
 reviewer check that. Study-level AUCs with confidence intervals come from ``echocmr eval``.

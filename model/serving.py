@@ -3,18 +3,18 @@
 `EchoCMRModel` is what ``mlflow.pyfunc.load_model("models:/NAME@champion")`` and
 ``mlflow models serve`` run. It is logged from code (`echocmr.model.model_code`, MLflow's
 models-from-code), so the logged model holds no pickled object: the network is rebuilt by
-`train.artifact.read_model_dir` from the artifact ``model`` (``weights.pt`` + ``model.json``),
+`model.artifact.read_model_dir` from the artifact ``model`` (``weights.pt`` + ``model.json``),
 and the class comes from the ``echocmr`` the model's requirements pin.
 
 One input schema, two forms (every row of a request is the same form;
-`train.checkpoint.signature`):
+`model.checkpoint.signature`):
 
 * ``clip``: one network input per row, ``float32[C, T, S, S]`` prepared per the model's
-  `InputSpec` (what `train.contract.frames_to_clip` makes). Out: a table, one row per clip, with
+  `InputSpec` (what `model.contract.frames_to_clip` makes). Out: a table, one row per clip, with
   ``logit_<task>`` and ``p_<task>`` (sigmoid) for the five tasks.
 * ``dicom``: one DICOM file per row (bytes; base64 in JSON), all of one study, with an optional
   ``view`` per file. The files go through exactly ``echocmr predict``'s code
-  (`eval.predict.predict_files`: ingest's preprocessing, every window, mean per file and
+  (`model.predict.predict_files`: ingest's preprocessing, every window, mean per file and
   study). Out: ``{"tasks", "probabilities": {task: p} (None when no file was kept), "n_clips",
   "files": [{"index", "status": "kept"|"rejected", "reason", "detail", "view"}], "views"}``.
   Files are named by their row index only: no UID, name, date or file name is returned.
@@ -90,7 +90,7 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
 
 
 def predict_study(model, spec, files: list, views: list | None = None) -> dict[str, Any]:
-    """One study's DICOM files (bytes) through `eval.predict.predict_files` (module docstring)."""
+    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring)."""
 
     views = list(views or [None] * len(files))
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:

@@ -34,7 +34,7 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
     """A trained model (eval mode, CPU) and its `InputSpec`, from any place a model lives.
 
     ``uri``: ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, another
-    MLflow model URI, a local MLflow model directory (with ``MLmodel``), a `train.artifact`
+    MLflow model URI, a local MLflow model directory (with ``MLmodel``), a `model.artifact`
     directory (``model.json`` + ``weights.pt``), a checkpoint directory or a ``checkpoint.pt``
     file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else
     ``sqlite:///mlflow.db``); the model is downloaded and read as a local directory.
@@ -77,7 +77,7 @@ def _check_shard_format(spec: InputSpec, uri: str) -> None:
 
 
 def mlflow_artifact_dir(local: str) -> str | None:
-    """The `train.artifact` directory inside a local MLflow model directory, None for models
+    """The `model.artifact` directory inside a local MLflow model directory, None for models
     logged before it existed (pickled networks). Reads ``MLmodel`` only: no tracking server."""
     from mlflow.models import Model
 

@@ -1,7 +1,7 @@
 """``echocmr models list | pull``: what is registered, and a copy that works without MLflow.
 
 ``list_models`` reads the registry: every registered model, its versions, the aliases pointing at
-them (``champion``, ``challenger``), and the val AUCs and data digest that `train.registry` tags each
+them (``champion``, ``challenger``), and the val AUCs and data digest that `model.registry` tags each
 version with (falling back to the training run's metrics and ``data_digest`` tag for versions
 registered by other means).
 
@@ -9,8 +9,8 @@ registered by other means).
 accept with the tracking server gone:
 
 * ``checkpoint.pt``: the network's weights, model config and input spec in the
-  `train.checkpoint` layout (written by `train.checkpoint.save_model`), which
-  `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
+  `model.checkpoint` layout (written by `model.checkpoint.save_model`), which
+  `model.store.load_model(DIR)` reads with no MLflow at all;
 * ``mlflow_model/``: the registered MLflow model as downloaded, for provenance and MLflow tools;
 * ``stats.json``: the training run's shard statistics (clip format), when the run logged them;
   `predict` uses its clip size and frame rate to preprocess DICOMs as ingest did;
@@ -85,7 +85,7 @@ def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
         created=version.creation_timestamp,
     )
     needs_run = info.data_digest is None or all(v is None for v in info.val_aucs.values())
-    if run_id and needs_run:  # registered without train.registry's tags: read the run
+    if run_id and needs_run:  # registered without model.registry's tags: read the run
         try:
             run = client.get_run(run_id)
         except Exception as exc:  # a deleted run must not break the listing

@@ -1,13 +1,13 @@
-"""Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `train.pipeline`.
+"""Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `read.pipeline`.
 
-Per worker (rank ``r`` of ``w``), per epoch, `train.pipeline.build_pipeline` reads the split's
+Per worker (rank ``r`` of ``w``), per epoch, `read.pipeline.build_pipeline` reads the split's
 tars and ``.idx`` files as reader ``r`` of ``w``, takes one window per clip (random start and
-augmentation for training, the centred window otherwise: `train.contract`), decodes, resizes and
+augmentation for training, the centred window otherwise: `model.contract`), decodes, resizes and
 normalises it; `ClipLoader.epoch` turns DALI's outputs into `Batch` objects: ``clips`` N×C×T×H×W
 float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False for padding), and
 ``keys``.
 
-Decoder and device (``data.decoder``, `train.pipeline.resolve_decoder`): on a CUDA device the
+Decoder and device (``data.decoder``, `read.pipeline.resolve_decoder`): on a CUDA device the
 default is DALI's ``mixed`` decoder, whose GPU outputs torch takes over through DLPack; with
 ``data.decoder: cpu`` DALI decodes on its CPU threads and each batch is copied into pinned host
 memory and on to the GPU without blocking (``non_blocking``), as are labels and the padding mask,
@@ -38,7 +38,7 @@ grey ``Y`` as ``Y' = 16 + round(Y * 219 / 255)`` (``shards.format.GREY_TO_LUMA``
 quantisation, over the whole 0..255 (version-1 sets stored ``Y`` as is and lost everything below 16
 and above 235; `split_files` refuses them). ``stats.json`` holds the mean/std of ``Y``, which the
 pipeline applies to the decoded values as they are: the network input is ``(Y - mean) / std``.
-`train.contract.frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact
+`model.contract.frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact
 ``Y -> Y' -> decoded`` round trip first, so a model is fed identically from shards and from raw
 frames.
 """

@@ -1,8 +1,8 @@
 """A tiny untrained echocmr model for the eval tests: saved as a checkpoint or registered in MLflow.
 
 Weights are random (seeded): these tests check plumbing and parity with the training pipeline,
-not learning. `make_checkpoint` writes the `train.checkpoint` format; `register` logs it with
-`train.checkpoint.log_model` and registers it with `train.registry.register_model`, as
+not learning. `make_checkpoint` writes the `model.checkpoint` format; `register` logs it with
+`model.publish.log_model` and registers it with `model.registry.register_model`, as
 ``echocmr train --register`` does.
 """
 

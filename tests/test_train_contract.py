@@ -1,4 +1,4 @@
-"""train.contract and train.checkpoint.save_model: one windowing for training, eval and predict;
+"""model.contract and model.checkpoint.save_model: one windowing for training, eval and predict;
 one checkpoint layout; ``.idx`` counts through shards.index."""
 
 import numpy as np

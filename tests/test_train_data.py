@@ -1,4 +1,4 @@
-"""train.data: the DALI pipeline on real shards, checked against the plain-Python shard reader."""
+"""read.loader: the DALI pipeline on real shards, checked against the plain-Python shard reader."""
 
 import json
 import shutil

@@ -1,4 +1,4 @@
-"""train.loss and train.metrics against plain reference computations."""
+"""train.loss and model.auc against plain reference computations."""
 
 import math
 

@@ -3,7 +3,7 @@
 For each site (default: every site in the shard set's manifest) `run_loso`
 
 1. takes the training config with ``data.exclude_sites = [site]`` and finds a finished MLflow run
-   of it, or trains it (`eval.runs.train_or_reuse`: same data digest, same left-out site, same
+   of it, or trains it (`workflows.runs.train_or_reuse`: same data digest, same left-out site, same
    recipe — a re-run reuses, a crashed one resumes);
 2. evaluates that model with ``evaluation.holdout_site = site`` (`eval.job.run_eval`, into
    ``OUT/<site>/``): the site's studies are external, the other sites' studies of the split

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Config keys that name, house or babysit a run without changing what it learns.
 NOT_RECIPE = frozenset({"run_name", "storage", "register", "cache_dir", "experiment",
                         "max_failures", "keep_checkpoints"})
-_PARAM_LIMIT = 6000  # what train.tracking.MlflowTracker.log_start stores of each value
+_PARAM_LIMIT = 6000  # what train.tracker.MlflowTracker.log_start stores of each value
 
 
 @dataclass(frozen=True)
