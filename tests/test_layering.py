@@ -119,8 +119,12 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+# The foundation every package may import: the namespace, typed configs, progress lines.
+CORE = {"echocmr", "echocmr.config", "echocmr.progress"}
+
+
 def package_of(module: str) -> str:
-    if module in ("echocmr", "echocmr.config", "echocmr.__init__"):
+    if module in CORE:
         return "echocmr.config"
     parts = module.split(".")
     if parts[1] in ("cli", "__main__", "demo"):
