@@ -91,8 +91,8 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
                   stats: dict | None = None) -> Prediction:
     """Probabilities per study for ``paths``; unusable files are listed, not fatal."""
-    from echocmr.ingest.dicom_io import RejectedInput
     from echocmr.ingest.preprocess import preprocess_dicom
+    from echocmr.ingest.reasons import RejectedInput
 
     config = config or PredictConfig()
     if tuple(spec.tasks) != tuple(TASKS):

@@ -42,18 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from echocmr.ingest.config import IngestConfig
-from echocmr.ingest.dicom_io import (
-    REASONS,
-    RejectedInput,
-    check_cine,
-    clip_from_dataset,
-    identity,
-    load_dataset,
-)
+from echocmr.ingest.dicom_header import check_cine, identity, load_dataset
+from echocmr.ingest.dicom_io import clip_from_dataset
 from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.inputs import Scan, read_views, scan_inputs, scan_url
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
+from echocmr.ingest.reasons import REASONS, RejectedInput
 from echocmr.ingest.splits import (
     KeyedHasher,
     demo_key_refusal,
