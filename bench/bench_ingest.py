@@ -218,9 +218,9 @@ def _stages(root: str) -> None:
     from echocmr.ingest.dicom_header import check_cine, load_dataset
     from echocmr.ingest.dicom_io import clip_from_dataset
     from echocmr.ingest.encode import encode_webm
-    from echocmr.ingest.job import _detect_text
     from echocmr.ingest.preprocess import preprocess_clip
     from echocmr.ingest.reasons import RejectedInput
+    from echocmr.ingest.worker import detect_text
 
     config = IngestConfig(site="bench")
     spent = {"read + decode": 0.0, "sector, mask, resize": 0.0, "text detector": 0.0,
@@ -238,7 +238,7 @@ def _stages(root: str) -> None:
             except RejectedInput:
                 continue
             t2 = time.perf_counter()
-            _detect_text(prepared.frames_THW, config)
+            detect_text(prepared.frames_THW, config)
             t3 = time.perf_counter()
             encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
             t4 = time.perf_counter()

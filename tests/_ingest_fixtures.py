@@ -206,9 +206,9 @@ def crash_cohort(root, config):
     it (`die_on_crash_files`), and a worker context for it with an empty CMR table (every other
     file is ``no_cmr_within_window``). Returns (sorted relative sources, the context, its
     prepared `WorkCache`); task ``i`` of ``sources`` is cache entry ``e{i}``."""
-    from echocmr.ingest.job import WorkerContext
     from echocmr.ingest.pairing import CmrIndex
     from echocmr.ingest.workcache import WorkCache
+    from echocmr.ingest.worker import WorkerContext
     from echocmr.shards.format import TASKS
 
     cohort = write_cohort(root, n_patients=1, clips_per_study=2, n_frames=16, bad_files=False,
