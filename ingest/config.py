@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from echocmr import config as loader
-from echocmr.config import ConfigError, to_dict
+from echocmr.config import ConfigError, check_choices, to_dict
+from echocmr.ingest.cutoffs import check_rules
 from echocmr.ingest.encode import EncoderConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
@@ -173,8 +174,6 @@ class CutoffRule:
     site: str | None = None
 
     def __post_init__(self) -> None:
-        from echocmr.config import check_choices
-
         check_choices(self, "labels.cutoff_rules.")
         where = f"labels.cutoff_rules: rule {self.describe()}"
         if not self.field_strength_t > 0:
@@ -252,9 +251,6 @@ class LabelConfig:
     numeric_patient_ids: Literal["error", "strip_leading_zeros"] = "error"
 
     def __post_init__(self) -> None:
-        from echocmr.config import check_choices
-        from echocmr.ingest.cutoffs import check_rules
-
         check_choices(self, "labels.")
         self.cutoff_rules = tuple(r if isinstance(r, CutoffRule) else CutoffRule(**r)
                                   for r in self.cutoff_rules)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from echocmr.ingest.workcache import FileResult
+from echocmr.shards import storage
 
 
 @dataclass
@@ -32,8 +33,6 @@ def scan_url(prefix: str) -> Scan:
     process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
     prefix once and reads no object it already did.
     """
-    from echocmr.shards import storage
-
     files, entries = [], {}
     for rel, nbytes, version in storage.walk_files(prefix):
         files.append(rel)

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from echocmr.shards import storage
+
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
@@ -62,14 +64,10 @@ class WorkCache:
     """
 
     def __init__(self, path: str) -> None:
-        from echocmr.shards import storage
-
         self.path = str(path)
         self._local = storage.is_local(self.path)
 
     def prepare(self, fingerprint: str) -> None:
-        from echocmr.shards import storage
-
         stamp = storage.join(self.path, "stamp.json")
         try:
             old = json.loads(storage.read_bytes(stamp))["fingerprint"]
@@ -84,14 +82,10 @@ class WorkCache:
             _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
 
     def _file(self, entry: str, ext: str) -> str:
-        from echocmr.shards import storage
-
         return storage.join(self.path, "files", f"{entry}.{ext}")
 
     def done(self) -> set[str]:
         """Entries with a result file (one listing, not one request per file)."""
-        from echocmr.shards import storage
-
         return {n[:-5] for n in storage.listdir(storage.join(self.path, "files"))
                 if n.endswith(".json")}
 
@@ -102,8 +96,6 @@ class WorkCache:
 
     def load(self, entry: str) -> FileResult | None:
         """The cached result, or None when absent or unusable."""
-        from echocmr.shards import storage
-
         try:
             data = json.loads(storage.read_bytes(self._file(entry, "json")))
             result = FileResult(**data)
@@ -114,24 +106,18 @@ class WorkCache:
         return result
 
     def video(self, entry: str, sha256: str) -> bytes:
-        from echocmr.shards import storage
-
         data = storage.read_bytes(self._file(entry, "webm"))
         if hashlib.sha256(data).hexdigest() != sha256:
             raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
         return data
 
     def remove(self) -> None:
-        from echocmr.shards import storage
-
         storage.remove_tree(self.path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
     """Publish ``data`` at ``path`` whole. Local: a temp file renamed into place (no fsync: the
     cache is rebuilt if lost, and fsync per file would cost more than the file); a URL: one PUT."""
-    from echocmr.shards import storage
-
     if not storage.is_local(path):
         storage.atomic_write(path, data)
         return
