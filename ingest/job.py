@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from echocmr.ingest.config import IngestConfig
@@ -89,6 +89,7 @@ def run_ingest(
     progress: bool = True,
     in_process: bool = False,
     address: str | None = None,
+    before_file: Callable[[str], None] | None = None,
 ) -> IngestSummary:
     """Run the whole job (see the module docstring); returns what it did.
 
@@ -98,6 +99,11 @@ def run_ingest(
     without one, files go to a process pool of ``config.workers``, or with ``in_process`` through
     this process (for debugging and quick tests: no start-up cost, but no protection from a
     crashing decoder). The output is byte-identical whichever way it runs.
+
+    ``before_file`` is called in the worker with each file's relative path before the file is
+    processed (tracing and fault injection: tests use it to see where tasks run, to make them
+    last, or to kill a worker). It travels to pool and Ray workers, so it must be picklable (a
+    module-level function or an instance of a module-level class) and importable there.
     """
 
     started = time.monotonic()
@@ -120,12 +126,13 @@ def run_ingest(
     with lock:
         return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
                            progress=progress, in_process=in_process, started=started,
-                           address=address)
+                           address=address, before_file=before_file)
 
 
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float,
-                address: str | None) -> IngestSummary:
+                address: str | None,
+                before_file: Callable[[str], None] | None) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
     key, key_source = resolve_split_key(config.splits.split_key, warn=False)
     if key_source == "demo":
@@ -170,7 +177,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     resumed = len(results)
     todo = [(s, entries[s]) for s in sources if s not in results]
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
-                        views=views, split_key=key, before_file=_test_hook())
+                        views=views, split_key=key, before_file=before_file)
     workers = max(1, config.workers or os.cpu_count() or 1)
     if address is not None:
         session = ray_session(address)
@@ -237,50 +244,6 @@ def _finish_outputs(results: dict[str, FileResult], sources: list[str], scan: Sc
     summary = write_outputs(ordered, entries, work, out_dir, config, fingerprint, label_rules,
                              use_ray=use_ray)
     return summary, report, ordered, unpaired
-
-
-TEST_HOOK_ENV = "ECHOCMR_TEST_INGEST"  # test-only: {"delay_s": D, "log": PATH}, see `_TestHook`
-
-
-@dataclass(frozen=True)
-class _TestHook:
-    """A test-only `WorkerContext.before_file` hook: note where each file task starts, then sleep.
-
-    Tests of a node dying mid-run need tasks that last (``delay_s``) and need to see which node
-    ran (or re-ran) which file: each start appends ``<node id> <source>`` to ``log`` (the Ray
-    node's id, ``local`` outside Ray). Read by the driver from ``ECHOCMR_TEST_INGEST`` and
-    shipped in the worker context, so a cluster's workers need not share the driver's
-    environment. Picklable, so it reaches pool and Ray workers alike.
-    """
-
-    delay_s: float = 0.0
-    log: str | None = None
-
-    def __call__(self, source: str) -> None:
-        if self.log:
-            node = "local"
-            try:
-                import ray
-
-                if ray.is_initialized():
-                    node = ray.get_runtime_context().get_node_id()
-            except ImportError:
-                pass
-            with open(self.log, "a") as f:  # one short append per line: lines never interleave
-                f.write(f"{node} {source}\n")
-        time.sleep(self.delay_s)
-
-
-def _test_hook() -> _TestHook | None:
-    text = os.environ.get(TEST_HOOK_ENV)
-    if not text:
-        return None
-    try:
-        spec = json.loads(text)
-        return _TestHook(delay_s=float(spec.get("delay_s", 0.0)), log=spec.get("log"))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f'{TEST_HOOK_ENV} must be JSON {{"delay_s": D, "log": PATH}}, got '
-                         f"{text!r} ({exc})") from None
 
 
 def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,

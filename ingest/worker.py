@@ -45,7 +45,8 @@ class WorkerContext:
     cmr: CmrIndex
     views: dict[str, str]  # SOP Instance UID -> view
     split_key: bytes
-    before_file: Callable[[str], None] | None = None  # called with each source (fault injection)
+    # Called with each source before it is processed (`run_ingest`'s ``before_file``).
+    before_file: Callable[[str], None] | None = None
 
 
 _CTX: WorkerContext | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -199,6 +200,48 @@ def die_on_crash_files(source: str) -> None:
     """A worker hook for tests: the process dies (like a segfaulting decoder) on '*crash*'."""
     if "crash" in os.path.basename(source):
         os._exit(139)
+
+
+@dataclass(frozen=True)
+class StartLog:
+    """A `run_ingest` ``before_file`` hook: note where each file task starts, then sleep.
+
+    Tests of a node dying mid-run need tasks that last (``delay_s``) and need to see which node
+    ran (or re-ran) which file: each start appends ``<node id> <source>`` to ``log`` (the Ray
+    node's id, ``local`` outside Ray). Picklable, so it reaches pool and Ray workers alike (they
+    import this module: tests/ is on their PYTHONPATH).
+    """
+
+    log: str
+    delay_s: float = 0.0
+
+    def __call__(self, source: str) -> None:
+        node = "local"
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
+        with open(self.log, "a") as f:  # one short append per line: lines never interleave
+            f.write(f"{node} {source}\n")
+        time.sleep(self.delay_s)
+
+
+def echocmr_with_hook(argv: list[str], hook) -> int:
+    """``echocmr ARGV`` as the console script runs it, with ``hook`` given to `run_ingest` as
+    ``before_file`` (the one thing a command line cannot pass). For a subprocess::
+
+        python -c "import sys, _ingest_fixtures as f; sys.exit(f.echocmr_with_hook(...))"
+    """
+    import functools
+
+    from echocmr import cli
+    from echocmr.ingest import job
+
+    job.run_ingest = functools.partial(job.run_ingest, before_file=hook)
+    return cli.main(argv)
 
 
 def crash_cohort(root, config):
