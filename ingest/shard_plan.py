@@ -13,7 +13,7 @@ import logging
 
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.distributed import ray_write_shards
-from echocmr.ingest.shard_job import ShardJob, write_shard_job
+from echocmr.ingest.shard_job import PlannedSample, ShardJob, write_shard_job
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, ClipFormat
 from echocmr.shards.writer import SampleRef, ShardSetWriter, WriterConfig
@@ -28,7 +28,7 @@ def write_outputs(results: list[FileResult], entries: dict[str, str], work: Work
     manifest and stats. Each shard's samples are a range of the sorted list, so who writes which
     shard, and when, changes no byte."""
     kept = [r for r in results if r.status == "kept"]
-    kept.sort(key=lambda r: (SPLITS.index(r.meta["split"]), r.key))
+    kept.sort(key=lambda r: (SPLITS.index(r.meta.split), r.key))
     clip_format = ClipFormat(height=config.preprocess.size, width=config.preprocess.size,
                              fps=float(config.preprocess.target_fps), codec="vp9",
                              pix_fmt="yuv420p")
@@ -42,19 +42,21 @@ def write_outputs(results: list[FileResult], entries: dict[str, str], work: Work
     writer = ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
                             split_key_fingerprint=fingerprint, label_rules=label_rules)
     try:
-        by_key = {}
+        planned: dict[str, PlannedSample] = {}
         for result in kept:
             if result.video_bytes is None:
                 raise RuntimeError(f"work cache entry {entries[result.source]} has no clip size; "
                                    f"delete {work.path} and rerun")
             mean, std, n = result.pixel_stats
-            writer.plan(SampleRef(key=result.key, meta=result.meta, labels=result.label_array(),
-                                  video_size=result.video_bytes, video_sha256=result.video_sha256),
+            sample = PlannedSample(entry=entries[result.source], meta=result.meta,
+                                   labels=result.label_array(), video_sha256=result.video_sha256)
+            writer.plan(SampleRef(key=result.key, meta=sample.meta, labels=sample.labels,
+                                  video_size=result.video_bytes, video_sha256=sample.video_sha256),
                         pixel_stats=(mean, std, int(n)))
-            by_key[result.key] = result
-        jobs = [ShardJob(out=out_dir, name=name, work_dir=work.path, samples=[
-            (entries[by_key[k].source], k, by_key[k].meta, by_key[k].labels,
-             by_key[k].video_sha256) for k in keys]) for name, keys in writer.planned.items()]
+            planned[result.key] = sample
+        jobs = [ShardJob(out=out_dir, name=name, work_dir=work.path,
+                         samples=tuple(planned[k] for k in keys))
+                for name, keys in writer.planned.items()]
         if use_ray:
             ray_write_shards(jobs, config.ray)
         else:

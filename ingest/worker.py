@@ -132,7 +132,10 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
             echo_cmr_gap_days=pairing.gap_days,
             field_strength_t=pairing.field_strength_t,
         ),
-    ).to_dict()  # the work cache holds it as JSON; the writer parses it back into a SampleMeta
+    )
+    # Exactly the metadata a resumed run reads back from the work cache (numpy scalars become
+    # the JSON numbers they are written as), so fresh and resumed runs write the same bytes.
+    meta = SampleMeta.from_json(meta.to_json())
     labels = [None if np.isnan(v) else float(v) for v in pairing.labels]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
