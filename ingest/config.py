@@ -53,8 +53,15 @@ class ReadConfig:
     # 8-bit JPEG: frames (evenly spaced) decoded a second time, strictly, by libjpeg to catch
     # damaged entropy-coded data the fast decoder turns into garbage; 0: no strict decode.
     strict_jpeg_check_frames: int = 32
+    # Pixel data a file may declare (rows x columns x frames x samples x bits allocated / 8), in
+    # MiB: more is `bad_header`, refused before any of it is inflated or decoded
+    # (`ingest.pixel_budget`); it bounds the memory one file can take.
+    max_pixel_mb: float = 1024.0
 
     def __post_init__(self) -> None:
+        if not self.max_pixel_mb > 0:
+            raise ConfigError("preprocess.read.max_pixel_mb must be > 0, got "
+                              f"{self.max_pixel_mb}")
         if self.strict_jpeg_check_frames < 0:
             raise ConfigError("preprocess.read.strict_jpeg_check_frames must be >= 0, got "
                               f"{self.strict_jpeg_check_frames}")

@@ -12,8 +12,10 @@ import warnings
 from dataclasses import dataclass
 from datetime import date
 from os import PathLike
+from typing import BinaryIO
 
 from echocmr.ingest.config import ReadConfig
+from echocmr.ingest.pixel_budget import check_declared, check_deflated
 from echocmr.ingest.reasons import RejectedInput
 
 # SOP classes and modalities that are never images (SR, encapsulated documents, presentation
@@ -47,11 +49,13 @@ class ClipIdentity:
     study_date: date | None
 
 
-def load_dataset(path: str | PathLike):
-    """Parse a file with pydicom; refuse non-DICOM, unreadable and truncated files."""
+def load_dataset(path: str | PathLike | BinaryIO, config: ReadConfig | None = None):
+    """Parse a file with pydicom; refuse non-DICOM, unreadable and truncated files, and deflated
+    ones that would inflate past the pixel budget (`ingest.pixel_budget.check_deflated`)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_deflated(path, config or ReadConfig())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -80,6 +84,18 @@ def load_dataset(path: str | PathLike):
     if "SOPClassUID" not in ds and "Modality" not in ds and "PixelData" not in ds:
         raise RejectedInput("unreadable", "no SOP Class, Modality or Pixel Data: not a DICOM object")
     return ds
+
+
+def _check_deflated(path: str | PathLike | BinaryIO, config: ReadConfig) -> None:
+    if hasattr(path, "read"):
+        check_deflated(path, config)
+        return
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return  # pydicom's own attempt says why
+    with f:
+        check_deflated(f, config)
 
 
 def check_cine(ds, config: ReadConfig) -> int:
@@ -111,7 +127,7 @@ def check_cine(ds, config: ReadConfig) -> int:
     if n_frames < config.min_frames:
         raise RejectedInput("too_few_frames", f"{n_frames} frames < read.min_frames "
                             f"{config.min_frames}")
-    _check_dimensions(ds, n_frames)
+    _check_dimensions(ds, n_frames, config)
     _check_length(ds, n_frames)
     return n_frames
 
@@ -171,10 +187,13 @@ def _parse_da(value) -> date | None:
 
 
 MAX_SIDE = 8192  # pixels: no ultrasound screen is larger; a larger header is a broken one
+_BITS_ALLOCATED = (1, 8, 16, 32, 64)  # the values PS3.5 8.1.1 allows
 
 
-def _check_dimensions(ds, n_frames: int) -> None:
-    """Rows/Columns against sanity and against the data, before anything is allocated.
+def _check_dimensions(ds, n_frames: int, config: ReadConfig) -> None:
+    """Rows/Columns and bit depths against sanity, the declared size against the pixel budget
+    (`ingest.pixel_budget`), and both against the data, before any pixel data is inflated or
+    decoded.
 
     Native data: at least one whole frame of the declared size must be there (less is a header
     that does not describe this data; fewer frames than declared is `truncated`, checked next).
@@ -190,6 +209,17 @@ def _check_dimensions(ds, n_frames: int) -> None:
     if not (0 < rows <= MAX_SIDE and 0 < cols <= MAX_SIDE):
         raise RejectedInput("bad_header", f"Rows x Columns {rows} x {cols} (each must be 1.."
                             f"{MAX_SIDE})")
+    if bits not in _BITS_ALLOCATED:
+        raise RejectedInput("bad_header", f"BitsAllocated is {bits} (DICOM allows "
+                            f"{', '.join(map(str, _BITS_ALLOCATED))})")
+    try:
+        bits_stored = int(ds.get("BitsStored", bits) or bits)
+    except (TypeError, ValueError):
+        raise RejectedInput("bad_header", "BitsStored is not a number") from None
+    if not 0 < bits_stored <= bits:
+        raise RejectedInput("bad_header", f"BitsStored is {bits_stored} with BitsAllocated "
+                            f"{bits}")
+    check_declared(ds, config)
     if "PixelData" not in ds:
         return
     tsyntax = ds.file_meta.get("TransferSyntaxUID")

@@ -68,7 +68,7 @@ def read_dicom(path: str | PathLike, config: ReadConfig | None = None) -> tuple[
     The identity is None when the file lacks identifiers: prediction does not need them.
     """
     config = config or ReadConfig()
-    ds = load_dataset(path)
+    ds = load_dataset(path, config)
     check_cine(ds, config)
     try:
         ident = identity(ds)

@@ -148,7 +148,8 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def entry_id(dicom_dir: str, source: str) -> str:
-    """Cache entry of a file: its relative path, size and modification time."""
+    """Cache entry of a file: its relative path (its bytes: a name need not be UTF-8), size and
+    modification time."""
     st = os.stat(os.path.join(dicom_dir, source))
-    text = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return hashlib.sha256(os.fsencode(source) + f"\0{st.st_size}\0{st.st_mtime_ns}".encode()
+                          ).hexdigest()[:24]

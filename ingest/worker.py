@@ -86,7 +86,7 @@ def process_file(task: tuple[str, str]) -> FileResult:
 
 def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]:
     config = ctx.config
-    ds = load_dataset(_input(ctx.dicom_dir, source))
+    ds = load_dataset(_input(ctx.dicom_dir, source), config.preprocess.read)
     check_cine(ds, config.preprocess.read)
     ident = identity(ds)
     hasher = KeyedHasher(ctx.split_key, site=config.site, config=config.splits)
