@@ -31,6 +31,7 @@ from echocmr import config as loader
 from echocmr.config import ConfigError, check_choices, to_dict
 from echocmr.ingest.cutoffs import check_rules
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.ingest.views import ViewConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
 __all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
@@ -358,6 +359,7 @@ class IngestConfig:
     splits: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes the output (the split key itself excluded)."""

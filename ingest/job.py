@@ -37,7 +37,7 @@ from pathlib import Path
 
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.distributed import ray_file_results, ray_session
-from echocmr.ingest.inputs import Scan, read_views, scan_inputs, scan_url
+from echocmr.ingest.inputs import Scan, scan_inputs, scan_url
 from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_ATTR, read_table
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.pool import pool_results
@@ -51,6 +51,7 @@ from echocmr.ingest.splits import (
 )
 from echocmr.ingest.summary import IngestSummary
 from echocmr.ingest.text_detector import engine_version
+from echocmr.ingest.views import read_views
 from echocmr.ingest.workcache import (
     CACHE_VERSION,
     WORK_DIR,
@@ -147,7 +148,11 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     table = read_table(labels_path, config.labels, site=config.site)
     rules_fingerprint = table.attrs[RULES_FINGERPRINT_ATTR]
     cmr = CmrIndex(table, config.pairing)
-    views = read_views(None if views_path is None else str(views_path))
+    view_table = read_views(None if views_path is None else str(views_path), config.views)
+    views = view_table.views
+    if view_table.unknown_rows:
+        log.warning("views table: %d row(s) name no known view: their clips are unknown "
+                    "(views.unknown)", view_table.unknown_rows)
     log.info("CMR table: %d rows for %d patients; views for %d instances",
              len(cmr), cmr.n_patients, len(views))
 
@@ -219,6 +224,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
         text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
         text_detector=config.text_detector.action if config.text_detector.enabled else "off",
+        unknown_views=view_table.unknown_rows,
     )
 
 

@@ -29,6 +29,7 @@ class IngestSummary:
     label_rules: dict[str, int] = field(default_factory=dict)  # cut-off -> table rows it labelled
     label_rules_fingerprint: str = ""  # `ingest.cutoffs.RuleSet.fingerprint` (stats.json)
     label_rules_before: str | None = None  # the fingerprint the set replaced had, when different
+    unknown_views: int = 0  # views table rows that named no known view (views.unknown: unknown)
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -44,6 +45,9 @@ class IngestSummary:
             lines.append(f"  text detector ({self.text_detector}): text masked in "
                          f"{self.text_masked_clips} kept clip(s), {self.text_boxes} box(es); "
                          f"rejected burned_in_text {self.rejected.get('burned_in_text', 0)}")
+        if self.unknown_views:
+            lines.append(f"  views table: {self.unknown_views} row(s) named no known view: "
+                         "their clips are unknown (views.unknown)")
         for what, n in sorted(self.label_warnings.items()):
             lines.append(f"  label table: {what}: {n}")
         for rule, n in self.label_rules.items():

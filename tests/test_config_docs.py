@@ -32,6 +32,7 @@ from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig
 from echocmr.ingest import config as ingest_config
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.ingest.views import ViewConfig
 from echocmr.shards.reshard import ReshardConfig
 from echocmr.train import config as train_config
 
@@ -42,7 +43,7 @@ DOCUMENTED = [
     ingest_config.SectorConfig, EncoderConfig, ingest_config.LabelConfig,
     ingest_config.CutoffRule,
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
-    ingest_config.RayConfig,
+    ingest_config.RayConfig, ViewConfig,
     ReshardConfig,
     train_config.TrainConfig, train_config.ModelConfig, train_config.DataConfig,
     train_config.AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,
