@@ -59,7 +59,7 @@ CACHE = "/tmp/echocmr-bench-ingest"
 
 
 def _cohort(patients: int) -> str:
-    from echocmr.ingest.synth import generate_cohort
+    from echocmr.ingest.synth.generate import generate_cohort
 
     root = os.path.join(CACHE, f"cohort-{patients}")
     if not os.path.exists(os.path.join(root, "synth_truth.parquet")):
