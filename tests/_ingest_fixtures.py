@@ -224,7 +224,8 @@ class StartLog:
                 node = ray.get_runtime_context().get_node_id()
         except ImportError:
             pass
-        with open(self.log, "a") as f:  # one short append per line: lines never interleave
+        # One short append per line: lines never interleave. A name need not be UTF-8.
+        with open(self.log, "a", errors="surrogateescape") as f:
             f.write(f"{node} {source}\n")
         time.sleep(self.delay_s)
 
