@@ -9,17 +9,17 @@ Phases:
    have no extension) are processed, everything else (loops, FIFOs, unreadable directories) gets
    its report row with a reason. An ``s3://`` / ``gs://`` prefix is listed instead (`scan_url`).
 2. **Process** each file (`ingest.worker.process_file`) in a process pool (`ingest.pool`), or as
-   Ray tasks on a cluster with ``--address`` (`ingest.distributed`; the same function): read and check the header, pair the
-   study with a CMR, decode, preprocess, encode VP9. Workers get a relative path and return a
-   small `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached
+   Ray tasks on a cluster with ``--address`` (`ingest.distributed`; the same function): read and
+   check the header, pair the study with a CMR, decode, preprocess, encode VP9. Workers get a
+   relative path and return a small `FileResult`; nothing holds the whole dataset. Each result (and its clip) is cached
    atomically under ``OUT/.work/`` (a directory or URL prefix) before it is reported done, so a
    killed run resumes where it stopped.
 3. **Write** the kept clips, sorted by (split, key) so the order does not depend on which worker
    finished first: `shards.writer.ShardSetWriter` plans the shards from the metadata, each shard
    is written from the work cache (`ingest.shard_plan`, `ingest.shard_job`: here, or one Ray task
    per shard), then the manifest and stats; then ``ingest_report.parquet`` (`ingest.report`: one
-   row per input path, whatever its bytes). Same inputs and
-   config give byte-identical output, resumed or not, with or without Ray, on any number of nodes.
+   row per input path, whatever its bytes). Same inputs and config give byte-identical output,
+   resumed or not, with or without Ray, on any number of nodes.
 4. **Clean up** ``OUT/.work`` (kept when ``keep_work_cache`` is set; it is site-local like the
    report: result files hold the same fields as the report).
 
