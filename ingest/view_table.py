@@ -146,8 +146,8 @@ def read_views(path: str | None, config: ViewConfig | None = None) -> ViewTable:
             f"views file {path}: column 'view', row {bad_rows[0]}{more}: not a view (the cell is "
             f"not shown: it may hold patient text). A view is one of {', '.join(VIEWS)}, "
             f"'{OTHER_VIEW}' or '{UNKNOWN_VIEW}' (docs/ingest.md lists the spellings understood); "
-            "map a site's own "
-            "names in views.aliases, or set views.unknown: unknown to count such rows as unknown")
+            "map a site's own names in views.aliases, or set views.unknown: unknown to count such "
+            "rows as unknown")
     out.unknown_rows = len(bad_rows)
     return out
 
