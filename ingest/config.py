@@ -31,7 +31,7 @@ from echocmr import config as loader
 from echocmr.config import ConfigError, check_choices, to_dict
 from echocmr.ingest.cutoffs import check_rules
 from echocmr.ingest.encode import EncoderConfig
-from echocmr.ingest.views import ViewConfig
+from echocmr.ingest.view_table import ViewConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
 __all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",

@@ -2,7 +2,7 @@
 
 `scan_inputs` walks a local tree and gives each path that is not a regular, readable file its
 report row with a reason (links, loops, FIFOs, unreadable directories: nothing met is silently
-lost); `scan_url` lists an ``s3://`` / ``gs://`` prefix. The views table is `ingest.views`'.
+lost); `scan_url` lists an ``s3://`` / ``gs://`` prefix. The views table is `ingest.view_table`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from echocmr.ingest.splits import (
 )
 from echocmr.ingest.summary import IngestSummary
 from echocmr.ingest.text_detector import engine_version
-from echocmr.ingest.views import read_views
+from echocmr.ingest.view_table import read_views
 from echocmr.ingest.workcache import (
     CACHE_VERSION,
     WORK_DIR,

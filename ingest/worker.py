@@ -28,7 +28,7 @@ from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.splits import KeyedHasher
 from echocmr.ingest.text_detector import find_text, sample_indices
-from echocmr.ingest.views import UNKNOWN_VIEW
+from echocmr.ingest.view_table import UNKNOWN_VIEW
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards import storage
 from echocmr.shards.format import IngestFacts, SampleMeta

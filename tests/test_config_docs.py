@@ -31,7 +31,7 @@ from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig
 from echocmr.ingest import config as ingest_config
 from echocmr.ingest.encode import EncoderConfig
-from echocmr.ingest.views import ViewConfig
+from echocmr.ingest.view_table import ViewConfig
 from echocmr.model.config import ModelConfig
 from echocmr.model.predict import PredictConfig
 from echocmr.read.config import AugmentConfig, DataConfig

@@ -1,5 +1,5 @@
 """``--views`` cells never go out as written: a view is a name from the vocabulary
-(`ingest.views`), through the real ``echocmr ingest`` in a subprocess.
+(`ingest.view_table`), through the real ``echocmr ingest`` in a subprocess.
 
 The hostile table: one cell carries a name, an MRN and a date of birth after the view, another
 holds the StudyInstanceUID (swapped columns). By default the job stops before any shard is written,
@@ -19,7 +19,7 @@ import pydicom
 import pytest
 
 from echocmr.config import ConfigError
-from echocmr.ingest.views import VIEWS, ViewConfig, read_views
+from echocmr.ingest.view_table import VIEWS, ViewConfig, read_views
 
 from _ingest_fixtures import shipped_files, write_cohort
 
@@ -87,18 +87,18 @@ def test_with_views_unknown_those_clips_are_unknown_and_counted(export, tmp_path
     assert "views table: 2 row(s) named no known view: their clips are unknown" in done.stdout
     manifest = pd.read_parquet(os.path.join(out, "manifest.parquet"))
     assert sorted(manifest["view"]) == ["A4C", "A4C", "unknown", "unknown"]
-    assert set(manifest["view"]) <= {*VIEWS, "unknown"}
+    assert set(manifest["view"]) <= {*VIEWS, "other", "unknown"}
     assert _leaks(out, done.stdout + done.stderr, secrets) == []
 
 
 def test_spellings_and_aliases_name_one_view(tmp_path):
     table = tmp_path / "v.csv"
-    pd.DataFrame({"sop_instance_uid": ["1", "2", "3", "4", "5", "6", "7"],
+    pd.DataFrame({"sop_instance_uid": ["1", "2", "3", "4", "5", "6", "7", "8"],
                   "view": ["a4c", "AP2", "Apical long axis", "PSAX (AV)", "unknown", "",
-                           "vierkammer"]}).to_csv(table, index=False)
+                           "Other", "vierkammer"]}).to_csv(table, index=False)
     got = read_views(str(table), ViewConfig(aliases={"Vierkammer": "a4c"})).views
-    assert got == {"1": "A4C", "2": "A2C", "3": "A3C", "4": "PSAX_AV", "7": "A4C"}
-    with pytest.raises(ValueError, match=r"column 'view', row 7: not a view"):
+    assert got == {"1": "A4C", "2": "A2C", "3": "A3C", "4": "PSAX_AV", "7": "other", "8": "A4C"}
+    with pytest.raises(ValueError, match=r"column 'view', row 8: not a view"):
         read_views(str(table))
     with pytest.raises(ConfigError, match="'SMITH' is not a view|which is not a view"):
         ViewConfig(aliases={"x": "SMITH"})

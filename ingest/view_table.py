@@ -2,7 +2,8 @@
 
 A view reaches every shard's ``KEY.json`` and the manifest, so a cell never goes out as written:
 it is a name from `VIEWS` (compared case- and punctuation-blind, with built-in spellings such as
-``AP4`` or ``apical 4 chamber`` and a site's own in ``views.aliases``), ``unknown``, or not a view.
+``AP4`` or ``apical 4 chamber`` and a site's own in ``views.aliases``), ``other`` (a view outside
+the list, said as such), ``unknown``, or not a view.
 A cell that is not a view (free text, a name, a UID from swapped columns) is an error naming the
 file, the column and the row, never the cell, which may hold patient text; with
 ``views.unknown: unknown`` such rows count as ``unknown`` instead, and the summary gives the count.
@@ -17,6 +18,7 @@ from typing import Literal
 from echocmr.config import ConfigError, check_choices
 
 UNKNOWN_VIEW = "unknown"
+OTHER_VIEW = "other"  # a view that is not in `VIEWS`, named as such by the table
 
 # The vocabulary: the standard transthoracic views (ASE), by the name a shard records.
 VIEWS: dict[str, str] = {
@@ -68,7 +70,7 @@ def spelling(text: str) -> str:
 
 @dataclass(kw_only=True)
 class ViewConfig:
-    """How ``--views`` cells become views (`ingest.views`)."""
+    """How ``--views`` cells become views (`ingest.view_table`)."""
 
     # A site's own names -> a name of the vocabulary ({"4 kammer": "A4C"}); compared as spelled.
     aliases: dict[str, str] = field(default_factory=dict)
@@ -89,6 +91,7 @@ class ViewConfig:
         """Spelled cell -> view name: the vocabulary, the built-in spellings, then the site's."""
         table = {spelling(v): v for v in VIEWS}
         table[UNKNOWN_VIEW] = UNKNOWN_VIEW
+        table[OTHER_VIEW] = OTHER_VIEW
         for view, spellings in _BUILTIN_ALIASES.items():
             table.update({s: view for s in spellings})
         names = {spelling(v): v for v in VIEWS}
@@ -141,9 +144,10 @@ def read_views(path: str | None, config: ViewConfig | None = None) -> ViewTable:
         more = f" (and {len(bad_rows) - 1} more row(s))" if len(bad_rows) > 1 else ""
         raise ValueError(
             f"views file {path}: column 'view', row {bad_rows[0]}{more}: not a view (the cell is "
-            f"not shown: it may hold patient text). A view is one of {', '.join(VIEWS)} or "
-            f"'{UNKNOWN_VIEW}' (docs/ingest.md lists the spellings understood); map a site's own "
-            "names in views.aliases, or set views.unknown: unknown to count such rows as unknown")
+            f"not shown: it may hold patient text). A view is one of {', '.join(VIEWS)}, "
+            f"'{OTHER_VIEW}' or '{UNKNOWN_VIEW}' (docs/ingest.md lists the spellings understood); "
+            "map a site's own names in views.aliases, or set views.unknown: unknown to count such "
+            "rows as unknown")
     out.unknown_rows = len(bad_rows)
     return out
 
