@@ -235,3 +235,10 @@ def generate_cohort(
              summary["patients"], summary["files"], summary["expected_kept"], n_bytes / 1e6,
              summary["seconds"])
     return summary
+
+
+def generate_labels(patients: int, seed: int = 0) -> pd.DataFrame:
+    """The CMR label table of a cohort without rendering any DICOM (the rows `generate_cohort`
+    writes to ``cmr_labels.parquet`` for the same patients and seed)."""
+    return labels_table(plan_cohort(CohortConfig(patients=patients, seed=seed,
+                                                 problem_files=False)))
