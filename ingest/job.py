@@ -61,6 +61,7 @@ from echocmr.ingest.workcache import (
     entry_id,
 )
 from echocmr.ingest.worker import WorkerContext, init_worker, process_file
+from echocmr.progress import Progress
 from echocmr.shards import storage
 from echocmr.shards.format import FORMAT_VERSION, INGEST_REPORT_FILE, STATS_FILE, validate_site
 from echocmr.shards.lock import exclusive_output, exclusive_url_output
@@ -257,10 +258,7 @@ def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
                in_process: bool, progress: bool, total: int, initial: int, ray_config=None):
     """Yield `process_file` results for ``todo``: as Ray tasks when ``ray_config`` is given,
     else in a process pool unless ``in_process``."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, initial=initial, desc="ingest", unit="file", disable=not progress,
-               dynamic_ncols=True)
+    bar = Progress(total, desc="ingest", unit="file", initial=initial, enabled=progress)
     try:
         if ray_config is not None:
             results = ray_file_results(ctx, todo, ray_config)
