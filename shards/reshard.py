@@ -31,14 +31,16 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from echocmr.shards import storage
 from echocmr.shards.format import (
-    MANIFEST_COLUMNS,
     MANIFEST_FILE,
     SHARD_RE,
     SPLITS,
@@ -46,15 +48,23 @@ from echocmr.shards.format import (
     TASKS,
     ClipFormat,
     FormatVersionError,
+    SampleMeta,
     check_format_version,
+    decode_meta,
     index_name,
     shard_name,
 )
 from echocmr.shards.index import parse_index, sample_keys
-from echocmr.shards.reader import read_manifest, read_sample, read_stats
+from echocmr.shards.manifest import (
+    codes_of,
+    open_manifest,
+    patients_in_several_splits,
+    read_columns,
+)
+from echocmr.shards.reader import read_sample, read_stats
 from echocmr.shards.stats import compute_stats, stats_json_bytes
-from echocmr.shards.verify import Problem, verify
-from echocmr.shards.writer import ShardFile, manifest_bytes, tar_bytes
+from echocmr.shards.verify import Problem, verify, verify_set
+from echocmr.shards.writer import ShardFile, manifest_table, tar_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +112,7 @@ class ReshardSummary:
 class _Input:
     directory: str
     stats: dict
-    manifest: pd.DataFrame
+    manifest: pq.ParquetFile  # read column by column (`shards.manifest`), never whole as pandas
 
 
 def check_compatible(inputs: list[_Input]) -> dict:
@@ -175,96 +185,123 @@ def _load_inputs(directories: list[str]) -> list[_Input]:
     inputs = []
     for directory in directories:
         try:
-            inputs.append(_Input(directory, read_stats(directory), read_manifest(directory)))
+            inputs.append(_Input(directory, read_stats(directory), open_manifest(directory)))
         except FileNotFoundError as exc:
             raise ReshardError(str(exc)) from exc
     return inputs
 
 
-def _locate(inputs: list[_Input]) -> pd.DataFrame:
-    """All input rows, with where each sample's bytes are: tar path, byte offset and length."""
-    frames = []
-    for inp in inputs:
-        rows = inp.manifest.copy()
-        tars, starts, lengths, sizes = {}, {}, {}, {}
-        for shard in sorted(rows["shard"].unique()):
-            tar_path = storage.join(inp.directory, shard)
-            idx_path = storage.join(inp.directory, index_name(shard))
-            try:
-                samples = parse_index(storage.read_bytes(idx_path).decode())
-            except (OSError, ValueError) as exc:
-                raise ReshardError(
-                    f"{idx_path}: cannot read the index ({exc}); run "
-                    f"`echocmr shards verify {inp.directory}`"
-                ) from exc
-            for key, members in zip(sample_keys(samples), samples, strict=True):
-                first, last = members[0], members[-1]
-                tars[key] = tar_path
-                starts[key] = first.offset - _BLOCK
-                lengths[key] = last.offset + -(-last.size // _BLOCK) * _BLOCK - starts[key]
-                sizes[key] = tar_bytes([m.size for m in members])
-        missing = set(rows["key"]) - set(tars)
-        if missing:
+# Where a sample's bytes are, per located row (besides its manifest columns).
+_LOCATION = ("_tar", "_start", "_length", "_tar_bytes")
+
+
+def _locate_input(inp: _Input) -> pa.Table:
+    """One input's manifest (Arrow, repeated strings dictionary-encoded) with where each
+    sample's bytes are: ``_tar`` (path), ``_start``/``_length`` (its byte range, headers
+    included) and ``_tar_bytes`` (what it adds to a tar), from the ``.idx`` files alone."""
+    rows = read_columns(inp.manifest)
+    if "json_sha256" not in rows.column_names:  # a set written before the column existed
+        rows = rows.append_column("json_sha256", pa.nulls(rows.num_rows, pa.string()))
+    keys, tars, starts, lengths, sizes = [], [], [], [], []
+    _, shards = codes_of(rows.column("shard"))
+    for shard in sorted(str(s) for s in shards if s is not None):
+        tar_path = storage.join(inp.directory, shard)
+        idx_path = storage.join(inp.directory, index_name(shard))
+        try:
+            samples = parse_index(storage.read_bytes(idx_path).decode())
+        except (OSError, ValueError) as exc:
             raise ReshardError(
-                f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
-                f"indexes (e.g. {sorted(missing)[0]}); run `echocmr shards verify`"
-            )
-        rows["_tar"] = rows["key"].map(tars)
-        rows["_start"] = rows["key"].map(starts).astype("int64")
-        rows["_length"] = rows["key"].map(lengths).astype("int64")
-        rows["_tar_bytes"] = rows["key"].map(sizes).astype("int64")
-        frames.append(rows)
-    merged = pd.concat(frames, ignore_index=True)
-    dup = merged["key"][merged["key"].duplicated()]
+                f"{idx_path}: cannot read the index ({exc}); run "
+                f"`echocmr shards verify {inp.directory}`"
+            ) from exc
+        keys += sample_keys(samples)
+        tars += [tar_path] * len(samples)
+        for members in samples:
+            first, last = members[0], members[-1]
+            starts.append(first.offset - _BLOCK)
+            lengths.append(last.offset + -(-last.size // _BLOCK) * _BLOCK - starts[-1])
+            sizes.append(tar_bytes([m.size for m in members]))
+        del samples
+    where = pc.index_in(rows.column("key"), value_set=pa.array(keys, pa.string()))
+    if where.null_count:
+        missing = rows.column("key").filter(pc.is_null(where))
+        raise ReshardError(
+            f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
+            f"indexes (e.g. {sorted(missing.to_pylist())[0]}); run `echocmr shards verify`"
+        )
+    for name, values, kind in (("_tar", tars, pa.string()), ("_start", starts, pa.int64()),
+                               ("_length", lengths, pa.int64()),
+                               ("_tar_bytes", sizes, pa.int64())):
+        column = pa.array(values, kind).take(where)
+        rows = rows.append_column(name, column.dictionary_encode() if name == "_tar" else column)
+    return rows
+
+
+def _locate(inputs: list[_Input]) -> pa.Table:
+    """All input rows, located (`_locate_input`), checked for a clip in two inputs and for a
+    patient in two splits across the inputs."""
+    parts = [_locate_input(inp) for inp in inputs]
+    columns = [c for c in parts[0].column_names]
+    merged = pa.concat_tables([p.select(columns) for p in parts],
+                              promote_options="permissive").combine_chunks()
+    del parts
+    counted = pc.value_counts(merged.column("key"))
+    dup = counted.filter(pc.greater(counted.field("counts"), 1))
     if len(dup):
         raise ReshardError(
-            f"key {dup.iloc[0]} is in more than one input ({len(dup)} duplicate "
-            "keys): the same clips were ingested twice; drop one input"
+            f"key {dup.field('values')[0].as_py()} is in more than one input ({len(dup)} "
+            "duplicate keys): the same clips were ingested twice; drop one input"
         )
-    splits = merged.groupby("patient_hash")["split"].nunique()
-    if (splits > 1).any():
+    shared = patients_in_several_splits(merged)
+    if shared:
         raise ReshardError(
-            f"patient {splits[splits > 1].index[0]} is in two splits across the "
+            f"patient {shared[0][0]} is in two splits across the "
             "inputs; were they ingested with different split keys?"
         )
     return merged
 
 
-def plan(rows: pd.DataFrame, config: ReshardConfig) -> list[tuple[str, pd.DataFrame]]:
-    """Output shards as (name, rows in write order), per split, from located input rows."""
+def plan(rows: pa.Table, config: ReshardConfig) -> list[tuple[str, np.ndarray]]:
+    """Output shards as (name, positions in ``rows`` in write order), per split, from located
+    input rows (see the module doc for the mixing rule)."""
     shards = []
+    split_codes, split_values = codes_of(rows.column("split"))
+    site_codes, site_values = codes_of(rows.column("site"))
+    sizes = rows.column("_tar_bytes").to_numpy()
     for split_number, split in enumerate(SPLITS):
-        part = rows[rows["split"] == split].sort_values("key", kind="stable")
-        if part.empty:
+        if split not in split_values:
             continue
+        part = np.flatnonzero(split_codes == split_values.index(split))
+        if not len(part):
+            continue
+        by_key = pc.sort_indices(rows.column("key").take(pa.array(part))).to_numpy()
+        part = part[by_key]
         rng = np.random.default_rng([config.seed, split_number])
         position = np.empty(len(part))
-        sites = part["site"].to_numpy()
-        for site in sorted(set(sites)):
-            where = np.flatnonzero(sites == site)
+        sites = site_codes[part]
+        for code in sorted(set(sites.tolist()), key=lambda c: site_values[c]):
+            where = np.flatnonzero(sites == code)
             rank = rng.permutation(len(where))
             position[where] = (rank + rng.random(len(where))) / len(where)
-        part = part.iloc[np.argsort(position, kind="stable")]
-        n_shards = _shard_count(part, config)
+        part = part[np.argsort(position, kind="stable")]
+        n_shards = _shard_count(len(part), int(sizes[part].sum()), config)
         base, extra = divmod(len(part), n_shards)
         start = 0
         for number in range(n_shards):
             stop = start + base + (1 if number < extra else 0)
-            chunk = part.iloc[start:stop]
-            chunk = chunk.iloc[rng.permutation(len(chunk))]
-            shards.append((shard_name(split, number), chunk))
+            chunk = part[start:stop]
+            shards.append((shard_name(split, number), chunk[rng.permutation(len(chunk))]))
             start = stop
     return shards
 
 
-def _shard_count(part: pd.DataFrame, config: ReshardConfig) -> int:
+def _shard_count(n: int, total_tar_bytes: int, config: ReshardConfig) -> int:
     counts = [1]
     if config.samples_per_shard:
-        counts.append(math.ceil(len(part) / config.samples_per_shard))
+        counts.append(math.ceil(n / config.samples_per_shard))
     if config.shard_mb:
-        total = int(part["_tar_bytes"].sum()) + 2 * _BLOCK
-        counts.append(math.ceil(total / (config.shard_mb * 1e6)))
-    return min(max(counts), len(part))
+        counts.append(math.ceil((total_tar_bytes + 2 * _BLOCK) / (config.shard_mb * 1e6)))
+    return min(max(counts), n)
 
 
 def _check_out(out: str, inputs: list[str]) -> None:
@@ -286,7 +323,7 @@ def _check_out(out: str, inputs: list[str]) -> None:
         )
 
 
-def _already_written(out: str, name: str, chunk: pd.DataFrame) -> bool:
+def _already_written(out: str, name: str, chunk: pa.Table) -> bool:
     """True when ``out`` holds this shard from an earlier run of the same plan."""
     tar_path, idx_path = storage.join(out, name), storage.join(out, index_name(name))
     if not (storage.exists(tar_path) and storage.exists(idx_path)):
@@ -296,29 +333,47 @@ def _already_written(out: str, name: str, chunk: pd.DataFrame) -> bool:
     except (OSError, ValueError):
         return False
     sizes = [tar_bytes([m.size for m in members]) for members in samples]
-    return sample_keys(samples) == list(chunk["key"]) and sizes == list(chunk["_tar_bytes"])
+    return (sample_keys(samples) == chunk.column("key").to_pylist()
+            and sizes == chunk.column("_tar_bytes").to_pylist())
 
 
-def _copy_shard(out: str, name: str, chunk: pd.DataFrame) -> int:
+@dataclass(frozen=True)
+class CopyJob:
+    """One output shard: its name and its samples' located input rows, in write order."""
+
+    out: str
+    name: str
+    rows: pa.Table
+    fps: float
+
+
+def _copy_shard(out: str, name: str, job: CopyJob) -> int:
+    """Write one output shard from its inputs' bytes (one ranged read per sample), checking
+    every sample as it passes (hash while writing): its members must be what the input's
+    manifest says (`shards.verify` rules: video and ``.json`` SHA-256, label bytes, every
+    ``.json`` field the manifest also has). Returns the bytes read."""
+    from echocmr.shards.verify import _compare_with_manifest
+
     shard = ShardFile(out, name)
     nbytes = 0
     try:
-        for key, tar_path, start, length, sha in zip(
-            chunk["key"],
-            chunk["_tar"],
-            chunk["_start"],
-            chunk["_length"],
-            chunk["video_sha256"],
-            strict=True,
-        ):
-            members = read_sample(tar_path, int(start), int(length))
-            if hashlib.sha256(members.get("webm", b"")).hexdigest() != sha:
+        for row in job.rows.to_pylist():
+            tar_path, key = row["_tar"], row["key"]
+            members = read_sample(tar_path, int(row["_start"]), int(row["_length"]))
+            try:
+                meta = SampleMeta.from_dict(decode_meta(members["json"]), key=key)
+            except (KeyError, ValueError, UnicodeDecodeError) as exc:
+                raise ReshardError(f"{tar_path} {key}: {exc}; run `echocmr shards verify` on "
+                                   "that input") from exc
+            if row["json_sha256"] is None:  # an input written before the column existed
+                row["json_sha256"] = hashlib.sha256(members["json"]).hexdigest()
+            problems = _compare_with_manifest(row["shard"], key, members, meta, row, job.fps)
+            if problems:
                 raise ReshardError(
-                    f"{tar_path} {key}: clip bytes do not match the input manifest; "
-                    f"run `echocmr shards verify` on that input"
-                )
+                    f"{tar_path} {key}: {problems[0].what} (the clip's bytes do not match the "
+                    "input manifest); run `echocmr shards verify` on that input")
             shard.write(key, members)
-            nbytes += int(length)
+            nbytes += int(row["_length"])
         shard.finish()
     except BaseException:
         shard.discard()
@@ -326,8 +381,73 @@ def _copy_shard(out: str, name: str, chunk: pd.DataFrame) -> int:
     return nbytes
 
 
-def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSummary:
-    """Merge the shard sets ``inputs`` into ``out``; see the module docstring."""
+def _copy_task(job: CopyJob) -> int:
+    """`_copy_shard` as a task (`shards.distributed.map_shards`)."""
+    return _copy_shard(job.out, job.name, job)
+
+
+def _output_table(rows: pa.Table, name: str, order: np.ndarray) -> pa.Table:
+    """The output manifest rows of one shard (input rows, ``shard`` set to its name)."""
+    chunk = rows.take(pa.array(order))
+    shard = pa.array([name] * chunk.num_rows, pa.string())
+    chunk = chunk.set_column(chunk.column_names.index("shard"), "shard", shard)
+    json_sha = chunk.column("json_sha256")
+    if json_sha.null_count:  # inputs without the column: hash what the copy read
+        chunk = chunk.set_column(chunk.column_names.index("json_sha256"), "json_sha256",
+                                 _json_hashes(chunk))
+    return manifest_table(chunk)
+
+
+def _json_hashes(chunk: pa.Table) -> pa.Array:
+    out = []
+    for row in chunk.select(["key", "_tar", "_start", "_length", "json_sha256"]).to_pylist():
+        if row["json_sha256"] is None:
+            members = read_sample(row["_tar"], int(row["_start"]), int(row["_length"]))
+            row["json_sha256"] = hashlib.sha256(members["json"]).hexdigest()
+        out.append(row["json_sha256"])
+    return pa.array(out, pa.string())
+
+
+def _write_manifest(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]]) -> None:
+    """``manifest.parquet`` in output order, streamed a few shards at a time (no table of the
+    whole output is built besides the inputs' own)."""
+    from echocmr.shards.format import MANIFEST_SCHEMA
+
+    with storage.StagedFile(storage.join(out, MANIFEST_FILE)) as staged:
+        writer = pq.ParquetWriter(staged.file, MANIFEST_SCHEMA, compression="zstd")
+        pending, n = [], 0
+        for name, order in shards:
+            pending.append(_output_table(rows, name, order))
+            n += len(order)
+            if n >= _MANIFEST_ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending), row_group_size=_MANIFEST_ROW_GROUP)
+                pending, n = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=_MANIFEST_ROW_GROUP)
+        writer.close()
+
+
+_MANIFEST_ROW_GROUP = 65_536
+
+
+def _copy_jobs(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]], fps: float,
+               kept: list[str]) -> Iterator[CopyJob]:
+    for name, order in shards:
+        chunk = rows.take(pa.array(order))
+        if _already_written(out, name, chunk):
+            log.info("%s: complete from an earlier run, kept", name)
+            kept.append(name)
+            continue
+        yield CopyJob(out, name, chunk, fps)
+
+
+def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
+            address: str | None = None) -> ReshardSummary:
+    """Merge the shard sets ``inputs`` into ``out``; see the module docstring. ``address`` (a
+    Ray address, else ``$RAY_ADDRESS``) writes one output shard per Ray task; the output is
+    byte-identical to a local run."""
+    from echocmr.shards.distributed import map_shards, resolve_address
+
     t0 = time.perf_counter()
     if not inputs:
         raise ReshardError("give at least one --input shard set")
@@ -336,18 +456,20 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
     rows = _locate(loaded)
     del loaded  # the located rows hold everything the plan needs
     if config.exclude_sites:
-        unknown = set(config.exclude_sites) - set(rows["site"].astype(str))
+        codes, sites = codes_of(rows.column("site"))
+        present = sorted(str(s) for s in sites)
+        unknown = set(config.exclude_sites) - set(present)
         if unknown:
             raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
-                               f"{sorted(set(rows['site'].astype(str)))}")
-        rows = rows[~rows["site"].astype(str).isin(config.exclude_sites)].reset_index(drop=True)
-        if rows.empty:
+                               f"{present}")
+        drop = [i for i, s in enumerate(sites) if str(s) in config.exclude_sites]
+        rows = rows.filter(pa.array(~np.isin(codes, drop))).combine_chunks()
+        if not rows.num_rows:
             raise ReshardError("excluding those sites leaves no samples")
         if header["label_rules"] is not None:
             header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
                                      if site not in config.exclude_sites}
     shards = plan(rows, config)
-    del rows
 
     out = str(out)
     _check_out(out, [str(i) for i in inputs])
@@ -356,42 +478,56 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig) -> ReshardSum
     for name in (MANIFEST_FILE, STATS_FILE):  # the set is incomplete until we finish
         storage.remove(storage.join(out, name))
 
+    kept: list[str] = []
+    jobs = _copy_jobs(out, rows, shards, header["clip"].fps, kept)
+    address = resolve_address(address)
+    if address is None:  # through the module attribute, so a test can interrupt a copy
+        results = (_copy_shard(job.out, job.name, job) for job in jobs)
+    else:
+        results = map_shards(_copy_task, jobs, address=address)
     written, bytes_read = 0, 0
-    for name, chunk in shards:
-        if _already_written(out, name, chunk):
-            log.info("%s: complete from an earlier run, kept", name)
-            continue
-        bytes_read += _copy_shard(out, name, chunk)
+    for nbytes in results:
+        bytes_read += nbytes
         written += 1
-        log.info("%s: %d samples", name, len(chunk))
     planned = {n for n, _ in shards} | {index_name(n) for n, _ in shards}
     for name in storage.listdir(out):
         stem = name[:-4] + ".tar" if name.endswith(".idx") else name
         if SHARD_RE.match(stem) and name not in planned:
             storage.remove(storage.join(out, name))
 
-    manifest = pd.concat([chunk.assign(shard=name) for name, chunk in shards], ignore_index=True)
-    storage.atomic_write(storage.join(out, MANIFEST_FILE), manifest_bytes(manifest))
-    stats = compute_stats(
-        manifest[list(MANIFEST_COLUMNS)],
+    _write_manifest(out, rows, shards)
+    stats = compute_stats(  # independent of row order: the output's rows are these rows
+        rows,
         clip_format=header["clip"],
         split_key_fingerprint=header["split_key_fingerprint"],
         label_rules=header["label_rules"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
-
-    problems = verify(out, decode=config.verify_decode)
+    problems = _verify_output(out, kept, config, address)
     if problems:
         for name in (MANIFEST_FILE, STATS_FILE):
             storage.remove(storage.join(out, name))
         listing = "\n".join(str(p) for p in problems[:20])
         raise ReshardError(f"the output failed verification; manifest withdrawn:\n{listing}")
-    counts = manifest.groupby("split").size()
+    split_codes, split_values = codes_of(rows.column("split"))
+    counts = {s: int(np.count_nonzero(split_codes == split_values.index(s)))
+              if s in split_values else 0 for s in SPLITS}
     return ReshardSummary(
         out=out,
-        clips={s: int(counts.get(s, 0)) for s in SPLITS},
+        clips=counts,
         shards={s: sum(1 for n, _ in shards if n.startswith(s + "-")) for s in SPLITS},
         written=written,
         bytes_read=bytes_read,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _verify_output(out: str, kept: list[str], config: ReshardConfig,
+                   address: str | None) -> list[Problem]:
+    """`shards.verify` on the output. The shards this run wrote were checked sample by sample
+    as they were written, so only the shards kept from an earlier run are read again, unless
+    ``verify_decode`` asks to decode every clip (then every shard is read)."""
+    if config.verify_decode:
+        return verify(out, decode=True, address=address)
+    written = {n for n in storage.listdir(out) if SHARD_RE.match(n)} - set(kept)
+    return verify_set(out, address=address, trusted_shards=frozenset(written)).problems

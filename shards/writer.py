@@ -107,6 +107,23 @@ def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
 
+def member_info(name: str, size: int) -> tarfile.TarInfo:
+    """The header of one tar member as every echocmr writer writes it: a regular file, fixed
+    owner, mode and mtime, nothing else (no PAX records, no extended attributes)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = TAR_MODE
+    info.uname = info.gname = TAR_USER
+    return info
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The exact 512 header bytes `_TarStream` writes for a member (`shards verify` compares
+    every member's header with them)."""
+    return member_info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
 class _TarStream:
     """The tar webdataset's ``TarWriter(f, encoder=False, user=TAR_USER, group=TAR_USER,
     mode=TAR_MODE, mtime=TAR_MTIME)`` writes, byte for byte (tests/test_shards_writer.py), with
@@ -119,12 +136,7 @@ class _TarStream:
         key = sample["__key__"]
         for ext in sorted(k for k in sample if k != "__key__"):
             data = sample[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = TAR_MTIME
-            info.mode = TAR_MODE
-            info.uname = info.gname = TAR_USER
-            self.tarstream.addfile(info, io.BytesIO(data))
+            self.tarstream.addfile(member_info(f"{key}.{ext}", len(data)), io.BytesIO(data))
 
     def close(self) -> None:
         self.tarstream.close()
@@ -215,16 +227,33 @@ def write_shard(out: str, name: str, samples) -> None:
         raise
 
 
-def manifest_bytes(columns: dict[str, list] | pd.DataFrame) -> bytes:
-    """Serialise manifest columns (lists or a DataFrame holding them) to Parquet bytes."""
+def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
+    """Serialise manifest columns (lists, or a DataFrame or Arrow table holding them) to
+    Parquet bytes. The file's only key-value metadata is the Arrow schema of
+    `MANIFEST_SCHEMA` (no pandas block: `shards verify` checks the metadata is exactly this)."""
     if isinstance(columns, pd.DataFrame):
         frame = columns[list(MANIFEST_COLUMNS)]
         table = pa.Table.from_pandas(frame, schema=MANIFEST_SCHEMA, preserve_index=False)
+    elif isinstance(columns, pa.Table):
+        table = manifest_table(columns)
     else:
         table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
+    table = table.replace_schema_metadata(None)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
+
+
+def manifest_table(table: pa.Table) -> pa.Table:
+    """An Arrow table of manifest columns (strings may be dictionary-encoded, extra columns are
+    dropped) cast to exactly `MANIFEST_SCHEMA`."""
+    arrays = []
+    for column_field in MANIFEST_SCHEMA:
+        column = table.column(column_field.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        arrays.append(column.cast(column_field.type))
+    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 class ShardSetWriter:
