@@ -37,6 +37,9 @@ from echocmr.shards.format import MANIFEST_FILE, MANIFEST_SCHEMA
 # Columns whose values repeat across rows: read dictionary-encoded (one code per row).
 REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash")
 _BATCH_ROWS = 65_536
+# Rows per Parquet row group in the manifests echocmr writes: a reader decodes one row group's
+# column chunk at a time, so this bounds its buffers whatever the set's size.
+ROW_GROUP_ROWS = 65_536
 _CREATED_BY = re.compile(r"^parquet-cpp-arrow version \d+\.\d+\.\d+(-SNAPSHOT)?$")
 
 
@@ -46,7 +49,9 @@ def manifest_path(directory: str) -> str:
 
 def open_manifest(directory: str) -> pq.ParquetFile:
     """The set's ``manifest.parquet`` as a `pyarrow.parquet.ParquetFile` (nothing read yet but
-    the footer). Raises `shards.reader.IncompleteShardSetError` when there is none."""
+    the footer), the `REPEATED` string columns read straight from Parquet's own dictionary
+    pages as Arrow dictionaries (never materialised as one string per row). Raises
+    `shards.reader.IncompleteShardSetError` when there is none."""
     from echocmr.shards.reader import IncompleteShardSetError
 
     path = manifest_path(directory)
@@ -55,9 +60,9 @@ def open_manifest(directory: str) -> pq.ParquetFile:
             f"{path} not found: {directory} is not a finished shard set (the writer writes the "
             "manifest last; re-run the ingest or reshard that makes it)"
         )
-    if storage.is_local(path):
-        return pq.ParquetFile(storage.local_path(path))
-    return pq.ParquetFile(io.BytesIO(storage.read_bytes(path)))
+    source = (storage.local_path(path) if storage.is_local(path)
+              else io.BytesIO(storage.read_bytes(path)))
+    return pq.ParquetFile(source, read_dictionary=list(REPEATED))
 
 
 def _present(pf: pq.ParquetFile, columns: Sequence[str] | None) -> list[str]:
@@ -65,34 +70,22 @@ def _present(pf: pq.ParquetFile, columns: Sequence[str] | None) -> list[str]:
     return list(names) if columns is None else [c for c in columns if c in names]
 
 
-def read_columns(directory: str | pq.ParquetFile, columns: Sequence[str] | None = None,
-                 *, dictionary: Sequence[str] = REPEATED) -> pa.Table:
+def read_columns(directory: str | pq.ParquetFile, columns: Sequence[str] | None = None
+                 ) -> pa.Table:
     """The manifest's ``columns`` (all when None; absent ones are left out) as an Arrow table,
-    the ``dictionary`` columns dictionary-encoded."""
+    the `REPEATED` ones dictionary-encoded (one dictionary per row group; `codes_of` unifies
+    them). About 80 bytes per clip for the columns `shards stats` reads."""
     pf = directory if isinstance(directory, pq.ParquetFile) else open_manifest(directory)
-    wanted = _present(pf, columns)
-    if not wanted:
-        return pa.table({})
-    parts = [_encode(pa.Table.from_batches([b]), dictionary)
-             for b in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted)]
-    if not parts:
-        return _encode(pf.schema_arrow.empty_table().select(wanted), dictionary)
-    return pa.concat_tables(parts, promote_options="permissive").combine_chunks()
-
-
-def _encode(table: pa.Table, dictionary: Sequence[str]) -> pa.Table:
-    for name in dictionary:
-        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
-            i = table.column_names.index(name)
-            table = table.set_column(i, name, table.column(name).dictionary_encode())
-    return table
+    return pf.read(columns=_present(pf, columns), use_threads=False)
 
 
 def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
     """Rows per shard name, from the ``shard`` column alone."""
     counts: dict[str, int] = {}
     for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["shard"]):
-        encoded = batch.column(0).dictionary_encode()
+        encoded = batch.column(0)
+        if not pa.types.is_dictionary(encoded.type):
+            encoded = encoded.dictionary_encode()
         n = np.bincount(encoded.indices.to_numpy(zero_copy_only=False),
                         minlength=len(encoded.dictionary))
         for name, count in zip(encoded.dictionary.to_pylist(), n.tolist(), strict=True):
@@ -113,7 +106,9 @@ def iter_by_shard(pf: pq.ParquetFile, columns: Sequence[str] | None = None,
     have: dict[str, int] = {}
     for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
         table = pa.Table.from_batches([batch])
-        shard = table.column("shard").combine_chunks().dictionary_encode()
+        shard = table.column("shard").combine_chunks()
+        if not pa.types.is_dictionary(shard.type):
+            shard = shard.dictionary_encode()
         codes = shard.indices.to_numpy(zero_copy_only=False)
         names = shard.dictionary.to_pylist()
         # Stable grouping: row positions per code, in file order.
@@ -168,6 +163,13 @@ def expected_metadata() -> dict[bytes, bytes]:
     return dict(pq.ParquetFile(io.BytesIO(manifest_bytes(empty))).metadata.metadata or {})
 
 
+def decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary column as plain values (other columns as they are)."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
+
+
 def manifest_problems(pf: pq.ParquetFile) -> list[str]:
     """What makes this ``manifest.parquet`` not exactly the format's (empty when it is)."""
     out = []
@@ -188,8 +190,11 @@ def manifest_problems(pf: pq.ParquetFile) -> list[str]:
         if field.name not in expected:
             continue
         want = MANIFEST_SCHEMA.field(field.name)
-        if not field.type.equals(want.type) or field.nullable != want.nullable:
-            out.append(f"manifest.parquet column {field.name} is {field.type}"
+        got = field.type
+        if pa.types.is_dictionary(got) and field.name in REPEATED:  # how we read it
+            got = got.value_type
+        if not got.equals(want.type) or field.nullable != want.nullable:
+            out.append(f"manifest.parquet column {field.name} is {got}"
                        f"{'' if field.nullable else ' not null'}, the format's is {want.type}")
         if field.metadata:
             out.append(f"manifest.parquet column {field.name} carries metadata "

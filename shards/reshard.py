@@ -202,7 +202,7 @@ def _locate_input(inp: _Input) -> pa.Table:
     rows = read_columns(inp.manifest)
     if "json_sha256" not in rows.column_names:  # a set written before the column existed
         rows = rows.append_column("json_sha256", pa.nulls(rows.num_rows, pa.string()))
-    keys, tars, starts, lengths, sizes = [], [], [], [], []
+    keys, tar_codes, starts, lengths, sizes, tar_paths = [], [], [], [], [], []
     _, shards = codes_of(rows.column("shard"))
     for shard in sorted(str(s) for s in shards if s is not None):
         tar_path = storage.join(inp.directory, shard)
@@ -214,26 +214,38 @@ def _locate_input(inp: _Input) -> pa.Table:
                 f"{idx_path}: cannot read the index ({exc}); run "
                 f"`echocmr shards verify {inp.directory}`"
             ) from exc
-        keys += sample_keys(samples)
-        tars += [tar_path] * len(samples)
-        for members in samples:
-            first, last = members[0], members[-1]
-            starts.append(first.offset - _BLOCK)
-            lengths.append(last.offset + -(-last.size // _BLOCK) * _BLOCK - starts[-1])
-            sizes.append(tar_bytes([m.size for m in members]))
-        del samples
-    where = pc.index_in(rows.column("key"), value_set=pa.array(keys, pa.string()))
+        # One shard's index as arrays: nothing per sample outlives this loop.
+        first = np.array([m[0].offset for m in samples], np.int64) - _BLOCK
+        last_end = np.array([m[-1].offset + -(-m[-1].size // _BLOCK) * _BLOCK
+                             for m in samples], np.int64)
+        keys.append(pa.array(sample_keys(samples), pa.string()))
+        tar_codes.append(np.full(len(samples), len(tar_paths), np.int32))
+        starts.append(first)
+        lengths.append(last_end - first)
+        sizes.append(np.array([tar_bytes([m.size for m in members]) for members in samples],
+                              np.int64))
+        tar_paths.append(tar_path)
+    index_keys = pa.chunked_array(keys, pa.string()).combine_chunks() if keys else \
+        pa.array([], pa.string())
+    where = pc.index_in(rows.column("key"), value_set=index_keys)
     if where.null_count:
         missing = rows.column("key").filter(pc.is_null(where))
         raise ReshardError(
             f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
             f"indexes (e.g. {sorted(missing.to_pylist())[0]}); run `echocmr shards verify`"
         )
-    for name, values, kind in (("_tar", tars, pa.string()), ("_start", starts, pa.int64()),
-                               ("_length", lengths, pa.int64()),
-                               ("_tar_bytes", sizes, pa.int64())):
-        column = pa.array(values, kind).take(where)
-        rows = rows.append_column(name, column.dictionary_encode() if name == "_tar" else column)
+    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
+    take = where.to_numpy(zero_copy_only=False)
+
+    def joined(parts, dtype):
+        return np.concatenate(parts)[take] if parts else np.array([], dtype)
+
+    tar = pa.DictionaryArray.from_arrays(pa.array(joined(tar_codes, np.int32)),
+                                         pa.array(tar_paths, pa.string()))
+    for name, column in (("_tar", tar), ("_start", pa.array(joined(starts, np.int64))),
+                         ("_length", pa.array(joined(lengths, np.int64))),
+                         ("_tar_bytes", pa.array(joined(sizes, np.int64)))):
+        rows = rows.append_column(name, column)
     return rows
 
 

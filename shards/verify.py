@@ -170,8 +170,7 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
             problems.append(Problem(None, None, f"stats.json: {exc}"))
     fps = clip["fps"] if clip else None
 
-    columns = read_columns(pf, ("key", "shard", "split", "patient_hash"),
-                           dictionary=("shard", "split", "patient_hash"))
+    columns = read_columns(pf, ("key", "shard", "split", "patient_hash"))
     counts = shard_counts(pf)
     by_shard: dict[str, ShardResult] = {}
 

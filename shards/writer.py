@@ -59,6 +59,7 @@ from echocmr.shards.format import (
     validate_key,
 )
 from echocmr.shards.index import IndexEntry, SampleIndex, format_index
+from echocmr.shards.manifest import ROW_GROUP_ROWS
 from echocmr.shards.stats import compute_stats, stats_json_bytes
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
         table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
     table = table.replace_schema_metadata(None)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return buf.getvalue()
 
 
