@@ -108,9 +108,10 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from echocmr.shards.distributed import resolve_address
     from echocmr.shards.verify import format_problems, problems_json, summary_line, verify_set
 
-    report = verify_set(args.dir, decode=args.decode, address=args.address,
+    report = verify_set(args.dir, decode=args.decode, address=resolve_address(args.address),
                         allow_extra_files=args.allow_extra_files)
     problems = report.problems
     for warning in report.warnings:
@@ -137,6 +138,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_reshard(args: argparse.Namespace) -> int:
+    from echocmr.shards.distributed import resolve_address
     from echocmr.shards.reshard import ReshardConfig, ReshardError, reshard
 
     config = ReshardConfig(
@@ -147,7 +149,8 @@ def run_reshard(args: argparse.Namespace) -> int:
         exclude_sites=tuple(args.exclude_site),
     )
     try:
-        summary = reshard(args.input, args.out, config=config, address=args.address)
+        summary = reshard(args.input, args.out, config=config,
+                          address=resolve_address(args.address))
     except ReshardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

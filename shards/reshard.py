@@ -9,16 +9,25 @@ manifests (train pixel statistics pooled from per-clip values, no decoding).
 site that made it.
 
 How it streams: the plan (which sample goes to which output shard, in which order) is made from
-the manifests and ``.idx`` files alone. Each sample is then fetched by one ranged read of its
-input tar (its three members are contiguous) and appended to the output tar, so memory holds the
-plan (one small row per clip) and one sample, whatever the data size. Object stores serve ranged
-reads natively, so inputs in a bucket work the same way.
+the manifests and ``.idx`` files alone, held as Arrow columns (`shards.manifest`; repeated strings
+dictionary-encoded, a few hundred bytes per clip, no Python object per clip). Each output shard
+is then one job (`_copy_shard`): each of its samples is fetched by one ranged read of its input
+tar (its three members are contiguous), checked against its input manifest row as it passes
+(video and ``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
+`shards.verify`) and appended to the output tar, so a job holds one sample. Object stores serve
+ranged reads natively, so inputs in a bucket work the same way. With ``address`` the jobs are Ray
+tasks on a cluster (one per output shard, `shards.distributed.map_shards`); the driver writes the
+manifest (streamed, in output order) and ``stats.json`` from the inputs' columns either way, so a
+cluster run's output is byte-identical to a local one.
 
 Robustness: each output shard is published atomically (tar, then its index); manifest and stats
 are written last. A re-run after a crash re-makes the same plan (it depends only on the inputs and
 the seed), keeps output shards whose index already lists exactly the planned samples, writes the
-rest, and finishes the job. Before it reports success it runs `shards.verify.verify` on the output
-and, if anything is wrong, withdraws the manifest and stats and raises.
+rest, and finishes the job. Before it reports success it verifies the output
+(`shards.verify.verify_set`): the manifest, stats and listing in full, and the shards kept from an
+earlier run sample by sample (the shards this run wrote were checked as they were written; with
+``verify_decode`` every shard is read and every clip decoded). If anything is wrong it withdraws
+the manifest and stats and raises.
 
 Mixing rule: within a split and site, samples get a random rank j; their position in the merged
 order is ``(j + u) / n_site`` with ``u ~ U(0, 1)``; sorting all samples by position interleaves the
@@ -456,9 +465,9 @@ def _copy_jobs(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]], f
 def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
             address: str | None = None) -> ReshardSummary:
     """Merge the shard sets ``inputs`` into ``out``; see the module docstring. ``address`` (a
-    Ray address, else ``$RAY_ADDRESS``) writes one output shard per Ray task; the output is
-    byte-identical to a local run."""
-    from echocmr.shards.distributed import map_shards, resolve_address
+    Ray address) writes one output shard per Ray task; the output is byte-identical to a local
+    run."""
+    from echocmr.shards.distributed import map_shards
 
     t0 = time.perf_counter()
     if not inputs:
@@ -492,7 +501,6 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
 
     kept: list[str] = []
     jobs = _copy_jobs(out, rows, shards, header["clip"].fps, kept)
-    address = resolve_address(address)
     if address is None:  # through the module attribute, so a test can interrupt a copy
         results = (_copy_shard(job.out, job.name, job) for job in jobs)
     else:

@@ -1,28 +1,47 @@
 """Check a shard set before spending GPU hours on it: ``echocmr shards verify DIR [--decode]``.
 
 `verify` reads every tar front to back once (streaming, one sample in memory) and reports each
-problem as a `Problem(shard, sample, what)` instead of stopping at the first:
+problem as a `Problem(shard, sample, what)` instead of stopping at the first. It is exact for the
+current format: a set passes only if it is what echocmr's writers write, so nothing the format
+does not have (patient text in a header, a column, a metadata block, a file) can ride along.
 
 - the set: ``manifest.parquet`` and ``stats.json`` present and readable, of the format version
-  this code reads (an older set must be re-ingested); no stray index;
-- each tar: opens, every member is whole, it ends with the end-of-archive blocks (so a tar cut at a
-  member boundary is caught too) and holds nothing after them but the zero padding of its last
-  10 KiB record (bytes appended to a tar are invisible to tar readers), and its ``.idx`` equals
-  the index rebuilt from the tar;
+  this code reads (an older set must be re-ingested); nothing in the directory but tars,
+  indexes, the manifest, stats and the ingest report (no other file, no directory, no leftover
+  temporary file; ``allow_extra_files`` makes those warnings); no stray index;
+- ``manifest.parquet`` itself (`shards.manifest.manifest_problems`): exactly `MANIFEST_SCHEMA`
+  (names, order, types, no field metadata; ``json_sha256`` included: every format-2 set written
+  since 2026-12-01 has it, and an older one gets it by a reshard), its key-value metadata exactly
+  what the writer puts there, a pyarrow writer string;
+- each tar: opens, every member is whole, every member header is byte for byte the one the
+  writer writes (one ustar block right after the previous member; owner, group, mode, mtime as
+  written; no PAX records, no extended attributes, no global header), it ends with the
+  end-of-archive blocks (so a tar cut at a member boundary is caught too) and holds nothing after
+  them but the zero padding of its last 10 KiB record (bytes appended to a tar are invisible to
+  tar readers), and its ``.idx`` equals the index rebuilt from the tar;
 - each sample: a valid key, exactly ``.json``, ``.labels`` and ``.webm``; labels are 20 bytes; the
-  JSON parses and names the same key, and the split of its shard;
-- against the manifest: the same keys in the same shards; split, site, patient, study, frame
-  count, the ``.labels`` bytes (exactly: a changed bit inside a NaN is caught too), the video's
+  JSON parses, is serialised exactly as the writer serialises it, names the same key, and the
+  split of its shard;
+- against the manifest: the same keys in the same shards; every field the ``.json`` shares with
+  the manifest (split, site, patient, study, view, frame count, fps) equal, the fps also the
+  set's; the ``.labels`` bytes (exactly: a changed bit inside a NaN is caught too), the video's
   size and SHA-256 (a flipped byte inside a clip shows up here without decoding; VP9 decoders
-  happily decode damaged streams) and the ``.json`` member's SHA-256 (``json_sha256``; sets
-  written before that column existed skip this check): a changed byte anywhere in a sample;
+  happily decode damaged streams) and the ``.json`` member's SHA-256 (``json_sha256``, required):
+  a changed byte anywhere in a sample; the row's own site, split and hashes well-formed;
 - ``stats.json`` against the manifest: the pixel mean/std of train (training normalises with
-  them), label prevalence and counts per split, recomputed and compared;
+  them), label prevalence and counts per split, recomputed and compared, and the file's bytes
+  exactly the writer's serialisation (a repeated key would hide a value);
 - across the set: no key twice, no patient in two splits;
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
-Reshard runs the same function on its output before it reports success.
+How it scales: the manifest is read as Arrow columns (`shards.manifest`), the set-wide checks on
+four columns (key, shard, split, patient), the per-sample checks one shard's rows at a time
+(`iter_by_shard`). Each shard is one job (`check_shard`), run here or, with ``address``, as a Ray
+task on a cluster (`shards.distributed.map_shards`); the problems are assembled in tar order
+either way, so both runs report the same list. Reshard checks every sample it copies by the same
+rules (`_compare_with_manifest`) and then runs `verify_set` on its output without reading the
+shards it has just written again.
 """
 
 from __future__ import annotations
@@ -189,19 +208,13 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
             empty = pa.table({c: pa.array([], type=pa.string()) for c in ("key", "shard")})
             yield ShardJob(tar_path, shard, empty, decode, clip, fps)
 
-    for result in map_shards(check_shard, jobs(), address=_address(address)):
+    for result in map_shards(check_shard, jobs(), address=address):
         by_shard[result.shard] = result
     problems += _assemble(tars, by_shard, columns)
     problems += _check_manifest(columns)
     if version_ok:
         problems += _check_stats(read_columns(pf, _STATS_COLUMNS), stats, stats_bytes)
     return report
-
-
-def _address(address: str | None) -> str | None:
-    from echocmr.shards.distributed import resolve_address
-
-    return resolve_address(address)
 
 
 def _listing_problems(directory: str, tar_names: set[str], problems: list[Problem]
@@ -232,21 +245,23 @@ def _assemble(tars: list[str], by_shard: dict[str, ShardResult],
               columns: pa.Table) -> list[Problem]:
     """Per-tar problems in tar order, with each stray sample resolved against the manifest."""
     out = []
-    strays: set[str] = set()
-    keys = columns.column("key")
+    stray_keys = sorted({p.sample for t in tars for p in by_shard[storage.basename(t)].problems
+                         if p.what == _STRAY})
+    strays: dict[str, str | None] = {}  # key -> the shard the manifest puts it in, if any
+    if stray_keys:  # one lookup for all of them
+        where = pc.index_in(pa.array(stray_keys, pa.string()),
+                            value_set=columns.column("key").combine_chunks()).to_pylist()
+        shard_column = columns.column("shard")
+        strays = {k: None if w is None else shard_column[w].as_py()
+                  for k, w in zip(stray_keys, where, strict=True)}
     for tar_path in tars:
-        result = by_shard[storage.basename(tar_path)]
-        for p in result.problems:
+        for p in by_shard[storage.basename(tar_path)].problems:
             if p.what != _STRAY:
                 out.append(p)
-                continue
-            strays.add(p.sample)
-            where = pc.index_in(pa.array([p.sample], pa.string()), value_set=keys)[0].as_py()
-            if where is None:
+            elif strays[p.sample] is None:
                 out.append(Problem(p.shard, p.sample, "sample not in manifest.parquet"))
             else:
-                other = columns.column("shard")[where].as_py()
-                out.append(Problem(p.shard, p.sample, f"manifest puts it in {other}"))
+                out.append(Problem(p.shard, p.sample, f"manifest puts it in {strays[p.sample]}"))
     tar_names = [storage.basename(t) for t in tars]
     orphans = sorted(set(by_shard) - set(tar_names))
     for shard in tar_names + orphans:
