@@ -261,11 +261,7 @@ def _locate_input(inp: _Input) -> pa.Table:
 def _locate(inputs: list[_Input]) -> pa.Table:
     """All input rows, located (`_locate_input`), checked for a clip in two inputs and for a
     patient in two splits across the inputs."""
-    parts = [_locate_input(inp) for inp in inputs]
-    columns = [c for c in parts[0].column_names]
-    merged = pa.concat_tables([p.select(columns) for p in parts],
-                              promote_options="permissive").combine_chunks()
-    del parts
+    merged = _combined([_locate_input(inp) for inp in inputs])
     counted = pc.value_counts(merged.column("key"))
     dup = counted.filter(pc.greater(counted.field("counts"), 1))
     if len(dup):
@@ -280,6 +276,19 @@ def _locate(inputs: list[_Input]) -> pa.Table:
             "inputs; were they ingested with different split keys?"
         )
     return merged
+
+
+def _combined(parts: list[pa.Table]) -> pa.Table:
+    """The tables' rows in one chunk per column (a `take` from a chunked column costs a pass
+    over the whole column), built column by column and releasing the parts as it goes, so the
+    peak is one copy plus one column, not two copies."""
+    names = parts[0].column_names
+    chunks = {n: [c for p in parts for c in p.column(n).chunks] for n in names}
+    parts.clear()
+    out = {}
+    for name in names:
+        out[name] = pa.chunked_array(chunks.pop(name)).combine_chunks()
+    return pa.table(out)
 
 
 def plan(rows: pa.Table, config: ReshardConfig) -> list[tuple[str, np.ndarray]]:
@@ -484,7 +493,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
             raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
                                f"{present}")
         drop = [i for i, s in enumerate(sites) if str(s) in config.exclude_sites]
-        rows = rows.filter(pa.array(~np.isin(codes, drop))).combine_chunks()
+        rows = _combined([rows.filter(pa.array(~np.isin(codes, drop)))])
         if not rows.num_rows:
             raise ReshardError("excluding those sites leaves no samples")
         if header["label_rules"] is not None:
@@ -523,15 +532,16 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         label_rules=header["label_rules"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
+    split_codes, split_values = codes_of(rows.column("split"))
+    counts = {s: int(np.count_nonzero(split_codes == split_values.index(s)))
+              if s in split_values else 0 for s in SPLITS}
+    del rows, split_codes, jobs, results  # the output's verification reads its own columns
     problems = _verify_output(out, kept, config, address)
     if problems:
         for name in (MANIFEST_FILE, STATS_FILE):
             storage.remove(storage.join(out, name))
         listing = "\n".join(str(p) for p in problems[:20])
         raise ReshardError(f"the output failed verification; manifest withdrawn:\n{listing}")
-    split_codes, split_values = codes_of(rows.column("split"))
-    counts = {s: int(np.count_nonzero(split_codes == split_values.index(s)))
-              if s in split_values else 0 for s in SPLITS}
     return ReshardSummary(
         out=out,
         clips=counts,

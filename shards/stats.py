@@ -36,6 +36,10 @@ def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tupl
     return pooled_mean, math.sqrt(max(second_moment - pooled_mean * pooled_mean, 0.0))
 
 
+_STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
+                  "n_pixels")
+
+
 def split_summary(rows: pd.DataFrame | pa.Table) -> dict:
     """Counts and label prevalence of one split's manifest rows (a DataFrame or Arrow table)."""
     return _split_summary(_as_table(rows))
@@ -95,6 +99,8 @@ def compute_stats(
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
     written by another tool, or before ingest recorded it)."""
     table = _as_table(manifest)
+    # Only the columns the statistics read: filtering copies every column it is given.
+    table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
     train = table.filter(pa.array(_mask(table.column("split"), "train")))
     mean, std = pooled_pixel_stats(_floats(train.column("pixel_mean")),
                                    _floats(train.column("pixel_std")),
