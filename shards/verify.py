@@ -80,6 +80,7 @@ from echocmr.shards.format import (
     validate_key,
 )
 from echocmr.shards.index import IndexEntry, format_index, group_members
+from echocmr.shards.lock import LOCK_FILE
 from echocmr.shards.manifest import (
     iter_by_shard,
     manifest_problems,
@@ -89,10 +90,14 @@ from echocmr.shards.manifest import (
     shard_counts,
 )
 from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.stage import MARKER_FILE
 from echocmr.shards.writer import member_header
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar's record size: the archive may be zero-padded to a multiple of it
+# echocmr's own files beside a set: the lock a writer or stager holds while it works
+# (`shards.lock`), and a staged copy's record of its remote version (`shards.stage`).
+_BOOKKEEPING = (LOCK_FILE, MARKER_FILE)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STRAY = "\0stray"  # placeholder: a sample its shard's rows lack, resolved by the driver
 # The manifest columns a shard's check needs (all but the pixel statistics).
@@ -232,7 +237,7 @@ def _listing_problems(directory: str, tar_names: set[str], problems: list[Proble
         elif name.endswith(".tar") and not SHARD_RE.match(name):
             problems.append(Problem(name, None, "tar not named <split>-NNNNNN.tar"))
         elif not SHARD_RE.match(name) and name not in (MANIFEST_FILE, STATS_FILE,
-                                                       INGEST_REPORT_FILE):
+                                                       INGEST_REPORT_FILE, *_BOOKKEEPING):
             what = ("a crashed writer's leftover temporary file: delete it"
                     if name.startswith(".") and storage.TEMP_MARK in name
                     else "not a file of a shard set (only tars, indexes, manifest.parquet, "
