@@ -26,8 +26,11 @@ clips from the per-clip growth between the two largest sizes.
 and checks the results are identical to the local run. On one 2-core machine this is a
 correctness run, not a speed-up measurement: both "nodes" share the same two cores.
 
-Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]``
-(``--sizes 10000 100000 1000000`` for the full table).
+``--stats-only 1000000`` measures ``shards stats`` at 10^6 clips on a manifest-only set (rows
+made as above, no tars: stats reads the manifest alone).
+
+Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]
+[--stats-only 1000000]`` (``--sizes 10000 100000 1000000`` for the full table).
 """
 
 from __future__ import annotations
@@ -123,6 +126,60 @@ def build(n_clips: int, distinct: int) -> list[str]:
     return dirs
 
 
+def manifest_only(n_clips: int, distinct: int) -> str:
+    """A set of ``n_clips`` rows with no tars (cached): ``manifest.parquet`` and ``stats.json``
+    only, rows made as `build` makes them (random-looking keys and hashes, two clips per
+    patient). ``shards stats`` reads nothing else, so its driver can be measured at sizes whose
+    tars would not fit on this machine's disk."""
+    import numpy as np
+    import pyarrow as pa
+
+    from echocmr.shards.format import MANIFEST_SCHEMA, STATS_FILE, TASKS
+    from echocmr.shards.stats import compute_stats, stats_json_bytes
+    from echocmr.shards.writer import manifest_bytes
+
+    root = os.path.join(CACHE, f"manifest-only-n{n_clips}")
+    if os.path.exists(os.path.join(root, STATS_FILE)):
+        return root
+    clips, stats = _clips(source_set(), distinct)
+    os.makedirs(root, exist_ok=True)
+    i = np.arange(n_clips)
+    patient = i // 2
+    split = np.array(["train", "train", "train", "val", "test"])[patient % 5]
+    site = np.array(SITES)[i % len(SITES)]
+    order = np.lexsort((i, split))  # a split's rows together, as the writers put them
+
+    def hexes(tag: str, values) -> list[str]:
+        return [hashlib.sha256(f"{tag}|{v}".encode()).hexdigest() for v in values]
+
+    clip = [clips[k % len(clips)] for k in range(len(clips))]
+    which = i % len(clips)
+    shard = [f"{s}-{k // 256:06d}.tar" for s, k in zip(split[order], i, strict=True)]
+    columns = {
+        "key": [f"{s}-{h[:16]}" for s, h in zip(site[order], hexes("k", i[order]), strict=True)],
+        "shard": shard, "split": split[order], "site": site[order],
+        "patient_hash": [h[:16] for h in hexes("p", patient[order])],
+        "study_hash": [h[:16] for h in hexes("s", patient[order])],
+        "view": [clip[k]["meta"].view for k in which[order]],
+        "n_frames": [clip[k]["meta"].n_frames for k in which[order]],
+        "fps": [clip[k]["meta"].fps for k in which[order]],
+        **{t: [float(clip[k]["labels"][j]) for k in which[order]] for j, t in enumerate(TASKS)},
+        "video_bytes": [len(clip[k]["video"]) for k in which[order]],
+        "video_sha256": hexes("v", i[order]), "json_sha256": hexes("j", i[order]),
+        "pixel_mean": [clip[k]["pixel_stats"][0] for k in which[order]],
+        "pixel_std": [clip[k]["pixel_stats"][1] for k in which[order]],
+        "n_pixels": [clip[k]["pixel_stats"][2] for k in which[order]],
+    }
+    table = pa.table({c: columns[c] for c in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
+    with open(os.path.join(root, "manifest.parquet"), "wb") as f:
+        f.write(manifest_bytes(table))
+    header = compute_stats(table, clip_format=stats["clip"],
+                           split_key_fingerprint=stats["split_key_fingerprint"])
+    with open(os.path.join(root, STATS_FILE), "wb") as f:
+        f.write(stats_json_bytes(header))
+    return root
+
+
 # -- one measured operation per process ----------------------------------------------------------
 
 
@@ -207,7 +264,7 @@ def ray_comparison(inputs: list[str], merged: str, n: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
                         help="clips per benchmark set (four sites together)")
     parser.add_argument("--distinct", type=int, default=8,
                         help="distinct ingested clips reused (the smallest ones)")
@@ -215,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="size to run the 1- vs 2-node Ray comparison at (default: the "
                         "smallest; 0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the built sets in the cache")
+    parser.add_argument("--stats-only", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure `shards stats` on manifest-only sets of these sizes "
+                        "(no tars: stats reads the manifest alone), e.g. 1000000")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -223,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sizes = sorted(args.sizes)
-    ray_size = sizes[0] if args.ray_size is None else args.ray_size
+    ray_size = (sizes[0] if sizes else 0) if args.ray_size is None else args.ray_size
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
     print(f"{'clips':>8} {'op':>8} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} "
           f"{'over base MB':>13} {'KB/clip':>8} {'CPU ms/1k':>10}")
@@ -258,8 +318,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {op:>8}: time exponent wall {exp_wall:.2f}, CPU {exp_cpu:.2f}; peak RSS "
                   f"grows {1024 * per_clip:.2f} KB per added clip -> ~{at_1e6:.0f} MB at 10^6 "
                   f"clips{' (measured above)' if hi >= 1_000_000 else ' (extrapolated)'}")
-    if not args.keep:
+    if sizes and not args.keep:
         shutil.rmtree(os.path.join(CACHE, f"n{sizes[-1]}-d{args.distinct}"), ignore_errors=True)
+    for n in args.stats_only:
+        root = manifest_only(n, args.distinct)
+        r = measure("stats", [], root)
+        print(f"stats on a manifest-only set of {n} clips: wall {r['wall_s']:.1f} s, CPU "
+              f"{r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} over the baseline)")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
