@@ -28,11 +28,13 @@ import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from echocmr.shards import storage
-from echocmr.shards.format import MANIFEST_FILE, MANIFEST_SCHEMA
+from echocmr.shards.format import MANIFEST_COLUMNS, MANIFEST_FILE, MANIFEST_SCHEMA
+from echocmr.shards.reader import IncompleteShardSetError
 
 # Columns whose values repeat across rows: read dictionary-encoded (one code per row).
 REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash")
@@ -52,8 +54,6 @@ def open_manifest(directory: str) -> pq.ParquetFile:
     the footer), the `REPEATED` string columns read straight from Parquet's own dictionary
     pages as Arrow dictionaries (never materialised as one string per row). Raises
     `shards.reader.IncompleteShardSetError` when there is none."""
-    from echocmr.shards.reader import IncompleteShardSetError
-
     path = manifest_path(directory)
     if not storage.exists(path):
         raise IncompleteShardSetError(
@@ -157,8 +157,6 @@ def patients_in_several_splits(table: pa.Table) -> list[tuple[str | None, list[s
 def expected_metadata() -> dict[bytes, bytes]:
     """The parquet key-value metadata `shards.writer.manifest_bytes` writes (the serialised
     Arrow schema of `MANIFEST_SCHEMA`, nothing else)."""
-    from echocmr.shards.writer import manifest_bytes
-
     empty = {name: [] for name in MANIFEST_SCHEMA.names}
     return dict(pq.ParquetFile(io.BytesIO(manifest_bytes(empty))).metadata.metadata or {})
 
@@ -168,6 +166,35 @@ def decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_dictionary(column.type):
         return column.cast(column.type.value_type)
     return column
+
+
+def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
+    """Serialise manifest columns (lists, or a DataFrame or Arrow table holding them) to
+    Parquet bytes. The file's only key-value metadata is the Arrow schema of
+    `MANIFEST_SCHEMA` (no pandas block: `shards verify` checks the metadata is exactly this)."""
+    if isinstance(columns, pd.DataFrame):
+        frame = columns[list(MANIFEST_COLUMNS)]
+        table = pa.Table.from_pandas(frame, schema=MANIFEST_SCHEMA, preserve_index=False)
+    elif isinstance(columns, pa.Table):
+        table = manifest_table(columns)
+    else:
+        table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
+    table = table.replace_schema_metadata(None)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    return buf.getvalue()
+
+
+def manifest_table(table: pa.Table) -> pa.Table:
+    """An Arrow table of manifest columns (strings may be dictionary-encoded, extra columns are
+    dropped) cast to exactly `MANIFEST_SCHEMA`."""
+    arrays = []
+    for column_field in MANIFEST_SCHEMA:
+        column = table.column(column_field.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        arrays.append(column.cast(column_field.type))
+    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 def manifest_problems(pf: pq.ParquetFile) -> list[str]:

@@ -49,8 +49,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from echocmr.shards import storage
+from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
     MANIFEST_FILE,
+    MANIFEST_SCHEMA,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -72,7 +74,7 @@ from echocmr.shards.manifest import (
 )
 from echocmr.shards.reader import read_sample, read_stats
 from echocmr.shards.stats import compute_stats, stats_json_bytes
-from echocmr.shards.verify import Problem, verify, verify_set
+from echocmr.shards.verify import Problem, compare_with_manifest, verify, verify_set
 from echocmr.shards.writer import ShardFile, manifest_table, tar_bytes
 
 log = logging.getLogger(__name__)
@@ -382,8 +384,6 @@ def _copy_shard(out: str, name: str, job: CopyJob) -> int:
     every sample as it passes (hash while writing): its members must be what the input's
     manifest says (`shards.verify` rules: video and ``.json`` SHA-256, label bytes, every
     ``.json`` field the manifest also has). Returns the bytes read."""
-    from echocmr.shards.verify import _compare_with_manifest
-
     shard = ShardFile(out, name)
     nbytes = 0
     try:
@@ -397,7 +397,7 @@ def _copy_shard(out: str, name: str, job: CopyJob) -> int:
                                    "that input") from exc
             if row["json_sha256"] is None:  # an input written before the column existed
                 row["json_sha256"] = hashlib.sha256(members["json"]).hexdigest()
-            problems = _compare_with_manifest(row["shard"], key, members, meta, row, job.fps)
+            problems = compare_with_manifest(row["shard"], key, members, meta, row, job.fps)
             if problems:
                 raise ReshardError(
                     f"{tar_path} {key}: {problems[0].what} (the clip's bytes do not match the "
@@ -441,8 +441,6 @@ def _json_hashes(chunk: pa.Table) -> pa.Array:
 def _write_manifest(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]]) -> None:
     """``manifest.parquet`` in output order, streamed a few shards at a time (no table of the
     whole output is built besides the inputs' own)."""
-    from echocmr.shards.format import MANIFEST_SCHEMA
-
     with storage.StagedFile(storage.join(out, MANIFEST_FILE)) as staged:
         writer = pq.ParquetWriter(staged.file, MANIFEST_SCHEMA, compression="zstd")
         pending, n = [], 0
@@ -476,8 +474,6 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
     """Merge the shard sets ``inputs`` into ``out``; see the module docstring. ``address`` (a
     Ray address) writes one output shard per Ray task; the output is byte-identical to a local
     run."""
-    from echocmr.shards.distributed import map_shards
-
     t0 = time.perf_counter()
     if not inputs:
         raise ReshardError("give at least one --input shard set")

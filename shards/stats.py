@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from echocmr.shards import storage
 from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS, ClipFormat
-from echocmr.shards.manifest import codes_of
+from echocmr.shards.manifest import codes_of, read_columns
+from echocmr.shards.reader import list_shards, read_stats
 
 
 def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -137,9 +138,6 @@ def describe(directory: str) -> dict:
 
     The manifest is read as Arrow columns (strings dictionary-encoded, `shards.manifest`), about
     80 bytes per clip, never as per-row Python objects."""
-    from echocmr.shards.manifest import read_columns
-    from echocmr.shards.reader import list_shards, read_stats
-
     stats = read_stats(directory)
     manifest = read_columns(directory, _DESCRIBE_COLUMNS)
     report: dict = {

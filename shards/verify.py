@@ -40,7 +40,7 @@ four columns (key, shard, split, patient), the per-sample checks one shard's row
 (`iter_by_shard`). Each shard is one job (`check_shard`), run here or, with ``address``, as a Ray
 task on a cluster (`shards.distributed.map_shards`); the problems are assembled in tar order
 either way, so both runs report the same list. Reshard checks every sample it copies by the same
-rules (`_compare_with_manifest`) and then runs `verify_set` on its output without reading the
+rules (`compare_with_manifest`) and then runs `verify_set` on its output without reading the
 shards it has just written again.
 """
 
@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from echocmr.shards import storage
+from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
     EXTENSIONS,
     INGEST_REPORT_FILE,
@@ -91,6 +92,7 @@ from echocmr.shards.manifest import (
 )
 from echocmr.shards.reader import list_shards, read_stats
 from echocmr.shards.stage import MARKER_FILE
+from echocmr.shards.stats import compute_stats, stats_json_bytes
 from echocmr.shards.writer import member_header
 
 _BLOCK = 512
@@ -164,8 +166,6 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
                trusted_shards: frozenset[str] = frozenset()) -> VerifyReport:
     """`verify`, with the warnings as well. ``trusted_shards`` are tars whose samples are not
     read again (reshard checked each sample as it wrote them); every other check runs."""
-    from echocmr.shards.distributed import map_shards
-
     report = VerifyReport()
     problems = report.problems
     try:
@@ -294,7 +294,7 @@ def check_shard(job: ShardJob) -> ShardResult:
         if i is None:
             problems.append(Problem(job.shard, key, _STRAY))
             continue
-        problems += _compare_with_manifest(job.shard, key, members, meta, rows[i], job.fps)
+        problems += compare_with_manifest(job.shard, key, members, meta, rows[i], job.fps)
         if decoder is not None and "webm" in members:
             what = decoder.check(members["webm"], int(rows[i]["n_frames"]))
             if what:
@@ -318,8 +318,6 @@ def _check_stats(manifest: pa.Table, stats: dict, stats_bytes: bytes) -> list[Pr
     """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`), written
     byte for byte as the writers write it (`stats_json_bytes`: a duplicated key or extra text
     parses to the same values but is not the format)."""
-    from echocmr.shards.stats import compute_stats, stats_json_bytes
-
     try:
         expected = compute_stats(manifest, clip_format=stats["clip"],
                                  split_key_fingerprint=stats["split_key_fingerprint"],
@@ -501,7 +499,7 @@ def _same_label(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def _compare_with_manifest(
+def compare_with_manifest(
     shard: str, key: str, members: dict[str, bytes], meta: SampleMeta | None, row: dict,
     fps: float | None,
 ) -> list[Problem]:

@@ -37,14 +37,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from echocmr.shards import storage
 from echocmr.shards.format import (
     MANIFEST_COLUMNS,
     MANIFEST_FILE,
-    MANIFEST_SCHEMA,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -59,7 +56,7 @@ from echocmr.shards.format import (
     validate_key,
 )
 from echocmr.shards.index import IndexEntry, SampleIndex, format_index
-from echocmr.shards.manifest import ROW_GROUP_ROWS
+from echocmr.shards.manifest import manifest_bytes, manifest_table  # noqa: F401  (public here too)
 from echocmr.shards.stats import compute_stats, stats_json_bytes
 
 log = logging.getLogger(__name__)
@@ -226,35 +223,6 @@ def write_shard(out: str, name: str, samples) -> None:
     except BaseException:
         shard.discard()
         raise
-
-
-def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
-    """Serialise manifest columns (lists, or a DataFrame or Arrow table holding them) to
-    Parquet bytes. The file's only key-value metadata is the Arrow schema of
-    `MANIFEST_SCHEMA` (no pandas block: `shards verify` checks the metadata is exactly this)."""
-    if isinstance(columns, pd.DataFrame):
-        frame = columns[list(MANIFEST_COLUMNS)]
-        table = pa.Table.from_pandas(frame, schema=MANIFEST_SCHEMA, preserve_index=False)
-    elif isinstance(columns, pa.Table):
-        table = manifest_table(columns)
-    else:
-        table = pa.table({c: columns[c] for c in MANIFEST_COLUMNS}, schema=MANIFEST_SCHEMA)
-    table = table.replace_schema_metadata(None)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    return buf.getvalue()
-
-
-def manifest_table(table: pa.Table) -> pa.Table:
-    """An Arrow table of manifest columns (strings may be dictionary-encoded, extra columns are
-    dropped) cast to exactly `MANIFEST_SCHEMA`."""
-    arrays = []
-    for column_field in MANIFEST_SCHEMA:
-        column = table.column(column_field.name)
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
-        arrays.append(column.cast(column_field.type))
-    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
 class ShardSetWriter:
