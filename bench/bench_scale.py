@@ -205,15 +205,16 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
     baseline = _peak_rss_mb()
     wall, cpu = time.perf_counter(), _cpu_s()
     result = None
+    extra = {"address": address} if address else {}  # the toolkit before --address had none
     if op == "reshard":
         from echocmr.shards.reshard import ReshardConfig, reshard
 
         shutil.rmtree(out, ignore_errors=True)
-        reshard(inputs, out, config=ReshardConfig(samples_per_shard=256), address=address)
+        reshard(inputs, out, config=ReshardConfig(samples_per_shard=256), **extra)
     elif op == "verify":
         from echocmr.shards.verify import problems_json, verify
 
-        result = problems_json(verify(merged, address=address))
+        result = problems_json(verify(merged, **extra))
     else:
         from echocmr.shards.stats import describe
 
@@ -225,10 +226,10 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
 
 
 def measure(op: str, inputs: list[str], merged: str, *, out: str | None = None,
-            address: str | None = None) -> dict:
+            address: str | None = None, python: str = sys.executable) -> dict:
     env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", op, merged, out or merged, address or "",
+        [python, __file__, "--child", op, merged, out or merged, address or "",
          *inputs], capture_output=True, text=True, env=env)
     if proc.returncode:
         raise RuntimeError(f"{op} failed:\n{proc.stderr[-3000:]}")
@@ -275,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-only", type=int, nargs="*", default=[], metavar="N",
                         help="also measure `shards stats` on manifest-only sets of these sizes "
                         "(no tars: stats reads the manifest alone), e.g. 1000000")
+    parser.add_argument("--baseline-python", default=None, metavar="PYTHON",
+                        help="also run each operation with this interpreter (another checkout's "
+                        "venv, e.g. main's) on the same sets, for a before/after table")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(args.sizes)
     ray_size = (sizes[0] if sizes else 0) if args.ray_size is None else args.ray_size
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
-    print(f"{'clips':>8} {'op':>8} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} "
+    print(f"{'clips':>8} {'op':>15} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} "
           f"{'over base MB':>13} {'KB/clip':>8} {'CPU ms/1k':>10}")
     results: dict[tuple[int, str], dict] = {}
     for n in sizes:
@@ -293,12 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         inputs = build(n, args.distinct)
         built = time.perf_counter() - t0
         merged = os.path.join(CACHE, f"n{n}-d{args.distinct}", "merged")
-        for op in OPERATIONS:
-            r = results[n, op] = measure(op, inputs, merged, out=merged)
-            over = r["peak_rss_mb"] - r["baseline_rss_mb"]
-            print(f"{n:>8} {op:>8} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
-                  f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
-                  f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
+        runs = [("", sys.executable)]
+        if args.baseline_python:
+            runs.insert(0, ("before ", args.baseline_python))
+        for label, python in runs:
+            for op in OPERATIONS:
+                r = measure(op, inputs, merged, out=merged, python=python)
+                if not label:
+                    results[n, op] = r
+                over = r["peak_rss_mb"] - r["baseline_rss_mb"]
+                print(f"{n:>8} {label + op:>15} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
+                      f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
+                      f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
         if built > 1:
             print(f"         (built the {n}-clip site sets in {built:.0f} s)")
         if n == ray_size:
