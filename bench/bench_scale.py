@@ -1,7 +1,8 @@
 """Benchmark: the shard toolkit at archive scale, wall and CPU time and peak memory against N.
 
 Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``) shard sets of 10^4 and 10^5
-clips (``--sizes``; 10^6 on request, ~15 GB of disk per set) from a small **real** ingest: a
+clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again for the
+merged set) from a small **real** ingest: a
 synthetic cohort of 4 patients through ``echocmr synth`` and ``echocmr ingest`` (22 clips). Its
 clips' bytes are reused under new keys, patients, studies, splits and four sites, written through
 the project's writer (`shards.writer.ShardSetWriter`), with each clip's ingest facts, labels and
