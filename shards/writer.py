@@ -118,8 +118,28 @@ def member_info(name: str, size: int) -> tarfile.TarInfo:
 
 def member_header(name: str, size: int) -> bytes:
     """The exact 512 header bytes `_TarStream` writes for a member (`shards verify` compares
-    every member's header with them)."""
+    every member's header with them).
+
+    Every name a valid key makes (ASCII, at most 100 bytes) and every size below 8 GiB gives a
+    plain ustar header that differs from `_HEADER_TEMPLATE` only in the name, size and checksum
+    fields, so those are filled in here (tarfile's own `tobuf` costs ~0.1 ms a member, a fifth of
+    verify's time); anything else goes through tarfile. A test compares the two."""
+    encoded = name.encode("ascii", "surrogateescape") if name.isascii() else None
+    if encoded is None or len(encoded) > 100 or not 0 <= size < 8**11:
+        return _tarfile_header(name, size)
+    block = bytearray(_HEADER_TEMPLATE)
+    block[0:100] = encoded.ljust(100, b"\0")
+    block[124:136] = b"%011o\0" % size
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def _tarfile_header(name: str, size: int) -> bytes:
     return member_info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+_HEADER_TEMPLATE = _tarfile_header("", 0)
 
 
 class _TarStream:

@@ -230,3 +230,15 @@ def test_a_crashed_writers_temporary_file_is_reported(copy):
     with open(os.path.join(copy, ".train-000000.tar.tmp-0123456789ab"), "wb") as f:
         f.write(b"half a tar")
     _fails_with(copy, "a crashed writer's leftover temporary file")
+
+
+def test_the_fast_member_header_is_tarfiles():
+    """verify compares every member with `member_header`; its fast path must be byte for byte
+    what tarfile (hence the writer) writes, and it falls back to tarfile beyond it."""
+    from echocmr.shards.writer import _tarfile_header, member_header
+
+    names = ["site_a-0123456789abcdef.json", "a" * 64 + "-0123456789abcdef.labels", "x",
+             "s" * 100, "s" * 101, "sité-0.json"]
+    for name in names:
+        for size in (0, 1, 20, 511, 512, 10**6, 8**11 - 1, 8**11):
+            assert member_header(name, size) == _tarfile_header(name, size), (name, size)
