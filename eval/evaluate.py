@@ -117,7 +117,8 @@ def evaluate_clips(
             raise ValueError(f"--holdout-site {config.holdout_site!r}: the split's sites are "
                              f"{sorted(set(site))}")
         judged = studies[site == config.holdout_site]
-        internal = summarise(studies[site != config.holdout_site], config=config.summary)
+        internal = summarise(studies[site != config.holdout_site], config=config.summary,
+                             primary=False)
         internal_splits = _in_order(studies.loc[site != config.holdout_site, "split"])
         external_splits = _in_order(judged["split"])
     results = summarise(judged, config=config.summary)
@@ -136,7 +137,9 @@ def evaluate_clips(
         label_table = pd.concat([t for t in (studies, val_studies) if t is not None],
                                 ignore_index=True)
     missing = label_missingness(label_table, control=config.summary.positive_control or "wma")
-    by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
+    # Per view over the judged studies only: with a held-out site, the external site's.
+    judged_videos = videos[videos["study_hash"].isin(judged["study_hash"])]
+    by_view = (breakdown(views_to_studies(judged_videos), "view", config=config.summary)
                if "view" in config.breakdowns else {})
     by_site = (breakdown(studies, "site", config=config.summary)
                if "site" in config.breakdowns else {})
@@ -173,11 +176,15 @@ def evaluate_clips(
 def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
                          val_studies: pd.DataFrame | None, config: EvaluationConfig) -> None:
     """Each task's threshold chosen on ``val_studies``, read on ``studies`` (eval.operating)."""
+    from echocmr.eval.signal import INSUFFICIENT
     from echocmr.eval.tasks import p_col, y_col
 
     if config.threshold == "none":
         return
     for task, r in results.items():
+        if r.verdict == INSUFFICIENT:  # the main table withholds this task's figures
+            r.operating_reason = "insufficient data (see the main table)"
+            continue
         if val_studies is None:
             r.operating_reason = "no val predictions to choose a threshold on"
             continue

@@ -287,21 +287,39 @@ def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
     if not rows:
         return []
     ctrl = rows[0][1].control.upper()
-    head = ["task", f"{ctrl}-negative studies", f"AUC within {ctrl}-negative",
-            "p (permutation)", f"AUC gain over {ctrl} score", "p (likelihood ratio)", "verdict"]
-    body = [[t.upper(), str(c.n_control_negative), _f(c.auc_control_negative),
-             _p(c.p_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
+    head = ["task", "studies with both labels", f"AUC within {ctrl} label",
+            f"p given {ctrl} (permutation)", f"AUC within {ctrl}-negative",
+            f"AUC gain over {ctrl} score", "p (likelihood ratio)", "verdict"]
+    body = [[t.upper(), str(c.n_given_control), _f(c.auc_given_control),
+             _p(c.p_given_control) + (" ‡" if c.level == "patient" else ""),
+             _f(c.auc_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
             for t, c in rows]
     out = [("h", 2, f"Value over the positive control ({ctrl})"),
            ("p", f"A task's score can rank its label above chance only because the label goes "
-                 f"with {ctrl}. Two checks: the AUC among {ctrl}-negative studies (permutation "
-                 "by patient, within site), and the AUC gain of a logistic model on "
-                 f"({ctrl} score, task score) over one on the {ctrl} score alone (likelihood-ratio "
-                 "test of the task score; studies treated as independent). A 'signal' that "
-                 f"passes neither becomes 'only through {ctrl}'."),
+                 f"with {ctrl}. The test judges the task given the {ctrl} label: labels "
+                 f"permuted by patient only among studies with the same {ctrl} label (and site), "
+                 f"statistic the AUC over positive-negative pairs that share a {ctrl} label. A "
+                 f"'signal' it does not confirm becomes 'only through {ctrl}'; where it cannot "
+                 f"run, 'signal; value over {ctrl} not testable'. The {ctrl}-negative AUC and the "
+                 f"gain of a logistic model on ({ctrl} score, task score) over the {ctrl} score "
+                 "alone (studies treated as independent) are descriptions; they decide nothing."),
            ("table", head, body)]
+    if any(c.level == "patient" for _, c in rows):
+        out.append(("p", "‡ label blocks of patients with unequal study counts could not be "
+                         "exchanged, so the test ran on patient units (docs/evaluation.md)."))
     out += [("p", f"{t.upper()}: {c.reason}.") for t, c in rows if c.reason]
     return out
+
+
+def _frozen_note(results: dict[str, TaskResult]) -> list[tuple]:
+    frozen = {t: r for t, r in results.items() if r.test_level == "patient"}
+    if not frozen:
+        return []
+    return [("p", "Patient-level test: " + "; ".join(
+        f"{t.upper()} ({r.n_frozen} patients' label blocks could not move between patients of "
+        "the same study count and sites)" for t, r in frozen.items())
+        + ". Each patient's studies of one label (and site) became one unit scored by their "
+          "mean, and unit labels were permuted within site.")]
 
 
 def _site_note(results: dict[str, TaskResult]) -> list[tuple]:
@@ -350,6 +368,7 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     for r in insufficient:
         b.append(("p", f"{r.task.upper()}: insufficient data — {r.reason}."))
     b += _few_patients_notes(inp.results, mc)
+    b += _frozen_note(inp.results)
     b += _site_note(inp.results)
     b += _control_blocks(inp.results)
     b += _operating_blocks(inp.results)
@@ -376,6 +395,9 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         if not groups:
             continue
         b.append(("h", 2, f"Per {name}"))
+        b.append(("p", "Exploratory: p-values unadjusted, and no verdicts — the claims are the "
+                       "main table's. A breakdown that looks significant is a question for "
+                       "the next study, not an answer."))
         if name == "view":
             b.append(("p", "Each study's prediction from that view's videos alone, over the studies "
                            "that have the view."))
