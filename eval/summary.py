@@ -154,7 +154,7 @@ def task_result(
         task=task, n_studies=c.n_studies, n_patients=c.n_patients, n_pos=c.n_pos, n_neg=c.n_neg,
         n_unknown=int((~known).sum()),
         n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
-        few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
+        few_patients=few_patients_mark(c, y, p, config.metrics),
         n_sites=n_sites,
         pr_auc=average_precision(y, p) if c.n_pos and c.n_neg else None,
         prevalence=c.n_pos / c.n_studies if c.n_studies else None,
@@ -205,6 +205,17 @@ def task_result(
         n_frozen=sig.n_frozen, test_level=sig.level,
         calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
     )
+
+
+def few_patients_mark(c, y: np.ndarray, p: np.ndarray, mc: MetricsConfig) -> bool:
+    """Whether bootstrap intervals may run short: fewer than ``few_patients`` patients in a
+    class, or fewer than twice that at an AUC of ``high_auc`` or more."""
+    fewest = min(c.n_pos_patients, c.n_neg_patients)
+    if fewest < mc.few_patients:
+        return True
+    if fewest >= 2 * mc.few_patients or not (c.n_pos and c.n_neg):
+        return False
+    return roc_auc(y, p) >= mc.high_auc
 
 
 def insufficiency(c, mc: MetricsConfig) -> str | None:
