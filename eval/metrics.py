@@ -357,13 +357,46 @@ def clustered_delong_ci(y_true: np.ndarray, scores: np.ndarray, patients: np.nda
     if scale not in ("logit", "linear"):
         raise ValueError(f"scale={scale!r}: logit or linear")
     auc, var = clustered_delong_variance(y_true, scores, patients)
-    se = float(np.sqrt(var))
+    return _normal_ci(auc, float(np.sqrt(var)), level, scale)
+
+
+def _normal_ci(auc: float, se: float, level: float, scale: str) -> DelongCI:
+    """AUC ± z·se (clipped to [0, 1]), or on the logit scale with the delta-method SE."""
     z = NormalDist().inv_cdf(0.5 + level / 2.0)
     if scale == "logit" and 0.0 < auc < 1.0:
         centre, half = np.log(auc / (1.0 - auc)), z * se / (auc * (1.0 - auc))
         low, high = (float(1.0 / (1.0 + np.exp(-x))) for x in (centre - half, centre + half))
         return DelongCI(auc=auc, se=se, low=low, high=high)
     return DelongCI(auc=auc, se=se, low=max(0.0, auc - z * se), high=min(1.0, auc + z * se))
+
+
+def within_site_delong_ci(y_true: np.ndarray, scores: np.ndarray, patients: np.ndarray,
+                          sites: np.ndarray, *, level: float = 0.95) -> DelongCI | None:
+    """CI of the pooled within-site AUC (same-site pairs only; `eval.signal.within_site_auc`).
+
+    The statistic is Σ_s w_s A_s with w_s the site's share of same-site positive-negative pairs;
+    sites are independent, so its variance is Σ_s w_s² var_s with var_s the site's clustered
+    DeLong variance (a site with one class adds no pairs; one with a single patient, or fewer
+    than two of a class, has no variance estimate and is left out). Normal interval on the logit
+    scale, as `clustered_delong_ci`. None when no site qualifies.
+    """
+    y, s = check_binary(y_true, scores)
+    patients, sites = np.asarray(patients), np.asarray(sites).astype(str)
+    parts = []
+    for site in np.unique(sites):
+        sel = sites == site
+        m, n = int(y[sel].sum()), int((~y[sel]).sum())
+        if m < 2 or n < 2 or np.unique(patients[sel]).size < 2:
+            continue
+        auc, var = clustered_delong_variance(y[sel], s[sel], patients[sel])
+        parts.append((m * n, auc, var))
+    if not parts:
+        return None
+    pairs = np.array([p[0] for p in parts], dtype=np.float64)
+    w = pairs / pairs.sum()
+    auc = float(w @ np.array([p[1] for p in parts]))
+    se = float(np.sqrt(w**2 @ np.array([p[2] for p in parts])))
+    return _normal_ci(auc, se, level, "logit")
 
 
 @dataclass(kw_only=True)

@@ -222,3 +222,74 @@ def test_predictions_holdout_site_internal_column_is_exploratory(tmp_path):
                                                                   "insufficient data"}
     assert "internal" in run.stdout and "external" in run.stdout
 
+
+
+# --- echocmr loso: one combined test over the left-out sites ---------------------------------
+
+def _site_tables(seed: int, shift: float, t1_auc: float = 0.5):
+    """Two left-out sites, each scored by its own model; site a's model scores everything
+    ``shift`` higher on the logit scale, and site a has twice site b's T1 prevalence."""
+    tables = []
+    for k, site in enumerate(("a", "b")):
+        rng = np.random.default_rng([seed, k])
+        t = bv.cohort(rng, "demo", scenario="coverage_60")
+        t1 = t["y_t1"].to_numpy()
+        if site == "a":  # more positives at a
+            t["y_t1"] = np.where(rng.random(len(t)) < 0.35, 1.0, t1)
+        logit = bv.shift_for_auc(t1_auc) * t["y_t1"] + rng.normal(size=len(t))
+        t["p_t1"] = 1 / (1 + np.exp(-(logit + (shift if site == "a" else 0.0))))
+        t["site"] = site
+        t["patient_hash"] = site + t["patient_hash"]
+        t["study_hash"] = site + t["study_hash"]
+        tables.append(t)
+    return tables
+
+
+def test_loso_combined_test_ignores_scale_and_prevalence_differences_between_site_models():
+    from echocmr.eval.loso import combined_external
+    from echocmr.eval.summary import summarise
+
+    cfg = bv.config(0)
+    hits_pooled = hits_within = 0
+    for seed in range(12):
+        tables = _site_tables(seed, shift=2.0)
+        pooled = summarise(pd.concat(tables, ignore_index=True), config=bv.config(seed),
+                           tasks=("wma", "t1"))["t1"]
+        hits_pooled += pooled.p_value_pooled is not None and pooled.p_value_pooled < 0.05
+        hits_within += combined_external(tables, cfg)["t1"]["verdict"].startswith("signal")
+    assert hits_pooled >= 8  # a pooled test would call the models' scale shift "signal" ...
+    assert hits_within <= 2  # ... the site-stratified one does not
+    real = combined_external(_site_tables(99, shift=2.0, t1_auc=0.8), cfg)["t1"]
+    assert real["verdict"] == "signal" and real["n_sites"] == 2
+    assert real["ci_low"] < real["auc_within_site"] < real["ci_high"] and real["ci_low"] > 0.6
+
+
+def test_loso_table_has_one_family_of_verdicts():
+    from echocmr.eval.loso import (
+        LosoResult,
+        SiteResult,
+        _cell,
+        combined_external,
+        loso_markdown,
+        pooled_external,
+    )
+    from echocmr.eval.summary import summarise
+
+    tables = _site_tables(5, shift=1.0, t1_auc=0.8)
+    cfg = bv.config(0)
+    sites = []
+    for t in tables:
+        site = t["site"].iloc[0]
+        res = summarise(t, config=cfg)
+        sites.append(SiteResult(site=site, run_id="r", run_name=f"loso-{site}", model_uri="m",
+                                reused=False, eval_dir=site, external_splits=["test"],
+                                internal={}, external={k: _cell(r) for k, r in res.items()}))
+    result = LosoResult(sites=sites, pooled=pooled_external(sites),
+                        combined=combined_external(tables, cfg))
+    md = loso_markdown(result)
+    per_site = md[:md.index("## Combined")]
+    assert "external p (exploratory)" in per_site
+    assert "| signal |" not in per_site and "no detectable" not in per_site
+    combined = md[md.index("## Combined"):md.index("## Pooled over sites")]
+    assert "| T1 | 2 |" in combined and "| signal |" in combined
+    assert "pooled within-site AUC" in combined
