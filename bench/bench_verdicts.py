@@ -19,8 +19,9 @@ Scenarios (each a rate over replicates, with its Monte Carlo standard error):
 * ``power_65``, ``power_75``: T1 with its own effect (study-level AUC 0.65 / 0.75, independent of
   WMA); the rate of "signal".
 * ``coverage_60``, ``coverage_75``, ``coverage_87``: the share of replicates whose printed 95 %
-  intervals (bootstrap column, DeLong column) cover the true AUC; demo shape (13–19 positive
-  patients). Target >= 0.93.
+  intervals (bootstrap column, DeLong column) cover the true AUC; positives' scores spread twice
+  as wide as the negatives' (unequal-variance binormal, where intervals at high AUC run short);
+  ``coverage_87_equal`` with equal spread. Demo shape: 13–19 positive patients. Target >= 0.93.
 * ``frozen``: positives with 3 studies, negatives with 1 (disease brings patients back), a head of
   AUC 0.75: the rate of "signal", and of "no detectable signal" for a near-perfect head
   (must be 0).
@@ -55,12 +56,15 @@ from echocmr.eval.tasks import TASKS, p_col, y_col
 SHAPES = {"demo": (54, 3), "study": (1453, 3)}  # patients, most studies per patient
 SD_PATIENT = 1.0  # patient random effect on a head's logit, as large as the study noise
 WMA_EFFECT = 2.6  # WMA head: study-level AUC ~0.87
+POSITIVE_SPREAD = 2.0  # coverage scenarios: positives' scores spread twice as wide (the hard case)
 
 
-def shift_for_auc(auc: float) -> float:
+def shift_for_auc(auc: float, spread: float = 1.0) -> float:
     """Logit shift d whose study-level AUC (pairs of different patients) is ``auc`` when a
-    head's logit is d*y + patient effect + study noise."""
-    return math.sqrt(2 * (1 + SD_PATIENT**2)) * NormalDist().inv_cdf(auc)
+    head's logit is d*y + (patient effect + study noise), the bracket ``spread`` times wider for
+    positives (unequal-variance binormal)."""
+    return (math.sqrt((1 + SD_PATIENT**2) * (1 + spread**2))
+            * NormalDist().inv_cdf(auc))
 
 
 def _study_counts(rng, n_patients: int, most: int) -> np.ndarray:
@@ -86,9 +90,10 @@ def cohort(rng: np.random.Generator, shape: str = "demo", *, scenario: str = "nu
     idx = np.repeat(np.arange(n_pat), n_st)
     n = idx.size
 
-    def head(shift, y_pat):  # d*y + patient effect + study noise, per study
-        return (shift * y_pat[idx] + SD_PATIENT * rng.normal(size=n_pat)[idx]
-                + rng.normal(size=n))
+    def head(shift, y_pat, spread=1.0):  # d*y + patient effect + study noise, per study
+        scale = np.where(y_pat[idx] == 1, spread, 1.0)
+        return shift * y_pat[idx] + scale * (SD_PATIENT * rng.normal(size=n_pat)[idx]
+                                             + rng.normal(size=n))
 
     z_wma = head(WMA_EFFECT, wma_p)
     logits = {"wma": z_wma - 1.0}
@@ -100,9 +105,12 @@ def cohort(rng: np.random.Generator, shape: str = "demo", *, scenario: str = "nu
         logits["lge"] = head(WMA_EFFECT, wma_p)
     shared = 0.5 * z_wma  # null heads share the WMA head's features
     t1_shift = {"power_65": shift_for_auc(0.65), "power_75": shift_for_auc(0.75),
-                "frozen": shift_for_auc(0.75), "coverage_60": shift_for_auc(0.60),
-                "coverage_75": shift_for_auc(0.75), "coverage_87": shift_for_auc(0.87)}
-    logits["t1"] = head(t1_shift.get(scenario, 0.0), null_p["t1"])
+                "frozen": shift_for_auc(0.75), "coverage_87_equal": shift_for_auc(0.87)}
+    spread = 1.0
+    if scenario in COVERAGE_AUC and not scenario.endswith("equal"):
+        spread = POSITIVE_SPREAD
+        t1_shift[scenario] = shift_for_auc(COVERAGE_AUC[scenario], spread)
+    logits["t1"] = head(t1_shift.get(scenario, 0.0), null_p["t1"], spread)
     if not scenario.startswith(("coverage", "frozen", "power")):
         logits["t1"] = logits["t1"] + shared
     if scenario == "site_recogniser":
@@ -136,7 +144,8 @@ def config(seed: int, fast: bool = True) -> SummaryConfig:
                          signal=SignalConfig(n_permutations=n, seed=seed))
 
 
-COVERAGE_AUC = {"coverage_60": 0.60, "coverage_75": 0.75, "coverage_87": 0.87}
+COVERAGE_AUC = {"coverage_60": 0.60, "coverage_75": 0.75, "coverage_87": 0.87,
+                "coverage_87_equal": 0.87}
 
 
 def replicate(scenario: str, shape: str, seed: int) -> dict[str, float]:
@@ -173,7 +182,8 @@ def replicate(scenario: str, shape: str, seed: int) -> dict[str, float]:
 
 
 SCENARIOS = ("null_family", "riding_copy", "riding_reread", "riding_monotone", "power_65",
-             "power_75", "coverage_60", "coverage_75", "coverage_87", "frozen",
+             "power_75", "coverage_60", "coverage_75", "coverage_87", "coverage_87_equal",
+             "frozen",
              "site_recogniser")
 
 
