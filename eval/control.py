@@ -15,6 +15,12 @@ on it in expectation, however well the WMA score itself predicts the task. Testi
 head that re-reads the WMA evidence with its own noise through 42–79 % of the time, because the
 WMA score is a noisy measure of the WMA label it is being compared with.
 
+**Negative control** (``auc_control_label``): the AUC of the WMA label itself against the task
+label in the evaluated split — what a head that reads WMA perfectly and nothing else would score
+on the plain audit. A null task with this far from 0.5 holds a chance alignment with WMA in this
+split (the synthetic demo's external site once had ECV 0.679), which the test given WMA discounts
+and the plain AUC does not.
+
 Two descriptions stay beside it and decide nothing: the AUC among WMA-negative studies
 (``auc_control_negative``) and the logistic gain over the WMA score (``gain_auc``, ``p_gain``:
 likelihood-ratio test, studies treated as independent).
@@ -45,6 +51,9 @@ class ControlResult:
     control: str
     n_control_negative: int  # studies with both labels known and a negative control label
     auc_control_negative: float | None = None  # description only
+    # Negative control: the control *label* itself as the score (what a head that knows WMA
+    # perfectly and nothing else would reach); far from 0.5, the split holds a chance alignment.
+    auc_control_label: float | None = None
     auc_given_control: float | None = None  # pooled AUC within control label (x site) strata
     p_given_control: float | None = None  # its permutation p: the value-over-control test
     n_given_control: int = 0  # studies with both labels known
@@ -100,6 +109,8 @@ def control_result(
     reasons = []
     if 0 < y[neg].sum() < neg.sum():
         out.auc_control_negative = roc_auc(y[neg], p[neg])
+    if 0 < y[both].sum() < both.sum():
+        out.auc_control_label = roc_auc(y[both], yc[both])
     strata = yc[both].astype(int).astype(str)
     if sites is not None and signal.within_site:
         site = np.asarray(sites).astype(str)[both]

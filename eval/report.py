@@ -288,11 +288,12 @@ def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
         return []
     ctrl = rows[0][1].control.upper()
     head = ["task", "studies with both labels", f"AUC within {ctrl} label",
-            f"p given {ctrl} (permutation)", f"AUC within {ctrl}-negative",
+            f"p given {ctrl} (permutation)", f"AUC of the {ctrl} label (negative control)",
+            f"AUC within {ctrl}-negative",
             f"AUC gain over {ctrl} score", "p (likelihood ratio)", "verdict"]
     body = [[t.upper(), str(c.n_given_control), _f(c.auc_given_control),
              _p(c.p_given_control) + (" ‡" if c.level == "patient" else ""),
-             _f(c.auc_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
+             _f(c.auc_control_label), _f(c.auc_control_negative), _f(c.gain_auc), _p(c.p_gain), results[t].verdict]
             for t, c in rows]
     out = [("h", 2, f"Value over the positive control ({ctrl})"),
            ("p", f"A task's score can rank its label above chance only because the label goes "
@@ -300,7 +301,10 @@ def _control_blocks(results: dict[str, TaskResult]) -> list[tuple]:
                  f"permuted by patient only among studies with the same {ctrl} label (and site), "
                  f"statistic the AUC over positive-negative pairs that share a {ctrl} label. A "
                  f"'signal' it does not confirm becomes 'only through {ctrl}'; where it cannot "
-                 f"run, 'signal; value over {ctrl} not testable'. The {ctrl}-negative AUC and the "
+                 f"run, 'signal; value over {ctrl} not testable'. Negative control: the AUC of "
+                 f"the {ctrl} label itself against the task's, what a head reading only {ctrl} "
+                 "would score on the plain audit; far from 0.5 on a task without its own "
+                 f"signal, this split holds a chance alignment. The {ctrl}-negative AUC and the "
                  f"gain of a logistic model on ({ctrl} score, task score) over the {ctrl} score "
                  "alone (studies treated as independent) are descriptions; they decide nothing."),
            ("table", head, body)]
