@@ -56,16 +56,19 @@ def split_summary(rows: pd.DataFrame) -> dict:
 
 def compute_stats(
     manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
-    label_rules: dict[str, str] | None = None,
+    label_rules: dict[str, str] | None = None, identity_scope: str | None = None,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md).
 
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
-    written by another tool, or before ingest recorded it)."""
+    written by another tool, or before ingest recorded it). ``identity_scope`` ("site" or
+    "shared": what names a patient, `ingest.config.SplitConfig`) likewise."""
     train = manifest[manifest["split"] == "train"]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
+    if identity_scope is not None:
+        extra["identity_scope"] = identity_scope
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
@@ -98,6 +101,7 @@ def describe(directory: str) -> dict:
         "clip": stats.get("clip"),
         "split_key_fingerprint": stats.get("split_key_fingerprint"),
         "label_rules": stats.get("label_rules"),
+        "identity_scope": stats.get("identity_scope"),
         "pixel_mean": stats.get("pixel_mean"),
         "pixel_std": stats.get("pixel_std"),
         "splits": {},
