@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ def check_table(table: pd.DataFrame, name: str = "predictions") -> pd.DataFrame:
     out["site"] = table["site"].astype(str) if "site" in table.columns else "site"
     out["split"] = table["split"].astype(str) if "split" in table.columns else "test"
     out["view"] = table["view"].astype(str) if "view" in table.columns else "all"
+    out.attrs["views"] = "view" in table.columns
     present = []
     for t in TASKS:
         has_y, has_p = y_col(t) in table.columns, p_col(t) in table.columns
@@ -120,7 +122,8 @@ def as_clips(table: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_predictions(path: str | Path, out: str | Path, *, config) -> Evaluation:
     """Every eval output for the predictions at ``path`` under ``config`` (an `EvalConfig`)."""
-    clips = as_clips(read_table(path))
+    table = read_table(path)
+    clips = as_clips(table)
     split = config.split
     judged = clips[clips["split"] == split]
     if judged.empty:
@@ -128,6 +131,8 @@ def evaluate_predictions(path: str | Path, out: str | Path, *, config) -> Evalua
                          f"{sorted(set(clips['split']))}); add a split column or pick --split")
     val = clips[clips["split"] == "val"] if split != "val" else None
     ev = config.evaluation
+    if table.attrs.get("views") is False:  # no view column: a per-view table would be the main one
+        ev = replace(ev, breakdowns=tuple(b for b in ev.breakdowns if b != "view"))
     if ev.aggregation == "stacker" and (val is None or val.empty):
         raise ValueError("--aggregation stacker is fitted on val rows: the table has none")
     context = {"predictions": str(path), "split": split,

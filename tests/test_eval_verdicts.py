@@ -144,6 +144,8 @@ def test_predictions_parquet_with_a_riding_lge_head_is_only_through_wma(tmp_path
     detail = json.loads((out / "metrics_detail.json").read_text())["tasks"]
     assert detail["lge"]["p_adjusted"] < 0.05  # the audit passes the head ...
     assert metrics["lge"]["verdict"] == "only through WMA"  # ... the test given WMA does not
+    full = json.loads((out / "metrics_detail.json").read_text())
+    assert full["by_view"] == {}  # no view column: no per-view table repeating the main one
 
 
 def test_predictions_frozen_strata_through_the_cli(tmp_path):
