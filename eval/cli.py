@@ -371,7 +371,7 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     if getattr(args, "predictions", None):
         from echocmr.eval.predictions import run_predictions_cmd
 
-        return run_predictions_cmd(args)
+        return run_predictions_cmd(args, overrides=eval_overrides(args))
     from echocmr.config import resolve_for_command
     from echocmr.eval.job import load_config, run_eval
 

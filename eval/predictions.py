@@ -148,10 +148,10 @@ def evaluate_predictions(path: str | Path, out: str | Path, *, config) -> Evalua
                                                  f"{split} split")
 
 
-def run_predictions_cmd(args: argparse.Namespace) -> int:
-    """``echocmr eval --predictions FILE --out DIR [statistics flags]``."""
+def run_predictions_cmd(args: argparse.Namespace, *, overrides: dict) -> int:
+    """``echocmr eval --predictions FILE --out DIR [statistics flags]``; ``overrides``: the
+    flags as a nested `EvalConfig` dict (`eval.cli.eval_overrides`)."""
     from echocmr.config import resolve_for_command
-    from echocmr.eval.cli import eval_overrides
     from echocmr.eval.job import load_config
     from echocmr.eval.report import auc_table_text, external_table_text
 
@@ -160,7 +160,7 @@ def run_predictions_cmd(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     config, done = resolve_for_command(
-        "eval", lambda: load_config(args.config, overrides=eval_overrides(args)),
+        "eval", lambda: load_config(args.config, overrides=overrides),
         print_config=args.print_config, required={"--out": args.out})
     if done is not None:
         return done
