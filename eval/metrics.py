@@ -73,6 +73,9 @@ class MetricsConfig:
     min_positive_patients: int = 10
     min_negative_patients: int = 10
     few_patients: int = 20
+    # BCa: widen the tails for few patients as the t quantile does (Hesterberg 2015), on the
+    # fewer patients of a class; negligible with hundreds of patients.
+    expand_small: bool = True
     high_auc: float = 0.85  # at or above it, the mark applies below 2 * few_patients
     calibration_bins: int = 10
 
@@ -154,6 +157,7 @@ class BootstrapCI:
     method: str = "percentile"
     z0: float | None = None
     acceleration: float | None = None
+    level_used: float | None = None  # BCa: the nominal level after the small-sample expansion
 
 
 def jackknife_patient_aucs(y_true: np.ndarray, scores: np.ndarray,
@@ -218,8 +222,15 @@ def bootstrap_auc_ci(
     seed: int = 0,
     level: float = 0.95,
     method: CiMethod = "percentile",
+    expand_small: bool = False,
 ) -> BootstrapCI:
     """AUC with a percentile (or BCa) CI from resampling patients (all their studies together).
+
+    ``expand_small`` (BCa only): with k the fewer patients of a class, the limits are taken at
+    the level 2Φ(√(k/(k−1)) · t_{k−1}) − 1 instead of ``level`` (t_{k−1} the Student quantile of
+    ``level``): the small-sample expansion of Hesterberg (2015), which the k clusters call for.
+    At AUC 0.87 with 13–19 positive patients whose scores spread twice as wide as the
+    negatives' it lifts BCa's coverage from 0.90 to 0.94 (bench/bench_verdicts.py).
 
     Resamples that contain only one class have no AUC and are left out of the percentiles;
     ``n_valid`` says how many remained. The resamples are the same for both methods.
@@ -241,12 +252,16 @@ def bootstrap_auc_ci(
         aucs[lo : lo + _BLOCK] = weighted_auc(y, s, counts[:, study_patient])
     valid = aucs[~np.isnan(aucs)]
     auc = roc_auc(y, s)
-    z0 = accel = None
+    z0 = accel = used = None
     if not valid.size:
         low, high = np.nan, np.nan
     elif method == "bca":
+        used = level
+        if expand_small:
+            used = expanded_level(level, min(np.unique(patients[y]).size,
+                                             np.unique(patients[~y]).size))
         low, high, z0, accel = bca_limits(valid, auc, jackknife_patient_aucs(y, s, patients),
-                                          level)
+                                          used)
     else:
         tail = 100.0 * (1.0 - level) / 2.0  # 2.5 for a 95% interval
         low, high = np.percentile(valid, [tail, 100.0 - tail])
@@ -260,7 +275,20 @@ def bootstrap_auc_ci(
         method=method,
         z0=z0,
         acceleration=accel,
+        level_used=used,
     )
+
+
+def expanded_level(level: float, k: int) -> float:
+    """2Φ(√(k/(k−1)) · t_{k−1, (1+level)/2}) − 1: the level whose normal quantile is the
+    small-sample-expanded one (Hesterberg 2015), at most 0.999; ``level`` itself for k < 2."""
+    if k < 2:
+        return level
+    from scipy.stats import t as student_t
+
+    z = np.sqrt(k / (k - 1.0)) * student_t.ppf(0.5 + level / 2.0, k - 1)
+    # capped: with two or three patients the expansion runs to the resamples' extremes anyway
+    return float(min(2.0 * NormalDist().cdf(z) - 1.0, 0.999))
 
 
 def delong_placements(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

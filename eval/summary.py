@@ -170,7 +170,7 @@ def task_result(
         )
     boot = bootstrap_auc_ci(
         y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level,
-        method=mc.ci_method,
+        method=mc.ci_method, expand_small=mc.expand_small,
     )
     dl = clustered_delong_ci(y, p, patients, level=mc.level)
     indep = delong_ci(y, p, level=mc.level)

@@ -278,3 +278,21 @@ def test_clustered_delong_on_the_logit_scale_stays_inside_and_is_asymmetric_at_h
     half = student_t.ppf(0.975, fewest - 1) * logit.se / (logit.auc * (1 - logit.auc))
     centre = np.log(logit.auc / (1 - logit.auc))
     assert (logit.low, logit.high) == pytest.approx((expit(centre - half), expit(centre + half)))
+
+
+def test_bca_small_sample_expansion_widens_few_patients_and_fades_with_many():
+    from scipy.stats import t as student_t
+
+    from echocmr.eval.metrics import expanded_level
+
+    k = 16
+    z = np.sqrt(k / (k - 1)) * student_t.ppf(0.975, k - 1)
+    assert expanded_level(0.95, k) == pytest.approx(2 * norm.cdf(z) - 1)
+    assert 0.97 < expanded_level(0.95, k) < 0.98 and expanded_level(0.95, 1) == 0.95
+    assert abs(expanded_level(0.95, 700) - 0.95) < 1e-3
+    y, s, patients = _data(n=40, seed=2)
+    plain = bootstrap_auc_ci(y, s, patients, n_resamples=1000, seed=1, method="bca")
+    wide = bootstrap_auc_ci(y, s, patients, n_resamples=1000, seed=1, method="bca",
+                            expand_small=True)
+    assert wide.low <= plain.low and wide.high >= plain.high and wide.level_used > 0.95
+    assert plain.level_used == 0.95
