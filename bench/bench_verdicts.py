@@ -22,6 +22,8 @@ Scenarios (each a rate over replicates, with its Monte Carlo standard error):
   intervals (bootstrap column, DeLong column) cover the true AUC; positives' scores spread twice
   as wide as the negatives' (unequal-variance binormal, where intervals at high AUC run short);
   ``coverage_87_equal`` with equal spread. Demo shape: 13–19 positive patients. Target >= 0.93.
+  ``before_*``: on the same cohorts, the intervals eval printed before (percentile bootstrap, BCa
+  without the small-sample expansion, the clustered DeLong on the linear scale).
 * ``frozen``: positives with 3 studies, negatives with 1 (disease brings patients back), a head of
   AUC 0.75: the rate of "signal", and of "no detectable signal" for a near-perfect head
   (must be 0).
@@ -48,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.eval.aggregate import STUDY_COLUMNS
-from echocmr.eval.metrics import MetricsConfig
+from echocmr.eval.metrics import MetricsConfig, bootstrap_auc_ci, clustered_delong_ci
 from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig, summarise
 from echocmr.eval.tasks import TASKS, p_col, y_col
@@ -158,9 +160,21 @@ def replicate(scenario: str, shape: str, seed: int) -> dict[str, float]:
         truth = COVERAGE_AUC[scenario]
         cover = lambda lo, hi: (float(lo <= truth <= hi)  # noqa: E731
                                 if lo is not None else float("nan"))
-        return {"bootstrap": cover(r.ci_low, r.ci_high),
-                "delong": cover(r.delong_low, r.delong_high),
-                "pos_patients": float(r.n_pos_patients)}
+        out = {"bootstrap": cover(r.ci_low, r.ci_high),
+               "delong": cover(r.delong_low, r.delong_high)}
+        if r.ci_low is not None:  # the intervals printed before, on the same cohort
+            known = table["y_t1"].notna()
+            y, p = table.loc[known, "y_t1"].to_numpy(), table.loc[known, "p_t1"].to_numpy()
+            pat = table.loc[known, "patient_hash"].to_numpy()
+            mc = cfg.metrics
+            for name, kw in (("before_percentile", {"method": "percentile"}),
+                             ("before_bca_plain", {"method": "bca"})):
+                b = bootstrap_auc_ci(y, p, pat, n_resamples=mc.n_bootstrap, seed=mc.seed, **kw)
+                out[name] = cover(b.low, b.high)
+            d = clustered_delong_ci(y, p, pat, scale="linear")
+            out["before_delong_linear"] = cover(d.low, d.high)
+        out["pos_patients"] = float(r.n_pos_patients)
+        return out
     if scenario == "frozen":
         r = summarise(table, config=cfg, tasks=("wma", "t1"))["t1"]
         perfect = summarise(near_perfect(table, rng), config=cfg, tasks=("wma", "t1"))["t1"]
@@ -191,8 +205,9 @@ def run(scenario: str, shape: str, reps: int, start: int = 0) -> dict[str, tuple
     """{indicator: (rate, Monte Carlo SE, replicates with a value)} over ``reps`` replicates."""
     rows = [replicate(scenario, shape, seed) for seed in range(start, start + reps)]
     out = {}
-    for key in rows[0]:
-        v = np.array([r[key] for r in rows], dtype=float)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    for key in keys:
+        v = np.array([r.get(key, np.nan) for r in rows], dtype=float)
         v = v[~np.isnan(v)]
         rate = float(v.mean()) if v.size else float("nan")
         se = float(np.sqrt(rate * (1 - rate) / v.size)) if v.size and key != "pos_patients" \
