@@ -221,12 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="demo")
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    ap.add_argument("--start", type=int, default=0,
+                    help="first replicate seed (extend an earlier run with --start <its reps>)")
     args = ap.parse_args(argv)
-    print(f"| scenario ({args.shape}, {args.reps} replicates) | indicator | rate | MC SE | n |")
+    print(f"| scenario ({args.shape}, {args.reps} replicates from seed {args.start}) | indicator "
+          "| rate | MC SE | n |")
     print("|---|---|---|---|---|")
     for sc in args.scenarios:
         t0 = time.perf_counter()
-        for key, (rate, se, n) in run(sc, args.shape, args.reps).items():
+        for key, (rate, se, n) in run(sc, args.shape, args.reps, args.start).items():
             se_text = "—" if math.isnan(se) else f"{se:.3f}"
             print(f"| {sc} | {key} | {rate:.3f} | {se_text} | {n} |", flush=True)
         print(f"<!-- {sc}: {time.perf_counter() - t0:.0f} s -->", flush=True)
