@@ -96,9 +96,13 @@ def logistic_gain(y: np.ndarray, control_p: np.ndarray,
 def control_result(
     y: np.ndarray, p: np.ndarray, y_control: np.ndarray, p_control: np.ndarray,
     patients: np.ndarray, *, control: str, signal: SignalConfig, min_positives: int,
-    min_patients: int, sites: np.ndarray | None = None,
+    min_patients: int, sites: np.ndarray | None = None, test: bool = True,
 ) -> ControlResult:
-    """The value-over-control test and its descriptions for one task (NaN labels dropped)."""
+    """The value-over-control test and its descriptions for one task (NaN labels dropped).
+
+    ``test=False``: the descriptions only (``auc_given_control`` included, no p): the test is
+    consulted only after the audit rejected, so a p for a task it did not reject would be a claim
+    outside the family."""
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     yc, pc = np.asarray(y_control, np.float64), np.asarray(p_control, np.float64)
     patients = np.asarray(patients)
@@ -125,14 +129,16 @@ def control_result(
     c = counts(yb[informative], pat[informative])
     if (min(c.n_pos, c.n_neg) >= min_positives
             and min(c.n_pos_patients, c.n_neg_patients) >= min_patients):
-        sig = permutation_test(yb[informative], pb[informative], pat[informative], config=signal,
-                               strata=strata[informative])
         out.auc_given_control = within_site_auc(yb, pb, strata)
-        out.n_frozen, out.level = sig.n_frozen, sig.level
-        if sig.degenerate:
-            reasons.append(f"test given {control}: every permutation gives the same statistic")
-        else:
-            out.p_given_control = sig.p_value
+        if test:
+            sig = permutation_test(yb[informative], pb[informative], pat[informative],
+                                   config=signal, strata=strata[informative])
+            out.n_frozen, out.level = sig.n_frozen, sig.level
+            if sig.degenerate:
+                reasons.append(f"test given {control}: every permutation gives the same "
+                               "statistic")
+            else:
+                out.p_given_control = sig.p_value
     else:
         reasons.append(f"test given {control}: studies sharing a {control} label with both "
                        f"classes: {c.n_pos} positive ({c.n_pos_patients} patients) and {c.n_neg} "

@@ -40,6 +40,7 @@ from echocmr.eval.operating import OperatingPoint
 from echocmr.eval.signal import (
     EXPLORATORY,
     INSUFFICIENT,
+    SIGNAL,
     SignalConfig,
     holm_adjust,
     permutation_test,
@@ -279,6 +280,7 @@ def summarise(
                 min_positives=min(mc.min_positives, mc.min_negatives),
                 min_patients=min(mc.min_positive_patients, mc.min_negative_patients),
                 sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+                test=r.verdict == SIGNAL,  # a fixed sequence: only after the audit rejected
             )
             r.verdict = refine_verdict(r.verdict, r.control, config.signal.alpha)
     return results
