@@ -53,7 +53,7 @@ from echocmr.eval.aggregate import STUDY_COLUMNS
 from echocmr.eval.metrics import MetricsConfig, bootstrap_auc_ci, clustered_delong_ci
 from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig, summarise
-from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.model.tasks import TASKS, p_col, y_col
 
 SHAPES = {"demo": (54, 3), "study": (1453, 3)}  # patients, most studies per patient
 SD_PATIENT = 1.0  # patient random effect on a head's logit, as large as the study noise

@@ -17,11 +17,14 @@ from echocmr.cluster import cli as cluster_cli
 from echocmr.eval import cli as eval_cli
 from echocmr.ingest import cli as ingest_cli
 from echocmr.ingest.synth import cli as synth_cli
+from echocmr.model import cli as model_cli
 from echocmr.shards import cli as shards_cli
 from echocmr.train import cli as train_cli
+from echocmr.workflows import cli as workflows_cli
 
 # Subcommand providers, in the order `--help` lists them.
-_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, cluster_cli, demo)
+_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, model_cli, workflows_cli,
+              cluster_cli, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ import numpy as np
 
 from echocmr.eval.metrics import _logistic_fit, counts
 from echocmr.eval.signal import SIGNAL, SignalConfig, permutation_test, within_site_auc
-from echocmr.train.metrics import roc_auc
+from echocmr.model.auc import roc_auc
 
 ONLY_THROUGH = "only through {control}"
 UNTESTED = "signal; value over {control} not testable"

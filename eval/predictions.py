@@ -35,7 +35,7 @@ import pandas as pd
 
 from echocmr.eval.evaluate import Evaluation, evaluate_clips
 from echocmr.eval.outputs import CLIP_COLUMNS
-from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.model.tasks import TASKS, p_col, y_col
 
 REQUIRED = ("patient", "study")
 

@@ -51,7 +51,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from echocmr.train.metrics import midranks
+from echocmr.model.auc import midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"

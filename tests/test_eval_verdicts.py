@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from echocmr.eval.tasks import TASKS
+from echocmr.model.tasks import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,8 +248,8 @@ def _site_tables(seed: int, shift: float, t1_auc: float = 0.5):
 
 
 def test_loso_combined_test_ignores_scale_and_prevalence_differences_between_site_models():
-    from echocmr.eval.loso import combined_external
     from echocmr.eval.summary import summarise
+    from echocmr.workflows.loso import combined_external
 
     cfg = bv.config(0)
     hits_pooled = hits_within = 0
@@ -267,7 +267,8 @@ def test_loso_combined_test_ignores_scale_and_prevalence_differences_between_sit
 
 
 def test_loso_table_has_one_family_of_verdicts():
-    from echocmr.eval.loso import (
+    from echocmr.eval.summary import summarise
+    from echocmr.workflows.loso import (
         LosoResult,
         SiteResult,
         _cell,
@@ -275,7 +276,6 @@ def test_loso_table_has_one_family_of_verdicts():
         loso_markdown,
         pooled_external,
     )
-    from echocmr.eval.summary import summarise
 
     tables = _site_tables(5, shift=1.0, t1_auc=0.8)
     cfg = bv.config(0)

@@ -1,0 +1,348 @@
+"""Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `read.pipeline`.
+
+Per worker (rank ``r`` of ``w``), per epoch, `read.pipeline.build_pipeline` reads the split's
+tars and ``.idx`` files as reader ``r`` of ``w``, takes one window per clip (random start and
+augmentation for training, the centred window otherwise: `model.contract`), decodes, resizes and
+normalises it; `ClipLoader.epoch` turns DALI's outputs into `Batch` objects: ``clips`` N×C×T×H×W
+float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False for padding), and
+``keys``.
+
+Decoder and device (``data.decoder``, `read.pipeline.resolve_decoder`): on a CUDA device the
+default is DALI's ``mixed`` decoder, whose GPU outputs torch takes over through DLPack; with
+``data.decoder: cpu`` DALI decodes on its CPU threads and each batch is copied into pinned host
+memory and on to the GPU without blocking (``non_blocking``), as are labels and the padding mask,
+so a step never waits for the previous one to finish on the GPU. A ``mixed`` loader refuses, when
+it is built, a set whose clips NVDEC cannot take (`shards.format.check_gpu_decodable`).
+
+Equal batch counts on every rank: DALI splits the split's samples into ``w`` contiguous parts of
+``floor(n*r/w)..floor(n*(r+1)/w)`` and, with ``pad_last_batch``, repeats a rank's last sample to
+fill its last batch. Every rank runs ``ceil(max part / batch)`` batches per epoch, so DDP
+collectives never wait for a rank that ran out; padding samples come last and are marked invalid.
+
+Reproducible, resumable epochs: a fresh pipeline is built per epoch, seeded from (seed, epoch,
+rank), and the tar order is permuted per epoch with a seed shared by all ranks (so the parts
+still partition the split). The reader position is therefore just (epoch, batch):
+`ClipLoader.epoch(e, start_batch=b)` replays epoch ``e`` from batch ``b`` exactly.
+
+Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``): the tars stay as
+they are; `split_files` writes, into a private temporary directory, a ``.idx`` per tar that lists
+only the samples of the other sites (which site a sample is of comes from ``manifest.parquet``),
+and DALI reads the same tars through those. Sample counts, rank parts, batches per epoch and the
+val split all follow the shortened indexes, so a left-out site's clips are never decoded. Eval
+uses the same selection the other way round (``sites=``: only these sites).
+
+Pixel values (measured on DALI 2.4, CPU decoder): the decoder reads our VP9's luma as limited
+("TV") range and gives ``R = G = B = clip(round((Y' - 16) * 255 / 219), 0, 255)``. Ingest stores
+grey ``Y`` as ``Y' = 16 + round(Y * 219 / 255)`` (``shards.format.GREY_TO_LUMA``, format version
+2), so the decoded value is ``Y`` again up to codec error and at most one grey level of
+quantisation, over the whole 0..255 (version-1 sets stored ``Y`` as is and lost everything below 16
+and above 235; `split_files` refuses them). ``stats.json`` holds the mean/std of ``Y``, which the
+pipeline applies to the decoded values as they are: the network input is ``(Y - mean) / std``.
+`model.contract.frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact
+``Y -> Y' -> decoded`` round trip first, so a model is fed identically from shards and from raw
+frames.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from echocmr.model.contract import InputSpec
+from echocmr.read.config import DataConfig
+from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
+from echocmr.shards.format import (
+    STATS_FILE,
+    ClipFormat,
+    check_format_version,
+    check_gpu_decodable,
+    index_name,
+)
+from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.stats import compute_stats
+from echocmr.shards.storage import is_local, local_path
+
+
+@dataclass
+class ReaderPosition:
+    """Where the training reader is: the next batch to read is ``batch`` of ``epoch``."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class Batch:
+    """One batch on the worker's device. ``clips`` [N, C, T, H, W]; ``labels`` [N, K] NaN
+    unknown; ``valid`` [N] False for padding repeats; ``keys`` the sample keys; ``n_valid`` the
+    number of real samples (``valid.sum()``, known on the host: reading it needs no GPU sync)."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+    keys: list[str]
+    n_valid: int
+
+    @property
+    def known(self) -> torch.Tensor:
+        """[N, K] True where a label is known and the sample is not padding."""
+        return ~torch.isnan(self.labels) & self.valid[:, None]
+
+
+def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
+                sites: Sequence[str] | None = None, index_dir: str | None = None
+                ) -> tuple[list[str], list[str], list[int]]:
+    """Tars, their ``.idx`` files and sample counts for one split of a local shard set.
+
+    ``exclude_sites`` leaves those sites' samples out, ``sites`` keeps only those sites'; either
+    writes shortened indexes into ``index_dir`` (which must exist) and returns them in place of
+    the set's own (a tar left with no sample is dropped). A site the set does not hold is a
+    ValueError naming the sites it does. Raises `shards.format.FormatVersionError` for a set of
+    another format version (its pixels would decode differently): training and eval both read
+    through here.
+    """
+
+    if not is_local(shards):
+        raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
+                         "disk first (shards.stage.stage, which `echocmr train` and `echocmr eval` "
+                         "do for a URL), or copy or mount it and pass that path")
+    tars = [os.path.abspath(local_path(t)) for t in list_shards(shards, split)]
+    if not tars:
+        raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
+    check_format_version(read_stats(shards), f"shard set {shards} ({STATS_FILE})")
+    indexes, counts = [], []
+    for tar in tars:
+        idx = os.path.join(os.path.dirname(tar), index_name(os.path.basename(tar)))
+        if not os.path.exists(idx):
+            raise FileNotFoundError(f"{idx} is missing; run `echocmr shards verify {shards}` and "
+                                    "re-run the ingest or reshard that wrote the set")
+        indexes.append(idx)
+        counts.append(index_count(idx))
+    if not exclude_sites and sites is None:
+        return tars, indexes, counts
+    if index_dir is None:
+        raise ValueError("selecting sites writes shortened indexes: pass index_dir")
+    return select_sites(shards, split, tars, indexes, exclude_sites=exclude_sites, sites=sites,
+                        index_dir=index_dir)
+
+
+def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
+    """ValueError unless every site in ``names`` is in ``manifest`` (``flag`` names the option)."""
+    have = sorted(str(s) for s in manifest["site"].unique())
+    unknown = [n for n in names if n not in have]
+    if unknown:
+        raise ValueError(f"{flag} {', '.join(unknown)}: {where} has no such site; its sites are "
+                         f"{', '.join(have)}")
+
+
+def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
+                   ) -> tuple[dict, list[str]]:
+    """``(stats, training sites)`` of a run that leaves ``exclude_sites`` out of ``shards``.
+
+    The training sites are those with train or val clips once the excluded are gone. The stats
+    are the set's ``stats.json`` recomputed from the manifest without the excluded sites (train
+    pixel mean/std, prevalence per split), so not even the input normalisation or the positive
+    weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
+    """
+
+    manifest = read_manifest(shards)
+    check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
+    kept = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
+    fit = kept[kept["split"].isin(["train", "val"])]
+    sites = sorted(str(s) for s in fit["site"].unique())
+    if not (kept["split"] == "train").any():
+        raise ValueError(f"--exclude-site {', '.join(exclude_sites)} leaves no train clips in "
+                         f"{shards}")
+    if not exclude_sites:
+        return stats, sites
+    recomputed = compute_stats(kept, clip_format=stats["clip"],
+                               split_key_fingerprint=stats.get("split_key_fingerprint", ""))
+    return {**stats, **recomputed, "excluded_sites": list(exclude_sites)}, sites
+
+
+def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
+                 exclude_sites: Sequence[str] = (), sites: Sequence[str] | None = None,
+                 index_dir: str) -> tuple[list[str], list[str], list[int]]:
+    """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
+    shortened indexes written into ``index_dir``, tars left with no sample dropped."""
+
+    manifest = read_manifest(shards)
+    check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
+    if sites is not None:
+        check_sites(manifest, list(sites), "--holdout-site", f"shard set {shards}")
+    site = manifest["site"].astype(str)
+    keep = ~site.isin(list(exclude_sites))
+    if sites is not None:
+        keep &= site.isin(list(sites))
+    wanted = set(manifest.loc[keep & (manifest["split"] == split), "key"])
+    out_tars, out_indexes, out_counts = [], [], []
+    for tar, idx in zip(tars, indexes, strict=True):
+        with open(idx, encoding="utf-8") as f:
+            samples = parse_index(f.read())
+        kept = [m for m, k in zip(samples, sample_keys(samples), strict=True) if k in wanted]
+        if not kept:
+            continue
+        path = os.path.join(index_dir, f"{split}-{len(out_indexes):06d}-{os.path.basename(idx)}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(format_index(kept))
+        out_tars.append(tar)
+        out_indexes.append(path)
+        out_counts.append(len(kept))
+    return out_tars, out_indexes, out_counts
+
+
+def check_decoder(stats: dict, decoder: str, where: str) -> None:
+    """Raise `shards.format.GPUDecodeError` if ``decoder`` (resolved: ``mixed`` or ``cpu``) is
+    ``mixed`` and the set (its ``stats.json``) has clips NVDEC cannot decode. The training driver
+    calls it before any worker starts; `ClipLoader` again when it is built."""
+    if decoder == "mixed":
+        check_gpu_decodable(ClipFormat.of_stats(stats), where,
+                            cpu_fix="keep the set and decode on CPU threads with `data.decoder: "
+                                    "cpu` in the training config (batches then reach the GPU "
+                                    "through pinned host memory; see docs/training.md)")
+
+
+def shard_sizes(n_samples: int, world: int) -> list[int]:
+    """Samples per rank as DALI splits them: rank r reads ``floor(n*r/w)..floor(n*(r+1)/w)``."""
+    return [n_samples * (r + 1) // world - n_samples * r // world for r in range(world)]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (DALI seeds are int32; numpy's SeedSequence mixes them)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class ClipLoader:
+    """Batches of one split for one rank; build one per split and call `epoch` per epoch.
+
+    ``train=True`` shuffles, takes random clip starts and augments (if enabled in config);
+    ``train=False`` reads in stored order, takes centred clips and never augments (validation,
+    eval, inference). ``device`` is where batches land; on a CUDA device ``config.decoder``
+    picks DALI's ``mixed`` (GPU) or CPU video decoder (module docstring), elsewhere it is the CPU.
+    """
+
+    def __init__(self, shards: str, split: str, config: DataConfig, *, spec: InputSpec,
+                 train: bool, stats: dict | None = None, rank: int = 0, world: int = 1,
+                 device: torch.device | str | None = None) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        self.split, self.config, self.spec, self.train = split, config, spec, train
+        self.rank, self.world = rank, world
+        self.device = torch.device(device or "cpu")
+        self.decoder = resolve_decoder(config.decoder, gpu=self.device.type == "cuda")
+        if stats:
+            check_decoder(stats, self.decoder, f"shard set {shards}")
+        self._index_dir = None  # shortened indexes when sites are left out (module docstring)
+        if config.exclude_sites:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
+        self.tars, self.indexes, counts = split_files(
+            shards, split, exclude_sites=config.exclude_sites,
+            index_dir=self._index_dir.name if self._index_dir else None)
+        self.num_samples = sum(counts)
+        self.shard_sizes = shard_sizes(self.num_samples, world)
+        if min(self.shard_sizes) < 1:
+            left_out = (f" once {', '.join(config.exclude_sites)} are left out"
+                        if config.exclude_sites else "")
+            raise ValueError(f"{split} has {self.num_samples} clips{left_out}, fewer than the "
+                             f"{world} workers")
+        self.batches_per_epoch = math.ceil(max(self.shard_sizes) / config.batch_size)
+        self._stored_size = ClipFormat.of_stats(stats).size if stats else None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def epoch(self, epoch: int, start_batch: int = 0,
+              max_batches: int | None = None) -> Iterator[Batch]:
+        """The batches of ``epoch`` from ``start_batch`` (same order every time it is replayed)."""
+        stop = self.batches_per_epoch if max_batches is None else min(max_batches,
+                                                                      self.batches_per_epoch)
+        pipe = self._build(epoch)
+        try:
+            for b in range(stop):
+                outputs = pipe.run()
+                if b >= start_batch:
+                    yield self._to_batch(outputs, b, zero_copy=pipe.exec_dynamic)
+        finally:
+            del pipe
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    # -- pipeline -----------------------------------------------------------------------------
+
+    def _build(self, epoch: int):
+        cfg = self.config
+        mixed = self.decoder == "mixed"
+        # Tar order: per-epoch permutation shared by all ranks, so the rank parts still partition.
+        order = list(range(len(self.tars)))
+        if self.train:
+            order = list(np.random.default_rng(derive_seed(cfg.seed, epoch)).permutation(order))
+        run = PipelineConfig(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
+                             prefetch=cfg.prefetch,
+                             seed=derive_seed(cfg.seed, epoch, self.rank, int(self.train)),
+                             device_id=(self.device.index or 0) if mixed else None)
+        return build_pipeline(
+            [self.tars[i] for i in order], [self.indexes[i] for i in order], self.spec,
+            config=run, window="random" if self.train else "centre",
+            stored_size=self._stored_size, shard_id=self.rank, num_shards=self.world,
+            shuffle_buffer=cfg.shuffle_buffer if self.train else None,
+            augment=cfg.augment if self.train and cfg.augment.enabled else None)
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _to_batch(self, outputs, b: int, *, zero_copy: bool = False) -> Batch:
+        clips_tl, labels_tl, meta_tl = outputs
+        clips = _to_torch(clips_tl, self.device, zero_copy=zero_copy)
+        labels = torch.from_numpy(np.array(labels_tl.as_tensor(), dtype=np.float32))
+        keys = [sample_meta(meta_tl.at(i)).key for i in range(len(meta_tl))]
+        real = self.shard_sizes[self.rank] - b * self.config.batch_size
+        valid = torch.arange(len(keys)) < real
+        return Batch(clips=clips, labels=to_device(labels, self.device),
+                     valid=to_device(valid, self.device), keys=keys,
+                     n_valid=max(0, min(real, len(keys))))
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: through pinned memory without blocking for CUDA (a copy from
+    pageable memory would wait for the GPU to finish the work queued before it), as is for CPU."""
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _to_torch(tensor_list, device: torch.device, *, zero_copy: bool = False) -> torch.Tensor:
+    """A dense DALI TensorList as a float32 torch tensor on ``device``.
+
+    DALI GPU outputs (``mixed``): with DALI's dynamic executor (``zero_copy``, DALI 2's default)
+    the tensor shares DALI's buffer through DLPack, which orders DALI's stream before torch's
+    current one and keeps the buffer alive as long as the tensor (what DALI's own PyTorch
+    iterator does); otherwise one device copy on torch's current stream. CPU outputs for a CUDA
+    device (``data.decoder: cpu``): one copy into pinned host memory, then a non-blocking copy
+    to the GPU (torch's pinned allocator keeps the buffer until that copy is done). CPU outputs
+    for the CPU: one copy.
+    """
+    from nvidia.dali.backend import TensorGPU
+
+    dense = tensor_list.as_tensor()
+    if isinstance(dense, TensorGPU):
+        if zero_copy:
+            with device:
+                return torch.from_dlpack(dense)
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        pinned = torch.empty(dense.shape(), dtype=torch.float32, pin_memory=True)
+        feed_ndarray(dense, pinned)
+        return pinned.to(device, non_blocking=True)
+    return torch.from_numpy(np.array(dense, dtype=np.float32, copy=True))
