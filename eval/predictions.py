@@ -33,8 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echocmr.config import resolve_for_command
 from echocmr.eval.evaluate import Evaluation, evaluate_clips
+from echocmr.eval.job import load_config
 from echocmr.eval.outputs import CLIP_COLUMNS
+from echocmr.eval.report import auc_table_text, external_table_text
 from echocmr.model.tasks import TASKS, p_col, y_col
 
 REQUIRED = ("patient", "study")
@@ -151,10 +154,6 @@ def evaluate_predictions(path: str | Path, out: str | Path, *, config) -> Evalua
 def run_predictions_cmd(args: argparse.Namespace, *, overrides: dict) -> int:
     """``echocmr eval --predictions FILE --out DIR [statistics flags]``; ``overrides``: the
     flags as a nested `EvalConfig` dict (`eval.cli.eval_overrides`)."""
-    from echocmr.config import resolve_for_command
-    from echocmr.eval.job import load_config
-    from echocmr.eval.report import auc_table_text, external_table_text
-
     if args.shards or args.model:
         print("echocmr eval: --predictions replaces --shards and --model; give one or the other",
               file=sys.stderr)

@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from echocmr.eval.job import EvalConfig, run_eval
+from echocmr.eval.metrics import within_site_delong_ci
 from echocmr.eval.signal import INSUFFICIENT
-from echocmr.eval.summary import SummaryConfig, TaskResult
+from echocmr.eval.summary import SummaryConfig, TaskResult, summarise
+from echocmr.model.tasks import p_col, y_col
 from echocmr.model.tracking import resolve_tracking_uri
 from echocmr.shards.reader import read_manifest
 from echocmr.train.config import TrainConfig
@@ -161,10 +163,6 @@ def combined_external(tables: list[pd.DataFrame], summary: SummaryConfig) -> dic
     ``tables``: per left-out site, its studies (``STUDY_COLUMNS``) scored by the model that never
     saw it.
     """
-    from echocmr.eval.metrics import within_site_delong_ci
-    from echocmr.eval.summary import summarise
-    from echocmr.model.tasks import p_col, y_col
-
     table = pd.concat(tables, ignore_index=True)
     config = replace(summary, signal=replace(summary.signal, within_site=True))
     out = {}
