@@ -149,6 +149,8 @@ def check_compatible(inputs: list[_Input]) -> dict:
         "format version": lambda i: i.stats.get("format_version"),
         "label set (tasks)": lambda i: tuple(i.stats.get("tasks", ())),
         "split key fingerprint": lambda i: i.stats.get("split_key_fingerprint"),
+        # what names a patient: (site, ID) or the ID alone; a set without it is per-site
+        "identity scope": lambda i: i.stats.get("identity_scope", "site"),
     }
     for side in ("height", "width", "fps", "codec", "pix_fmt"):
         checks[f"clip {side}"] = lambda i, side=side: getattr(clips[i.directory], side)
@@ -158,6 +160,9 @@ def check_compatible(inputs: list[_Input]) -> dict:
             hint = (
                 "patients would be split with different keys; re-ingest with the same split key"
                 if "split key" in what
+                else "one person would carry two identities (or two people one); re-ingest "
+                     "every site with the same splits.identity_scope"
+                if "identity scope" in what
                 else "re-ingest so all sets share one clip format"
             )
             raise ReshardError(f"inputs disagree on {what} ({describe(getter)}): {hint}")
@@ -167,6 +172,8 @@ def check_compatible(inputs: list[_Input]) -> dict:
         "clip": clips[first.directory],
         "split_key_fingerprint": first.stats["split_key_fingerprint"],
         "label_rules": _merge_label_rules(inputs),
+        "identity_scope": next((i.stats["identity_scope"] for i in inputs
+                                if "identity_scope" in i.stats), None),
     }
 
 
@@ -526,6 +533,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         clip_format=header["clip"],
         split_key_fingerprint=header["split_key_fingerprint"],
         label_rules=header["label_rules"],
+        identity_scope=header["identity_scope"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
     split_codes, split_values = codes_of(rows.column("split"))

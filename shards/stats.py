@@ -91,14 +91,15 @@ def _split_summary(rows: pa.Table) -> dict:
 
 def compute_stats(
     manifest: pd.DataFrame | pa.Table, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
-    label_rules: dict[str, str] | None = None,
+    label_rules: dict[str, str] | None = None, identity_scope: str | None = None,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, or an Arrow
     table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not).
 
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
-    written by another tool, or before ingest recorded it)."""
+    written by another tool, or before ingest recorded it). ``identity_scope`` ("site" or
+    "shared": what names a patient, `ingest.config.SplitConfig`) likewise."""
     table = _as_table(manifest)
     # Only the columns the statistics read: filtering copies every column it is given.
     table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
@@ -107,6 +108,8 @@ def compute_stats(
                                    _floats(train.column("pixel_std")),
                                    _floats(train.column("n_pixels")))
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
+    if identity_scope is not None:
+        extra["identity_scope"] = identity_scope
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
@@ -145,6 +148,7 @@ def describe(directory: str) -> dict:
         "clip": stats.get("clip"),
         "split_key_fingerprint": stats.get("split_key_fingerprint"),
         "label_rules": stats.get("label_rules"),
+        "identity_scope": stats.get("identity_scope"),
         "pixel_mean": stats.get("pixel_mean"),
         "pixel_std": stats.get("pixel_std"),
         "splits": {},

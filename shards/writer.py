@@ -256,8 +256,10 @@ class ShardSetWriter:
         clip_format: ClipFormat | dict,
         split_key_fingerprint: str,
         label_rules: dict[str, str] | None = None,
+        identity_scope: str | None = None,  # "site" or "shared" (ingest.config.SplitConfig)
     ) -> None:
         self.out = str(out)
+        self.identity_scope = identity_scope
         self.label_rules = label_rules  # site -> cut-off fingerprint, for stats.json
         self.config = config
         self.clip_format = ClipFormat.from_dict(clip_format)
@@ -445,7 +447,7 @@ class ShardSetWriter:
         manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})
         stats = compute_stats(
             manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint,
-            label_rules=self.label_rules,
+            label_rules=self.label_rules, identity_scope=self.identity_scope,
         )
         storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
         self._closed = True
