@@ -86,7 +86,7 @@ def _clips(src: str, distinct: int) -> tuple[list[dict], dict]:
         out.append({"video": s.video, "labels": s.labels, "meta": s.meta,
                     "pixel_stats": (float(row["pixel_mean"]), float(row["pixel_std"]),
                                     int(row["n_pixels"]))})
-    return out, read_stats(src)
+    return out, read_stats(src).to_dict()
 
 
 def build(n_clips: int, distinct: int) -> list[str]:

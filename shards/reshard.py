@@ -60,6 +60,7 @@ from echocmr.shards.format import (
     ClipFormat,
     FormatVersionError,
     SampleMeta,
+    ShardStats,
     check_format_version,
     decode_meta,
     index_name,
@@ -122,7 +123,7 @@ class ReshardSummary:
 @dataclass
 class _Input:
     directory: str
-    stats: dict
+    stats: ShardStats
     manifest: pq.ParquetFile  # read column by column (`shards.manifest`), never whole as pandas
 
 
@@ -146,11 +147,11 @@ def check_compatible(inputs: list[_Input]) -> dict:
         return "; ".join(f"{i.directory}: {getter(i)!r}" for i in inputs)
 
     checks = {
-        "format version": lambda i: i.stats.get("format_version"),
-        "label set (tasks)": lambda i: tuple(i.stats.get("tasks", ())),
-        "split key fingerprint": lambda i: i.stats.get("split_key_fingerprint"),
+        "format version": lambda i: i.stats.format_version,
+        "label set (tasks)": lambda i: tuple(i.stats.tasks),
+        "split key fingerprint": lambda i: i.stats.split_key_fingerprint,
         # what names a patient: (site, ID) or the ID alone; a set without it is per-site
-        "identity scope": lambda i: i.stats.get("identity_scope", "site"),
+        "identity scope": lambda i: i.stats.scope,
     }
     for side in ("height", "width", "fps", "codec", "pix_fmt"):
         checks[f"clip {side}"] = lambda i, side=side: getattr(clips[i.directory], side)
@@ -166,14 +167,14 @@ def check_compatible(inputs: list[_Input]) -> dict:
                 else "re-ingest so all sets share one clip format"
             )
             raise ReshardError(f"inputs disagree on {what} ({describe(getter)}): {hint}")
-    if tuple(first.stats.get("tasks", ())) != TASKS:
-        raise ReshardError(f"{first.directory}: tasks {first.stats.get('tasks')} are not {TASKS}")
+    if tuple(first.stats.tasks) != TASKS:
+        raise ReshardError(f"{first.directory}: tasks {first.stats.tasks} are not {TASKS}")
     return {
         "clip": clips[first.directory],
-        "split_key_fingerprint": first.stats["split_key_fingerprint"],
+        "split_key_fingerprint": first.stats.split_key_fingerprint,
         "label_rules": _merge_label_rules(inputs),
-        "identity_scope": next((i.stats["identity_scope"] for i in inputs
-                                if "identity_scope" in i.stats), None),
+        "identity_scope": next((i.stats.identity_scope for i in inputs
+                                if i.stats.identity_scope is not None), None),
     }
 
 
@@ -184,7 +185,7 @@ def _merge_label_rules(inputs: list[_Input]) -> dict[str, str] | None:
     merged: dict[str, tuple[str, str]] = {}
     recorded = False
     for inp in inputs:
-        rules = inp.stats.get("label_rules")
+        rules = inp.stats.label_rules
         if rules is None:
             continue
         recorded = True

@@ -145,12 +145,12 @@ def describe(directory: str) -> dict:
     manifest = read_columns(directory, _DESCRIBE_COLUMNS)
     report: dict = {
         "set": str(directory),
-        "clip": stats.get("clip"),
-        "split_key_fingerprint": stats.get("split_key_fingerprint"),
-        "label_rules": stats.get("label_rules"),
-        "identity_scope": stats.get("identity_scope"),
-        "pixel_mean": stats.get("pixel_mean"),
-        "pixel_std": stats.get("pixel_std"),
+        "clip": stats.clip.to_dict() if stats.clip else None,
+        "split_key_fingerprint": stats.split_key_fingerprint,
+        "label_rules": stats.label_rules,
+        "identity_scope": stats.identity_scope,
+        "pixel_mean": stats.pixel_mean,
+        "pixel_std": stats.pixel_std,
         "splits": {},
     }
     sizes = {storage.basename(p): storage.size(p) for p in list_shards(directory)}

@@ -71,6 +71,7 @@ from echocmr.shards.format import (
     ClipFormat,
     FormatVersionError,
     SampleMeta,
+    ShardStats,
     check_format_version,
     decode_labels,
     decode_meta,
@@ -314,10 +315,11 @@ def _decoder(clip: dict | None):
     return _DECODERS[name]
 
 
-def _check_stats(manifest: pa.Table, stats: dict, stats_bytes: bytes) -> list[Problem]:
+def _check_stats(manifest: pa.Table, typed: ShardStats, stats_bytes: bytes) -> list[Problem]:
     """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`), written
     byte for byte as the writers write it (`stats_json_bytes`: a duplicated key or extra text
     parses to the same values but is not the format)."""
+    stats = typed.to_dict()
     try:
         expected = compute_stats(manifest, clip_format=stats["clip"],
                                  split_key_fingerprint=stats["split_key_fingerprint"],

@@ -56,7 +56,7 @@ def test_shards_rows_scattered_over_many_batches_are_all_collected(sites, tmp_pa
 
 
 def test_stats_from_arrow_columns_equal_the_pandas_computation(sites):
-    stats = read_stats(sites[0])
+    stats = read_stats(sites[0]).to_dict()
     args = dict(clip_format=stats["clip"], split_key_fingerprint=stats["split_key_fingerprint"],
                 label_rules=stats.get("label_rules"))
     frame, columns = read_manifest(sites[0]), read_columns(sites[0])

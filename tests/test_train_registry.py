@@ -167,10 +167,11 @@ def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, mon
 
 def test_input_spec_records_the_clip_size_and_shard_format(caplog):
     from echocmr.model.checkpoint import model_from_state, save_checkpoint
-    from echocmr.shards.format import FORMAT_VERSION
+    from echocmr.shards.format import FORMAT_VERSION, ShardStats
 
-    stats = {"pixel_mean": 40.0, "pixel_std": 30.0, "format_version": FORMAT_VERSION,
-             "clip": {"height": 112, "width": 112, "fps": 30.0}}
+    stats = ShardStats.from_dict({"pixel_mean": 40.0, "pixel_std": 30.0,
+                                  "format_version": FORMAT_VERSION,
+                                  "clip": {"height": 112, "width": 112, "fps": 30.0}})
     spec = InputSpec.build(TrainConfig.from_dict(tiny_config()).data, stats)
     assert spec.clip_size == 112 and spec.shard_format == FORMAT_VERSION
     assert InputSpec.from_dict(spec.to_dict()) == spec

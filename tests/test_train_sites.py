@@ -71,10 +71,11 @@ def test_stats_without_the_site_come_from_the_other_sites_clips(two_sites):
     train = manifest[(manifest["split"] == "train") & (manifest["site"] == "site_a")]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
     assert sites == ["site_a"]
-    assert kept["pixel_mean"] == pytest.approx(mean, abs=1e-5) != stats["pixel_mean"]
-    assert kept["pixel_std"] == pytest.approx(std, abs=1e-5)
-    assert kept["splits"]["train"]["sites"] == ["site_a"]
-    assert kept["excluded_sites"] == ["site_b"]
+    assert kept.pixel_mean == pytest.approx(mean, abs=1e-5) != stats.pixel_mean
+    assert kept.pixel_std == pytest.approx(std, abs=1e-5)
+    assert kept.splits["train"].sites == ("site_a",)
+    assert kept.excluded_sites == ("site_b",)
+    assert kept.to_dict()["excluded_sites"] == ["site_b"]  # what the run logs as stats.json
     assert site_selection(two_sites, stats, ()) == (stats, ["site_a", "site_b"])
     with pytest.raises(ValueError, match="leaves no train clips"):
         site_selection(two_sites, stats, ("site_a", "site_b"))

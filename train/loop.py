@@ -49,7 +49,7 @@ from echocmr.progress import Progress
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
-from echocmr.shards.format import TASKS, check_format_version
+from echocmr.shards.format import TASKS, ShardStats, check_format_version
 from echocmr.shards.reader import read_stats
 from echocmr.shards.stage import stage
 from echocmr.shards.storage import is_url
@@ -82,7 +82,7 @@ class LoopConfig:
 
     config: dict[str, Any]
     shards: str
-    stats: dict[str, Any]
+    stats: ShardStats
     tracking_uri: str
     run_id: str
     data_digest: str

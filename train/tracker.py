@@ -23,7 +23,7 @@ import time
 import warnings
 
 from echocmr.model.tracking import sqlite_artifact_root
-from echocmr.shards.format import STATS_FILE
+from echocmr.shards.format import STATS_FILE, ShardStats
 from echocmr.shards.reader import read_manifest
 from echocmr.train.config import TrainConfig, dump_yaml, flat_params
 
@@ -86,7 +86,7 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
 class NullTracker:
     """What ranks other than 0 get: every call does nothing."""
 
-    def log_start(self, config: TrainConfig, *, stats: dict, data_digest: str,
+    def log_start(self, config: TrainConfig, *, stats: ShardStats, data_digest: str,
                   input_spec: dict) -> None:
         pass
 
@@ -106,7 +106,7 @@ class MlflowTracker(NullTracker):
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
 
-    def log_start(self, config: TrainConfig, *, stats: dict, data_digest: str,
+    def log_start(self, config: TrainConfig, *, stats: ShardStats, data_digest: str,
                   input_spec: dict) -> None:
         """Params, ``config.yaml``, ``stats.json``, ``input_spec.json`` and the data digest."""
         from mlflow.entities import Param, RunTag
@@ -124,7 +124,7 @@ class MlflowTracker(NullTracker):
             RunTag("echocmr.selection", config.selection.describe()),  # the pre-specified rule
         ])
         self.client.log_text(self.run_id, dump_yaml(config), "config.yaml")
-        self.client.log_dict(self.run_id, stats, STATS_FILE)
+        self.client.log_dict(self.run_id, stats.to_dict(), STATS_FILE)
         self.client.log_dict(self.run_id, input_spec, "input_spec.json")
 
     def log_epoch(self, epoch: int, metrics: dict[str, float | None]) -> None:
