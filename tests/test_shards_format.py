@@ -203,11 +203,11 @@ def test_stats_json_is_read_into_a_typed_object_that_gives_the_file_back(tmp_pat
     (so the bytes verify checks are reproducible), older sets readable, unknown keys refused."""
     import json
 
-    from _shards_fixtures import make_shard_set
-
     from echocmr.shards.format import ShardStats, SplitStats
     from echocmr.shards.reader import read_stats
     from echocmr.shards.stats import stats_json_bytes
+
+    from _shards_fixtures import make_shard_set
 
     shards = make_shard_set(str(tmp_path / "set"), n_patients=4, clips_per_patient=2,
                             n_frames=8, size=32, samples_per_shard=4, seed=3)
