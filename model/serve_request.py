@@ -159,16 +159,9 @@ def check_declared_pixels(data: bytes, i: int, limits: ServeLimits) -> None:
     (or whose deflated dataset inflates past it), before any of it is decoded. Files pydicom
     cannot parse pass: the reader rejects them with its own reason."""
     import pydicom
-    from pydicom.filereader import read_file_meta_info
 
     budget = limits.max_pixel_bytes
-    try:
-        meta = read_file_meta_info(io.BytesIO(data))
-        syntax = str(meta.get("TransferSyntaxUID", ""))
-    except Exception:
-        return
-    if syntax == DEFLATED:
-        _check_inflated_size(data, i, budget)
+    _check_inflated_size(data, i, budget)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
@@ -185,12 +178,15 @@ def check_declared_pixels(data: bytes, i: int, limits: ServeLimits) -> None:
 
 
 def _check_inflated_size(data: bytes, i: int, budget: int) -> None:
-    """A deflated dataset inflates at most ``budget`` bytes here (pydicom would inflate all)."""
+    """A deflated dataset is inflated here, counted and dropped, up to ``budget`` bytes; past
+    that it is refused (pydicom would inflate all of it in memory)."""
     # The file meta group (explicit VR little endian, never deflated) starts at byte 132 with
     # its group length (0002,0000) UL, whose value is bytes 140-143; the dataset follows it.
     if data[128:136] != b"DICM\x02\x00\x00\x00":
         return  # no preamble: the reader refuses the file (not_dicom)
     start = 144 + int.from_bytes(data[140:144], "little")
+    if DEFLATED.encode() not in data[144:start]:  # the transfer syntax UID is in the group
+        return
     inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[start:], 0
     try:
         while pending and total <= budget:  # 1 MB at a time, counted and dropped
@@ -207,8 +203,8 @@ def _as_bytes(value, i: int) -> bytes:
     """A cell as file bytes. MLflow decodes base64 for ``dataframe_*`` requests but hands
     ``inputs``/``instances`` cells over still encoded (bytes or text); raw DICOM bytes are never
     valid base64 (the preamble and binary tags are outside its alphabet)."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "SO" and value.ndim == 0:
-        value = value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:  # `instances` rows wrap each cell
+        value = value.reshape(-1)[0]
     if isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)

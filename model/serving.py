@@ -24,6 +24,7 @@ JSON request bodies for ``POST /invocations`` are in docs/pull-a-model.md.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -41,6 +42,7 @@ except ImportError:  # pragma: no cover - echocmr always installs mlflow
 
 from echocmr.model.serve_request import (
     Deadline,
+    RequestTimedOut,
     ServeLimits,
     ServingError,
     check_clip_count,
@@ -50,6 +52,8 @@ from echocmr.model.serve_request import (
 from echocmr.model.serve_response import logit_col, study_frame
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
 from echocmr.model.tasks import TASKS, p_col
+
+log = logging.getLogger(__name__)
 
 
 class EchoCMRModel(PythonModel):
@@ -88,7 +92,12 @@ def serve_study(model, spec, cells: list, views: list | None = None, *,
     files = dicom_bytes(cells, limits)
     for i, data in enumerate(files):
         check_declared_pixels(data, i, limits)
-    return study_frame(predict_study(model, spec, files, views, deadline=deadline))
+    try:
+        answer = predict_study(model, spec, files, views, deadline=deadline)
+    except RequestTimedOut as exc:  # the client has had its 504; say why the work stopped
+        log.warning("%s", exc)
+        raise
+    return study_frame(answer)
 
 
 def predict_clips(model, spec, clips: list) -> pd.DataFrame:
