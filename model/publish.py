@@ -101,7 +101,6 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
     otherwise it opens the run for this call, which marks it ``FINISHED`` when done.
     """
     import tempfile
-    from importlib.util import find_spec
 
     import mlflow
 
@@ -118,11 +117,23 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
         artifact = write_model_dir(os.path.join(tmp, ARTIFACT_KEY), model, spec,
                                    epoch=state.get("epoch"), val_metrics=val_metrics)
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=find_spec(MODEL_CODE_MODULE).origin,
+            name=name, python_model=_model_code_copy(tmp),
             artifacts={ARTIFACT_KEY: artifact}, signature=signature(spec),
             input_example=input_example(), metadata=metadata,
             code_paths=[serving_code(tmp)], pip_requirements=serving_requirements())
     return info.model_uri
+
+
+def _model_code_copy(directory: str) -> str:
+    """The model-code file copied out of the checkout: MLflow writes the path it is given into
+    ``MLmodel`` (``model_code_path``), which then names a temporary file, not this machine's
+    folders."""
+    import shutil
+    from importlib.util import find_spec
+
+    path = os.path.join(directory, "model_code.py")
+    shutil.copy2(find_spec(MODEL_CODE_MODULE).origin, path)
+    return path
 
 
 def _finite(metrics: dict) -> dict:

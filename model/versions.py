@@ -35,6 +35,7 @@ from echocmr.model.publish import log_model
 from echocmr.model.pulled import MLFLOW_SUBDIR, MODEL_INFO_FILE
 from echocmr.model.registry import parse_reference
 from echocmr.model.store import load_model
+from echocmr.model.tracking import run_metric
 from echocmr.shards.format import STATS_FILE, TASKS
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
             log.warning("run %s of %s/%s: %s", run_id, version.name, version.version, exc)
         else:
             metrics = run.data.metrics
-            info.val_aucs = {t: info.val_aucs.get(t) or _float(metrics.get(f"val_auc_{t}"))
+            info.val_aucs = {t: info.val_aucs.get(t) or _float(run_metric(metrics, f"val_auc_{t}"))
                              for t in TASKS}
+            best = run_metric(metrics, "best_val_mean_auc")
             info.val_mean_auc = info.val_mean_auc or _float(
-                metrics.get("best_val_mean_auc", metrics.get("val_mean_auc")))
+                best if best is not None else run_metric(metrics, "val_mean_auc"))
             info.data_digest = info.data_digest or run.data.tags.get("data_digest") \
                 or run.data.params.get("data_digest")
     return info
