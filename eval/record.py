@@ -4,13 +4,22 @@ The run goes into the experiment of the model's training run when that is known 
 ``models:/`` or ``runs:/`` URI, or a pulled directory's ``echocmr_model.json``), else into
 ``echocmr-eval``. It holds:
 
-* tags ``echocmr.kind=eval``, ``echocmr.model_uri``, ``echocmr.source_run_id``, ``split`` and the
-  evaluated shard set's ``data_digest`` (sha256 of its manifest, as training records it);
+* tags ``echocmr.kind=eval``, ``echocmr.model_uri`` (a local directory by its name only),
+  ``echocmr.model_id`` (the MLflow 3 logged model, when known), ``echocmr.source_run_id``,
+  ``split``, the evaluated shard set's ``data_digest`` (sha256 of its manifest, as training
+  records it) and MLflow's provenance (``mlflow.user``, ``mlflow.source.name`` ``echocmr eval``,
+  ``mlflow.source.git.commit``: `model.tracking.provenance_tags`);
+* the evaluated set as the run's dataset input (context ``evaluation``; name and digest, never
+  its path: `model.tracking.dataset_input`);
 * params: the settings (clip sampling, aggregation, resamples, permutations, seeds);
-* metrics ``<split>_auc_<task>``, ``..._ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
-  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos``,
-  ``..._n_pos_patients``, ``..._n_neg_patients`` — NaN-free: what could
-  not be computed is left out;
+* metrics grouped under the split (``external_<site>`` for an external validation):
+  ``test/auc_<task>``, ``test/<task>_ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
+  ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos``, ``..._n_pos_patients``,
+  ``..._n_neg_patients``, the operating point's, and ``test/signal_<task>`` (the verdict as a
+  number: 1 signal, 0 no detectable signal; left out for insufficient data) — NaN-free: what
+  could not be computed is left out. They are logged with the logged model's id and the
+  dataset, so MLflow 3 lists them on the model's page per dataset (echocmr <= 0.2 logged them
+  flat, ``test_auc_wma``, on the run only);
 * every output file under the artifact folder ``eval_<split>/``;
 * ``echocmr.eval_count``: how many eval runs of this model (its training run, else its URI) on
   this split of this shard set exist, this one included — each look at a test split spends some
