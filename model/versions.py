@@ -196,7 +196,8 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     """Re-log version ``version`` of ``name`` in the current model format, as a new version.
 
     The weights come from ``checkpoint`` if given, else the checkpoint its run recorded
-    (tag ``echocmr.model_checkpoint``) when that still exists, else the old logged model itself
+    (tag ``echocmr.model_checkpoint``, inside ``./train_runs``) when that still exists, else the
+    old logged model itself
     (a pickled network loads where pickles are allowed). The new version gets the old one's
     tags, description and aliases, plus ``relogged_from_version``.
     """
@@ -209,7 +210,10 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     run_id = mv.run_id or (mv.tags or {}).get("run_id")
     if checkpoint is None and run_id:
         recorded = client.get_run(run_id).data.tags.get("echocmr.model_checkpoint")
-        checkpoint = recorded if recorded and os.path.exists(recorded) else None
+        # a path inside the run's storage (echocmr <= 0.2: the full path); the default storage
+        # is ./train_runs, so relog from where training ran finds it (else pass --checkpoint)
+        candidates = [recorded, os.path.join("train_runs", recorded)] if recorded else []
+        checkpoint = next((c for c in candidates if os.path.exists(c)), None)
     if checkpoint is not None:
         state, source = read_checkpoint(checkpoint), checkpoint
     else:

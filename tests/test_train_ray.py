@@ -90,6 +90,12 @@ def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.source and dataset.dataset.digest == digest.hexdigest()[:32]
     assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+    # MLflow's provenance, the selection score as the headline, and no machine path in records
+    assert run.data.tags["mlflow.source.name"] == "echocmr train" and run.data.tags["mlflow.user"]
+    assert "best/selection_score" in run.data.metrics and "val/selection_score" in run.data.metrics
+    records = str([run.data.tags, run.data.params, dataset.dataset.source, version.tags,
+                   version.description])
+    assert os.path.abspath(shards) not in records and str(outcome.storage) not in records
 
     mlflow.set_tracking_uri(uri)
     champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")  # CPU-only machine

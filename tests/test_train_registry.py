@@ -375,6 +375,7 @@ def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path)
                          echocmr_version="0.1.0")
     assert "`" + "d" * 64 + "`" in card and "| train | 40 | 20 | 10 | 25.0% | - |" in card
     assert "best epoch 3" in card and "| WMA | 0.700 |" in card and "| LGE | none |" in card
+    assert "/data" not in card and "shard set: `shards`" in card  # the set's name, not its path
     client.update_model_version("echo", "1", description=card)
 
     def result(auc, verdict):

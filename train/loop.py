@@ -389,13 +389,17 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     client = MlflowClient(tracking_uri)
     tags = client.get_run(run_id).data.tags
     mlflow.set_tracking_uri(tracking_uri)
+    # The checkpoint as a path inside the run's storage (a record names no machine folder);
+    # runs of echocmr <= 0.2 recorded the full path.
+    checkpoint_tag = _storage_relative(best.path, config.storage)
     with mlflow.start_run(run_id=run_id):  # FINISHED on success, FAILED on an exception
-        if tags.get("echocmr.model_checkpoint") == best.path and tags.get("echocmr.model_uri"):
+        if tags.get("echocmr.model_checkpoint") in (checkpoint_tag, best.path) \
+                and tags.get("echocmr.model_uri"):
             log.info("best checkpoint %s was already logged; not logging it again", best.path)
             outcome.model_uri = tags["echocmr.model_uri"]
             return outcome
         outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
-        mlflow.set_tags({"echocmr.model_checkpoint": best.path,
+        mlflow.set_tags({"echocmr.model_checkpoint": checkpoint_tag,
                          "echocmr.model_uri": outcome.model_uri,
                          "echocmr.best_epoch": str(outcome.best_epoch)})
         # The headline: the best checkpoint's score under the run's selection rule.
@@ -414,6 +418,12 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             mlflow.set_tags({"echocmr.registered": f"{config.register}/"
                                                    f"{outcome.registration.version}"})
     return outcome
+
+
+def _storage_relative(path: str, storage: str) -> str:
+    """``path`` relative to the run storage ``storage`` (``RUN/checkpoint_000003``)."""
+    prefix = storage.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _nan_if_none(value) -> float:

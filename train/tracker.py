@@ -112,7 +112,10 @@ class MlflowTracker(NullTracker):
         from mlflow.entities import Param, RunTag
         from mlflow.exceptions import MlflowException
 
-        params = {**flat_params(config), "data_digest": data_digest}
+        # A path in the config (storage, cache_dir, model.init) is recorded by its last
+        # component: the folders above it are this machine's, not the run's.
+        params = {**{k: _path_name(v) for k, v in flat_params(config).items()},
+                  "data_digest": data_digest}
         try:
             items = [Param(k, v[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
@@ -141,6 +144,14 @@ class MlflowTracker(NullTracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
+
+
+def _path_name(value: str) -> str:
+    """An absolute path or ``file://`` URL as its last component; anything else as it is."""
+    text = str(value)
+    if text.startswith(("/", "file://")) and len(text) > 1:
+        return text.rstrip("/").rsplit("/", 1)[-1] or text
+    return text
 
 
 def make_tracker(rank: int, tracking_uri: str | None, run_id: str | None) -> NullTracker:
