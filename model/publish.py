@@ -9,8 +9,12 @@ signature takes ``clip``, ``dicom`` and ``view`` columns; the MLmodel metadata h
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import shutil
 from typing import Any
+
+import echocmr
 
 from echocmr.model.artifact import write_model_dir
 from echocmr.model.checkpoint import model_from_state
@@ -73,11 +77,6 @@ def serving_requirements() -> list[str]:
 def serving_code(directory: str) -> str:
     """Copy the ``echocmr`` packages the served model imports (`SERVING_PACKAGES`, their Python
     files only) into ``directory/echocmr``; returns that path, for ``code_paths``."""
-    import importlib
-    import shutil
-
-    import echocmr
-
     root = os.path.join(directory, "echocmr")
     os.makedirs(root)
     top = os.path.dirname(echocmr.__file__)
@@ -128,7 +127,6 @@ def _model_code_copy(directory: str) -> str:
     """The model-code file copied out of the checkout: MLflow writes the path it is given into
     ``MLmodel`` (``model_code_path``), which then names a temporary file, not this machine's
     folders."""
-    import shutil
     from importlib.util import find_spec
 
     path = os.path.join(directory, "model_code.py")
