@@ -15,7 +15,6 @@ import shutil
 from typing import Any
 
 import echocmr
-
 from echocmr.model.artifact import write_model_dir
 from echocmr.model.checkpoint import model_from_state
 from echocmr.model.contract import InputSpec
