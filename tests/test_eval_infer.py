@@ -125,7 +125,7 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     exp = client.get_experiment_by_name("echocmr-eval")  # a checkpoint names no training run
     (run,) = client.search_runs([exp.experiment_id], "tags.`echocmr.kind` = 'eval'")
     assert run.info.status == "FINISHED" and run.data.tags["split"] == "train"
-    assert run.data.metrics["train_auc_wma"] == pytest.approx(wma["auc"])
+    assert run.data.metrics["train/auc_wma"] == pytest.approx(wma["auc"])
     assert run.data.params["infer.clips"] == "centre"  # the config, flattened (echocmr.config.flat)
     assert run.data.params["evaluation.summary.metrics.n_bootstrap"] == "1000"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "eval_train")}

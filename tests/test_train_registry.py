@@ -282,8 +282,10 @@ def test_the_logged_model_holds_no_pickle(tmp_path, monkeypatch):
     meta = json.loads(open(os.path.join(local, "artifacts/model/model.json")).read())
     assert meta["format"] == 1 and meta["model_config"]["width"] == 4
     requirements = open(os.path.join(local, "requirements.txt")).read().split()
-    assert any(r.startswith("echocmr==") for r in requirements)
+    # the model carries its echocmr code; its requirements are the serving set, no echocmr
+    assert not any(r.startswith("echocmr") for r in requirements)
     assert any(r.startswith("torch==") for r in requirements)
+    assert "code/echocmr/model/serving.py" in files and "code/echocmr/ingest/preprocess.py" in files
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     pyfunc = mlflow.pyfunc.load_model(model_uri)
@@ -376,6 +378,7 @@ def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path)
                          echocmr_version="0.1.0")
     assert "`" + "d" * 64 + "`" in card and "| train | 40 | 20 | 10 | 25.0% | - |" in card
     assert "best epoch 3" in card and "| WMA | 0.700 |" in card and "| LGE | none |" in card
+    assert "/data" not in card and "shard set: `shards`" in card  # the set's name, not its path
     client.update_model_version("echo", "1", description=card)
 
     def result(auc, verdict):

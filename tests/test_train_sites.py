@@ -115,7 +115,7 @@ def test_train_cli_excludes_the_site_and_records_it(two_sites, trained):
     assert run.data.params["data.exclude_sites"] == "['site_b']"
     manifest = read_manifest(two_sites)
     val_a = ((manifest["split"] == "val") & (manifest["site"] == "site_a")).sum()
-    assert run.data.metrics["val_clips"] == val_a  # validation left site_b out too
+    assert run.data.metrics["val/clips"] == val_a  # validation left site_b out too
     version = client.get_model_version_by_alias("echo_ab", "champion")
     assert "**left out of training**" in version.description and "site_b" in version.description
     assert "trained on sites (train and val): site_a" in version.description
