@@ -15,16 +15,21 @@ from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D
 from echocmr.model.publish import log_model
 from echocmr.model.registry import register_model
+from echocmr.shards.format import ShardStats
 from echocmr.train.config import TrainConfig
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},
         "data": {"frames": 8, "period": 2, "size": 32, "augment": {"enabled": False}}}
 
 
-def tiny_state(stats: dict, seed: int = 0) -> dict:
+def tiny_state(stats: ShardStats | dict, seed: int = 0) -> dict:
+    """A tiny network's checkpoint state; ``stats`` as `read_stats` gives it, or as a dict of
+    the stats.json fields a test cares about."""
     torch.manual_seed(seed)
     config = TrainConfig.from_dict(TINY)
     model = R2Plus1D(config.model)
+    if isinstance(stats, dict):
+        stats = ShardStats.from_dict(stats)
     spec = InputSpec.build(config.data, stats)
     return {"model": model.state_dict(), "config": config.to_dict(), "input_spec": spec.to_dict(),
             "epoch": 0, "metrics": {"val_auc_wma": 0.61}}
@@ -44,7 +49,7 @@ def register(tracking_uri: str, stats: dict, *, name: str = "echo", digest: str 
     exp = client.get_experiment_by_name("echocmr")
     exp_id = exp.experiment_id if exp else client.create_experiment("echocmr")
     run_id = client.create_run(exp_id, run_name="tiny").info.run_id
-    client.log_dict(run_id, stats, "stats.json")
+    client.log_dict(run_id, stats if isinstance(stats, dict) else stats.to_dict(), "stats.json")
     client.set_tag(run_id, "data_digest", digest)
     uri = log_model(tiny_state(stats), tracking_uri=tracking_uri, run_id=run_id)
     register_model(uri, name, tracking_uri=tracking_uri, val_mean_auc=val_mean_auc,
