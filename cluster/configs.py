@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from echocmr.errors import EchocmrError
+
 CONFIG_FILES = {
     "raycluster": "raycluster.yaml",
     "rayjob": "rayjob.yaml",
@@ -40,7 +42,7 @@ DATA_VOLUME = "echocmr-data"
 DATA_MOUNT = "/data"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(EchocmrError, ValueError):
     """A cluster definition lacks a field that echocmr's commands rely on."""
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from echocmr.errors import EchocmrError
 from echocmr.shards import storage
 from echocmr.shards.format import (
     MANIFEST_COLUMNS,
@@ -62,7 +63,7 @@ _BLOCK = 512
 _ALLOWED_IN_OUT = {MANIFEST_FILE, STATS_FILE}
 
 
-class ReshardError(RuntimeError):
+class ReshardError(EchocmrError, RuntimeError):
     """Inputs cannot be merged, or the output failed verification."""
 
 

@@ -82,7 +82,7 @@ def test_rayjob_entrypoint_parses_with_the_real_train_parser(docs):
         args = parser.parse_args(argv[1:])
     except SystemExit as exc:  # argparse's way of rejecting an unknown flag
         pytest.fail(f"`echocmr train` rejects the RayJob entrypoint {argv}: exit {exc.code}")
-    assert args.command == "train"
+    assert args.echocmr_command == "train"
 
 
 def test_rayjob_and_raycluster_pods_stay_in_step(docs):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from echocmr.errors import EchocmrError
 from echocmr.shards.format import TASKS
 from echocmr.train.config import SelectionConfig, TrainConfig
 from echocmr.train.contract import InputSpec
@@ -123,7 +124,7 @@ class _EpochProgress:
                    seconds_before=float(state["seconds"]))
 
 
-class ResumeError(RuntimeError):
+class ResumeError(EchocmrError, RuntimeError):
     """A checkpoint this engine cannot continue from exactly (and will not continue from)."""
 
 
