@@ -72,6 +72,11 @@ def _check_server(uri: str, timeout_s: float) -> None:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
+        if exc.code == 401 and request.has_header("Authorization"):
+            raise TrackingStoreError(
+                f"the MLflow server at {uri} refused the credentials in "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                "(HTTP 401): check them") from None
         if exc.code == 401:
             raise TrackingStoreError(
                 f"the MLflow server at {uri} wants credentials: set MLFLOW_TRACKING_USERNAME "
