@@ -160,3 +160,40 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_clean_env(tmp_path),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "Traceback" in result.stderr and "a bug" in result.stderr
+
+
+def test_a_tracking_server_with_basic_auth_wants_the_right_credentials(tmp_path):
+    """The shipped cluster configs run MLflow with basic auth: a command without the user's
+    credentials, or with wrong ones, is told so at once; with them it works."""
+    from _mlflow_fixtures import start_mlflow_server
+
+    password = "a-long-admin-password-1"
+    server = start_mlflow_server(tmp_path, admin_password=password)
+    try:
+        url = server.wait()
+        argv = ["models", "list", "--tracking-uri", url]
+        result = _echocmr(tmp_path, *argv)
+        assert result.returncode == 1 and "wants credentials" in _one_error_line(result)
+        wrong = _clean_env(tmp_path, MLFLOW_TRACKING_USERNAME="admin",
+                           MLFLOW_TRACKING_PASSWORD="not-it")
+        result = _echocmr(tmp_path, *argv, env=wrong)
+        assert result.returncode == 1 and "refused the credentials" in _one_error_line(result)
+        # The admin creates echocmr's user as docs/train-on-many-nodes.md says, in a process
+        # of its own (MLflow's client reads the credentials from the environment).
+        create = ("import os\nfrom mlflow.server import get_app_client\n"
+                  f"client = get_app_client('basic-auth', tracking_uri='{url}')\n"
+                  "client.create_user('echocmr', os.environ['ECHOCMR_MLFLOW_PASSWORD'])\n")
+        admin = _clean_env(tmp_path, MLFLOW_TRACKING_USERNAME="admin",
+                           MLFLOW_TRACKING_PASSWORD=password,
+                           ECHOCMR_MLFLOW_PASSWORD="the-echocmr-users-password")
+        made = subprocess.run([sys.executable, "-c", create], env=admin, capture_output=True,
+                              text=True, timeout=120)
+        assert made.returncode == 0, made.stderr[-2000:]
+        right = _clean_env(tmp_path, MLFLOW_TRACKING_USERNAME="echocmr",
+                           MLFLOW_TRACKING_PASSWORD="the-echocmr-users-password")
+        result = _echocmr(tmp_path, *argv, env=right)
+        assert result.returncode == 0, result.stderr
+        assert "no registered models" in result.stdout
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
