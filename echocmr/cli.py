@@ -103,6 +103,13 @@ def _user_error(exc: BaseException) -> str | None:
     mlflow_exceptions = sys.modules.get("mlflow.exceptions")
     if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
         return f"MLflow: {exc.message}"
+    if isinstance(exc, ConnectionError) and "Ray" in str(exc):  # ray.init found no cluster
+        import os
+
+        hint = ("" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else
+                " (a cluster with token auth refuses a client without its token: put it in "
+                "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)")
+        return f"{str(exc).strip().splitlines()[0]}{hint}"
     ray_exceptions = sys.modules.get("ray.exceptions")
     auth_error = getattr(ray_exceptions, "AuthenticationError", None)
     if auth_error is not None and isinstance(exc, auth_error):
