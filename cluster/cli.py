@@ -44,9 +44,10 @@ def register(subparsers) -> None:
     local.add_argument(
         "--no-auth",
         action="store_true",
-        help="run the nodes without Ray token auth (RAY_AUTH_MODE=disabled); clients must then "
-        "set RAY_AUTH_MODE=disabled too. Default: token auth with $RAY_AUTH_TOKEN, "
-        "$RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (written when missing)",
+        help="run the nodes without Ray token auth (RAY_AUTH_MODE=disabled): anyone who reaches "
+        "their ports runs code as you. echocmr commands given this cluster's address (or auto) "
+        "follow; other Ray clients need RAY_AUTH_MODE=disabled. Default: token auth with "
+        "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (written when missing)",
     )
     state_dir_arg(local)
     local.set_defaults(func=run_local)
@@ -137,7 +138,7 @@ def run_local(args) -> int:
               "and Ray client of this user finds it)")
     else:
         print("auth:         OFF (--no-auth): anyone who reaches these ports runs code as you; "
-              "clients need RAY_AUTH_MODE=disabled")
+              "Ray clients other than echocmr's need RAY_AUTH_MODE=disabled")
     print("stop with:    echocmr cluster stop")
     return 0
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from echocmr.cluster.auth import configure_client
 
-        configure_client()
+        configure_client(getattr(args, "address", None))
         _check_store(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -193,7 +193,7 @@ def test_cluster_local_after_a_plain_ray_init_then_ingest_from_a_plain_shell(exp
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
-def test_auth_off_is_an_explicit_choice(tmp_path, short_tmp):
+def test_auth_off_is_an_explicit_choice(export, tmp_path, short_tmp):
     """``--no-auth`` runs the nodes without a token; a client says so with RAY_AUTH_MODE."""
     user = _clean_env(tmp_path / "home", short_tmp)
     started = _run([ECHOCMR, "cluster", "local", "--nodes", "1", "--no-auth"], user, tmp_path)
@@ -208,5 +208,14 @@ def test_auth_off_is_an_explicit_choice(tmp_path, short_tmp):
                    dict(user, RAY_AUTH_MODE="disabled"), tmp_path)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "MODE disabled" in job.stdout  # what the nodes run with
+        # A token on the machine (any plain ray.init() writes one) does not make an echocmr
+        # command talk token auth to this cluster: it reads the recorded choice.
+        (tmp_path / "home" / ".ray").mkdir()
+        (tmp_path / "home" / ".ray" / "auth_token").write_text("f" * 64)
+        state = json.loads((tmp_path / "home" / ".echocmr" / "cluster.json").read_text())
+        ingested = _ingest(export, tmp_path / "out", state["address"],
+                           dict(user, ECHOCMR_SPLIT_KEY=SPLIT_KEY), tmp_path)
+        assert ingested.returncode == 0, ingested.stdout[-3000:] + ingested.stderr[-3000:]
+        assert list((tmp_path / "out").glob("*.tar"))
     finally:
         _run([ECHOCMR, "cluster", "stop"], user, tmp_path)
