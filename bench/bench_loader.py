@@ -3,7 +3,7 @@
 What is compared. The same clips held two ways:
 
 * ours: a shard set (VP9 WebM in WebDataset tars + DALI ``.idx`` files) read by
-  `train.data.ClipLoader` with ``train=True`` (shuffle, random clip start, pad-and-crop and
+  `read.loader.ClipLoader` with ``train=True`` (shuffle, random clip start, pad-and-crop and
   intensity augmentation) on DALI's CPU video decoder with ``data.num_threads = N``;
 * plain: what EchoNet-Dynamic-style code has and does. A folder of AVIs (one per clip, written by
   ``cv2.VideoWriter`` as MJPG, 3-channel BGR, OpenCV's default quality) plus a ``FileList.csv`` of
@@ -174,9 +174,9 @@ def _cpu_seconds() -> float:
 
 def ours_rate(shards: str, config, threads: int) -> tuple[float, float]:
     """(clips/s, CPU s/clip) of `ClipLoader` over the train split, second epoch."""
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import ClipLoader
 
     data = replace(config.data, num_threads=threads)
     stats = read_stats(shards)
@@ -194,8 +194,8 @@ def plain_rate(file_list: str, shards: str, config, workers: int) -> tuple[float
     """(clips/s, CPU s/clip) of the AVI Dataset in a DataLoader over the train split, 2nd epoch."""
     import torch
 
+    from echocmr.model.contract import InputSpec
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
 
     spec = InputSpec.build(config.data, read_stats(shards))
     aug = config.data.augment

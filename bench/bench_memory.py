@@ -1,6 +1,6 @@
 """Benchmark: host memory (RSS) of one worker's loaders over many epochs, each with new pipelines.
 
-`train.data.ClipLoader` builds a fresh DALI pipeline per epoch (that is what makes the reader
+`read.loader.ClipLoader` builds a fresh DALI pipeline per epoch (that is what makes the reader
 position just (epoch, batch): module docstring there), and validation builds another per call. A
 pipeline that is not freed would grow a long run's host memory by a pipeline's buffers every
 epoch. This runs what one CPU worker's `Engine` does per epoch, without the network: every train
@@ -53,10 +53,10 @@ def run(shards: str, epochs: int) -> list[float]:
     """RSS after each epoch (train + val pass) of the ``cpu-small`` loaders on ``shards``."""
     import torch
 
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
     from echocmr.train.config import load_config
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import ClipLoader
 
     config = load_config(preset="cpu-small")
     stats = read_stats(shards)

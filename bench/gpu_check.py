@@ -17,7 +17,7 @@ Sections (each catches its own errors and records them, so one failing hides no 
 1. ``decode``: DALI ``mixed`` against ``cpu`` on the same whole test clips, at the default clip
    size (144) and the old 112: works or the error, and max / mean absolute difference in grey
    levels.
-2. ``loader``: `train.data.ClipLoader` clips/s into training tensors on the device (training
+2. ``loader``: `read.loader.ClipLoader` clips/s into training tensors on the device (training
    window, augmentation on): ``mixed``, and CPU decode with 16 DALI threads.
 3. ``train``: `train.engine.Engine` steps of R(2+1)D-18 at 32x112x112 (bf16 autocast,
    channels-last), without and with ``torch.compile``, batch 16/32/64, fed by the real loader
@@ -336,11 +336,11 @@ def _decode_whole(shards: str, decoder: str, device) -> dict:
     """``{key: uint8[F, H, W]}`` of the test split at the stored size (no resize)."""
     import numpy as np
 
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.config import DataConfig
+    from echocmr.read.loader import split_files
+    from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
     from echocmr.shards.reader import read_stats
-    from echocmr.train.config import DataConfig
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import split_files
-    from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
     stats = read_stats(shards)
     clip = _clip(shards)
@@ -378,7 +378,7 @@ def _frame_diff(a: dict, b: dict) -> dict:
 
 
 def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int):
-    from echocmr.train.config import DataConfig
+    from echocmr.read.config import DataConfig
 
     return DataConfig(frames=profile.frames, period=profile.period, size=profile.size,
                       batch_size=batch_size, decoder=decoder, num_threads=threads, prefetch=2)
@@ -386,9 +386,9 @@ def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int
 
 def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:
     """Clips/s of the training loader into tensors on ``device``, per decoder."""
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
     out = {}
@@ -432,7 +432,8 @@ def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:
 
 
 def train_config(profile: Profile, *, batch_size: int, compile: bool, device):
-    from echocmr.train.config import ModelConfig, TrainConfig
+    from echocmr.model.config import ModelConfig
+    from echocmr.train.config import TrainConfig
 
     gpu = device.type == "cuda"
     return TrainConfig(
@@ -447,7 +448,7 @@ def flops_per_clip(profile: Profile, device) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from echocmr.train.model import build_model
+    from echocmr.model.network import build_model
 
     config = train_config(profile, batch_size=2, compile=False, device=device)
     model = build_model(config.model).to(device).train()
@@ -508,7 +509,7 @@ def _synthetic(engine, bs: int, device):
     """The same batch over and over, already on the device: no data wait at all."""
     import torch
 
-    from echocmr.train.data import Batch
+    from echocmr.read.loader import Batch
 
     spec = engine.spec
     batch = Batch(clips=torch.randn(bs, 1, spec.frames, spec.size, spec.size, device=device),
@@ -559,9 +560,9 @@ def rebuild_section(wide: str, profile: Profile, device, budget: Budget) -> dict
     DALI's ``ReleaseUnusedMemory`` after each."""
     from nvidia.dali import backend
 
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.loader import ClipLoader
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import ClipLoader
 
     stats = read_stats(wide)
     config = data_config(profile, batch_size=profile.loader_batch, decoder="auto",
@@ -602,11 +603,11 @@ def eval_section(shards: str, profile: Profile, device, budget: Budget) -> dict:
     import torch
 
     from echocmr.eval.infer import InferConfig, infer_tars
-    from echocmr.eval.tasks import TASKS, p_col
+    from echocmr.model.contract import InputSpec
+    from echocmr.model.network import build_model
+    from echocmr.model.tasks import TASKS, p_col
+    from echocmr.read.loader import split_files
     from echocmr.shards.reader import read_stats
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import split_files
-    from echocmr.train.model import build_model
 
     stats = read_stats(shards)
     config = train_config(profile, batch_size=2, compile=False, device=device)

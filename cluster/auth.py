@@ -172,22 +172,22 @@ def node_env(env: dict[str, str], *, auth: bool) -> dict[str, str]:
     return env
 
 
-def configure_client(address: str | None = None) -> str | None:
+def configure_client(cluster_mode: str | None = None) -> str | None:
     """Make this process a token-auth Ray client when a token is available; return the mode.
 
-    An explicit ``RAY_AUTH_MODE`` is the user's choice and is kept. A client of the cluster
-    ``echocmr cluster local --no-auth`` recorded (``address`` or ``$RAY_ADDRESS`` is its address,
-    or ``auto`` while it runs) gets ``disabled``, the mode that cluster was started with on
-    purpose. Otherwise, with a token
-    available (`find_token`), ``RAY_AUTH_MODE=token`` is set in this process's environment, read
-    by Ray when it first loads its config, and inherited by the processes it starts. Without
-    a token nothing is set: a new local Ray then turns token auth on and writes a token itself
-    (Ray's default), and a cluster that wants a token refuses the connection.
+    An explicit ``RAY_AUTH_MODE`` is the user's choice and is kept. ``cluster_mode`` is the mode
+    of a cluster this command will reach, when it was recorded (``echocmr cluster local
+    --no-auth`` records ``disabled``; `echocmr.cluster.local.recorded_auth_mode`): a cluster
+    started without auth on purpose is reached without it. Otherwise, with a token available
+    (`find_token`), ``RAY_AUTH_MODE=token`` is set in this process's environment, read by Ray
+    when it first loads its config, and inherited by the processes it starts. Without a token
+    nothing is set: a new local Ray then turns token auth on and writes a token itself (Ray's
+    default), and a cluster that wants a token refuses the connection.
     """
     mode = requested_mode()
     if mode is not None:
         return mode
-    if _recorded_cluster_without_auth(address or os.environ.get("RAY_ADDRESS")):
+    if cluster_mode == DISABLED:
         os.environ[AUTH_MODE_ENV] = DISABLED
         reload_ray_auth()
         return DISABLED
@@ -196,23 +196,6 @@ def configure_client(address: str | None = None) -> str | None:
     os.environ[AUTH_MODE_ENV] = TOKEN
     reload_ray_auth()
     return TOKEN
-
-
-def _recorded_cluster_without_auth(address: str | None) -> bool:
-    """Whether ``address`` is the running local cluster that `cluster local --no-auth` started."""
-    if not address:
-        return False
-    from echocmr.cluster.local import LocalClusterState, cluster_pids, default_state_dir
-
-    try:
-        state = LocalClusterState.load(default_state_dir())
-    except (OSError, ValueError, TypeError):  # an unreadable state file is not ours to judge
-        return False
-    if state is None or state.auth != DISABLED:
-        return False
-    if address not in ("auto", state.address, state.dashboard_url):
-        return False
-    return bool(cluster_pids(state))
 
 
 def reload_ray_auth() -> None:

@@ -117,6 +117,21 @@ class LocalClusterState:
         return cls(**raw)
 
 
+def recorded_auth_mode(address: str | None, state_dir: Path | None = None) -> str | None:
+    """The Ray auth mode of the running cluster `cluster local` recorded, when ``address`` (or
+    ``$RAY_ADDRESS``) reaches it: its GCS or Jobs API address, or ``auto``; else None."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return None
+    try:
+        state = LocalClusterState.load(state_dir or default_state_dir())
+    except (OSError, ValueError, TypeError):  # an unreadable state file is not ours to judge
+        return None
+    if state is None or address not in ("auto", state.address, state.dashboard_url):
+        return None
+    return state.auth if cluster_pids(state) else None
+
+
 class LocalClusterError(EchocmrError, RuntimeError):
     """The local cluster could not be started or found."""
 

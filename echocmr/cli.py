@@ -28,11 +28,14 @@ from echocmr.errors import EchocmrError
 from echocmr.eval import cli as eval_cli
 from echocmr.ingest import cli as ingest_cli
 from echocmr.ingest.synth import cli as synth_cli
+from echocmr.model import cli as model_cli
 from echocmr.shards import cli as shards_cli
 from echocmr.train import cli as train_cli
+from echocmr.workflows import cli as workflows_cli
 
 # Subcommand providers, in the order `--help` lists them.
-_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, cluster_cli, demo)
+_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, model_cli, workflows_cli,
+              cluster_cli, demo)
 
 # Commands that only read an MLflow store (a missing sqlite file is a typo, never a new store),
 # and those that read one when their --model is a store URI. Every other command with a
@@ -87,8 +90,8 @@ def _check_store(args) -> None:
     mode = _store_mode(args)
     if mode is None or getattr(args, "print_config", False):
         return
+    from echocmr.model.tracking import resolve_tracking_uri
     from echocmr.tracking_store import check_tracking_store
-    from echocmr.train.tracking import resolve_tracking_uri
 
     check_tracking_store(resolve_tracking_uri(args.tracking_uri), mode)
 
@@ -138,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"echocmr {args.echocmr_command}"
     try:
         from echocmr.cluster.auth import configure_client
+        from echocmr.cluster.local import recorded_auth_mode
 
-        configure_client(getattr(args, "address", None))
+        configure_client(recorded_auth_mode(getattr(args, "address", None)))
         _check_store(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

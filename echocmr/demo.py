@@ -400,28 +400,52 @@ def run_demo_flow(c: DemoConfig, *, say: Callable[[str], None] = _say) -> int:
         say(f"[{i}/{len(steps)}] {step.name} done in {_fmt(seconds)} ({cpu:.0f} CPU-s)")
     say(f"\ndemo finished in {_fmt(time.monotonic() - started)} (this run); steps took "
         + ", ".join(f"{s.name} {_fmt(done[s.name]['seconds'])}" for s in steps))
-    table = auc_table(p["logs"] / "eval.log")
+    table = auc_table(p["report"])
     if table:
         say("\n" + table)
     print_locations(c, say=say)
     return 0
 
 
-def auc_table(eval_log: Path) -> str | None:
-    """The AUC tables `echocmr eval` printed (kept in its log), to end the demo with them."""
-    if not eval_log.exists():
+def auc_table(report_dir: Path) -> str | None:
+    """The AUC table of the demo's evaluation, from the files `echocmr eval` wrote
+    (``metrics.json``, and ``metrics_detail.json``'s internal results beside an external site):
+    per task the internal and external AUC with their bootstrap CIs, the verdict, and the
+    published study's AUC. None when the evaluation has not run."""
+    import json
+
+    from echocmr.eval.published import PUBLISHED
+
+    metrics_path = report_dir / "metrics.json"
+    if not metrics_path.exists():
         return None
-    lines = eval_log.read_text().splitlines()
-    tables, i = [], 0
-    while i < len(lines):
-        if not lines[i].startswith("study-level AUCs"):
-            i += 1
-            continue
-        end = next((j for j in range(i + 1, len(lines)) if not lines[j].strip()
-                    or lines[j].startswith("outputs in")), len(lines))
-        tables.append("\n".join(lines[i:end]))
-        i = end
-    return "\n\n".join(tables) or None
+    judged = json.loads(metrics_path.read_text())
+    detail_path = report_dir / "metrics_detail.json"
+    detail = json.loads(detail_path.read_text()) if detail_path.exists() else {}
+    internal = detail.get("internal") or {}
+    holdout = detail.get("holdout_site")
+
+    def auc(m: dict | None) -> str:
+        if not m or m.get("auc") is None:
+            return "—"
+        ci = (f" ({m['ci_low']:.3f}–{m['ci_high']:.3f})"
+              if m.get("ci_low") is not None and m.get("ci_high") is not None else "")
+        return f"{m['auc']:.3f}{ci}"
+
+    head = (["task"] + (["internal AUC (95% CI)"] if internal else [])
+            + [f"{'external' if holdout else 'test'} AUC (95% CI)", "verdict",
+               "published AUC (95% CI)"])
+    rows = [head]
+    for task, m in judged.items():
+        pub = PUBLISHED.get(task)
+        rows.append([task.upper()] + ([auc(internal.get(task))] if internal else [])
+                    + [auc(m), str(m.get("verdict") or "—"), pub.text() if pub else "—"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    title = (f"study-level AUCs, internal beside external (site {holdout})" if holdout
+             else "study-level AUCs, test split")
+    return title + " — from " + str(metrics_path) + ":\n" + "\n".join(lines)
 
 
 def _children_cpu_s() -> float:

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.model.tasks import TASKS, p_col, y_col
 
 log = logging.getLogger(__name__)
 

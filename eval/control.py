@@ -28,7 +28,7 @@ import numpy as np
 
 from echocmr.eval.metrics import _logistic_fit, counts
 from echocmr.eval.signal import SIGNAL, SignalConfig, permutation_test
-from echocmr.train.metrics import roc_auc
+from echocmr.model.auc import roc_auc
 
 ONLY_THROUGH = "only through {control}"
 

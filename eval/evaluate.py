@@ -34,6 +34,8 @@ from echocmr.eval.outputs import (
 )
 from echocmr.eval.report import ReportInputs, write_report
 from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
+from echocmr.model.tasks import p_col, y_col
+from echocmr.shards.format import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,6 @@ def evaluate_clips(
 def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
                          val_studies: pd.DataFrame | None, config: EvaluationConfig) -> None:
     """Each task's threshold chosen on ``val_studies``, read on ``studies`` (eval.operating)."""
-    from echocmr.eval.tasks import p_col, y_col
 
     if config.threshold == "none":
         return
@@ -195,7 +196,6 @@ def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
 
 def _in_order(splits: pd.Series) -> list[str]:
     """The distinct splits, in train, val, test order."""
-    from echocmr.shards.format import SPLITS
 
     names = set(splits.astype(str))
     return [s for s in SPLITS if s in names] + sorted(names - set(SPLITS))

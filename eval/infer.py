@@ -1,12 +1,12 @@
 """Inference over a shard split: every clip (window) of every video, as a clip table.
 
-Decoding is the training pipeline's own graph (`train.pipeline.build_pipeline` with
+Decoding is the training pipeline's own graph (`read.pipeline.build_pipeline` with
 ``window="whole"``): the same reader, video decoder (``cpu``, or ``mixed`` on a GPU), grey channel
 and resize, except that each video is decoded whole. Windows are then cut on the host by the
-model contract (`train.contract.window_starts` and `window_clips`): T frames every P frames of the
+model contract (`model.contract.window_starts` and `window_clips`): T frames every P frames of the
 model's `InputSpec`, padded and normalised exactly as the training pipeline does.
 
-Windows (``InferConfig.clips``, see `train.contract.window_starts`):
+Windows (``InferConfig.clips``, see `model.contract.window_starts`):
 
 * ``all`` (default): starts 0, stride, 2*stride, ... up to the last full window, plus the last
   full window itself so the tail is covered. ``stride`` defaults to half a window's span
@@ -33,16 +33,31 @@ import numpy as np
 import pandas as pd
 
 from echocmr.eval.outputs import CLIP_COLUMNS
-from echocmr.eval.tasks import TASKS, p_col, y_col
-from echocmr.shards.format import ClipFormat, SampleMeta, check_gpu_decodable
-from echocmr.train.contract import WINDOW_MODES as MODES
-from echocmr.train.contract import (
+from echocmr.model.contract import WINDOW_MODES as MODES
+from echocmr.model.contract import (
     InputSpec,
     WindowMode,
     window_clips,
     window_span,
     window_starts,
 )
+from echocmr.model.predict import predict_windows
+from echocmr.model.store import load_model
+from echocmr.model.tasks import TASKS, p_col, y_col
+from echocmr.read.loader import select_sites, split_files
+from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
+from echocmr.shards import storage
+from echocmr.shards.format import (
+    STATS_FILE,
+    ClipFormat,
+    SampleMeta,
+    check_format_version,
+    check_gpu_decodable,
+)
+from echocmr.shards.index import index_count
+from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.stage import stage
+from echocmr.shards.storage import canonical, is_url
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +95,10 @@ class InferConfig:
         return f"all clips, {spec.frames} frames every {spec.period}, start stride {stride}"
 
 
-def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
-    """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for lo in range(0, clips_WCTHW.shape[0], batch_size):
-            x = torch.from_numpy(clips_WCTHW[lo : lo + batch_size]).to(device)
-            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
 def decode_videos(tars: list[str], indexes: list[str], spec: InputSpec, *,
                   stored_size: tuple | None, config: InferConfig,
                   device) -> Iterator[tuple[str, np.ndarray, SampleMeta, np.ndarray]]:
     """``(key, labels float32[5], meta, frames uint8[F, S, S])`` per sample, in stored order."""
-    from echocmr.shards.index import index_count
-    from echocmr.train.pipeline import PipelineConfig, build_pipeline, sample_meta
 
     n_samples = sum(index_count(i) for i in indexes)
     gpu = getattr(device, "type", str(device)) == "cuda"
@@ -167,9 +168,6 @@ def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
     """Local tars, their indexes and the clip format of ``split`` (only ``sites``' samples when
     given, through shortened indexes in ``index_dir``); a set at a URL is staged onto this
     node's disk first."""
-    from echocmr.shards.reader import read_stats
-    from echocmr.shards.stage import stage
-    from echocmr.train.data import split_files
 
     local = stage(shards, cache_dir, splits=(split,))  # a local path comes back as it is
     tars, indexes, _ = split_files(local, split, sites=sites, index_dir=index_dir)
@@ -181,9 +179,6 @@ def _split_inputs(shards: str, split: str, cache_dir: str | None = None, *,
 def _remote_split(shards: str, split: str) -> tuple[list[str], ClipFormat]:
     """Tar names and the clip format of ``split`` of a set at a URL, read without staging it
     (the Ray tasks stage it where they run); the same checks `split_files` makes up front."""
-    from echocmr.shards import storage
-    from echocmr.shards.format import STATS_FILE, check_format_version
-    from echocmr.shards.reader import list_shards, read_stats
 
     names = [storage.basename(t) for t in list_shards(shards, split)]
     if not names:
@@ -212,7 +207,6 @@ def infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig 
 
 def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig, loaded,
                  tracking_uri: str | None, address: str | None, sites, index_dir: str):
-    from echocmr.shards.storage import canonical, is_url
 
     remote = is_url(shards)
     if remote:  # tar names only: this process or each Ray task stages the split where it runs
@@ -241,7 +235,6 @@ def _infer_split(shards: str, split: str, model_uri: str, *, config: InferConfig
 
 
 def _load(model_uri: str, tracking_uri: str | None = None):
-    from echocmr.train.checkpoint import load_model
 
     return load_model(model_uri, tracking_uri=tracking_uri)
 
@@ -270,8 +263,6 @@ def _task_share(model_uri, tars, indexes, stored, cfg: InferConfig, tracking_uri
             raise FileNotFoundError(f"{source} no longer has {', '.join(missing)} of {split}")
         tars, indexes = [by_name[n][0] for n in tars], [by_name[n][1] for n in tars]
     if sites is not None:
-        from echocmr.shards.stage import stage
-        from echocmr.train.data import select_sites
 
         local = stage(source, cfg.cache_dir, splits=(split,)) if source is not None else shards
         tars, indexes, _ = select_sites(local, split, tars, indexes, sites=sites,

@@ -2,7 +2,7 @@
 
     infer (eval.infer: DALI decode, all or centre windows, Ray workers for large splits)
       -> evaluate (eval.evaluate: aggregate, metrics with both CIs, signal audit, reports)
-      -> log (eval.tracking: one MLflow run with metrics, params and every output file)
+      -> log (eval.record: one MLflow run with metrics, params and every output file)
 
 The stacker aggregation also runs the model over the val split to fit its per-view weights.
 
@@ -23,7 +23,13 @@ from typing import Any, Literal
 from echocmr import config as loader
 from echocmr.eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
 from echocmr.eval.infer import InferConfig, infer_split
+from echocmr.eval.missingness import studies_from_manifest
+from echocmr.eval.record import annotate_version, log_evaluation, previous_evaluations
 from echocmr.eval.report import auc_table_text
+from echocmr.model.lineage import training_sites
+from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
+from echocmr.shards.format import SPLITS
+from echocmr.shards.reader import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ class EvalOutcome:
 
 
 def check_holdout(model_uri: str, site: str, tracking_uri: str) -> dict | None:
-    """The model's record of its training sites (`eval.tracking.training_sites`) for an
+    """The model's record of its training sites (`eval.record.training_sites`) for an
     external validation on ``site``; ValueError when the model trained on ``site``.
 
     Refusing, not warning: a model that saw a site's patients (even other patients of it, or
@@ -67,7 +73,6 @@ def check_holdout(model_uri: str, site: str, tracking_uri: str) -> dict | None:
     calling that external would be wrong. No record (models from before, bare networks): a
     warning, and the evaluation keeps to the split evaluated.
     """
-    from echocmr.eval.tracking import training_sites
 
     record = training_sites(model_uri, tracking_uri)
     if record is None:
@@ -88,8 +93,6 @@ def _with_whole_site(clips, val_clips, shards, config: EvalConfig, model_uri: st
     when eval inferred val anyway): none of that site's patients was seen in training."""
     import pandas as pd
 
-    from echocmr.shards.format import SPLITS
-    from echocmr.shards.reader import read_manifest
 
     manifest = read_manifest(shards)
     has = set(manifest.loc[manifest["site"].astype(str) == site, "split"].astype(str))
@@ -116,7 +119,6 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
 
     ``address``: Ray cluster for ``infer.workers > 1`` (else ``RAY_ADDRESS``, else local Ray).
     """
-    from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
 
     config = config or EvalConfig()
     tracking_uri = resolve_tracking_uri(tracking_uri)
@@ -160,7 +162,6 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
             f"is NOT verified, and only site {holdout}'s {config.split} studies are used.")
     eval_count = None
     if config.track:
-        from echocmr.eval.tracking import previous_evaluations
 
         try:
             eval_count = 1 + previous_evaluations(tracking_uri=tracking_uri, model_uri=model_uri,
@@ -173,8 +174,6 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
             log.warning("could not count earlier evaluations at %s: %s", tracking_uri, exc)
             context[f"evaluations of this {config.split} split for this model"] = (
                 "unknown (MLflow unreachable)")
-    from echocmr.eval.missingness import studies_from_manifest
-    from echocmr.shards.reader import read_manifest
 
     evaluation = evaluate_clips(clips, out, config=config.evaluation, val_clips=val_clips,
                                 context=context,
@@ -182,7 +181,6 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
     table = auc_table_text(evaluation.results)
     run_id, error = None, None
     if config.track:
-        from echocmr.eval.tracking import annotate_version, log_evaluation
 
         params = {"model_uri": model_uri, **loader.flat(config)}
         try:

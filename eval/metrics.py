@@ -1,6 +1,6 @@
 """Study-level metrics: AUC, its two 95% confidence intervals, counts, and calibration.
 
-The AUC itself (and the midranks DeLong builds on) is `train.metrics.roc_auc`, the one
+The AUC itself (and the midranks DeLong builds on) is `model.auc.roc_auc`, the one
 implementation training and evaluation share; this module adds what only evaluation needs.
 
 Two intervals sit side by side because they answer slightly different questions:
@@ -40,7 +40,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from echocmr.train.metrics import check_binary, midranks, roc_auc
+from echocmr.model.auc import check_binary, midranks, roc_auc
 
 CiMethod = Literal["percentile", "bca"]
 CI_METHODS = get_args(CiMethod)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.tasks import TASKS, y_col
+from echocmr.model.tasks import TASKS, y_col
 
 
 def studies_from_manifest(manifest: pd.DataFrame) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from echocmr.train.metrics import check_binary
+from echocmr.model.auc import check_binary
 
 ThresholdRule = Literal["youden", "sensitivity", "none"]
 THRESHOLD_RULES = get_args(ThresholdRule)

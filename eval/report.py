@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from echocmr.eval.missingness import missingness_rows
 from echocmr.eval.published import PUBLISHED, PUBLISHED_SOURCE
 from echocmr.eval.summary import SummaryConfig, TaskResult
-from echocmr.eval.tasks import TASK_TITLES, TASKS, p_col, y_col
+from echocmr.model.tasks import TASK_TITLES, TASKS, p_col, y_col
 
 
 @dataclass(kw_only=True)
@@ -358,7 +359,6 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     b.append(("h", 2, "ROC curves"))
     b += [("img", images[t], f"ROC {t.upper()}") for t in TASKS if t in images]
     if inp.missingness:
-        from echocmr.eval.missingness import missingness_rows
 
         b.append(("h", 2, "Label missingness per task and split"))
         b.append(("p", "Each AUC is over the studies whose label is known. Where many are unknown, "

@@ -39,7 +39,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from echocmr.train.metrics import midranks
+from echocmr.model.auc import midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"

@@ -45,8 +45,8 @@ from echocmr.eval.signal import (
     verdict,
     within_site_auc,
 )
-from echocmr.eval.tasks import TASKS, p_col, y_col
-from echocmr.train.metrics import roc_auc
+from echocmr.model.auc import roc_auc
+from echocmr.model.tasks import TASKS, p_col, y_col
 
 METRICS_KEYS = (
     "auc", "ci_low", "ci_high", "delong_low", "delong_high", "pr_auc",

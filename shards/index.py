@@ -23,6 +23,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from echocmr.shards import storage
 from echocmr.shards.format import split_member_name
 
 INDEX_VERSION = "v1.2"
@@ -97,7 +98,6 @@ def index_count(path: str) -> int:
 
     Raises ValueError naming the file when it is not a ``wds2idx`` index.
     """
-    from echocmr.shards import storage
 
     with storage.open_file(path, "rb") as f:
         line = f.readline().decode("utf-8", errors="replace")

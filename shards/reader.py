@@ -1,7 +1,7 @@
 """Read a shard set: its manifest, its stats, its shard list, and its samples (streaming).
 
 This is the plain-Python reader (tarfile over fsspec) used by the toolkit, eval and tests. The
-DALI graph of training and eval (``train.pipeline``) reads the same tars; the two agree because
+DALI graph of training and eval (``read.pipeline``) reads the same tars; the two agree because
 both read the format of `shards.format`.
 
 `iter_samples` streams: one tar is open at a time, read front to back, one sample in memory.

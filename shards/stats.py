@@ -19,6 +19,7 @@ import pandas as pd
 
 from echocmr.shards import storage
 from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS, ClipFormat
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
 
 def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -89,7 +90,6 @@ def stats_json_bytes(stats: dict) -> bytes:
 
 def describe(directory: str) -> dict:
     """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only)."""
-    from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
     manifest = read_manifest(directory)
     stats = read_stats(directory)

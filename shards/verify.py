@@ -56,6 +56,7 @@ from echocmr.shards.format import (
 )
 from echocmr.shards.index import IndexEntry, format_index, group_members
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.stats import compute_stats
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar's record size: the archive may be zero-padded to a multiple of it
@@ -128,7 +129,6 @@ def verify(directory: str, decode: bool = False) -> list[Problem]:
 
 def _check_stats(manifest: pd.DataFrame, stats: dict) -> list[Problem]:
     """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`)."""
-    from echocmr.shards.stats import compute_stats
 
     try:
         expected = compute_stats(manifest, clip_format=stats["clip"],

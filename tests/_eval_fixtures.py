@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.eval.aggregate import STUDY_COLUMNS
-from echocmr.eval.tasks import TASKS, p_col, y_col
+from echocmr.model.tasks import TASKS, p_col, y_col
 
 SIGNALS = {"wma": 2.5, "lge": 1.0, "t1": 0.0, "t2": 0.0, "ecv": 0.0}
 UNKNOWN = {"wma": 0.0, "lge": 0.05, "t1": 0.35, "t2": 0.35, "ecv": 0.35}

@@ -1,8 +1,8 @@
 """A tiny untrained echocmr model for the eval tests: saved as a checkpoint or registered in MLflow.
 
 Weights are random (seeded): these tests check plumbing and parity with the training pipeline,
-not learning. `make_checkpoint` writes the `train.checkpoint` format; `register` logs it with
-`train.checkpoint.log_model` and registers it with `train.registry.register_model`, as
+not learning. `make_checkpoint` writes the `model.checkpoint` format; `register` logs it with
+`model.publish.log_model` and registers it with `model.registry.register_model`, as
 ``echocmr train --register`` does.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from echocmr.train.checkpoint import log_model, save_checkpoint
+from echocmr.model.checkpoint import save_checkpoint
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
+from echocmr.model.publish import log_model
+from echocmr.model.registry import register_model
 from echocmr.train.config import TrainConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
-from echocmr.train.registry import register_model
 
 TINY = {"model": {"width": 4, "layers": [1, 1, 1, 1]},
         "data": {"frames": 8, "period": 2, "size": 32, "augment": {"enabled": False}}}

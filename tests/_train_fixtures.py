@@ -9,6 +9,9 @@ so the tests measure the plumbing (DALI, DDP, Ray, MLflow), not the network.
 from __future__ import annotations
 
 import copy
+import os
+import time
+from dataclasses import dataclass
 
 from _shards_fixtures import make_shard_set
 
@@ -32,3 +35,28 @@ def tiny_config(**overrides) -> dict:
 def make_tiny_shards(out_dir: str, seed: int = 0) -> str:
     return make_shard_set(out_dir, n_patients=10, clips_per_patient=3, n_frames=20, size=32,
                           samples_per_shard=4, seed=seed)
+
+
+@dataclass(frozen=True)
+class CrashAtStep:
+    """A `train.loop.StepHook` that kills rank ``rank`` hard (``os._exit(1)``: no cleanup,
+    nothing for Ray to catch) once, after global step ``step``, having first created the file
+    ``marker``; while ``marker`` exists the crash is spent, so the restarted group trains on.
+
+    ``delay_s`` waits before the exit: Ray Train V2's controller collects reports by polling the
+    workers (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``) and a report still unpolled when a worker dies
+    is lost, so a crash right after a report would restart one checkpoint earlier. Ray workers
+    unpickle it from this module: the tests' Ray puts this folder on their ``PYTHONPATH``.
+    """
+
+    rank: int
+    step: int
+    marker: str
+    delay_s: float = 2.0
+
+    def __call__(self, rank: int, global_step: int) -> None:
+        if rank == self.rank and global_step == self.step and not os.path.exists(self.marker):
+            with open(self.marker, "w") as f:
+                f.write(f"rank {rank} exited at step {global_step}\n")
+            time.sleep(self.delay_s)
+            os._exit(1)

@@ -7,6 +7,7 @@ change, and what a failure leaves behind. The whole flow on a tiny cohort is the
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -33,9 +34,14 @@ def recorder(monkeypatch):
             output.mkdir(parents=True, exist_ok=True)
             (output / "made").write_text(step.name)
         log_file.write_text(f"$ echocmr {' '.join(step.argv)}\n")
-        if step.name == "eval":
-            log_file.write_text("study-level AUCs, internal beside external\nWMA 0.8 0.7\n\n"
-                                "study-level AUCs, test split\nWMA 0.9\n\noutputs in x\n")
+        if step.name == "eval":  # what `echocmr eval` writes: the demo's table comes from it
+            report = demo._paths(config)["report"]  # noqa: SLF001
+            report.mkdir(parents=True, exist_ok=True)
+            (report / "metrics.json").write_text(json.dumps(
+                {"wma": {"auc": 0.9, "ci_low": 0.8, "ci_high": 0.95, "verdict": "signal"}}))
+            (report / "metrics_detail.json").write_text(json.dumps(
+                {"holdout_site": "st_elsewhere",
+                 "internal": {"wma": {"auc": 0.8, "ci_low": 0.7, "ci_high": 0.85}}}))
         assert env["MLFLOW_TRACKING_URI"] == demo.tracking_uri(config)
         return fail.get(step.name, 0)
 
@@ -108,7 +114,9 @@ def test_resume_skips_finished_steps_and_reruns_changed_ones(tmp_path, recorder,
         demo.DemoConfig(out=out, patients=30), gpu=False))
     printed = capsys.readouterr().out
     assert "study-level AUCs" in printed and "mlflow ui --backend-store-uri sqlite:///" in printed
-    assert "WMA 0.8 0.7" in printed and "WMA 0.9" in printed  # both tables end the output
+    table = printed[printed.index("study-level AUCs"):]
+    assert "0.800 (0.700–0.850)" in table and "0.900 (0.800–0.950)" in table  # both columns
+    assert "signal" in table and "0.873" in table  # the verdict and the published WMA AUC
 
     calls.clear()
     assert demo.run_demo_flow(demo.DemoConfig(out=out, patients=30)) == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,7 +75,8 @@ def test_literal_and_type_errors_name_the_layer_that_set_the_value():
 
 
 def test_train_config_literals_are_checked_in_python_too():
-    from echocmr.train.config import DataConfig, OptimConfig
+    from echocmr.read.config import DataConfig
+    from echocmr.train.config import OptimConfig
 
     with pytest.raises(ConfigError, match="data.pad_mode must be one of 'constant', 'edge'"):
         DataConfig(pad_mode="reflect")
@@ -152,19 +152,17 @@ def test_bad_config_and_missing_inputs_exit_2(tmp_path, capsys):
     assert "--shards required" in capsys.readouterr().err
 
 
-# -- the test-only fault hook ------------------------------------------------------------------
+# -- test hooks are not configuration -------------------------------------------------------
 
 
-def test_fault_hook_is_not_part_of_the_user_config(monkeypatch):
+def test_a_fault_is_not_part_of_the_user_config():
+    """Tests inject worker crashes through `run_training(step_hook=...)`; nothing in the user's
+    config or environment can."""
+    import inspect
+
+    import echocmr.train.engine as engine
     from echocmr.train.config import TrainConfig
-    from echocmr.train.engine import TEST_FAULT_ENV, _test_fault
 
     with pytest.raises(ConfigError, match="unknown key 'fault'"):
         TrainConfig.from_dict({"fault": {"rank": 1, "step": 5, "marker": "m"}})
-    monkeypatch.delenv(TEST_FAULT_ENV, raising=False)
-    assert _test_fault() is None
-    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps({"rank": 1, "step": 5, "marker": "/tmp/m"}))
-    assert _test_fault() == {"rank": 1, "step": 5, "marker": "/tmp/m", "delay_s": 0.0}
-    monkeypatch.setenv(TEST_FAULT_ENV, "rank=1")
-    with pytest.raises(ValueError, match=f"{TEST_FAULT_ENV} must be JSON"):
-        _test_fault()
+    assert "environ" not in inspect.getsource(engine)

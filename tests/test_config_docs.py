@@ -27,11 +27,13 @@ from echocmr.eval.evaluate import EvaluationConfig
 from echocmr.eval.infer import InferConfig
 from echocmr.eval.job import EvalConfig
 from echocmr.eval.metrics import MetricsConfig
-from echocmr.eval.predict import PredictConfig
 from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig
 from echocmr.ingest import config as ingest_config
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.model.config import ModelConfig
+from echocmr.model.predict import PredictConfig
+from echocmr.read.config import AugmentConfig, DataConfig
 from echocmr.shards.reshard import ReshardConfig
 from echocmr.train import config as train_config
 
@@ -44,8 +46,8 @@ DOCUMENTED = [
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
     ingest_config.RayConfig,
     ReshardConfig,
-    train_config.TrainConfig, train_config.ModelConfig, train_config.DataConfig,
-    train_config.AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,
+    train_config.TrainConfig, ModelConfig, DataConfig,
+    AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,
     EvalConfig, InferConfig, EvaluationConfig, StackerConfig, SummaryConfig, MetricsConfig,
     SignalConfig, PredictConfig,
     LocalClusterConfig, SubmitConfig, DemoConfig,

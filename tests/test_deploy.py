@@ -57,7 +57,7 @@ def registry(tmp_path_factory):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.tracking import sqlite_artifact_root
+    from echocmr.model.tracking import sqlite_artifact_root
 
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root}/mlflow.db"

@@ -9,11 +9,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from echocmr.eval.infer import InferConfig, decode_videos, infer_split
+from echocmr.model.contract import InputSpec, window_clips, window_starts
+from echocmr.model.store import load_model
+from echocmr.read.config import AugmentConfig, DataConfig
+from echocmr.read.loader import ClipLoader, split_files
 from echocmr.shards.reader import read_manifest, read_stats
-from echocmr.train.checkpoint import load_model
-from echocmr.train.config import AugmentConfig, DataConfig
-from echocmr.train.contract import InputSpec, window_clips, window_starts
-from echocmr.train.data import ClipLoader, split_files
 
 from _eval_model import make_checkpoint
 from _shards_fixtures import make_shard_set

@@ -18,7 +18,7 @@ from echocmr.eval.metrics import (
     delong_placements,
     weighted_auc,
 )
-from echocmr.train.metrics import roc_auc
+from echocmr.model.auc import roc_auc
 
 
 def _data(n=150, seed=1, ties=True):
@@ -144,7 +144,7 @@ def test_config_refuses_too_few_resamples():
 def test_midranks_equal_scipy():
     from scipy.stats import rankdata
 
-    from echocmr.train.metrics import midranks
+    from echocmr.model.auc import midranks
 
     x = np.round(np.random.default_rng(0).normal(size=300), 1)
     np.testing.assert_allclose(midranks(x), rankdata(x))

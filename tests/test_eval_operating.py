@@ -104,8 +104,8 @@ def test_label_missingness_per_task_and_split():
 def test_reevaluations_of_a_test_split_are_counted(tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from echocmr.eval.record import log_evaluation, previous_evaluations
     from echocmr.eval.summary import summarise
-    from echocmr.eval.tracking import log_evaluation, previous_evaluations
 
     from _eval_fixtures import study_table
 

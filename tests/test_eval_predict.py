@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import echocmr.cli as echocmr_cli
-from echocmr.eval.registry import MODEL_INFO_FILE, list_models, pull_model
+from echocmr.model.pulled import MODEL_INFO_FILE
+from echocmr.model.store import load_model
+from echocmr.model.versions import list_models, pull_model
 from echocmr.shards.format import TASKS
-from echocmr.train.checkpoint import load_model
 
 from _eval_model import register, tiny_state
 
@@ -98,10 +99,10 @@ def test_list_pull_and_predict_with_the_tracking_server_gone(tmp_path, monkeypat
 
 
 def test_predict_matches_ingest_preprocessing_and_the_training_input(tmp_path, ybr_dicom):
-    from echocmr.eval.predict import PredictConfig, predict_files, preprocess_config
     from echocmr.ingest.preprocess import preprocess_dicom
-    from echocmr.train.checkpoint import model_from_state
-    from echocmr.train.contract import frames_to_clip
+    from echocmr.model.checkpoint import model_from_state
+    from echocmr.model.contract import frames_to_clip
+    from echocmr.model.predict import PredictConfig, predict_files, preprocess_config
 
     model, spec = model_from_state(tiny_state(STATS))
     result = predict_files([ybr_dicom], model, spec, config=PredictConfig(clips="centre"),
@@ -128,9 +129,9 @@ def test_pull_refuses_bad_reference_and_non_empty_dir_before_contacting_mlflow(t
 def test_preprocessing_follows_the_clip_size_the_model_was_trained_on():
     from dataclasses import replace
 
-    from echocmr.eval.predict import preprocess_config
     from echocmr.ingest.config import PreprocessConfig
-    from echocmr.train.contract import InputSpec
+    from echocmr.model.contract import InputSpec
+    from echocmr.model.predict import preprocess_config
 
     spec = InputSpec(frames=4, period=2, size=32, fps=25.0, mean=40.0, std=30.0)
     assert preprocess_config(spec).size == PreprocessConfig().size  # nothing known: defaults

@@ -13,7 +13,7 @@ from echocmr.eval.metrics import MetricsConfig
 from echocmr.eval.published import PUBLISHED
 from echocmr.eval.signal import INSUFFICIENT, NO_SIGNAL, SIGNAL, SignalConfig
 from echocmr.eval.summary import METRICS_KEYS, SummaryConfig, summarise
-from echocmr.eval.tasks import TASKS
+from echocmr.model.tasks import TASKS
 
 from _eval_fixtures import clip_table, study_table
 

@@ -13,7 +13,7 @@ from echocmr.eval.signal import (
     patient_permutations,
     permutation_test,
 )
-from echocmr.eval.tasks import TASKS
+from echocmr.model.tasks import TASKS
 
 from _eval_fixtures import study_table
 

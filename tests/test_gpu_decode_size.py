@@ -12,6 +12,11 @@ import pytest
 import torch
 
 import echocmr.cli as echocmr_cli
+from echocmr.config import ConfigError
+from echocmr.model.contract import InputSpec
+from echocmr.read.config import DataConfig
+from echocmr.read.loader import ClipLoader
+from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards.format import (
     DEFAULT_CLIP_SIZE,
     NVDEC_MIN_SIZE,
@@ -20,10 +25,7 @@ from echocmr.shards.format import (
     check_gpu_decodable,
 )
 from echocmr.shards.reader import read_stats
-from echocmr.train.config import ConfigError, DataConfig, TrainConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.data import ClipLoader
-from echocmr.train.pipeline import resolve_decoder
+from echocmr.train.config import TrainConfig
 
 from _shards_fixtures import make_shard_set
 from _train_fixtures import tiny_config
@@ -87,7 +89,7 @@ def _no_run_starts(monkeypatch):
     """Ray and MLflow raise if the driver gets as far as starting them."""
     import ray
 
-    import echocmr.train.tracking as tracking
+    import echocmr.train.tracker as tracking
 
     class Started(Exception):
         pass

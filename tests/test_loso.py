@@ -13,10 +13,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import echocmr.cli as echocmr_cli
-from echocmr.eval.runs import find_finished_run, fingerprint, recipe_params
-from echocmr.train.checkpoint import read_checkpoint
+from echocmr.model.checkpoint import read_checkpoint
+from echocmr.model.tracking import EXCLUDE_SITES_TAG
 from echocmr.train.config import TrainConfig
-from echocmr.train.tracking import EXCLUDE_SITES_TAG
+from echocmr.workflows.runs import find_finished_run, fingerprint, recipe_params
 
 from _train_fixtures import tiny_config
 

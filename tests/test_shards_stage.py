@@ -121,7 +121,7 @@ def test_some_splits_then_more(s3_endpoint, original, tmp_path):
     test_only = stage_report(url, cache, splits=["test"])
     test_files = [n for n in set_files(original) if n.startswith("test-")]
     assert sorted(test_only.downloaded) == sorted([*test_files, MANIFEST_FILE, STATS_FILE])
-    from echocmr.train.data import split_files
+    from echocmr.read.loader import split_files
 
     tars, indexes, counts = split_files(test_only.directory, "test")
     assert sum(counts) == (read_manifest(original)["split"] == "test").sum()
@@ -289,9 +289,9 @@ def test_the_lock_waits_for_its_holder_when_asked(tmp_path):
 
 def test_the_training_loader_reads_a_staged_set_like_the_original(s3_endpoint, original,
                                                                   tmp_path):
-    from echocmr.train.config import AugmentConfig, DataConfig
-    from echocmr.train.contract import InputSpec
-    from echocmr.train.data import ClipLoader, split_files
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.config import AugmentConfig, DataConfig
+    from echocmr.read.loader import ClipLoader, split_files
 
     url = upload(original, "s3://echo/train")
     with pytest.raises(ValueError, match="stage it onto local disk first"):
@@ -341,9 +341,9 @@ def test_eval_infers_on_an_s3_url(s3_endpoint, original, tmp_path):
 
 def test_a_training_worker_stages_its_set_and_refuses_a_changed_one(s3_endpoint, original,
                                                                     tmp_path):
+    from echocmr.model.tracking import manifest_digest
     from echocmr.train.config import ConfigError, TrainConfig
     from echocmr.train.loop import _local_shards
-    from echocmr.train.tracking import manifest_digest
 
     with pytest.raises(ConfigError, match="cache_dir must be a local directory"):
         TrainConfig(cache_dir="s3://bucket/cache")

@@ -1,15 +1,13 @@
-"""train.contract and train.checkpoint.save_model: one windowing for training, eval and predict;
+"""model.contract and model.checkpoint.save_model: one windowing for training, eval and predict;
 one checkpoint layout; ``.idx`` counts through shards.index."""
 
 import numpy as np
 import pytest
 import torch
 
-from echocmr.shards.format import GREY_ROUND_TRIP
-from echocmr.shards.index import IndexEntry, format_index, index_count
-from echocmr.train.checkpoint import load_model, read_checkpoint, save_model
-from echocmr.train.config import ModelConfig
-from echocmr.train.contract import (
+from echocmr.model.checkpoint import read_checkpoint, save_model
+from echocmr.model.config import ModelConfig
+from echocmr.model.contract import (
     InputSpec,
     centre_start,
     frames_to_clip,
@@ -18,7 +16,10 @@ from echocmr.train.contract import (
     window_span,
     window_starts,
 )
-from echocmr.train.model import R2Plus1D
+from echocmr.model.network import R2Plus1D
+from echocmr.model.store import load_model
+from echocmr.shards.format import GREY_ROUND_TRIP
+from echocmr.shards.index import IndexEntry, format_index, index_count
 
 SPEC = InputSpec(frames=8, period=2, size=16, fps=30.0, mean=50.0, std=40.0)  # span 15
 

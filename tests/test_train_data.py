@@ -1,4 +1,4 @@
-"""train.data: the DALI pipeline on real shards, checked against the plain-Python shard reader."""
+"""read.loader: the DALI pipeline on real shards, checked against the plain-Python shard reader."""
 
 import json
 import shutil
@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from echocmr.ingest.encode import decode_webm, encode_webm
+from echocmr.model.contract import InputSpec, frames_to_clip
+from echocmr.read.config import DataConfig
+from echocmr.read.loader import ClipLoader, shard_sizes, split_files
 from echocmr.shards.format import FormatVersionError, Sample
 from echocmr.shards.reader import iter_samples, read_manifest, read_stats
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
-from echocmr.train.config import DataConfig
-from echocmr.train.contract import InputSpec, frames_to_clip
-from echocmr.train.data import ClipLoader, shard_sizes, split_files
 
 from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 from _train_fixtures import make_tiny_shards

@@ -1,4 +1,4 @@
-"""train.loss and train.metrics against plain reference computations."""
+"""train.loss and model.auc against plain reference computations."""
 
 import math
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from echocmr.model.auc import mean_auc, roc_auc, task_aucs
 from echocmr.train.loss import MaskedMultiTaskBCE, build_loss, pos_weights_from_stats
-from echocmr.train.metrics import checkpoint_score, mean_auc, roc_auc, task_aucs
+from echocmr.train.selection import checkpoint_score
 
 NAN = float("nan")
 

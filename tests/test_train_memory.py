@@ -1,5 +1,5 @@
 """Each epoch's DALI pipelines are freed when the epoch ends or is abandoned, so a run that builds
-new ones every epoch (`train.data.ClipLoader`) does not hold more of them as epochs go by. The
+new ones every epoch (`read.loader.ClipLoader`) does not hold more of them as epochs go by. The
 host-memory figure over 20 epochs is `bench/bench_memory.py`'s (docs/benchmarks.md)."""
 
 import gc

@@ -1,10 +1,10 @@
-"""train.model: torchvision r2plus1d_18 names and shapes, loading published-style state dicts."""
+"""model.network: torchvision r2plus1d_18 names and shapes, loading published-style state dicts."""
 
 import pytest
 import torch
 
-from echocmr.train.config import ModelConfig
-from echocmr.train.model import R2Plus1D, build_model, count_parameters, load_pretrained
+from echocmr.model.config import ModelConfig
+from echocmr.model.network import R2Plus1D, build_model, count_parameters, load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -15,7 +15,7 @@ TORCHVISION_R2PLUS1D_18_PARAMS = 31_505_325
 def torchvision_r2plus1d_18_shapes(num_classes: int = 400, in_channels: int = 3) -> dict:
     """Name -> shape of every state-dict entry of torchvision's ``r2plus1d_18``, written from the
     architecture's definition (torchvision/models/video/resnet.py: VideoResNet with BasicBlock,
-    Conv2Plus1D, R2Plus1dStem, layers [2, 2, 2, 2]) without using train.model."""
+    Conv2Plus1D, R2Plus1dStem, layers [2, 2, 2, 2]) without using model.network."""
     shapes = {}
 
     def conv(name, c_out, c_in, kernel):

@@ -2,8 +2,8 @@
 
 Default run (one Ray training run, to keep the suite quick on 2 cores): a real ``mlflow server``
 on loopback (sqlite backend and artifacts in tmp); ``echocmr train`` (the CLI) with two CPU
-workers trains into it; rank 1 exits hard mid-epoch 1 (the engine's test-only hook, set through
-``ECHOCMR_TEST_FAULT``), Ray restarts the worker group from the last checkpoint and the run
+workers trains into it; rank 1 exits hard mid-epoch 1 (a test step hook passed to `run_training`,
+``step_hook=CrashAtStep(...)``), Ray restarts the worker group from the last checkpoint and the run
 finishes. MLflow then holds the run, per-task
 val AUC per epoch, params, artifacts and a registered version with the ``champion`` alias;
 ``mlflow.pyfunc.load_model("models:/NAME@champion")`` loads on the CPU and gives the best
@@ -21,7 +21,6 @@ mid-epoch against an uninterrupted two-worker run, and a rerun with another work
 """
 
 import hashlib
-import json
 import os
 
 import mlflow
@@ -31,13 +30,12 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from echocmr.model.store import load_model
 from echocmr.shards.format import TASKS
-from echocmr.train.checkpoint import load_model
 from echocmr.train.config import TrainConfig
-from echocmr.train.engine import TEST_FAULT_ENV
 from echocmr.train.loop import run_training
 
-from _train_fixtures import make_tiny_shards, tiny_config
+from _train_fixtures import CrashAtStep, make_tiny_shards, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +51,11 @@ def local_ray():
     # the injected crash is registered (production keeps Ray's 2 s default).
     saved = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
-    ray.init(num_cpus=2, include_dashboard=False)
+    # Workers unpickle the crash hook from tests/_train_fixtures.py.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    ray.init(num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                 filter(None, [tests, os.environ.get("PYTHONPATH")]))}})
     yield
     ray.shutdown()
     if saved is None:
@@ -106,11 +108,10 @@ def test_two_workers_survive_a_crash_and_register_in_a_server(mlflow_server, loc
     mlflow_server.wait()
     outcomes = []
     real = train_loop.run_training
-    monkeypatch.setattr(train_loop, "run_training",
-                        lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
     marker = tmp_path / "rank1-crashed"
-    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
-        {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
+    crash = CrashAtStep(rank=1, step=5, marker=str(marker))
+    monkeypatch.setattr(train_loop, "run_training", lambda *a, **k: outcomes.append(
+        real(*a, step_hook=crash, **k)) or outcomes[-1])
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(epochs=2, max_steps_per_epoch=3, max_failures=1,
                                                  checkpoint_every_steps=2)))
@@ -137,19 +138,17 @@ def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_w
         local_ray, shards, tmp_path, monkeypatch):
     """One worker, killed at step 7 (epoch 1, batch 2 of 5): Ray restarts it from the step-6
     checkpoint, and the run ends with the weights of an uninterrupted run (in-process Engine)."""
+    from echocmr.model.checkpoint import read_checkpoint
     from echocmr.shards.reader import read_stats
-    from echocmr.train.checkpoint import read_checkpoint
     from echocmr.train.engine import Engine
 
     settings = tiny_config(epochs=2, max_steps_per_epoch=5, checkpoint_every_steps=3,
                            max_failures=1, keep_checkpoints=None)
     marker = tmp_path / "rank0-killed"
-    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
-        {"rank": 0, "step": 7, "marker": str(marker), "delay_s": 2.0}))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     outcome = run_training(TrainConfig.from_dict(
         {**settings, "run_name": "killed", "storage": str(tmp_path / "runs")}), shards,
-        tracking_uri=uri)
+        tracking_uri=uri, step_hook=CrashAtStep(rank=0, step=7, marker=str(marker)))
     assert marker.exists()
     assert outcome.last_metrics["resumed_at_epoch"] == 1
     assert outcome.last_metrics["resumed_at_step"] == 6  # not 5: the epoch 0 checkpoint
@@ -158,7 +157,6 @@ def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_w
         "step_00000003", "step_00000006", "step_00000009"]  # 9: written again after the restart
     last = read_checkpoint(str(run_dir / "epoch_0001"))
 
-    monkeypatch.delenv(TEST_FAULT_ENV)
     straight = Engine(TrainConfig.from_dict(settings), shards, stats=read_stats(shards))
     epochs = [straight.train_epoch() for _ in range(2)]
     assert last["global_step"] == straight.global_step == 10
@@ -206,16 +204,16 @@ def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
     """DDP on gloo: rank 1 killed at step 5 (epoch 1, batch 2 of 3); the group restarts from the
     step-4 checkpoint, which holds both ranks' part of the epoch; the final weights and the
     logged train losses equal those of the same run without the crash."""
-    from echocmr.train.checkpoint import read_checkpoint
+    from echocmr.model.checkpoint import read_checkpoint
 
     settings = tiny_config(workers=2, epochs=2, max_steps_per_epoch=3, checkpoint_every_steps=2,
                            max_failures=1)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
 
-    def run(name):
+    def run(name, hook=None):
         outcome = run_training(TrainConfig.from_dict(
             {**settings, "run_name": name, "storage": str(tmp_path / "runs")}), shards,
-            tracking_uri=uri)
+            tracking_uri=uri, step_hook=hook)
         losses = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
         return (outcome, read_checkpoint(str(tmp_path / "runs" / name / "epoch_0001")),
                 [m.value for m in sorted(losses, key=lambda m: m.step)])
@@ -223,9 +221,8 @@ def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
     straight, straight_last, straight_losses = run("straight")
     assert straight.last_metrics["resumed_at_step"] == -1
     marker = tmp_path / "rank1-killed"
-    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
-        {"rank": 1, "step": 5, "marker": str(marker), "delay_s": 2.0}))
-    crashed, crashed_last, crashed_losses = run("crashed")
+    crashed, crashed_last, crashed_losses = run("crashed", CrashAtStep(rank=1, step=5,
+                                                                      marker=str(marker)))
     assert marker.exists() and crashed.last_metrics["resumed_at_step"] == 4
     assert crashed_losses == straight_losses
     for (name, a), b in zip(straight_last["model"].items(), crashed_last["model"].values(),
@@ -245,12 +242,10 @@ def test_rerun_with_another_worker_count(local_ray, shards, tmp_path, monkeypatc
     common = dict(max_steps_per_epoch=4, checkpoint_every_steps=2, run_name="grow",
                   storage=str(tmp_path / "runs"))
     marker = tmp_path / "killed"
-    monkeypatch.setenv(TEST_FAULT_ENV, json.dumps(
-        {"rank": 0, "step": 3, "marker": str(marker), "delay_s": 2.0}))
     with pytest.raises(TrainingFailedError):  # no restarts allowed: the run stops mid-epoch 0
         run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=1, max_failures=0,
-                                                       **common)), shards, tracking_uri=uri)
-    monkeypatch.delenv(TEST_FAULT_ENV)
+                                                       **common)), shards, tracking_uri=uri,
+                     step_hook=CrashAtStep(rank=0, step=3, marker=str(marker)))
     with pytest.raises(PreflightError, match=r"mid-epoch \(epoch 0, after batch 2\) of a "
                                              r"1-worker run.*--workers 1"):
         run_training(TrainConfig.from_dict(tiny_config(epochs=1, workers=2, **common)), shards,

@@ -8,11 +8,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from echocmr.train.checkpoint import load_model, log_model
-from echocmr.train.config import ModelConfig, TrainConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
-from echocmr.train.registry import register_model
+from echocmr.model.config import ModelConfig
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
+from echocmr.model.publish import log_model
+from echocmr.model.registry import register_model
+from echocmr.model.store import load_model
+from echocmr.train.config import TrainConfig
 
 from _train_fixtures import tiny_config
 
@@ -38,7 +40,7 @@ def log_and_register(uri, name, seed, auc):
 def log_pickled(state: dict, uri: str, run_id: str) -> str:
     """A model as echocmr logged it before the pyfunc artifact: the network pickled by
     ``mlflow.pytorch`` with only torch in its requirements."""
-    from echocmr.train.checkpoint import model_from_state
+    from echocmr.model.checkpoint import model_from_state
 
     model, spec = model_from_state(state)
     with mlflow.start_run(run_id=run_id):
@@ -164,8 +166,8 @@ def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, mon
 
 
 def test_input_spec_records_the_clip_size_and_shard_format(caplog):
+    from echocmr.model.checkpoint import model_from_state, save_checkpoint
     from echocmr.shards.format import FORMAT_VERSION
-    from echocmr.train.checkpoint import model_from_state, save_checkpoint
 
     stats = {"pixel_mean": 40.0, "pixel_std": 30.0, "format_version": FORMAT_VERSION,
              "clip": {"height": 112, "width": 112, "fps": 30.0}}
@@ -180,7 +182,7 @@ def test_input_spec_records_the_clip_size_and_shard_format(caplog):
     state = fake_state(2)
     state["input_spec"] = {**spec.to_dict(), "shard_format": FORMAT_VERSION - 1}
     path = save_checkpoint(".", state)
-    with caplog.at_level("WARNING", logger="echocmr.train.checkpoint"):
+    with caplog.at_level("WARNING", logger="echocmr.model.checkpoint"):
         _, loaded = load_model(path)
     assert loaded.shard_format == FORMAT_VERSION - 1
     assert "retrain it on re-ingested shards" in caplog.text
@@ -196,15 +198,15 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
     import textwrap
     import zipfile
 
+    import echocmr.model.config as config_module
+    import echocmr.model.network as model_module
     import echocmr.train as train_pkg
-    import echocmr.train.config as config_module
-    import echocmr.train.model as model_module
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     with monkeypatch.context() as old_layout:
-        for module in (model_module, config_module):  # every class a pickled network holds
-            old = module.__name__.removeprefix("echocmr.")
+        # every class a pickled network holds, under the module names echocmr 0.1 gave them
+        for module, old in ((model_module, "train.model"), (config_module, "train.config")):
             for value in vars(module).values():
                 if isinstance(value, type) and value.__module__ == module.__name__:
                     old_layout.setattr(value, "__module__", old)
@@ -213,8 +215,8 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
         with mlflow.start_run() as run:
             pass
         model_uri = log_pickled(fake_state(6), uri, run.info.run_id)
-    assert "train" not in sys.modules and R2Plus1D.__module__ == "echocmr.train.model"
-    assert ModelConfig.__module__ == "echocmr.train.config"
+    assert "train" not in sys.modules and R2Plus1D.__module__ == "echocmr.model.network"
+    assert ModelConfig.__module__ == "echocmr.model.config"
     local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "old"))
     with zipfile.ZipFile(next((tmp_path / "old").rglob("model.pth"))) as zf:
         pickled = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
@@ -223,7 +225,7 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
     # Load where only the installed package is importable (not this checkout's bare folders).
     code = textwrap.dedent(f"""
         import sys, torch, mlflow
-        from echocmr.train.checkpoint import load_model
+        from echocmr.model.store import load_model
         try:
             mlflow.pytorch.load_model({local!r})
             print("plain: loaded")
@@ -238,7 +240,7 @@ def test_a_model_logged_before_the_namespace_still_loads(tmp_path, monkeypatch):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True,
                          capture_output=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["plain: train", "ours: echocmr.train.model False"]
+    assert out.stdout.split("\n")[:2] == ["plain: train", "ours: echocmr.model.network False"]
     loaded = torch.load(tmp_path / "loaded.pt")
     state = fake_state(6)
     assert loaded["spec"] == state["input_spec"]
@@ -249,11 +251,11 @@ def test_an_old_model_is_refused_clearly_when_train_is_another_package(tmp_path,
     import sys
     import types
 
-    import echocmr.train.checkpoint as checkpoint
+    import echocmr.model.legacy as legacy
 
     monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # somebody else's
     with pytest.raises(RuntimeError, match="echocmr models relog"), \
-            checkpoint._legacy_module_names():
+            legacy._legacy_module_names():
         pass
 
 
@@ -262,7 +264,7 @@ def test_the_logged_model_holds_no_pickle(tmp_path, monkeypatch):
     where pickle loading is disabled, and the reader refuses a format it does not know."""
     import json
 
-    from echocmr.train.artifact import read_model_dir
+    from echocmr.model.artifact import read_model_dir
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
@@ -356,8 +358,8 @@ def test_relog_turns_a_pickled_version_into_the_current_format(tmp_path, monkeyp
 def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path):
     from types import SimpleNamespace
 
-    from echocmr.eval.tracking import annotate_version
-    from echocmr.train.card import training_card
+    from echocmr.eval.record import annotate_version
+    from echocmr.model.card import training_card
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)

@@ -45,7 +45,7 @@ def test_seed_sweep_reports_spread_beside_sampling_ci(tmp_path, capsys):
     import numpy as np
 
     import echocmr.cli as echocmr_cli
-    from echocmr.eval.sweep import seed_spread
+    from echocmr.workflows.sweep import seed_spread
 
     dirs = []
     for i, auc in enumerate((0.80, 0.84, 0.78)):

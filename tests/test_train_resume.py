@@ -4,8 +4,9 @@ uninterrupted run's. In-process (one rank, no Ray) through the real checkpoint f
 import pytest
 import torch
 
+from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
+from echocmr.model.store import load_model
 from echocmr.shards.reader import read_stats
-from echocmr.train.checkpoint import load_model, read_checkpoint, save_checkpoint
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import Engine
 

@@ -14,17 +14,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import echocmr.cli as echocmr_cli
+from echocmr.config import ConfigError
+from echocmr.model.checkpoint import model_from_state, read_checkpoint, save_checkpoint, save_model
+from echocmr.model.contract import InputSpec
+from echocmr.read.config import DataConfig
+from echocmr.read.loader import ClipLoader, site_selection, split_files
 from echocmr.shards.reader import read_manifest, read_stats
 from echocmr.shards.stats import pooled_pixel_stats
-from echocmr.train.checkpoint import (
-    model_from_state,
-    read_checkpoint,
-    save_checkpoint,
-    save_model,
-)
-from echocmr.train.config import ConfigError, DataConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.data import ClipLoader, site_selection, split_files
 
 from _train_fixtures import TINY, tiny_config
 

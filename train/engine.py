@@ -11,22 +11,13 @@ losses with an uninterrupted run. ``train.loop`` only adds Ray's reporting and r
 
 On a GPU: bf16 autocast, channels-last-3d weights and inputs, optional ``torch.compile``.
 
-Test-only fault injection (not a config setting): when the environment variable
-``ECHOCMR_TEST_FAULT`` holds JSON ``{"rank": R, "step": S, "marker": PATH, "delay_s": D}``, the
-engine of rank R exits hard (``os._exit(1)``: no cleanup, nothing for Ray to catch) once, after
-global step S, having first created the file PATH; while PATH exists the fault is spent, so the
-restarted worker group trains on. ``delay_s`` (default 0) waits before the exit: Ray Train V2's
-controller collects reports by polling the workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``,
-2 s by default) and a report still unpolled when a worker dies is lost, so a crash right after a
-report would restart one epoch earlier. ``train.loop`` forwards the driver's value to its Ray
-workers (a Ray started earlier, or a cluster, does not share the driver's environment).
+Tests that need a worker to die at a given step pass a hook to `train.loop.run_training`
+(``step_hook``); the engine knows nothing of it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -37,29 +28,14 @@ import torch
 import torch.distributed as dist
 
 from echocmr.errors import EchocmrError
+from echocmr.model.auc import mean_auc, task_aucs
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D, build_model
+from echocmr.read.loader import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.shards.format import TASKS
 from echocmr.train.config import SelectionConfig, TrainConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.data import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.train.loss import build_loss
-from echocmr.train.metrics import checkpoint_score, mean_auc, task_aucs
-from echocmr.train.model import R2Plus1D, build_model
-
-TEST_FAULT_ENV = "ECHOCMR_TEST_FAULT"  # test-only, see the module docstring
-
-
-def _test_fault() -> dict | None:
-    """The fault ``ECHOCMR_TEST_FAULT`` asks for, or None when it is unset."""
-    text = os.environ.get(TEST_FAULT_ENV)
-    if not text:
-        return None
-    try:
-        fault = json.loads(text)
-        return {"rank": int(fault["rank"]), "step": int(fault["step"]),
-                "marker": str(fault["marker"]), "delay_s": float(fault.get("delay_s", 0.0))}
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{TEST_FAULT_ENV} must be JSON {{\"rank\": R, \"step\": S, \"marker\": "
-                         f"PATH, \"delay_s\": D}}, got {text!r} ({exc})") from None
+from echocmr.train.selection import checkpoint_score
 
 
 @dataclass
@@ -186,7 +162,6 @@ class Engine:
         self.global_step = 0
         self._progress: _EpochProgress | None = None  # the epoch in progress, if any
         self.resume_note: str | None = None  # set by `load_state_dict` on a worker-count change
-        self._fault = _test_fault()
 
     # -- training -----------------------------------------------------------------------------
 
@@ -225,7 +200,6 @@ class Engine:
             self.global_step += 1
             if on_step is not None:
                 on_step()
-            self._maybe_fault()
         losses = done.losses
         step_losses = done.step_losses()  # the epoch's one sync
         task_mean = (done.task_sums / max(len(losses), 1)).cpu()
@@ -255,15 +229,6 @@ class Engine:
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach().float(), per_task.float()
-
-    def _maybe_fault(self) -> None:
-        fault = self._fault  # test-only (ECHOCMR_TEST_FAULT, module docstring)
-        if fault and self.rank == fault["rank"] and self.global_step == fault["step"] \
-                and not os.path.exists(fault["marker"]):
-            with open(fault["marker"], "w") as f:
-                f.write(f"rank {self.rank} exited at step {self.global_step}\n")
-            time.sleep(fault["delay_s"])
-            os._exit(1)  # a hard crash: no cleanup, no exception for Ray to catch
 
     # -- validation ---------------------------------------------------------------------------
 

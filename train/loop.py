@@ -35,10 +35,27 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from echocmr.model.artifact import echocmr_version
+from echocmr.model.card import data_summary, training_card
+from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
+from echocmr.model.publish import log_model
+from echocmr.model.registry import describe_version, register_model
+from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
+from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
+from echocmr.read.pipeline import resolve_decoder
+from echocmr.shards import storage
+from echocmr.shards.format import TASKS, check_format_version
+from echocmr.shards.reader import read_stats
+from echocmr.shards.stage import stage
+from echocmr.shards.storage import is_url
 from echocmr.train.config import TrainConfig
+from echocmr.train.engine import Engine, mid_epoch_world_change
+from echocmr.train.preflight import PreflightError, check_cluster
+from echocmr.train.tracker import finish_run, log_dataset, make_tracker, open_run
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +65,28 @@ SCORE = "val_score"  # the checkpoint score under config.selection (-val_loss wi
 STEP_SCORE = -sys.float_info.max
 RESUME_FILE = "resume.json"  # beside checkpoint.pt: position, worker count, step (small)
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
+
+
+# Called on every rank after each training step as ``hook(rank, global_step)``, once the step is
+# counted and its step checkpoint (if any) reported. Tests pass one that kills a worker at a step;
+# it travels to the workers in `LoopConfig`, so it must pickle (a module-level class or function).
+StepHook = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What the driver hands every worker (``train_loop_config["loop"]``): the resolved config as
+    a dict (each worker rebuilds `TrainConfig`), where the data and the run are, and the shard
+    statistics the driver read once."""
+
+    config: dict[str, Any]
+    shards: str
+    stats: dict[str, Any]
+    tracking_uri: str
+    run_id: str
+    data_digest: str
+    train_sites: list[str]
+    step_hook: StepHook | None = None
 
 
 @dataclass
@@ -63,13 +102,12 @@ class TrainOutcome:
     val_mean_auc: float | None
     val_aucs: dict[str, float | None]
     model_uri: str | None
-    registration: Any = None  # train.registry.Registration when --register was given
+    registration: Any = None  # model.registry.Registration when --register was given
     last_metrics: dict[str, Any] | None = None
 
 
 def epoch_metrics(result, val) -> dict[str, Any]:
     """The per-epoch metrics reported to Ray and logged to MLflow."""
-    from echocmr.shards.format import TASKS
 
     metrics: dict[str, Any] = {
         "epoch": result.epoch,
@@ -85,32 +123,29 @@ def epoch_metrics(result, val) -> dict[str, Any]:
     return metrics
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function (see module docstring)."""
+def train_worker(ray_config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (see module docstring); ``ray_config["loop"]`` is the
+    driver's `LoopConfig` (Ray Train hands a dict to the function)."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from echocmr.train.checkpoint import read_checkpoint, save_checkpoint
-    from echocmr.train.engine import Engine
-    from echocmr.train.tracking import make_tracker
 
     if not logging.getLogger().handlers:  # Ray workers start without logging configured
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
     _quiet_ray_train_reports()
     started = time.perf_counter()
-    for name, value in loop_config.get("test_env", {}).items():  # test-only, see the driver
-        os.environ[name] = value
-    config = TrainConfig.from_dict(loop_config["config"])
+    loop: LoopConfig = ray_config["loop"]
+    config = TrainConfig.from_dict(loop.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if config.gpu else torch.device("cpu")
     torch.set_num_threads(config.cpus_per_worker)
-    stats = loop_config["stats"]
-    shards = _local_shards(loop_config["shards"], config.cache_dir, loop_config["data_digest"])
+    stats = loop.stats
+    shards = _local_shards(loop.shards, config.cache_dir, loop.data_digest)
     engine = Engine(config, shards, stats=stats, rank=rank, world=world, device=device)
-    tracker = make_tracker(rank, loop_config["tracking_uri"], loop_config["run_id"])
+    tracker = make_tracker(rank, loop.tracking_uri, loop.run_id)
     log.info("rank %d/%d on %s: %d train steps/epoch, ready in %.1f s", rank, world, device,
              engine.steps_per_epoch, time.perf_counter() - started)
 
@@ -126,7 +161,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             log.warning("%s", engine.resume_note)
             tracker.set_tags({"echocmr.resume_note": engine.resume_note[:5000]})
     else:
-        tracker.log_start(config, stats=stats, data_digest=loop_config["data_digest"],
+        tracker.log_start(config, stats=stats, data_digest=loop.data_digest,
                           input_spec=engine.spec.to_dict())
     resumed_at = engine.position.epoch if restored is not None else -1
     resumed_step = engine.global_step if restored is not None else -1
@@ -134,7 +169,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def checkpoint_state(epoch: int | None, metrics: dict) -> dict:
         state = engine.state_dict()  # collective (gathers per-rank states): every rank calls it
         return {**state, "epoch": epoch, "metrics": metrics, "config": config.to_dict(),
-                "train_sites": loop_config.get("train_sites"),
+                "train_sites": loop.train_sites,
                 "input_spec": engine.spec.to_dict()}
 
     def report(state: dict, metrics: dict, name: str) -> None:
@@ -162,12 +197,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report(checkpoint_state(engine.position.epoch - 1, metrics), metrics,
                f"step_{engine.global_step:08d}")
 
+    def after_step() -> None:
+        step_checkpoint()
+        if loop.step_hook is not None:
+            loop.step_hook(rank, engine.global_step)
+
     if engine.position.epoch >= config.epochs:  # the run had already finished
         ray.train.report({**(last_metrics or {}), "resumed_at_epoch": resumed_at,
                           "resumed_at_step": resumed_step})
         return
     while engine.position.epoch < config.epochs:
-        result = engine.train_epoch(on_step=step_checkpoint)
+        result = engine.train_epoch(on_step=after_step)
         val = engine.validate()
         metrics = epoch_metrics(result, val)
         # Throughput over all workers; the share of step time spent waiting for data (mean).
@@ -188,9 +228,6 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 def _local_shards(shards: str, cache_dir: str | None, data_digest: str) -> str:
     """``shards`` itself when local; else its node-local copy of train and val, checked to be
     the data the driver opened the run with (the set may have changed at the URL since)."""
-    from echocmr.shards.stage import stage
-    from echocmr.shards.storage import is_url
-    from echocmr.train.tracking import manifest_digest
 
     if not is_url(shards):
         return shards
@@ -234,32 +271,18 @@ def _quiet_ray_train_reports() -> None:
 
 
 def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None = None,
-                 address: str | None = None) -> TrainOutcome:
+                 address: str | None = None, step_hook: StepHook | None = None) -> TrainOutcome:
     """Train ``config`` on the shard set ``shards``; log, and register if ``config.register``.
 
     Uses the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a local Ray started here, or
     the one this process already initialised) and MLflow at ``tracking_uri`` (else
     ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory).
+    ``step_hook`` runs on every rank after each step (`StepHook`; tests use it).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from echocmr.shards import storage
-    from echocmr.shards.format import check_format_version
-    from echocmr.shards.reader import read_stats
-    from echocmr.train.data import check_decoder, site_selection
-    from echocmr.train.engine import TEST_FAULT_ENV
-    from echocmr.train.pipeline import resolve_decoder
-    from echocmr.train.preflight import check_cluster
-    from echocmr.train.tracking import (
-        finish_run,
-        log_dataset,
-        manifest_digest,
-        open_run,
-        resolve_tracking_uri,
-        site_tags,
-    )
 
     # Workers may start in another directory: local paths absolute, URLs as they are.
     shards = (storage.canonical(shards) if storage.is_url(shards)
@@ -276,7 +299,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     check_decoder(stats, resolve_decoder(config.data.decoder, gpu=config.gpu),
                   f"shard set {shards}")
     # Left-out sites (data.exclude_sites): checked against the set, and the stats every worker
-    # normalises with recomputed without them (train.data.site_selection).
+    # normalises with recomputed without them (read.loader.site_selection).
     stats, train_sites = site_selection(shards, stats, config.data.exclude_sites)
     digest = manifest_digest(shards)
 
@@ -288,9 +311,6 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         hook = None if address else {"worker_process_setup_hook": _quiet_ray_train_reports}
         ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=hook)
         started_ray = True
-    # The test-only fault hook (train.engine) reaches the workers through the loop config: a Ray
-    # started before it was set, or a cluster's, does not share this process's environment.
-    test_env = {TEST_FAULT_ENV: os.environ[TEST_FAULT_ENV]} if os.environ.get(TEST_FAULT_ENV) else {}
     try:
         # Before an MLflow run is opened or a worker started: what cannot work is refused now.
         _check_resources(config, local=started_ray and address is None)
@@ -307,10 +327,10 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
             log_dataset(tracking_uri, run_id, shards, digest)  # what the model saw, in MLflow
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": config.to_dict(), "shards": shards, "stats": stats,
-                               "tracking_uri": tracking_uri, "run_id": run_id,
-                               "data_digest": digest, "test_env": test_env,
-                               "train_sites": train_sites},
+            train_loop_config={"loop": LoopConfig(
+                config=config.to_dict(), shards=shards, stats=stats, tracking_uri=tracking_uri,
+                run_id=run_id, data_digest=digest, train_sites=list(train_sites),
+                step_hook=step_hook)},
             torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=config.workers, use_gpu=config.gpu,
@@ -343,8 +363,6 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.checkpoint import log_model, read_checkpoint
-    from echocmr.train.registry import register_model
 
     scored = [(c, m) for c, m in (result.best_checkpoints or [])
               if m.get(SCORE) is not None and not m.get("mid_epoch")]
@@ -353,7 +371,6 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     best, best_metrics = max(scored, key=lambda cm: cm[1][SCORE])
     with best.as_directory() as directory:
         state = read_checkpoint(directory)
-    from echocmr.shards.format import TASKS
 
     aucs = {t: _none_if_nan(best_metrics.get(f"val_auc_{t}")) for t in TASKS}
     mean = _none_if_nan(best_metrics.get("val_mean_auc"))
@@ -397,10 +414,7 @@ def _data_scope(config: TrainConfig) -> str:
 
 def _write_card(outcome: TrainOutcome, config: TrainConfig, *, tracking_uri: str, shards: str,
                 digest: str, train_sites: list[str]) -> None:
-    """The registered version's description (`train.card.training_card`)."""
-    from echocmr.train.artifact import echocmr_version
-    from echocmr.train.card import data_summary, training_card
-    from echocmr.train.registry import describe_version
+    """The registered version's description (`model.card.training_card`)."""
 
     reg = outcome.registration
     card = training_card(name=reg.name, version=reg.version, run_id=outcome.run_id,
@@ -459,9 +473,6 @@ def latest_resume_point(storage: str, run_name: str) -> dict | None:
 def _check_resume(config: TrainConfig) -> None:
     """Refuse, before any worker starts, a rerun whose latest checkpoint is mid-epoch and was
     written by another number of workers (`train.engine.mid_epoch_world_change`)."""
-    from echocmr.train.data import ReaderPosition
-    from echocmr.train.engine import mid_epoch_world_change
-    from echocmr.train.preflight import PreflightError
 
     point = latest_resume_point(config.storage, config.run_name)
     if point is None:

@@ -17,6 +17,8 @@ import math
 from typing import Any
 
 from echocmr.shards.format import SPLITS, TASKS
+from echocmr.shards.reader import read_manifest
+from echocmr.shards.stats import split_summary
 
 EVAL_BEGIN = "<!-- echocmr eval {split} -->"
 EVAL_END = "<!-- /echocmr eval {split} -->"
@@ -25,8 +27,6 @@ EVAL_END = "<!-- /echocmr eval {split} -->"
 def data_summary(shards: str, *, exclude_sites=(), train_sites=None) -> dict[str, Any]:
     """Per split counts and prevalence of a shard set without ``exclude_sites`` (what training
     read), its sites, the sites left out and those trained on (plain data)."""
-    from echocmr.shards.reader import read_manifest
-    from echocmr.shards.stats import split_summary
 
     manifest = read_manifest(shards)
     manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]

@@ -30,14 +30,16 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
+from echocmr.model.tracking import EXCLUDE_SITES_TAG, manifest_digest, resolve_tracking_uri
 from echocmr.train.config import TrainConfig, flat_params
+from echocmr.train.loop import run_training
 
 log = logging.getLogger(__name__)
 
 # Config keys that name, house or babysit a run without changing what it learns.
 NOT_RECIPE = frozenset({"run_name", "storage", "register", "cache_dir", "experiment",
                         "max_failures", "keep_checkpoints"})
-_PARAM_LIMIT = 6000  # what train.tracking.MlflowTracker.log_start stores of each value
+_PARAM_LIMIT = 6000  # what train.tracker.MlflowTracker.log_start stores of each value
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,6 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
     or None."""
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.tracking import EXCLUDE_SITES_TAG
 
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(config.experiment)
@@ -94,8 +95,6 @@ def find_finished_run(tracking_uri: str, config: TrainConfig, data_digest: str):
 def train_or_reuse(config: TrainConfig, shards: str, *, prefix: str, tracking_uri: str,
                    address: str | None = None) -> TrainedModel:
     """A finished run of ``config`` on ``shards``: found (`find_finished_run`) or trained now."""
-    from echocmr.train.loop import run_training
-    from echocmr.train.tracking import manifest_digest, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     digest = manifest_digest(shards)

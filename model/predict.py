@@ -2,7 +2,7 @@
 
 Each file goes through exactly the ingest code (`ingest.preprocess.preprocess_dicom`: read, find
 the sector, mask overlays, square, resize, resample), then through the same windows as ``eval``
-(`train.contract.window_starts`; each window made by `train.contract.frames_to_clip`, which feeds
+(`model.contract.window_starts`; each window made by `model.contract.frames_to_clip`, which feeds
 the network the values the training pipeline's decoder gives for the same luma), then the model.
 Clip probabilities are averaged per file, files per study — the same mean aggregation as ``eval``.
 
@@ -13,9 +13,9 @@ else from the files. A file that cannot be used (not DICOM, a still image, colou
 reported with ingest's reason code and detail; it never stops the run.
 
 Preprocessing settings: ingest's defaults, with the clip size and frame rate of the shards the
-model was trained on (from the model's `InputSpec`; for models logged before the spec had
-``clip_size``, from ``stats.json`` in a pulled model directory or the training run); ``--ingest-config FILE`` gives the YAML used for ingest when it was not the
-default.
+model was trained on (from the model's `InputSpec`, or for older models from the training run's
+``stats.json``: docs/formats.md, "A trained model"); ``--ingest-config FILE`` gives the YAML used
+for ingest when it was not the default.
 
 Output by extension: ``.csv`` (one row per study, then one per rejected file with ``status``
 ``rejected`` and its ``reason``) or ``.json`` (``{"studies": [...], "rejected": [...]}``).
@@ -32,9 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echocmr.eval.infer import ClipMode, predict_windows
-from echocmr.eval.tasks import TASKS, p_col
-from echocmr.train.contract import WINDOW_MODES, frames_to_clip, window_starts
+from echocmr.ingest.config import PreprocessConfig, load_config
+from echocmr.ingest.dicom_io import RejectedInput
+from echocmr.ingest.preprocess import preprocess_dicom
+from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
+from echocmr.model.lineage import source_run_id
+from echocmr.model.pulled import read_model_stats
+from echocmr.model.store import load_model
+from echocmr.model.tasks import TASKS, p_col
+from echocmr.model.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ FORMATS = (".csv", ".json")
 
 @dataclass(kw_only=True)
 class PredictConfig:
-    clips: ClipMode = "all"  # "all" windows or the "centre" one, as in eval
+    clips: WindowMode = "all"  # "all" windows or the "centre" one, as in eval
     stride: int | None = None  # frames between window starts; None = half a window's span
     batch_size: int = 16
     ingest_config: str | None = None  # ingest YAML whose `preprocess` section to use
@@ -63,7 +69,6 @@ class Prediction:
 
 def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | None = None):
     """Ingest's `PreprocessConfig` for this model (see the module docstring)."""
-    from echocmr.ingest.config import PreprocessConfig, load_config
 
     base = load_config(ingest_config).preprocess if ingest_config else PreprocessConfig()
     clip = (stats or {}).get("clip") or {}
@@ -75,6 +80,18 @@ def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | N
         log.warning("ingest config frame rate %.3g differs from the model's %.3g fps",
                     base.target_fps, spec.fps)
     return base
+
+
+def predict_windows(model, clips_WCTHW: np.ndarray, *, device, batch_size: int) -> np.ndarray:
+    """Sigmoid probabilities ``[W, K]`` of the model for a stack of windows."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, clips_WCTHW.shape[0], batch_size):
+            x = torch.from_numpy(clips_WCTHW[lo : lo + batch_size]).to(device)
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
 
 
 def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictConfig,
@@ -91,8 +108,6 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
                   stats: dict | None = None) -> Prediction:
     """Probabilities per study for ``paths``; unusable files are listed, not fatal."""
-    from echocmr.ingest.dicom_io import RejectedInput
-    from echocmr.ingest.preprocess import preprocess_dicom
 
     config = config or PredictConfig()
     if tuple(spec.tasks) != tuple(TASKS):
@@ -156,8 +171,6 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
-    from echocmr.eval.registry import read_model_stats
-    from echocmr.train.checkpoint import load_model
 
     model, spec = load_model(model_uri, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():
@@ -166,8 +179,6 @@ def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
     if model_uri.startswith(("models:/", "runs:/")):  # the training run logged stats.json
         import mlflow
 
-        from echocmr.eval.tracking import source_run_id
-        from echocmr.train.tracking import resolve_tracking_uri
 
         uri = resolve_tracking_uri(tracking_uri)
         run_id = source_run_id(model_uri, uri)

@@ -1,11 +1,11 @@
 """The one DALI graph that reads shards: reader -> video decoder -> grey -> resize (-> augment).
 
-Training (`train.data.ClipLoader`) and eval (`eval.infer.decode_videos`) both build their
+Training (`read.loader.ClipLoader`) and eval (`eval.infer.decode_videos`) both build their
 pipelines here, so the two cannot drift apart in how a clip is read, decoded or resized::
 
     fn.readers.webdataset(tars, .idx, ext=[webm, labels, json], shard_id, num_shards,
                           pad_last_batch=True, random_shuffle)
-      -> window start from KEY.json (`train.contract`: random or centred; not for whole videos)
+      -> window start from KEY.json (`model.contract`: random or centred; not for whole videos)
       -> fn.decoders.video("cpu" | "mixed"; whole video, or T frames every P from the start)
       -> grey channel -> fn.resize to spec.size (antialiased; when the shards' clips are another
          size: the whole stored square, never a crop, so the sector keeps its lateral walls
@@ -16,7 +16,7 @@ pipelines here, so the two cannot drift apart in how a clip is read, decoded or 
 `build_pipeline` returns the built pipeline; its outputs are ``(x, labels, meta)`` where ``x`` is
 ``float32[C, T, S, S]`` network inputs for ``window="random" | "centre"`` and ``uint8[F, S, S, 1]``
 grey frames for ``window="whole"`` (eval cuts its windows on the host with
-`train.contract.window_clips`). ``meta`` is the raw ``KEY.json`` bytes; `sample_meta` parses them.
+`model.contract.window_clips`). ``meta`` is the raw ``KEY.json`` bytes; `sample_meta` parses them.
 
 Where it runs: with ``PipelineConfig.device_id`` set the decoder is ``mixed`` (NVDEC) and every
 stage after it (grey channel, resize, augmentation, normalisation) runs on that GPU; without it
@@ -36,9 +36,9 @@ from functools import partial
 
 import numpy as np
 
+from echocmr.model.contract import InputSpec, centre_start, last_start
+from echocmr.read.config import AugmentConfig
 from echocmr.shards.format import SampleMeta
-from echocmr.train.config import AugmentConfig
-from echocmr.train.contract import InputSpec, centre_start, last_start
 
 WINDOWS = ("random", "centre", "whole")
 

@@ -18,7 +18,7 @@ in use" (``models:/NAME@champion``).
 A person may override the policy: `promote` (``echocmr models promote NAME VERSION --alias
 champion --reason TEXT``) points the alias at a version and records on it who did (the user
 name), when and why (``promoted_by``, ``promoted_at``, ``promoted_reason``, ``promoted_alias``).
-`describe_version` writes the model card (`train.card`) as the version's description.
+`describe_version` writes the model card (`model.card`) as the version's description.
 
 Comparing AUCs across versions is only fair on the same val split: the data digest tags let a
 reviewer check that. Study-level AUCs with confidence intervals come from ``echocmr eval``.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -171,3 +172,15 @@ def _parse(text: str | None) -> float | None:
         return float(text) if text not in (None, "none") else None
     except ValueError:
         return None
+
+
+_REF_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
+
+
+def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
+    """``NAME@ALIAS`` or ``NAME/VERSION`` (``models:/`` optional) -> (name, alias, version)."""
+    m = _REF_RE.match(ref.strip())
+    if not m:
+        raise ValueError(f"model reference {ref!r}: write NAME@ALIAS (e.g. echo@champion) or "
+                         "NAME/VERSION (e.g. echo/3)")
+    return m.group("name"), m.group("alias"), m.group("version")

@@ -13,7 +13,7 @@ starts at `last_start` = ``max(n - span, 0)``. Training takes a uniformly random
 ``0..last_start``, validation the centred one (`centre_start` = ``last_start // 2``), eval and
 predict `window_starts` (every ``stride`` frames plus the last, or the centred one).
 
-Three callers, one implementation: the DALI pipeline (`train.pipeline`) computes the start per
+Three callers, one implementation: the DALI pipeline (`read.pipeline`) computes the start per
 sample with `last_start` / `centre_start` and lets the decoder pick the frames; eval cuts windows
 from whole decoded videos with `window_clips`; predict feeds raw frames through `frames_to_clip`,
 which first passes each grey level through the shards' exact store-and-decode round trip
@@ -23,18 +23,26 @@ which first passes each grey level through the shards' exact store-and-decode ro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 
 from echocmr.shards.format import GREY_ROUND_TRIP, TASKS, ClipFormat
-from echocmr.train.config import DataConfig
 
 if TYPE_CHECKING:
     import torch
 
 WindowMode = Literal["all", "centre"]
 WINDOW_MODES: tuple[str, ...] = get_args(WindowMode)
+
+
+class ClipShape(Protocol):
+    """What `InputSpec.build` reads of a data config (``read.config.DataConfig`` has it)."""
+
+    frames: int
+    period: int
+    size: int
+    pad_mode: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,8 +85,9 @@ class InputSpec:
         return cls(**{**data, "tasks": tuple(data["tasks"])})
 
     @classmethod
-    def build(cls, config: DataConfig, stats: dict, channels: int = 1) -> InputSpec:
-        """The spec of a run: clip shape from ``config``, fps and pixel statistics from stats."""
+    def build(cls, config: ClipShape, stats: dict, channels: int = 1) -> InputSpec:
+        """The spec of a run: clip shape from ``config`` (the read path's ``DataConfig``), fps
+        and pixel statistics from stats."""
         mean, std = stats.get("pixel_mean"), stats.get("pixel_std")
         if mean is None or not std:
             raise ValueError("stats.json has no train pixel_mean/pixel_std (is the train split "

@@ -3,7 +3,7 @@
 For each site (default: every site in the shard set's manifest) `run_loso`
 
 1. takes the training config with ``data.exclude_sites = [site]`` and finds a finished MLflow run
-   of it, or trains it (`eval.runs.train_or_reuse`: same data digest, same left-out site, same
+   of it, or trains it (`workflows.runs.train_or_reuse`: same data digest, same left-out site, same
    recipe — a re-run reuses, a crashed one resumes);
 2. evaluates that model with ``evaluation.holdout_site = site`` (`eval.job.run_eval`, into
    ``OUT/<site>/``): the site's studies are external, the other sites' studies of the split
@@ -27,10 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from echocmr.eval.job import EvalConfig
+from echocmr.eval.job import EvalConfig, run_eval
 from echocmr.eval.signal import INSUFFICIENT
 from echocmr.eval.summary import TaskResult
+from echocmr.model.tracking import resolve_tracking_uri
+from echocmr.shards.reader import read_manifest
 from echocmr.train.config import TrainConfig
+from echocmr.workflows.runs import train_or_reuse
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,6 @@ POOLED_IS = ("unweighted mean, SD (ddof 1) and range of the per-site external AU
 
 def manifest_sites(shards: str) -> list[str]:
     """The sites of the shard set's manifest, sorted."""
-    from echocmr.shards.reader import read_manifest
 
     return sorted(set(read_manifest(shards)["site"].astype(str)))
 
@@ -90,9 +92,6 @@ def run_loso(shards: str, train_config: TrainConfig, out: str | Path, *,
              tracking_uri: str | None = None, address: str | None = None,
              prefix: str = "loso") -> LosoResult:
     """Every site of ``sites`` (default all) left out in turn (module docstring)."""
-    from echocmr.eval.job import run_eval
-    from echocmr.eval.runs import train_or_reuse
-    from echocmr.train.tracking import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     eval_config = eval_config or EvalConfig()

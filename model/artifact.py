@@ -8,10 +8,10 @@ A directory holding two files, no pickled Python object in either::
                   "input_spec": {...}, "echocmr_version": "...", "torch_version": "...",
                   "epoch": N, "val_metrics": {...}}
 
-`read_model_dir` rebuilds `train.model.R2Plus1D` from ``model_config`` and loads the weights; it
+`read_model_dir` rebuilds `model.network.R2Plus1D` from ``model_config`` and loads the weights; it
 refuses a ``format`` it does not know, saying to upgrade echocmr. This is what the logged MLflow
 model carries (as its pyfunc artifact ``model``), what ``echocmr models pull`` unpacks, and what
-`train.checkpoint.load_model` reads for eval and predict: one reader for all of them.
+`model.store.load_model` reads for eval and predict: one reader for all of them.
 (``safetensors`` is not installed here; a weights-only ``torch.save`` of tensors is the same
 plain data and loads without executing code.)
 """
@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from echocmr.train.config import ModelConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.model import R2Plus1D
+from echocmr.model.config import ModelConfig
+from echocmr.model.contract import InputSpec
+from echocmr.model.network import R2Plus1D
 
 ARTIFACT_FORMAT = 1
 KIND = "echocmr.R2Plus1D"

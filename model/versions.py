@@ -1,7 +1,7 @@
 """``echocmr models list | pull``: what is registered, and a copy that works without MLflow.
 
 ``list_models`` reads the registry: every registered model, its versions, the aliases pointing at
-them (``champion``, ``challenger``), and the val AUCs and data digest that `train.registry` tags each
+them (``champion``, ``challenger``), and the val AUCs and data digest that `model.registry` tags each
 version with (falling back to the training run's metrics and ``data_digest`` tag for versions
 registered by other means).
 
@@ -9,8 +9,8 @@ registered by other means).
 accept with the tracking server gone:
 
 * ``checkpoint.pt``: the network's weights, model config and input spec in the
-  `train.checkpoint` layout (written by `train.checkpoint.save_model`), which
-  `train.checkpoint.load_model(DIR)` reads with no MLflow at all;
+  `model.checkpoint` layout (written by `model.checkpoint.save_model`), which
+  `model.store.load_model(DIR)` reads with no MLflow at all;
 * ``mlflow_model/``: the registered MLflow model as downloaded, for provenance and MLflow tools;
 * ``stats.json``: the training run's shard statistics (clip format), when the run logged them;
   `predict` uses its clip size and frame rate to preprocess DICOMs as ingest did;
@@ -30,14 +30,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from echocmr.eval.tasks import TASKS
-from echocmr.shards.format import STATS_FILE
+from echocmr.model.checkpoint import read_checkpoint, save_model
+from echocmr.model.publish import log_model
+from echocmr.model.pulled import MLFLOW_SUBDIR, MODEL_INFO_FILE
+from echocmr.model.registry import parse_reference
+from echocmr.model.store import load_model
+from echocmr.shards.format import STATS_FILE, TASKS
 
 log = logging.getLogger(__name__)
 
-MODEL_INFO_FILE = "echocmr_model.json"
-MLFLOW_SUBDIR = "mlflow_model"
-_REF_RE = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
 
 @dataclass(kw_only=True)
@@ -56,15 +57,6 @@ class ModelVersionInfo:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def parse_reference(ref: str) -> tuple[str, str | None, str | None]:
-    """``NAME@ALIAS`` or ``NAME/VERSION`` (``models:/`` optional) -> (name, alias, version)."""
-    m = _REF_RE.match(ref.strip())
-    if not m:
-        raise ValueError(f"model reference {ref!r}: write NAME@ALIAS (e.g. echo@champion) or "
-                         "NAME/VERSION (e.g. echo/3)")
-    return m.group("name"), m.group("alias"), m.group("version")
 
 
 def _float(text) -> float | None:
@@ -93,7 +85,7 @@ def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
         created=version.creation_timestamp,
     )
     needs_run = info.data_digest is None or all(v is None for v in info.val_aucs.values())
-    if run_id and needs_run:  # registered without train.registry's tags: read the run
+    if run_id and needs_run:  # registered without model.registry's tags: read the run
         try:
             run = client.get_run(run_id)
         except Exception as exc:  # a deleted run must not break the listing
@@ -163,7 +155,6 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     import mlflow
     from mlflow.models import Model
 
-    from echocmr.train.checkpoint import load_model, save_model
 
     parse_reference(ref)  # a malformed reference fails before anything is contacted
     out = Path(out)
@@ -210,7 +201,6 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from echocmr.train.checkpoint import log_model, read_checkpoint
 
     client = MlflowClient(tracking_uri)
     mv = client.get_model_version(name, version)
@@ -240,7 +230,6 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
 
 def _state_of_logged(tracking_uri: str, uri: str) -> dict:
     """A checkpoint-layout state from a logged model (old pickled ones included)."""
-    from echocmr.train.checkpoint import load_model
 
     model, spec = load_model(uri, tracking_uri=tracking_uri)
     config = getattr(model, "config", None)
@@ -254,15 +243,3 @@ def _state_of_logged(tracking_uri: str, uri: str) -> dict:
 def _redact(uri: str) -> str:
     """A tracking URI without credentials (``https://user:pw@host`` -> ``https://host``)."""
     return re.sub(r"//[^/@]*@", "//", uri)
-
-
-def read_model_info(model_dir: str | os.PathLike) -> dict | None:
-    """``echocmr_model.json`` of a pulled directory, or None for anything else."""
-    path = Path(model_dir) / MODEL_INFO_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_model_stats(model_dir: str | os.PathLike) -> dict | None:
-    """``stats.json`` of a pulled directory (or a checkpoint dir that has one), else None."""
-    path = Path(model_dir) / STATS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None

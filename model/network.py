@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from echocmr.model.config import ModelConfig
 from echocmr.shards.format import TASKS
-from echocmr.train.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from echocmr.eval.job import EvalConfig, run_eval
 from echocmr.eval.signal import INSUFFICIENT
+from echocmr.model.tracking import resolve_tracking_uri
+from echocmr.workflows.runs import train_or_reuse
 
 
 def seed_spread(evaluations: dict[str, dict]) -> dict[str, dict]:
@@ -78,14 +81,11 @@ def run_seed_sweep(shards: str, train_config, seeds: list[int], out: str | Path,
                    eval_config=None, tracking_uri: str | None = None,
                    address: str | None = None, prefix: str = "sweep") -> dict:
     """Train ``train_config`` once per seed of ``seeds`` (``data.seed``; a finished run of the
-    same recipe and seed is reused, `eval.runs.train_or_reuse`), evaluate each model on the same
+    same recipe and seed is reused, `workflows.runs.train_or_reuse`), evaluate each model on the same
     split (and ``evaluation.holdout_site``, if set) into ``OUT/seed-<s>/``, and write the spread
     (`seed_spread`) to ``OUT/sweep.json`` and ``OUT/sweep.md``. Returns the JSON written."""
     from dataclasses import replace
 
-    from echocmr.eval.job import EvalConfig, run_eval
-    from echocmr.eval.runs import train_or_reuse
-    from echocmr.train.tracking import resolve_tracking_uri
 
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if len(seeds) < 2:

@@ -1,18 +1,14 @@
-"""Validation metrics in training: per-task ROC AUC over clips, and the mean that picks the best.
+"""ROC AUC, the project's one implementation: per task over clips, with midranks for ties.
 
-A task's AUC is reported only when the val split has at least ``min_positives`` positives and as
-many negatives among its known labels; otherwise it is ``None`` (an AUC over two positives says
-nothing). The pre-specified selection metric (``TrainConfig.selection``: by default WMA's AUC)
-chooses the best checkpoint; if none of its tasks qualifies the checkpoint score falls back to the
-negative val loss (the same rule every epoch of a run, since the
-val split does not change). Clip-level only: study-level aggregation and confidence intervals are
-``eval``'s job.
+A task's AUC is reported only when there are at least ``min_positives`` positives and as many
+negatives among its known labels; otherwise it is ``None`` (an AUC over two positives says
+nothing). Training validates with `task_aucs` and `mean_auc` (`train.selection` picks the best
+checkpoint from them); ``eval.metrics`` builds its intervals on `roc_auc`, `midranks` and
+`check_binary`. It lives in the model package because both import it and neither imports the other.
 
 The AUC is computed here (Mann-Whitney U with tied scores sharing their average rank) rather than
 with scikit-learn, whose import costs every Ray worker seconds at each (re)start; the tests check
-it against ``sklearn.metrics.roc_auc_score``. It is the project's one AUC: ``eval.metrics`` builds
-its intervals on `roc_auc`, `midranks` and `check_binary` from here (eval depends on train, never
-the reverse).
+it against ``sklearn.metrics.roc_auc_score``.
 """
 
 from __future__ import annotations
@@ -90,25 +86,3 @@ def mean_auc(aucs: dict[str, float | None]) -> float | None:
     """Mean over the tasks that have an AUC, ``None`` if none has."""
     values = [v for v in aucs.values() if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else None
-
-
-def checkpoint_score(aucs: dict[str, float | None], val_loss: float, *,
-                     metric: str = "auc", tasks: tuple[str, ...] | None = None,
-                     weights: dict[str, float] | None = None) -> float:
-    """Higher is better (``TrainConfig.selection``).
-
-    ``metric="auc"``: the (``weights``-weighted) mean AUC over ``tasks`` (None: every task) that
-    have one, or ``-val_loss`` when none has; ``metric="loss"``: ``-val_loss``.
-    """
-    if metric == "loss":
-        return -float(val_loss)
-    if metric != "auc":
-        raise ValueError(f"selection metric {metric!r}: auc or loss")
-    chosen = aucs if tasks is None else {t: aucs.get(t) for t in tasks}
-    have = {t: v for t, v in chosen.items() if v is not None and not math.isnan(v)}
-    if weights is not None:
-        have = {t: v for t, v in have.items() if weights.get(t, 0.0) > 0}
-    if not have:
-        return -float(val_loss)
-    w = np.array([1.0 if weights is None else weights[t] for t in have])
-    return float(np.dot(w, list(have.values())) / w.sum())

@@ -1,13 +1,13 @@
-"""Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `train.pipeline`.
+"""Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `read.pipeline`.
 
-Per worker (rank ``r`` of ``w``), per epoch, `train.pipeline.build_pipeline` reads the split's
+Per worker (rank ``r`` of ``w``), per epoch, `read.pipeline.build_pipeline` reads the split's
 tars and ``.idx`` files as reader ``r`` of ``w``, takes one window per clip (random start and
-augmentation for training, the centred window otherwise: `train.contract`), decodes, resizes and
+augmentation for training, the centred window otherwise: `model.contract`), decodes, resizes and
 normalises it; `ClipLoader.epoch` turns DALI's outputs into `Batch` objects: ``clips`` N×C×T×H×W
 float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False for padding), and
 ``keys``.
 
-Decoder and device (``data.decoder``, `train.pipeline.resolve_decoder`): on a CUDA device the
+Decoder and device (``data.decoder``, `read.pipeline.resolve_decoder`): on a CUDA device the
 default is DALI's ``mixed`` decoder, whose GPU outputs torch takes over through DLPack; with
 ``data.decoder: cpu`` DALI decodes on its CPU threads and each batch is copied into pinned host
 memory and on to the GPU without blocking (``non_blocking``), as are labels and the padding mask,
@@ -38,7 +38,7 @@ grey ``Y`` as ``Y' = 16 + round(Y * 219 / 255)`` (``shards.format.GREY_TO_LUMA``
 quantisation, over the whole 0..255 (version-1 sets stored ``Y`` as is and lost everything below 16
 and above 235; `split_files` refuses them). ``stats.json`` holds the mean/std of ``Y``, which the
 pipeline applies to the decoded values as they are: the network input is ``(Y - mean) / std``.
-`train.contract.frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact
+`model.contract.frames_to_clip` computes the same from raw frames, passing ``Y`` through the exact
 ``Y -> Y' -> decoded`` round trip first, so a model is fed identically from shards and from raw
 frames.
 """
@@ -54,6 +54,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from echocmr.model.contract import InputSpec
+from echocmr.read.config import DataConfig
+from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 from echocmr.shards.format import (
     STATS_FILE,
     ClipFormat,
@@ -61,10 +64,10 @@ from echocmr.shards.format import (
     check_gpu_decodable,
     index_name,
 )
-from echocmr.shards.index import index_count
-from echocmr.train.config import DataConfig
-from echocmr.train.contract import InputSpec
-from echocmr.train.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
+from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
+from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.stats import compute_stats
+from echocmr.shards.storage import is_local, local_path
 
 
 @dataclass
@@ -105,8 +108,6 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
     another format version (its pixels would decode differently): training and eval both read
     through here.
     """
-    from echocmr.shards.reader import list_shards, read_stats
-    from echocmr.shards.storage import is_local, local_path
 
     if not is_local(shards):
         raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
@@ -150,8 +151,6 @@ def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
     pixel mean/std, prevalence per split), so not even the input normalisation or the positive
     weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
     """
-    from echocmr.shards.reader import read_manifest
-    from echocmr.shards.stats import compute_stats
 
     manifest = read_manifest(shards)
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
@@ -173,8 +172,6 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
                  index_dir: str) -> tuple[list[str], list[str], list[int]]:
     """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
     shortened indexes written into ``index_dir``, tars left with no sample dropped."""
-    from echocmr.shards.index import format_index, parse_index, sample_keys
-    from echocmr.shards.reader import read_manifest
 
     manifest = read_manifest(shards)
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")

@@ -1,0 +1,168 @@
+"""The registered model as an MLflow pyfunc: clip tensors or one study's DICOM files in.
+
+`EchoCMRModel` is what ``mlflow.pyfunc.load_model("models:/NAME@champion")`` and
+``mlflow models serve`` run. It is logged from code (`echocmr.model.model_code`, MLflow's
+models-from-code), so the logged model holds no pickled object: the network is rebuilt by
+`model.artifact.read_model_dir` from the artifact ``model`` (``weights.pt`` + ``model.json``),
+and the class comes from the ``echocmr`` the model's requirements pin.
+
+One input schema, two forms (every row of a request is the same form;
+`model.checkpoint.signature`):
+
+* ``clip``: one network input per row, ``float32[C, T, S, S]`` prepared per the model's
+  `InputSpec` (what `model.contract.frames_to_clip` makes). Out: a table, one row per clip, with
+  ``logit_<task>`` and ``p_<task>`` (sigmoid) for the five tasks.
+* ``dicom``: one DICOM file per row (bytes; base64 in JSON), all of one study, with an optional
+  ``view`` per file. The files go through exactly ``echocmr predict``'s code
+  (`model.predict.predict_files`: ingest's preprocessing, every window, mean per file and
+  study). Out: ``{"tasks", "probabilities": {task: p} (None when no file was kept), "n_clips",
+  "files": [{"index", "status": "kept"|"rejected", "reason", "detail", "view"}], "views"}``.
+  Files are named by their row index only: no UID, name, date or file name is returned.
+
+JSON request bodies for ``POST /invocations`` are in docs/pull-a-model.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from echocmr.model.artifact import read_model_dir
+from echocmr.model.predict import predict_files
+
+try:  # a base class when MLflow is installed (always, for a served model)
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - echocmr always installs mlflow
+    PythonModel = object
+
+from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
+from echocmr.model.tasks import TASKS, p_col
+
+
+def logit_col(task: str) -> str:
+    return f"logit_{task}"
+
+
+class EchoCMRModel(PythonModel):
+    """The pyfunc (module docstring). ``load_context`` reads the artifact; ``predict`` serves."""
+
+    model = None
+    spec = None
+
+    def load_context(self, context) -> None:
+
+        self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        frame = _as_frame(model_input)
+        has_clip = CLIP in frame and frame[CLIP].notna().any()
+        has_dicom = DICOM in frame and frame[DICOM].notna().any()
+        if has_clip == has_dicom:
+            raise _bad_input("send either 'clip' rows (network inputs) or 'dicom' rows (the files "
+                             "of one study) in a request, not both and not neither")
+        if has_clip:
+            return predict_clips(self.model, self.spec, frame[CLIP].tolist())
+        views = frame[VIEW].tolist() if VIEW in frame else [None] * len(frame)
+        return predict_study(self.model, self.spec, frame[DICOM].tolist(), views)
+
+
+def predict_clips(model, spec, clips: list) -> pd.DataFrame:
+    """Logits and probabilities for network inputs ``[C, T, S, S]`` (one per element)."""
+    import torch
+
+    expected = (spec.channels, spec.frames, spec.size, spec.size)
+    try:
+        x = np.stack([np.asarray(c, dtype=np.float32) for c in clips])
+    except ValueError as exc:
+        raise _bad_input(f"clips must all be float32{list(expected)}: {exc}") from None
+    if x.shape[1:] != expected:
+        raise _bad_input(f"clips must be float32[N, {', '.join(map(str, expected))}] for this "
+                         f"model (its input spec), got {list(x.shape)}")
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(x)).float().numpy()
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    return pd.DataFrame({**{logit_col(t): logits[:, k] for k, t in enumerate(TASKS)},
+                         **{p_col(t): probs[:, k] for k, t in enumerate(TASKS)}})
+
+
+def predict_study(model, spec, files: list, views: list | None = None) -> dict[str, Any]:
+    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring)."""
+
+    views = list(views or [None] * len(files))
+    with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:
+        paths = []
+        for i, data in enumerate(files):
+            path = os.path.join(tmp, f"{i}.dcm")
+            with open(path, "wb") as f:
+                f.write(_as_bytes(data, i))
+            paths.append(path)
+        result = predict_files(paths, model, spec)
+    index = {p: i for i, p in enumerate(paths)}
+    if len(result.studies) > 1:
+        raise _bad_input(f"the files belong to {len(result.studies)} studies; send the files of "
+                         "one study per request")
+    rejected = {index[r["file"]]: r for r in result.rejected}
+    out_files, used_views = [], []
+    for i in range(len(files)):
+        view = _view(views[i])
+        if i in rejected:
+            detail = rejected[i]["detail"].replace(paths[i], f"file {i}").replace(tmp, "")
+            out_files.append({"index": i, "status": "rejected", "reason": rejected[i]["reason"],
+                              "detail": detail, "view": view})
+        else:
+            out_files.append({"index": i, "status": "kept", "reason": None, "detail": None,
+                              "view": view})
+            used_views.append(view or "unknown")
+    probabilities, n_clips = None, 0
+    if len(result.studies):
+        row = result.studies.iloc[0]
+        probabilities = {t: float(row[p_col(t)]) for t in TASKS}
+        n_clips = int(row["n_clips"])
+    return {"tasks": list(TASKS), "probabilities": probabilities, "n_clips": n_clips,
+            "files": out_files, "views": sorted(set(used_views))}
+
+
+def _as_frame(model_input) -> pd.DataFrame:
+    if isinstance(model_input, pd.DataFrame):
+        return model_input
+    if isinstance(model_input, dict):
+        return pd.DataFrame({k: list(v) for k, v in model_input.items()})
+    if isinstance(model_input, list):
+        return pd.DataFrame(model_input)
+    raise _bad_input(f"expected a table with 'clip' or 'dicom' columns, got "
+                     f"{type(model_input).__name__}")
+
+
+def _as_bytes(data, i: int) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, str):  # base64 that was not decoded by a schema (no signature enforced)
+        import base64
+        import binascii
+
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error:
+            raise _bad_input(f"dicom row {i} is text that is not base64") from None
+    raise _bad_input(f"dicom row {i} must be bytes (base64 in JSON), got {type(data).__name__}")
+
+
+def _view(value) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _bad_input(message: str) -> Exception:
+    """An error the scoring server answers with 400 and ``message``."""
+    try:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    except ImportError:  # pragma: no cover
+        return ValueError(message)
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
