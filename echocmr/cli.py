@@ -78,11 +78,11 @@ def _store_mode(args) -> str | None:
         return None
     if args.echocmr_command in _STORE_READERS:
         return READ
-    if args.echocmr_command in _MODEL_READERS:
-        model = str(getattr(args, "model", None) or "")
-        if model.startswith(_STORE_URIS):
-            return READ
-        return WRITE if args.echocmr_command == "eval" else None
+    model = str(getattr(args, "model", None) or "")
+    if args.echocmr_command in _MODEL_READERS and model.startswith(_STORE_URIS):
+        return READ
+    if args.echocmr_command == "predict" or getattr(args, "no_track", False):
+        return None  # a local model, and nothing to log (`eval --no-track`)
     return WRITE
 
 

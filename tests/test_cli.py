@@ -138,6 +138,24 @@ def test_a_wrong_model_alias_is_one_line(tmp_path):
         assert line.startswith(f"echocmr {argv[0]}:") and "nope" in line
 
 
+def test_a_command_that_uses_no_store_never_checks_one(tmp_path):
+    """`eval --no-track` of a local model, and `predict` of one, run with a tracking URI nobody
+    answers (the store check is for commands that use the store)."""
+    from echocmr.cli import _store_mode, build_parser
+
+    dead = "http://127.0.0.1:9"
+    parse = build_parser().parse_args
+    assert _store_mode(parse(["eval", "--shards", "s", "--model", "pulled", "--out", "o",
+                              "--no-track", "--tracking-uri", dead])) is None
+    assert _store_mode(parse(["predict", "--model", "pulled", "--out", "p.csv", "x.dcm",
+                              "--tracking-uri", dead])) is None
+    assert _store_mode(parse(["eval", "--shards", "s", "--model", "models:/m@a", "--out", "o",
+                              "--no-track", "--tracking-uri", dead])) == "read"
+    assert _store_mode(parse(["eval", "--shards", "s", "--model", "pulled", "--out", "o",
+                              "--tracking-uri", dead])) == "write"  # the eval run is logged
+    assert _store_mode(parse(["train", "--shards", "s", "--tracking-uri", dead])) == "write"
+
+
 def test_an_unreachable_tracking_server_is_an_error_at_once(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
