@@ -144,8 +144,8 @@ def run_plain(inputs: list[str], out: str) -> None:
     with ShardSetWriter(
         out,
         config=WriterConfig(samples_per_shard=256),
-        clip_format=stats["clip"],
-        split_key_fingerprint=stats["split_key_fingerprint"],
+        clip_format=stats.clip_format(),
+        split_key_fingerprint=stats.split_key_fingerprint,
     ) as writer:
         for sample in samples:
             writer.add(sample, pixel_stats=manifest[sample.key])

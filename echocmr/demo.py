@@ -52,9 +52,14 @@ DEMO_HOLDOUT = "st_elsewhere"
 # split holds at least 5 positive and 5 negative studies of every task, (b) the held-out site
 # (all its splits: it is never trained on) does too and has at least 10 WMA-positive and 10
 # WMA-negative patients (eval's minimum for an AUC), (c) the other sites' test split has 10 of
-# each for WMA (the internal column), and (d) the other sites' val split has at least 5
-# WMA-positive patients (model selection). Nothing about a model chose it.
-DEMO_SEED = 37
+# each for WMA (the internal column), (d) the other sites' val split has at least 5
+# WMA-positive patients (model selection), and (e) in the test split and at the held-out site no
+# null task (T1, T2, ECV) aligns by chance with pixel-visible planted truth — the WMA label, its
+# severity, the wall thickness — beyond |AUC - 0.5| <= DEMO_ALIGNMENT, study-level (a head that
+# reads WMA and walls would otherwise score "signal" on a null task: seed 37, the rule's answer
+# before (e), had ECV 0.679 against WMA at the held-out site). Nothing about a model chose it.
+DEMO_SEED = 73
+DEMO_ALIGNMENT = 0.15
 
 
 def seed_counts(seed: int, patients: int = 200, holdout: str = DEMO_HOLDOUT) -> dict:
@@ -66,8 +71,9 @@ def seed_counts(seed: int, patients: int = 200, holdout: str = DEMO_HOLDOUT) -> 
     rows = []
     for p in plan_cohort(CohortConfig(patients=patients, seed=seed, problem_files=False)):
         split = KeyedHasher(DEMO_SPLIT_KEY.encode(), site=p.site).split(p.patient_id)
-        rows += [(p.patient_id, p.site, split, latent_for_study(p, st)) for st in p.studies
-                 if st.in_window]
+        rows += [(p.patient_id, p.site, split, latent_for_study(p, st),
+                  (p.latent.wma, p.latent.severity, p.heart.wall_cm))
+                 for st in p.studies if st.in_window]
     groups = {"test": [r for r in rows if r[2] == "test"],
               "external": [r for r in rows if r[1] == holdout],
               "internal_test": [r for r in rows if r[2] == "test" and r[1] != holdout],
@@ -76,10 +82,27 @@ def seed_counts(seed: int, patients: int = 200, holdout: str = DEMO_HOLDOUT) -> 
     for name, group in groups.items():
         out[name] = {}
         for task in ("wma", "lge", "t1", "t2", "ecv"):
-            known = [(pid, y[task]) for pid, _, _, y in group if y[task] == y[task]]
+            known = [(pid, y[task]) for pid, _, _, y, _ in group if y[task] == y[task]]
             out[name][task] = (sum(v == 1 for _, v in known), sum(v == 0 for _, v in known),
                                len({pid for pid, v in known if v == 1}),
                                len({pid for pid, v in known if v == 0}))
+    out["alignment"] = planted_alignment(groups)
+    return out
+
+
+def planted_alignment(groups: dict) -> dict:
+    """Per group (test, external) and null task: the largest |AUC - 0.5| of a pixel-visible
+    planted truth (WMA label, severity, wall thickness) scored against the task's label."""
+    from echocmr.model.auc import roc_auc
+
+    out = {}
+    for name in ("test", "external"):
+        out[name] = {}
+        for task in ("t1", "t2", "ecv"):
+            known = [(y[task], truth) for _, _, _, y, truth in groups[name] if y[task] == y[task]]
+            labels = [v for v, _ in known]
+            out[name][task] = (max(abs(roc_auc(labels, [t[i] for _, t in known]) - 0.5)
+                                   for i in range(3)) if 0 < sum(labels) < len(labels) else 0.0)
     return out
 
 
@@ -87,7 +110,8 @@ def seed_qualifies(counts: dict) -> bool:
     """DEMO_SEED's rule (its comment) on `seed_counts`."""
     studies = all(min(counts[g][t][:2]) >= 5 for g in ("test", "external")
                   for t in counts["test"])
-    return (studies and min(counts["external"]["wma"][2:]) >= 10
+    aligned = max(v for g in counts["alignment"].values() for v in g.values())
+    return (studies and aligned <= DEMO_ALIGNMENT and min(counts["external"]["wma"][2:]) >= 10
             and min(counts["internal_test"]["wma"][2:]) >= 10
             and counts["internal_val"]["wma"][2] >= 5)
 
@@ -495,7 +519,7 @@ def register(subparsers) -> None:
                       help="training epochs (default: the demo train preset's, see `echocmr "
                            "train --preset demo --print-config`)")
     demo.add_argument("--seed", type=int, default=None,
-                      help="cohort seed (default 37: see echocmr/demo.py, DEMO_SEED)")
+                      help="cohort seed (default 73: see echocmr/demo.py, DEMO_SEED)")
     demo.add_argument("--gpu", action="store_true", default=None,
                       help="train on GPUs (default: when there are any; one worker per GPU)")
     demo.add_argument("--cpu", dest="gpu", action="store_false", help="never use a GPU")

@@ -27,6 +27,10 @@ def _register_eval(subparsers) -> None:
                     "table) to --out; log them to MLflow. Settings: defaults <- --config FILE "
                     "<- flags (docs/configuration.md).")
     add_eval_arguments(p)
+    p.add_argument("--predictions", metavar="FILE",
+                   help="judge a table of any model's per-study predictions (Parquet or CSV: "
+                        "patient, study, [site, view, split,] y_<task>, p_<task>) instead of "
+                        "--shards and --model: the same statistics and report")
     p.set_defaults(func=run_eval_cmd)
 
 
@@ -137,6 +141,10 @@ def eval_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
+    if getattr(args, "predictions", None):
+        from echocmr.eval.predictions import run_predictions_cmd
+
+        return run_predictions_cmd(args, overrides=eval_overrides(args))
     from echocmr.config import resolve_for_command
     from echocmr.eval.job import load_config, run_eval
 

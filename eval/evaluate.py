@@ -33,6 +33,7 @@ from echocmr.eval.outputs import (
     write_predictions,
 )
 from echocmr.eval.report import ReportInputs, write_report
+from echocmr.eval.signal import INSUFFICIENT
 from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
 from echocmr.model.tasks import p_col, y_col
 from echocmr.shards.format import SPLITS
@@ -119,7 +120,8 @@ def evaluate_clips(
             raise ValueError(f"--holdout-site {config.holdout_site!r}: the split's sites are "
                              f"{sorted(set(site))}")
         judged = studies[site == config.holdout_site]
-        internal = summarise(studies[site != config.holdout_site], config=config.summary)
+        internal = summarise(studies[site != config.holdout_site], config=config.summary,
+                             primary=False)
         internal_splits = _in_order(studies.loc[site != config.holdout_site, "split"])
         external_splits = _in_order(judged["split"])
     results = summarise(judged, config=config.summary)
@@ -138,7 +140,9 @@ def evaluate_clips(
         label_table = pd.concat([t for t in (studies, val_studies) if t is not None],
                                 ignore_index=True)
     missing = label_missingness(label_table, control=config.summary.positive_control or "wma")
-    by_view = (breakdown(views_to_studies(videos), "view", config=config.summary)
+    # Per view over the judged studies only: with a held-out site, the external site's.
+    judged_videos = videos[videos["study_hash"].isin(judged["study_hash"])]
+    by_view = (breakdown(views_to_studies(judged_videos), "view", config=config.summary)
                if "view" in config.breakdowns else {})
     by_site = (breakdown(studies, "site", config=config.summary)
                if "site" in config.breakdowns else {})
@@ -179,6 +183,9 @@ def add_operating_points(results: dict[str, TaskResult], studies: pd.DataFrame,
     if config.threshold == "none":
         return
     for task, r in results.items():
+        if r.verdict == INSUFFICIENT:  # the main table withholds this task's figures
+            r.operating_reason = "insufficient data (see the main table)"
+            continue
         if val_studies is None:
             r.operating_reason = "no val predictions to choose a threshold on"
             continue

@@ -24,7 +24,12 @@ from echocmr import config as loader
 from echocmr.eval.evaluate import Evaluation, EvaluationConfig, evaluate_clips
 from echocmr.eval.infer import InferConfig, infer_split
 from echocmr.eval.missingness import studies_from_manifest
-from echocmr.eval.record import annotate_version, log_evaluation, previous_evaluations
+from echocmr.eval.record import (
+    annotate_version,
+    log_evaluation,
+    previous_evaluations,
+    uri_tag,
+)
 from echocmr.eval.report import auc_table_text
 from echocmr.model.lineage import training_sites
 from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
@@ -182,15 +187,15 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
     run_id, error = None, None
     if config.track:
 
-        params = {"model_uri": model_uri, **loader.flat(config)}
+        params = {"model_uri": uri_tag(model_uri), **loader.flat(config)}
+        # A registered version gets the test AUCs, CIs and verdicts as tags and in its card.
+        # An external validation is written as such, not as the model's test result.
+        label = config.split if holdout is None else f"external_{holdout}"
         try:
             run_id = log_evaluation(tracking_uri=tracking_uri, model_uri=model_uri,
                                     split=config.split, results=evaluation.results, out_dir=out,
-                                    params=params,
-                                    data_digest=digest, eval_count=eval_count)
-            # A registered version gets the test AUCs, CIs and verdicts as tags and in its card.
-            # An external validation is written as such, not as the model's test result.
-            label = config.split if holdout is None else f"external_{holdout}"
+                                    params=params, data_digest=digest, eval_count=eval_count,
+                                    shards=shards, label=label)
             annotate_version(tracking_uri=tracking_uri, model_uri=model_uri, split=label,
                              results=evaluation.results, eval_run=run_id, data_digest=digest)
         except Exception as exc:  # the outputs are on disk; say clearly that logging failed

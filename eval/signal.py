@@ -28,6 +28,17 @@ pairs *from the same site* that the scores order correctly (ties half), i.e. the
 weighted by their number of pairs. A site-recogniser scores 0.5 on it whatever the prevalences.
 With one site it is the ordinary test.
 
+**Frozen strata.** Blocks of different sizes cannot be exchanged, so when study count (or the
+site sequence) separates the classes — disease brings patients back for more echoes — a group can
+hold patients of one label block only, and those patients never move: with 12 positive patients of
+3 studies and 30 negative of 1, every permutation is the observed labelling and p = 1 whatever the
+scores. The test counts the patients it would freeze (``n_frozen``: members of an exchange group
+whose label blocks are all alike) and, when there are any, falls back to the **patient-level**
+test: each (patient, stratum, label) becomes one unit scored by the mean of its studies, and unit
+labels are permuted freely within the stratum, so labels move between patients of unequal study
+counts (``level: "patient"``). A permutation distribution with a single value (nothing can move)
+is reported as ``degenerate`` and judged "insufficient data", never "no detectable signal".
+
 Each permuted AUC is a rank sum: the scores' midranks are fixed, so a permutation's AUC is the sum
 of the ranks its labels make positive, and B permutations cost one (B, N) matrix product.
 """
@@ -38,12 +49,16 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
+import pandas as pd
 
 from echocmr.model.auc import midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"
 INSUFFICIENT = "insufficient data"
+# A breakdown row (per view, per site, the internal column) whose test ran: its p is printed
+# unadjusted and claims nothing; verdict words belong to the primary table only.
+EXPLORATORY = "exploratory"
 VERDICTS = (SIGNAL, NO_SIGNAL, INSUFFICIENT)
 Correction = Literal["holm", "none"]
 CORRECTIONS = get_args(Correction)
@@ -77,6 +92,62 @@ class SignalResult:
     null_mean: float  # mean permuted AUC; ~0.5 for a sane test
     seed: int
     n_strata: int = 1  # sites the test was stratified over (1: pooled)
+    n_frozen: int = 0  # patients whose label block no permutation of the study-level test moves
+    level: str = "study"  # "study": patient blocks; "patient": the fallback on patient units
+    degenerate: bool = False  # every permutation gave the same statistic: no test at all
+
+
+def _exchange_groups(
+    patients: np.ndarray, strata: np.ndarray | None,
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """(groups of patient indices, study order grouped by patient, block sizes, block starts).
+
+    Patients are grouped by their number of studies (and, with ``strata``, by the stratum of each
+    of their studies in study order): the patients whose label blocks may be exchanged.
+    """
+    uniq, inverse = np.unique(patients, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")  # studies grouped by patient, original order within
+    sizes = np.bincount(inverse, minlength=uniq.size)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    if strata is None:
+        groups = [np.flatnonzero(sizes == size) for size in np.unique(sizes)]
+    else:
+        keys = np.array([f"{sz}\x1f" + "\x1f".join(strata[order[st:st + sz]])
+                         for st, sz in zip(starts, sizes, strict=True)])
+        groups = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+    return groups, order, sizes, starts
+
+
+def frozen_patients(y_true: np.ndarray, patients: np.ndarray,
+                    strata: np.ndarray | None = None) -> int:
+    """Patients whose label block no patient-block permutation can change: members of an
+    exchange group (same study count, same site sequence) in which every label block is alike."""
+    y = np.asarray(y_true, dtype=np.float64)
+    patients = np.asarray(patients)
+    strata = None if strata is None else np.asarray(strata).astype(str)
+    groups, order, sizes, starts = _exchange_groups(patients, strata)
+    frozen = 0
+    for members in groups:
+        size = sizes[members[0]]
+        blocks_KS = y[order[starts[members][:, None] + np.arange(size)[None, :]]]
+        if (blocks_KS == blocks_KS[0]).all():
+            frozen += members.size
+    return frozen
+
+
+def patient_units(y_true: np.ndarray, scores: np.ndarray, patients: np.ndarray,
+                  strata: np.ndarray | None = None):
+    """(labels, scores, unit ids, unit strata or None) with one unit per (patient, stratum, label):
+    the mean score of those studies. Units are what the patient-level fallback permutes."""
+    y = np.asarray(y_true, dtype=np.float64)
+    frame = pd.DataFrame({"patient": np.asarray(patients).astype(str), "y": y,
+                          "s": np.asarray(scores, dtype=np.float64),
+                          "stratum": "" if strata is None else np.asarray(strata).astype(str)})
+    units = frame.groupby(["patient", "stratum", "y"], sort=True)["s"].mean().reset_index()
+    ids = (units["patient"] + "\x1f" + units["stratum"] + "\x1f"
+           + units["y"].astype(int).astype(str)).to_numpy()
+    unit_strata = None if strata is None else units["stratum"].to_numpy()
+    return units["y"].to_numpy(), units["s"].to_numpy(), ids, unit_strata
 
 
 def patient_permutations(
@@ -94,20 +165,12 @@ def patient_permutations(
     if y.shape != patients.shape:
         raise ValueError("patients must give one patient id per study")
     rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(patients, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")  # studies grouped by patient, original order within
-    sizes = np.bincount(inverse, minlength=uniq.size)
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
     out = np.empty((n_permutations, y.size))
-    if strata is None:
-        groups = [np.flatnonzero(sizes == size) for size in np.unique(sizes)]
-    else:
+    if strata is not None:
         strata = np.asarray(strata).astype(str)
         if strata.shape != y.shape:
             raise ValueError("strata must give one stratum per study")
-        keys = np.array([f"{sz}\x1f" + "\x1f".join(strata[order[st:st + sz]])
-                         for st, sz in zip(starts, sizes, strict=True)])
-        groups = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+    groups, order, sizes, starts = _exchange_groups(patients, strata)
     for members in groups:  # patients of one group, sorted by hash
         size = sizes[members[0]]
         studies_KS = order[starts[members][:, None] + np.arange(size)[None, :]]
@@ -138,11 +201,13 @@ def permutation_test(
     *,
     config: SignalConfig | None = None,
     strata: np.ndarray | None = None,
+    fallback: bool = True,
 ) -> SignalResult:
     """One-sided test of AUC > 0.5 with labels permuted by patient; see the module docstring.
 
     ``strata`` (one site per study): permute within site and test the pooled within-site AUC
-    (``auc`` is then that statistic).
+    (``auc`` is then that statistic). ``fallback``: when patient blocks would freeze patients,
+    test on patient units instead (``level="patient"``); False keeps the block test regardless.
     """
     config = config or SignalConfig()
     y = np.asarray(y_true, dtype=np.float64)
@@ -175,6 +240,12 @@ def permutation_test(
             pairs += ms * (sel.sum() - ms)
         if pairs == 0:
             raise ValueError("no site has both positives and negatives: no within-site AUC")
+    n_frozen = frozen_patients(y, patients, strata) if fallback else 0
+    if n_frozen:
+        uy, us, ids, ustrata = patient_units(y, s, patients, strata)
+        res = permutation_test(uy, us, ids, config=config, strata=ustrata, fallback=False)
+        res.n_frozen, res.level = n_frozen, "patient"
+        return res
     observed = float(ranks @ y)
     labels_BN = patient_permutations(y, patients, config.n_permutations, config.seed,
                                      strata=strata)
@@ -184,11 +255,14 @@ def permutation_test(
     # Rank sums are multiples of 0.5, so a small tolerance makes ">=" exact in floating point.
     exceed = int((null_sums >= observed - 1e-9).sum())
     p_value = (1 + exceed) / (1 + config.n_permutations)
+    degenerate = bool(np.ptp(null_sums) < 1e-9)
     return SignalResult(
         auc=(observed - offset) / pairs,
         p_value=p_value,
         n_permutations=config.n_permutations,
-        verdict=verdict(p_value, config.alpha),  # this task alone; see `holm_adjust`
+        # this task alone; see `holm_adjust`. A null of one value tests nothing.
+        verdict=INSUFFICIENT if degenerate else verdict(p_value, config.alpha),
+        degenerate=degenerate,
         null_mean=float(((null_sums - offset) / pairs).mean()),
         seed=config.seed,
         n_strata=n_strata,

@@ -38,7 +38,9 @@ from echocmr.eval.metrics import (
 )
 from echocmr.eval.operating import OperatingPoint
 from echocmr.eval.signal import (
+    EXPLORATORY,
     INSUFFICIENT,
+    SIGNAL,
     SignalConfig,
     holm_adjust,
     permutation_test,
@@ -103,6 +105,9 @@ class TaskResult:
     prevalence: float | None = None  # positive share of the studies with a known label
     operating: OperatingPoint | None = None  # threshold chosen on val, applied here
     operating_reason: str | None = None  # why there is no operating point
+    n_frozen: int = 0  # patients the block permutation froze (the patient-level test ran then)
+    test_level: str | None = None  # "study" (patient blocks) or "patient" (frozen-strata fallback)
+    primary: bool = True  # False: a breakdown row, exploratory (no verdict words, unadjusted p)
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
@@ -150,7 +155,7 @@ def task_result(
         task=task, n_studies=c.n_studies, n_patients=c.n_patients, n_pos=c.n_pos, n_neg=c.n_neg,
         n_unknown=int((~known).sum()),
         n_pos_patients=c.n_pos_patients, n_neg_patients=c.n_neg_patients,
-        few_patients=min(c.n_pos_patients, c.n_neg_patients) < config.metrics.few_patients,
+        few_patients=few_patients_mark(c, y, p, config.metrics),
         n_sites=n_sites,
         pr_auc=average_precision(y, p) if c.n_pos and c.n_neg else None,
         prevalence=c.n_pos / c.n_studies if c.n_studies else None,
@@ -166,7 +171,7 @@ def task_result(
         )
     boot = bootstrap_auc_ci(
         y, p, patients, n_resamples=mc.n_bootstrap, seed=mc.seed, level=mc.level,
-        method=mc.ci_method,
+        method=mc.ci_method, expand_small=mc.expand_small,
     )
     dl = clustered_delong_ci(y, p, patients, level=mc.level)
     indep = delong_ci(y, p, level=mc.level)
@@ -184,6 +189,13 @@ def task_result(
             pooled = sig
             sig = permutation_test(y, p, patients, config=config.signal, strata=sites)
             site_audit.update(audit="within site", p_value_pooled=pooled.p_value)
+    if sig.degenerate:  # nothing could move: no test, and certainly not "no detectable signal"
+        return TaskResult(
+            **base, **site_audit, auc=boot.auc, ci_low=None, ci_high=None, delong_low=None,
+            delong_high=None, delong_se=None, p_value=None, verdict=INSUFFICIENT,
+            n_frozen=sig.n_frozen, test_level=sig.level,
+            reason="every permutation of the labels gives the same statistic (the classes are "
+                   "separated by study count or site): the data cannot test this task")
     return TaskResult(
         **base, **site_audit,
         auc=boot.auc, ci_low=boot.low, ci_high=boot.high, ci_method=boot.method,
@@ -191,8 +203,20 @@ def task_result(
         delong_indep_low=indep.low, delong_indep_high=indep.high, delong_indep_se=indep.se,
         p_value=sig.p_value, verdict=sig.verdict,
         bootstrap_valid=boot.n_valid, null_mean_auc=sig.null_mean,
+        n_frozen=sig.n_frozen, test_level=sig.level,
         calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
     )
+
+
+def few_patients_mark(c, y: np.ndarray, p: np.ndarray, mc: MetricsConfig) -> bool:
+    """Whether bootstrap intervals may run short: fewer than ``few_patients`` patients in a
+    class, or fewer than twice that at an AUC of ``high_auc`` or more."""
+    fewest = min(c.n_pos_patients, c.n_neg_patients)
+    if fewest < mc.few_patients:
+        return True
+    if fewest >= 2 * mc.few_patients or not (c.n_pos and c.n_neg):
+        return False
+    return roc_auc(y, p) >= mc.high_auc
 
 
 def insufficiency(c, mc: MetricsConfig) -> str | None:
@@ -208,9 +232,16 @@ def insufficiency(c, mc: MetricsConfig) -> str | None:
 
 
 def summarise(
-    studies: pd.DataFrame, *, config: SummaryConfig | None = None, tasks: tuple[str, ...] = TASKS
+    studies: pd.DataFrame, *, config: SummaryConfig | None = None, tasks: tuple[str, ...] = TASKS,
+    primary: bool = True,
 ) -> dict[str, TaskResult]:
-    """``{task: TaskResult}`` over the rows of ``studies`` (one row per study)."""
+    """``{task: TaskResult}`` over the rows of ``studies`` (one row per study).
+
+    ``primary``: the pre-specified table whose verdicts are the claims (Holm over its tasks,
+    value over the control). ``primary=False`` (breakdowns, the internal column): the same
+    numbers with unadjusted p-values and the verdict ``exploratory`` wherever a test ran — a
+    second family of verdicts would spend the error rate again.
+    """
     config = config or SummaryConfig()
     missing = [c for c in ["patient_hash", *(y_col(t) for t in tasks), *(p_col(t) for t in tasks)]
                if c not in studies.columns]
@@ -227,12 +258,18 @@ def summarise(
         )
         for t in tasks
     }
+    if not primary:
+        for r in results.values():
+            r.primary = False
+            if r.verdict != INSUFFICIENT:
+                r.verdict = EXPLORATORY
+        return results
     results = adjust_verdicts(results, config.signal)
     ctrl = config.positive_control
     if ctrl is not None and {y_col(ctrl), p_col(ctrl)} <= set(studies.columns):
         mc = config.metrics
         for t, r in results.items():
-            if t == ctrl:
+            if t == ctrl or r.verdict == INSUFFICIENT:  # nothing to refine, nothing to print
                 continue
             r.control = control_result(
                 studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
@@ -243,6 +280,7 @@ def summarise(
                 min_positives=min(mc.min_positives, mc.min_negatives),
                 min_patients=min(mc.min_positive_patients, mc.min_negative_patients),
                 sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+                test=r.verdict == SIGNAL,  # a fixed sequence: only after the audit rejected
             )
             r.verdict = refine_verdict(r.verdict, r.control, config.signal.alpha)
     return results
@@ -262,11 +300,12 @@ def breakdown(
     table: pd.DataFrame, by: str, *, config: SummaryConfig | None = None,
     tasks: tuple[str, ...] = TASKS,
 ) -> dict[str, dict[str, TaskResult]]:
-    """``{value: {task: TaskResult}}`` for each value of column ``by`` (e.g. view, site)."""
+    """``{value: {task: TaskResult}}`` for each value of column ``by`` (e.g. view, site);
+    exploratory rows (``summarise(primary=False)``): unadjusted p, no verdict words."""
     if by not in table.columns:
         raise ValueError(f"cannot break down by {by!r}: no such column")
     return {
-        str(value): summarise(group, config=config, tasks=tasks)
+        str(value): summarise(group, config=config, tasks=tasks, primary=False)
         for value, group in table.groupby(by, sort=True)
     }
 

@@ -288,6 +288,9 @@ class PairingConfig:
             raise ConfigError(f"pairing.window_days must be >= 0, got {self.window_days}")
 
 
+IDENTITY_SCOPES = ("site", "shared")
+
+
 @dataclass(kw_only=True)
 class SplitConfig:
     """Patient-level splits by keyed hash (`ingest.splits`).
@@ -296,15 +299,26 @@ class SplitConfig:
     used. Without either, ingest refuses to run unless the input is a cohort written by
     ``echocmr synth`` or ``allow_public_demo_key`` is set (``--allow-public-demo-key``): with the
     public demo key anyone could recompute the hashes of known IDs.
+
+    ``identity_scope``: what names one person. ``site`` (default): a patient is (site, ID), since
+    two hospitals' ID namespaces may overlap; ``shared``: the sites of one health network share
+    one ID namespace, so a patient seen at two sites is one patient with one hash and one split
+    (under ``site`` they would get two, and could train at one site and test at the other).
+    Recorded in ``stats.json``; reshard refuses to merge sets of different scopes.
     """
 
     split_key: str | None = None
+    identity_scope: str = "site"  # "site": (site, patient ID); "shared": the patient ID alone
     allow_public_demo_key: bool = False  # use the public demo key for real data (hashes reversible)
     fractions: dict[str, float] = field(
         default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2}
     )
 
     def __post_init__(self) -> None:
+        if self.identity_scope not in IDENTITY_SCOPES:
+            raise ConfigError(f"splits.identity_scope={self.identity_scope!r}: choose one of "
+                              f"{IDENTITY_SCOPES} (shared when the sites share one patient-ID "
+                              "namespace)")
         if set(self.fractions) != set(SPLITS):
             raise ConfigError(f"splits.fractions needs exactly {SPLITS}, got {sorted(self.fractions)}")
         if any(v < 0 for v in self.fractions.values()):

@@ -28,7 +28,6 @@ Nothing in the logs or the progress bar names a file: source paths can name pati
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import time
@@ -65,6 +64,7 @@ from echocmr.progress import Progress
 from echocmr.shards import storage
 from echocmr.shards.format import FORMAT_VERSION, INGEST_REPORT_FILE, STATS_FILE, validate_site
 from echocmr.shards.lock import exclusive_output, exclusive_url_output
+from echocmr.shards.reader import read_stats
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +291,7 @@ def _reject_duplicates(results: list[FileResult]) -> None:
 def _recorded_label_rules(out_dir: str, site: str) -> str | None:
     """The cut-off fingerprint ``out_dir``'s current ``stats.json`` records for ``site``."""
     try:
-        stats = json.loads(storage.read_bytes(storage.join(out_dir, STATS_FILE)))
-        recorded = stats.get("label_rules") or {}
+        recorded = read_stats(out_dir).label_rules or {}
     except (OSError, ValueError, AttributeError):
         return None
     before = recorded.get(site) if isinstance(recorded, dict) else None

@@ -40,7 +40,8 @@ def write_outputs(results: list[FileResult], entries: dict[str, str], work: Work
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
     writer = ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
-                            split_key_fingerprint=fingerprint, label_rules=label_rules)
+                            split_key_fingerprint=fingerprint, label_rules=label_rules,
+                            identity_scope=config.splits.identity_scope)
     try:
         planned: dict[str, PlannedSample] = {}
         for result in kept:

@@ -4,7 +4,10 @@ Every identifier is replaced by an HMAC-SHA256 under a secret *split key*: witho
 cannot be recomputed from a known patient ID (a plain SHA-256 of an ID can be, by trying IDs).
 
 * ``patient_hash`` = HMAC(site, patient ID), ``study_hash`` = HMAC(site, Study Instance UID),
-  ``clip_hash`` = HMAC(SOP Instance UID): 16 hex characters each, from separate domains.
+  ``clip_hash`` = HMAC(SOP Instance UID): 16 hex characters each, from separate domains. With
+  ``splits.identity_scope: shared`` (sites of one network sharing an ID namespace) the patient
+  hash and the split are HMAC(patient ID) alone, in their own domains, so one person seen at two
+  sites is one patient; ``stats.json`` records the scope (``identity_scope``).
 * The split is a function of HMAC(site, patient ID) alone: a patient lands in the same split in
   every run and whatever is added later, so no patient is ever in two splits.
   ``u = first 8 bytes / 2^64``; train if ``u < 0.7``, val if ``u < 0.8``, else test (default).
@@ -125,6 +128,7 @@ class KeyedHasher:
         self._key = key
         self.site = site
         config = config or SplitConfig()
+        self.scope = config.identity_scope
         total, bounds = 0.0, []
         for name in SPLITS:
             total += config.fractions[name]
@@ -143,8 +147,14 @@ class KeyedHasher:
             msg += len(data).to_bytes(4, "big") + data
         return hmac.new(self._key, msg, hashlib.sha256).digest()
 
+    def _person(self, domain: str, patient_id: str) -> bytes:
+        """The digest that names a person: (site, ID), or the ID alone in a shared scope."""
+        if self.scope == "shared":
+            return self._digest(f"{domain}-shared", patient_id)
+        return self._digest(domain, self.site, patient_id)
+
     def patient_hash(self, patient_id: str) -> str:
-        return self._digest("patient", self.site, patient_id).hex()[:HASH_HEX]
+        return self._person("patient", patient_id).hex()[:HASH_HEX]
 
     def study_hash(self, study_uid: str) -> str:
         return self._digest("study", self.site, study_uid).hex()[:HASH_HEX]
@@ -154,7 +164,7 @@ class KeyedHasher:
 
     def split(self, patient_id: str) -> str:
         """``train``, ``val`` or ``test`` for this patient of this site."""
-        u = int.from_bytes(self._digest("split", self.site, patient_id)[:8], "big") / 2.0**64
+        u = int.from_bytes(self._person("split", patient_id)[:8], "big") / 2.0**64
         for bound, name in self._bounds:
             if u < bound:
                 return name

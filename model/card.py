@@ -3,7 +3,8 @@
 ``training_card`` (written by ``echocmr train --register``) says what the model saw and how it
 did on val: the shard set (digest, source, sites; clips, studies, patients and label prevalence
 per split, from its ``manifest.parquet`` through `shards.stats.split_summary`), the training
-config, the best epoch and the val AUC per task. ``with_eval_section`` adds (or replaces) one
+config, the best epoch and the val AUC per task. The set is named by `model.tracking.set_name`
+and its digest, never by its path (a card outlives the machine it was written on). ``with_eval_section`` adds (or replaces) one
 section per evaluated split when ``echocmr eval`` runs against the version: study-level AUC with
 its bootstrap CI and the signal verdict per task, beside the tags eval writes
 (``<split>_auc_<task>``, ``<split>_ci_<task>``, ``<split>_verdict_<task>``).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from echocmr.model.tracking import set_name
 from echocmr.shards.format import SPLITS, TASKS
 from echocmr.shards.reader import read_manifest
 from echocmr.shards.stats import split_summary
@@ -48,7 +50,7 @@ def training_card(*, name: str, version: str, run_id: str, shards: str, digest: 
              "inputs and outputs: docs/pull-a-model.md.", "",
              "## Data", "",
              f"- shard set digest (sha256 of manifest.parquet): `{digest}`",
-             f"- source: `{shards}`",
+             f"- shard set: `{set_name(shards)}` (its name; the digest names the data)",
              f"- sites: {', '.join(data['sites']) or '-'}",
              *([f"- trained on sites (train and val): {', '.join(data['train_sites'])}"]
                if data.get("train_sites") is not None else []),

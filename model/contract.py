@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 import numpy as np
 
-from echocmr.shards.format import GREY_ROUND_TRIP, TASKS, ClipFormat
+from echocmr.shards.format import GREY_ROUND_TRIP, TASKS, ClipFormat, ShardStats
 
 if TYPE_CHECKING:
     import torch
@@ -85,19 +85,19 @@ class InputSpec:
         return cls(**{**data, "tasks": tuple(data["tasks"])})
 
     @classmethod
-    def build(cls, config: ClipShape, stats: dict, channels: int = 1) -> InputSpec:
+    def build(cls, config: ClipShape, stats: ShardStats, channels: int = 1) -> InputSpec:
         """The spec of a run: clip shape from ``config`` (the read path's ``DataConfig``), fps
         and pixel statistics from stats."""
-        mean, std = stats.get("pixel_mean"), stats.get("pixel_std")
+        mean, std = stats.pixel_mean, stats.pixel_std
         if mean is None or not std:
             raise ValueError("stats.json has no train pixel_mean/pixel_std (is the train split "
                              "empty?); training needs them to normalise clips")
         clip = ClipFormat.of_stats(stats)
         return cls(frames=config.frames, period=config.period, size=config.size,
                    fps=clip.fps, mean=float(mean), std=float(std),
-                   tasks=tuple(stats.get("tasks", TASKS)), channels=channels,
+                   tasks=tuple(stats.tasks), channels=channels,
                    pad_mode=config.pad_mode, clip_size=clip.square_size,
-                   shard_format=stats.get("format_version"))
+                   shard_format=stats.format_version)
 
 
 # -- windows ----------------------------------------------------------------------------------

@@ -47,6 +47,38 @@ def source_run_id(model_uri: str, tracking_uri: str) -> str | None:
     return None
 
 
+def logged_model_id(model_uri: str, tracking_uri: str) -> str | None:
+    """The MLflow 3 logged model (``m-...``) behind ``model_uri``: a ``models:/m-...`` URI, a
+    registered version's ``model_id``, or a pulled directory's ``MLmodel``; None otherwise."""
+    if model_uri.startswith("models:/"):
+        rest = model_uri[len("models:/"):]
+        if rest.startswith("m-") and "/" not in rest and "@" not in rest:
+            return rest
+        from mlflow.tracking import MlflowClient
+
+        try:
+            name, alias, version = parse_reference(model_uri)
+            client = MlflowClient(tracking_uri)
+            mv = (client.get_model_version_by_alias(name, alias) if alias
+                  else client.get_model_version(name, version))
+            if getattr(mv, "model_id", None):
+                return mv.model_id
+            source = str(mv.source or "")  # registered from a logged model: models:/m-...
+            if source.startswith("models:/m-"):
+                return source[len("models:/"):].split("/", 1)[0]
+            return None
+        except Exception as exc:
+            log.debug("no logged model for %s: %s", model_uri, exc)
+            return None
+    if Path(model_uri).is_dir():
+        for mlmodel in (Path(model_uri) / "MLmodel", Path(model_uri) / "mlflow_model" / "MLmodel"):
+            if mlmodel.is_file():
+                for line in mlmodel.read_text(encoding="utf-8").splitlines():
+                    if line.startswith("model_id:"):
+                        return line.split(":", 1)[1].strip() or None
+    return None
+
+
 def training_sites(model_uri: str, tracking_uri: str) -> dict[str, list[str]] | None:
     """``{"train_sites": [...], "exclude_sites": [...]}`` as the model's training recorded them
     (its MLflow run's tags, or a checkpoint's own record), None when nothing says.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,8 +107,12 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 
 
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
-                  stats: dict | None = None) -> Prediction:
-    """Probabilities per study for ``paths``; unusable files are listed, not fatal."""
+                  stats: dict | None = None, check: Callable[[], None] | None = None) -> Prediction:
+    """Probabilities per study for ``paths``; unusable files are listed, not fatal.
+
+    ``check`` is called before each file is read and before its windows are run: it may raise
+    to stop the work (the served model's request deadline, `model.serve_request.Deadline`).
+    """
 
     config = config or PredictConfig()
     if tuple(spec.tasks) != tuple(TASKS):
@@ -117,6 +122,8 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
     rejected: list[dict] = []
     groups: dict[str, dict] = {}  # grouping key -> {"files", "probs", "clips"}
     for path in paths:
+        if check is not None:
+            check()
         if not os.path.isfile(path):
             rejected.append({"file": path, "reason": "not_found",
                              "detail": "no such file (or it is a directory)"})
@@ -131,6 +138,8 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
             rejected.append({"file": path, "reason": "error",
                              "detail": f"{type(exc).__name__}: {exc}"})
             continue
+        if check is not None:
+            check()
         probs, n_clips = file_probabilities(clip.frames_THW, model, spec, config=config)
         key = clip.study_uid or f"file:{path}"  # no study UID: the file is its own study
         g = groups.setdefault(key, {"files": [], "probs": [], "clips": 0})

@@ -9,20 +9,34 @@ signature takes ``clip``, ``dicom`` and ``view`` columns; the MLmodel metadata h
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import shutil
 from typing import Any
 
-from echocmr.model.artifact import echocmr_version, torch_version, write_model_dir
+import echocmr
+from echocmr.model.artifact import write_model_dir
 from echocmr.model.checkpoint import model_from_state
 from echocmr.model.contract import InputSpec
+from echocmr.model.example import example_dicom
+from echocmr.model.serve_response import output_schema
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
 
 MODEL_CODE_MODULE = "echocmr.model.model_code"  # the models-from-code script; logged as a file
+# What the served model imports (`echocmr.model.serving` and, through `model.predict`, ingest's
+# DICOM reading): carried in the model as code (``code_paths``), so it installs without echocmr.
+SERVING_PACKAGES = ("model", "ingest", "shards")
+# ... and the distributions it needs (tests/test_serve_install.py checks the list against what a
+# served prediction imports): no Ray, DALI, webdataset, PyAV, OCR or training stack.
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "pyarrow", "pyyaml", "fsspec",
+                         "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+                         "pylibjpeg-rle", "pyjpegls", "pillow", "simplejpeg", "scipy")
 
 def signature(spec: InputSpec):
-    """The pyfunc's input schema: optional columns ``clip`` (``float32[C, T, S, S]`` per row, see
-    ``spec``), ``dicom`` (a DICOM file's bytes) and ``view`` (its view, optional). Each request
-    uses one form; outputs differ by form (`echocmr.model.serving`), so they are left open."""
+    """The pyfunc's signature. Inputs: optional columns ``clip`` (``float32[C, T, S, S]`` per
+    row, see ``spec``), ``dicom`` (a DICOM file's bytes) and ``view`` (its view, optional); a
+    request uses one form. Outputs: one row per study for ``dicom``, one per clip for ``clip``
+    (`model.serve_response.output_schema`)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
@@ -34,18 +48,46 @@ def signature(spec: InputSpec):
         ColSpec(clip_type, CLIP, required=False),
         ColSpec(DataType.binary, DICOM, required=False),
         ColSpec(DataType.string, VIEW, required=False),
-    ]))
+    ]), outputs=output_schema())
 
 
-def input_example(spec: InputSpec):
-    """A request in the ``clip`` form: one clip at the training pixel mean (all zeros after
-    normalisation, which keeps the stored example small); the ``dicom`` form is shown in
-    docs/pull-a-model.md (MLflow keeps one example)."""
+def input_example():
+    """A ``dicom`` request of one small synthetic cine (`model.example`); the clip form is shown
+    in docs/pull-a-model.md (MLflow keeps one example)."""
     import pandas as pd
 
-    clip = [[[[0.0] * spec.size for _ in range(spec.size)] for _ in range(spec.frames)]
-            for _ in range(spec.channels)]
-    return pd.DataFrame({CLIP: [clip]})
+    return pd.DataFrame({DICOM: [example_dicom()], VIEW: ["A4C"]})
+
+
+def serving_requirements() -> list[str]:
+    """The served model's pip requirements: `SERVING_DISTRIBUTIONS` at the versions installed
+    where it is logged (no echocmr: the model carries its code, `serving_code`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in SERVING_DISTRIBUTIONS:
+        try:
+            out.append(f"{dist}=={version(dist).split('+')[0]}")  # no local tag (+cpu)
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def serving_code(directory: str) -> str:
+    """Copy the ``echocmr`` packages the served model imports (`SERVING_PACKAGES`, their Python
+    files only) into ``directory/echocmr``; returns that path, for ``code_paths``."""
+    root = os.path.join(directory, "echocmr")
+    os.makedirs(root)
+    top = os.path.dirname(echocmr.__file__)
+    for name in ("__init__.py", "config.py"):
+        shutil.copy2(os.path.join(top, name), os.path.join(root, name))
+    for package in SERVING_PACKAGES:
+        source = importlib.import_module(f"echocmr.{package}").__path__[0]
+        shutil.copytree(source, os.path.join(root, package),
+                        ignore=lambda d, names: [n for n in names if n == "__pycache__"
+                                                 or (not n.endswith(".py")
+                                                     and not os.path.isdir(os.path.join(d, n)))])
+    return root
 
 
 def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
@@ -57,7 +99,6 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
     otherwise it opens the run for this call, which marks it ``FINISHED`` when done.
     """
     import tempfile
-    from importlib.util import find_spec
 
     import mlflow
 
@@ -74,11 +115,22 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
         artifact = write_model_dir(os.path.join(tmp, ARTIFACT_KEY), model, spec,
                                    epoch=state.get("epoch"), val_metrics=val_metrics)
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=find_spec(MODEL_CODE_MODULE).origin,
+            name=name, python_model=_model_code_copy(tmp),
             artifacts={ARTIFACT_KEY: artifact}, signature=signature(spec),
-            input_example=input_example(spec), metadata=metadata,
-            pip_requirements=[f"echocmr=={echocmr_version()}", f"torch=={torch_version()}"])
+            input_example=input_example(), metadata=metadata,
+            code_paths=[serving_code(tmp)], pip_requirements=serving_requirements())
     return info.model_uri
+
+
+def _model_code_copy(directory: str) -> str:
+    """The model-code file copied out of the checkout: MLflow writes the path it is given into
+    ``MLmodel`` (``model_code_path``), which then names a temporary file, not this machine's
+    folders."""
+    from importlib.util import find_spec
+
+    path = os.path.join(directory, "model_code.py")
+    shutil.copy2(find_spec(MODEL_CODE_MODULE).origin, path)
+    return path
 
 
 def _finite(metrics: dict) -> dict:

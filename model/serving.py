@@ -24,6 +24,7 @@ JSON request bodies for ``POST /invocations`` are in docs/pull-a-model.md.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -39,12 +40,20 @@ try:  # a base class when MLflow is installed (always, for a served model)
 except ImportError:  # pragma: no cover - echocmr always installs mlflow
     PythonModel = object
 
+from echocmr.model.serve_request import (
+    Deadline,
+    RequestTimedOut,
+    ServeLimits,
+    ServingError,
+    check_clip_count,
+    check_declared_pixels,
+    dicom_bytes,
+)
+from echocmr.model.serve_response import logit_col, study_frame
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
 from echocmr.model.tasks import TASKS, p_col
 
-
-def logit_col(task: str) -> str:
-    return f"logit_{task}"
+log = logging.getLogger(__name__)
 
 
 class EchoCMRModel(PythonModel):
@@ -57,7 +66,8 @@ class EchoCMRModel(PythonModel):
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
         frame = _as_frame(model_input)
         has_clip = CLIP in frame and frame[CLIP].notna().any()
         has_dicom = DICOM in frame and frame[DICOM].notna().any()
@@ -65,9 +75,29 @@ class EchoCMRModel(PythonModel):
             raise _bad_input("send either 'clip' rows (network inputs) or 'dicom' rows (the files "
                              "of one study) in a request, not both and not neither")
         if has_clip:
-            return predict_clips(self.model, self.spec, frame[CLIP].tolist())
+            clips = frame[CLIP].tolist()
+            check_clip_count(len(clips), ServeLimits.from_env())
+            return predict_clips(self.model, self.spec, clips)
         views = frame[VIEW].tolist() if VIEW in frame else [None] * len(frame)
-        return predict_study(self.model, self.spec, frame[DICOM].tolist(), views)
+        return serve_study(self.model, self.spec, frame[DICOM].tolist(), views)
+
+
+def serve_study(model, spec, cells: list, views: list | None = None, *,
+                limits: ServeLimits | None = None) -> pd.DataFrame:
+    """One study's ``dicom`` cells, bounded by ``limits`` (`model.serve_request`: caps checked
+    before anything is decoded, a deadline checked between files), as its one output row
+    (`model.serve_response.study_frame`)."""
+    limits = limits or ServeLimits.from_env()
+    deadline = Deadline(limits.timeout_s)
+    files = dicom_bytes(cells, limits)
+    for i, data in enumerate(files):
+        check_declared_pixels(data, i, limits)
+    try:
+        answer = predict_study(model, spec, files, views, deadline=deadline)
+    except RequestTimedOut as exc:  # the client has had its 504; say why the work stopped
+        log.warning("%s", exc)
+        raise
+    return study_frame(answer)
 
 
 def predict_clips(model, spec, clips: list) -> pd.DataFrame:
@@ -77,8 +107,9 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
     expected = (spec.channels, spec.frames, spec.size, spec.size)
     try:
         x = np.stack([np.asarray(c, dtype=np.float32) for c in clips])
-    except ValueError as exc:
-        raise _bad_input(f"clips must all be float32{list(expected)}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise _bad_input(f"clip: every row must be numbers shaped {list(expected)} "
+                         f"({type(exc).__name__})") from None
     if x.shape[1:] != expected:
         raise _bad_input(f"clips must be float32[N, {', '.join(map(str, expected))}] for this "
                          f"model (its input spec), got {list(x.shape)}")
@@ -89,8 +120,12 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
                          **{p_col(t): probs[:, k] for k, t in enumerate(TASKS)}})
 
 
-def predict_study(model, spec, files: list, views: list | None = None) -> dict[str, Any]:
-    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring)."""
+def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
+                  deadline: Deadline | None = None) -> dict[str, Any]:
+    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring).
+
+    The files are on disk only inside this call: the temporary folder goes on every exit, a
+    ``deadline`` that runs out between files included."""
 
     views = list(views or [None] * len(files))
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:
@@ -98,9 +133,10 @@ def predict_study(model, spec, files: list, views: list | None = None) -> dict[s
         for i, data in enumerate(files):
             path = os.path.join(tmp, f"{i}.dcm")
             with open(path, "wb") as f:
-                f.write(_as_bytes(data, i))
+                f.write(data)
             paths.append(path)
-        result = predict_files(paths, model, spec)
+        result = predict_files(paths, model, spec,
+                               check=None if deadline is None else deadline.check)
     index = {p: i for i, p in enumerate(paths)}
     if len(result.studies) > 1:
         raise _bad_input(f"the files belong to {len(result.studies)} studies; send the files of "
@@ -128,7 +164,7 @@ def predict_study(model, spec, files: list, views: list | None = None) -> dict[s
 
 def _as_frame(model_input) -> pd.DataFrame:
     if isinstance(model_input, pd.DataFrame):
-        return model_input
+        return _columns_as_rows(model_input)
     if isinstance(model_input, dict):
         return pd.DataFrame({k: list(v) for k, v in model_input.items()})
     if isinstance(model_input, list):
@@ -137,18 +173,23 @@ def _as_frame(model_input) -> pd.DataFrame:
                      f"{type(model_input).__name__}")
 
 
-def _as_bytes(data, i: int) -> bytes:
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data)
-    if isinstance(data, str):  # base64 that was not decoded by a schema (no signature enforced)
-        import base64
-        import binascii
-
-        try:
-            return base64.b64decode(data, validate=True)
-        except binascii.Error:
-            raise _bad_input(f"dicom row {i} is text that is not base64") from None
-    raise _bad_input(f"dicom row {i} must be bytes (base64 in JSON), got {type(data).__name__}")
+def _columns_as_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """A ``{"inputs": {"dicom": [...], "view": [...]}}`` request reaches the model as one row
+    whose cells hold whole columns (MLflow's dict-to-frame step): give each file (or clip) its
+    own row again. Any other frame is returned as it is."""
+    if len(frame) != 1:
+        return frame
+    first = {c: frame[c].iloc[0] for c in frame.columns}
+    stacked = ((isinstance(first.get(DICOM), np.ndarray | list)
+                and np.ndim(first[DICOM]) == 1)
+               or (isinstance(first.get(CLIP), np.ndarray | list) and np.ndim(first[CLIP]) == 5))
+    if not stacked:
+        return frame
+    columns = {c: list(v) if isinstance(v, np.ndarray | list) else [v] for c, v in first.items()}
+    if len({len(v) for v in columns.values()}) != 1:
+        raise _bad_input("inputs: every column must have one value per row "
+                         f"({', '.join(f'{c}: {len(v)}' for c, v in columns.items())})")
+    return pd.DataFrame(columns)
 
 
 def _view(value) -> str | None:
@@ -159,10 +200,5 @@ def _view(value) -> str | None:
 
 
 def _bad_input(message: str) -> Exception:
-    """An error the scoring server answers with 400 and ``message``."""
-    try:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-    except ImportError:  # pragma: no cover
-        return ValueError(message)
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    """An error the scoring server answers with 400 and ``message`` alone (never the data)."""
+    return ServingError(message)

@@ -35,6 +35,7 @@ from echocmr.model.publish import log_model
 from echocmr.model.pulled import MLFLOW_SUBDIR, MODEL_INFO_FILE
 from echocmr.model.registry import parse_reference
 from echocmr.model.store import load_model
+from echocmr.model.tracking import run_metric
 from echocmr.shards.format import STATS_FILE, TASKS
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
             log.warning("run %s of %s/%s: %s", run_id, version.name, version.version, exc)
         else:
             metrics = run.data.metrics
-            info.val_aucs = {t: info.val_aucs.get(t) or _float(metrics.get(f"val_auc_{t}"))
+            info.val_aucs = {t: info.val_aucs.get(t) or _float(run_metric(metrics, f"val_auc_{t}"))
                              for t in TASKS}
+            best = run_metric(metrics, "best_val_mean_auc")
             info.val_mean_auc = info.val_mean_auc or _float(
-                metrics.get("best_val_mean_auc", metrics.get("val_mean_auc")))
+                best if best is not None else run_metric(metrics, "val_mean_auc"))
             info.data_digest = info.data_digest or run.data.tags.get("data_digest") \
                 or run.data.params.get("data_digest")
     return info
@@ -194,7 +196,8 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     """Re-log version ``version`` of ``name`` in the current model format, as a new version.
 
     The weights come from ``checkpoint`` if given, else the checkpoint its run recorded
-    (tag ``echocmr.model_checkpoint``) when that still exists, else the old logged model itself
+    (tag ``echocmr.model_checkpoint``, inside ``./train_runs``) when that still exists, else the
+    old logged model itself
     (a pickled network loads where pickles are allowed). The new version gets the old one's
     tags, description and aliases, plus ``relogged_from_version``.
     """
@@ -207,7 +210,10 @@ def relog_version(tracking_uri: str, name: str, version: str, *,
     run_id = mv.run_id or (mv.tags or {}).get("run_id")
     if checkpoint is None and run_id:
         recorded = client.get_run(run_id).data.tags.get("echocmr.model_checkpoint")
-        checkpoint = recorded if recorded and os.path.exists(recorded) else None
+        # a path inside the run's storage (echocmr <= 0.2: the full path); the default storage
+        # is ./train_runs, so relog from where training ran finds it (else pass --checkpoint)
+        candidates = [recorded, os.path.join("train_runs", recorded)] if recorded else []
+        checkpoint = next((c for c in candidates if os.path.exists(c)), None)
     if checkpoint is not None:
         state, source = read_checkpoint(checkpoint), checkpoint
     else:

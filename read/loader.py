@@ -49,7 +49,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decode
 from echocmr.shards.format import (
     STATS_FILE,
     ClipFormat,
+    ShardStats,
     check_format_version,
     check_gpu_decodable,
     index_name,
@@ -142,7 +143,7 @@ def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
                          f"{', '.join(have)}")
 
 
-def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
+def site_selection(shards: str, stats: ShardStats, exclude_sites: Sequence[str]
                    ) -> tuple[dict, list[str]]:
     """``(stats, training sites)`` of a run that leaves ``exclude_sites`` out of ``shards``.
 
@@ -162,9 +163,11 @@ def site_selection(shards: str, stats: dict, exclude_sites: Sequence[str]
                          f"{shards}")
     if not exclude_sites:
         return stats, sites
-    recomputed = compute_stats(kept, clip_format=stats["clip"],
-                               split_key_fingerprint=stats.get("split_key_fingerprint", ""))
-    return {**stats, **recomputed, "excluded_sites": list(exclude_sites)}, sites
+    recomputed = ShardStats.from_dict(compute_stats(
+        kept, clip_format=stats.clip_format(),
+        split_key_fingerprint=stats.split_key_fingerprint or ""))
+    return replace(stats, pixel_mean=recomputed.pixel_mean, pixel_std=recomputed.pixel_std,
+                   splits=recomputed.splits, excluded_sites=tuple(exclude_sites)), sites
 
 
 def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
@@ -198,7 +201,7 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
     return out_tars, out_indexes, out_counts
 
 
-def check_decoder(stats: dict, decoder: str, where: str) -> None:
+def check_decoder(stats: ShardStats, decoder: str, where: str) -> None:
     """Raise `shards.format.GPUDecodeError` if ``decoder`` (resolved: ``mixed`` or ``cpu``) is
     ``mixed`` and the set (its ``stats.json``) has clips NVDEC cannot decode. The training driver
     calls it before any worker starts; `ClipLoader` again when it is built."""
@@ -229,7 +232,7 @@ class ClipLoader:
     """
 
     def __init__(self, shards: str, split: str, config: DataConfig, *, spec: InputSpec,
-                 train: bool, stats: dict | None = None, rank: int = 0, world: int = 1,
+                 train: bool, stats: ShardStats | None = None, rank: int = 0, world: int = 1,
                  device: torch.device | str | None = None) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")

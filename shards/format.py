@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -119,13 +119,13 @@ class FormatVersionError(EchocmrError, ValueError):
     """A shard set was written in a format version that this code does not read."""
 
 
-def check_format_version(stats: dict, where: str) -> None:
+def check_format_version(stats: ShardStats, where: str) -> None:
     """Raise `FormatVersionError` unless ``stats`` (a set's ``stats.json``) is `FORMAT_VERSION`.
 
     ``where`` names the set in the message. An older set must be re-ingested: its clips are
     encoded differently, and reshard copies clips as they are, so it cannot convert them.
     """
-    version = stats.get("format_version")
+    version = stats.format_version
     if version == FORMAT_VERSION:
         return
     if isinstance(version, int) and version < FORMAT_VERSION:
@@ -195,11 +195,9 @@ class ClipFormat:
         )
 
     @classmethod
-    def of_stats(cls, stats: dict) -> ClipFormat:
-        """The clip format of a set from its ``stats.json`` content."""
-        if not stats.get("clip"):
-            raise ValueError("stats.json has no clip block: it was not written by echocmr")
-        return cls.from_dict(stats["clip"])
+    def of_stats(cls, stats: ShardStats) -> ClipFormat:
+        """The clip format of a set from its ``stats.json``."""
+        return stats.clip_format()
 
     def to_dict(self) -> dict:
         """The ``stats.json`` clip block (key order fixed: the file is byte-for-byte stable)."""
@@ -230,6 +228,108 @@ class ClipFormat:
     def gpu_decodable(self) -> bool:
         """True if NVDEC (DALI's ``mixed`` decoder) can decode these clips."""
         return self.gpu_decode_problem() is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitStats:
+    """One split's block of ``stats.json`` (``splits.<split>``)."""
+
+    clips: int
+    studies: int
+    patients: int
+    sites: tuple[str, ...]
+    positives: dict[str, int]  # labels > 0.5, per task
+    known: dict[str, int]  # non-NaN labels, per task
+    prevalence: dict[str, float | None]  # positives / known, None when nothing is known
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitStats:
+        return cls(clips=int(data["clips"]), studies=int(data["studies"]),
+                   patients=int(data["patients"]), sites=tuple(data["sites"]),
+                   positives=dict(data["positives"]), known=dict(data["known"]),
+                   prevalence=dict(data["prevalence"]))
+
+    def to_dict(self) -> dict:
+        return {"clips": self.clips, "studies": self.studies, "patients": self.patients,
+                "sites": list(self.sites), "positives": dict(self.positives),
+                "known": dict(self.known), "prevalence": dict(self.prevalence)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardStats:
+    """A set's ``stats.json``, typed (docs/formats.md): read once (`shards.reader.read_stats`)
+    and handed on as this object, never as a dict that each reader interprets again.
+
+    Sets of older format versions read too (absent blocks are None), so that
+    `check_format_version` can say what to do with them; a key this echocmr does not know is
+    refused with "upgrade echocmr". `to_dict` gives the file's content back, key for key.
+    """
+
+    format_version: int | None
+    tasks: tuple[str, ...] = TASKS
+    clip: ClipFormat | None = None
+    split_key_fingerprint: str | None = None
+    pixel_mean: float | None = None
+    pixel_std: float | None = None
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    label_rules: dict[str, str] | None = None  # site -> cut-offs fingerprint (absent: unknown)
+    identity_scope: str | None = None  # "site" or "shared"; absent: "site"
+    # Only in a training run's copy (`read.loader.site_selection`): the sites left out, whose
+    # clips the statistics above no longer count.
+    excluded_sites: tuple[str, ...] = ()
+
+    _KEYS = ("format_version", "tasks", "clip", "split_key_fingerprint", "pixel_mean",
+             "pixel_std", "splits", "label_rules", "identity_scope", "excluded_sites")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "stats.json") -> ShardStats:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} is not a JSON object")
+        unknown = sorted(set(data) - set(cls._KEYS))
+        if unknown:
+            raise ValueError(f"{where} has fields this echocmr does not know "
+                             f"({', '.join(unknown)}): upgrade echocmr to read this set")
+        clip = data.get("clip")
+        return cls(
+            format_version=data.get("format_version"),
+            tasks=tuple(data.get("tasks", TASKS)),
+            clip=ClipFormat.from_dict(clip) if clip else None,
+            split_key_fingerprint=data.get("split_key_fingerprint"),
+            pixel_mean=data.get("pixel_mean"),
+            pixel_std=data.get("pixel_std"),
+            splits={name: SplitStats.from_dict(block)
+                    for name, block in (data.get("splits") or {}).items()},
+            label_rules=(dict(data["label_rules"]) if data.get("label_rules") is not None
+                         else None),
+            identity_scope=data.get("identity_scope"),
+            excluded_sites=tuple(data.get("excluded_sites") or ()),
+        )
+
+    def to_dict(self) -> dict:
+        """The ``stats.json`` content, in the writer's key order (`shards.stats.compute_stats`)."""
+        out = {"format_version": self.format_version, "tasks": list(self.tasks),
+               "clip": self.clip.to_dict() if self.clip else None,
+               "split_key_fingerprint": self.split_key_fingerprint,
+               "pixel_mean": self.pixel_mean, "pixel_std": self.pixel_std,
+               "splits": {name: block.to_dict() for name, block in self.splits.items()}}
+        if self.label_rules is not None:
+            out["label_rules"] = dict(self.label_rules)
+        if self.identity_scope is not None:
+            out["identity_scope"] = self.identity_scope
+        if self.excluded_sites:
+            out["excluded_sites"] = list(self.excluded_sites)
+        return out
+
+    @property
+    def scope(self) -> str:
+        """What names a patient: ``site`` (the default, and for sets that predate the field)."""
+        return self.identity_scope or "site"
+
+    def clip_format(self) -> ClipFormat:
+        """The set's clip format; a ValueError for a set whose stats.json has none."""
+        if self.clip is None:
+            raise ValueError("stats.json has no clip block: it was not written by echocmr")
+        return self.clip
 
 
 class GPUDecodeError(EchocmrError, ValueError):

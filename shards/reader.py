@@ -28,6 +28,7 @@ from echocmr.shards.format import (
     STATS_FILE,
     Sample,
     SampleMeta,
+    ShardStats,
     decode_labels,
     split_member_name,
 )
@@ -53,12 +54,12 @@ def read_manifest(directory: str) -> pd.DataFrame:
     return manifest
 
 
-def read_stats(directory: str) -> dict:
-    """``stats.json`` of a set."""
+def read_stats(directory: str) -> ShardStats:
+    """``stats.json`` of a set, typed (`shards.format.ShardStats`)."""
     path = storage.join(directory, STATS_FILE)
     if not storage.exists(path):
         raise IncompleteShardSetError(f"{path} not found: {directory} is not a finished shard set")
-    return json.loads(storage.read_bytes(path))
+    return ShardStats.from_dict(json.loads(storage.read_bytes(path)), where=str(path))
 
 
 def list_shards(directory: str, split: str | None = None) -> list[str]:

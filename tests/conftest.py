@@ -131,8 +131,11 @@ def fresh_venv(echocmr_wheel, tmp_path_factory):
     python = venv / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
                            "['purelib'])"], check=True, capture_output=True, text=True)
+    # every site-packages of this interpreter (a venv layered on another has two)
+    bases = [sysconfig.get_paths()["purelib"],
+             *(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())]
     Path(site.stdout.strip(), "_base_site_packages.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n")
+        "".join(f"{p}\n" for p in dict.fromkeys(bases)))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
                     "--no-deps", "--no-index", str(echocmr_wheel)], check=True,
                    capture_output=True, text=True)

@@ -8,8 +8,9 @@ the checkout with no ``PYTHONPATH`` and pickle loading disabled:
 * ``mlflow.pyfunc.load_model("models:/echo@champion")`` loads and predicts both input forms, and
   gives what the same model gives in this process;
 * ``python -m mlflow models serve -m models:/echo@champion --env-manager local`` on loopback
-  answers ``POST /invocations`` with pydicom's real ultrasound clip (probabilities) and a junk
-  file (rejected, ``not_dicom``), and a clip request with this process's logits.
+  answers ``POST /invocations`` with pydicom's real ultrasound clip and a junk file (one row for
+  the study: probabilities, the junk file rejected ``not_dicom``), and a clip request with this
+  process's logits (one row per clip). tests/test_serve.py attacks the server itself.
 
 About 40-60 s on two shared cores (the venv takes ~5 s; most of the rest is importing torch and
 MLflow in the child processes and the server's start).
@@ -86,10 +87,10 @@ def child_env(registry, venv_python: Path) -> dict[str, str]:
 
 
 def check_study(answer: dict) -> None:
-    """The real clip gives probabilities, the junk file a clear rejection, nothing identifying."""
-    assert answer["tasks"] == list(TASKS)
-    assert set(answer["probabilities"]) == set(TASKS)
-    assert all(0.0 < p < 1.0 for p in answer["probabilities"].values())
+    """The study's one row: the real clip gives probabilities, the junk file a clear
+    rejection, nothing identifying."""
+    assert (answer["study"], answer["status"], answer["n_files"]) == ("study-1", "ok", 1)
+    assert all(0.0 < answer[f"p_{t}"] < 1.0 for t in TASKS)
     kept, junk = answer["files"]
     assert (kept["index"], kept["status"], kept["view"]) == (0, "kept", "A4C")
     assert (junk["index"], junk["status"], junk["reason"]) == (1, "rejected", "not_dicom")
@@ -110,7 +111,8 @@ def test_the_registered_model_works_in_a_fresh_venv(registry, fresh_venv, tmp_pa
             "view": ["A4C", None]}}))
         print(json.dumps({{"echocmr": echocmr.__file__, "prefix": sys.prefix,
                           "bare_train": importlib.util.find_spec("train") is not None,
-                          "clips": clips.to_dict(orient="list"), "study": study}}))
+                          "clips": clips.to_dict(orient="list"),
+                          "study": study.to_dict(orient="records")[0]}}))
     """)
     out = subprocess.run([str(fresh_venv), "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, env=child_env(registry, fresh_venv), timeout=300)
@@ -123,8 +125,8 @@ def test_the_registered_model_works_in_a_fresh_venv(registry, fresh_venv, tmp_pa
                                rtol=1e-5, atol=1e-6)
     check_study(got["study"])
     for task in TASKS:
-        assert got["study"]["probabilities"][task] == pytest.approx(
-            registry.expected_study["probabilities"][task], abs=1e-6)
+        assert got["study"][f"p_{task}"] == pytest.approx(
+            registry.expected_study[f"p_{task}"].iloc[0], abs=1e-6)
 
 
 def _free_port() -> int:
@@ -168,10 +170,11 @@ def test_mlflow_models_serve_answers_a_dicom_and_rejects_junk(registry, fresh_ve
         status, answer = _post(f"{url}/invocations", {"dataframe_split": {
             "columns": ["dicom", "view"], "data": [[b64[0], "A4C"], [b64[1], None]]}})
         assert status == 200, answer
-        check_study(answer["predictions"])
+        (row,) = answer["predictions"]
+        check_study(row)
         for task in TASKS:
-            assert answer["predictions"]["probabilities"][task] == pytest.approx(
-                registry.expected_study["probabilities"][task], abs=1e-6)
+            assert row[f"p_{task}"] == pytest.approx(
+                registry.expected_study[f"p_{task}"].iloc[0], abs=1e-6)
 
         status, answer = _post(f"{url}/invocations", {"dataframe_records": [
             {"clip": clip.tolist()} for clip in registry.clips]})

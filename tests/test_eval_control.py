@@ -9,7 +9,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from echocmr.eval.control import logistic_gain
 from echocmr.eval.metrics import MetricsConfig
-from echocmr.eval.signal import INSUFFICIENT, NO_SIGNAL, SIGNAL, SignalConfig
+from echocmr.eval.signal import SIGNAL, SignalConfig
 from echocmr.eval.summary import SummaryConfig, summarise
 
 FAST = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000),
@@ -39,11 +39,11 @@ def test_lge_through_wma_is_only_through_wma_and_real_lge_is_signal():
     assert lge.p_adjusted < 0.05  # the plain audit calls it signal ...
     assert lge.verdict == "only through WMA"  # ... but it adds nothing to WMA
     c = lge.control
-    assert abs(c.auc_control_negative - 0.5) < 0.1 and c.p_control_negative > 0.05
-    assert c.p_gain > 0.05 and abs(c.gain_auc) < 0.03
+    assert abs(c.auc_control_negative - 0.5) < 0.1 and c.p_given_control > 0.05
+    assert abs(c.auc_given_control - 0.5) < 0.1 and c.level == "study"
     own = summarise(_cohort(lge_own=1.5, seed=1), config=FAST, tasks=("wma", "lge"))["lge"]
     assert own.verdict == SIGNAL
-    assert own.control.auc_control_negative > 0.65 and own.control.p_control_negative < 0.01
+    assert own.control.auc_control_negative > 0.65 and own.control.p_given_control < 0.01
     assert own.control.p_gain < 1e-4 and own.control.gain_auc > 0.02
 
 
@@ -61,12 +61,22 @@ def test_logistic_gain_matches_sklearn_and_the_lr_test():
     assert gain == pytest.approx(ref, abs=1e-9)
 
 
-def test_too_few_control_negatives_leaves_the_verdict_and_says_why():
-    df = _cohort(n=400, seed=3)
-    df.loc[df["y_wma"] == 0, "y_lge"] = np.nan  # no LGE label where WMA is negative
-    r = summarise(df, config=FAST, tasks=("wma", "lge"))["lge"]
-    assert r.control.auc_control_negative is None and "wma-negative" in r.control.reason
-    assert r.verdict in (SIGNAL, NO_SIGNAL, INSUFFICIENT, "only through WMA")
-    assert r.control.p_gain is not None  # the gain test still runs
+def test_untestable_value_over_control_is_never_a_bare_signal():
+    df = _cohort(n=400, seed=3, lge_own=1.5)
+    # LGE labelled only where WMA is positive and there all positive but a handful of patients:
+    # no stratum of one WMA label holds enough of both classes.
+    df.loc[df["y_wma"] == 0, "y_lge"] = np.nan
+    pos = df.index[(df["y_wma"] == 1)]
+    df.loc[pos, "y_lge"] = 1.0
+    df.loc[pos[:6], "y_lge"] = 0.0
+    extra = _cohort(n=60, seed=9, lge_own=1.5).assign(y_wma=np.nan)  # LGE known, WMA unknown
+    extra["patient_hash"] = extra["study_hash"] = "x" + extra["study_hash"]
+    r = summarise(pd.concat([df, extra], ignore_index=True), config=FAST,
+                  tasks=("wma", "lge"))["lge"]
+    assert r.control.auc_control_negative is None and r.control.p_given_control is None
+    assert "test given wma" in r.control.reason
+    assert r.p_adjusted < 0.05  # the audit rejects (the extra patients carry real LGE) ...
+    assert r.verdict == "signal; value over WMA not testable"  # ... and the verdict says what
+    assert r.control.p_gain is not None  # the description still runs
     j = r.detail_json()
     assert j["control"]["n_control_negative"] == 0

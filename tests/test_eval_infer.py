@@ -125,7 +125,7 @@ def test_eval_command_writes_outputs_and_logs_to_mlflow(shard_set, tmp_path, cap
     exp = client.get_experiment_by_name("echocmr-eval")  # a checkpoint names no training run
     (run,) = client.search_runs([exp.experiment_id], "tags.`echocmr.kind` = 'eval'")
     assert run.info.status == "FINISHED" and run.data.tags["split"] == "train"
-    assert run.data.metrics["train_auc_wma"] == pytest.approx(wma["auc"])
+    assert run.data.metrics["train/auc_wma"] == pytest.approx(wma["auc"])
     assert run.data.params["infer.clips"] == "centre"  # the config, flattened (echocmr.config.flat)
     assert run.data.params["evaluation.summary.metrics.n_bootstrap"] == "1000"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "eval_train")}
@@ -147,3 +147,29 @@ def test_ray_workers_give_the_same_clip_table(shard_set):
     finally:
         ray.shutdown()
     pd.testing.assert_frame_equal(spread, single, atol=1e-6, check_exact=False)
+
+
+def test_predictions_of_a_shard_eval_judged_with_eval_predictions_give_the_same_verdicts(
+        shard_set, tmp_path, capsys):
+    """`eval --predictions` shares eval's code path after inference: the per-study table a shard
+    evaluation wrote, fed back as a user's predictions file, gives the same metrics.json."""
+    import echocmr.cli as echocmr_cli
+
+    shards, ckpt = shard_set
+    flags = ["--split", "train", "--bootstrap", "1000", "--permutations", "500",
+             "--min-positives", "2", "--min-patients", "2"]
+    assert echocmr_cli.main(["eval", "--shards", shards, "--model", ckpt, "--clips", "centre",
+                             "--out", str(tmp_path / "shards"), "--no-track", *flags]) == 0
+    preds = pd.read_parquet(tmp_path / "shards" / "predictions.parquet")
+    table = preds.rename(columns={"patient_hash": "patient", "study_hash": "study"})
+    table.to_csv(tmp_path / "preds.csv", index=False)
+    assert echocmr_cli.main(["eval", "--predictions", str(tmp_path / "preds.csv"),
+                             "--out", str(tmp_path / "table"), *flags]) == 0
+    on_shards = json.loads((tmp_path / "shards" / "metrics.json").read_text())
+    on_table = json.loads((tmp_path / "table" / "metrics.json").read_text())
+    assert on_table == on_shards
+    detail = json.loads((tmp_path / "shards" / "metrics_detail.json").read_text())
+    assert detail["settings"]["summary"]["metrics"]["ci_method"] == "bca"
+    for view in detail["by_view"].values():  # breakdowns: no verdict words
+        assert {r["verdict"] for r in view.values()} <= {"exploratory", "insufficient data"}
+    capsys.readouterr()

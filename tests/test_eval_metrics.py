@@ -244,3 +244,55 @@ def test_bca_interval_matches_reference_loop():
     assert (pct.low, pct.high) != (got.low, got.high)
     with pytest.raises(ValueError, match="ci_method"):
         MetricsConfig(ci_method="basic")
+
+
+def test_fast_jackknife_equals_leaving_each_patient_out_with_ties_and_mixed_patients():
+    from echocmr.eval.metrics import jackknife_patient_aucs
+
+    rng = np.random.default_rng(5)
+    pat = rng.integers(0, 40, 200).astype(str)
+    y = (rng.random(200) < 0.4).astype(float)
+    s = np.round(rng.normal(size=200) + y, 1)  # ties, and patients with both classes
+    uniq = np.unique(pat)
+    ref = []
+    for p in uniq:
+        keep = pat != p
+        ref.append(roc_auc_score(y[keep], s[keep]) if 0 < y[keep].sum() < keep.sum()
+                   else np.nan)
+    np.testing.assert_allclose(jackknife_patient_aucs(y, s, pat), ref, equal_nan=True)
+
+
+def test_clustered_delong_on_the_logit_scale_stays_inside_and_is_asymmetric_at_high_auc():
+    rng = np.random.default_rng(1)
+    pat = np.repeat(np.arange(50), 2).astype(str)
+    y = np.repeat(rng.random(50) < 0.3, 2).astype(float)
+    s = 3.0 * y + rng.normal(size=100)
+    logit, linear = clustered_delong_ci(y, s, pat), clustered_delong_ci(y, s, pat, scale="linear")
+    assert logit.se == linear.se and logit.auc == linear.auc > 0.9
+    assert 0 < logit.low < logit.auc < logit.high < 1
+    assert logit.high - logit.auc < logit.auc - logit.low  # shorter towards 1
+    expit = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    from scipy.stats import t as student_t
+
+    fewest = min(len(set(pat[y == 1])), len(set(pat[y == 0])))
+    half = student_t.ppf(0.975, fewest - 1) * logit.se / (logit.auc * (1 - logit.auc))
+    centre = np.log(logit.auc / (1 - logit.auc))
+    assert (logit.low, logit.high) == pytest.approx((expit(centre - half), expit(centre + half)))
+
+
+def test_bca_small_sample_expansion_widens_few_patients_and_fades_with_many():
+    from scipy.stats import t as student_t
+
+    from echocmr.eval.metrics import expanded_level
+
+    k = 16
+    z = np.sqrt(k / (k - 1)) * student_t.ppf(0.975, k - 1)
+    assert expanded_level(0.95, k) == pytest.approx(2 * norm.cdf(z) - 1)
+    assert 0.97 < expanded_level(0.95, k) < 0.98 and expanded_level(0.95, 1) == 0.95
+    assert abs(expanded_level(0.95, 700) - 0.95) < 1e-3
+    y, s, patients = _data(n=40, seed=2)
+    plain = bootstrap_auc_ci(y, s, patients, n_resamples=1000, seed=1, method="bca")
+    wide = bootstrap_auc_ci(y, s, patients, n_resamples=1000, seed=1, method="bca",
+                            expand_small=True)
+    assert wide.low <= plain.low and wide.high >= plain.high and wide.level_used > 0.95
+    assert plain.level_used == 0.95

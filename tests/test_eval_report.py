@@ -80,7 +80,9 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "forest.png" in ev.files
     assert "### view A4C" in md and "### site site_b" in md and "## Calibration" in md
-    assert "2.5th and 97.5th percentiles" in md
+    assert "BCa limits" in md  # the default interval (percentile under-covers at high AUC)
+    assert "Exploratory: p-values unadjusted" in md
+    assert ev.by_view["A4C"]["wma"].verdict == "exploratory"
     assert "AUC within site" in md and "rest on the **within-site** permutation test" in md
     assert "## Value over the positive control (WMA)" in md and "AUC within WMA-negative" in md
     detail = json.loads((out / "metrics_detail.json").read_text())
@@ -154,7 +156,7 @@ def test_report_labels_clustered_delong_and_flags_few_patient_rows(tmp_path):
     write_report(tmp_path, ReportInputs(studies=df, results=res, config=FAST))
     md = (tmp_path / "report.md").read_text()
     assert "DeLong, clustered by patient" in md and "positive patients" in md
-    assert "† " in md and "under-covers" in md
+    assert "† " in md and "under-cover" in md
     text = auc_table_text(res)
     assert "pos pts" in text and "DeLong (clustered)" in text
     r = res["wma"]

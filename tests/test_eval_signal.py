@@ -210,3 +210,46 @@ def test_site_recogniser_false_positive_rate_pooled_vs_within_site():
                    permutation_test(y, s, patients, config=cfg, strata=site).p_value < 0.05)
     pooled, within = hits.mean(axis=0)
     assert pooled > 0.2 and within < 0.09, (pooled, within)
+
+
+def _frozen_cohort(seed=0, signal=4.0):
+    """12 positive patients with 3 studies each, 30 negative with one (disease brings patients
+    back): patient blocks of size 3 are all positive, of size 1 all negative."""
+    rng = np.random.default_rng(seed)
+    pat = np.r_[np.repeat(np.arange(12), 3), np.arange(12, 42)].astype(str)
+    y = np.r_[np.ones(36), np.zeros(30)]
+    return y, signal * y + rng.normal(size=y.size), pat
+
+
+def test_frozen_blocks_fall_back_to_patient_units_and_never_say_no_signal():
+    y, s, pat = _frozen_cohort()
+    cfg = SignalConfig(n_permutations=500, seed=1)
+    blocks = permutation_test(y, s, pat, config=cfg, fallback=False)
+    assert blocks.degenerate and blocks.p_value == 1.0 and blocks.verdict != NO_SIGNAL
+    res = permutation_test(y, s, pat, config=cfg)
+    assert res.level == "patient" and res.n_frozen == 42
+    assert res.verdict == SIGNAL and res.p_value == pytest.approx(1 / 501)
+    # The fallback's p is the ordinary permutation test on patient means (reference loop).
+    y, s, pat = _frozen_cohort(seed=2, signal=0.4)
+    res = permutation_test(y, s, pat, config=cfg)
+    means = pd.Series(s).groupby(pat).mean()
+    labels = pd.Series(y).groupby(pat).first().loc[means.index].to_numpy()
+    observed = roc_auc_score(labels, means)
+    null = [roc_auc_score(row, means) for row in
+            patient_permutations(labels, np.asarray(means.index), 500, seed=1)]
+    assert res.p_value == pytest.approx((1 + sum(a >= observed - 1e-12 for a in null)) / 501)
+
+
+def test_frozen_task_through_summarise_is_insufficient_only_when_nothing_can_move():
+    from echocmr.eval.summary import SummaryConfig, task_result
+
+    y, s, pat = _frozen_cohort()
+    cfg = SummaryConfig(metrics=MetricsConfig(n_bootstrap=1000),
+                        signal=SignalConfig(n_permutations=500))
+    r = task_result("lge", y, 1 / (1 + np.exp(-s)), pat, config=cfg)
+    assert r.verdict == SIGNAL and r.test_level == "patient" and r.n_frozen == 42
+    # Both classes only at different sites with one study each per site sequence: within-site
+    # strata hold one class each, so the within-site task is insufficient, not "no signal".
+    sites = np.where(y == 1, "a", "b")
+    r = task_result("lge", y, 1 / (1 + np.exp(-s)), pat, config=cfg, sites=sites)
+    assert r.verdict == "insufficient data"

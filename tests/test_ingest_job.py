@@ -70,7 +70,7 @@ def test_every_file_is_reported_with_the_expected_outcome(cohort, ingested):
 def test_manifest_stats_and_labels(cohort, ingested):
     out, _ = ingested
     manifest = read_manifest(out)
-    stats = read_stats(out)
+    stats = read_stats(out).to_dict()
     assert len(manifest) == 8 and set(manifest["n_frames"]) == {18}
     assert stats["clip"]["height"] == 144 and stats["clip"]["fps"] == 30.0
     key, _ = resolve_split_key(None, warn=False)

@@ -125,8 +125,9 @@ def test_sweep_train_gives_one_run_per_seed_and_the_spread(orchestrated):
     seed1 = client.get_run(runs[1]["run_id"])
     assert seed1.data.params["data.seed"] == "1"
     assert seed1.data.tags[EXCLUDE_SITES_TAG] == "site_b"
-    w0, w1 = (read_checkpoint(client.get_run(runs[s]["run_id"]).data.tags[
-        "echocmr.model_checkpoint"])["model"] for s in (0, 1))
+    # the tag is the checkpoint's path inside the run storage (no machine path in a record)
+    w0, w1 = (read_checkpoint(str(orchestrated["tmp"] / "runs" / client.get_run(
+        runs[s]["run_id"]).data.tags["echocmr.model_checkpoint"]))["model"] for s in (0, 1))
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # other seed, other weights
     assert doc["judged"] == "site site_b (external)"
     assert doc["spread"]["wma"]["n_runs"] == 2 and doc["spread"]["wma"]["sd"] is not None

@@ -66,4 +66,4 @@ def test_write_verify_and_reshard_through_s3(s3_endpoint, tmp_path):
     assert set(merged["key"]) == expected and len(merged) == len(expected)
     names = storage.listdir(out)
     assert "ingest_report.parquet" not in names and not [n for n in names if n.startswith(".")]
-    assert read_stats(out)["splits"]["train"]["sites"] == ["site_a", "site_b"]
+    assert read_stats(out).splits["train"].sites == ("site_a", "site_b")

@@ -64,7 +64,7 @@ def test_two_sites_merge_into_one_verified_mixed_set(sites, merged):
     # Train statistics are recomputed over the merged train split.
     train = after[after["split"] == "train"]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
-    stats = read_stats(out)
+    stats = read_stats(out).to_dict()
     assert stats["pixel_mean"] == pytest.approx(mean) and stats["pixel_std"] == pytest.approx(std)
     assert stats["splits"]["train"]["sites"] == ["site_a", "site_b"]
     assert "ingest_report.parquet" not in os.listdir(out)

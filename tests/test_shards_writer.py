@@ -51,7 +51,7 @@ def test_layout_manifest_and_stats(shard_set):
     assert (manifest.groupby("patient_hash")["split"].nunique() == 1).all()
     assert (manifest["shard"].str.split("-").str[0] == manifest["split"]).all()
     assert manifest.groupby("shard").size().max() <= 4
-    stats = read_stats(shard_set)
+    stats = read_stats(shard_set).to_dict()
     assert stats["split_key_fingerprint"] == FIXTURE_SPLIT_KEY_FINGERPRINT
     assert stats["clip"] == clip_format()
     assert sum(stats["splits"][s]["clips"] for s in ("train", "val", "test")) == 16

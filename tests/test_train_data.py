@@ -11,7 +11,7 @@ from echocmr.ingest.encode import decode_webm, encode_webm
 from echocmr.model.contract import InputSpec, frames_to_clip
 from echocmr.read.config import DataConfig
 from echocmr.read.loader import ClipLoader, shard_sizes, split_files
-from echocmr.shards.format import FormatVersionError, Sample
+from echocmr.shards.format import FormatVersionError, Sample, ShardStats
 from echocmr.shards.reader import iter_samples, read_manifest, read_stats
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
@@ -216,6 +216,7 @@ def test_an_older_format_version_is_refused_with_what_to_do(grey_set, tmp_path):
     stats = json.loads((old / "stats.json").read_text())
     stats["format_version"] = 1
     (old / "stats.json").write_text(json.dumps(stats))
+    stats = ShardStats.from_dict(stats)
     spec = InputSpec.build(DataConfig(), stats)
     with pytest.raises(FormatVersionError, match=r"version 1.*Re-run `echocmr ingest`"):
         ClipLoader(str(old), "train", DataConfig(), spec=spec, train=True, stats=stats)

@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from echocmr.model.auc import mean_auc, roc_auc, task_aucs
+from echocmr.shards.format import ShardStats
 from echocmr.train.loss import MaskedMultiTaskBCE, build_loss, pos_weights_from_stats
 from echocmr.train.selection import checkpoint_score
 
@@ -56,13 +57,15 @@ def test_unknown_labels_get_no_gradient():
 
 
 def test_pos_weights_from_stats_and_bad_weights():
-    stats = {"splits": {"train": {"positives": {"wma": 10, "lge": 0, "t1": 5, "t2": 4, "ecv": 2},
-                                  "known": {"wma": 40, "lge": 30, "t1": 5, "t2": 10, "ecv": 8}}}}
+    train = {"clips": 40, "studies": 40, "patients": 20, "sites": ["a"], "prevalence": {},
+             "positives": {"wma": 10, "lge": 0, "t1": 5, "t2": 4, "ecv": 2},
+             "known": {"wma": 40, "lge": 30, "t1": 5, "t2": 10, "ecv": 8}}
+    stats = ShardStats.from_dict({"format_version": 2, "splits": {"train": train}})
     assert pos_weights_from_stats(stats) == [3.0, 1.0, 1.0, 1.5, 3.0]
     assert build_loss({"wma": 1.0}, True, stats).pos_weight.tolist() == [3.0, 1.0, 1.0, 1.5, 3.0]
     assert build_loss({"wma": 1.0}, False, stats).pos_weight is None
     with pytest.raises(ValueError, match="lacks splits.train"):
-        pos_weights_from_stats({"splits": {}})
+        pos_weights_from_stats(ShardStats.from_dict({"format_version": 2, "splits": {}}))
     with pytest.raises(ValueError, match="task weights"):
         MaskedMultiTaskBCE([0, 0, 0, 0, 0])
 

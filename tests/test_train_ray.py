@@ -70,10 +70,10 @@ def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     for task in TASKS:  # per-task val AUC per epoch, for the tasks val can score
-        steps = [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc_{task}")]
+        steps = [m.step for m in client.get_metric_history(outcome.run_id, f"val/auc_{task}")]
         assert steps == (list(range(epochs)) if outcome.val_aucs[task] is not None else [])
     assert outcome.val_aucs["wma"] is not None  # the fixture's val split has both WMA classes
-    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train_loss")]
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train/loss")]
     assert steps == list(range(epochs))
     digest = hashlib.sha256(open(os.path.join(shards, "manifest.parquet"), "rb").read())
     assert run.data.params["data_digest"] == run.data.tags["data_digest"] == digest.hexdigest()
@@ -90,6 +90,12 @@ def check_mlflow_run(uri, outcome, shards, *, epochs, workers, model_name):
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.source and dataset.dataset.digest == digest.hexdigest()[:32]
     assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+    # MLflow's provenance, the selection score as the headline, and no machine path in records
+    assert run.data.tags["mlflow.source.name"] == "echocmr train" and run.data.tags["mlflow.user"]
+    assert "best/selection_score" in run.data.metrics and "val/selection_score" in run.data.metrics
+    records = str([run.data.tags, run.data.params, dataset.dataset.source, version.tags,
+                   version.description])
+    assert os.path.abspath(shards) not in records and str(outcome.storage) not in records
 
     mlflow.set_tracking_uri(uri)
     champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")  # CPU-only machine
@@ -164,7 +170,7 @@ def test_worker_killed_mid_epoch_resumes_at_its_step_checkpoint_with_identical_w
                             strict=True):
         assert torch.equal(a, b), name
     # the resumed epoch's logged loss covers the whole epoch, as the uninterrupted one's does
-    history = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+    history = MlflowClient(uri).get_metric_history(outcome.run_id, "train/loss")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [e.loss for e in epochs]
 
 
@@ -194,7 +200,7 @@ def test_rerun_after_driver_stop_resumes_the_same_run(local_ray, shards, tmp_pat
                           tracking_uri=uri)
     assert second.run_id == first.run_id
     assert second.last_metrics["resumed_at_epoch"] == 1 and second.last_metrics["epoch"] == 1
-    steps = [m.step for m in MlflowClient(uri).get_metric_history(first.run_id, "train_loss")]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(first.run_id, "train/loss")]
     assert steps == [0, 1]
 
 
@@ -214,7 +220,7 @@ def test_two_workers_killed_mid_epoch_end_with_an_uninterrupted_runs_weights(
         outcome = run_training(TrainConfig.from_dict(
             {**settings, "run_name": name, "storage": str(tmp_path / "runs")}), shards,
             tracking_uri=uri, step_hook=hook)
-        losses = MlflowClient(uri).get_metric_history(outcome.run_id, "train_loss")
+        losses = MlflowClient(uri).get_metric_history(outcome.run_id, "train/loss")
         return (outcome, read_checkpoint(str(tmp_path / "runs" / name / "epoch_0001")),
                 [m.value for m in sorted(losses, key=lambda m: m.step)])
 

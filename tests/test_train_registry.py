@@ -167,10 +167,11 @@ def test_local_model_directory_loads_with_the_tracking_server_down(tmp_path, mon
 
 def test_input_spec_records_the_clip_size_and_shard_format(caplog):
     from echocmr.model.checkpoint import model_from_state, save_checkpoint
-    from echocmr.shards.format import FORMAT_VERSION
+    from echocmr.shards.format import FORMAT_VERSION, ShardStats
 
-    stats = {"pixel_mean": 40.0, "pixel_std": 30.0, "format_version": FORMAT_VERSION,
-             "clip": {"height": 112, "width": 112, "fps": 30.0}}
+    stats = ShardStats.from_dict({"pixel_mean": 40.0, "pixel_std": 30.0,
+                                  "format_version": FORMAT_VERSION,
+                                  "clip": {"height": 112, "width": 112, "fps": 30.0}})
     spec = InputSpec.build(TrainConfig.from_dict(tiny_config()).data, stats)
     assert spec.clip_size == 112 and spec.shard_format == FORMAT_VERSION
     assert InputSpec.from_dict(spec.to_dict()) == spec
@@ -281,8 +282,10 @@ def test_the_logged_model_holds_no_pickle(tmp_path, monkeypatch):
     meta = json.loads(open(os.path.join(local, "artifacts/model/model.json")).read())
     assert meta["format"] == 1 and meta["model_config"]["width"] == 4
     requirements = open(os.path.join(local, "requirements.txt")).read().split()
-    assert any(r.startswith("echocmr==") for r in requirements)
+    # the model carries its echocmr code; its requirements are the serving set, no echocmr
+    assert not any(r.startswith("echocmr") for r in requirements)
     assert any(r.startswith("torch==") for r in requirements)
+    assert "code/echocmr/model/serving.py" in files and "code/echocmr/ingest/preprocess.py" in files
 
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     pyfunc = mlflow.pyfunc.load_model(model_uri)
@@ -375,6 +378,7 @@ def test_the_model_card_says_what_the_model_saw_and_how_eval_judged_it(tmp_path)
                          echocmr_version="0.1.0")
     assert "`" + "d" * 64 + "`" in card and "| train | 40 | 20 | 10 | 25.0% | - |" in card
     assert "best epoch 3" in card and "| WMA | 0.700 |" in card and "| LGE | none |" in card
+    assert "/data" not in card and "shard set: `shards`" in card  # the set's name, not its path
     client.update_model_version("echo", "1", description=card)
 
     def result(auc, verdict):

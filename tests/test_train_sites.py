@@ -71,10 +71,11 @@ def test_stats_without_the_site_come_from_the_other_sites_clips(two_sites):
     train = manifest[(manifest["split"] == "train") & (manifest["site"] == "site_a")]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
     assert sites == ["site_a"]
-    assert kept["pixel_mean"] == pytest.approx(mean, abs=1e-5) != stats["pixel_mean"]
-    assert kept["pixel_std"] == pytest.approx(std, abs=1e-5)
-    assert kept["splits"]["train"]["sites"] == ["site_a"]
-    assert kept["excluded_sites"] == ["site_b"]
+    assert kept.pixel_mean == pytest.approx(mean, abs=1e-5) != stats.pixel_mean
+    assert kept.pixel_std == pytest.approx(std, abs=1e-5)
+    assert kept.splits["train"].sites == ("site_a",)
+    assert kept.excluded_sites == ("site_b",)
+    assert kept.to_dict()["excluded_sites"] == ["site_b"]  # what the run logs as stats.json
     assert site_selection(two_sites, stats, ()) == (stats, ["site_a", "site_b"])
     with pytest.raises(ValueError, match="leaves no train clips"):
         site_selection(two_sites, stats, ("site_a", "site_b"))
@@ -114,7 +115,7 @@ def test_train_cli_excludes_the_site_and_records_it(two_sites, trained):
     assert run.data.params["data.exclude_sites"] == "['site_b']"
     manifest = read_manifest(two_sites)
     val_a = ((manifest["split"] == "val") & (manifest["site"] == "site_a")).sum()
-    assert run.data.metrics["val_clips"] == val_a  # validation left site_b out too
+    assert run.data.metrics["val/clips"] == val_a  # validation left site_b out too
     version = client.get_model_version_by_alias("echo_ab", "champion")
     assert "**left out of training**" in version.description and "site_b" in version.description
     assert "trained on sites (train and val): site_a" in version.description

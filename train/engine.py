@@ -32,7 +32,7 @@ from echocmr.model.auc import mean_auc, task_aucs
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D, build_model
 from echocmr.read.loader import Batch, ClipLoader, ReaderPosition, derive_seed
-from echocmr.shards.format import TASKS
+from echocmr.shards.format import TASKS, ShardStats
 from echocmr.train.config import SelectionConfig, TrainConfig
 from echocmr.train.loss import build_loss
 from echocmr.train.selection import checkpoint_score
@@ -129,7 +129,7 @@ class ValResult:
 class Engine:
     """Training state of one rank. ``world > 1`` needs an initialised ``torch.distributed``."""
 
-    def __init__(self, config: TrainConfig, shards: str, *, stats: dict, rank: int = 0,
+    def __init__(self, config: TrainConfig, shards: str, *, stats: ShardStats, rank: int = 0,
                  world: int = 1, device: torch.device | str = "cpu") -> None:
         self.config, self.rank, self.world = config, rank, world
         self.device = torch.device(device)

@@ -44,12 +44,18 @@ from echocmr.model.card import data_summary, training_card
 from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
 from echocmr.model.publish import log_model
 from echocmr.model.registry import describe_version, register_model
-from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
+from echocmr.model.tracking import (
+    manifest_digest,
+    provenance_tags,
+    resolve_tracking_uri,
+    set_name,
+    site_tags,
+)
 from echocmr.progress import Progress
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
-from echocmr.shards.format import TASKS, check_format_version
+from echocmr.shards.format import TASKS, ShardStats, check_format_version
 from echocmr.shards.reader import read_stats
 from echocmr.shards.stage import stage
 from echocmr.shards.storage import is_url
@@ -82,7 +88,7 @@ class LoopConfig:
 
     config: dict[str, Any]
     shards: str
-    stats: dict[str, Any]
+    stats: ShardStats
     tracking_uri: str
     run_id: str
     data_digest: str
@@ -328,7 +334,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         run_key = f"{config.storage}/{config.run_name}"
         run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
                                    run_name=config.run_name, run_key=run_key,
-                                   tags={"data_digest": digest, "shards": shards,
+                                   tags={"data_digest": digest, "shards": set_name(shards),
+                                         **provenance_tags("train"),
                                          **site_tags(config.data.exclude_sites, train_sites)})
         log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new",
                  tracking_uri)
@@ -391,16 +398,23 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
     client = MlflowClient(tracking_uri)
     tags = client.get_run(run_id).data.tags
     mlflow.set_tracking_uri(tracking_uri)
+    # The checkpoint as a path inside the run's storage (a record names no machine folder);
+    # runs of echocmr <= 0.2 recorded the full path.
+    checkpoint_tag = _storage_relative(best.path, config.storage)
     with mlflow.start_run(run_id=run_id):  # FINISHED on success, FAILED on an exception
-        if tags.get("echocmr.model_checkpoint") == best.path and tags.get("echocmr.model_uri"):
+        if tags.get("echocmr.model_checkpoint") in (checkpoint_tag, best.path) \
+                and tags.get("echocmr.model_uri"):
             log.info("best checkpoint %s was already logged; not logging it again", best.path)
             outcome.model_uri = tags["echocmr.model_uri"]
             return outcome
         outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
-        mlflow.set_tags({"echocmr.model_checkpoint": best.path,
+        mlflow.set_tags({"echocmr.model_checkpoint": checkpoint_tag,
                          "echocmr.model_uri": outcome.model_uri,
                          "echocmr.best_epoch": str(outcome.best_epoch)})
-        mlflow.log_metric("best_val_mean_auc", mean if mean is not None else math.nan)
+        # The headline: the best checkpoint's score under the run's selection rule.
+        mlflow.log_metrics({"best/selection_score": _nan_if_none(best_metrics.get(SCORE)),
+                            "best/val_mean_auc": _nan_if_none(mean),
+                            **{f"best/val_auc_{t}": _nan_if_none(a) for t, a in aucs.items()}})
         if config.register:
             outcome.registration = register_model(
                 outcome.model_uri, config.register, tracking_uri=tracking_uri,
@@ -413,6 +427,16 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             mlflow.set_tags({"echocmr.registered": f"{config.register}/"
                                                    f"{outcome.registration.version}"})
     return outcome
+
+
+def _storage_relative(path: str, storage: str) -> str:
+    """``path`` relative to the run storage ``storage`` (``RUN/checkpoint_000003``)."""
+    prefix = storage.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _nan_if_none(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _data_scope(config: TrainConfig) -> str:

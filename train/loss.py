@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from echocmr.shards.format import TASKS
+from echocmr.shards.format import TASKS, ShardStats
 
 
 class MaskedMultiTaskBCE(nn.Module):
@@ -58,14 +58,13 @@ class MaskedMultiTaskBCE(nn.Module):
         return loss, per_task_K.detach()
 
 
-def pos_weights_from_stats(stats: dict) -> list[float]:
+def pos_weights_from_stats(stats: ShardStats) -> list[float]:
     """Per task ``negatives / positives`` among known train labels (1.0 where undefined)."""
-    try:
-        train = stats["splits"]["train"]
-        positives, known = train["positives"], train["known"]
-    except KeyError as exc:
-        raise ValueError(f"stats.json lacks splits.train.{exc.args[0]}; re-run `echocmr shards "
-                         "stats` or the ingest that wrote it") from None
+    train = stats.splits.get("train")
+    if train is None:
+        raise ValueError("stats.json lacks splits.train; re-run the ingest or reshard that wrote "
+                         "the set")
+    positives, known = train.positives, train.known
     weights = []
     for task in TASKS:
         pos = float(positives.get(task, 0))
@@ -75,7 +74,7 @@ def pos_weights_from_stats(stats: dict) -> list[float]:
 
 
 def build_loss(task_weights: Mapping[str, float], use_pos_weight: bool,
-               stats: dict | None) -> MaskedMultiTaskBCE:
+               stats: ShardStats | None) -> MaskedMultiTaskBCE:
     """The loss of a run: per-task weights from config, positive weights from ``stats``."""
     pos_weight = pos_weights_from_stats(stats) if (use_pos_weight and stats is not None) else None
     if use_pos_weight and stats is None:

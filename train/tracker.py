@@ -7,24 +7,26 @@ id, never through the fluent API's process-global active run.
 
 What a run holds: the resolved config as params (``data.frames`` ...) and as ``config.yaml``;
 ``stats.json``; the shard set's manifest digest (sha256 of ``manifest.parquet``) as tag and param
-``data_digest``, so a model names the exact data it saw; per epoch ``train_loss``, ``val_loss``,
-``val_auc_<task>`` (tasks with enough positives), ``val_mean_auc``, throughput and data-wait share.
+``data_digest``, so a model names the exact data it saw; per epoch, grouped as MLflow's UI shows
+them (`model.tracking.grouped_metric`): ``val/selection_score`` (the checkpoint rule's score: the
+headline), ``val/auc_<task>`` (tasks with enough positives), ``val/mean_auc``, ``val/loss``,
+``train/loss``, ``train/loss_<task>``, and ``system/clips_per_s``, ``system/data_wait_fraction``,
+``system/epoch`` ... Run tags include MLflow's provenance (`model.tracking.provenance_tags`).
 
-Resume: the driver tags the run with ``echocmr.run_key`` (Ray storage path + run name); running
-the same command again finds the unfinished run and continues it.
+Resume: the driver tags the run with ``echocmr.run_key`` (a hash of the Ray storage path + run
+name: no machine path in a tag); running the same command again finds the unfinished run and
+continues it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import os
 import time
-import warnings
 
-from echocmr.model.tracking import sqlite_artifact_root
-from echocmr.shards.format import STATS_FILE
-from echocmr.shards.reader import read_manifest
+from echocmr.model.tracking import dataset_input, grouped_metric, sqlite_artifact_root
+from echocmr.shards.format import STATS_FILE, ShardStats
 from echocmr.train.config import TrainConfig, dump_yaml, flat_params
 
 log = logging.getLogger(__name__)
@@ -42,38 +44,36 @@ def open_run(tracking_uri: str, *, experiment: str, run_name: str, run_key: str,
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         experiment, artifact_location=sqlite_artifact_root(tracking_uri))
-    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    # The key names the run's Ray storage folder, a machine path: the tag holds its hash (runs
+    # of echocmr <= 0.2 hold the key itself, and resume as well).
+    keyed = run_key_hash(run_key)
+    found = []
+    for value in (keyed, run_key):
+        found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{value}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            break
     if found:
         run = found[0]
         client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run.info.run_id, True
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_KEY_TAG: run_key, **(tags or {})})
+    run = client.create_run(exp_id, run_name=run_name, tags={RUN_KEY_TAG: keyed, **(tags or {})})
     return run.info.run_id, False
 
 
+def run_key_hash(run_key: str) -> str:
+    """What the ``echocmr.run_key`` tag holds: sha256 of the key, 32 hex characters."""
+    return hashlib.sha256(run_key.encode("utf-8")).hexdigest()[:32]
+
+
 def log_dataset(tracking_uri: str, run_id: str, shards: str, digest: str) -> None:
-    """Record the shard set as the run's training dataset (``mlflow.log_input``'s entity): name,
-    digest, source (path or URL), schema and row count of its manifest, clips per split as input
-    tags; the MLflow UI shows it beside the run and its model. No row of the manifest is stored."""
-    import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag
+    """Record the shard set as the run's training dataset (`model.tracking.dataset_input`:
+    name, digest, schema, clips per split; never its path); the MLflow UI shows it beside the
+    run and its model."""
     from mlflow.tracking import MlflowClient
 
-
-    manifest = read_manifest(shards)
-    name = os.path.basename(shards.rstrip("/")) or shards
-    # MLflow's dataset digest holds 36 characters; the full sha256 is the run's data_digest.
-    # Its schema inference warns about integer columns (the manifest has no missing integers)
-    # and about a local path matching two source kinds; neither says anything to our users.
-    counts = manifest["split"].value_counts()
-    tags = [InputTag("mlflow.data.context", "training"), InputTag("data_digest", digest),
-            *(InputTag(f"clips_{split}", str(int(n))) for split, n in sorted(counts.items()))]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(manifest, source=shards, name=name, digest=digest[:32])
-        entity = dataset._to_mlflow_entity()
-    MlflowClient(tracking_uri).log_inputs(run_id, datasets=[DatasetInput(entity, tags=tags)])
+    entity, _, _ = dataset_input(shards, digest, context="training")
+    MlflowClient(tracking_uri).log_inputs(run_id, datasets=[entity])
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
@@ -86,7 +86,7 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
 class NullTracker:
     """What ranks other than 0 get: every call does nothing."""
 
-    def log_start(self, config: TrainConfig, *, stats: dict, data_digest: str,
+    def log_start(self, config: TrainConfig, *, stats: ShardStats, data_digest: str,
                   input_spec: dict) -> None:
         pass
 
@@ -106,13 +106,16 @@ class MlflowTracker(NullTracker):
         self.client = MlflowClient(tracking_uri)
         self.run_id = run_id
 
-    def log_start(self, config: TrainConfig, *, stats: dict, data_digest: str,
+    def log_start(self, config: TrainConfig, *, stats: ShardStats, data_digest: str,
                   input_spec: dict) -> None:
         """Params, ``config.yaml``, ``stats.json``, ``input_spec.json`` and the data digest."""
         from mlflow.entities import Param, RunTag
         from mlflow.exceptions import MlflowException
 
-        params = {**flat_params(config), "data_digest": data_digest}
+        # A path in the config (storage, cache_dir, model.init) is recorded by its last
+        # component: the folders above it are this machine's, not the run's.
+        params = {**{k: _path_name(v) for k, v in flat_params(config).items()},
+                  "data_digest": data_digest}
         try:
             items = [Param(k, v[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
@@ -124,21 +127,31 @@ class MlflowTracker(NullTracker):
             RunTag("echocmr.selection", config.selection.describe()),  # the pre-specified rule
         ])
         self.client.log_text(self.run_id, dump_yaml(config), "config.yaml")
-        self.client.log_dict(self.run_id, stats, STATS_FILE)
+        self.client.log_dict(self.run_id, stats.to_dict(), STATS_FILE)
         self.client.log_dict(self.run_id, input_spec, "input_spec.json")
 
     def log_epoch(self, epoch: int, metrics: dict[str, float | None]) -> None:
-        """Numeric, finite metrics at step ``epoch`` (``None``/NaN are left out)."""
+        """Numeric, finite metrics at step ``epoch`` under their group's name
+        (`model.tracking.grouped_metric`: ``train/loss``, ``val/auc_wma``, ``system/...``);
+        ``None``/NaN are left out."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, epoch) for k, v in metrics.items()
+        items = [Metric(grouped_metric(k), float(v), now, epoch) for k, v in metrics.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
         self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
+
+
+def _path_name(value: str) -> str:
+    """An absolute path or ``file://`` URL as its last component; anything else as it is."""
+    text = str(value)
+    if text.startswith(("/", "file://")) and len(text) > 1:
+        return text.rstrip("/").rsplit("/", 1)[-1] or text
+    return text
 
 
 def make_tracker(rank: int, tracking_uri: str | None, run_id: str | None) -> NullTracker:
