@@ -41,6 +41,14 @@ def register(subparsers) -> None:
     local.add_argument("--object-store-mb", type=int, default=256, help="per node (256)")
     local.add_argument("--port", type=int, default=0, help="head GCS port (free port)")
     local.add_argument("--dashboard-port", type=int, default=0, help="Jobs API port (free port)")
+    local.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run the nodes without Ray token auth (RAY_AUTH_MODE=disabled): anyone who reaches "
+        "their ports runs code as you. echocmr commands given this cluster's address (or auto) "
+        "follow; other Ray clients need RAY_AUTH_MODE=disabled. Default: token auth with "
+        "$RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (written when missing)",
+    )
     state_dir_arg(local)
     local.set_defaults(func=run_local)
 
@@ -113,6 +121,7 @@ def run_local(args) -> int:
             port=args.port,
             dashboard_port=args.dashboard_port,
             state_dir=_state_dir(args),
+            auth=not args.no_auth,
         )
         state = start_local_cluster(config)
     except (ValueError, LocalClusterError) as exc:
@@ -124,6 +133,12 @@ def run_local(args) -> int:
           + (" --tracking-uri http://HOST:5000 (several nodes: an MLflow server, not sqlite)"
              if len(state.nodes) > 1 else ""))
     print(f"or connect:   RAY_ADDRESS={state.address} (ray.init / echocmr train --address)")
+    if state.auth == "token":
+        print(f"auth:         Ray token auth, token in {state.token} (every echocmr command "
+              "and Ray client of this user finds it)")
+    else:
+        print("auth:         OFF (--no-auth): anyone who reaches these ports runs code as you; "
+              "Ray clients other than echocmr's need RAY_AUTH_MODE=disabled")
     print("stop with:    echocmr cluster stop")
     return 0
 
@@ -150,6 +165,7 @@ def run_status(args) -> int:
     print(f"Ray address: {state.address}")
     print(f"Jobs API:    {state.dashboard_url}")
     print(f"nodes:       {len(state.nodes)} x {state.cpus_per_node} CPU")
+    print(f"auth:        {state.auth}" + (f" (token in {state.token})" if state.token else ""))
     print(f"processes:   {len(pids)} alive" if pids else "processes:   none alive (stale state)")
     return 0 if pids else 1
 

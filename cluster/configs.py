@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from echocmr.errors import EchocmrError
+
 CONFIG_FILES = {
     "raycluster": "raycluster.yaml",
     "rayjob": "rayjob.yaml",
@@ -35,12 +37,16 @@ CONFIG_FILES = {
 }
 IMAGE_PLACEHOLDER = "registry.example.com/echocmr:0.1.0"
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
+# Credentials MLflow's client sends to a server with auth (basic auth, or a bearer token).
+MLFLOW_CREDENTIALS = (("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+                      ("MLFLOW_TRACKING_TOKEN",))
+RAY_AUTH_MODES = ("token", "disabled")  # `disabled` only as a written-down choice
 GPU_RESOURCE = "nvidia.com/gpu"
 DATA_VOLUME = "echocmr-data"
 DATA_MOUNT = "/data"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(EchocmrError, ValueError):
     """A cluster definition lacks a field that echocmr's commands rely on."""
 
 
@@ -140,8 +146,24 @@ def flag_value(argv: list[str], flag: str) -> str | None:
 # Checks
 
 
+def _check_ray_auth(spec: dict[str, Any], where: str) -> list[str]:
+    """Ray token auth must be on, or off in writing: a cluster without it runs anyone's code."""
+    mode = (spec.get("authOptions") or {}).get("mode")
+    if mode is None:
+        return [f"{where}: no authOptions: add `authOptions: {{mode: token}}` (KubeRay >= 1.5.1; "
+                "`mode: disabled` only to run without Ray auth on purpose)"]
+    if mode not in RAY_AUTH_MODES:
+        return [f"{where}: authOptions.mode {mode!r} is not one of {list(RAY_AUTH_MODES)}"]
+    return []
+
+
+def has_mlflow_credentials(container: dict[str, Any]) -> bool:
+    names = env_names(container)
+    return any(all(n in names for n in group) for group in MLFLOW_CREDENTIALS)
+
+
 def _check_cluster_spec(spec: dict[str, Any], where: str) -> list[str]:
-    problems = []
+    problems = _check_ray_auth(spec, where)
     groups = list(pod_specs(spec))
     if not spec.get("workerGroupSpecs"):
         problems.append(f"{where}: no workerGroupSpecs")
@@ -155,6 +177,11 @@ def _check_cluster_spec(spec: dict[str, Any], where: str) -> list[str]:
             problems.append(f"{where}/{name}: container has no image")
         if MLFLOW_ENV not in env_names(container):
             problems.append(f"{where}/{name}: env {MLFLOW_ENV} is not set (runs would go nowhere)")
+        elif not has_mlflow_credentials(container):
+            problems.append(
+                f"{where}/{name}: no MLflow credentials (MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN): the tracking server must "
+                "not be open to anyone who reaches it")
         if DATA_MOUNT not in mount_paths(pod):
             problems.append(f"{where}/{name}: no PersistentVolumeClaim mounted at {DATA_MOUNT}")
     if worker_gpus(spec) < 1:
@@ -200,6 +227,17 @@ def _check_ray_up(doc: dict[str, Any]) -> list[str]:
     if not any((t.get("resources") or {}).get("GPU", 0) >= 1 for t in types.values()):
         problems.append("ray up: no node type declares a GPU resource")
     mounts = doc.get("file_mounts") or {}
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in doc.get(key) or [] if "ray start" in c]
+        if not starts or not all(any(f"RAY_AUTH_MODE={m}" in c for m in RAY_AUTH_MODES)
+                                 for c in starts):
+            problems.append(f"ray up: {key} must start Ray with RAY_AUTH_MODE=token (or =disabled "
+                            "to run without Ray auth on purpose)")
+        elif any("RAY_AUTH_MODE=token" in c for c in starts) and not (
+                any(r.rstrip("/").endswith(".ray/auth_token") for r in mounts)
+                or any("RAY_AUTH_TOKEN" in c.replace("RAY_AUTH_TOKEN_PATH", "") for c in starts)):
+            problems.append(f"ray up: {key} uses token auth but no node gets the token "
+                            "(file_mounts ~/.ray/auth_token, or RAY_AUTH_TOKEN)")
     repo_targets = [remote for remote, local in mounts.items() if local in (".", "./")]
     if not repo_targets:
         problems.append("ray up: file_mounts does not sync the repository ('.') to the nodes")

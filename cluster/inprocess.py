@@ -7,8 +7,11 @@ out by hand:
 * Ray's files go to a fresh, short temp dir (``RAY_TMPDIR``): Unix socket paths have a ~100-byte
   limit, and a private dir means no other ``ray.init()`` on the machine finds and joins this
   cluster by accident;
-* token auth off (``RAY_AUTH_MODE=disabled``; see `echocmr.cluster.local._node_env` for why) and
-  usage stats off, for the cluster's processes and this one;
+* Ray token auth on, as for any cluster of ours (`echocmr.cluster.auth.node_env`: the user's
+  token from ``$RAY_AUTH_TOKEN``, ``$RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, written when
+  missing, as a plain ``ray.init()`` does), for the cluster's processes and this one; ``auth=False``
+  turns it off for one cluster, for a caller that must prove something about a cluster without
+  it. Usage stats off;
 * extra environment variables the nodes must inherit (an S3 endpoint, a ``PYTHONPATH`` for test
   hooks), set before the first node starts;
 * on exit, the driver disconnected, the nodes shut down, the temp dir removed and every
@@ -27,6 +30,8 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from echocmr.cluster.auth import TOKEN_ENV, TOKEN_PATH_ENV, node_env, reload_ray_auth
 
 
 @dataclass
@@ -50,6 +55,7 @@ def temporary_cluster(
     env: Mapping[str, str] | None = None,
     init_args: Mapping[str, Any] | None = None,
     prefix: str = "ecmr-",
+    auth: bool = True,
 ) -> Iterator[TemporaryCluster]:
     """Start ``len(nodes)`` Ray nodes (``nodes[0]`` is the head; each mapping is passed to
     ``Cluster``'s node arguments: ``num_cpus``, ``resources``, ...), wait until all are up and,
@@ -60,10 +66,14 @@ def temporary_cluster(
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Unix socket paths
-    settings = {"RAY_TMPDIR": temp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                **(env or {})}
-    saved = {k: os.environ.get(k) for k in settings}
+    auth_env = node_env({}, auth=auth)  # RAY_AUTH_MODE, and the token's file when it is one
+    settings = {"RAY_TMPDIR": temp, "RAY_USAGE_STATS_ENABLED": "0", **auth_env, **(env or {})}
+    saved = {k: os.environ.get(k) for k in (*settings, TOKEN_ENV, TOKEN_PATH_ENV)}
+    if not auth:
+        for k in (TOKEN_ENV, TOKEN_PATH_ENV):
+            os.environ.pop(k, None)
     os.environ.update(settings)
+    reload_ray_auth()
     cluster = None
     try:
         cluster = Cluster(initialize_head=True,
@@ -84,3 +94,4 @@ def temporary_cluster(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        reload_ray_auth()

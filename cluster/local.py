@@ -37,6 +37,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from echocmr.cluster.auth import DISABLED, TOKEN, RayAuthError, http_auth_headers, node_env
+from echocmr.errors import EchocmrError
+
 STATE_FILE = "cluster.json"
 STATE_DIR_ENV = "ECHOCMR_STATE_DIR"
 NODE_IP = "127.0.0.1"
@@ -59,6 +62,7 @@ class LocalClusterConfig:
     dashboard_port: int = 0  # Jobs API / dashboard; 0 picks a free one
     state_dir: Path = field(default_factory=default_state_dir)
     start_timeout_s: float = 90.0
+    auth: bool = True  # Ray token auth on every node; off only when asked (--no-auth)
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -92,6 +96,8 @@ class LocalClusterState:
     cpus_per_node: int
     python: str  # the interpreter whose `python` and `echocmr` jobs run with
     started_at: float
+    auth: str = TOKEN  # RAY_AUTH_MODE of every node: "token" or "disabled"
+    token: str = ""  # where the nodes read the token (a file path or $RAY_AUTH_TOKEN)
 
     def save(self, state_dir: Path) -> Path:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +117,22 @@ class LocalClusterState:
         return cls(**raw)
 
 
-class LocalClusterError(RuntimeError):
+def recorded_auth_mode(address: str | None, state_dir: Path | None = None) -> str | None:
+    """The Ray auth mode of the running cluster `cluster local` recorded, when ``address`` (or
+    ``$RAY_ADDRESS``) reaches it: its GCS or Jobs API address, or ``auto``; else None."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return None
+    try:
+        state = LocalClusterState.load(state_dir or default_state_dir())
+    except (OSError, ValueError, TypeError):  # an unreadable state file is not ours to judge
+        return None
+    if state is None or address not in ("auto", state.address, state.dashboard_url):
+        return None
+    return state.auth if cluster_pids(state) else None
+
+
+class LocalClusterError(EchocmrError, RuntimeError):
     """The local cluster could not be started or found."""
 
 
@@ -214,22 +235,19 @@ def _ray_executable() -> str:
     return found
 
 
-def _node_env() -> dict[str, str]:
+def _node_env(auth: bool) -> dict[str, str]:
     """Environment of the Ray daemons, inherited by every job and worker they start.
 
     The interpreter's bin dir goes first on PATH so that a submitted `python ...` or `echocmr ...`
-    runs with this installation, as it would in a container image of a real cluster.
+    runs with this installation, as it would in a container image of a real cluster. Every node
+    gets the same auth settings (`echocmr.cluster.auth.node_env`): Ray 2.60 turns token auth on
+    for a head that finds a token but not for a worker joining it, so the mode is always set.
     """
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.pop("RAY_ADDRESS", None)
-    # Ray 2.60 turns token auth on for a head when ~/.ray/auth_token exists but not for a worker
-    # joining it, which then fails with InvalidAuthToken. Say it once for all nodes: off unless
-    # the user chose (RAY_AUTH_MODE=token makes every node and client use ~/.ray/auth_token).
-    # Everything listens on 127.0.0.1 only.
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    return env
+    return node_env(env, auth=auth)
 
 
 def _node_args(config: LocalClusterConfig, index: int, temp_dir: str) -> list[str]:
@@ -254,11 +272,11 @@ def _node_args(config: LocalClusterConfig, index: int, temp_dir: str) -> list[st
     ]  # fmt: skip
 
 
-def _ray_start(args: list[str]) -> int:
+def _ray_start(args: list[str], env: dict[str, str]) -> int:
     """Run one `ray start` in a new session; return its process group id."""
     proc = subprocess.Popen(
         [_ray_executable(), "start", *args],
-        env=_node_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -273,15 +291,23 @@ def _ray_start(args: list[str]) -> int:
     return proc.pid
 
 
-def wait_for_nodes(dashboard_url: str, count: int, timeout_s: float) -> int:
-    """Block until ``count`` nodes are ALIVE according to the cluster's state API."""
-    from ray.util.state import list_nodes
+def wait_for_nodes(dashboard_url: str, count: int, timeout_s: float, *, auth: bool = True) -> int:
+    """Block until ``count`` nodes are ALIVE according to the cluster's state API.
 
+    With ``auth`` the requests carry the nodes' token (this process may have started without
+    one: `cluster local` writes it when it is missing)."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    headers = {"Content-Type": "application/json", **(http_auth_headers() if auth else {})}
+    options = ListApiOptions(filters=[("state", "=", "ALIVE")])
     deadline = time.monotonic() + timeout_s
     alive, error = 0, None
     while time.monotonic() < deadline:
         try:
-            nodes = list_nodes(address=dashboard_url, filters=[("state", "=", "ALIVE")])
+            client = StateApiClient(address=dashboard_url, headers=headers)
+            nodes = client.list(StateResource.NODES, options=options,
+                                raise_on_missing_output=False)
             alive, error = len(nodes), None
             if alive >= count:
                 return alive
@@ -302,6 +328,10 @@ def start_local_cluster(config: LocalClusterConfig, log=print) -> LocalClusterSt
             f"a local cluster is already running at {existing.address} "
             f"(state in {config.state_dir / STATE_FILE}); run `echocmr cluster stop` first"
         )
+    try:
+        env = _node_env(config.auth)  # before anything starts: a bad token source stops us here
+    except RayAuthError as exc:
+        raise LocalClusterError(str(exc)) from exc
     # Short and private: Ray puts Unix sockets under it (107-byte path limit).
     temp_dir = tempfile.mkdtemp(prefix="echocmr-ray-", dir="/tmp")
     port = config.port or _free_port()
@@ -314,6 +344,8 @@ def start_local_cluster(config: LocalClusterConfig, log=print) -> LocalClusterSt
         cpus_per_node=config.cpus_per_node,
         python=sys.executable,
         started_at=time.time(),
+        auth=TOKEN if config.auth else DISABLED,
+        token=(env.get("RAY_AUTH_TOKEN_PATH") or "$RAY_AUTH_TOKEN") if config.auth else "",
     )
     try:
         log(f"starting head node (node_0, {config.cpus_per_node} CPU) on {state.address}")
@@ -325,16 +357,17 @@ def start_local_cluster(config: LocalClusterConfig, log=print) -> LocalClusterSt
             "--dashboard-port", str(dashboard_port),
             "--ray-client-server-port", str(_free_port()),
         ]  # fmt: skip
-        pgid = _ray_start(head_args + _node_args(config, 0, temp_dir))
+        pgid = _ray_start(head_args + _node_args(config, 0, temp_dir), env)
         state.nodes.append(NodeRecord(index=0, resource="node_0", pgid=pgid))
         state.save(config.state_dir)  # from here on, `cluster stop` can clean up
         for i in range(1, config.nodes):
             log(f"starting worker node {i} (node_{i}, {config.cpus_per_node} CPU)")
             worker_args = ["--address", state.address, "--include-log-monitor", "false"]
-            pgid = _ray_start(worker_args + _node_args(config, i, temp_dir))
+            pgid = _ray_start(worker_args + _node_args(config, i, temp_dir), env)
             state.nodes.append(NodeRecord(index=i, resource=f"node_{i}", pgid=pgid))
             state.save(config.state_dir)
-        alive = wait_for_nodes(state.dashboard_url, config.nodes, config.start_timeout_s)
+        alive = wait_for_nodes(state.dashboard_url, config.nodes, config.start_timeout_s,
+                               auth=config.auth)
         log(f"{alive} nodes alive")
     except BaseException:
         stop_local_cluster(config.state_dir, log=lambda _msg: None, state=state)

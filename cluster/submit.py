@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import TextIO
 
 from echocmr.cluster.local import STATE_FILE, LocalClusterState, default_state_dir
+from echocmr.errors import EchocmrError
 
 _ADDRESS_ENVS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
 
-class SubmitError(RuntimeError):
+class SubmitError(EchocmrError, RuntimeError):
     """The job could not be submitted (no cluster, bad address, Jobs API missing)."""
 
 

@@ -37,10 +37,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+from echocmr.errors import EchocmrError
+
 FLAGS = "command-line flags"
 
 
-class ConfigError(ValueError):
+class ConfigError(EchocmrError, ValueError):
     """A configuration key or value is wrong; the message names the key, where it was set, and
     what to write instead. ``key`` is the dotted key (None for the whole config), ``source`` the
     layer it came from (``config file X``, ``preset 'P'``, ``command-line flags``) when known."""

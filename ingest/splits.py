@@ -36,6 +36,7 @@ import logging
 import os
 from pathlib import Path
 
+from echocmr.errors import EchocmrError
 from echocmr.ingest.config import SplitConfig
 from echocmr.shards.format import SPLITS
 
@@ -67,7 +68,7 @@ SYNTHETIC_MARKER = "synthetic_cohort.json"
 _MARKER_GENERATOR = "echocmr synth"
 
 
-class DemoKeyRefused(ValueError):
+class DemoKeyRefused(EchocmrError, ValueError):
     """No split key was given for data that is not a synthetic cohort."""
 
 

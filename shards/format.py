@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import pyarrow as pa
 
+from echocmr.errors import EchocmrError
+
 # 1: grey stored in Y as is (the decoder clipped it to 16..235); 2: grey stored as limited range.
 FORMAT_VERSION = 2
 _VERSION_CHANGES = {
@@ -113,7 +115,7 @@ MANIFEST_DTYPES: dict[str, str] = {
 }
 
 
-class FormatVersionError(ValueError):
+class FormatVersionError(EchocmrError, ValueError):
     """A shard set was written in a format version that this code does not read."""
 
 
@@ -330,7 +332,7 @@ class ShardStats:
         return self.clip
 
 
-class GPUDecodeError(ValueError):
+class GPUDecodeError(EchocmrError, ValueError):
     """A shard set's clips cannot be decoded by the GPU (NVDEC, DALI's ``mixed`` decoder)."""
 
 

@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from echocmr.errors import EchocmrError
+
 LOCK_FILE = ".echocmr.lock"
 _POLL_S = 0.2  # how often a waiting job retries the lock
 LEASE_S = 600.0  # an object-store lease not renewed for this long is taken to be abandoned
@@ -48,7 +50,7 @@ LEASE_S = 600.0  # an object-store lease not renewed for this long is taken to b
 log = logging.getLogger(__name__)
 
 
-class OutputLocked(RuntimeError):
+class OutputLocked(EchocmrError, RuntimeError):
     """Another live process holds the directory's lock."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import pandas as pd
 import pyarrow.parquet as pq
 
+from echocmr.errors import EchocmrError
 from echocmr.shards import storage
 from echocmr.shards.format import (
     EXTENSIONS,
@@ -33,7 +34,7 @@ from echocmr.shards.format import (
 )
 
 
-class IncompleteShardSetError(FileNotFoundError):
+class IncompleteShardSetError(EchocmrError, FileNotFoundError):
     """The directory lacks the manifest or stats that a finished writer leaves."""
 
 

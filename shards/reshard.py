@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from echocmr.errors import EchocmrError
 from echocmr.shards import storage
 from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
@@ -84,7 +85,7 @@ _BLOCK = 512
 _ALLOWED_IN_OUT = {MANIFEST_FILE, STATS_FILE}
 
 
-class ReshardError(RuntimeError):
+class ReshardError(EchocmrError, RuntimeError):
     """Inputs cannot be merged, or the output failed verification."""
 
 

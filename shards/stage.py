@@ -46,6 +46,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from echocmr.errors import EchocmrError
 from echocmr.shards import storage
 from echocmr.shards.format import MANIFEST_FILE, SHARD_RE, SPLITS, STATS_FILE, index_name
 from echocmr.shards.lock import LOCK_FILE, exclusive_output
@@ -58,7 +59,7 @@ MARKER_FILE = ".echocmr-staged.json"  # which remote version the copy belongs to
 _CHUNK = 8 << 20
 
 
-class StageError(RuntimeError):
+class StageError(EchocmrError, RuntimeError):
     """The remote set is incomplete or changed while it was being staged."""
 
 

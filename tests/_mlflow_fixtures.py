@@ -44,17 +44,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(tmp_path: Path) -> ServerURL:
+def start_mlflow_server(tmp_path: Path, *, admin_password: str | None = None) -> ServerURL:
     """``mlflow server`` on loopback, sqlite backend, artifacts under ``tmp_path``; stop it with
-    ``url.proc.terminate()``."""
+    ``url.proc.terminate()``. With ``admin_password``, MLflow's basic auth is on (``--app-name
+    basic-auth``, user store under ``tmp_path``, user ``admin`` with that password), as the
+    shipped cluster configs run it."""
+    import os
+
     port = _free_port()
     log_path = tmp_path / "server.log"
+    args, env = [], None
+    if admin_password is not None:
+        (tmp_path / "auth.ini").write_text(
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{tmp_path}/auth.db\nadmin_username = admin\n")
+        args = ["--app-name", "basic-auth"]
+        env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(tmp_path / "auth.ini"),
+                   MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                   MLFLOW_FLASK_SERVER_SECRET_KEY="test-server-csrf-key")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(  # this interpreter's mlflow (a script's shebang may be another's)
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+            [sys.executable, "-m", "mlflow", "server", *args,
+             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
              "--artifacts-destination", str(tmp_path / "server-artifacts"),
              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, env=env)
     return ServerURL(f"http://127.0.0.1:{port}", artifacts=str(tmp_path / "server-artifacts"),
                      proc=proc, log=str(log_path))
 

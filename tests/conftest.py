@@ -14,11 +14,9 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
-# Every Ray the tests start (ray.init, ray.cluster_utils.Cluster, `echocmr cluster local`) is on
-# loopback and uses one auth mode for the whole session: Ray reads the mode once per process, so
-# a test that switched it for its own cluster left later ray.init calls unable to reach their
-# own GCS ("InvalidAuthToken"). Production keeps Ray's default.
-os.environ["RAY_AUTH_MODE"] = "disabled"
+# Ray auth is not set here: every Ray the tests start uses token auth as a user's does (a plain
+# ray.init(), `temporary_cluster`, `echocmr cluster local`: the token from ~/.ray/auth_token or
+# RAY_AUTH_TOKEN(_PATH), written when missing); a test that needs another mode sets it itself.
 # Ingest refuses the public demo key for anything but a synth cohort; tests that ingest hand-made
 # DICOMs use this test key (module-scoped fixtures too; tests of the refusal remove it).
 os.environ.setdefault("ECHOCMR_SPLIT_KEY", "echocmr-test-suite-split-key")

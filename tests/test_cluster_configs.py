@@ -82,7 +82,7 @@ def test_rayjob_entrypoint_parses_with_the_real_train_parser(docs):
         args = parser.parse_args(argv[1:])
     except SystemExit as exc:  # argparse's way of rejecting an unknown flag
         pytest.fail(f"`echocmr train` rejects the RayJob entrypoint {argv}: exit {exc.code}")
-    assert args.command == "train"
+    assert args.echocmr_command == "train"
 
 
 def test_rayjob_and_raycluster_pods_stay_in_step(docs):
@@ -108,7 +108,7 @@ def test_ray_up_installs_our_package_on_gpu_workers(docs):
     types = up["available_node_types"]
     assert up["head_node_type"] == "head" and types["head"]["resources"] == {"CPU": 0}
     assert types["gpu_worker"]["resources"]["GPU"] == 1
-    assert up["file_mounts"] == {"~/echocmr": "."}
+    assert up["file_mounts"]["~/echocmr"] == "."  # beside the Ray token and MLflow credentials
     assert "cd ~/echocmr && pip install -q -c constraints.txt ." in up["setup_commands"]
     assert any(cc.MLFLOW_ENV in c for c in up["setup_commands"])
     assert up["docker"]["image"].startswith("rayproject/ray:" + __import__("ray").__version__)
@@ -183,3 +183,54 @@ def test_cli_writes_configs_with_the_image_and_validates_them(tmp_path, capsys):
     (out / "raycluster.yaml").write_text(text)
     assert echocmr_cli.main(["cluster", "validate", str(out / "raycluster.yaml")]) == 1
     assert "no PersistentVolumeClaim mounted at /data" in capsys.readouterr().out
+
+
+def test_ray_token_auth_and_mlflow_credentials_are_on_in_every_config(docs):
+    """Ray's control plane and the MLflow server take a credential in every shipped config;
+    each check is shown to fire on a copy that drops it."""
+    for spec in (docs["raycluster"]["spec"], docs["rayjob"]["spec"]["rayClusterSpec"]):
+        assert spec["authOptions"] == {"mode": "token"}
+        for _group, pod in cc.pod_specs(spec):
+            env = {e["name"]: e for e in cc.ray_container(pod)["env"]}
+            for name, key in (("MLFLOW_TRACKING_USERNAME", "username"),
+                              ("MLFLOW_TRACKING_PASSWORD", "password")):
+                assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "echocmr-mlflow",
+                                                                  "key": key}
+    up = docs["ray-up"]
+    assert up["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert all("RAY_AUTH_MODE=token" in c for c in up[key] if "ray start" in c)
+    assert any("RAY_AUTH_MODE=token" in c for c in up["setup_commands"])  # job drivers too
+
+    def no_auth(doc):
+        del doc["spec"]["authOptions"]
+
+    def auth_off_on_purpose(doc):
+        doc["spec"]["authOptions"] = {"mode": "disabled"}
+
+    def no_mlflow_password(doc):
+        env = cc.ray_container(doc["spec"]["headGroupSpec"]["template"]["spec"])["env"]
+        env[:] = [e for e in env if e["name"] != "MLFLOW_TRACKING_PASSWORD"]
+
+    def mlflow_token_instead(doc):
+        no_mlflow_password(doc)
+        cc.ray_container(doc["spec"]["headGroupSpec"]["template"]["spec"])["env"].append(
+            {"name": "MLFLOW_TRACKING_TOKEN", "value": "t"})
+
+    assert any("authOptions" in p for p in _broken(docs["raycluster"], no_auth))
+    assert _broken(docs["raycluster"], auth_off_on_purpose) == []  # a written-down choice
+    assert any("MLflow credentials" in p for p in _broken(docs["raycluster"], no_mlflow_password))
+    assert _broken(docs["raycluster"], mlflow_token_instead) == []
+    assert any("authOptions" in p for p in _broken(
+        docs["rayjob"], lambda d: d["spec"]["rayClusterSpec"].pop("authOptions")))
+
+    def plain_ray_start(doc):
+        doc["worker_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "")
+                                            for c in doc["worker_start_ray_commands"]]
+
+    def no_token_file(doc):
+        del doc["file_mounts"]["~/.ray/auth_token"]
+
+    assert any("worker_start_ray_commands must start Ray with RAY_AUTH_MODE" in p
+               for p in _broken(up, plain_ray_start))
+    assert any("no node gets the token" in p for p in _broken(up, no_token_file))

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.timeout(180)
 def test_nodes_are_up_and_everything_is_put_back_even_after_an_error(monkeypatch):
     import ray
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # a caller's own setting, to be restored
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # unset, as in a user's shell
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")  # a caller's own setting, to be restored
     monkeypatch.delenv("ECHOCMR_PROBE", raising=False)
     seen = {}
     with pytest.raises(RuntimeError, match="the body failed"):
@@ -29,6 +30,7 @@ def test_nodes_are_up_and_everything_is_put_back_even_after_an_error(monkeypatch
                                        if k.startswith("node_"))
             seen["temp"] = c.temp_dir
             seen["env"] = (os.environ["RAY_TMPDIR"], os.environ["RAY_AUTH_MODE"])
+            seen["token"] = os.environ.get("RAY_AUTH_TOKEN_PATH") or "$RAY_AUTH_TOKEN"
 
             @ray.remote(resources={"node_1": 0.01})
             def probe() -> str | None:
@@ -38,11 +40,14 @@ def test_nodes_are_up_and_everything_is_put_back_even_after_an_error(monkeypatch
             assert len(c.nodes) == 2 and c.address == c.cluster.address
             raise RuntimeError("the body failed")
     assert seen["resources"] == ["node_0", "node_1"]
-    assert seen["temp"].startswith("/tmp/ecmt-") and seen["env"] == (seen["temp"], "disabled")
+    # Token auth, like every cluster of ours: the nodes and this driver share the user's token.
+    assert seen["temp"].startswith("/tmp/ecmt-") and seen["env"] == (seen["temp"], "token")
+    assert seen["token"] == "$RAY_AUTH_TOKEN" or os.path.getsize(seen["token"]) > 0
     assert seen["probe"] == "inherited"  # a task on the second node sees the extra variable
     assert not ray.is_initialized()
     assert not os.path.exists(seen["temp"])
-    assert os.environ["RAY_AUTH_MODE"] == "token" and "ECHOCMR_PROBE" not in os.environ
+    assert "RAY_AUTH_MODE" not in os.environ and "ECHOCMR_PROBE" not in os.environ
+    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "1"
 
 
 def test_a_cluster_needs_a_head():

@@ -120,8 +120,9 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-# The foundation every package may import: the namespace, typed configs, progress lines.
-CORE = {"echocmr", "echocmr.config", "echocmr.progress"}
+# The foundation every package may import: the namespace, typed configs, progress lines, the
+# error type every package raises, and the tracking-store check (stdlib only; the CLI runs it).
+CORE = {"echocmr", "echocmr.config", "echocmr.progress", "echocmr.errors", "echocmr.tracking_store"}
 
 
 def package_of(module: str) -> str:

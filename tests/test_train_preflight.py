@@ -91,7 +91,7 @@ def test_storage_seen_by_every_node_passes(cluster, tmp_path):
 
 @pytest.mark.skipif(not _can_unshare(), reason="needs `unshare -m` (root or user namespaces) "
                                                "to give one node its own view of a directory")
-def test_storage_another_node_cannot_see_is_refused(cluster, tmp_path, capsys):
+def test_storage_another_node_cannot_see_is_refused(cluster, tmp_path, capsys, mlflow_server):
     c, temp = cluster
     hidden = tmp_path / "node-local"
     hidden.mkdir()
@@ -116,16 +116,21 @@ def test_storage_another_node_cannot_see_is_refused(cluster, tmp_path, capsys):
         assert not any(n.startswith(MARKER_PREFIX) for n in os.listdir(storage))
 
         # through the command: refused before an MLflow run or a Ray Train run exists (the
-        # tracking URI is a server nobody listens on: it is never contacted)
+        # command checks that the tracking server answers first, so it is a live one; no run
+        # may appear in it)
         shards = make_tiny_shards(str(tmp_path / "shards"))
         (tmp_path / "tiny.yaml").write_text(json.dumps(tiny_config(epochs=1)))
         rc = echocmr_cli.main(["train", "--shards", shards, "--config",
                                str(tmp_path / "tiny.yaml"), "--workers", "1",
                                "--run-name", "blind", "--storage", str(storage),
-                               "--tracking-uri", "http://127.0.0.1:9"])
+                               "--tracking-uri", mlflow_server.wait()])
         err = capsys.readouterr().err
         assert rc == 2 and "cannot see" in err and "1 of the cluster's 3 nodes" in err
         assert os.listdir(storage) == []
+        from mlflow import MlflowClient
+
+        assert MlflowClient(mlflow_server).search_runs(
+            [e.experiment_id for e in MlflowClient(mlflow_server).search_experiments()]) == []
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the third node's daemons share its process group
         time.sleep(2)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from echocmr.errors import EchocmrError
 from echocmr.model.auc import mean_auc, task_aucs
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D, build_model
@@ -99,7 +100,7 @@ class _EpochProgress:
                    seconds_before=float(state["seconds"]))
 
 
-class ResumeError(RuntimeError):
+class ResumeError(EchocmrError, RuntimeError):
     """A checkpoint this engine cannot continue from exactly (and will not continue from)."""
 
 

@@ -22,13 +22,15 @@ import logging
 import os
 import uuid
 
+from echocmr.errors import EchocmrError
+
 log = logging.getLogger(__name__)
 
 MARKER_PREFIX = ".echocmr-storage-check-"
 READ_TIMEOUT_S = 120.0  # a node that cannot even run a 0-CPU task in this time is reported
 
 
-class PreflightError(RuntimeError):
+class PreflightError(EchocmrError, RuntimeError):
     """A setting that cannot work on this cluster; the message says what to use instead."""
 
 
