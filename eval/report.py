@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def plot_rocs(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Pa
         if t in PUBLISHED:
             ax.plot([], [], " ", label=f"published {PUBLISHED[t].text()}")
         ax.set(xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
-               title=f"{t.upper()}: {r.n_pos} pos / {r.n_neg} neg studies")
+               title=f"{t.upper()}: {r.n_pos} positive / {r.n_neg} negative studies")
         ax.legend(loc="lower right", fontsize=7)
         fig.tight_layout()
         paths[t] = out_dir / f"roc_{t}.png"
@@ -154,7 +155,8 @@ def plot_forest(results: dict[str, TaskResult], out_dir: Path) -> Path | None:
     tasks = [t for t, r in results.items() if r.auc is not None or t in PUBLISHED]
     if not any(results[t].auc is not None for t in tasks):
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(tasks) + 1.2))
+    height = 0.75 * len(tasks) + 1.4
+    fig, ax = plt.subplots(figsize=(9.0, height))
     for i, t in enumerate(tasks):
         y = len(tasks) - 1 - i
         r = results[t]
@@ -167,16 +169,64 @@ def plot_forest(results: dict[str, TaskResult], out_dir: Path) -> Path | None:
         if pub is not None:
             ax.errorbar(pub.auc, y - 0.13, xerr=[[pub.auc - pub.low], [pub.high - pub.auc]],
                         fmt="s", color="grey", capsize=3, label="published" if i == 0 else None)
-        ax.text(1.02, y, r.verdict, va="center", fontsize=8, transform=ax.get_yaxis_transform())
+        ours = (f"{r.auc:.3f} ({_ci(r.ci_low, r.ci_high)})" if r.auc is not None
+                else "no AUC")
+        ax.text(1.03, y + 0.13, ours, va="center", fontsize=9, transform=ax.get_yaxis_transform())
+        if pub is not None:
+            ax.text(1.03, y - 0.13, f"published {pub.auc:.3f}", va="center", fontsize=8,
+                    color="grey", transform=ax.get_yaxis_transform())
+        ax.text(1.36, y, textwrap.fill(r.verdict, 28), va="center", fontsize=9,
+                transform=ax.get_yaxis_transform())
     ax.axvline(0.5, ls="--", color="grey", lw=1)
-    ax.set_yticks(range(len(tasks)), [t.upper() for t in reversed(tasks)])
+    ax.set_yticks(range(len(tasks)), [t.upper() for t in reversed(tasks)], fontsize=10)
+    ax.grid(axis="x", color="0.9")
     lows = [r.ci_low for r in results.values() if r.ci_low is not None]
     ax.set(xlim=(min([0.3, *lows]) - 0.02, 1.02), ylim=(-0.6, len(tasks) - 0.4),
            xlabel="study-level AUC (95% CI: patient bootstrap)")
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=7, ncol=2, frameon=False)
-    height = 0.55 * len(tasks) + 1.2
-    fig.subplots_adjust(left=0.1, right=0.64, top=1 - 0.35 / height, bottom=0.6 / height)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncol=2, frameon=False)
+    fig.subplots_adjust(left=0.08, right=0.5, top=1 - 0.4 / height, bottom=0.7 / height)
     path = Path(out_dir) / "forest.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_calibration(studies: pd.DataFrame, results: dict[str, TaskResult], out_dir: Path,
+                     n_bins: int = 10) -> Path | None:
+    """``calibration.png``: a reliability diagram per task with a calibration summary — the
+    observed positive rate against the mean predicted probability in equal-width bins (marker
+    area by studies in the bin), the diagonal for perfect calibration. None when no task has one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t, r in results.items() if r.calibration is not None]
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.9 * len(tasks), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        known = studies[y_col(t)].notna()
+        y = studies.loc[known, y_col(t)].to_numpy(dtype=float)
+        p = studies.loc[known, p_col(t)].to_numpy(dtype=float)
+        bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+        xs, ys, ns = [], [], []
+        for b in np.unique(bins):
+            sel = bins == b
+            xs.append(p[sel].mean())
+            ys.append(y[sel].mean())
+            ns.append(int(sel.sum()))
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.scatter(xs, ys, s=[12 + 4 * n for n in ns], alpha=0.7)
+        ax.plot(xs, ys, lw=1)
+        c = results[t].calibration
+        ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="mean predicted",
+               title=f"{t.upper()}: ECE {c.ece:.3f}, Brier {c.brier:.3f}")
+        ax.title.set_fontsize(9)
+    axes[0][0].set_ylabel("observed rate")
+    fig.tight_layout()
+    path = Path(out_dir) / "calibration.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -380,8 +430,9 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
     b += _control_blocks(inp.results)
     b += _operating_blocks(inp.results)
     if "all" in images:
+        b.append(("h", 2, "ROC curves of all tasks"))
         b.append(("img", images["all"], "ROC curves of all tasks"))
-    b.append(("h", 2, "ROC curves"))
+    b.append(("h", 2, "ROC curve per task"))
     b += [("img", images[t], f"ROC {t.upper()}") for t in TASKS if t in images]
     if inp.missingness:
 
@@ -397,8 +448,11 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
              _f(c.mean_predicted), _f(c.observed_rate)]
             for t, r in inp.results.items() if (c := r.calibration) is not None]
     b.append(("table", head, rows) if rows else ("p", "No task had enough labels."))
+    if "calibration" in images:
+        b.append(("img", images["calibration"], "Reliability: observed rate against mean "
+                                                "predicted probability, per bin"))
     for name, groups in (("view", inp.by_view), ("site", inp.by_site)):
-        if not groups:
+        if not groups or len(groups) < 2:  # one group is the main table again
             continue
         b.append(("h", 2, f"Per {name}"))
         b.append(("p", "Exploratory: p-values unadjusted, and no verdicts — the claims are the "
@@ -480,16 +534,21 @@ def render_html(blocks: list[tuple], title: str) -> str:
 
 
 def write_report(out_dir: Path, inp: ReportInputs) -> dict[str, Path]:
-    """Write ROC PNGs, report.md and report.html into ``out_dir``; returns {name: path}."""
+    """Write the ROC, forest and calibration PNGs, report.md and report.html into ``out_dir``;
+    returns {name: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = plot_rocs(inp.studies, inp.results, out_dir)
     forest = plot_forest(inp.results, out_dir)
     if forest is not None:
         images["forest"] = forest
+    reliability = plot_calibration(inp.studies, inp.results, out_dir)
+    if reliability is not None:
+        images["calibration"] = reliability
     blocks = build_blocks(inp, images)
     md, page = out_dir / "report.md", out_dir / "report.html"
     md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
     page.write_text(render_html(blocks, inp.title), encoding="utf-8")
     return {"report.md": md, "report.html": page,
-            **{("forest.png" if k == "forest" else f"roc_{k}.png"): v for k, v in images.items()}}
+            **{(f"{k}.png" if k in ("forest", "calibration") else f"roc_{k}.png"): v
+               for k, v in images.items()}}

@@ -226,7 +226,7 @@ def insufficiency(c, mc: MetricsConfig) -> str | None:
                 f"need >= {mc.min_positives} positives and >= {mc.min_negatives} negatives")
     if c.n_pos_patients < mc.min_positive_patients or c.n_neg_patients < mc.min_negative_patients:
         return (f"{c.n_pos_patients} patients with a positive and {c.n_neg_patients} with a "
-                f"negative study ({c.n_pos} / {c.n_neg} studies); need >= "
+                f"negative study ({c.n_pos} positive / {c.n_neg} negative studies); need >= "
                 f"{mc.min_positive_patients} and >= {mc.min_negative_patients} patients")
     return None
 

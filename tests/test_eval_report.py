@@ -74,7 +74,13 @@ def test_reports_show_published_table_rocs_and_breakdowns(evaluated):
         assert (out / f"roc_{t}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](roc_{t}.png)" in md
         assert PUBLISHED[t].text() in md and PUBLISHED[t].text() in page
-    assert page.count("data:image/png;base64,") == len(TASKS) + 2  # ROCs, all ROCs, forest
+    # ROCs, all ROCs, forest, calibration
+    assert page.count("data:image/png;base64,") == len(TASKS) + 3
+    # the combined ROC under its own heading, the calibration plot under "Calibration"
+    assert md.index("## ROC curves of all tasks") < md.index("](roc_all.png)") \
+        < md.index("## ROC curve per task")
+    assert md.index("## Calibration") < md.index("](calibration.png)")
+    assert (out / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The forest plot leads: right after the title and context, before the AUC table.
     assert md.index("](forest.png)") < md.index("## AUC per task")
     assert (out / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -176,3 +182,13 @@ def test_eval_flags_for_patients_bca_and_pooled_sites():
     assert (mc.min_positive_patients, mc.min_negative_patients, mc.ci_method) == (4, 4, "bca")
     assert sc.within_site is False
     assert load_config().evaluation.summary.signal.within_site is True
+
+
+def test_one_site_gets_no_per_site_section_that_repeats_the_main_table(tmp_path):
+    clips = clip_table(60, seed=5)
+    clips["site"] = "site_a"
+    evaluate_clips(clips, tmp_path, config=EvaluationConfig(summary=FAST),
+                   context={"model": "m", "split": "test"})
+    md = (tmp_path / "report.md").read_text()
+    assert "## Per site" not in md and "### site site_a" not in md
+    assert "## Per view" in md  # several views: the breakdown stays
