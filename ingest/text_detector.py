@@ -180,6 +180,8 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                                   box=_region(points, config.track_context, frames_THW.shape[1:]))
     if config.track_step:
         reader.track()
+    if config.verify_every_frame:
+        reader.verify()
     return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW())
 
 
@@ -287,14 +289,26 @@ class _Reader:
                     self._add(points)
                     self.seeds.append((int(indices[origins.index((top, left))]), points))
 
+    def verify(self) -> None:
+        """The second check, sharing no assumption of the others about which frames hold text:
+        every frame not read whole before is read whole with what was found so far masked, and
+        what it finds joins the mask."""
+        covered = self.mask_HW()
+        for t, frame in enumerate(self.frames_THW):
+            if t in self.read_frames:
+                continue
+            self.read_image(np.where(covered, 0, frame).astype(np.uint8), frame=None,
+                            box=self.content_box, counted=False)
+
     def read_image(self, image_HW: np.ndarray, frame: int | None,
-                   box: tuple[slice, slice] | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   box: tuple[slice, slice] | None,
+                   counted: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Read ``box`` of one output-sized image; returns the boxes read as text and those the
         detector found but the recogniser could not read (output pixels). Boxes read in a
         frame are followed in time from there."""
-        if box is None or self.reads >= self.config.max_reads:
+        if box is None or (counted and self.reads >= self.config.max_reads):
             return [], []
-        self.reads += 1
+        self.reads += counted
         if frame is not None:
             self.read_frames.add(frame)
         image = self._upscale(image_HW, box)
