@@ -227,6 +227,7 @@ MOTION_HEIGHTS = (6, 8, 10, 12)
 MOTION_CONTENTS = ("name", "date", "id")
 CODECS = ("raw", "jpeg")
 SCROLL_PX = 1.5  # output pixels a frame: 5 source pixels a frame in a ~480-pixel sector
+DARK_ON = 90  # dark text is planted where the tissue's median temporal mean is at least this
 SCROLL_FRAMES = 16  # frames a scrolling string is shown (half the clip when shorter)
 
 
@@ -262,7 +263,8 @@ def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray
     * ``rotated``: turned 90° (either way) or 180°, in every frame, its level alternating
       frame by frame (230 / 150);
     * ``mirrored``: mirrored left-right or top-bottom, in every frame, alternating level;
-    * ``dark``: grey 0-25 straight over the tissue (no label box), in every frame.
+    * ``dark``: grey 0-25 straight over bright tissue (no label box; the median of the
+      temporal mean under it at least `DARK_ON`), in every frame.
 
     ``jpeg``: every frame then JPEG-coded (Pillow, quality 75) as a lossy export would be."""
     import io
@@ -287,9 +289,11 @@ def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray
         h, w = alpha.shape
         run = min(n // 2, SCROLL_FRAMES)
         travel = min(int(np.ceil(SCROLL_PX * run)), wid - w) if mode == "scrolling" else 0
-        for _ in range(500):  # a spot whose whole path lies mostly on the fan
+        mean = base.mean(axis=0)
+        for _ in range(2000):  # a spot whose whole path lies mostly on the fan (dark text: on
             y, x = int(rng.integers(0, hgt - h + 1)), int(rng.integers(0, wid - w - travel + 1))
-            if fan[y:y + h, x:x + w + travel].mean() >= 0.9:
+            if fan[y:y + h, x:x + w + travel].mean() >= 0.9 and (  # tissue, not blood, where
+                    mode != "dark" or np.median(mean[y:y + h, x:x + w]) >= DARK_ON):  # it shows)
                 break
         shown = _shown_frames(n, rng) if mode == "intermittent" else np.ones(n, dtype=bool)
         if mode == "scrolling":

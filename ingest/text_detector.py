@@ -2,22 +2,30 @@
 
 Sector cropping and overlay masking (`ingest.sector`) rest on two assumptions: text lies outside
 the moving sector, or it stays still. A text detector shares neither, so ingest runs one on every
-kept clip before it is written: ``text_detector.frames`` evenly spaced output frames (fixed
-indices, first and last included), each upscaled ``upscale`` times (bicubic: the detector is trained on
-text far larger than the 6-10 pixel glyphs of a 112x112 clip; at 4x it reads them), then text
-detection and recognition. A detected box counts as text when the recogniser reads at least one character with
-confidence ``min_score`` or more (this is what keeps speckle from counting). Boxes, enlarged by
+kept clip before it is written. What it reads, in order:
+
+1. ``text_detector.frames`` evenly spaced output frames (fixed indices, first and last
+   included), each upscaled ``upscale`` times (bicubic: the detector is trained on text far
+   larger than the 6-10 pixel glyphs of a 144x144 clip; at 4x it reads them);
+2. (``composites``) one composite of every frame (`ingest.text_composite`): each pixel from the
+   frame where it strays farthest from its temporal median, so text shown in a few frames only
+   shows there whole; a box the detector finds on it but cannot read is read again in the
+   ``candidate_frames`` frames its pixels came from;
+3. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+   after it (the box grown by ``track_context``), and on while the text found there reaches
+   beyond the boxes so far: a ticker is followed along its path;
+4. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+   what was found masked: the check that assumes nothing about when or where text shows.
+
+A detected box counts as text when the recogniser reads at least one character with confidence
+``min_score`` or more (this is what keeps speckle from counting); a box shaped like a line of
+text that does not read as cropped is read turned 180° and mirrored either way as well
+(``orientations``; a vertical box is turned 90° by the crop already). Boxes, enlarged by
 ``margin`` output pixels, are masked (zeroed) in every frame of the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-
-The model is RapidOCR 1.4 (``rapidocr-onnxruntime``): PaddleOCR's PP-OCRv4 detector and
-recogniser exported to ONNX, shipped inside the wheel (no download, works offline), run by ONNX
-Runtime on the CPU. Why this one: it needs no GPU and no network, installs from PyPI without
-system packages (Tesseract would), reads Latin text and digits well at this size, and at one
-thread per session its results are deterministic, so resumed runs give byte-identical shards.
-One model is loaded per worker process, on first use (~1 s). Cost: ~0.19 s per frame on one
-core at the defaults (the 4x frame cropped to its non-zero box and read as it is), so ~0.56 s
-per clip at 3 frames; `bench/bench_ingest.py --text-detector` measures it.
+What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
+sampled frames (its composite smears; only step 4 finds it), dim text over moving tissue, text
+shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)

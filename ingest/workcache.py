@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "5"
+CACHE_VERSION = "6"  # 6: the text detector reads a composite of every frame and follows boxes
 
 
 @dataclass
