@@ -29,8 +29,13 @@ first, and
 contrast buckets: a setting is as good as the first row when that is >= 0. Then the recall of
 every bucket, setting by setting.
 
-Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--repeats 2]``.
-About 1 CPU-minute per setting.
+Then the text that is not still (`motion_set`: intermittent, scrolling, rotated, mirrored, dark
+over tissue; names, dates, IDs; glyphs of 6-12 pixels; raw and JPEG-coded frames), one string a
+clip: recall per mode x glyph height, per content and per codec, and CPU s per clip.
+
+Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
+[--repeats 2] [--no-motion]``. About 1 CPU-minute per setting on the still strings and 1-2 on
+the rest.
 """
 
 from __future__ import annotations
@@ -418,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="names of settings to run after the first (default: all)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="times each height x contrast x position x content combination is planted")
+    parser.add_argument("--yardstick", default=None,
+                        help="the setting the others are compared with (default: the first)")
     parser.add_argument("--no-motion", action="store_true",
                         help="leave out the text that is not still (intermittent, scrolling, ...)")
     args = parser.parse_args(argv)
@@ -426,11 +433,12 @@ def main(argv: list[str] | None = None) -> None:
     clean = clean_set(clips)
     motion_clips, motion = motion_set(clips) if not args.no_motion else ([], [])
     names = list(SETTINGS)
-    if args.settings:
-        unknown = set(args.settings) - set(names)
-        if unknown:
-            raise SystemExit(f"unknown setting(s) {sorted(unknown)}; known: {names}")
-        names = [names[0]] + [n for n in names[1:] if n in args.settings]
+    first = args.yardstick or names[0]
+    unknown = set(args.settings or []) - set(names) | ({first} - set(names))
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {sorted(unknown)}; known: {names}")
+    names = [first] + [n for n in names if n != first
+                       and (not args.settings or n in args.settings)]
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the start", flush=True)
     rows = []
     for name in names:

@@ -276,7 +276,7 @@ class _Reader:
             return
         tiles = [self._upscale(frame, box) for frame in sampled]
         th, tw = tiles[0].shape
-        for image, origins in _layout(tiles, config.mosaic):
+        for image_no, (image, origins) in enumerate(_layout(tiles, config.mosaic)):
             quads, where = [], []
             for quad in self.engine.sorted_boxes(_detect(self.engine, image, config.detector_side)):
                 for top, left in origins:  # a box belongs to each tile it overlaps, clipped to it
@@ -295,7 +295,8 @@ class _Reader:
                 if ok:
                     points = (quad - (left, top)) / config.upscale + (box[1].start, box[0].start)
                     self._add(points)
-                    self.seeds.append((int(indices[origins.index((top, left))]), points))
+                    tile = image_no * len(origins) + origins.index((top, left))
+                    self.seeds.append((int(indices[tile]), points))
 
     def verify(self) -> None:
         """The second check, sharing no assumption of the others about which frames hold text:
