@@ -73,6 +73,24 @@ def _plant(frames, lines, size, origin, *, shown=None, turn=None, levels=(235,),
     return out
 
 
+# a level that changes every frame (no level is held in 20 % of the frames, so the changing-overlay
+# mask of `ingest.sector`, which looks for strokes at one level, does not take the text first)
+CHANGING = tuple(130 + (37 * t) % 120 for t in range(30))
+
+
+def _bright_spot(frames, size: int, lines) -> tuple[int, int]:
+    """Where the planted lines' box lies on the brightest tissue (the median of the temporal
+    mean under it): dark text over blood is not legible to anyone."""
+    from scipy import ndimage
+
+    h = len(lines) * size * 2
+    w = max(_layer(text, size).shape[1] for text in lines)
+    grey = frames.mean(axis=-1) if frames.ndim == 4 else frames
+    mean = ndimage.uniform_filter(grey.mean(axis=0), size=(h, w))
+    y, x = np.unravel_index(np.argmax(mean[:-h, :-w]), mean[:-h, :-w].shape)
+    return int(y), int(x)
+
+
 def _ybr_example() -> np.ndarray:
     import pydicom
     from pydicom.data import get_testdata_file
@@ -102,12 +120,13 @@ def _cases() -> dict[str, tuple[np.ndarray, str]]:
         "ybr_intermittent": (_plant(ybr, LINES, 22, (70, 80), shown=[9, 10, 11, 12, 13]), "plain"),
         "vendor_intermittent": (_plant(vendor, LINES[::2], big, (170, 200), shown=away), "plain"),
         "turned_90": (_plant(vendor, LINES[:1], big, (120, 300), turn=np.rot90,
-                             levels=(235, 150)), "turned"),
+                             levels=CHANGING), "turned"),
         "upside_down": (_plant(vendor, LINES[:1], big, (200, 190), turn=lambda m: m[::-1, ::-1],
-                               levels=(235, 150)), "turned"),
+                               levels=CHANGING), "turned"),
         "mirrored": (_plant(vendor, LINES[:1], big, (200, 190), turn=lambda m: m[:, ::-1],
-                            levels=(235, 150)), "turned"),
-        "dark_over_tissue": (_plant(vendor, LINES[:1], big, (200, 190), levels=(5,)), "plain"),
+                            levels=CHANGING), "turned"),
+        "dark_over_tissue": (_plant(vendor, LINES[:1], big // 2 * 2,
+                                    _bright_spot(vendor, big, LINES[:1]), levels=(5,)), "plain"),
     }
 
 
@@ -213,9 +232,10 @@ def test_no_planted_string_is_read_in_any_shipped_frame(export, case, kind):
 
 
 def test_the_summary_counts_the_clips_text_was_masked_in(export):
-    n = len(export["sources"])
+    """Before, the summary said "text masked in 0 kept clips" of intermittent text: now each of
+    the four intermittent clips (text in none of the sampled frames) counts."""
     masked = re.search(r"text masked in (\d+) kept clip", export["on"]["stdout"])
-    assert masked and int(masked.group(1)) >= n - 2, export["on"]["stdout"]  # dark: none found
+    assert masked and int(masked.group(1)) >= 4, export["on"]["stdout"]
 
 
 @pytest.mark.slow
