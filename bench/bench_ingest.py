@@ -24,7 +24,9 @@ second, pylibjpeg-libjpeg decoder on 32 sampled frames and without it, the damag
 sees (300 damaged frames; pylibjpeg's read pass, which ingest runs, checked against its full
 decode run by run), pylibjpeg's cost per frame both ways, and libjpeg-turbo's
 DCT-scaled decode at 1/2, 1/4 and 1/8 with its mean absolute difference to the full-resolution
-decode (box-averaged to the same size, and both resized to a 144-pixel-high output).
+decode (box-averaged to the same size, and both resized to a 144-pixel-high output), and where a
+kept clip's CPU time goes on one core, with the text detector of before issue 22 (sampled frames
+only) run on the same clips for the before/after ratio of the whole clip.
 
 ``--text-detector`` instead measures what the OCR pass (`ingest.text_detector`, on by default)
 costs: ingest with 2 workers, detector on against detector off, on the same cohort, and prints
