@@ -5,7 +5,7 @@ One export of planted clips is ingested twice by the real ``echocmr ingest``: wi
 and with the text detector off (the control: there, the same reader must read the planted
 strings, or the test could not fail). Every shipped frame of the protected set is then read by an
 OCR pass of its own: RapidOCR's whole pipeline with its angle classifier on, each frame enlarged
-4x, and mirrored copies for the turned and mirrored cases. None of the planted strings may be
+4x, and turned and mirrored copies for the turned and mirrored cases. None of the planted strings may be
 read. The second check (``text_detector.verify_every_frame``) is tried on the ticker, the one
 case the default defence does not see.
 """
@@ -175,13 +175,14 @@ def _reader():
 
 
 def _read(frame_HW: np.ndarray, turned: bool) -> list[str]:
-    """What an OCR pass of its own reads in one shipped frame (4x bicubic; with a mirrored copy
-    when ``turned``: the angle classifier turns 180°, not mirrors)."""
+    """What an OCR pass of its own reads in one shipped frame (4x bicubic; when ``turned``, the
+    frame turned 180° and mirrored either way as well: the angle classifier alone reads no
+    mirrored text, and read no upside-down text of this test)."""
     big = np.asarray(Image.fromarray(frame_HW).resize((frame_HW.shape[1] * 4,
                                                        frame_HW.shape[0] * 4),
                                                       Image.Resampling.BICUBIC))
     texts = []
-    for image in (big, big[:, ::-1]) if turned else (big,):
+    for image in (big, big[::-1, ::-1], big[:, ::-1], big[::-1, :]) if turned else (big,):
         result, _ = _reader()(np.repeat(np.ascontiguousarray(image)[..., None], 3, axis=-1))
         texts += [str(line[1]) for line in result or []]
     return texts
