@@ -329,7 +329,7 @@ class _Reader:
         for quad, ok in zip(quads, self._recognise(image, quads), strict=True):
             points = quad / self.config.upscale + (box[1].start, box[0].start)
             if ok:
-                self._add(points)
+                self._add(points, again=True)
                 found.append(points)
                 if frame is not None:
                     self.seeds.append((frame, points))
@@ -337,7 +337,14 @@ class _Reader:
                 unread.append(points)
         return found, unread
 
-    def _add(self, points: np.ndarray) -> None:
+    def _add(self, points: np.ndarray, again: bool = False) -> None:
+        """Count and keep a box read as text; a follow-up read's box (``again``) only when the
+        boxes so far do not cover it already (the same word read again on the composite or in a
+        neighbouring frame). Boxes of the sampled frames count as they always did."""
+        if again and self.found:
+            inside = self.mask_HW()[_region(points, 0, (self.h, self.w))]
+            if inside.size and inside.all():
+                return
         self.boxes += 1
         self.found.append(points)
 
