@@ -206,7 +206,14 @@ CASES = ["ybr_intermittent", "vendor_intermittent", "turned_90", "upside_down", 
 # Each case once in the default run (raw or JPEG in turn), the other codec among the slow tests:
 # reading every frame of a clip with the whole OCR pipeline takes ~15 s of CPU.
 PAIRS = [pytest.param(case, kind, marks=[pytest.mark.slow] if (i + j) % 2 else [])
-         for i, case in enumerate(CASES) for j, kind in enumerate(("raw", "jpeg"))]
+         for i, case in enumerate(CASES) for j, kind in enumerate(("raw", "jpeg"))
+         if case != "upside_down"]
+# Upside down: its control failed for JPEG (the reader read no planted string in the shipped
+# frames with the detector off either: the plant, not the defence, to be placed again); raw not
+# yet run. Both slow until then; tests/test_ingest_text_motion.py covers the detector's part.
+PAIRS += [pytest.param("upside_down", "raw", marks=[pytest.mark.slow]),
+          pytest.param("upside_down", "jpeg", marks=[pytest.mark.slow, pytest.mark.xfail(
+              reason="control: the planted string is not legible after ingest", strict=False)])]
 
 
 @pytest.mark.parametrize(("case", "kind"), PAIRS)
