@@ -29,8 +29,13 @@ first, and
 contrast buckets: a setting is as good as the first row when that is >= 0. Then the recall of
 every bucket, setting by setting.
 
-Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--repeats 2]``.
-About 1 CPU-minute per setting.
+Then the text that is not still (`motion_set`: intermittent, scrolling, rotated, mirrored, dark
+over tissue; names, dates, IDs; glyphs of 6-12 pixels; raw and JPEG-coded frames), one string a
+clip: recall per mode x glyph height, per content and per codec, and CPU s per clip.
+
+Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
+[--repeats 2] [--no-motion]``. About 1 CPU-minute per setting on the still strings and 1-2 on
+the rest.
 """
 
 from __future__ import annotations
@@ -53,18 +58,23 @@ FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 
 # name -> TextDetectorConfig fields (every field that differs between rows, so a change of the
 # defaults does not change a row); the first, the old default, is the yardstick.
+_SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False)
 SETTINGS = {
-    "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False),
-    "4x, det as is": dict(upscale=4, detector_side=0, crop_to_content=False),
-    "3x, det as is": dict(upscale=3, detector_side=0, crop_to_content=False),
-    "5x, det as is": dict(upscale=5, detector_side=0, crop_to_content=False),
-    "6x, det as is": dict(upscale=6, detector_side=0, crop_to_content=False),
-    "2x, det as is": dict(upscale=2, detector_side=0, crop_to_content=False),
-    "default (4x, as is, crop)": dict(upscale=4, detector_side=0, crop_to_content=True),
-    "3x, as is, crop": dict(upscale=3, detector_side=0, crop_to_content=True),
-    "4x, as is, mosaic": dict(upscale=4, detector_side=0, crop_to_content=False, mosaic=True),
-    "3x, as is, crop, mosaic": dict(upscale=3, detector_side=0, crop_to_content=True, mosaic=True),
-    "4x, det 736, crop": dict(upscale=4, detector_side=736, crop_to_content=True),
+    "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False,
+                                      **_SAMPLED_ONLY),
+    "4x, det as is": dict(upscale=4, detector_side=0, crop_to_content=False, **_SAMPLED_ONLY),
+    "3x, det as is": dict(upscale=3, detector_side=0, crop_to_content=False, **_SAMPLED_ONLY),
+    "5x, det as is": dict(upscale=5, detector_side=0, crop_to_content=False, **_SAMPLED_ONLY),
+    "6x, det as is": dict(upscale=6, detector_side=0, crop_to_content=False, **_SAMPLED_ONLY),
+    "2x, det as is": dict(upscale=2, detector_side=0, crop_to_content=False, **_SAMPLED_ONLY),
+    "sampled only (4x, as is, crop)": dict(upscale=4, detector_side=0, crop_to_content=True, **_SAMPLED_ONLY),
+    "3x, as is, crop": dict(upscale=3, detector_side=0, crop_to_content=True, **_SAMPLED_ONLY),
+    "4x, as is, mosaic": dict(upscale=4, detector_side=0, crop_to_content=False, mosaic=True, **_SAMPLED_ONLY),
+    "3x, as is, crop, mosaic": dict(upscale=3, detector_side=0, crop_to_content=True, mosaic=True, **_SAMPLED_ONLY),
+    "4x, det 736, crop": dict(upscale=4, detector_side=736, crop_to_content=True, **_SAMPLED_ONLY),
+    "default (+ composite, track, turn)": dict(upscale=4, detector_side=0, crop_to_content=True),
+    "+ composite, track (no turn)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                         orientations=False),
 }
 
 
@@ -214,12 +224,115 @@ def planted_set(clips: list[np.ndarray], repeats: int = 2, seed: int = 16,
     return out, planted
 
 
+MODES = ("intermittent", "scrolling", "rotated", "mirrored", "dark")
+MOTION_HEIGHTS = (6, 8, 10, 12)
+MOTION_CONTENTS = ("name", "date", "id")
+CODECS = ("raw", "jpeg")
+SCROLL_PX = 1.5  # output pixels a frame: 5 source pixels a frame in a ~480-pixel sector
+DARK_ON = 90  # dark text is planted where the tissue's median temporal mean is at least this
+SCROLL_FRAMES = 16  # frames a scrolling string is shown (half the clip when shorter)
+
+
+@dataclass(frozen=True)
+class Moving:
+    clip: int  # index into the motion clips
+    mode: str
+    height: int
+    content: str
+    codec: str
+    glyphs_HW: np.ndarray  # bool: every pixel a glyph covers in any frame (coverage >= 0.5)
+
+
+def _shown_frames(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A run of 15 % of the frames (at least 2) that holds neither the first, the middle nor
+    the last frame (`ingest.text_detector.sample_indices` with 3 frames)."""
+    length = max(2, round(0.15 * n))
+    avoid = {0, (n - 1) // 2, n // 2, n - 1}
+    starts = [s for s in range(1, n - length) if not avoid & set(range(s, s + length))]
+    start = starts[rng.integers(len(starts))]
+    shown = np.zeros(n, dtype=bool)
+    shown[start:start + length] = True
+    return shown
+
+
+def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray], list[Moving]]:
+    """One string a clip, for every mode x glyph height x content x codec (deterministic):
+
+    * ``intermittent``: bright (200-255), in a run of 15 % of the frames away from the frames
+      the detector samples;
+    * ``scrolling``: bright, moving `SCROLL_PX` a frame to the left, shown in a run of half the frames
+      (at most `SCROLL_FRAMES`);
+    * ``rotated``: turned 90° (either way) or 180°, in every frame, its level alternating
+      frame by frame (230 / 150);
+    * ``mirrored``: mirrored left-right or top-bottom, in every frame, alternating level;
+    * ``dark``: grey 0-25 straight over bright tissue (no label box; the median of the
+      temporal mean under it at least `DARK_ON`), in every frame.
+
+    ``jpeg``: every frame then JPEG-coded (Pillow, quality 75) as a lossy export would be."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    fonts = {h: font_for_height(h) for h in MOTION_HEIGHTS}
+    out, planted = [], []
+    combos = [(m, h, c, k) for m in MODES for h in MOTION_HEIGHTS for c in MOTION_CONTENTS
+              for k in CODECS]
+    for i, (mode, height, content, codec) in enumerate(combos):
+        base = clips[i % len(clips)]
+        frames = base.astype(np.float32)
+        n, hgt, wid = frames.shape
+        fan = base.max(axis=0) > 0
+        alpha = _coverage(_text(content, rng), fonts[height], (4 * height, wid))
+        if mode == "rotated":
+            alpha = np.rot90(alpha, k=int(rng.choice([1, 2, 3])))
+        elif mode == "mirrored":
+            alpha = alpha[:, ::-1] if rng.integers(2) else alpha[::-1, :]
+        h, w = alpha.shape
+        run = min(n // 2, SCROLL_FRAMES)
+        travel = min(int(np.ceil(SCROLL_PX * run)), wid - w) if mode == "scrolling" else 0
+        mean = base.mean(axis=0)
+        for _ in range(2000):  # a spot whose whole path lies mostly on the fan (dark text: on
+            y, x = int(rng.integers(0, hgt - h + 1)), int(rng.integers(0, wid - w - travel + 1))
+            if fan[y:y + h, x:x + w + travel].mean() >= 0.9 and (  # tissue, not blood, where
+                    mode != "dark" or np.median(mean[y:y + h, x:x + w]) >= DARK_ON):  # it shows)
+                break
+        shown = _shown_frames(n, rng) if mode == "intermittent" else np.ones(n, dtype=bool)
+        if mode == "scrolling":
+            shown[:] = False
+            start = int(rng.integers(0, n - run + 1))
+            shown[start:start + run] = True
+        glyphs = np.zeros((hgt, wid), dtype=bool)
+        for t in np.flatnonzero(shown):
+            dx = max(travel - int(round(SCROLL_PX * (t - np.flatnonzero(shown)[0]))), 0)
+            a = np.zeros((hgt, wid), dtype=np.float32)
+            a[y:y + h, x + dx:x + dx + w] = alpha
+            if mode == "dark":
+                level = float(rng.integers(0, 26))
+            elif mode in ("rotated", "mirrored"):
+                level = 230.0 if t % 2 else 150.0
+            else:
+                level = float(rng.integers(200, 256))
+            frames[t] = frames[t] * (1 - a) + level * a
+            glyphs |= a >= 0.5
+        frames = np.clip(np.round(frames), 0, 255).astype(np.uint8)
+        if codec == "jpeg":
+            for t in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(frames[t]).save(buf, format="JPEG", quality=75)
+                frames[t] = np.asarray(Image.open(buf).convert("L"))
+        planted.append(Moving(len(out), mode, height, content, codec, glyphs))
+        out.append(frames)
+    return out, planted
+
+
 def clean_set(clips: list[np.ndarray]) -> list[np.ndarray]:
     """Each clip whole, without its first third and without its last third."""
     return [v for c in clips for v in (c, c[len(c) // 3:], c[:len(c) - len(c) // 3])]
 
 
-def measure(name: str, fields: dict, planted_clips, planted, clean) -> dict:
+def measure(name: str, fields: dict, planted_clips, planted, clean, motion_clips=(),
+            motion=()) -> dict:
     from echocmr.ingest.config import TextDetectorConfig
     from echocmr.ingest.text_detector import find_text
 
@@ -229,10 +342,14 @@ def measure(name: str, fields: dict, planted_clips, planted, clean) -> dict:
     masks = [find_text(frames, config).mask_HW for frames in planted_clips]
     false_boxes = sum(find_text(frames, config).boxes for frames in clean)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    motion_cpu = time.process_time()
+    moving = [find_text(frames, config).mask_HW for frames in motion_clips]
+    motion_cpu = time.process_time() - motion_cpu
     found = [bool(masks[p.clip][p.glyphs_HW].mean() >= FOUND) for p in planted]
-    return dict(name=name, found=found, false_boxes=false_boxes,
-                cpu=cpu / (len(planted_clips) + len(clean)),
-                wall=wall / (len(planted_clips) + len(clean)))
+    moved = [bool(moving[p.clip][p.glyphs_HW].mean() >= FOUND) for p in motion]
+    n = len(planted_clips) + len(clean)
+    return dict(name=name, found=found, moved=moved, false_boxes=false_boxes, cpu=cpu / n,
+                wall=wall / n, motion_cpu=motion_cpu / max(len(motion_clips), 1))
 
 
 def _recall(row: dict, planted: list[Planted], **where) -> tuple[int, int]:
@@ -270,30 +387,65 @@ def report(rows: list[dict], planted: list[Planted], n_clean: int) -> None:
     print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
 
 
+def report_motion(rows: list[dict], motion: list[Moving]) -> None:
+    """Recall on the text that is not still, by mode x glyph height, then by content and codec."""
+    if not motion:
+        return
+
+    def share(row, **where):
+        hits = [f for f, p in zip(row["moved"], motion, strict=True)
+                if all(getattr(p, k) == v for k, v in where.items())]
+        return sum(hits) / len(hits), len(hits)
+
+    print(f"\ntext that is not still: {len(motion)} strings, one a clip "
+          f"(found = the mask covers >= {FOUND:.0%} of the pixels its glyphs cover in any frame)")
+    print(f"{'setting':<36} {'CPU s/clip':>10} {'recall':>7} {'recall >= 8 px':>14}")
+    for row in rows:
+        big = [f for f, p in zip(row["moved"], motion, strict=True) if p.height >= 8]
+        print(f"{row['name']:<36} {row['motion_cpu']:>10.3f} "
+              f"{sum(row['moved']) / len(motion):>7.1%} {sum(big) / len(big):>14.1%}")
+    groups = ([(f"{m} h{h}", dict(mode=m, height=h)) for m in MODES for h in MOTION_HEIGHTS]
+              + [(m, dict(mode=m)) for m in MODES] + [(c, dict(content=c)) for c in MOTION_CONTENTS]
+              + [(k, dict(codec=k)) for k in CODECS])
+    print(f"{'bucket':<17} {'n':>3} " + " ".join(f"{i:>5}" for i in range(len(rows))))
+    for label, where in groups:
+        print(f"{label:<17} {share(rows[0], **where)[1]:>3} "
+              + " ".join(f"{share(r, **where)[0]:>5.0%}" for r in rows))
+    print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="*", default=None,
                         help="names of settings to run after the first (default: all)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="times each height x contrast x position x content combination is planted")
+    parser.add_argument("--yardstick", default=None,
+                        help="the setting the others are compared with (default: the first)")
+    parser.add_argument("--no-motion", action="store_true",
+                        help="leave out the text that is not still (intermittent, scrolling, ...)")
     args = parser.parse_args(argv)
     clips = prepared_clips()
     planted_clips, planted = planted_set(clips, repeats=args.repeats)
     clean = clean_set(clips)
+    motion_clips, motion = motion_set(clips) if not args.no_motion else ([], [])
     names = list(SETTINGS)
-    if args.settings:
-        unknown = set(args.settings) - set(names)
-        if unknown:
-            raise SystemExit(f"unknown setting(s) {sorted(unknown)}; known: {names}")
-        names = [names[0]] + [n for n in names[1:] if n in args.settings]
+    first = args.yardstick or names[0]
+    unknown = set(args.settings or []) - set(names) | ({first} - set(names))
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {sorted(unknown)}; known: {names}")
+    names = [first] + [n for n in names if n != first
+                       and (not args.settings or n in args.settings)]
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the start", flush=True)
     rows = []
     for name in names:
-        rows.append(measure(name, SETTINGS[name], planted_clips, planted, clean))
+        rows.append(measure(name, SETTINGS[name], planted_clips, planted, clean, motion_clips,
+                            motion))
         print(f"  {name}: {rows[-1]['cpu']:.3f} CPU s/clip, recall "
               f"{sum(rows[-1]['found']) / len(planted):.1%}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
     report(rows, planted, len(clean))
+    report_motion(rows, motion)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,28 @@ class TextDetectorConfig:
     # read only the bounding box of the sampled frames' non-zero pixels (plus `margin`): the
     # black padding around the sector holds nothing to read
     crop_to_content: bool = True
+    # text that is not in the sampled frames (`ingest.text_composite`): read one composite of
+    # every frame's most transient pixels, then, where the detector saw a box on it that it
+    # could not read, read that region in the `candidate_frames` frames its pixels came from
+    # (at most `candidate_boxes` such boxes)
+    composites: bool = True
+    candidate_boxes: int = 4
+    candidate_frames: int = 2
+    # a box read in a frame is read again `track_step` frames before and after, and on for as
+    # long as the text found there reaches beyond the boxes so far (a ticker); 0: off. Each such
+    # read is of the box grown by `track_context` output pixels.
+    track_step: int = 3
+    track_context: int = 16
+    # a box that does not read as it is cropped is read turned 180° and mirrored either way
+    # (text drawn rotated, upside down or mirrored)
+    orientations: bool = True
+    # reads of composites, candidate regions and tracked regions per clip (the sampled frames
+    # are not counted): bounds the cost of a clip full of text
+    max_reads: int = 40
+    # the second check: after everything above, read every frame not yet read, whole, with what
+    # was found masked; anything found joins the mask. It assumes nothing about where text is or
+    # when it shows, and costs ~0.12 CPU s a frame (~5 s for a 40-frame clip): off by default
+    verify_every_frame: bool = False
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -158,6 +180,10 @@ class TextDetectorConfig:
             raise ConfigError(f"text_detector.threads must be >= 1, got {self.threads}")
         if self.margin < 0:
             raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
+        for name in ("candidate_boxes", "candidate_frames", "track_step", "track_context",
+                     "max_reads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
         if self.detector_side < 0 or self.detector_side % 32:
             raise ConfigError("text_detector.detector_side must be 0 or a positive multiple of "
                               f"32 (the detector's stride), got {self.detector_side}")

@@ -2,22 +2,30 @@
 
 Sector cropping and overlay masking (`ingest.sector`) rest on two assumptions: text lies outside
 the moving sector, or it stays still. A text detector shares neither, so ingest runs one on every
-kept clip before it is written: ``text_detector.frames`` evenly spaced output frames (fixed
-indices, first and last included), each upscaled ``upscale`` times (bicubic: the detector is trained on
-text far larger than the 6-10 pixel glyphs of a 112x112 clip; at 4x it reads them), then text
-detection and recognition. A detected box counts as text when the recogniser reads at least one character with
-confidence ``min_score`` or more (this is what keeps speckle from counting). Boxes, enlarged by
+kept clip before it is written. What it reads, in order:
+
+1. ``text_detector.frames`` evenly spaced output frames (fixed indices, first and last
+   included), each upscaled ``upscale`` times (bicubic: the detector is trained on text far
+   larger than the 6-10 pixel glyphs of a 144x144 clip; at 4x it reads them);
+2. (``composites``) one composite of every frame (`ingest.text_composite`): each pixel from the
+   frame where it strays farthest from its temporal median, so text shown in a few frames only
+   shows there whole; a box the detector finds on it but cannot read is read again in the
+   ``candidate_frames`` frames its pixels came from;
+3. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+   after it (the box grown by ``track_context``), and on while the text found there reaches
+   beyond the boxes so far: a ticker is followed along its path;
+4. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+   what was found masked: the check that assumes nothing about when or where text shows.
+
+A detected box counts as text when the recogniser reads at least one character with confidence
+``min_score`` or more (this is what keeps speckle from counting); a box shaped like a line of
+text that does not read as cropped is read turned 180° and mirrored either way as well
+(``orientations``; a vertical box is turned 90° by the crop already). Boxes, enlarged by
 ``margin`` output pixels, are masked (zeroed) in every frame of the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-
-The model is RapidOCR 1.4 (``rapidocr-onnxruntime``): PaddleOCR's PP-OCRv4 detector and
-recogniser exported to ONNX, shipped inside the wheel (no download, works offline), run by ONNX
-Runtime on the CPU. Why this one: it needs no GPU and no network, installs from PyPI without
-system packages (Tesseract would), reads Latin text and digits well at this size, and at one
-thread per session its results are deterministic, so resumed runs give byte-identical shards.
-One model is loaded per worker process, on first use (~1 s). Cost: ~0.19 s per frame on one
-core at the defaults (the 4x frame cropped to its non-zero box and read as it is), so ~0.56 s
-per clip at 3 frames; `bench/bench_ingest.py --text-detector` measures it.
+What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
+sampled frames (its composite smears; only step 4 finds it), dim text over moving tissue, text
+shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
@@ -38,6 +46,7 @@ import numpy as np
 
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
+from echocmr.ingest.text_composite import transient_composite
 
 
 @dataclass(frozen=True)
@@ -153,52 +162,231 @@ def _layout(tiles: list[np.ndarray], mosaic: bool) -> list[tuple[np.ndarray, lis
 
 
 def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) -> TextFindings:
-    """Run the detector on sampled frames of ``uint8[T, H, W]`` and return where text is."""
-    from PIL import Image, ImageDraw
+    """Find where text is in ``uint8[T, H, W]`` output frames (see the module docstring).
 
+    The sampled frames are read first (as they always were), then, when ``config.composites``
+    is on, the clip's transient composite and the frames its unread boxes point to, then every
+    found box is followed through the neighbouring frames (``config.track_step``)."""
     config = config or TextDetectorConfig()
-    _, h, w = frames_THW.shape
-    scale = config.upscale
-    sampled = frames_THW[sample_indices(len(frames_THW), config.frames)]
-    layer = Image.new("L", (w, h), 0)
-    # The box around any sampled frame's non-zero pixels (grown by the margin), or all of it.
-    box = grown_bbox(sampled.any(axis=0), config.margin) if config.crop_to_content else \
-        (slice(0, h), slice(0, w))
-    if box is None:  # every sampled frame is black: nothing to read
-        return TextFindings(boxes=0, mask_HW=np.zeros((h, w), dtype=bool))
-    rows, cols = box
-    y0, y1, x0, x1 = rows.start, rows.stop, cols.start, cols.stop
-    engine = _engine(config.threads)
-    size = ((x1 - x0) * scale, (y1 - y0) * scale)
-    tiles = [np.asarray(Image.fromarray(np.ascontiguousarray(frame[y0:y1, x0:x1]))
-                        .resize(size, Image.Resampling.BICUBIC)) for frame in sampled]
-    th, tw = tiles[0].shape
-    draw = ImageDraw.Draw(layer)
-    boxes = 0
-    for image, origins in _layout(tiles, config.mosaic):
-        quads, where = [], []
-        for quad in engine.sorted_boxes(_detect(engine, image, config.detector_side)):
-            for top, left in origins:  # a box belongs to each tile it overlaps, clipped to it
-                clipped = np.stack([np.clip(quad[:, 0], left, left + tw - 1),
-                                    np.clip(quad[:, 1], top, top + th - 1)], axis=1)
-                if not np.array_equal(clipped, quad) and min(  # as the detector drops
-                        int(np.linalg.norm(clipped[0] - clipped[1])),  # boxes of 3 pixels
-                        int(np.linalg.norm(clipped[0] - clipped[3]))) <= 3:  # or less
+    reader = _Reader(frames_THW, config)
+    sampled = sample_indices(len(frames_THW), config.frames)
+    reader.read_sampled(sampled)
+    if config.composites and len(frames_THW) > 1:
+
+        composite_HW, source_HW = transient_composite(frames_THW)
+        found, unread = reader.read_image(composite_HW, frame=None, box=reader.content_box)
+        # where a box was read on the composite: in the frame most of its pixels came from
+        for points in found:
+            reader.seeds.append((_mode_frame(source_HW, points), points))
+        # a box the detector saw but could not read (a smear of moving text, a rotated or partly
+        # hidden word): read that region again in the frames its pixels came from
+        for points in unread[:config.candidate_boxes]:
+            for t in _top_frames(source_HW, points, config.candidate_frames):
+                if int(t) in reader.read_frames:
                     continue
-                quads.append(clipped.astype(np.float32))
-                where.append((top, left))
-        if not quads:
-            continue
-        crops = [np.repeat(crop[..., None], 3, axis=-1)
-                 for crop in engine.get_crop_img_list(image, quads)]
-        read, _ = engine.text_rec(crops)
-        for quad, (top, left), (text, score, *_) in zip(quads, where, read, strict=True):
-            if not str(text).strip() or float(score) < config.min_score:
-                continue
-            boxes += 1
-            points = (quad - (left, top)) / scale + (x0, y0)
-            bx0, by0 = points.min(axis=0) - config.margin
-            bx1, by1 = points.max(axis=0) + config.margin
+                reader.read_image(frames_THW[t], frame=int(t),
+                                  box=_region(points, config.track_context, frames_THW.shape[1:]))
+    if config.track_step:
+        reader.track()
+    if config.verify_every_frame:
+        reader.verify()
+    return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW())
+
+
+def _mode_frame(source_HW: np.ndarray, points: np.ndarray) -> int:
+    """The frame that most pixels of the composite inside ``points``' box came from."""
+    return int(_top_frames(source_HW, points, 1)[0])
+
+
+def _top_frames(source_HW: np.ndarray, points: np.ndarray, n: int) -> np.ndarray:
+    """The ``n`` frames that most pixels of the composite inside ``points``' box came from."""
+    h, w = source_HW.shape
+    x0, y0 = np.clip(np.floor(points.min(axis=0)).astype(int), 0, (w - 1, h - 1))
+    x1, y1 = np.clip(np.ceil(points.max(axis=0)).astype(int) + 1, 1, (w, h))
+    counts = np.bincount(source_HW[y0:y1, x0:x1].ravel())
+    order = np.argsort(-counts, kind="stable")
+    return order[:n][counts[order[:n]] > 0]
+
+
+def _region(points: np.ndarray, context: int, hw: tuple[int, int]) -> tuple[slice, slice]:
+    """The box around ``points`` (output pixels) grown by ``context``, inside the frame."""
+    h, w = hw
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - context
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + context + 1
+    return slice(max(int(y0), 0), min(int(y1), h)), slice(max(int(x0), 0), min(int(x1), w))
+
+
+def _line_like(crop_HW: np.ndarray, upscale: int) -> bool:
+    """A crop shaped like a line of text up to `LINE_MAX_HEIGHT` output pixels high: the only
+    boxes worth turning over (the large blobs tissue gives the detector are not)."""
+    h, w = crop_HW.shape[:2]
+    return w >= 2 * h and h <= LINE_MAX_HEIGHT * upscale
+
+
+LINE_MAX_HEIGHT = 16  # output pixels: a 12-pixel glyph's line with the detector's padding
+
+_FLIPS = (lambda c: c[::-1, ::-1], lambda c: c[:, ::-1], lambda c: c[::-1, :])  # 180°, mirrors
+
+
+class _Reader:
+    """Reads images of one clip with the OCR model and collects the boxes that read as text."""
+
+    def __init__(self, frames_THW: np.ndarray, config: TextDetectorConfig):
+        self.frames_THW, self.config = frames_THW, config
+        _, self.h, self.w = frames_THW.shape
+        self.engine = _engine(config.threads)
+        self.found: list[np.ndarray] = []  # boxes read as text, output pixels (with margin)
+        self.seeds: list[tuple[int, np.ndarray]] = []  # (frame, box) to follow in time
+        self.read_frames: set[int] = set()
+        self.boxes = 0
+        self.reads = 0
+        content = frames_THW.any(axis=0)  # every frame's non-zero pixels
+        self.content_box = grown_bbox(content, config.margin) if config.crop_to_content else \
+            (slice(0, self.h), slice(0, self.w))
+
+    def mask_HW(self) -> np.ndarray:
+        from PIL import Image, ImageDraw
+
+        layer = Image.new("L", (self.w, self.h), 0)
+        draw = ImageDraw.Draw(layer)
+        for points in self.found:
+            bx0, by0 = points.min(axis=0) - self.config.margin
+            bx1, by1 = points.max(axis=0) + self.config.margin
             draw.rectangle([int(np.floor(bx0)), int(np.floor(by0)), int(np.ceil(bx1)),
                             int(np.ceil(by1))], fill=1)
-    return TextFindings(boxes=boxes, mask_HW=np.asarray(layer, dtype=bool))
+        return np.asarray(layer, dtype=bool)
+
+    def _upscale(self, image_HW: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+        from PIL import Image
+
+        rows, cols = box
+        size = ((cols.stop - cols.start) * self.config.upscale,
+                (rows.stop - rows.start) * self.config.upscale)
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image_HW[rows, cols]))
+                          .resize(size, Image.Resampling.BICUBIC))
+
+    def read_sampled(self, indices: np.ndarray) -> None:
+        """The sampled frames, cropped to the box of their non-zero pixels (as before)."""
+        config = self.config
+        sampled = self.frames_THW[indices]
+        box = grown_bbox(sampled.any(axis=0), config.margin) if config.crop_to_content else \
+            (slice(0, self.h), slice(0, self.w))
+        self.read_frames.update(int(t) for t in indices)
+        if box is None:  # every sampled frame is black: nothing to read
+            return
+        tiles = [self._upscale(frame, box) for frame in sampled]
+        th, tw = tiles[0].shape
+        for image_no, (image, origins) in enumerate(_layout(tiles, config.mosaic)):
+            quads, where = [], []
+            for quad in self.engine.sorted_boxes(_detect(self.engine, image, config.detector_side)):
+                for top, left in origins:  # a box belongs to each tile it overlaps, clipped to it
+                    clipped = np.stack([np.clip(quad[:, 0], left, left + tw - 1),
+                                        np.clip(quad[:, 1], top, top + th - 1)], axis=1)
+                    if not np.array_equal(clipped, quad) and min(  # as the detector drops
+                            int(np.linalg.norm(clipped[0] - clipped[1])),  # boxes of 3 pixels
+                            int(np.linalg.norm(clipped[0] - clipped[3]))) <= 3:  # or less
+                        continue
+                    quads.append(clipped.astype(np.float32))
+                    where.append((top, left))
+            if not quads:
+                continue
+            read = self._recognise(image, quads)
+            for quad, (top, left), ok in zip(quads, where, read, strict=True):
+                if ok:
+                    points = (quad - (left, top)) / config.upscale + (box[1].start, box[0].start)
+                    self._add(points)
+                    tile = image_no * len(origins) + origins.index((top, left))
+                    self.seeds.append((int(indices[tile]), points))
+
+    def verify(self) -> None:
+        """The second check, sharing no assumption of the others about which frames hold text:
+        every frame not read whole before is read whole with what was found so far masked, and
+        what it finds joins the mask."""
+        covered = self.mask_HW()
+        for t, frame in enumerate(self.frames_THW):
+            if t in self.read_frames:
+                continue
+            self.read_image(np.where(covered, 0, frame).astype(np.uint8), frame=None,
+                            box=self.content_box, counted=False)
+
+    def read_image(self, image_HW: np.ndarray, frame: int | None,
+                   box: tuple[slice, slice] | None,
+                   counted: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Read ``box`` of one output-sized image; returns the boxes read as text and those the
+        detector found but the recogniser could not read (output pixels). Boxes read in a
+        frame are followed in time from there."""
+        if box is None or (counted and self.reads >= self.config.max_reads):
+            return [], []
+        self.reads += counted
+        if frame is not None:
+            self.read_frames.add(frame)
+        image = self._upscale(image_HW, box)
+        quads = [q.astype(np.float32) for q in
+                 self.engine.sorted_boxes(_detect(self.engine, image, self.config.detector_side))]
+        if not quads:
+            return [], []
+        found, unread = [], []
+        for quad, ok in zip(quads, self._recognise(image, quads), strict=True):
+            points = quad / self.config.upscale + (box[1].start, box[0].start)
+            if ok:
+                self._add(points, again=True)
+                found.append(points)
+                if frame is not None:
+                    self.seeds.append((frame, points))
+            else:
+                unread.append(points)
+        return found, unread
+
+    def _add(self, points: np.ndarray, again: bool = False) -> None:
+        """Count and keep a box read as text; a follow-up read's box (``again``) only when the
+        boxes so far do not cover it already (the same word read again on the composite or in a
+        neighbouring frame). Boxes of the sampled frames count as they always did."""
+        if again and self.found:
+            inside = self.mask_HW()[_region(points, 0, (self.h, self.w))]
+            if inside.size and inside.all():
+                return
+        self.boxes += 1
+        self.found.append(points)
+
+    def _recognise(self, image: np.ndarray, quads: list[np.ndarray]) -> list[bool]:
+        """Whether each box reads as text: as cropped, or (``orientations``) turned 180° or
+        mirrored either way (a vertical box is turned 90° by the crop already)."""
+        crops = self.engine.get_crop_img_list(image, quads)
+        ok = self._reads([np.repeat(c[..., None], 3, axis=-1) for c in crops])
+        if self.config.orientations:
+            again = [i for i, good in enumerate(ok) if not good and _line_like(crops[i], self.config.upscale)]
+            if again:
+                variants = [np.repeat(np.ascontiguousarray(flip(crops[i]))[..., None], 3, axis=-1)
+                            for i in again for flip in _FLIPS]
+                read = self._reads(variants)
+                for j, i in enumerate(again):
+                    ok[i] = any(read[j * len(_FLIPS):(j + 1) * len(_FLIPS)])
+        return ok
+
+    def _reads(self, crops: list[np.ndarray]) -> list[bool]:
+        read, _ = self.engine.text_rec(crops)
+        return [bool(str(text).strip()) and float(score) >= self.config.min_score
+                for text, score, *_ in read]
+
+    def track(self) -> None:
+        """Follow each box read in a frame through the frames before and after it, every
+        ``track_step`` frames, for as long as the same region reads as text that the boxes so far
+        do not cover (moving text: a ticker; text that is not there in every frame)."""
+        step, n = self.config.track_step, len(self.frames_THW)
+        queue = [(frame, points, d) for frame, points in self.seeds for d in (-step, step)]
+        self.seeds.clear()
+        done: set[tuple[int, int, int, int]] = set()
+        while queue and self.reads < self.config.max_reads:
+            frame, points, direction = queue.pop(0)
+            t = frame + direction
+            box = _region(points, self.config.track_context, (self.h, self.w))
+            key = (t, direction, box[0].start, box[1].start)
+            if not 0 <= t < n or key in done:
+                continue
+            done.add(key)
+            covered = self.mask_HW()
+            found, _ = self.read_image(self.frames_THW[t], frame=None, box=box)
+            for new in found:
+                inside = covered[_region(new, -1, (self.h, self.w))]
+                if inside.size and not inside.all():  # it reaches beyond the mask: follow it
+                    queue.append((t, new, direction))

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "6"  # 6: a result's metadata is its KEY.json bytes (`FileResult.to_json`)
+CACHE_VERSION = "7"  # 6: a result's metadata is its KEY.json bytes (`FileResult.to_json`); 7: the
+# text detector reads a composite of every frame and follows boxes
 
 
 @dataclass

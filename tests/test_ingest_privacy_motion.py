@@ -1,0 +1,258 @@
+"""Burned-in text that is not still: ingest tried with text shown in a few frames only, turned,
+mirrored or level-alternating, dark over tissue, and a ticker (issue 22, "Pixels").
+
+One export of planted clips is ingested twice by the real ``echocmr ingest``: with the defaults,
+and with the text detector off (the control: there, the same reader must read the planted
+strings, or the test could not fail). Every shipped frame of the protected set is then read by an
+OCR pass of its own: RapidOCR's whole pipeline with its angle classifier on, each frame enlarged
+4x, and turned and mirrored copies for the turned and mirrored cases. None of the planted strings may be
+read. The second check (``text_detector.verify_every_frame``) is tried on the ticker, the one
+case the default defence does not see.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+from pydicom.uid import JPEGBaseline8Bit
+
+from echocmr.ingest.encode import decode_webm
+from echocmr.ingest.synth.overlays import screen_font
+from echocmr.ingest.synth.small import small_clip
+from echocmr.shards.format import INGEST_REPORT_FILE
+
+from _ingest_fixtures import Identity, grey_to_rgb, write_us_dicom
+
+LINES = ("SMITH JOHN", "DOB 19650304", "MRN 4711023")
+# what counts as reading a planted string: any of these in the read text (upper case, letters
+# and digits only)
+TOKENS = ("SMITH", "JOHN", "196503", "650304", "471102", "711023")
+
+
+def _layer(text: str, size: int) -> np.ndarray:
+    """bool glyph mask of ``text`` in the screen font, cropped to its ink."""
+    font = screen_font(size)
+    image = Image.new("L", (size * len(text), size * 2), 0)
+    ImageDraw.Draw(image).text((2, 2), text, fill=255, font=font)
+    ink = np.asarray(image) > 100
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _plant(frames, lines, size, origin, *, shown=None, turn=None, levels=(235,), dx=0):
+    """Draw ``lines`` (one below the other from ``origin`` = (row, col)) into the frames in
+    ``shown`` (all by default): turned by ``turn`` (a function of a glyph mask), at ``levels``
+    in turn frame by frame, moving ``dx`` pixels a frame. ``frames`` grey [T,H,W] or RGB."""
+    out = frames.copy()
+    shown = np.arange(len(frames)) if shown is None else np.asarray(shown)
+    masks = []
+    y = origin[0]
+    for text in lines:
+        mask = _layer(text, size)
+        if turn is not None:
+            mask = turn(mask)
+        masks.append((y, mask))
+        y += mask.shape[0] + size // 2
+    for i, t in enumerate(shown):
+        level = levels[t % len(levels)]
+        for y, mask in masks:
+            x = origin[1] + dx * i
+            h, w = mask.shape
+            window = out[t, y:y + h, max(x, 0):x + w]
+            part = mask[:, max(-x, 0):max(-x, 0) + window.shape[1]][:window.shape[0]]
+            window[part] = level
+    return out
+
+
+# a level that changes every frame (no level is held in 20 % of the frames, so the changing-overlay
+# mask of `ingest.sector`, which looks for strokes at one level, does not take the text first)
+CHANGING = tuple(130 + (37 * t) % 120 for t in range(30))
+
+
+def _ybr_example() -> np.ndarray:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    return pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")).pixel_array  # RGB
+
+
+def _write(path, frames, kind, pid):
+    """``frames`` grey or RGB, stored raw or as JPEG baseline."""
+    rgb = frames if frames.ndim == 4 else grey_to_rgb(frames)
+    if kind == "jpeg":
+        write_us_dicom(path, rgb, photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit,
+                       ident=Identity(patient_id=pid))
+    elif frames.ndim == 4:
+        write_us_dicom(path, rgb, photometric="RGB", ident=Identity(patient_id=pid))
+    else:
+        write_us_dicom(path, frames, ident=Identity(patient_id=pid))
+
+
+def _cases() -> dict[str, tuple[np.ndarray, str]]:
+    """name -> (frames, what the reader must try: "plain" or "turned")."""
+    ybr = _ybr_example()  # 30 frames of 240 x 320: a real ultrasound cine
+    synthetic = small_clip(30, 480, 640, seed=5)  # a synthetic vendor clip, 480 x 640
+    vendor = synthetic.frames
+    big = max(10, 480 // 9)
+    away = [4, 5, 6, 7, 8]  # 15 % of 30 frames, none of them the first, middle or last
+    return {
+        "ybr_intermittent": (_plant(ybr, LINES, 22, (70, 80), shown=[9, 10, 11, 12, 13]), "plain"),
+        "vendor_intermittent": (_plant(vendor, LINES[::2], big, (170, 200), shown=away), "plain"),
+        "turned_90": (_plant(vendor, LINES[:1], big, (120, 300), turn=np.rot90,
+                             levels=CHANGING), "turned"),
+        "upside_down": (_plant(vendor, LINES[:1], big, (200, 190), turn=lambda m: m[::-1, ::-1],
+                               levels=CHANGING), "turned"),
+        "mirrored": (_plant(vendor, LINES[:1], big, (200, 190), turn=lambda m: m[:, ::-1],
+                            levels=CHANGING), "turned"),
+        # on the bright inferior wall of the real cine (dark text over blood is legible to none)
+        "dark_over_tissue": (_plant(ybr, LINES[:1], 18, (168, 100), levels=(5,)), "plain"),
+    }
+
+
+def _ticker() -> np.ndarray:
+    """A ticker through the fan: 5 source pixels a frame, shown in frames 2-16 of 30."""
+    vendor = small_clip(30, 480, 640, seed=6).frames
+    return _plant(vendor, LINES[:1], max(10, 480 // 9), (220, 330), shown=range(2, 17), dx=-5)
+
+
+def _ingest(dicom, labels, out, config=None) -> dict[str, np.ndarray]:
+    argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", str(dicom), "--labels",
+            str(labels), "--out", str(out), "--workers", "2", "--no-progress"]
+    if config:
+        argv += ["--config", str(config)]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
+    clips = {}
+    for tar_name in sorted(n for n in os.listdir(out) if n.endswith(".tar")):
+        with tarfile.open(out / tar_name) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".webm"):
+                    clips[member.name[:-5]] = decode_webm(tar.extractfile(member).read())[0]
+    kept = report[report["status"] == "kept"]
+    return {"clips": {src: clips[key] for src, key in kept["key"].items()}, "stdout": run.stdout}
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("motion")
+    dicom = root / "dicom"
+    dicom.mkdir()
+    sources, i = {}, 0
+    for name, (frames, reader) in _cases().items():
+        for kind in ("raw", "jpeg"):
+            source = f"{name}_{kind}.dcm"
+            _write(dicom / source, frames, kind, f"P{i}")
+            sources[source] = reader
+            i += 1
+    labels = root / "cmr.csv"
+    pd.DataFrame({"patient_id": [f"P{j}" for j in range(i)], "cmr_date": ["2023-05-08"] * i,
+                  "wma": [0] * i}).to_csv(labels, index=False)
+    off = root / "off.yaml"
+    off.write_text("text_detector: {enabled: false}\n")
+    return {"root": root, "dicom": dicom, "labels": labels, "sources": sources,
+            "on": _ingest(dicom, labels, root / "on"),
+            "off": _ingest(dicom, labels, root / "off", off)}
+
+
+@lru_cache(maxsize=1)
+def _reader():
+    import logging
+
+    from rapidocr_onnxruntime import RapidOCR
+
+    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    return RapidOCR(use_cls=True)
+
+
+def _read(frame_HW: np.ndarray, turned: bool) -> list[str]:
+    """What an OCR pass of its own reads in one shipped frame (4x bicubic; when ``turned``, the
+    frame turned 180° and mirrored either way as well: the angle classifier alone reads no
+    mirrored text, and read no upside-down text of this test)."""
+    big = np.asarray(Image.fromarray(frame_HW).resize((frame_HW.shape[1] * 4,
+                                                       frame_HW.shape[0] * 4),
+                                                      Image.Resampling.BICUBIC))
+    texts = []
+    for image in (big, big[::-1, ::-1], big[:, ::-1], big[::-1, :]) if turned else (big,):
+        result, _ = _reader()(np.repeat(np.ascontiguousarray(image)[..., None], 3, axis=-1))
+        texts += [str(line[1]) for line in result or []]
+    return texts
+
+
+def _planted_read(clip_THW: np.ndarray, turned: bool, frames=None) -> list[tuple[int, str]]:
+    """(frame, read text) for every read that holds a planted token."""
+    hits = []
+    for t in range(len(clip_THW)) if frames is None else frames:
+        for text in _read(clip_THW[t], turned):
+            norm = re.sub(r"[^A-Z0-9]", "", text.upper())
+            if any(token in norm for token in TOKENS):
+                hits.append((t, text))
+    return hits
+
+
+CASES = ["ybr_intermittent", "vendor_intermittent", "turned_90", "upside_down", "mirrored",
+         "dark_over_tissue"]
+
+
+# Each case once in the default run (raw or JPEG in turn), the other codec among the slow tests:
+# reading every frame of a clip with the whole OCR pipeline takes ~15 s of CPU.
+PAIRS = [pytest.param(case, kind, marks=[pytest.mark.slow] if (i + j) % 2 else [])
+         for i, case in enumerate(CASES) for j, kind in enumerate(("raw", "jpeg"))
+         if case != "upside_down"]
+# Upside down: its control failed for JPEG (the reader read no planted string in the shipped
+# frames with the detector off either: the plant, not the defence, to be placed again); raw not
+# yet run. Both slow until then; tests/test_ingest_text_motion.py covers the detector's part.
+PAIRS += [pytest.param("upside_down", "raw", marks=[pytest.mark.slow]),
+          pytest.param("upside_down", "jpeg", marks=[pytest.mark.slow, pytest.mark.xfail(
+              reason="control: the planted string is not legible after ingest", strict=False)])]
+
+
+@pytest.mark.parametrize(("case", "kind"), PAIRS)
+def test_no_planted_string_is_read_in_any_shipped_frame(export, case, kind):
+    source = f"{case}_{kind}.dcm"
+    turned = export["sources"][source] == "turned"
+    # the control: unprotected, the same reader reads the planted text in the shipped frames
+    assert source in export["off"]["clips"], f"{source} was not kept"
+    assert _planted_read(export["off"]["clips"][source], turned), (source, "control")
+    assert source in export["on"]["clips"], f"{source} was not kept"
+    assert _planted_read(export["on"]["clips"][source], turned) == [], source
+
+
+def test_the_summary_counts_the_clips_text_was_masked_in(export):
+    """Before, the summary said "text masked in 0 kept clips" of intermittent text: now each of
+    the four intermittent clips (text in none of the sampled frames) counts."""
+    masked = re.search(r"text masked in (\d+) kept clip", export["on"]["stdout"])
+    assert masked and int(masked.group(1)) >= 4, export["on"]["stdout"]
+
+
+@pytest.mark.slow
+def test_a_ticker_is_masked_by_the_every_frame_check(tmp_path):
+    """A ticker through the fan, shown in frames 2-16 of 30 (none of the sampled frames but the
+    middle one, moving 5 source pixels a frame), raw and JPEG: with the second check on
+    (``verify_every_frame``) no frame reads; the control reads it with the detector off."""
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    ticker = _ticker()
+    for i, kind in enumerate(("raw", "jpeg")):
+        _write(dicom / f"ticker_{kind}.dcm", ticker, kind, f"P{i}")
+    labels = tmp_path / "cmr.csv"
+    pd.DataFrame({"patient_id": ["P0", "P1"], "cmr_date": ["2023-05-08"] * 2,
+                  "wma": [0, 0]}).to_csv(labels, index=False)
+    off, every = tmp_path / "off.yaml", tmp_path / "every.yaml"
+    off.write_text("text_detector: {enabled: false}\n")
+    every.write_text("text_detector: {verify_every_frame: true}\n")
+    plain = _ingest(dicom, labels, tmp_path / "off", off)["clips"]
+    checked = _ingest(dicom, labels, tmp_path / "every", every)["clips"]
+    for kind in ("raw", "jpeg"):
+        source = f"ticker_{kind}.dcm"
+        assert _planted_read(plain[source], False, frames=range(2, 17, 3)), source
+        assert _planted_read(checked[source], False) == [], source
