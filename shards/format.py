@@ -50,6 +50,25 @@ STATS_FILE = "stats.json"
 INGEST_REPORT_FILE = "ingest_report.parquet"  # site-local; never copied by reshard
 
 TASKS: tuple[str, ...] = ("wma", "lge", "t1", "t2", "ecv")
+# The view vocabulary (KEY.json's ``view``, the manifest, the view classifier's classes): the
+# study's target views; ``other`` for any view that is not a target (short axis, subcostal, ...);
+# ``unknown`` where nothing says which view a clip is (no views table, or a view classifier not
+# confident enough). A views table may name any view; readers treat every name outside
+# TARGET_VIEWS and ``unknown`` as ``other`` (`view_class`).
+TARGET_VIEWS: tuple[str, ...] = ("A4C", "A2C", "PLAX")
+VIEW_OTHER, VIEW_UNKNOWN = "other", "unknown"
+VIEW_VOCABULARY: tuple[str, ...] = (*TARGET_VIEWS, VIEW_OTHER, VIEW_UNKNOWN)
+
+
+def view_class(view: str | None) -> str:
+    """A stored or tabled view name in the vocabulary: a target view as is, ``unknown`` for
+    none/empty/unknown, anything else (``PSAX``, ``other``, ``A5C``) ``other``."""
+    text = "" if view is None else str(view).strip()
+    if text.upper() in TARGET_VIEWS:
+        return text.upper()
+    if text.lower() in ("", VIEW_UNKNOWN, "nan", "none"):
+        return VIEW_UNKNOWN
+    return VIEW_OTHER
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Tar member extensions of one sample, in the order webdataset's TarWriter writes them (sorted).
 EXTENSIONS: tuple[str, ...] = ("json", "labels", "webm")

@@ -45,7 +45,7 @@ from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
 from echocmr.model.publish import log_model
 from echocmr.model.registry import describe_version, register_model
 from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
-from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
+from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
 from echocmr.shards.format import TASKS, check_format_version
@@ -301,6 +301,13 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     # Left-out sites (data.exclude_sites): checked against the set, and the stats every worker
     # normalises with recomputed without them (read.loader.site_selection).
     stats, train_sites = site_selection(shards, stats, config.data.exclude_sites)
+    # Views (data.views): what this run reads and what it leaves out, counted in the run.
+    views = view_counts(shards, config.data.views, exclude_sites=config.data.exclude_sites)
+    if not views["read"]:
+        raise ValueError(f"data.views {', '.join(config.data.views)}: {shards} has no train or "
+                         f"val clip of these views (its clips: {views['left_out']}); ingest "
+                         "with --views or --view-model, or pass --views for the views it has")
+    log.info("views read: %s; left out: %s", views["read"], views["left_out"] or "none")
     digest = manifest_digest(shards)
 
     started_ray = False
@@ -320,7 +327,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         run_id, resumed = open_run(tracking_uri, experiment=config.experiment,
                                    run_name=config.run_name, run_key=run_key,
                                    tags={"data_digest": digest, "shards": shards,
-                                         **site_tags(config.data.exclude_sites, train_sites)})
+                                         **site_tags(config.data.exclude_sites, train_sites),
+                                         **_view_tags(views)})
         log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new",
                  tracking_uri)
         if not resumed:
@@ -503,3 +511,10 @@ def _none_if_nan(value) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
+
+
+def _view_tags(views: dict[str, dict[str, int]]) -> dict[str, str]:
+    """The run tags that count the clips (train and val) of each view read and left out."""
+    fmt = lambda d: ",".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+    return {"echocmr.views_read": fmt(views["read"]),
+            "echocmr.views_left_out": fmt(views["left_out"])}
