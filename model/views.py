@@ -70,9 +70,17 @@ class ViewNetConfig:
                              f"got {self}")
 
 
+def _norm(channels: int) -> nn.Module:
+    """Group norm: no running statistics, so a net trained for a few dozen steps on a few
+    hundred clips behaves the same in eval mode as in training (batch norm's running estimates
+    lag far behind after so few steps)."""
+    return nn.GroupNorm(min(8, channels), channels)
+
+
 class ViewNet(nn.Module):
     """``x_NCTHW`` (the `InputSpec` network input, C = 1) -> logits ``[N, classes]``: frames are
-    channels of a 2-D CNN (conv-BN-ReLU, stride 2 per block), global average pool, linear."""
+    channels of a 2-D CNN (conv-GroupNorm-ReLU, stride 2 per block), global average pool,
+    linear."""
 
     def __init__(self, config: ViewNetConfig, *, frames: int, num_classes: int) -> None:
         super().__init__()
@@ -82,9 +90,9 @@ class ViewNet(nn.Module):
         for b in range(config.blocks):
             c_out = config.width * min(2 ** b, 4)
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       _norm(c_out), nn.ReLU(inplace=True),
                        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+                       _norm(c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.drop = nn.Dropout(config.dropout)

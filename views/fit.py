@@ -160,7 +160,7 @@ def train_view_model(shards: str, config: ViewTrainConfig, *, tracking_uri: str 
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * n_valid
+            total += float(loss.detach()) * n_valid
             n += n_valid
         logits, target = _predict(net, val, label_of)
         acc = float((logits.argmax(1) == target).float().mean()) if len(target) else 0.0
