@@ -60,6 +60,7 @@ from echocmr.ingest.splits import (
     is_synthetic_cohort,
     resolve_split_key,
 )
+from echocmr.ingest.views import ViewMix, disagrees, label_view
 from echocmr.ingest.workcache import (
     CACHE_VERSION,
     WORK_DIR,
@@ -78,6 +79,8 @@ from echocmr.shards.format import (
 log = logging.getLogger(__name__)
 
 UNKNOWN_VIEW = "unknown"
+# A kept clip's report ``detail`` when its views-table view and the view model disagree.
+VIEW_DISAGREEMENT = "view disagreement"
 
 
 @dataclass
@@ -101,6 +104,7 @@ class IngestSummary:
     label_rules: dict[str, int] = field(default_factory=dict)  # cut-off -> table rows it labelled
     label_rules_fingerprint: str = ""  # `ingest.cutoffs.RuleSet.fingerprint` (stats.json)
     label_rules_before: str | None = None  # the fingerprint the set replaced had, when different
+    views: ViewMix = field(default_factory=ViewMix)  # kept clips per view (`ingest.views`)
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -110,6 +114,7 @@ class IngestSummary:
         lines.append("  clips per split: " + ", ".join(
             f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
+        lines.append(f"  {self.views.describe()}")
         if self.text_detector == "off":
             lines.append("  text detector: off")
         else:
@@ -152,6 +157,8 @@ class WorkerContext:
     views: dict[str, str]  # SOP Instance UID -> view
     split_key: bytes
     before_file: Callable[[str], None] | None = None  # called with each source (fault injection)
+    # --view-model: frames -> view call (`ingest.views`); built by the CLI, pickled to workers
+    view_classifier: Callable | None = None
 
 
 _CTX: WorkerContext | None = None
@@ -212,6 +219,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     except RejectedInput as exc:
         exc.paired = True  # the label table did its part: counts against "pairs with nothing"
         raise
+    view = label_view(ctx.views.get(ident.sop_uid), ctx.view_classifier, prepared.frames_THW)
     video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
 
     clip_hash = hasher.clip_hash(ident.sop_uid)
@@ -223,7 +231,9 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         split=hasher.split(ident.patient_id),
         patient_hash=hasher.patient_hash(ident.patient_id),
         study_hash=study_hash,
-        view=ctx.views.get(ident.sop_uid, UNKNOWN_VIEW),
+        view=view.view,
+        view_source=view.source,
+        view_confidence=view.confidence,
         fps=prepared.fps,
         n_frames=prepared.n_frames,
         ingest=IngestFacts(
@@ -244,6 +254,8 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
         video_bytes=len(video),
         study_hash=study_hash, text_boxes=text_boxes, paired=True,
+        detail=(f"{VIEW_DISAGREEMENT}: table {view.view}, model {view.model_view} "
+                f"({view.confidence:.2f})" if disagrees(view) else None),
     )
     return result, video
 
@@ -306,6 +318,7 @@ def run_ingest(
     progress: bool = True,
     in_process: bool = False,
     address: str | None = None,
+    view_classifier: Callable | None = None,
 ) -> IngestSummary:
     """Run the whole job (see the module docstring); returns what it did.
 
@@ -315,6 +328,9 @@ def run_ingest(
     without one, files go to a process pool of ``config.workers``, or with ``in_process`` through
     this process (for debugging and quick tests: no start-up cost, but no protection from a
     crashing decoder). The output is byte-identical whichever way it runs.
+
+    ``view_classifier`` (``--view-model``; `ingest.views`) labels each kept clip's view;
+    ``config.view_model`` names it (the exact version) for the work cache and stats.json.
     """
 
     from echocmr.shards import storage
@@ -328,6 +344,9 @@ def run_ingest(
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None and in_process:
         raise ValueError("in_process and a Ray address exclude each other")
+    if (view_classifier is None) != (config.view_model is None):
+        raise ValueError("config.view_model names the view classifier passed as "
+                         "view_classifier: give both or neither (echocmr ingest --view-model)")
     # Absolute local paths: Ray workers (and pool workers) do not share the caller's cwd.
     if storage.is_local(dicom_dir):
         dicom_dir = os.path.abspath(storage.local_path(dicom_dir))
@@ -341,12 +360,12 @@ def run_ingest(
     with lock:
         return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
                            progress=progress, in_process=in_process, started=started,
-                           address=address)
+                           address=address, view_classifier=view_classifier)
 
 
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float,
-                address: str | None) -> IngestSummary:
+                address: str | None, view_classifier=None) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
     import contextlib
 
@@ -397,7 +416,8 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     resumed = len(results)
     todo = [(s, entries[s]) for s in sources if s not in results]
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
-                        views=views, split_key=key, before_file=_test_hook())
+                        views=views, split_key=key, before_file=_test_hook(),
+                        view_classifier=view_classifier)
     workers = max(1, config.workers or os.cpu_count() or 1)
     if address is not None:
         from echocmr.ingest.distributed import ray_session
@@ -441,7 +461,17 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
         text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
         text_detector=config.text_detector.action if config.text_detector.enabled else "off",
+        views=_view_mix(ordered),
     )
+
+
+def _view_mix(ordered: list[FileResult]) -> ViewMix:
+    mix = ViewMix()
+    for r in ordered:
+        if r.status == "kept":
+            meta = r.meta if isinstance(r.meta, dict) else r.meta.to_dict()
+            mix.add(meta, disagreement=bool(r.detail and r.detail.startswith(VIEW_DISAGREEMENT)))
+    return mix
 
 
 def _finish_outputs(results: dict[str, FileResult], sources: list[str], scan: Scan,
@@ -685,7 +715,9 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
     writer_config = WriterConfig(samples_per_shard=config.shards.samples_per_shard,
                                  shard_mb=config.shards.shard_mb)
     writer = ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
-                            split_key_fingerprint=fingerprint, label_rules=label_rules)
+                            split_key_fingerprint=fingerprint, label_rules=label_rules,
+                            view_models=None if config.view_model is None
+                            else {config.site: config.view_model})
     try:
         by_key = {}
         for result in kept:
@@ -714,6 +746,12 @@ def _write_outputs(results: list[FileResult], entries: dict[str, str], work: Wor
     return writer.summary
 
 
+def _meta_of(r: FileResult) -> dict:
+    if r.status != "kept" or r.meta is None:
+        return {}
+    return r.meta if isinstance(r.meta, dict) else r.meta.to_dict()
+
+
 def _report_bytes(results: list[FileResult]) -> bytes:
     """``ingest_report.parquet``: one row per input file, sorted by source."""
     import io
@@ -727,8 +765,12 @@ def _report_bytes(results: list[FileResult]) -> bytes:
         "reason": [r.reason for r in results],
         "key": [r.key for r in results],
         "detail": [r.detail for r in results],
+        **{c: [_meta_of(r).get(c) for r in results]
+           for c in ("view", "view_source", "view_confidence")},
     }, schema=pa.schema([("source", pa.string()), ("status", pa.string()),
-                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string())]))
+                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string()),
+                         ("view", pa.string()), ("view_source", pa.string()),
+                         ("view_confidence", pa.float32())]))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

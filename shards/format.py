@@ -100,10 +100,11 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "pixel_std",
     "n_pixels",
     "json_sha256",
+    "view_confidence",
 )
 # Columns a set of this format version may lack (written before they were added): readers fill
 # them with nulls, and `shards verify` then skips the check they allow.
-OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256",)
+OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256", "view_confidence")
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -122,6 +123,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("pixel_std", pa.float64()),
         ("n_pixels", pa.int64()),
         ("json_sha256", pa.string()),  # SHA-256 of the KEY.json member (tamper evidence)
+        ("view_confidence", pa.float32()),  # the view classifier's confidence; null without one
     ]
 )
 assert tuple(MANIFEST_SCHEMA.names) == MANIFEST_COLUMNS
@@ -289,6 +291,8 @@ class IngestFacts:
     field_strength_t: float | None
 
 
+# Optional KEY.json fields about the view (`SampleMeta.view_source`, ``view_confidence``).
+VIEW_META: tuple[str, ...] = ("view_source", "view_confidence")
 # The fields every sample has: what the writer needs to build a manifest row (docs/formats.md).
 REQUIRED_META: tuple[str, ...] = (
     "site",
@@ -321,6 +325,12 @@ class SampleMeta:
     fps: float
     n_frames: int
     ingest: IngestFacts | None = None
+    # Where ``view`` came from, when ingest knew (absent in sets written before): ``table``
+    # (--views), ``model`` (--view-model, ``view_model`` names it in stats.json); and the view
+    # classifier's calibrated confidence in its own call (with --view-model, also when the table
+    # won). Written only when set, so samples without them keep their bytes.
+    view_source: str | None = None
+    view_confidence: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict, key: str | None = None) -> SampleMeta:
@@ -334,7 +344,7 @@ class SampleMeta:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: KEY.json names no key")
         ingest_fields = [f.name for f in fields(IngestFacts)]
-        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields})
+        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields, *VIEW_META})
         if unknown:
             raise ValueError(
                 f"{where}: KEY.json has fields this echocmr does not know ({', '.join(unknown)}); "
@@ -363,6 +373,9 @@ class SampleMeta:
             fps=float(data["fps"]),
             n_frames=int(data["n_frames"]),
             ingest=ingest,
+            view_source=None if data.get("view_source") is None else str(data["view_source"]),
+            view_confidence=(None if data.get("view_confidence") is None
+                             else float(data["view_confidence"])),
         )
 
     @classmethod
@@ -377,6 +390,9 @@ class SampleMeta:
             out.update(asdict(self.ingest))
             if self.ingest.pixel_spacing_mm is not None:
                 out["pixel_spacing_mm"] = list(self.ingest.pixel_spacing_mm)
+        for name in VIEW_META:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     def to_json(self) -> bytes:

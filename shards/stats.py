@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from echocmr.shards import storage
-from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS, ClipFormat
+from echocmr.shards.format import (
+    FORMAT_VERSION,
+    SPLITS,
+    TASKS,
+    VIEW_VOCABULARY,
+    ClipFormat,
+    view_class,
+)
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
 
 
@@ -57,16 +64,20 @@ def split_summary(rows: pd.DataFrame) -> dict:
 
 def compute_stats(
     manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
-    label_rules: dict[str, str] | None = None,
+    label_rules: dict[str, str] | None = None, view_models: dict[str, str] | None = None,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md).
 
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
-    written by another tool, or before ingest recorded it)."""
+    written by another tool, or before ingest recorded it). ``view_models`` (site -> the view
+    classifier, ``models:/NAME/VERSION``, that labelled its clips' views) likewise, left out when
+    no site used one."""
     train = manifest[manifest["split"] == "train"]
     mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
+    if view_models:  # site -> the view classifier (exact version) that labelled its views
+        extra["view_models"] = dict(sorted(view_models.items()))
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
@@ -98,6 +109,8 @@ def describe(directory: str) -> dict:
         "clip": stats.get("clip"),
         "split_key_fingerprint": stats.get("split_key_fingerprint"),
         "label_rules": stats.get("label_rules"),
+        "view_models": stats.get("view_models"),
+        "view_mix": view_mix(manifest),
         "pixel_mean": stats.get("pixel_mean"),
         "pixel_std": stats.get("pixel_std"),
         "splits": {},
@@ -144,6 +157,22 @@ def _describe_numbers(values: pd.Series) -> dict | None:
     }
 
 
+def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
+    """Per site: clips per view class (`shards.format.view_class`: a target view, ``other``,
+    ``unknown``), and the median confidence of the view classifier where it labelled them."""
+    out: dict[str, dict] = {}
+    classes = manifest["view"].map(view_class)
+    conf = pd.to_numeric(manifest.get("view_confidence"), errors="coerce")
+    for site in sorted(manifest["site"].astype(str).unique()):
+        mine = manifest["site"].astype(str) == site
+        counts = classes[mine].value_counts()
+        c = conf[mine].dropna() if conf is not None else pd.Series(dtype=float)
+        out[site] = {"views": {str(k): int(counts.get(k, 0)) for k in VIEW_VOCABULARY
+                               if counts.get(k, 0)},
+                     "median_confidence": None if c.empty else round(float(c.median()), 4)}
+    return out
+
+
 def format_table(report: dict) -> str:
     """The human-readable ``shards stats`` output."""
     lines = [f"shard set {report['set']}"]
@@ -157,6 +186,16 @@ def format_table(report: dict) -> str:
     if rules:
         lines.append("label cut-offs (fingerprint per site): "
                      + ", ".join(f"{site} {fp}" for site, fp in sorted(rules.items())))
+    for site, mix in (report.get("view_mix") or {}).items():
+        total = sum(mix["views"].values()) or 1
+        conf = mix.get("median_confidence")
+        lines.append(f"views at {site}: " + ", ".join(
+            f"{v} {n} ({100 * n / total:.0f} %)" for v, n in mix["views"].items())
+            + ("" if conf is None else f"; view model median confidence {conf:.2f}"))
+    models = report.get("view_models")
+    if models:
+        lines.append("view models (per site): "
+                     + ", ".join(f"{site} {m}" for site, m in sorted(models.items())))
     header = f"{'':<22}" + "".join(f"{s:>12}" for s in SPLITS)
     lines += ["", header]
 

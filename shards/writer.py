@@ -238,9 +238,11 @@ class ShardSetWriter:
         clip_format: ClipFormat | dict,
         split_key_fingerprint: str,
         label_rules: dict[str, str] | None = None,
+        view_models: dict[str, str] | None = None,
     ) -> None:
         self.out = str(out)
         self.label_rules = label_rules  # site -> cut-off fingerprint, for stats.json
+        self.view_models = view_models  # site -> the view classifier that labelled its views
         self.config = config
         self.clip_format = ClipFormat.from_dict(clip_format)
         if not split_key_fingerprint:
@@ -401,6 +403,7 @@ class ShardSetWriter:
             "pixel_std": float(std),
             "n_pixels": int(n_pixels),
             "json_sha256": hashlib.sha256(meta_json).hexdigest(),
+            "view_confidence": meta.view_confidence,
         }
         for column, value in row.items():
             self._columns[column].append(value)
@@ -427,7 +430,7 @@ class ShardSetWriter:
         manifest = pd.DataFrame({c: self._columns[c] for c in MANIFEST_COLUMNS})
         stats = compute_stats(
             manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint,
-            label_rules=self.label_rules,
+            label_rules=self.label_rules, view_models=self.view_models,
         )
         storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
         self._closed = True
