@@ -18,6 +18,10 @@ One input schema, two forms (every row of a request is the same form;
   study). Out: ``{"tasks", "probabilities": {task: p} (None when no file was kept), "n_clips",
   "files": [{"index", "status": "kept"|"rejected", "reason", "detail", "view"}], "views"}``.
   Files are named by their row index only: no UID, name, date or file name is returned.
+  A model logged with a view classifier (trained on shards whose views it labelled; docs/views.md)
+  classifies each file's view: ``view`` and ``view_confidence`` per file, and a file whose view
+  the model was not trained on is rejected (``view_not_target``, ``view_unknown``) and never
+  enters the study's probability.
 
 JSON request bodies for ``POST /invocations`` are in docs/pull-a-model.md.
 """
@@ -32,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.model.artifact import read_model_dir
-from echocmr.model.predict import predict_files
+from echocmr.model.predict import ViewFilter, predict_files
 
 try:  # a base class when MLflow is installed (always, for a served model)
     from mlflow.pyfunc import PythonModel
@@ -41,6 +45,9 @@ except ImportError:  # pragma: no cover - echocmr always installs mlflow
 
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
 from echocmr.model.tasks import TASKS, p_col
+from echocmr.model.view_serving import VIEW_ARTIFACT_KEY
+from echocmr.model.views import ViewClassifier, read_view_model
+from echocmr.shards.format import TARGET_VIEWS
 
 
 def logit_col(task: str) -> str:
@@ -56,6 +63,7 @@ class EchoCMRModel(PythonModel):
     def load_context(self, context) -> None:
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
+        self.view_filter = expected_view_filter(self.meta, context.artifacts)
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         frame = _as_frame(model_input)
@@ -67,7 +75,18 @@ class EchoCMRModel(PythonModel):
         if has_clip:
             return predict_clips(self.model, self.spec, frame[CLIP].tolist())
         views = frame[VIEW].tolist() if VIEW in frame else [None] * len(frame)
-        return predict_study(self.model, self.spec, frame[DICOM].tolist(), views)
+        return predict_study(self.model, self.spec, frame[DICOM].tolist(), views,
+                             view_filter=getattr(self, "view_filter", None))
+
+
+def expected_view_filter(meta: dict, artifacts: dict) -> ViewFilter | None:
+    """The served model's `ViewFilter`: the view classifier logged with it (artifact
+    `VIEW_ARTIFACT_KEY`) and the views it was trained on (``model.json`` ``views``); None for
+    models logged without one (every file is used, as before)."""
+    if VIEW_ARTIFACT_KEY not in (artifacts or {}):
+        return None
+    classifier = ViewClassifier(read_view_model(artifacts[VIEW_ARTIFACT_KEY]))
+    return ViewFilter(classifier=classifier, views=tuple(meta.get("views") or TARGET_VIEWS))
 
 
 def predict_clips(model, spec, clips: list) -> pd.DataFrame:
@@ -89,8 +108,12 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
                          **{p_col(t): probs[:, k] for k, t in enumerate(TASKS)}})
 
 
-def predict_study(model, spec, files: list, views: list | None = None) -> dict[str, Any]:
-    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring)."""
+def predict_study(model, spec, files: list, views: list | None = None, *,
+                  view_filter: ViewFilter | None = None) -> dict[str, Any]:
+    """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring).
+    With ``view_filter`` each file's view comes from its classifier (a ``view`` sent with the
+    file is reported as sent) and files of other views are rejected (``view_not_target``,
+    ``view_unknown``) instead of entering the study's probability."""
 
     views = list(views or [None] * len(files))
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:
@@ -100,22 +123,25 @@ def predict_study(model, spec, files: list, views: list | None = None) -> dict[s
             with open(path, "wb") as f:
                 f.write(_as_bytes(data, i))
             paths.append(path)
-        result = predict_files(paths, model, spec)
+        result = predict_files(paths, model, spec, view_filter=view_filter)
     index = {p: i for i, p in enumerate(paths)}
     if len(result.studies) > 1:
         raise _bad_input(f"the files belong to {len(result.studies)} studies; send the files of "
                          "one study per request")
     rejected = {index[r["file"]]: r for r in result.rejected}
+    classified = {index[v["file"]]: v for v in result.views}
     out_files, used_views = [], []
     for i in range(len(files)):
         view = _view(views[i])
+        if view is None and i in classified:
+            view = classified[i]["view"]
         if i in rejected:
             detail = rejected[i]["detail"].replace(paths[i], f"file {i}").replace(tmp, "")
             out_files.append({"index": i, "status": "rejected", "reason": rejected[i]["reason"],
-                              "detail": detail, "view": view})
+                              "detail": detail, "view": view, **_confidence(classified, i)})
         else:
             out_files.append({"index": i, "status": "kept", "reason": None, "detail": None,
-                              "view": view})
+                              "view": view, **_confidence(classified, i)})
             used_views.append(view or "unknown")
     probabilities, n_clips = None, 0
     if len(result.studies):
@@ -124,6 +150,11 @@ def predict_study(model, spec, files: list, views: list | None = None) -> dict[s
         n_clips = int(row["n_clips"])
     return {"tasks": list(TASKS), "probabilities": probabilities, "n_clips": n_clips,
             "files": out_files, "views": sorted(set(used_views))}
+
+
+def _confidence(classified: dict, i: int) -> dict:
+    """A file's ``view_confidence`` when the view classifier saw it (else nothing)."""
+    return {"view_confidence": classified[i]["view_confidence"]} if i in classified else {}
 
 
 def _as_frame(model_input) -> pd.DataFrame:

@@ -158,6 +158,20 @@ def load_view_classifier(uri: str, *, tracking_uri: str | None = None,
     return ViewClassifier(model, source=source, threshold=threshold)
 
 
+def fetch_view_model(uri: str, *, tracking_uri: str | None, dst: str) -> str:
+    """The artifact directory of the view model at ``uri``, downloaded into ``dst`` (a local
+    directory is returned as it is)."""
+    local = os.path.expanduser(uri)
+    if os.path.isdir(local):
+        return local if is_view_model_dir(local) else _artifact_in(local, uri)
+    import mlflow
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst,
+                                               tracking_uri=tracking_uri)
+    return _artifact_in(path, uri)
+
+
 def _pinned(uri: str, tracking_uri: str) -> str:
     """``models:/NAME/VERSION`` for ``models:/NAME@ALIAS`` (the version the alias points at)."""
     from mlflow.tracking import MlflowClient

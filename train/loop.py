@@ -42,9 +42,10 @@ from typing import Any
 from echocmr.model.artifact import echocmr_version
 from echocmr.model.card import data_summary, training_card
 from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
-from echocmr.model.publish import log_model
+from echocmr.model.publish import ExpectedViews, log_model
 from echocmr.model.registry import describe_version, register_model
 from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
+from echocmr.model.view_store import fetch_view_model
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
@@ -395,7 +396,11 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             log.info("best checkpoint %s was already logged; not logging it again", best.path)
             outcome.model_uri = tags["echocmr.model_uri"]
             return outcome
-        outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
+        with tempfile.TemporaryDirectory(prefix="echocmr-viewmodel-") as vtmp:
+            views = expected_views(shards, config.data.views, tracking_uri=tracking_uri,
+                                   dst=vtmp)
+            outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id,
+                                          views=views)
         mlflow.set_tags({"echocmr.model_checkpoint": best.path,
                          "echocmr.model_uri": outcome.model_uri,
                          "echocmr.best_epoch": str(outcome.best_epoch)})
@@ -518,3 +523,22 @@ def _view_tags(views: dict[str, dict[str, int]]) -> dict[str, str]:
     fmt = lambda d: ",".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
     return {"echocmr.views_read": fmt(views["read"]),
             "echocmr.views_left_out": fmt(views["left_out"])}
+
+
+def expected_views(shards: str, views, *, tracking_uri: str, dst: str) -> ExpectedViews:
+    """What the logged model records about views: ``data.views``, and the view classifier that
+    labelled the training set's views (stats.json ``view_models``) when every site that used
+    one used the same, fetched into ``dst`` so the served model carries it (docs/views.md)."""
+    used = sorted(set((read_stats(shards).get("view_models") or {}).values()))
+    if len(used) != 1:
+        if len(used) > 1:
+            log.warning("the training set's sites were labelled by different view models (%s): "
+                        "the logged model carries none", ", ".join(used))
+        return ExpectedViews(views=tuple(views))
+    try:
+        directory = fetch_view_model(used[0], tracking_uri=tracking_uri, dst=dst)
+    except Exception as exc:  # the model still logs; serving then uses every file
+        log.warning("view model %s could not be fetched (%s): the logged model carries none",
+                    used[0], exc)
+        return ExpectedViews(views=tuple(views), source=used[0])
+    return ExpectedViews(views=tuple(views), source=used[0], view_model_dir=directory)
