@@ -144,10 +144,11 @@ def test_a_registered_view_model_loads_by_alias_and_is_pinned(trained):
     assert call.view == (call.best if call.confidence >= classifier.threshold else "unknown")
     again = pickle.loads(pickle.dumps(classifier))  # what a pool worker receives
     assert again(frames) == call
-    with pytest.raises(ValueError, match="not an echocmr view classifier|not a view"):
-        from echocmr.model.view_store import load_view_classifier as load
-
-        load(str(Path(__file__).parent / "data"), tracking_uri=uri)
+    cmr_model = Path(__file__).parent / "data" / "model_0_2_0"  # a CMR model, not a view model
+    with pytest.raises(ValueError, match="is not a view classifier"):
+        load_view_classifier(str(cmr_model), tracking_uri=uri)
+    with pytest.raises(ValueError, match="neither a view-model directory"):
+        load_view_classifier(str(cmr_model.parent), tracking_uri=uri)
 
 
 def test_threshold_decides_unknown(trained):
@@ -184,3 +185,88 @@ def test_ingest_labels_a_clip_table_first_and_counts_disagreements():
     text = mix.describe()
     assert "A4C 1" in text and "other 1" in text and "unknown 1" in text
     assert "disagrees with the views table on 1 of 2 clips" in text
+
+
+CMR_STATS = {"tasks": ["wma", "lge", "t1", "t2", "ecv"], "pixel_mean": 40.0, "pixel_std": 30.0,
+             "clip": {"height": 112, "width": 112, "fps": 30.0, "codec": "vp9",
+                      "pix_fmt": "yuv420p"}}
+
+
+def _ybr() -> str:
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file("examples_ybr_color.dcm")
+
+
+def test_served_model_reports_views_and_leaves_other_views_out(trained, tmp_path):
+    """A CMR model logged with the view classifier: the DICOM pyfunc reports each file's view
+    and confidence, and a file of a view the model was not trained on is rejected with a reason
+    and does not enter the study's probability (pyfunc, and `echocmr predict` in a subprocess)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.model.publish import ExpectedViews, log_model
+    from echocmr.model.view_serving import classify_file
+
+    from _eval_model import make_checkpoint, tiny_state
+
+    proc, model_dir, _ = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ybr = _ybr()
+    call = classify_file(ViewClassifier(read_view_model(model_dir)), ybr)
+    assert call["status"] == "kept"
+    seen = call["view"]  # what the classifier says this real clip is
+    others = tuple(v for v in ("A4C", "A2C", "PLAX", "other") if v != seen)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("echocmr")).info.run_id
+    model_uri = log_model(tiny_state(CMR_STATS), tracking_uri=uri, run_id=run,
+                          views=ExpectedViews(views=(seen,), source=str(model_dir),
+                                              view_model_dir=str(model_dir)))
+    mlflow.set_tracking_uri(uri)
+    served = mlflow.pyfunc.load_model(model_uri)
+    data = Path(ybr).read_bytes()
+    out = served.predict(pd_frame({"dicom": [data]}))
+    (f,) = out["files"]
+    assert f["status"] == "kept" and f["view"] == seen
+    assert f["view_confidence"] == pytest.approx(call["confidence"], abs=1e-4)
+    assert out["probabilities"] is not None and out["views"] == [seen]
+
+    # The same file for a model trained on the other views: reported, never averaged in.
+    from echocmr.model.checkpoint import model_from_state
+    from echocmr.model.predict import ViewFilter
+    from echocmr.model.serving import predict_study
+
+    net, spec = model_from_state(tiny_state(CMR_STATS))
+    refused = predict_study(net, spec, [data], view_filter=ViewFilter(
+        classifier=ViewClassifier(read_view_model(model_dir)), views=others))
+    (g,) = refused["files"]
+    assert g["status"] == "rejected" and g["view"] == seen
+    assert g["reason"] == ("view_unknown" if seen == "unknown" else "view_not_target")
+    assert refused["probabilities"] is None and refused["n_clips"] == 0
+
+    checkpoint = make_checkpoint(str(tmp_path / "ckpt"), CMR_STATS)
+    env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    outs = {}
+    for name, views in (("kept", [seen]), ("left_out", list(others))):
+        out_json = tmp_path / f"{name}.json"
+        argv = [sys.executable, "-m", "echocmr", "predict", "--model", checkpoint, "--out",
+                str(out_json), "--view-model", str(model_dir), ybr]
+        for v in views:
+            argv += ["--views", v]
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        outs[name] = (p, json.loads(out_json.read_text()))
+    p, doc = outs["kept"]
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert len(doc["studies"]) == 1 and doc["views"][0]["view"] == seen
+    p, doc = outs["left_out"]
+    assert p.returncode == 1 and doc["studies"] == []
+    assert doc["rejected"][0]["reason"] in ("view_not_target", "view_unknown")
+    assert doc["rejected"][0]["view"] == seen
+
+
+def pd_frame(columns: dict):
+    import pandas as pd
+
+    return pd.DataFrame(columns)
