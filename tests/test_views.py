@@ -50,7 +50,7 @@ def trained(view_set, tmp_path_factory):
     env = {**os.environ, "HOME": str(root), "TMPDIR": str(root)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "echocmr", "views", "train", "--shards", view_set, "--epochs", "3",
+        [sys.executable, "-m", "echocmr", "views", "train", "--shards", view_set, "--epochs", "3", "--min-steps", "0",
          "--batch-size", "16", "--register", "views", "--out", str(root / "vm"),
          "--tracking-uri", uri], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     return proc, root / "vm", uri

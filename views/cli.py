@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--register", metavar="NAME", help="register the model under NAME")
     p.add_argument("--out", metavar="DIR", help="also write the model directory here")
     p.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    p.add_argument("--min-steps", type=int, default=400,
+                   help="train at least this many steps, however few the clips (default 400)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--frames", type=int, default=4, help="frames per clip (default 4)")
     p.add_argument("--size", type=int, default=64, help="input side in pixels (default 64)")
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.getLogger("echocmr").setLevel(logging.INFO)
     config = ViewTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, frames=args.frames, size=args.size,
+        epochs=args.epochs, min_steps=args.min_steps, batch_size=args.batch_size,
+        frames=args.frames, size=args.size,
         seed=args.seed, gpu=args.gpu, exclude_sites=tuple(sorted(set(args.exclude_site))),
         threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
     result = train_view_model(args.shards, config, tracking_uri=args.tracking_uri,
