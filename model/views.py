@@ -104,9 +104,16 @@ class ViewNet(nn.Module):
         return self.fc(self.drop(feat))
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.5, 20.0
+
+
 def fit_temperature(logits_NK: torch.Tensor, target_N: torch.Tensor) -> float:
-    """The temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017),
-    searched on a log grid from 0.05 to 20 then refined; 1.0 when there is nothing to fit."""
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017),
+    searched on a log grid over [0.5, 20] then refined; 1.0 when there is nothing to fit.
+
+    The lower bound keeps a tiny val set that the network gets all right (NLL falls without end
+    as T -> 0) from making every call certain, which would leave nothing ``unknown``; measured:
+    3 val clips, all right, fitted T = 0.047 without it."""
     if len(target_N) == 0:
         return 1.0
     logits = logits_NK.detach().double()
@@ -114,9 +121,10 @@ def fit_temperature(logits_NK: torch.Tensor, target_N: torch.Tensor) -> float:
     def nll(t: float) -> float:
         return float(nn.functional.cross_entropy(logits / t, target_N))
 
-    grid = np.exp(np.linspace(math.log(0.05), math.log(20.0), 61))
+    grid = np.exp(np.linspace(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE), 61))
     best = min(grid, key=nll)
-    fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
+    fine = np.clip(best * np.exp(np.linspace(-0.06, 0.06, 25)), MIN_TEMPERATURE,
+                   MAX_TEMPERATURE)
     return float(min(fine, key=nll))
 
 

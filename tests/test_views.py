@@ -85,6 +85,9 @@ def test_temperature_scaling_cools_overconfident_logits():
     assert t > 2.0
     assert float(nll(logits / t, target)) < float(nll(logits, target))
     assert fit_temperature(torch.zeros((0, 4)), torch.zeros(0, dtype=torch.long)) == 1.0
+    # A val set the network gets all right would push T to 0 (every call certain): bounded.
+    right_logits = torch.nn.functional.one_hot(target[:3], 4).float() * 3.0
+    assert fit_temperature(right_logits, target[:3]) == pytest.approx(0.5)
 
 
 def test_read_path_selects_views_and_counts_the_rest(view_set, tmp_path):
