@@ -59,7 +59,7 @@ CACHE = "/tmp/echocmr-bench-ingest"
 
 
 def _cohort(patients: int) -> str:
-    from echocmr.ingest.synth import generate_cohort
+    from echocmr.ingest.synth.generate import generate_cohort
 
     root = os.path.join(CACHE, f"cohort-{patients}")
     if not os.path.exists(os.path.join(root, "synth_truth.parquet")):
@@ -144,7 +144,7 @@ def _decode(root: str) -> None:
     from PIL import Image
     from pydicom.encaps import generate_frames
 
-    from echocmr.ingest.dicom_io import decode_jpeg_luma
+    from echocmr.ingest.jpeg import decode_jpeg_luma
 
     datasets = _jpeg_datasets(root)
     n_frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets)
@@ -171,7 +171,7 @@ def _decode(root: str) -> None:
               for _ in range(int(ds.get("NumberOfFrames", 1) or 1))]
     import libjpeg
 
-    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+    from echocmr.ingest.jpeg import _full_decode_problem, _strict_decode_problem
 
     sample = codestreams[::max(len(codestreams) // 64, 1)]
     for name, check in (("full decode (libjpeg.decode)", lambda c: _full_decode_problem(libjpeg, c)),
@@ -215,10 +215,12 @@ def _decode(root: str) -> None:
 def _stages(root: str) -> None:
     """Where a kept clip's time goes on one core: read + decode, sector/mask/resize, OCR, VP9."""
     from echocmr.ingest.config import IngestConfig
-    from echocmr.ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, load_dataset
+    from echocmr.ingest.dicom_header import check_cine, load_dataset
+    from echocmr.ingest.dicom_io import clip_from_dataset
     from echocmr.ingest.encode import encode_webm
-    from echocmr.ingest.job import _detect_text
     from echocmr.ingest.preprocess import preprocess_clip
+    from echocmr.ingest.reasons import RejectedInput
+    from echocmr.ingest.worker import detect_text
 
     config = IngestConfig(site="bench")
     spent = {"read + decode": 0.0, "sector, mask, resize": 0.0, "text detector": 0.0,
@@ -236,7 +238,7 @@ def _stages(root: str) -> None:
             except RejectedInput:
                 continue
             t2 = time.perf_counter()
-            _detect_text(prepared.frames_THW, config)
+            detect_text(prepared.frames_THW, config)
             t3 = time.perf_counter()
             encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
             t4 = time.perf_counter()
@@ -251,14 +253,14 @@ def _stages(root: str) -> None:
 def _damage_counts(ds, trials: int = 300) -> None:
     """Which decoder sees a damaged frame: runs of 4, 16 or 80 bytes overwritten (zeros, or
     random bytes without 0xFF) at random places in one frame's entropy-coded data. Also checks,
-    run by run, that pylibjpeg's read pass alone (`dicom_io._strict_decode_problem`) gives the
+    run by run, that pylibjpeg's read pass alone (`jpeg._strict_decode_problem`) gives the
     verdict and message of its full decode."""
     import libjpeg
     import numpy as np
     import simplejpeg
     from pydicom.encaps import generate_frames
 
-    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+    from echocmr.ingest.jpeg import _full_decode_problem, _strict_decode_problem
 
     frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1)
                                                                        or 1)))
@@ -296,8 +298,10 @@ def _prepared_clips(root: str) -> list:
     """The cohort's kept clips as ingest hands them to the encoder (text detector off: masking a
     few boxes does not change what the encoder costs)."""
     from echocmr.ingest.config import IngestConfig
-    from echocmr.ingest.dicom_io import RejectedInput, check_cine, clip_from_dataset, load_dataset
+    from echocmr.ingest.dicom_header import check_cine, load_dataset
+    from echocmr.ingest.dicom_io import clip_from_dataset
     from echocmr.ingest.preprocess import preprocess_clip
+    from echocmr.ingest.reasons import RejectedInput
 
     config = IngestConfig(site="bench")
     clips = []

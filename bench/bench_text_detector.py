@@ -85,13 +85,10 @@ def prepared_clips(patients: int = 4) -> list[np.ndarray]:
         os.environ.setdefault("ECHOCMR_SPLIT_KEY", "bench-key")
         from bench.bench_ingest import _cohort
         from echocmr.ingest.config import IngestConfig
-        from echocmr.ingest.dicom_io import (
-            RejectedInput,
-            check_cine,
-            clip_from_dataset,
-            load_dataset,
-        )
+        from echocmr.ingest.dicom_header import check_cine, load_dataset
+        from echocmr.ingest.dicom_io import clip_from_dataset
         from echocmr.ingest.preprocess import preprocess_clip
+        from echocmr.ingest.reasons import RejectedInput
 
         root = os.path.join(_cohort(patients), "dicom")
         config = IngestConfig(site="bench")

@@ -44,6 +44,7 @@ from echocmr.model.contract import (
 from echocmr.model.predict import predict_windows
 from echocmr.model.store import load_model
 from echocmr.model.tasks import TASKS, p_col, y_col
+from echocmr.progress import Progress
 from echocmr.read.loader import select_sites, split_files
 from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
 from echocmr.shards import storage
@@ -125,8 +126,9 @@ def decode_videos(tars: list[str], indexes: list[str], spec: InputSpec, *,
 
 
 def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, config: InferConfig,
-               stored_size: tuple | None, device=None) -> pd.DataFrame:
-    """The clip table (``eval.outputs.CLIP_COLUMNS``) of the given tars."""
+               stored_size: tuple | None, device=None, progress: bool = True) -> pd.DataFrame:
+    """The clip table (``eval.outputs.CLIP_COLUMNS``) of the given tars; progress (videos done,
+    rate, time left) on stderr, a bar on a terminal, a line every 30 s elsewhere."""
     import torch
 
     device = torch.device(device or ("cuda" if config.gpu else "cpu"))
@@ -145,8 +147,11 @@ def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, c
             row.update({p_col(t): float(p[k]) for k, t in enumerate(TASKS)})
         pending.clear()
 
+    total = sum(index_count(i) for i in indexes) if all(indexes) else None
+    shown = Progress(total, desc="eval inference", unit="video", enabled=progress)
     for key, labels, meta, frames in decode_videos(tars, indexes, spec, stored_size=stored_size,
                                                    config=config, device=device):
+        shown.update(1)
         if meta.n_frames != frames.shape[0]:
             log.warning("%s: metadata says %s frames, the decoder gave %d; using the decoder's",
                         key, meta.n_frames, frames.shape[0])
@@ -159,6 +164,7 @@ def infer_tars(model, spec: InputSpec, tars: list[str], indexes: list[str], *, c
         if sum(len(c) for c in pending) >= config.batch_size:
             flush()
     flush()
+    shown.close()
     return pd.DataFrame(rows, columns=CLIP_COLUMNS)
 
 

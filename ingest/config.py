@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from echocmr import config as loader
-from echocmr.config import ConfigError, to_dict
+from echocmr.config import ConfigError, check_choices, to_dict
+from echocmr.ingest.cutoffs import check_rules
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.ingest.view_table import ViewConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
 __all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
@@ -52,8 +54,15 @@ class ReadConfig:
     # 8-bit JPEG: frames (evenly spaced) decoded a second time, strictly, by libjpeg to catch
     # damaged entropy-coded data the fast decoder turns into garbage; 0: no strict decode.
     strict_jpeg_check_frames: int = 32
+    # Pixel data a file may declare (rows x columns x frames x samples x bits allocated / 8), in
+    # MiB: more is `bad_header`, refused before any of it is inflated or decoded
+    # (`ingest.pixel_budget`); it bounds the memory one file can take.
+    max_pixel_mb: float = 1024.0
 
     def __post_init__(self) -> None:
+        if not self.max_pixel_mb > 0:
+            raise ConfigError("preprocess.read.max_pixel_mb must be > 0, got "
+                              f"{self.max_pixel_mb}")
         if self.strict_jpeg_check_frames < 0:
             raise ConfigError("preprocess.read.strict_jpeg_check_frames must be >= 0, got "
                               f"{self.strict_jpeg_check_frames}")
@@ -173,8 +182,6 @@ class CutoffRule:
     site: str | None = None
 
     def __post_init__(self) -> None:
-        from echocmr.config import check_choices
-
         check_choices(self, "labels.cutoff_rules.")
         where = f"labels.cutoff_rules: rule {self.describe()}"
         if not self.field_strength_t > 0:
@@ -252,9 +259,6 @@ class LabelConfig:
     numeric_patient_ids: Literal["error", "strip_leading_zeros"] = "error"
 
     def __post_init__(self) -> None:
-        from echocmr.config import check_choices
-        from echocmr.ingest.cutoffs import check_rules
-
         check_choices(self, "labels.")
         self.cutoff_rules = tuple(r if isinstance(r, CutoffRule) else CutoffRule(**r)
                                   for r in self.cutoff_rules)
@@ -355,6 +359,7 @@ class IngestConfig:
     splits: SplitConfig = field(default_factory=SplitConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
     # The view classifier that labels clips (`echocmr ingest --view-model`): an MLflow model URI
     # (models:/NAME@ALIAS is pinned to the version it points at when the run starts) or a view
     # model directory; None = views from --views only, else "unknown" (docs/views.md).

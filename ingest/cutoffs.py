@@ -34,13 +34,36 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from echocmr.config import ConfigError
 
-if TYPE_CHECKING:
-    from echocmr.ingest.config import CutoffRule, LabelConfig
+
+class CutoffRule(Protocol):
+    """What this module reads of a rule (`ingest.config.CutoffRule`, which imports this module:
+    the config is validated here, so the dependency runs config -> cutoffs only)."""
+
+    task: str
+    field_strength_t: float
+    high: float
+    low: float | None
+    sequence: str | None
+    site: str | None
+
+    def describe(self) -> str: ...
+
+
+class LabelConfig(Protocol):
+    """What this module reads of the label section (`ingest.config.LabelConfig`)."""
+
+    t1_cutoff_ms: Mapping[float, float]
+    t2_cutoff_ms: Mapping[float, float]
+    ecv_cutoff_pct: float
+    field_strength_tolerance_t: float
+    cutoff_rules: Sequence[CutoffRule]
+    sequence_aliases: Mapping[str, str]
 
 RULE_TASKS: tuple[str, ...] = ("t1", "t2")
 UNITS = {"t1": "ms", "t2": "ms", "ecv": "%"}

@@ -3,8 +3,8 @@
     echocmr ingest --dicom s3://archive/echo --labels cmr.parquet --out /shared/shards \
         --address auto            # or HOST:PORT, ray://HOST:10001, or $RAY_ADDRESS
 
-The same functions run here as in the local process pool (`ingest.job.process_file`,
-`ingest.job.write_shard_job`); only who calls them differs:
+The same functions run here as in the local process pool (`ingest.worker.process_file`,
+`ingest.shard_job.write_shard_job`); only who calls them differs:
 
 - **Files.** One task per file. It reads the file (a shared path or an object URL), writes the
   clip and its result to the work cache (shared storage or a URL: every node writes there) and
@@ -32,15 +32,10 @@ import logging
 from collections.abc import Iterator
 
 from echocmr.ingest.config import RayConfig
-from echocmr.ingest.job import (
-    REASONS,
-    ShardJob,
-    WorkerContext,
-    init_worker,
-    process_file,
-    write_shard_job,
-)
+from echocmr.ingest.reasons import REASONS
+from echocmr.ingest.shard_job import ShardJob, write_shard_job
 from echocmr.ingest.workcache import FileResult, WorkCache
+from echocmr.ingest.worker import WorkerContext, init_worker, process_file
 
 log = logging.getLogger(__name__)
 

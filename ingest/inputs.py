@@ -1,9 +1,8 @@
-"""Ingest's inputs: every path under ``--dicom`` accounted for, and the optional views table.
+"""Ingest's inputs: every path under ``--dicom`` accounted for.
 
 `scan_inputs` walks a local tree and gives each path that is not a regular, readable file its
 report row with a reason (links, loops, FIFOs, unreadable directories: nothing met is silently
-lost); `scan_url` lists an ``s3://`` / ``gs://`` prefix. `read_views` reads the SOP Instance UID
-to view table (``--views``).
+lost); `scan_url` lists an ``s3://`` / ``gs://`` prefix. The views table is `ingest.view_table`.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from echocmr.ingest.workcache import FileResult
+from echocmr.shards import storage
 
 
 @dataclass
@@ -32,8 +32,6 @@ def scan_url(prefix: str) -> Scan:
     process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
     prefix once and reads no object it already did.
     """
-    from echocmr.shards import storage
-
     files, entries = [], {}
     for rel, nbytes, version in storage.walk_files(prefix):
         files.append(rel)
@@ -111,25 +109,3 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
 
     walk("", frozenset({root_real}))
     return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
-
-
-def read_views(path: str | None) -> dict[str, str]:
-    """SOP Instance UID -> view from a CSV or Parquet file with ``sop_instance_uid, view``."""
-    if path is None:
-        return {}
-    import pandas as pd
-
-    if str(path).lower().endswith((".parquet", ".pq")):
-        table = pd.read_parquet(path)
-    else:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"sop_instance_uid", "view"} - set(table.columns)
-    if missing:
-        raise ValueError(f"views file {path}: missing column(s) {sorted(missing)}; "
-                         "expected 'sop_instance_uid,view'")
-    views = {}
-    for uid, view in zip(table["sop_instance_uid"], table["view"], strict=True):
-        uid, view = str(uid).strip(), str(view).strip()
-        if uid and view and view.lower() not in ("nan", "none"):
-            views[uid] = view
-    return views

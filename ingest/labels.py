@@ -49,6 +49,7 @@ import pandas as pd
 
 from echocmr.ingest.config import LabelConfig
 from echocmr.ingest.cutoffs import RuleSet
+from echocmr.ingest.pairing import STRIP_ZEROS_ATTR
 from echocmr.shards.format import TASKS
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ _FALSE = {"0", "0.0", "false", "no", "n", "f", "negative", "normal"}
 
 
 WARNINGS_ATTR = "label_warnings"  # DataFrame.attrs key: counted warnings of the reading
-STRIP_ZEROS_ATTR = "strip_leading_zeros"  # DataFrame.attrs key: compare IDs without leading 0s
 RULES_ATTR = "label_rules"  # DataFrame.attrs key: cut-off rule description -> rows it labelled
 RULES_FINGERPRINT_ATTR = "label_rules_fingerprint"  # DataFrame.attrs key: `RuleSet.fingerprint`
 _NO_CUTOFF = "\0"  # prefix of a per-row "rule" that is the reason there was none

@@ -25,6 +25,9 @@ from echocmr.shards.format import TASKS
 if TYPE_CHECKING:  # pandas is not needed by worker processes that only call `pair`
     import pandas as pd
 
+# DataFrame.attrs key `ingest.labels.read_table` sets: compare IDs without leading zeros.
+STRIP_ZEROS_ATTR = "strip_leading_zeros"
+
 
 @dataclass(frozen=True)
 class Pairing:
@@ -43,8 +46,6 @@ class CmrIndex:
     """CMR rows by patient, for `pair`. Small and picklable: worker processes each get a copy."""
 
     def __init__(self, table: pd.DataFrame, config: PairingConfig | None = None) -> None:
-        from echocmr.ingest.labels import STRIP_ZEROS_ATTR
-
         self.window_days = (config or PairingConfig()).window_days
         # The table's IDs were numbers: compare without leading zeros (`labels.numeric_patient_ids`).
         self.strip_leading_zeros = bool(table.attrs.get(STRIP_ZEROS_ATTR, False))

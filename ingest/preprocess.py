@@ -30,14 +30,9 @@ from os import PathLike
 import numpy as np
 
 from echocmr.ingest.config import IngestConfig, PreprocessConfig, ReadConfig
-from echocmr.ingest.dicom_io import (
-    DicomClip,
-    RejectedInput,
-    check_cine,
-    clip_from_dataset,
-    load_dataset,
-    study_uid,
-)
+from echocmr.ingest.dicom_header import check_cine, load_dataset, study_uid
+from echocmr.ingest.dicom_io import DicomClip, clip_from_dataset
+from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.sector import Sector, find_sector
 
 

@@ -49,7 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from echocmr.ingest.config import SectorConfig
-from echocmr.ingest.dicom_io import RejectedInput, UltrasoundRegion
+from echocmr.ingest.dicom_geometry import UltrasoundRegion
+from echocmr.ingest.reasons import RejectedInput
 
 _STRUCT3 = np.ones((3, 3), dtype=bool)
 

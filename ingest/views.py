@@ -28,6 +28,8 @@ import numpy as np
 from echocmr.shards.format import VIEW_UNKNOWN, view_class
 
 ViewClassifierFn = Callable[[np.ndarray], Any]
+# A kept clip's report ``detail`` when its views-table view and the view model disagree.
+VIEW_DISAGREEMENT = "view disagreement"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,17 @@ class ViewMix:
         if meta.get("view_source") == "table" and meta.get("view_confidence") is not None:
             self.checked += 1
             self.disagreements += bool(disagreement)
+
+    @classmethod
+    def of(cls, results) -> ViewMix:
+        """The mix of the kept results (`ingest.workcache.FileResult`, their typed meta)."""
+        mix = cls()
+        for r in results:
+            if r.status == "kept" and r.meta is not None:
+                meta = r.meta if isinstance(r.meta, dict) else r.meta.to_dict()
+                mix.add(meta, disagreement=bool(r.detail
+                                                and r.detail.startswith(VIEW_DISAGREEMENT)))
+        return mix
 
     def describe(self) -> str:
         total = sum(self.views.values())

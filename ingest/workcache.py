@@ -1,9 +1,11 @@
 """Ingest's work cache: what each input file became, kept under ``OUT/.work`` until the shards
 are written, so that a killed run resumes where it stopped and a resumed run gives the same bytes.
 
-`FileResult` is one file's outcome (kept with its metadata, or rejected with its reason); it is
-what workers return, what the cache stores as ``<entry>.json`` beside the clip ``<entry>.webm``,
-and what the ingest report's rows are made from. `WorkCache` publishes each entry atomically
+`FileResult` is one file's outcome (kept with its typed `SampleMeta`, or rejected with its
+reason); it is what workers return, what the cache stores as ``<entry>.json`` beside the clip
+``<entry>.webm`` (`FileResult.to_json`: the metadata as the exact ``KEY.json`` bytes the shard
+will hold, parsed back strictly by `SampleMeta.from_json`), and what the ingest report's rows are
+made from. `WorkCache` publishes each entry atomically
 (clip first, result last); its ``stamp.json`` holds the fingerprint of everything that shapes the
 output, with ``CACHE_VERSION``: a different stamp starts the cache afresh.
 """
@@ -15,16 +17,19 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+
+from echocmr.shards import storage
+from echocmr.shards.format import SampleMeta
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "5"
+CACHE_VERSION = "6"  # 6: a result's metadata is its KEY.json bytes (`FileResult.to_json`)
 
 
 @dataclass
@@ -36,7 +41,7 @@ class FileResult:
     reason: str | None = None
     detail: str | None = None
     key: str | None = None
-    meta: dict | None = None  # the sample's KEY.json content, when kept
+    meta: SampleMeta | None = None  # the sample's KEY.json, when kept
     labels: list[float | None] | None = None  # five labels, None for NaN (JSON has no NaN)
     pixel_stats: list[float] | None = None  # mean, std, n_pixels
     video_sha256: str | None = None
@@ -48,6 +53,22 @@ class FileResult:
     def label_array(self) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)
 
+    def to_json(self) -> bytes:
+        """The cache's ``<entry>.json``: every field, ``meta`` as its ``KEY.json`` text."""
+        data = asdict(self)
+        data["meta"] = None if self.meta is None else self.meta.to_json().decode()
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> FileResult:
+        """Parse `to_json`'s bytes; ValueError or TypeError when they are not a result this
+        code wrote."""
+        data = json.loads(blob)
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+            raise ValueError("not a work cache result of this version")
+        if data["meta"] is not None:
+            data["meta"] = SampleMeta.from_json(data["meta"].encode(), key=data["key"])
+        return cls(**data)
 
 
 class WorkCache:
@@ -62,14 +83,10 @@ class WorkCache:
     """
 
     def __init__(self, path: str) -> None:
-        from echocmr.shards import storage
-
         self.path = str(path)
         self._local = storage.is_local(self.path)
 
     def prepare(self, fingerprint: str) -> None:
-        from echocmr.shards import storage
-
         stamp = storage.join(self.path, "stamp.json")
         try:
             old = json.loads(storage.read_bytes(stamp))["fingerprint"]
@@ -84,54 +101,41 @@ class WorkCache:
             _atomic_write(stamp, json.dumps({"fingerprint": fingerprint}).encode())
 
     def _file(self, entry: str, ext: str) -> str:
-        from echocmr.shards import storage
-
         return storage.join(self.path, "files", f"{entry}.{ext}")
 
     def done(self) -> set[str]:
         """Entries with a result file (one listing, not one request per file)."""
-        from echocmr.shards import storage
-
         return {n[:-5] for n in storage.listdir(storage.join(self.path, "files"))
                 if n.endswith(".json")}
 
     def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
         if video is not None:
             _atomic_write(self._file(entry, "webm"), video)
-        _atomic_write(self._file(entry, "json"), json.dumps(asdict(result), sort_keys=True).encode())
+        _atomic_write(self._file(entry, "json"), result.to_json())
 
     def load(self, entry: str) -> FileResult | None:
         """The cached result, or None when absent or unusable."""
-        from echocmr.shards import storage
-
         try:
-            data = json.loads(storage.read_bytes(self._file(entry, "json")))
-            result = FileResult(**data)
-        except (OSError, ValueError, TypeError):
+            result = FileResult.from_json(storage.read_bytes(self._file(entry, "json")))
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
         if result.status == "kept" and not storage.exists(self._file(entry, "webm")):
             return None
         return result
 
     def video(self, entry: str, sha256: str) -> bytes:
-        from echocmr.shards import storage
-
         data = storage.read_bytes(self._file(entry, "webm"))
         if hashlib.sha256(data).hexdigest() != sha256:
             raise RuntimeError(f"work cache entry {entry} is corrupt; delete {self.path} and rerun")
         return data
 
     def remove(self) -> None:
-        from echocmr.shards import storage
-
         storage.remove_tree(self.path)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
     """Publish ``data`` at ``path`` whole. Local: a temp file renamed into place (no fsync: the
     cache is rebuilt if lost, and fsync per file would cost more than the file); a URL: one PUT."""
-    from echocmr.shards import storage
-
     if not storage.is_local(path):
         storage.atomic_write(path, data)
         return
@@ -144,7 +148,8 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def entry_id(dicom_dir: str, source: str) -> str:
-    """Cache entry of a file: its relative path, size and modification time."""
+    """Cache entry of a file: its relative path (its bytes: a name need not be UTF-8), size and
+    modification time."""
     st = os.stat(os.path.join(dicom_dir, source))
-    text = f"{source}\0{st.st_size}\0{st.st_mtime_ns}"
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return hashlib.sha256(os.fsencode(source) + f"\0{st.st_size}\0{st.st_mtime_ns}".encode()
+                          ).hexdigest()[:24]

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from echocmr.ingest.config import PreprocessConfig, load_config
-from echocmr.ingest.dicom_io import RejectedInput
 from echocmr.ingest.preprocess import preprocess_dicom
+from echocmr.ingest.reasons import RejectedInput
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
 from echocmr.model.lineage import source_run_id
 from echocmr.model.pulled import read_model_stats

@@ -29,6 +29,13 @@ def register(subparsers) -> None:
         help="also decode every clip through DALI on CPU and check frame counts",
     )
     verify.add_argument("--json", action="store_true", help="print problems as JSON")
+    verify.add_argument(
+        "--allow-extra-files",
+        action="store_true",
+        help="report files in the set's directory that are not the set's as warnings, not "
+        "problems (default: each one is a problem)",
+    )
+    _address_option(verify)
     verify.set_defaults(func=run_verify)
 
     stats = sub.add_parser("stats", help="clips, patients, labels, shard sizes per split")
@@ -40,7 +47,8 @@ def register(subparsers) -> None:
         "reshard",
         help="merge shard sets (e.g. add a site) into even, site-mixed shards",
         description="Merge shard sets into a new one. Splits are kept; samples are shuffled "
-        "within each split across inputs; the output is verified before success. "
+        "within each split across inputs; every sample is checked against its input's "
+        "manifest as it is copied and the output set is verified before success. "
         "ingest_report.parquet is never copied.",
     )
     reshard.add_argument(
@@ -78,9 +86,20 @@ def register(subparsers) -> None:
     reshard.add_argument(
         "--decode", action="store_true", help="verify the output with --decode (every clip decoded)"
     )
+    _address_option(reshard)
     reshard.set_defaults(func=run_reshard)
 
     shards.set_defaults(func=lambda args: _help(shards))
+
+
+def _address_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=None,
+        metavar="RAY",
+        help="run one task per shard on this Ray cluster (auto, HOST:PORT, ray://HOST:10001; "
+        "default $RAY_ADDRESS, else here); the set must be at a path every node sees or a URL",
+    )
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -89,9 +108,14 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from echocmr.shards.verify import format_problems, problems_json, summary_line, verify
+    from echocmr.shards.distributed import resolve_address
+    from echocmr.shards.verify import format_problems, problems_json, summary_line, verify_set
 
-    problems = verify(args.dir, decode=args.decode)
+    report = verify_set(args.dir, decode=args.decode, address=resolve_address(args.address),
+                        allow_extra_files=args.allow_extra_files)
+    problems = report.problems
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(problems_json(problems))
     elif problems:
@@ -114,6 +138,7 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_reshard(args: argparse.Namespace) -> int:
+    from echocmr.shards.distributed import resolve_address
     from echocmr.shards.reshard import ReshardConfig, ReshardError, reshard
 
     config = ReshardConfig(
@@ -124,7 +149,8 @@ def run_reshard(args: argparse.Namespace) -> int:
         exclude_sites=tuple(args.exclude_site),
     )
     try:
-        summary = reshard(args.input, args.out, config=config)
+        summary = reshard(args.input, args.out, config=config,
+                          address=resolve_address(args.address))
     except ReshardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

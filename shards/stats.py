@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from echocmr.shards import storage
 from echocmr.shards.format import (
@@ -26,7 +27,8 @@ from echocmr.shards.format import (
     ClipFormat,
     view_class,
 )
-from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.manifest import codes_of, read_columns
+from echocmr.shards.reader import list_shards, read_stats
 
 
 def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -42,20 +44,52 @@ def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tupl
     return pooled_mean, math.sqrt(max(second_moment - pooled_mean * pooled_mean, 0.0))
 
 
-def split_summary(rows: pd.DataFrame) -> dict:
-    """Counts and label prevalence of one split's manifest rows."""
+_STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
+                  "n_pixels")
+
+
+def split_summary(rows: pd.DataFrame | pa.Table) -> dict:
+    """Counts and label prevalence of one split's manifest rows (a DataFrame or Arrow table)."""
+    return _split_summary(_as_table(rows))
+
+
+def _as_table(rows: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows
+    wanted = [c for c in ("split", "site", "patient_hash", "study_hash", "view", "shard",
+                          "n_frames", "video_bytes", "pixel_mean", "pixel_std", "n_pixels",
+                          *TASKS) if c in rows.columns]
+    return pa.Table.from_pandas(rows[wanted], preserve_index=False)
+
+
+def _mask(column, value: str) -> np.ndarray:
+    codes, values = codes_of(column)
+    return codes == values.index(value) if value in values else np.zeros(len(codes), bool)
+
+
+def _distinct(column) -> int:
+    codes, _ = codes_of(column)
+    return int(len(np.unique(codes[codes >= 0])))
+
+
+def _floats(column) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _split_summary(rows: pa.Table) -> dict:
     positives, known, prevalence = {}, {}, {}
     for task in TASKS:
-        values = rows[task].to_numpy(dtype=np.float64)
+        values = _floats(rows.column(task))
         k = int(np.count_nonzero(~np.isnan(values)))
         p = int(np.count_nonzero(values > 0.5))
         positives[task], known[task] = p, k
         prevalence[task] = round(p / k, 6) if k else None
+    codes, sites = codes_of(rows.column("site"))
     return {
-        "clips": int(len(rows)),
-        "studies": int(rows["study_hash"].nunique()),
-        "patients": int(rows["patient_hash"].nunique()),
-        "sites": sorted(str(s) for s in rows["site"].unique()),
+        "clips": int(rows.num_rows),
+        "studies": _distinct(rows.column("study_hash")),
+        "patients": _distinct(rows.column("patient_hash")),
+        "sites": sorted({str(sites[c]) if c >= 0 else "None" for c in np.unique(codes)}),
         "positives": positives,
         "known": known,
         "prevalence": prevalence,
@@ -63,18 +97,24 @@ def split_summary(rows: pd.DataFrame) -> dict:
 
 
 def compute_stats(
-    manifest: pd.DataFrame, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
+    manifest: pd.DataFrame | pa.Table, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
     label_rules: dict[str, str] | None = None, view_models: dict[str, str] | None = None,
 ) -> dict:
-    """The ``stats.json`` content for a manifest (see docs/formats.md).
+    """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, or an Arrow
+    table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not).
 
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
     written by another tool, or before ingest recorded it). ``view_models`` (site -> the view
     classifier, ``models:/NAME/VERSION``, that labelled its clips' views) likewise, left out when
     no site used one."""
-    train = manifest[manifest["split"] == "train"]
-    mean, std = pooled_pixel_stats(train["pixel_mean"], train["pixel_std"], train["n_pixels"])
+    table = _as_table(manifest)
+    # Only the columns the statistics read: filtering copies every column it is given.
+    table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
+    train = table.filter(pa.array(_mask(table.column("split"), "train")))
+    mean, std = pooled_pixel_stats(_floats(train.column("pixel_mean")),
+                                   _floats(train.column("pixel_std")),
+                                   _floats(train.column("n_pixels")))
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
     if view_models:  # site -> the view classifier (exact version) that labelled its views
         extra["view_models"] = dict(sorted(view_models.items()))
@@ -85,7 +125,8 @@ def compute_stats(
         "split_key_fingerprint": split_key_fingerprint,
         "pixel_mean": None if math.isnan(mean) else round(mean, 6),
         "pixel_std": None if math.isnan(std) else round(std, 6),
-        "splits": {s: split_summary(manifest[manifest["split"] == s]) for s in SPLITS},
+        "splits": {s: _split_summary(table.filter(pa.array(_mask(table.column("split"), s))))
+                   for s in SPLITS},
         **extra,
     }
 
@@ -99,59 +140,78 @@ def stats_json_bytes(stats: dict) -> bytes:
 # `echocmr shards stats`: a fuller report than stats.json, for people.
 
 
-def describe(directory: str) -> dict:
-    """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only)."""
+_DESCRIBE_COLUMNS = ("shard", "split", "site", "view", "patient_hash", "study_hash", "n_frames",
+                     "video_bytes", *TASKS)
 
-    manifest = read_manifest(directory)
+
+def describe(directory: str) -> dict:
+    """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only).
+
+    The manifest is read as Arrow columns (strings dictionary-encoded, `shards.manifest`), about
+    80 bytes per clip, never as per-row Python objects."""
     stats = read_stats(directory)
+    manifest = read_columns(directory, _DESCRIBE_COLUMNS)
     report: dict = {
         "set": str(directory),
         "clip": stats.get("clip"),
         "split_key_fingerprint": stats.get("split_key_fingerprint"),
         "label_rules": stats.get("label_rules"),
         "view_models": stats.get("view_models"),
-        "view_mix": view_mix(manifest),
+        "view_mix": view_mix(read_columns(directory, ("site", "view", "view_confidence"))
+                             .to_pandas()),
         "pixel_mean": stats.get("pixel_mean"),
         "pixel_std": stats.get("pixel_std"),
         "splits": {},
     }
     sizes = {storage.basename(p): storage.size(p) for p in list_shards(directory)}
     for split in SPLITS:
-        rows = manifest[manifest["split"] == split]
-        summary = split_summary(rows)
-        summary["missing"] = {t: int(len(rows) - summary["known"][t]) for t in TASKS}
+        rows = manifest.filter(pa.array(_mask(manifest.column("split"), split)))
+        summary = _split_summary(rows)
+        summary["missing"] = {t: int(rows.num_rows - summary["known"][t]) for t in TASKS}
         summary["by_site"] = _count_by(rows, "site")
         summary["by_view"] = _count_by(rows, "view")
-        summary["frames_per_clip"] = _describe_numbers(rows["n_frames"])
-        summary["bytes_per_clip"] = _describe_numbers(rows["video_bytes"])
-        shard_names = sorted(rows["shard"].unique())
-        summary["shards"] = len(shard_names)
-        summary["clips_per_shard"] = _describe_numbers(rows.groupby("shard").size())
-        summary["shard_bytes"] = _describe_numbers(
-            pd.Series([sizes.get(n, 0) for n in shard_names])
-        )
+        summary["frames_per_clip"] = _describe_numbers(_floats(rows.column("n_frames")))
+        summary["bytes_per_clip"] = _describe_numbers(_floats(rows.column("video_bytes")))
+        codes, shard_names = codes_of(rows.column("shard"))
+        per_shard = np.bincount(codes[codes >= 0], minlength=len(shard_names))
+        used = sorted(str(n) for n, c in zip(shard_names, per_shard, strict=True) if c)
+        summary["shards"] = len(used)
+        summary["clips_per_shard"] = _describe_numbers(per_shard[per_shard > 0])
+        summary["shard_bytes"] = _describe_numbers(np.array([sizes.get(n, 0) for n in used]))
         report["splits"][split] = summary
     return report
 
 
-def _count_by(rows: pd.DataFrame, column: str) -> dict:
+def _count_by(rows: pa.Table, column: str) -> dict:
+    """Clips, studies and patients per value of ``column``, values sorted."""
+    codes, values = codes_of(rows.column(column))
     out = {}
-    for value, group in rows.groupby(column, sort=True):
-        out[str(value)] = {
-            "clips": int(len(group)),
-            "studies": int(group["study_hash"].nunique()),
-            "patients": int(group["patient_hash"].nunique()),
+    if not len(codes):
+        return out
+    groups = {}
+    valid = codes >= 0  # pandas' groupby leaves null values out
+    for name in ("study_hash", "patient_hash"):
+        other, others = codes_of(rows.column(name))
+        pairs = np.unique(codes[valid] * (len(others) + 1) + (other[valid] + 1))
+        pairs = pairs[pairs % (len(others) + 1) != 0]  # a null hash is not a study or patient
+        groups[name] = np.bincount(pairs // (len(others) + 1), minlength=len(values))
+    clips = np.bincount(codes[valid], minlength=len(values))
+    for code in sorted((c for c in range(len(values)) if clips[c]), key=lambda c: values[c]):
+        out[str(values[code])] = {
+            "clips": int(clips[code]),
+            "studies": int(groups["study_hash"][code]),
+            "patients": int(groups["patient_hash"][code]),
         }
     return out
 
 
-def _describe_numbers(values: pd.Series) -> dict | None:
-    values = pd.Series(values, dtype="float64")
-    if values.empty:
+def _describe_numbers(values) -> dict | None:
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
         return None
     return {
         "min": float(values.min()),
-        "median": float(values.median()),
+        "median": float(np.median(values)),
         "mean": round(float(values.mean()), 3),
         "max": float(values.max()),
     }
@@ -162,7 +222,8 @@ def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
     ``unknown``), and the median confidence of the view classifier where it labelled them."""
     out: dict[str, dict] = {}
     classes = manifest["view"].map(view_class)
-    conf = pd.to_numeric(manifest.get("view_confidence"), errors="coerce")
+    conf = (pd.to_numeric(manifest["view_confidence"], errors="coerce")
+            if "view_confidence" in manifest else None)
     for site in sorted(manifest["site"].astype(str).unique()):
         mine = manifest["site"].astype(str) == site
         counts = classes[mine].value_counts()

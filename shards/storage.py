@@ -126,6 +126,20 @@ def listdir(path: str) -> list[str]:
     return sorted(basename(e["name"]) for e in entries if e.get("type") != "directory")
 
 
+def list_entries(path: str) -> list[tuple[str, str]]:
+    """``(name, "file" | "directory")`` of everything directly inside a directory or URL
+    prefix, sorted by name; [] if absent (`listdir` lists the files alone)."""
+    fs, p = _fs(path)
+    try:
+        entries = (
+            fs.ls(p, detail=True, refresh=True) if not is_local(path) else fs.ls(p, detail=True)
+        )
+    except FileNotFoundError:
+        return []
+    return sorted((basename(e["name"]), "directory" if e.get("type") == "directory" else "file")
+                  for e in entries)
+
+
 def walk_files(prefix: str) -> list[tuple[str, int, str]]:
     """Every object below a URL prefix, recursively: (relative POSIX path, size, version), sorted.
 

@@ -1,28 +1,47 @@
 """Check a shard set before spending GPU hours on it: ``echocmr shards verify DIR [--decode]``.
 
 `verify` reads every tar front to back once (streaming, one sample in memory) and reports each
-problem as a `Problem(shard, sample, what)` instead of stopping at the first:
+problem as a `Problem(shard, sample, what)` instead of stopping at the first. It is exact for the
+current format: a set passes only if it is what echocmr's writers write, so nothing the format
+does not have (patient text in a header, a column, a metadata block, a file) can ride along.
 
 - the set: ``manifest.parquet`` and ``stats.json`` present and readable, of the format version
-  this code reads (an older set must be re-ingested); no stray index;
-- each tar: opens, every member is whole, it ends with the end-of-archive blocks (so a tar cut at a
-  member boundary is caught too) and holds nothing after them but the zero padding of its last
-  10 KiB record (bytes appended to a tar are invisible to tar readers), and its ``.idx`` equals
-  the index rebuilt from the tar;
+  this code reads (an older set must be re-ingested); nothing in the directory but tars,
+  indexes, the manifest, stats and the ingest report (no other file, no directory, no leftover
+  temporary file; ``allow_extra_files`` makes those warnings); no stray index;
+- ``manifest.parquet`` itself (`shards.manifest.manifest_problems`): exactly `MANIFEST_SCHEMA`
+  (names, order, types, no field metadata; ``json_sha256`` included: every format-2 set written
+  since 2026-12-01 has it, and an older one gets it by a reshard), its key-value metadata exactly
+  what the writer puts there, a pyarrow writer string;
+- each tar: opens, every member is whole, every member header is byte for byte the one the
+  writer writes (one ustar block right after the previous member; owner, group, mode, mtime as
+  written; no PAX records, no extended attributes, no global header), it ends with the
+  end-of-archive blocks (so a tar cut at a member boundary is caught too) and holds nothing after
+  them but the zero padding of its last 10 KiB record (bytes appended to a tar are invisible to
+  tar readers), and its ``.idx`` equals the index rebuilt from the tar;
 - each sample: a valid key, exactly ``.json``, ``.labels`` and ``.webm``; labels are 20 bytes; the
-  JSON parses and names the same key, and the split of its shard;
-- against the manifest: the same keys in the same shards; split, site, patient, study, frame
-  count, the ``.labels`` bytes (exactly: a changed bit inside a NaN is caught too), the video's
+  JSON parses, is serialised exactly as the writer serialises it, names the same key, and the
+  split of its shard;
+- against the manifest: the same keys in the same shards; every field the ``.json`` shares with
+  the manifest (split, site, patient, study, view, frame count, fps) equal, the fps also the
+  set's; the ``.labels`` bytes (exactly: a changed bit inside a NaN is caught too), the video's
   size and SHA-256 (a flipped byte inside a clip shows up here without decoding; VP9 decoders
-  happily decode damaged streams) and the ``.json`` member's SHA-256 (``json_sha256``; sets
-  written before that column existed skip this check): a changed byte anywhere in a sample;
+  happily decode damaged streams) and the ``.json`` member's SHA-256 (``json_sha256``, required):
+  a changed byte anywhere in a sample; the row's own site, split and hashes well-formed;
 - ``stats.json`` against the manifest: the pixel mean/std of train (training normalises with
-  them), label prevalence and counts per split, recomputed and compared;
+  them), label prevalence and counts per split, recomputed and compared, and the file's bytes
+  exactly the writer's serialisation (a repeated key would hide a value);
 - across the set: no key twice, no patient in two splits;
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
-Reshard runs the same function on its output before it reports success.
+How it scales: the manifest is read as Arrow columns (`shards.manifest`), the set-wide checks on
+four columns (key, shard, split, patient), the per-sample checks one shard's rows at a time
+(`iter_by_shard`). Each shard is one job (`check_shard`), run here or, with ``address``, as a Ray
+task on a cluster (`shards.distributed.map_shards`); the problems are assembled in tar order
+either way, so both runs report the same list. Reshard checks every sample it copies by the same
+rules (`compare_with_manifest`) and then runs `verify_set` on its output without reading the
+shards it has just written again.
 """
 
 from __future__ import annotations
@@ -30,18 +49,24 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import tarfile
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from echocmr.shards import storage
+from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
     EXTENSIONS,
+    INGEST_REPORT_FILE,
+    MANIFEST_FILE,
     SHARD_RE,
+    SPLITS,
+    STATS_FILE,
     TASKS,
     ClipFormat,
     FormatVersionError,
@@ -51,15 +76,37 @@ from echocmr.shards.format import (
     decode_meta,
     encode_labels,
     index_name,
+    key_site,
     split_member_name,
     validate_key,
 )
 from echocmr.shards.index import IndexEntry, format_index, group_members
-from echocmr.shards.reader import list_shards, read_manifest, read_stats
-from echocmr.shards.stats import compute_stats
+from echocmr.shards.lock import LOCK_FILE
+from echocmr.shards.manifest import (
+    iter_by_shard,
+    manifest_problems,
+    open_manifest,
+    patients_in_several_splits,
+    read_columns,
+    shard_counts,
+)
+from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.stage import MARKER_FILE
+from echocmr.shards.stats import compute_stats, stats_json_bytes
+from echocmr.shards.writer import member_header
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar's record size: the archive may be zero-padded to a multiple of it
+# echocmr's own files beside a set: the lock a writer or stager holds while it works
+# (`shards.lock`), and a staged copy's record of its remote version (`shards.stage`).
+_BOOKKEEPING = (LOCK_FILE, MARKER_FILE)
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_STRAY = "\0stray"  # placeholder: a sample its shard's rows lack, resolved by the driver
+# The manifest columns a shard's check needs (all but the pixel statistics).
+_ROW_COLUMNS = ("key", "shard", "split", "site", "patient_hash", "study_hash", "view",
+                "n_frames", "fps", *TASKS, "video_bytes", "video_sha256", "json_sha256")
+_STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean",
+                  "pixel_std", "n_pixels")
 
 
 @dataclass(frozen=True)
@@ -75,61 +122,202 @@ class Problem:
         return f"{where}: {self.what}"
 
 
-def verify(directory: str, decode: bool = False) -> list[Problem]:
-    """All problems found in the shard set at ``directory`` (path or URL); [] when clean."""
-    problems: list[Problem] = []
+@dataclass
+class VerifyReport:
+    """`verify_set`'s answer: ``problems`` (the set is not valid) and ``warnings`` (unknown
+    files, when they are allowed)."""
+
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What one shard's check needs: its tar, its manifest rows (Arrow), the set's facts."""
+
+    tar_path: str
+    shard: str
+    rows: pa.Table
+    decode: bool
+    clip: dict | None  # stats.json's clip block, when it parses
+    fps: float | None  # the set's frame rate
+
+
+@dataclass
+class ShardResult:
+    shard: str
+    problems: list[Problem]
+    missing: list[str]  # keys its rows list that the tar lacks, in row order
+
+
+def verify(directory: str, decode: bool = False, *, address: str | None = None,
+           allow_extra_files: bool = False) -> list[Problem]:
+    """All problems found in the shard set at ``directory`` (path or URL); [] when clean.
+
+    ``address`` (a Ray address) checks one shard per Ray task; the problems are the same, in
+    the same order. ``allow_extra_files`` turns files that are not the set's into warnings
+    (`verify_set` returns them); by default each is a problem."""
+    return verify_set(directory, decode, address=address,
+                      allow_extra_files=allow_extra_files).problems
+
+
+def verify_set(directory: str, decode: bool = False, *, address: str | None = None,
+               allow_extra_files: bool = False,
+               trusted_shards: frozenset[str] = frozenset()) -> VerifyReport:
+    """`verify`, with the warnings as well. ``trusted_shards`` are tars whose samples are not
+    read again (reshard checked each sample as it wrote them); every other check runs."""
+    report = VerifyReport()
+    problems = report.problems
     try:
-        manifest = read_manifest(directory)
+        pf = open_manifest(directory)
         stats = read_stats(directory)
+        stats_bytes = storage.read_bytes(storage.join(directory, STATS_FILE))
     except (OSError, ValueError) as exc:
-        return [Problem(None, None, f"cannot read manifest/stats: {exc}")]
+        return VerifyReport([Problem(None, None, f"cannot read manifest/stats: {exc}")])
+    version_ok = True
     try:
         check_format_version(stats, "the set")
     except FormatVersionError as exc:
+        version_ok = False
         problems.append(Problem(None, None, str(exc)))
-    names = storage.listdir(directory)
+    if version_ok:
+        problems += [Problem(MANIFEST_FILE, None, what) for what in manifest_problems(pf)]
     tars = list_shards(directory)
-    tar_names = {storage.basename(t) for t in tars}
-    for name in names:
-        if name.endswith(".idx") and name[:-4] + ".tar" not in tar_names:
-            problems.append(Problem(name, None, "index without its tar"))
+    unknown = _listing_problems(directory, {storage.basename(t) for t in tars}, problems)
+    (report.warnings if allow_extra_files else problems).extend(unknown)
+
+    clip = None
+    try:
+        clip = ClipFormat.of_stats(stats).to_dict()
+    except ValueError as exc:
+        if decode:  # decode anyway: the frame counts can still be checked
+            problems.append(Problem(None, None, f"stats.json: {exc}"))
+    fps = clip["fps"] if clip else None
+
+    columns = read_columns(pf, ("key", "shard", "split", "patient_hash"))
+    counts = shard_counts(pf)
+    by_shard: dict[str, ShardResult] = {}
+
+    def jobs() -> Iterator[ShardJob]:
+        tar_of = {storage.basename(t): t for t in tars}
+        for shard, rows in iter_by_shard(pf, _ROW_COLUMNS, counts):
+            if shard in trusted_shards and shard in tar_of:
+                tar_of.pop(shard)
+                by_shard[shard] = ShardResult(shard, [], [])
+            elif shard in tar_of:
+                yield ShardJob(tar_of.pop(shard), shard, rows, decode, clip, fps)
+            else:
+                missing = rows.column("key").to_pylist()
+                by_shard[shard] = ShardResult(shard, [], missing)
+        for shard, tar_path in sorted(tar_of.items()):  # tars the manifest does not name
+            empty = pa.table({c: pa.array([], type=pa.string()) for c in ("key", "shard")})
+            yield ShardJob(tar_path, shard, empty, decode, clip, fps)
+
+    for result in map_shards(check_shard, jobs(), address=address):
+        by_shard[result.shard] = result
+    problems += _assemble(tars, by_shard, columns)
+    problems += _check_manifest(columns)
+    if version_ok:
+        problems += _check_stats(read_columns(pf, _STATS_COLUMNS), stats, stats_bytes)
+    return report
+
+
+def _listing_problems(directory: str, tar_names: set[str], problems: list[Problem]
+                      ) -> list[Problem]:
+    """Stray indexes and badly named tars go to ``problems``; files that are no part of a set
+    are returned (problems or warnings, as the caller decides)."""
+    unknown = []
+    for name, kind in storage.list_entries(directory):
+        if kind == "directory":
+            unknown.append(Problem(name, None, "a directory in the shard set: a set holds only "
+                                   "its tars, indexes, manifest, stats and ingest report"))
+        elif name.endswith(".idx") and SHARD_RE.match(name[:-4] + ".tar"):
+            if name[:-4] + ".tar" not in tar_names:
+                problems.append(Problem(name, None, "index without its tar"))
         elif name.endswith(".tar") and not SHARD_RE.match(name):
             problems.append(Problem(name, None, "tar not named <split>-NNNNNN.tar"))
+        elif not SHARD_RE.match(name) and name not in (MANIFEST_FILE, STATS_FILE,
+                                                       INGEST_REPORT_FILE, *_BOOKKEEPING):
+            what = ("a crashed writer's leftover temporary file: delete it"
+                    if name.startswith(".") and storage.TEMP_MARK in name
+                    else "not a file of a shard set (only tars, indexes, manifest.parquet, "
+                    "stats.json and ingest_report.parquet belong here)")
+            unknown.append(Problem(name, None, what))
+    return unknown
 
-    rows = _Rows(manifest)
-    decoder = None
-    if decode:
-        try:
-            decoder = _Decoder(ClipFormat.of_stats(stats))
-        except ValueError as exc:  # decode anyway: the frame counts can still be checked
-            problems.append(Problem(None, None, f"stats.json: {exc}"))
-            decoder = _Decoder(None)
-    seen: dict[str, str] = {}  # key -> shard it was found in
+
+def _assemble(tars: list[str], by_shard: dict[str, ShardResult],
+              columns: pa.Table) -> list[Problem]:
+    """Per-tar problems in tar order, with each stray sample resolved against the manifest."""
+    out = []
+    stray_keys = sorted({p.sample for t in tars for p in by_shard[storage.basename(t)].problems
+                         if p.what == _STRAY})
+    strays: dict[str, str | None] = {}  # key -> the shard the manifest puts it in, if any
+    if stray_keys:  # one lookup for all of them
+        where = pc.index_in(pa.array(stray_keys, pa.string()),
+                            value_set=columns.column("key").combine_chunks()).to_pylist()
+        shard_column = columns.column("shard")
+        strays = {k: None if w is None else shard_column[w].as_py()
+                  for k, w in zip(stray_keys, where, strict=True)}
     for tar_path in tars:
-        shard = storage.basename(tar_path)
-        for key, members, meta in _check_tar(tar_path, shard, problems):
-            if key in seen:
-                problems.append(Problem(shard, key, f"key also in {seen[key]}"))
-                continue
-            seen[key] = shard
-            row = rows.get(key)
-            if row is None:
-                problems.append(Problem(shard, key, "sample not in manifest.parquet"))
-                continue
-            problems += _compare_with_manifest(shard, key, members, meta, row)
-            if decoder is not None and "webm" in members:
-                what = decoder.check(members["webm"], int(row["n_frames"]))
-                if what:
-                    problems.append(Problem(shard, key, what))
-
-    problems += _check_manifest(manifest, seen)
-    problems += _check_stats(manifest, stats)
-    return problems
+        for p in by_shard[storage.basename(tar_path)].problems:
+            if p.what != _STRAY:
+                out.append(p)
+            elif strays[p.sample] is None:
+                out.append(Problem(p.shard, p.sample, "sample not in manifest.parquet"))
+            else:
+                out.append(Problem(p.shard, p.sample, f"manifest puts it in {strays[p.sample]}"))
+    tar_names = [storage.basename(t) for t in tars]
+    orphans = sorted(set(by_shard) - set(tar_names))
+    for shard in tar_names + orphans:
+        for key in by_shard[shard].missing:
+            if key not in strays:
+                out.append(Problem(shard, key, "in manifest.parquet but not found in any tar"))
+    return out
 
 
-def _check_stats(manifest: pd.DataFrame, stats: dict) -> list[Problem]:
-    """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`)."""
+def check_shard(job: ShardJob) -> ShardResult:
+    """Every check of one tar, its index and its samples against its manifest rows."""
+    problems: list[Problem] = []
+    rows = job.rows.to_pylist()  # one shard's rows: a few hundred small dicts
+    position = {}
+    for i, row in enumerate(rows):
+        position.setdefault(row["key"], i)
+    found: set[str] = set()
+    decoder = _decoder(job.clip) if job.decode else None
+    for key, members, meta in _check_tar(job.tar_path, job.shard, problems):
+        if key in found:
+            problems.append(Problem(job.shard, key, "key twice in this tar"))
+            continue
+        found.add(key)
+        i = position.get(key)
+        if i is None:
+            problems.append(Problem(job.shard, key, _STRAY))
+            continue
+        problems += compare_with_manifest(job.shard, key, members, meta, rows[i], job.fps)
+        if decoder is not None and "webm" in members:
+            what = decoder.check(members["webm"], int(rows[i]["n_frames"]))
+            if what:
+                problems.append(Problem(job.shard, key, what))
+    missing = [row["key"] for row in rows if row["key"] not in found]
+    return ShardResult(job.shard, problems, missing)
 
+
+_DECODERS: dict = {}
+
+
+def _decoder(clip: dict | None):
+    """One DALI decoder per process and clip format (building one takes a while)."""
+    name = json.dumps(clip, sort_keys=True)
+    if name not in _DECODERS:
+        _DECODERS[name] = _Decoder(ClipFormat.from_dict(clip) if clip else None)
+    return _DECODERS[name]
+
+
+def _check_stats(manifest: pa.Table, stats: dict, stats_bytes: bytes) -> list[Problem]:
+    """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`), written
+    byte for byte as the writers write it (`stats_json_bytes`: a duplicated key or extra text
+    parses to the same values but is not the format)."""
     try:
         expected = compute_stats(manifest, clip_format=stats["clip"],
                                  split_key_fingerprint=stats["split_key_fingerprint"],
@@ -139,8 +327,13 @@ def _check_stats(manifest: pd.DataFrame, stats: dict) -> list[Problem]:
     wrong = [k for k in sorted(set(expected) | set(stats))
              if k != "format_version"  # reported on its own, above
              and not _close(expected.get(k), stats.get(k))]
-    return [Problem("stats.json", None, f"{k} does not match the manifest (stats.json "
-                    f"{stats.get(k)!r}, manifest gives {expected.get(k)!r})") for k in wrong]
+    out = [Problem("stats.json", None, f"{k} does not match the manifest (stats.json "
+                   f"{stats.get(k)!r}, manifest gives {expected.get(k)!r})") for k in wrong]
+    if not out and stats_bytes != stats_json_bytes(stats):
+        out.append(Problem("stats.json", None, "is not serialised as the format writes it "
+                           "(indented JSON, keys in order, one trailing newline): extra text, "
+                           "a repeated key or changed spacing"))
+    return out
 
 
 def _close(a, b) -> bool:
@@ -167,12 +360,16 @@ def _check_tar(
     key, members, last_key = None, {}, None
     clean = True
     try:
-        with storage.open_file(tar_path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with storage.open_file(tar_path, "rb") as f, \
+                tarfile.open(fileobj=f, mode="r|", tarinfo=_RawInfo) as tar:
             for info in tar:
                 if not info.isreg():
                     problems.append(Problem(shard, None, f"member {info.name} is not a file"))
                     continue
                 member_key, ext = split_member_name(info.name)
+                what = _header_problem(info, end, tar.pax_headers)
+                if what:
+                    problems.append(Problem(shard, member_key, f"member {info.name}: {what}"))
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise tarfile.ReadError(
@@ -226,6 +423,41 @@ def _check_tar(
         problems.append(Problem(index_name(shard), None, "index does not match its tar"))
 
 
+class _RawInfo(tarfile.TarInfo):
+    """A tar header that keeps its 512 raw bytes (``raw``), to compare with the writer's."""
+
+    raw = b""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):
+        info = super().frombuf(buf, encoding, errors)
+        info.raw = bytes(buf)
+        return info
+
+
+def _header_problem(info: _RawInfo, expected_offset: int, global_pax: dict) -> str | None:
+    """Why this member's header is not exactly the one the writer writes (None if it is):
+    one 512-byte ustar block right after the previous member, no PAX or GNU extension records
+    (where names, xattrs or any text could hide), owner, group, mode and mtime as written."""
+    if global_pax:
+        return (f"the tar has global PAX records ({sorted(global_pax)[:5]}), which echocmr "
+                "never writes")
+    if info.pax_headers:
+        return (f"extended (PAX) header records {sorted(info.pax_headers)[:5]}, which echocmr "
+                "never writes")
+    if info.offset != expected_offset or info.offset_data != info.offset + _BLOCK:
+        return ("extra header blocks or bytes before the header (echocmr writes one 512-byte "
+                "header right after the previous member)")
+    if info.raw != member_header(info.name, info.size):
+        fields = [f"{name} {got!r}" for name, got, want in (
+            ("uname", info.uname, "echocmr"), ("gname", info.gname, "echocmr"),
+            ("mode", oct(info.mode), oct(0o444)), ("mtime", info.mtime, 0),
+            ("uid", info.uid, 0), ("gid", info.gid, 0)) if got != want]
+        detail = ", ".join(fields) if fields else "other header bytes differ"
+        return f"header is not the one echocmr writes ({detail})"
+    return None
+
+
 def _check_sample(
     shard: str, split: str, key: str, members: dict[str, bytes], problems: list[Problem]
 ) -> SampleMeta | None:
@@ -263,24 +495,13 @@ def _check_sample(
     return meta
 
 
-class _Rows:
-    """Manifest rows by key, one dict built on demand (a dict per row would cost ~2 KB/clip)."""
-
-    def __init__(self, manifest: pd.DataFrame) -> None:
-        self._columns = {c: manifest[c].to_numpy() for c in manifest.columns}
-        self._position = {k: i for i, k in enumerate(self._columns["key"])}
-
-    def get(self, key: str) -> dict | None:
-        i = self._position.get(key)
-        return None if i is None else {c: v[i] for c, v in self._columns.items()}
-
-
 def _same_label(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def _compare_with_manifest(
-    shard: str, key: str, members: dict[str, bytes], meta: SampleMeta | None, row: dict
+def compare_with_manifest(
+    shard: str, key: str, members: dict[str, bytes], meta: SampleMeta | None, row: dict,
+    fps: float | None,
 ) -> list[Problem]:
     out = []
 
@@ -289,6 +510,19 @@ def _compare_with_manifest(
 
     if row["shard"] != shard:
         bad(f"manifest puts it in {row['shard']}")
+    for column in ("video_sha256", "json_sha256"):
+        value = row.get(column)
+        if value is None:
+            bad(f"manifest has no {column} for it (every sample of a format-2 set has one)")
+        elif not _HEX64.match(value):
+            bad(f"manifest {column} {value[:80]!r} is not a SHA-256 (64 lower-case hex)")
+    try:
+        if key_site(key) != row["site"]:
+            bad(f"manifest site {row['site']!r} is not the key's site")
+    except ValueError:
+        pass  # the key itself is reported by _check_sample
+    if row["split"] not in SPLITS or row["split"] != SHARD_RE.match(shard).group(1):
+        bad(f"manifest split {row['split']!r} for a sample of a {shard.split('-')[0]} shard")
     video = members.get("webm")
     if video is not None:
         if len(video) != row["video_bytes"]:
@@ -297,39 +531,42 @@ def _compare_with_manifest(
             bad(".webm content differs from the manifest's SHA-256 (corrupt clip)")
     if "labels" in members and len(members["labels"]) == 4 * len(TASKS):
         labels = decode_labels(members["labels"])
-        wrong = [t for i, t in enumerate(TASKS) if not _same_label(float(labels[i]), row[t])]
+        expected = [np.nan if row[t] is None else row[t] for t in TASKS]
+        wrong = [t for i, t in enumerate(TASKS) if not _same_label(float(labels[i]), expected[i])]
         if wrong:
             bad(f".labels differ from the manifest for {', '.join(wrong)}")
-        elif members["labels"] != encode_labels(np.array([row[t] for t in TASKS], np.float32)):
+        elif members["labels"] != encode_labels(np.array(expected, np.float32)):
             bad(".labels bytes differ from the manifest's labels (a changed bit in a NaN?)")
     expected_json = row.get("json_sha256")
     if "json" in members and isinstance(expected_json, str):
         if hashlib.sha256(members["json"]).hexdigest() != expected_json:
             bad(".json content differs from the manifest's SHA-256 (json_sha256)")
     if meta is not None:
-        for field in ("split", "site", "patient_hash", "study_hash", "view", "n_frames"):
-            value = getattr(meta, field)
-            if str(value) != str(row[field]):
-                bad(f".json {field} {value!r} but manifest {row[field]!r}")
+        if members["json"] != meta.to_json():
+            bad(".json is not serialised as the format writes it (key first, the rest sorted, "
+                "compact): extra spacing, a repeated key or another number form")
+        for name in ("split", "site", "patient_hash", "study_hash", "view"):
+            if getattr(meta, name) != row[name]:
+                bad(f".json {name} {getattr(meta, name)!r} but manifest {row[name]!r}")
+        if meta.n_frames != row["n_frames"]:
+            bad(f".json n_frames {meta.n_frames!r} but manifest {row['n_frames']!r}")
+        if row["fps"] is None or float(np.float32(meta.fps)) != row["fps"]:
+            bad(f".json fps {meta.fps!r} but manifest {row['fps']!r}")
+        if fps is not None and not math.isclose(meta.fps, fps, rel_tol=1e-4):
+            bad(f".json fps {meta.fps!r} but the set's clips are {fps} fps (stats.json)")
     return out
 
 
-def _check_manifest(manifest: pd.DataFrame, seen: dict[str, str]) -> list[Problem]:
+def _check_manifest(columns: pa.Table) -> list[Problem]:
+    """Set-wide checks on the manifest's columns: no key twice, no patient in two splits."""
     out = []
-    for key, count in Counter(manifest["key"]).items():
-        if count > 1:
-            out.append(Problem(None, key, f"key listed {count} times in manifest.parquet"))
-    for key, shard in zip(manifest["key"], manifest["shard"], strict=True):
-        if key not in seen:
-            out.append(Problem(shard, key, "in manifest.parquet but not found in any tar"))
-    splits = manifest.groupby("patient_hash")["split"].unique()
-    for patient, in_splits in splits.items():
-        if len(in_splits) > 1:
-            out.append(
-                Problem(
-                    None, None, f"patient {patient} is in splits {', '.join(sorted(in_splits))}"
-                )
-            )
+    counted = pc.value_counts(columns.column("key"))
+    repeated = counted.filter(pc.greater(counted.field("counts"), 1))
+    for key, count in zip(repeated.field("values").to_pylist(),
+                          repeated.field("counts").to_pylist(), strict=True):
+        out.append(Problem(None, key, f"key listed {count} times in manifest.parquet"))
+    for patient, in_splits in patients_in_several_splits(columns):
+        out.append(Problem(None, None, f"patient {patient} is in splits {', '.join(in_splits)}"))
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -201,14 +202,57 @@ def die_on_crash_files(source: str) -> None:
         os._exit(139)
 
 
+@dataclass(frozen=True)
+class StartLog:
+    """A `run_ingest` ``before_file`` hook: note where each file task starts, then sleep.
+
+    Tests of a node dying mid-run need tasks that last (``delay_s``) and need to see which node
+    ran (or re-ran) which file: each start appends ``<node id> <source>`` to ``log`` (the Ray
+    node's id, ``local`` outside Ray). Picklable, so it reaches pool and Ray workers alike (they
+    import this module: tests/ is on their PYTHONPATH).
+    """
+
+    log: str
+    delay_s: float = 0.0
+
+    def __call__(self, source: str) -> None:
+        node = "local"
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
+        # One short append per line: lines never interleave. A name need not be UTF-8.
+        with open(self.log, "a", errors="surrogateescape") as f:
+            f.write(f"{node} {source}\n")
+        time.sleep(self.delay_s)
+
+
+def echocmr_with_hook(argv: list[str], hook) -> int:
+    """``echocmr ARGV`` as the console script runs it, with ``hook`` given to `run_ingest` as
+    ``before_file`` (the one thing a command line cannot pass). For a subprocess::
+
+        python -c "import sys, _ingest_fixtures as f; sys.exit(f.echocmr_with_hook(...))"
+    """
+    import functools
+
+    from echocmr import cli
+    from echocmr.ingest import job
+
+    job.run_ingest = functools.partial(job.run_ingest, before_file=hook)
+    return cli.main(argv)
+
+
 def crash_cohort(root, config):
     """A 1-patient cohort with one extra file, ``crash.dcm``, that kills the worker processing
     it (`die_on_crash_files`), and a worker context for it with an empty CMR table (every other
     file is ``no_cmr_within_window``). Returns (sorted relative sources, the context, its
     prepared `WorkCache`); task ``i`` of ``sources`` is cache entry ``e{i}``."""
-    from echocmr.ingest.job import WorkerContext
     from echocmr.ingest.pairing import CmrIndex
     from echocmr.ingest.workcache import WorkCache
+    from echocmr.ingest.worker import WorkerContext
     from echocmr.shards.format import TASKS
 
     cohort = write_cohort(root, n_patients=1, clips_per_study=2, n_frames=16, bad_files=False,

@@ -21,15 +21,11 @@ from pydicom.uid import (
 )
 
 from echocmr.ingest.config import ReadConfig
-from echocmr.ingest.dicom_io import (
-    RejectedInput,
-    check_cine,
-    decode_grey,
-    frame_rate,
-    identity,
-    load_dataset,
-    read_dicom,
-)
+from echocmr.ingest.dicom_geometry import frame_rate
+from echocmr.ingest.dicom_header import check_cine, identity, load_dataset
+from echocmr.ingest.dicom_io import read_dicom
+from echocmr.ingest.dicom_pixels import decode_grey
+from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.synth.small import small_clip
 
 from _ingest_fixtures import (
@@ -295,11 +291,12 @@ def _entropy_start(codestream: bytes) -> int:
 
 def test_every_jpeg_frame_is_decoded_strictly_not_only_the_sampled_ones(tmp_path):
     """libjpeg-turbo's strict mode sees damage in any frame, with the second decoder off."""
-    from echocmr.ingest.dicom_io import _sample_frames, decode_jpeg_luma
+    from echocmr.ingest.colour import sample_frames
+    from echocmr.ingest.jpeg import decode_jpeg_luma
 
     path = tmp_path / "clip.dcm"
     ds, codestreams = _jpeg_clip(path, n_frames=40)
-    k = next(i for i in range(40) if i not in set(_sample_frames(40, 4).tolist()))
+    k = next(i for i in range(40) if i not in set(sample_frames(40, 4).tolist()))
     c = codestreams[k]
     # Overwrite the middle of the entropy-coded data: out-of-sync Huffman data / a marker hit early.
     mid = (_entropy_start(c) + len(c) - 2) // 2
@@ -317,7 +314,7 @@ def test_every_jpeg_frame_is_decoded_strictly_not_only_the_sampled_ones(tmp_path
 def test_a_jpeg_warning_that_is_not_damage_does_not_reject_the_clip(tmp_path):
     """An unknown JFIF revision is a libjpeg warning, not damage to the pixels: the frame decodes
     to the same luma as the unmodified one."""
-    from echocmr.ingest.dicom_io import decode_jpeg_luma
+    from echocmr.ingest.jpeg import decode_jpeg_luma
 
     path = tmp_path / "clip.dcm"
     ds, codestreams = _jpeg_clip(path)
@@ -343,7 +340,7 @@ def test_the_jpeg_fast_path_gives_pillows_luma_exactly(tmp_path):
 
     from PIL import Image
 
-    from echocmr.ingest.dicom_io import decode_jpeg_luma
+    from echocmr.ingest.jpeg import decode_jpeg_luma
 
     path = tmp_path / "clip.dcm"
     _, codestreams = _jpeg_clip(path)
@@ -370,7 +367,7 @@ def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_default_order_gives(name,
     first); the grey frames must be those of pydicom's default plugin order, bit for bit."""
     from pydicom.pixels import get_decoder
 
-    from echocmr.ingest import dicom_io
+    from echocmr.ingest import dicom_pixels
 
     ds = load_dataset(_bundled(name))
     reference = pydicom.dcmread(_bundled(name))
@@ -386,7 +383,7 @@ def test_jpeg_ls_is_decoded_by_charls_to_what_pydicoms_default_order_gives(name,
     frames, chroma, photometric = decode_grey(ds)
     assert asked == ["pyjpegls"]
     arr, changes = real(decoder, reference, raw=True)  # pydicom's order: pylibjpeg first
-    monkeypatch.setattr(dicom_io, "_as_array", lambda dec, d, ts: (arr, changes))
+    monkeypatch.setattr(dicom_pixels, "_as_array", lambda dec, d, ts: (arr, changes))
     expected, expected_chroma, expected_pi = decode_grey(reference)
     assert np.array_equal(frames, expected) and photometric == expected_pi
     assert (chroma is None and expected_chroma is None) or np.array_equal(chroma, expected_chroma)
@@ -421,7 +418,7 @@ def test_to_uint8_is_the_int64_shift_exactly(dtype, bits, signed):
     arithmetic's: offset signed data by 2^(bits-1), shift right by bits - 8, clip to 0..255."""
     from pydicom.dataset import Dataset
 
-    from echocmr.ingest.dicom_io import _to_uint8
+    from echocmr.ingest.dicom_pixels import _to_uint8
 
     info = np.iinfo(dtype)
     rng = np.random.default_rng(bits)
@@ -443,7 +440,7 @@ def test_pylibjpegs_read_pass_gives_its_full_decodes_verdict_on_damaged_frames(t
     import libjpeg
     import simplejpeg
 
-    from echocmr.ingest.dicom_io import _full_decode_problem, _strict_decode_problem
+    from echocmr.ingest.jpeg import _full_decode_problem, _strict_decode_problem
 
     _, codestreams = _jpeg_clip(tmp_path / "clip.dcm", n_frames=8)
     rng = np.random.default_rng(7)

@@ -226,13 +226,13 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
 
 def test_a_file_that_kills_its_worker_is_isolated_and_rejected(tmp_path):
     """A decoder crash (the worker dies) must neither hang nor stop the job."""
-    from echocmr.ingest.job import _pool_results
+    from echocmr.ingest.pool import pool_results
 
     from _ingest_fixtures import crash_cohort
 
     sources, ctx, _ = crash_cohort(tmp_path, IngestConfig(site="s"))
-    results = {r.source: r for r in _pool_results(ctx, [(s, f"e{i}") for i, s in
-                                                        enumerate(sources)], workers=2)}
+    results = {r.source: r for r in pool_results(ctx, [(s, f"e{i}") for i, s in
+                                                       enumerate(sources)], workers=2)}
     assert sorted(results) == sources
     for source, result in results.items():
         want = "worker_crashed" if "crash" in source else "no_cmr_within_window"

@@ -8,7 +8,7 @@ from pydicom.data import get_testdata_file
 from scipy import ndimage
 
 from echocmr.ingest.config import PreprocessConfig, SectorConfig
-from echocmr.ingest.dicom_io import RejectedInput, read_dicom
+from echocmr.ingest.dicom_io import read_dicom
 from echocmr.ingest.encode import decode_webm, encode_webm
 from echocmr.ingest.preprocess import (
     pad_to_square,
@@ -16,6 +16,7 @@ from echocmr.ingest.preprocess import (
     resample_indices,
     resize_frames,
 )
+from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.sector import convex_hull_mask, find_sector
 from echocmr.ingest.synth.small import small_clip
 

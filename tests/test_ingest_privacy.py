@@ -537,8 +537,8 @@ def test_the_strict_jpeg_check_can_be_switched_off(tmp_path):
     catches a damage turbo decodes without a warning. 0 skips it: nothing else sees that damage
     (the marker structure is sound), and the clip is prepared from the garbage frame."""
     from echocmr.ingest.config import ReadConfig
-    from echocmr.ingest.dicom_io import RejectedInput
     from echocmr.ingest.preprocess import preprocess_dicom
+    from echocmr.ingest.reasons import RejectedInput
 
     frames = small_clip(24, 96, 128, seed=3).frames
     off = PreprocessConfig(read=ReadConfig(strict_jpeg_check_frames=0))

@@ -7,15 +7,14 @@ export is tiny (3 patients x 2 clips plus 4 bad files, 16 frames of 48x64) and t
 is off, so each file takes well under a second: the tests prove the plumbing (placement, retries,
 resume, order), not speed. The reference is the same export ingested in this process.
 
-Where tasks ran is read from the test-only hook ``ECHOCMR_TEST_INGEST`` (`ingest.job._TestHook`):
-each file task appends ``<node id> <source>`` to a log before it starts (and sleeps, where a test
-needs tasks that last).
+Where tasks ran is read from a ``before_file`` hook the tests pass to `run_ingest`
+(`_ingest_fixtures.StartLog`): each file task appends ``<node id> <source>`` to a log before it
+starts (and sleeps, where a test needs tasks that last).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -27,10 +26,10 @@ import pytest
 
 from echocmr.cluster.inprocess import temporary_cluster
 from echocmr.ingest.config import IngestConfig, ShardConfig, TextDetectorConfig
-from echocmr.ingest.job import TEST_HOOK_ENV, run_ingest
+from echocmr.ingest.job import run_ingest
 from echocmr.ingest.workcache import WORK_DIR
 
-from _ingest_fixtures import write_cohort
+from _ingest_fixtures import StartLog, write_cohort
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -93,18 +92,13 @@ def _starts(log: str) -> list[tuple[str, str]]:
     return [tuple(line.split(" ", 1)) for line in open(log).read().splitlines() if line]
 
 
-def _hook(monkeypatch, log: str, delay_s: float = 0.0) -> None:
-    monkeypatch.setenv(TEST_HOOK_ENV, json.dumps({"delay_s": delay_s, "log": log}))
-
-
-def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, cluster, tmp_path,
-                                                         monkeypatch):
+def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, cluster, tmp_path):
     c, nodes = cluster
     log = str(tmp_path / "starts.log")
-    _hook(monkeypatch, log, delay_s=0.3)  # long enough that one node cannot take every file
+    hook = StartLog(log, delay_s=0.3)  # long enough that one node cannot take every file
     out = str(tmp_path / "ray")
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(),
-                         progress=False, address=c.address)
+                         progress=False, address=c.address, before_file=hook)
     assert summary.kept == 6 and len(summary.shards) >= 3
     assert _digests(out) == reference
     assert not os.path.exists(os.path.join(out, WORK_DIR))
@@ -136,15 +130,17 @@ def test_s3_inputs_and_outputs_locally_and_on_the_cluster(cohort, reference, clu
 
 
 def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, tmp_path):
-    """The real command with ``--address``, SIGKILLed after a few files; the rerun resumes."""
+    """The real command line with ``--address`` (tasks slowed by a ``before_file`` hook),
+    SIGKILLed after a few files; the rerun resumes."""
     c, _ = cluster
     out = str(tmp_path / "killed")
-    env = {**os.environ, "PYTHONPATH": REPO,
-           TEST_HOOK_ENV: json.dumps({"delay_s": 0.5, "log": str(tmp_path / "starts.log")})}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")])}
     config = tmp_path / "ingest.yaml"
     config.write_text("text_detector: {enabled: false}\nshards: {samples_per_shard: 2}\n")
+    driver = ("import sys, _ingest_fixtures as f; sys.exit(f.echocmr_with_hook(sys.argv[1:], "
+              f"f.StartLog({str(tmp_path / 'starts.log')!r}, delay_s=0.5)))")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "echocmr", "ingest", "--dicom", cohort.dicom_dir, "--labels",
+        [sys.executable, "-c", driver, "ingest", "--dicom", cohort.dicom_dir, "--labels",
          cohort.labels_path, "--out", out, "--site", "site_a", "--config", str(config),
          "--address", c.address, "--no-progress"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -189,20 +185,20 @@ def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tm
     assert work.load(f"e{crashed}").reason == "worker_crashed"  # cached: a rerun skips it
 
 
-def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path,
-                                               monkeypatch):
+def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path):
     """Remove the worker node while it runs a file: Ray reruns that task on the head."""
     c, nodes = cluster
     worker = nodes["worker"]
     log = str(tmp_path / "starts.log")
-    _hook(monkeypatch, log, delay_s=1.5)
+    hook = StartLog(log, delay_s=1.5)
     out = str(tmp_path / "lost")
     box: dict = {}
 
     def ingest() -> None:
         try:
             box["summary"] = run_ingest(cohort.dicom_dir, cohort.labels_path, out,
-                                        config=_config(), progress=False, address=c.address)
+                                        config=_config(), progress=False, address=c.address,
+                                        before_file=hook)
         except BaseException as exc:  # surfaced by the test thread
             box["error"] = exc
 

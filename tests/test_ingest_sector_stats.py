@@ -1,4 +1,4 @@
-"""The fast per-clip statistics of `ingest.sector` and `ingest.dicom_io` against plain numpy.
+"""The fast per-clip statistics of `ingest.sector` and `ingest.colour` against plain numpy.
 
 `find_sector` and the chroma map used to be written as float32 copies of every sampled frame
 reduced with numpy; the fast versions must give the same values bit for bit (so sectors, masks
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from echocmr.ingest.colour import chroma_rgb, chroma_ybr, over_frames, rgb_to_luma
 from echocmr.ingest.config import SectorConfig
-from echocmr.ingest.dicom_io import _chroma_rgb, _chroma_ybr, _luma, _over_frames
 from echocmr.ingest.sector import _dilate, _erode, changing_overlay_mask, temporal_mean_std
 
 
@@ -138,13 +138,13 @@ def test_chroma_maps_match_the_stacked_float32_formulas(n):
 
     ybr = x[picks].astype(np.float32)
     cb, cr = ybr[..., 1] - 128.0, ybr[..., 2] - 128.0
-    assert np.array_equal(_chroma_ybr(x), second_largest(np.sqrt(cb * cb + cr * cr)))
+    assert np.array_equal(chroma_ybr(x), second_largest(np.sqrt(cb * cb + cr * cr)))
     r, g, b = ybr[..., 0], ybr[..., 1], ybr[..., 2]
     cb = -0.168736 * r - 0.331264 * g + 0.5 * b
     cr = 0.5 * r - 0.418688 * g - 0.081312 * b
-    assert np.array_equal(_chroma_rgb(x), second_largest(np.sqrt(cb * cb + cr * cr)))
+    assert np.array_equal(chroma_rgb(x), second_largest(np.sqrt(cb * cb + cr * cr)))
     wide = x.astype(np.uint32)
     luma = (wide[..., 0] * 19595 + wide[..., 1] * 38470 + wide[..., 2] * 7471 + 32768) >> 16
-    assert np.array_equal(_luma(x), luma.astype(np.uint8))
+    assert np.array_equal(rgb_to_luma(x), luma.astype(np.uint8))
     stack = rng.random((n, 5, 6)).astype(np.float32)
-    assert np.array_equal(_over_frames(stack), second_largest(stack))
+    assert np.array_equal(over_frames(stack), second_largest(stack))

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from echocmr.ingest import synth as synth_pkg
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.job import run_ingest
 from echocmr.ingest.splits import KeyedHasher, resolve_split_key
+from echocmr.ingest.synth import generate as synth_pkg
 from echocmr.shards.format import INGEST_REPORT_FILE, TASKS
 from echocmr.shards.reader import iter_samples, read_manifest
 

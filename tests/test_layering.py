@@ -46,6 +46,7 @@ HEAVY = {"torch", "ray", "mlflow", "nvidia", "webdataset", "av", "pydicom", "rap
 
 # (package, library): why a library function of that package imports the library lazily.
 LAZY_THIRD_PARTY = {
+    ("echocmr.config", "tqdm"): "a progress bar only on a terminal; logs get plain lines",
     ("echocmr.shards", "fsspec"): "remote sets only; a local set never pays for fsspec/s3fs",
     ("echocmr.shards", "s3fs"): "remote sets only",
     ("echocmr.shards", "pandas"): "the manifest as a table; verify/index paths read tars only",
@@ -121,8 +122,12 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+# The foundation every package may import: the namespace, typed configs, progress lines.
+CORE = {"echocmr", "echocmr.config", "echocmr.progress"}
+
+
 def package_of(module: str) -> str:
-    if module in ("echocmr", "echocmr.config", "echocmr.__init__"):
+    if module in CORE:
         return "echocmr.config"
     parts = module.split(".")
     if parts[1] in ("cli", "__main__", "demo"):

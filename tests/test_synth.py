@@ -20,11 +20,16 @@ import pandas as pd
 import pydicom
 import pytest
 
-from echocmr.ingest.synth import generate_cohort, generate_labels
 from echocmr.ingest.synth.anatomy import ALL_VIEWS, TERRITORY_WINDOWS, draw_heart, wma_visible
 from echocmr.ingest.synth.cohort import PROBLEM_REASONS, WINDOW_DAYS, CohortConfig, plan_cohort
 from echocmr.ingest.synth.cycle import Cycle
-from echocmr.ingest.synth.generate import LABEL_COLUMNS, TRUTH_COLUMNS, _render_patient
+from echocmr.ingest.synth.generate import (
+    LABEL_COLUMNS,
+    TRUTH_COLUMNS,
+    _render_patient,
+    generate_cohort,
+    generate_labels,
+)
 from echocmr.ingest.synth.labels import CUTOFFS
 from echocmr.ingest.synth.phantom import EchoPhantom
 from echocmr.ingest.synth.sector import draw_geometry

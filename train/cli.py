@@ -86,6 +86,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
+# From this width up the network is torchvision's size class (64: r2plus1d_18, 33 M parameters).
+FULL_WIDTH = 64
+
+
 def run(args: argparse.Namespace) -> int:
     from echocmr.config import resolve_for_command
     from echocmr.train.config import load_config
@@ -96,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
         print_config=args.print_config, required={"--shards": args.shards})
     if done is not None:
         return done
+    if not config.gpu and config.model.width >= FULL_WIDTH:
+        print(f"echocmr train: warning: this is the full R(2+1)D (width {config.model.width}) on "
+              "CPU, which trains at about 0.24 clips/s on 2 cores (docs/training.md); for a quick "
+              "CPU run use --preset cpu-small, or train on a GPU with --gpu", file=sys.stderr)
     from echocmr.shards.format import FormatVersionError, GPUDecodeError
     from echocmr.train.loop import run_training
     from echocmr.train.preflight import PreflightError

@@ -46,6 +46,7 @@ from echocmr.model.publish import ExpectedViews, log_model
 from echocmr.model.registry import describe_version, register_model
 from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, site_tags
 from echocmr.model.view_store import fetch_view_model
+from echocmr.progress import Progress
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
@@ -198,8 +199,12 @@ def train_worker(ray_config: dict[str, Any]) -> None:
         report(checkpoint_state(engine.position.epoch - 1, metrics), metrics,
                f"step_{engine.global_step:08d}")
 
+    shown: Progress | None = None  # rank 0's progress through the epoch (a line every 30 s)
+
     def after_step() -> None:
         step_checkpoint()
+        if shown is not None:
+            shown.update(1)
         if loop.step_hook is not None:
             loop.step_hook(rank, engine.global_step)
 
@@ -208,7 +213,11 @@ def train_worker(ray_config: dict[str, Any]) -> None:
                           "resumed_at_step": resumed_step})
         return
     while engine.position.epoch < config.epochs:
+        shown = Progress(engine.steps_per_epoch, desc=f"train epoch {engine.position.epoch}",
+                         unit="step", initial=engine.position.batch, enabled=rank == 0, bar=False,
+                         stream=sys.stdout)
         result = engine.train_epoch(on_step=after_step)
+        shown.close()
         val = engine.validate()
         metrics = epoch_metrics(result, val)
         # Throughput over all workers; the share of step time spent waiting for data (mean).

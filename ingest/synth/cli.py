@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from echocmr.ingest.synth import generate_cohort
+    from echocmr.ingest.synth.generate import generate_cohort
 
     if args.patients < 1:
         raise SystemExit("--patients must be at least 1")

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from echocmr.ingest.splits import write_synthetic_marker
 from echocmr.ingest.synth.cohort import (
@@ -45,6 +44,7 @@ from echocmr.ingest.synth.overlays import ScreenText
 from echocmr.ingest.synth.phantom import PhantomConfig
 from echocmr.ingest.synth.render import ClipRenderer, ClipRequest
 from echocmr.ingest.synth.vendors import VENDOR_BY_KEY
+from echocmr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def generate_cohort(
     order = sorted(range(len(plans)), key=lambda i: (-_cost(plans[i]), i))
     tasks = [(plans[i], str(out / "dicom"), phantom) for i in order]
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(tasks), desc="synth patients", unit="patient", disable=not progress)
+    bar = Progress(len(tasks), desc="synth patients", unit="patient", enabled=progress)
     try:
         if n_workers == 1:
             for task in tasks:
@@ -235,3 +235,10 @@ def generate_cohort(
              summary["patients"], summary["files"], summary["expected_kept"], n_bytes / 1e6,
              summary["seconds"])
     return summary
+
+
+def generate_labels(patients: int, seed: int = 0) -> pd.DataFrame:
+    """The CMR label table of a cohort without rendering any DICOM (the rows `generate_cohort`
+    writes to ``cmr_labels.parquet`` for the same patients and seed)."""
+    return labels_table(plan_cohort(CohortConfig(patients=patients, seed=seed,
+                                                 problem_files=False)))

@@ -1,0 +1,346 @@
+"""Benchmark: the shard toolkit at archive scale, wall and CPU time and peak memory against N.
+
+Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``) shard sets of 10^4 and 10^5
+clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again for the
+merged set) from a small **real** ingest: a
+synthetic cohort of 4 patients through ``echocmr synth`` and ``echocmr ingest`` (22 clips). Its
+clips' bytes are reused under new keys, patients, studies, splits and four sites, written through
+the project's writer (`shards.writer.ShardSetWriter`), with each clip's ingest facts, labels and
+pixel statistics, so every set is a valid current-format set (`shards verify` says OK). To keep
+the default run affordable on a shared 2-core machine, only the ``--distinct`` smallest ingested
+clips are reused (default 8, 11–30 KB each): the toolkit never decodes, so clip size changes the
+bytes read, not what is measured here (driver memory and per-clip cost).
+
+Then, each in a fresh process (peak RSS is that process's own ``VmHWM``), per size:
+
+- ``reshard``: `shards.reshard.reshard` of the four site sets into one (4 sites -> 1);
+- ``verify``: `shards.verify.verify` of the merged set (every byte read, SHA-256 per member);
+- ``stats``: `shards.stats.describe` of the merged set (the ``shards stats`` report);
+
+and prints wall s, CPU s (user + system of the process), peak RSS and its excess over the
+process's baseline after imports, memory per clip, and the growth exponent between the two
+largest sizes (``log(t2/t1) / log(N2/N1)``: 1.0 is linear). It extrapolates peak RSS to 10^6
+clips from the per-clip growth between the two largest sizes.
+
+``--ray`` (default on at the smallest size only) also runs verify and reshard with
+``--address`` on a local Ray cluster of 1 and of 2 nodes (`cluster.inprocess.temporary_cluster`)
+and checks the results are identical to the local run. On one 2-core machine this is a
+correctness run, not a speed-up measurement: both "nodes" share the same two cores.
+
+``--stats-only 1000000`` measures ``shards stats`` at 10^6 clips on a manifest-only set (rows
+made as above, no tars: stats reads the manifest alone).
+
+Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]
+[--stats-only 1000000]`` (``--sizes 10000 100000 1000000`` for the full table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from echocmr.shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
+
+CACHE = f"/tmp/echocmr-bench-scale-format{FORMAT_VERSION}"
+SITES = ("site_a", "site_b", "site_c", "site_d")
+OPERATIONS = ("reshard", "verify", "stats")
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "echocmr", *argv], check=True, capture_output=True)
+
+
+def source_set() -> str:
+    """A real ingest of a tiny synthetic cohort (cached)."""
+    src = os.path.join(CACHE, "source")
+    if os.path.exists(os.path.join(src, "stats.json")):
+        return src
+    cohort = os.path.join(CACHE, "cohort")
+    shutil.rmtree(cohort, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    _run(["synth", "--out", cohort, "--patients", "4", "--workers", "1"])
+    _run(["ingest", "--dicom", os.path.join(cohort, "dicom"), "--labels",
+          os.path.join(cohort, "cmr_labels.parquet"), "--views", os.path.join(cohort, "views.csv"),
+          "--out", src, "--site", "site_a", "--no-progress"])
+    return src
+
+
+def _clips(src: str, distinct: int) -> tuple[list[dict], dict]:
+    """The ``distinct`` smallest ingested clips: members, meta, labels, pixel statistics."""
+    from echocmr.shards.reader import iter_samples, read_manifest, read_stats
+
+    manifest = read_manifest(src).set_index("key")
+    samples = sorted(iter_samples(src), key=lambda s: len(s.video))[:distinct]
+    out = []
+    for s in samples:
+        row = manifest.loc[s.key]
+        out.append({"video": s.video, "labels": s.labels, "meta": s.meta,
+                    "pixel_stats": (float(row["pixel_mean"]), float(row["pixel_std"]),
+                                    int(row["n_pixels"]))})
+    return out, read_stats(src)
+
+
+def build(n_clips: int, distinct: int) -> list[str]:
+    """Four site sets with ``n_clips`` clips in all (cached); returns their directories."""
+    from dataclasses import replace
+
+    from echocmr.shards.format import STATS_FILE, Sample
+    from echocmr.shards.writer import ShardSetWriter, WriterConfig
+
+    root = os.path.join(CACHE, f"n{n_clips}-d{distinct}")
+    dirs = [os.path.join(root, site) for site in SITES]
+    if all(os.path.exists(os.path.join(d, STATS_FILE)) for d in dirs):
+        return dirs
+    clips, stats = _clips(source_set(), distinct)
+    per_site = n_clips // len(SITES)
+    for site, directory in zip(SITES, dirs, strict=True):
+        shutil.rmtree(directory, ignore_errors=True)
+        with ShardSetWriter(directory, config=WriterConfig(samples_per_shard=256),
+                            clip_format=stats["clip"],
+                            split_key_fingerprint=stats["split_key_fingerprint"],
+                            label_rules={site: next(iter(stats["label_rules"].values()))}
+                            ) as writer:
+            # Ingest writes a split's samples together, sorted by key: do the same.
+            for split in ("train", "val", "test"):
+                for i in range(per_site):
+                    patient = i // 2  # two clips per patient, one study each
+                    if ("train", "train", "train", "val", "test")[patient % 5] != split:
+                        continue
+                    clip = clips[i % len(clips)]
+                    digest = hashlib.sha256(f"{site}|{i}".encode()).hexdigest()
+                    patient_hash = hashlib.sha256(f"p|{site}|{patient}".encode()).hexdigest()[:16]
+                    meta = replace(clip["meta"], key=f"{site}-{digest[:16]}", site=site,
+                                   split=split, patient_hash=patient_hash,
+                                   study_hash=hashlib.sha256(
+                                       f"s|{site}|{patient}".encode()).hexdigest()[:16])
+                    writer.add(Sample(key=meta.key, video=clip["video"], labels=clip["labels"],
+                                      meta=meta), pixel_stats=clip["pixel_stats"])
+    return dirs
+
+
+def manifest_only(n_clips: int, distinct: int) -> str:
+    """A set of ``n_clips`` rows with no tars (cached): ``manifest.parquet`` and ``stats.json``
+    only, rows made as `build` makes them (random-looking keys and hashes, two clips per
+    patient). ``shards stats`` reads nothing else, so its driver can be measured at sizes whose
+    tars would not fit on this machine's disk."""
+    import numpy as np
+    import pyarrow as pa
+
+    from echocmr.shards.format import MANIFEST_SCHEMA, STATS_FILE, TASKS
+    from echocmr.shards.stats import compute_stats, stats_json_bytes
+    from echocmr.shards.writer import manifest_bytes
+
+    root = os.path.join(CACHE, f"manifest-only-n{n_clips}")
+    if os.path.exists(os.path.join(root, STATS_FILE)):
+        return root
+    clips, stats = _clips(source_set(), distinct)
+    os.makedirs(root, exist_ok=True)
+    i = np.arange(n_clips)
+    patient = i // 2
+    split = np.array(["train", "train", "train", "val", "test"])[patient % 5]
+    site = np.array(SITES)[i % len(SITES)]
+    order = np.lexsort((i, split))  # a split's rows together, as the writers put them
+
+    def hexes(tag: str, values) -> list[str]:
+        return [hashlib.sha256(f"{tag}|{v}".encode()).hexdigest() for v in values]
+
+    clip = [clips[k % len(clips)] for k in range(len(clips))]
+    which = i % len(clips)
+    shard = [f"{s}-{k // 256:06d}.tar" for s, k in zip(split[order], i, strict=True)]
+    columns = {
+        "key": [f"{s}-{h[:16]}" for s, h in zip(site[order], hexes("k", i[order]), strict=True)],
+        "shard": shard, "split": split[order], "site": site[order],
+        "patient_hash": [h[:16] for h in hexes("p", patient[order])],
+        "study_hash": [h[:16] for h in hexes("s", patient[order])],
+        "view": [clip[k]["meta"].view for k in which[order]],
+        "n_frames": [clip[k]["meta"].n_frames for k in which[order]],
+        "fps": [clip[k]["meta"].fps for k in which[order]],
+        **{t: [float(clip[k]["labels"][j]) for k in which[order]] for j, t in enumerate(TASKS)},
+        "video_bytes": [len(clip[k]["video"]) for k in which[order]],
+        "video_sha256": hexes("v", i[order]), "json_sha256": hexes("j", i[order]),
+        "pixel_mean": [clip[k]["pixel_stats"][0] for k in which[order]],
+        "pixel_std": [clip[k]["pixel_stats"][1] for k in which[order]],
+        "n_pixels": [clip[k]["pixel_stats"][2] for k in which[order]],
+    }
+    table = pa.table({c: columns[c] for c in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
+    with open(os.path.join(root, "manifest.parquet"), "wb") as f:
+        f.write(manifest_bytes(table))
+    header = compute_stats(table, clip_format=stats["clip"],
+                           split_key_fingerprint=stats["split_key_fingerprint"])
+    with open(os.path.join(root, STATS_FILE), "wb") as f:
+        f.write(stats_json_bytes(header))
+    return root
+
+
+# -- one measured operation per process ----------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; getrusage's survives fork + exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _child(op: str, inputs: list[str], merged: str, address: str | None, out: str) -> None:
+    import echocmr.shards.reshard  # noqa: F401
+    import echocmr.shards.stats  # noqa: F401
+    import echocmr.shards.verify  # noqa: F401
+
+    baseline = _peak_rss_mb()
+    wall, cpu = time.perf_counter(), _cpu_s()
+    result = None
+    extra = {"address": address} if address else {}  # the toolkit before --address had none
+    if op == "reshard":
+        from echocmr.shards.reshard import ReshardConfig, reshard
+
+        shutil.rmtree(out, ignore_errors=True)
+        reshard(inputs, out, config=ReshardConfig(samples_per_shard=256), **extra)
+    elif op == "verify":
+        from echocmr.shards.verify import problems_json, verify
+
+        result = problems_json(verify(merged, **extra))
+    else:
+        from echocmr.shards.stats import describe
+
+        result = json.dumps(describe(merged), sort_keys=True)
+    wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
+    digest = hashlib.sha256((result or "").encode()).hexdigest()[:16]
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(),
+                      "baseline_rss_mb": baseline, "result": digest}))
+
+
+def measure(op: str, inputs: list[str], merged: str, *, out: str | None = None,
+            address: str | None = None, python: str = sys.executable) -> dict:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [python, __file__, "--child", op, merged, out or merged, address or "",
+         *inputs], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{op} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _digests(directory: str) -> dict[str, str]:
+    return {n: hashlib.sha256(open(os.path.join(directory, n), "rb").read()).hexdigest()
+            for n in sorted(os.listdir(directory))}
+
+
+def ray_comparison(inputs: list[str], merged: str, n: int) -> None:
+    """verify and reshard with --address on 1 and 2 local nodes, against the local run."""
+    from echocmr.cluster.inprocess import temporary_cluster
+
+    local_verify = measure("verify", inputs, merged)
+    print(f"\nRay, {n} clips (one machine, 2 cores: a correctness run, not a speed-up figure)")
+    print(f"{'nodes':>5} {'op':>8} {'wall s':>8} {'driver CPU s':>13} {'driver RSS MB':>14} "
+          f"{'same as local':>14}")
+    for nodes in (1, 2):
+        with temporary_cluster([{"num_cpus": 1}] * nodes, connect=False) as cluster:
+            r = measure("verify", inputs, merged, address=cluster.address)
+            same = r["result"] == local_verify["result"]
+            print(f"{nodes:>5} {'verify':>8} {r['wall_s']:>8.1f} {r['cpu_s']:>13.1f} "
+                  f"{r['peak_rss_mb']:>14.0f} {'yes' if same else 'NO':>14}")
+            out = os.path.join(CACHE, f"ray-out-{nodes}")
+            r = measure("reshard", inputs, merged, out=out, address=cluster.address)
+            same = _digests(out) == _digests(merged)
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"{nodes:>5} {'reshard':>8} {r['wall_s']:>8.1f} {r['cpu_s']:>13.1f} "
+                  f"{r['peak_rss_mb']:>14.0f} {'yes' if same else 'NO':>14}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="clips per benchmark set (four sites together)")
+    parser.add_argument("--distinct", type=int, default=8,
+                        help="distinct ingested clips reused (the smallest ones)")
+    parser.add_argument("--ray-size", type=int, default=None,
+                        help="size to run the 1- vs 2-node Ray comparison at (default: the "
+                        "smallest; 0: none)")
+    parser.add_argument("--keep", action="store_true", help="keep the built sets in the cache")
+    parser.add_argument("--stats-only", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure `shards stats` on manifest-only sets of these sizes "
+                        "(no tars: stats reads the manifest alone), e.g. 1000000")
+    parser.add_argument("--baseline-python", default=None, metavar="PYTHON",
+                        help="also run each operation with this interpreter (another checkout's "
+                        "venv, e.g. main's) on the same sets, for a before/after table")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        op, merged, out, address, *inputs = args.child
+        _child(op, inputs, merged, address or None, out)
+        return 0
+
+    sizes = sorted(args.sizes)
+    ray_size = (sizes[0] if sizes else 0) if args.ray_size is None else args.ray_size
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"{'clips':>8} {'op':>15} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12} "
+          f"{'over base MB':>13} {'KB/clip':>8} {'CPU ms/1k':>10}")
+    results: dict[tuple[int, str], dict] = {}
+    for n in sizes:
+        t0 = time.perf_counter()
+        inputs = build(n, args.distinct)
+        built = time.perf_counter() - t0
+        merged = os.path.join(CACHE, f"n{n}-d{args.distinct}", "merged")
+        runs = [("", sys.executable)]
+        if args.baseline_python:
+            runs.insert(0, ("before ", args.baseline_python))
+        for label, python in runs:
+            for op in OPERATIONS:
+                r = measure(op, inputs, merged, out=merged, python=python)
+                if not label:
+                    results[n, op] = r
+                over = r["peak_rss_mb"] - r["baseline_rss_mb"]
+                print(f"{n:>8} {label + op:>15} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
+                      f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
+                      f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
+        if built > 1:
+            print(f"         (built the {n}-clip site sets in {built:.0f} s)")
+        if n == ray_size:
+            ray_comparison(inputs, merged, n)
+            print()
+        if not args.keep and n != sizes[-1]:
+            shutil.rmtree(os.path.join(CACHE, f"n{n}-d{args.distinct}"), ignore_errors=True)
+    if len(sizes) >= 2:
+        lo, hi = sizes[-2], sizes[-1]
+        print(f"\ngrowth from {lo} to {hi} clips (exponent: log ratio / log {hi // lo}):")
+        for op in OPERATIONS:
+            a, b = results[lo, op], results[hi, op]
+            exp_wall = math.log(b["wall_s"] / a["wall_s"]) / math.log(hi / lo)
+            exp_cpu = math.log(b["cpu_s"] / a["cpu_s"]) / math.log(hi / lo)
+            per_clip = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (hi - lo)
+            at_1e6 = b["peak_rss_mb"] + per_clip * (1_000_000 - hi)
+            print(f"  {op:>8}: time exponent wall {exp_wall:.2f}, CPU {exp_cpu:.2f}; peak RSS "
+                  f"grows {1024 * per_clip:.2f} KB per added clip -> ~{at_1e6:.0f} MB at 10^6 "
+                  f"clips{' (measured above)' if hi >= 1_000_000 else ' (extrapolated)'}")
+    if sizes and not args.keep:
+        shutil.rmtree(os.path.join(CACHE, f"n{sizes[-1]}-d{args.distinct}"), ignore_errors=True)
+    for n in args.stats_only:
+        root = manifest_only(n, args.distinct)
+        r = measure("stats", [], root)
+        print(f"stats on a manifest-only set of {n} clips: wall {r['wall_s']:.1f} s, CPU "
+              f"{r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} over the baseline)")
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

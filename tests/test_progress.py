@@ -1,0 +1,57 @@
+"""Progress of long work: a bar on a terminal, plain lines anywhere else (logs stay readable)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+from echocmr.progress import Progress
+
+
+def test_off_a_terminal_it_prints_plain_lines_at_an_interval_and_at_the_end():
+    out = io.StringIO()
+    with Progress(10, desc="eval inference", unit="video", interval_s=0.0, stream=out) as p:
+        for _ in range(10):
+            p.update(1)
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert len(lines) == 11  # one per update at interval 0, and the final one
+    assert lines[0].startswith("eval inference: 1/10 videos (10%)") and "left" in lines[0]
+    assert lines[-1].startswith("eval inference: 10/10 videos (100%)") and "done in" in lines[-1]
+
+
+def test_a_long_interval_prints_only_the_final_line_and_disabled_prints_nothing():
+    out = io.StringIO()
+    with Progress(3, desc="x", unit="file", stream=out, interval_s=3600) as p:
+        p.update(3, loss="0.61")
+    assert out.getvalue().splitlines() == [out.getvalue().splitlines()[0]]
+    assert "3/3 files (100%)" in out.getvalue() and "loss 0.61" in out.getvalue()
+    quiet = io.StringIO()
+    with Progress(3, desc="x", unit="file", stream=quiet, enabled=False) as p:
+        p.update(3)
+    assert quiet.getvalue() == ""
+
+
+def test_on_a_terminal_it_is_a_bar():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    with Progress(4, desc="ingest", unit="file", stream=out) as p:
+        p.update(4)
+    assert "\r" in out.getvalue() and "4/4" in out.getvalue()
+
+
+def test_synth_into_a_pipe_writes_lines_not_a_bar(tmp_path):
+    """What a user's log file gets from `echocmr synth ... 2> log` (no TTY)."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, "-m", "echocmr", "synth", "--out", str(tmp_path / "c"),
+                           "--patients", "2", "--workers", "1"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    assert "synth patients: 2/2 patients (100%)" in done.stderr
