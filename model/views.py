@@ -41,9 +41,10 @@ VIEW_KIND = "echocmr.ViewNet"
 WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 VIEW_CLASSES: tuple[str, ...] = (*TARGET_VIEWS, VIEW_OTHER)
-# A clip whose calibrated confidence is below this is labelled ``unknown`` (docs/views.md): on
-# the synthetic held-out site, clips of a view the model knows score above 0.95, and a view it
-# was never shown lands spread over the classes.
+# A clip whose calibrated confidence is below this is labelled ``unknown`` (docs/views.md). A
+# starting point, not a measured optimum: choose it per model from the val confusion (the card)
+# and a held-out site (bench/bench_views.py); `--threshold` at training, `--view-threshold` at
+# ingest.
 DEFAULT_THRESHOLD = 0.8
 
 
