@@ -31,11 +31,12 @@ from echocmr.ingest.synth import cli as synth_cli
 from echocmr.model import cli as model_cli
 from echocmr.shards import cli as shards_cli
 from echocmr.train import cli as train_cli
+from echocmr.views import cli as views_cli
 from echocmr.workflows import cli as workflows_cli
 
 # Subcommand providers, in the order `--help` lists them.
-_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, eval_cli, model_cli, workflows_cli,
-              cluster_cli, demo)
+_PROVIDERS = (synth_cli, ingest_cli, shards_cli, train_cli, views_cli, eval_cli, model_cli,
+              workflows_cli, cluster_cli, demo)
 
 # Commands that only read an MLflow store (a missing sqlite file is a typo, never a new store),
 # and those that read one when their --model is a store URI. Every other command with a

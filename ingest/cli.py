@@ -37,6 +37,17 @@ def register(subparsers) -> None:
                    help="site name, lower-case [a-z0-9_]+ (default from config: 'site')")
     p.add_argument("--views", default=None, metavar="FILE",
                    help="CSV/Parquet with sop_instance_uid,view (default: every view 'unknown')")
+    p.add_argument("--view-model", default=None, metavar="URI",
+                   help="view classifier (models:/NAME@ALIAS, models:/NAME/VERSION or a "
+                        "directory; `echocmr views train`) that labels every kept clip's view "
+                        "and confidence; a --views row still wins, disagreements are counted "
+                        "(docs/views.md)")
+    p.add_argument("--view-threshold", type=float, default=None, metavar="P",
+                   help="confidence below which the view model's call is 'unknown' (default: "
+                        "the model's own, 0.8)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI for --view-model (default: MLFLOW_TRACKING_URI, else "
+                        "sqlite:///mlflow.db)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes without Ray (default: all cores)")
     p.add_argument("--clip-size", type=int, default=None, metavar="N",
@@ -67,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config, done = resolve_for_command(
         "ingest", lambda: load_config(
-            args.config, site=args.site, workers=args.workers,
+            args.config, site=args.site, workers=args.workers, view_model=args.view_model,
             preprocess=_preprocess_overrides(args),
             splits=None if not args.allow_public_demo_key else {"allow_public_demo_key": True}),
         print_config=args.print_config,
@@ -78,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from echocmr.shards.lock import OutputLocked
 
     try:
+        classifier = _view_classifier(config, args)
         summary = run_ingest(args.dicom, args.labels, args.out, config=config,
                              views_path=args.views, progress=not args.no_progress,
-                             address=args.address)
+                             address=args.address, view_classifier=classifier)
     except (FileNotFoundError, ValueError, OutputLocked) as exc:
         logging.getLogger("echocmr.ingest").debug("ingest failed", exc_info=True)
         print(f"echocmr ingest: {exc}", file=sys.stderr)
@@ -93,6 +105,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(summary.format())
     return 0
+
+
+def _view_classifier(config, args: argparse.Namespace):
+    """The view classifier ``config.view_model`` names (None without one), loaded here in the
+    command line (ingest's library code never imports the model package); the config then
+    names the exact version (``models:/NAME@ALIAS`` -> ``models:/NAME/VERSION``)."""
+    if config.view_model is None:
+        if args.view_threshold is not None:
+            raise ValueError("--view-threshold needs --view-model")
+        return None
+    from echocmr.model.view_store import load_view_classifier
+
+    classifier = load_view_classifier(config.view_model, tracking_uri=args.tracking_uri,
+                                      threshold=args.view_threshold)
+    logging.getLogger("echocmr.ingest").info("view model %s (threshold %.2f)",
+                                             classifier.source, classifier.threshold)
+    config.view_model = classifier.source
+    return classifier
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict | None:

@@ -400,10 +400,16 @@ class IngestConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
+    # The view classifier that labels clips (`echocmr ingest --view-model`): an MLflow model URI
+    # (models:/NAME@ALIAS is pinned to the version it points at when the run starts) or a view
+    # model directory; None = views from --views only, else "unknown" (docs/views.md).
+    view_model: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of every setting that changes the output (the split key itself excluded)."""
         data = to_dict(self)
+        if data.get("view_model") is None:  # unchanged fingerprints for runs without one
+            data.pop("view_model", None)
         for volatile in ("workers", "keep_work_cache", "ray"):
             data.pop(volatile)
         data["splits"].pop("split_key")

@@ -52,6 +52,7 @@ from echocmr.ingest.splits import (
 from echocmr.ingest.summary import IngestSummary
 from echocmr.ingest.text_detector import engine_version
 from echocmr.ingest.view_table import read_views
+from echocmr.ingest.views import ViewMix
 from echocmr.ingest.workcache import (
     CACHE_VERSION,
     WORK_DIR,
@@ -93,6 +94,7 @@ def run_ingest(
     in_process: bool = False,
     address: str | None = None,
     before_file: Callable[[str], None] | None = None,
+    view_classifier: Callable | None = None,
 ) -> IngestSummary:
     """Run the whole job (see the module docstring); returns what it did.
 
@@ -107,6 +109,10 @@ def run_ingest(
     processed (tracing and fault injection: tests use it to see where tasks run, to make them
     last, or to kill a worker). It travels to pool and Ray workers, so it must be picklable (a
     module-level function or an instance of a module-level class) and importable there.
+
+    ``view_classifier`` (``--view-model``; `ingest.views`) labels each kept clip's view;
+    ``config.view_model`` names it (the exact version) for the work cache and stats.json. It
+    travels to the workers the same way.
     """
 
     started = time.monotonic()
@@ -116,6 +122,9 @@ def run_ingest(
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is not None and in_process:
         raise ValueError("in_process and a Ray address exclude each other")
+    if (view_classifier is None) != (config.view_model is None):
+        raise ValueError("config.view_model names the view classifier passed as "
+                         "view_classifier: give both or neither (echocmr ingest --view-model)")
     # Absolute local paths: Ray workers (and pool workers) do not share the caller's cwd.
     if storage.is_local(dicom_dir):
         dicom_dir = os.path.abspath(storage.local_path(dicom_dir))
@@ -129,13 +138,15 @@ def run_ingest(
     with lock:
         return _run_locked(dicom_dir, labels_path, out_dir, config=config, views_path=views_path,
                            progress=progress, in_process=in_process, started=started,
-                           address=address, before_file=before_file)
+                           address=address, before_file=before_file,
+                           view_classifier=view_classifier)
 
 
 def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConfig,
                 views_path, progress: bool, in_process: bool, started: float,
                 address: str | None,
-                before_file: Callable[[str], None] | None) -> IngestSummary:
+                before_file: Callable[[str], None] | None,
+                view_classifier: Callable | None = None) -> IngestSummary:
     """`run_ingest` once it holds ``out_dir``'s lock."""
     key, key_source = resolve_split_key(config.splits.split_key, warn=False)
     if key_source == "demo":
@@ -184,7 +195,8 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     resumed = len(results)
     todo = [(s, entries[s]) for s in sources if s not in results]
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
-                        views=views, split_key=key, before_file=before_file)
+                        views=views, split_key=key, before_file=before_file,
+                        view_classifier=view_classifier)
     workers = max(1, config.workers or os.cpu_count() or 1)
     if address is not None:
         session = ray_session(address)
@@ -227,6 +239,7 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
         text_detector=config.text_detector.action if config.text_detector.enabled else "off",
         unknown_views=view_table.unknown_rows,
+        views=ViewMix.of(ordered),
     )
 
 

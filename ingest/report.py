@@ -30,6 +30,13 @@ def _escaped_bytes_only(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
+def _meta_of(r: FileResult) -> dict:
+    """A kept result's ``KEY.json`` fields (view, its source and confidence), else nothing."""
+    if r.status != "kept" or r.meta is None:
+        return {}
+    return r.meta if isinstance(r.meta, dict) else r.meta.to_dict()
+
+
 def report_bytes(results: list[FileResult]) -> bytes:
     """``ingest_report.parquet``: one row per input file, sorted by source (texts `printable`)."""
     table = pa.table({
@@ -38,8 +45,12 @@ def report_bytes(results: list[FileResult]) -> bytes:
         "reason": [r.reason for r in results],
         "key": [r.key for r in results],
         "detail": [printable(r.detail) for r in results],
+        **{c: [_meta_of(r).get(c) for r in results]
+           for c in ("view", "view_source", "view_confidence")},
     }, schema=pa.schema([("source", pa.string()), ("status", pa.string()),
-                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string())]))
+                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string()),
+                         ("view", pa.string()), ("view_source", pa.string()),
+                         ("view_confidence", pa.float32())]))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

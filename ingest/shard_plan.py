@@ -41,7 +41,9 @@ def write_outputs(results: list[FileResult], entries: dict[str, str], work: Work
                                  shard_mb=config.shards.shard_mb)
     writer = ShardSetWriter(out_dir, config=writer_config, clip_format=clip_format,
                             split_key_fingerprint=fingerprint, label_rules=label_rules,
-                            identity_scope=config.splits.identity_scope)
+                            identity_scope=config.splits.identity_scope,
+                            view_models=None if config.view_model is None
+                            else {config.site: config.view_model})
     try:
         planned: dict[str, PlannedSample] = {}
         for result in kept:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from echocmr.ingest.views import ViewMix
 from echocmr.shards.format import INGEST_REPORT_FILE, SPLITS
 
 
@@ -30,6 +31,7 @@ class IngestSummary:
     label_rules_fingerprint: str = ""  # `ingest.cutoffs.RuleSet.fingerprint` (stats.json)
     label_rules_before: str | None = None  # the fingerprint the set replaced had, when different
     unknown_views: int = 0  # views table rows that named no known view (views.unknown: unknown)
+    views: ViewMix = field(default_factory=ViewMix)  # kept clips per view (`ingest.views`)
 
     def format(self) -> str:
         lines = [f"ingest: {self.files} files -> {self.kept} kept, "
@@ -39,6 +41,7 @@ class IngestSummary:
         lines.append("  clips per split: " + ", ".join(
             f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
+        lines.append(f"  {self.views.describe()}")
         if self.text_detector == "off":
             lines.append("  text detector: off")
         else:

@@ -28,7 +28,7 @@ from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.splits import KeyedHasher
 from echocmr.ingest.text_detector import find_text, sample_indices
-from echocmr.ingest.view_table import UNKNOWN_VIEW
+from echocmr.ingest.views import VIEW_DISAGREEMENT, disagrees, label_view
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards import storage
 from echocmr.shards.format import IngestFacts, SampleMeta
@@ -46,6 +46,8 @@ class WorkerContext:
     split_key: bytes
     # Called with each source before it is processed (`run_ingest`'s ``before_file``).
     before_file: Callable[[str], None] | None = None
+    # --view-model: frames -> view call (`ingest.views`); built by the CLI, pickled to workers
+    view_classifier: Callable | None = None
 
 
 _CTX: WorkerContext | None = None
@@ -106,6 +108,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     except RejectedInput as exc:
         exc.paired = True  # the label table did its part: counts against "pairs with nothing"
         raise
+    view = label_view(ctx.views.get(ident.sop_uid), ctx.view_classifier, prepared.frames_THW)
     video = encode_webm(prepared.frames_THW, prepared.fps, config.encoder)
 
     clip_hash = hasher.clip_hash(ident.sop_uid)
@@ -117,7 +120,9 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         split=hasher.split(ident.patient_id),
         patient_hash=hasher.patient_hash(ident.patient_id),
         study_hash=study_hash,
-        view=ctx.views.get(ident.sop_uid, UNKNOWN_VIEW),
+        view=view.view,
+        view_source=view.source,
+        view_confidence=view.confidence,
         fps=prepared.fps,
         n_frames=prepared.n_frames,
         ingest=IngestFacts(
@@ -141,6 +146,8 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
         video_bytes=len(video),
         study_hash=study_hash, text_boxes=text_boxes, paired=True,
+        detail=(f"{VIEW_DISAGREEMENT}: table {view.view}, model {view.model_view} "
+                f"({view.confidence:.2f})" if disagrees(view) else None),
     )
     return result, video
 

@@ -36,6 +36,14 @@ def _register_predict(subparsers) -> None:
     p.add_argument("--ingest-config", metavar="FILE",
                    help="the ingest YAML the training shards were made with (default: ingest's "
                         "defaults at the model's clip size and frame rate)")
+    p.add_argument("--view-model", metavar="URI",
+                   help="view classifier (models:/NAME@ALIAS or a directory; docs/views.md): "
+                        "each file's view and confidence are reported, and files of other "
+                        "views than --views are left out (reason view_not_target or "
+                        "view_unknown) instead of entering a study's probability")
+    p.add_argument("--views", action="append", metavar="VIEW",
+                   help="views the model was trained on (repeatable; default A4C, A2C, PLAX); "
+                        "with --view-model")
     p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.set_defaults(func=run_predict_cmd)
 
@@ -95,16 +103,36 @@ def run_predict_cmd(args: argparse.Namespace) -> int:
         config = PredictConfig(clips=args.clips, stride=args.stride,
                                ingest_config=args.ingest_config)
         model, spec, stats = load_for_predict(args.model, tracking_uri=args.tracking_uri)
+        view_filter = _view_filter(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"echocmr predict: {exc}", file=sys.stderr)
         return 1
-    result = predict_files(args.dicom, model, spec, config=config, stats=stats)
+    result = predict_files(args.dicom, model, spec, config=config, stats=stats,
+                           view_filter=view_filter)
     write_prediction(result, args.out)
     for r in result.rejected:
         print(f"not used: {r['file']}: {r['reason']} ({r['detail']})", file=sys.stderr)
     print(f"{len(result.studies)} studies from {len(args.dicom) - len(result.rejected)} of "
           f"{len(args.dicom)} files -> {args.out}")
     return 0 if len(result.studies) else 1
+
+
+def _view_filter(args: argparse.Namespace):
+    """`model.predict.ViewFilter` from ``--view-model`` / ``--views`` (None without a model)."""
+    if args.view_model is None:
+        if args.views:
+            raise ValueError("--views needs --view-model")
+        return None
+    from echocmr.model.predict import ViewFilter
+    from echocmr.model.view_store import load_view_classifier
+    from echocmr.shards.format import TARGET_VIEWS, VIEW_VOCABULARY
+
+    views = tuple(dict.fromkeys(args.views or TARGET_VIEWS))
+    bad = [v for v in views if v not in VIEW_VOCABULARY]
+    if bad:
+        raise ValueError(f"--views {', '.join(bad)}: choose among {', '.join(VIEW_VOCABULARY)}")
+    classifier = load_view_classifier(args.view_model, tracking_uri=args.tracking_uri)
+    return ViewFilter(classifier=classifier, views=views)
 
 
 def run_models_list_cmd(args: argparse.Namespace) -> int:

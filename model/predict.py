@@ -66,6 +66,33 @@ class Prediction:
 
     studies: pd.DataFrame  # study, files, n_files, n_clips, p_<task>...
     rejected: list[dict] = field(default_factory=list)  # {"file", "reason", "detail"}
+    # With a view classifier (`ViewFilter`): {"file", "view", "view_confidence"} per file it saw
+    views: list[dict] = field(default_factory=list)
+
+
+VIEW_NOT_TARGET, VIEW_UNKNOWN_REASON = "view_not_target", "view_unknown"
+
+
+@dataclass(frozen=True)
+class ViewFilter:
+    """Which files enter a study's probability: ``classifier`` (frames -> call with ``.view``
+    and ``.confidence``; `model.views.ViewClassifier`) names each file's view, and only files
+    of ``views`` (the views the CMR model was trained on) are used; the others are reported
+    with reason ``view_not_target`` (``other``, or a target the model was not trained on) or
+    ``view_unknown`` (the classifier is not sure), never averaged in."""
+
+    classifier: object
+    views: tuple[str, ...]
+
+    def check(self, frames_THW) -> tuple[dict, tuple[str, str] | None]:
+        """``(view info, None)`` for a file to use, ``(view info, (reason, detail))`` else."""
+        call = self.classifier(frames_THW)
+        info = {"view": str(call.view), "view_confidence": round(float(call.confidence), 4)}
+        if call.view in self.views:
+            return info, None
+        reason = VIEW_UNKNOWN_REASON if call.view == "unknown" else VIEW_NOT_TARGET
+        return info, (reason, f"view {call.view} (confidence {call.confidence:.2f}); this model "
+                              f"uses {', '.join(self.views)}")
 
 
 def preprocess_config(spec, *, stats: dict | None = None, ingest_config: str | None = None):
@@ -107,11 +134,13 @@ def file_probabilities(frames_THW: np.ndarray, model, spec, *, config: PredictCo
 
 
 def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None = None,
-                  stats: dict | None = None, check: Callable[[], None] | None = None) -> Prediction:
+                  stats: dict | None = None, check: Callable[[], None] | None = None,
+                  view_filter: ViewFilter | None = None) -> Prediction:
     """Probabilities per study for ``paths``; unusable files are listed, not fatal.
 
     ``check`` is called before each file is read and before its windows are run: it may raise
     to stop the work (the served model's request deadline, `model.serve_request.Deadline`).
+    ``view_filter``: leave out files whose view the model was not trained on (`ViewFilter`).
     """
 
     config = config or PredictConfig()
@@ -120,6 +149,7 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
     pre = preprocess_config(spec, stats=stats, ingest_config=config.ingest_config)
     model = model.eval()
     rejected: list[dict] = []
+    seen_views: list[dict] = []
     groups: dict[str, dict] = {}  # grouping key -> {"files", "probs", "clips"}
     for path in paths:
         if check is not None:
@@ -140,6 +170,13 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
             continue
         if check is not None:
             check()
+        if view_filter is not None:
+            info, refusal = view_filter.check(clip.frames_THW)
+            seen_views.append({"file": path, **info})
+            if refusal is not None:
+                rejected.append({"file": path, "reason": refusal[0], "detail": refusal[1],
+                                 **info})
+                continue
         probs, n_clips = file_probabilities(clip.frames_THW, model, spec, config=config)
         key = clip.study_uid or f"file:{path}"  # no study UID: the file is its own study
         g = groups.setdefault(key, {"files": [], "probs": [], "clips": 0})
@@ -153,7 +190,8 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
                      "n_files": len(g["files"]), "n_clips": g["clips"],
                      **{p_col(t): float(mean[k]) for k, t in enumerate(TASKS)}})
     columns = ["study", "files", "n_files", "n_clips", *(p_col(t) for t in TASKS)]
-    return Prediction(studies=pd.DataFrame(rows, columns=columns), rejected=rejected)
+    return Prediction(studies=pd.DataFrame(rows, columns=columns), rejected=rejected,
+                      views=seen_views)
 
 
 def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
@@ -165,7 +203,7 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if ext == ".json":
         doc = {"studies": result.studies.to_dict(orient="records"), "rejected": result.rejected,
-               "tasks": list(TASKS)}
+               "tasks": list(TASKS), **({"views": result.views} if result.views else {})}
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     else:
         table = result.studies.assign(status="ok", reason="")

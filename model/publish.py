@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import echocmr
-from echocmr.model.artifact import write_model_dir
+from echocmr.model.artifact import META_FILE, write_model_dir
 from echocmr.model.checkpoint import model_from_state
 from echocmr.model.contract import InputSpec
 from echocmr.model.example import example_dicom
 from echocmr.model.serve_response import output_schema
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
+from echocmr.model.view_serving import VIEW_ARTIFACT_KEY
 
 MODEL_CODE_MODULE = "echocmr.model.model_code"  # the models-from-code script; logged as a file
 # What the served model imports (`echocmr.model.serving` and, through `model.predict`, ingest's
@@ -91,7 +94,7 @@ def serving_code(directory: str) -> str:
 
 
 def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
-              name: str = "model") -> str:
+              name: str = "model", views: ExpectedViews | None = None) -> str:
     """Log the checkpoint's network into run ``run_id`` as echocmr's pyfunc; return its model URI
     (``models:/m-...``). No pickle: the artifact is `model.artifact`'s, the code a file.
 
@@ -114,9 +117,13 @@ def log_model(state: dict[str, Any], *, tracking_uri: str, run_id: str,
              else mlflow.start_run(run_id=run_id)):
         artifact = write_model_dir(os.path.join(tmp, ARTIFACT_KEY), model, spec,
                                    epoch=state.get("epoch"), val_metrics=val_metrics)
+        artifacts = {ARTIFACT_KEY: artifact}
+        if views is not None:
+            artifacts |= record_expected_views(artifact, views)
+            metadata |= {"views": list(views.views), "view_model": views.source}
         info = mlflow.pyfunc.log_model(
             name=name, python_model=_model_code_copy(tmp),
-            artifacts={ARTIFACT_KEY: artifact}, signature=signature(spec),
+            artifacts=artifacts, signature=signature(spec),
             input_example=input_example(), metadata=metadata,
             code_paths=[serving_code(tmp)], pip_requirements=serving_requirements())
     return info.model_uri
@@ -138,3 +145,28 @@ def _finite(metrics: dict) -> dict:
 
     return {k: v for k, v in metrics.items()
             if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))}
+
+
+@dataclass(frozen=True)
+class ExpectedViews:
+    """The views a CMR model was trained on (``data.views``) and the view classifier that
+    labelled its data (``source``, e.g. ``models:/views/3``; its directory ``view_model_dir``,
+    or None when only the views are known)."""
+
+    views: tuple[str, ...]
+    source: str | None = None
+    view_model_dir: str | None = None
+
+
+def record_expected_views(artifact_dir: str, views: ExpectedViews) -> dict[str, str]:
+    """Write ``views`` and ``view_model`` into the artifact's ``model.json`` (readers of format 1
+    ignore keys they do not use) and return the extra pyfunc artifacts: the view classifier's
+    directory under `VIEW_ARTIFACT_KEY`, so the served model classifies each file's view."""
+    path = os.path.join(artifact_dir, META_FILE)
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["views"], meta["view_model"] = list(views.views), views.source
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return {VIEW_ARTIFACT_KEY: views.view_model_dir} if views.view_model_dir else {}

@@ -18,6 +18,10 @@ One input schema, two forms (every row of a request is the same form;
   study). Out: ``{"tasks", "probabilities": {task: p} (None when no file was kept), "n_clips",
   "files": [{"index", "status": "kept"|"rejected", "reason", "detail", "view"}], "views"}``.
   Files are named by their row index only: no UID, name, date or file name is returned.
+  A model logged with a view classifier (trained on shards whose views it labelled; docs/views.md)
+  classifies each file's view: ``view`` and ``view_confidence`` per file, and a file whose view
+  the model was not trained on is rejected (``view_not_target``, ``view_unknown``) and never
+  enters the study's probability.
 
 JSON request bodies for ``POST /invocations`` are in docs/pull-a-model.md.
 """
@@ -33,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.model.artifact import read_model_dir
-from echocmr.model.predict import predict_files
+from echocmr.model.predict import ViewFilter, predict_files
 
 try:  # a base class when MLflow is installed (always, for a served model)
     from mlflow.pyfunc import PythonModel
@@ -52,6 +56,9 @@ from echocmr.model.serve_request import (
 from echocmr.model.serve_response import logit_col, study_frame
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
 from echocmr.model.tasks import TASKS, p_col
+from echocmr.model.view_serving import VIEW_ARTIFACT_KEY
+from echocmr.model.views import ViewClassifier, read_view_model
+from echocmr.shards.format import TARGET_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class EchoCMRModel(PythonModel):
     def load_context(self, context) -> None:
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
+        self.view_filter = expected_view_filter(self.meta, context.artifacts)
 
     def predict(self, context, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -79,11 +87,13 @@ class EchoCMRModel(PythonModel):
             check_clip_count(len(clips), ServeLimits.from_env())
             return predict_clips(self.model, self.spec, clips)
         views = frame[VIEW].tolist() if VIEW in frame else [None] * len(frame)
-        return serve_study(self.model, self.spec, frame[DICOM].tolist(), views)
+        return serve_study(self.model, self.spec, frame[DICOM].tolist(), views,
+                           view_filter=getattr(self, "view_filter", None))
 
 
 def serve_study(model, spec, cells: list, views: list | None = None, *,
-                limits: ServeLimits | None = None) -> pd.DataFrame:
+                limits: ServeLimits | None = None,
+                view_filter: ViewFilter | None = None) -> pd.DataFrame:
     """One study's ``dicom`` cells, bounded by ``limits`` (`model.serve_request`: caps checked
     before anything is decoded, a deadline checked between files), as its one output row
     (`model.serve_response.study_frame`)."""
@@ -93,11 +103,22 @@ def serve_study(model, spec, cells: list, views: list | None = None, *,
     for i, data in enumerate(files):
         check_declared_pixels(data, i, limits)
     try:
-        answer = predict_study(model, spec, files, views, deadline=deadline)
+        answer = predict_study(model, spec, files, views, deadline=deadline,
+                               view_filter=view_filter)
     except RequestTimedOut as exc:  # the client has had its 504; say why the work stopped
         log.warning("%s", exc)
         raise
     return study_frame(answer)
+
+
+def expected_view_filter(meta: dict, artifacts: dict) -> ViewFilter | None:
+    """The served model's `ViewFilter`: the view classifier logged with it (artifact
+    `VIEW_ARTIFACT_KEY`) and the views it was trained on (``model.json`` ``views``); None for
+    models logged without one (every file is used, as before)."""
+    if VIEW_ARTIFACT_KEY not in (artifacts or {}):
+        return None
+    classifier = ViewClassifier(read_view_model(artifacts[VIEW_ARTIFACT_KEY]))
+    return ViewFilter(classifier=classifier, views=tuple(meta.get("views") or TARGET_VIEWS))
 
 
 def predict_clips(model, spec, clips: list) -> pd.DataFrame:
@@ -121,11 +142,15 @@ def predict_clips(model, spec, clips: list) -> pd.DataFrame:
 
 
 def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
-                  deadline: Deadline | None = None) -> dict[str, Any]:
+                  deadline: Deadline | None = None,
+                  view_filter: ViewFilter | None = None) -> dict[str, Any]:
     """One study's DICOM files (bytes) through `model.predict.predict_files` (module docstring).
 
     The files are on disk only inside this call: the temporary folder goes on every exit, a
-    ``deadline`` that runs out between files included."""
+    ``deadline`` that runs out between files included. With ``view_filter`` each file's view
+    comes from its classifier (a ``view`` sent with the file is reported as sent) and files of
+    other views are rejected (``view_not_target``, ``view_unknown``) instead of entering the
+    study's probability."""
 
     views = list(views or [None] * len(files))
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:
@@ -136,22 +161,26 @@ def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
                 f.write(data)
             paths.append(path)
         result = predict_files(paths, model, spec,
-                               check=None if deadline is None else deadline.check)
+                               check=None if deadline is None else deadline.check,
+                               view_filter=view_filter)
     index = {p: i for i, p in enumerate(paths)}
     if len(result.studies) > 1:
         raise _bad_input(f"the files belong to {len(result.studies)} studies; send the files of "
                          "one study per request")
     rejected = {index[r["file"]]: r for r in result.rejected}
+    classified = {index[v["file"]]: v for v in result.views}
     out_files, used_views = [], []
     for i in range(len(files)):
         view = _view(views[i])
+        if view is None and i in classified:
+            view = classified[i]["view"]
         if i in rejected:
             detail = rejected[i]["detail"].replace(paths[i], f"file {i}").replace(tmp, "")
             out_files.append({"index": i, "status": "rejected", "reason": rejected[i]["reason"],
-                              "detail": detail, "view": view})
+                              "detail": detail, "view": view, **_confidence(classified, i)})
         else:
             out_files.append({"index": i, "status": "kept", "reason": None, "detail": None,
-                              "view": view})
+                              "view": view, **_confidence(classified, i)})
             used_views.append(view or "unknown")
     probabilities, n_clips = None, 0
     if len(result.studies):
@@ -160,6 +189,11 @@ def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
         n_clips = int(row["n_clips"])
     return {"tasks": list(TASKS), "probabilities": probabilities, "n_clips": n_clips,
             "files": out_files, "views": sorted(set(used_views))}
+
+
+def _confidence(classified: dict, i: int) -> dict:
+    """A file's ``view_confidence`` when the view classifier saw it (else nothing)."""
+    return {"view_confidence": classified[i]["view_confidence"]} if i in classified else {}
 
 
 def _as_frame(model_input) -> pd.DataFrame:

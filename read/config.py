@@ -11,7 +11,7 @@ from typing import Literal
 
 from echocmr import config as loader
 from echocmr.config import ConfigError, check_choices
-from echocmr.shards.format import validate_site
+from echocmr.shards.format import TARGET_VIEWS, VIEW_VOCABULARY, validate_site
 
 
 @dataclass(kw_only=True)
@@ -53,9 +53,21 @@ class DataConfig:
     # Sites whose clips this run never reads (train and val): external validation on them later
     # (`echocmr train --exclude-site`, `echocmr eval --holdout-site`; docs/evaluation.md).
     exclude_sites: tuple[str, ...] = ()
+    # Views this run reads (train and val; `echocmr train --views A4C`): the study trained one
+    # model per view. Default the three targets; ``other`` and ``unknown`` clips are left out and
+    # counted in the run (`read.loader.view_counts`). Any name a views table gave (``PSAX``)
+    # counts as ``other`` (`shards.format.view_class`).
+    views: tuple[str, ...] = TARGET_VIEWS
 
     def __post_init__(self) -> None:
         self.exclude_sites = tuple(self.exclude_sites)
+        if isinstance(self.views, str):
+            self.views = (self.views,)
+        self.views = tuple(str(v) for v in self.views)
+        bad = [v for v in self.views if v not in VIEW_VOCABULARY]
+        if bad or not self.views:
+            raise ConfigError(f"data.views: {bad or 'none'}; choose among "
+                              f"{', '.join(VIEW_VOCABULARY)} (at least one)")
         for site in self.exclude_sites:
             try:
                 validate_site(site)

@@ -24,9 +24,11 @@ rank), and the tar order is permuted per epoch with a seed shared by all ranks (
 still partition the split). The reader position is therefore just (epoch, batch):
 `ClipLoader.epoch(e, start_batch=b)` replays epoch ``e`` from batch ``b`` exactly.
 
-Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``): the tars stay as
+Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``) and reading only some
+views (``data.views``, ``echocmr train --views A4C``; default the target views): the tars stay as
 they are; `split_files` writes, into a private temporary directory, a ``.idx`` per tar that lists
-only the samples of the other sites (which site a sample is of comes from ``manifest.parquet``),
+only the samples of the other sites and the selected views (which site and view a sample is of
+come from ``manifest.parquet``),
 and DALI reads the same tars through those. Sample counts, rank parts, batches per epoch and the
 val split all follow the shortened indexes, so a left-out site's clips are never decoded. Eval
 uses the same selection the other way round (``sites=``: only these sites).
@@ -64,6 +66,7 @@ from echocmr.shards.format import (
     check_format_version,
     check_gpu_decodable,
     index_name,
+    view_class,
 )
 from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
 from echocmr.shards.reader import list_shards, read_manifest, read_stats
@@ -98,12 +101,13 @@ class Batch:
 
 
 def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
-                sites: Sequence[str] | None = None, index_dir: str | None = None
-                ) -> tuple[list[str], list[str], list[int]]:
+                sites: Sequence[str] | None = None, views: Sequence[str] | None = None,
+                index_dir: str | None = None) -> tuple[list[str], list[str], list[int]]:
     """Tars, their ``.idx`` files and sample counts for one split of a local shard set.
 
-    ``exclude_sites`` leaves those sites' samples out, ``sites`` keeps only those sites'; either
-    writes shortened indexes into ``index_dir`` (which must exist) and returns them in place of
+    ``exclude_sites`` leaves those sites' samples out, ``sites`` keeps only those sites',
+    ``views`` only clips of those views (names in the vocabulary, `shards.format.view_class`;
+    None: every view). Each writes shortened indexes into ``index_dir`` (which must exist) and returns them in place of
     the set's own (a tar left with no sample is dropped). A site the set does not hold is a
     ValueError naming the sites it does. Raises `shards.format.FormatVersionError` for a set of
     another format version (its pixels would decode differently): training and eval both read
@@ -126,12 +130,32 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
                                     "re-run the ingest or reshard that wrote the set")
         indexes.append(idx)
         counts.append(index_count(idx))
-    if not exclude_sites and sites is None:
+    if views is not None and set(_manifest_views(shards)) <= set(views):
+        views = None  # every clip is of a selected view: nothing to shorten
+    if not exclude_sites and sites is None and views is None:
         return tars, indexes, counts
     if index_dir is None:
-        raise ValueError("selecting sites writes shortened indexes: pass index_dir")
+        raise ValueError("selecting sites or views writes shortened indexes: pass index_dir")
     return select_sites(shards, split, tars, indexes, exclude_sites=exclude_sites, sites=sites,
-                        index_dir=index_dir)
+                        views=views, index_dir=index_dir)
+
+
+def _manifest_views(shards: str) -> list[str]:
+    return sorted({view_class(v) for v in read_manifest(shards)["view"].unique()})
+
+
+def view_counts(shards: str, views: Sequence[str], *, exclude_sites: Sequence[str] = ()
+                ) -> dict[str, dict[str, int]]:
+    """Clips of train and val per view class (`shards.format.view_class`), split into those a
+    run selecting ``views`` reads and those it leaves out: ``{"read": {...}, "left_out": {...}}``
+    (what the run records; ``left_out`` counts ``other`` and ``unknown`` clips by default)."""
+    manifest = read_manifest(shards)
+    manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))
+                        & manifest["split"].isin(["train", "val"])]
+    classes = manifest["view"].map(view_class)
+    counts = {str(k): int(v) for k, v in classes.value_counts().sort_index().items()}
+    return {"read": {k: v for k, v in counts.items() if k in views},
+            "left_out": {k: v for k, v in counts.items() if k not in views}}
 
 
 def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
@@ -172,9 +196,11 @@ def site_selection(shards: str, stats: ShardStats, exclude_sites: Sequence[str]
 
 def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,
                  exclude_sites: Sequence[str] = (), sites: Sequence[str] | None = None,
+                 views: Sequence[str] | None = None,
                  index_dir: str) -> tuple[list[str], list[str], list[int]]:
-    """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' samples:
-    shortened indexes written into ``index_dir``, tars left with no sample dropped."""
+    """``tars`` of ``split`` (with their ``indexes``) narrowed to the selected sites' (and
+    views') samples: shortened indexes written into ``index_dir``, tars left with no sample
+    dropped."""
 
     manifest = read_manifest(shards)
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
@@ -184,6 +210,8 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
     keep = ~site.isin(list(exclude_sites))
     if sites is not None:
         keep &= site.isin(list(sites))
+    if views is not None:
+        keep &= manifest["view"].map(view_class).isin(list(views))
     wanted = set(manifest.loc[keep & (manifest["split"] == split), "key"])
     out_tars, out_indexes, out_counts = [], [], []
     for tar, idx in zip(tars, indexes, strict=True):
@@ -242,17 +270,17 @@ class ClipLoader:
         self.decoder = resolve_decoder(config.decoder, gpu=self.device.type == "cuda")
         if stats:
             check_decoder(stats, self.decoder, f"shard set {shards}")
-        self._index_dir = None  # shortened indexes when sites are left out (module docstring)
-        if config.exclude_sites:
-            self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
+        # shortened indexes when sites or views are left out (module docstring)
+        self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
         self.tars, self.indexes, counts = split_files(
-            shards, split, exclude_sites=config.exclude_sites,
-            index_dir=self._index_dir.name if self._index_dir else None)
+            shards, split, exclude_sites=config.exclude_sites, views=config.views,
+            index_dir=self._index_dir.name)
         self.num_samples = sum(counts)
         self.shard_sizes = shard_sizes(self.num_samples, world)
         if min(self.shard_sizes) < 1:
             left_out = (f" once {', '.join(config.exclude_sites)} are left out"
                         if config.exclude_sites else "")
+            left_out += f" of views {', '.join(config.views)} (data.views)"
             raise ValueError(f"{split} has {self.num_samples} clips{left_out}, fewer than the "
                              f"{world} workers")
         self.batches_per_epoch = math.ceil(max(self.shard_sizes) / config.batch_size)

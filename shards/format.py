@@ -52,6 +52,25 @@ STATS_FILE = "stats.json"
 INGEST_REPORT_FILE = "ingest_report.parquet"  # site-local; never copied by reshard
 
 TASKS: tuple[str, ...] = ("wma", "lge", "t1", "t2", "ecv")
+# The view vocabulary (KEY.json's ``view``, the manifest, the view classifier's classes): the
+# study's target views; ``other`` for any view that is not a target (short axis, subcostal, ...);
+# ``unknown`` where nothing says which view a clip is (no views table, or a view classifier not
+# confident enough). A views table may name any view; readers treat every name outside
+# TARGET_VIEWS and ``unknown`` as ``other`` (`view_class`).
+TARGET_VIEWS: tuple[str, ...] = ("A4C", "A2C", "PLAX")
+VIEW_OTHER, VIEW_UNKNOWN = "other", "unknown"
+VIEW_VOCABULARY: tuple[str, ...] = (*TARGET_VIEWS, VIEW_OTHER, VIEW_UNKNOWN)
+
+
+def view_class(view: str | None) -> str:
+    """A stored or tabled view name in the vocabulary: a target view as is, ``unknown`` for
+    none/empty/unknown, anything else (``PSAX``, ``other``, ``A5C``) ``other``."""
+    text = "" if view is None else str(view).strip()
+    if text.upper() in TARGET_VIEWS:
+        return text.upper()
+    if text.lower() in ("", VIEW_UNKNOWN, "nan", "none"):
+        return VIEW_UNKNOWN
+    return VIEW_OTHER
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Tar member extensions of one sample, in the order webdataset's TarWriter writes them (sorted).
 EXTENSIONS: tuple[str, ...] = ("json", "labels", "webm")
@@ -83,10 +102,11 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "pixel_std",
     "n_pixels",
     "json_sha256",
+    "view_confidence",
 )
 # Columns a set of this format version may lack (written before they were added): readers fill
 # them with nulls, and `shards verify` then skips the check they allow.
-OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256",)
+OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256", "view_confidence")
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -105,6 +125,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("pixel_std", pa.float64()),
         ("n_pixels", pa.int64()),
         ("json_sha256", pa.string()),  # SHA-256 of the KEY.json member (tamper evidence)
+        ("view_confidence", pa.float32()),  # the view classifier's confidence; null without one
     ]
 )
 assert tuple(MANIFEST_SCHEMA.names) == MANIFEST_COLUMNS
@@ -274,12 +295,14 @@ class ShardStats:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     label_rules: dict[str, str] | None = None  # site -> cut-offs fingerprint (absent: unknown)
     identity_scope: str | None = None  # "site" or "shared"; absent: "site"
+    view_models: dict[str, str] | None = None  # site -> the view classifier that labelled it
     # Only in a training run's copy (`read.loader.site_selection`): the sites left out, whose
     # clips the statistics above no longer count.
     excluded_sites: tuple[str, ...] = ()
 
     _KEYS = ("format_version", "tasks", "clip", "split_key_fingerprint", "pixel_mean",
-             "pixel_std", "splits", "label_rules", "identity_scope", "excluded_sites")
+             "pixel_std", "splits", "label_rules", "identity_scope", "view_models",
+             "excluded_sites")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "stats.json") -> ShardStats:
@@ -302,6 +325,7 @@ class ShardStats:
             label_rules=(dict(data["label_rules"]) if data.get("label_rules") is not None
                          else None),
             identity_scope=data.get("identity_scope"),
+            view_models=(dict(data["view_models"]) if data.get("view_models") else None),
             excluded_sites=tuple(data.get("excluded_sites") or ()),
         )
 
@@ -316,6 +340,8 @@ class ShardStats:
             out["label_rules"] = dict(self.label_rules)
         if self.identity_scope is not None:
             out["identity_scope"] = self.identity_scope
+        if self.view_models:
+            out["view_models"] = dict(self.view_models)
         if self.excluded_sites:
             out["excluded_sites"] = list(self.excluded_sites)
         return out
@@ -372,6 +398,8 @@ class IngestFacts:
     field_strength_t: float | None
 
 
+# Optional KEY.json fields about the view (`SampleMeta.view_source`, ``view_confidence``).
+VIEW_META: tuple[str, ...] = ("view_source", "view_confidence")
 # The fields every sample has: what the writer needs to build a manifest row (docs/formats.md).
 REQUIRED_META: tuple[str, ...] = (
     "site",
@@ -404,6 +432,12 @@ class SampleMeta:
     fps: float
     n_frames: int
     ingest: IngestFacts | None = None
+    # Where ``view`` came from, when ingest knew (absent in sets written before): ``table``
+    # (--views), ``model`` (--view-model, ``view_model`` names it in stats.json); and the view
+    # classifier's calibrated confidence in its own call (with --view-model, also when the table
+    # won). Written only when set, so samples without them keep their bytes.
+    view_source: str | None = None
+    view_confidence: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict, key: str | None = None) -> SampleMeta:
@@ -417,7 +451,7 @@ class SampleMeta:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: KEY.json names no key")
         ingest_fields = [f.name for f in fields(IngestFacts)]
-        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields})
+        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields, *VIEW_META})
         if unknown:
             raise ValueError(
                 f"{where}: KEY.json has fields this echocmr does not know ({', '.join(unknown)}); "
@@ -446,6 +480,9 @@ class SampleMeta:
             fps=float(data["fps"]),
             n_frames=int(data["n_frames"]),
             ingest=ingest,
+            view_source=None if data.get("view_source") is None else str(data["view_source"]),
+            view_confidence=(None if data.get("view_confidence") is None
+                             else float(data["view_confidence"])),
         )
 
     @classmethod
@@ -460,6 +497,9 @@ class SampleMeta:
             out.update(asdict(self.ingest))
             if self.ingest.pixel_spacing_mm is not None:
                 out["pixel_spacing_mm"] = list(self.ingest.pixel_spacing_mm)
+        for name in VIEW_META:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
     def to_json(self) -> bytes:

@@ -176,7 +176,24 @@ def check_compatible(inputs: list[_Input]) -> dict:
         "label_rules": _merge_label_rules(inputs),
         "identity_scope": next((i.stats.identity_scope for i in inputs
                                 if i.stats.identity_scope is not None), None),
+        "view_models": _merge_view_models(inputs),
     }
+
+
+def _merge_view_models(inputs: list[_Input]) -> dict[str, str] | None:
+    """The inputs' ``view_models`` (site -> the view classifier that labelled its clips) in one
+    map; None when no input used one. One site labelled by two classifiers is an error: its
+    views would mean two things in the merged set."""
+    merged: dict[str, tuple[str, str]] = {}
+    for inp in inputs:
+        for site, source in (inp.stats.view_models or {}).items():
+            previous = merged.setdefault(site, (source, inp.directory))
+            if previous[0] != source:
+                raise ReshardError(
+                    f"inputs disagree on the view classifier of site {site!r} ({previous[1]}: "
+                    f"{previous[0]}; {inp.directory}: {source}): re-ingest one of them with the "
+                    "other's --view-model")
+    return {site: source for site, (source, _) in sorted(merged.items())} or None
 
 
 def _merge_label_rules(inputs: list[_Input]) -> dict[str, str] | None:
@@ -536,6 +553,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         split_key_fingerprint=header["split_key_fingerprint"],
         label_rules=header["label_rules"],
         identity_scope=header["identity_scope"],
+        view_models=header["view_models"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
     split_codes, split_values = codes_of(rows.column("split"))

@@ -19,7 +19,14 @@ import pandas as pd
 import pyarrow as pa
 
 from echocmr.shards import storage
-from echocmr.shards.format import FORMAT_VERSION, SPLITS, TASKS, ClipFormat
+from echocmr.shards.format import (
+    FORMAT_VERSION,
+    SPLITS,
+    TASKS,
+    VIEW_VOCABULARY,
+    ClipFormat,
+    view_class,
+)
 from echocmr.shards.manifest import codes_of, read_columns
 from echocmr.shards.reader import list_shards, read_stats
 
@@ -92,6 +99,7 @@ def _split_summary(rows: pa.Table) -> dict:
 def compute_stats(
     manifest: pd.DataFrame | pa.Table, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
     label_rules: dict[str, str] | None = None, identity_scope: str | None = None,
+    view_models: dict[str, str] | None = None,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, or an Arrow
     table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not).
@@ -99,7 +107,9 @@ def compute_stats(
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
     written by another tool, or before ingest recorded it). ``identity_scope`` ("site" or
-    "shared": what names a patient, `ingest.config.SplitConfig`) likewise."""
+    "shared": what names a patient, `ingest.config.SplitConfig`) likewise. ``view_models``
+    (site -> the view classifier, ``models:/NAME/VERSION``, that labelled its clips' views)
+    likewise, left out when no site used one."""
     table = _as_table(manifest)
     # Only the columns the statistics read: filtering copies every column it is given.
     table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
@@ -110,6 +120,8 @@ def compute_stats(
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
     if identity_scope is not None:
         extra["identity_scope"] = identity_scope
+    if view_models:  # site -> the view classifier (exact version) that labelled its views
+        extra["view_models"] = dict(sorted(view_models.items()))
     return {
         "format_version": FORMAT_VERSION,
         "tasks": list(TASKS),
@@ -149,6 +161,9 @@ def describe(directory: str) -> dict:
         "split_key_fingerprint": stats.split_key_fingerprint,
         "label_rules": stats.label_rules,
         "identity_scope": stats.identity_scope,
+        "view_models": stats.view_models,
+        "view_mix": view_mix(read_columns(directory, ("site", "view", "view_confidence"))
+                             .to_pandas()),
         "pixel_mean": stats.pixel_mean,
         "pixel_std": stats.pixel_std,
         "splits": {},
@@ -207,6 +222,23 @@ def _describe_numbers(values) -> dict | None:
     }
 
 
+def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
+    """Per site: clips per view class (`shards.format.view_class`: a target view, ``other``,
+    ``unknown``), and the median confidence of the view classifier where it labelled them."""
+    out: dict[str, dict] = {}
+    classes = manifest["view"].map(view_class)
+    conf = (pd.to_numeric(manifest["view_confidence"], errors="coerce")
+            if "view_confidence" in manifest else None)
+    for site in sorted(manifest["site"].astype(str).unique()):
+        mine = manifest["site"].astype(str) == site
+        counts = classes[mine].value_counts()
+        c = conf[mine].dropna() if conf is not None else pd.Series(dtype=float)
+        out[site] = {"views": {str(k): int(counts.get(k, 0)) for k in VIEW_VOCABULARY
+                               if counts.get(k, 0)},
+                     "median_confidence": None if c.empty else round(float(c.median()), 4)}
+    return out
+
+
 def format_table(report: dict) -> str:
     """The human-readable ``shards stats`` output."""
     lines = [f"shard set {report['set']}"]
@@ -220,6 +252,16 @@ def format_table(report: dict) -> str:
     if rules:
         lines.append("label cut-offs (fingerprint per site): "
                      + ", ".join(f"{site} {fp}" for site, fp in sorted(rules.items())))
+    for site, mix in (report.get("view_mix") or {}).items():
+        total = sum(mix["views"].values()) or 1
+        conf = mix.get("median_confidence")
+        lines.append(f"views at {site}: " + ", ".join(
+            f"{v} {n} ({100 * n / total:.0f} %)" for v, n in mix["views"].items())
+            + ("" if conf is None else f"; view model median confidence {conf:.2f}"))
+    models = report.get("view_models")
+    if models:
+        lines.append("view models (per site): "
+                     + ", ".join(f"{site} {m}" for site, m in sorted(models.items())))
     header = f"{'':<22}" + "".join(f"{s:>12}" for s in SPLITS)
     lines += ["", header]
 

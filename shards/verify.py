@@ -324,7 +324,8 @@ def _check_stats(manifest: pa.Table, typed: ShardStats, stats_bytes: bytes) -> l
         expected = compute_stats(manifest, clip_format=stats["clip"],
                                  split_key_fingerprint=stats["split_key_fingerprint"],
                                  label_rules=stats.get("label_rules"),
-                                 identity_scope=stats.get("identity_scope"))
+                                 identity_scope=stats.get("identity_scope"),
+                                 view_models=stats.get("view_models"))
     except (KeyError, TypeError, ValueError) as exc:
         return [Problem(None, None, f"stats.json cannot be checked against the manifest: {exc}")]
     wrong = [k for k in sorted(set(expected) | set(stats))

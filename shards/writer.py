@@ -257,10 +257,12 @@ class ShardSetWriter:
         split_key_fingerprint: str,
         label_rules: dict[str, str] | None = None,
         identity_scope: str | None = None,  # "site" or "shared" (ingest.config.SplitConfig)
+        view_models: dict[str, str] | None = None,
     ) -> None:
         self.out = str(out)
         self.identity_scope = identity_scope
         self.label_rules = label_rules  # site -> cut-off fingerprint, for stats.json
+        self.view_models = view_models  # site -> the view classifier that labelled its views
         self.config = config
         self.clip_format = ClipFormat.from_dict(clip_format)
         if not split_key_fingerprint:
@@ -421,6 +423,7 @@ class ShardSetWriter:
             "pixel_std": float(std),
             "n_pixels": int(n_pixels),
             "json_sha256": hashlib.sha256(meta_json).hexdigest(),
+            "view_confidence": meta.view_confidence,
         }
         for column, value in row.items():
             self._columns[column].append(value)
@@ -448,6 +451,7 @@ class ShardSetWriter:
         stats = compute_stats(
             manifest, clip_format=self.clip_format, split_key_fingerprint=self.split_key_fingerprint,
             label_rules=self.label_rules, identity_scope=self.identity_scope,
+            view_models=self.view_models,
         )
         storage.atomic_write(storage.join(self.out, STATS_FILE), stats_json_bytes(stats))
         self._closed = True

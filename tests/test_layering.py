@@ -35,7 +35,7 @@ LAYERS = [
     {"echocmr.ingest"},
     {"echocmr.model"},
     {"echocmr.read"},
-    {"echocmr.train", "echocmr.eval"},
+    {"echocmr.train", "echocmr.eval", "echocmr.views"},
     {"echocmr.workflows"},
 ]
 TOP = len(LAYERS)  # the command line
@@ -80,6 +80,8 @@ LAZY_THIRD_PARTY = {
     ("echocmr.train", "ray"): "the driver and workers; `--help` and config loading never",
     ("echocmr.train", "nvidia"): "DALI, only in training workers",
     ("echocmr.train", "torch"): "training processes only",
+    ("echocmr.views", "torch"): "the view classifier's training only",
+    ("echocmr.views", "mlflow"): "the view classifier's run and registration only",
     ("echocmr.train", "pandas"): "the driver's site summary only",
     ("echocmr.train", "pyarrow"): "the driver's resume lookup in Ray's storage only",
     ("echocmr.eval", "mlflow"): "only when the evaluation is tracked",

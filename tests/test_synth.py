@@ -20,7 +20,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from echocmr.ingest.synth.anatomy import TERRITORY_WINDOWS, draw_heart
+from echocmr.ingest.synth.anatomy import ALL_VIEWS, TERRITORY_WINDOWS, draw_heart, wma_visible
 from echocmr.ingest.synth.cohort import PROBLEM_REASONS, WINDOW_DAYS, CohortConfig, plan_cohort
 from echocmr.ingest.synth.cycle import Cycle
 from echocmr.ingest.synth.generate import (
@@ -142,6 +142,22 @@ def test_sites_at_scale_keep_the_machine_shares_and_leave_labels_alone():
         t1 = np.mean([p.latent.t1 for p in mine])
         assert wma == pytest.approx(0.35, abs=0.09) and t1 == pytest.approx(0.30, abs=0.09)
     studies = [s for p in plans for s in p.studies]
+    # About a fifth of clips are in a view that is not a target, at every site and on every
+    # machine; a study has at most one, after its target clips.
+    clips = [(p.site, s.vendor, f.view) for p in plans for s in p.studies for f in s.files
+             if f.kind == "clip"]
+    psax = np.array([v == "PSAX" for _, _, v in clips])
+    assert psax.mean() == pytest.approx(0.2, abs=0.02)
+    for site in SITES:
+        mine = np.array([c[0] == site.key for c in clips])
+        assert psax[mine].mean() == pytest.approx(0.2, abs=0.06), site.key
+    for key in VENDOR_BY_KEY:
+        mine = np.array([c[1] == key for c in clips])
+        assert psax[mine].mean() == pytest.approx(0.2, abs=0.08), key
+    for s in studies:
+        views = [f.view for f in s.files if f.kind == "clip"]
+        assert views.count("PSAX") <= 1 and "PSAX" not in views[:-1]
+        assert set(views) - {"PSAX"} and set(views) <= set(ALL_VIEWS)
     for key, share in zip(*vendor_shares(), strict=True):
         got = sum(s.vendor == key for s in studies) / len(studies)
         assert got == pytest.approx(share, abs=0.03), key
@@ -220,7 +236,8 @@ def test_truth_views_and_expected_outcomes(cohort, truth):
     images = truth[truth["view"].notna()]
     assert dict(zip(views["sop_instance_uid"], views["view"], strict=True)) == dict(
         zip(images["sop_uid"], images["view"], strict=True))
-    assert set(views["view"]) <= {"A4C", "A2C", "PLAX"}
+    assert set(views["view"]) <= set(ALL_VIEWS) == {"A4C", "A2C", "PLAX", "PSAX"}
+    assert "PSAX" in set(views["view"])  # a view that is not a target, named as a site names it
     # Out-of-window studies are exactly those with no CMR of the patient within 30 days,
     # recomputed from the DICOM StudyDate and the label table as ingest would.
     labels = pd.read_csv(out / "cmr_labels.csv", parse_dates=["cmr_date"])
@@ -277,8 +294,10 @@ def test_label_model_at_scale():
         assert (both["min"] == both["max"]).all()
 
 
-def _wall_motion(view: str, territory: str, severity: float, seed: int) -> float:
-    """Motion of the territory's wall relative to the whole LV wall, from rendered pixels."""
+def _wall_motion(view: str, territory: str, severity: float, seed: int,
+                 wall: str = "LAD") -> float:
+    """Motion of ``wall``'s territory relative to the whole LV wall, from rendered pixels."""
+    territory = territory and wall
     rng = np.random.default_rng(seed)
     heart = draw_heart(rng, territory=territory, severity=severity, extent=1.0)
     normal = dataclasses.replace(heart, territory="", severity=0.0)
@@ -287,7 +306,7 @@ def _wall_motion(view: str, territory: str, severity: float, seed: int) -> float
                           cycle=Cycle(heart_rate=60.0), rng=rng)
     frames = np.stack([phantom.frame(t).astype(float).ravel() for t in np.arange(0, 1.0, 0.05)])
     change = np.abs(frames - frames.mean(axis=0)).mean(axis=0)
-    window = TERRITORY_WINDOWS[view]["LAD"]
+    window = TERRITORY_WINDOWS[view][wall]
     segment = phantom.wall_mask(*window)
     whole = phantom.wall_mask(0.0, np.pi)
     return float(change[segment].mean() / change[whole].mean())
@@ -302,10 +321,21 @@ def test_wma_visible_segment_moves_less_than_the_same_wall_of_normal_hearts():
     assert np.median(wma) < np.median(normal)
 
 
-def test_lge_and_mapping_labels_leave_no_trace_in_the_pixels(tmp_path):
+@pytest.mark.parametrize("territory", ["LAD", "RCA", "LCX"])
+def test_short_axis_shows_every_territory_s_wma(territory):
+    """The mid short-axis plane cuts all three territories: an akinetic wall moves less there
+    than the same wall of a normal heart (the truth's ``wma_visible`` says so too)."""
+    wma = [_wall_motion("PSAX", territory, 1.0, s, wall=territory) for s in range(4)]
+    normal = [_wall_motion("PSAX", "", 0.0, s, wall=territory) for s in range(4)]
+    assert np.mean(wma) < 0.85 * np.mean(normal), (wma, normal)
+    assert wma_visible(territory, "PSAX")
+
+
+@pytest.mark.parametrize("view", ["A4C", "PSAX"])
+def test_lge_and_mapping_labels_leave_no_trace_in_the_pixels(tmp_path, view):
     plan = plan_cohort(CohortConfig(patients=1, seed=SEED, problem_files=False))[0]
     study = copy.deepcopy(plan.studies[0])
-    study.files = study.files[:1]
+    study.files = [dataclasses.replace(study.files[0], view=view)]
     study.files[0].n_frames = 3
     a = dataclasses.replace(plan, studies=[study])
     flipped = dataclasses.replace(plan.latent, lge=1 - plan.latent.lge, t1=1 - plan.latent.t1,

@@ -58,6 +58,10 @@ def add_train_arguments(p: argparse.ArgumentParser, *, skip: tuple[str, ...] = (
         help="leave site NAME out of training and validation (repeatable; "
              "data.exclude_sites), to validate on it externally with `echocmr eval "
              "--holdout-site NAME`")
+    add("--views", action="append", metavar="VIEW",
+        help="train on clips of this view only (repeatable; data.views, default A4C, A2C and "
+             "PLAX): --views A4C trains a per-view model, as the study did; 'other' and "
+             "'unknown' clips are left out unless named, and counted in the run")
     add("--print-config", action="store_true",
         help="print the resolved config as YAML and exit without training")
 
@@ -77,6 +81,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         out.setdefault("data", {})["seed"] = args.seed
     if getattr(args, "exclude_site", None):
         out.setdefault("data", {})["exclude_sites"] = sorted(set(args.exclude_site))
+    if getattr(args, "views", None):
+        out.setdefault("data", {})["views"] = list(dict.fromkeys(args.views))
     return out
 
 

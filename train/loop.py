@@ -42,7 +42,7 @@ from typing import Any
 from echocmr.model.artifact import echocmr_version
 from echocmr.model.card import data_summary, training_card
 from echocmr.model.checkpoint import read_checkpoint, save_checkpoint
-from echocmr.model.publish import log_model
+from echocmr.model.publish import ExpectedViews, log_model
 from echocmr.model.registry import describe_version, register_model
 from echocmr.model.tracking import (
     manifest_digest,
@@ -51,8 +51,9 @@ from echocmr.model.tracking import (
     set_name,
     site_tags,
 )
+from echocmr.model.view_store import fetch_view_model
 from echocmr.progress import Progress
-from echocmr.read.loader import ReaderPosition, check_decoder, site_selection
+from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
 from echocmr.shards.format import TASKS, ShardStats, check_format_version
@@ -316,6 +317,13 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
     # Left-out sites (data.exclude_sites): checked against the set, and the stats every worker
     # normalises with recomputed without them (read.loader.site_selection).
     stats, train_sites = site_selection(shards, stats, config.data.exclude_sites)
+    # Views (data.views): what this run reads and what it leaves out, counted in the run.
+    views = view_counts(shards, config.data.views, exclude_sites=config.data.exclude_sites)
+    if not views["read"]:
+        raise ValueError(f"data.views {', '.join(config.data.views)}: {shards} has no train or "
+                         f"val clip of these views (its clips: {views['left_out']}); ingest "
+                         "with --views or --view-model, or pass --views for the views it has")
+    log.info("views read: %s; left out: %s", views["read"], views["left_out"] or "none")
     digest = manifest_digest(shards)
 
     started_ray = False
@@ -336,7 +344,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
                                    run_name=config.run_name, run_key=run_key,
                                    tags={"data_digest": digest, "shards": set_name(shards),
                                          **provenance_tags("train"),
-                                         **site_tags(config.data.exclude_sites, train_sites)})
+                                         **site_tags(config.data.exclude_sites, train_sites),
+                                         **_view_tags(views)})
         log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new",
                  tracking_uri)
         if not resumed:
@@ -407,7 +416,11 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             log.info("best checkpoint %s was already logged; not logging it again", best.path)
             outcome.model_uri = tags["echocmr.model_uri"]
             return outcome
-        outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id)
+        with tempfile.TemporaryDirectory(prefix="echocmr-viewmodel-") as vtmp:
+            views = expected_views(shards, config.data.views, tracking_uri=tracking_uri,
+                                   dst=vtmp)
+            outcome.model_uri = log_model(state, tracking_uri=tracking_uri, run_id=run_id,
+                                          views=views)
         mlflow.set_tags({"echocmr.model_checkpoint": checkpoint_tag,
                          "echocmr.model_uri": outcome.model_uri,
                          "echocmr.best_epoch": str(outcome.best_epoch)})
@@ -536,3 +549,29 @@ def _none_if_nan(value) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return float(value)
+
+
+def _view_tags(views: dict[str, dict[str, int]]) -> dict[str, str]:
+    """The run tags that count the clips (train and val) of each view read and left out."""
+    fmt = lambda d: ",".join(f"{k}={v}" for k, v in d.items())  # noqa: E731
+    return {"echocmr.views_read": fmt(views["read"]),
+            "echocmr.views_left_out": fmt(views["left_out"])}
+
+
+def expected_views(shards: str, views, *, tracking_uri: str, dst: str) -> ExpectedViews:
+    """What the logged model records about views: ``data.views``, and the view classifier that
+    labelled the training set's views (stats.json ``view_models``) when every site that used
+    one used the same, fetched into ``dst`` so the served model carries it (docs/views.md)."""
+    used = sorted(set((read_stats(shards).view_models or {}).values()))
+    if len(used) != 1:
+        if len(used) > 1:
+            log.warning("the training set's sites were labelled by different view models (%s): "
+                        "the logged model carries none", ", ".join(used))
+        return ExpectedViews(views=tuple(views))
+    try:
+        directory = fetch_view_model(used[0], tracking_uri=tracking_uri, dst=dst)
+    except Exception as exc:  # the model still logs; serving then uses every file
+        log.warning("view model %s could not be fetched (%s): the logged model carries none",
+                    used[0], exc)
+        return ExpectedViews(views=tuple(views), source=used[0])
+    return ExpectedViews(views=tuple(views), source=used[0], view_model_dir=directory)

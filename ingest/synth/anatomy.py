@@ -20,13 +20,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VIEWS = ("A4C", "A2C", "PLAX")
+VIEWS = ("A4C", "A2C", "PLAX")  # the study's target views
+# Views a sonographer records that are not targets: the parasternal short axis at the
+# mid-papillary level (the LV in cross-section). Cohorts hold them so a view classifier has
+# something to refuse (ingest labels them ``other``).
+NON_TARGET_VIEWS = ("PSAX",)
+ALL_VIEWS = VIEWS + NON_TARGET_VIEWS
 
 # territory -> (phi centre, half width) of the abnormal segment, per view; absent = not visible.
 TERRITORY_WINDOWS: dict[str, dict[str, tuple[float, float]]] = {
     "A4C": {"LAD": (-0.5, 1.2), "RCA": (-2.2, 0.9), "LCX": (1.85, 1.0)},
     "A2C": {"LAD": (0.85, 1.2), "RCA": (-1.85, 1.0)},
     "PLAX": {"LAD": (1.55, 1.2), "LCX": (-1.6, 1.15)},
+    # PSAX, mid level: phi 0 anterior (toward the probe), +pi/2 lateral (screen right), -pi/2
+    # septal; every territory crosses this plane.
+    "PSAX": {"LAD": (-0.45, 1.0), "RCA": (-2.5, 0.9), "LCX": (1.95, 0.95)},
 }
 
 # Echogenicity (before speckle) of the tissue classes; scaled per clip.
@@ -116,6 +124,8 @@ class Layout:
     lv: LeftVentricle
     chambers: list[Ellipse]
     aortic_valve: tuple[np.ndarray, np.ndarray] | None = None  # two hinge points (PLAX)
+    mitral_valve: bool = True  # False in PSAX: the mid-papillary plane cuts no leaflet
+    long_axis: bool = True  # False in PSAX: every wall moves alike (no apex, no base)
 
 
 def _unit(angle: float) -> np.ndarray:
@@ -124,8 +134,10 @@ def _unit(angle: float) -> np.ndarray:
 
 def draw_layout(rng: np.random.Generator, view: str, heart: HeartParams) -> Layout:
     """The heart as this clip's probe position sees it (tilt, offset, foreshortening vary)."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    if view not in ALL_VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {ALL_VIEWS}")
+    if view == "PSAX":
+        return _psax_layout(rng, heart)
     wall = heart.wall_cm
     if view in ("A4C", "A2C"):
         a = heart.half_length_cm * rng.uniform(0.85, 1.0)  # foreshortened apex
@@ -191,3 +203,28 @@ def draw_layout(rng: np.random.Generator, view: str, heart: HeartParams) -> Layo
         aortic_valve = (hinge + ao_b * ao_n, hinge - ao_b * ao_n)
         lv.pericardium = [(-2.7, -0.4)]
     return Layout(view=view, lv=lv, chambers=chambers, aortic_valve=aortic_valve)
+
+
+def _psax_layout(rng: np.random.Generator, heart: HeartParams) -> Layout:
+    """Parasternal short axis at the papillary muscles: a round LV with the RV as a crescent on
+    its anterior-septal side (screen top-left), no valve in the plane."""
+    wall = heart.wall_cm
+    r = heart.half_width_cm * rng.uniform(0.95, 1.08)
+    a, b = r * rng.uniform(0.95, 1.05), r * rng.uniform(0.95, 1.05)
+    tilt = rng.uniform(-0.25, 0.25)
+    e1 = np.array([np.sin(tilt), -np.cos(tilt)])  # anterior: up, toward the probe
+    centre = np.array([rng.uniform(-0.8, 0.8), rng.uniform(3.2, 4.2) + wall + b])
+    lv = LeftVentricle(centre=centre, e1=e1, a=a, b=b, wall=wall, gap_half=0.0)
+    window = TERRITORY_WINDOWS["PSAX"].get(heart.territory)
+    if window is not None:
+        jitter = rng.normal(0.0, 0.12)
+        lv.window = (window[0] + jitter, window[1] * heart.extent)
+    lv.pericardium = [(0.9, 2.9)]
+    # The RV wraps the septum: an ellipse centred up and left of the LV, long axis tangential.
+    toward = float(np.arctan2(e1[1], e1[0])) - rng.uniform(0.55, 0.85)  # rotate toward septum
+    out = _unit(toward)
+    rv_b = rng.uniform(0.6, 0.9)
+    rv_a = rng.uniform(1.15, 1.45) * r
+    chambers = [Ellipse(centre=centre + (r + wall + 0.2) * out, axis=np.array([-out[1], out[0]]),
+                        a=rv_a, b=rv_b, wall=0.4, pulse=-0.12)]
+    return Layout(view="PSAX", lv=lv, chambers=chambers, mitral_valve=False, long_axis=False)

@@ -11,7 +11,10 @@ What a patient gets:
 - 1-3 echo studies, each anchored on one CMR: the echo date is the CMR date plus a gap that is
   mostly small (Laplace around +1 day, within +-28 days); 7 % of studies fall 35-300 days away
   from every CMR of the patient, which ingest must reject as ``no_cmr_within_window``.
-- 2-4 clips per study (A4C, A2C, PLAX; a fourth repeats a view), all on the study's machine.
+- 2-4 clips per study (A4C, A2C, PLAX; a fourth repeats a view), all on the study's machine,
+  and in 70 % of studies one more clip in a view that is not a target (a parasternal short axis,
+  ``PSAX``), so about a fifth of clips are not targets at every site and on every machine. That
+  clip's draws come from a generator of its own, so the target clips are the same as before.
 - One hospital (``sites.py``): every study of the patient is done there, on a machine drawn
   from that hospital's own mix, and the DICOM tree is ``dicom/<site>/<vendor>/...``.
 - Problem files added to in-window studies: a single-frame image, a colour-Doppler clip, a Basic
@@ -26,7 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from echocmr.ingest.synth.anatomy import VIEWS, HeartParams, draw_heart, wma_visible
+from echocmr.ingest.synth.anatomy import (
+    NON_TARGET_VIEWS,
+    VIEWS,
+    HeartParams,
+    draw_heart,
+    wma_visible,
+)
 from echocmr.ingest.synth.labels import (
     LabelModel,
     LatentState,
@@ -46,6 +55,9 @@ PROBLEM_REASONS = {
 }
 OUT_OF_WINDOW = "no_cmr_within_window"
 WINDOW_DAYS = 30  # ingest's pairing window; planned gaps stay <= 28 or >= 35 days
+# Chance that a study has a clip in a non-target view: 0.7 against 2.8 target clips per study
+# on average puts 0.7 / 3.5 = 20 % of clips outside the targets.
+P_NON_TARGET = 0.7
 
 _LAST = ("SMITH", "JONES", "GARCIA", "MILLER", "DAVIS", "LOPEZ", "WILSON", "MOORE", "TAYLOR",
          "ANDERSON", "THOMAS", "JACKSON", "WHITE", "HARRIS", "MARTIN", "THOMPSON", "YOUNG",
@@ -252,9 +264,14 @@ def plan_patient(seed: int, index: int, cfg: CohortConfig) -> PatientPlan:
         if n_clips == 4:
             views.append(str(rng.choice(VIEWS)))
         series_uid = _uid(seed, "series", index, k, 1)
+        extra = np.random.default_rng([seed, index, k, 7])  # the non-target clip's own draws
+        n_target = len(views)
+        if extra.random() < P_NON_TARGET:
+            views.append(str(extra.choice(NON_TARGET_VIEWS)))
         for j, view in enumerate(views):
-            clip_hr = float(np.round(np.clip(hr + rng.normal(0, 2), 50, 110), 1))
-            fps, n_frames = _frames_and_fps(rng, study.vendor, clip_hr)
+            draw = rng if j < n_target else extra
+            clip_hr = float(np.round(np.clip(hr + draw.normal(0, 2), 50, 110), 1))
+            fps, n_frames = _frames_and_fps(draw, study.vendor, clip_hr)
             study.files.append(FilePlan(
                 kind="clip", view=view, sop_uid=_uid(seed, "sop", index, k, j),
                 series_uid=series_uid, series_number=1, instance_number=j + 1,

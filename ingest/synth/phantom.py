@@ -148,6 +148,8 @@ class EchoPhantom:
         a = np.abs(phi)
         shape = np.where(a <= np.pi / 2, 0.35 + 0.65 * _smoothstep(a / (np.pi / 2)),
                          1.0 - 0.15 * _smoothstep((a - np.pi / 2) / (np.pi / 2)))
+        if not self.layout.long_axis:  # a short-axis cut: every wall is a mid wall
+            shape = np.ones_like(phi)
         motion = heart.shortening * rng.uniform(0.9, 1.1) * shape
         motion = motion * (1.0 + cfg.regional_unevenness * _uneven(rng, phi))
         t0 = t0 * (1.0 + 0.5 * cfg.regional_unevenness * _uneven(rng, phi))
@@ -236,7 +238,8 @@ class EchoPhantom:
         speckle = self.speckle_static.copy()
         self._paint_chambers(echo, s)
         self._paint_lv(echo, speckle, s)
-        self._paint_mitral(echo, s, float(self.cycle.mitral_opening(phase)))
+        if self.layout.mitral_valve:
+            self._paint_mitral(echo, s, float(self.cycle.mitral_opening(phase)))
         if self.aortic_idx is not None:
             self._paint_aortic(echo, float(self.cycle.aortic_opening(phase)))
         return echo, speckle

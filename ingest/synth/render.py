@@ -21,7 +21,8 @@ from echocmr.ingest.synth.sector import SectorGeometry, draw_geometry
 from echocmr.ingest.synth.vendors import JPEG_BASELINE_8BIT, Vendor
 
 # Imaging depth (cm) a sonographer picks for each view.
-DEPTH_RANGE_CM = {"A4C": (10.0, 14.0), "A2C": (10.0, 14.0), "PLAX": (10.0, 13.0)}
+DEPTH_RANGE_CM = {"A4C": (10.0, 14.0), "A2C": (10.0, 14.0), "PLAX": (10.0, 13.0),
+                  "PSAX": (10.0, 13.0)}
 
 
 @dataclass(kw_only=True)
