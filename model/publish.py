@@ -82,8 +82,10 @@ def serving_code(directory: str) -> str:
     root = os.path.join(directory, "echocmr")
     os.makedirs(root)
     top = os.path.dirname(echocmr.__file__)
-    for name in ("__init__.py", "config.py"):
-        shutil.copy2(os.path.join(top, name), os.path.join(root, name))
+    # the namespace's foundation (configs, errors, progress), not its command line
+    for name in sorted(os.listdir(top)):
+        if name.endswith(".py") and name not in ("cli.py", "demo.py", "__main__.py"):
+            shutil.copy2(os.path.join(top, name), os.path.join(root, name))
     for package in SERVING_PACKAGES:
         source = importlib.import_module(f"echocmr.{package}").__path__[0]
         shutil.copytree(source, os.path.join(root, package),
