@@ -379,9 +379,12 @@ def _frame_diff(a: dict, b: dict) -> dict:
 
 def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int):
     from echocmr.read.config import DataConfig
+    from echocmr.shards.format import VIEW_VOCABULARY
 
+    # Every view: the widened set is tars and indexes only (no manifest to select views by).
     return DataConfig(frames=profile.frames, period=profile.period, size=profile.size,
-                      batch_size=batch_size, decoder=decoder, num_threads=threads, prefetch=2)
+                      batch_size=batch_size, decoder=decoder, num_threads=threads, prefetch=2,
+                      views=VIEW_VOCABULARY)
 
 
 def loader_section(wide: str, profile: Profile, device, budget: Budget) -> dict:

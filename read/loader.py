@@ -61,6 +61,7 @@ from echocmr.read.config import DataConfig
 from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 from echocmr.shards.format import (
     STATS_FILE,
+    VIEW_VOCABULARY,
     ClipFormat,
     ShardStats,
     check_format_version,
@@ -130,7 +131,8 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
                                     "re-run the ingest or reshard that wrote the set")
         indexes.append(idx)
         counts.append(index_count(idx))
-    if views is not None and set(_manifest_views(shards)) <= set(views):
+    if views is not None and (set(VIEW_VOCABULARY) <= {view_class(v) for v in views}
+                              or set(_manifest_views(shards)) <= set(views)):
         views = None  # every clip is of a selected view: nothing to shorten
     if not exclude_sites and sites is None and views is None:
         return tars, indexes, counts

@@ -136,7 +136,7 @@ def test_ingest_clip_size_flag(tmp_path, monkeypatch, capsys):
 
     seen = {}
 
-    def fake_ingest(dicom, labels, out, *, config, views_path, progress, address):
+    def fake_ingest(dicom, labels, out, *, config, views_path, progress, address, **hooks):
         assert address is None  # no --address: the local pool, as before
         seen["size"] = config.preprocess.size
         raise ValueError("stop here")
