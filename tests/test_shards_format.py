@@ -19,6 +19,7 @@ from echocmr.shards.format import (
     ClipFormat,
     Sample,
     SampleMeta,
+    ShardStats,
     decode_labels,
     encode_labels,
     encode_meta,
@@ -128,7 +129,7 @@ def test_clip_format_parses_once_and_writes_a_fixed_order():
     fmt = ClipFormat.from_dict({"fps": 30, "width": 112, "height": 112})
     assert fmt == ClipFormat(height=112, width=112, fps=30.0) and fmt.square_size == 112
     assert list(fmt.to_dict()) == ["height", "width", "fps", "codec", "pix_fmt"]
-    assert ClipFormat.of_stats({"clip": fmt.to_dict()}) == fmt
+    assert ClipFormat.of_stats(ShardStats.from_dict({"clip": fmt.to_dict()})) == fmt
     with pytest.raises(ValueError, match="lacks"):
         ClipFormat.from_dict({"height": 112, "width": 112})
     with pytest.raises(ValueError, match="unknown"):
