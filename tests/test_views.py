@@ -231,10 +231,11 @@ def test_served_model_reports_views_and_leaves_other_views_out(trained, tmp_path
     served = mlflow.pyfunc.load_model(model_uri)
     data = Path(ybr).read_bytes()
     out = served.predict(pd_frame({"dicom": [data]}))
-    (f,) = out["files"]
+    (row,) = out.to_dict("records")  # one row per study (model.serve_response)
+    (f,) = row["files"]
     assert f["status"] == "kept" and f["view"] == seen
     assert f["view_confidence"] == pytest.approx(call["confidence"], abs=1e-4)
-    assert out["probabilities"] is not None and out["views"] == [seen]
+    assert row["status"] == "ok" and row["p_wma"] is not None and list(row["views"]) == [seen]
 
     # The same file for a model trained on the other views: reported, never averaged in.
     from echocmr.model.checkpoint import model_from_state

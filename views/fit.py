@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -134,7 +134,7 @@ def train_view_model(shards: str, config: ViewTrainConfig, *, tracking_uri: str 
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if config.gpu else "cpu")
     data = config.data()
-    spec = InputSpec.build(data, {**stats, "tasks": list(VIEW_CLASSES)})
+    spec = InputSpec.build(data, replace(stats, tasks=tuple(VIEW_CLASSES)))
     manifest = read_manifest(shards)
     label_of = {str(k): v for k, v in zip(manifest["key"], manifest["view"], strict=True)
                 if view_class(v) != VIEW_UNKNOWN}
