@@ -36,7 +36,7 @@ from echocmr.eval.report import ReportInputs, write_report
 from echocmr.eval.signal import INSUFFICIENT
 from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
 from echocmr.model.tasks import p_col, y_col
-from echocmr.shards.format import SPLITS
+from echocmr.shards.format import SPLITS, TARGET_VIEWS, VIEW_UNKNOWN, VIEW_VOCABULARY, view_class
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,17 @@ class EvaluationConfig:
     # record shows it never trained on the site (none of its patients was seen), else only the
     # evaluated split's ("split"; also what an unverified model gets).
     external_splits: Literal["all", "split"] = "all"
+    # Views whose clips enter a study's probability (`shards.format.view_class` of each clip's
+    # stored view). By default the target views and `unknown` (sets ingested without views): a
+    # clip of another view (`other`: PSAX, subcostal, ...) is one the model was not trained on,
+    # and averaging it in dilutes the study. Left-out clips are counted in metrics_detail.json.
+    views: tuple[str, ...] = (*TARGET_VIEWS, VIEW_UNKNOWN)
 
     def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        bad = [v for v in self.views if v not in VIEW_VOCABULARY]
+        if bad or not self.views:
+            raise ValueError(f"evaluation.views {bad or 'empty'}: choose among {VIEW_VOCABULARY}")
         if self.aggregation not in METHODS:
             raise ValueError(f"aggregation {self.aggregation!r}: choose one of {METHODS}")
         if self.threshold not in THRESHOLD_RULES:
@@ -88,6 +97,21 @@ class Evaluation:
     external_splits: list[str] | None = None  # with holdout_site: the splits judged
 
 
+def select_views(clips: pd.DataFrame, views: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+    """The clips whose view class is in ``views``, and ``{view class: clips left out}``."""
+    if "view" not in clips or clips.empty:
+        return clips, {}
+    classes = clips["view"].map(view_class)
+    keep = classes.isin(views)
+    if keep.all():
+        return clips, {}
+    if not keep.any():
+        raise ValueError(f"no clip of the evaluated views ({', '.join(views)}); the clips are of "
+                         f"{', '.join(sorted(classes.unique()))} (evaluation.views)")
+    left_out = classes[~keep].value_counts().sort_index()
+    return clips[keep].reset_index(drop=True), {str(k): int(v) for k, v in left_out.items()}
+
+
 def evaluate_clips(
     clips: pd.DataFrame,
     out_dir: Path,
@@ -107,6 +131,12 @@ def evaluate_clips(
     config = config or EvaluationConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clips, left_out = select_views(clips, config.views)
+    if val_clips is not None:
+        val_clips, _ = select_views(val_clips, config.views)
+    if left_out:
+        context = {**(context or {}),
+                   "clips left out by view": ", ".join(f"{v} {n}" for v, n in left_out.items())}
     fit_clips = val_clips
     if config.holdout_site is not None and val_clips is not None:  # never fit on the held-out site
         fit_clips = val_clips[val_clips["site"].astype(str) != config.holdout_site]

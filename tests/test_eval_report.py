@@ -192,3 +192,24 @@ def test_one_site_gets_no_per_site_section_that_repeats_the_main_table(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "## Per site" not in md and "### site site_a" not in md
     assert "## Per view" in md  # several views: the breakdown stays
+
+
+def test_clips_of_non_target_views_stay_out_of_the_study_probability(tmp_path):
+    """A study's PSAX clip (view class `other`) is left out by default and counted; selecting
+    `other` takes it in."""
+    clips = clip_table(60, seed=7)
+    psax = clips.index[::5]
+    clips.loc[psax, "view"] = "PSAX"
+    clips.loc[psax, "p_wma"] = 0.999  # a view the model never saw: nonsense scores
+    ev = evaluate_clips(clips, tmp_path / "a", config=EvaluationConfig(summary=FAST),
+                        context={"model": "m"})
+    kept = clips.drop(index=psax)
+    want = evaluate_clips(kept, tmp_path / "b", config=EvaluationConfig(summary=FAST),
+                          context={"model": "m"})
+    assert ev.results["wma"].auc == want.results["wma"].auc
+    assert f"other {len(psax)}" in (tmp_path / "a" / "report.md").read_text()
+    every = evaluate_clips(clips, tmp_path / "c",
+                           config=EvaluationConfig(summary=FAST,
+                                                   views=("A4C", "A2C", "PLAX", "other")),
+                           context={"model": "m"})
+    assert every.results["wma"].auc != want.results["wma"].auc
