@@ -39,6 +39,7 @@ from echocmr.eval.job import load_config
 from echocmr.eval.outputs import CLIP_COLUMNS
 from echocmr.eval.report import auc_table_text, external_table_text
 from echocmr.model.tasks import TASKS, p_col, y_col
+from echocmr.shards.format import VIEW_VOCABULARY
 
 REQUIRED = ("patient", "study")
 
@@ -135,7 +136,9 @@ def evaluate_predictions(path: str | Path, out: str | Path, *, config) -> Evalua
     val = clips[clips["split"] == "val"] if split != "val" else None
     ev = config.evaluation
     if table.attrs.get("views") is False:  # no view column: a per-view table would be the main one
-        ev = replace(ev, breakdowns=tuple(b for b in ev.breakdowns if b != "view"))
+        # and there is no view to select by: every row is the study's prediction
+        ev = replace(ev, breakdowns=tuple(b for b in ev.breakdowns if b != "view"),
+                     views=VIEW_VOCABULARY)
     if ev.aggregation == "stacker" and (val is None or val.empty):
         raise ValueError("--aggregation stacker is fitted on val rows: the table has none")
     context = {"predictions": str(path), "split": split,
