@@ -31,6 +31,27 @@ def _isolated_cwd(tmp_path, monkeypatch):
     yield
 
 
+TEST_SPLIT_KEY = "echocmr-test-suite-split-key"
+
+
+@pytest.fixture
+def split_key(monkeypatch):
+    """``ECHOCMR_SPLIT_KEY`` for this test only, as a site sets it: ingest refuses the public
+    demo key for DICOMs that `echocmr synth` did not write, and the test's cohort is hand-made.
+    Child processes inherit it through ``os.environ``. Yields the key."""
+    monkeypatch.setenv("ECHOCMR_SPLIT_KEY", TEST_SPLIT_KEY)
+    yield TEST_SPLIT_KEY
+
+
+@pytest.fixture(scope="module")
+def module_split_key():
+    """`split_key` for a module-scoped fixture that ingests a hand-made cohort once for all of a
+    module's tests; restored when the module ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECHOCMR_SPLIT_KEY", TEST_SPLIT_KEY)
+        yield TEST_SPLIT_KEY
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op thread, as each Ray worker uses (cpus_per_worker=1). On a shared 2-core
