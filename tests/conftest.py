@@ -10,16 +10,9 @@ import os
 
 import pytest
 
-# Libraries used under test must never reach for the network or the user's home.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-# Ray auth is not set here: every Ray the tests start uses token auth as a user's does (a plain
-# ray.init(), `temporary_cluster`, `echocmr cluster local`: the token from ~/.ray/auth_token or
-# RAY_AUTH_TOKEN(_PATH), written when missing); a test that needs another mode sets it itself.
-# Ingest refuses the public demo key for anything but a synth cohort; tests that ingest hand-made
-# DICOMs use this test key (module-scoped fixtures too; tests of the refusal remove it).
-os.environ.setdefault("ECHOCMR_SPLIT_KEY", "echocmr-test-suite-split-key")
+# No environment is set here for the whole session: every test runs in the environment a user
+# has (Ray with token auth, no split key, MLflow's and tqdm's defaults). A test that needs a
+# setting sets it for itself (`split_key`, monkeypatch, a subprocess env) and says why.
 
 
 @pytest.fixture(autouse=True)

@@ -279,7 +279,7 @@ def _t1_of(out, export) -> list[float]:
     return [float(manifest.loc[hasher.patient_hash(p), "t1"]) for p in export["table"]["patient_id"]]
 
 
-def test_ingest_applies_sequence_and_site_rules_and_records_them(export, tmp_path, capsys):
+def test_ingest_applies_sequence_and_site_rules_and_records_them(export, tmp_path, capsys, split_key):
     out_b = tmp_path / "hosp_b"
     summary = _ingest(export["dicom"], export["labels"], out_b, site="hosp_b",
                       config=export["config"], capsys=capsys)
@@ -332,7 +332,7 @@ def test_ingest_applies_sequence_and_site_rules_and_records_them(export, tmp_pat
     assert f"had this site's labels from other cut-offs (fingerprint {rules_b})" in again
 
 
-def test_ingest_without_sequence_rules_is_todays(export, tmp_path, capsys):
+def test_ingest_without_sequence_rules_is_todays(export, tmp_path, capsys, split_key):
     """No rules: the sequence column changes nothing; shards and manifest are byte-identical to
     those of the same table without it, and T1 is today's single cut-off per field strength."""
     with_column, without = tmp_path / "with", tmp_path / "without"

@@ -39,7 +39,7 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ingested(cohort, tmp_path_factory):
+def ingested(cohort, tmp_path_factory, module_split_key):
     out = str(tmp_path_factory.mktemp("shards") / "set")
     config = IngestConfig(site="site_a", workers=2)
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=config, progress=False)
@@ -169,7 +169,7 @@ def test_dali_reads_and_decodes_on_cpu(ingested):
     assert sorted(keys) == sorted(manifest.index)
 
 
-def test_rerun_in_process_is_byte_identical(cohort, ingested, tmp_path):
+def test_rerun_in_process_is_byte_identical(cohort, ingested, tmp_path, split_key):
     out, _ = ingested
     again = str(tmp_path / "again")
     run_ingest(cohort.dicom_dir, cohort.labels_path, again,
@@ -186,7 +186,7 @@ def _ingest_cmd(cohort, out: str) -> list[str]:
             "--no-progress"]
 
 
-def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory):
+def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory, split_key):
     cohort = write_cohort(tmp_path_factory.mktemp("kill"), n_patients=4, clips_per_study=3,
                           n_frames=16, bad_files=False, seed=11, shape=(56, 64))
     root = os.path.dirname(cohort.dicom_dir)

@@ -135,7 +135,7 @@ def _ybr_with_text(path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
+def planted(tmp_path_factory, module_split_key):
     """One export of planted-text clips, ingested once by the real CLI."""
     root = tmp_path_factory.mktemp("planted")
     dicom = root / "dicom"
@@ -296,7 +296,7 @@ def test_header_band_text_never_ships(planted):
     assert set(report["status"]) == {"kept", "rejected"}
 
 
-def test_detector_action_reject_rejects_a_clip_with_text(tmp_path):
+def test_detector_action_reject_rejects_a_clip_with_text(tmp_path, split_key):
     from echocmr.ingest.config import IngestConfig
     from echocmr.ingest.job import run_ingest
 
@@ -335,7 +335,7 @@ def _tiny_export(root) -> tuple[str, str]:
 
 
 def test_demo_key_is_refused_for_real_data_unless_the_flag_says_so(tmp_path, monkeypatch):
-    monkeypatch.delenv("ECHOCMR_SPLIT_KEY")
+    monkeypatch.delenv("ECHOCMR_SPLIT_KEY", raising=False)  # a user who never set one
     dicom, labels = _tiny_export(tmp_path)
     argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", dicom, "--labels", labels,
             "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"]
@@ -370,7 +370,7 @@ def test_a_synth_cohort_is_recognised_and_a_copied_marker_is_not(tmp_path):
 # -- every input accounted for ----------------------------------------------------------------
 
 
-def test_every_path_met_gets_a_row_and_reason_codes_are_right(tmp_path):
+def test_every_path_met_gets_a_row_and_reason_codes_are_right(tmp_path, split_key):
     import pydicom
 
     dicom, labels = _tiny_export(tmp_path)
@@ -500,7 +500,7 @@ def _turbo_blind_damage(codestream: bytes, start: int) -> bytearray:
     raise AssertionError("no damage found that only pylibjpeg-libjpeg sees")
 
 
-def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp_path):
+def test_one_corrupt_jpeg_frame_is_decode_failed_and_colour_doppler_still_is(tmp_path, split_key):
     """A run of zeroed bytes in one frame's entropy-coded data: libjpeg (through Pillow) decodes
     it to garbage without an error, which could read as colour Doppler or be shipped."""
     from _ingest_fixtures import add_colour_doppler

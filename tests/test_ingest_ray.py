@@ -48,7 +48,7 @@ def cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(cohort, tmp_path_factory):
+def reference(cohort, tmp_path_factory, module_split_key):
     """The export ingested in this process, without Ray: sha256 of every file."""
     out = str(tmp_path_factory.mktemp("local") / "set")
     run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(), progress=False,
@@ -92,7 +92,7 @@ def _starts(log: str) -> list[tuple[str, str]]:
     return [tuple(line.split(" ", 1)) for line in open(log).read().splitlines() if line]
 
 
-def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, cluster, tmp_path):
+def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, cluster, tmp_path, split_key):
     c, nodes = cluster
     log = str(tmp_path / "starts.log")
     hook = StartLog(log, delay_s=0.3)  # long enough that one node cannot take every file
@@ -107,7 +107,7 @@ def test_two_nodes_write_the_same_bytes_as_the_local_run(cohort, reference, clus
     assert {n for n, _ in starts} == {c.head_node.node_id, nodes["worker"].node_id}
 
 
-def test_s3_inputs_and_outputs_locally_and_on_the_cluster(cohort, reference, cluster, s3):
+def test_s3_inputs_and_outputs_locally_and_on_the_cluster(cohort, reference, cluster, s3, split_key):
     from echocmr.shards import storage
 
     c, _ = cluster
@@ -129,7 +129,7 @@ def test_s3_inputs_and_outputs_locally_and_on_the_cluster(cohort, reference, clu
     assert not storage.walk_files(f"s3://echo/out-ray/{WORK_DIR}")
 
 
-def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, tmp_path):
+def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, tmp_path, split_key):
     """The real command line with ``--address`` (tasks slowed by a ``before_file`` hook),
     SIGKILLed after a few files; the rerun resumes."""
     c, _ = cluster
@@ -185,7 +185,7 @@ def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tm
     assert work.load(f"e{crashed}").reason == "worker_crashed"  # cached: a rerun skips it
 
 
-def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path):
+def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path, split_key):
     """Remove the worker node while it runs a file: Ray reruns that task on the head."""
     c, nodes = cluster
     worker = nodes["worker"]

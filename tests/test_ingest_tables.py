@@ -255,7 +255,7 @@ def test_numeric_patient_ids_are_an_error_or_compared_without_leading_zeros(tmp_
     assert index.pair("00123", date(2023, 1, 2)).labels[0] == 1.0  # DICOM "00123" pairs
 
 
-def test_a_table_that_pairs_with_no_study_is_an_error(tmp_path):
+def test_a_table_that_pairs_with_no_study_is_an_error(tmp_path, split_key):
     from echocmr.ingest.job import run_ingest
     from echocmr.ingest.synth.small import small_clip
 
