@@ -32,7 +32,7 @@ from echocmr.eval.record import (
 )
 from echocmr.eval.report import auc_table_text
 from echocmr.model.lineage import training_sites
-from echocmr.model.tracking import manifest_digest, resolve_tracking_uri
+from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, set_name
 from echocmr.shards.format import SPLITS
 from echocmr.shards.reader import read_manifest
 
@@ -149,7 +149,7 @@ def run_eval(shards: str, model_uri: str, out: str | Path, *, config: EvalConfig
     digest = manifest_digest(shards)
     context = {
         "model": model_uri,
-        "shards": str(shards),
+        "shards": f"{set_name(shards)} (the set's name; the digest names the data)",
         "data digest": digest[:16],
         "split": config.split,
         "clips": config.infer.describe(spec),

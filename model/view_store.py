@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from echocmr.model.artifact import echocmr_version, torch_version
 from echocmr.model.registry import parse_reference
-from echocmr.model.tracking import resolve_tracking_uri
+from echocmr.model.tracking import resolve_tracking_uri, set_name
 from echocmr.model.view_serving import DICOM, VIEW_ARTIFACT_KEY
 from echocmr.model.views import (
     VIEW_CLASSES,
@@ -115,7 +115,7 @@ def view_card(*, name: str, version: str, run_id: str, val: dict, train_sites: l
              f"- classes: {', '.join(VIEW_CLASSES)} (below confidence {val['threshold']:.2f}: "
              "unknown)",
              f"- trained on sites: {', '.join(train_sites) or '-'}",
-             f"- shard set: `{shards}` (manifest sha256 `{digest}`)",
+             f"- shard set: `{set_name(shards)}` (its name; manifest sha256 `{digest}`)",
              f"- val clips: {int(matrix.sum())}; accuracy {100 * val['accuracy']:.1f} %; "
              f"temperature {val['temperature']:.3f}", "",
              "| class | val clips | accuracy |", "|---|---|---|"]

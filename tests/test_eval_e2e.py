@@ -26,6 +26,21 @@ TRAIN = {
 }
 
 
+PLANTED_FOLDER = "SMITH^JOHN MRN4711"
+
+
+def _records_holding(root, needle: bytes) -> list[str]:
+    """The files of the MLflow server's store (its sqlite backend and artifact tree) whose bytes
+    contain ``needle``."""
+    import os
+
+    found = []
+    for top in (root / "server.db", root / "artifacts"):
+        paths = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        found += [os.path.relpath(p, root) for p in paths if needle in p.read_bytes()]
+    return found
+
+
 @pytest.mark.slow
 def test_train_eval_pull_predict_with_server_stopped(tmp_path, monkeypatch, capsys):
     import ray
@@ -36,7 +51,10 @@ def test_train_eval_pull_predict_with_server_stopped(tmp_path, monkeypatch, caps
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     server = LocalMlflowServer(str(tmp_path))
     try:
-        shards = make_shard_set(str(tmp_path / "shards"), n_patients=100, clips_per_patient=3,
+        # A site that names its folders after a patient (and puts spaces in them): no MLflow
+        # record may carry the folder's name (checked at the end, in the server's own files).
+        site_dir = tmp_path / PLANTED_FOLDER
+        shards = make_shard_set(str(site_dir / "shards"), n_patients=100, clips_per_patient=3,
                                 n_frames=32, size=32, samples_per_shard=16)
         config = tmp_path / "train.yaml"
         config.write_text(yaml.safe_dump(TRAIN))
@@ -44,7 +62,7 @@ def test_train_eval_pull_predict_with_server_stopped(tmp_path, monkeypatch, caps
         try:
             assert echocmr_cli.main([
                 "train", "--shards", shards, "--config", str(config), "--tracking-uri", url,
-                "--register", "echo", "--run-name", "e2e", "--storage", str(tmp_path / "runs"),
+                "--register", "echo", "--run-name", "e2e", "--storage", str(site_dir / "runs"),
             ]) == 0
         finally:
             ray.shutdown()
@@ -70,6 +88,9 @@ def test_train_eval_pull_predict_with_server_stopped(tmp_path, monkeypatch, caps
         pulled = tmp_path / "pulled"
         assert echocmr_cli.main(["models", "pull", "echo@champion", "--out", str(pulled),
                                  "--tracking-uri", url]) == 0
+        # Every run, param, tag, description and artifact the server holds: no folder name.
+        assert _records_holding(tmp_path, PLANTED_FOLDER.encode()) == []
+        assert _records_holding(tmp_path, b"MRN4711") == []
     finally:
         server.stop()
 

@@ -27,7 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from echocmr.model.contract import InputSpec
-from echocmr.model.tracking import manifest_digest, resolve_tracking_uri, sqlite_artifact_root
+from echocmr.model.tracking import (
+    manifest_digest,
+    resolve_tracking_uri,
+    set_name,
+    sqlite_artifact_root,
+)
 from echocmr.model.view_store import ViewRegistration, log_view_model, register_view_model
 from echocmr.model.views import (
     DEFAULT_THRESHOLD,
@@ -257,7 +262,7 @@ def _track(result: ViewTrainResult, artifact: str, shards: str, config: ViewTrai
         params = {k: v for k, v in asdict(config).items() if k != "net"}
         params |= {f"net.{k}": v for k, v in asdict(config.net).items()}
         mlflow.log_params({k: str(v) for k, v in params.items()})
-        mlflow.set_tags({"echocmr.kind": "view_classifier", "shards": shards,
+        mlflow.set_tags({"echocmr.kind": "view_classifier", "shards": set_name(shards),
                          "data_digest": digest, "echocmr.train_sites": ",".join(
                              result.train_sites),
                          **{f"echocmr.views_{split}": ",".join(f"{k}={v}" for k, v in c.items())
