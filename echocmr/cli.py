@@ -29,6 +29,7 @@ from echocmr.eval import cli as eval_cli
 from echocmr.ingest import cli as ingest_cli
 from echocmr.ingest.synth import cli as synth_cli
 from echocmr.model import cli as model_cli
+from echocmr.progress import quiet_library_bars
 from echocmr.shards import cli as shards_cli
 from echocmr.train import cli as train_cli
 from echocmr.views import cli as views_cli
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"echocmr {args.echocmr_command}"
+    quiet_library_bars()
     try:
         from echocmr.cluster.auth import configure_client
         from echocmr.cluster.local import recorded_auth_mode

@@ -99,3 +99,14 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def quiet_library_bars(stream: TextIO | None = None) -> None:
+    """Where stderr is not a terminal, switch off the progress bars libraries draw themselves
+    (MLflow's artifact download and upload bars: in a log each becomes one line of hundreds of
+    carriage-return updates). Called once by the CLI; a user's own setting wins."""
+    import os
+
+    stream = stream if stream is not None else sys.stderr
+    if not bool(getattr(stream, "isatty", lambda: False)()):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

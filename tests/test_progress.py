@@ -55,3 +55,23 @@ def test_synth_into_a_pipe_writes_lines_not_a_bar(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr
     assert "synth patients: 2/2 patients (100%)" in done.stderr
+
+
+def test_library_bars_are_off_only_where_stderr_is_not_a_terminal(monkeypatch):
+    """MLflow draws its own artifact bars; into a log they are one huge line. The CLI turns them
+    off there, and only there, and a user's own setting wins."""
+    from echocmr.progress import quiet_library_bars
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    var = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    monkeypatch.delenv(var, raising=False)
+    quiet_library_bars(Tty())
+    assert var not in os.environ
+    quiet_library_bars(io.StringIO())
+    assert os.environ[var] == "false"
+    monkeypatch.setenv(var, "true")
+    quiet_library_bars(io.StringIO())
+    assert os.environ[var] == "true"

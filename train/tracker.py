@@ -126,7 +126,7 @@ class MlflowTracker(NullTracker):
             RunTag("data_digest", data_digest),
             RunTag("echocmr.selection", config.selection.describe()),  # the pre-specified rule
         ])
-        self.client.log_text(self.run_id, dump_yaml(config), "config.yaml")
+        self.client.log_text(self.run_id, recorded_yaml(config), "config.yaml")
         self.client.log_dict(self.run_id, stats.to_dict(), STATS_FILE)
         self.client.log_dict(self.run_id, input_spec, "input_spec.json")
 
@@ -144,6 +144,21 @@ class MlflowTracker(NullTracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, v)
+
+
+def recorded_yaml(config: TrainConfig) -> str:
+    """The resolved config as the run records it (``config.yaml``): `dump_yaml` with every path
+    as its last component, as in the params."""
+    import yaml
+
+    def names(value):
+        if isinstance(value, dict):
+            return {k: names(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [names(v) for v in value]
+        return _path_name(value) if isinstance(value, str) else value
+
+    return yaml.safe_dump(names(yaml.safe_load(dump_yaml(config))), sort_keys=False)
 
 
 def _path_name(value: str) -> str:
