@@ -5,21 +5,27 @@ Times each statistic ``echocmr eval`` computes per task on one synthetic study t
 four sites, NaN labels, scores on a 10^-3 grid below a share of exact ties), at the default
 ``MetricsConfig``/``SignalConfig`` (2,000 resamples, 2,000 permutations):
 
-- ``threshold``: `eval.operating.choose_threshold` (Youden) on N val studies, continuous scores;
+- ``threshold``: `eval.operating.choose_threshold` (Youden) on N val studies, continuous scores
+  (the old code is quadratic here: run it to 3·10^4 with ``--ops threshold --old-max 30000``);
 - ``bootstrap_bca``: `eval.metrics.bootstrap_auc_ci` (patient bootstrap + BCa jackknife);
 - ``jackknife``: `eval.metrics.jackknife_patient_aucs` alone;
 - ``delong``: `eval.metrics.clustered_delong_ci`;
 - ``permutation``: `eval.signal.permutation_test`, pooled;
 - ``permutation_site``: the same within site (four strata);
 - ``summarise``: `eval.summary.summarise` over the five tasks (everything above, plus the
-  value-over-WMA test and calibration), new code only.
+  value-over-WMA test and calibration): the primary table;
+- ``breakdown_site``: `eval.summary.breakdown` by site (four exploratory tables).
+
+For the last two the old way imports `eval.summary` (and `eval.control`) with the old
+``metrics``/``signal``/``operating`` modules in their place.
 
 The old code is the verbatim copy of ``eval/{metrics,signal,operating}.py`` before the rewrite
 (``tests/_eval_reference``); the old way runs only where it fits (``--old-max``, default 10^5:
 its bootstrap draws a B x P matrix, 16 GB at 10^6 patients, and its threshold is O(N^2)). Each
 cell runs in a fresh process so peak RSS (``VmHWM`` minus the baseline after imports) is that
-statistic's own (the peak is reset after the table is built). The table prints seconds and MB per cell, the old/new ratio where both ran,
-and the growth exponent ``log(t2/t1) / log(N2/N1)`` between the two largest sizes (1.0 is
+statistic's own (the peak is reset after the table is built). The table prints CPU seconds (user + system of the process: on a shared machine
+wall time is not comparable between cells; the new code's wall time is printed beside) and MB
+per cell, the old/new ratio of CPU time where both ran, and the growth exponent ``log(t2/t1) / log(N2/N1)`` between the two largest sizes (1.0 is
 linear, 2.0 quadratic).
 
 Run: ``.venv/bin/python -m bench.bench_eval_scale [--sizes 10000 100000 1000000]
@@ -42,7 +48,7 @@ import pandas as pd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_NAMES = ("wma", "lge", "t1", "t2", "ecv")
 OPS = ("threshold", "bootstrap_bca", "jackknife", "delong", "permutation", "permutation_site",
-       "summarise")
+       "summarise", "breakdown_site")
 
 
 def predictions_table(n_studies: int, seed: int = 0, *, n_sites: int = 4, val_share: float = 0.2,
@@ -104,6 +110,9 @@ def _modules(way: str):
     if way == "old":
         sys.path.insert(0, os.path.join(REPO, "tests"))
         from _eval_reference import metrics, operating, signal
+        # summary and control then import the old statistics under their usual names
+        sys.modules.update({"echocmr.eval.metrics": metrics, "echocmr.eval.signal": signal,
+                            "echocmr.eval.operating": operating})
         return metrics, signal, operating
     from echocmr.eval import metrics, operating, signal
     return metrics, signal, operating
@@ -121,13 +130,14 @@ def cell(op: str, n: int, way: str) -> dict:
     """Run one statistic once in this process; seconds and peak RSS above the baseline."""
     metrics, signal, operating = _modules(way)
     table, y, p, patients, sites = _arrays(n)
+    import scipy.stats  # noqa: F401  (imported on first use by the intervals: not a cost of N)
     try:  # reset the peak to the current RSS (Linux >= 4.0), so the peak is the statistic's
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         pass
     base = _rss_kb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if op == "threshold":
         rng = np.random.default_rng(1)
         operating.choose_threshold(y, rng.random(y.size), rule="youden")
@@ -142,13 +152,18 @@ def cell(op: str, n: int, way: str) -> dict:
         signal.permutation_test(y, p, patients)
     elif op == "permutation_site":
         signal.permutation_test(y, p, patients, strata=sites)
-    elif op == "summarise":
-        from echocmr.eval.summary import summarise
+    elif op in ("summarise", "breakdown_site"):
+        from echocmr.eval.summary import breakdown, summarise
         studies = table.rename(columns={"patient": "patient_hash", "study": "study_hash"})
-        summarise(studies)
+        studies["patient_hash"] = studies["patient_hash"].astype(str)
+        if op == "summarise":
+            summarise(studies)
+        else:
+            breakdown(studies, "site")
     else:
         raise ValueError(op)
-    return {"s": time.perf_counter() - t0, "mb": max(0, _rss_kb() - base) / 1024}
+    return {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
+            "mb": max(0, _rss_kb() - base) / 1024}
 
 
 def _spawn(op: str, n: int, way: str, timeout: float) -> dict | None:
@@ -177,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(cell(op, int(n), way)))
         return
     sizes = sorted(args.sizes)
-    head = f"{'statistic':<17} {'N':>9} {'old s':>9} {'old MB':>8} {'new s':>9} {'new MB':>8} " \
-           f"{'old/new':>8}"
+    head = f"{'statistic':<17} {'N':>9} {'old CPU s':>9} {'old MB':>8} {'new CPU s':>9} " \
+           f"{'new MB':>8} {'old/new':>8} {'new wall s':>10}"
     print(head)
     print("-" * len(head))
     for op in args.ops:
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in sizes:
             res = {}
             for way in ("old", "new"):
-                if (way == "old" and (n > args.old_max or op == "summarise")):
+                if way == "old" and n > args.old_max:
                     continue
                 r = _spawn(op, n, way, args.timeout)
                 if r is not None:
@@ -198,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             ratio = (f"{res['old']['s'] / res['new']['s']:.1f}x"
                      if "old" in res and "new" in res else "-")
             print(f"{op:<17} {n:>9} {fmt('old', 's', '9.2f'):>9} {fmt('old', 'mb', '8.0f'):>8} "
-                  f"{fmt('new', 's', '9.2f'):>9} {fmt('new', 'mb', '8.0f'):>8} {ratio:>8}",
+                  f"{fmt('new', 's', '9.2f'):>9} {fmt('new', 'mb', '8.0f'):>8} {ratio:>8} "
+                  f"{fmt('new', 'wall', '10.2f'):>10}",
                   flush=True)
         for way in ("old", "new"):
             ns = sorted(times[way])
