@@ -121,11 +121,10 @@ def control_result(
         if np.unique(site).size > 1:
             strata = np.char.add(np.char.add(site, "\x1f"), strata)
     yb, pb, pat = y[both], p[both], patients[both]
-    informative = np.zeros(yb.size, bool)  # studies in strata that hold both classes
-    for level in np.unique(strata):
-        sel = strata == level
-        if 0 < yb[sel].sum() < sel.sum():
-            informative |= sel
+    # studies in strata that hold both classes (one pass over the studies, however many strata)
+    _, level_of = np.unique(strata, return_inverse=True)
+    pos_in = np.bincount(level_of, weights=yb)
+    informative = ((pos_in > 0) & (pos_in < np.bincount(level_of)))[level_of]
     c = counts(yb[informative], pat[informative])
     if (min(c.n_pos, c.n_neg) >= min_positives
             and min(c.n_pos_patients, c.n_neg_patients) >= min_patients):

@@ -33,9 +33,14 @@ def choose_threshold(y_true: np.ndarray, probs: np.ndarray, *, rule: str = "youd
     y, p = check_binary(y_true, probs)
     if not y.any() or y.all():
         raise ValueError("choosing a threshold needs positives and negatives")
-    cuts = np.unique(p)[::-1]  # candidate thresholds, high to low
-    pos_ge = np.array([(p[y] >= c).sum() for c in cuts]) / y.sum()
-    neg_lt = np.array([(p[~y] < c).sum() for c in cuts]) / (~y).sum()
+    # Candidate thresholds are the distinct probabilities, high to low; one sort and two
+    # cumulative sums give every candidate's counts (O(N log N), not a pass per candidate).
+    uniq, inverse = np.unique(p, return_inverse=True)
+    pos_at = np.bincount(inverse[y], minlength=uniq.size)
+    neg_at = np.bincount(inverse[~y], minlength=uniq.size)
+    cuts = uniq[::-1]
+    pos_ge = np.cumsum(pos_at[::-1]) / y.sum()  # positives at or above each cut
+    neg_lt = (np.cumsum(neg_at) - neg_at)[::-1] / (~y).sum()  # negatives strictly below
     if rule == "youden":
         return float(cuts[int(np.argmax(pos_ge + neg_lt - 1.0))])  # ties: the highest threshold
     if rule == "sensitivity":

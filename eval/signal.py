@@ -40,7 +40,13 @@ counts (``level: "patient"``). A permutation distribution with a single value (n
 is reported as ``degenerate`` and judged "insufficient data", never "no detectable signal".
 
 Each permuted AUC is a rank sum: the scores' midranks are fixed, so a permutation's AUC is the sum
-of the ranks its labels make positive, and B permutations cost one (B, N) matrix product.
+of the ranks its labels make positive. The B permutations are drawn group by group and, within a
+group, in blocks of rows of about ``_CELLS`` (patient, permutation) cells, and each block's rank
+sums are added to the B null sums at once: memory O(N + _CELLS) whatever B·N, time O(B·N) after
+one O(N log N) sort. Rank sums are multiples of 0.5 below 2^53, so the sums are exact and the
+blocking changes no number; the generator's stream is the one a whole (B, N) draw uses (`patient_
+permutations` still returns that matrix, for tests and small N). Exchange groups and within-site
+ranks come from one sort each, not a pass per group or per site.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
-from echocmr.model.auc import midranks
+from echocmr.model.auc import grouped_midranks, midranks
 
 SIGNAL = "signal"
 NO_SIGNAL = "no detectable signal at this sample size"
@@ -63,7 +69,8 @@ VERDICTS = (SIGNAL, NO_SIGNAL, INSUFFICIENT)
 Correction = Literal["holm", "none"]
 CORRECTIONS = get_args(Correction)
 
-_BLOCK = 512
+# (permutation, patient) cells per block of a group's permutations: bounded memory at any N.
+_CELLS = 1 << 21
 
 
 @dataclass(kw_only=True)
@@ -103,21 +110,26 @@ def _exchange_groups(
     """(groups of patient indices, study order grouped by patient, block sizes, block starts).
 
     Patients are grouped by their number of studies (and, with ``strata``, by the stratum of each
-    of their studies in study order): the patients whose label blocks may be exchanged.
+    of their studies in study order): the patients whose label blocks may be exchanged. Groups
+    come in sorted order of their key (the string ``"<size>\x1f<stratum>\x1f..."`` with strata),
+    members in ascending patient order: the order the permutations' random stream follows.
     """
     uniq, inverse = np.unique(patients, return_inverse=True)
     order = np.argsort(inverse, kind="stable")  # studies grouped by patient, original order within
     sizes = np.bincount(inverse, minlength=uniq.size)
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
     if strata is None:
-        groups = [np.flatnonzero(sizes == size) for size in np.unique(sizes)]
-    else:
-        keys = np.array([f"{sz}\x1f" + "\x1f".join(strata[order[st:st + sz]])
-                         for st, sz in zip(starts, sizes, strict=True)])
-        groups = [np.flatnonzero(keys == key) for key in np.unique(keys)]
+        keys = sizes
+    else:  # "<size>\x1f<stratum of study 1>\x1f<stratum of study 2>...", built column by column
+        keys = np.char.add(sizes.astype(str), "\x1f").astype(object)
+        for j in range(int(sizes.max(initial=0))):
+            sel = np.flatnonzero(sizes > j)
+            piece = strata[order[starts[sel] + j]].astype(object)
+            keys[sel] = keys[sel] + ("\x1f" + piece if j else piece)
+    _, key_of = np.unique(keys, return_inverse=True)
+    by_key = np.argsort(key_of, kind="stable")
+    groups = np.split(by_key, np.cumsum(np.bincount(key_of))[:-1])
     return groups, order, sizes, starts
-
-
 def frozen_patients(y_true: np.ndarray, patients: np.ndarray,
                     strata: np.ndarray | None = None) -> int:
     """Patients whose label block no patient-block permutation can change: members of an
@@ -164,19 +176,51 @@ def patient_permutations(
     patients = np.asarray(patients)
     if y.shape != patients.shape:
         raise ValueError("patients must give one patient id per study")
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_permutations, y.size))
     if strata is not None:
         strata = np.asarray(strata).astype(str)
         if strata.shape != y.shape:
             raise ValueError("strata must give one stratum per study")
+    out = np.empty((n_permutations, y.size))
+    for studies_KS, lo, perm_bK in _permutation_blocks(patients, n_permutations, seed, strata):
+        out[lo : lo + perm_bK.shape[0], studies_KS.ravel()] = (
+            y[studies_KS[perm_bK]].reshape(perm_bK.shape[0], -1))
+    return out
+
+
+def _permutation_blocks(patients: np.ndarray, n_permutations: int, seed: int,
+                        strata: np.ndarray | None):
+    """Yield (studies (K, S) of a group, first permutation row, (rows, K) patient permutation)
+    for each exchange group in turn and each block of its permutations: row r of a block says
+    which member's label block member k receives in permutation ``lo + r``."""
+    rng = np.random.default_rng(seed)
     groups, order, sizes, starts = _exchange_groups(patients, strata)
     for members in groups:  # patients of one group, sorted by hash
         size = sizes[members[0]]
         studies_KS = order[starts[members][:, None] + np.arange(size)[None, :]]
-        perm_BK = rng.permuted(np.tile(np.arange(members.size), (n_permutations, 1)), axis=1)
-        out[:, studies_KS.ravel()] = y[studies_KS[perm_BK]].reshape(n_permutations, -1)
-    return out
+        rows = int(max(1, min(n_permutations, _CELLS // (members.size * size))))
+        base = np.arange(members.size)
+        for lo in range(0, n_permutations, rows):
+            b = min(rows, n_permutations - lo)
+            yield studies_KS, lo, rng.permuted(np.tile(base, (b, 1)), axis=1)
+
+
+def permutation_rank_sums(y: np.ndarray, ranks: np.ndarray, patients: np.ndarray,
+                          n_permutations: int, seed: int,
+                          strata: np.ndarray | None = None) -> np.ndarray:
+    """The rank sum ``ranks @ labels`` of each permutation of `patient_permutations` (same seed,
+    same permutations), without the (B, N) label matrix: O(N + _CELLS) memory."""
+    sums = np.zeros(n_permutations)
+    for studies_KS, lo, perm_bK in _permutation_blocks(patients, n_permutations, seed, strata):
+        y_KS, r_KS = y[studies_KS], ranks[studies_KS]
+        if (y_KS == y_KS[0]).all():  # one label block: every permutation gives the same sum
+            sums[lo : lo + perm_bK.shape[0]] += float((y_KS * r_KS).sum())
+            continue
+        if y_KS.shape[1] == 1:
+            sums[lo : lo + perm_bK.shape[0]] += y_KS[:, 0][perm_bK] @ r_KS[:, 0]
+        else:
+            sums[lo : lo + perm_bK.shape[0]] += np.tensordot(y_KS[perm_bK], r_KS,
+                                                             axes=([1, 2], [0, 1]))
+    return sums
 
 
 def holm_adjust(p_values: dict[str, float]) -> dict[str, float]:
@@ -228,16 +272,13 @@ def permutation_test(
         strata = np.asarray(strata).astype(str)
         if strata.shape != y.shape:
             raise ValueError("strata must give one stratum per study")
-        ranks = np.empty_like(s)
-        offset = pairs = 0.0
-        levels = np.unique(strata)
+        levels, codes = np.unique(strata, return_inverse=True)
         n_strata = levels.size
-        for level in levels:  # ranks within the stratum: a rank sum there is its Mann-Whitney U
-            sel = strata == level
-            ranks[sel] = midranks(s[sel])
-            ms = float(y[sel].sum())
-            offset += ms * (ms + 1) / 2.0
-            pairs += ms * (sel.sum() - ms)
+        # ranks within the stratum: a rank sum there is its Mann-Whitney U
+        ranks = grouped_midranks(s, codes)
+        ms = np.bincount(codes, weights=y, minlength=n_strata)
+        offset = float((ms * (ms + 1) / 2.0).sum())
+        pairs = float((ms * (np.bincount(codes, minlength=n_strata) - ms)).sum())
         if pairs == 0:
             raise ValueError("no site has both positives and negatives: no within-site AUC")
     n_frozen = frozen_patients(y, patients, strata) if fallback else 0
@@ -247,11 +288,8 @@ def permutation_test(
         res.n_frozen, res.level = n_frozen, "patient"
         return res
     observed = float(ranks @ y)
-    labels_BN = patient_permutations(y, patients, config.n_permutations, config.seed,
-                                     strata=strata)
-    null_sums = np.concatenate(
-        [labels_BN[lo : lo + _BLOCK] @ ranks for lo in range(0, labels_BN.shape[0], _BLOCK)]
-    )
+    null_sums = permutation_rank_sums(y, ranks, patients, config.n_permutations, config.seed,
+                                      strata=strata)
     # Rank sums are multiples of 0.5, so a small tolerance makes ">=" exact in floating point.
     exceed = int((null_sums >= observed - 1e-9).sum())
     p_value = (1 + exceed) / (1 + config.n_permutations)
@@ -275,12 +313,11 @@ def within_site_auc(y_true: np.ndarray, scores: np.ndarray, sites: np.ndarray) -
     y = np.asarray(y_true, dtype=np.float64)
     s = np.asarray(scores, dtype=np.float64)
     sites = np.asarray(sites).astype(str)
-    num = den = 0.0
-    for level in np.unique(sites):
-        sel = sites == level
-        ms = y[sel].sum()
-        ns = sel.sum() - ms
-        if ms and ns:
-            num += midranks(s[sel]) @ y[sel] - ms * (ms + 1) / 2.0
-            den += ms * ns
-    return float(num / den) if den else float("nan")
+    levels, codes = np.unique(sites, return_inverse=True)
+    ms = np.bincount(codes, weights=y, minlength=levels.size)
+    ns = np.bincount(codes, minlength=levels.size) - ms
+    rank_sums = np.bincount(codes, weights=grouped_midranks(s, codes) * y, minlength=levels.size)
+    both = (ms > 0) & (ns > 0)
+    num = float((rank_sums - ms * (ms + 1) / 2.0)[both].sum())
+    den = float((ms * ns)[both].sum())
+    return num / den if den else float("nan")
