@@ -101,7 +101,7 @@ def _unknown_sites(have: Iterable[str], names: Sequence[str], flag: str, where: 
                          f"{', '.join(have)}")
 
 
-def _selected(site: pa.Array, view: pa.Array | None, *, exclude_sites: Sequence[str],
+def selection_mask(site: pa.Array, view: pa.Array | None, *, exclude_sites: Sequence[str],
               sites: Sequence[str] | None, views: Sequence[str] | None) -> np.ndarray:
     """A boolean per row: kept by the site and view selection (computed on the dictionaries)."""
     site_codes, site_names = codes_of(site)
@@ -141,7 +141,7 @@ def plan_reading(shards: str, splits: Sequence[str] = SPLITS, *,
         site = batch.column(columns.index("site"))
         all_sites.update(str(s) for s in codes_of(site)[1])
         view = batch.column(columns.index("view")) if "view" in columns else None
-        keep = _selected(site, view, exclude_sites=exclude_sites, sites=sites, views=views)
+        keep = selection_mask(site, view, exclude_sites=exclude_sites, sites=sites, views=views)
         n_total = np.bincount(shard_codes, minlength=len(shard_names))
         n_kept = np.bincount(shard_codes[keep], minlength=len(shard_names))
         first = np.full(len(shard_names), -1)
@@ -245,7 +245,7 @@ def kept_keys(shards: str, names: Iterable[str], plan: ReadPlan) -> tuple[dict[s
         table = table.filter(pc.is_in(plain, value_set=value_set))
         if not table.num_rows:
             continue
-        keep = _selected(table.column("site").combine_chunks(),
+        keep = selection_mask(table.column("site").combine_chunks(),
                          table.column("view").combine_chunks() if "view" in columns else None,
                          exclude_sites=plan.exclude_sites, sites=plan.sites, views=plan.views)
         table = table.filter(pa.array(keep))

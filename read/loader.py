@@ -64,14 +64,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from echocmr.model.contract import InputSpec
-from echocmr.read.assign import Piece, ReadPlan, assign, kept_keys, loads, plan_reading
+from echocmr.read.assign import (
+    Piece,
+    ReadPlan,
+    assign,
+    kept_keys,
+    loads,
+    plan_reading,
+    selection_mask,
+)
 from echocmr.read.config import DataConfig
 from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 from echocmr.shards.format import (
     STATS_FILE,
+    TASKS,
     VIEW_VOCABULARY,
     ClipFormat,
     ShardStats,
@@ -81,9 +92,14 @@ from echocmr.shards.format import (
     view_class,
 )
 from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
-from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.manifest import codes_of, read_columns
+from echocmr.shards.reader import list_shards, read_stats
 from echocmr.shards.stats import compute_stats
 from echocmr.shards.storage import is_local, local_path
+
+# What `compute_stats` reads (shards.stats): the driver reads these columns only.
+_STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
+                  "n_pixels")
 
 
 @dataclass
@@ -159,26 +175,41 @@ def _local_set(shards: str) -> str:
 
 
 def _manifest_views(shards: str) -> list[str]:
-    return sorted({view_class(v) for v in read_manifest(shards)["view"].unique()})
+    codes, names = codes_of(read_columns(shards, ("view",)).column("view"))
+    return sorted({view_class(v) for v in names} | ({view_class(None)} if (codes < 0).any()
+                                                     else set()))
 
 
 def view_counts(shards: str, views: Sequence[str], *, exclude_sites: Sequence[str] = ()
                 ) -> dict[str, dict[str, int]]:
     """Clips of train and val per view class (`shards.format.view_class`), split into those a
     run selecting ``views`` reads and those it leaves out: ``{"read": {...}, "left_out": {...}}``
-    (what the run records; ``left_out`` counts ``other`` and ``unknown`` clips by default)."""
-    manifest = read_manifest(shards)
-    manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))
-                        & manifest["split"].isin(["train", "val"])]
-    classes = manifest["view"].map(view_class)
-    counts = {str(k): int(v) for k, v in classes.value_counts().sort_index().items()}
+    (what the run records; ``left_out`` counts ``other`` and ``unknown`` clips by default).
+    Three dictionary-encoded manifest columns, counted by code (no row objects)."""
+    table = read_columns(shards, ("site", "split", "view"))
+    site, sites = codes_of(table.column("site"))
+    split, splits = codes_of(table.column("split"))
+    view, names = codes_of(table.column("view"))
+    fit = np.array([str(s) in ("train", "val") for s in splits] + [False])[split]
+    kept = np.array([str(s) not in exclude_sites for s in sites] + [True])[site]
+    classes = [view_class(v) for v in names] + [view_class(None)]
+    n = np.bincount(view[fit & kept], minlength=len(classes))
+    counts: dict[str, int] = {}
+    for cls, count in zip(classes, n.tolist(), strict=True):
+        if count:
+            counts[cls] = counts.get(cls, 0) + count
+    counts = dict(sorted(counts.items()))
     return {"read": {k: v for k, v in counts.items() if k in views},
             "left_out": {k: v for k, v in counts.items() if k not in views}}
 
 
 def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
-    """ValueError unless every site in ``names`` is in ``manifest`` (``flag`` names the option)."""
-    have = sorted(str(s) for s in manifest["site"].unique())
+    """ValueError unless every site in ``names`` is in ``manifest`` (a DataFrame or an Arrow
+    table with a ``site`` column; ``flag`` names the option)."""
+    if isinstance(manifest, pa.Table):
+        have = sorted(str(s) for s in codes_of(manifest.column("site"))[1])
+    else:
+        have = sorted(str(s) for s in manifest["site"].unique())
     unknown = [n for n in names if n not in have]
     if unknown:
         raise ValueError(f"{flag} {', '.join(unknown)}: {where} has no such site; its sites are "
@@ -193,20 +224,26 @@ def site_selection(shards: str, stats: ShardStats, exclude_sites: Sequence[str]
     are the set's ``stats.json`` recomputed from the manifest without the excluded sites (train
     pixel mean/std, prevalence per split), so not even the input normalisation or the positive
     weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
+    The driver's one read of the manifest for it: the statistics' columns as Arrow (strings
+    dictionary-encoded), not a DataFrame of every column.
     """
 
-    manifest = read_manifest(shards)
+    manifest = read_columns(shards, _STATS_COLUMNS if exclude_sites else ("site", "split"))
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
-    kept = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
-    fit = kept[kept["split"].isin(["train", "val"])]
-    sites = sorted(str(s) for s in fit["site"].unique())
-    if not (kept["split"] == "train").any():
+    site, names = codes_of(manifest.column("site"))
+    split, splits = codes_of(manifest.column("split"))
+    keep = np.array([str(s) not in exclude_sites for s in names] + [True])[site]
+    is_split = {name: np.array([str(s) == name for s in splits] + [False])[split]
+                for name in ("train", "val")}
+    fit = keep & (is_split["train"] | is_split["val"])
+    sites = sorted({str(names[c]) for c in np.unique(site[fit]).tolist() if c >= 0})
+    if not (keep & is_split["train"]).any():
         raise ValueError(f"--exclude-site {', '.join(exclude_sites)} leaves no train clips in "
                          f"{shards}")
     if not exclude_sites:
         return stats, sites
     recomputed = ShardStats.from_dict(compute_stats(
-        kept, clip_format=stats.clip_format(),
+        manifest.filter(pa.array(keep)), clip_format=stats.clip_format(),
         split_key_fingerprint=stats.split_key_fingerprint or ""))
     return replace(stats, pixel_mean=recomputed.pixel_mean, pixel_std=recomputed.pixel_std,
                    splits=recomputed.splits, excluded_sites=tuple(exclude_sites)), sites
@@ -220,22 +257,23 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
     views') samples: shortened indexes written into ``index_dir``, tars left with no sample
     dropped."""
 
-    manifest = read_manifest(shards)
+    manifest = read_columns(shards, ("key", "split", "site", "view"))
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
     if sites is not None:
         check_sites(manifest, list(sites), "--holdout-site", f"shard set {shards}")
-    site = manifest["site"].astype(str)
-    keep = ~site.isin(list(exclude_sites))
-    if sites is not None:
-        keep &= site.isin(list(sites))
-    if views is not None:
-        keep &= manifest["view"].map(view_class).isin(list(views))
-    wanted = set(manifest.loc[keep & (manifest["split"] == split), "key"])
+    split_codes, split_names = codes_of(manifest.column("split"))
+    keep = selection_mask(manifest.column("site").combine_chunks(),
+                          manifest.column("view").combine_chunks(), exclude_sites=exclude_sites,
+                          sites=sites, views=views)
+    keep &= np.array([str(s) == split for s in split_names] + [False])[split_codes]
+    wanted = manifest.column("key").filter(pa.array(keep)).combine_chunks()
+    del manifest
     out_tars, out_indexes, out_counts = [], [], []
     for tar, idx in zip(tars, indexes, strict=True):
         with open(idx, encoding="utf-8") as f:
             samples = parse_index(f.read())
-        kept = [m for m, k in zip(samples, sample_keys(samples), strict=True) if k in wanted]
+        found = pc.is_in(pa.array(sample_keys(samples), pa.string()), value_set=wanted)
+        kept = [m for m, k in zip(samples, found.to_pylist(), strict=True) if k]
         if not kept:
             continue
         path = os.path.join(index_dir, f"{split}-{len(out_indexes):06d}-{os.path.basename(idx)}")

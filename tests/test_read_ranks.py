@@ -60,7 +60,7 @@ def _ranks(shards, split, world, data, *, no_manifest=True, monkeypatch=None):
         def refuse(*_a, **_k):
             raise AssertionError("a rank read the whole manifest")
         monkeypatch.setattr(loader_module, "plan_reading", refuse)
-        monkeypatch.setattr(loader_module, "read_manifest", refuse)
+        monkeypatch.setattr(loader_module, "read_columns", refuse)
     stats = read_stats(shards)
     spec = InputSpec.build(data, stats)
     return [ClipLoader(shards, split, data, spec=spec, train=split == "train", stats=stats,
