@@ -32,6 +32,7 @@ out.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -176,25 +177,34 @@ def _order(shards: SplitShards, *, seed: int, epoch: int, shuffle: bool) -> list
     return sorted(candidates, key=lambda i: -shards.kept[i])  # stable: ties keep that order
 
 
-def assign(shards: SplitShards, rank: int, world: int, *, seed: int = 0, epoch: int = 0,
-           shuffle: bool = False) -> list[Piece]:
-    """Rank ``rank``'s pieces of the split for ``epoch`` (module docstring, step 2), in the order
-    it reads them (for ``shuffle``, a per-epoch order; otherwise stored order)."""
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+def deal(shards: SplitShards, world: int, *, seed: int = 0, epoch: int = 0,
+         shuffle: bool = False) -> list[list[Piece]]:
+    """Every rank's pieces of the split for ``epoch`` (module docstring, step 2), each in the
+    order the rank reads them (for ``shuffle``, a per-epoch order; otherwise stored order).
+    O(shards log world)."""
+    if world < 1:
+        raise ValueError(f"world size {world} < 1")
     order = _order(shards, seed=seed, epoch=epoch, shuffle=shuffle)
     if len(order) < world:
-        return _by_samples(shards, rank, world)
-    loads = [0] * world
-    mine: list[int] = []
+        return [_by_samples(shards, r, world) for r in range(world)]
+    heap = [(0, r) for r in range(world)]  # (load, rank): the least loaded, then the lowest rank
+    mine: list[list[int]] = [[] for _ in range(world)]
     for i in order:
-        r = min(range(world), key=lambda j: (loads[j], j))
-        loads[r] += shards.kept[i]
-        if r == rank:
-            mine.append(i)
+        load, r = heapq.heappop(heap)
+        mine[r].append(i)
+        heapq.heappush(heap, (load + shards.kept[i], r))
     if not shuffle:
-        mine.sort()
-    return [Piece(shards.names[i], 0, shards.kept[i]) for i in mine]
+        for m in mine:
+            m.sort()
+    return [[Piece(shards.names[i], 0, shards.kept[i]) for i in m] for m in mine]
+
+
+def assign(shards: SplitShards, rank: int, world: int, *, seed: int = 0, epoch: int = 0,
+           shuffle: bool = False) -> list[Piece]:
+    """Rank ``rank``'s pieces of the split for ``epoch`` (`deal`)."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    return deal(shards, world, seed=seed, epoch=epoch, shuffle=shuffle)[rank]
 
 
 def _by_samples(shards: SplitShards, rank: int, world: int) -> list[Piece]:
@@ -211,7 +221,7 @@ def _by_samples(shards: SplitShards, rank: int, world: int) -> list[Piece]:
 
 def loads(shards: SplitShards, world: int) -> list[int]:
     """Samples per rank (the same every epoch, whatever the shuffle)."""
-    return [sum(p.count for p in assign(shards, r, world)) for r in range(world)]
+    return [sum(p.count for p in pieces) for pieces in deal(shards, world)]
 
 
 def batches_per_epoch(shards: SplitShards, world: int, batch_size: int) -> int:

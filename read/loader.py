@@ -328,7 +328,7 @@ class ClipLoader:
         if stats:
             check_decoder(stats, self.decoder, f"shard set {shards}")
         self._shards = _local_set(shards)
-        if not list_shards(shards, split):
+        if plan is None and not list_shards(shards, split):
             raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
         check_format_version(stats or read_stats(shards), f"shard set {shards} ({STATS_FILE})")
         if plan is None or split not in plan.splits:
@@ -399,6 +399,10 @@ class ClipLoader:
             tar = os.path.join(self._shards, piece.name)
             idx = os.path.join(self._shards, index_name(piece.name))
             if piece.name not in self._checked:
+                if not os.path.exists(tar):
+                    raise FileNotFoundError(
+                        f"{tar} is missing (manifest.parquet lists it); run `echocmr shards "
+                        f"verify {self._shards}`")
                 if not os.path.exists(idx):
                     raise FileNotFoundError(
                         f"{idx} is missing; run `echocmr shards verify {self._shards}` and re-run "
