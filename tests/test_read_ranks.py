@@ -184,3 +184,15 @@ def test_an_index_that_disagrees_with_the_manifest_stops_the_rank_that_reads_it(
         else:
             ld.rank_files(0)  # the other rank never looks at that index
     assert len(failures) == 1
+
+
+def test_a_missing_tar_stops_the_rank_that_owns_it_with_what_to_do(archive, tmp_path, monkeypatch):
+    import shutil
+
+    damaged = str(tmp_path / "missing")
+    shutil.copytree(archive, damaged)
+    name = os.path.basename(list_shards(damaged, "val")[-1])
+    os.remove(os.path.join(damaged, name))
+    ranks = _ranks(damaged, "val", 1, _data(), monkeypatch=monkeypatch)
+    with pytest.raises(FileNotFoundError, match=f"{name} is missing.*shards verify"):
+        ranks[0].rank_files(0)
