@@ -21,9 +21,8 @@ Then, each in a fresh process (peak RSS is that process's own ``VmHWM``), per si
   train and val, ``site_d`` left out: every shard loses samples to the selection);
 - ``rankW`` (``--ranks``, default 1 and 16): rank 0 of W building its training loader from
   that plan and dealing itself its first epoch (`read.loader.ClipLoader.rank_files`: its own
-  index headers and the manifest row groups of its own shards); peak RSS counted from after
-  the plan (the driver makes it in another process); the row prints rank 0's tars, clips and
-  manifest rows read;
+  index headers, and its shortened indexes from the plan's bits); peak RSS counted from after
+  the plan (the driver makes it in another process); the row prints rank 0's tars and clips;
 
 and prints wall s, CPU s (user + system of the process), peak RSS and its excess over the
 process's baseline after imports, memory per clip, and the growth exponent between the two
@@ -246,8 +245,7 @@ def _reset_peak_rss() -> None:
 def _child_ranks(op: str, merged: str) -> None:
     """``plan``: the training driver's read plan (`read.assign.plan_reading`, site_d left out).
     ``rankW``: what rank 0 of W does when its loader is built from that plan and deals itself
-    its first epoch (`ClipLoader.rank_files`: its index headers, and the manifest row groups
-    of its own shards for the shortened indexes); the plan is made first, outside the figures
+    its first epoch (`ClipLoader.rank_files`: its index headers and shortened indexes); the plan is made first, outside the figures
     (peak RSS reset after it), as the driver makes it in another process."""
     from echocmr.model.contract import InputSpec
     from echocmr.read.assign import plan_reading
@@ -270,7 +268,7 @@ def _child_ranks(op: str, merged: str) -> None:
         loader = ClipLoader(merged, "train", data, spec=InputSpec.build(data, stats),
                             train=True, stats=stats, rank=0, world=world, plan=plan)
         tars, _, counts = loader.rank_files(0)
-        result = [len(tars), sum(counts), loader.manifest_rows_read]
+        result = [len(tars), sum(counts)]
     wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
     digest = hashlib.sha256(json.dumps(result).encode()).hexdigest()[:16]
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(),
@@ -372,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             results[n, op] = r
             over = r["peak_rss_mb"] - r["baseline_rss_mb"]
             what = ("" if op == "plan" else f"  rank 0: {r['detail'][0]} tars, "
-                    f"{r['detail'][1]} clips, {r['detail'][2]} manifest rows read")
+                    f"{r['detail'][1]} clips")
             print(f"{n:>8} {op:>15} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} "
                   f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
                   f"{1000 * r['cpu_s'] / n * 1000:>10.1f}{what}", flush=True)

@@ -7,9 +7,12 @@ to select sites or views. Instead:
 1. **Once, in the driver**, `plan_reading` streams four columns of ``manifest.parquet``
    (``shard``, ``split``, ``site``, ``view``; dictionary-encoded, one record batch at a time) and
    keeps, per split, one small row per shard: its name, its samples and how many of them the run
-   reads (``data.exclude_sites``, ``sites``, ``data.views`` applied). Memory is O(shards), not
-   O(clips); unknown sites are refused here, once. The plan (a few bytes per shard) travels to
-   every rank with the run's config.
+   reads (``data.exclude_sites``, ``sites``, ``data.views`` applied). For a shard that loses
+   some samples to the selection, a second pass (the manifest streamed by shard, a few shards'
+   rows at a time) adds which: one bit per sample in the order of its keys, and a fingerprint
+   of those keys (32 + 16 bytes for a 256-clip shard). Memory is O(shards), not O(clips);
+   unknown sites are refused here, once. The plan travels to every rank with the run's config
+   (~1-2 MB for 10^7 clips with a selection, a few hundred KB without).
 2. **Each rank**, per epoch, computes its own part with `assign` from the plan alone: no file is
    read to decide it. With at least as many non-empty shards as ranks, whole shards are dealt
    out by clip count (largest first, each to the least-loaded rank, ties to the lowest rank), so
@@ -22,8 +25,8 @@ to select sites or views. Instead:
    selected samples in stored order, so a tar may then be read by two ranks, each reading its own
    samples of it.
 3. A rank writes shortened ``.idx`` files only for its own shards that lose samples to the
-   selection, reading only the manifest rows of those shards (`kept_keys`: row groups whose
-   ``shard`` statistics cannot hold them are skipped, the rest filtered as they stream).
+   selection, from the plan's bits and the shard's own ``.idx`` (`kept_in_index_order`, which
+   first checks that the index's keys are the ones the plan saw): it reads no manifest at all.
 
 Every rank runs ``ceil(max load / batch)`` batches; a rank with fewer samples pads with samples
 marked invalid (`read.loader.ClipLoader`), so DDP collectives never wait for a rank that ran
@@ -32,6 +35,7 @@ out.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 from collections.abc import Iterable, Sequence
@@ -42,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from echocmr.shards.format import SPLITS, VIEW_VOCABULARY, view_class
-from echocmr.shards.manifest import codes_of, open_manifest
+from echocmr.shards.manifest import codes_of, iter_by_shard, open_manifest
 
 _BATCH_ROWS = 65_536
 
@@ -54,10 +58,22 @@ class SplitShards:
     names: tuple[str, ...]
     totals: tuple[int, ...]
     kept: tuple[int, ...]
+    # For a shard that loses some samples to the selection: which of its samples are kept, one
+    # bit per sample in the order of their keys (np.packbits), and a fingerprint of those keys
+    # (`key_fingerprint`); b"" and "" for a shard read whole or not at all.
+    masks: tuple[bytes, ...] = ()
+    fingerprints: tuple[str, ...] = ()
 
     @property
     def samples(self) -> int:
         return sum(self.kept)
+
+    def selection(self, name: str) -> tuple[bytes, str]:
+        """``(mask, fingerprint)`` of shard ``name`` (empty when it is read whole)."""
+        if not self.masks:
+            return b"", ""
+        i = self.names.index(name)
+        return self.masks[i], self.fingerprints[i]
 
 
 @dataclass(frozen=True)
@@ -156,15 +172,58 @@ def plan_reading(shards: str, splits: Sequence[str] = SPLITS, *,
     _unknown_sites(all_sites, exclude_sites, "--exclude-site", where)
     if sites is not None:
         _unknown_sites(all_sites, sites, "--holdout-site", where)
+    partial = {n for n in totals if 0 < kept[n] < totals[n] and split_of[n] in splits}
+    selections = _selections(pf, partial, totals, exclude_sites=exclude_sites, sites=sites,
+                             views=views) if partial else {}
     out = {}
     for split in splits:
         names = sorted((n for n, s in split_of.items() if s == split),
                        key=lambda n: (len(n), n))  # train-000010 after train-000009
+        chosen = [selections.get(n, (b"", "")) for n in names]
         out[split] = SplitShards(names=tuple(names), totals=tuple(totals[n] for n in names),
-                                 kept=tuple(kept[n] for n in names))
+                                 kept=tuple(kept[n] for n in names),
+                                 masks=tuple(m for m, _ in chosen) if partial else (),
+                                 fingerprints=tuple(f for _, f in chosen) if partial else ())
     if views is not None and not any(s.kept != s.totals for s in out.values()):
         views = None  # every clip of these splits is of a selected view
     return ReadPlan(exclude_sites=exclude_sites, sites=sites, views=views, splits=out)
+
+
+def key_fingerprint(keys: Sequence[str]) -> str:
+    """16 hex digits naming a shard's set of sample keys (sorted, newline-joined, SHA-256)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
+
+
+def _selections(pf, partial: set[str], totals: dict[str, int], *, exclude_sites, sites, views
+                ) -> dict[str, tuple[bytes, str]]:
+    """``{shard: (mask, fingerprint)}`` for the ``partial`` shards: the manifest streamed by
+    shard (`shards.manifest.iter_by_shard`: a few shards' rows at a time), each shard's keep
+    bits put in the order of its keys."""
+    columns = [c for c in ("key", "site", "view") if c in pf.schema_arrow.names]
+    out = {}
+    for name, rows in iter_by_shard(pf, columns, totals):
+        if name not in partial:
+            continue
+        keys = rows.column("key").combine_chunks()
+        keep = selection_mask(rows.column("site").combine_chunks(),
+                              rows.column("view").combine_chunks() if "view" in columns
+                              else None, exclude_sites=exclude_sites, sites=sites, views=views)
+        order = pc.sort_indices(keys).to_numpy()
+        out[name] = (np.packbits(keep[order]).tobytes(),
+                     key_fingerprint(keys.to_pylist()))
+    return out
+
+
+def kept_in_index_order(index_keys: Sequence[str], mask: bytes, fingerprint: str,
+                        where: str, remedy: str = "") -> list[int]:
+    """Positions (in the ``.idx``'s order) of the samples a shard's ``mask`` keeps; ValueError
+    when the index's keys are not the ones the plan saw in the manifest."""
+    if key_fingerprint(index_keys) != fingerprint:
+        raise ValueError(f"{where}: its samples are not those manifest.parquet lists for it"
+                         f"{remedy}")
+    order = sorted(range(len(index_keys)), key=index_keys.__getitem__)
+    bits = np.unpackbits(np.frombuffer(mask, np.uint8))[:len(index_keys)].astype(bool)
+    return sorted(i for i, keep in zip(order, bits.tolist(), strict=True) if keep)
 
 
 def _order(shards: SplitShards, *, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -226,43 +285,3 @@ def loads(shards: SplitShards, world: int) -> list[int]:
 
 def batches_per_epoch(shards: SplitShards, world: int, batch_size: int) -> int:
     return math.ceil(max(loads(shards, world)) / batch_size)
-
-
-def kept_keys(shards: str, names: Iterable[str], plan: ReadPlan) -> tuple[dict[str, list[str]], int]:
-    """``({shard name: keys of its selected samples, in stored order}, manifest rows decoded)``
-    for the named shards only (module docstring, step 3): row groups whose ``shard`` column
-    statistics exclude every name are never decoded; the rest are read one at a time and
-    filtered to those shards' rows before anything else is done with them."""
-    wanted = sorted(set(names))
-    out: dict[str, list[str]] = {n: [] for n in wanted}
-    if not wanted:
-        return out, 0
-    pf = open_manifest(shards)
-    columns = [c for c in ("shard", "key", "site", "view") if c in pf.schema_arrow.names]
-    shard_col = pf.schema_arrow.names.index("shard")
-    decoded = 0
-    value_set = pa.array(wanted, pa.string())
-    for g in range(pf.num_row_groups):
-        stats = pf.metadata.row_group(g).column(shard_col).statistics
-        if stats is not None and stats.has_min_max:
-            lo, hi = str(stats.min), str(stats.max)
-            if not any(lo <= n <= hi for n in wanted):
-                continue
-        table = pf.read_row_group(g, columns=columns, use_threads=False)
-        decoded += table.num_rows
-        shard = table.column("shard").combine_chunks()
-        plain = shard.cast(pa.string()) if pa.types.is_dictionary(shard.type) else shard
-        table = table.filter(pc.is_in(plain, value_set=value_set))
-        if not table.num_rows:
-            continue
-        keep = selection_mask(table.column("site").combine_chunks(),
-                         table.column("view").combine_chunks() if "view" in columns else None,
-                         exclude_sites=plan.exclude_sites, sites=plan.sites, views=plan.views)
-        table = table.filter(pa.array(keep))
-        shard_values = table.column("shard").combine_chunks()
-        if pa.types.is_dictionary(shard_values.type):
-            shard_values = shard_values.cast(pa.string())
-        for name, key in zip(shard_values.to_pylist(), table.column("key").to_pylist(),
-                             strict=True):
-            out[name].append(key)
-    return out, decoded

@@ -36,10 +36,10 @@ rank); for training, which rank reads which shard and in what order is dealt per
 
 Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``) and reading only some
 views (``data.views``, ``echocmr train --views A4C``; default the target views): the tars stay as
-they are; the plan counts the selected samples per shard, and a rank writes, into a private
-temporary directory, a ``.idx`` for each of its own shards that loses samples, listing only the
-samples of the other sites and the selected views, from the manifest rows of those shards alone
-(`read.assign.kept_keys`). DALI reads the same tars through those. Sample counts, rank loads,
+they are; the plan counts the selected samples per shard and, for each shard that loses some,
+carries which (one bit per sample); a rank writes, into a private temporary directory, a ``.idx``
+for each of its own such shards listing only the samples of the other sites and the selected
+views (`read.assign.kept_in_index_order`; it reads no manifest). DALI reads the same tars through those. Sample counts, rank loads,
 batches per epoch and the val split all follow the selection, so a left-out site's clips are
 never decoded. Eval selects through `split_files` (``sites=``: only these sites).
 
@@ -73,7 +73,7 @@ from echocmr.read.assign import (
     Piece,
     ReadPlan,
     assign,
-    kept_keys,
+    kept_in_index_order,
     loads,
     plan_reading,
     selection_mask,
@@ -356,7 +356,6 @@ class ClipLoader:
         self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
         self._indexes: dict[Piece, str] = {}
         self._checked: set[str] = set()
-        self.manifest_rows_read = 0  # manifest rows this loader decoded (its own shards' only)
         self.opened: list[str] = []  # the tars of the last epoch built
 
     # -- public -------------------------------------------------------------------------------
@@ -388,12 +387,6 @@ class ClipLoader:
         pieces = assign(self.shards, self.rank, self.world, seed=self.config.seed, epoch=epoch,
                         shuffle=self.train)
         total = dict(zip(self.shards.names, self.shards.totals, strict=True))
-        kept = dict(zip(self.shards.names, self.shards.kept, strict=True))
-        short = {p.name for p in pieces if p not in self._indexes and kept[p.name] < total[p.name]}
-        keys: dict[str, list[str]] = {}
-        if short:
-            keys, decoded = kept_keys(self._shards, short, self.plan)
-            self.manifest_rows_read += decoded
         tars, indexes, counts = [], [], []
         for piece in pieces:
             tar = os.path.join(self._shards, piece.name)
@@ -417,22 +410,20 @@ class ClipLoader:
             elif piece in self._indexes:
                 path = self._indexes[piece]
             else:
-                path = self._write_index(piece, idx, keys.get(piece.name))
+                path = self._write_index(piece, idx)
             tars.append(tar)
             indexes.append(path)
             counts.append(piece.count)
         return tars, indexes, counts
 
-    def _write_index(self, piece: Piece, idx: str, keys: list[str] | None) -> str:
+    def _write_index(self, piece: Piece, idx: str) -> str:
         with open(idx, encoding="utf-8") as f:
             samples = parse_index(f.read())
-        if keys is not None:
-            wanted = set(keys)
-            samples = [m for m, k in zip(samples, sample_keys(samples), strict=True)
-                       if k in wanted]
-            if len(samples) != len(wanted):
-                raise ValueError(f"{idx} and manifest.parquet disagree on the samples of "
-                                 f"{piece.name}; run `echocmr shards verify {self._shards}`")
+        mask, fingerprint = self.shards.selection(piece.name)
+        if mask:  # the shard loses samples to the selection: the plan says which
+            keep = kept_in_index_order(sample_keys(samples), mask, fingerprint, idx,
+                                       f"; run `echocmr shards verify {self._shards}`")
+            samples = [samples[i] for i in keep]
         path = os.path.join(self._index_dir.name,
                             f"{piece.start}-{piece.stop}-{os.path.basename(idx)}")
         with open(path, "w", encoding="utf-8") as f:

@@ -30,7 +30,8 @@ GROUP_ROWS = 5  # manifest rows per row group in the set below (the writers' def
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    """Two sites merged into shards of 5 clips, the manifest in row groups of 5 rows."""
+    """Two sites merged into shards of 5 clips, the manifest in row groups of 5 rows (the
+    driver's plan streams it across many of them)."""
     from echocmr.shards.reshard import ReshardConfig, reshard
 
     from _shards_fixtures import make_shard_set
@@ -51,16 +52,18 @@ def _data(**kw) -> DataConfig:
     return DataConfig(**{**TINY["data"], "batch_size": 3, **kw})
 
 
-def _ranks(shards, split, world, data, *, no_manifest=True, monkeypatch=None):
+def _ranks(shards, split, world, data, *, no_manifest=True, monkeypatch=None, plan=None):
     """The loaders of ranks 0..world-1 built from one driver plan. With ``no_manifest`` a rank
-    that planned for itself or read the whole manifest would fail."""
-    plan = plan_reading(shards, ("train", "val"), exclude_sites=data.exclude_sites,
-                        views=data.views)
+    that planned for itself or opened the manifest at all would fail."""
+    plan = plan or plan_reading(shards, ("train", "val"), exclude_sites=data.exclude_sites,
+                                views=data.views)
     if no_manifest:
         def refuse(*_a, **_k):
             raise AssertionError("a rank read the whole manifest")
         monkeypatch.setattr(loader_module, "plan_reading", refuse)
         monkeypatch.setattr(loader_module, "read_columns", refuse)
+        monkeypatch.setattr("echocmr.read.assign.open_manifest", refuse)
+        monkeypatch.setattr("echocmr.shards.manifest.open_manifest", refuse)
     stats = read_stats(shards)
     spec = InputSpec.build(data, stats)
     return [ClipLoader(shards, split, data, spec=spec, train=split == "train", stats=stats,
@@ -102,7 +105,8 @@ def test_each_rank_opens_only_its_own_tars_and_every_clip_is_read_once(archive, 
         deals.append(opened)
     if split == "train":
         assert deals[0] != deals[1]  # a new deal per epoch ...
-        again = _ranks(archive, split, world, _data(), no_manifest=False)
+        again = _ranks(archive, split, world, ranks[0].config, no_manifest=False,
+                       plan=ranks[0].plan)
         assert [ld.rank_files(1)[0] for ld in again] == deals[1]  # ... from (seed, epoch)
     else:
         assert deals[0] == deals[1]  # validation reads the same way every epoch
@@ -119,25 +123,41 @@ def test_a_split_with_fewer_shards_than_ranks_is_cut_by_samples(archive, monkeyp
     assert Counter(seen) == Counter(want)
 
 
-def test_a_left_out_site_is_resolved_by_the_plan_and_ranks_read_only_their_rows(archive,
-                                                                              monkeypatch):
+def test_a_left_out_site_is_resolved_by_the_plan_and_ranks_read_no_manifest(archive,
+                                                                          monkeypatch):
     manifest = read_manifest(archive)
-    pf = pq.ParquetFile(os.path.join(archive, "manifest.parquet"))
-    shard_col = pf.schema_arrow.names.index("shard")
-    groups = [pf.metadata.row_group(g) for g in range(pf.num_row_groups)]
     world = 2
-    ranks = _ranks(archive, "train", world, _data(exclude_sites=("site_b",)),
-                   monkeypatch=monkeypatch)
-    seen = []
+    data = _data(exclude_sites=("site_b",))
+    ranks = _ranks(archive, "train", world, data, monkeypatch=monkeypatch)  # manifest refused
+    plan = ranks[0].plan
+    assert plan.selective and all(plan.split("train").masks)  # every shard mixes both sites
+    seen, opened = [], []
     for ld in ranks:
         seen += _valid(ld.epoch(0))
-        names = [os.path.basename(t) for t in ld.opened]
-        # the manifest rows it decoded: the row groups that can hold one of its shards, no more
-        stats = [(g.column(shard_col).statistics, g.num_rows) for g in groups]
-        expected = sum(n for s, n in stats if any(s.min <= name <= s.max for name in names))
-        assert 0 < ld.manifest_rows_read == expected < len(manifest) / 2
+        _, indexes, _ = ld.rank_files(0)
+        assert all(os.path.dirname(i) != archive for i in indexes)  # shortened copies
+        opened += ld.opened
     rows = manifest[(manifest["split"] == "train") & (manifest["site"] == "site_a")]
-    assert Counter(seen) == Counter(rows["key"])
+    assert Counter(seen) == Counter(rows["key"])  # site_b never decoded, site_a once
+    assert len(opened) == len(set(opened))
+
+
+def test_an_index_whose_keys_are_not_the_plans_stops_its_rank(archive, tmp_path, monkeypatch):
+    import shutil
+
+    damaged = str(tmp_path / "swapped")
+    shutil.copytree(archive, damaged)
+    name = os.path.basename(list_shards(damaged, "train")[0])
+    idx = os.path.join(damaged, index_name(name))
+    text = open(idx, encoding="utf-8").read()
+    key = read_manifest(damaged).query("shard == @name")["key"].iloc[0]
+    fake = key[:-4] + ("0000" if not key.endswith("0000") else "1111")
+    with open(idx, "w", encoding="utf-8") as f:
+        f.write(text.replace(key, fake))  # same count, one key the manifest does not have
+    data = _data(exclude_sites=("site_b",))
+    (ld,) = _ranks(damaged, "train", 1, data, monkeypatch=monkeypatch)
+    with pytest.raises(ValueError, match="not those manifest.parquet lists for it.*verify"):
+        ld.rank_files(0)
 
 
 def test_the_plan_refuses_an_unknown_site_and_skips_a_selection_that_selects_all(archive):
