@@ -21,8 +21,8 @@ Then, each in a fresh process (peak RSS is that process's own ``VmHWM``), per si
   train and val, ``site_d`` left out: every shard loses samples to the selection);
 - ``rankW`` (``--ranks``, default 1 and 16): rank 0 of W building its training loader from
   that plan and dealing itself its first epoch (`read.loader.ClipLoader.rank_files`: its own
-  index headers, and its shortened indexes from the plan's bits); peak RSS counted from after
-  the plan (the driver makes it in another process); the row prints rank 0's tars and clips;
+  index headers, and its shortened indexes from the plan's bits), the plan unpickled from what
+  ``plan`` pickled, as a Ray worker receives it; the row prints rank 0's tars and clips;
 
 and prints wall s, CPU s (user + system of the process), peak RSS and its excess over the
 process's baseline after imports, memory per clip, and the growth exponent between the two
@@ -34,6 +34,7 @@ clips from the per-clip growth between the two largest sizes.
 and checks the results are identical to the local run. On one 2-core machine this is a
 correctness run, not a speed-up measurement: both "nodes" share the same two cores.
 
+``--plan-only 1000000`` measures the read plan likewise on a manifest-only set.
 ``--stats-only 1000000`` measures ``shards stats`` at 10^6 clips on a manifest-only set (rows
 made as above, no tars: stats reads the manifest alone).
 
@@ -236,17 +237,13 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
                       "baseline_rss_mb": baseline, "result": digest}))
 
 
-def _reset_peak_rss() -> None:
-    """Start this process's peak RSS afresh (Linux: ``5`` into ``clear_refs`` resets VmHWM)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def _child_ranks(op: str, merged: str) -> None:
-    """``plan``: the training driver's read plan (`read.assign.plan_reading`, site_d left out).
-    ``rankW``: what rank 0 of W does when its loader is built from that plan and deals itself
-    its first epoch (`ClipLoader.rank_files`: its index headers and shortened indexes); the plan is made first, outside the figures
-    (peak RSS reset after it), as the driver makes it in another process."""
+    """``plan``: the training driver's read plan (`read.assign.plan_reading`, site_d left out),
+    pickled next to the set as the driver sends it. ``rankW``: what rank 0 of W does when its
+    loader is built from that plan (unpickled, as a Ray worker receives it) and deals itself
+    its first epoch (`ClipLoader.rank_files`: its index headers and shortened indexes)."""
+    import pickle
+
     from echocmr.model.contract import InputSpec
     from echocmr.read.assign import plan_reading
     from echocmr.read.config import DataConfig
@@ -255,16 +252,20 @@ def _child_ranks(op: str, merged: str) -> None:
 
     data = DataConfig(exclude_sites=("site_d",))
     stats = read_stats(merged)
+    saved = os.path.join(os.path.dirname(merged.rstrip("/")), "plan.pickle")
     baseline = _peak_rss_mb()
     wall, cpu = time.perf_counter(), _cpu_s()
-    plan = plan_reading(merged, ("train", "val"), exclude_sites=data.exclude_sites,
-                        views=data.views)
-    result = [len(s.names) for s in plan.splits.values()]
-    if op.startswith("rank"):
+    if op == "plan":
+        plan = plan_reading(merged, ("train", "val"), exclude_sites=data.exclude_sites,
+                            views=data.views)
+        result = [len(s.names) for s in plan.splits.values()]
+        with open(saved, "wb") as f:  # what the driver sends every rank
+            pickle.dump(plan, f)
+        result.append(os.path.getsize(saved))
+    else:
         world = int(op[4:])
-        _reset_peak_rss()
-        baseline = _peak_rss_mb()
-        wall, cpu = time.perf_counter(), _cpu_s()
+        with open(saved, "rb") as f:  # the driver's plan, as a Ray worker receives it
+            plan = pickle.load(f)
         loader = ClipLoader(merged, "train", data, spec=InputSpec.build(data, stats),
                             train=True, stats=stats, rank=0, world=world, plan=plan)
         tars, _, counts = loader.rank_files(0)
@@ -326,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-only", type=int, nargs="*", default=[], metavar="N",
                         help="also measure `shards stats` on manifest-only sets of these sizes "
                         "(no tars: stats reads the manifest alone), e.g. 1000000")
+    parser.add_argument("--plan-only", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure the training driver's read plan on manifest-only "
+                        "sets of these sizes (it reads the manifest alone), e.g. 1000000")
     parser.add_argument("--baseline-python", default=None, metavar="PYTHON",
                         help="also run each operation with this interpreter (another checkout's "
                         "venv, e.g. main's) on the same sets, for a before/after table")
@@ -369,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             r = measure(op, inputs, merged)
             results[n, op] = r
             over = r["peak_rss_mb"] - r["baseline_rss_mb"]
-            what = ("" if op == "plan" else f"  rank 0: {r['detail'][0]} tars, "
-                    f"{r['detail'][1]} clips")
+            what = (f"  plan: {r['detail'][-1] / 1024:.0f} KB pickled" if op == "plan"
+                    else f"  rank 0: {r['detail'][0]} tars, {r['detail'][1]} clips")
             print(f"{n:>8} {op:>15} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} "
                   f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
                   f"{1000 * r['cpu_s'] / n * 1000:>10.1f}{what}", flush=True)
@@ -395,6 +399,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"clips{' (measured above)' if hi >= 1_000_000 else ' (extrapolated)'}")
     if sizes and not args.keep:
         shutil.rmtree(os.path.join(CACHE, f"n{sizes[-1]}-d{args.distinct}"), ignore_errors=True)
+    for n in args.plan_only:
+        root = manifest_only(n, args.distinct)
+        r = measure("plan", [], root)
+        print(f"read plan on a manifest-only set of {n} clips: wall {r['wall_s']:.1f} s, CPU "
+              f"{r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} over the baseline), plan "
+              f"{r['detail'][-1] / 1024:.0f} KB pickled", flush=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     for n in args.stats_only:
         root = manifest_only(n, args.distinct)
         r = measure("stats", [], root)
