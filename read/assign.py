@@ -35,6 +35,7 @@ out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import math
@@ -72,8 +73,12 @@ class SplitShards:
         """``(mask, fingerprint)`` of shard ``name`` (empty when it is read whole)."""
         if not self.masks:
             return b"", ""
-        i = self.names.index(name)
+        i = self._position[name]
         return self.masks[i], self.fingerprints[i]
+
+    @functools.cached_property
+    def _position(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
 
 
 @dataclass(frozen=True)

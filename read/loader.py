@@ -382,8 +382,8 @@ class ClipLoader:
     def rank_files(self, epoch: int) -> tuple[list[str], list[str], list[int]]:
         """This rank's tars for ``epoch``, the ``.idx`` DALI reads each through, and the samples
         each gives (`read.assign.assign`; in the order the rank reads them). Only this rank's
-        shards are looked at: their index headers, and the manifest rows of those that lose
-        samples to the selection."""
+        shards are looked at (their index headers; the index lines of those that lose samples
+        to the selection, which ones the plan says): no manifest is read."""
         pieces = assign(self.shards, self.rank, self.world, seed=self.config.seed, epoch=epoch,
                         shuffle=self.train)
         total = dict(zip(self.shards.names, self.shards.totals, strict=True))
