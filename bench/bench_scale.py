@@ -17,6 +17,13 @@ Then, each in a fresh process (peak RSS is that process's own ``VmHWM``), per si
 - ``verify``: `shards.verify.verify` of the merged set (every byte read, SHA-256 per member);
 - ``stats``: `shards.stats.describe` of the merged set (the ``shards stats`` report);
 
+- ``plan``: the training driver's read plan of the merged set (`read.assign.plan_reading`,
+  train and val, ``site_d`` left out: every shard loses samples to the selection);
+- ``rankW`` (``--ranks``, default 1 and 16): rank 0 of W building its training loader from
+  that plan and dealing itself its first epoch (`read.loader.ClipLoader.rank_files`: its own
+  index headers, and its shortened indexes from the plan's bits), the plan unpickled from what
+  ``plan`` pickled, as a Ray worker receives it; the row prints rank 0's tars and clips;
+
 and prints wall s, CPU s (user + system of the process), peak RSS and its excess over the
 process's baseline after imports, memory per clip, and the growth exponent between the two
 largest sizes (``log(t2/t1) / log(N2/N1)``: 1.0 is linear). It extrapolates peak RSS to 10^6
@@ -27,11 +34,12 @@ clips from the per-clip growth between the two largest sizes.
 and checks the results are identical to the local run. On one 2-core machine this is a
 correctness run, not a speed-up measurement: both "nodes" share the same two cores.
 
+``--plan-only 1000000`` measures the read plan likewise on a manifest-only set.
 ``--stats-only 1000000`` measures ``shards stats`` at 10^6 clips on a manifest-only set (rows
 made as above, no tars: stats reads the manifest alone).
 
 Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]
-[--stats-only 1000000]`` (``--sizes 10000 100000 1000000`` for the full table).
+[--stats-only 1000000] [--ops reshard verify stats] [--ranks 1 16]`` (``--sizes 10000 100000 1000000`` for the full table).
 """
 
 from __future__ import annotations
@@ -170,6 +178,7 @@ def manifest_only(n_clips: int, distinct: int) -> str:
         "pixel_mean": [clip[k]["pixel_stats"][0] for k in which[order]],
         "pixel_std": [clip[k]["pixel_stats"][1] for k in which[order]],
         "n_pixels": [clip[k]["pixel_stats"][2] for k in which[order]],
+        "view_confidence": [None] * n_clips,  # views from a table (no classifier)
     }
     table = pa.table({c: columns[c] for c in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
     with open(os.path.join(root, "manifest.parquet"), "wb") as f:
@@ -203,6 +212,9 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
     import echocmr.shards.stats  # noqa: F401
     import echocmr.shards.verify  # noqa: F401
 
+    if op.startswith(("plan", "rank")):
+        _child_ranks(op, merged)
+        return
     baseline = _peak_rss_mb()
     wall, cpu = time.perf_counter(), _cpu_s()
     result = None
@@ -224,6 +236,45 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
     digest = hashlib.sha256((result or "").encode()).hexdigest()[:16]
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(),
                       "baseline_rss_mb": baseline, "result": digest}))
+
+
+def _child_ranks(op: str, merged: str) -> None:
+    """``plan``: the training driver's read plan (`read.assign.plan_reading`, site_d left out),
+    pickled next to the set as the driver sends it. ``rankW``: what rank 0 of W does when its
+    loader is built from that plan (unpickled, as a Ray worker receives it) and deals itself
+    its first epoch (`ClipLoader.rank_files`: its index headers and shortened indexes)."""
+    import pickle
+
+    from echocmr.model.contract import InputSpec
+    from echocmr.read.assign import plan_reading
+    from echocmr.read.config import DataConfig
+    from echocmr.read.loader import ClipLoader
+    from echocmr.shards.reader import read_stats
+
+    data = DataConfig(exclude_sites=("site_d",))
+    stats = read_stats(merged)
+    saved = os.path.join(os.path.dirname(merged.rstrip("/")), "plan.pickle")
+    baseline = _peak_rss_mb()
+    wall, cpu = time.perf_counter(), _cpu_s()
+    if op == "plan":
+        plan = plan_reading(merged, ("train", "val"), exclude_sites=data.exclude_sites,
+                            views=data.views)
+        result = [len(s.names) for s in plan.splits.values()]
+        with open(saved, "wb") as f:  # what the driver sends every rank
+            pickle.dump(plan, f)
+        result.append(os.path.getsize(saved))
+    else:
+        world = int(op[4:])
+        with open(saved, "rb") as f:  # the driver's plan, as a Ray worker receives it
+            plan = pickle.load(f)
+        loader = ClipLoader(merged, "train", data, spec=InputSpec.build(data, stats),
+                            train=True, stats=stats, rank=0, world=world, plan=plan)
+        tars, _, counts = loader.rank_files(0)
+        result = [len(tars), sum(counts)]
+    wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
+    digest = hashlib.sha256(json.dumps(result).encode()).hexdigest()[:16]
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": _peak_rss_mb(),
+                      "baseline_rss_mb": baseline, "result": digest, "detail": result}))
 
 
 def measure(op: str, inputs: list[str], merged: str, *, out: str | None = None,
@@ -277,9 +328,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-only", type=int, nargs="*", default=[], metavar="N",
                         help="also measure `shards stats` on manifest-only sets of these sizes "
                         "(no tars: stats reads the manifest alone), e.g. 1000000")
+    parser.add_argument("--plan-only", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure the training driver's read plan on manifest-only "
+                        "sets of these sizes (it reads the manifest alone), e.g. 1000000")
     parser.add_argument("--baseline-python", default=None, metavar="PYTHON",
                         help="also run each operation with this interpreter (another checkout's "
                         "venv, e.g. main's) on the same sets, for a before/after table")
+    parser.add_argument("--ops", nargs="*", default=list(OPERATIONS), choices=OPERATIONS,
+                        help="toolkit operations to measure (default all; the merged set is "
+                        "reshard's output: without reshard it must be in the cache already)")
+    parser.add_argument("--ranks", type=int, nargs="*", default=[1, 16], metavar="W",
+                        help="world sizes at which to measure rank 0's loader start-up (from "
+                        "the driver's read plan, site_d left out); none: skip")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -302,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_python:
             runs.insert(0, ("before ", args.baseline_python))
         for label, python in runs:
-            for op in OPERATIONS:
+            for op in args.ops:
                 r = measure(op, inputs, merged, out=merged, python=python)
                 if not label:
                     results[n, op] = r
@@ -310,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:>8} {label + op:>15} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
                       f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
                       f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
+        for op in ["plan", *(f"rank{w}" for w in args.ranks)]:
+            r = measure(op, inputs, merged)
+            results[n, op] = r
+            over = r["peak_rss_mb"] - r["baseline_rss_mb"]
+            what = (f"  plan: {r['detail'][-1] / 1024:.0f} KB pickled" if op == "plan"
+                    else f"  rank 0: {r['detail'][0]} tars, {r['detail'][1]} clips")
+            print(f"{n:>8} {op:>15} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} "
+                  f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
+                  f"{1000 * r['cpu_s'] / n * 1000:>10.1f}{what}", flush=True)
         if built > 1:
             print(f"         (built the {n}-clip site sets in {built:.0f} s)")
         if n == ray_size:
@@ -320,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(sizes) >= 2:
         lo, hi = sizes[-2], sizes[-1]
         print(f"\ngrowth from {lo} to {hi} clips (exponent: log ratio / log {hi // lo}):")
-        for op in OPERATIONS:
+        for op in [*args.ops, "plan", *(f"rank{w}" for w in args.ranks)]:
             a, b = results[lo, op], results[hi, op]
-            exp_wall = math.log(b["wall_s"] / a["wall_s"]) / math.log(hi / lo)
-            exp_cpu = math.log(b["cpu_s"] / a["cpu_s"]) / math.log(hi / lo)
+            exp_wall = math.log(max(b["wall_s"], 1e-3) / max(a["wall_s"], 1e-3)) / math.log(hi / lo)
+            exp_cpu = math.log(max(b["cpu_s"], 1e-3) / max(a["cpu_s"], 1e-3)) / math.log(hi / lo)
             per_clip = (b["peak_rss_mb"] - a["peak_rss_mb"]) / (hi - lo)
             at_1e6 = b["peak_rss_mb"] + per_clip * (1_000_000 - hi)
             print(f"  {op:>8}: time exponent wall {exp_wall:.2f}, CPU {exp_cpu:.2f}; peak RSS "
@@ -331,6 +400,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"clips{' (measured above)' if hi >= 1_000_000 else ' (extrapolated)'}")
     if sizes and not args.keep:
         shutil.rmtree(os.path.join(CACHE, f"n{sizes[-1]}-d{args.distinct}"), ignore_errors=True)
+    for n in args.plan_only:
+        root = manifest_only(n, args.distinct)
+        r = measure("plan", [], root)
+        print(f"read plan on a manifest-only set of {n} clips: wall {r['wall_s']:.1f} s, CPU "
+              f"{r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} over the baseline), plan "
+              f"{r['detail'][-1] / 1024:.0f} KB pickled", flush=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
     for n in args.stats_only:
         root = manifest_only(n, args.distinct)
         r = measure("stats", [], root)

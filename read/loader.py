@@ -1,7 +1,7 @@
 """Training batches from WebDataset shards: `ClipLoader` over the DALI graph of `read.pipeline`.
 
-Per worker (rank ``r`` of ``w``), per epoch, `read.pipeline.build_pipeline` reads the split's
-tars and ``.idx`` files as reader ``r`` of ``w``, takes one window per clip (random start and
+Per worker (rank ``r`` of ``w``), per epoch, `read.pipeline.build_pipeline` reads rank ``r``'s
+own tars of the split (below) through their ``.idx`` files, takes one window per clip (random start and
 augmentation for training, the centred window otherwise: `model.contract`), decodes, resizes and
 normalises it; `ClipLoader.epoch` turns DALI's outputs into `Batch` objects: ``clips`` N×C×T×H×W
 float32 on the worker's device, ``labels`` N×5 (NaN unknown), ``valid`` (False for padding), and
@@ -14,24 +14,34 @@ memory and on to the GPU without blocking (``non_blocking``), as are labels and 
 so a step never waits for the previous one to finish on the GPU. A ``mixed`` loader refuses, when
 it is built, a set whose clips NVDEC cannot take (`shards.format.check_gpu_decodable`).
 
-Equal batch counts on every rank: DALI splits the split's samples into ``w`` contiguous parts of
-``floor(n*r/w)..floor(n*(r+1)/w)`` and, with ``pad_last_batch``, repeats a rank's last sample to
-fill its last batch. Every rank runs ``ceil(max part / batch)`` batches per epoch, so DDP
-collectives never wait for a rank that ran out; padding samples come last and are marked invalid.
+Each rank reads its own shards (`read.assign`): a `read.assign.ReadPlan`, made once from the
+manifest (by the training driver, which hands it to every rank; a loader built without one makes
+its own for its split), lists each shard's samples and how many of them the run reads; every rank
+deals itself, per epoch, its own tars from it (whole shards balanced by clip count, disjoint
+across ranks, every selected clip read by exactly one rank; a split with fewer non-empty shards
+than ranks is cut by samples) and hands DALI only those. A rank never lists or opens another
+rank's tars or ``.idx`` files, and never reads the whole manifest.
+
+Equal batch counts on every rank: every rank runs ``ceil(max load / batch)`` batches per epoch
+(the loads, `read.assign.loads`, are the same every epoch), so DDP collectives never wait for a
+rank that ran out. A rank's last batch is filled by repeating its last sample (DALI's
+``pad_last_batch``); a rank with fewer samples than the largest reads on into the next pass over
+its tars for its remaining batches. Everything past a rank's own samples is marked invalid and
+comes last.
 
 Reproducible, resumable epochs: a fresh pipeline is built per epoch, seeded from (seed, epoch,
-rank), and the tar order is permuted per epoch with a seed shared by all ranks (so the parts
-still partition the split). The reader position is therefore just (epoch, batch):
+rank); for training, which rank reads which shard and in what order is dealt per epoch from
+(seed, epoch), the same on every rank. The reader position is therefore just (epoch, batch):
 `ClipLoader.epoch(e, start_batch=b)` replays epoch ``e`` from batch ``b`` exactly.
 
 Leaving sites out (``data.exclude_sites``, ``echocmr train --exclude-site``) and reading only some
 views (``data.views``, ``echocmr train --views A4C``; default the target views): the tars stay as
-they are; `split_files` writes, into a private temporary directory, a ``.idx`` per tar that lists
-only the samples of the other sites and the selected views (which site and view a sample is of
-come from ``manifest.parquet``),
-and DALI reads the same tars through those. Sample counts, rank parts, batches per epoch and the
-val split all follow the shortened indexes, so a left-out site's clips are never decoded. Eval
-uses the same selection the other way round (``sites=``: only these sites).
+they are; the plan counts the selected samples per shard and, for each shard that loses some,
+carries which (one bit per sample); a rank writes, into a private temporary directory, a ``.idx``
+for each of its own such shards listing only the samples of the other sites and the selected
+views (`read.assign.kept_in_index_order`; it reads no manifest). DALI reads the same tars through those. Sample counts, rank loads,
+batches per epoch and the val split all follow the selection, so a left-out site's clips are
+never decoded. Eval selects through `split_files` (``sites=``: only these sites).
 
 Pixel values (measured on DALI 2.4, CPU decoder): the decoder reads our VP9's luma as limited
 ("TV") range and gives ``R = G = B = clip(round((Y' - 16) * 255 / 219), 0, 255)``. Ingest stores
@@ -54,13 +64,25 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from echocmr.model.contract import InputSpec
+from echocmr.read.assign import (
+    Piece,
+    ReadPlan,
+    assign,
+    kept_in_index_order,
+    loads,
+    plan_reading,
+    selection_mask,
+)
 from echocmr.read.config import DataConfig
 from echocmr.read.pipeline import PipelineConfig, build_pipeline, resolve_decoder, sample_meta
 from echocmr.shards.format import (
     STATS_FILE,
+    TASKS,
     VIEW_VOCABULARY,
     ClipFormat,
     ShardStats,
@@ -70,9 +92,14 @@ from echocmr.shards.format import (
     view_class,
 )
 from echocmr.shards.index import format_index, index_count, parse_index, sample_keys
-from echocmr.shards.reader import list_shards, read_manifest, read_stats
+from echocmr.shards.manifest import codes_of, read_columns
+from echocmr.shards.reader import list_shards, read_stats
 from echocmr.shards.stats import compute_stats
 from echocmr.shards.storage import is_local, local_path
+
+# What `compute_stats` reads (shards.stats): the driver reads these columns only.
+_STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
+                  "n_pixels")
 
 
 @dataclass
@@ -115,10 +142,7 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
     through here.
     """
 
-    if not is_local(shards):
-        raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
-                         "disk first (shards.stage.stage, which `echocmr train` and `echocmr eval` "
-                         "do for a URL), or copy or mount it and pass that path")
+    _local_set(shards)
     tars = [os.path.abspath(local_path(t)) for t in list_shards(shards, split)]
     if not tars:
         raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
@@ -142,27 +166,50 @@ def split_files(shards: str, split: str, *, exclude_sites: Sequence[str] = (),
                         views=views, index_dir=index_dir)
 
 
+def _local_set(shards: str) -> str:
+    if not is_local(shards):
+        raise ValueError(f"DALI reads local files only, and {shards} is a URL: stage it onto local "
+                         "disk first (shards.stage.stage, which `echocmr train` and `echocmr eval` "
+                         "do for a URL), or copy or mount it and pass that path")
+    return os.path.abspath(local_path(shards))
+
+
 def _manifest_views(shards: str) -> list[str]:
-    return sorted({view_class(v) for v in read_manifest(shards)["view"].unique()})
+    codes, names = codes_of(read_columns(shards, ("view",)).column("view"))
+    return sorted({view_class(v) for v in names} | ({view_class(None)} if (codes < 0).any()
+                                                     else set()))
 
 
 def view_counts(shards: str, views: Sequence[str], *, exclude_sites: Sequence[str] = ()
                 ) -> dict[str, dict[str, int]]:
     """Clips of train and val per view class (`shards.format.view_class`), split into those a
     run selecting ``views`` reads and those it leaves out: ``{"read": {...}, "left_out": {...}}``
-    (what the run records; ``left_out`` counts ``other`` and ``unknown`` clips by default)."""
-    manifest = read_manifest(shards)
-    manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))
-                        & manifest["split"].isin(["train", "val"])]
-    classes = manifest["view"].map(view_class)
-    counts = {str(k): int(v) for k, v in classes.value_counts().sort_index().items()}
+    (what the run records; ``left_out`` counts ``other`` and ``unknown`` clips by default).
+    Three dictionary-encoded manifest columns, counted by code (no row objects)."""
+    table = read_columns(shards, ("site", "split", "view"))
+    site, sites = codes_of(table.column("site"))
+    split, splits = codes_of(table.column("split"))
+    view, names = codes_of(table.column("view"))
+    fit = np.array([str(s) in ("train", "val") for s in splits] + [False])[split]
+    kept = np.array([str(s) not in exclude_sites for s in sites] + [True])[site]
+    classes = [view_class(v) for v in names] + [view_class(None)]
+    n = np.bincount(view[fit & kept], minlength=len(classes))
+    counts: dict[str, int] = {}
+    for cls, count in zip(classes, n.tolist(), strict=True):
+        if count:
+            counts[cls] = counts.get(cls, 0) + count
+    counts = dict(sorted(counts.items()))
     return {"read": {k: v for k, v in counts.items() if k in views},
             "left_out": {k: v for k, v in counts.items() if k not in views}}
 
 
 def check_sites(manifest, names: Sequence[str], flag: str, where: str) -> None:
-    """ValueError unless every site in ``names`` is in ``manifest`` (``flag`` names the option)."""
-    have = sorted(str(s) for s in manifest["site"].unique())
+    """ValueError unless every site in ``names`` is in ``manifest`` (a DataFrame or an Arrow
+    table with a ``site`` column; ``flag`` names the option)."""
+    if isinstance(manifest, pa.Table):
+        have = sorted(str(s) for s in codes_of(manifest.column("site"))[1])
+    else:
+        have = sorted(str(s) for s in manifest["site"].unique())
     unknown = [n for n in names if n not in have]
     if unknown:
         raise ValueError(f"{flag} {', '.join(unknown)}: {where} has no such site; its sites are "
@@ -177,20 +224,26 @@ def site_selection(shards: str, stats: ShardStats, exclude_sites: Sequence[str]
     are the set's ``stats.json`` recomputed from the manifest without the excluded sites (train
     pixel mean/std, prevalence per split), so not even the input normalisation or the positive
     weights of the loss come from a left-out site; with nothing excluded, ``stats`` as given.
+    The driver's one read of the manifest for it: the statistics' columns as Arrow (strings
+    dictionary-encoded), not a DataFrame of every column.
     """
 
-    manifest = read_manifest(shards)
+    manifest = read_columns(shards, _STATS_COLUMNS if exclude_sites else ("site", "split"))
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
-    kept = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
-    fit = kept[kept["split"].isin(["train", "val"])]
-    sites = sorted(str(s) for s in fit["site"].unique())
-    if not (kept["split"] == "train").any():
+    site, names = codes_of(manifest.column("site"))
+    split, splits = codes_of(manifest.column("split"))
+    keep = np.array([str(s) not in exclude_sites for s in names] + [True])[site]
+    is_split = {name: np.array([str(s) == name for s in splits] + [False])[split]
+                for name in ("train", "val")}
+    fit = keep & (is_split["train"] | is_split["val"])
+    sites = sorted({str(names[c]) for c in np.unique(site[fit]).tolist() if c >= 0})
+    if not (keep & is_split["train"]).any():
         raise ValueError(f"--exclude-site {', '.join(exclude_sites)} leaves no train clips in "
                          f"{shards}")
     if not exclude_sites:
         return stats, sites
     recomputed = ShardStats.from_dict(compute_stats(
-        kept, clip_format=stats.clip_format(),
+        manifest.filter(pa.array(keep)), clip_format=stats.clip_format(),
         split_key_fingerprint=stats.split_key_fingerprint or ""))
     return replace(stats, pixel_mean=recomputed.pixel_mean, pixel_std=recomputed.pixel_std,
                    splits=recomputed.splits, excluded_sites=tuple(exclude_sites)), sites
@@ -204,22 +257,23 @@ def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *
     views') samples: shortened indexes written into ``index_dir``, tars left with no sample
     dropped."""
 
-    manifest = read_manifest(shards)
+    manifest = read_columns(shards, ("key", "split", "site", "view"))
     check_sites(manifest, list(exclude_sites), "--exclude-site", f"shard set {shards}")
     if sites is not None:
         check_sites(manifest, list(sites), "--holdout-site", f"shard set {shards}")
-    site = manifest["site"].astype(str)
-    keep = ~site.isin(list(exclude_sites))
-    if sites is not None:
-        keep &= site.isin(list(sites))
-    if views is not None:
-        keep &= manifest["view"].map(view_class).isin(list(views))
-    wanted = set(manifest.loc[keep & (manifest["split"] == split), "key"])
+    split_codes, split_names = codes_of(manifest.column("split"))
+    keep = selection_mask(manifest.column("site").combine_chunks(),
+                          manifest.column("view").combine_chunks(), exclude_sites=exclude_sites,
+                          sites=sites, views=views)
+    keep &= np.array([str(s) == split for s in split_names] + [False])[split_codes]
+    wanted = manifest.column("key").filter(pa.array(keep)).combine_chunks()
+    del manifest
     out_tars, out_indexes, out_counts = [], [], []
     for tar, idx in zip(tars, indexes, strict=True):
         with open(idx, encoding="utf-8") as f:
             samples = parse_index(f.read())
-        kept = [m for m, k in zip(samples, sample_keys(samples), strict=True) if k in wanted]
+        found = pc.is_in(pa.array(sample_keys(samples), pa.string()), value_set=wanted)
+        kept = [m for m, k in zip(samples, found.to_pylist(), strict=True) if k]
         if not kept:
             continue
         path = os.path.join(index_dir, f"{split}-{len(out_indexes):06d}-{os.path.basename(idx)}")
@@ -263,7 +317,8 @@ class ClipLoader:
 
     def __init__(self, shards: str, split: str, config: DataConfig, *, spec: InputSpec,
                  train: bool, stats: ShardStats | None = None, rank: int = 0, world: int = 1,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, plan: ReadPlan | None = None
+                 ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         self.split, self.config, self.spec, self.train = split, config, spec, train
@@ -272,13 +327,23 @@ class ClipLoader:
         self.decoder = resolve_decoder(config.decoder, gpu=self.device.type == "cuda")
         if stats:
             check_decoder(stats, self.decoder, f"shard set {shards}")
-        # shortened indexes when sites or views are left out (module docstring)
-        self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
-        self.tars, self.indexes, counts = split_files(
-            shards, split, exclude_sites=config.exclude_sites, views=config.views,
-            index_dir=self._index_dir.name)
-        self.num_samples = sum(counts)
-        self.shard_sizes = shard_sizes(self.num_samples, world)
+        self._shards = _local_set(shards)
+        if plan is None and not list_shards(shards, split):
+            raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
+        check_format_version(stats or read_stats(shards), f"shard set {shards} ({STATS_FILE})")
+        if plan is None or split not in plan.splits:
+            # A loader on its own plans its split itself (a training run's driver plans once for
+            # every rank: read.assign.plan_reading).
+            plan = plan_reading(shards, (split,), exclude_sites=config.exclude_sites,
+                                views=config.views)
+        elif tuple(plan.exclude_sites) != tuple(config.exclude_sites):
+            raise ValueError(f"the read plan leaves out {list(plan.exclude_sites)}, the config "
+                             f"{list(config.exclude_sites)}: plan with the run's config")
+        self.plan, self.shards = plan, plan.split(split)
+        if not self.shards.names:
+            raise FileNotFoundError(f"no {split}-*.tar shards in {shards}")
+        self.num_samples = self.shards.samples
+        self.shard_sizes = loads(self.shards, world)  # samples per rank, the same every epoch
         if min(self.shard_sizes) < 1:
             left_out = (f" once {', '.join(config.exclude_sites)} are left out"
                         if config.exclude_sites else "")
@@ -287,6 +352,11 @@ class ClipLoader:
                              f"{world} workers")
         self.batches_per_epoch = math.ceil(max(self.shard_sizes) / config.batch_size)
         self._stored_size = ClipFormat.of_stats(stats).size if stats else None
+        # this rank's shortened indexes (selection, or a shard cut between ranks), per piece
+        self._index_dir = tempfile.TemporaryDirectory(prefix="echocmr-idx-")
+        self._indexes: dict[Piece, str] = {}
+        self._checked: set[str] = set()
+        self.opened: list[str] = []  # the tars of the last epoch built
 
     # -- public -------------------------------------------------------------------------------
 
@@ -309,21 +379,72 @@ class ClipLoader:
 
     # -- pipeline -----------------------------------------------------------------------------
 
+    def rank_files(self, epoch: int) -> tuple[list[str], list[str], list[int]]:
+        """This rank's tars for ``epoch``, the ``.idx`` DALI reads each through, and the samples
+        each gives (`read.assign.assign`; in the order the rank reads them). Only this rank's
+        shards are looked at (their index headers; the index lines of those that lose samples
+        to the selection, which ones the plan says): no manifest is read."""
+        pieces = assign(self.shards, self.rank, self.world, seed=self.config.seed, epoch=epoch,
+                        shuffle=self.train)
+        total = dict(zip(self.shards.names, self.shards.totals, strict=True))
+        tars, indexes, counts = [], [], []
+        for piece in pieces:
+            tar = os.path.join(self._shards, piece.name)
+            idx = os.path.join(self._shards, index_name(piece.name))
+            if piece.name not in self._checked:
+                if not os.path.exists(tar):
+                    raise FileNotFoundError(
+                        f"{tar} is missing (manifest.parquet lists it); run `echocmr shards "
+                        f"verify {self._shards}`")
+                if not os.path.exists(idx):
+                    raise FileNotFoundError(
+                        f"{idx} is missing; run `echocmr shards verify {self._shards}` and re-run "
+                        "the ingest or reshard that wrote the set")
+                if index_count(idx) != total[piece.name]:
+                    raise ValueError(
+                        f"{idx} lists {index_count(idx)} samples, manifest.parquet "
+                        f"{total[piece.name]}; run `echocmr shards verify {self._shards}`")
+                self._checked.add(piece.name)
+            if piece.start == 0 and piece.count == total[piece.name]:
+                path = idx
+            elif piece in self._indexes:
+                path = self._indexes[piece]
+            else:
+                path = self._write_index(piece, idx)
+            tars.append(tar)
+            indexes.append(path)
+            counts.append(piece.count)
+        return tars, indexes, counts
+
+    def _write_index(self, piece: Piece, idx: str) -> str:
+        with open(idx, encoding="utf-8") as f:
+            samples = parse_index(f.read())
+        mask, fingerprint = self.shards.selection(piece.name)
+        if mask:  # the shard loses samples to the selection: the plan says which
+            keep = kept_in_index_order(sample_keys(samples), mask, fingerprint, idx,
+                                       f"; run `echocmr shards verify {self._shards}`")
+            samples = [samples[i] for i in keep]
+        path = os.path.join(self._index_dir.name,
+                            f"{piece.start}-{piece.stop}-{os.path.basename(idx)}")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(format_index(samples[piece.start:piece.stop]))
+        self._indexes[piece] = path
+        return path
+
     def _build(self, epoch: int):
         cfg = self.config
         mixed = self.decoder == "mixed"
-        # Tar order: per-epoch permutation shared by all ranks, so the rank parts still partition.
-        order = list(range(len(self.tars)))
-        if self.train:
-            order = list(np.random.default_rng(derive_seed(cfg.seed, epoch)).permutation(order))
+        # This rank's own tars (read.assign): for training, a per-epoch deal and order.
+        tars, indexes, _ = self.rank_files(epoch)
+        self.opened = tars
         run = PipelineConfig(batch_size=cfg.batch_size, num_threads=cfg.num_threads,
                              prefetch=cfg.prefetch,
                              seed=derive_seed(cfg.seed, epoch, self.rank, int(self.train)),
                              device_id=(self.device.index or 0) if mixed else None)
         return build_pipeline(
-            [self.tars[i] for i in order], [self.indexes[i] for i in order], self.spec,
+            tars, indexes, self.spec,
             config=run, window="random" if self.train else "centre",
-            stored_size=self._stored_size, shard_id=self.rank, num_shards=self.world,
+            stored_size=self._stored_size,
             shuffle_buffer=cfg.shuffle_buffer if self.train else None,
             augment=cfg.augment if self.train and cfg.augment.enabled else None)
 

@@ -10,7 +10,7 @@ import torch
 from echocmr.ingest.encode import decode_webm, encode_webm
 from echocmr.model.contract import InputSpec, frames_to_clip
 from echocmr.read.config import DataConfig
-from echocmr.read.loader import ClipLoader, shard_sizes, split_files
+from echocmr.read.loader import ClipLoader, split_files
 from echocmr.shards.format import FormatVersionError, Sample, ShardStats
 from echocmr.shards.reader import iter_samples, read_manifest, read_stats
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
@@ -45,10 +45,11 @@ def test_ranks_partition_the_split_with_equal_batch_counts(shards, world):
     expected = sorted(manifest.loc[manifest.split == "train", "key"])
     seen, counts = [], set()
     for rank in range(world):
-        batches = list(loader(shards, rank=rank, world=world).epoch(0))
+        ld = loader(shards, rank=rank, world=world)
+        batches = list(ld.epoch(0))
         counts.add(len(batches))
         keys = valid_keys(batches)
-        assert len(keys) == len(set(keys)) == shard_sizes(len(expected), world)[rank]
+        assert len(keys) == len(set(keys)) == ld.shard_sizes[rank]  # read.assign.loads
         seen += keys
         for b in batches:
             assert b.clips.shape == (4, 1, 4, 32, 32) and b.clips.dtype == torch.float32

@@ -49,7 +49,9 @@ def test_loader_reads_only_the_other_sites(two_sites, split):
     full = ClipLoader(two_sites, split, _data(), spec=spec, train=False, stats=stats)
     assert full.num_samples == len(rows)
     # the tars are the set's own; only the indexes are shortened copies
-    assert set(loader.tars) <= set(full.tars) and not set(loader.indexes) & set(full.indexes)
+    tars, indexes, _ = loader.rank_files(0)
+    full_tars, full_indexes, _ = full.rank_files(0)
+    assert set(tars) <= set(full_tars) and not set(indexes) & set(full_indexes)
 
 
 def test_split_files_keeps_only_named_sites_and_names_unknown_ones(two_sites, tmp_path):

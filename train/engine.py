@@ -31,6 +31,7 @@ from echocmr.errors import EchocmrError
 from echocmr.model.auc import mean_auc, task_aucs
 from echocmr.model.contract import InputSpec
 from echocmr.model.network import R2Plus1D, build_model
+from echocmr.read.assign import ReadPlan
 from echocmr.read.loader import Batch, ClipLoader, ReaderPosition, derive_seed
 from echocmr.shards.format import TASKS, ShardStats
 from echocmr.train.config import SelectionConfig, TrainConfig
@@ -130,7 +131,8 @@ class Engine:
     """Training state of one rank. ``world > 1`` needs an initialised ``torch.distributed``."""
 
     def __init__(self, config: TrainConfig, shards: str, *, stats: ShardStats, rank: int = 0,
-                 world: int = 1, device: torch.device | str = "cpu") -> None:
+                 world: int = 1, device: torch.device | str = "cpu",
+                 plan: ReadPlan | None = None) -> None:
         self.config, self.rank, self.world = config, rank, world
         self.device = torch.device(device)
         self.gpu = self.device.type == "cuda"
@@ -150,7 +152,8 @@ class Engine:
         if self.gpu and config.compile:
             self.net = torch.compile(self.net)
         self.loss_fn = build_loss(config.task_weights, config.pos_weight, stats).to(self.device)
-        common = dict(stats=stats, rank=rank, world=world, device=self.device, spec=self.spec)
+        common = dict(stats=stats, rank=rank, world=world, device=self.device, spec=self.spec,
+                      plan=plan)  # plan: the driver's (read.assign); None plans here
         self.train_loader = ClipLoader(shards, "train", config.data, train=True, **common)
         self.val_loader = ClipLoader(shards, "val", config.data, train=False, **common)
         self.steps_per_epoch = len(self.train_loader)

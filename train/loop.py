@@ -53,6 +53,7 @@ from echocmr.model.tracking import (
 )
 from echocmr.model.view_store import fetch_view_model
 from echocmr.progress import Progress
+from echocmr.read.assign import ReadPlan, plan_reading
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
 from echocmr.shards import storage
@@ -95,6 +96,9 @@ class LoopConfig:
     data_digest: str
     train_sites: list[str]
     step_hook: StepHook | None = None
+    # What each rank reads, planned once here from the manifest (read.assign.plan_reading):
+    # every rank deals itself its own shards from it and reads no manifest rows but its own.
+    plan: ReadPlan | None = None
 
 
 @dataclass
@@ -152,7 +156,8 @@ def train_worker(ray_config: dict[str, Any]) -> None:
     torch.set_num_threads(config.cpus_per_worker)
     stats = loop.stats
     shards = _local_shards(loop.shards, config.cache_dir, loop.data_digest)
-    engine = Engine(config, shards, stats=stats, rank=rank, world=world, device=device)
+    engine = Engine(config, shards, stats=stats, rank=rank, world=world, device=device,
+                    plan=loop.plan)
     tracker = make_tracker(rank, loop.tracking_uri, loop.run_id)
     log.info("rank %d/%d on %s: %d train steps/epoch, ready in %.1f s", rank, world, device,
              engine.steps_per_epoch, time.perf_counter() - started)
@@ -324,6 +329,9 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
                          f"val clip of these views (its clips: {views['left_out']}); ingest "
                          "with --views or --view-model, or pass --views for the views it has")
     log.info("views read: %s; left out: %s", views["read"], views["left_out"] or "none")
+    # Which shards and samples the run reads, once for every rank (--exclude-site resolved here).
+    plan = plan_reading(shards, ("train", "val"), exclude_sites=config.data.exclude_sites,
+                        views=config.data.views)
     digest = manifest_digest(shards)
 
     started_ray = False
@@ -355,7 +363,7 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
             train_loop_config={"loop": LoopConfig(
                 config=config.to_dict(), shards=shards, stats=stats, tracking_uri=tracking_uri,
                 run_id=run_id, data_digest=digest, train_sites=list(train_sites),
-                step_hook=step_hook)},
+                step_hook=step_hook, plan=plan)},
             torch_config=TorchConfig(backend="nccl" if config.gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=config.workers, use_gpu=config.gpu,
