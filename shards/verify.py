@@ -15,7 +15,8 @@ does not have (patient text in a header, a column, a metadata block, a file) can
   what the writer puts there, a pyarrow writer string;
 - each tar: opens, every member is whole, every member header is byte for byte the one the
   writer writes (one ustar block right after the previous member; owner, group, mode, mtime as
-  written; no PAX records, no extended attributes, no global header), it ends with the
+  written; no PAX records, no extended attributes, no global header), only zero bytes pad
+  each member's data to its 512-byte block (readers skip them unseen), it ends with the
   end-of-archive blocks (so a tar cut at a member boundary is caught too) and holds nothing after
   them but the zero padding of its last 10 KiB record (bytes appended to a tar are invisible to
   tar readers), and its ``.idx`` equals the index rebuilt from the tar;
@@ -361,12 +362,16 @@ def _check_tar(
     split = SHARD_RE.match(shard).group(1)
     index: list[IndexEntry] = []
     end = 0  # end of the last member's padded data
+    data_end = 0  # end of the last member's data (its zero padding runs to ``end``)
     key, members, last_key = None, {}, None
     clean = True
     try:
-        with storage.open_file(tar_path, "rb") as f, \
-                tarfile.open(fileobj=f, mode="r|", tarinfo=_RawInfo) as tar:
+        with storage.open_file(tar_path, "rb") as raw, \
+                tarfile.open(fileobj=(f := _SeenBytes(raw)), mode="r|", tarinfo=_RawInfo) as tar:
             for info in tar:
+                # The previous member's padding has been read by now (this header follows it).
+                data_end = _check_padding(f, tar_path, data_end, end, shard, last_key, problems)
+                f.forget(info.offset)
                 if not info.isreg():
                     problems.append(Problem(shard, None, f"member {info.name} is not a file"))
                     continue
@@ -382,6 +387,7 @@ def _check_tar(
                 index.append(
                     IndexEntry(ext=ext, offset=info.offset_data, size=info.size, name=info.name)
                 )
+                data_end = info.offset_data + info.size
                 end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
                 if member_key != key:
                     if key is not None:
@@ -391,6 +397,7 @@ def _check_tar(
                 if ext in members:
                     problems.append(Problem(shard, member_key, f"member .{ext} twice"))
                 members[ext] = data
+            _check_padding(f, tar_path, data_end, end, shard, last_key, problems)
     except (tarfile.TarError, OSError, ValueError) as exc:
         clean = False
         after = f" after sample {last_key}" if last_key else ""
@@ -425,6 +432,43 @@ def _check_tar(
         problems.append(Problem(index_name(shard), None, "index missing (DALI needs it)"))
     elif storage.read_bytes(idx_path).decode() != format_index(group_members(index)):
         problems.append(Problem(index_name(shard), None, "index does not match its tar"))
+
+
+class _SeenBytes:
+    """A read-only file that keeps the bytes read since `forget` (a member's header, data and
+    padding, and tarfile's read-ahead), so that bytes tarfile skips can still be checked."""
+
+    def __init__(self, f) -> None:
+        self._f, self._buf, self._start = f, bytearray(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._buf += data
+        return data
+
+    def seen(self, start: int, stop: int) -> bytes | None:
+        if start < self._start or stop > self._start + len(self._buf):
+            return None
+        return bytes(self._buf[start - self._start:stop - self._start])
+
+    def forget(self, before: int) -> None:
+        drop = max(0, min(before - self._start, len(self._buf)))
+        del self._buf[:drop]
+        self._start += drop
+
+
+def _check_padding(f: _SeenBytes, tar_path: str, data_end: int, end: int, shard: str,
+                   key: str | None, problems: list[Problem]) -> int:
+    """A member's data is followed by zeros up to its 512-byte block: anything else is data
+    that no reader shows (a place text could ride along). Returns ``end`` (checked)."""
+    if data_end < end:
+        padding = f.seen(data_end, end)
+        if padding is None:  # not read through this reader (tarfile reads it before the
+            padding = storage.read_range(tar_path, data_end, end - data_end)  # next header)
+        if padding.strip(b"\0"):
+            problems.append(Problem(shard, key, f"bytes that are not zero in the padding after "
+                                    f"a member's data (offset {data_end}): hidden data"))
+    return end
 
 
 class _RawInfo(tarfile.TarInfo):

@@ -107,6 +107,27 @@ def test_patient_text_or_other_values_in_a_member_header_fail(copy, edit, expect
     _fails_with(copy, expected)
 
 
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_text_in_a_members_zero_padding_fails(copy, which):
+    """Every reader skips the padding after a member's data: text written there would ship
+    unseen. Each member with padding, the first of the tar and its last (whose padding runs into
+    the end-of-archive blocks), gets the name written into it."""
+    tar_path = _first_tar(copy)
+    with tarfile.open(tar_path) as tar:
+        padded = [m for m in tar.getmembers() if m.size % 512 and 512 - m.size % 512 >= 8]
+    member = padded[0] if which == "first" else padded[-1]
+    room = 512 - member.size % 512
+    text = NAME.encode()[:room]
+    with open(tar_path, "r+b") as f:
+        f.seek(member.offset_data + member.size)
+        assert f.read(room) == b"\0" * room
+        f.seek(member.offset_data + member.size)
+        f.write(text)
+    with tarfile.open(tar_path) as tar:  # the tar still reads, the member's bytes unchanged
+        assert len(tar.extractfile(member.name).read()) == member.size
+    _fails_with(copy, "padding after a member's data")
+
+
 def test_a_global_pax_header_fails(copy):
     tar_path = _first_tar(copy)
     with tarfile.open(tar_path) as tar:
