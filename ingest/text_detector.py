@@ -186,11 +186,18 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                     continue
                 reader.read_image(frames_THW[t], frame=int(t),
                                   box=_region(points, config.track_context, frames_THW.shape[1:]))
+    if config.dark_composite and len(frames_THW) > 1:
+        # dark strokes held in most frames: each pixel at its brightest over the clip, so the
+        # tissue under and around them is as bright as it gets while they stay dark
+        # (a box counts when it reads as two characters or more: single letters are what
+        # bright speckle around a dark pit reads as)
+        reader.read_image(frames_THW.max(axis=0), frame=None, box=reader.content_box,
+                          min_chars=2)
     if config.track_step:
         reader.track()
     if config.verify_every_frame:
         reader.verify()
-    return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW())
+    return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW(extend=config.line_extend))
 
 
 def _mode_frame(source_HW: np.ndarray, points: np.ndarray) -> int:
@@ -244,14 +251,22 @@ class _Reader:
         self.content_box = grown_bbox(content, config.margin) if config.crop_to_content else \
             (slice(0, self.h), slice(0, self.w))
 
-    def mask_HW(self) -> np.ndarray:
+    def mask_HW(self, extend: float = 0.0) -> np.ndarray:
+        """The boxes read as text (plus ``margin``), each also grown ``extend`` times its short
+        side at both ends of its long side: the rest of a line the recogniser read only part of."""
         from PIL import Image, ImageDraw
 
         layer = Image.new("L", (self.w, self.h), 0)
         draw = ImageDraw.Draw(layer)
         for points in self.found:
-            bx0, by0 = points.min(axis=0) - self.config.margin
-            bx1, by1 = points.max(axis=0) + self.config.margin
+            (bx0, by0), (bx1, by1) = points.min(axis=0), points.max(axis=0)
+            if extend:
+                long_x = bx1 - bx0 >= by1 - by0
+                grow = extend * ((by1 - by0) if long_x else (bx1 - bx0))
+                bx0, bx1 = (bx0 - grow, bx1 + grow) if long_x else (bx0, bx1)
+                by0, by1 = (by0, by1) if long_x else (by0 - grow, by1 + grow)
+            bx0, by0 = bx0 - self.config.margin, by0 - self.config.margin
+            bx1, by1 = bx1 + self.config.margin, by1 + self.config.margin
             draw.rectangle([int(np.floor(bx0)), int(np.floor(by0)), int(np.ceil(bx1)),
                             int(np.ceil(by1))], fill=1)
         return np.asarray(layer, dtype=bool)
@@ -311,7 +326,8 @@ class _Reader:
 
     def read_image(self, image_HW: np.ndarray, frame: int | None,
                    box: tuple[slice, slice] | None,
-                   counted: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   counted: bool = True,
+                   min_chars: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Read ``box`` of one output-sized image; returns the boxes read as text and those the
         detector found but the recogniser could not read (output pixels). Boxes read in a
         frame are followed in time from there."""
@@ -326,7 +342,7 @@ class _Reader:
         if not quads:
             return [], []
         found, unread = [], []
-        for quad, ok in zip(quads, self._recognise(image, quads), strict=True):
+        for quad, ok in zip(quads, self._recognise(image, quads, min_chars), strict=True):
             points = quad / self.config.upscale + (box[1].start, box[0].start)
             if ok:
                 self._add(points, again=True)
@@ -348,24 +364,25 @@ class _Reader:
         self.boxes += 1
         self.found.append(points)
 
-    def _recognise(self, image: np.ndarray, quads: list[np.ndarray]) -> list[bool]:
+    def _recognise(self, image: np.ndarray, quads: list[np.ndarray],
+                   min_chars: int = 1) -> list[bool]:
         """Whether each box reads as text: as cropped, or (``orientations``) turned 180° or
         mirrored either way (a vertical box is turned 90° by the crop already)."""
         crops = self.engine.get_crop_img_list(image, quads)
-        ok = self._reads([np.repeat(c[..., None], 3, axis=-1) for c in crops])
+        ok = self._reads([np.repeat(c[..., None], 3, axis=-1) for c in crops], min_chars)
         if self.config.orientations:
             again = [i for i, good in enumerate(ok) if not good and _line_like(crops[i], self.config.upscale)]
             if again:
                 variants = [np.repeat(np.ascontiguousarray(flip(crops[i]))[..., None], 3, axis=-1)
                             for i in again for flip in _FLIPS]
-                read = self._reads(variants)
+                read = self._reads(variants, min_chars)
                 for j, i in enumerate(again):
                     ok[i] = any(read[j * len(_FLIPS):(j + 1) * len(_FLIPS)])
         return ok
 
-    def _reads(self, crops: list[np.ndarray]) -> list[bool]:
+    def _reads(self, crops: list[np.ndarray], min_chars: int = 1) -> list[bool]:
         read, _ = self.engine.text_rec(crops)
-        return [bool(str(text).strip()) and float(score) >= self.config.min_score
+        return [len("".join(str(text).split())) >= min_chars and float(score) >= self.config.min_score
                 for text, score, *_ in read]
 
     def track(self) -> None:
