@@ -143,7 +143,7 @@ def _ingest(dicom, labels, out, config=None) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
+def export(tmp_path_factory, module_split_key):
     root = tmp_path_factory.mktemp("motion")
     dicom = root / "dicom"
     dicom.mkdir()
@@ -235,7 +235,7 @@ def test_the_summary_counts_the_clips_text_was_masked_in(export):
 
 
 @pytest.mark.slow
-def test_a_ticker_is_masked_by_the_every_frame_check(tmp_path):
+def test_a_ticker_is_masked_by_the_every_frame_check(tmp_path, split_key):
     """A ticker through the fan, shown in frames 2-16 of 30 (none of the sampled frames but the
     middle one, moving 5 source pixels a frame), raw and JPEG: with the second check on
     (``verify_every_frame``) no frame reads; the control reads it with the detector off."""
