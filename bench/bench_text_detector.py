@@ -58,7 +58,8 @@ FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 
 # name -> TextDetectorConfig fields (every field that differs between rows, so a change of the
 # defaults does not change a row); the first, the old default, is the yardstick.
-_SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False)
+_SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
+                     line_extend=0.0)
 SETTINGS = {
     "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False,
                                       **_SAMPLED_ONLY),
@@ -72,9 +73,13 @@ SETTINGS = {
     "4x, as is, mosaic": dict(upscale=4, detector_side=0, crop_to_content=False, mosaic=True, **_SAMPLED_ONLY),
     "3x, as is, crop, mosaic": dict(upscale=3, detector_side=0, crop_to_content=True, mosaic=True, **_SAMPLED_ONLY),
     "4x, det 736, crop": dict(upscale=4, detector_side=736, crop_to_content=True, **_SAMPLED_ONLY),
-    "default (+ composite, track, turn)": dict(upscale=4, detector_side=0, crop_to_content=True),
+    "first pass (composite, track, turn)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                                dark_composite=False, line_extend=0.0),
     "+ composite, track (no turn)": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                         orientations=False),
+                                         orientations=False, dark_composite=False,
+                                         line_extend=0.0),
+    "default (+ max composite, lines)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                             dark_composite=True, line_extend=2.0),
 }
 
 
