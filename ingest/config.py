@@ -125,8 +125,9 @@ class TextDetectorConfig:
     """The second line of defence against burned-in text (`ingest.text_detector`).
 
     An OCR model (RapidOCR's PP-OCRv4 detector and recogniser on ONNX Runtime, CPU) reads a few
-    evenly spaced output frames of every kept clip, upscaled; text it finds is masked in every
-    frame or the clip is rejected ``burned_in_text``.
+    evenly spaced output frames of every kept clip, upscaled, then composites of every frame and
+    the frames they point to (`ingest.text_detector`); text it finds is masked in every frame or
+    the clip is rejected ``burned_in_text``.
     """
 
     enabled: bool = True

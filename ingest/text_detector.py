@@ -11,20 +11,26 @@ kept clip before it is written. What it reads, in order:
    frame where it strays farthest from its temporal median, so text shown in a few frames only
    shows there whole; a box the detector finds on it but cannot read is read again in the
    ``candidate_frames`` frames its pixels came from;
-3. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+3. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
+   strokes held in every frame (dark text over tissue) stand out where no single frame shows
+   them; a box read there counts when it reads as two characters or more (single letters are
+   what bright speckle around a dark pit reads as);
+4. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-4. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+5. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
 ``min_score`` or more (this is what keeps speckle from counting); a box shaped like a line of
 text that does not read as cropped is read turned 180° and mirrored either way as well
 (``orientations``; a vertical box is turned 90° by the crop already). Boxes, enlarged by
-``margin`` output pixels, are masked (zeroed) in every frame of the clip, or the clip is rejected
+``margin`` output pixels and grown along their line by ``line_extend`` times their height at
+each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
+the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
 What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
-sampled frames (its composite smears; only step 4 finds it), dim text over moving tissue, text
+sampled frames (its composite smears; only step 5 finds it), dim text over moving tissue, text
 shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
