@@ -125,7 +125,8 @@ def test_each_sampled_frame_maps_back_to_its_own_words(n):
     # the sampled frames' mosaic only: the composite and the follow-up reads find the same
     # words again, and a part of one may count as a box of its own
     config = TextDetectorConfig(frames=n, detector_side=0, mosaic=True, crop_to_content=True,
-                                composites=False, track_step=0)
+                                composites=False, track_step=0, dark_composite=False,
+                                line_extend=0)
     findings = find_text(frames, config)
     assert findings.boxes == n
     everything = np.zeros_like(findings.mask_HW)
@@ -149,7 +150,7 @@ def test_a_word_at_a_tile_edge_stays_in_its_tile(edge):
         rows = np.flatnonzero(glyphs.any(axis=1))
         glyphs = np.roll(glyphs, SIZE - 1 - rows[-1], axis=0)  # last glyph row at y = 143
     frames[0, glyphs] = 230
-    config = TextDetectorConfig(frames=6, detector_side=0, mosaic=True)
+    config = TextDetectorConfig(frames=6, detector_side=0, mosaic=True, line_extend=0)
     assert mosaic_grid(6, (SIZE * 4, SIZE * 4)) in ((2, 3), (3, 2))
     findings = find_text(frames, config)
     assert findings.boxes == 1
@@ -171,7 +172,8 @@ def test_words_facing_each_other_across_a_tile_boundary_stay_two():
     picked = sample_indices(len(frames), 2)
     frames[picked[0], right] = 230
     frames[picked[1], left] = 230
-    config = TextDetectorConfig(frames=2, detector_side=0, mosaic=True)
+    # (boxes not grown along their line: the gap between the words is what is checked)
+    config = TextDetectorConfig(frames=2, detector_side=0, mosaic=True, line_extend=0)
     assert mosaic_grid(2, (SIZE * 4, SIZE * 4)) == (1, 2)  # side by side
     findings = find_text(frames, config)
     assert findings.boxes == 2
