@@ -125,8 +125,9 @@ class TextDetectorConfig:
     """The second line of defence against burned-in text (`ingest.text_detector`).
 
     An OCR model (RapidOCR's PP-OCRv4 detector and recogniser on ONNX Runtime, CPU) reads a few
-    evenly spaced output frames of every kept clip, upscaled; text it finds is masked in every
-    frame or the clip is rejected ``burned_in_text``.
+    evenly spaced output frames of every kept clip, upscaled, then composites of every frame and
+    the frames they point to (`ingest.text_detector`); text it finds is masked in every frame or
+    the clip is rejected ``burned_in_text``.
     """
 
     enabled: bool = True
@@ -152,6 +153,9 @@ class TextDetectorConfig:
     # (at most `candidate_boxes` such boxes)
     composites: bool = True
     candidate_boxes: int = 4
+    # dark text over tissue: read the clip's per-pixel temporal maximum too (tissue at its
+    # brightest, dark strokes that stay dark in every frame stand out)
+    dark_composite: bool = True
     candidate_frames: int = 2
     # a box read in a frame is read again `track_step` frames before and after, and on for as
     # long as the text found there reaches beyond the boxes so far (a ticker); 0: off. Each such
@@ -164,6 +168,10 @@ class TextDetectorConfig:
     # reads of composites, candidate regions and tracked regions per clip (the sampled frames
     # are not counted): bounds the cost of a clip full of text
     max_reads: int = 40
+    # the mask of a box read as text is grown this many times the box's height (its short side)
+    # at both ends of the line: the recogniser often reads part of a line only (a word over
+    # bright tissue, the end of a turned string), and the rest is the same line
+    line_extend: float = 2.0
     # the second check: after everything above, read every frame not yet read, whole, with what
     # was found masked; anything found joins the mask. It assumes nothing about where text is or
     # when it shows, and costs ~0.12 CPU s a frame (~5 s for a 40-frame clip): off by default
@@ -181,7 +189,7 @@ class TextDetectorConfig:
         if self.margin < 0:
             raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
         for name in ("candidate_boxes", "candidate_frames", "track_step", "track_context",
-                     "max_reads"):
+                     "max_reads", "line_extend"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
         if self.detector_side < 0 or self.detector_side % 32:

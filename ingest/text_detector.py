@@ -11,20 +11,26 @@ kept clip before it is written. What it reads, in order:
    frame where it strays farthest from its temporal median, so text shown in a few frames only
    shows there whole; a box the detector finds on it but cannot read is read again in the
    ``candidate_frames`` frames its pixels came from;
-3. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+3. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
+   strokes held in every frame (dark text over tissue) stand out where no single frame shows
+   them; a box read there counts when it reads as two characters or more (single letters are
+   what bright speckle around a dark pit reads as);
+4. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-4. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+5. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
 ``min_score`` or more (this is what keeps speckle from counting); a box shaped like a line of
 text that does not read as cropped is read turned 180° and mirrored either way as well
 (``orientations``; a vertical box is turned 90° by the crop already). Boxes, enlarged by
-``margin`` output pixels, are masked (zeroed) in every frame of the clip, or the clip is rejected
+``margin`` output pixels and grown along their line by ``line_extend`` times their height at
+each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
+the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
 What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
-sampled frames (its composite smears; only step 4 finds it), dim text over moving tissue, text
+sampled frames (its composite smears; only step 5 finds it), dim text over moving tissue, text
 shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
@@ -186,11 +192,18 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                     continue
                 reader.read_image(frames_THW[t], frame=int(t),
                                   box=_region(points, config.track_context, frames_THW.shape[1:]))
+    if config.dark_composite and len(frames_THW) > 1:
+        # dark strokes held in most frames: each pixel at its brightest over the clip, so the
+        # tissue under and around them is as bright as it gets while they stay dark
+        # (a box counts when it reads as two characters or more: single letters are what
+        # bright speckle around a dark pit reads as)
+        reader.read_image(frames_THW.max(axis=0), frame=None, box=reader.content_box,
+                          min_chars=2)
     if config.track_step:
         reader.track()
     if config.verify_every_frame:
         reader.verify()
-    return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW())
+    return TextFindings(boxes=reader.boxes, mask_HW=reader.mask_HW(extend=config.line_extend))
 
 
 def _mode_frame(source_HW: np.ndarray, points: np.ndarray) -> int:
@@ -244,14 +257,22 @@ class _Reader:
         self.content_box = grown_bbox(content, config.margin) if config.crop_to_content else \
             (slice(0, self.h), slice(0, self.w))
 
-    def mask_HW(self) -> np.ndarray:
+    def mask_HW(self, extend: float = 0.0) -> np.ndarray:
+        """The boxes read as text (plus ``margin``), each also grown ``extend`` times its short
+        side at both ends of its long side: the rest of a line the recogniser read only part of."""
         from PIL import Image, ImageDraw
 
         layer = Image.new("L", (self.w, self.h), 0)
         draw = ImageDraw.Draw(layer)
         for points in self.found:
-            bx0, by0 = points.min(axis=0) - self.config.margin
-            bx1, by1 = points.max(axis=0) + self.config.margin
+            (bx0, by0), (bx1, by1) = points.min(axis=0), points.max(axis=0)
+            if extend:
+                long_x = bx1 - bx0 >= by1 - by0
+                grow = extend * ((by1 - by0) if long_x else (bx1 - bx0))
+                bx0, bx1 = (bx0 - grow, bx1 + grow) if long_x else (bx0, bx1)
+                by0, by1 = (by0, by1) if long_x else (by0 - grow, by1 + grow)
+            bx0, by0 = bx0 - self.config.margin, by0 - self.config.margin
+            bx1, by1 = bx1 + self.config.margin, by1 + self.config.margin
             draw.rectangle([int(np.floor(bx0)), int(np.floor(by0)), int(np.ceil(bx1)),
                             int(np.ceil(by1))], fill=1)
         return np.asarray(layer, dtype=bool)
@@ -311,7 +332,8 @@ class _Reader:
 
     def read_image(self, image_HW: np.ndarray, frame: int | None,
                    box: tuple[slice, slice] | None,
-                   counted: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   counted: bool = True,
+                   min_chars: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Read ``box`` of one output-sized image; returns the boxes read as text and those the
         detector found but the recogniser could not read (output pixels). Boxes read in a
         frame are followed in time from there."""
@@ -326,7 +348,7 @@ class _Reader:
         if not quads:
             return [], []
         found, unread = [], []
-        for quad, ok in zip(quads, self._recognise(image, quads), strict=True):
+        for quad, ok in zip(quads, self._recognise(image, quads, min_chars), strict=True):
             points = quad / self.config.upscale + (box[1].start, box[0].start)
             if ok:
                 self._add(points, again=True)
@@ -348,24 +370,25 @@ class _Reader:
         self.boxes += 1
         self.found.append(points)
 
-    def _recognise(self, image: np.ndarray, quads: list[np.ndarray]) -> list[bool]:
+    def _recognise(self, image: np.ndarray, quads: list[np.ndarray],
+                   min_chars: int = 1) -> list[bool]:
         """Whether each box reads as text: as cropped, or (``orientations``) turned 180° or
         mirrored either way (a vertical box is turned 90° by the crop already)."""
         crops = self.engine.get_crop_img_list(image, quads)
-        ok = self._reads([np.repeat(c[..., None], 3, axis=-1) for c in crops])
+        ok = self._reads([np.repeat(c[..., None], 3, axis=-1) for c in crops], min_chars)
         if self.config.orientations:
             again = [i for i, good in enumerate(ok) if not good and _line_like(crops[i], self.config.upscale)]
             if again:
                 variants = [np.repeat(np.ascontiguousarray(flip(crops[i]))[..., None], 3, axis=-1)
                             for i in again for flip in _FLIPS]
-                read = self._reads(variants)
+                read = self._reads(variants, min_chars)
                 for j, i in enumerate(again):
                     ok[i] = any(read[j * len(_FLIPS):(j + 1) * len(_FLIPS)])
         return ok
 
-    def _reads(self, crops: list[np.ndarray]) -> list[bool]:
+    def _reads(self, crops: list[np.ndarray], min_chars: int = 1) -> list[bool]:
         read, _ = self.engine.text_rec(crops)
-        return [bool(str(text).strip()) and float(score) >= self.config.min_score
+        return [len("".join(str(text).split())) >= min_chars and float(score) >= self.config.min_score
                 for text, score, *_ in read]
 
     def track(self) -> None:

@@ -27,7 +27,7 @@ from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.splits import KeyedHasher
-from echocmr.ingest.text_detector import find_text, sample_indices
+from echocmr.ingest.text_detector import find_text
 from echocmr.ingest.views import VIEW_DISAGREEMENT, disagrees, label_view
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards import storage
@@ -169,8 +169,7 @@ def detect_text(frames_THW: np.ndarray, config: IngestConfig) -> int:
     if not findings.boxes:
         return 0
     if detector.action == "reject":
-        n = len(sample_indices(len(frames_THW), detector.frames))
         raise RejectedInput("burned_in_text", f"the text detector found {findings.boxes} text "
-                            f"box(es) in {n} sampled output frames")
+                            f"box(es) in the clip's {len(frames_THW)} output frames")
     frames_THW[:, findings.mask_HW] = 0
     return findings.boxes

@@ -10,6 +10,7 @@ lies inside what preprocessing keeps.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -318,6 +319,9 @@ def test_detector_action_reject_rejects_a_clip_with_text(tmp_path, split_key):
     assert summary.rejected == {"burned_in_text": 1} and summary.kept == 0
     report = pd.read_parquet(tmp_path / "out" / INGEST_REPORT_FILE)
     assert "DOE" not in report["detail"][0]  # what was read is never written
+    # the detector reads every frame (composites, follow-ups), not only the sampled ones
+    assert re.search(r"text box\(es\) in the clip's \d+ output frames$", report["detail"][0]), \
+        report["detail"][0]
 
 
 # -- keys -------------------------------------------------------------------------------------

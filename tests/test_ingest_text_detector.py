@@ -36,10 +36,12 @@ def _word(text: str, xy: tuple[int, int], size: int = 12) -> np.ndarray:
     return np.asarray(layer) > 100
 
 
-def _grown_box(glyphs_HW: np.ndarray, by: int) -> np.ndarray:
+def _grown_box(glyphs_HW: np.ndarray, by: int, along: int = 0) -> np.ndarray:
+    """The glyphs' box grown by ``by``, and by ``along`` more at both ends of the line."""
     ys, xs = np.nonzero(glyphs_HW)
     box = np.zeros_like(glyphs_HW)
-    box[max(ys.min() - by, 0):ys.max() + by + 1, max(xs.min() - by, 0):xs.max() + by + 1] = True
+    box[max(ys.min() - by, 0):ys.max() + by + 1,
+        max(xs.min() - by - along, 0):xs.max() + by + along + 1] = True
     return box
 
 
@@ -50,18 +52,23 @@ def _allowance(glyphs_HW: np.ndarray, margin: int) -> int:
     return margin + (rows[-1] - rows[0] + 1) // 2 + 2
 
 
-def _check(mask_HW: np.ndarray, glyphs_HW: np.ndarray, margin: int) -> None:
-    """The glyphs are covered, and nothing beyond their box grown by the allowance."""
+def _check(mask_HW: np.ndarray, glyphs_HW: np.ndarray, config: TextDetectorConfig) -> None:
+    """The glyphs are covered, and nothing beyond their box grown by the allowance (and, along
+    the line only, by ``line_extend`` times the detector box's height at each end)."""
     assert mask_HW[glyphs_HW].mean() >= 0.95
-    stray = mask_HW & ~_grown_box(glyphs_HW, _allowance(glyphs_HW, margin))
+    by = _allowance(glyphs_HW, config.margin)
+    rows = np.flatnonzero(glyphs_HW.any(axis=1))
+    along = int(np.ceil(config.line_extend * (rows[-1] - rows[0] + 1 + 2 * (by - config.margin))))
+    stray = mask_HW & ~_grown_box(glyphs_HW, by, along)
     assert not stray.any(), f"{stray.sum()} masked pixels away from the word"
 
 
 LAYOUTS = {
     "default": dict(),
     "per frame": dict(detector_side=0, crop_to_content=False),
-    "mosaic": dict(detector_side=0, mosaic=True, crop_to_content=False),
-    "mosaic, cropped": dict(detector_side=0, mosaic=True, crop_to_content=True),
+    # (the mosaic's boxes not grown along their line: a box leaking into the next tile shows)
+    "mosaic": dict(detector_side=0, mosaic=True, crop_to_content=False, line_extend=0),
+    "mosaic, cropped": dict(detector_side=0, mosaic=True, crop_to_content=True, line_extend=0),
     "old default": dict(upscale=4, detector_side=736, crop_to_content=False),
 }
 
@@ -79,7 +86,7 @@ def test_a_planted_id_is_masked_where_it_is_and_little_else(layout):
     config = TextDetectorConfig(**LAYOUTS[layout])
     findings = find_text(frames, config)
     assert findings.boxes >= config.frames  # read in every sampled frame
-    _check(findings.mask_HW, glyphs, config.margin)
+    _check(findings.mask_HW, glyphs, config)
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -118,7 +125,8 @@ def test_each_sampled_frame_maps_back_to_its_own_words(n):
     # the sampled frames' mosaic only: the composite and the follow-up reads find the same
     # words again, and a part of one may count as a box of its own
     config = TextDetectorConfig(frames=n, detector_side=0, mosaic=True, crop_to_content=True,
-                                composites=False, track_step=0)
+                                composites=False, track_step=0, dark_composite=False,
+                                line_extend=0)
     findings = find_text(frames, config)
     assert findings.boxes == n
     everything = np.zeros_like(findings.mask_HW)
@@ -142,11 +150,11 @@ def test_a_word_at_a_tile_edge_stays_in_its_tile(edge):
         rows = np.flatnonzero(glyphs.any(axis=1))
         glyphs = np.roll(glyphs, SIZE - 1 - rows[-1], axis=0)  # last glyph row at y = 143
     frames[0, glyphs] = 230
-    config = TextDetectorConfig(frames=6, detector_side=0, mosaic=True)
+    config = TextDetectorConfig(frames=6, detector_side=0, mosaic=True, line_extend=0)
     assert mosaic_grid(6, (SIZE * 4, SIZE * 4)) in ((2, 3), (3, 2))
     findings = find_text(frames, config)
     assert findings.boxes == 1
-    _check(findings.mask_HW, glyphs, config.margin)
+    _check(findings.mask_HW, glyphs, config)
     # a box leaking into the neighbour would show on the opposite edge of the output frame
     opposite = findings.mask_HW[:, :8] if edge == "right" else findings.mask_HW[:8, :]
     assert not opposite.any()
@@ -164,7 +172,8 @@ def test_words_facing_each_other_across_a_tile_boundary_stay_two():
     picked = sample_indices(len(frames), 2)
     frames[picked[0], right] = 230
     frames[picked[1], left] = 230
-    config = TextDetectorConfig(frames=2, detector_side=0, mosaic=True)
+    # (boxes not grown along their line: the gap between the words is what is checked)
+    config = TextDetectorConfig(frames=2, detector_side=0, mosaic=True, line_extend=0)
     assert mosaic_grid(2, (SIZE * 4, SIZE * 4)) == (1, 2)  # side by side
     findings = find_text(frames, config)
     assert findings.boxes == 2

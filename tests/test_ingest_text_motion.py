@@ -15,7 +15,7 @@ from echocmr.ingest.synth.small import small_clip
 from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_detector import find_text, sample_indices
 
-SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False)
+SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False)
 
 
 def _glyphs(text: str, size: int = 16) -> np.ndarray:
@@ -87,7 +87,9 @@ def test_turned_and_mirrored_text_at_an_alternating_level_is_masked(turn):
 def test_a_ticker_read_in_one_frame_is_followed_along_its_path():
     """Shown in frames 10-21 (the middle frame, 14, among them), moving 2 pixels a frame."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(10, 22), dx=-2)
-    untracked = find_text(planted, TextDetectorConfig(composites=False, track_step=0))
+    # (line_extend 0: grown along the line, frame 15's box alone would reach over the path)
+    untracked = find_text(planted, TextDetectorConfig(composites=False, track_step=0,
+                                                      line_extend=0))
     assert _covered(untracked, where) < 0.9  # control: only frame 15's place
     assert _covered(find_text(planted), where) >= 0.99
 
@@ -100,13 +102,32 @@ def test_the_every_frame_check_finds_what_the_other_steps_miss():
     assert _covered(checked, where) >= 0.99
 
 
+def test_dark_text_over_moving_tissue_is_masked():
+    """Grey 10 in every frame where the tissue is dim on average but bright at its brightest:
+    no frame's read sees it; the clip's temporal maximum (`dark_composite`) does."""
+    planted, where = _plant(_clip(), _glyphs("SMITH JOHN", 14), (42, 36), shown=range(30),
+                            level=10)
+    control = find_text(planted, TextDetectorConfig(dark_composite=False))
+    assert _covered(control, where) < 0.1
+    assert _covered(find_text(planted), where) >= 0.99
+
+
+def test_a_line_read_in_part_is_masked_whole():
+    """Dark text over bright tissue, read in part (the recogniser's box ends inside the line):
+    the mask is grown along the line (`line_extend`) and covers all of it."""
+    planted, where = _plant(_clip(), _glyphs("SMITH JOHN", 14), (32, 56), shown=range(30),
+                            level=10)
+    assert _covered(find_text(planted, TextDetectorConfig(line_extend=0)), where) < 0.9
+    assert _covered(find_text(planted), where) >= 0.99
+
+
 def test_a_clean_clip_reads_nothing():
     for seed in (1, 2, 3):
         assert find_text(_clip(seed=seed)).boxes == 0
 
 
 @pytest.mark.parametrize("field", ["candidate_boxes", "candidate_frames", "track_step",
-                                   "track_context", "max_reads"])
+                                   "track_context", "max_reads", "line_extend"])
 def test_negative_settings_are_refused(field):
     with pytest.raises(ConfigError, match=field):
         TextDetectorConfig(**{field: -1})
