@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,21 @@ def group_alive(pid_file: Path) -> bool:
     return True
 
 
+def left_running(work: Path, ports: tuple[int, ...], grace_s: float = 30.0
+                 ) -> tuple[dict[int, bool], dict[str, bool]]:
+    """What still listens on ``ports``, and which pid files' process groups still have a
+    process, once the processes a `kill` signalled have had ``grace_s`` to exit (a server shuts
+    down gracefully, so not at once)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        ports_open = {port: listening(port) for port in ports}
+        groups = {f.name: group_alive(f) for f in work.glob("*.pid")}
+        if not any(ports_open.values()) and not any(groups.values()) \
+                or time.monotonic() > deadline:
+            return ports_open, groups
+        time.sleep(1)
+
+
 def stop_what_a_journey_started(tmp: Path) -> None:
     """After a journey, passed or failed: `echocmr cluster stop` in the user's environment (a
     no-op when no cluster runs), and the process groups of the guides' pid files."""
@@ -163,7 +179,9 @@ def test_ingest_on_a_cluster(tmp_path):
         after = user_cli(tmp_path, "echocmr", "cluster", "status")
     finally:
         stop_what_a_journey_started(tmp_path)
-    assert (tmp_path / "home" / ".ray" / "auth_token").is_file()  # auth on: a token was made
+    # auth on by default: cluster local says so, with the token it wrote into the fresh HOME
+    assert f"Ray token auth, token in {tmp_path / 'home' / '.ray' / 'auth_token'}" in done.stdout
+    assert (tmp_path / "home" / ".ray" / "auth_token").is_file()
     assert "the same bytes as without Ray" in done.stdout
     assert (tmp_path / "work" / "sets" / "northfield-ray" / "manifest.parquet").is_file()
     # stopped: no cluster is recorded any more, and status says so with a non-zero exit
@@ -182,8 +200,7 @@ def test_train_serve_evaluate(tmp_path):
     work = tmp_path / "work"
     try:
         done = run_journey("evaluate", tmp_path, timeout=5100)
-        still = {port: listening(port) for port in (TRACKING_PORT, SERVE_PORT)}
-        groups = {f.name: group_alive(f) for f in work.glob("*.pid")}
+        still, groups = left_running(work, (TRACKING_PORT, SERVE_PORT))
         listed = user_cli(tmp_path, "echocmr", "models", "list", "--json",
                           "--tracking-uri", "sqlite:///mlflow.db")
     finally:
@@ -215,4 +232,10 @@ def test_train_serve_evaluate(tmp_path):
                                                                    (work / "eval").iterdir()}
     loso = json.loads((work / "loso" / "loso.json").read_text())
     assert "northfield" in json.dumps(loso) and "riverside" in json.dumps(loso)
-    assert "registered" in done.stdout.lower() or "champion" in done.stdout
+    # what the user read on the way: the one-node registration, the cluster's token auth
+    assert "registered echo version 1 as @champion" in done.stdout
+    assert re.search(r"^auth: +token \(token in ", done.stdout, re.M), "cluster status: auth"
+    # a score listed under an AUC's name is an AUC (with too few val positives the rule falls
+    # back to -val loss, and says so)
+    for v in versions.values():
+        assert "AUC" not in v["selection"].split("(no ")[0] or v["selection_score"] >= 0, v
