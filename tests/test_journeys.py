@@ -97,6 +97,18 @@ def test_every_journey_is_in_its_guides():
     assert marked <= set(JOURNEYS), f"journeys marked in docs but never run: {marked - set(JOURNEYS)}"
 
 
+def test_every_journey_is_run_by_a_test():
+    """A journey in `JOURNEYS` is run by a test of this module, itself or as the start of a
+    journey that continues it (a chain is run once, at its end)."""
+    targets = set(re.findall(r'run_journey\("([\w-]+)"', Path(__file__).read_text()))
+    covered = set()
+    for name in targets:
+        while name is not None:
+            covered.add(name)
+            name = JOURNEYS[name][0]
+    assert covered == set(JOURNEYS), f"never run: {set(JOURNEYS) - covered}"
+
+
 @pytest.mark.timeout(1800)
 def test_ingest_one_site(tmp_path):
     """docs/ingest.md: a synthetic cohort, a split key of the user's own, one ingest, verify and
