@@ -21,6 +21,7 @@ pid files a user has.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -64,8 +65,14 @@ def blocks(name: str) -> list[str]:
 
 
 def user_env(tmp: Path) -> dict[str, str]:
-    """What a user's plain shell has: a HOME and a TMPDIR of its own and the installed tools."""
-    home, tmpdir = tmp / "home", tmp / "tmp"
+    """What a user's plain shell has: a HOME and a TMPDIR of its own and the installed tools.
+
+    The TMPDIR is short, like a user's ``/tmp``: a local Ray puts its sockets under it, and an
+    AF_UNIX path may not exceed 107 bytes, which one below pytest's ``tmp_path`` does
+    (``.../test_train_serve_evaluate0/tmp/ray/session_<time>_<pid>/sockets/plasma_store``).
+    """
+    home = tmp / "home"
+    tmpdir = Path("/tmp") / f"ej-{hashlib.sha256(str(tmp).encode()).hexdigest()[:10]}"
     home.mkdir(exist_ok=True)
     tmpdir.mkdir(exist_ok=True)
     bindir = str(Path(sys.executable).parent)
