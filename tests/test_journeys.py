@@ -123,7 +123,9 @@ def test_ingest_one_site(tmp_path):
     done = run_journey("ingest-one-site", tmp_path)
     shards = tmp_path / "work" / "sets" / "northfield"
     assert (shards / "manifest.parquet").is_file() and (shards / "stats.json").is_file()
-    assert list(shards.glob("train-*.tar")) and (shards / "ingest_report.parquet").is_file()
+    # shards of whichever splits the user's random key gave its 4 patients (0.3^4 of keys give
+    # no train patient, about 1 key in 120: a check on train-*.tar failed so once)
+    assert list(shards.glob("*-*.tar")) and (shards / "ingest_report.parquet").is_file()
     assert "OK" in done.stdout  # shards verify's verdict
 
 
