@@ -132,6 +132,27 @@ def recorded_auth_mode(address: str | None, state_dir: Path | None = None) -> st
     return state.auth if cluster_pids(state) else None
 
 
+def resolve_auto_address(address: str | None, state_dir: Path | None = None) -> str | None:
+    """``auto`` as the GCS address of the running cluster `cluster local` recorded, when there
+    is one; any other address (and ``auto`` without such a cluster) as given.
+
+    Ray's own ``auto`` is the last ``ray start`` in Ray's default temp dir, else any GCS process
+    it finds on the machine. `cluster local` keeps its nodes' files in a private dir, so on a
+    machine where another Ray runs (another user's, a test's, a notebook's), Ray's ``auto``
+    would connect to that one: with token auth it is refused (``InvalidAuthToken``), without it
+    the work would run on a stranger's cluster.
+    """
+    if address != "auto":
+        return address
+    try:
+        state = LocalClusterState.load(state_dir or default_state_dir())
+    except (OSError, ValueError, TypeError):  # an unreadable state file is not ours to judge
+        return address
+    if state is None or not cluster_pids(state):
+        return address
+    return state.address
+
+
 class LocalClusterError(EchocmrError, RuntimeError):
     """The local cluster could not be started or found."""
 

@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_bars()
     try:
         from echocmr.cluster.auth import configure_client
-        from echocmr.cluster.local import recorded_auth_mode
+        from echocmr.cluster.local import recorded_auth_mode, resolve_auto_address
 
+        if getattr(args, "address", None) == "auto":  # the cluster `cluster local` started
+            args.address = resolve_auto_address("auto")
         configure_client(recorded_auth_mode(getattr(args, "address", None)))
         _check_store(args)
         return int(args.func(args) or 0)

@@ -119,6 +119,24 @@ def test_checkpoint_score_follows_the_prespecified_selection():
         load_config(overrides={"selection": {"metric": "f1"}})
 
 
+def test_a_fallback_score_is_named_a_val_loss_not_an_auc():
+    """Registration names what the score is: with no val AUC for the rule's tasks (too few val
+    positives) `checkpoint_score` is -val loss, and `models list` must not print it as
+    "val AUC (wma) -0.289" (seen in the training journey, tests/test_journeys.py)."""
+    from echocmr.train.selection import scored_on
+
+    aucs = {"wma": None, "lge": 0.7, "t1": float("nan"), "t2": None, "ecv": 0.5}
+    assert scored_on("val AUC (wma)", aucs, tasks=("wma",)) == "val loss (no val AUC (wma))"
+    assert scored_on("val AUC (t1)", aucs, tasks=("t1",)) == "val loss (no val AUC (t1))"  # NaN
+    assert scored_on("val AUC (wma + lge)", aucs, tasks=("wma", "lge")) == "val AUC (wma + lge)"
+    assert scored_on("val AUC (0*lge + 1*wma)", aucs, tasks=("lge", "wma"),
+                     weights={"lge": 0.0, "wma": 1.0}) == "val loss (no val AUC (0*lge + 1*wma))"
+    assert scored_on("val AUC (wma, lge, t1, t2, ecv)", aucs) == "val AUC (wma, lge, t1, t2, ecv)"
+    assert scored_on("val loss", aucs, metric="loss") == "val loss"
+    # the score it names is the one checkpoint_score gave
+    assert checkpoint_score(aucs, 0.3, tasks=("wma",)) == -0.3
+
+
 def test_val_result_score_uses_the_run_selection():
     import numpy as np
 

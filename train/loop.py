@@ -64,6 +64,7 @@ from echocmr.shards.storage import is_url
 from echocmr.train.config import TrainConfig
 from echocmr.train.engine import Engine, mid_epoch_world_change
 from echocmr.train.preflight import PreflightError, check_cluster
+from echocmr.train.selection import scored_on
 from echocmr.train.tracker import finish_run, log_dataset, make_tracker, open_run
 
 log = logging.getLogger(__name__)
@@ -440,7 +441,10 @@ def _finish(config: TrainConfig, result, *, tracking_uri: str, run_id: str,
             outcome.registration = register_model(
                 outcome.model_uri, config.register, tracking_uri=tracking_uri,
                 val_mean_auc=mean, val_aucs=aucs, data_digest=digest, run_id=run_id,
-                selection=config.selection.describe(),
+                selection=scored_on(config.selection.describe(), aucs,
+                                    metric=config.selection.metric,
+                                    tasks=config.selection.tasks,
+                                    weights=config.selection.weights),
                 selection_score=_none_if_nan(best_metrics.get(SCORE)),
                 data_scope=_data_scope(config))
             _write_card(outcome, config, tracking_uri=tracking_uri, shards=shards, digest=digest,

@@ -32,3 +32,18 @@ def checkpoint_score(aucs: dict[str, float | None], val_loss: float, *,
         return -float(val_loss)
     w = np.array([1.0 if weights is None else weights[t] for t in have])
     return float(np.dot(w, list(have.values())) / w.sum())
+
+
+def scored_on(description: str, aucs: dict[str, float | None], *, metric: str = "auc",
+              tasks: tuple[str, ...] | None = None,
+              weights: dict[str, float] | None = None) -> str:
+    """What a checkpoint's score is, in words: ``description`` (the rule,
+    ``SelectionConfig.describe``), or, when the rule is AUC and none of its tasks had a val AUC
+    (too few val positives: `checkpoint_score` fell back to -val loss), ``val loss (no val AUC
+    (wma))``, so a listed score is never a negative loss under an AUC's name."""
+    if metric != "auc":
+        return description
+    chosen = aucs if tasks is None else {t: aucs.get(t) for t in tasks}
+    have = [t for t, v in chosen.items() if v is not None and not math.isnan(v)
+            and (weights is None or weights.get(t, 0.0) > 0)]
+    return description if have else f"val loss (no {description})"
