@@ -288,6 +288,7 @@ def test_predict_uses_the_view_model_the_cmr_model_records(trained, tmp_path):
 
     from echocmr.model.artifact import read_meta
     from echocmr.model.publish import ExpectedViews, log_model
+    from echocmr.model.registry import register_model
     from echocmr.model.store import mlflow_artifact_dir
     from echocmr.model.view_serving import classify_file
 
@@ -298,16 +299,17 @@ def test_predict_uses_the_view_model_the_cmr_model_records(trained, tmp_path):
     ybr = _ybr()
     seen = classify_file(ViewClassifier(read_view_model(model_dir)), ybr)["view"]
     others = tuple(v for v in ("A4C", "A2C", "PLAX", "other") if v != seen)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("echocmr")
     run = client.create_run(exp.experiment_id if exp else client.create_experiment("echocmr"))
     model_uri = log_model(tiny_state(CMR_STATS), tracking_uri=uri, run_id=run.info.run_id,
                           views=ExpectedViews(views=others, source="models:/views/1",
                                               view_model_dir=str(model_dir)))
     mlflow.set_tracking_uri(uri)
-    client.create_registered_model("echo")
-    client.create_model_version("echo", model_uri, run.info.run_id)
-    client.set_registered_model_alias("echo", "champion", "1")
+    reg = register_model(model_uri, "echo", tracking_uri=uri, val_mean_auc=0.6,
+                         val_aucs={"wma": 0.6}, data_digest="d" * 64, run_id=run.info.run_id)
+    assert reg.alias == "champion", reg
+    assert MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("echo", "champion")
     # An artifact directory that names the view model but does not carry it: the registry has it.
     local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
                                                 dst_path=str(tmp_path / "dl"))
