@@ -16,6 +16,9 @@ What is measured.
   processes) per kept clip, and the ratio (target: the model adds <= 10 %). Also the classifier's
   own CPU seconds per clip in this process (one thread, as in a worker).
 
+``--view-model DIR`` measures a model trained before (``echocmr views train --out DIR``) instead
+of training one.
+
 Run (a synthetic cohort ingested per site with its views table, docs/views.md)::
 
     python -m bench.bench_views --train SHARDS/northfield --train SHARDS/riverside \
@@ -96,7 +99,10 @@ def ingest_cpu(dicom: str, labels: str, site: str, out: str, view_model: str | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train", action="append", required=True, help="shard set to train on")
+    p.add_argument("--train", action="append", help="shard set to train on")
+    p.add_argument("--view-model", metavar="DIR",
+                   help="a trained view model's directory (views train --out): measure it, "
+                        "train nothing")
     p.add_argument("--holdout", required=True, help="shard set of the held-out site")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
@@ -109,16 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     from echocmr.shards.reader import read_manifest
     from echocmr.views.fit import ViewTrainConfig, train_view_model
 
+    if not args.train and not args.view_model:
+        p.error("give --train (shard sets to train on) or --view-model (a trained model)")
     with tempfile.TemporaryDirectory(prefix="echocmr-bench-views-") as tmp:
-        train_set = _merge(args.train, tmp)
-        started = time.perf_counter()
-        result = train_view_model(train_set, ViewTrainConfig(epochs=args.epochs, seed=args.seed,
-                                                                  batch_size=args.batch_size),
-                                  out=os.path.join(tmp, "vm"), track=False)
-        print(f"trained on {result.train_sites} ({result.counts}) in "
-              f"{time.perf_counter() - started:.0f} s; val accuracy "
-              f"{100 * result.val['accuracy']:.1f} % on {result.val['n']} clips")
-        classifier = ViewClassifier(read_view_model(result.artifact_dir))
+        if args.view_model:
+            artifact_dir = args.view_model
+        else:
+            train_set = _merge(args.train, tmp)
+            started = time.perf_counter()
+            result = train_view_model(train_set, ViewTrainConfig(
+                epochs=args.epochs, seed=args.seed, batch_size=args.batch_size),
+                out=os.path.join(tmp, "vm"), track=False)
+            print(f"trained on {result.train_sites} ({result.counts}) in "
+                  f"{time.perf_counter() - started:.0f} s; val accuracy "
+                  f"{100 * result.val['accuracy']:.1f} % on {result.val['n']} clips", flush=True)
+            artifact_dir = result.artifact_dir
+        classifier = ViewClassifier(read_view_model(artifact_dir))
         matrix, cpu, raw = holdout_confusion(classifier, args.holdout)
         site = sorted(read_manifest(args.holdout)["site"].unique())
         print(f"\nheld-out site {', '.join(site)}: {int(matrix.sum())} clips with a known view")
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             base, kept = ingest_cpu(args.dicom, args.labels, site[0], os.path.join(tmp, "a"),
                                     None)
             with_model, _ = ingest_cpu(args.dicom, args.labels, site[0], os.path.join(tmp, "b"),
-                                       result.artifact_dir)
+                                       artifact_dir)
             print(f"ingest CPU per kept clip ({kept} clips, --workers 1): {base:.3f} s without, "
                   f"{with_model:.3f} s with --view-model: +{100 * (with_model / base - 1):.1f} % "
                   "(target <= 10 %)")

@@ -1,6 +1,8 @@
 """`echocmr demo`: the whole flow on a synthetic cohort, one command, resumable.
 
-    synth -> ingest (once per site) -> shards reshard (merge the sites) -> shards verify
+    synth -> ingest (once per site; the left-out site by a view classifier, `views train` on
+      the other sites' labelled views, instead of its views table)
+      -> shards reshard (merge the sites) -> shards verify
       -> train (2 Ray workers, one site left out, registers the model)
       -> eval (the test split of the training sites beside every study of the left-out site)
 
@@ -19,6 +21,7 @@ working directory so default stores (MLflow artifacts, Ray runs) land there too:
 
     OUT/cohort/        synthetic DICOMs (dicom/<site>/...), cmr_labels.parquet, views.csv
     OUT/sites/<site>/  each site's own ingest: its shards and ingest_report (site-local)
+    OUT/internal/      the sites other than the left-out one, merged: the view model's data
     OUT/shards/        the merged shard set: *.tar + *.idx, manifest.parquet, stats.json
     OUT/train.yaml     the demo's settings on top of the `demo` train preset
     OUT/ray_runs/      Ray Train storage: the run's checkpoints
@@ -42,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEMO_MODEL = "echocmr-demo"
+DEMO_VIEW_MODEL = "echocmr-demo-views"
 DEMO_RUN = "demo"
 # The cohort's hospitals are ingested one by one (`--site`, as data arrives from real sites) and
 # merged; training leaves DEMO_HOLDOUT out, and eval validates on it externally. It is the site
@@ -144,6 +148,7 @@ class DemoConfig:
     fresh: bool = False
     ingest_workers: int | None = None  # None: all cores
     model_name: str = DEMO_MODEL
+    view_model_name: str = DEMO_VIEW_MODEL
     train_overrides: dict = field(default_factory=dict)  # merged over the demo preset (tests)
 
     def __post_init__(self) -> None:
@@ -172,6 +177,7 @@ def _paths(c: DemoConfig) -> dict[str, Path]:
         "cohort": out / "cohort",
         "sites": out / "sites",
         "shards": out / "shards",
+        "internal": out / "internal",
         "train_yaml": out / "train.yaml",
         "ray_runs": out / "ray_runs",
         "mlflow_db": out / "mlflow.db",
@@ -236,19 +242,38 @@ def plan(c: DemoConfig, *, gpu: bool) -> list[Step]:
             outputs=[cohort],
         ),
     ]
-    steps += [
-        Step(
+    def ingest(site: str, out: Path, views: list[str]) -> Step:
+        return Step(
             name=f"ingest_{site}",
-            title=f"ingest site {site}'s DICOMs + CMR labels into its own shards",
+            title=f"ingest site {site}'s DICOMs + CMR labels into its own shards"
+                  + (" (views by the view model)" if "--view-model" in views else ""),
             argv=["ingest", "--dicom", str(cohort / "dicom" / site),
-                  "--labels", str(cohort / "cmr_labels.parquet"),
-                  "--views", str(cohort / "views.csv"), "--out", str(out),
+                  "--labels", str(cohort / "cmr_labels.parquet"), *views, "--out", str(out),
                   "--site", site, "--workers", str(ingest_workers)],
             params={"site": site},
             outputs=[out],
         )
-        for site, out in zip(sites, site_sets, strict=True)
-    ]
+
+    table = ["--views", str(cohort / "views.csv")]
+    steps += [ingest(site, out, table)
+              for site, out in zip(sites, site_sets, strict=True) if site != holdout]
+    if holdout:  # the external site has no views table: a view model trained on ours labels it
+        internal = [str(out) for site, out in zip(sites, site_sets, strict=True)
+                    if site != holdout]
+        steps += [
+            Step(name="reshard_internal", title="merge the internal sites (view model's data)",
+                 argv=["shards", "reshard", "--input", *internal, "--out", str(p["internal"])],
+                 params={"sites": [s for s in sites if s != holdout]},
+                 outputs=[p["internal"]]),
+            Step(name="views_train",
+                 title="train a view classifier on the internal sites' labelled views",
+                 argv=["views", "train", "--shards", str(p["internal"]), "--register",
+                       c.view_model_name, "--tracking-uri", tracking_uri(c)],
+                 params={"model": c.view_model_name}, outputs=[]),
+            ingest(holdout, p["sites"] / holdout,
+                   ["--view-model", f"models:/{c.view_model_name}@champion",
+                    "--tracking-uri", tracking_uri(c)]),
+        ]
     steps += [
         Step(
             name="reshard",

@@ -122,7 +122,9 @@ def _view_classifier(config, args: argparse.Namespace):
     logging.getLogger("echocmr.ingest").info("view model %s (threshold %.2f)",
                                              classifier.source, classifier.threshold)
     config.view_model = classifier.source
-    return classifier
+    # Workers get the numpy twin (`model.view_numpy`): the same calls without importing torch,
+    # about 1.5 CPU s per worker process (docs/benchmarks.md, "View classifier").
+    return classifier.portable()
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from echocmr.model.tracking import set_name
 from echocmr.shards.format import SPLITS, TASKS
-from echocmr.shards.reader import read_manifest
+from echocmr.shards.reader import read_manifest, read_stats
 from echocmr.shards.stats import split_summary
 
 EVAL_BEGIN = "<!-- echocmr eval {split} -->"
@@ -28,15 +28,20 @@ EVAL_END = "<!-- /echocmr eval {split} -->"
 
 def data_summary(shards: str, *, exclude_sites=(), train_sites=None) -> dict[str, Any]:
     """Per split counts and prevalence of a shard set without ``exclude_sites`` (what training
-    read), its sites, the sites left out and those trained on (plain data)."""
+    read), its sites, the sites left out and those trained on, and the view classifier that
+    labelled each site's views (stats.json ``view_models``, site -> exact version; plain data)."""
 
     manifest = read_manifest(shards)
     manifest = manifest[~manifest["site"].astype(str).isin(list(exclude_sites))]
     splits = {s: split_summary(manifest[manifest["split"] == s]) for s in SPLITS
               if (manifest["split"] == s).any()}
-    return {"sites": sorted(str(s) for s in manifest["site"].unique()), "clips": len(manifest),
+    sites = sorted(str(s) for s in manifest["site"].unique())
+    view_models = {site: source for site, source in
+                   sorted((read_stats(shards).view_models or {}).items()) if site in sites}
+    return {"sites": sites, "clips": len(manifest),
             "splits": splits, "excluded_sites": sorted(exclude_sites),
-            "train_sites": None if train_sites is None else list(train_sites)}
+            "train_sites": None if train_sites is None else list(train_sites),
+            "view_models": view_models}
 
 
 def training_card(*, name: str, version: str, run_id: str, shards: str, digest: str,
@@ -56,7 +61,8 @@ def training_card(*, name: str, version: str, run_id: str, shards: str, digest: 
                if data.get("train_sites") is not None else []),
              *([f"- **left out of training** (`--exclude-site`, for external validation): "
                 f"{', '.join(data['excluded_sites'])}; the table counts the other sites only"]
-               if data.get("excluded_sites") else []), "",
+               if data.get("excluded_sites") else []),
+             *_view_model_lines(data.get("view_models") or {}, config), "",
              "| split | clips | studies | patients | "
              + " | ".join(f"{t.upper()} prevalence" for t in TASKS) + " |",
              "|---|---|---|---|" + "---|" * len(TASKS)]
@@ -79,6 +85,21 @@ def training_card(*, name: str, version: str, run_id: str, shards: str, digest: 
     lines += [f"| {t.upper()} | {_auc(val_aucs.get(t))} |" for t in TASKS]
     lines += [f"| mean | {_auc(val_mean_auc)} |", ""]
     return "\n".join(lines)
+
+
+def _view_model_lines(view_models: dict[str, str], config: dict[str, Any]) -> list[str]:
+    """Which views the model read (``data.views``) and which view classifier labelled them:
+    the model expects the same classifier at predict and serving time (docs/views.md)."""
+    views = (config.get("data") or {}).get("views")
+    lines = [f"- views read: {', '.join(views)}"] if views else []
+    by_model: dict[str, list[str]] = {}
+    for site, source in view_models.items():
+        by_model.setdefault(source, []).append(site)
+    lines += [f"- view model `{source}` labelled the views of {', '.join(sites)}"
+              for source, sites in sorted(by_model.items())]
+    if not by_model:
+        lines.append("- view model: none (views came from a views table, or are unknown)")
+    return lines
 
 
 def eval_tags(split: str, results: dict) -> dict[str, str]:

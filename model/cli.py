@@ -40,10 +40,15 @@ def _register_predict(subparsers) -> None:
                    help="view classifier (models:/NAME@ALIAS or a directory; docs/views.md): "
                         "each file's view and confidence are reported, and files of other "
                         "views than --views are left out (reason view_not_target or "
-                        "view_unknown) instead of entering a study's probability")
+                        "view_unknown) instead of entering a study's probability. Default: "
+                        "the view model the CMR model records (the one that labelled its "
+                        "training set), logged with it or found in the registry")
+    p.add_argument("--no-view-model", action="store_true",
+                   help="use every file whatever its view, even when the model records a view "
+                        "model")
     p.add_argument("--views", action="append", metavar="VIEW",
-                   help="views the model was trained on (repeatable; default A4C, A2C, PLAX); "
-                        "with --view-model")
+                   help="views the model was trained on (repeatable; default: the views the "
+                        "model records, else A4C, A2C, PLAX); with a view model")
     p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.set_defaults(func=run_predict_cmd)
 
@@ -102,8 +107,9 @@ def run_predict_cmd(args: argparse.Namespace) -> int:
     try:
         config = PredictConfig(clips=args.clips, stride=args.stride,
                                ingest_config=args.ingest_config)
-        model, spec, stats = load_for_predict(args.model, tracking_uri=args.tracking_uri)
-        view_filter = _view_filter(args)
+        model, spec, stats, recorded = load_for_predict(args.model,
+                                                        tracking_uri=args.tracking_uri)
+        view_filter = _view_filter(args, recorded)
     except (FileNotFoundError, ValueError) as exc:
         print(f"echocmr predict: {exc}", file=sys.stderr)
         return 1
@@ -117,21 +123,32 @@ def run_predict_cmd(args: argparse.Namespace) -> int:
     return 0 if len(result.studies) else 1
 
 
-def _view_filter(args: argparse.Namespace):
-    """`model.predict.ViewFilter` from ``--view-model`` / ``--views`` (None without a model)."""
-    if args.view_model is None:
-        if args.views:
-            raise ValueError("--views needs --view-model")
-        return None
+def _view_filter(args: argparse.Namespace, recorded=None):
+    """`model.predict.ViewFilter` from ``--view-model`` / ``--views``, else from the view model
+    the CMR model records (`model.recorded_views.RecordedViews`); None without one."""
     from echocmr.model.predict import ViewFilter
     from echocmr.model.view_store import load_view_classifier
     from echocmr.shards.format import TARGET_VIEWS, VIEW_VOCABULARY
 
-    views = tuple(dict.fromkeys(args.views or TARGET_VIEWS))
+    if args.no_view_model and args.view_model:
+        raise ValueError("--no-view-model and --view-model: choose one")
+    if args.no_view_model or (args.view_model is None and
+                              (recorded is None or recorded.classifier is None)):
+        if args.views:
+            raise ValueError("--views needs a view model (--view-model, or a model that "
+                             "records one)")
+        return None
+    default = recorded.views if recorded is not None else TARGET_VIEWS
+    views = tuple(dict.fromkeys(args.views or default))
     bad = [v for v in views if v not in VIEW_VOCABULARY]
     if bad:
         raise ValueError(f"--views {', '.join(bad)}: choose among {', '.join(VIEW_VOCABULARY)}")
-    classifier = load_view_classifier(args.view_model, tracking_uri=args.tracking_uri)
+    if args.view_model is not None:
+        classifier = load_view_classifier(args.view_model, tracking_uri=args.tracking_uri)
+    else:
+        classifier = recorded.classifier
+        print(f"views: {classifier.source} ({recorded.found_in}) keeps {', '.join(views)}; "
+              "--view-model overrides it, --no-view-model turns it off", file=sys.stderr)
     return ViewFilter(classifier=classifier, views=views)
 
 

@@ -39,7 +39,8 @@ from echocmr.ingest.reasons import RejectedInput
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
 from echocmr.model.lineage import source_run_id
 from echocmr.model.pulled import read_model_stats
-from echocmr.model.store import load_model
+from echocmr.model.recorded_views import recorded_views
+from echocmr.model.store import load_local, opened_model
 from echocmr.model.tasks import TASKS, p_col
 from echocmr.model.tracking import resolve_tracking_uri
 
@@ -217,11 +218,15 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
 
 
 def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
-    """``(model, spec, stats or None)``; stats come from a pulled directory when present."""
+    """``(model, spec, stats or None, RecordedViews or None)``, from one download: stats come
+    from a pulled directory when present, else the training run; the view classifier the model
+    records (`model.recorded_views`) from the model itself, else the registry."""
 
-    model, spec = load_model(model_uri, tracking_uri=tracking_uri)
+    with opened_model(model_uri, tracking_uri=tracking_uri) as local:
+        model, spec = load_local(local, model_uri)
+        views = recorded_views(local, tracking_uri=tracking_uri)
     if Path(model_uri).is_dir():
-        return model, spec, read_model_stats(model_uri)
+        return model, spec, read_model_stats(model_uri), views
     stats = None
     if model_uri.startswith(("models:/", "runs:/")):  # the training run logged stats.json
         import mlflow
@@ -235,4 +240,4 @@ def load_for_predict(model_uri: str, *, tracking_uri: str | None = None):
                 stats = mlflow.artifacts.load_dict(f"runs:/{run_id}/stats.json")
             except Exception as exc:
                 log.warning("no stats.json in run %s (%s): using ingest defaults", run_id, exc)
-    return model, spec, stats
+    return model, spec, stats, views

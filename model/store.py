@@ -13,8 +13,10 @@ older echocmr versions load through `model.legacy`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -39,20 +41,19 @@ def load_model(uri: str, *, tracking_uri: str | None = None) -> tuple[torch.nn.M
     file. MLflow URIs use ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else
     ``sqlite:///mlflow.db``); the model is downloaded and read as a local directory.
     """
-    model, spec = _load_any(uri, tracking_uri)
-    _check_shard_format(spec, uri)
-    return model, spec
+    with opened_model(uri, tracking_uri=tracking_uri) as local:
+        return load_local(local, uri)
 
 
-def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, InputSpec]:
-
+@contextlib.contextmanager
+def opened_model(uri: str, *, tracking_uri: str | None = None) -> Iterator[str]:
+    """The local path of the model at ``uri`` while the block runs: the path itself when it is
+    local, else the MLflow model downloaded into a temporary directory (removed afterwards), so
+    a caller reads the network and what was logged beside it from one download."""
     local = os.path.expanduser(uri)
     if os.path.exists(local):
-        if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
-            return _load_mlflow_dir(local, uri)
-        if os.path.isdir(local) and is_model_dir(local):
-            return read_model_dir(local)[:2]
-        return model_from_state(read_checkpoint(local))
+        yield local
+        return
     if "://" in uri or uri.startswith(("models:/", "runs:/")):
         import tempfile
 
@@ -61,11 +62,23 @@ def _load_any(uri: str, tracking_uri: str | None) -> tuple[torch.nn.Module, Inpu
         tracking_uri = resolve_tracking_uri(tracking_uri)
         mlflow.set_tracking_uri(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="echocmr-model-") as tmp:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
-                                                       tracking_uri=tracking_uri)
-            return _load_mlflow_dir(path, uri)
+            yield mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                      tracking_uri=tracking_uri)
+        return
     raise FileNotFoundError(f"model {uri!r} is neither an MLflow URI (models:/NAME@ALIAS, "
                             "runs:/...) nor an existing checkpoint or model directory")
+
+
+def load_local(local: str, uri: str) -> tuple[torch.nn.Module, InputSpec]:
+    """The network and spec of a local path `opened_model` gave for ``uri``."""
+    if os.path.isdir(local) and os.path.isfile(os.path.join(local, "MLmodel")):
+        model, spec = _load_mlflow_dir(local, uri)
+    elif os.path.isdir(local) and is_model_dir(local):
+        model, spec = read_model_dir(local)[:2]
+    else:
+        model, spec = model_from_state(read_checkpoint(local))
+    _check_shard_format(spec, uri)
+    return model, spec
 
 
 def _check_shard_format(spec: InputSpec, uri: str) -> None:

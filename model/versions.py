@@ -71,7 +71,10 @@ def _float(text) -> float | None:
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri)
+    # The registry is the tracking store's: MLflow's default registry URI is the process-wide
+    # tracking URI (``./mlflow.db`` when none is set), not this client's, so `models pull
+    # --tracking-uri X` run elsewhere looked for the model in the working directory's store.
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
 def _version_info(client, version, aliases: list[str]) -> ModelVersionInfo:
@@ -162,6 +165,7 @@ def pull_model(ref: str, out: str | os.PathLike, *, tracking_uri: str) -> ModelV
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty directory; pull into a new one")
+    mlflow.set_tracking_uri(tracking_uri)  # models:/ downloads resolve through its registry
     info = resolve_version(tracking_uri, ref)
     out.mkdir(parents=True, exist_ok=True)
     mlflow_dir = out / MLFLOW_SUBDIR

@@ -34,6 +34,7 @@ from torch import nn
 
 from echocmr.model.artifact import echocmr_version, torch_version
 from echocmr.model.contract import InputSpec, frames_to_clip
+from echocmr.model.view_numpy import PortableViewClassifier, PortableViewNet, ViewCall
 from echocmr.shards.format import TARGET_VIEWS, VIEW_OTHER, VIEW_UNKNOWN, view_class
 
 VIEW_FORMAT = 1
@@ -204,16 +205,6 @@ def read_view_model(directory: str | os.PathLike) -> ViewModel:
                      meta=meta)
 
 
-@dataclass(frozen=True)
-class ViewCall:
-    """One clip's view: the class (``unknown`` below the threshold), its confidence, and the
-    class the network would pick regardless (``best``)."""
-
-    view: str
-    confidence: float
-    best: str
-
-
 class ViewClassifier:
     """Grey frames ``uint8[T, H, W]`` -> `ViewCall`. Picklable (a process pool or a Ray task
     carries it to its workers, which is how ingest gets one without importing this package) and
@@ -238,6 +229,16 @@ class ViewClassifier:
 
     def __call__(self, frames_THW: np.ndarray) -> ViewCall:
         return self.classify([frames_THW])[0]
+
+    def portable(self) -> PortableViewClassifier:
+        """The same classifier in numpy (`model.view_numpy`): what ingest's workers get, so a
+        worker never imports torch for it."""
+        return PortableViewClassifier(
+            net=PortableViewNet.from_state(self.model.net.state_dict(),
+                                           self.model.net.config.blocks),
+            spec=self.model.spec, classes=self.model.classes,
+            temperature=self.model.temperature, threshold=self.threshold, source=self.source,
+            version=self.version)
 
     def classify(self, clips: list[np.ndarray]) -> list[ViewCall]:
         if not clips:

@@ -27,8 +27,9 @@ def _hex(*parts: object) -> str:
 
 def make_view_set(out_dir: str, *, site: str = "site_a", n_patients: int = 20, size: int = 64,
                   n_frames: int = 16, seed: int = 0, views=ALL_VIEWS,
-                  unknown_every: int = 0) -> str:
-    """Write the set; ``unknown_every`` > 0 stores every n-th clip's view as ``unknown``."""
+                  unknown_every: int = 0, view_models: dict[str, str] | None = None) -> str:
+    """Write the set; ``unknown_every`` > 0 stores every n-th clip's view as ``unknown``;
+    ``view_models`` goes to stats.json (site -> the view model said to have labelled it)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_patients)
     split_of = {int(p): ("val" if i % 5 == 0 else "test" if i % 5 == 1 else "train")
@@ -36,7 +37,7 @@ def make_view_set(out_dir: str, *, site: str = "site_a", n_patients: int = 20, s
     writer = ShardSetWriter(out_dir, config=WriterConfig(samples_per_shard=16),
                             clip_format={"height": size, "width": size, "fps": 30.0,
                                          "codec": "vp9", "pix_fmt": "yuv420p"},
-                            split_key_fingerprint=FINGERPRINT)
+                            split_key_fingerprint=FINGERPRINT, view_models=view_models)
     n = 0
     with writer:
         for patient in range(n_patients):

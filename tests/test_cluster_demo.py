@@ -19,7 +19,9 @@ from echocmr.train import config as train_config
 
 SITES = ["northfield", "riverside", "st_elsewhere"]
 INGESTS = [f"ingest_{site}" for site in SITES]
-ALL = ["synth", *INGESTS, "reshard", "verify", "train", "eval"]
+# The held-out site is ingested last, with a view model trained on the other sites' views.
+ALL = ["synth", *INGESTS[:-1], "reshard_internal", "views_train", INGESTS[-1], "reshard",
+       "verify", "train", "eval"]
 
 
 @pytest.fixture
@@ -73,6 +75,18 @@ def test_every_step_parses_with_the_real_command_line(tmp_path):
     reshard = next(s for s in steps if s.name == "reshard")
     assert [Path(x).name for x in reshard.argv[reshard.argv.index("--input") + 1:
                                                reshard.argv.index("--out")]] == SITES
+    # the held-out site has no views table: the view model trained on the others labels it
+    internal = next(s for s in steps if s.name == "reshard_internal")
+    assert [Path(x).name for x in internal.argv[internal.argv.index("--input") + 1:
+                                                internal.argv.index("--out")]] == SITES[:-1]
+    views = next(s for s in steps if s.name == "views_train")
+    assert views.argv[views.argv.index("--shards") + 1] == internal.argv[-1]
+    name = views.argv[views.argv.index("--register") + 1]
+    for s in ingests:
+        external = s.argv[s.argv.index("--site") + 1] == demo.DEMO_HOLDOUT
+        assert ("--views" in s.argv) != external
+        assert (s.argv[s.argv.index("--view-model") + 1] == f"models:/{name}@champion"
+                if external else "--view-model" not in s.argv)
     assert train.argv[train.argv.index("--exclude-site") + 1] == demo.DEMO_HOLDOUT
     evaluate = next(s for s in steps if s.name == "eval")
     assert evaluate.argv[evaluate.argv.index("--holdout-site") + 1] == demo.DEMO_HOLDOUT

@@ -24,6 +24,7 @@ from _views_fixtures import make_view_set
 from echocmr.config import ConfigError
 from echocmr.ingest.synth.small import small_clip
 from echocmr.ingest.views import ViewMix, disagrees, label_view
+from echocmr.model.contract import frames_to_clip
 from echocmr.model.views import (
     VIEW_CLASSES,
     ViewClassifier,
@@ -274,3 +275,137 @@ def pd_frame(columns: dict):
     import pandas as pd
 
     return pd.DataFrame(columns)
+
+
+def test_predict_uses_the_view_model_the_cmr_model_records(trained, tmp_path):
+    """A CMR model records the view model that labelled its training set: ``echocmr predict``
+    (a subprocess, no ``--view-model``) classifies each file with it, from the registered model
+    (logged with it), from the pulled directory, and from a bare artifact directory through the
+    registry; a file of a view the model was not trained on stays out of the study's
+    probability. ``--no-view-model`` turns it off; ``--view-model`` overrides it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from echocmr.model.artifact import read_meta
+    from echocmr.model.publish import ExpectedViews, log_model
+    from echocmr.model.registry import register_model
+    from echocmr.model.store import mlflow_artifact_dir
+    from echocmr.model.view_serving import classify_file
+
+    from _eval_model import tiny_state
+
+    proc, model_dir, uri = trained  # registered as models:/views/1 in ``uri``
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ybr = _ybr()
+    seen = classify_file(ViewClassifier(read_view_model(model_dir)), ybr)["view"]
+    others = tuple(v for v in ("A4C", "A2C", "PLAX", "other") if v != seen)
+    client = MlflowClient(uri, registry_uri=uri)
+    exp = client.get_experiment_by_name("echocmr")
+    run = client.create_run(exp.experiment_id if exp else client.create_experiment("echocmr"))
+    model_uri = log_model(tiny_state(CMR_STATS), tracking_uri=uri, run_id=run.info.run_id,
+                          views=ExpectedViews(views=others, source="models:/views/1",
+                                              view_model_dir=str(model_dir)))
+    mlflow.set_tracking_uri(uri)
+    reg = register_model(model_uri, "echo", tracking_uri=uri, val_mean_auc=0.6,
+                         val_aucs={"wma": 0.6}, data_digest="d" * 64, run_id=run.info.run_id)
+    assert reg.alias == "champion", reg
+    assert MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("echo", "champion")
+    # An artifact directory that names the view model but does not carry it: the registry has it.
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri,
+                                                dst_path=str(tmp_path / "dl"))
+    bare = mlflow_artifact_dir(local)
+    assert read_meta(bare)["view_model"] == "models:/views/1"
+
+    env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def predict(model: str, *extra: str):
+        out = tmp_path / f"p{len(list(tmp_path.glob('p*.json')))}.json"
+        p = subprocess.run([sys.executable, "-m", "echocmr", "predict", "--model", model,
+                            "--out", str(out), "--tracking-uri", uri, *extra, ybr], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        return p, json.loads(out.read_text())
+
+    pulled = tmp_path / "pulled"
+    p = subprocess.run([sys.executable, "-m", "echocmr", "models", "pull", "echo@champion",
+                        "--out", str(pulled), "--tracking-uri", uri], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for model, found_in in (("models:/echo@champion", "logged with the model"),
+                            (str(pulled), "logged with the model"), (bare, "registry")):
+        p, doc = predict(model)
+        assert p.returncode == 1 and doc["studies"] == [], (model, p.stderr[-2000:])
+        (rejected,) = doc["rejected"]
+        assert rejected["view"] == seen, model
+        assert rejected["reason"] == ("view_unknown" if seen == "unknown" else "view_not_target")
+        assert f"({found_in})" in p.stderr and "models:/views/1" in p.stderr
+    p, doc = predict("models:/echo@champion", "--no-view-model")
+    assert p.returncode == 0 and len(doc["studies"]) == 1 and "views" not in doc
+    p, doc = predict("models:/echo@champion", "--view-model", str(model_dir), "--views", seen)
+    assert p.returncode == 0 and len(doc["studies"]) == 1, p.stderr[-2000:]
+    assert doc["views"][0]["view"] == seen and "logged with the model" not in p.stderr
+
+
+def test_the_cmr_model_card_names_the_view_model_of_its_training_set(tmp_path):
+    """stats.json ``view_models`` (what ingest --view-model records) reaches the CMR model's
+    card through `model.card.data_summary`, with the views the model read; a set without one
+    says so."""
+    from echocmr.model.card import data_summary, training_card
+    from echocmr.train.config import TrainConfig
+
+    from _eval_model import TINY
+
+    labelled = make_view_set(str(tmp_path / "a"), n_patients=5, seed=1, site="far",
+                             view_models={"far": "models:/views/4"})
+    plain = make_view_set(str(tmp_path / "b"), n_patients=5, seed=1)
+    config = TrainConfig.from_dict({**TINY, "data": {**TINY.get("data", {}),
+                                                     "views": ["A4C", "PLAX"]}}).to_dict()
+
+    def card(shards):
+        return training_card(name="echo", version="1", run_id="r" * 32, shards=shards,
+                             digest="d" * 64, data=data_summary(shards), config=config,
+                             best_epoch=0, val_aucs={}, val_mean_auc=None,
+                             echocmr_version="0")
+
+    assert data_summary(labelled)["view_models"] == {"far": "models:/views/4"}
+    text = card(labelled)
+    assert "- view model `models:/views/4` labelled the views of far" in text
+    assert "- views read: A4C, PLAX" in text
+    assert "view model: none" in card(plain)
+
+
+def test_the_numpy_twin_calls_what_the_torch_classifier_calls(trained, tmp_path):
+    """What ingest's workers run (`ViewClassifier.portable`, numpy) gives the torch classifier's
+    probabilities on clips of every view, sizes that need a resize down, up and none, and clips
+    shorter than a window; unpickled in a fresh Python it imports no torch."""
+    proc, model_dir, _ = trained
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    classifier = ViewClassifier(read_view_model(model_dir), source="here", threshold=0.6)
+    twin = classifier.portable()
+    assert (twin.source, twin.threshold, twin.version) == ("here", 0.6, classifier.version)
+    rng = np.random.default_rng(4)
+    for i, (view, size, n) in enumerate([("A4C", 112, 40), ("A2C", 128, 30), ("PLAX", 64, 16),
+                                         ("PSAX", 48, 3), ("A4C", 97, 60)]):
+        frames = small_clip(n, size, size, seed=i, view=view, overlays=False).frames
+        if i == 4:  # noise the phantom never makes
+            frames = rng.integers(0, 256, frames.shape, dtype=np.uint8)
+        want = classifier.model.probabilities(
+            frames_to_clip(frames, classifier.model.spec)[None]).numpy()[0]
+        got = twin.probabilities([frames])[0]
+        np.testing.assert_allclose(got, want, atol=2e-5)
+        a, b = classifier(frames), twin(frames)
+        assert (a.view, a.best) == (b.view, b.best) and a.confidence == pytest.approx(
+            b.confidence, abs=2e-5)
+    path = tmp_path / "twin.pkl"
+    path.write_bytes(pickle.dumps(twin))
+    frames = small_clip(16, 64, 64, seed=2, view="PLAX", overlays=False).frames
+    np.save(tmp_path / "frames.npy", frames)
+    code = ("import pickle, sys, numpy as np; c = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "call = c(np.load(sys.argv[2])); assert 'torch' not in sys.modules, 'torch loaded'; "
+            "print(call.view, call.confidence)")
+    p = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "frames.npy")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    view, conf = p.stdout.split()
+    assert view == classifier(frames).view and float(conf) == pytest.approx(
+        classifier(frames).confidence, abs=2e-5)
