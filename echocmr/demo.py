@@ -139,8 +139,8 @@ def cohort_sites(patients: int, seed: int) -> list[str]:
 
 
 # The demo trains `echocmr train --preset demo` (train.config.PRESETS: the `cpu-small` model, a
-# width-16 R(2+1)D on 16x64x64 clips that learns WMA in a few epochs on 2 CPU cores, for six
-# epochs). On GPUs the same small model is used, so the demo's figures compare between machines;
+# width-16 R(2+1)D on 16x64x64 clips that learns WMA in a few epochs on 2 CPU cores, for eight
+# epochs of batches of 4 per worker). On GPUs the same small model is used, so the demo's figures compare between machines;
 # the real GPU config is the `gpu` preset.
 DEMO_PRESET = "demo"
 
