@@ -30,7 +30,7 @@ from echocmr.ingest.synth.generate import (
     generate_cohort,
     generate_labels,
 )
-from echocmr.ingest.synth.labels import CUTOFFS
+from echocmr.ingest.synth.labels import CUTOFFS, label_model
 from echocmr.ingest.synth.phantom import EchoPhantom
 from echocmr.ingest.synth.sector import draw_geometry
 from echocmr.ingest.synth.sites import SITE_BY_KEY, SITES
@@ -292,6 +292,45 @@ def test_label_model_at_scale():
         both = flags.groupby(df["patient_id"]).agg(["min", "max", "count"])
         both = both[both["count"] == 2]
         assert (both["min"] == both["max"]).all()
+
+
+def test_demo_label_model_keeps_every_dependency_and_changes_only_rates():
+    """The demo's label model (`echocmr synth --label-model demo`): LGE still follows WMA only
+    (now 0.9 vs 0.1), T1/T2/ECV stay independent of WMA and of LGE, ECV still leans on T1, and the
+    tissue labels are common and mostly measured — so a 45-patient held-out site can judge them."""
+    df = generate_labels(4000, seed=1, labels=label_model("demo"))
+    first = df.drop_duplicates("patient_id")  # one exam per patient: latent flags, no repeats
+    lge_given = first.groupby("wma")["lge"].mean()
+    assert abs(lge_given[1] - 0.9) < 0.03 and abs(lge_given[0] - 0.1) < 0.03
+    flags = {}
+    for col, name in (("t1_native_ms", "t1"), ("t2_ms", "t2"), ("ecv_pct", "ecv")):
+        assert df[col].isna().mean() <= 0.2, col  # "study": 0.28-0.42 missing
+        cut = df["field_strength_t"].map(CUTOFFS[name])
+        flags[name] = (df[col] > cut).astype(float).where(df[col].notna())
+        known = df[col].notna()
+        flag, wma, lge = flags[name][known], df.loc[known, "wma"], df.loc[known, "lge"]
+        assert 0.25 <= flag.mean() <= 0.5, name
+        assert abs(flag[wma == 1].mean() - flag[wma == 0].mean()) < 0.05, name
+        for w in (0, 1):  # nor LGE within a WMA class (LGE carries nothing of its own)
+            a, b = flag[(wma == w) & (lge == 1)], flag[(wma == w) & (lge == 0)]
+            se = np.sqrt(flag.mean() * (1 - flag.mean()) * (1 / len(a) + 1 / len(b)))
+            assert abs(a.mean() - b.mean()) < 4 * se, (name, w)  # 134 exams in the smallest
+    both = flags["t1"].notna() & flags["ecv"].notna()
+    ecv_given_t1 = flags["ecv"][both].groupby(flags["t1"][both]).mean()
+    assert abs(ecv_given_t1[1.0] - 0.6) < 0.05 and abs(ecv_given_t1[0.0] - 0.25) < 0.05
+    # same patients, same pictures' draws up to the labels: WMA and its pattern do not move
+    study = generate_labels(4000, seed=1)
+    assert (study.drop_duplicates("patient_id")["wma"].to_numpy()
+            == first["wma"].to_numpy()).all()
+
+
+def test_synth_refuses_an_unknown_label_model(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "echocmr", "synth", "--out", str(tmp_path / "c"),
+                           "--patients", "2", "--label-model", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown label model 'nope'" in proc.stderr and "demo" in proc.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def _wall_motion(view: str, territory: str, severity: float, seed: int,

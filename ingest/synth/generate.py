@@ -40,6 +40,7 @@ from echocmr.ingest.synth.cohort import (
     plan_cohort,
 )
 from echocmr.ingest.synth.dicom_writer import DicomIdentity, write_image, write_text_sr
+from echocmr.ingest.synth.labels import LabelModel
 from echocmr.ingest.synth.overlays import ScreenText
 from echocmr.ingest.synth.phantom import PhantomConfig
 from echocmr.ingest.synth.render import ClipRenderer, ClipRequest
@@ -237,8 +238,10 @@ def generate_cohort(
     return summary
 
 
-def generate_labels(patients: int, seed: int = 0) -> pd.DataFrame:
+def generate_labels(patients: int, seed: int = 0,
+                    labels: LabelModel | None = None) -> pd.DataFrame:
     """The CMR label table of a cohort without rendering any DICOM (the rows `generate_cohort`
-    writes to ``cmr_labels.parquet`` for the same patients and seed)."""
-    return labels_table(plan_cohort(CohortConfig(patients=patients, seed=seed,
-                                                 problem_files=False)))
+    writes to ``cmr_labels.parquet`` for the same patients, seed and label model)."""
+    return labels_table(plan_cohort(CohortConfig(
+        patients=patients, seed=seed, problem_files=False,
+        **({"labels": labels} if labels is not None else {}))))
