@@ -204,18 +204,32 @@ def gpu_memory_mb(device) -> dict:
 def widen(shards: str, times: int, out: str) -> str:
     """A view of ``shards`` whose train split lists every train tar ``times`` times (symlinks),
     so an epoch outlasts a measurement; val and test as they are."""
-    from echocmr.shards.format import STATS_FILE
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from echocmr.shards.format import MANIFEST_FILE, STATS_FILE, shard_name
+    from echocmr.shards.manifest import manifest_bytes
     from echocmr.shards.reader import list_shards
 
     os.makedirs(out, exist_ok=True)
-    n = 0
+    manifest = pq.read_table(os.path.join(shards, MANIFEST_FILE))
+    parts, n = [], 0
     for _ in range(times):
         for tar in list_shards(shards, "train"):
-            _link_shard(tar, os.path.join(out, f"train-{n:06d}.tar"))
+            name = shard_name("train", n)
+            _link_shard(tar, os.path.join(out, name))
+            rows = manifest.filter(pc.equal(manifest["shard"], os.path.basename(tar)))
+            parts.append(rows.set_column(rows.schema.get_field_index("shard"), "shard",
+                                         pa.array([name] * rows.num_rows, pa.string())))
             n += 1
     for split in ("val", "test"):
         for tar in list_shards(shards, split):
             _link_shard(tar, os.path.join(out, os.path.basename(tar)))
+            parts.append(manifest.filter(pc.equal(manifest["shard"], os.path.basename(tar))))
+    # The loaders plan their reading from the manifest: the widened set lists its own shards.
+    with open(os.path.join(out, MANIFEST_FILE), "wb") as f:
+        f.write(manifest_bytes(pa.concat_tables(parts)))
     os.symlink(os.path.abspath(os.path.join(shards, STATS_FILE)), os.path.join(out, STATS_FILE))
     return out
 
@@ -381,7 +395,7 @@ def data_config(profile: Profile, *, batch_size: int, decoder: str, threads: int
     from echocmr.read.config import DataConfig
     from echocmr.shards.format import VIEW_VOCABULARY
 
-    # Every view: the widened set is tars and indexes only (no manifest to select views by).
+    # Every view: the measurement reads every clip the widened set lists.
     return DataConfig(frames=profile.frames, period=profile.period, size=profile.size,
                       batch_size=batch_size, decoder=decoder, num_threads=threads, prefetch=2,
                       views=VIEW_VOCABULARY)
