@@ -158,7 +158,8 @@ def test_cluster_local_after_a_plain_ray_init_then_ingest_from_a_plain_shell(exp
         # The reported command: it failed with OwnerDiedError.
         auto = _ingest(export, tmp_path / "out_auto", "auto", user, tmp_path)
         assert auto.returncode == 0, auto.stdout[-3000:] + auto.stderr[-3000:]
-        assert "Ray tasks at auto" in auto.stdout + auto.stderr
+        # `auto` is the cluster `cluster local` recorded, not whichever Ray runs on the machine
+        assert f"Ray tasks at {state['address']}" in auto.stdout + auto.stderr
         assert "2 kept" in auto.stdout + auto.stderr
         # An explicit address: Ray's own client would not turn token auth on for it.
         explicit = _ingest(export, tmp_path / "out_addr", state["address"], user, tmp_path)
