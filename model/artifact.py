@@ -35,6 +35,13 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "model.json"
 
 
+def portable_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as the artifacts store it: on the CPU, floating tensors as
+    float32, contiguous (loads on any device, whatever precision it trained in)."""
+    return {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
+            .contiguous() for k, v in module.state_dict().items()}
+
+
 def echocmr_version() -> str:
     """The installed echocmr's version (what a logged model's requirements pin)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -65,9 +72,7 @@ def write_model_dir(directory: str | os.PathLike, model: R2Plus1D, spec: InputSp
         raise ValueError(f"the network is a {type(model).__name__}, not echocmr's R2Plus1D")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
-               .contiguous() for k, v in model.state_dict().items()}
-    torch.save(weights, os.path.join(directory, WEIGHTS_FILE))
+    torch.save(portable_weights(model), os.path.join(directory, WEIGHTS_FILE))
     meta = {"format": ARTIFACT_FORMAT, "kind": KIND, "model_config": model_config_dict(config),
             "num_outputs": int(model.fc.out_features), "input_spec": spec.to_dict(),
             "echocmr_version": echocmr_version(), "torch_version": torch_version(),

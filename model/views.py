@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from echocmr.model.artifact import echocmr_version, torch_version
+from echocmr.model.artifact import echocmr_version, portable_weights, torch_version
 from echocmr.model.contract import InputSpec, frames_to_clip
 from echocmr.model.view_numpy import PortableViewClassifier, PortableViewNet, ViewCall
 from echocmr.shards.format import TARGET_VIEWS, VIEW_OTHER, VIEW_UNKNOWN, view_class
@@ -153,9 +153,7 @@ def write_view_model(directory: str | os.PathLike, net: ViewNet, spec: InputSpec
     """Write the artifact (module docstring); return the directory."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    weights = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
-               .contiguous() for k, v in net.state_dict().items()}
-    torch.save(weights, os.path.join(directory, WEIGHTS_FILE))
+    torch.save(portable_weights(net), os.path.join(directory, WEIGHTS_FILE))
     meta = {"format": VIEW_FORMAT, "kind": VIEW_KIND, "classes": list(VIEW_CLASSES),
             "net": asdict(net.config), "frames": net.frames, "input_spec": spec.to_dict(),
             "temperature": float(temperature), "threshold": float(threshold),

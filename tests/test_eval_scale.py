@@ -12,7 +12,6 @@ result pinned from the old code (``tests/data/eval_scale_pinned.json``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _bench_fixtures import load_bench
 from _eval_reference import metrics as old_metrics
 from _eval_reference import operating as old_operating
 from _eval_reference import signal as old_signal
@@ -35,11 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_eval_scale",
-                                                  REPO / "bench" / "bench_eval_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_eval_scale")
 
 
 def _same(a, b) -> None:

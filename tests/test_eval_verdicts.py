@@ -7,7 +7,6 @@ the real CLI, ``echocmr eval --predictions FILE`` in a subprocess with its own H
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,18 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _bench_fixtures import load_bench
 
 from echocmr.model.tasks import TASKS
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_verdicts",
-                                                  REPO / "bench" / "bench_verdicts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_verdicts")
 
 
 bv = _bench()
