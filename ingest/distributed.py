@@ -27,7 +27,6 @@ as in the local pool. A killed driver loses nothing either: the rerun resumes fr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -40,22 +39,6 @@ from echocmr.ingest.worker import WorkerContext, init_worker, process_file
 log = logging.getLogger(__name__)
 
 _CTX_ID: str | None = None  # the worker context this Ray worker process holds (object ref hex)
-
-
-@contextlib.contextmanager
-def ray_session(address: str) -> Iterator[None]:
-    """Connect to the cluster at ``address`` for the block (a Ray already connected is used as
-    it is and left connected)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _process_task(ctx_box: list, task: tuple[str, str]) -> FileResult:

@@ -53,6 +53,7 @@ from echocmr.model.tracking import (
 )
 from echocmr.model.view_store import fetch_view_model
 from echocmr.progress import Progress
+from echocmr.ray_connect import ray_init
 from echocmr.read.assign import ReadPlan, plan_reading
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
@@ -341,8 +342,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         # A Ray we start here gets the log filter in every process; a cluster's job keeps the
         # runtime env it was submitted with (train_worker still filters its own loggers).
         hook = None if address else {"worker_process_setup_hook": _quiet_ray_train_reports}
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=hook)
-        started_ray = True
+        started_ray = ray_init(address, include_dashboard=False, log_to_driver=True,
+                               runtime_env=hook)
     try:
         # Before an MLflow run is opened or a worker started: what cannot work is refused now.
         _check_resources(config, local=started_ray and address is None)
