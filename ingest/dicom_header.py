@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from echocmr.ingest.config import ReadConfig
 from echocmr.ingest.pixel_budget import check_declared, check_deflated
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
 
 # SOP classes and modalities that are never images (SR, encapsulated documents, presentation
 # states, waveforms, raw data, registration, RT plans/structures, DICOMDIR).
@@ -66,13 +66,13 @@ def load_dataset(path: str | PathLike | BinaryIO, config: ReadConfig | None = No
             raise RejectedInput("unreadable_file", f"cannot open it: {exc.strerror}") from None
         except (EOFError, OSError) as exc:
             if isinstance(exc, EOFError) or "end of file" in str(exc).lower():
-                raise RejectedInput("truncated", f"file ends early: {exc}") from None
-            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+                raise RejectedInput("truncated", f"file ends early: {exception_detail(exc)}") from None
+            raise RejectedInput("unreadable", exception_detail(exc)) from None
         except Exception as exc:  # pydicom raises many types on garbage
             text = str(exc).lower()
             if "end of file" in text or "eof" in text or "buffer" in text:
-                raise RejectedInput("truncated", f"file ends early: {exc}") from None
-            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+                raise RejectedInput("truncated", f"file ends early: {exception_detail(exc)}") from None
+            raise RejectedInput("unreadable", exception_detail(exc)) from None
     for w in caught:
         text = str(w.message).lower()
         if "end of file" in text or "eof" in text:

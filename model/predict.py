@@ -35,7 +35,7 @@ import pandas as pd
 
 from echocmr.ingest.config import PreprocessConfig, load_config
 from echocmr.ingest.preprocess import preprocess_dicom
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
 from echocmr.model.lineage import source_run_id
 from echocmr.model.pulled import read_model_stats
@@ -165,9 +165,9 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
             rejected.append({"file": path, "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # a bug or an odd file: report it, keep going
-            log.debug("preprocessing %s failed", path, exc_info=True)
-            rejected.append({"file": path, "reason": "error",
-                             "detail": f"{type(exc).__name__}: {exc}"})
+            detail = exception_detail(exc)  # never the value it failed on (ingest.reasons)
+            log.debug("preprocessing a file failed: %s", detail)
+            rejected.append({"file": path, "reason": "error", "detail": detail})
             continue
         if check is not None:
             check()

@@ -175,6 +175,15 @@ def write_hostile_export(root: Path, *, n_frames: int = 16, shape=(48, 64)) -> H
         write_us_dicom(path, small_clip(n_frames, *shape, seed=9).frames, ident=ident)
         _plant(path, name=NAME, mrn=MRN, **raw)
         out.bad.append(path)
+    # A transfer syntax no one registered, the patient in its UID (same length, so the file
+    # meta's group length holds).
+    path = one / f"{NAME} syntax.dcm"
+    write_us_dicom(path, small_clip(n_frames, *shape, seed=10).frames,
+                   ident=Identity(patient_id=MRN, patient_name=NAME, study_date=STUDY_DATE))
+    data = path.read_bytes()
+    assert data.count(b"1.2.840.10008.1.2.1\0") == 1
+    path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.MRN4711SMITH"))
+    out.bad.append(path)
     # A JPEG clip whose codestream is corrupt after its header.
     path = one / f"{NAME} jpeg.dcm"
     write_us_dicom(path, small_clip(n_frames, *shape, seed=11).frames, syntax=JPEGBaseline8Bit,
