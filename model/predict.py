@@ -36,6 +36,7 @@ import pandas as pd
 from echocmr.ingest.config import PreprocessConfig, load_config
 from echocmr.ingest.preprocess import preprocess_dicom
 from echocmr.ingest.reasons import RejectedInput, exception_detail
+from echocmr.ingest.report import printable
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
 from echocmr.model.lineage import source_run_id
 from echocmr.model.pulled import read_model_stats
@@ -187,7 +188,7 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
     rows = []
     for i, g in enumerate(groups.values(), start=1):
         mean = np.mean(g["probs"], axis=0)  # every file counts once, as in eval
-        rows.append({"study": f"study-{i}", "files": ";".join(g["files"]),
+        rows.append({"study": f"study-{i}", "files": ";".join(map(printable, g["files"])),
                      "n_files": len(g["files"]), "n_clips": g["clips"],
                      **{p_col(t): float(mean[k]) for k, t in enumerate(TASKS)}})
     columns = ["study", "files", "n_files", "n_clips", *(p_col(t) for t in TASKS)]
@@ -208,7 +209,7 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     else:
         table = result.studies.assign(status="ok", reason="")
-        rej = pd.DataFrame([{"study": "", "files": r["file"], "status": "rejected",
+        rej = pd.DataFrame([{"study": "", "files": printable(r["file"]), "status": "rejected",
                              "reason": f"{r['reason']}: {r['detail']}"} for r in result.rejected])
         table = pd.concat([table, rej], ignore_index=True) if len(rej) else table
         cols = ["study", "files", "status", "reason", "n_files", "n_clips",
