@@ -8,6 +8,8 @@ what is not an ultrasound cine loop and header values that contradict themselves
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import date
@@ -17,6 +19,25 @@ from typing import BinaryIO
 from echocmr.ingest.config import ReadConfig
 from echocmr.ingest.pixel_budget import check_declared, check_deflated
 from echocmr.ingest.reasons import RejectedInput, exception_detail
+
+
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom's warnings and log records, off for the block: they quote element values
+    (``Invalid value for VR IS: 'MRN4711'``), which can be patient text, and a process's stderr
+    ends up in logs. What ingest needs from a warning (truncation) is caught where it arises
+    (`load_dataset`). Ingest's workers are quiet for good (`ingest.worker.init_worker`);
+    ``echocmr predict`` and the served model read files in a process that must stay quiet too.
+    """
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 # SOP classes and modalities that are never images (SR, encapsulated documents, presentation
 # states, waveforms, raw data, registration, RT plans/structures, DICOMDIR).

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from echocmr.ingest.config import PreprocessConfig, load_config
+from echocmr.ingest.dicom_header import quiet_pydicom
 from echocmr.ingest.preprocess import preprocess_dicom
 from echocmr.ingest.reasons import RejectedInput, exception_detail
 from echocmr.ingest.report import printable
@@ -161,7 +162,8 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
                              "detail": "no such file (or it is a directory)"})
             continue
         try:
-            clip = preprocess_dicom(path, pre)
+            with quiet_pydicom():  # its warnings quote element values
+                clip = preprocess_dicom(path, pre)
         except RejectedInput as exc:
             rejected.append({"file": path, "reason": exc.reason, "detail": exc.detail})
             continue

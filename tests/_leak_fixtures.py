@@ -103,7 +103,8 @@ class HostileExport:
     views: Path
     config: Path
     good: list[Path] = field(default_factory=list)  # files that ship a clip
-    bad: list[Path] = field(default_factory=list)  # files that fail, an identifier in each
+    bad: list[Path] = field(default_factory=list)  # odd files, an identifier in each (all of
+    # the first patient's study: the first good file and these are one study)
 
 
 def _plant(path: Path, *, name: str, mrn: str, **raw: str) -> None:
@@ -154,7 +155,7 @@ def write_hostile_export(root: Path, *, n_frames: int = 16, shape=(48, 64)) -> H
                      "comment": f"{name} {mrn} {LABEL_NOTE}",
                      "referrer": FREE_TEXT["ReferringPhysicianName"]})
         if n == 0:
-            good = path.read_bytes()
+            good, study_one = path.read_bytes(), study_uid
     # Files that fail, each in a patient folder and named after the patient.
     bad = {
         f"{NAME} truncated.dcm": good[: len(good) * 2 // 3],
@@ -171,7 +172,7 @@ def write_hostile_export(root: Path, *, n_frames: int = 16, shape=(48, 64)) -> H
                        (f"{NAME} spacing.dcm", {"PixelSpacing": f"{MRN}\\{NAME}"})):
         path = one / fname
         ident = Identity(patient_id=MRN, patient_name=NAME, birth_date=DOB,
-                         study_date=STUDY_DATE)
+                         study_date=STUDY_DATE, study_uid=study_one)
         write_us_dicom(path, small_clip(n_frames, *shape, seed=9).frames, ident=ident)
         _plant(path, name=NAME, mrn=MRN, **raw)
         out.bad.append(path)
@@ -179,7 +180,8 @@ def write_hostile_export(root: Path, *, n_frames: int = 16, shape=(48, 64)) -> H
     # meta's group length holds).
     path = one / f"{NAME} syntax.dcm"
     write_us_dicom(path, small_clip(n_frames, *shape, seed=10).frames,
-                   ident=Identity(patient_id=MRN, patient_name=NAME, study_date=STUDY_DATE))
+                   ident=Identity(patient_id=MRN, patient_name=NAME, study_date=STUDY_DATE,
+                                  study_uid=study_one))
     data = path.read_bytes()
     assert data.count(b"1.2.840.10008.1.2.1\0") == 1
     path.write_bytes(data.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.MRN4711SMITH"))
@@ -187,7 +189,8 @@ def write_hostile_export(root: Path, *, n_frames: int = 16, shape=(48, 64)) -> H
     # A JPEG clip whose codestream is corrupt after its header.
     path = one / f"{NAME} jpeg.dcm"
     write_us_dicom(path, small_clip(n_frames, *shape, seed=11).frames, syntax=JPEGBaseline8Bit,
-                   ident=Identity(patient_id=MRN, patient_name=NAME, study_date=STUDY_DATE))
+                   ident=Identity(patient_id=MRN, patient_name=NAME, study_date=STUDY_DATE,
+                                  study_uid=study_one))
     _plant(path, name=NAME, mrn=MRN)
     data = bytearray(path.read_bytes())
     start = data.rfind(b"\xff\xda")  # the last frame's scan: garble its entropy-coded data
