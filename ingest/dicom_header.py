@@ -21,6 +21,13 @@ from echocmr.ingest.pixel_budget import check_declared, check_deflated
 from echocmr.ingest.reasons import RejectedInput, exception_detail
 
 
+def silence_pydicom() -> None:
+    """`quiet_pydicom` for the rest of the process, thread-safe (a filter on pydicom's modules
+    only): for a process that only reads files, such as the served model's."""
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
 @contextlib.contextmanager
 def quiet_pydicom():
     """pydicom's warnings and log records, off for the block: they quote element values

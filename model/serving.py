@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from echocmr.ingest.dicom_header import silence_pydicom
 from echocmr.ingest.view_table import OTHER_VIEW, UNKNOWN_VIEW, VIEWS, ViewConfig, spelling
 from echocmr.model.artifact import read_model_dir
 from echocmr.model.predict import ViewFilter, predict_files
@@ -74,7 +75,8 @@ class EchoCMRModel(PythonModel):
     def load_context(self, context) -> None:
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
-        quiet_request_names()  # the server's log: no column name a request chose
+        quiet_request_names()  # the server's log: no column name a request chose,
+        silence_pydicom()  # and no element value quoted by pydicom's warnings
         self.view_filter = expected_view_filter(self.meta, context.artifacts)
 
     def predict(self, context, model_input: pd.DataFrame,
