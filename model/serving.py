@@ -238,7 +238,7 @@ def _view(value, row: int) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     text = str(value).strip()
-    if not text:
+    if text.lower() in ("", "nan", "none", "null"):  # a JSON null, as MLflow may pass it on
         return None
     view = ViewConfig().lookup().get(spelling(text))
     if view is None:

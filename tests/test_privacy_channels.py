@@ -287,3 +287,53 @@ def test_every_channel_of_the_whole_flow_is_free_of_patient_text(tmp_path):
         tmp_path / "site", pool / INGEST_REPORT_FILE, ray_out / INGEST_REPORT_FILE, predicted,
         tmp_path / "serve-venv", tmp_path / "mlruns"])
     audit.check()
+
+
+# --------------------------------------------------------------------------------------------
+# The helpers each channel uses, on the values the hostile export plants
+
+
+def test_an_exception_detail_keeps_its_wording_and_drops_every_quoted_value():
+    from echocmr.ingest.reasons import exception_detail
+
+    raw = ("Expected total bytes to be an even multiple of bytes per value. Instead received "
+           f"b'{NAME}' with length 10; could not convert string to float: \"{MRN}\"")
+    detail = exception_detail(ValueError(raw))
+    assert detail.startswith("ValueError: Expected total bytes") and "length 10" in detail
+    assert not find_needles(detail.encode()), detail
+    assert not find_needles(exception_detail(FileNotFoundError(2, "gone", f"/x/{NAME}.dcm"))
+                            .encode())
+
+
+def test_a_cell_is_shown_by_its_shape():
+    from echocmr.ingest.labels import cell_shape
+
+    assert cell_shape("08/05/2023") == "'99/99/9999'" and cell_shape("1,5 T") == "'9,9 A'"
+    assert not find_needles(cell_shape(f"{NAME} {MRN}").encode())
+
+
+def test_a_served_view_is_a_name_of_the_vocabulary_or_a_400_without_the_cell():
+    from echocmr.model.serve_request import ServingError
+    from echocmr.model.serving import _view
+
+    assert (_view("ap4", 0), _view(" A4C ", 1), _view(None, 2), _view("None", 3)) == (
+        "A4C", "A4C", None, None)
+    with pytest.raises(ServingError) as refused:
+        _view(f"A4C {NAME} {MRN}", 4)
+    assert "view: row 4" in str(refused.value) and not find_needles(str(refused.value).encode())
+
+
+def test_mlflows_warning_about_extra_columns_is_logged_without_their_names():
+    import logging
+
+    from echocmr.model.serve_request import quiet_request_names
+
+    quiet_request_names()
+    quiet_request_names()  # once per process, however often a model loads
+    logger = logging.getLogger("mlflow.models.utils")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0,
+                               f"Found extra inputs in the model input that are not defined in "
+                               f"the model signature: `['{NAME} {MRN}']`.", (), None)
+    assert logger.filter(record) and len(logger.filters) == 1
+    assert "extra inputs" in record.getMessage()
+    assert not find_needles(record.getMessage().encode())
