@@ -203,6 +203,7 @@ def test_every_channel_of_the_whole_flow_is_free_of_patient_text(tmp_path):
     finally:
         stopped = run([BIN / "echocmr", "cluster", "stop"], ray_env, tmp_path)
         audit.command("cluster stop", stopped)
+        audit.tree("the Ray commands' TMPDIR", short)
         shutil.rmtree(short, ignore_errors=True)
     assert sorted(p.name for p in pool.glob("*.tar")) == sorted(p.name for p in ray_out.glob("*.tar"))
 
