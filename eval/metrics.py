@@ -281,21 +281,7 @@ def bootstrap_auc_ci(
     if patients.shape != y.shape:
         raise ValueError("patients must give one patient id per study")
     uniq, study_patient = np.unique(patients, return_inverse=True)
-    order = np.argsort(s, kind="stable")
-    s_sorted, y_sorted, patient_sorted = s[order], y[order], study_patient[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # tie groups
-    if starts.size == s.size:
-        starts = None  # no ties: nothing to pool
-    aucs = np.empty(n_resamples)
-    lo = 0
-    for block in patient_resample_blocks(uniq.size, n_resamples, seed,
-                                         _block_rows(max(y.size, uniq.size))):
-        rows = np.arange(block.shape[0])[:, None] * uniq.size
-        counts = np.bincount((block + rows).ravel(), minlength=block.shape[0] * uniq.size)
-        counts = counts.reshape(block.shape[0], uniq.size).astype(np.float64)
-        aucs[lo : lo + block.shape[0]] = _sorted_weighted_auc(y_sorted, starts,
-                                                              counts[:, patient_sorted])
-        lo += block.shape[0]
+    aucs = resampled_aucs(y, s, study_patient, uniq.size, n_resamples, seed)
     valid = aucs[~np.isnan(aucs)]
     auc = roc_auc(y, s)
     z0 = accel = used = None
@@ -323,6 +309,44 @@ def bootstrap_auc_ci(
         acceleration=accel,
         level_used=used,
     )
+
+
+def resampled_aucs(y: np.ndarray, s: np.ndarray, study_patient: np.ndarray, n_patients: int,
+                   n_resamples: int, seed: int) -> np.ndarray:
+    """AUC of each patient resample of `patient_resample_blocks` (NaN: one class only).
+
+    Study i weighs its patient's multiplicity w_i. With the negatives in ascending score order
+    and Cn_b(j) the total weight of the first j of them, a positive whose score has ``lo``
+    negatives strictly below it and ``hi`` at or below it outranks Cn(lo) + (Cn(hi) − Cn(lo))/2
+    of them, so twice the weighted Mann-Whitney numerator is Σ_pos w_i (Cn(lo_i) + Cn(hi_i)): a
+    gather, a cumulative sum over the negatives and two gathers over the positives, in integers.
+    Exact, so it equals `weighted_auc` of the resamples' weights bit for bit (the numerator and
+    denominator are the same integers or halves below 2^53, divided once).
+    """
+    neg_order = np.flatnonzero(~y)[np.argsort(s[~y], kind="stable")]
+    neg_patient = study_patient[neg_order]
+    pos = np.flatnonzero(y)
+    pos = pos[np.argsort(s[pos], kind="stable")]  # ascending: the gathers below run forward
+    neg_scores = s[neg_order]
+    lo = np.searchsorted(neg_scores, s[pos], side="left")
+    hi = np.searchsorted(neg_scores, s[pos], side="right")
+    pos_patient = study_patient[pos]
+    aucs = np.empty(n_resamples)
+    first = 0
+    for block in patient_resample_blocks(n_patients, n_resamples, seed,
+                                         _block_rows(max(y.size, n_patients))):
+        b = block.shape[0]
+        block += np.arange(b)[:, None] * n_patients  # row r's patients at r·P ...
+        counts = np.bincount(block.ravel(), minlength=b * n_patients).reshape(b, n_patients)
+        below = np.zeros((b, neg_patient.size + 1), dtype=np.int64)
+        np.cumsum(counts[:, neg_patient], axis=1, out=below[:, 1:])
+        w_pos = counts[:, pos_patient]
+        num2 = np.einsum("bi,bi->b", w_pos, below[:, lo] + below[:, hi])
+        den = w_pos.sum(axis=1) * below[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs[first : first + b] = np.where(den > 0, (0.5 * num2) / den, np.nan)
+        first += b
+    return aucs
 
 
 def expanded_level(level: float, k: int) -> float:

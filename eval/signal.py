@@ -208,19 +208,49 @@ def permutation_rank_sums(y: np.ndarray, ranks: np.ndarray, patients: np.ndarray
                           n_permutations: int, seed: int,
                           strata: np.ndarray | None = None) -> np.ndarray:
     """The rank sum ``ranks @ labels`` of each permutation of `patient_permutations` (same seed,
-    same permutations), without the (B, N) label matrix: O(N + _CELLS) memory."""
+    same permutations), without the (B, N) label matrix: O(N + _CELLS) memory.
+
+    The generator shuffles the patients' label blocks themselves, coded as one integer per
+    patient (bit s: the label of its study s), instead of their indices: a shuffle's swaps depend
+    only on the length of the row, so the shuffled codes are the codes of the shuffled indices
+    and the stream is the same (a test checks it against `patient_permutations`), without the
+    random gather through a (rows, K) index matrix. (8-byte items, not bytes: numpy shuffles
+    those on its fast path, ~14 ns per item against ~23 ns for 1-byte items.)
+    """
+    rng = np.random.default_rng(seed)
+    groups, order, sizes, starts = _exchange_groups(patients, strata)
     sums = np.zeros(n_permutations)
-    for studies_KS, lo, perm_bK in _permutation_blocks(patients, n_permutations, seed, strata):
+    for members in groups:  # the order and blocking of `_permutation_blocks`: the same stream
+        size = int(sizes[members[0]])
+        studies_KS = order[starts[members][:, None] + np.arange(size)[None, :]]
         y_KS, r_KS = y[studies_KS], ranks[studies_KS]
-        if (y_KS == y_KS[0]).all():  # one label block: every permutation gives the same sum
-            sums[lo : lo + perm_bK.shape[0]] += float((y_KS * r_KS).sum())
+        rows = int(max(1, min(n_permutations, _CELLS // (members.size * size))))
+        if (y_KS == y_KS[0]).all():  # one label block: every permutation gives the same sum;
+            sums += float((y_KS * r_KS).sum())  # the shuffles are still drawn, for the stream
+            for lo in range(0, n_permutations, rows):
+                _shuffled(rng, np.zeros(members.size, np.int64), min(rows, n_permutations - lo))
             continue
-        if y_KS.shape[1] == 1:
-            sums[lo : lo + perm_bK.shape[0]] += y_KS[:, 0][perm_bK] @ r_KS[:, 0]
-        else:
-            sums[lo : lo + perm_bK.shape[0]] += np.tensordot(y_KS[perm_bK], r_KS,
-                                                             axes=([1, 2], [0, 1]))
+        # one study: the labels themselves (float64, straight into the product); several: bit s
+        # of a block's code is the label of its study s
+        codes = (y_KS[:, 0] if size == 1
+                 else (y_KS.astype(np.int64) << np.arange(size)).sum(axis=1))
+        for lo in range(0, n_permutations, rows):
+            codes_bK = _shuffled(rng, codes, min(rows, n_permutations - lo))
+            b = codes_bK.shape[0]
+            if size == 1:
+                sums[lo : lo + b] += codes_bK @ r_KS[:, 0]
+                continue
+            for s in range(size):  # the labels of study s of each block: bit s of its code
+                sums[lo : lo + b] += ((codes_bK >> s) & 1).astype(np.float64) @ r_KS[:, s]
     return sums
+
+
+def _shuffled(rng: np.random.Generator, codes_K: np.ndarray, rows: int) -> np.ndarray:
+    """``rows`` independent shuffles of ``codes_K``: what ``rng.permuted`` of a (rows, K) tile
+    gives, drawing what `_permutation_blocks` draws for a block of that many rows."""
+    out = np.tile(codes_K, (rows, 1))
+    rng.permuted(out, axis=1, out=out)
+    return out
 
 
 def holm_adjust(p_values: dict[str, float]) -> dict[str, float]:
