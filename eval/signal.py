@@ -210,8 +210,8 @@ def permutation_rank_sums(y: np.ndarray, ranks: np.ndarray, patients: np.ndarray
     """The rank sum ``ranks @ labels`` of each permutation of `patient_permutations` (same seed,
     same permutations), without the (B, N) label matrix: O(N + _CELLS) memory.
 
-    The generator shuffles the patients' label blocks themselves, coded as one integer per
-    patient (bit s: the label of its study s), instead of their indices: a shuffle's swaps depend
+    The generator shuffles the patients' label blocks themselves (their labels, or a code per
+    distinct block of the group), instead of their indices: a shuffle's swaps depend
     only on the length of the row, so the shuffled codes are the codes of the shuffled indices
     and the stream is the same (a test checks it against `patient_permutations`), without the
     random gather through a (rows, K) index matrix. (8-byte items, not bytes: numpy shuffles
@@ -230,18 +230,22 @@ def permutation_rank_sums(y: np.ndarray, ranks: np.ndarray, patients: np.ndarray
             for lo in range(0, n_permutations, rows):
                 _shuffled(rng, np.zeros(members.size, np.int64), min(rows, n_permutations - lo))
             continue
-        # one study: the labels themselves (float64, straight into the product); several: bit s
-        # of a block's code is the label of its study s
-        codes = (y_KS[:, 0] if size == 1
-                 else (y_KS.astype(np.int64) << np.arange(size)).sum(axis=1))
+        if size == 1:  # the labels themselves, shuffled as float64 straight into the product
+            for lo in range(0, n_permutations, rows):
+                sums[lo : lo + rows] += _shuffled(rng, y_KS[:, 0], min(rows, n_permutations - lo)) \
+                    @ r_KS[:, 0]
+            continue
+        # Several studies: each distinct label block of the group gets a code c; member k holding
+        # block c adds table[k, c] = its ranks at block c's positive studies. Codes are shuffled,
+        # and a permutation's sum is one gather from the table per member.
+        blocks_CS, codes = np.unique(y_KS, axis=0, return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+        table = (r_KS @ blocks_CS.T).ravel()  # (K, C): rank sums, exact (halves below 2^53)
+        offsets = np.arange(members.size, dtype=np.int64) * blocks_CS.shape[0]
         for lo in range(0, n_permutations, rows):
             codes_bK = _shuffled(rng, codes, min(rows, n_permutations - lo))
-            b = codes_bK.shape[0]
-            if size == 1:
-                sums[lo : lo + b] += codes_bK @ r_KS[:, 0]
-                continue
-            for s in range(size):  # the labels of study s of each block: bit s of its code
-                sums[lo : lo + b] += ((codes_bK >> s) & 1).astype(np.float64) @ r_KS[:, s]
+            codes_bK += offsets
+            sums[lo : lo + codes_bK.shape[0]] += table[codes_bK].sum(axis=1)
     return sums
 
 
