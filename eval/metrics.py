@@ -57,6 +57,10 @@ _BLOCK = 256
 # ... and of at most this many (resample, study) cells: bounded memory whatever N (~16 MB per
 # float64 temporary; a block holds a handful of them).
 _CELLS = 1 << 21
+# From this many studies on, the bootstrap takes a block's resamples one at a time: numpy's 1-d
+# gathers then beat its 2-d ones (2.5 s against 3.9 s per 2,000 resamples at 10^5 studies, 46 s
+# against 79 s at 10^6), and a row's work dwarfs the Python loop (below, the loop would cost more).
+_ROW_WISE = 1 << 14
 
 
 @dataclass(kw_only=True)
@@ -336,13 +340,23 @@ def resampled_aucs(y: np.ndarray, s: np.ndarray, study_patient: np.ndarray, n_pa
     for block in patient_resample_blocks(n_patients, n_resamples, seed,
                                          _block_rows(max(y.size, n_patients))):
         b = block.shape[0]
-        block += np.arange(b)[:, None] * n_patients  # row r's patients at r·P ...
-        counts = np.bincount(block.ravel(), minlength=b * n_patients).reshape(b, n_patients)
-        below = np.zeros((b, neg_patient.size + 1), dtype=np.int64)
-        np.cumsum(counts[:, neg_patient], axis=1, out=below[:, 1:])
-        w_pos = counts[:, pos_patient]
-        num2 = np.einsum("bi,bi->b", w_pos, below[:, lo] + below[:, hi])
-        den = w_pos.sum(axis=1) * below[:, -1]
+        if y.size >= _ROW_WISE:  # one resample at a time: 1-d gathers, ~2x faster than 2-d
+            num2, den = np.empty(b, dtype=np.int64), np.empty(b, dtype=np.int64)
+            below = np.zeros(neg_patient.size + 1, dtype=np.int64)
+            for r in range(b):
+                counts = np.bincount(block[r], minlength=n_patients)
+                np.cumsum(counts[neg_patient], out=below[1:])
+                w_pos = counts[pos_patient]
+                num2[r] = w_pos @ (below[lo] + below[hi])
+                den[r] = w_pos.sum() * below[-1]
+        else:  # many small resamples per block: one 2-d pass each
+            block += np.arange(b)[:, None] * n_patients  # row r's patients at r·P ...
+            counts = np.bincount(block.ravel(), minlength=b * n_patients).reshape(b, n_patients)
+            below = np.zeros((b, neg_patient.size + 1), dtype=np.int64)
+            np.cumsum(counts[:, neg_patient], axis=1, out=below[:, 1:])
+            w_pos = counts[:, pos_patient]
+            num2 = np.einsum("bi,bi->b", w_pos, below[:, lo] + below[:, hi])
+            den = w_pos.sum(axis=1) * below[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             aucs[first : first + b] = np.where(den > 0, (0.5 * num2) / den, np.nan)
         first += b

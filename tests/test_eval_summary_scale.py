@@ -7,7 +7,8 @@ give, resample by resample and permutation by permutation, what the pre-rewrite 
 (``tests/_eval_reference``, main 464e404) gives with its whole (B, N) matrices — on cohorts the
 code was not written for: groups whose every label block is alike between groups that are not
 (the stream must still advance through them), patients of up to six studies, studies holding
-both classes, one-class strata, heavy ties, resamples with one class only, and blocks of one row.
+both classes, one-class strata, heavy ties, resamples with one class only, blocks of one row, and
+the bootstrap's row-by-row path for large N.
 `summary` reuses a task's result for a breakdown group whose studies are the primary table's;
 that too is checked against a fresh computation.
 """
@@ -24,11 +25,15 @@ from echocmr.eval import metrics, signal, summary
 from echocmr.model.auc import grouped_midranks, midranks
 
 
-@pytest.fixture(params=["default blocks", "tiny blocks"])
+@pytest.fixture(params=["default blocks", "tiny blocks", "row by row"])
 def blocks(request, monkeypatch):
+    """Shipped block sizes; blocks of one row or a few cells; and the bootstrap's row-wise path
+    (taken from ``_ROW_WISE`` studies on) at the shipped block size."""
     if request.param == "tiny blocks":
         monkeypatch.setattr(metrics, "_CELLS", 29)
         monkeypatch.setattr(signal, "_CELLS", 3)
+    if request.param == "row by row":
+        monkeypatch.setattr(metrics, "_ROW_WISE", 0)
     return request.param
 
 
