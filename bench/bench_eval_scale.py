@@ -143,7 +143,7 @@ def _rss_kb() -> int:
     return 0
 
 
-def cell(op: str, n: int, way: str) -> dict:
+def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict:
     """Run one statistic once in this process; seconds and peak RSS above the baseline."""
     metrics, signal, operating = _modules(way)
     table, y, p, patients, sites = _arrays(n)
@@ -179,17 +179,19 @@ def cell(op: str, n: int, way: str) -> dict:
         signal.permutation_test(y, p, patients, strata=sites)
     elif op in ("summarise", "breakdown_site", "breakdown_view"):
         if op == "summarise":
-            summarise(studies)
+            summarise(studies, tasks=tasks)
         else:
-            breakdown(studies, op.removeprefix("breakdown_"))
+            breakdown(studies, op.removeprefix("breakdown_"), tasks=tasks)
     else:
         raise ValueError(op)
     return {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
             "mb": max(0, _rss_kb() - base) / 1024, "peak_mb": _rss_kb() / 1024}
 
 
-def _spawn(op: str, n: int, way: str, timeout: float) -> dict | None:
-    cmd = [sys.executable, "-m", "bench.bench_eval_scale", "--cell", op, str(n), way]
+def _spawn(op: str, n: int, way: str, timeout: float,
+           tasks: tuple[str, ...] = TASK_NAMES) -> dict | None:
+    cmd = [sys.executable, "-m", "bench.bench_eval_scale", "--cell", op, str(n), way,
+           "--tasks", *tasks]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -207,11 +209,14 @@ def main(argv: list[str] | None = None) -> None:
                     help="run the old code only up to this N (it is quadratic / B x N in memory)")
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
+    ap.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
+                    help="tasks of the summarise/breakdown cells (wma alone: the whole path of "
+                         "one task, its value-over-WMA test excepted)")
     ap.add_argument("--cell", nargs=3, metavar=("OP", "N", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
         op, n, way = args.cell
-        print(json.dumps(cell(op, int(n), way)))
+        print(json.dumps(cell(op, int(n), way, tuple(args.tasks))))
         return
     sizes = sorted(args.sizes)
     head = f"{'statistic':<17} {'N':>9} {'old CPU s':>9} {'old MB':>8} {'new CPU s':>9} " \
@@ -226,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             for way in ("old", "new"):
                 if way == "old" and n > args.old_max:
                     continue
-                r = _spawn(op, n, way, args.timeout)
+                r = _spawn(op, n, way, args.timeout, tuple(args.tasks))
                 if r is not None:
                     res[way] = r
                     times[way][n] = r["s"]
