@@ -14,7 +14,13 @@ four sites, NaN labels, scores on a 10^-3 grid below a share of exact ties), at 
 - ``permutation_site``: the same within site (four strata);
 - ``summarise``: `eval.summary.summarise` over the five tasks (everything above, plus the
   value-over-WMA test and calibration): the primary table;
-- ``breakdown_site``: `eval.summary.breakdown` by site (four exploratory tables).
+- ``breakdown_site``: `eval.summary.breakdown` by site (four exploratory tables);
+- ``breakdown_view``: `eval.summary.breakdown` by view on the table `views_table` gives (what
+  ``echocmr eval`` breaks down by view: one row per study and view; A4C for every study, PLAX for
+  every third, 1.33 N rows in two exploratory tables).
+
+After the table, the breakdowns' CPU time as a share of the primary table's at each N where both
+ran (``echocmr eval`` runs both breakdowns after the primary table).
 
 For the last two the old way imports `eval.summary` (and `eval.control`) with the old
 ``metrics``/``signal``/``operating`` modules in their place.
@@ -48,7 +54,7 @@ import pandas as pd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_NAMES = ("wma", "lge", "t1", "t2", "ecv")
 OPS = ("threshold", "bootstrap_bca", "jackknife", "delong", "permutation", "permutation_site",
-       "summarise", "breakdown_site")
+       "summarise", "breakdown_site", "breakdown_view")
 
 
 def predictions_table(n_studies: int, seed: int = 0, *, n_sites: int = 4, val_share: float = 0.2,
@@ -100,6 +106,17 @@ def predictions_table(n_studies: int, seed: int = 0, *, n_sites: int = 4, val_sh
     return pd.DataFrame(out)
 
 
+def views_table(studies: pd.DataFrame) -> pd.DataFrame:
+    """One row per (study, view), as `eval.aggregate.views_to_studies` gives ``echocmr eval``'s
+    per-view breakdown: A4C for every study (its probabilities), PLAX for every third study (its
+    probabilities squeezed towards 0.5 and rounded to 10^-3: a weaker, tie-heavy view)."""
+    a4c = studies.assign(view="A4C")
+    plax = studies[np.arange(len(studies)) % 3 == 0].assign(view="PLAX")
+    for t in TASK_NAMES:
+        plax[f"p_{t}"] = (0.5 * plax[f"p_{t}"] + 0.25).round(3)
+    return pd.concat([a4c, plax], ignore_index=True)
+
+
 def _arrays(n: int, seed: int = 0):
     table = predictions_table(n, seed, ids="int")
     y, p = table["y_wma"].to_numpy(), table["p_wma"].to_numpy()
@@ -126,10 +143,18 @@ def _rss_kb() -> int:
     return 0
 
 
-def cell(op: str, n: int, way: str) -> dict:
+def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict:
     """Run one statistic once in this process; seconds and peak RSS above the baseline."""
     metrics, signal, operating = _modules(way)
     table, y, p, patients, sites = _arrays(n)
+    studies = None
+    if op in ("summarise", "breakdown_site", "breakdown_view"):  # built before the clock starts
+        studies = table.rename(columns={"patient": "patient_hash", "study": "study_hash"})
+        studies["patient_hash"] = studies["patient_hash"].astype(str)
+        if op == "breakdown_view":
+            studies = views_table(studies)
+        del table
+        from echocmr.eval.summary import breakdown, summarise  # the old modules with way=old
     import scipy.stats  # noqa: F401  (imported on first use by the intervals: not a cost of N)
     try:  # reset the peak to the current RSS (Linux >= 4.0), so the peak is the statistic's
         with open("/proc/self/clear_refs", "w") as f:
@@ -152,22 +177,21 @@ def cell(op: str, n: int, way: str) -> dict:
         signal.permutation_test(y, p, patients)
     elif op == "permutation_site":
         signal.permutation_test(y, p, patients, strata=sites)
-    elif op in ("summarise", "breakdown_site"):
-        from echocmr.eval.summary import breakdown, summarise
-        studies = table.rename(columns={"patient": "patient_hash", "study": "study_hash"})
-        studies["patient_hash"] = studies["patient_hash"].astype(str)
+    elif op in ("summarise", "breakdown_site", "breakdown_view"):
         if op == "summarise":
-            summarise(studies)
+            summarise(studies, tasks=tasks)
         else:
-            breakdown(studies, "site")
+            breakdown(studies, op.removeprefix("breakdown_"), tasks=tasks)
     else:
         raise ValueError(op)
     return {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
-            "mb": max(0, _rss_kb() - base) / 1024}
+            "mb": max(0, _rss_kb() - base) / 1024, "peak_mb": _rss_kb() / 1024}
 
 
-def _spawn(op: str, n: int, way: str, timeout: float) -> dict | None:
-    cmd = [sys.executable, "-m", "bench.bench_eval_scale", "--cell", op, str(n), way]
+def _spawn(op: str, n: int, way: str, timeout: float,
+           tasks: tuple[str, ...] = TASK_NAMES) -> dict | None:
+    cmd = [sys.executable, "-m", "bench.bench_eval_scale", "--cell", op, str(n), way,
+           "--tasks", *tasks]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -185,17 +209,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="run the old code only up to this N (it is quadratic / B x N in memory)")
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per cell")
+    ap.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
+                    help="tasks of the summarise/breakdown cells (wma alone: the whole path of "
+                         "one task, its value-over-WMA test excepted)")
     ap.add_argument("--cell", nargs=3, metavar=("OP", "N", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
         op, n, way = args.cell
-        print(json.dumps(cell(op, int(n), way)))
+        print(json.dumps(cell(op, int(n), way, tuple(args.tasks))))
         return
     sizes = sorted(args.sizes)
     head = f"{'statistic':<17} {'N':>9} {'old CPU s':>9} {'old MB':>8} {'new CPU s':>9} " \
            f"{'new MB':>8} {'old/new':>8} {'new wall s':>10}"
     print(head)
     print("-" * len(head))
+    seen: dict[tuple[str, str, int], float] = {}  # (op, way, N) -> CPU s
     for op in args.ops:
         times: dict[str, dict[int, float]] = {"old": {}, "new": {}}
         for n in sizes:
@@ -203,10 +231,14 @@ def main(argv: list[str] | None = None) -> None:
             for way in ("old", "new"):
                 if way == "old" and n > args.old_max:
                     continue
-                r = _spawn(op, n, way, args.timeout)
+                r = _spawn(op, n, way, args.timeout, tuple(args.tasks))
                 if r is not None:
                     res[way] = r
                     times[way][n] = r["s"]
+                    seen[op, way, n] = r["s"]
+                    if op in ("summarise", "breakdown_site", "breakdown_view"):
+                        print(f"  ({op} {way} N={n}: whole-process peak RSS "
+                              f"{r['peak_mb']:.0f} MB)", flush=True)
 
             def fmt(way, key, spec, res=res):
                 return format(res[way][key], spec) if way in res else "-"
@@ -223,6 +255,17 @@ def main(argv: list[str] | None = None) -> None:
                 t1, t2 = times[way][n1], times[way][n2]
                 print(f"{'':<17} growth exponent ({way}, {n1}->{n2}): "
                       f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}", flush=True)
+    for way in ("old", "new"):
+        for n in sizes:
+            if ("summarise", way, n) not in seen:
+                continue
+            primary = seen["summarise", way, n]
+            parts = {op: seen[op, way, n] for op in ("breakdown_site", "breakdown_view")
+                     if (op, way, n) in seen}
+            if parts:
+                shares = ", ".join(f"{op} {t / primary:.2f}" for op, t in parts.items())
+                print(f"breakdowns / primary table CPU ({way}, N={n}): {shares}; both "
+                      f"{sum(parts.values()) / primary:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,14 @@ from echocmr.eval.outputs import (
 )
 from echocmr.eval.report import ReportInputs, write_report
 from echocmr.eval.signal import INSUFFICIENT
-from echocmr.eval.summary import SummaryConfig, TaskResult, breakdown, detail_json, summarise
+from echocmr.eval.summary import (
+    ResultCache,
+    SummaryConfig,
+    TaskResult,
+    breakdown,
+    detail_json,
+    summarise,
+)
 from echocmr.model.tasks import p_col, y_col
 from echocmr.shards.format import SPLITS, TARGET_VIEWS, VIEW_UNKNOWN, VIEW_VOCABULARY, view_class
 
@@ -143,6 +150,7 @@ def evaluate_clips(
     videos, studies, stacker = aggregate(
         clips, method=config.aggregation, val_clips=fit_clips, stacker_config=config.stacker
     )
+    cache = ResultCache()  # a breakdown group with the primary table's studies reuses its tasks
     judged, internal, internal_splits, external_splits = studies, None, None, None
     if config.holdout_site is not None:
         site = studies["site"].astype(str)
@@ -151,10 +159,10 @@ def evaluate_clips(
                              f"{sorted(set(site))}")
         judged = studies[site == config.holdout_site]
         internal = summarise(studies[site != config.holdout_site], config=config.summary,
-                             primary=False)
+                             primary=False, cache=cache)
         internal_splits = _in_order(studies.loc[site != config.holdout_site, "split"])
         external_splits = _in_order(judged["split"])
-    results = summarise(judged, config=config.summary)
+    results = summarise(judged, config=config.summary, cache=cache)
     val_studies = None
     if val_clips is not None and not val_clips.empty:
         val_videos = clips_to_videos(val_clips)
@@ -172,9 +180,9 @@ def evaluate_clips(
     missing = label_missingness(label_table, control=config.summary.positive_control or "wma")
     # Per view over the judged studies only: with a held-out site, the external site's.
     judged_videos = videos[videos["study_hash"].isin(judged["study_hash"])]
-    by_view = (breakdown(views_to_studies(judged_videos), "view", config=config.summary)
-               if "view" in config.breakdowns else {})
-    by_site = (breakdown(studies, "site", config=config.summary)
+    by_view = (breakdown(views_to_studies(judged_videos), "view", config=config.summary,
+                         cache=cache) if "view" in config.breakdowns else {})
+    by_site = (breakdown(studies, "site", config=config.summary, cache=cache)
                if "site" in config.breakdowns else {})
     stacker_info = stacker.describe() if stacker is not None else None
     splits = _in_order(studies["split"])

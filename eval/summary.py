@@ -11,7 +11,10 @@ the plain one that treats studies as independent is kept in the details as ``del
 
 Verdicts come from p-values adjusted over the tasks summarised together (Holm by default, see
 `eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
-``breakdown`` does the same within each value of a column (``view``, ``site``).
+``breakdown`` does the same within each value of a column (``view``, ``site``). A `ResultCache`
+shared by the primary table and its breakdowns computes a task only once for the same studies
+(a single-site archive's site breakdown, a single-view set's view breakdown: the primary table's
+studies again); its results are those of a fresh computation, copied.
 ``metrics_json`` writes the contract: ``{task: {auc, ci_low, ci_high, delong_low, delong_high,
 pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
 ``detail_json`` adds the rest.
@@ -19,6 +22,8 @@ pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, v
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -208,6 +213,39 @@ def task_result(
     )
 
 
+class ResultCache:
+    """`task_result` keyed by a digest of everything it reads (task, labels, scores, patients,
+    sites, config), so the same studies are summarised once however many tables show them.
+
+    Hands out copies: `summarise` adjusts the verdicts of its own results afterwards."""
+
+    def __init__(self) -> None:
+        self._results: dict[bytes, TaskResult] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray,
+            sites: np.ndarray | None, config: SummaryConfig) -> bytes:
+        h = hashlib.blake2b(digest_size=20)
+        for part in (task, repr(asdict(config))):
+            h.update(part.encode() + b"\x00")
+        for arr in (y, p):
+            h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        for arr in (patients, sites):  # "\x1f"-joined text: no two id lists give the same bytes
+            h.update(b"\x00" if arr is None
+                     else "\x1f".join(np.asarray(arr).astype(str).tolist()).encode() + b"\x01")
+        return h.digest()
+
+    def task_result(self, task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *,
+                    config: SummaryConfig, sites: np.ndarray | None = None) -> TaskResult:
+        key = self.key(task, y, p, patients, sites, config)
+        if key in self._results:
+            self.hits += 1
+        else:
+            self._results[key] = task_result(task, y, p, patients, config=config, sites=sites)
+        return copy.deepcopy(self._results[key])
+
+
 def few_patients_mark(c, y: np.ndarray, p: np.ndarray, mc: MetricsConfig) -> bool:
     """Whether bootstrap intervals may run short: fewer than ``few_patients`` patients in a
     class, or fewer than twice that at an AUC of ``high_auc`` or more."""
@@ -233,22 +271,24 @@ def insufficiency(c, mc: MetricsConfig) -> str | None:
 
 def summarise(
     studies: pd.DataFrame, *, config: SummaryConfig | None = None, tasks: tuple[str, ...] = TASKS,
-    primary: bool = True,
+    primary: bool = True, cache: ResultCache | None = None,
 ) -> dict[str, TaskResult]:
     """``{task: TaskResult}`` over the rows of ``studies`` (one row per study).
 
     ``primary``: the pre-specified table whose verdicts are the claims (Holm over its tasks,
     value over the control). ``primary=False`` (breakdowns, the internal column): the same
     numbers with unadjusted p-values and the verdict ``exploratory`` wherever a test ran — a
-    second family of verdicts would spend the error rate again.
+    second family of verdicts would spend the error rate again. ``cache``: shared with other
+    tables of the same run, a task over the same studies is computed once.
     """
     config = config or SummaryConfig()
     missing = [c for c in ["patient_hash", *(y_col(t) for t in tasks), *(p_col(t) for t in tasks)]
                if c not in studies.columns]
     if missing:
         raise ValueError(f"study table lacks columns {missing}")
+    compute = task_result if cache is None else cache.task_result
     results = {
-        t: task_result(
+        t: compute(
             t,
             studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
             studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
@@ -298,14 +338,14 @@ def adjust_verdicts(results: dict[str, TaskResult], config: SignalConfig) -> dic
 
 def breakdown(
     table: pd.DataFrame, by: str, *, config: SummaryConfig | None = None,
-    tasks: tuple[str, ...] = TASKS,
+    tasks: tuple[str, ...] = TASKS, cache: ResultCache | None = None,
 ) -> dict[str, dict[str, TaskResult]]:
     """``{value: {task: TaskResult}}`` for each value of column ``by`` (e.g. view, site);
     exploratory rows (``summarise(primary=False)``): unadjusted p, no verdict words."""
     if by not in table.columns:
         raise ValueError(f"cannot break down by {by!r}: no such column")
     return {
-        str(value): summarise(group, config=config, tasks=tasks, primary=False)
+        str(value): summarise(group, config=config, tasks=tasks, primary=False, cache=cache)
         for value, group in table.groupby(by, sort=True)
     }
 
