@@ -59,6 +59,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from echocmr.shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
 
 CACHE = f"/tmp/echocmr-bench-scale-format{FORMAT_VERSION}"
+# ``--tiny``: the source ingest stores 16x16 clips of at most 2 frames (real VP9 clips through
+# the real ingest, a few hundred bytes each), so that 10^6-clip sets fit on a shared disk.
+TINY = {"size": 16, "max_frames": 2}
 SITES = ("site_a", "site_b", "site_c", "site_d")
 OPERATIONS = ("reshard", "verify", "stats")
 
@@ -68,7 +71,8 @@ def _run(argv: list[str]) -> None:
 
 
 def source_set() -> str:
-    """A real ingest of a tiny synthetic cohort (cached)."""
+    """A real ingest of a tiny synthetic cohort (cached); with ``--tiny`` its clips are 16x16
+    pixels of at most 2 frames (`TINY`, a config file given to ``echocmr ingest``)."""
     src = os.path.join(CACHE, "source")
     if os.path.exists(os.path.join(src, "stats.json")):
         return src
@@ -76,9 +80,15 @@ def source_set() -> str:
     shutil.rmtree(cohort, ignore_errors=True)
     shutil.rmtree(src, ignore_errors=True)
     _run(["synth", "--out", cohort, "--patients", "4", "--workers", "1"])
+    extra = []
+    if CACHE.endswith("-tiny"):
+        config = os.path.join(CACHE, "tiny.yaml")
+        with open(config, "w") as f:
+            f.write(f"preprocess: {{size: {TINY['size']}, max_frames: {TINY['max_frames']}}}\n")
+        extra = ["--config", config]
     _run(["ingest", "--dicom", os.path.join(cohort, "dicom"), "--labels",
           os.path.join(cohort, "cmr_labels.parquet"), "--views", os.path.join(cohort, "views.csv"),
-          "--out", src, "--site", "site_a", "--no-progress"])
+          "--out", src, "--site", "site_a", "--no-progress", *extra])
     return src
 
 
@@ -316,6 +326,7 @@ def ray_comparison(inputs: list[str], merged: str, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CACHE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
                         help="clips per benchmark set (four sites together)")
@@ -340,8 +351,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, nargs="*", default=[1, 16], metavar="W",
                         help="world sizes at which to measure rank 0's loader start-up (from "
                         "the driver's read plan, site_d left out); none: skip")
+    parser.add_argument("--tiny", action="store_true",
+                        help="build the sets from 16x16 2-frame clips (a real ingest at "
+                        "--clip-size 16, ~3 KB of tar per clip): 10^6-clip sets in ~3 GB each")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help=f"where the built sets are kept (default {CACHE}[-tiny])")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cache:
+        CACHE = args.cache.rstrip("/") + ("-tiny" if args.tiny else "")
+    elif args.tiny:
+        CACHE = CACHE + "-tiny"
     if args.child:
         op, merged, out, address, *inputs = args.child
         _child(op, inputs, merged, address or None, out)

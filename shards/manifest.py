@@ -79,6 +79,13 @@ def read_columns(directory: str | pq.ParquetFile, columns: Sequence[str] | None 
     return pf.read(columns=_present(pf, columns), use_threads=False)
 
 
+def iter_batches(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The manifest's ``columns`` (absent ones left out) a row group's worth at a time, in file
+    order: how the toolkit reads a whole set without holding it."""
+    yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=_present(pf, columns),
+                               use_threads=False)
+
+
 def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
     """Rows per shard name, from the ``shard`` column alone."""
     counts: dict[str, int] = {}
