@@ -102,17 +102,23 @@ def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
 
 
 def iter_by_shard(pf: pq.ParquetFile, columns: Sequence[str] | None = None,
-                  counts: dict[str, int] | None = None) -> Iterator[tuple[str, pa.Table]]:
+                  counts: dict[str, int] | None = None, *, row_numbers: bool = False
+                  ) -> Iterator[tuple[str, pa.Table]]:
     """Yield ``(shard name, its rows)`` for every shard the manifest names, each shard once with
-    all its rows in file order, in the order the shards are completed (see the module doc)."""
+    all its rows in file order, in the order the shards are completed (see the module doc).
+    ``row_numbers`` adds a column ``_row``: each row's position in the file (int64)."""
     counts = shard_counts(pf) if counts is None else counts
     wanted = _present(pf, columns)
     if "shard" not in wanted:
         wanted = ["shard", *wanted]
     pending: dict[str, list[pa.Table]] = {}
     have: dict[str, int] = {}
+    first = 0
     for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
         table = pa.Table.from_batches([batch])
+        if row_numbers:
+            table = table.append_column("_row", pa.array(np.arange(first, first + len(table))))
+        first += len(table)
         shard = table.column("shard").combine_chunks()
         if not pa.types.is_dictionary(shard.type):
             shard = shard.dictionary_encode()

@@ -158,6 +158,54 @@ class Partitions:
             self._dir = None
 
 
+class Buckets:
+    """Tables spilled to local temporary files by a bucket number the caller gives per row,
+    read back one bucket at a time in bucket order (`read`). Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="echocmr-buckets-")
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+        self._schema: pa.Schema | None = None
+
+    def __enter__(self) -> Buckets:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, table: pa.Table, bucket: np.ndarray) -> None:
+        if self._schema is None:
+            self._schema = table.schema
+        table = table.cast(self._schema)
+        order = np.argsort(bucket, kind="stable")
+        values, starts = np.unique(bucket[order], return_index=True)
+        for b, start, stop in zip(values.tolist(), starts.tolist(),
+                                  [*starts[1:].tolist(), len(order)], strict=True):
+            if b not in self._writers:
+                sink = pa.OSFile(os.path.join(self._dir, f"{b}.arrows"), "wb")
+                self._writers[b] = pa.ipc.new_stream(
+                    sink, self._schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+            self._writers[b].write_table(table.take(pa.array(order[start:stop])))
+
+    def read(self, bucket: int) -> pa.Table | None:
+        """The bucket's rows (None if none came), its file removed; call in bucket order."""
+        writer = self._writers.pop(bucket, None)
+        if writer is None:
+            return None
+        writer.close()
+        path = os.path.join(self._dir, f"{bucket}.arrows")
+        with pa.OSFile(path, "rb") as source:
+            table = pa.ipc.open_stream(source).read_all()
+        os.remove(path)
+        return table
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def _sortable(values: np.ndarray) -> np.ndarray:
     """float64 -> uint64 in the same order (negative values below positive ones)."""
     bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
