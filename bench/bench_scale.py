@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         "reshard's output: without reshard it must be in the cache already)")
     parser.add_argument("--ranks", type=int, nargs="*", default=[1, 16], metavar="W",
                         help="world sizes at which to measure rank 0's loader start-up (from "
-                        "the driver's read plan, site_d left out); none: skip")
+                        "the driver's read plan, site_d left out); none: skip them and the plan")
     parser.add_argument("--tiny", action="store_true",
                         help="build the sets from 16x16 2-frame clips (a real ingest at "
                         "--clip-size 16, ~3 KB of tar per clip): 10^6-clip sets in ~3 GB each")
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:>8} {label + op:>15} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
                       f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
                       f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
-        for op in ["plan", *(f"rank{w}" for w in args.ranks)]:
+        for op in ["plan", *(f"rank{w}" for w in args.ranks)] if args.ranks else []:
             r = measure(op, inputs, merged)
             results[n, op] = r
             over = r["peak_rss_mb"] - r["baseline_rss_mb"]
@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(sizes) >= 2:
         lo, hi = sizes[-2], sizes[-1]
         print(f"\ngrowth from {lo} to {hi} clips (exponent: log ratio / log {hi // lo}):")
-        for op in [*args.ops, "plan", *(f"rank{w}" for w in args.ranks)]:
+        for op in [*args.ops, *(["plan", *(f"rank{w}" for w in args.ranks)] if args.ranks
+                                else [])]:
             a, b = results[lo, op], results[hi, op]
             exp_wall = math.log(max(b["wall_s"], 1e-3) / max(a["wall_s"], 1e-3)) / math.log(hi / lo)
             exp_cpu = math.log(max(b["cpu_s"], 1e-3) / max(a["cpu_s"], 1e-3)) / math.log(hi / lo)

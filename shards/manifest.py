@@ -38,6 +38,10 @@ from echocmr.shards.reader import IncompleteShardSetError
 
 # Columns whose values repeat across rows: read dictionary-encoded (one code per row).
 REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash")
+# The few-valued ones: what a whole-set stream reads as dictionaries. A reader going through a
+# file's row groups keeps every dictionary value it has seen, so a column with a value per
+# patient (the hashes) would grow with the set; those are read as plain strings per batch.
+FEW_VALUED = ("shard", "split", "site", "view")
 _BATCH_ROWS = 65_536
 # Rows per Parquet row group in the manifests echocmr writes: a reader decodes one row group's
 # column chunk at a time, so this bounds its buffers whatever the set's size.
@@ -49,11 +53,16 @@ def manifest_path(directory: str) -> str:
     return storage.join(directory, MANIFEST_FILE)
 
 
-def open_manifest(directory: str) -> pq.ParquetFile:
+def open_manifest(directory: str, *, stream: bool = False) -> pq.ParquetFile:
     """The set's ``manifest.parquet`` as a `pyarrow.parquet.ParquetFile` (nothing read yet but
     the footer), the `REPEATED` string columns read straight from Parquet's own dictionary
     pages as Arrow dictionaries (never materialised as one string per row). Raises
-    `shards.reader.IncompleteShardSetError` when there is none."""
+    `shards.reader.IncompleteShardSetError` when there is none.
+
+    ``stream``: for a pass over the whole set a row group at a time, in memory that does not
+    grow with it: only the `FEW_VALUED` columns are dictionaries (a reader keeps every
+    dictionary value it has seen), and nothing is pre-buffered (pyarrow keeps every
+    pre-buffered column chunk until the file is closed: the whole file, by the end)."""
     path = manifest_path(directory)
     if not storage.exists(path):
         raise IncompleteShardSetError(
@@ -62,7 +71,8 @@ def open_manifest(directory: str) -> pq.ParquetFile:
         )
     source = (storage.local_path(path) if storage.is_local(path)
               else io.BytesIO(storage.read_bytes(path)))
-    return pq.ParquetFile(source, read_dictionary=list(REPEATED))
+    return pq.ParquetFile(source, read_dictionary=list(FEW_VALUED if stream else REPEATED),
+                          pre_buffer=not stream)
 
 
 def _present(pf: pq.ParquetFile, columns: Sequence[str] | None) -> list[str]:

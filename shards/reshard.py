@@ -225,7 +225,8 @@ def _load_inputs(directories: list[str]) -> list[_Input]:
     inputs = []
     for directory in directories:
         try:
-            inputs.append(_Input(directory, read_stats(directory), open_manifest(directory)))
+            inputs.append(_Input(directory, read_stats(directory),
+                                 open_manifest(directory, stream=True)))
         except FileNotFoundError as exc:
             raise ReshardError(str(exc)) from exc
     return inputs
@@ -298,8 +299,8 @@ def _key_order(keys: pa.Array, prefixes: dict[str, int]) -> tuple[np.ndarray, np
                            "`echocmr shards verify` on that input")
     prefix = pc.utf8_slice_codeunits(keys, 0, -17).dictionary_encode()
     lookup = np.array([prefixes.setdefault(p, len(prefixes))
-                       for p in prefix.dictionary.to_pylist()], np.int32)
-    code = lookup[prefix.indices.to_numpy(zero_copy_only=False)]
+                       for p in prefix.dictionary.to_pylist()], np.int16)
+    code = lookup[prefix.indices.to_numpy(zero_copy_only=False)].astype(np.int16)
     digits = pc.utf8_slice_codeunits(keys, -16).cast(pa.large_string())
     n = len(digits)
     offsets = np.frombuffer(digits.buffers()[1], np.int64)[digits.offset:digits.offset + n + 1]
@@ -353,7 +354,7 @@ def _scan(inputs: list[_Input]) -> _Rows:
                                        "site; run `echocmr shards verify` on that input")
                 site = site.dictionary_encode()
                 lookup = np.array([sites.setdefault(v, len(sites))
-                                   for v in site.dictionary.to_pylist()], np.int32)
+                                   for v in site.dictionary.to_pylist()], np.int16)
                 prefix, key_number = _key_order(keys, prefixes)
                 site_code = lookup[site.indices.to_numpy(zero_copy_only=False)]
                 for pair in set(zip(split.tolist(), site_code.tolist(), strict=True)):
@@ -410,11 +411,10 @@ def _plan(rows: _Rows, keep: np.ndarray, kept_sites: np.ndarray, config: Reshard
     """Output shards as (name, row origins in write order), per split, from the kept rows (see
     the module doc for the mixing rule)."""
     shards = []
-    kept = np.flatnonzero(keep)
     prefix_rank = np.argsort(np.argsort(np.array(rows.prefix_names, dtype=object)))
     site_rank = sorted(range(len(rows.site_names)), key=lambda c: rows.site_names[c])
     for split_number, split in enumerate(SPLITS):
-        part = kept[rows.split[kept] == split_number]
+        part = np.flatnonzero((rows.split == split_number) & keep)
         if not len(part):
             continue
         part = part[np.lexsort((rows.number[part], prefix_rank[rows.prefix[part]]))]

@@ -165,7 +165,7 @@ def describe(directory: str) -> dict:
     columns (`shards.streaming.exact_medians`). Nothing is held per clip, so the driver's memory
     does not grow with the set."""
     stats = read_stats(directory)
-    pf = open_manifest(directory)
+    pf = open_manifest(directory, stream=True)
     summary = ManifestSummary(pf.metadata.num_rows, by=_BY, numbers=tuple(_NUMBERS),
                               shards=True)
     views = _ViewMix()

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-# Rows per part of a `Partitions` (a part is read back whole): a few tens of MB of strings.
-PART_ROWS = 262_144
+# Rows per part of a `Partitions` (a part is read back whole): a row group, a few MB.
+PART_ROWS = 65_536
 _SCALE = 1127  # x * 2**_SCALE is an integer for every finite float64 (2**-1074 is the least)
 _CHUNK = 512  # int64 sums of this many 53-bit mantissas cannot overflow
 
@@ -97,9 +97,9 @@ class Partitions:
     one value of ``by`` is in one part. With one part nothing goes to disk. Use as a context
     manager (the temporary files are removed on exit)."""
 
-    def __init__(self, n_rows: int, by: str, *, part_rows: int = PART_ROWS) -> None:
+    def __init__(self, n_rows: int, by: str, *, part_rows: int | None = None) -> None:
         self.by = by
-        self.parts = max(1, -(-int(n_rows) // part_rows))
+        self.parts = max(1, -(-int(n_rows) // (part_rows or PART_ROWS)))
         self._dir: str | None = None
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self._memory: list[pa.Table] = []
@@ -133,7 +133,7 @@ class Partitions:
                 self._dir = tempfile.mkdtemp(prefix="echocmr-spill-")
             sink = pa.OSFile(os.path.join(self._dir, f"{p}.arrows"), "wb")
             self._writers[p] = pa.ipc.new_stream(
-                sink, self._schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+                sink, self._schema)
         return self._writers[p]
 
     def __iter__(self) -> Iterator[pa.Table]:
@@ -145,7 +145,7 @@ class Partitions:
         for writer in self._writers.values():
             writer.close()
         for p in sorted(self._writers):
-            with pa.memory_map(os.path.join(self._dir, f"{p}.arrows")) as source:
+            with pa.OSFile(os.path.join(self._dir, f"{p}.arrows"), "rb") as source:
                 table = pa.ipc.open_stream(source).read_all()
             yield table
             del table
@@ -184,7 +184,7 @@ class Buckets:
             if b not in self._writers:
                 sink = pa.OSFile(os.path.join(self._dir, f"{b}.arrows"), "wb")
                 self._writers[b] = pa.ipc.new_stream(
-                    sink, self._schema, options=pa.ipc.IpcWriteOptions(compression="zstd"))
+                    sink, self._schema)
             self._writers[b].write_table(table.take(pa.array(order[start:stop])))
 
     def read(self, bucket: int) -> pa.Table | None:

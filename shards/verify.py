@@ -174,7 +174,7 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
     report = VerifyReport()
     problems = report.problems
     try:
-        pf = open_manifest(directory)
+        pf = open_manifest(directory, stream=True)
         stats = read_stats(directory)
         stats_bytes = storage.read_bytes(storage.join(directory, STATS_FILE))
     except (OSError, ValueError) as exc:
