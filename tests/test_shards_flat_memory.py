@@ -4,10 +4,14 @@
 Each command runs in a fresh process on two manifest-only sets (a real ``manifest.parquet`` and
 ``stats.json`` in the format, tars and indexes standing in: empty tars for verify, whose samples
 are trusted as reshard trusts the shards it wrote, and real indexes for reshard, whose copies are
-replaced by a no-op), 20,000 and 260,000 clips, and its peak resident memory (``VmHWM``) is
-compared. The code before issue 26's rewrite held 0.3-2 KB per clip (80-500 MB more at the larger
-size); the bound here is 40 bytes per added clip (9.6 MB), generous for allocator noise and far
-below any per-clip Python object or string. Nothing is timed.
+replaced by a no-op), 50,000 and 400,000 clips, and its peak resident memory (``VmHWM``) over
+its baseline after imports is compared. Row groups, record batches, spilled parts and reshard's
+buckets are 8,192 rows here (the code's 65,536 scaled down, so both sets hold many of each).
+The code before issue 26's rewrite held 0.3-0.6 KB per clip (100-200 MB more at the larger
+size); the bound is 64 bytes per added clip (22 MB), generous for allocator noise (0-50 bytes
+seen) yet below a Python string per clip (a key alone is a 72-byte str plus its reference).
+Reshard's plan is numbers per clip (its permutation: about 40 bytes, numpy), inside the bound.
+Nothing is timed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from echocmr.shards.stats import compute_stats, stats_json_bytes
 
 from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 
-SMALL, LARGE = 50_000, 250_000
-BYTES_PER_CLIP = 40
+SMALL, LARGE = 50_000, 400_000
+BYTES_PER_CLIP = 64
 # Rows per row group, record batch, spilled part and reshard bucket in these runs: the code's
 # 65,536 scaled down (its constants, set in the child), so that both sets hold many of each and
 # the allocator's warm-up over the first few batches is behind both.
