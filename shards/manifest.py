@@ -2,12 +2,13 @@
 
 `shards.reader.read_manifest` gives the whole manifest as a pandas DataFrame (nine object string
 columns: ~2 KB of driver memory per clip). The toolkit's commands (verify, stats, reshard) read it
-through here instead, as Arrow columns, so their memory stays small for archives of millions of
-clips:
+through here instead, as Arrow columns, a row group at a time, so their memory does not grow with
+the set (`shards.streaming`, `shards.summary` for what they compute across it):
 
 - `read_columns` reads only the columns asked for, strings that repeat (shard, split, site,
   view, patient and study hashes) dictionary-encoded: a 4-byte code per row plus each distinct
-  value once;
+  value once (for callers that want the columns whole: the training driver);
+- `iter_batches` streams columns in record batches of a row group;
 - `iter_by_shard` streams the manifest in record batches and yields the rows of one shard as
   soon as all of them were read (the count per shard comes from a first pass over the ``shard``
   column alone). Writers put a shard's rows together (ingest sorts by split and key, reshard

@@ -8,17 +8,26 @@ manifests (train pixel statistics pooled from per-clip values, no decoding).
 ``ingest_report.parquet`` is never copied: its source paths can name patients and it stays at the
 site that made it.
 
-How it streams: the plan (which sample goes to which output shard, in which order) is made from
-the manifests and ``.idx`` files alone, held as Arrow columns (`shards.manifest`; repeated strings
-dictionary-encoded, a few hundred bytes per clip, no Python object per clip). Each output shard
-is then one job (`_copy_shard`): each of its samples is fetched by one ranged read of its input
-tar (its three members are contiguous), checked against its input manifest row as it passes
-(video and ``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
-`shards.verify`) and appended to the output tar, so a job holds one sample. Object stores serve
+How it streams (the driver holds no Python object and no string per clip): a first pass over
+each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and keeps
+what the plan needs as numbers (split, site, the key as its site prefix and 16-hex number, where
+the row is: about 30 bytes per clip, numpy); duplicate keys and patients in two splits are found
+from these and from the patient column spilled by hash (`shards.streaming.Partitions`). The plan
+(which sample goes to which output shard, in which order) is a permutation of those rows. A
+second pass gives each input row its place in the output, locates it in its tar's index and
+spills it to a local temporary bucket of whole output shards (`shards.streaming.Buckets`,
+65,536 rows each); the buckets are read back in order, one at a time, and cut into the output
+shards' rows in write order: each is one copy job and its rows of ``manifest.parquet``, which is
+written (staged, published last) and counted for ``stats.json`` (`shards.summary`) as the jobs
+go. Each job (`_copy_shard`) fetches every sample by one ranged read of its input tar (its three
+members are contiguous), checks it against its input manifest row as it passes (video and
+``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
+`shards.verify`) and appends it to the output tar, so a job holds one sample. Object stores serve
 ranged reads natively, so inputs in a bucket work the same way. With ``address`` the jobs are Ray
 tasks on a cluster (one per output shard, `shards.distributed.map_shards`); the driver writes the
-manifest (streamed, in output order) and ``stats.json`` from the inputs' columns either way, so a
-cluster run's output is byte-identical to a local one.
+manifest and ``stats.json`` either way, so a cluster run's output is byte-identical to a local
+one. The spills need local scratch space (``$TMPDIR``) about the size of the inputs' manifests
+uncompressed.
 
 Robustness: each output shard is published atomically (tar, then its index); manifest and stats
 are written last. A re-run after a crash re-makes the same plan (it depends only on the inputs and
@@ -232,8 +241,6 @@ def _load_inputs(directories: list[str]) -> list[_Input]:
     return inputs
 
 
-# Where a sample's bytes are, per located row (besides its manifest columns).
-_LOCATION = ("_tar", "_start", "_length", "_tar_bytes")
 # Output rows per bucket of the spilled, located input rows (whole output shards per bucket).
 _BUCKET_ROWS = 65_536
 _KEY_PATTERN = r"^[a-z0-9_]+-[0-9a-f]{16}$"

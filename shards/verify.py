@@ -36,13 +36,17 @@ does not have (patient text in a header, a column, a metadata block, a file) can
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
-How it scales: the manifest is read as Arrow columns (`shards.manifest`), the set-wide checks on
-four columns (key, shard, split, patient), the per-sample checks one shard's rows at a time
-(`iter_by_shard`). Each shard is one job (`check_shard`), run here or, with ``address``, as a Ray
-task on a cluster (`shards.distributed.map_shards`); the problems are assembled in tar order
-either way, so both runs report the same list. Reshard checks every sample it copies by the same
-rules (`compare_with_manifest`) and then runs `verify_set` on its output without reading the
-shards it has just written again.
+How it scales: the driver holds nothing per clip. The manifest is read a row group at a time
+(`shards.manifest.open_manifest` with ``stream``): the per-sample checks get one shard's rows at
+a time (`iter_by_shard`); the set-wide checks (no key twice, no patient in two splits) spill the
+key and the patient column to local temporary files in parts by hash
+(`shards.streaming.Partitions`, a row group's worth each) and check one part at a time; the
+recomputed ``stats.json`` comes from counters fed the same pass (`shards.summary`). Each shard is
+one job (`check_shard`), run here or, with ``address``, as a Ray task on a cluster
+(`shards.distributed.map_shards`); the problems are assembled in tar order either way, so both
+runs report the same list. Reshard checks every sample it copies by the same rules
+(`compare_with_manifest`) and then runs `verify_set` on its output without reading the shards it
+has just written again.
 """
 
 from __future__ import annotations
