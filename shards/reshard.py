@@ -376,9 +376,11 @@ def _scan(inputs: list[_Input]) -> _Rows:
                 patients.add(pa.table({"patient_hash": plain(rows.column("patient_hash")),
                                        "split": plain(rows.column("split"))}))
             _raise_missing(inp, missing)
-        columns = {k: np.concatenate(v) if v else np.array([], np.int64)
-                   for k, v in parts.items()}
-        del parts
+        columns = {}
+        for name in list(parts):  # one column at a time, its pieces freed as it is joined
+            pieces = parts.pop(name)
+            columns[name] = np.concatenate(pieces) if pieces else np.array([], np.int64)
+            del pieces
         _refuse_duplicates(columns, list(prefixes))
         for part in patients:
             shared = patients_in_several_splits(part)
@@ -397,19 +399,27 @@ def _scan(inputs: list[_Input]) -> _Rows:
 
 def _refuse_duplicates(columns: dict[str, np.ndarray], prefix_names: list[str]) -> None:
     """A clip (key) in two inputs, or twice in one, is refused, naming the first repeated key
-    in input order."""
+    in input order. Checked one key prefix (site) at a time, on a sorted copy of its numbers."""
     number, prefix = columns["number"], columns["prefix"]
-    order = np.lexsort((number, prefix))
-    same = (number[order][1:] == number[order][:-1]) & (prefix[order][1:] == prefix[order][:-1])
-    if not same.any():
+    repeated = 0
+    first, first_row = None, None  # the row of the repeated key that comes first
+    for code in range(len(prefix_names)):
+        rows = np.flatnonzero(prefix == code)
+        values = np.sort(number[rows])
+        twice = np.unique(values[1:][values[1:] == values[:-1]])
+        del values
+        if not len(twice):
+            continue
+        repeated += len(twice)
+        hit = rows[np.isin(number[rows], twice)]
+        row = hit[np.argmin(columns["origin"][hit])]
+        if first_row is None or columns["origin"][row] < first_row:
+            first, first_row = row, columns["origin"][row]
+    if first is None:
         return
-    starts = np.flatnonzero(same & ~np.concatenate([[False], same[:-1]]))  # first of each run
-    first = min(starts.tolist(), key=lambda i: columns["origin"][order[i]])
-    row = order[first]
-    key = f"{prefix_names[prefix[row]]}-{int(number[row]):016x}"
     raise ReshardError(
-        f"key {key} is in more than one input ({len(starts)} duplicate keys): the same clips "
-        "were ingested twice; drop one input"
+        f"key {prefix_names[prefix[first]]}-{int(number[first]):016x} is in more than one input "
+        f"({repeated} duplicate keys): the same clips were ingested twice; drop one input"
     )
 
 
