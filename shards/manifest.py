@@ -100,7 +100,7 @@ def iter_batches(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.Reco
 def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
     """Rows per shard name, from the ``shard`` column alone."""
     counts: dict[str, int] = {}
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["shard"]):
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["shard"], use_threads=False):
         encoded = batch.column(0)
         if not pa.types.is_dictionary(encoded.type):
             encoded = encoded.dictionary_encode()
@@ -125,7 +125,7 @@ def iter_by_shard(pf: pq.ParquetFile, columns: Sequence[str] | None = None,
     pending: dict[str, list[pa.Table]] = {}
     have: dict[str, int] = {}
     first = 0
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted, use_threads=False):
         table = pa.Table.from_batches([batch])
         if row_numbers:
             table = table.append_column("_row", pa.array(np.arange(first, first + len(table))))

@@ -152,13 +152,16 @@ class ManifestSummary:
             per = {c: [Counter() for _ in SPLITS] for c in self.by}
             with self._spills[h] as spill:
                 for part in spill:
-                    pairs = part.group_by(["split", h]).aggregate([])
+                    # Single-threaded: each pool thread would keep its own allocator heap.
+                    pairs = part.group_by(["split", h], use_threads=False).aggregate([])
                     for name, n in _value_counts(pairs.column("split")):
                         distinct[SPLITS.index(name)] += n
                     for c in self.by:
                         known = part.filter(pc.is_valid(part.column(c)))
-                        triples = known.group_by(["split", c, h]).aggregate([])
-                        grouped = triples.group_by(["split", c]).aggregate([(h, "count")])
+                        triples = known.group_by(["split", c, h],
+                                                 use_threads=False).aggregate([])
+                        grouped = triples.group_by(["split", c], use_threads=False).aggregate(
+                            [(h, "count")])
                         for s, value, n in zip(grouped.column("split").to_pylist(),
                                                grouped.column(c).to_pylist(),
                                                grouped.column(f"{h}_count").to_pylist(),

@@ -642,7 +642,8 @@ def _set_wide(pf) -> tuple[list[Problem], ManifestSummary]:
             row += table.num_rows
         repeated = []  # (first row, key, count): reported in the order the keys first appear
         for part in keys:
-            counted = part.group_by("key").aggregate([("row", "min"), ("row", "count")])
+            counted = part.group_by("key", use_threads=False).aggregate(
+                [("row", "min"), ("row", "count")])
             twice = counted.filter(pc.greater(counted.column("row_count"), 1))
             repeated += zip(twice.column("row_min").to_pylist(), twice.column("key").to_pylist(),
                             twice.column("row_count").to_pylist(), strict=True)
