@@ -591,6 +591,7 @@ class _ManifestStream:
         if kind is not None:
             self._writer.close()
             self._staged.discard()
+            self.summary.close()
 
     def add(self, table: pa.Table) -> None:
         self.summary.add(table)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -131,6 +132,8 @@ class Partitions:
         if p not in self._writers:
             if self._dir is None:
                 self._dir = tempfile.mkdtemp(prefix="echocmr-spill-")
+                # Removed when this is closed, or collected (a command that stopped early).
+                weakref.finalize(self, shutil.rmtree, self._dir, True)
             sink = pa.OSFile(os.path.join(self._dir, f"{p}.arrows"), "wb")
             self._writers[p] = pa.ipc.new_stream(
                 sink, self._schema)
@@ -164,6 +167,7 @@ class Buckets:
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="echocmr-buckets-")
+        weakref.finalize(self, shutil.rmtree, self._dir, True)
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self._schema: pa.Schema | None = None
 

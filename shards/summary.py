@@ -171,6 +171,11 @@ class ManifestSummary:
             self.by_distinct[h] = per
         return self
 
+    def close(self) -> None:
+        """Remove the spilled rows (`finish` does; this is for a run that stops before it)."""
+        for spill in self._spills.values():
+            spill.close()
+
     def split_block(self, s: int) -> dict:
         """One split's ``stats.json`` block (`shards.stats.compute_stats`)."""
         positives, known, prevalence = {}, {}, {}

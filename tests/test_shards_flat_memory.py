@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow as pa
@@ -139,10 +140,14 @@ print(json.dumps({"base": base, "peak": hwm(), "result": result}))
 
 
 def run(op: str, directory: str, out: str = "") -> dict:
-    # A fresh interpreter per run: its peak RSS is this operation's alone.
+    # A fresh interpreter per run: its peak RSS is this operation's alone. Its own TMPDIR (set
+    # for the child only), where the spills go: nothing of them may be left behind.
+    scratch = tempfile.mkdtemp(prefix="flat-scratch-", dir=os.path.dirname(directory))
     proc = subprocess.run([sys.executable, "-c", _CHILD, op, directory, out, str(ROWS)],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "TMPDIR": scratch})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.listdir(scratch) == []
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
