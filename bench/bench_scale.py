@@ -1,8 +1,9 @@
 """Benchmark: the shard toolkit at archive scale, wall and CPU time and peak memory against N.
 
-Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``) shard sets of 10^4 and 10^5
-clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again for the
-merged set) from a small **real** ingest: a
+Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``, or ``--cache DIR``) shard
+sets of 10^4 and 10^5 clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again
+for the merged set; with ``--tiny``, whose source ingest stores 16x16 clips of 2 frames, 3.6 GB)
+from a small **real** ingest: a
 synthetic cohort of 4 patients through ``echocmr synth`` and ``echocmr ingest`` (22 clips). Its
 clips' bytes are reused under new keys, patients, studies, splits and four sites, written through
 the project's writer (`shards.writer.ShardSetWriter`), with each clip's ingest facts, labels and
@@ -39,7 +40,8 @@ correctness run, not a speed-up measurement: both "nodes" share the same two cor
 made as above, no tars: stats reads the manifest alone).
 
 Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]
-[--stats-only 1000000] [--ops reshard verify stats] [--ranks 1 16]`` (``--sizes 10000 100000 1000000`` for the full table).
+[--stats-only 1000000] [--ops reshard verify stats] [--ranks 1 16]`` (``--sizes 10000 100000 1000000`` for the full table;
+``--tiny --cache /tmp/DIR --sizes 100000 1000000 --ray-size 0 --ranks --keep`` for the toolkit at 10^6 clips in ~8 GB).
 """
 
 from __future__ import annotations
