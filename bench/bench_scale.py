@@ -1,8 +1,9 @@
 """Benchmark: the shard toolkit at archive scale, wall and CPU time and peak memory against N.
 
-Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``) shard sets of 10^4 and 10^5
-clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again for the
-merged set) from a small **real** ingest: a
+Builds (once, cached under ``/tmp/echocmr-bench-scale-format<N>``, or ``--cache DIR``) shard
+sets of 10^4 and 10^5 clips (``--sizes``; 10^6 on request: ~30 GB of tars per set, as much again
+for the merged set; with ``--tiny``, whose source ingest stores 16x16 clips of 2 frames, 3.6 GB)
+from a small **real** ingest: a
 synthetic cohort of 4 patients through ``echocmr synth`` and ``echocmr ingest`` (22 clips). Its
 clips' bytes are reused under new keys, patients, studies, splits and four sites, written through
 the project's writer (`shards.writer.ShardSetWriter`), with each clip's ingest facts, labels and
@@ -39,7 +40,8 @@ correctness run, not a speed-up measurement: both "nodes" share the same two cor
 made as above, no tars: stats reads the manifest alone).
 
 Run: ``.venv/bin/python -m bench.bench_scale [--sizes 10000 100000] [--ray-size 10000]
-[--stats-only 1000000] [--ops reshard verify stats] [--ranks 1 16]`` (``--sizes 10000 100000 1000000`` for the full table).
+[--stats-only 1000000] [--ops reshard verify stats] [--ranks 1 16]`` (``--sizes 10000 100000 1000000`` for the full table;
+``--tiny --cache /tmp/DIR --sizes 100000 1000000 --ray-size 0 --ranks --keep`` for the toolkit at 10^6 clips in ~8 GB).
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from echocmr.shards.format import FORMAT_VERSION  # noqa: E402  (a cache of another format is stale)
 
 CACHE = f"/tmp/echocmr-bench-scale-format{FORMAT_VERSION}"
+# ``--tiny``: the source ingest stores 16x16 clips of at most 2 frames (real VP9 clips through
+# the real ingest, a few hundred bytes each), so that 10^6-clip sets fit on a shared disk.
+TINY = {"size": 16, "max_frames": 2}
 SITES = ("site_a", "site_b", "site_c", "site_d")
 OPERATIONS = ("reshard", "verify", "stats")
 
@@ -68,7 +73,8 @@ def _run(argv: list[str]) -> None:
 
 
 def source_set() -> str:
-    """A real ingest of a tiny synthetic cohort (cached)."""
+    """A real ingest of a tiny synthetic cohort (cached); with ``--tiny`` its clips are 16x16
+    pixels of at most 2 frames (`TINY`, a config file given to ``echocmr ingest``)."""
     src = os.path.join(CACHE, "source")
     if os.path.exists(os.path.join(src, "stats.json")):
         return src
@@ -76,9 +82,15 @@ def source_set() -> str:
     shutil.rmtree(cohort, ignore_errors=True)
     shutil.rmtree(src, ignore_errors=True)
     _run(["synth", "--out", cohort, "--patients", "4", "--workers", "1"])
+    extra = []
+    if CACHE.endswith("-tiny"):
+        config = os.path.join(CACHE, "tiny.yaml")
+        with open(config, "w") as f:
+            f.write(f"preprocess: {{size: {TINY['size']}, max_frames: {TINY['max_frames']}}}\n")
+        extra = ["--config", config]
     _run(["ingest", "--dicom", os.path.join(cohort, "dicom"), "--labels",
           os.path.join(cohort, "cmr_labels.parquet"), "--views", os.path.join(cohort, "views.csv"),
-          "--out", src, "--site", "site_a", "--no-progress"])
+          "--out", src, "--site", "site_a", "--no-progress", *extra])
     return src
 
 
@@ -316,6 +328,7 @@ def ray_comparison(inputs: list[str], merged: str, n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CACHE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000],
                         help="clips per benchmark set (four sites together)")
@@ -339,9 +352,18 @@ def main(argv: list[str] | None = None) -> int:
                         "reshard's output: without reshard it must be in the cache already)")
     parser.add_argument("--ranks", type=int, nargs="*", default=[1, 16], metavar="W",
                         help="world sizes at which to measure rank 0's loader start-up (from "
-                        "the driver's read plan, site_d left out); none: skip")
+                        "the driver's read plan, site_d left out); none: skip them and the plan")
+    parser.add_argument("--tiny", action="store_true",
+                        help="build the sets from 16x16 2-frame clips (a real ingest at "
+                        "--clip-size 16, ~3 KB of tar per clip): 10^6-clip sets in ~3 GB each")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help=f"where the built sets are kept (default {CACHE}[-tiny])")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cache:
+        CACHE = args.cache.rstrip("/") + ("-tiny" if args.tiny else "")
+    elif args.tiny:
+        CACHE = CACHE + "-tiny"
     if args.child:
         op, merged, out, address, *inputs = args.child
         _child(op, inputs, merged, address or None, out)
@@ -370,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:>8} {label + op:>15} {r['wall_s']:>8.1f} {r['cpu_s']:>7.1f} "
                       f"{r['peak_rss_mb']:>12.0f} {over:>13.0f} {1024 * over / n:>8.2f} "
                       f"{1000 * r['cpu_s'] / n * 1000:>10.1f}", flush=True)
-        for op in ["plan", *(f"rank{w}" for w in args.ranks)]:
+        for op in ["plan", *(f"rank{w}" for w in args.ranks)] if args.ranks else []:
             r = measure(op, inputs, merged)
             results[n, op] = r
             over = r["peak_rss_mb"] - r["baseline_rss_mb"]
@@ -389,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(sizes) >= 2:
         lo, hi = sizes[-2], sizes[-1]
         print(f"\ngrowth from {lo} to {hi} clips (exponent: log ratio / log {hi // lo}):")
-        for op in [*args.ops, "plan", *(f"rank{w}" for w in args.ranks)]:
+        for op in [*args.ops, *(["plan", *(f"rank{w}" for w in args.ranks)] if args.ranks
+                                else [])]:
             a, b = results[lo, op], results[hi, op]
             exp_wall = math.log(max(b["wall_s"], 1e-3) / max(a["wall_s"], 1e-3)) / math.log(hi / lo)
             exp_cpu = math.log(max(b["cpu_s"], 1e-3) / max(a["cpu_s"], 1e-3)) / math.log(hi / lo)

@@ -2,12 +2,13 @@
 
 `shards.reader.read_manifest` gives the whole manifest as a pandas DataFrame (nine object string
 columns: ~2 KB of driver memory per clip). The toolkit's commands (verify, stats, reshard) read it
-through here instead, as Arrow columns, so their memory stays small for archives of millions of
-clips:
+through here instead, as Arrow columns, a row group at a time, so their memory does not grow with
+the set (`shards.streaming`, `shards.summary` for what they compute across it):
 
 - `read_columns` reads only the columns asked for, strings that repeat (shard, split, site,
   view, patient and study hashes) dictionary-encoded: a 4-byte code per row plus each distinct
-  value once;
+  value once (for callers that want the columns whole: the training driver);
+- `iter_batches` streams columns in record batches of a row group;
 - `iter_by_shard` streams the manifest in record batches and yields the rows of one shard as
   soon as all of them were read (the count per shard comes from a first pass over the ``shard``
   column alone). Writers put a shard's rows together (ingest sorts by split and key, reshard
@@ -38,6 +39,10 @@ from echocmr.shards.reader import IncompleteShardSetError
 
 # Columns whose values repeat across rows: read dictionary-encoded (one code per row).
 REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash")
+# The few-valued ones: what a whole-set stream reads as dictionaries. A reader going through a
+# file's row groups keeps every dictionary value it has seen, so a column with a value per
+# patient (the hashes) would grow with the set; those are read as plain strings per batch.
+FEW_VALUED = ("shard", "split", "site", "view")
 _BATCH_ROWS = 65_536
 # Rows per Parquet row group in the manifests echocmr writes: a reader decodes one row group's
 # column chunk at a time, so this bounds its buffers whatever the set's size.
@@ -49,11 +54,16 @@ def manifest_path(directory: str) -> str:
     return storage.join(directory, MANIFEST_FILE)
 
 
-def open_manifest(directory: str) -> pq.ParquetFile:
+def open_manifest(directory: str, *, stream: bool = False) -> pq.ParquetFile:
     """The set's ``manifest.parquet`` as a `pyarrow.parquet.ParquetFile` (nothing read yet but
     the footer), the `REPEATED` string columns read straight from Parquet's own dictionary
     pages as Arrow dictionaries (never materialised as one string per row). Raises
-    `shards.reader.IncompleteShardSetError` when there is none."""
+    `shards.reader.IncompleteShardSetError` when there is none.
+
+    ``stream``: for a pass over the whole set a row group at a time, in memory that does not
+    grow with it: only the `FEW_VALUED` columns are dictionaries (a reader keeps every
+    dictionary value it has seen), and nothing is pre-buffered (pyarrow keeps every
+    pre-buffered column chunk until the file is closed: the whole file, by the end)."""
     path = manifest_path(directory)
     if not storage.exists(path):
         raise IncompleteShardSetError(
@@ -62,7 +72,8 @@ def open_manifest(directory: str) -> pq.ParquetFile:
         )
     source = (storage.local_path(path) if storage.is_local(path)
               else io.BytesIO(storage.read_bytes(path)))
-    return pq.ParquetFile(source, read_dictionary=list(REPEATED))
+    return pq.ParquetFile(source, read_dictionary=list(FEW_VALUED if stream else REPEATED),
+                          pre_buffer=not stream)
 
 
 def _present(pf: pq.ParquetFile, columns: Sequence[str] | None) -> list[str]:
@@ -79,10 +90,17 @@ def read_columns(directory: str | pq.ParquetFile, columns: Sequence[str] | None 
     return pf.read(columns=_present(pf, columns), use_threads=False)
 
 
+def iter_batches(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """The manifest's ``columns`` (absent ones left out) a row group's worth at a time, in file
+    order: how the toolkit reads a whole set without holding it."""
+    yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=_present(pf, columns),
+                               use_threads=False)
+
+
 def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
     """Rows per shard name, from the ``shard`` column alone."""
     counts: dict[str, int] = {}
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["shard"]):
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=["shard"], use_threads=False):
         encoded = batch.column(0)
         if not pa.types.is_dictionary(encoded.type):
             encoded = encoded.dictionary_encode()
@@ -95,17 +113,23 @@ def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
 
 
 def iter_by_shard(pf: pq.ParquetFile, columns: Sequence[str] | None = None,
-                  counts: dict[str, int] | None = None) -> Iterator[tuple[str, pa.Table]]:
+                  counts: dict[str, int] | None = None, *, row_numbers: bool = False
+                  ) -> Iterator[tuple[str, pa.Table]]:
     """Yield ``(shard name, its rows)`` for every shard the manifest names, each shard once with
-    all its rows in file order, in the order the shards are completed (see the module doc)."""
+    all its rows in file order, in the order the shards are completed (see the module doc).
+    ``row_numbers`` adds a column ``_row``: each row's position in the file (int64)."""
     counts = shard_counts(pf) if counts is None else counts
     wanted = _present(pf, columns)
     if "shard" not in wanted:
         wanted = ["shard", *wanted]
     pending: dict[str, list[pa.Table]] = {}
     have: dict[str, int] = {}
-    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
+    first = 0
+    for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=wanted, use_threads=False):
         table = pa.Table.from_batches([batch])
+        if row_numbers:
+            table = table.append_column("_row", pa.array(np.arange(first, first + len(table))))
+        first += len(table)
         shard = table.column("shard").combine_chunks()
         if not pa.types.is_dictionary(shard.type):
             shard = shard.dictionary_encode()

@@ -8,17 +8,26 @@ manifests (train pixel statistics pooled from per-clip values, no decoding).
 ``ingest_report.parquet`` is never copied: its source paths can name patients and it stays at the
 site that made it.
 
-How it streams: the plan (which sample goes to which output shard, in which order) is made from
-the manifests and ``.idx`` files alone, held as Arrow columns (`shards.manifest`; repeated strings
-dictionary-encoded, a few hundred bytes per clip, no Python object per clip). Each output shard
-is then one job (`_copy_shard`): each of its samples is fetched by one ranged read of its input
-tar (its three members are contiguous), checked against its input manifest row as it passes
-(video and ``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
-`shards.verify`) and appended to the output tar, so a job holds one sample. Object stores serve
+How it streams (the driver holds no Python object and no string per clip): a first pass over
+each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and keeps
+what the plan needs as numbers (split, site, the key as its site prefix and 16-hex number, where
+the row is: about 30 bytes per clip, numpy); duplicate keys and patients in two splits are found
+from these and from the patient column spilled by hash (`shards.streaming.Partitions`). The plan
+(which sample goes to which output shard, in which order) is a permutation of those rows. A
+second pass gives each input row its place in the output, locates it in its tar's index and
+spills it to a local temporary bucket of whole output shards (`shards.streaming.Buckets`,
+65,536 rows each); the buckets are read back in order, one at a time, and cut into the output
+shards' rows in write order: each is one copy job and its rows of ``manifest.parquet``, which is
+written (staged, published last) and counted for ``stats.json`` (`shards.summary`) as the jobs
+go. Each job (`_copy_shard`) fetches every sample by one ranged read of its input tar (its three
+members are contiguous), checks it against its input manifest row as it passes (video and
+``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
+`shards.verify`) and appends it to the output tar, so a job holds one sample. Object stores serve
 ranged reads natively, so inputs in a bucket work the same way. With ``address`` the jobs are Ray
 tasks on a cluster (one per output shard, `shards.distributed.map_shards`); the driver writes the
-manifest (streamed, in output order) and ``stats.json`` from the inputs' columns either way, so a
-cluster run's output is byte-identical to a local one.
+manifest and ``stats.json`` either way, so a cluster run's output is byte-identical to a local
+one. The spills need local scratch space (``$TMPDIR``) about the size of the inputs' manifests
+uncompressed.
 
 Robustness: each output shard is published atomically (tar, then its index); manifest and stats
 are written last. A re-run after a crash re-makes the same plan (it depends only on the inputs and
@@ -54,6 +63,7 @@ from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
+    OPTIONAL_MANIFEST_COLUMNS,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -69,13 +79,15 @@ from echocmr.shards.format import (
 )
 from echocmr.shards.index import parse_index, sample_keys
 from echocmr.shards.manifest import (
-    codes_of,
+    decoded,
+    iter_by_shard,
     open_manifest,
     patients_in_several_splits,
-    read_columns,
 )
 from echocmr.shards.reader import read_sample, read_stats
 from echocmr.shards.stats import compute_stats, stats_json_bytes
+from echocmr.shards.streaming import Buckets, Partitions
+from echocmr.shards.summary import ManifestSummary, plain, split_codes
 from echocmr.shards.verify import Problem, compare_with_manifest, verify, verify_set
 from echocmr.shards.writer import ShardFile, manifest_table, tar_bytes
 
@@ -222,133 +234,225 @@ def _load_inputs(directories: list[str]) -> list[_Input]:
     inputs = []
     for directory in directories:
         try:
-            inputs.append(_Input(directory, read_stats(directory), open_manifest(directory)))
+            inputs.append(_Input(directory, read_stats(directory),
+                                 open_manifest(directory, stream=True)))
         except FileNotFoundError as exc:
             raise ReshardError(str(exc)) from exc
     return inputs
 
 
-# Where a sample's bytes are, per located row (besides its manifest columns).
-_LOCATION = ("_tar", "_start", "_length", "_tar_bytes")
+# Output rows per bucket of the spilled, located input rows (whole output shards per bucket).
+_BUCKET_ROWS = 65_536
+_KEY_PATTERN = r"^[a-z0-9_]+-[0-9a-f]{16}$"
+_HEX_DIGIT = np.full(256, 0, np.uint64)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX_DIGIT[_c] = _i
 
 
-def _locate_input(inp: _Input) -> pa.Table:
-    """One input's manifest (Arrow, repeated strings dictionary-encoded) with where each
-    sample's bytes are: ``_tar`` (path), ``_start``/``_length`` (its byte range, headers
-    included) and ``_tar_bytes`` (what it adds to a tar), from the ``.idx`` files alone."""
-    rows = read_columns(inp.manifest)
-    if "json_sha256" not in rows.column_names:  # a set written before the column existed
-        rows = rows.append_column("json_sha256", pa.nulls(rows.num_rows, pa.string()))
-    keys, tar_codes, starts, lengths, sizes, tar_paths = [], [], [], [], [], []
-    _, shards = codes_of(rows.column("shard"))
-    for shard in sorted(str(s) for s in shards if s is not None):
-        tar_path = storage.join(inp.directory, shard)
-        idx_path = storage.join(inp.directory, index_name(shard))
-        try:
-            samples = parse_index(storage.read_bytes(idx_path).decode())
-        except (OSError, ValueError) as exc:
-            raise ReshardError(
-                f"{idx_path}: cannot read the index ({exc}); run "
-                f"`echocmr shards verify {inp.directory}`"
-            ) from exc
-        # One shard's index as arrays: nothing per sample outlives this loop.
-        first = np.array([m[0].offset for m in samples], np.int64) - _BLOCK
-        last_end = np.array([m[-1].offset + -(-m[-1].size // _BLOCK) * _BLOCK
-                             for m in samples], np.int64)
-        keys.append(pa.array(sample_keys(samples), pa.string()))
-        tar_codes.append(np.full(len(samples), len(tar_paths), np.int32))
-        starts.append(first)
-        lengths.append(last_end - first)
-        sizes.append(np.array([tar_bytes([m.size for m in members]) for members in samples],
-                              np.int64))
-        tar_paths.append(tar_path)
-    index_keys = pa.chunked_array(keys, pa.string()).combine_chunks() if keys else \
-        pa.array([], pa.string())
-    where = pc.index_in(rows.column("key"), value_set=index_keys)
+def _locations(inp: _Input, shard: str | None, keys: pa.Array, missing: list) -> tuple:
+    """Where the samples ``keys`` (rows of ``shard`` in ``inp``'s manifest) are in that shard's
+    tar, from its ``.idx``: (tar path, start, length, tar bytes) arrays in the keys' order.
+    Keys its index lacks are counted in ``missing`` ([count, least key]) and located at 0."""
+    n = len(keys)
+    if shard is None:
+        _count_missing(missing, keys)
+        zero = np.zeros(n, np.int64)
+        return "", zero, zero, zero
+    tar_path = storage.join(inp.directory, shard)
+    idx_path = storage.join(inp.directory, index_name(shard))
+    try:
+        samples = parse_index(storage.read_bytes(idx_path).decode())
+    except (OSError, ValueError) as exc:
+        raise ReshardError(
+            f"{idx_path}: cannot read the index ({exc}); run "
+            f"`echocmr shards verify {inp.directory}`"
+        ) from exc
+    first = np.array([m[0].offset for m in samples], np.int64) - _BLOCK
+    last_end = np.array([m[-1].offset + -(-m[-1].size // _BLOCK) * _BLOCK for m in samples],
+                        np.int64)
+    sizes = np.array([tar_bytes([m.size for m in members]) for members in samples], np.int64)
+    where = pc.index_in(keys, value_set=pa.array(sample_keys(samples), pa.string()))
     if where.null_count:
-        missing = rows.column("key").filter(pc.is_null(where))
+        _count_missing(missing, keys.filter(pc.is_null(where)))
+    take = where.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if not len(samples):
+        take = np.zeros(n, np.int64)
+        first = last_end = sizes = np.zeros(1, np.int64)
+    return tar_path, first[take], (last_end - first)[take], sizes[take]
+
+
+def _count_missing(missing: list, keys: pa.Array) -> None:
+    least = pc.min(keys).as_py()
+    missing[0] += len(keys)
+    if least is not None and (missing[1] is None or least < missing[1]):
+        missing[1] = least
+
+
+def _raise_missing(inp: _Input, missing: list) -> None:
+    if missing[0]:
         raise ReshardError(
-            f"{inp.directory}: {len(missing)} manifest keys are not in the shard "
-            f"indexes (e.g. {sorted(missing.to_pylist())[0]}); run `echocmr shards verify`"
+            f"{inp.directory}: {missing[0]} manifest keys are not in the shard "
+            f"indexes (e.g. {missing[1]}); run `echocmr shards verify`"
         )
-    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where
-    take = where.to_numpy(zero_copy_only=False)
-
-    def joined(parts, dtype):
-        return np.concatenate(parts)[take] if parts else np.array([], dtype)
-
-    tar = pa.DictionaryArray.from_arrays(pa.array(joined(tar_codes, np.int32)),
-                                         pa.array(tar_paths, pa.string()))
-    for name, column in (("_tar", tar), ("_start", pa.array(joined(starts, np.int64))),
-                         ("_length", pa.array(joined(lengths, np.int64))),
-                         ("_tar_bytes", pa.array(joined(sizes, np.int64)))):
-        rows = rows.append_column(name, column)
-    return rows
 
 
-def _locate(inputs: list[_Input]) -> pa.Table:
-    """All input rows, located (`_locate_input`), checked for a clip in two inputs and for a
-    patient in two splits across the inputs."""
-    merged = _combined([_locate_input(inp) for inp in inputs])
-    counted = pc.value_counts(merged.column("key"))
-    dup = counted.filter(pc.greater(counted.field("counts"), 1))
-    if len(dup):
-        raise ReshardError(
-            f"key {dup.field('values')[0].as_py()} is in more than one input ({len(dup)} "
-            "duplicate keys): the same clips were ingested twice; drop one input"
-        )
-    shared = patients_in_several_splits(merged)
-    if shared:
-        raise ReshardError(
-            f"patient {shared[0][0]} is in two splits across the "
-            "inputs; were they ingested with different split keys?"
-        )
-    return merged
+def _key_order(keys: pa.Array, prefixes: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each key as (prefix code, its 16 hex digits as uint64): sorting by the prefix's name and
+    then the number sorts as the key strings do ('-' sorts before every site character)."""
+    valid = pc.match_substring_regex(keys, _KEY_PATTERN).fill_null(False)
+    if not pc.all(valid).as_py():
+        bad = keys.filter(pc.invert(valid))[0].as_py()
+        raise ReshardError(f"manifest key {bad!r} is not a sample key (<site>-<16 hex>); run "
+                           "`echocmr shards verify` on that input")
+    prefix = pc.utf8_slice_codeunits(keys, 0, -17).dictionary_encode()
+    lookup = np.array([prefixes.setdefault(p, len(prefixes))
+                       for p in prefix.dictionary.to_pylist()], np.int16)
+    code = lookup[prefix.indices.to_numpy(zero_copy_only=False)].astype(np.int16)
+    digits = pc.utf8_slice_codeunits(keys, -16).cast(pa.large_string())
+    n = len(digits)
+    offsets = np.frombuffer(digits.buffers()[1], np.int64)[digits.offset:digits.offset + n + 1]
+    data = np.frombuffer(digits.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n]
+    nibbles = _HEX_DIGIT[data.reshape(n, 16)]
+    number = np.zeros(n, np.uint64)
+    for j in range(16):
+        number = (number << np.uint64(4)) | nibbles[:, j]
+    return code, number
 
 
-def _combined(parts: list[pa.Table]) -> pa.Table:
-    """The tables' rows in one chunk per column (a `take` from a chunked column costs a pass
-    over the whole column), built column by column and releasing the parts as it goes, so the
-    peak is one copy plus one column, not two copies."""
-    names = parts[0].column_names
-    chunks = {n: [c for p in parts for c in p.column(n).chunks] for n in names}
-    parts.clear()
-    out = {}
-    for name in names:
-        out[name] = pa.chunked_array(chunks.pop(name)).combine_chunks()
-    return pa.table(out)
+@dataclass
+class _Rows:
+    """What the plan needs of every input row, as fixed-width arrays (no string per row):
+    split and site codes, the key as (prefix code, number), the row's input and file row."""
+
+    split: np.ndarray
+    site: np.ndarray
+    site_names: list[str]
+    prefix: np.ndarray
+    prefix_names: list[str]
+    number: np.ndarray
+    origin: np.ndarray  # input number << 40 | row in that input's manifest
+    split_bytes: np.ndarray  # tar bytes of the samples per (split, site code)
 
 
-def plan(rows: pa.Table, config: ReshardConfig) -> list[tuple[str, np.ndarray]]:
-    """Output shards as (name, positions in ``rows`` in write order), per split, from located
-    input rows (see the module doc for the mixing rule)."""
-    shards = []
-    split_codes, split_values = codes_of(rows.column("split"))
-    site_codes, site_values = codes_of(rows.column("site"))
-    sizes = rows.column("_tar_bytes").to_numpy()
-    for split_number, split in enumerate(SPLITS):
-        if split not in split_values:
+_ORIGIN_SHIFT = 40
+
+
+def _scan(inputs: list[_Input]) -> _Rows:
+    """Read every input's manifest once, a shard at a time: locate its rows in the shard's
+    index (each must be there), keep the plan's columns as numbers, and check that no clip is
+    in two inputs and no patient in two splits across them."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("split", "site", "prefix", "number", "origin")}
+    sites: dict[str, int] = {}
+    prefixes: dict[str, int] = {}
+    split_bytes: dict[tuple[int, int], int] = {}
+    total = sum(inp.manifest.metadata.num_rows for inp in inputs)
+    with Partitions(total, "patient_hash") as patients:
+        for number, inp in enumerate(inputs):
+            missing = [0, None]
+            for shard, rows in iter_by_shard(inp.manifest, ("key", "split", "site",
+                                                            "patient_hash"), row_numbers=True):
+                keys = decoded(rows.column("key")).combine_chunks()
+                _, _, _, sizes = _locations(inp, shard, keys, missing)
+                split = split_codes(rows.column("split"))
+                site = plain(rows.column("site"))
+                if site.null_count:
+                    raise ReshardError(f"{inp.directory}: manifest rows of {shard} have no "
+                                       "site; run `echocmr shards verify` on that input")
+                site = site.dictionary_encode()
+                lookup = np.array([sites.setdefault(v, len(sites))
+                                   for v in site.dictionary.to_pylist()], np.int16)
+                prefix, key_number = _key_order(keys, prefixes)
+                site_code = lookup[site.indices.to_numpy(zero_copy_only=False)]
+                for pair in set(zip(split.tolist(), site_code.tolist(), strict=True)):
+                    mine = (split == pair[0]) & (site_code == pair[1])
+                    split_bytes[pair] = split_bytes.get(pair, 0) + int(sizes[mine].sum())
+                parts["split"].append(split.astype(np.int8))
+                parts["site"].append(site_code)
+                parts["prefix"].append(prefix)
+                parts["number"].append(key_number)
+                row = rows.column("_row").to_numpy()
+                parts["origin"].append((np.int64(number) << _ORIGIN_SHIFT) | row)
+                patients.add(pa.table({"patient_hash": plain(rows.column("patient_hash")),
+                                       "split": plain(rows.column("split"))}))
+            _raise_missing(inp, missing)
+        columns = {}
+        for name in list(parts):  # one column at a time, its pieces freed as it is joined
+            pieces = parts.pop(name)
+            columns[name] = np.concatenate(pieces) if pieces else np.array([], np.int64)
+            del pieces
+        _refuse_duplicates(columns, list(prefixes))
+        for part in patients:
+            shared = patients_in_several_splits(part)
+            if shared:
+                raise ReshardError(
+                    f"patient {min(shared, key=lambda x: str(x[0]))[0]} is in two splits "
+                    "across the inputs; were they ingested with different split keys?"
+                )
+    by_pair = np.zeros((len(SPLITS) + 1, max(len(sites), 1)), np.int64)
+    for (split, site), nbytes in split_bytes.items():
+        by_pair[split, site] += nbytes  # split -1 (none): the last row, never planned
+    return _Rows(split=columns["split"], site=columns["site"], site_names=list(sites),
+                 prefix=columns["prefix"], prefix_names=list(prefixes),
+                 number=columns["number"], origin=columns["origin"], split_bytes=by_pair)
+
+
+def _refuse_duplicates(columns: dict[str, np.ndarray], prefix_names: list[str]) -> None:
+    """A clip (key) in two inputs, or twice in one, is refused, naming the first repeated key
+    in input order. Checked one key prefix (site) at a time, on a sorted copy of its numbers."""
+    number, prefix = columns["number"], columns["prefix"]
+    repeated = 0
+    first, first_row = None, None  # the row of the repeated key that comes first
+    for code in range(len(prefix_names)):
+        rows = np.flatnonzero(prefix == code)
+        values = np.sort(number[rows])
+        twice = np.unique(values[1:][values[1:] == values[:-1]])
+        del values
+        if not len(twice):
             continue
-        part = np.flatnonzero(split_codes == split_values.index(split))
+        repeated += len(twice)
+        hit = rows[np.isin(number[rows], twice)]
+        row = hit[np.argmin(columns["origin"][hit])]
+        if first_row is None or columns["origin"][row] < first_row:
+            first, first_row = row, columns["origin"][row]
+    if first is None:
+        return
+    raise ReshardError(
+        f"key {prefix_names[prefix[first]]}-{int(number[first]):016x} is in more than one input "
+        f"({repeated} duplicate keys): the same clips were ingested twice; drop one input"
+    )
+
+
+def _plan(rows: _Rows, keep: np.ndarray, kept_sites: np.ndarray, config: ReshardConfig
+          ) -> list[tuple[str, np.ndarray]]:
+    """Output shards as (name, row origins in write order), per split, from the kept rows (see
+    the module doc for the mixing rule)."""
+    shards = []
+    prefix_rank = np.argsort(np.argsort(np.array(rows.prefix_names, dtype=object)))
+    site_rank = sorted(range(len(rows.site_names)), key=lambda c: rows.site_names[c])
+    for split_number, split in enumerate(SPLITS):
+        part = np.flatnonzero((rows.split == split_number) & keep)
         if not len(part):
             continue
-        by_key = pc.sort_indices(rows.column("key").take(pa.array(part))).to_numpy()
-        part = part[by_key]
+        part = part[np.lexsort((rows.number[part], prefix_rank[rows.prefix[part]]))]
         rng = np.random.default_rng([config.seed, split_number])
         position = np.empty(len(part))
-        sites = site_codes[part]
-        for code in sorted(set(sites.tolist()), key=lambda c: site_values[c]):
+        sites = rows.site[part]
+        present = set(np.unique(sites).tolist())
+        for code in (c for c in site_rank if c in present):
             where = np.flatnonzero(sites == code)
             rank = rng.permutation(len(where))
             position[where] = (rank + rng.random(len(where))) / len(where)
         part = part[np.argsort(position, kind="stable")]
-        n_shards = _shard_count(len(part), int(sizes[part].sum()), config)
+        n_bytes = int(rows.split_bytes[split_number, kept_sites].sum())
+        n_shards = _shard_count(len(part), n_bytes, config)
         base, extra = divmod(len(part), n_shards)
         start = 0
         for number in range(n_shards):
             stop = start + base + (1 if number < extra else 0)
             chunk = part[start:stop]
-            shards.append((shard_name(split, number), chunk[rng.permutation(len(chunk))]))
+            shards.append((shard_name(split, number), rows.origin[chunk[rng.permutation(
+                len(chunk))]]))
             start = stop
     return shards
 
@@ -442,9 +546,9 @@ def _copy_task(job: CopyJob) -> int:
     return _copy_shard(job.out, job.name, job)
 
 
-def _output_table(rows: pa.Table, name: str, order: np.ndarray) -> pa.Table:
-    """The output manifest rows of one shard (input rows, ``shard`` set to its name)."""
-    chunk = rows.take(pa.array(order))
+def _output_table(chunk: pa.Table, name: str) -> pa.Table:
+    """The output manifest rows of one shard (its located input rows in write order, ``shard``
+    set to its name)."""
     shard = pa.array([name] * chunk.num_rows, pa.string())
     chunk = chunk.set_column(chunk.column_names.index("shard"), "shard", shard)
     json_sha = chunk.column("json_sha256")
@@ -464,30 +568,110 @@ def _json_hashes(chunk: pa.Table) -> pa.Array:
     return pa.array(out, pa.string())
 
 
-def _write_manifest(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]]) -> None:
-    """``manifest.parquet`` in output order, streamed a few shards at a time (no table of the
-    whole output is built besides the inputs' own)."""
-    with storage.StagedFile(storage.join(out, MANIFEST_FILE)) as staged:
-        writer = pq.ParquetWriter(staged.file, MANIFEST_SCHEMA, compression="zstd")
-        pending, n = [], 0
-        for name, order in shards:
-            pending.append(_output_table(rows, name, order))
-            n += len(order)
-            if n >= _MANIFEST_ROW_GROUP:
-                writer.write_table(pa.concat_tables(pending), row_group_size=_MANIFEST_ROW_GROUP)
-                pending, n = [], 0
-        if pending:
-            writer.write_table(pa.concat_tables(pending), row_group_size=_MANIFEST_ROW_GROUP)
-        writer.close()
-
-
 _MANIFEST_ROW_GROUP = 65_536
 
 
-def _copy_jobs(out: str, rows: pa.Table, shards: list[tuple[str, np.ndarray]], fps: float,
-               kept: list[str]) -> Iterator[CopyJob]:
-    for name, order in shards:
-        chunk = rows.take(pa.array(order))
+class _ManifestStream:
+    """``manifest.parquet`` written while the output shards are planned, in output order, a
+    row group at a time into a staged file that `commit` publishes (an error discards it), and
+    the counters of ``stats.json`` taken from the same rows. Nothing of the whole output is held
+    but the counters."""
+
+    def __init__(self, out: str, n_rows: int) -> None:
+        self.summary = ManifestSummary(n_rows)
+        self._staged = storage.StagedFile(storage.join(out, MANIFEST_FILE))
+        self._writer = pq.ParquetWriter(self._staged.file, MANIFEST_SCHEMA, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+
+    def __enter__(self) -> _ManifestStream:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if kind is not None:
+            self._writer.close()
+            self._staged.discard()
+            self.summary.close()
+
+    def add(self, table: pa.Table) -> None:
+        self.summary.add(table)
+        self._pending.append(table)
+        self._rows += table.num_rows
+        if self._rows >= _MANIFEST_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending),
+                                     row_group_size=_MANIFEST_ROW_GROUP)
+        self._pending, self._rows = [], 0
+
+    def commit(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._staged.commit()
+
+
+def _located_shards(inputs: list[_Input], shards: list[tuple[str, np.ndarray]],
+                    buckets: Buckets) -> Iterator[tuple[str, pa.Table]]:
+    """``(name, its located input rows in write order)`` per output shard, in plan order.
+
+    Every input row gets its place in the output (one int64 per row); the inputs are read once
+    more a shard at a time, each row located in its tar's index and spilled to the bucket of
+    whole output shards that holds its place (`shards.streaming.Buckets`, about
+    `_BUCKET_ROWS` rows each); then each bucket is read back, sorted by place and cut into its
+    shards. The driver holds one input shard's rows, then one bucket."""
+    first_row = np.cumsum([0] + [inp.manifest.metadata.num_rows for inp in inputs])
+    place = np.full(int(first_row[-1]), -1, np.int64)
+    sizes = np.array([len(order) for _, order in shards], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for (_, order), start in zip(shards, starts[:-1].tolist(), strict=True):
+        source = first_row[order >> _ORIGIN_SHIFT] + (order & ((1 << _ORIGIN_SHIFT) - 1))
+        place[source] = start + np.arange(len(order))
+    names = [name for name, _ in shards]
+    shards.clear()  # their origins are in ``place`` now
+    bucket_of_shard = np.zeros(len(sizes), np.int64)
+    filled = 0
+    for k, n in enumerate(sizes.tolist()):
+        if filled and filled + n > _BUCKET_ROWS:
+            bucket_of_shard[k:] += 1
+            filled = 0
+        filled += n
+    bucket_start = starts[:-1][np.searchsorted(bucket_of_shard, np.arange(
+        int(bucket_of_shard[-1]) + 1 if len(sizes) else 0))]
+    for number, inp in enumerate(inputs):
+        for shard, table in iter_by_shard(inp.manifest, None, row_numbers=True):
+            where = place[first_row[number] + table.column("_row").to_numpy()]
+            inside = where >= 0
+            if not inside.any():
+                continue
+            if not inside.all():
+                table, where = table.filter(pa.array(inside)), where[inside]
+            for column in OPTIONAL_MANIFEST_COLUMNS:
+                if column not in table.column_names:  # a set written before it existed
+                    table = table.append_column(
+                        column, pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(column).type))
+            located = manifest_table(table)
+            tar, start, length, nbytes = _locations(inp, shard, located.column("key")
+                                                    .combine_chunks(), [0, None])
+            for name, column in (("_tar", pa.array([tar] * located.num_rows, pa.string())),
+                                 ("_start", start), ("_length", length),
+                                 ("_tar_bytes", nbytes), ("_place", where)):
+                located = located.append_column(name, pa.array(column))
+            buckets.add(located, np.searchsorted(bucket_start, where, side="right") - 1)
+    del place
+    for bucket in range(len(bucket_start)):
+        table = buckets.read(bucket)
+        table = table.take(pc.sort_indices(table.column("_place")))
+        offset = int(bucket_start[bucket])
+        for k in np.flatnonzero(bucket_of_shard == bucket).tolist():
+            yield names[k], table.slice(int(starts[k]) - offset, int(sizes[k]))
+
+
+def _copy_jobs(out: str, located: Iterator[tuple[str, pa.Table]], fps: float, kept: list[str],
+               manifest: _ManifestStream) -> Iterator[CopyJob]:
+    for name, chunk in located:
+        manifest.add(_output_table(chunk, name))
         if _already_written(out, name, chunk):
             log.info("%s: complete from an earlier run, kept", name)
             kept.append(name)
@@ -505,23 +689,27 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         raise ReshardError("give at least one --input shard set")
     loaded = _load_inputs([str(i) for i in inputs])
     header = check_compatible(loaded)
-    rows = _locate(loaded)
-    del loaded  # the located rows hold everything the plan needs
+    rows = _scan(loaded)
+    keep = np.ones(len(rows.split), bool)
+    kept_sites = np.arange(len(rows.site_names))
     if config.exclude_sites:
-        codes, sites = codes_of(rows.column("site"))
-        present = sorted(str(s) for s in sites)
+        present = sorted(rows.site_names)
         unknown = set(config.exclude_sites) - set(present)
         if unknown:
             raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
                                f"{present}")
-        drop = [i for i, s in enumerate(sites) if str(s) in config.exclude_sites]
-        rows = _combined([rows.filter(pa.array(~np.isin(codes, drop)))])
-        if not rows.num_rows:
+        drop = [i for i, s in enumerate(rows.site_names) if s in config.exclude_sites]
+        keep = ~np.isin(rows.site, drop)
+        kept_sites = np.setdiff1d(kept_sites, drop)
+        if not keep.any():
             raise ReshardError("excluding those sites leaves no samples")
         if header["label_rules"] is not None:
             header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
                                      if site not in config.exclude_sites}
-    shards = plan(rows, config)
+    shards = _plan(rows, keep, kept_sites, config)
+    counts = {s: int(np.count_nonzero(rows.split[keep] == i)) for i, s in enumerate(SPLITS)}
+    del rows, keep  # the plan holds what the copy needs
+    shard_names = [name for name, _ in shards]
 
     out = str(out)
     _check_out(out, [str(i) for i in inputs])
@@ -531,24 +719,25 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         storage.remove(storage.join(out, name))
 
     kept: list[str] = []
-    jobs = _copy_jobs(out, rows, shards, header["clip"].fps, kept)
-    if address is None:  # through the module attribute, so a test can interrupt a copy
-        results = (_copy_shard(job.out, job.name, job) for job in jobs)
-    else:
-        results = map_shards(_copy_task, jobs, address=address)
     written, bytes_read = 0, 0
-    for nbytes in results:
-        bytes_read += nbytes
-        written += 1
-    planned = {n for n, _ in shards} | {index_name(n) for n, _ in shards}
-    for name in storage.listdir(out):
-        stem = name[:-4] + ".tar" if name.endswith(".idx") else name
-        if SHARD_RE.match(stem) and name not in planned:
-            storage.remove(storage.join(out, name))
-
-    _write_manifest(out, rows, shards)
+    with _ManifestStream(out, sum(counts.values())) as manifest, Buckets() as buckets:
+        jobs = _copy_jobs(out, _located_shards(loaded, shards, buckets),
+                          header["clip"].fps, kept, manifest)
+        if address is None:  # through the module attribute, so a test can interrupt a copy
+            results = (_copy_shard(job.out, job.name, job) for job in jobs)
+        else:
+            results = map_shards(_copy_task, jobs, address=address)
+        for nbytes in results:
+            bytes_read += nbytes
+            written += 1
+        planned = set(shard_names) | {index_name(n) for n in shard_names}
+        for name in storage.listdir(out):
+            stem = name[:-4] + ".tar" if name.endswith(".idx") else name
+            if SHARD_RE.match(stem) and name not in planned:
+                storage.remove(storage.join(out, name))
+        manifest.commit()
     stats = compute_stats(  # independent of row order: the output's rows are these rows
-        rows,
+        manifest.summary.finish(),
         clip_format=header["clip"],
         split_key_fingerprint=header["split_key_fingerprint"],
         label_rules=header["label_rules"],
@@ -556,10 +745,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         view_models=header["view_models"],
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
-    split_codes, split_values = codes_of(rows.column("split"))
-    counts = {s: int(np.count_nonzero(split_codes == split_values.index(s)))
-              if s in split_values else 0 for s in SPLITS}
-    del rows, split_codes, jobs, results  # the output's verification reads its own columns
+    del jobs, results, manifest  # the output's verification reads its own columns
     problems = _verify_output(out, kept, config, address)
     if problems:
         for name in (MANIFEST_FILE, STATS_FILE):
@@ -569,7 +755,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
     return ReshardSummary(
         out=out,
         clips=counts,
-        shards={s: sum(1 for n, _ in shards if n.startswith(s + "-")) for s in SPLITS},
+        shards={s: sum(1 for n in shard_names if n.startswith(s + "-")) for s in SPLITS},
         written=written,
         bytes_read=bytes_read,
         seconds=time.perf_counter() - t0,

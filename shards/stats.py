@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,10 @@ from echocmr.shards.format import (
     ClipFormat,
     view_class,
 )
-from echocmr.shards.manifest import codes_of, read_columns
+from echocmr.shards.manifest import codes_of, iter_batches, open_manifest
 from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.streaming import exact_medians
+from echocmr.shards.summary import ManifestSummary, plain, split_codes
 
 
 def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tuple[float, float]:
@@ -97,12 +100,14 @@ def _split_summary(rows: pa.Table) -> dict:
 
 
 def compute_stats(
-    manifest: pd.DataFrame | pa.Table, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
-    label_rules: dict[str, str] | None = None, identity_scope: str | None = None,
-    view_models: dict[str, str] | None = None,
+    manifest: pd.DataFrame | pa.Table | ManifestSummary, *, clip_format: ClipFormat | dict,
+    split_key_fingerprint: str, label_rules: dict[str, str] | None = None,
+    identity_scope: str | None = None, view_models: dict[str, str] | None = None,
 ) -> dict:
-    """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, or an Arrow
-    table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not).
+    """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, an Arrow
+    table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not), or
+    a finished `shards.summary.ManifestSummary` of its rows (how verify and reshard give it, a
+    batch at a time, at any size).
 
     ``label_rules`` (site -> fingerprint of the cut-offs its labels were derived with,
     `ingest.cutoffs.RuleSet.fingerprint`) is carried as given; None leaves the key out (a set
@@ -110,13 +115,14 @@ def compute_stats(
     "shared": what names a patient, `ingest.config.SplitConfig`) likewise. ``view_models``
     (site -> the view classifier, ``models:/NAME/VERSION``, that labelled its clips' views)
     likewise, left out when no site used one."""
-    table = _as_table(manifest)
-    # Only the columns the statistics read: filtering copies every column it is given.
-    table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
-    train = table.filter(pa.array(_mask(table.column("split"), "train")))
-    mean, std = pooled_pixel_stats(_floats(train.column("pixel_mean")),
-                                   _floats(train.column("pixel_std")),
-                                   _floats(train.column("n_pixels")))
+    if isinstance(manifest, ManifestSummary):
+        summary = manifest
+    else:
+        table = _as_table(manifest)
+        summary = ManifestSummary(table.num_rows)
+        summary.add(table.select([c for c in _STATS_COLUMNS if c in table.column_names]))
+        summary.finish()
+    mean, std = summary.pooled_pixels()
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
     if identity_scope is not None:
         extra["identity_scope"] = identity_scope
@@ -129,8 +135,7 @@ def compute_stats(
         "split_key_fingerprint": split_key_fingerprint,
         "pixel_mean": None if math.isnan(mean) else round(mean, 6),
         "pixel_std": None if math.isnan(std) else round(std, 6),
-        "splits": {s: _split_summary(table.filter(pa.array(_mask(table.column("split"), s))))
-                   for s in SPLITS},
+        "splits": {s: summary.split_block(i) for i, s in enumerate(SPLITS)},
         **extra,
     }
 
@@ -144,17 +149,31 @@ def stats_json_bytes(stats: dict) -> bytes:
 # `echocmr shards stats`: a fuller report than stats.json, for people.
 
 
-_DESCRIBE_COLUMNS = ("shard", "split", "site", "view", "patient_hash", "study_hash", "n_frames",
-                     "video_bytes", *TASKS)
+# What ``shards stats`` counts per value (clips, studies, patients per split), and describes
+# (min, median, mean, max per split).
+_BY = ("site", "view")
+_NUMBERS = {"n_frames": "frames_per_clip", "video_bytes": "bytes_per_clip"}
+_DESCRIBE_COLUMNS = ("shard", "split", "site", "view", "patient_hash", "study_hash",
+                     *_NUMBERS, *TASKS)
 
 
 def describe(directory: str) -> dict:
     """Everything ``shards stats`` shows, as a JSON-able dict (reads manifest and stats only).
 
-    The manifest is read as Arrow columns (strings dictionary-encoded, `shards.manifest`), about
-    80 bytes per clip, never as per-row Python objects."""
+    The manifest is read a row group at a time (`shards.manifest`) into counters
+    (`shards.summary.ManifestSummary`); the medians are found by radix passes over their
+    columns (`shards.streaming.exact_medians`). Nothing is held per clip, so the driver's memory
+    does not grow with the set."""
     stats = read_stats(directory)
-    manifest = read_columns(directory, _DESCRIBE_COLUMNS)
+    pf = open_manifest(directory, stream=True)
+    summary = ManifestSummary(pf.metadata.num_rows, by=_BY, numbers=tuple(_NUMBERS),
+                              shards=True)
+    views = _ViewMix()
+    for batch in iter_batches(pf, (*_DESCRIBE_COLUMNS, "view_confidence")):
+        summary.add(batch.select([c for c in _DESCRIBE_COLUMNS if c in batch.schema.names]))
+        views.add(batch)
+    summary.finish()
+    medians = {c: exact_medians(_number_batches(pf, c), len(SPLITS)) for c in _NUMBERS}
     report: dict = {
         "set": str(directory),
         "clip": stats.clip.to_dict() if stats.clip else None,
@@ -162,52 +181,47 @@ def describe(directory: str) -> dict:
         "label_rules": stats.label_rules,
         "identity_scope": stats.identity_scope,
         "view_models": stats.view_models,
-        "view_mix": view_mix(read_columns(directory, ("site", "view", "view_confidence"))
-                             .to_pandas()),
+        "view_mix": views.finish(pf),
         "pixel_mean": stats.pixel_mean,
         "pixel_std": stats.pixel_std,
         "splits": {},
     }
     sizes = {storage.basename(p): storage.size(p) for p in list_shards(directory)}
-    for split in SPLITS:
-        rows = manifest.filter(pa.array(_mask(manifest.column("split"), split)))
-        summary = _split_summary(rows)
-        summary["missing"] = {t: int(rows.num_rows - summary["known"][t]) for t in TASKS}
-        summary["by_site"] = _count_by(rows, "site")
-        summary["by_view"] = _count_by(rows, "view")
-        summary["frames_per_clip"] = _describe_numbers(_floats(rows.column("n_frames")))
-        summary["bytes_per_clip"] = _describe_numbers(_floats(rows.column("video_bytes")))
-        codes, shard_names = codes_of(rows.column("shard"))
-        per_shard = np.bincount(codes[codes >= 0], minlength=len(shard_names))
-        used = sorted(str(n) for n, c in zip(shard_names, per_shard, strict=True) if c)
-        summary["shards"] = len(used)
-        summary["clips_per_shard"] = _describe_numbers(per_shard[per_shard > 0])
-        summary["shard_bytes"] = _describe_numbers(np.array([sizes.get(n, 0) for n in used]))
-        report["splits"][split] = summary
+    for i, split in enumerate(SPLITS):
+        block = summary.split_block(i)
+        block["missing"] = {t: int(block["clips"] - block["known"][t]) for t in TASKS}
+        for column in _BY:
+            block[f"by_{column}"] = summary.count_by(column, i)
+        for column, name in _NUMBERS.items():
+            block[name] = _described(summary.number_stats[column], i, medians[column][i])
+        per_shard = summary.shard_clips[i]
+        used = sorted(str(n) for n in per_shard)
+        block["shards"] = len(used)
+        block["clips_per_shard"] = _describe_numbers(np.array([per_shard[n] for n in
+                                                               sorted(per_shard)]))
+        block["shard_bytes"] = _describe_numbers(np.array([sizes.get(n, 0) for n in used]))
+        report["splits"][split] = block
     return report
 
 
-def _count_by(rows: pa.Table, column: str) -> dict:
-    """Clips, studies and patients per value of ``column``, values sorted."""
-    codes, values = codes_of(rows.column(column))
-    out = {}
-    if not len(codes):
-        return out
-    groups = {}
-    valid = codes >= 0  # pandas' groupby leaves null values out
-    for name in ("study_hash", "patient_hash"):
-        other, others = codes_of(rows.column(name))
-        pairs = np.unique(codes[valid] * (len(others) + 1) + (other[valid] + 1))
-        pairs = pairs[pairs % (len(others) + 1) != 0]  # a null hash is not a study or patient
-        groups[name] = np.bincount(pairs // (len(others) + 1), minlength=len(values))
-    clips = np.bincount(codes[valid], minlength=len(values))
-    for code in sorted((c for c in range(len(values)) if clips[c]), key=lambda c: values[c]):
-        out[str(values[code])] = {
-            "clips": int(clips[code]),
-            "studies": int(groups["study_hash"][code]),
-            "patients": int(groups["patient_hash"][code]),
-        }
-    return out
+def _number_batches(pf, column: str):
+    def batches():
+        for batch in iter_batches(pf, ("split", column)):
+            yield (split_codes(batch.column(0)),
+                   batch.column(1).to_numpy(zero_copy_only=False).astype(np.float64))
+    return batches
+
+
+def _described(numbers, s: int, median: float | None) -> dict | None:
+    """`_describe_numbers` of one split's values from their running min/max/sum and median."""
+    n = int(numbers.n[s])
+    if not n:
+        return None
+    if numbers.nan[s]:
+        nan = float("nan")
+        return {"min": nan, "median": nan, "mean": nan, "max": nan}
+    return {"min": float(numbers.lo[s]), "median": float(median),
+            "mean": round(float(numbers.sums[s].value() / n), 3), "max": float(numbers.hi[s])}
 
 
 def _describe_numbers(values) -> dict | None:
@@ -220,6 +234,55 @@ def _describe_numbers(values) -> dict | None:
         "mean": round(float(values.mean()), 3),
         "max": float(values.max()),
     }
+
+
+class _ViewMix:
+    """`view_mix` a batch at a time: clips per site and view class, and (at `finish`, by radix
+    passes) the median view-classifier confidence per site."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        site = _site_names(batch.column(batch.schema.get_field_index("site")))
+        view = plain(batch.column(batch.schema.get_field_index("view"))).dictionary_encode()
+        classes = np.array([view_class(v) for v in view.dictionary.to_pylist()] + [""],
+                           dtype=object)
+        codes = view.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        site_codes = site.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        names = site.dictionary.to_pylist()
+        for s, name in enumerate(names):
+            mine = codes[site_codes == s]
+            found = Counter(classes[mine[mine >= 0]].tolist())  # a null view is not counted
+            self.counts.setdefault(name, Counter()).update(found)
+
+    def finish(self, pf) -> dict[str, dict]:
+        sites = sorted(self.counts)
+        position = {name: i for i, name in enumerate(sites)}
+        has_confidence = "view_confidence" in pf.schema_arrow.names
+
+        def batches():
+            for batch in iter_batches(pf, ("site", "view_confidence")):
+                site = _site_names(batch.column(0))
+                lookup = np.array([position[n] for n in site.dictionary.to_pylist()], np.int64)
+                codes = lookup[site.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+                conf = batch.column(1)
+                values = conf.to_numpy(zero_copy_only=False).astype(np.float64)
+                yield np.where(np.isnan(values), -1, codes), values
+
+        medians = (exact_medians(batches, len(sites), np.float32) if has_confidence
+                   else [None] * len(sites))
+        out = {}
+        for site, median in zip(sites, medians, strict=True):
+            counts = self.counts[site]
+            out[site] = {"views": {k: int(counts[k]) for k in VIEW_VOCABULARY if counts.get(k)},
+                         "median_confidence": None if median is None else round(median, 4)}
+        return out
+
+
+def _site_names(column) -> pa.DictionaryArray:
+    """The site column dictionary-encoded, a null site named "nan" (as pandas names it)."""
+    return plain(column).fill_null("nan").dictionary_encode()
 
 
 def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:

@@ -36,13 +36,17 @@ does not have (patient text in a header, a column, a metadata block, a file) can
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
-How it scales: the manifest is read as Arrow columns (`shards.manifest`), the set-wide checks on
-four columns (key, shard, split, patient), the per-sample checks one shard's rows at a time
-(`iter_by_shard`). Each shard is one job (`check_shard`), run here or, with ``address``, as a Ray
-task on a cluster (`shards.distributed.map_shards`); the problems are assembled in tar order
-either way, so both runs report the same list. Reshard checks every sample it copies by the same
-rules (`compare_with_manifest`) and then runs `verify_set` on its output without reading the
-shards it has just written again.
+How it scales: the driver holds nothing per clip. The manifest is read a row group at a time
+(`shards.manifest.open_manifest` with ``stream``): the per-sample checks get one shard's rows at
+a time (`iter_by_shard`); the set-wide checks (no key twice, no patient in two splits) spill the
+key and the patient column to local temporary files in parts by hash
+(`shards.streaming.Partitions`, a row group's worth each) and check one part at a time; the
+recomputed ``stats.json`` comes from counters fed the same pass (`shards.summary`). Each shard is
+one job (`check_shard`), run here or, with ``address``, as a Ray task on a cluster
+(`shards.distributed.map_shards`); the problems are assembled in tar order either way, so both
+runs report the same list. Reshard checks every sample it copies by the same rules
+(`compare_with_manifest`) and then runs `verify_set` on its output without reading the shards it
+has just written again.
 """
 
 from __future__ import annotations
@@ -85,16 +89,19 @@ from echocmr.shards.format import (
 from echocmr.shards.index import IndexEntry, format_index, group_members
 from echocmr.shards.lock import LOCK_FILE
 from echocmr.shards.manifest import (
+    decoded,
+    iter_batches,
     iter_by_shard,
     manifest_problems,
     open_manifest,
     patients_in_several_splits,
-    read_columns,
     shard_counts,
 )
 from echocmr.shards.reader import list_shards, read_stats
 from echocmr.shards.stage import MARKER_FILE
 from echocmr.shards.stats import compute_stats, stats_json_bytes
+from echocmr.shards.streaming import Partitions
+from echocmr.shards.summary import ManifestSummary
 from echocmr.shards.writer import member_header
 
 _BLOCK = 512
@@ -171,7 +178,7 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
     report = VerifyReport()
     problems = report.problems
     try:
-        pf = open_manifest(directory)
+        pf = open_manifest(directory, stream=True)
         stats = read_stats(directory)
         stats_bytes = storage.read_bytes(storage.join(directory, STATS_FILE))
     except (OSError, ValueError) as exc:
@@ -196,7 +203,6 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
             problems.append(Problem(None, None, f"stats.json: {exc}"))
     fps = clip["fps"] if clip else None
 
-    columns = read_columns(pf, ("key", "shard", "split", "patient_hash"))
     counts = shard_counts(pf)
     by_shard: dict[str, ShardResult] = {}
 
@@ -217,10 +223,11 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
 
     for result in map_shards(check_shard, jobs(), address=address):
         by_shard[result.shard] = result
-    problems += _assemble(tars, by_shard, columns)
-    problems += _check_manifest(columns)
+    problems += _assemble(tars, by_shard, pf)
+    repeated, summary = _set_wide(pf)
+    problems += repeated
     if version_ok:
-        problems += _check_stats(read_columns(pf, _STATS_COLUMNS), stats, stats_bytes)
+        problems += _check_stats(summary, stats, stats_bytes)
     return report
 
 
@@ -249,18 +256,24 @@ def _listing_problems(directory: str, tar_names: set[str], problems: list[Proble
 
 
 def _assemble(tars: list[str], by_shard: dict[str, ShardResult],
-              columns: pa.Table) -> list[Problem]:
-    """Per-tar problems in tar order, with each stray sample resolved against the manifest."""
+              pf) -> list[Problem]:
+    """Per-tar problems in tar order, with each stray sample resolved against the manifest
+    (one pass over its key and shard columns, for all of them)."""
     out = []
     stray_keys = sorted({p.sample for t in tars for p in by_shard[storage.basename(t)].problems
                          if p.what == _STRAY})
-    strays: dict[str, str | None] = {}  # key -> the shard the manifest puts it in, if any
-    if stray_keys:  # one lookup for all of them
-        where = pc.index_in(pa.array(stray_keys, pa.string()),
-                            value_set=columns.column("key").combine_chunks()).to_pylist()
-        shard_column = columns.column("shard")
-        strays = {k: None if w is None else shard_column[w].as_py()
-                  for k, w in zip(stray_keys, where, strict=True)}
+    strays: dict[str, str | None] = dict.fromkeys(stray_keys)  # key -> its manifest shard
+    if stray_keys:
+        wanted = pa.array(stray_keys, pa.string())
+        for batch in iter_batches(pf, ("key", "shard")):
+            hit = pc.is_in(batch.column(0), value_set=wanted)
+            if not pc.any(hit).as_py():
+                continue
+            found = pa.Table.from_batches([batch]).filter(hit)
+            for key, shard in zip(found.column("key").to_pylist(),
+                                  decoded(found.column("shard")).to_pylist(), strict=True):
+                if strays[key] is None:  # the first row naming the key, as a lookup gives
+                    strays[key] = shard
     for tar_path in tars:
         for p in by_shard[storage.basename(tar_path)].problems:
             if p.what != _STRAY:
@@ -316,11 +329,15 @@ def _decoder(clip: dict | None):
     return _DECODERS[name]
 
 
-def _check_stats(manifest: pa.Table, typed: ShardStats, stats_bytes: bytes) -> list[Problem]:
+def _check_stats(manifest: ManifestSummary | None, typed: ShardStats, stats_bytes: bytes
+                 ) -> list[Problem]:
     """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`), written
     byte for byte as the writers write it (`stats_json_bytes`: a duplicated key or extra text
     parses to the same values but is not the format)."""
     stats = typed.to_dict()
+    if manifest is None:
+        return [Problem(None, None, "stats.json cannot be checked against the manifest: it "
+                        f"lacks a column of {list(_STATS_COLUMNS)}")]
     try:
         expected = compute_stats(manifest, clip_format=stats["clip"],
                                  split_key_fingerprint=stats["split_key_fingerprint"],
@@ -607,17 +624,37 @@ def compare_with_manifest(
     return out
 
 
-def _check_manifest(columns: pa.Table) -> list[Problem]:
-    """Set-wide checks on the manifest's columns: no key twice, no patient in two splits."""
-    out = []
-    counted = pc.value_counts(columns.column("key"))
-    repeated = counted.filter(pc.greater(counted.field("counts"), 1))
-    for key, count in zip(repeated.field("values").to_pylist(),
-                          repeated.field("counts").to_pylist(), strict=True):
-        out.append(Problem(None, key, f"key listed {count} times in manifest.parquet"))
-    for patient, in_splits in patients_in_several_splits(columns):
+def _set_wide(pf) -> tuple[list[Problem], ManifestSummary]:
+    """One pass over the manifest for the set-wide checks: no key twice, no patient in two
+    splits (rows spilled by hash of the key and of the patient, `shards.streaming.Partitions`,
+    checked one part at a time), and the counters ``stats.json`` is checked against."""
+    n = pf.metadata.num_rows
+    names = set(pf.schema_arrow.names)
+    summary = ManifestSummary(n) if names >= set(_STATS_COLUMNS) else None
+    with Partitions(n, "key") as keys, Partitions(n, "patient_hash") as patients:
+        row = 0
+        for batch in iter_batches(pf, ("key", *_STATS_COLUMNS)):
+            table = pa.Table.from_batches([batch])
+            keys.add(pa.table({"key": decoded(table.column("key")),
+                               "row": pa.array(np.arange(row, row + table.num_rows))}))
+            patients.add(pa.table({"patient_hash": decoded(table.column("patient_hash")),
+                                   "split": decoded(table.column("split"))}))
+            if summary is not None:
+                summary.add(table.select(list(_STATS_COLUMNS)))
+            row += table.num_rows
+        repeated = []  # (first row, key, count): reported in the order the keys first appear
+        for part in keys:
+            counted = part.group_by("key", use_threads=False).aggregate(
+                [("row", "min"), ("row", "count")])
+            twice = counted.filter(pc.greater(counted.column("row_count"), 1))
+            repeated += zip(twice.column("row_min").to_pylist(), twice.column("key").to_pylist(),
+                            twice.column("row_count").to_pylist(), strict=True)
+        shared = [item for part in patients for item in patients_in_several_splits(part)]
+    out = [Problem(None, key, f"key listed {count} times in manifest.parquet")
+           for _, key, count in sorted(repeated)]
+    for patient, in_splits in sorted(shared, key=lambda item: str(item[0])):
         out.append(Problem(None, None, f"patient {patient} is in splits {', '.join(in_splits)}"))
-    return out
+    return out, None if summary is None else summary.finish()
 
 
 class _Decoder:
