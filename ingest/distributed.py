@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from echocmr.ingest.config import RayConfig
 from echocmr.ingest.reasons import REASONS
@@ -82,27 +82,29 @@ def _options(config: RayConfig, *, memory: bool) -> dict:
     return options
 
 
-def ray_file_results(ctx: WorkerContext, todo: list[tuple[str, str]],
+def ray_file_results(ctx: WorkerContext, todo: Iterable[tuple[str, str]],
                      config: RayConfig) -> Iterator[FileResult]:
     """Yield the `process_file` result of every ``(source, entry)`` in ``todo``, run as Ray
-    tasks, in completion order (the caller orders them)."""
+    tasks, in completion order (the caller orders them). ``todo`` is consumed as tasks are
+    submitted (the driver never holds a list of an archive's files here)."""
     import ray
     from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 
-    if not todo:
+    queue = iter(todo)
+    task = next(queue, None)
+    if task is None:
         return
     remote = ray.remote(_process_task).options(**_options(config, memory=True))
     window = config.max_in_flight or max(16, 4 * int(ray.cluster_resources().get("CPU", 1)))
     box = [ray.put(ctx)]
-    queue = list(reversed(todo))
     in_flight: dict = {}
-    while queue or in_flight:
-        while queue and len(in_flight) < window:
-            task = queue.pop()
+    while task is not None or in_flight:
+        while task is not None and len(in_flight) < window:
             in_flight[remote.remote(box, task)] = task
+            task = next(queue, None)
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
-            task = in_flight.pop(ref)
+            done = in_flight.pop(ref)
             try:
                 result = ray.get(ref)
             except (WorkerCrashedError, OutOfMemoryError):
@@ -110,9 +112,9 @@ def ray_file_results(ctx: WorkerContext, todo: list[tuple[str, str]],
                 # file is the suspect, as in the local pool.
                 log.warning("a file's worker died on every try (%d retries): worker_crashed",
                             config.max_retries)
-                result = FileResult(source=task[0], status="rejected", reason="worker_crashed",
+                result = FileResult(source=done[0], status="rejected", reason="worker_crashed",
                                     detail=REASONS["worker_crashed"])
-                WorkCache(ctx.work_dir).store(task[1], result, None)
+                WorkCache(ctx.work_dir).store(done[1], result, None)
             except RayTaskError as exc:  # process_file catches file errors: this is ours
                 raise exc.as_instanceof_cause() from None
             yield result

@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from echocmr.ingest.workcache import FileResult
+from echocmr.ingest.workcache import FileResult, stat_entry_id
 from echocmr.shards import storage
 
 
@@ -22,7 +22,8 @@ class Scan:
 
     files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
     skipped: list[FileResult]  # paths not processed, each with its reason
-    entries: dict[str, str] = field(default_factory=dict)  # source -> cache entry (URL listings)
+    # files[i]'s work cache entry, from the scan's own stat or listing (no second request)
+    entries: list[str] = field(default_factory=list)
 
 
 def scan_url(prefix: str) -> Scan:
@@ -32,11 +33,9 @@ def scan_url(prefix: str) -> Scan:
     process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
     prefix once and reads no object it already did.
     """
-    files, entries = [], {}
-    for rel, nbytes, version in storage.walk_files(prefix):
-        files.append(rel)
-        entries[rel] = hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24]
-    return Scan(files=files, skipped=[], entries=entries)
+    rows = sorted((rel, hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24])
+                  for rel, nbytes, version in storage.walk_files(prefix))
+    return Scan(files=[r for r, _ in rows], skipped=[], entries=[e for _, e in rows])
 
 
 def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
@@ -52,7 +51,7 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
     """
     import stat
 
-    files: list[str] = []
+    files: list[tuple[str, str]] = []  # (source, cache entry from this stat)
     skipped: list[FileResult] = []
     skip = os.path.realpath(exclude) if exclude else None
     root_real = os.path.realpath(dicom_dir)
@@ -100,7 +99,7 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                 if not os.access(entry.path, os.R_OK):
                     reject(rel, "unreadable_file", "no permission to read it")
                 else:
-                    files.append(rel)
+                    files.append((rel, stat_entry_id(rel, st.st_size, st.st_mtime_ns)))
             else:
                 kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
                         if stat.S_ISSOCK(st.st_mode) else "a device file")
@@ -108,4 +107,6 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                        "never opened")
 
     walk("", frozenset({root_real}))
-    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
+    files.sort()
+    return Scan(files=[f for f, _ in files], skipped=sorted(skipped, key=lambda r: r.source),
+                entries=[e for _, e in files])
