@@ -12,6 +12,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from echocmr.ingest.workcache import FileResult, stat_entry_id
 from echocmr.shards import storage
 
@@ -22,8 +24,9 @@ class Scan:
 
     files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
     skipped: list[FileResult]  # paths not processed, each with its reason
-    # files[i]'s work cache entry, from the scan's own stat or listing (no second request)
-    entries: list[str] = field(default_factory=list)
+    # files[i]'s work cache entry (24 hex digits, an ``S24`` array), from the scan's own stat or
+    # listing (no second request per file)
+    entries: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="S24"))
 
 
 def scan_url(prefix: str) -> Scan:
@@ -35,7 +38,8 @@ def scan_url(prefix: str) -> Scan:
     """
     rows = sorted((rel, hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24])
                   for rel, nbytes, version in storage.walk_files(prefix))
-    return Scan(files=[r for r, _ in rows], skipped=[], entries=[e for _, e in rows])
+    return Scan(files=[r for r, _ in rows], skipped=[],
+                entries=np.array([e for _, e in rows], dtype="S24"))
 
 
 def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
@@ -51,7 +55,8 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
     """
     import stat
 
-    files: list[tuple[str, str]] = []  # (source, cache entry from this stat)
+    files: list[str] = []
+    entry_ids = bytearray()  # files[i]'s cache entry (from this stat) at [24 i, 24 i + 24)
     skipped: list[FileResult] = []
     skip = os.path.realpath(exclude) if exclude else None
     root_real = os.path.realpath(dicom_dir)
@@ -99,7 +104,8 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                 if not os.access(entry.path, os.R_OK):
                     reject(rel, "unreadable_file", "no permission to read it")
                 else:
-                    files.append((rel, stat_entry_id(rel, st.st_size, st.st_mtime_ns)))
+                    files.append(rel)
+                    entry_ids.extend(stat_entry_id(rel, st.st_size, st.st_mtime_ns).encode())
             else:
                 kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
                         if stat.S_ISSOCK(st.st_mode) else "a device file")
@@ -107,6 +113,8 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                        "never opened")
 
     walk("", frozenset({root_real}))
-    files.sort()
-    return Scan(files=[f for f, _ in files], skipped=sorted(skipped, key=lambda r: r.source),
-                entries=[e for _, e in files])
+    # Sorted by path (the walk sorts each directory's names, not the whole paths); the order is
+    # an index array, not a list of tuples: a few bytes per file beyond the paths themselves.
+    order = np.argsort(np.array(files, dtype=object), kind="stable")
+    return Scan(files=[files[i] for i in order], skipped=sorted(skipped, key=lambda r: r.source),
+                entries=np.frombuffer(bytes(entry_ids), dtype="S24")[order])

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.distributed import ray_file_results, ray_session
 from echocmr.ingest.inputs import scan_inputs, scan_url
@@ -41,7 +43,7 @@ from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_A
 from echocmr.ingest.lookup import ViewLookup
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.pool import pool_results
-from echocmr.ingest.results import ResultColumns
+from echocmr.ingest.results import PENDING, ResultColumns
 from echocmr.ingest.shard_plan import write_outputs
 from echocmr.ingest.splits import (
     KeyedHasher,
@@ -237,12 +239,14 @@ RESUME_BATCH = 4096
 
 
 def _resume(rows: ResultColumns, work: WorkCache) -> int:
-    """Fill ``rows`` from the work cache of an earlier run: one listing of the cache, then the
-    results of the files it holds read in batches (concurrently on an object store); returns
-    how many files resumed."""
-    done = work.done()
-    if not done:
-        return 0
+    """Fill ``rows`` from the work cache of an earlier run: the cache listed one sub-directory
+    at a time (`WorkCache.done_groups`), each matched against the files whose entries share its
+    prefix, and the results it holds read in batches (concurrently on an object store); returns
+    how many files resumed. Memory: one sub-directory's listing and one batch."""
+    pending = np.flatnonzero((rows.status == PENDING) & (rows.entries != b""))
+    prefixes = rows.entries[pending].astype("S2")
+    order = np.argsort(prefixes, kind="stable")
+    pending, prefixes = pending[order], prefixes[order]
     resumed = 0
     batch: list[tuple[str, bool]] = []
 
@@ -255,14 +259,26 @@ def _resume(rows: ResultColumns, work: WorkCache) -> int:
         batch.clear()
         return got
 
-    for _, entry in rows.pending():
-        has_clip = done.get(entry)
-        if has_clip is None:
+    for prefix, done in work.done_groups():
+        if not done:
             continue
-        batch.append((entry, has_clip))
-        if len(batch) >= RESUME_BATCH:
-            resumed += flush()
-    resumed += flush()
+        if prefix is None:  # the older flat layout: any file may be there
+            candidates = pending
+        else:
+            key = prefix.encode()
+            candidates = pending[np.searchsorted(prefixes, key, "left"):
+                                 np.searchsorted(prefixes, key, "right")]
+        for i in candidates:
+            if rows.status[i] != PENDING:
+                continue
+            entry = rows.entries[i].decode()
+            has_clip = done.get(entry)
+            if has_clip is None:
+                continue
+            batch.append((entry, has_clip))
+            if len(batch) >= RESUME_BATCH:
+                resumed += flush()
+        resumed += flush()
     return resumed
 
 

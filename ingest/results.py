@@ -81,16 +81,19 @@ class Kept:
 class ResultColumns:
     """Every input path's outcome, by row (`sources` is sorted: row ``i`` is ``sources[i]``).
 
-    ``files`` are the scan's files with their cache ``entries``; ``skipped`` its report rows
-    for everything else. Rows fill in as results arrive (`add`), in any order.
+    ``files`` are the scan's files with their cache ``entries`` (24 hex digits each, a list or
+    an ``S24`` array); ``skipped`` its report rows for everything else (no entry: ``b""``). Rows
+    fill in as results arrive (`add`), in any order.
     """
 
-    def __init__(self, files: list[str], entries: list[str], skipped: list[FileResult]) -> None:
+    def __init__(self, files: list[str], entries, skipped: list[FileResult]) -> None:
+        entries = np.asarray(entries, dtype="S24")
         if skipped:
             rows = sorted([(s, True, i) for i, s in enumerate(files)]
                           + [(r.source, False, i) for i, r in enumerate(skipped)])
             self.sources = [s for s, _, _ in rows]
-            self.entries = [entries[i] if is_file else None for _, is_file, i in rows]
+            self.entries = np.array([entries[i] if is_file else b"" for _, is_file, i in rows],
+                                    dtype="S24")
         else:  # the usual case: the scan's lists as they are (sorted), no copy
             self.sources, self.entries = files, entries
         n = len(self.sources)
@@ -117,7 +120,7 @@ class ResultColumns:
     def pending(self):
         """``(source, entry)`` of every file without a result yet, in source order."""
         for i in np.flatnonzero(self.status == PENDING):
-            yield self.sources[i], self.entries[i]
+            yield self.sources[i], self.entries[i].decode()
 
     def add(self, result: FileResult) -> None:
         i = self.row(result.source)
@@ -134,7 +137,7 @@ class ResultColumns:
             self.view_source.set(i, meta.view_source)
             if meta.view_confidence is not None:
                 self.view_confidence[i] = meta.view_confidence
-            self.kept[i] = Kept(entry=self.entries[i], key=result.key,
+            self.kept[i] = Kept(entry=self.entries[i].decode(), key=result.key,
                                 split=SPLITS.index(meta.split), meta_json=meta.to_json(),
                                 labels=result.labels, pixel_stats=result.pixel_stats,
                                 video_sha256=result.video_sha256, video_bytes=result.video_bytes)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -116,24 +117,31 @@ class WorkCache:
         return storage.join(self.path, "files", entry[:2], f"{entry}.{ext}")
 
     def done(self) -> dict[str, bool]:
-        """Entries with a result file -> whether their clip is there too: one listing per
-        sub-directory (257 in all, whatever the number of files), not a request per file."""
+        """Entries with a result file -> whether their clip is there too (`done_groups` merged:
+        for tests and small caches; a driver takes the groups one at a time)."""
         found: dict[str, bool] = {}
+        for _, group in self.done_groups():
+            found.update(group)
+        return found
+
+    def done_groups(self) -> Iterator[tuple[str | None, dict[str, bool]]]:
+        """The cache's finished entries one sub-directory at a time: ``(prefix, {entry: whether
+        its clip is there too})``, from one listing per sub-directory (257 in all, whatever the
+        number of files), not a request per file; then ``(None, ...)`` for the entries of the
+        older flat layout, if any. Only one group is held at a time."""
         top = storage.join(self.path, "files")
+        flat: list[str] = []
         for name, kind in _list(top):
             if kind == "directory":
                 names = [n for n, _ in _list(storage.join(top, name))]
                 clips = {n[:-5] for n in names if n.endswith(".webm")}
-                for n in names:
-                    if n.endswith(".json"):
-                        found[n[:-5]] = n[:-5] in clips
+                yield name, {n[:-5]: n[:-5] in clips for n in names if n.endswith(".json")}
             elif name.endswith(".json"):  # the flat layout of CACHE_VERSION 7 and before
-                self._flat.add(name[:-5])
-        if self._flat:
+                flat.append(name[:-5])
+        if flat:
+            self._flat.update(flat)
             clips = {n[:-5] for n in storage.listdir(top) if n.endswith(".webm")}
-            for entry in self._flat:
-                found.setdefault(entry, entry in clips)
-        return found
+            yield None, {entry: entry in clips for entry in flat}
 
     def store(self, entry: str, result: FileResult, video: bytes | None) -> None:
         try:
