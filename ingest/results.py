@@ -25,6 +25,7 @@ from echocmr.ingest.workcache import FileResult
 from echocmr.shards.format import SPLITS, SampleMeta
 
 PENDING, KEPT, REJECTED = 0, 1, 2
+REPORT_ROWS = 65_536  # rows of the report written at a time (one row group each)
 _STATUS = {KEPT: "kept", REJECTED: "rejected"}
 
 
@@ -50,11 +51,16 @@ class _Texts:
         code = self.codes[row]
         return None if code < 0 else self.values[code]
 
-    def arrow(self, *, printable_texts: bool = False) -> pa.Array:
-        values = [printable(v) for v in self.values] if printable_texts else self.values
-        return pa.DictionaryArray.from_arrays(
-            pa.array(self.codes, mask=self.codes < 0), pa.array(values, pa.string())
-        ).cast(pa.string())
+    def dictionary(self, *, printable_texts: bool = False) -> pa.Array:
+        """Each distinct text once (`printable` when it goes to the report as a detail)."""
+        return pa.array([printable(v) for v in self.values] if printable_texts else self.values,
+                        pa.string())
+
+    def arrow(self, rows: slice, dictionary: pa.Array) -> pa.Array:
+        """Rows ``rows`` as a plain string array (``dictionary``: `dictionary`'s)."""
+        codes = self.codes[rows]
+        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
+                                              dictionary).cast(pa.string())
 
 
 @dataclass
@@ -199,22 +205,37 @@ class ResultColumns:
 
     def report_bytes(self) -> bytes:
         """``ingest_report.parquet``: one row per input path, sorted by source; the same bytes
-        as `ingest.report.report_bytes` of the same results."""
-        statuses = np.array([None, "kept", "rejected"], dtype=object)[self.status]
-        keys = np.full(len(self), None, dtype=object)
-        for i, kept in self.kept.items():
-            keys[i] = kept.key
-        table = pa.table({
-            "source": pa.array([printable(s) for s in self.sources], pa.string()),
-            "status": pa.array(statuses, pa.string()),
-            "reason": self.reason.arrow(),
-            "key": pa.array(keys, pa.string()),
-            "detail": self.detail.arrow(printable_texts=True),
-            "view": self.view.arrow(),
-            "view_source": self.view_source.arrow(),
-            "view_confidence": pa.array(self.view_confidence,
-                                        mask=np.isnan(self.view_confidence)),
-        }, schema=REPORT_SCHEMA)
+        as `ingest.report.report_bytes` of the same results up to `REPORT_ROWS` rows, and
+        written `REPORT_ROWS` rows at a time beyond (one row group each: the driver never holds
+        the whole report as Arrow columns, nor a reader's decode buffers)."""
+        texts = {"reason": self.reason.dictionary(), "view": self.view.dictionary(),
+                 "view_source": self.view_source.dictionary(),
+                 "detail": self.detail.dictionary(printable_texts=True)}
+        kept_rows = np.array(sorted(self.kept), dtype=np.int64)
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        with pq.ParquetWriter(buf, REPORT_SCHEMA, compression="zstd") as writer:
+            for start in range(0, max(len(self), 1), REPORT_ROWS):
+                stop = min(len(self), start + REPORT_ROWS)
+                kept = kept_rows[np.searchsorted(kept_rows, start):
+                                 np.searchsorted(kept_rows, stop)]
+                writer.write_table(self._report_table(start, stop, kept, texts))
         return buf.getvalue()
+
+    def _report_table(self, start: int, stop: int, kept: np.ndarray,
+                      texts: dict[str, pa.Array]) -> pa.Table:
+        rows = slice(start, stop)
+        statuses = np.array([None, "kept", "rejected"], dtype=object)[self.status[rows]]
+        keys = np.full(stop - start, None, dtype=object)
+        for i in kept:
+            keys[i - start] = self.kept[int(i)].key
+        confidence = self.view_confidence[rows]
+        return pa.table({
+            "source": pa.array([printable(s) for s in self.sources[rows]], pa.string()),
+            "status": pa.array(statuses, pa.string()),
+            "reason": self.reason.arrow(rows, texts["reason"]),
+            "key": pa.array(keys, pa.string()),
+            "detail": self.detail.arrow(rows, texts["detail"]),
+            "view": self.view.arrow(rows, texts["view"]),
+            "view_source": self.view_source.arrow(rows, texts["view_source"]),
+            "view_confidence": pa.array(confidence, mask=np.isnan(confidence)),
+        }, schema=REPORT_SCHEMA)

@@ -118,6 +118,30 @@ def test_columns_give_the_report_bytes_of_the_result_objects():
         columns.add(FileResult(source="not/an/input", status="rejected", reason="error"))
 
 
+def test_a_long_report_is_written_in_row_groups_with_the_same_rows(monkeypatch):
+    """Beyond REPORT_ROWS rows the report is written a row group at a time: the same rows."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    import echocmr.ingest.results as results_module
+
+    results = [FileResult(source=f"f{i:03d}", status="rejected", reason="not_dicom",
+                          detail=None if i % 3 else f"d{i % 4}") for i in range(40)]
+    results += [_kept(f"k{i}", f"site_a-{i:08x}", view="plax", confidence=0.5)
+                for i in range(9)]
+    files = sorted(r.source for r in results)
+    columns = ResultColumns(files, [f"{i:024x}" for i in range(len(files))], [])
+    for r in results:
+        columns.add(r)
+    whole = columns.report_bytes()
+    monkeypatch.setattr(results_module, "REPORT_ROWS", 7)
+    chunked = columns.report_bytes()
+    assert pq.ParquetFile(io.BytesIO(chunked)).metadata.num_row_groups == 7
+    assert pq.read_table(io.BytesIO(chunked)).equals(pq.read_table(io.BytesIO(whole)))
+    assert whole == report_bytes(sorted(results, key=lambda r: r.source))
+
+
 def test_view_lookup_answers_as_the_dict():
     rng = random.Random(3)
     views = {f"1.2.840.{rng.randrange(10**12)}.{i}": rng.choice(["a4c", "plax", "psax", "other"])
