@@ -145,11 +145,14 @@ def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, t
          "--address", c.address, "--no-progress"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     files = os.path.join(out, WORK_DIR, "files")
+
+    def results_cached() -> int:  # result files in the cache's sub-directories
+        return sum(n.endswith(".json") for _, _, names in os.walk(files) for n in names)
+
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if os.path.isdir(files) and len([n for n in os.listdir(files)
-                                             if n.endswith(".json")]) >= 3:
+            if results_cached() >= 3:
                 break
             time.sleep(0.02)
     finally:
@@ -157,7 +160,7 @@ def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, t
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     assert not os.path.exists(os.path.join(out, "manifest.parquet")), "finished before the kill"
-    n_done = len([n for n in os.listdir(files) if n.endswith(".json")])
+    n_done = results_cached()
     assert 0 < n_done < len(cohort.expected)
 
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(),
