@@ -298,3 +298,41 @@ def test_batched_pool_tasks_give_each_file_one_result_around_a_crash(tmp_path):
             assert r.reason == "not_dicom", r
         else:
             assert r.reason == "no_cmr_within_window", r
+
+
+def test_an_object_store_cache_resumes_from_its_listings(s3_endpoint):
+    """On an object store (a real S3 server): results in sub-prefixes, an entry of the flat
+    layout beside them, found by `done_groups` (listings, no request per entry) and read back
+    concurrently by `load_many`, in order."""
+    from echocmr.shards import storage
+
+    cache = WorkCache("s3://echo/driver-scale/.work")
+    cache.prepare("fingerprint")
+    kept, video = _kept("a/kept.dcm", "site_a-00000001"), b"clip bytes"
+    kept.video_sha256 = hashlib.sha256(video).hexdigest()
+    entries = [f"{i:02x}" + "0" * 22 for i in range(0, 256, 37)]
+    for i, entry in enumerate(entries):
+        cache.store(entry, FileResult(source=f"r{i}", status="rejected", reason="not_dicom"),
+                    None)
+    cache.store("ab" + "1" * 22, kept, video)
+    cache.store("ac" + "1" * 22, kept, None)  # kept, its clip lost: not usable
+    flat = "cd" + "2" * 22  # an entry a run of before left in the flat layout
+    storage.atomic_write(f"s3://echo/driver-scale/.work/files/{flat}.json", kept.to_json())
+    storage.atomic_write(f"s3://echo/driver-scale/.work/files/{flat}.webm", video)
+
+    groups = list(WorkCache(cache.path).done_groups())
+    assert [p for p, _ in groups] == sorted({e[:2] for e in entries} | {"ab", "ac"}) + [None]
+    fresh = WorkCache(cache.path)
+    done = fresh.done()
+    assert done == {**dict.fromkeys(entries, False), "ab" + "1" * 22: True,
+                    "ac" + "1" * 22: False, flat: True}
+    order = sorted(done)
+    loaded = fresh.load_many([(e, done[e]) for e in order], threads=4)
+    for entry, result in zip(order, loaded, strict=True):
+        if entry.startswith("ac"):
+            assert result is None
+        elif entry.startswith(("ab", "cd")):
+            assert result == kept
+        else:
+            assert result.reason == "not_dicom" and result.source == f"r{entries.index(entry)}"
+    assert WorkCache(cache.path).video(flat, kept.video_sha256) == video  # another process
