@@ -4,13 +4,15 @@ What it measures: the **driver's** work, not the decoding. Each input is an 8-by
 is not a DICOM, so every worker rejects it at once (``not_dicom``, one read, one work cache
 entry written); what is left, and measured, is the process you run ``echocmr ingest`` in:
 listing the tree, the cache entries and the resume checks, handing files to the workers and
-collecting their results, the duplicate check, planning the (empty) shard set, writing
-``ingest_report.parquet`` (one row per file) and cleaning up the work cache. It runs the real
-CLI (`echocmr.cli.main`, ``ingest``, a process pool of ``--workers``), once per row in a fresh
-process, and prints for that process alone: wall s, CPU s (user + system of the driver;
-after the imports; the workers' CPU is the ``workers CPU`` column, from ``RUSAGE_CHILDREN``), peak RSS (``VmHWM``),
-its excess over the process's RSS after imports, bytes per file, and the growth exponents
-between the two sizes (``log(x2/x1) / log(N2/N1)``: 1.0 is linear, 0 flat).
+collecting their results, the duplicate check, planning the (empty) shard set and writing
+``ingest_report.parquet`` (one row per file). Not measured: the work cache's removal (kept,
+``keep_work_cache``, for the resume run) and the planning and writing of kept clips' shards (no
+file is kept: that is the shard writer's, `shards.writer`). It runs the real CLI
+(`echocmr.cli.main`, ``ingest``, a process pool of ``--workers``), once per row in a fresh
+process, and prints for that process alone: wall s, CPU s (user + system of the driver after
+its imports; the workers' CPU is the ``workers CPU`` column, from ``RUSAGE_CHILDREN``), peak RSS
+(``VmHWM``), its excess over the process's RSS after imports, bytes per file, and the growth
+exponents between the two sizes (``log(x2/x1) / log(N2/N1)``: 1.0 is linear, 0 flat).
 
 Two runs per size:
 
@@ -18,12 +20,14 @@ Two runs per size:
 - ``resume``: the same command again: every file's result comes from the work cache (the crash
   resume path: the cache listed and every entry read back), nothing is re-processed.
 
-The tree is ``/tmp/<name>/tree-N`` (1,000 files per directory), built once and kept across runs
+The tree is ``ROOT/tree-N`` (``--root``, default ``/tmp/echocmr-bench-ingest-driver``) (1,000 files per directory), built once and kept across runs
 (``--keep``) or deleted at the end. 10^6 files take ~4 GB of disk (4 KB blocks) and as much
 again for the work cache while a run holds it.
 
 Run: ``.venv/bin/python -m bench.bench_ingest_driver [--sizes 100000 1000000] [--workers 2]
-[--root /tmp/ingestscale]``.
+[--root DIR] [--keep]`` (default sizes 10^4 and 10^5, as ``make bench`` runs it). The
+code measured is the ``echocmr`` that ``sys.executable`` imports: run the file with another
+checkout's Python (its venv) for a before/after comparison.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import subprocess
 import sys
 import time
 
-ROOT = "/tmp/ingestscale"
+ROOT = "/tmp/echocmr-bench-ingest-driver"
 LABELS = "patient_id,cmr_date,wma,lge,t1,t2,ecv\nP1,2020-01-01,1,0,0,1,0\n"
 KEY = "bench-ingest-driver-split-key-0123456789"  # a real (non-demo) key: the bench is no cohort
 
@@ -92,13 +96,14 @@ def run_driver(tree: str, out: str, labels: str, config: str, workers: int) -> d
     return json.loads(lines[-1][6:])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
+                    help="files per tree (the issue's figures: 100000 1000000)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--root", default=ROOT)
     ap.add_argument("--keep", action="store_true", help="keep the trees for the next run")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.makedirs(args.root, exist_ok=True)
     labels = os.path.join(args.root, "labels.csv")
     with open(labels, "w") as f:
