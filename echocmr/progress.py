@@ -84,7 +84,10 @@ class Progress:
         return text
 
     def _line(self, now: float, *, final: bool = False) -> None:
-        print(self._text(now, final=final), file=self.stream, flush=True)
+        # The stream's own write, not print(): Ray Train patches print() in its workers to log
+        # the text as well as print it, which showed every line twice in the driver's output.
+        self.stream.write(self._text(now, final=final) + "\n")
+        self.stream.flush()
 
     def __enter__(self) -> Progress:
         return self

@@ -45,6 +45,7 @@ from echocmr.model.predict import predict_windows
 from echocmr.model.store import load_model
 from echocmr.model.tasks import TASKS, p_col, y_col
 from echocmr.progress import Progress
+from echocmr.ray_connect import ray_init
 from echocmr.read.loader import select_sites, split_files
 from echocmr.read.pipeline import PipelineConfig, build_pipeline, sample_meta
 from echocmr.shards import storage
@@ -284,10 +285,7 @@ def _infer_with_ray(model_uri, tars, indexes, stored, config: InferConfig, track
                     sites=None, shards: str | None = None):
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=False)
+    started = ray_init(address, include_dashboard=False, log_to_driver=False)
     try:
         workers = min(config.workers, len(tars))
         remote = ray.remote(num_cpus=config.cpus_per_worker,

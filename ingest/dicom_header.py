@@ -8,6 +8,8 @@ what is not an ultrasound cine loop and header values that contradict themselves
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import date
@@ -16,7 +18,33 @@ from typing import BinaryIO
 
 from echocmr.ingest.config import ReadConfig
 from echocmr.ingest.pixel_budget import check_declared, check_deflated
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
+
+
+def silence_pydicom() -> None:
+    """`quiet_pydicom` for the rest of the process, thread-safe (a filter on pydicom's modules
+    only): for a process that only reads files, such as the served model's."""
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+
+
+@contextlib.contextmanager
+def quiet_pydicom():
+    """pydicom's warnings and log records, off for the block: they quote element values
+    (``Invalid value for VR IS: 'MRN4711'``), which can be patient text, and a process's stderr
+    ends up in logs. What ingest needs from a warning (truncation) is caught where it arises
+    (`load_dataset`). Ingest's workers are quiet for good (`ingest.worker.init_worker`);
+    ``echocmr predict`` and the served model read files in a process that must stay quiet too.
+    """
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 # SOP classes and modalities that are never images (SR, encapsulated documents, presentation
 # states, waveforms, raw data, registration, RT plans/structures, DICOMDIR).
@@ -66,13 +94,13 @@ def load_dataset(path: str | PathLike | BinaryIO, config: ReadConfig | None = No
             raise RejectedInput("unreadable_file", f"cannot open it: {exc.strerror}") from None
         except (EOFError, OSError) as exc:
             if isinstance(exc, EOFError) or "end of file" in str(exc).lower():
-                raise RejectedInput("truncated", f"file ends early: {exc}") from None
-            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+                raise RejectedInput("truncated", f"file ends early: {exception_detail(exc)}") from None
+            raise RejectedInput("unreadable", exception_detail(exc)) from None
         except Exception as exc:  # pydicom raises many types on garbage
             text = str(exc).lower()
             if "end of file" in text or "eof" in text or "buffer" in text:
-                raise RejectedInput("truncated", f"file ends early: {exc}") from None
-            raise RejectedInput("unreadable", f"{type(exc).__name__}: {exc}") from None
+                raise RejectedInput("truncated", f"file ends early: {exception_detail(exc)}") from None
+            raise RejectedInput("unreadable", exception_detail(exc)) from None
     for w in caught:
         text = str(w.message).lower()
         if "end of file" in text or "eof" in text:

@@ -23,7 +23,7 @@ import numpy as np
 
 from echocmr.ingest.colour import CHROMA_FRAMES, chroma_rgb, chroma_ybr, rgb_to_luma
 from echocmr.ingest.jpeg import JPEG_LUMA_SYNTAXES, decode_jpeg_luma
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
 
 
 def decode_grey(ds, strict_jpeg_frames: int = CHROMA_FRAMES
@@ -44,9 +44,10 @@ def decode_grey(ds, strict_jpeg_frames: int = CHROMA_FRAMES
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:
-        raise RejectedInput("decode_failed", f"transfer syntax {tsyntax.name} is not supported") from None
+        raise RejectedInput("decode_failed", f"transfer syntax {_syntax_name(tsyntax)} is not "
+                            "supported") from None
     if not decoder.is_available:
-        raise RejectedInput("decode_failed", f"no installed plugin decodes {tsyntax.name}")
+        raise RejectedInput("decode_failed", f"no installed plugin decodes {_syntax_name(tsyntax)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # header/codestream disagreements are resolved below
         try:
@@ -54,8 +55,8 @@ def decode_grey(ds, strict_jpeg_frames: int = CHROMA_FRAMES
         except Exception as exc:
             text = str(exc).lower()
             if "less than expected" in text or "end of file" in text or "missing" in text:
-                raise RejectedInput("truncated", f"pixel data ends early: {exc}") from None
-            raise RejectedInput("decode_failed", f"{type(exc).__name__}: {exc}") from None
+                raise RejectedInput("truncated", f"pixel data ends early: {exception_detail(exc)}") from None
+            raise RejectedInput("decode_failed", exception_detail(exc)) from None
     photometric = str(changes.get("photometric_interpretation", ds.PhotometricInterpretation))
     samples = int(changes.get("samples_per_pixel", ds.get("SamplesPerPixel", 1)))
     bits_stored = int(changes.get("bits_stored", ds.get("BitsStored", 8)))
@@ -139,3 +140,11 @@ def _to_uint8(arr: np.ndarray, bits_stored: int, ds) -> np.ndarray:
     if arr.dtype.kind == "i" or (ds is not None and int(ds.get("PixelRepresentation", 0)) == 1):
         wide += 1 << (bits - 1)
     return np.clip(wide >> (bits - 8), 0, 255).astype(np.uint8)
+
+
+def _syntax_name(tsyntax) -> str:
+    """A transfer syntax's registered name; never the header's own text for one DICOM does not
+    know (pydicom's ``UID.name`` is then the value itself, which a hostile header can fill)."""
+    from pydicom.uid import UID_dictionary
+
+    return tsyntax.name if str(tsyntax) in UID_dictionary else "(an unregistered UID)"

@@ -29,7 +29,6 @@ not yet in the work cache a task of its own; a file whose worker dies on every t
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
@@ -44,22 +43,6 @@ from echocmr.ingest.worker import WorkerContext, init_worker, process_files
 log = logging.getLogger(__name__)
 
 _CTX_ID: str | None = None  # the worker context this Ray worker process holds (object ref hex)
-
-
-@contextlib.contextmanager
-def ray_session(address: str) -> Iterator[None]:
-    """Connect to the cluster at ``address`` for the block (a Ray already connected is used as
-    it is and left connected)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _process_task(ctx_box: list, tasks: list[tuple[str, str]]) -> list[FileResult]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from echocmr.ingest.config import IngestConfig
-from echocmr.ingest.distributed import ray_file_results, ray_session
+from echocmr.ingest.distributed import ray_file_results
 from echocmr.ingest.inputs import scan_inputs, scan_url
 from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_ATTR, read_table
 from echocmr.ingest.lookup import ViewLookup
@@ -57,6 +57,7 @@ from echocmr.ingest.view_table import read_views
 from echocmr.ingest.workcache import CACHE_VERSION, WORK_DIR, WorkCache
 from echocmr.ingest.worker import WorkerContext, init_worker, process_file
 from echocmr.progress import Progress
+from echocmr.ray_connect import ray_session
 from echocmr.shards import storage
 from echocmr.shards.format import FORMAT_VERSION, INGEST_REPORT_FILE, STATS_FILE, validate_site
 from echocmr.shards.lock import exclusive_output, exclusive_url_output

@@ -28,6 +28,10 @@ and the first offending rows (1-based data rows: row 1 is the first line after a
 * a sequence cell that names no known sequence, for a task with sequence rules, unless
   ``unknown_sequences: warn``.
 
+No error quotes a cell: the table is keyed by patient ID and can carry free text, so a bad cell
+is shown by its row and its shape (`cell_shape`: ``99/99/9999`` for ``08/05/2023``, ``Aaaaa`` for
+``Molly``), which says what is wrong with it and nothing of what it says.
+
 Counted warnings (``.attrs[WARNINGS_ATTR]``, printed in the ingest summary): rows without a date
 or patient ID (ignored), identical duplicate rows (merged), conflicting duplicates dropped, a task
 with no column at all (unknown for every row; an error with ``missing_task_columns: error``),
@@ -134,7 +138,8 @@ def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR
         values = np.full(len(raw), np.nan)
         binary = config.binary_columns.get(task)
         if binary and binary in raw.columns:
-            values = np.array([_binary(v, f"{where} column {binary!r}") for v in raw[binary]])
+            values = np.array([_binary(v, f"{where}: column {binary!r}: row {i}")
+                               for i, v in enumerate(raw[binary], start=1)])
         column = raw_columns.get(task)
         has_raw = column is not None and column in raw.columns
         if has_raw:
@@ -173,6 +178,16 @@ def normalise_table(raw: pd.DataFrame, config: LabelConfig, *, where: str = "CMR
     return out
 
 
+def cell_shape(value, limit: int = 24) -> str:
+    """A cell as its shape, quoted: every letter ``A``/``a``, every digit ``9``, other characters
+    kept, at most ``limit`` characters (``'99/99/9999'`` for ``08/05/2023``). Enough to see a
+    day-first date, a unit or a decimal comma; nothing of a name or an ID."""
+    text = str(value)
+    shape = "".join("9" if c.isdigit() else ("A" if c.isupper() else "a") if c.isalpha() else c
+                    for c in text[:limit])
+    return repr(shape + ("…" if len(text) > limit else ""))
+
+
 def _rows(mask: np.ndarray) -> str:
     rows = (np.flatnonzero(mask) + 1).tolist()
     shown = ", ".join(map(str, rows[:_SHOW_ROWS]))
@@ -195,17 +210,16 @@ def _dates(column: pd.Series, config: LabelConfig, where: str, warnings: Counter
         parsed = pd.to_datetime(text.where(~empty), format=fmt, errors="coerce")
         bad = (parsed.isna() & ~empty).to_numpy()
         if bad.any():
-            first = text[bad].iloc[0]
+            first = cell_shape(text[bad].iloc[0])
             hint = ("" if config.date_format else
                     "; dates must be ISO 8601 (2023-05-08): a date such as 08/05/2023 is "
                     "day-first in some places and month-first in others, so set "
                     "labels.date_format (e.g. '%d/%m/%Y') to say which")
             raise ValueError(f"{where}: column {name!r}: {_rows(bad)} hold dates that do not "
-                             f"parse (first: {first!r}){hint}")
+                             f"parse (the first is shaped {first}){hint}")
     future = (parsed.dt.date > date.today()).fillna(False).to_numpy(dtype=bool)
     if future.any():
-        raise ValueError(f"{where}: column {name!r}: {_rows(future)} hold dates in the future "
-                         f"(first: {parsed[future].iloc[0].date()})")
+        raise ValueError(f"{where}: column {name!r}: {_rows(future)} hold dates in the future")
     missing = int(parsed.isna().sum())
     if missing:
         warnings["rows without a CMR date (ignored)"] += missing
@@ -228,7 +242,7 @@ def _numbers(column: pd.Series, config: LabelConfig, where: str) -> pd.Series:
                 if "," in str(first) and not config.decimal_comma else
                 " (numbers only: no units such as 'T' or 'ms', no words)")
         raise ValueError(f"{where}: column {column.name!r}: {_rows(bad)} hold text where a "
-                         f"number belongs (first: {first!r}){hint}")
+                         f"number belongs (the first is shaped {cell_shape(first)}){hint}")
     return parsed.astype(np.float64)
 
 
@@ -275,7 +289,8 @@ def _binary(value, where: str) -> float:
     if isinstance(value, (int, float, np.integer, np.floating)):
         if value in (0, 1):
             return float(value)
-        raise ValueError(f"{where}: binary label must be 0 or 1 (or empty), got {value!r}")
+        raise ValueError(f"{where}: binary label must be 0 or 1 (or empty), got a number "
+                         "that is neither")
     text = str(value).strip().lower()
     if text in ("", "nan", "na", "n/a", "none", "unknown", "?"):
         return math.nan
@@ -283,7 +298,8 @@ def _binary(value, where: str) -> float:
         return 1.0
     if text in _FALSE:
         return 0.0
-    raise ValueError(f"{where}: binary label must be 0/1, true/false or yes/no, got {value!r}")
+    raise ValueError(f"{where}: binary label must be 0/1, true/false or yes/no (the cell is "
+                     f"shaped {cell_shape(value)})")
 
 
 def _derive(task: str, measured: np.ndarray, field: np.ndarray, raw: pd.DataFrame,
@@ -304,11 +320,11 @@ def _derive(task: str, measured: np.ndarray, field: np.ndarray, raw: pd.DataFram
             known = rules.known_sequences(task)
             unknown = np.array([s is not None and s not in known for s in sequences])
             if unknown.any():
-                first = raw[column][unknown].iloc[0]
+                first = cell_shape(raw[column][unknown].iloc[0])
                 if config.unknown_sequences == "error":
                     raise ValueError(
                         f"{where}: column {column!r}: {_rows(unknown)} name no known {task} "
-                        f"sequence (first: {first!r}; known: {', '.join(sorted(known))}). "
+                        f"sequence (the first is shaped {first}; known: {', '.join(sorted(known))}). "
                         "Map the spelling to a name in labels.sequence_aliases, or set "
                         f"labels.unknown_sequences: warn to leave those rows' {task} unknown")
         else:
@@ -319,7 +335,8 @@ def _derive(task: str, measured: np.ndarray, field: np.ndarray, raw: pd.DataFram
         if math.isnan(measured[i]):
             continue
         if unknown[i]:
-            used[i] = f"{_NO_CUTOFF}column {column!r}: unknown sequence {raw[column].iloc[i]!r}"
+            used[i] = (f"{_NO_CUTOFF}column {column!r}: unknown sequence shaped "
+                       f"{cell_shape(raw[column].iloc[i])}")
             continue
         found, why = rules.resolve(task, field[i], sequences[i])
         if found is None:

@@ -7,6 +7,8 @@ lists them) and a human-readable detail that never quotes patient text.
 
 from __future__ import annotations
 
+import re
+
 # Reason codes of the ingest report, with what they mean (docs/ingest.md repeats them).
 REASONS: dict[str, str] = {
     "not_dicom": "not a DICOM file (no 'DICM' preamble) or random bytes",
@@ -48,3 +50,23 @@ class RejectedInput(Exception):
         self.reason = reason
         self.detail = detail or REASONS[reason]
         super().__init__(f"{reason}: {self.detail}")
+
+
+_QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
+_DETAIL_LIMIT = 300
+
+
+def exception_detail(exc: BaseException) -> str:
+    """A rejection's ``detail`` from an exception: its type and message with every quoted
+    literal (``'…'``, ``"…"``, ``b'…'``) shown as ``'…'``.
+
+    The decoders' and Python's messages quote the value they failed on: pydicom's
+    ``received b'SMITH'`` for a mangled element, ``could not convert string to float:
+    'DOE^JANE'``, an ``OSError``'s file name. Such a value can be an element of the header or a
+    path named after a patient, and a detail travels further than the report (``echocmr
+    predict``'s output, the served model's ``files[].detail``), so it is never quoted.
+    """
+    text = _QUOTED.sub("'…'", str(exc))
+    if len(text) > _DETAIL_LIMIT:
+        text = text[:_DETAIL_LIMIT] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -26,7 +26,7 @@ from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.lookup import ViewLookup
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
 from echocmr.ingest.splits import KeyedHasher
 from echocmr.ingest.text_detector import find_text
 from echocmr.ingest.views import VIEW_DISAGREEMENT, disagrees, label_view
@@ -81,7 +81,7 @@ def process_file(task: tuple[str, str]) -> FileResult:
                                    detail=exc.detail, paired=getattr(exc, "paired", False)), None
     except Exception as exc:  # a bug must not stop the job; the report says what happened
         result, video = FileResult(source=source, status="rejected", reason="error",
-                                   detail=f"{type(exc).__name__}: {exc}"), None
+                                   detail=exception_detail(exc)), None
     WorkCache(ctx.work_dir).store(entry, result, video)
     return result
 

@@ -116,8 +116,12 @@ def run_predict_cmd(args: argparse.Namespace) -> int:
     result = predict_files(args.dicom, model, spec, config=config, stats=stats,
                            view_filter=view_filter)
     write_prediction(result, args.out)
+    # A file is named by its position on the command line: exports name files after patients,
+    # and a terminal's output ends up in logs; the paths are in --out, at the site.
+    position = {path: i for i, path in reversed(list(enumerate(args.dicom, start=1)))}
     for r in result.rejected:
-        print(f"not used: {r['file']}: {r['reason']} ({r['detail']})", file=sys.stderr)
+        print(f"not used: file {position.get(r['file'], '?')} of {len(args.dicom)}: "
+              f"{r['reason']} ({r['detail']}); its path is in {args.out}", file=sys.stderr)
     print(f"{len(result.studies)} studies from {len(args.dicom) - len(result.rejected)} of "
           f"{len(args.dicom)} files -> {args.out}")
     return 0 if len(result.studies) else 1

@@ -34,8 +34,10 @@ import numpy as np
 import pandas as pd
 
 from echocmr.ingest.config import PreprocessConfig, load_config
+from echocmr.ingest.dicom_header import quiet_pydicom
 from echocmr.ingest.preprocess import preprocess_dicom
-from echocmr.ingest.reasons import RejectedInput
+from echocmr.ingest.reasons import RejectedInput, exception_detail
+from echocmr.ingest.report import printable
 from echocmr.model.contract import WINDOW_MODES, WindowMode, frames_to_clip, window_starts
 from echocmr.model.lineage import source_run_id
 from echocmr.model.pulled import read_model_stats
@@ -160,14 +162,15 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
                              "detail": "no such file (or it is a directory)"})
             continue
         try:
-            clip = preprocess_dicom(path, pre)
+            with quiet_pydicom():  # its warnings quote element values
+                clip = preprocess_dicom(path, pre)
         except RejectedInput as exc:
             rejected.append({"file": path, "reason": exc.reason, "detail": exc.detail})
             continue
         except Exception as exc:  # a bug or an odd file: report it, keep going
-            log.debug("preprocessing %s failed", path, exc_info=True)
-            rejected.append({"file": path, "reason": "error",
-                             "detail": f"{type(exc).__name__}: {exc}"})
+            detail = exception_detail(exc)  # never the value it failed on (ingest.reasons)
+            log.debug("preprocessing a file failed: %s", detail)
+            rejected.append({"file": path, "reason": "error", "detail": detail})
             continue
         if check is not None:
             check()
@@ -187,7 +190,7 @@ def predict_files(paths: list[str], model, spec, *, config: PredictConfig | None
     rows = []
     for i, g in enumerate(groups.values(), start=1):
         mean = np.mean(g["probs"], axis=0)  # every file counts once, as in eval
-        rows.append({"study": f"study-{i}", "files": ";".join(g["files"]),
+        rows.append({"study": f"study-{i}", "files": ";".join(map(printable, g["files"])),
                      "n_files": len(g["files"]), "n_clips": g["clips"],
                      **{p_col(t): float(mean[k]) for k, t in enumerate(TASKS)}})
     columns = ["study", "files", "n_files", "n_clips", *(p_col(t) for t in TASKS)]
@@ -208,7 +211,7 @@ def write_prediction(result: Prediction, out: str | os.PathLike) -> Path:
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     else:
         table = result.studies.assign(status="ok", reason="")
-        rej = pd.DataFrame([{"study": "", "files": r["file"], "status": "rejected",
+        rej = pd.DataFrame([{"study": "", "files": printable(r["file"]), "status": "rejected",
                              "reason": f"{r['reason']}: {r['detail']}"} for r in result.rejected])
         table = pd.concat([table, rej], ignore_index=True) if len(rej) else table
         cols = ["study", "files", "status", "reason", "n_files", "n_clips",

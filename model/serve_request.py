@@ -14,7 +14,10 @@ So a request is bounded here, before and while it runs:
   the server's own timeout, so the work stops when the client is told 504;
 * `ServingError`: our own 400. MLflow's scoring server prefixes every model error with the
   request (``Failed to predict data '<the whole table>'``: 300 KB of base64 for one DICOM);
-  this error keeps its message, which names the field and the rule and never the data.
+  this error keeps its message, which names the field and the rule and never the data;
+* `quiet_request_names`: MLflow's schema check logs the names of a request's extra columns
+  (``Found extra inputs ...: `['DOE^JANE']```); the served model rewrites that log line
+  without them, since a request can name a column anything.
 
 Settings (environment of the server; defaults in brackets): ``ECHOCMR_SERVE_MAX_FILES`` [64],
 ``ECHOCMR_SERVE_MAX_CLIPS`` [256, rows of the clip form],
@@ -28,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import os
 import time
 import zlib
@@ -70,6 +74,27 @@ class ServingError(MlflowException):
 
     def __str__(self) -> str:
         return self._fixed
+
+
+_EXTRA_INPUTS = "Found extra inputs in the model input"
+
+
+class _NoRequestNames(logging.Filter):
+    """MLflow's warning about extra columns, without the column names (module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_EXTRA_INPUTS):
+            record.msg = (f"{_EXTRA_INPUTS} that the model signature does not define (names "
+                          "not logged: a request may name a column anything); they are ignored")
+            record.args = ()
+        return True
+
+
+def quiet_request_names() -> None:
+    """Install `_NoRequestNames` on MLflow's schema logger (once per process)."""
+    logger = logging.getLogger("mlflow.models.utils")
+    if not any(isinstance(f, _NoRequestNames) for f in logger.filters):
+        logger.addFilter(_NoRequestNames())
 
 
 class RequestTimedOut(ServingError):

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from echocmr.ingest.dicom_header import silence_pydicom
+from echocmr.ingest.view_table import OTHER_VIEW, UNKNOWN_VIEW, VIEWS, ViewConfig, spelling
 from echocmr.model.artifact import read_model_dir
 from echocmr.model.predict import ViewFilter, predict_files
 
@@ -52,6 +54,7 @@ from echocmr.model.serve_request import (
     check_clip_count,
     check_declared_pixels,
     dicom_bytes,
+    quiet_request_names,
 )
 from echocmr.model.serve_response import logit_col, study_frame
 from echocmr.model.store import ARTIFACT_KEY, CLIP, DICOM, VIEW
@@ -72,6 +75,8 @@ class EchoCMRModel(PythonModel):
     def load_context(self, context) -> None:
 
         self.model, self.spec, self.meta = read_model_dir(context.artifacts[ARTIFACT_KEY])
+        quiet_request_names()  # the server's log: no column name a request chose,
+        silence_pydicom()  # and no element value quoted by pydicom's warnings
         self.view_filter = expected_view_filter(self.meta, context.artifacts)
 
     def predict(self, context, model_input: pd.DataFrame,
@@ -152,7 +157,7 @@ def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
     other views are rejected (``view_not_target``, ``view_unknown``) instead of entering the
     study's probability."""
 
-    views = list(views or [None] * len(files))
+    views = [_view(v, i) for i, v in enumerate(views or [None] * len(files))]  # before decoding
     with tempfile.TemporaryDirectory(prefix="echocmr-serve-") as tmp:
         paths = []
         for i, data in enumerate(files):
@@ -171,7 +176,7 @@ def predict_study(model, spec, files: list[bytes], views: list | None = None, *,
     classified = {index[v["file"]]: v for v in result.views}
     out_files, used_views = [], []
     for i in range(len(files)):
-        view = _view(views[i])
+        view = views[i]
         if view is None and i in classified:
             view = classified[i]["view"]
         if i in rejected:
@@ -226,11 +231,21 @@ def _columns_as_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _view(value) -> str | None:
+def _view(value, row: int) -> str | None:
+    """A request's ``view`` cell as a name of the vocabulary (ingest's spellings understood:
+    ``ap4`` is ``A4C``); a cell that names no view is a 400 that does not repeat it, because
+    the answer returns a file's view and a view cell can hold anything."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     text = str(value).strip()
-    return text or None
+    if text.lower() in ("", "nan", "none", "null"):  # a JSON null, as MLflow may pass it on
+        return None
+    view = ViewConfig().lookup().get(spelling(text))
+    if view is None:
+        raise _bad_input(f"view: row {row} names no view (the cell is not shown: it may hold "
+                         f"patient text); send one of {', '.join(VIEWS)}, '{OTHER_VIEW}' or "
+                         f"'{UNKNOWN_VIEW}', or no view")
+    return view
 
 
 def _bad_input(message: str) -> Exception:

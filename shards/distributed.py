@@ -18,11 +18,12 @@ address is given.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
+
+from echocmr.ray_connect import ray_session
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -31,22 +32,6 @@ R = TypeVar("R")
 def resolve_address(address: str | None) -> str | None:
     """``address``, else ``$RAY_ADDRESS``, else None (run here, no Ray)."""
     return address or os.environ.get("RAY_ADDRESS") or None
-
-
-@contextlib.contextmanager
-def ray_session(address: str) -> Iterator[None]:
-    """Connected to the cluster at ``address`` for the block (a Ray this process is already
-    connected to is used as it is and left connected)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def map_shards(fn: Callable[[J], R], jobs: Iterable[J], *, address: str | None = None,

@@ -497,7 +497,9 @@ def _header_problem(info: _RawInfo, expected_offset: int, global_pax: dict) -> s
         return ("extra header blocks or bytes before the header (echocmr writes one 512-byte "
                 "header right after the previous member)")
     if info.raw != member_header(info.name, info.size):
-        fields = [f"{name} {got!r}" for name, got, want in (
+        # Numbers as they are; a text field only by its name (it may hold patient text).
+        fields = [f"{name} {got!r}" if name not in ("uname", "gname") else
+                  f"{name} is not {want!r} (its text is not shown)" for name, got, want in (
             ("uname", info.uname, "echocmr"), ("gname", info.gname, "echocmr"),
             ("mode", oct(info.mode), oct(0o444)), ("mtime", info.mtime, 0),
             ("uid", info.uid, 0), ("gid", info.gid, 0)) if got != want]

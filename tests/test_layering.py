@@ -46,6 +46,7 @@ HEAVY = {"torch", "ray", "mlflow", "nvidia", "webdataset", "av", "pydicom", "rap
 
 # (package, library): why a library function of that package imports the library lazily.
 LAZY_THIRD_PARTY = {
+    ("echocmr.config", "ray"): "ray_connect: joining or starting Ray, for the commands that run on it",
     ("echocmr.config", "tqdm"): "a progress bar only on a terminal; logs get plain lines",
     ("echocmr.shards", "fsspec"): "remote sets only; a local set never pays for fsspec/s3fs",
     ("echocmr.shards", "s3fs"): "remote sets only",
@@ -123,8 +124,10 @@ MODULES = _modules()
 
 
 # The foundation every package may import: the namespace, typed configs, progress lines, the
-# error type every package raises, and the tracking-store check (stdlib only; the CLI runs it).
-CORE = {"echocmr", "echocmr.config", "echocmr.progress", "echocmr.errors", "echocmr.tracking_store"}
+# error type every package raises, the tracking-store check (stdlib only; the CLI runs it), and
+# how a command joins Ray (Ray imported inside its functions only).
+CORE = {"echocmr", "echocmr.config", "echocmr.progress", "echocmr.errors", "echocmr.tracking_store",
+        "echocmr.ray_connect"}
 
 
 def package_of(module: str) -> str:

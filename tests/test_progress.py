@@ -75,3 +75,43 @@ def test_library_bars_are_off_only_where_stderr_is_not_a_terminal(monkeypatch):
     monkeypatch.setenv(var, "true")
     quiet_library_bars(io.StringIO())
     assert os.environ[var] == "true"
+
+
+def test_a_ray_train_worker_shows_each_line_once(monkeypatch):
+    """Ray Train patches ``print`` in its workers (``patch_print_function``): a print to a
+    wrapped stdout is printed AND logged, so the driver showed every progress line twice. With
+    Ray's own patch in place, a line reaches stdout and the root logger once in all."""
+    import builtins
+    import logging
+
+    from ray.train.v2._internal.logging.patch_print import patch_print_function
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    out, records = io.StringIO(), Records()
+    monkeypatch.setattr(sys, "stdout", out)  # a worker's stdout, wrapped as Ray's is
+    monkeypatch.setattr(builtins, "print", builtins.print)  # put back after the test
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "1")  # Ray's default, stated
+    root, original = logging.getLogger(), builtins.print
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.INFO)  # as Ray Train's logging config sets it in a worker
+    try:
+        patch_print_function()
+        assert builtins.print is not original  # Ray's patch is in place
+        print("a user print")  # the control: Ray's patch doubles a print
+        with Progress(2, desc="train epoch 0", unit="step", bar=False, stream=sys.stdout) as p:
+            p.update(2)
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+    shown = out.getvalue().splitlines() + records.messages
+    assert shown.count("a user print") == 2
+    assert [line for line in shown if line.startswith("train epoch 0")] == \
+        [next(line for line in shown if line.startswith("train epoch 0"))]

@@ -53,6 +53,7 @@ from echocmr.model.tracking import (
 )
 from echocmr.model.view_store import fetch_view_model
 from echocmr.progress import Progress
+from echocmr.ray_connect import ray_init
 from echocmr.read.assign import ReadPlan, plan_reading
 from echocmr.read.loader import ReaderPosition, check_decoder, site_selection, view_counts
 from echocmr.read.pipeline import resolve_decoder
@@ -273,23 +274,51 @@ _QUIET_RAY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
 }
 
+# "Failed to send resource request ... safe to ignore" with a 20-line GetTimeoutError traceback,
+# from the Train controller when the machine is busy: kept as one line (the traceback says
+# nothing more); any other exception there keeps its traceback.
+_ONE_LINE_TIMEOUTS = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+
+
+class _OneLineTimeouts(logging.Filter):
+    """Drops the traceback of a record whose exception is Ray's ``GetTimeoutError``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "GetTimeoutError":
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+        return True
+
 
 def _quiet_ray_train_reports() -> None:
-    """Raise the level of `_QUIET_RAY_LOGGERS` in this process.
+    """Raise the level of `_QUIET_RAY_LOGGERS` and keep `_ONE_LINE_TIMEOUTS` to one line, in this
+    process.
 
     Runs in every Ray worker process of our jobs (``worker_process_setup_hook``) and at the top
     of `train_worker`. Ray names some loggers by module and some by file path: both are set.
     """
+    for module, level in _QUIET_RAY_LOGGERS.items():
+        for logger in _loggers_of(module):
+            logger.setLevel(level)
+    for logger in _loggers_of(_ONE_LINE_TIMEOUTS):
+        if not any(isinstance(f, _OneLineTimeouts) for f in logger.filters):
+            logger.addFilter(_OneLineTimeouts())
+
+
+def _loggers_of(module: str) -> list[logging.Logger]:
+    """The loggers a Ray module may log under: its name and its file's path."""
     from importlib.util import find_spec
 
-    for module, level in _QUIET_RAY_LOGGERS.items():
-        logging.getLogger(module).setLevel(level)
-        try:
-            spec = find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        if spec is not None and spec.origin:
-            logging.getLogger(spec.origin).setLevel(level)
+    loggers = [logging.getLogger(module)]
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError):
+        return loggers
+    if spec is not None and spec.origin:
+        loggers.append(logging.getLogger(spec.origin))
+    return loggers
 
 
 def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None = None,
@@ -341,8 +370,8 @@ def run_training(config: TrainConfig, shards: str, *, tracking_uri: str | None =
         # A Ray we start here gets the log filter in every process; a cluster's job keeps the
         # runtime env it was submitted with (train_worker still filters its own loggers).
         hook = None if address else {"worker_process_setup_hook": _quiet_ray_train_reports}
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, runtime_env=hook)
-        started_ray = True
+        started_ray = ray_init(address, include_dashboard=False, log_to_driver=True,
+                               runtime_env=hook)
     try:
         # Before an MLflow run is opened or a worker started: what cannot work is refused now.
         _check_resources(config, local=started_ray and address is None)
