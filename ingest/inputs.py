@@ -12,7 +12,9 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from echocmr.ingest.workcache import FileResult
+import numpy as np
+
+from echocmr.ingest.workcache import FileResult, stat_entry_id
 from echocmr.shards import storage
 
 
@@ -22,7 +24,9 @@ class Scan:
 
     files: list[str]  # regular files (directly or through symlinks), sorted relative POSIX paths
     skipped: list[FileResult]  # paths not processed, each with its reason
-    entries: dict[str, str] = field(default_factory=dict)  # source -> cache entry (URL listings)
+    # files[i]'s work cache entry (24 hex digits, an ``S24`` array), from the scan's own stat or
+    # listing (no second request per file)
+    entries: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="S24"))
 
 
 def scan_url(prefix: str) -> Scan:
@@ -32,11 +36,10 @@ def scan_url(prefix: str) -> Scan:
     process. Cache entries come from the listing (path, size, ETag), so a resumed run lists the
     prefix once and reads no object it already did.
     """
-    files, entries = [], {}
-    for rel, nbytes, version in storage.walk_files(prefix):
-        files.append(rel)
-        entries[rel] = hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24]
-    return Scan(files=files, skipped=[], entries=entries)
+    rows = sorted((rel, hashlib.sha256(f"{rel}\0{nbytes}\0{version}".encode()).hexdigest()[:24])
+                  for rel, nbytes, version in storage.walk_files(prefix))
+    return Scan(files=[r for r, _ in rows], skipped=[],
+                entries=np.array([e for _, e in rows], dtype="S24"))
 
 
 def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
@@ -53,6 +56,7 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
     import stat
 
     files: list[str] = []
+    entry_ids = bytearray()  # files[i]'s cache entry (from this stat) at [24 i, 24 i + 24)
     skipped: list[FileResult] = []
     skip = os.path.realpath(exclude) if exclude else None
     root_real = os.path.realpath(dicom_dir)
@@ -101,6 +105,7 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                     reject(rel, "unreadable_file", "no permission to read it")
                 else:
                     files.append(rel)
+                    entry_ids.extend(stat_entry_id(rel, st.st_size, st.st_mtime_ns).encode())
             else:
                 kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
                         if stat.S_ISSOCK(st.st_mode) else "a device file")
@@ -108,4 +113,8 @@ def scan_inputs(dicom_dir: str, *, exclude: str | None = None) -> Scan:
                        "never opened")
 
     walk("", frozenset({root_real}))
-    return Scan(files=sorted(files), skipped=sorted(skipped, key=lambda r: r.source))
+    # Sorted by path (the walk sorts each directory's names, not the whole paths); the order is
+    # an index array, not a list of tuples: a few bytes per file beyond the paths themselves.
+    order = np.argsort(np.array(files, dtype=object), kind="stable")
+    return Scan(files=[files[i] for i in order], skipped=sorted(skipped, key=lambda r: r.source),
+                entries=np.frombuffer(bytes(entry_ids), dtype="S24")[order])

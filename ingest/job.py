@@ -31,17 +31,19 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.distributed import ray_file_results
-from echocmr.ingest.inputs import Scan, scan_inputs, scan_url
+from echocmr.ingest.inputs import scan_inputs, scan_url
 from echocmr.ingest.labels import RULES_ATTR, RULES_FINGERPRINT_ATTR, WARNINGS_ATTR, read_table
+from echocmr.ingest.lookup import ViewLookup
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.pool import pool_results
-from echocmr.ingest.report import report_bytes
+from echocmr.ingest.results import PENDING, ResultColumns
 from echocmr.ingest.shard_plan import write_outputs
 from echocmr.ingest.splits import (
     KeyedHasher,
@@ -52,14 +54,7 @@ from echocmr.ingest.splits import (
 from echocmr.ingest.summary import IngestSummary
 from echocmr.ingest.text_detector import engine_version
 from echocmr.ingest.view_table import read_views
-from echocmr.ingest.views import ViewMix
-from echocmr.ingest.workcache import (
-    CACHE_VERSION,
-    WORK_DIR,
-    FileResult,
-    WorkCache,
-    entry_id,
-)
+from echocmr.ingest.workcache import CACHE_VERSION, WORK_DIR, WorkCache
 from echocmr.ingest.worker import WorkerContext, init_worker, process_file
 from echocmr.progress import Progress
 from echocmr.ray_connect import ray_session
@@ -163,7 +158,9 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     rules_fingerprint = table.attrs[RULES_FINGERPRINT_ATTR]
     cmr = CmrIndex(table, config.pairing)
     view_table = read_views(None if views_path is None else str(views_path), config.views)
-    views = view_table.views
+    # Compact arrays, not a dict: every worker process gets a copy (`ingest.lookup`).
+    views = ViewLookup(view_table.views)
+    view_table.views = {}
     if view_table.unknown_rows:
         log.warning("views table: %d row(s) name no known view: their clips are unknown "
                     "(views.unknown)", view_table.unknown_rows)
@@ -174,10 +171,10 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
         scan = scan_inputs(dicom_dir, exclude=out_dir if storage.is_local(out_dir) else None)
     else:
         scan = scan_url(dicom_dir)
-    sources = scan.files
-    if not sources:
+    if not scan.files:
         raise ValueError(f"--dicom {dicom_dir} holds no readable files"
                          + (f" ({len(scan.skipped)} other path(s) skipped)" if scan.skipped else ""))
+    n_files = len(scan.files)
     work = WorkCache(storage.join(out_dir, WORK_DIR))
     fingerprint = hashlib.sha256("\0".join([
         CACHE_VERSION, f"format {FORMAT_VERSION}", config.fingerprint(), hasher.fingerprint,
@@ -186,86 +183,126 @@ def _run_locked(dicom_dir: str, labels_path, out_dir: str, *, config: IngestConf
     ]).encode()).hexdigest()
     work.prepare(fingerprint)
 
-    entries = scan.entries or {s: entry_id(dicom_dir, s) for s in sources}
-    results: dict[str, FileResult] = {}
-    done = work.done()
-    for source in sources:
-        cached = work.load(entries[source]) if entries[source] in done else None
-        if cached is not None:
-            results[source] = cached
-    resumed = len(results)
-    todo = [(s, entries[s]) for s in sources if s not in results]
+    # Every input's outcome as columns (`ingest.results`), never a result object per file.
+    rows = ResultColumns(scan.files, scan.entries, scan.skipped)
+    del scan
+    resumed = _resume(rows, work)
     ctx = WorkerContext(config=config, dicom_dir=dicom_dir, work_dir=work.path, cmr=cmr,
                         views=views, split_key=key, before_file=before_file,
                         view_classifier=view_classifier)
     workers = max(1, config.workers or os.cpu_count() or 1)
     if address is not None:
         session = ray_session(address)
-        log.info("%d input files (%d done in an earlier run), Ray tasks at %s", len(sources),
+        log.info("%d input files (%d done in an earlier run), Ray tasks at %s", n_files,
                  resumed, address)
     else:
         session = contextlib.nullcontext()
-        log.info("%d input files (%d done in an earlier run), %d worker(s)", len(sources),
+        log.info("%d input files (%d done in an earlier run), %d worker(s)", n_files,
                  resumed, workers)
     rules_before = _recorded_label_rules(out_dir, config.site)
     if rules_before not in (None, rules_fingerprint):
         log.warning("the shard set in %s had site %s's labels from other cut-offs (%s, now %s): "
                     "it is replaced", out_dir, config.site, rules_before, rules_fingerprint)
     with session:
-        results_iter = _run_tasks(ctx, todo, workers, in_process=in_process, progress=progress,
-                                  total=len(sources), initial=resumed,
+        results_iter = _run_tasks(ctx, rows.pending(), workers, in_process=in_process,
+                                  progress=progress, total=n_files, initial=resumed,
                                   ray_config=config.ray if address is not None else None)
         for result in results_iter:
-            results[result.source] = result
-        summary, report, ordered, unpaired = _finish_outputs(
-            results, sources, scan, entries, work, out_dir, labels_path, config,
+            rows.add(result)
+        summary, report = _finish_outputs(
+            rows, work, out_dir, labels_path, config,
             hasher.fingerprint, {config.site: rules_fingerprint}, use_ray=address is not None)
 
     storage.atomic_write(storage.join(out_dir, INGEST_REPORT_FILE), report)
 
-    rejected = Counter(r.reason for r in ordered if r.status == "rejected")
-    unpaired_studies = {r.study_hash for r in unpaired}
     if not config.keep_work_cache:
         work.remove()
+    masked_clips, masked_boxes = rows.text_masked()
     return IngestSummary(
-        out=out_dir, files=len(ordered), kept=sum(r.status == "kept" for r in ordered),
-        rejected=dict(rejected), clips_per_split=summary.clips,
-        unpaired_studies=len(unpaired_studies), label_warnings=dict(table.attrs.get(WARNINGS_ATTR, {})),
+        out=out_dir, files=len(rows), kept=rows.n_kept,
+        rejected=rows.rejected(), clips_per_split=summary.clips,
+        unpaired_studies=len(rows.unpaired_studies),
+        label_warnings=dict(table.attrs.get(WARNINGS_ATTR, {})),
         label_rules=dict(table.attrs.get(RULES_ATTR, {})), label_rules_fingerprint=rules_fingerprint,
         label_rules_before=(rules_before if rules_before not in (None, rules_fingerprint)
                             else None),
         shards=summary.shards, resumed_files=resumed, key_source=key_source,
         seconds=time.monotonic() - started,
-        text_masked_clips=sum(r.status == "kept" and r.text_boxes > 0 for r in ordered),
-        text_boxes=sum(r.text_boxes for r in ordered if r.status == "kept"),
+        text_masked_clips=masked_clips, text_boxes=masked_boxes,
         text_detector=config.text_detector.action if config.text_detector.enabled else "off",
         unknown_views=view_table.unknown_rows,
-        views=ViewMix.of(ordered),
+        views=rows.view_mix(),
     )
 
 
-def _finish_outputs(results: dict[str, FileResult], sources: list[str], scan: Scan,
-                    entries: dict[str, str], work: WorkCache, out_dir: str, labels_path,
+# Cache entries read back per batch on resume (concurrent reads on an object store).
+RESUME_BATCH = 4096
+
+
+def _resume(rows: ResultColumns, work: WorkCache) -> int:
+    """Fill ``rows`` from the work cache of an earlier run: the cache listed one sub-directory
+    at a time (`WorkCache.done_groups`), each matched against the files whose entries share its
+    prefix, and the results it holds read in batches (concurrently on an object store); returns
+    how many files resumed. Memory: one sub-directory's listing and one batch."""
+    pending = np.flatnonzero((rows.status == PENDING) & (rows.entries != b""))
+    prefixes = rows.entries[pending].astype("S2")
+    order = np.argsort(prefixes, kind="stable")
+    pending, prefixes = pending[order], prefixes[order]
+    resumed = 0
+    batch: list[tuple[str, bool]] = []
+
+    def flush() -> int:
+        got = 0
+        for result in work.load_many(batch):
+            if result is not None:
+                rows.add(result)
+                got += 1
+        batch.clear()
+        return got
+
+    for prefix, done in work.done_groups():
+        if not done:
+            continue
+        if prefix is None:  # the older flat layout: any file may be there
+            candidates = pending
+        else:
+            key = prefix.encode()
+            candidates = pending[np.searchsorted(prefixes, key, "left"):
+                                 np.searchsorted(prefixes, key, "right")]
+        for i in candidates:
+            if rows.status[i] != PENDING:
+                continue
+            entry = rows.entries[i].decode()
+            has_clip = done.get(entry)
+            if has_clip is None:
+                continue
+            batch.append((entry, has_clip))
+            if len(batch) >= RESUME_BATCH:
+                resumed += flush()
+        resumed += flush()
+    return resumed
+
+
+def _finish_outputs(rows: ResultColumns, work: WorkCache, out_dir: str, labels_path,
                     config: IngestConfig, fingerprint: str, label_rules: dict[str, str], *,
                     use_ray: bool):
-    """Order every result by source, write the shards; returns (write summary, report bytes,
-    ordered results, unpaired results). The report itself is published last, by the caller."""
-    ordered = sorted([results[s] for s in sources] + scan.skipped, key=lambda r: r.source)
-    _reject_duplicates(ordered)
-    report = report_bytes(ordered)
-    unpaired = [r for r in ordered if r.reason == "no_cmr_within_window"]
-    if unpaired and not any(r.paired for r in ordered):
+    """Reject duplicates, write the shards; returns (write summary, report bytes). The report
+    itself is published last, by the caller."""
+    rows.reject_duplicates()
+    report = rows.report_bytes()
+    n_unpaired = rows.n_reason("no_cmr_within_window")
+    if n_unpaired and not rows.any_paired:
         where = storage.join(out_dir, INGEST_REPORT_FILE)
         storage.atomic_write(where, report)
         raise ValueError(
-            f"the label table {labels_path} pairs with no echo study ({len(unpaired)} file(s) "
+            f"the label table {labels_path} pairs with no echo study ({n_unpaired} file(s) "
             f"found no CMR of their patient within +-{config.pairing.window_days} days; report "
             f"in {where}): check that its patient IDs are "
             "the DICOMs' Patient IDs (leading zeros: labels.numeric_patient_ids), that the "
             "dates are right (labels.date_format) and pairing.window_days")
-    summary = write_outputs(ordered, entries, work, out_dir, config, fingerprint, label_rules,
-                             use_ray=use_ray)
-    return summary, report, ordered, unpaired
+    summary = write_outputs(rows.kept_in_plan_order(), work, out_dir, config, fingerprint,
+                            label_rules, use_ray=use_ray)
+    return summary, report
 
 
 def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
@@ -286,20 +323,6 @@ def _run_tasks(ctx: WorkerContext, todo: list[tuple[str, str]], workers: int, *,
             bar.update()
     finally:
         bar.close()
-
-
-def _reject_duplicates(results: list[FileResult]) -> None:
-    """The same SOP Instance UID in two files: keep the first (by source order)."""
-    first: dict[str, str] = {}
-    for result in results:
-        if result.status != "kept":
-            continue
-        if result.key in first:
-            result.status, result.reason = "rejected", "duplicate_instance"
-            result.detail = f"same SOP Instance UID as {first[result.key]}"
-            result.key = None
-        else:
-            first[result.key] = result.source
 
 
 def _recorded_label_rules(out_dir: str, site: str) -> str | None:

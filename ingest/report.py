@@ -10,6 +10,12 @@ import pyarrow.parquet as pq
 
 from echocmr.ingest.workcache import FileResult
 
+# The report's columns (`report_bytes`; `ingest.results.ResultColumns.report_bytes`).
+REPORT_SCHEMA = pa.schema([("source", pa.string()), ("status", pa.string()),
+                           ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string()),
+                           ("view", pa.string()), ("view_source", pa.string()),
+                           ("view_confidence", pa.float32())])
+
 
 def printable(text: str | None) -> str | None:
     """``text`` as valid UTF-8: a file name that is not UTF-8 (Python holds its bytes as lone
@@ -47,10 +53,7 @@ def report_bytes(results: list[FileResult]) -> bytes:
         "detail": [printable(r.detail) for r in results],
         **{c: [_meta_of(r).get(c) for r in results]
            for c in ("view", "view_source", "view_confidence")},
-    }, schema=pa.schema([("source", pa.string()), ("status", pa.string()),
-                         ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string()),
-                         ("view", pa.string()), ("view_source", pa.string()),
-                         ("view_confidence", pa.float32())]))
+    }, schema=REPORT_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

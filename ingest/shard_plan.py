@@ -10,25 +10,25 @@ byte.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.distributed import ray_write_shards
 from echocmr.ingest.shard_job import PlannedSample, ShardJob, write_shard_job
 from echocmr.ingest.workcache import FileResult, WorkCache
-from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, ClipFormat
+from echocmr.shards.format import DEFAULT_CLIP_SIZE, ClipFormat
 from echocmr.shards.writer import SampleRef, ShardSetWriter, WriterConfig
 
 log = logging.getLogger(__name__)
 
 
-def write_outputs(results: list[FileResult], entries: dict[str, str], work: WorkCache,
+def write_outputs(kept: Iterable[tuple[str, FileResult]], work: WorkCache,
                   out_dir: str, config: IngestConfig, fingerprint: str,
                   label_rules: dict[str, str], *, use_ray: bool):
-    """Plan the shards from the results' metadata, write them (Ray tasks, or here), then the
-    manifest and stats. Each shard's samples are a range of the sorted list, so who writes which
-    shard, and when, changes no byte."""
-    kept = [r for r in results if r.status == "kept"]
-    kept.sort(key=lambda r: (SPLITS.index(r.meta.split), r.key))
+    """Plan the shards from the kept results' metadata, ``(cache entry, result)`` sorted by
+    (split, key) (`ingest.results.ResultColumns.kept_in_plan_order`), write them (Ray tasks, or
+    here), then the manifest and stats. Each shard's samples are a range of the sorted list, so
+    who writes which shard, and when, changes no byte."""
     clip_format = ClipFormat(height=config.preprocess.size, width=config.preprocess.size,
                              fps=float(config.preprocess.target_fps), codec="vp9",
                              pix_fmt="yuv420p")
@@ -46,12 +46,12 @@ def write_outputs(results: list[FileResult], entries: dict[str, str], work: Work
                             else {config.site: config.view_model})
     try:
         planned: dict[str, PlannedSample] = {}
-        for result in kept:
+        for entry, result in kept:
             if result.video_bytes is None:
-                raise RuntimeError(f"work cache entry {entries[result.source]} has no clip size; "
+                raise RuntimeError(f"work cache entry {entry} has no clip size; "
                                    f"delete {work.path} and rerun")
             mean, std, n = result.pixel_stats
-            sample = PlannedSample(entry=entries[result.source], meta=result.meta,
+            sample = PlannedSample(entry=entry, meta=result.meta,
                                    labels=result.label_array(), video_sha256=result.video_sha256)
             writer.plan(SampleRef(key=result.key, meta=sample.meta, labels=sample.labels,
                                   video_size=result.video_bytes, video_sha256=sample.video_sha256),

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from echocmr.ingest.config import IngestConfig
 from echocmr.ingest.dicom_header import check_cine, identity, load_dataset
 from echocmr.ingest.dicom_io import clip_from_dataset
 from echocmr.ingest.encode import encode_webm
+from echocmr.ingest.lookup import ViewLookup
 from echocmr.ingest.pairing import CmrIndex
 from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput, exception_detail
@@ -42,7 +43,7 @@ class WorkerContext:
     dicom_dir: str
     work_dir: str
     cmr: CmrIndex
-    views: dict[str, str]  # SOP Instance UID -> view
+    views: Mapping[str, str] | ViewLookup  # SOP Instance UID -> view (`.get`)
     split_key: bytes
     # Called with each source before it is processed (`run_ingest`'s ``before_file``).
     before_file: Callable[[str], None] | None = None
@@ -83,6 +84,11 @@ def process_file(task: tuple[str, str]) -> FileResult:
                                    detail=exception_detail(exc)), None
     WorkCache(ctx.work_dir).store(entry, result, video)
     return result
+
+
+def process_files(tasks: list[tuple[str, str]]) -> list[FileResult]:
+    """`process_file` of each task in turn (the local pool hands out batches of files)."""
+    return [process_file(task) for task in tasks]
 
 
 def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]:

@@ -199,19 +199,21 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path_factory, split_key
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     files = os.path.join(killed, WORK_DIR, "files")
+
+    def results_cached() -> int:  # result files in the cache's sub-directories
+        return sum(n.endswith(".json") for _, _, names in os.walk(files) for n in names)
+
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            done = [n for n in os.listdir(files) if n.endswith(".json")] if os.path.isdir(files) \
-                else []
-            if len(done) >= 3:
+            if results_cached() >= 3:
                 break
             time.sleep(0.01)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: the job and its workers
         proc.wait()
     assert not os.path.exists(os.path.join(killed, "manifest.parquet")), "finished before the kill"
-    n_done = len([n for n in os.listdir(files) if n.endswith(".json")])
+    n_done = results_cached()
     assert 0 < n_done < 12
 
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, killed,

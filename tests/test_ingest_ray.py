@@ -145,11 +145,14 @@ def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, t
          "--address", c.address, "--no-progress"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     files = os.path.join(out, WORK_DIR, "files")
+
+    def results_cached() -> int:  # result files in the cache's sub-directories
+        return sum(n.endswith(".json") for _, _, names in os.walk(files) for n in names)
+
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if os.path.isdir(files) and len([n for n in os.listdir(files)
-                                             if n.endswith(".json")]) >= 3:
+            if results_cached() >= 3:
                 break
             time.sleep(0.02)
     finally:
@@ -157,7 +160,7 @@ def test_killed_driver_resumes_from_the_work_cache(cohort, reference, cluster, t
         _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     assert not os.path.exists(os.path.join(out, "manifest.parquet")), "finished before the kill"
-    n_done = len([n for n in os.listdir(files) if n.endswith(".json")])
+    n_done = results_cached()
     assert 0 < n_done < len(cohort.expected)
 
     summary = run_ingest(cohort.dicom_dir, cohort.labels_path, out, config=_config(),
@@ -183,6 +186,33 @@ def test_a_file_that_kills_its_worker_on_every_try_is_worker_crashed(cluster, tm
         assert result.reason == want, (source, result)
     crashed = sources.index(next(s for s in sources if "crash" in s))
     assert work.load(f"e{crashed}").reason == "worker_crashed"  # cached: a rerun skips it
+
+
+def test_a_crashing_file_in_a_batch_is_found_and_the_rest_kept(cluster, tmp_path, caplog):
+    """Enough files for tasks of several files: a batch whose worker dies on every try is split,
+    the file that kills its worker is worker_crashed, every other file has one result."""
+    from echocmr.ingest.config import RayConfig
+    from echocmr.ingest.distributed import ray_file_results
+
+    from _ingest_fixtures import crash_cohort
+
+    sources, ctx, work = crash_cohort(tmp_path, _config())
+    junk = os.path.join(ctx.dicom_dir, "junk")
+    os.makedirs(junk)
+    for i in range(300):
+        with open(os.path.join(junk, f"x{i:04d}"), "wb") as f:
+            f.write(b"not a dicom")
+    crash = next(s for s in sources if "crash" in s)
+    os.link(os.path.join(ctx.dicom_dir, crash), os.path.join(junk, "zz-crash.dcm"))
+    tasks = [(f"junk/{n}", f"j{i}") for i, n in enumerate(sorted(os.listdir(junk)))]
+    with caplog.at_level("WARNING", logger="echocmr.ingest.distributed"):
+        results = list(ray_file_results(ctx, iter(tasks), RayConfig(max_retries=1)))
+    assert "a batch's worker died on every try" in caplog.text  # the crash was in a batch
+    assert sorted(r.source for r in results) == sorted(s for s, _ in tasks)
+    for r in results:
+        want = "worker_crashed" if "crash" in r.source else "not_dicom"
+        assert r.reason == want, r
+    assert work.load(f"j{len(tasks) - 1}").reason == "worker_crashed"
 
 
 def test_losing_a_node_mid_run_changes_no_byte(cohort, reference, cluster, tmp_path, split_key):

@@ -36,7 +36,7 @@ def test_a_kept_result_comes_back_typed_with_its_key_json_bytes(tmp_path):
     back = cache.load("e1")
     assert isinstance(back.meta, SampleMeta) and back == result
     assert back.meta.to_json() == result.meta.to_json()  # what the shard will hold
-    stored = json.loads((tmp_path / "work" / "files" / "e1.json").read_bytes())
+    stored = json.loads((tmp_path / "work" / "files" / "e1" / "e1.json").read_bytes())
     assert stored["meta"] == result.meta.to_json().decode()  # KEY.json itself, not a re-encoding
     assert cache.video("e1", result.video_sha256) == video
     rejected = FileResult(source="x", status="rejected", reason="bad_header", detail="why")
@@ -49,7 +49,7 @@ def test_a_result_the_cache_cannot_parse_is_redone(tmp_path):
     cache.prepare("fingerprint")
     result, video = _kept()
     cache.store("e1", result, video)
-    path = tmp_path / "work" / "files" / "e1.json"
+    path = tmp_path / "work" / "files" / "e1" / "e1.json"
     good = json.loads(path.read_bytes())
     meta = json.loads(good["meta"])
     bad = [
@@ -65,5 +65,5 @@ def test_a_result_the_cache_cannot_parse_is_redone(tmp_path):
         path.write_bytes(json.dumps(blob).encode())
         assert cache.load("e1") is None, blob
     path.write_bytes(json.dumps(good).encode())
-    os.remove(tmp_path / "work" / "files" / "e1.webm")  # kept without its clip: redone too
+    os.remove(tmp_path / "work" / "files" / "e1" / "e1.webm")  # kept without its clip: redone too
     assert cache.load("e1") is None
