@@ -13,7 +13,8 @@ Linux, else ``/tmp``), and a socket path may not be longer than 107 bytes (103 o
 then fails half-way through its start with a traceback. Here the path is checked first:
 
 * under a long ``$TMPDIR`` the command's Ray goes to a short per-user directory
-  (``/tmp/echocmr-ray-<uid>``, mode 0700) and says so in one log line;
+  (``/tmp/echocmr-ray-<uid>``, owned by the user; Ray opens its mode as it does
+  ``/tmp/ray``) and says so in one log line;
 * a ``$RAY_TMPDIR`` the user set and that is too long is refused with a clear error (the user
   chose that directory; we do not move Ray elsewhere behind their back).
 
@@ -64,7 +65,8 @@ def longest_socket_path(root: str) -> int:
 
 
 def _short_user_dir() -> str:
-    """``/tmp/echocmr-ray-<uid>``: created 0700, and refused when another user owns it."""
+    """``/tmp/echocmr-ray-<uid>``: made when missing, refused when another user owns it (Ray
+    itself then makes its mode 0777, as for ``/tmp/ray``)."""
     path = f"/tmp/echocmr-ray-{os.getuid()}"
     try:
         os.mkdir(path, 0o700)
