@@ -53,6 +53,7 @@ import numpy as np
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
+from echocmr.ingest.text_motion import moving_bands
 
 
 @dataclass(frozen=True)
@@ -181,24 +182,51 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
 
         composite_HW, source_HW = transient_composite(frames_THW)
         found, unread = reader.read_image(composite_HW, frame=None, box=reader.content_box)
-        # where a box was read on the composite: in the frame most of its pixels came from
+        # where a box was read on the composite: in the frame most of its pixels came from,
+        # along the whole line it lies on (the composite shows a line only where its frames
+        # outshine the tissue of the others: often a part of it), then followed from there
         for points in found:
-            reader.seeds.append((_mode_frame(source_HW, points), points))
+            t = _mode_frame(source_HW, points)
+            reader.seeds.append((t, points))
+            if config.line_reads and t not in reader.read_frames:
+                reader.read_image(frames_THW[t], frame=t,
+                                  box=_line_region(points, config.track_context,
+                                                   reader.content_box))
         # a box the detector saw but could not read (a smear of moving text, a rotated or partly
         # hidden word): read that region again in the frames its pixels came from
         for points in unread[:config.candidate_boxes]:
             for t in _top_frames(source_HW, points, config.candidate_frames):
                 if int(t) in reader.read_frames:
                     continue
+                line = config.line_reads and _line_shaped(points)
                 reader.read_image(frames_THW[t], frame=int(t),
-                                  box=_region(points, config.track_context, frames_THW.shape[1:]))
+                                  box=_line_region(points, config.track_context, reader.content_box)
+                                  if line else
+                                  _region(points, config.track_context, frames_THW.shape[1:]))
+    if config.motion_bands and len(frames_THW) > 1 and reader.content_box is not None:
+        # moving text (a ticker): rows whose bright transient pattern slides along them
+        # (`ingest.text_motion`), read in the frame that shows it most, then followed
+        for band in moving_bands(frames_THW, max_bands=config.motion_bands):
+            if band.frame not in reader.read_frames:
+                reader.read_image(frames_THW[band.frame], frame=band.frame,
+                                  box=(band.rows, reader.content_box[1]))
     if config.dark_composite and len(frames_THW) > 1:
         # dark strokes held in most frames: each pixel at its brightest over the clip, so the
         # tissue under and around them is as bright as it gets while they stay dark
         # (a box counts when it reads as two characters or more: single letters are what
         # bright speckle around a dark pit reads as)
-        reader.read_image(frames_THW.max(axis=0), frame=None, box=reader.content_box,
-                          min_chars=2)
+        found, _ = reader.read_image(frames_THW.max(axis=0), frame=None,
+                                     box=reader.content_box, min_chars=2)
+        # bright text shown in a few frames shows here too, where the transient composite
+        # took brighter tissue: read its line in the frame most of its pixels peak in
+        if found and config.line_reads:
+            peak_HW = frames_THW.argmax(axis=0)
+            for points in found:
+                t = _mode_frame(peak_HW, points)
+                if t not in reader.read_frames:
+                    reader.read_image(frames_THW[t], frame=t,
+                                      box=_line_region(points, config.track_context,
+                                                       reader.content_box))
     if config.track_step:
         reader.track()
     if config.verify_every_frame:
@@ -227,6 +255,24 @@ def _region(points: np.ndarray, context: int, hw: tuple[int, int]) -> tuple[slic
     x0, y0 = np.floor(points.min(axis=0)).astype(int) - context
     x1, y1 = np.ceil(points.max(axis=0)).astype(int) + context + 1
     return slice(max(int(y0), 0), min(int(y1), h)), slice(max(int(x0), 0), min(int(x1), w))
+
+
+def _line_region(points: np.ndarray, context: int,
+                 content_box: tuple[slice, slice]) -> tuple[slice, slice]:
+    """The line a box lies on: its rows (a wide box) or columns (a tall one), grown by
+    ``context``, across the whole ``content_box``."""
+    rows, cols = content_box
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - context
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + context + 1
+    if x1 - x0 >= y1 - y0:
+        return slice(max(int(y0), rows.start), min(int(y1), rows.stop)), cols
+    return rows, slice(max(int(x0), cols.start), min(int(x1), cols.stop))
+
+
+def _line_shaped(points: np.ndarray) -> bool:
+    """A box (output pixels) shaped like a line of text, along either axis."""
+    w, h = points.max(axis=0) - points.min(axis=0)
+    return max(w, h) >= 2 * min(w, h) and min(w, h) <= LINE_MAX_HEIGHT
 
 
 def _line_like(crop_HW: np.ndarray, upscale: int) -> bool:
