@@ -178,9 +178,10 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     reader = _Reader(frames_THW, config)
     sampled = sample_indices(len(frames_THW), config.frames)
     reader.read_sampled(sampled)
+    median_HW = np.median(frames_THW, axis=0) if len(frames_THW) > 1 and (
+        config.composites or config.motion_bands) else None
     if config.composites and len(frames_THW) > 1:
-
-        composite_HW, source_HW = transient_composite(frames_THW)
+        composite_HW, source_HW = transient_composite(frames_THW, median_HW)
         found, unread = reader.read_image(composite_HW, frame=None, box=reader.content_box)
         # where a box was read on the composite: in the frame most of its pixels came from,
         # along the whole line it lies on (the composite shows a line only where its frames
@@ -206,7 +207,7 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     if config.motion_bands and len(frames_THW) > 1 and reader.content_box is not None:
         # moving text (a ticker): rows whose bright transient pattern slides along them
         # (`ingest.text_motion`), read in the frame that shows it most, then followed
-        for band in moving_bands(frames_THW, max_bands=config.motion_bands):
+        for band in moving_bands(frames_THW, max_bands=config.motion_bands, median_HW=median_HW):
             if band.frame not in reader.read_frames:
                 reader.read_image(frames_THW[band.frame], frame=band.frame,
                                   box=(band.rows, reader.content_box[1]))

@@ -45,20 +45,24 @@ class Band:
 
 
 def moving_bands(frames_THW: np.ndarray, min_ratio: float = 1.3, min_energy: float = 20.0,
-                 max_bands: int = 2, pad: int = 6) -> list[Band]:
+                 max_bands: int = 2, pad: int = 6,
+                 median_HW: np.ndarray | None = None) -> list[Band]:
     """The bands of rows of ``uint8[T, H, W]`` frames whose bright transient structure moves
-    along the rows (strongest first, at most ``max_bands``), each grown by ``pad`` rows."""
+    along the rows (strongest first, at most ``max_bands``), each grown by ``pad`` rows;
+    ``median_HW``: the frames' per-pixel temporal median, when the caller has it already."""
+    from scipy import fft
     from scipy.ndimage import uniform_filter1d
 
     n_frames, height, width = frames_THW.shape
     if n_frames <= LAG:
         return []
-    median_HW = np.median(frames_THW, axis=0).astype(np.float32)
-    residual = np.clip(frames_THW.astype(np.float32) - median_HW, 0, None)
+    if median_HW is None:
+        median_HW = np.median(frames_THW, axis=0)
+    residual = np.clip(frames_THW.astype(np.float32) - median_HW.astype(np.float32), 0, None)
     size = 2 * width  # zero-padded: no wrap-around
-    spectrum = np.fft.rfft(residual, n=size, axis=2)
-    cross = (spectrum[LAG:] * np.conj(spectrum[:-LAG])).sum(axis=0)
-    corr = uniform_filter1d(np.fft.irfft(cross, n=size, axis=1), ROWS_SMOOTH, axis=0)
+    spectrum = fft.rfft(residual, n=size, axis=2)  # float32 in, complex64 out
+    cross = np.einsum("thf,thf->hf", spectrum[LAG:], np.conj(spectrum[:-LAG]))
+    corr = uniform_filter1d(fft.irfft(cross, n=size, axis=1), ROWS_SMOOTH, axis=0)
     corr /= (n_frames - LAG) * width  # the mean product of a pixel pair
     shifted = np.concatenate([corr[:, MIN_SHIFT:MAX_SHIFT + 1],
                               corr[:, size - MAX_SHIFT:size - MIN_SHIFT + 1]], axis=1).max(axis=1)
