@@ -10,15 +10,21 @@ kept clip before it is written. What it reads, in order:
 2. (``composites``) one composite of every frame (`ingest.text_composite`): each pixel from the
    frame where it strays farthest from its temporal median, so text shown in a few frames only
    shows there whole; a box the detector finds on it but cannot read is read again in the
-   ``candidate_frames`` frames its pixels came from;
-3. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
+   ``candidate_frames`` frames its pixels came from (along its whole line, ``line_reads``, when
+   it is shaped like one); a box read on it is read again along its whole line in the frame
+   most of its pixels came from (``line_reads``);
+3. (``motion_bands``) the bands of rows whose bright transient pattern slides along them
+   (`ingest.text_motion`: a ticker), each read in the frame that shows it most;
+4. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
    strokes held in every frame (dark text over tissue) stand out where no single frame shows
    them; a box read there counts when it reads as two characters or more (single letters are
-   what bright speckle around a dark pit reads as);
-4. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+   what bright speckle around a dark pit reads as), and is read again along its whole line in
+   the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
+   here where the transient composite took brighter tissue);
+5. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-5. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+6. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -29,9 +35,10 @@ text that does not read as cropped is read turned 180° and mirrored either way 
 each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
 the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
-sampled frames (its composite smears; only step 5 finds it), dim text over moving tissue, text
-shown in one frame only at a place where the tissue deviates more.
+What it does not see (docs/ingest.md, "The text detector"): moving text that is in none of the
+sampled frames and does not slide along rows (vertical motion, or slower than ~1 pixel a frame,
+or dark: only step 6 finds it), dim text over moving tissue, dark text over blood, text shown
+in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
