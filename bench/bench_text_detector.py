@@ -31,11 +31,17 @@ every bucket, setting by setting.
 
 Then the text that is not still (`motion_set`: intermittent, scrolling, rotated, mirrored, dark
 over tissue; names, dates, IDs; glyphs of 6-12 pixels; raw and JPEG-coded frames), one string a
-clip: recall per mode x glyph height, per content and per codec, and CPU s per clip.
+clip: recall per mode x glyph height, per content and per codec, and CPU s per clip. Beside the
+raw recall of the strings of 8 px and more, the **readable recall** (`readable`): a reader of its
+own (RapidOCR's whole pipeline with its angle classifier, 4x, every frame a string is drawn in,
+cropped to its path; turned and mirrored copies for those modes) reads each string in the
+UNPROTECTED clip, and the readable recall is the share masked of the strings it reads. A string
+no reader reads is not a leak; both figures are printed, and the strings not read are listed.
 
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
-[--repeats 2] [--no-motion] [--no-still]``. About 1 CPU-minute per setting on the still strings and 1-2 on
-the rest.
+[--repeats 2] [--no-motion] [--no-still] [--no-readable]``. About 1 CPU-minute per setting on the
+still strings and 1-2 on the rest; the reader's pass ~10 CPU minutes once (cached under
+``/tmp/echocmr-bench-text``).
 """
 
 from __future__ import annotations
