@@ -40,8 +40,8 @@ no reader reads is not a leak; both figures are printed, and the strings not rea
 
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
 [--repeats 2] [--no-motion] [--no-still] [--no-readable]``. About 1 CPU-minute per setting on the
-still strings and 1-2 on the rest; the reader's pass ~10 CPU minutes once (cached under
-``/tmp/echocmr-bench-text``).
+still strings and 1-2 on the rest; the reader's pass 30 CPU minutes once on a loaded machine
+(1791 CPU s, 2026-12-06; cached under ``/tmp/echocmr-bench-text``).
 """
 
 from __future__ import annotations
