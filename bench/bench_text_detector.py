@@ -355,7 +355,7 @@ def readable(motion_clips: list[np.ndarray], motion: list[Moving], seed: int = 2
     is drawn in, 4x bicubic, cropped to the string's path grown by 8 pixels; turned and mirrored
     copies too for the turned and mirrored modes. Read = the read text (letters and digits,
     upper case) holds `READ_MIN` consecutive characters of the planted string. A string no
-    reader reads is not a leak: ``readable recall`` counts the others. Cached (~2 CPU min)."""
+    reader reads is not a leak: ``readable recall`` counts the others. Cached (~30 CPU min)."""
     import json
     import logging
     import re
