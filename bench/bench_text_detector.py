@@ -31,11 +31,17 @@ every bucket, setting by setting.
 
 Then the text that is not still (`motion_set`: intermittent, scrolling, rotated, mirrored, dark
 over tissue; names, dates, IDs; glyphs of 6-12 pixels; raw and JPEG-coded frames), one string a
-clip: recall per mode x glyph height, per content and per codec, and CPU s per clip.
+clip: recall per mode x glyph height, per content and per codec, and CPU s per clip. Beside the
+raw recall of the strings of 8 px and more, the **readable recall** (`readable`): a reader of its
+own (RapidOCR's whole pipeline with its angle classifier, 4x, every frame a string is drawn in,
+cropped to its path; turned and mirrored copies for those modes) reads each string in the
+UNPROTECTED clip, and the readable recall is the share masked of the strings it reads. A string
+no reader reads is not a leak; both figures are printed, and the strings not read are listed.
 
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
-[--repeats 2] [--no-motion] [--no-still]``. About 1 CPU-minute per setting on the still strings and 1-2 on
-the rest.
+[--repeats 2] [--no-motion] [--no-still] [--no-readable]``. About 1 CPU-minute per setting on the
+still strings and 1-2 on the rest; the reader's pass 30 CPU minutes once on a loaded machine
+(1791 CPU s, 2026-12-06; cached under ``/tmp/echocmr-bench-text``).
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 # name -> TextDetectorConfig fields (every field that differs between rows, so a change of the
 # defaults does not change a row); the first, the old default, is the yardstick.
 _SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
-                     line_extend=0.0)
+                     line_extend=0.0, motion_bands=0, line_reads=False)
+_BEFORE_MOTION = dict(motion_bands=0, line_reads=False)  # the rows measured before these
 SETTINGS = {
     "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False,
                                       **_SAMPLED_ONLY),
@@ -74,12 +81,16 @@ SETTINGS = {
     "3x, as is, crop, mosaic": dict(upscale=3, detector_side=0, crop_to_content=True, mosaic=True, **_SAMPLED_ONLY),
     "4x, det 736, crop": dict(upscale=4, detector_side=736, crop_to_content=True, **_SAMPLED_ONLY),
     "first pass (composite, track, turn)": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                                dark_composite=False, line_extend=0.0),
+                                                dark_composite=False, line_extend=0.0,
+                                                **_BEFORE_MOTION),
     "+ composite, track (no turn)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                          orientations=False, dark_composite=False,
-                                         line_extend=0.0),
-    "default (+ max composite, lines)": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                             dark_composite=True, line_extend=2.0),
+                                         line_extend=0.0, **_BEFORE_MOTION),
+    "+ max composite, lines": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                   dark_composite=True, line_extend=2.0, **_BEFORE_MOTION),
+    "default (+ motion bands, line reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                                 dark_composite=True, line_extend=2.0,
+                                                 motion_bands=2, line_reads=True),
 }
 
 
@@ -246,6 +257,8 @@ class Moving:
     content: str
     codec: str
     glyphs_HW: np.ndarray  # bool: every pixel a glyph covers in any frame (coverage >= 0.5)
+    text: str = ""  # what was planted (the readable-recall check looks for it)
+    shown: tuple[int, ...] = ()  # the frames it is drawn in
 
 
 def _shown_frames(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -288,7 +301,8 @@ def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray
         frames = base.astype(np.float32)
         n, hgt, wid = frames.shape
         fan = base.max(axis=0) > 0
-        alpha = _coverage(_text(content, rng), fonts[height], (4 * height, wid))
+        text = _text(content, rng)
+        alpha = _coverage(text, fonts[height], (4 * height, wid))
         if mode == "rotated":
             alpha = np.rot90(alpha, k=int(rng.choice([1, 2, 3])))
         elif mode == "mirrored":
@@ -326,9 +340,63 @@ def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray
                 buf = io.BytesIO()
                 Image.fromarray(frames[t]).save(buf, format="JPEG", quality=75)
                 frames[t] = np.asarray(Image.open(buf).convert("L"))
-        planted.append(Moving(len(out), mode, height, content, codec, glyphs))
+        planted.append(Moving(len(out), mode, height, content, codec, glyphs, text,
+                              tuple(int(t) for t in np.flatnonzero(shown))))
         out.append(frames)
     return out, planted
+
+
+READ_MIN = 4  # characters of a planted string a read must hold, in order, to count as reading it
+
+
+def readable(motion_clips: list[np.ndarray], motion: list[Moving], seed: int = 22) -> list[bool]:
+    """Whether a reader of its own reads each planted string in the UNPROTECTED clip: RapidOCR's
+    whole pipeline (angle classifier on, as the privacy tests' reader), every frame the string
+    is drawn in, 4x bicubic, cropped to the string's path grown by 8 pixels; turned and mirrored
+    copies too for the turned and mirrored modes. Read = the read text (letters and digits,
+    upper case) holds `READ_MIN` consecutive characters of the planted string. A string no
+    reader reads is not a leak: ``readable recall`` counts the others. Cached (~30 CPU min)."""
+    import json
+    import logging
+    import re
+
+    from PIL import Image
+    from rapidocr_onnxruntime import RapidOCR
+
+    path = os.path.join(CACHE, f"readable-{seed}-{len(motion)}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    ocr = RapidOCR(use_cls=True)
+    out = []
+    for p in motion:
+        want = re.sub(r"[^A-Z0-9]", "", p.text.upper())
+        parts = {want[i:i + READ_MIN] for i in range(max(len(want) - READ_MIN + 1, 1))}
+        ys, xs = np.nonzero(p.glyphs_HW)
+        frames = motion_clips[p.clip]
+        rows = slice(max(ys.min() - 8, 0), ys.max() + 9)
+        cols = slice(max(xs.min() - 8, 0), xs.max() + 9)
+        turned = p.mode in ("rotated", "mirrored")
+        hit = False
+        for t in p.shown:
+            crop = frames[t, rows, cols]
+            big = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+                (crop.shape[1] * 4, crop.shape[0] * 4), Image.Resampling.BICUBIC))
+            for image in (big, big[::-1, ::-1], big[:, ::-1], big[::-1, :]) if turned else (big,):
+                result, _ = ocr(np.repeat(np.ascontiguousarray(image)[..., None], 3, axis=-1))
+                read = re.sub(r"[^A-Z0-9]", "", "".join(str(r[1]) for r in result or []).upper())
+                if any(part in read for part in parts):
+                    hit = True
+                    break
+            if hit:
+                break
+        out.append(hit)
+    os.makedirs(CACHE, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return out
 
 
 def clean_set(clips: list[np.ndarray]) -> list[np.ndarray]:
@@ -392,8 +460,10 @@ def report(rows: list[dict], planted: list[Planted], n_clean: int) -> None:
     print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
 
 
-def report_motion(rows: list[dict], motion: list[Moving]) -> None:
-    """Recall on the text that is not still, by mode x glyph height, then by content and codec."""
+def report_motion(rows: list[dict], motion: list[Moving], legible: list[bool] | None = None) -> None:
+    """Recall on the text that is not still, by mode x glyph height, then by content and codec;
+    with ``legible`` (`readable`), the readable recall beside it: of the strings of 8 px and
+    more that a reader of its own reads in the unprotected clip, the share masked."""
     if not motion:
         return
 
@@ -417,6 +487,25 @@ def report_motion(rows: list[dict], motion: list[Moving]) -> None:
         print(f"{label:<17} {share(rows[0], **where)[1]:>3} "
               + " ".join(f"{share(r, **where)[0]:>5.0%}" for r in rows))
     print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
+    if legible is None:
+        return
+    print("\nraw recall and readable recall, 8 px and more (readable: strings a reader of its own "
+          "reads in the unprotected clip, `readable`):")
+    print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
+        f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
+    for label, where in [(m, dict(mode=m)) for m in MODES] + [("all", {})]:
+        idx = [j for j, p in enumerate(motion) if p.height >= 8
+               and all(getattr(p, k) == v for k, v in where.items())]
+        read = [j for j in idx if legible[j]]
+        cells = []
+        for r in rows:
+            raw = sum(r["moved"][j] for j in idx) / len(idx)
+            ok = sum(r["moved"][j] for j in read) / len(read) if read else float("nan")
+            cells.append(f"{raw:>6.1%} {ok:>6.1%}")
+        print(f"{label:<13} {len(idx):>3} {len(read):>8} " + " ".join(cells))
+    unread = [p for j, p in enumerate(motion) if p.height >= 8 and not legible[j]]
+    for p in unread:
+        print(f"  not read by the reader: clip {p.clip} {p.mode} {p.height} px {p.content} {p.codec}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the setting the others are compared with (default: the first)")
     parser.add_argument("--no-motion", action="store_true",
                         help="leave out the text that is not still (intermittent, scrolling, ...)")
+    parser.add_argument("--no-readable", action="store_true",
+                        help="leave out the readable recall (its reader's pass, cached, ~2 CPU min)")
     parser.add_argument("--no-still", action="store_true",
                         help="leave out the still strings (the clean clips' false boxes stay)")
     args = parser.parse_args(argv)
@@ -455,7 +546,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
     if planted:
         report(rows, planted, len(clean))
-    report_motion(rows, motion)
+    legible = readable(motion_clips, motion) if motion and not args.no_readable else None
+    report_motion(rows, motion, legible)
 
 
 if __name__ == "__main__":

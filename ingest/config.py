@@ -153,9 +153,16 @@ class TextDetectorConfig:
     # (at most `candidate_boxes` such boxes)
     composites: bool = True
     candidate_boxes: int = 4
+    # a box read on the composite is read again along its whole line (its rows, grown by
+    # `track_context`, across the content) in the frame most of its pixels came from
+    line_reads: bool = True
     # dark text over tissue: read the clip's per-pixel temporal maximum too (tissue at its
     # brightest, dark strokes that stay dark in every frame stand out)
     dark_composite: bool = True
+    # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
+    # pattern slides along them are read in the frame that shows them most (then followed,
+    # `track_step`); 0: off
+    motion_bands: int = 2
     candidate_frames: int = 2
     # a box read in a frame is read again `track_step` frames before and after, and on for as
     # long as the text found there reaches beyond the boxes so far (a ticker); 0: off. Each such
@@ -189,7 +196,7 @@ class TextDetectorConfig:
         if self.margin < 0:
             raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
         for name in ("candidate_boxes", "candidate_frames", "track_step", "track_context",
-                     "max_reads", "line_extend"):
+                     "max_reads", "line_extend", "motion_bands"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
         if self.detector_side < 0 or self.detector_side % 32:

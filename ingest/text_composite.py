@@ -25,12 +25,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def transient_composite(frames_THW: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def transient_composite(frames_THW: np.ndarray,
+                        median_HW: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(``uint8[H, W]`` composite, ``int[H, W]`` frame each pixel came from) of ``uint8[T, H, W]``.
 
     Each pixel takes its value from the frame where it is farthest from its temporal median
-    (the earliest such frame on a tie, so a pixel that never changes comes from frame 0)."""
-    median_HW = np.median(frames_THW, axis=0).astype(np.int16)
+    (the earliest such frame on a tie, so a pixel that never changes comes from frame 0);
+    ``median_HW``: that median, when the caller has it already."""
+    median_HW = (np.median(frames_THW, axis=0) if median_HW is None else median_HW).astype(np.int16)
     deviation = np.abs(frames_THW.astype(np.int16) - median_HW)
     source_HW = deviation.argmax(axis=0)
     composite_HW = np.take_along_axis(frames_THW, source_HW[None], axis=0)[0]

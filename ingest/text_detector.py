@@ -10,15 +10,21 @@ kept clip before it is written. What it reads, in order:
 2. (``composites``) one composite of every frame (`ingest.text_composite`): each pixel from the
    frame where it strays farthest from its temporal median, so text shown in a few frames only
    shows there whole; a box the detector finds on it but cannot read is read again in the
-   ``candidate_frames`` frames its pixels came from;
-3. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
+   ``candidate_frames`` frames its pixels came from (along its whole line, ``line_reads``, when
+   it is shaped like one); a box read on it is read again along its whole line in the frame
+   most of its pixels came from (``line_reads``);
+3. (``motion_bands``) the bands of rows whose bright transient pattern slides along them
+   (`ingest.text_motion`: a ticker), each read in the frame that shows it most;
+4. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
    strokes held in every frame (dark text over tissue) stand out where no single frame shows
    them; a box read there counts when it reads as two characters or more (single letters are
-   what bright speckle around a dark pit reads as);
-4. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+   what bright speckle around a dark pit reads as), and is read again along its whole line in
+   the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
+   here where the transient composite took brighter tissue);
+5. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-5. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+6. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -29,9 +35,10 @@ text that does not read as cropped is read turned 180° and mirrored either way 
 each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
 the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-What it does not see (docs/ingest.md, "The text detector"): a ticker that is in none of the
-sampled frames (its composite smears; only step 5 finds it), dim text over moving tissue, text
-shown in one frame only at a place where the tissue deviates more.
+What it does not see (docs/ingest.md, "The text detector"): moving text that is in none of the
+sampled frames and does not slide along rows (vertical motion, or slower than ~1 pixel a frame,
+or dark: only step 6 finds it), dim text over moving tissue, dark text over blood, text shown
+in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
@@ -53,6 +60,7 @@ import numpy as np
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
+from echocmr.ingest.text_motion import moving_bands
 
 
 @dataclass(frozen=True)
@@ -177,28 +185,56 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     reader = _Reader(frames_THW, config)
     sampled = sample_indices(len(frames_THW), config.frames)
     reader.read_sampled(sampled)
+    median_HW = np.median(frames_THW, axis=0) if len(frames_THW) > 1 and (
+        config.composites or config.motion_bands) else None
     if config.composites and len(frames_THW) > 1:
-
-        composite_HW, source_HW = transient_composite(frames_THW)
+        composite_HW, source_HW = transient_composite(frames_THW, median_HW)
         found, unread = reader.read_image(composite_HW, frame=None, box=reader.content_box)
-        # where a box was read on the composite: in the frame most of its pixels came from
+        # where a box was read on the composite: in the frame most of its pixels came from,
+        # along the whole line it lies on (the composite shows a line only where its frames
+        # outshine the tissue of the others: often a part of it), then followed from there
         for points in found:
-            reader.seeds.append((_mode_frame(source_HW, points), points))
+            t = _mode_frame(source_HW, points)
+            reader.seeds.append((t, points))
+            if config.line_reads and t not in reader.read_frames:
+                reader.read_image(frames_THW[t], frame=t,
+                                  box=_line_region(points, config.track_context,
+                                                   reader.content_box))
         # a box the detector saw but could not read (a smear of moving text, a rotated or partly
         # hidden word): read that region again in the frames its pixels came from
         for points in unread[:config.candidate_boxes]:
             for t in _top_frames(source_HW, points, config.candidate_frames):
                 if int(t) in reader.read_frames:
                     continue
+                line = config.line_reads and _line_shaped(points)
                 reader.read_image(frames_THW[t], frame=int(t),
-                                  box=_region(points, config.track_context, frames_THW.shape[1:]))
+                                  box=_line_region(points, config.track_context, reader.content_box)
+                                  if line else
+                                  _region(points, config.track_context, frames_THW.shape[1:]))
+    if config.motion_bands and len(frames_THW) > 1 and reader.content_box is not None:
+        # moving text (a ticker): rows whose bright transient pattern slides along them
+        # (`ingest.text_motion`), read in the frame that shows it most, then followed
+        for band in moving_bands(frames_THW, max_bands=config.motion_bands, median_HW=median_HW):
+            if band.frame not in reader.read_frames:
+                reader.read_image(frames_THW[band.frame], frame=band.frame,
+                                  box=(band.rows, reader.content_box[1]))
     if config.dark_composite and len(frames_THW) > 1:
         # dark strokes held in most frames: each pixel at its brightest over the clip, so the
         # tissue under and around them is as bright as it gets while they stay dark
         # (a box counts when it reads as two characters or more: single letters are what
         # bright speckle around a dark pit reads as)
-        reader.read_image(frames_THW.max(axis=0), frame=None, box=reader.content_box,
-                          min_chars=2)
+        found, _ = reader.read_image(frames_THW.max(axis=0), frame=None,
+                                     box=reader.content_box, min_chars=2)
+        # bright text shown in a few frames shows here too, where the transient composite
+        # took brighter tissue: read its line in the frame most of its pixels peak in
+        if found and config.line_reads:
+            peak_HW = frames_THW.argmax(axis=0)
+            for points in found:
+                t = _mode_frame(peak_HW, points)
+                if t not in reader.read_frames:
+                    reader.read_image(frames_THW[t], frame=t,
+                                      box=_line_region(points, config.track_context,
+                                                       reader.content_box))
     if config.track_step:
         reader.track()
     if config.verify_every_frame:
@@ -227,6 +263,24 @@ def _region(points: np.ndarray, context: int, hw: tuple[int, int]) -> tuple[slic
     x0, y0 = np.floor(points.min(axis=0)).astype(int) - context
     x1, y1 = np.ceil(points.max(axis=0)).astype(int) + context + 1
     return slice(max(int(y0), 0), min(int(y1), h)), slice(max(int(x0), 0), min(int(x1), w))
+
+
+def _line_region(points: np.ndarray, context: int,
+                 content_box: tuple[slice, slice]) -> tuple[slice, slice]:
+    """The line a box lies on: its rows (a wide box) or columns (a tall one), grown by
+    ``context``, across the whole ``content_box``."""
+    rows, cols = content_box
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - context
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + context + 1
+    if x1 - x0 >= y1 - y0:
+        return slice(max(int(y0), rows.start), min(int(y1), rows.stop)), cols
+    return rows, slice(max(int(x0), cols.start), min(int(x1), cols.stop))
+
+
+def _line_shaped(points: np.ndarray) -> bool:
+    """A box (output pixels) shaped like a line of text, along either axis."""
+    w, h = points.max(axis=0) - points.min(axis=0)
+    return max(w, h) >= 2 * min(w, h) and min(w, h) <= LINE_MAX_HEIGHT
 
 
 def _line_like(crop_HW: np.ndarray, upscale: int) -> bool:

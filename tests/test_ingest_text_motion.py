@@ -1,4 +1,5 @@
-"""The text detector's view of every frame (`ingest.text_composite`, `ingest.text_detector`):
+"""The text detector's view of every frame (`ingest.text_composite`, `ingest.text_motion`,
+`ingest.text_detector`):
 each step tried on output-sized frames with text planted where that step, and only that step,
 can see it; where it can be, the same clip with the step switched off is the control."""
 
@@ -14,8 +15,10 @@ from echocmr.ingest.synth.overlays import screen_font
 from echocmr.ingest.synth.small import small_clip
 from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_detector import find_text, sample_indices
+from echocmr.ingest.text_motion import moving_bands
 
-SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False)
+SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
+                    motion_bands=0, line_reads=False)
 
 
 def _glyphs(text: str, size: int = 16) -> np.ndarray:
@@ -88,17 +91,47 @@ def test_a_ticker_read_in_one_frame_is_followed_along_its_path():
     """Shown in frames 10-21 (the middle frame, 14, among them), moving 2 pixels a frame."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(10, 22), dx=-2)
     # (line_extend 0: grown along the line, frame 15's box alone would reach over the path)
+    # (motion_bands 0 in both: the band of this ticker is read, then followed by the same
+    # tracking, `test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band`)
     untracked = find_text(planted, TextDetectorConfig(composites=False, track_step=0,
-                                                      line_extend=0))
+                                                      line_extend=0, motion_bands=0))
     assert _covered(untracked, where) < 0.9  # control: only frame 15's place
+    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0)), where) >= 0.99
+
+
+def test_rows_with_a_sliding_pattern_are_a_band_read_where_it_shows_most():
+    """A ticker moving 2 pixels a frame to the left in frames 2-11, then the same string moving
+    to the right, 3 pixels a frame: each time one band over its rows, in a frame that shows
+    it. Still text, text that flashes in place and the clip alone give no band."""
+    glyphs = _glyphs("SMITH JOHN")
+    for shown, yx, dx in ((range(2, 12), (60, 40), -2), (range(15, 25), (90, 10), 3)):
+        planted, where = _plant(_clip(), glyphs, yx, shown=shown, dx=dx)
+        bands = moving_bands(planted)
+        rows = np.flatnonzero(where.any(axis=1))
+        assert len(bands) == 1, bands
+        assert bands[0].rows.start <= rows[0] and bands[0].rows.stop > rows[-1]
+        assert bands[0].frame in shown
+    still, _ = _plant(_clip(), glyphs, (60, 40), shown=range(30))
+    flash, _ = _plant(_clip(), glyphs, (60, 40), shown=range(4, 9))
+    for frames in (still, flash, _clip(seed=1), _clip(seed=2), _clip(seed=3)):
+        assert moving_bands(frames) == []
+    assert moving_bands(_clip()[:2]) == []  # too short to hold a pair of frames LAG apart
+
+
+def test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band():
+    """A ticker in frames 2-11 only (none of the sampled frames), whose smear on the composite
+    the detector does not box: found by its band (`motion_bands`); the control is the same
+    clip with the bands off."""
+    planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
+    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0)), where) < 0.9
     assert _covered(find_text(planted), where) >= 0.99
 
 
 def test_the_every_frame_check_finds_what_the_other_steps_miss():
-    """A ticker in frames 2-11 only (none of the sampled frames) smears on the composite; the
+    """A ticker in frames 2-11 only (none of the sampled frames), with the band reads off: the
     second check, reading every frame, finds it wherever it goes."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
-    checked = find_text(planted, TextDetectorConfig(verify_every_frame=True))
+    checked = find_text(planted, TextDetectorConfig(verify_every_frame=True, motion_bands=0))
     assert _covered(checked, where) >= 0.99
 
 
@@ -127,7 +160,7 @@ def test_a_clean_clip_reads_nothing():
 
 
 @pytest.mark.parametrize("field", ["candidate_boxes", "candidate_frames", "track_step",
-                                   "track_context", "max_reads", "line_extend"])
+                                   "track_context", "max_reads", "line_extend", "motion_bands"])
 def test_negative_settings_are_refused(field):
     with pytest.raises(ConfigError, match=field):
         TextDetectorConfig(**{field: -1})
