@@ -73,6 +73,7 @@ from echocmr.shards.manifest import (
     open_manifest,
     patients_in_several_splits,
     read_columns,
+    with_optional_columns,
 )
 from echocmr.shards.reader import read_sample, read_stats
 from echocmr.shards.stats import compute_stats, stats_json_bytes
@@ -130,7 +131,9 @@ class _Input:
 
 def check_compatible(inputs: list[_Input]) -> dict:
     """The common stats header of the inputs; raises `ReshardError` saying how they differ, or
-    if one is of an older format version (its clips need re-encoding, which reshard cannot do)."""
+    if one is of a format version this code does not read (an older one's clips need
+    re-encoding, which reshard cannot do). Readable versions mix: the output is the current
+    version, and a column an input predates is null in its rows."""
     first = inputs[0]
     for inp in inputs:
         try:
@@ -147,8 +150,7 @@ def check_compatible(inputs: list[_Input]) -> dict:
     def describe(getter) -> str:
         return "; ".join(f"{i.directory}: {getter(i)!r}" for i in inputs)
 
-    checks = {
-        "format version": lambda i: i.stats.format_version,
+    checks = {  # format versions may differ: every readable one stores its clips alike
         "label set (tasks)": lambda i: tuple(i.stats.tasks),
         "split key fingerprint": lambda i: i.stats.split_key_fingerprint,
         # what names a patient: (site, ID) or the ID alone; a set without it is per-site
@@ -236,9 +238,7 @@ def _locate_input(inp: _Input) -> pa.Table:
     """One input's manifest (Arrow, repeated strings dictionary-encoded) with where each
     sample's bytes are: ``_tar`` (path), ``_start``/``_length`` (its byte range, headers
     included) and ``_tar_bytes`` (what it adds to a tar), from the ``.idx`` files alone."""
-    rows = read_columns(inp.manifest)
-    if "json_sha256" not in rows.column_names:  # a set written before the column existed
-        rows = rows.append_column("json_sha256", pa.nulls(rows.num_rows, pa.string()))
+    rows = with_optional_columns(read_columns(inp.manifest))  # nulls for a column it predates
     keys, tar_codes, starts, lengths, sizes, tar_paths = [], [], [], [], [], []
     _, shards = codes_of(rows.column("shard"))
     for shard in sorted(str(s) for s in shards if s is not None):

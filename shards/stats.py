@@ -21,10 +21,13 @@ import pyarrow as pa
 from echocmr.shards import storage
 from echocmr.shards.format import (
     FORMAT_VERSION,
+    MANIFEST_COLUMNS_SINCE,
     SPLITS,
     TASKS,
+    VENDOR_VOCABULARY,
     VIEW_VOCABULARY,
     ClipFormat,
+    vendor_class,
     view_class,
 )
 from echocmr.shards.manifest import codes_of, read_columns
@@ -45,7 +48,7 @@ def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tupl
 
 
 _STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
-                  "n_pixels")
+                  "n_pixels", "view", "vendor")
 
 
 def split_summary(rows: pd.DataFrame | pa.Table) -> dict:
@@ -58,7 +61,7 @@ def _as_table(rows: pd.DataFrame | pa.Table) -> pa.Table:
         return rows
     wanted = [c for c in ("split", "site", "patient_hash", "study_hash", "view", "shard",
                           "n_frames", "video_bytes", "pixel_mean", "pixel_std", "n_pixels",
-                          *TASKS) if c in rows.columns]
+                          *TASKS, "vendor") if c in rows.columns]
     return pa.Table.from_pandas(rows[wanted], preserve_index=False)
 
 
@@ -96,10 +99,43 @@ def _split_summary(rows: pa.Table) -> dict:
     }
 
 
+def view_mix_by_vendor(rows: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
+    """Clips per site, vendor and view class (``stats.json`` ``view_mix``): sites sorted,
+    vendors and views in vocabulary order (`shards.format.VENDOR_VOCABULARY`, `view_class`),
+    only counts above zero. A clip without a vendor (a set written before format 3, or by another
+    tool) counts as ``unknown`` (`vendor_class`); so does a set without the column."""
+    site, sites = codes_of(rows.column("site"))
+    view, views = codes_of(rows.column("view"))
+    if "vendor" in rows.column_names:
+        vendor, vendors = codes_of(rows.column("vendor"))
+    else:
+        vendor, vendors = np.full(rows.num_rows, -1, np.int64), []
+    site_names = [str(s) for s in sites] + ["None"]  # code -1 (null) is the last
+    view_names = [view_class(v) for v in views] + [view_class(None)]
+    vendor_names = [vendor_class(v) for v in vendors] + [vendor_class(None)]
+    combined = ((site % len(site_names)) * len(vendor_names) + vendor % len(vendor_names)) \
+        * len(view_names) + view % len(view_names)
+    triples, counts = np.unique(combined, return_counts=True)
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for triple, count in zip(triples.tolist(), counts.tolist(), strict=True):
+        rest, v = divmod(triple, len(view_names))
+        s, m = divmod(rest, len(vendor_names))
+        views_of = found.setdefault(site_names[s], {}).setdefault(vendor_names[m], {})
+        views_of[view_names[v]] = views_of.get(view_names[v], 0) + count
+
+    def vendor_order(name: str) -> tuple[int, str]:
+        return (VENDOR_VOCABULARY.index(name) if name in VENDOR_VOCABULARY
+                else len(VENDOR_VOCABULARY), name)
+
+    return {s: {m: {v: found[s][m][v] for v in VIEW_VOCABULARY if found[s][m].get(v)}
+                for m in sorted(found[s], key=vendor_order)}
+            for s in sorted(found)}
+
+
 def compute_stats(
     manifest: pd.DataFrame | pa.Table, *, clip_format: ClipFormat | dict, split_key_fingerprint: str,
     label_rules: dict[str, str] | None = None, identity_scope: str | None = None,
-    view_models: dict[str, str] | None = None,
+    view_models: dict[str, str] | None = None, format_version: int = FORMAT_VERSION,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, or an Arrow
     table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not).
@@ -109,7 +145,9 @@ def compute_stats(
     written by another tool, or before ingest recorded it). ``identity_scope`` ("site" or
     "shared": what names a patient, `ingest.config.SplitConfig`) likewise. ``view_models``
     (site -> the view classifier, ``models:/NAME/VERSION``, that labelled its clips' views)
-    likewise, left out when no site used one."""
+    likewise, left out when no site used one. ``format_version``: the version whose
+    ``stats.json`` to give (writers give the current one; verify recomputes a set's own): from
+    format 3 on it holds ``view_mix`` (`view_mix_by_vendor`)."""
     table = _as_table(manifest)
     # Only the columns the statistics read: filtering copies every column it is given.
     table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
@@ -122,8 +160,10 @@ def compute_stats(
         extra["identity_scope"] = identity_scope
     if view_models:  # site -> the view classifier (exact version) that labelled its views
         extra["view_models"] = dict(sorted(view_models.items()))
+    if format_version >= MANIFEST_COLUMNS_SINCE["vendor"]:
+        extra["view_mix"] = view_mix_by_vendor(table)
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "tasks": list(TASKS),
         "clip": ClipFormat.from_dict(clip_format).to_dict(),
         "split_key_fingerprint": split_key_fingerprint,
@@ -162,8 +202,8 @@ def describe(directory: str) -> dict:
         "label_rules": stats.label_rules,
         "identity_scope": stats.identity_scope,
         "view_models": stats.view_models,
-        "view_mix": view_mix(read_columns(directory, ("site", "view", "view_confidence"))
-                             .to_pandas()),
+        "view_mix": view_mix(read_columns(directory, ("site", "view", "view_confidence",
+                                                      "vendor"))),
         "pixel_mean": stats.pixel_mean,
         "pixel_std": stats.pixel_std,
         "splits": {},
@@ -222,9 +262,12 @@ def _describe_numbers(values) -> dict | None:
     }
 
 
-def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
+def view_mix(rows: pa.Table | pd.DataFrame) -> dict[str, dict]:
     """Per site: clips per view class (`shards.format.view_class`: a target view, ``other``,
-    ``unknown``), and the median confidence of the view classifier where it labelled them."""
+    ``unknown``), the median confidence of the view classifier where it labelled them, and the
+    clips per view class of each vendor (`view_mix_by_vendor`)."""
+    by_vendor = view_mix_by_vendor(_as_table(rows) if isinstance(rows, pd.DataFrame) else rows)
+    manifest = rows.to_pandas() if isinstance(rows, pa.Table) else rows
     out: dict[str, dict] = {}
     classes = manifest["view"].map(view_class)
     conf = (pd.to_numeric(manifest["view_confidence"], errors="coerce")
@@ -235,7 +278,8 @@ def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
         c = conf[mine].dropna() if conf is not None else pd.Series(dtype=float)
         out[site] = {"views": {str(k): int(counts.get(k, 0)) for k in VIEW_VOCABULARY
                                if counts.get(k, 0)},
-                     "median_confidence": None if c.empty else round(float(c.median()), 4)}
+                     "median_confidence": None if c.empty else round(float(c.median()), 4),
+                     "vendors": by_vendor.get(site, {})}
     return out
 
 
@@ -258,6 +302,7 @@ def format_table(report: dict) -> str:
         lines.append(f"views at {site}: " + ", ".join(
             f"{v} {n} ({100 * n / total:.0f} %)" for v, n in mix["views"].items())
             + ("" if conf is None else f"; view model median confidence {conf:.2f}"))
+        lines += [f"  {line}" for line in vendor_lines(mix.get("vendors") or {})]
     models = report.get("view_models")
     if models:
         lines.append("view models (per site): "
@@ -283,6 +328,17 @@ def format_table(report: dict) -> str:
         for value in values:  # clips/studies/patients of each site and view
             row(f"{title} {value}"[:22], lambda s, v=value, c=column: _counts(s[c].get(v)))
     return "\n".join(lines)
+
+
+def vendor_lines(vendors: dict[str, dict[str, int]]) -> list[str]:
+    """One line per vendor: its clips and their views (``ge: 120 clips: A4C 40 (33 %), ...``);
+    the ingest summary and ``shards stats`` print these."""
+    lines = []
+    for vendor, views in vendors.items():
+        total = sum(views.values()) or 1
+        lines.append(f"{vendor}: {sum(views.values())} clips: " + ", ".join(
+            f"{v} {n} ({100 * n / total:.0f} %)" for v, n in views.items()))
+    return lines
 
 
 def _counts(d: dict | None) -> str:

@@ -65,10 +65,12 @@ from echocmr.shards.format import (
     EXTENSIONS,
     INGEST_REPORT_FILE,
     MANIFEST_FILE,
+    META_TEXT_COLUMNS,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
     TASKS,
+    VENDOR_VOCABULARY,
     ClipFormat,
     FormatVersionError,
     SampleMeta,
@@ -105,10 +107,10 @@ _BOOKKEEPING = (LOCK_FILE, MARKER_FILE)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STRAY = "\0stray"  # placeholder: a sample its shard's rows lack, resolved by the driver
 # The manifest columns a shard's check needs (all but the pixel statistics).
-_ROW_COLUMNS = ("key", "shard", "split", "site", "patient_hash", "study_hash", "view",
-                "n_frames", "fps", *TASKS, "video_bytes", "video_sha256", "json_sha256")
+_ROW_COLUMNS = ("key", "shard", *META_TEXT_COLUMNS, "n_frames", "fps", *TASKS, "video_bytes",
+                "video_sha256", "json_sha256")
 _STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean",
-                  "pixel_std", "n_pixels")
+                  "pixel_std", "n_pixels", "view", "vendor")
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
         version_ok = False
         problems.append(Problem(None, None, str(exc)))
     if version_ok:
-        problems += [Problem(MANIFEST_FILE, None, what) for what in manifest_problems(pf)]
+        problems += [Problem(MANIFEST_FILE, None, what)
+                     for what in manifest_problems(pf, stats.format_version)]
     tars = list_shards(directory)
     unknown = _listing_problems(directory, {storage.basename(t) for t in tars}, problems)
     (report.warnings if allow_extra_files else problems).extend(unknown)
@@ -326,7 +329,8 @@ def _check_stats(manifest: pa.Table, typed: ShardStats, stats_bytes: bytes) -> l
                                  split_key_fingerprint=stats["split_key_fingerprint"],
                                  label_rules=stats.get("label_rules"),
                                  identity_scope=stats.get("identity_scope"),
-                                 view_models=stats.get("view_models"))
+                                 view_models=stats.get("view_models"),
+                                 format_version=stats["format_version"])
     except (KeyError, TypeError, ValueError) as exc:
         return [Problem(None, None, f"stats.json cannot be checked against the manifest: {exc}")]
     wrong = [k for k in sorted(set(expected) | set(stats))
@@ -569,6 +573,9 @@ def compare_with_manifest(
             bad(f"manifest site {row['site']!r} is not the key's site")
     except ValueError:
         pass  # the key itself is reported by _check_sample
+    if row.get("vendor") is not None and row["vendor"] not in VENDOR_VOCABULARY:
+        bad("manifest vendor is not a name of the vendor vocabulary (the value is not shown: "
+            "it may be patient text)")
     if row["split"] not in SPLITS or row["split"] != SHARD_RE.match(shard).group(1):
         bad(f"manifest split {row['split']!r} for a sample of a {shard.split('-')[0]} shard")
     video = members.get("webm")
@@ -593,9 +600,11 @@ def compare_with_manifest(
         if members["json"] != meta.to_json():
             bad(".json is not serialised as the format writes it (key first, the rest sorted, "
                 "compact): extra spacing, a repeated key or another number form")
-        for name in ("split", "site", "patient_hash", "study_hash", "view"):
-            if getattr(meta, name) != row[name]:
-                bad(f".json {name} {getattr(meta, name)!r} but manifest {row[name]!r}")
+        for name in META_TEXT_COLUMNS:  # a column the set's version lacks is None (null)
+            if getattr(meta, name) != row.get(name):
+                shown = row.get(name) if name != "vendor" or row.get(name) in (
+                    None, *VENDOR_VOCABULARY) else "(not a vendor: not shown)"
+                bad(f".json {name} {getattr(meta, name)!r} but manifest {shown!r}")
         if meta.n_frames != row["n_frames"]:
             bad(f".json n_frames {meta.n_frames!r} but manifest {row['n_frames']!r}")
         if row["fps"] is None or float(np.float32(meta.fps)) != row["fps"]:
