@@ -119,8 +119,12 @@ VENDOR_VOCABULARY: tuple[str, ...] = (*VENDORS, VENDOR_OTHER, VENDOR_UNKNOWN)
 
 def vendor_class(vendor: str | None) -> str:
     """A stored vendor as the view mix counts it: ``unknown`` for none (a sample written before
-    format 3, or by a tool that did not record it), else the vendor itself."""
-    return VENDOR_UNKNOWN if vendor is None else vendor
+    format 3, or by a tool that did not record it), the vendor itself when it is in the
+    vocabulary, else ``other`` (a value no writer writes, which `shards verify` reports: counted
+    without its text)."""
+    if vendor is None:
+        return VENDOR_UNKNOWN
+    return vendor if vendor in VENDOR_VOCABULARY else VENDOR_OTHER
 
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -101,7 +101,7 @@ def _split_summary(rows: pa.Table) -> dict:
 
 def view_mix_by_vendor(rows: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
     """Clips per site, vendor and view class (``stats.json`` ``view_mix``): sites sorted,
-    vendors and views in vocabulary order (`shards.format.VENDOR_VOCABULARY`, `view_class`),
+    vendors and views in vocabulary order (`shards.format.vendor_class`, `view_class`),
     only counts above zero. A clip without a vendor (a set written before format 3, or by another
     tool) counts as ``unknown`` (`vendor_class`); so does a set without the column."""
     site, sites = codes_of(rows.column("site"))
@@ -122,13 +122,8 @@ def view_mix_by_vendor(rows: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
         s, m = divmod(rest, len(vendor_names))
         views_of = found.setdefault(site_names[s], {}).setdefault(vendor_names[m], {})
         views_of[view_names[v]] = views_of.get(view_names[v], 0) + count
-
-    def vendor_order(name: str) -> tuple[int, str]:
-        return (VENDOR_VOCABULARY.index(name) if name in VENDOR_VOCABULARY
-                else len(VENDOR_VOCABULARY), name)
-
     return {s: {m: {v: found[s][m][v] for v in VIEW_VOCABULARY if found[s][m].get(v)}
-                for m in sorted(found[s], key=vendor_order)}
+                for m in VENDOR_VOCABULARY if m in found[s]}
             for s in sorted(found)}
 
 
