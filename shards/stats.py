@@ -142,7 +142,8 @@ def compute_stats(
     (site -> the view classifier, ``models:/NAME/VERSION``, that labelled its clips' views)
     likewise, left out when no site used one. ``format_version``: the version whose
     ``stats.json`` to give (writers give the current one; verify recomputes a set's own): from
-    format 3 on it holds ``view_mix`` (`view_mix_by_vendor`)."""
+    format 3 on it holds ``view_mix`` (`view_mix_by_vendor`), given rows with a ``view`` column
+    (a caller after counts and pixel statistics alone may pass fewer columns)."""
     table = _as_table(manifest)
     # Only the columns the statistics read: filtering copies every column it is given.
     table = table.select([c for c in _STATS_COLUMNS if c in table.column_names])
@@ -155,8 +156,8 @@ def compute_stats(
         extra["identity_scope"] = identity_scope
     if view_models:  # site -> the view classifier (exact version) that labelled its views
         extra["view_models"] = dict(sorted(view_models.items()))
-    if format_version >= MANIFEST_COLUMNS_SINCE["vendor"]:
-        extra["view_mix"] = view_mix_by_vendor(table)
+    if format_version >= MANIFEST_COLUMNS_SINCE["vendor"] and "view" in table.column_names:
+        extra["view_mix"] = view_mix_by_vendor(table)  # rows without views: counts only
     return {
         "format_version": format_version,
         "tasks": list(TASKS),
