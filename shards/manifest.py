@@ -212,7 +212,9 @@ def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
 
 def manifest_table(table: pa.Table) -> pa.Table:
     """An Arrow table of manifest columns (strings may be dictionary-encoded, extra columns are
-    dropped) cast to exactly `MANIFEST_SCHEMA`."""
+    dropped; an optional column it lacks is null, `with_optional_columns`) cast to exactly
+    `MANIFEST_SCHEMA`."""
+    table = with_optional_columns(table)
     arrays = []
     for column_field in MANIFEST_SCHEMA:
         column = table.column(column_field.name)
