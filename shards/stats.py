@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -99,32 +100,50 @@ def _split_summary(rows: pa.Table) -> dict:
     }
 
 
+class VendorViewCounts:
+    """Clips per site, vendor class and view class (``stats.json`` ``view_mix``), counted a table
+    or record batch at a time (`add`): a few counters per site, whatever the set's size, so a
+    streaming reader of the manifest feeds it batch by batch. A clip without a vendor (a set
+    written before format 3, or by another tool) counts as ``unknown``, and so does every clip of
+    a batch without the column (`shards.format.vendor_class`); views count by `view_class`."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, rows: pa.Table | pa.RecordBatch) -> None:
+        site, sites = codes_of(rows.column("site"))
+        view, views = codes_of(rows.column("view"))
+        if "vendor" in rows.schema.names:
+            vendor, vendors = codes_of(rows.column("vendor"))
+        else:
+            vendor, vendors = np.full(rows.num_rows, -1, np.int64), []
+        site_names = [str(s) for s in sites] + ["None"]  # code -1 (null) is the last
+        view_names = [view_class(v) for v in views] + [view_class(None)]
+        vendor_names = [vendor_class(v) for v in vendors] + [vendor_class(None)]
+        combined = ((site % len(site_names)) * len(vendor_names) + vendor % len(vendor_names)) \
+            * len(view_names) + view % len(view_names)
+        triples, counts = np.unique(combined, return_counts=True)
+        for triple, count in zip(triples.tolist(), counts.tolist(), strict=True):
+            rest, v = divmod(triple, len(view_names))
+            s, m = divmod(rest, len(vendor_names))
+            self.counts[(site_names[s], vendor_names[m], view_names[v])] += count
+
+    def result(self) -> dict[str, dict[str, dict[str, int]]]:
+        """site -> vendor -> view class -> clips: sites sorted, vendors and views in vocabulary
+        order, only counts above zero."""
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for (site, vendor, view), count in self.counts.items():
+            found.setdefault(site, {}).setdefault(vendor, {})[view] = count
+        return {s: {m: {v: found[s][m][v] for v in VIEW_VOCABULARY if found[s][m].get(v)}
+                    for m in VENDOR_VOCABULARY if m in found[s]}
+                for s in sorted(found)}
+
+
 def view_mix_by_vendor(rows: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
-    """Clips per site, vendor and view class (``stats.json`` ``view_mix``): sites sorted,
-    vendors and views in vocabulary order (`shards.format.vendor_class`, `view_class`),
-    only counts above zero. A clip without a vendor (a set written before format 3, or by another
-    tool) counts as ``unknown`` (`vendor_class`); so does a set without the column."""
-    site, sites = codes_of(rows.column("site"))
-    view, views = codes_of(rows.column("view"))
-    if "vendor" in rows.column_names:
-        vendor, vendors = codes_of(rows.column("vendor"))
-    else:
-        vendor, vendors = np.full(rows.num_rows, -1, np.int64), []
-    site_names = [str(s) for s in sites] + ["None"]  # code -1 (null) is the last
-    view_names = [view_class(v) for v in views] + [view_class(None)]
-    vendor_names = [vendor_class(v) for v in vendors] + [vendor_class(None)]
-    combined = ((site % len(site_names)) * len(vendor_names) + vendor % len(vendor_names)) \
-        * len(view_names) + view % len(view_names)
-    triples, counts = np.unique(combined, return_counts=True)
-    found: dict[str, dict[str, dict[str, int]]] = {}
-    for triple, count in zip(triples.tolist(), counts.tolist(), strict=True):
-        rest, v = divmod(triple, len(view_names))
-        s, m = divmod(rest, len(vendor_names))
-        views_of = found.setdefault(site_names[s], {}).setdefault(vendor_names[m], {})
-        views_of[view_names[v]] = views_of.get(view_names[v], 0) + count
-    return {s: {m: {v: found[s][m][v] for v in VIEW_VOCABULARY if found[s][m].get(v)}
-                for m in VENDOR_VOCABULARY if m in found[s]}
-            for s in sorted(found)}
+    """`VendorViewCounts` of one table of manifest rows (``site``, ``view``, ``vendor``)."""
+    counts = VendorViewCounts()
+    counts.add(rows)
+    return counts.result()
 
 
 def compute_stats(

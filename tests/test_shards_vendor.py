@@ -318,3 +318,21 @@ def test_a_format_2_set_and_a_format_3_site_merge(vendor_set, tmp_path):
     run = echocmr("shards", "stats", out)
     assert "views at old_site" in run.stdout and "  elara: 4 clips" in run.stdout
     assert echocmr("shards", "verify", out).returncode == 0
+
+
+def test_the_view_mix_counted_batch_by_batch_is_the_whole_tables(vendor_set):
+    """What a streaming reader of the manifest gets (`VendorViewCounts.add` per record batch)
+    equals the mix of the whole table, and a format-2 manifest's clips are all of unknown
+    vendor."""
+    from echocmr.shards.stats import VendorViewCounts, view_mix_by_vendor
+
+    table = _manifest(vendor_set)
+    counts = VendorViewCounts()
+    for batch in table.to_batches(max_chunksize=3):
+        counts.add(batch)
+    assert counts.result() == view_mix_by_vendor(table) == {"site_v": expected_mix()}
+    old = VendorViewCounts()
+    for batch in pq.ParquetFile(os.path.join(FORMAT2, "manifest.parquet")).iter_batches(5):
+        old.add(batch)
+    assert old.result() == {"old_site": {"unknown": {"A4C": 3, "A2C": 3, "PLAX": 2, "other": 2,
+                                                     "unknown": 2}}}
