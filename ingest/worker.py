@@ -9,6 +9,7 @@ only reject itself, never stop the job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -28,6 +29,7 @@ from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput
 from echocmr.ingest.splits import KeyedHasher
 from echocmr.ingest.text_detector import find_text
+from echocmr.ingest.vendor_table import VendorConfig, VendorTable
 from echocmr.ingest.views import VIEW_DISAGREEMENT, disagrees, label_view
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards import storage
@@ -173,7 +175,13 @@ def _vendor(ds, config: IngestConfig) -> str:
         maker, model = ds.get("Manufacturer"), ds.get("ManufacturerModelName")
     except Exception:  # a damaged element: pydicom parses values lazily, here
         return VENDOR_UNKNOWN
-    return config.vendors.table().vendor_of(maker, model)
+    return _vendor_table(tuple(config.vendors.aliases.items())).vendor_of(maker, model)
+
+
+@functools.cache
+def _vendor_table(aliases: tuple[tuple[str, str], ...]) -> VendorTable:
+    """The alias table, built once per worker process and set of aliases."""
+    return VendorConfig(aliases=dict(aliases)).table()
 
 
 def _input(dicom_dir: str, source: str):
