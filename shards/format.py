@@ -89,6 +89,7 @@ def view_class(view: str | None) -> str:
         return VIEW_UNKNOWN
     return VIEW_OTHER
 
+
 # The vendor vocabulary (KEY.json's ``vendor``, the manifest, stats.json's ``view_mix``): who
 # made the machine that recorded a clip, never the Manufacturer tag's text (free text, which can
 # hold anything). Ingest maps the tag to a name here through an alias table
@@ -96,14 +97,14 @@ def view_class(view: str | None) -> str:
 # cohort's machines (`echocmr synth`) have names of their own so that its mix reads per vendor.
 VENDORS: dict[str, str] = {
     "ge": "GE HealthCare (GE Vingmed, GE Medical Systems; Vivid, Logiq)",
-    "philips": "Philips (ATL; EPIQ, Affiniti, iE33, CX50)",
+    "philips": "Philips (ATL, Agilent/HP; EPIQ, Affiniti, iE33, CX50)",
     "siemens": "Siemens Healthineers (Acuson)",
-    "canon": "Canon Medical Systems (Toshiba; Aplio, Artida)",
+    "canon": "Canon Medical Systems (Toshiba; Aplio, Artida, Xario)",
     "samsung": "Samsung Medison",
     "mindray": "Mindray (Zonare)",
-    "esaote": "Esaote",
+    "esaote": "Esaote (MyLab)",
     "hitachi": "Hitachi, Aloka, Hitachi Aloka (ProSound, Arietta)",
-    "fujifilm": "Fujifilm, Fujifilm Sonosite",
+    "fujifilm": "Fujifilm, Fujifilm Sonosite, Fujifilm Healthcare",
     "sonoscape": "SonoScape",
     "butterfly": "Butterfly Network",
     "aurelia": "synthetic cohort: Aurelia Medical",
