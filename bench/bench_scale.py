@@ -191,6 +191,7 @@ def manifest_only(n_clips: int, distinct: int) -> str:
         "pixel_std": [clip[k]["pixel_stats"][1] for k in which[order]],
         "n_pixels": [clip[k]["pixel_stats"][2] for k in which[order]],
         "view_confidence": [None] * n_clips,  # views from a table (no classifier)
+        "vendor": [clip[k]["meta"].vendor for k in which[order]],  # as the clip's KEY.json
     }
     table = pa.table({c: columns[c] for c in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
     with open(os.path.join(root, "manifest.parquet"), "wb") as f:

@@ -31,12 +31,13 @@ from echocmr import config as loader
 from echocmr.config import ConfigError, check_choices, to_dict
 from echocmr.ingest.cutoffs import check_rules
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.ingest.vendor_table import VendorConfig
 from echocmr.ingest.view_table import ViewConfig
 from echocmr.shards.format import DEFAULT_CLIP_SIZE, SPLITS, TASKS, validate_site
 
 __all__ = ["CutoffRule", "IngestConfig", "LabelConfig", "PairingConfig", "PreprocessConfig",
            "RayConfig", "ReadConfig", "SectorConfig", "ShardConfig", "SplitConfig",
-           "TextDetectorConfig",
+           "TextDetectorConfig", "VendorConfig",
            "load_config", "to_dict"]
 
 
@@ -415,6 +416,8 @@ class IngestConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
+    # How the DICOM Manufacturer becomes each clip's vendor (`ingest.vendor_table`).
+    vendors: VendorConfig = field(default_factory=VendorConfig)
     # The view classifier that labels clips (`echocmr ingest --view-model`): an MLflow model URI
     # (models:/NAME@ALIAS is pinned to the version it points at when the run starts) or a view
     # model directory; None = views from --views only, else "unknown" (docs/views.md).

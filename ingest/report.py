@@ -14,7 +14,7 @@ from echocmr.ingest.workcache import FileResult
 REPORT_SCHEMA = pa.schema([("source", pa.string()), ("status", pa.string()),
                            ("reason", pa.string()), ("key", pa.string()), ("detail", pa.string()),
                            ("view", pa.string()), ("view_source", pa.string()),
-                           ("view_confidence", pa.float32())])
+                           ("view_confidence", pa.float32()), ("vendor", pa.string())])
 
 
 def printable(text: str | None) -> str | None:
@@ -53,6 +53,7 @@ def report_bytes(results: list[FileResult]) -> bytes:
         "detail": [printable(r.detail) for r in results],
         **{c: [_meta_of(r).get(c) for r in results]
            for c in ("view", "view_source", "view_confidence")},
+        "vendor": [r.vendor for r in results],
     }, schema=REPORT_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")

@@ -109,6 +109,7 @@ class ResultColumns:
         self.view_confidence = np.full(n, np.nan, dtype=np.float32)
         self.reason, self.detail = _Texts(n), _Texts(n)
         self.view, self.view_source = _Texts(n), _Texts(n)
+        self.vendor = _Texts(n)  # a vocabulary name (`ingest.vendor_table`), for every row
         self.kept: dict[int, Kept] = {}
         self.unpaired_studies: set[str] = set()
         for r in skipped:
@@ -135,12 +136,15 @@ class ResultColumns:
         self.detail.set(i, result.detail)
         self.paired[i] = result.paired
         self.text_boxes[i] = result.text_boxes
+        self.vendor.set(i, result.vendor)
         if result.reason == "no_cmr_within_window" and result.study_hash is not None:
             self.unpaired_studies.add(result.study_hash)
         if result.status == "kept" and result.meta is not None:
             meta = result.meta
             self.view.set(i, meta.view)
             self.view_source.set(i, meta.view_source)
+            if getattr(meta, "vendor", None) is not None:  # what KEY.json says
+                self.vendor.set(i, meta.vendor)
             if meta.view_confidence is not None:
                 self.view_confidence[i] = meta.view_confidence
             self.kept[i] = Kept(entry=self.entries[i].decode(), key=result.key,
@@ -199,7 +203,8 @@ class ResultColumns:
             confidence = self.view_confidence[i]
             detail = self.detail.get(i)
             mix.add({"view": self.view.get(i), "view_source": self.view_source.get(i),
-                     "view_confidence": None if np.isnan(confidence) else float(confidence)},
+                     "view_confidence": None if np.isnan(confidence) else float(confidence),
+                     "vendor": self.vendor.get(i)},
                     disagreement=bool(detail and detail.startswith(VIEW_DISAGREEMENT)))
         return mix
 
@@ -210,6 +215,7 @@ class ResultColumns:
         the whole report as Arrow columns, nor a reader's decode buffers)."""
         texts = {"reason": self.reason.dictionary(), "view": self.view.dictionary(),
                  "view_source": self.view_source.dictionary(),
+                 "vendor": self.vendor.dictionary(),
                  "detail": self.detail.dictionary(printable_texts=True)}
         kept_rows = np.array(sorted(self.kept), dtype=np.int64)
         buf = io.BytesIO()
@@ -238,4 +244,5 @@ class ResultColumns:
             "view": self.view.arrow(rows, texts["view"]),
             "view_source": self.view_source.arrow(rows, texts["view_source"]),
             "view_confidence": pa.array(confidence, mask=np.isnan(confidence)),
+            "vendor": self.vendor.arrow(rows, texts["vendor"]),
         }, schema=REPORT_SCHEMA)

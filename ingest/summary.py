@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from echocmr.ingest.views import ViewMix
 from echocmr.shards.format import INGEST_REPORT_FILE, SPLITS
+from echocmr.shards.stats import vendor_lines
 
 
 @dataclass
@@ -42,6 +43,10 @@ class IngestSummary:
             f"{s} {self.clips_per_split.get(s, 0)}" for s in SPLITS))
         lines.append(f"  echo studies without a CMR within the window: {self.unpaired_studies}")
         lines.append(f"  {self.views.describe()}")
+        vendors = self.views.vendor_mix()
+        if vendors:
+            lines.append(f"  views per vendor ({len(vendors)} vendor(s); stats.json view_mix):")
+            lines += [f"    {line}" for line in vendor_lines(vendors)]
         if self.text_detector == "off":
             lines.append("  text detector: off")
         else:

@@ -12,8 +12,9 @@ ingest's library code never imports the model package. `label_view` decides one 
   when its calibrated confidence is below its threshold;
 - else ``unknown`` (no source).
 
-`ViewMix` counts the views of the kept clips (per site; the ingest summary prints it, and
-``shards stats`` prints the same from a manifest).
+`ViewMix` counts the views of the kept clips, in all and per vendor (ingest runs one site; the
+ingest summary prints it, and ``shards stats`` prints the same from a manifest, per site and
+vendor).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from echocmr.shards.format import VIEW_UNKNOWN, view_class
+from echocmr.shards.format import (
+    VENDOR_VOCABULARY,
+    VIEW_UNKNOWN,
+    VIEW_VOCABULARY,
+    vendor_class,
+    view_class,
+)
 
 ViewClassifierFn = Callable[[np.ndarray], Any]
 # A kept clip's report ``detail`` when its views-table view and the view model disagree.
@@ -69,10 +76,13 @@ class ViewMix:
     sources: Counter = field(default_factory=Counter)
     disagreements: int = 0
     checked: int = 0  # table views the classifier also saw
+    by_vendor: dict[str, Counter] = field(default_factory=dict)  # vendor -> view class -> clips
 
     def add(self, meta: dict, *, disagreement: bool = False) -> None:
         """Count one kept clip (its ``KEY.json`` dict); ``disagreement``: `disagrees` held."""
         self.views[view_class(meta.get("view"))] += 1
+        self.by_vendor.setdefault(vendor_class(meta.get("vendor")), Counter())[
+            view_class(meta.get("view"))] += 1
         self.sources[meta.get("view_source") or "none"] += 1
         if meta.get("view_source") == "table" and meta.get("view_confidence") is not None:
             self.checked += 1
@@ -88,6 +98,13 @@ class ViewMix:
                 mix.add(meta, disagreement=bool(r.detail
                                                 and r.detail.startswith(VIEW_DISAGREEMENT)))
         return mix
+
+    def vendor_mix(self) -> dict[str, dict[str, int]]:
+        """Vendor -> view class -> clips, in vocabulary order (stats.json's ``view_mix`` of the
+        site, `shards.stats.view_mix_by_vendor`)."""
+        return {vendor: {v: self.by_vendor[vendor][v] for v in VIEW_VOCABULARY
+                         if self.by_vendor[vendor][v]}
+                for vendor in VENDOR_VOCABULARY if vendor in self.by_vendor}
 
     def describe(self) -> str:
         total = sum(self.views.values())

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 WORK_DIR = ".work"
 # Bump when the cached result format or processing changes. The shard format version is part of
 # the cache fingerprint as well: a re-run after a format change never reuses older clips.
-CACHE_VERSION = "7"  # 6: a result's metadata is its KEY.json bytes (`FileResult.to_json`); 7: the
-# text detector reads a composite of every frame and follows boxes
+CACHE_VERSION = "8"  # 6: a result's metadata is its KEY.json bytes (`FileResult.to_json`); 7: the
+# text detector reads a composite of every frame and follows boxes; 8: a result has its vendor
 
 
 @dataclass
@@ -51,6 +51,8 @@ class FileResult:
     study_hash: str | None = None  # also for unpaired studies, to count them
     text_boxes: int = 0  # text boxes the text detector found (and masked) in the kept clip
     paired: bool = False  # the file's study paired with a CMR (kept or rejected afterwards)
+    # the file's vendor (`ingest.vendor_table`), when its header was read; None before that
+    vendor: str | None = None
 
     def label_array(self) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in self.labels or []], dtype=np.float32)

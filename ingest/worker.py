@@ -9,6 +9,7 @@ only reject itself, never stop the job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -29,10 +30,11 @@ from echocmr.ingest.preprocess import preprocess_clip
 from echocmr.ingest.reasons import RejectedInput, exception_detail
 from echocmr.ingest.splits import KeyedHasher
 from echocmr.ingest.text_detector import find_text
+from echocmr.ingest.vendor_table import VendorConfig, VendorTable
 from echocmr.ingest.views import VIEW_DISAGREEMENT, disagrees, label_view
 from echocmr.ingest.workcache import FileResult, WorkCache
 from echocmr.shards import storage
-from echocmr.shards.format import IngestFacts, SampleMeta
+from echocmr.shards.format import VENDOR_UNKNOWN, IngestFacts, SampleMeta
 
 
 @dataclass
@@ -78,7 +80,8 @@ def process_file(task: tuple[str, str]) -> FileResult:
         result, video = _process(ctx, source)
     except RejectedInput as exc:
         result, video = FileResult(source=source, status="rejected", reason=exc.reason,
-                                   detail=exc.detail, paired=getattr(exc, "paired", False)), None
+                                   detail=exc.detail, paired=getattr(exc, "paired", False),
+                                   vendor=getattr(exc, "vendor", None)), None
     except Exception as exc:  # a bug must not stop the job; the report says what happened
         result, video = FileResult(source=source, status="rejected", reason="error",
                                    detail=exception_detail(exc)), None
@@ -94,6 +97,19 @@ def process_files(tasks: list[tuple[str, str]]) -> list[FileResult]:
 def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]:
     config = ctx.config
     ds = load_dataset(_input(ctx.dicom_dir, source), config.preprocess.read)
+    # The vendor, from the Manufacturer (free text that never leaves this function) through the
+    # alias table: a name of the vocabulary, `other` or `unknown` (`ingest.vendor_table`).
+    vendor = _vendor(ds, config)
+    try:
+        return _process_clip(ctx, source, ds, vendor)
+    except RejectedInput as exc:
+        exc.vendor = vendor  # the report says whose machine wrote a rejected file, too
+        raise
+
+
+def _process_clip(ctx: WorkerContext, source: str, ds, vendor: str
+                  ) -> tuple[FileResult, bytes | None]:
+    config = ctx.config
     check_cine(ds, config.preprocess.read)
     ident = identity(ds)
     hasher = KeyedHasher(ctx.split_key, site=config.site, config=config.splits)
@@ -104,7 +120,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     if pairing is None:
         detail = f"no CMR of this patient within +-{ctx.cmr.window_days} days"
         return FileResult(source=source, status="rejected", reason="no_cmr_within_window",
-                          detail=detail, study_hash=study_hash), None
+                          detail=detail, study_hash=study_hash, vendor=vendor), None
     try:
         clip = clip_from_dataset(ds, config.preprocess.read)
         del ds
@@ -129,6 +145,7 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
         view=view.view,
         view_source=view.source,
         view_confidence=view.confidence,
+        vendor=vendor,
         fps=prepared.fps,
         n_frames=prepared.n_frames,
         ingest=IngestFacts(
@@ -150,12 +167,27 @@ def _process(ctx: WorkerContext, source: str) -> tuple[FileResult, bytes | None]
     result = FileResult(
         source=source, status="kept", key=key, meta=meta, labels=labels,
         pixel_stats=list(prepared.pixel_stats()), video_sha256=hashlib.sha256(video).hexdigest(),
-        video_bytes=len(video),
+        video_bytes=len(video), vendor=vendor,
         study_hash=study_hash, text_boxes=text_boxes, paired=True,
         detail=(f"{VIEW_DISAGREEMENT}: table {view.view}, model {view.model_view} "
                 f"({view.confidence:.2f})" if disagrees(view) else None),
     )
     return result, video
+
+
+def _vendor(ds, config: IngestConfig) -> str:
+    """The file's vendor (`ingest.vendor_table`); ``unknown`` when the tags cannot be read."""
+    try:
+        maker, model = ds.get("Manufacturer"), ds.get("ManufacturerModelName")
+    except Exception:  # a damaged element: pydicom parses values lazily, here
+        return VENDOR_UNKNOWN
+    return _vendor_table(tuple(config.vendors.aliases.items())).vendor_of(maker, model)
+
+
+@functools.cache
+def _vendor_table(aliases: tuple[tuple[str, str], ...]) -> VendorTable:
+    """The alias table, built once per worker process and set of aliases."""
+    return VendorConfig(aliases=dict(aliases)).table()
 
 
 def _input(dicom_dir: str, source: str):

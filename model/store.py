@@ -25,7 +25,7 @@ from echocmr.model.checkpoint import model_from_state, read_checkpoint
 from echocmr.model.contract import InputSpec
 from echocmr.model.legacy import load_pickled
 from echocmr.model.tracking import resolve_tracking_uri
-from echocmr.shards.format import FORMAT_VERSION
+from echocmr.shards.format import FORMAT_VERSION, clip_encoding
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,10 @@ def load_local(local: str, uri: str) -> tuple[torch.nn.Module, InputSpec]:
 
 
 def _check_shard_format(spec: InputSpec, uri: str) -> None:
-    """Warn when the model was trained on shards of another format: its inputs then differ."""
-    if spec.shard_format is not None and spec.shard_format != FORMAT_VERSION:
+    """Warn when the model was trained on shards whose clips were encoded otherwise (another
+    clip encoding, `shards.format.clip_encoding`): its inputs then differ."""
+    if (spec.shard_format is not None
+            and clip_encoding(spec.shard_format) != clip_encoding(FORMAT_VERSION)):
         log.warning("%s was trained on shard format %d; this echocmr feeds format %d inputs "
                     "(docs/formats.md says what changed): retrain it on re-ingested shards",
                     uri, spec.shard_format, FORMAT_VERSION)

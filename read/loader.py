@@ -245,8 +245,11 @@ def site_selection(shards: str, stats: ShardStats, exclude_sites: Sequence[str]
     recomputed = ShardStats.from_dict(compute_stats(
         manifest.filter(pa.array(keep)), clip_format=stats.clip_format(),
         split_key_fingerprint=stats.split_key_fingerprint or ""))
+    view_mix = None if stats.view_mix is None else {
+        site: mix for site, mix in stats.view_mix.items() if site not in exclude_sites}
     return replace(stats, pixel_mean=recomputed.pixel_mean, pixel_std=recomputed.pixel_std,
-                   splits=recomputed.splits, excluded_sites=tuple(exclude_sites)), sites
+                   splits=recomputed.splits, view_mix=view_mix,
+                   excluded_sites=tuple(exclude_sites)), sites
 
 
 def select_sites(shards: str, split: str, tars: list[str], indexes: list[str], *,

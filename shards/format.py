@@ -10,8 +10,10 @@ A sample is three tar members sharing one key: ``KEY.webm`` (VP9), ``KEY.labels`
 Grey levels 0..255 are stored in the video as limited-range luma 16..235 (`GREY_TO_LUMA`) because
 DALI's decoder reads luma as limited range and expands it (`LUMA_TO_GREY`); the writer (ingest)
 and the readers (train's pipeline, raw-frame predict) share these tables so they agree to the bit.
-`FORMAT_VERSION` names the format; readers refuse a set of another version
-(`check_format_version`), since its pixels would decode differently.
+`FORMAT_VERSION` names the format; readers refuse a set of a version they cannot read
+(`check_format_version`): one whose pixels would decode differently (before
+`OLDEST_READABLE_VERSION`), or a newer one. Version 3 added the vendor (`VENDOR_VOCABULARY`) and
+changed no clip, so version-2 sets still read, verify and reshard as they are.
 """
 
 from __future__ import annotations
@@ -25,12 +27,27 @@ import pyarrow as pa
 
 from echocmr.errors import EchocmrError
 
-# 1: grey stored in Y as is (the decoder clipped it to 16..235); 2: grey stored as limited range.
-FORMAT_VERSION = 2
+# 1: grey stored in Y as is (the decoder clipped it to 16..235); 2: grey stored as limited range;
+# 3: each clip's vendor (KEY.json ``vendor``, the manifest's ``vendor`` column, stats.json
+# ``view_mix``), clips encoded as in 2.
+FORMAT_VERSION = 3
+# The oldest version this code reads (verify, reshard, train, eval): versions from here on store
+# their clips alike and differ only in metadata, which readers fill in (`MANIFEST_COLUMNS_SINCE`).
+OLDEST_READABLE_VERSION = 2
 _VERSION_CHANGES = {
     2: "version 2 stores grey as limited-range luma, which version 1 did not: DALI decodes "
     "version-1 clips with every level below 16 and above 235 clipped",
+    3: "version 3 records each clip's vendor",
 }
+# The version whose clip encoding each version has: a model trained on one reads the other's
+# pixels the same (`clip_encoding`).
+_CLIP_ENCODING = {1: 1, 2: 2, 3: 2}
+
+
+def clip_encoding(version: int | None) -> int | None:
+    """The clip encoding of a format version (None when unknown): two versions with the same
+    encoding store the same pixels the same way."""
+    return _CLIP_ENCODING.get(version) if isinstance(version, int) else None
 
 # Luma in the VP9 stream (docs/formats.md, "Video"). Exact integer rounding (no ties: 255 and
 # 219 are odd), so encoding is deterministic and readers can emulate the round trip to the bit.
@@ -71,6 +88,46 @@ def view_class(view: str | None) -> str:
     if text.lower() in ("", VIEW_UNKNOWN, "nan", "none"):
         return VIEW_UNKNOWN
     return VIEW_OTHER
+
+
+# The vendor vocabulary (KEY.json's ``vendor``, the manifest, stats.json's ``view_mix``): who
+# made the machine that recorded a clip, never the Manufacturer tag's text (free text, which can
+# hold anything). Ingest maps the tag to a name here through an alias table
+# (`ingest.vendor_table`); a tag it cannot map is ``other``, no tag ``unknown``. The synthetic
+# cohort's machines (`echocmr synth`) have names of their own so that its mix reads per vendor.
+VENDORS: dict[str, str] = {
+    "ge": "GE HealthCare (GE Vingmed, GE Medical Systems; Vivid, Logiq)",
+    "philips": "Philips (ATL, Agilent/HP; EPIQ, Affiniti, iE33, CX50)",
+    "siemens": "Siemens Healthineers (Acuson)",
+    "canon": "Canon Medical Systems (Toshiba; Aplio, Artida, Xario)",
+    "samsung": "Samsung Medison",
+    "mindray": "Mindray (Zonare)",
+    "esaote": "Esaote (MyLab)",
+    "hitachi": "Hitachi, Aloka, Hitachi Aloka (ProSound, Arietta)",
+    "fujifilm": "Fujifilm, Fujifilm Sonosite, Fujifilm Healthcare",
+    "sonoscape": "SonoScape",
+    "butterfly": "Butterfly Network",
+    "aurelia": "synthetic cohort: Aurelia Medical",
+    "borealis": "synthetic cohort: Borealis Imaging",
+    "corvid": "synthetic cohort: Corvid Ultrasound",
+    "delphi": "synthetic cohort: Delphi Echo Systems",
+    "elara": "synthetic cohort: Elara Sonics",
+    "halcyon": "synthetic cohort: Halcyon Diagnostics",
+}
+VENDOR_OTHER, VENDOR_UNKNOWN = "other", "unknown"  # a tag no alias maps; no tag at all
+VENDOR_VOCABULARY: tuple[str, ...] = (*VENDORS, VENDOR_OTHER, VENDOR_UNKNOWN)
+
+
+def vendor_class(vendor: str | None) -> str:
+    """A stored vendor as the view mix counts it: ``unknown`` for none (a sample written before
+    format 3, or by a tool that did not record it), the vendor itself when it is in the
+    vocabulary, else ``other`` (a value no writer writes, which `shards verify` reports: counted
+    without its text)."""
+    if vendor is None:
+        return VENDOR_UNKNOWN
+    return vendor if vendor in VENDOR_VOCABULARY else VENDOR_OTHER
+
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # Tar member extensions of one sample, in the order webdataset's TarWriter writes them (sorted).
 EXTENSIONS: tuple[str, ...] = ("json", "labels", "webm")
@@ -103,10 +160,15 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "n_pixels",
     "json_sha256",
     "view_confidence",
+    "vendor",
 )
-# Columns a set of this format version may lack (written before they were added): readers fill
-# them with nulls, and `shards verify` then skips the check they allow.
-OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256", "view_confidence")
+# Columns a set this code reads may lack (written before they were added): readers fill them with
+# nulls, and `shards verify` then skips the check they allow.
+OPTIONAL_MANIFEST_COLUMNS: tuple[str, ...] = ("json_sha256", "view_confidence", "vendor")
+# Columns a format version added (the oldest readable version has every other column): a set of
+# an older version has none of them, and its manifest is exact without them
+# (`manifest_schema`).
+MANIFEST_COLUMNS_SINCE: dict[str, int] = {"vendor": 3}
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -126,9 +188,21 @@ MANIFEST_SCHEMA = pa.schema(
         ("n_pixels", pa.int64()),
         ("json_sha256", pa.string()),  # SHA-256 of the KEY.json member (tamper evidence)
         ("view_confidence", pa.float32()),  # the view classifier's confidence; null without one
+        ("vendor", pa.string()),  # KEY.json's vendor (`VENDOR_VOCABULARY`); null without one
     ]
 )
 assert tuple(MANIFEST_SCHEMA.names) == MANIFEST_COLUMNS
+
+
+def manifest_schema(version: int = FORMAT_VERSION) -> pa.Schema:
+    """The manifest schema of a format version (`MANIFEST_SCHEMA` less the columns added after
+    it, `MANIFEST_COLUMNS_SINCE`)."""
+    return pa.schema([f for f in MANIFEST_SCHEMA if MANIFEST_COLUMNS_SINCE.get(f.name, 0) <= version])
+
+
+# Manifest columns that KEY.json also carries, as text: equal in both (`shards.verify`).
+META_TEXT_COLUMNS: tuple[str, ...] = ("split", "site", "patient_hash", "study_hash", "view",
+                                      "vendor")
 # The same columns as numpy dtype names ("str" for strings), for code that builds DataFrames.
 MANIFEST_DTYPES: dict[str, str] = {
     name: ("str" if pa.types.is_string(t) else np.dtype(t.to_pandas_dtype()).name)
@@ -141,20 +215,21 @@ class FormatVersionError(EchocmrError, ValueError):
 
 
 def check_format_version(stats: ShardStats, where: str) -> None:
-    """Raise `FormatVersionError` unless ``stats`` (a set's ``stats.json``) is `FORMAT_VERSION`.
+    """Raise `FormatVersionError` unless ``stats`` (a set's ``stats.json``) is a version this code
+    reads, `OLDEST_READABLE_VERSION` to `FORMAT_VERSION`.
 
-    ``where`` names the set in the message. An older set must be re-ingested: its clips are
-    encoded differently, and reshard copies clips as they are, so it cannot convert them.
+    ``where`` names the set in the message. A set older than that must be re-ingested: its clips
+    are encoded differently, and reshard copies clips as they are, so it cannot convert them.
     """
     version = stats.format_version
-    if version == FORMAT_VERSION:
+    if isinstance(version, int) and OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION:
         return
-    if isinstance(version, int) and version < FORMAT_VERSION:
+    if isinstance(version, int) and version < OLDEST_READABLE_VERSION:
         changes = "; ".join(_VERSION_CHANGES[v] for v in range(version + 1, FORMAT_VERSION + 1))
         raise FormatVersionError(
-            f"{where} is shard format version {version}, this code reads version "
-            f"{FORMAT_VERSION} ({changes}). Re-run `echocmr ingest` from the DICOMs into a new "
-            "directory to re-encode the clips; `echocmr shards reshard` cannot fix this, it "
+            f"{where} is shard format version {version}, this code reads versions "
+            f"{OLDEST_READABLE_VERSION} to {FORMAT_VERSION} ({changes}). Re-run `echocmr ingest` "
+            "from the DICOMs into a new directory to re-encode the clips; `echocmr shards reshard` cannot fix this, it "
             "copies the clips as they are"
         )
     if isinstance(version, int):
@@ -296,13 +371,15 @@ class ShardStats:
     label_rules: dict[str, str] | None = None  # site -> cut-offs fingerprint (absent: unknown)
     identity_scope: str | None = None  # "site" or "shared"; absent: "site"
     view_models: dict[str, str] | None = None  # site -> the view classifier that labelled it
+    # site -> vendor -> view class -> clips (format 3 on; `shards.stats.view_mix_by_vendor`)
+    view_mix: dict[str, dict[str, dict[str, int]]] | None = None
     # Only in a training run's copy (`read.loader.site_selection`): the sites left out, whose
     # clips the statistics above no longer count.
     excluded_sites: tuple[str, ...] = ()
 
     _KEYS = ("format_version", "tasks", "clip", "split_key_fingerprint", "pixel_mean",
              "pixel_std", "splits", "label_rules", "identity_scope", "view_models",
-             "excluded_sites")
+             "view_mix", "excluded_sites")
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "stats.json") -> ShardStats:
@@ -326,6 +403,9 @@ class ShardStats:
                          else None),
             identity_scope=data.get("identity_scope"),
             view_models=(dict(data["view_models"]) if data.get("view_models") else None),
+            view_mix=(None if data.get("view_mix") is None
+                      else {site: {vendor: dict(views) for vendor, views in vendors.items()}
+                            for site, vendors in data["view_mix"].items()}),
             excluded_sites=tuple(data.get("excluded_sites") or ()),
         )
 
@@ -342,6 +422,9 @@ class ShardStats:
             out["identity_scope"] = self.identity_scope
         if self.view_models:
             out["view_models"] = dict(self.view_models)
+        if self.view_mix is not None:
+            out["view_mix"] = {site: {vendor: dict(views) for vendor, views in vendors.items()}
+                               for site, vendors in self.view_mix.items()}
         if self.excluded_sites:
             out["excluded_sites"] = list(self.excluded_sites)
         return out
@@ -398,8 +481,10 @@ class IngestFacts:
     field_strength_t: float | None
 
 
-# Optional KEY.json fields about the view (`SampleMeta.view_source`, ``view_confidence``).
+# Optional KEY.json fields about the view (`SampleMeta.view_source`, ``view_confidence``) and
+# the machine (``vendor``, format 3 on).
 VIEW_META: tuple[str, ...] = ("view_source", "view_confidence")
+OPTIONAL_META: tuple[str, ...] = (*VIEW_META, "vendor")
 # The fields every sample has: what the writer needs to build a manifest row (docs/formats.md).
 REQUIRED_META: tuple[str, ...] = (
     "site",
@@ -438,6 +523,17 @@ class SampleMeta:
     # won). Written only when set, so samples without them keep their bytes.
     view_source: str | None = None
     view_confidence: float | None = None
+    # Who made the machine (`VENDOR_VOCABULARY`; ingest writes it from format 3 on, from the
+    # DICOM Manufacturer through its alias table). None: not recorded (an older set, or a tool
+    # other than ingest); written only when set, so such samples keep their bytes.
+    vendor: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.vendor is not None and self.vendor not in VENDOR_VOCABULARY:
+            raise ValueError(
+                f"sample {self.key}: vendor is not a name of the vendor vocabulary (the value is "
+                f"not shown: it may be patient text); use one of {', '.join(VENDOR_VOCABULARY)} "
+                "(docs/formats.md)")
 
     @classmethod
     def from_dict(cls, data: dict, key: str | None = None) -> SampleMeta:
@@ -451,7 +547,7 @@ class SampleMeta:
         if not isinstance(key, str) or not key:
             raise ValueError(f"{where}: KEY.json names no key")
         ingest_fields = [f.name for f in fields(IngestFacts)]
-        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields, *VIEW_META})
+        unknown = sorted(set(data) - {"key", *REQUIRED_META, *ingest_fields, *OPTIONAL_META})
         if unknown:
             raise ValueError(
                 f"{where}: KEY.json has fields this echocmr does not know ({', '.join(unknown)}); "
@@ -483,6 +579,7 @@ class SampleMeta:
             view_source=None if data.get("view_source") is None else str(data["view_source"]),
             view_confidence=(None if data.get("view_confidence") is None
                              else float(data["view_confidence"])),
+            vendor=data.get("vendor"),
         )
 
     @classmethod
@@ -497,7 +594,7 @@ class SampleMeta:
             out.update(asdict(self.ingest))
             if self.ingest.pixel_spacing_mm is not None:
                 out["pixel_spacing_mm"] = list(self.ingest.pixel_spacing_mm)
-        for name in VIEW_META:
+        for name in OPTIONAL_META:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out

@@ -5,7 +5,7 @@ columns: ~2 KB of driver memory per clip). The toolkit's commands (verify, stats
 through here instead, as Arrow columns, a row group at a time, so their memory does not grow with
 the set (`shards.streaming`, `shards.summary` for what they compute across it):
 
-- `read_columns` reads only the columns asked for, strings that repeat (shard, split, site,
+- `read_columns` reads only the columns asked for, strings that repeat (shard, split, site, vendor,
   view, patient and study hashes) dictionary-encoded: a 4-byte code per row plus each distinct
   value once (for callers that want the columns whole: the training driver);
 - `iter_batches` streams columns in record batches of a row group;
@@ -34,15 +34,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from echocmr.shards import storage
-from echocmr.shards.format import MANIFEST_COLUMNS, MANIFEST_FILE, MANIFEST_SCHEMA
+from echocmr.shards.format import (
+    FORMAT_VERSION,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    MANIFEST_SCHEMA,
+    OPTIONAL_MANIFEST_COLUMNS,
+    manifest_schema,
+)
 from echocmr.shards.reader import IncompleteShardSetError
 
 # Columns whose values repeat across rows: read dictionary-encoded (one code per row).
-REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash")
+REPEATED = ("shard", "split", "site", "view", "patient_hash", "study_hash", "vendor")
 # The few-valued ones: what a whole-set stream reads as dictionaries. A reader going through a
 # file's row groups keeps every dictionary value it has seen, so a column with a value per
 # patient (the hashes) would grow with the set; those are read as plain strings per batch.
-FEW_VALUED = ("shard", "split", "site", "view")
+FEW_VALUED = ("shard", "split", "site", "view", "vendor")
 _BATCH_ROWS = 65_536
 # Rows per Parquet row group in the manifests echocmr writes: a reader decodes one row group's
 # column chunk at a time, so this bounds its buffers whatever the set's size.
@@ -72,7 +79,13 @@ def open_manifest(directory: str, *, stream: bool = False) -> pq.ParquetFile:
         )
     source = (storage.local_path(path) if storage.is_local(path)
               else io.BytesIO(storage.read_bytes(path)))
-    return pq.ParquetFile(source, read_dictionary=list(FEW_VALUED if stream else REPEATED),
+    # Dictionaries only for the columns the file has: a set may predate one (format 2: vendor),
+    # and pyarrow raises KeyError for a read_dictionary name that is not in the file.
+    present = set(pq.read_schema(source).names)
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return pq.ParquetFile(source, read_dictionary=[c for c in (FEW_VALUED if stream else REPEATED)
+                                                   if c in present],
                           pre_buffer=not stream)
 
 
@@ -95,6 +108,18 @@ def iter_batches(pf: pq.ParquetFile, columns: Sequence[str]) -> Iterator[pa.Reco
     order: how the toolkit reads a whole set without holding it."""
     yield from pf.iter_batches(batch_size=_BATCH_ROWS, columns=_present(pf, columns),
                                use_threads=False)
+
+
+def with_optional_columns(table: pa.Table) -> pa.Table:
+    """``table`` with every `OPTIONAL_MANIFEST_COLUMNS` column it lacks (a set written before
+    the column existed) appended as nulls of the column's type."""
+    for name in OPTIONAL_MANIFEST_COLUMNS:
+        if name not in table.column_names:
+            nulls = pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(name).type)
+            if name in REPEATED:  # as `open_manifest` reads the column where it exists
+                nulls = nulls.dictionary_encode()
+            table = table.append_column(name, nulls)
+    return table
 
 
 def shard_counts(pf: pq.ParquetFile) -> dict[str, int]:
@@ -178,11 +203,14 @@ def patients_in_several_splits(table: pa.Table) -> list[tuple[str | None, list[s
 
 
 @functools.cache
-def expected_metadata() -> dict[bytes, bytes]:
-    """The parquet key-value metadata `shards.writer.manifest_bytes` writes (the serialised
-    Arrow schema of `MANIFEST_SCHEMA`, nothing else)."""
-    empty = {name: [] for name in MANIFEST_SCHEMA.names}
-    return dict(pq.ParquetFile(io.BytesIO(manifest_bytes(empty))).metadata.metadata or {})
+def expected_metadata(version: int = FORMAT_VERSION) -> dict[bytes, bytes]:
+    """The parquet key-value metadata the writer of format ``version`` writes (the serialised
+    Arrow schema of its `shards.format.manifest_schema`, nothing else)."""
+    schema = manifest_schema(version)
+    empty = pa.table({name: [] for name in schema.names}, schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(empty.replace_schema_metadata(None), buf, compression="zstd")
+    return dict(pq.ParquetFile(io.BytesIO(buf.getvalue())).metadata.metadata or {})
 
 
 def decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -211,7 +239,9 @@ def manifest_bytes(columns: dict[str, list] | pd.DataFrame | pa.Table) -> bytes:
 
 def manifest_table(table: pa.Table) -> pa.Table:
     """An Arrow table of manifest columns (strings may be dictionary-encoded, extra columns are
-    dropped) cast to exactly `MANIFEST_SCHEMA`."""
+    dropped; an optional column it lacks is null, `with_optional_columns`) cast to exactly
+    `MANIFEST_SCHEMA`."""
+    table = with_optional_columns(table)
     arrays = []
     for column_field in MANIFEST_SCHEMA:
         column = table.column(column_field.name)
@@ -221,26 +251,29 @@ def manifest_table(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
 
 
-def manifest_problems(pf: pq.ParquetFile) -> list[str]:
-    """What makes this ``manifest.parquet`` not exactly the format's (empty when it is)."""
+def manifest_problems(pf: pq.ParquetFile, version: int = FORMAT_VERSION) -> list[str]:
+    """What makes this ``manifest.parquet`` not exactly the manifest of format ``version`` (the
+    set's ``stats.json`` says which; empty when it is)."""
     out = []
     schema = pf.schema_arrow
-    names, expected = list(schema.names), list(MANIFEST_SCHEMA.names)
+    format_schema = manifest_schema(version)
+    names, expected = list(schema.names), list(format_schema.names)
     extra = [n for n in names if n not in expected]
     missing = [n for n in expected if n not in names]
     if extra:
         out.append(f"manifest.parquet has column(s) the format does not have: {extra}")
     if missing:
-        out.append(f"manifest.parquet lacks column(s) {missing} (json_sha256 is part of every "
-                   "format-2 set written since 2026-12-01; `echocmr shards reshard --input "
-                   "SET --out NEW` writes a manifest that has it)")
+        hint = (" (json_sha256 is part of every format-2 set written since 2026-12-01; "
+                "`echocmr shards reshard --input SET --out NEW` writes a manifest that has it)"
+                if "json_sha256" in missing else f" (format {version} has them)")
+        out.append(f"manifest.parquet lacks column(s) {missing}{hint}")
     if not extra and not missing and names != expected:
         out.append(f"manifest.parquet columns are in the order {names}, the format's is "
                    f"{expected}")
     for field in schema:
         if field.name not in expected:
             continue
-        want = MANIFEST_SCHEMA.field(field.name)
+        want = format_schema.field(field.name)
         got = field.type
         if pa.types.is_dictionary(got) and field.name in REPEATED:  # how we read it
             got = got.value_type
@@ -251,8 +284,8 @@ def manifest_problems(pf: pq.ParquetFile) -> list[str]:
             out.append(f"manifest.parquet column {field.name} carries metadata "
                        f"({sorted(k.decode(errors='replace') for k in field.metadata)})")
     metadata = dict(pf.metadata.metadata or {})
-    if (metadata != expected_metadata() if not extra and not missing
-            else set(metadata) - set(expected_metadata())):
+    if (metadata != expected_metadata(version) if not extra and not missing
+            else set(metadata) - set(expected_metadata(version))):
         keys = sorted(k.decode(errors="replace") for k in metadata)
         out.append(f"manifest.parquet key-value metadata is not what the format writes (keys "
                    f"{keys}; the format writes only the Arrow schema): text in it could be "

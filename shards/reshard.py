@@ -63,7 +63,6 @@ from echocmr.shards.distributed import map_shards
 from echocmr.shards.format import (
     MANIFEST_FILE,
     MANIFEST_SCHEMA,
-    OPTIONAL_MANIFEST_COLUMNS,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -83,9 +82,10 @@ from echocmr.shards.manifest import (
     iter_by_shard,
     open_manifest,
     patients_in_several_splits,
+    with_optional_columns,
 )
 from echocmr.shards.reader import read_sample, read_stats
-from echocmr.shards.stats import compute_stats, stats_json_bytes
+from echocmr.shards.stats import VendorViewCounts, compute_stats, stats_json_bytes
 from echocmr.shards.streaming import Buckets, Partitions
 from echocmr.shards.summary import ManifestSummary, plain, split_codes
 from echocmr.shards.verify import Problem, compare_with_manifest, verify, verify_set
@@ -142,7 +142,9 @@ class _Input:
 
 def check_compatible(inputs: list[_Input]) -> dict:
     """The common stats header of the inputs; raises `ReshardError` saying how they differ, or
-    if one is of an older format version (its clips need re-encoding, which reshard cannot do)."""
+    if one is of a format version this code does not read (an older one's clips need
+    re-encoding, which reshard cannot do). Readable versions mix: the output is the current
+    version, and a column an input predates is null in its rows."""
     first = inputs[0]
     for inp in inputs:
         try:
@@ -159,8 +161,7 @@ def check_compatible(inputs: list[_Input]) -> dict:
     def describe(getter) -> str:
         return "; ".join(f"{i.directory}: {getter(i)!r}" for i in inputs)
 
-    checks = {
-        "format version": lambda i: i.stats.format_version,
+    checks = {  # format versions may differ: every readable one stores its clips alike
         "label set (tasks)": lambda i: tuple(i.stats.tasks),
         "split key fingerprint": lambda i: i.stats.split_key_fingerprint,
         # what names a patient: (site, ID) or the ID alone; a set without it is per-site
@@ -579,6 +580,7 @@ class _ManifestStream:
 
     def __init__(self, out: str, n_rows: int) -> None:
         self.summary = ManifestSummary(n_rows)
+        self.views = VendorViewCounts()  # stats.json's view_mix, from the same rows
         self._staged = storage.StagedFile(storage.join(out, MANIFEST_FILE))
         self._writer = pq.ParquetWriter(self._staged.file, MANIFEST_SCHEMA, compression="zstd")
         self._pending: list[pa.Table] = []
@@ -595,6 +597,7 @@ class _ManifestStream:
 
     def add(self, table: pa.Table) -> None:
         self.summary.add(table)
+        self.views.add(table)
         self._pending.append(table)
         self._rows += table.num_rows
         if self._rows >= _MANIFEST_ROW_GROUP:
@@ -647,11 +650,8 @@ def _located_shards(inputs: list[_Input], shards: list[tuple[str, np.ndarray]],
                 continue
             if not inside.all():
                 table, where = table.filter(pa.array(inside)), where[inside]
-            for column in OPTIONAL_MANIFEST_COLUMNS:
-                if column not in table.column_names:  # a set written before it existed
-                    table = table.append_column(
-                        column, pa.nulls(table.num_rows, MANIFEST_SCHEMA.field(column).type))
-            located = manifest_table(table)
+            # An optional column the input predates (json_sha256; format 2: vendor) is null.
+            located = manifest_table(with_optional_columns(table))
             tar, start, length, nbytes = _locations(inp, shard, located.column("key")
                                                     .combine_chunks(), [0, None])
             for name, column in (("_tar", pa.array([tar] * located.num_rows, pa.string())),
@@ -743,6 +743,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         label_rules=header["label_rules"],
         identity_scope=header["identity_scope"],
         view_models=header["view_models"],
+        views=manifest.views,
     )
     storage.atomic_write(storage.join(out, STATS_FILE), stats_json_bytes(stats))
     del jobs, results, manifest  # the output's verification reads its own columns

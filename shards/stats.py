@@ -22,10 +22,13 @@ import pyarrow as pa
 from echocmr.shards import storage
 from echocmr.shards.format import (
     FORMAT_VERSION,
+    MANIFEST_COLUMNS_SINCE,
     SPLITS,
     TASKS,
+    VENDOR_VOCABULARY,
     VIEW_VOCABULARY,
     ClipFormat,
+    vendor_class,
     view_class,
 )
 from echocmr.shards.manifest import codes_of, iter_batches, open_manifest
@@ -48,7 +51,7 @@ def pooled_pixel_stats(mean: np.ndarray, std: np.ndarray, n: np.ndarray) -> tupl
 
 
 _STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean", "pixel_std",
-                  "n_pixels")
+                  "n_pixels", "view", "vendor")
 
 
 def split_summary(rows: pd.DataFrame | pa.Table) -> dict:
@@ -61,7 +64,7 @@ def _as_table(rows: pd.DataFrame | pa.Table) -> pa.Table:
         return rows
     wanted = [c for c in ("split", "site", "patient_hash", "study_hash", "view", "shard",
                           "n_frames", "video_bytes", "pixel_mean", "pixel_std", "n_pixels",
-                          *TASKS) if c in rows.columns]
+                          *TASKS, "vendor") if c in rows.columns]
     return pa.Table.from_pandas(rows[wanted], preserve_index=False)
 
 
@@ -99,10 +102,57 @@ def _split_summary(rows: pa.Table) -> dict:
     }
 
 
+class VendorViewCounts:
+    """Clips per site, vendor class and view class (``stats.json`` ``view_mix``), counted a table
+    or record batch at a time (`add`): a few counters per site, whatever the set's size, so a
+    streaming reader of the manifest feeds it batch by batch. A clip without a vendor (a set
+    written before format 3, or by another tool) counts as ``unknown``, and so does every clip of
+    a batch without the column (`shards.format.vendor_class`); views count by `view_class`."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, rows: pa.Table | pa.RecordBatch) -> None:
+        site, sites = codes_of(rows.column("site"))
+        view, views = codes_of(rows.column("view"))
+        if "vendor" in rows.schema.names:
+            vendor, vendors = codes_of(rows.column("vendor"))
+        else:
+            vendor, vendors = np.full(rows.num_rows, -1, np.int64), []
+        site_names = [str(s) for s in sites] + ["None"]  # code -1 (null) is the last
+        view_names = [view_class(v) for v in views] + [view_class(None)]
+        vendor_names = [vendor_class(v) for v in vendors] + [vendor_class(None)]
+        combined = ((site % len(site_names)) * len(vendor_names) + vendor % len(vendor_names)) \
+            * len(view_names) + view % len(view_names)
+        triples, counts = np.unique(combined, return_counts=True)
+        for triple, count in zip(triples.tolist(), counts.tolist(), strict=True):
+            rest, v = divmod(triple, len(view_names))
+            s, m = divmod(rest, len(vendor_names))
+            self.counts[(site_names[s], vendor_names[m], view_names[v])] += count
+
+    def result(self) -> dict[str, dict[str, dict[str, int]]]:
+        """site -> vendor -> view class -> clips: sites sorted, vendors and views in vocabulary
+        order, only counts above zero."""
+        found: dict[str, dict[str, dict[str, int]]] = {}
+        for (site, vendor, view), count in self.counts.items():
+            found.setdefault(site, {}).setdefault(vendor, {})[view] = count
+        return {s: {m: {v: found[s][m][v] for v in VIEW_VOCABULARY if found[s][m].get(v)}
+                    for m in VENDOR_VOCABULARY if m in found[s]}
+                for s in sorted(found)}
+
+
+def view_mix_by_vendor(rows: pa.Table) -> dict[str, dict[str, dict[str, int]]]:
+    """`VendorViewCounts` of one table of manifest rows (``site``, ``view``, ``vendor``)."""
+    counts = VendorViewCounts()
+    counts.add(rows)
+    return counts.result()
+
+
 def compute_stats(
     manifest: pd.DataFrame | pa.Table | ManifestSummary, *, clip_format: ClipFormat | dict,
     split_key_fingerprint: str, label_rules: dict[str, str] | None = None,
     identity_scope: str | None = None, view_models: dict[str, str] | None = None,
+    format_version: int = FORMAT_VERSION, views: VendorViewCounts | None = None,
 ) -> dict:
     """The ``stats.json`` content for a manifest (see docs/formats.md): a DataFrame, an Arrow
     table of its columns (`shards.manifest.read_columns`, strings dictionary-encoded or not), or
@@ -114,7 +164,12 @@ def compute_stats(
     written by another tool, or before ingest recorded it). ``identity_scope`` ("site" or
     "shared": what names a patient, `ingest.config.SplitConfig`) likewise. ``view_models``
     (site -> the view classifier, ``models:/NAME/VERSION``, that labelled its clips' views)
-    likewise, left out when no site used one."""
+    likewise, left out when no site used one. ``format_version``: the version whose
+    ``stats.json`` to give (writers give the current one; verify recomputes a set's own): from
+    format 3 on it holds ``view_mix`` (`VendorViewCounts`), given rows with a ``view`` column (a
+    caller after counts and pixel statistics alone may pass fewer columns). With a
+    `ManifestSummary` the view mix comes from ``views``, a `VendorViewCounts` fed the same rows
+    (none: no ``view_mix``)."""
     if isinstance(manifest, ManifestSummary):
         summary = manifest
     else:
@@ -122,14 +177,19 @@ def compute_stats(
         summary = ManifestSummary(table.num_rows)
         summary.add(table.select([c for c in _STATS_COLUMNS if c in table.column_names]))
         summary.finish()
+        if "view" in table.column_names:  # rows without views: counts only
+            views = VendorViewCounts()
+            views.add(table)
     mean, std = summary.pooled_pixels()
     extra = {} if label_rules is None else {"label_rules": dict(sorted(label_rules.items()))}
     if identity_scope is not None:
         extra["identity_scope"] = identity_scope
     if view_models:  # site -> the view classifier (exact version) that labelled its views
         extra["view_models"] = dict(sorted(view_models.items()))
+    if format_version >= MANIFEST_COLUMNS_SINCE["vendor"] and views is not None:
+        extra["view_mix"] = views.result()
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "tasks": list(TASKS),
         "clip": ClipFormat.from_dict(clip_format).to_dict(),
         "split_key_fingerprint": split_key_fingerprint,
@@ -169,7 +229,7 @@ def describe(directory: str) -> dict:
     summary = ManifestSummary(pf.metadata.num_rows, by=_BY, numbers=tuple(_NUMBERS),
                               shards=True)
     views = _ViewMix()
-    for batch in iter_batches(pf, (*_DESCRIBE_COLUMNS, "view_confidence")):
+    for batch in iter_batches(pf, (*_DESCRIBE_COLUMNS, "view_confidence", "vendor")):
         summary.add(batch.select([c for c in _DESCRIBE_COLUMNS if c in batch.schema.names]))
         views.add(batch)
     summary.finish()
@@ -237,14 +297,19 @@ def _describe_numbers(values) -> dict | None:
 
 
 class _ViewMix:
-    """`view_mix` a batch at a time: clips per site and view class, and (at `finish`, by radix
-    passes) the median view-classifier confidence per site."""
+    """``shards stats``' ``view_mix`` a batch at a time: per site, clips per view class, the
+    clips per view class of each vendor (`VendorViewCounts`) and (at `finish`, by radix passes)
+    the median view-classifier confidence."""
 
     def __init__(self) -> None:
         self.counts: dict[str, Counter] = {}
+        self.vendors = VendorViewCounts()
 
     def add(self, batch: pa.RecordBatch) -> None:
         site = _site_names(batch.column(batch.schema.get_field_index("site")))
+        # Its sites named as the view counts name them (a null site: "nan").
+        self.vendors.add(pa.table({"site": site, **{c: batch.column(c) for c in ("view", "vendor")
+                                                    if c in batch.schema.names}}))
         view = plain(batch.column(batch.schema.get_field_index("view"))).dictionary_encode()
         classes = np.array([view_class(v) for v in view.dictionary.to_pylist()] + [""],
                            dtype=object)
@@ -272,34 +337,19 @@ class _ViewMix:
 
         medians = (exact_medians(batches, len(sites), np.float32) if has_confidence
                    else [None] * len(sites))
+        by_vendor = self.vendors.result()
         out = {}
         for site, median in zip(sites, medians, strict=True):
             counts = self.counts[site]
             out[site] = {"views": {k: int(counts[k]) for k in VIEW_VOCABULARY if counts.get(k)},
-                         "median_confidence": None if median is None else round(median, 4)}
+                         "median_confidence": None if median is None else round(median, 4),
+                         "vendors": by_vendor.get(site, {})}
         return out
 
 
 def _site_names(column) -> pa.DictionaryArray:
     """The site column dictionary-encoded, a null site named "nan" (as pandas names it)."""
     return plain(column).fill_null("nan").dictionary_encode()
-
-
-def view_mix(manifest: pd.DataFrame) -> dict[str, dict]:
-    """Per site: clips per view class (`shards.format.view_class`: a target view, ``other``,
-    ``unknown``), and the median confidence of the view classifier where it labelled them."""
-    out: dict[str, dict] = {}
-    classes = manifest["view"].map(view_class)
-    conf = (pd.to_numeric(manifest["view_confidence"], errors="coerce")
-            if "view_confidence" in manifest else None)
-    for site in sorted(manifest["site"].astype(str).unique()):
-        mine = manifest["site"].astype(str) == site
-        counts = classes[mine].value_counts()
-        c = conf[mine].dropna() if conf is not None else pd.Series(dtype=float)
-        out[site] = {"views": {str(k): int(counts.get(k, 0)) for k in VIEW_VOCABULARY
-                               if counts.get(k, 0)},
-                     "median_confidence": None if c.empty else round(float(c.median()), 4)}
-    return out
 
 
 def format_table(report: dict) -> str:
@@ -321,6 +371,7 @@ def format_table(report: dict) -> str:
         lines.append(f"views at {site}: " + ", ".join(
             f"{v} {n} ({100 * n / total:.0f} %)" for v, n in mix["views"].items())
             + ("" if conf is None else f"; view model median confidence {conf:.2f}"))
+        lines += [f"  {line}" for line in vendor_lines(mix.get("vendors") or {})]
     models = report.get("view_models")
     if models:
         lines.append("view models (per site): "
@@ -346,6 +397,17 @@ def format_table(report: dict) -> str:
         for value in values:  # clips/studies/patients of each site and view
             row(f"{title} {value}"[:22], lambda s, v=value, c=column: _counts(s[c].get(v)))
     return "\n".join(lines)
+
+
+def vendor_lines(vendors: dict[str, dict[str, int]]) -> list[str]:
+    """One line per vendor: its clips and their views (``ge: 120 clips: A4C 40 (33 %), ...``);
+    the ingest summary and ``shards stats`` print these."""
+    lines = []
+    for vendor, views in vendors.items():
+        total = sum(views.values()) or 1
+        lines.append(f"{vendor}: {sum(views.values())} clips: " + ", ".join(
+            f"{v} {n} ({100 * n / total:.0f} %)" for v, n in views.items()))
+    return lines
 
 
 def _counts(d: dict | None) -> str:

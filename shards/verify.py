@@ -69,10 +69,12 @@ from echocmr.shards.format import (
     EXTENSIONS,
     INGEST_REPORT_FILE,
     MANIFEST_FILE,
+    META_TEXT_COLUMNS,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
     TASKS,
+    VENDOR_VOCABULARY,
     ClipFormat,
     FormatVersionError,
     SampleMeta,
@@ -99,7 +101,7 @@ from echocmr.shards.manifest import (
 )
 from echocmr.shards.reader import list_shards, read_stats
 from echocmr.shards.stage import MARKER_FILE
-from echocmr.shards.stats import compute_stats, stats_json_bytes
+from echocmr.shards.stats import VendorViewCounts, compute_stats, stats_json_bytes
 from echocmr.shards.streaming import Partitions
 from echocmr.shards.summary import ManifestSummary
 from echocmr.shards.writer import member_header
@@ -112,10 +114,12 @@ _BOOKKEEPING = (LOCK_FILE, MARKER_FILE)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STRAY = "\0stray"  # placeholder: a sample its shard's rows lack, resolved by the driver
 # The manifest columns a shard's check needs (all but the pixel statistics).
-_ROW_COLUMNS = ("key", "shard", "split", "site", "patient_hash", "study_hash", "view",
-                "n_frames", "fps", *TASKS, "video_bytes", "video_sha256", "json_sha256")
+_ROW_COLUMNS = ("key", "shard", *META_TEXT_COLUMNS, "n_frames", "fps", *TASKS, "video_bytes",
+                "video_sha256", "json_sha256")
 _STATS_COLUMNS = ("split", "site", "patient_hash", "study_hash", *TASKS, "pixel_mean",
                   "pixel_std", "n_pixels")
+# What stats.json's view_mix is recomputed from (a set without vendor counts it as unknown).
+_VIEW_MIX_COLUMNS = ("view", "vendor")
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,8 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
         version_ok = False
         problems.append(Problem(None, None, str(exc)))
     if version_ok:
-        problems += [Problem(MANIFEST_FILE, None, what) for what in manifest_problems(pf)]
+        problems += [Problem(MANIFEST_FILE, None, what)
+                     for what in manifest_problems(pf, stats.format_version)]
     tars = list_shards(directory)
     unknown = _listing_problems(directory, {storage.basename(t) for t in tars}, problems)
     (report.warnings if allow_extra_files else problems).extend(unknown)
@@ -224,10 +229,10 @@ def verify_set(directory: str, decode: bool = False, *, address: str | None = No
     for result in map_shards(check_shard, jobs(), address=address):
         by_shard[result.shard] = result
     problems += _assemble(tars, by_shard, pf)
-    repeated, summary = _set_wide(pf)
+    repeated, summary, views = _set_wide(pf)
     problems += repeated
     if version_ok:
-        problems += _check_stats(summary, stats, stats_bytes)
+        problems += _check_stats(summary, views, stats, stats_bytes)
     return report
 
 
@@ -329,8 +334,8 @@ def _decoder(clip: dict | None):
     return _DECODERS[name]
 
 
-def _check_stats(manifest: ManifestSummary | None, typed: ShardStats, stats_bytes: bytes
-                 ) -> list[Problem]:
+def _check_stats(manifest: ManifestSummary | None, views: VendorViewCounts | None,
+                 typed: ShardStats, stats_bytes: bytes) -> list[Problem]:
     """``stats.json`` must be what the manifest gives (`shards.stats.compute_stats`), written
     byte for byte as the writers write it (`stats_json_bytes`: a duplicated key or extra text
     parses to the same values but is not the format)."""
@@ -343,7 +348,8 @@ def _check_stats(manifest: ManifestSummary | None, typed: ShardStats, stats_byte
                                  split_key_fingerprint=stats["split_key_fingerprint"],
                                  label_rules=stats.get("label_rules"),
                                  identity_scope=stats.get("identity_scope"),
-                                 view_models=stats.get("view_models"))
+                                 view_models=stats.get("view_models"),
+                                 format_version=stats["format_version"], views=views)
     except (KeyError, TypeError, ValueError) as exc:
         return [Problem(None, None, f"stats.json cannot be checked against the manifest: {exc}")]
     wrong = [k for k in sorted(set(expected) | set(stats))
@@ -588,6 +594,9 @@ def compare_with_manifest(
             bad(f"manifest site {row['site']!r} is not the key's site")
     except ValueError:
         pass  # the key itself is reported by _check_sample
+    if row.get("vendor") is not None and row["vendor"] not in VENDOR_VOCABULARY:
+        bad("manifest vendor is not a name of the vendor vocabulary (the value is not shown: "
+            "it may be patient text)")
     if row["split"] not in SPLITS or row["split"] != SHARD_RE.match(shard).group(1):
         bad(f"manifest split {row['split']!r} for a sample of a {shard.split('-')[0]} shard")
     video = members.get("webm")
@@ -612,9 +621,11 @@ def compare_with_manifest(
         if members["json"] != meta.to_json():
             bad(".json is not serialised as the format writes it (key first, the rest sorted, "
                 "compact): extra spacing, a repeated key or another number form")
-        for name in ("split", "site", "patient_hash", "study_hash", "view"):
-            if getattr(meta, name) != row[name]:
-                bad(f".json {name} {getattr(meta, name)!r} but manifest {row[name]!r}")
+        for name in META_TEXT_COLUMNS:  # a column the set's version lacks is None (null)
+            if getattr(meta, name) != row.get(name):
+                shown = row.get(name) if name != "vendor" or row.get(name) in (
+                    None, *VENDOR_VOCABULARY) else "(not a vendor: not shown)"
+                bad(f".json {name} {getattr(meta, name)!r} but manifest {shown!r}")
         if meta.n_frames != row["n_frames"]:
             bad(f".json n_frames {meta.n_frames!r} but manifest {row['n_frames']!r}")
         if row["fps"] is None or float(np.float32(meta.fps)) != row["fps"]:
@@ -624,16 +635,18 @@ def compare_with_manifest(
     return out
 
 
-def _set_wide(pf) -> tuple[list[Problem], ManifestSummary]:
+def _set_wide(pf) -> tuple[list[Problem], ManifestSummary | None, VendorViewCounts | None]:
     """One pass over the manifest for the set-wide checks: no key twice, no patient in two
     splits (rows spilled by hash of the key and of the patient, `shards.streaming.Partitions`,
-    checked one part at a time), and the counters ``stats.json`` is checked against."""
+    checked one part at a time), and the counters ``stats.json`` is checked against (its
+    ``view_mix`` from `VendorViewCounts`, when the manifest has views)."""
     n = pf.metadata.num_rows
     names = set(pf.schema_arrow.names)
     summary = ManifestSummary(n) if names >= set(_STATS_COLUMNS) else None
+    views = VendorViewCounts() if {"site", "view"} <= names else None
     with Partitions(n, "key") as keys, Partitions(n, "patient_hash") as patients:
         row = 0
-        for batch in iter_batches(pf, ("key", *_STATS_COLUMNS)):
+        for batch in iter_batches(pf, ("key", *_STATS_COLUMNS, *_VIEW_MIX_COLUMNS)):
             table = pa.Table.from_batches([batch])
             keys.add(pa.table({"key": decoded(table.column("key")),
                                "row": pa.array(np.arange(row, row + table.num_rows))}))
@@ -641,6 +654,8 @@ def _set_wide(pf) -> tuple[list[Problem], ManifestSummary]:
                                    "split": decoded(table.column("split"))}))
             if summary is not None:
                 summary.add(table.select(list(_STATS_COLUMNS)))
+            if views is not None:
+                views.add(table)
             row += table.num_rows
         repeated = []  # (first row, key, count): reported in the order the keys first appear
         for part in keys:
@@ -654,7 +669,7 @@ def _set_wide(pf) -> tuple[list[Problem], ManifestSummary]:
            for _, key, count in sorted(repeated)]
     for patient, in_splits in sorted(shared, key=lambda item: str(item[0])):
         out.append(Problem(None, None, f"patient {patient} is in splits {', '.join(in_splits)}"))
-    return out, None if summary is None else summary.finish()
+    return out, None if summary is None else summary.finish(), views
 
 
 class _Decoder:

@@ -424,6 +424,7 @@ class ShardSetWriter:
             "n_pixels": int(n_pixels),
             "json_sha256": hashlib.sha256(meta_json).hexdigest(),
             "view_confidence": meta.view_confidence,
+            "vendor": meta.vendor,
         }
         for column, value in row.items():
             self._columns[column].append(value)

@@ -31,6 +31,7 @@ from echocmr.eval.signal import SignalConfig
 from echocmr.eval.summary import SummaryConfig
 from echocmr.ingest import config as ingest_config
 from echocmr.ingest.encode import EncoderConfig
+from echocmr.ingest.vendor_table import VendorConfig
 from echocmr.ingest.view_table import ViewConfig
 from echocmr.model.config import ModelConfig
 from echocmr.model.predict import PredictConfig
@@ -45,7 +46,7 @@ DOCUMENTED = [
     ingest_config.SectorConfig, EncoderConfig, ingest_config.LabelConfig,
     ingest_config.CutoffRule,
     ingest_config.PairingConfig, ingest_config.SplitConfig, ingest_config.ShardConfig,
-    ingest_config.RayConfig, ViewConfig,
+    ingest_config.RayConfig, ViewConfig, VendorConfig,
     ReshardConfig,
     train_config.TrainConfig, ModelConfig, DataConfig,
     AugmentConfig, train_config.OptimConfig, train_config.SelectionConfig,

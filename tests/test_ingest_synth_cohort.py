@@ -74,6 +74,7 @@ def test_labels_views_and_gaps_match_the_truth(synth):
         np.testing.assert_array_equal(
             sample.labels, np.array([getattr(want, t) for t in TASKS], dtype=np.float32))
         assert sample.meta.view == want.view
+        assert sample.meta.vendor == want.vendor  # every synthetic machine has its vendor name
         assert sample.meta.ingest.echo_cmr_gap_days == want.echo_cmr_gap_days
         assert sample.meta.patient_hash == hasher.patient_hash(want.patient_id)
         assert sample.meta.split == hasher.split(want.patient_id)
@@ -87,8 +88,8 @@ def test_no_input_phi_leaves_ingest(synth):
     phi = set()
     for dirpath, _, files in os.walk(root / "dicom"):
         rel = os.path.relpath(dirpath, root / "dicom").split(os.sep)
-        if len(rel) >= 2:
-            phi.add(rel[1])  # the patient folder name
+        if len(rel) >= 3:  # dicom/<site>/<machine>/<patient>/<study>/: the patient folder
+            phi.add(rel[2])  # (the machine folder is the vendor key, which ships as a vendor)
         for name in files:
             ds = pydicom.dcmread(os.path.join(dirpath, name), stop_before_pixels=True, force=True)
             for tag in PHI_TAGS:

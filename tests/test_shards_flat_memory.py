@@ -28,7 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from echocmr.shards.format import MANIFEST_SCHEMA, SPLITS, STATS_FILE, TASKS, index_name
+from echocmr.shards.format import (
+    MANIFEST_SCHEMA,
+    SPLITS,
+    STATS_FILE,
+    TASKS,
+    VENDOR_VOCABULARY,
+    index_name,
+)
 from echocmr.shards.index import IndexEntry, format_index
 from echocmr.shards.stats import compute_stats, stats_json_bytes
 
@@ -81,6 +88,9 @@ def manifest_only_set(directory: str, n: int, *, seed: int, indexes: bool) -> st
         "video_sha256": _hex(rng, n, 64), "pixel_mean": rng.random(n) * 80,
         "pixel_std": rng.random(n) * 30, "n_pixels": np.full(n, 144 * 144 * 32),
         "json_sha256": _hex(rng, n, 64), "view_confidence": rng.random(n).astype(np.float32),
+        # format 3: each clip's vendor (a vocabulary name, or none recorded)
+        "vendor": np.array([*VENDOR_VOCABULARY[:-1], None], dtype=object)[
+            rng.integers(0, len(VENDOR_VOCABULARY), n)],
     }, schema=MANIFEST_SCHEMA)
     # As `shards.manifest.manifest_bytes` writes it, in row groups of ROWS rows.
     pq.write_table(table.replace_schema_metadata(None), os.path.join(directory,
@@ -178,4 +188,12 @@ def test_reshard_driver_memory_does_not_grow_with_the_set(sets, tmp_path):
     large = run("reshard", sets[LARGE], str(tmp_path / "large"))
     assert sum(large["result"].values()) == LARGE
     assert pq.ParquetFile(str(tmp_path / "large" / "manifest.parquet")).metadata.num_rows == LARGE
+    # Its stats.json, counted batch by batch as the output came out of the buckets (view_mix
+    # per site and vendor included), is what the whole output manifest gives at once.
+    whole = pq.read_table(str(tmp_path / "small" / "manifest.parquet"))
+    with open(tmp_path / "small" / STATS_FILE) as f:
+        written = json.load(f)
+    assert written["view_mix"] and written == compute_stats(
+        whole, clip_format=clip_format(144, 30.0),
+        split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT)
     assert _growth(small, large) < RESHARD_BYTES_PER_CLIP, (small, large)

@@ -86,7 +86,10 @@ def test_each_ranks_deal_on_a_fixed_seed_is_pinned(tmp_path):
 
 # From main at 464e404 (the toolkit before the rewrites), with this module's inputs.
 GOLDEN_RESHARD = {
-    "manifest.parquet": "0e72d130deedde78", "stats.json": "ee9cf5dfbd0a4650",
+    # format 3 (the vendor): the manifest gains the vendor column (null here: these samples name
+    # none), stats.json its format_version 3 and view_mix. Were "0e72d130deedde78" and
+    # "ee9cf5dfbd0a4650" in format 2; every tar and index is unchanged.
+    "manifest.parquet": "f1ae1067cbca1508", "stats.json": "0010511513d37584",
     "test-000000.idx": "43f22f12b6486e6b", "test-000000.tar": "8317e488af49d3b6",
     "test-000001.idx": "7e62338afa93b5e1", "test-000001.tar": "0dd126afe7ba60d7",
     "train-000000.idx": "6de77d1a2c5a8895", "train-000000.tar": "4a3fa5fee885d00e",
@@ -97,7 +100,7 @@ GOLDEN_RESHARD = {
     "val-000000.idx": "42773017aff2c524", "val-000000.tar": "5d628363a82bf036",
     "val-000001.idx": "e7dca468cf9faf5e", "val-000001.tar": "2148dc2711f23d9d",
 }
-GOLDEN_DESCRIBE = "179fec572e1f4d6a"
+GOLDEN_DESCRIBE = "d96f5f7b60f5b3a8"  # format 3: view_mix per vendor (format 2: 179fec572e1f4d6a)
 GOLDEN_PROBLEMS = "c167bde28ea3945d"  # a corrupt clip in train-000001, val-000000's index gone
 # read.assign's deal (new in issue 26): ranks 0..2 of the train split, seed 4, epoch 2.
 GOLDEN_DEAL = [

@@ -181,11 +181,16 @@ def test_input_spec_records_the_clip_size_and_shard_format(caplog):
         InputSpec.from_dict({**spec.to_dict(), "from_the_future": 1})
 
     state = fake_state(2)
-    state["input_spec"] = {**spec.to_dict(), "shard_format": FORMAT_VERSION - 1}
+    # Format 2 stores clips as format 3 does (3 added the vendor): no warning; format 1 does not.
+    state["input_spec"] = {**spec.to_dict(), "shard_format": 2}
+    with caplog.at_level("WARNING", logger="echocmr.model.checkpoint"):
+        load_model(save_checkpoint("v2", state))
+    assert "retrain it on re-ingested shards" not in caplog.text
+    state["input_spec"] = {**spec.to_dict(), "shard_format": 1}
     path = save_checkpoint(".", state)
     with caplog.at_level("WARNING", logger="echocmr.model.checkpoint"):
         _, loaded = load_model(path)
-    assert loaded.shard_format == FORMAT_VERSION - 1
+    assert loaded.shard_format == 1
     assert "retrain it on re-ingested shards" in caplog.text
     assert model_from_state(state)[1] == loaded
 

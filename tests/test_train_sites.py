@@ -78,6 +78,7 @@ def test_stats_without_the_site_come_from_the_other_sites_clips(two_sites):
     assert kept.splits["train"].sites == ("site_a",)
     assert kept.excluded_sites == ("site_b",)
     assert kept.to_dict()["excluded_sites"] == ["site_b"]  # what the run logs as stats.json
+    assert set(stats.view_mix) == {"site_a", "site_b"} and set(kept.view_mix) == {"site_a"}
     assert site_selection(two_sites, stats, ()) == (stats, ["site_a", "site_b"])
     with pytest.raises(ValueError, match="leaves no train clips"):
         site_selection(two_sites, stats, ("site_a", "site_b"))
