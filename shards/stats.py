@@ -23,6 +23,7 @@ from echocmr.shards import storage
 from echocmr.shards.format import (
     FORMAT_VERSION,
     MANIFEST_COLUMNS_SINCE,
+    MANIFEST_SCHEMA,
     SPLITS,
     TASKS,
     VENDOR_VOCABULARY,
@@ -65,6 +66,8 @@ def _as_table(rows: pd.DataFrame | pa.Table) -> pa.Table:
     wanted = [c for c in ("split", "site", "patient_hash", "study_hash", "view", "shard",
                           "n_frames", "video_bytes", "pixel_mean", "pixel_std", "n_pixels",
                           *TASKS, "vendor") if c in rows.columns]
+    if not len(rows):  # a set with no clip: pandas gives its empty columns no string type
+        return pa.schema([MANIFEST_SCHEMA.field(c) for c in wanted]).empty_table()
     return pa.Table.from_pandas(rows[wanted], preserve_index=False)
 
 
