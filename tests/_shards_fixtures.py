@@ -13,6 +13,9 @@ Train and eval tests import it; keep it cheap (a 112x112x24 clip renders and enc
 from __future__ import annotations
 
 import hashlib
+import io
+import tarfile
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from echocmr.ingest.encode import encode_webm
 from echocmr.ingest.synth.anatomy import VIEWS, HeartParams
 from echocmr.ingest.synth.small import small_clip
 from echocmr.shards.format import TASKS, Sample
+from echocmr.shards.index import format_index, index_from_tar
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
 FIXTURE_SPLIT_KEY_FINGERPRINT = hashlib.sha256(b"echocmr-test-split-key").hexdigest()[:16]
@@ -110,3 +114,29 @@ def make_shard_set(
                     pixel_stats=(float(pixels.mean()), float(pixels.std()), int(pixels.size)),
                 )
     return str(out_dir)
+
+
+def rewrite_first_member(tar_path: str, edit: Callable[[bytes], bytes] | None = None, *,
+                         header: Callable[[tarfile.TarInfo], None] | None = None,
+                         tar_format: int = tarfile.PAX_FORMAT) -> tuple[str, str, bytes]:
+    """Rewrite a shard's tar with its first member's bytes replaced by ``edit(bytes)`` and/or
+    ``header(info)`` applied to its header, in ``tar_format``, then rebuild its ``.idx`` from the
+    new tar (an attacker who knows the format does that too). Returns (the member's name, its
+    sample key, its bytes now)."""
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    info, data = members[0]
+    if edit is not None:
+        data = edit(data)
+        info.size = len(data)
+    if header is not None:
+        header(info)
+    members[0] = (info, data)
+    with tarfile.open(tar_path, "w", format=tar_format) as tar:
+        for member, content in members:
+            tar.addfile(member, io.BytesIO(content))
+    with open(tar_path, "rb") as f:
+        index = format_index(index_from_tar(f))
+    with open(tar_path[:-4] + ".idx", "w") as f:
+        f.write(index)
+    return info.name, info.name.split(".")[0], data

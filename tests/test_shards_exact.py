@@ -22,9 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from echocmr.shards.index import format_index, index_from_tar
-
-from _shards_fixtures import make_shard_set
+from _shards_fixtures import make_shard_set, rewrite_first_member
 
 NAME = "DOE^JANE 1961-02-03 MRN4711"
 
@@ -69,21 +67,6 @@ def _first_tar(directory: str) -> str:
                                           if n.endswith(".tar"))[0])
 
 
-def _rewrite_tar(tar_path: str, edit, fmt=tarfile.PAX_FORMAT) -> None:
-    """Rewrite a tar with ``edit(info)`` applied to its first member's header, then rebuild
-    its ``.idx`` from the new tar (an attacker who knows the format does that too)."""
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    edit(members[0][0])
-    with tarfile.open(tar_path, "w", format=fmt) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data))
-    with open(tar_path, "rb") as f:
-        index = format_index(index_from_tar(f))
-    with open(tar_path[:-4] + ".idx", "w") as f:
-        f.write(index)
-
-
 def _set(**attrs):
     def edit(info):
         for name, value in attrs.items():
@@ -103,7 +86,7 @@ def _set(**attrs):
     (_set(linkname="DOE"), "other header bytes differ"),
 ], ids=["uname", "gname", "pax", "xattr", "mode", "mtime", "uid", "linkname"])
 def test_patient_text_or_other_values_in_a_member_header_fail(copy, edit, expected):
-    _rewrite_tar(_first_tar(copy), edit)
+    rewrite_first_member(_first_tar(copy), header=edit)
     out = _fails_with(copy, expected)
     assert "DOE^JANE" not in out and "MRN4711" not in out  # found, and not repeated
 
@@ -202,22 +185,9 @@ def test_a_missing_json_hash_fails_and_then_an_edited_json_is_not_trusted(copy, 
 
 def test_a_json_member_in_another_serialisation_fails(copy):
     """The same values, spaced out, and a manifest hash that matches the new bytes."""
-    tar_path = _first_tar(copy)
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    info, data = members[0]
-    key = info.name.split(".")[0]
-    assert info.name.endswith(".json")
-    spaced = json.dumps(json.loads(data), indent=1).encode()
-    info.size = len(spaced)
-    members[0] = (info, spaced)
-    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data))
-    with open(tar_path, "rb") as f:
-        index = format_index(index_from_tar(f))
-    with open(tar_path[:-4] + ".idx", "w") as f:
-        f.write(index)
+    name, key, spaced = rewrite_first_member(
+        _first_tar(copy), lambda data: json.dumps(json.loads(data), indent=1).encode())
+    assert name.endswith(".json")
     table = _manifest(copy)
     hashes = table.column("json_sha256").to_pylist()
     hashes[table.column("key").to_pylist().index(key)] = hashlib.sha256(spaced).hexdigest()

@@ -11,7 +11,6 @@ runs them, in a subprocess. ``tests/data/shards_format2/set`` is a real format-2
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -35,11 +34,10 @@ from echocmr.shards.format import (
     clip_encoding,
     manifest_schema,
 )
-from echocmr.shards.index import format_index, index_from_tar
 from echocmr.shards.manifest import expected_metadata
 from echocmr.shards.writer import ShardSetWriter, WriterConfig
 
-from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
+from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format, rewrite_first_member
 
 FORMAT2 = os.path.join(os.path.dirname(__file__), "data", "shards_format2", "set")
 # What main at 05f4b9f wrote for `reshard([FORMAT2], samples_per_shard=4, seed=3)` (make.py
@@ -230,22 +228,13 @@ def test_a_changed_view_mix_in_stats_json_fails(copy):
 def test_patient_text_as_the_json_vendor_fails_and_is_not_shown(copy):
     """The attack: a ``.json`` whose vendor is free text, with the manifest and hashes made to
     agree with it."""
-    tar_path = os.path.join(copy, "train-000000.tar")
-    with tarfile.open(tar_path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    info, data = members[0]
-    key = info.name.split(".")[0]
-    meta = json.loads(data)
-    meta["vendor"] = PATIENT_TEXT
-    edited = json.dumps(meta, separators=(",", ":")).encode()
-    info.size = len(edited)
-    members[0] = (info, edited)
-    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for member, content in members:
-            tar.addfile(member, io.BytesIO(content))
-    with open(tar_path, "rb") as f:
-        index = format_index(index_from_tar(f))
-    open(tar_path[:-4] + ".idx", "w").write(index)
+    def with_vendor(data: bytes) -> bytes:
+        meta = json.loads(data)
+        meta["vendor"] = PATIENT_TEXT
+        return json.dumps(meta, separators=(",", ":")).encode()
+
+    _, key, edited = rewrite_first_member(os.path.join(copy, "train-000000.tar"), with_vendor,
+                                          tar_format=tarfile.USTAR_FORMAT)
     table = _manifest(copy)
     row = table.column("key").to_pylist().index(key)
     hashes = table.column("json_sha256").to_pylist()
