@@ -199,13 +199,13 @@ def test_bad_sizes_are_refused():
 def test_demo_end_to_end_on_a_small_cohort(tmp_path):
     """The real flow, small: 20 patients at three sites, one epoch, one site left out of
     training and validated on externally (~5-7 min on 2 busy cores)."""
-    import subprocess
+    from _proc import run_group
 
     out = tmp_path / "demo_out"
-    result = subprocess.run(
+    result = run_group(
         [str(Path(sys.executable).parent / "echocmr"), "demo", "--out", str(out),
          "--patients", "20", "--epochs", "1"],
-        capture_output=True, text=True, timeout=1800,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "study-level AUCs" in result.stdout

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _proc import run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```bash journey=(?P<name>[\w-]+)[^\n]*\n(?P<body>.*?)^```", re.M | re.S)
@@ -85,8 +86,8 @@ def run_journey(name: str, tmp: Path, timeout: int = 1500) -> subprocess.Complet
     assert script.strip(), f"no ```bash journey={name} blocks in {JOURNEYS[name][1]}"
     work = tmp / "work"
     work.mkdir()
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work,
-                          env=user_env(tmp), capture_output=True, text=True, timeout=timeout)
+    done = run_group(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=user_env(tmp),
+                     timeout=timeout)
     assert done.returncode == 0, (f"journey {name} failed (exit {done.returncode})\n--- script\n"
                                   f"{script}\n--- stdout\n{done.stdout[-4000:]}\n--- stderr\n"
                                   f"{done.stderr[-6000:]}")
