@@ -8,26 +8,31 @@ manifests (train pixel statistics pooled from per-clip values, no decoding).
 ``ingest_report.parquet`` is never copied: its source paths can name patients and it stays at the
 site that made it.
 
-How it streams (the driver holds no Python object and no string per clip): a first pass over
-each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and keeps
-what the plan needs as numbers (split, site, the key as its site prefix and 16-hex number, where
-the row is: about 30 bytes per clip, numpy); duplicate keys and patients in two splits are found
-from these and from the patient column spilled by hash (`shards.streaming.Partitions`). The plan
-(which sample goes to which output shard, in which order) is a permutation of those rows. A
-second pass gives each input row its place in the output, locates it in its tar's index and
-spills it to a local temporary bucket of whole output shards (`shards.streaming.Buckets`,
-65,536 rows each); the buckets are read back in order, one at a time, and cut into the output
-shards' rows in write order: each is one copy job and its rows of ``manifest.parquet``, which is
-written (staged, published last) and counted for ``stats.json`` (`shards.summary`) as the jobs
-go. Each job (`_copy_shard`) fetches every sample by one ranged read of its input tar (its three
-members are contiguous), checks it against its input manifest row as it passes (video and
-``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
-`shards.verify`) and appends it to the output tar, so a job holds one sample. Object stores serve
-ranged reads natively, so inputs in a bucket work the same way. With ``address`` the jobs are Ray
-tasks on a cluster (one per output shard, `shards.distributed.map_shards`); the driver writes the
-manifest and ``stats.json`` either way, so a cluster run's output is byte-identical to a local
-one. The spills need local scratch space (``$TMPDIR``) about the size of the inputs' manifests
-uncompressed.
+How it streams (the driver holds no Python object, string or number per clip): a first pass
+over each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and
+hands what the plan needs over as numbers (split, site, the key as its site prefix and 16-hex
+number, where the row is), which are spilled to local temporary files at once
+(`shards.reshard_plan`); patients in two splits are found from the patient column spilled by
+hash (`shards.streaming.Partitions`). The plan (which sample goes to which output shard, in
+which order) is built from external sorts (`shards.external_sort`: sorted runs on disk, merged):
+the rows by key (a repeated key lies next to its copies), each split's rows by their mixing
+position, and each row's place in the output by input row, written as a dense file of places.
+The driver holds a run of records and one site's permutation within a split (4 bytes a clip of
+that site: numpy's shuffle, which fixes the plan). A second pass reads each input row's place
+from that file, locates the row in its tar's index and spills it to a local temporary bucket of
+whole output shards (`shards.streaming.Buckets`, 65,536 rows each); the buckets are read back in
+order, one at a time, and cut into the output shards' rows in write order: each is one copy job
+and its rows of ``manifest.parquet``, which is written (staged, published last) and counted for
+``stats.json`` (`shards.summary`) as the jobs go. Each job (`_copy_shard`) fetches every sample
+by one ranged read of its input tar (its three members are contiguous), checks it against its
+input manifest row as it passes (video and ``.json`` SHA-256, label bytes, every ``.json``
+field the manifest has: the rules of `shards.verify`) and appends it to the output tar, so a job
+holds one sample. Object stores serve ranged reads natively, so inputs in a bucket work the same
+way. With ``address`` the jobs are Ray tasks on a cluster (one per output shard,
+`shards.distributed.map_shards`); the driver writes the manifest and ``stats.json`` either way,
+so a cluster run's output is byte-identical to a local one. The spills need local scratch space
+(``$TMPDIR``) about the size of the inputs' manifests uncompressed, and are removed on every
+exit path.
 
 Robustness: each output shard is published atomically (tar, then its index); manifest and stats
 are written last. A re-run after a crash re-makes the same plan (it depends only on the inputs and
