@@ -9,8 +9,9 @@ merged, in chunks, in ascending ``k`` (records with equal ``k`` in no promised o
 unique where that matters). The merge is a batched k-way merge: each run has a read buffer of
 about ``run_rows / runs`` records; the least of the buffers' last keys bounds what can be given
 out, so every step gives out everything at or below it (sorted in memory) and refills the
-buffers it emptied. Memory: about two runs' records (the run being filled or the merge's
-buffers, plus one chunk), whatever the number of records. Nothing is left on disk after
+buffers it emptied. Past `MAX_RUNS` runs, those so far are merged into one run file first, so
+the open files and the merge's buffers stay bounded. Memory: about two runs' records (the run
+being filled or the merge's buffers, plus one chunk), whatever the number of records. Nothing is left on disk after
 `close` (a ``with`` block), after the merge has been read to its end, or when the object is
 collected after an error.
 
@@ -29,7 +30,10 @@ from collections.abc import Iterator
 import numpy as np
 
 # Records per sorted run (and roughly what the merge holds): a few MB of records.
-RUN_ROWS = 1 << 18
+RUN_ROWS = 1 << 16
+# Runs merged at once: past this many, the runs so far are merged into one file first (so the
+# open files and the merge's read buffers stay bounded however many records come).
+MAX_RUNS = 128
 
 
 class ExternalSort:
@@ -45,6 +49,7 @@ class ExternalSort:
         self._pending: list[np.ndarray] = []
         self._held = 0
         self._runs: list[str] = []
+        self._made = 0  # run files made so far (their names)
         self._dir: str | None = None
         self.count = 0
 
@@ -73,9 +78,19 @@ class ExternalSort:
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix=self._prefix)
             weakref.finalize(self, shutil.rmtree, self._dir, True)
-        path = os.path.join(self._dir, f"{len(self._runs)}.run")
+        path = os.path.join(self._dir, f"{self._made}.run")
+        self._made += 1
         run.tofile(path)
         self._runs.append(path)
+        if len(self._runs) >= MAX_RUNS:  # merge them into one run on disk, then go on
+            merged = os.path.join(self._dir, f"{self._made}.run")
+            self._made += 1
+            with open(merged, "wb") as f:
+                for chunk in self._merge(self._runs):
+                    chunk.tofile(f)
+            for old in self._runs:
+                os.remove(old)
+            self._runs = [merged]
 
     def _sorted_pending(self) -> np.ndarray:
         run = np.concatenate(self._pending) if self._pending else np.empty(0, self.dtype)
@@ -91,8 +106,15 @@ class ExternalSort:
                 yield run[start:start + self.run_rows]
             return
         self._spill()
-        step = max(1024, self.run_rows // len(self._runs))  # records read per refill
-        files = [open(path, "rb") for path in self._runs]  # closed below
+        try:
+            yield from self._merge(self._runs)
+        finally:
+            self.close()
+
+    def _merge(self, runs: list[str]) -> Iterator[np.ndarray]:
+        """The records of the sorted run files ``runs``, merged, in chunks."""
+        step = max(1024, self.run_rows // len(runs))  # records read per refill
+        files = [open(path, "rb") for path in runs]  # closed below
         try:
             buffers = [np.fromfile(f, self.dtype, count=step) for f in files]
             live = [i for i, b in enumerate(buffers) if len(b)]
@@ -113,7 +135,6 @@ class ExternalSort:
         finally:
             for f in files:
                 f.close()
-            self.close()
 
     def close(self) -> None:
         self._pending, self._held = [], 0

@@ -21,6 +21,7 @@ import pytest
 from test_shards_golden import GOLDEN_RESHARD, digests, write_site
 
 import echocmr.shards.reshard as reshard_module
+from echocmr.shards import external_sort
 from echocmr.shards.external_sort import ExternalSort, be_key
 from echocmr.shards.reshard import ReshardConfig, ReshardError, reshard
 
@@ -45,6 +46,7 @@ def sites(tmp_path_factory):
 def test_the_plan_in_small_runs_writes_the_golden_bytes(sites, tmp_path, scratch, monkeypatch,
                                                         run_rows):
     monkeypatch.setattr(reshard_module, "_RUN_ROWS", run_rows)
+    monkeypatch.setattr(external_sort, "MAX_RUNS", 4)  # runs merged on disk as they come
     out = str(tmp_path / "merged")
     reshard(sites[:2], out, config=ReshardConfig(samples_per_shard=9, seed=11))
     assert digests(out) == GOLDEN_RESHARD
@@ -79,10 +81,13 @@ def test_a_repeated_key_is_refused_the_same_way_and_nothing_is_left(sites, tmp_p
     assert len(set(messages)) == 1 and "(26 duplicate keys)" in messages[0], messages
 
 
-@pytest.mark.parametrize(("n", "run_rows"), [(0, 4), (1, 4), (1000, 7), (20_000, 300),
-                                             (5000, 10_000)])
-def test_the_external_sort_orders_as_numpy_does(n, run_rows, scratch):
-    """Composite keys with many ties in the first column, chunks added in odd sizes."""
+@pytest.mark.parametrize(("n", "run_rows", "max_runs"), [
+    (0, 4, 128), (1, 4, 128), (1000, 7, 128), (20_000, 300, 128), (5000, 10_000, 128),
+    (3000, 5, 3), (20_000, 300, 4)])
+def test_the_external_sort_orders_as_numpy_does(n, run_rows, max_runs, scratch, monkeypatch):
+    """Composite keys with many ties in the first column, chunks added in odd sizes; with few
+    runs allowed at once, runs are merged into one on disk as they come."""
+    monkeypatch.setattr(external_sort, "MAX_RUNS", max_runs)
     rng = np.random.default_rng(n)
     first = rng.integers(0, 5, n).astype(np.uint64)
     second = rng.integers(0, 2**64 - 1, n, dtype=np.uint64)
