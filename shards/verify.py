@@ -36,6 +36,11 @@ does not have (patient text in a header, a column, a metadata block, a file) can
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
+What it prints is a log channel: a name it found that is not the format's (a tar member name,
+its key part or extension, a ``.json`` field name or ``key`` value, a sample key in a problem's
+place) is described by its position and length, never shown (`shards.redact`); the format's own
+names are shown as they are. Files in the set's directory are named, so they can be removed.
+
 How it scales: the driver holds nothing per clip. The manifest is read a row group at a time
 (`shards.manifest.open_manifest` with ``stream``): the per-sample checks get one shard's rows at
 a time (`iter_by_shard`); the set-wide checks (no key twice, no patient in two splits) spill the
