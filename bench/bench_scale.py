@@ -147,11 +147,12 @@ def build(n_clips: int, distinct: int) -> list[str]:
     return dirs
 
 
-def manifest_only(n_clips: int, distinct: int) -> str:
+def manifest_only(n_clips: int, distinct: int, *, indexes: bool = False) -> str:
     """A set of ``n_clips`` rows with no tars (cached): ``manifest.parquet`` and ``stats.json``
     only, rows made as `build` makes them (random-looking keys and hashes, two clips per
     patient). ``shards stats`` reads nothing else, so its driver can be measured at sizes whose
-    tars would not fit on this machine's disk."""
+    tars would not fit on this machine's disk. ``indexes``: each shard's ``.idx`` too (members
+    at made-up offsets), which reshard's scan and plan read (and nothing else)."""
     import numpy as np
     import pyarrow as pa
 
@@ -159,7 +160,7 @@ def manifest_only(n_clips: int, distinct: int) -> str:
     from echocmr.shards.stats import compute_stats, stats_json_bytes
     from echocmr.shards.writer import manifest_bytes
 
-    root = os.path.join(CACHE, f"manifest-only-n{n_clips}")
+    root = os.path.join(CACHE, f"manifest-only-n{n_clips}{'-idx' if indexes else ''}")
     if os.path.exists(os.path.join(root, STATS_FILE)):
         return root
     clips, stats = _clips(source_set(), distinct)
@@ -200,6 +201,19 @@ def manifest_only(n_clips: int, distinct: int) -> str:
                            split_key_fingerprint=stats["split_key_fingerprint"])
     with open(os.path.join(root, STATS_FILE), "wb") as f:
         f.write(stats_json_bytes(header))
+    if indexes:
+        from echocmr.shards.format import index_name
+        from echocmr.shards.index import IndexEntry, format_index
+
+        by_shard: dict[str, list[str]] = {}
+        for key, name in zip(columns["key"], shard, strict=True):
+            by_shard.setdefault(name, []).append(key)
+        for name, keys in by_shard.items():
+            samples = [[IndexEntry(ext, 2048 * i + 512 * (1 + 2 * j), 300, f"{key}.{ext}")
+                        for j, ext in enumerate(("json", "labels", "webm"))]
+                       for i, key in enumerate(keys)]
+            with open(os.path.join(root, index_name(name)), "w") as f:
+                f.write(format_index(samples))
     return root
 
 
@@ -228,6 +242,17 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
     if op.startswith(("plan", "rank")):
         _child_ranks(op, merged)
         return
+    if op == "reshard-plan":  # the scan and the plan alone: stopped where the output begins
+        import echocmr.shards.reshard as module
+
+        class _Planned(Exception):
+            pass
+
+        def stop(*args):
+            raise _Planned
+
+        module._check_out = stop  # called right after the plan, before and after issue 26's
+        op, inputs, out = "reshard", [merged], merged.rstrip("/") + "-out"  # never made
     baseline = _peak_rss_mb()
     wall, cpu = time.perf_counter(), _cpu_s()
     result = None
@@ -236,7 +261,11 @@ def _child(op: str, inputs: list[str], merged: str, address: str | None, out: st
         from echocmr.shards.reshard import ReshardConfig, reshard
 
         shutil.rmtree(out, ignore_errors=True)
-        reshard(inputs, out, config=ReshardConfig(samples_per_shard=256), **extra)
+        try:
+            reshard(inputs, out, config=ReshardConfig(samples_per_shard=256), **extra)
+        except Exception as exc:
+            if type(exc).__name__ != "_Planned":
+                raise
     elif op == "verify":
         from echocmr.shards.verify import problems_json, verify
 
@@ -345,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-only", type=int, nargs="*", default=[], metavar="N",
                         help="also measure the training driver's read plan on manifest-only "
                         "sets of these sizes (it reads the manifest alone), e.g. 1000000")
+    parser.add_argument("--reshard-plan-only", type=int, nargs="*", default=[], metavar="N",
+                        help="also measure reshard's scan and plan alone (stopped before it "
+                        "writes) on manifest-only sets with indexes of these sizes, e.g. "
+                        "1000000 (with --baseline-python, before and after)")
     parser.add_argument("--baseline-python", default=None, metavar="PYTHON",
                         help="also run each operation with this interpreter (another checkout's "
                         "venv, e.g. main's) on the same sets, for a before/after table")
@@ -433,6 +466,30 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['detail'][-1] / 1024:.0f} KB pickled", flush=True)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    plan_rows: dict[tuple[str, int], dict] = {}
+    for n in args.reshard_plan_only:
+        root = manifest_only(n, args.distinct, indexes=True)
+        runs = [("after", sys.executable)]
+        if args.baseline_python:
+            runs.insert(0, ("before", args.baseline_python))
+        for label, python in runs:
+            r = plan_rows[label, n] = measure("reshard-plan", [], root, python=python)
+            print(f"reshard scan + plan ({label}) on a manifest-only set of {n} clips: wall "
+                  f"{r['wall_s']:.1f} s, CPU {r['cpu_s']:.1f} s, peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} "
+                  "over the baseline)", flush=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    if len(args.reshard_plan_only) >= 2:
+        lo, hi = sorted(args.reshard_plan_only)[-2:]
+        for label in ("before", "after"):
+            if (label, lo) in plan_rows:
+                a, b = plan_rows[label, lo], plan_rows[label, hi]
+                per_clip = 1024 * 1024 * (b["peak_rss_mb"] - a["peak_rss_mb"]) / (hi - lo)
+                exp_cpu = math.log(max(b["cpu_s"], 1e-3) / max(a["cpu_s"], 1e-3)) / math.log(
+                    hi / lo)
+                print(f"reshard scan + plan ({label}) {lo} -> {hi}: CPU exponent "
+                      f"{exp_cpu:.2f}; peak RSS grows {per_clip:.0f} bytes per added clip")
     for n in args.stats_only:
         root = manifest_only(n, args.distinct)
         r = measure("stats", [], root)

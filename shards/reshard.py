@@ -8,26 +8,31 @@ manifests (train pixel statistics pooled from per-clip values, no decoding).
 ``ingest_report.parquet`` is never copied: its source paths can name patients and it stays at the
 site that made it.
 
-How it streams (the driver holds no Python object and no string per clip): a first pass over
-each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and keeps
-what the plan needs as numbers (split, site, the key as its site prefix and 16-hex number, where
-the row is: about 30 bytes per clip, numpy); duplicate keys and patients in two splits are found
-from these and from the patient column spilled by hash (`shards.streaming.Partitions`). The plan
-(which sample goes to which output shard, in which order) is a permutation of those rows. A
-second pass gives each input row its place in the output, locates it in its tar's index and
-spills it to a local temporary bucket of whole output shards (`shards.streaming.Buckets`,
-65,536 rows each); the buckets are read back in order, one at a time, and cut into the output
-shards' rows in write order: each is one copy job and its rows of ``manifest.parquet``, which is
-written (staged, published last) and counted for ``stats.json`` (`shards.summary`) as the jobs
-go. Each job (`_copy_shard`) fetches every sample by one ranged read of its input tar (its three
-members are contiguous), checks it against its input manifest row as it passes (video and
-``.json`` SHA-256, label bytes, every ``.json`` field the manifest has: the rules of
-`shards.verify`) and appends it to the output tar, so a job holds one sample. Object stores serve
-ranged reads natively, so inputs in a bucket work the same way. With ``address`` the jobs are Ray
-tasks on a cluster (one per output shard, `shards.distributed.map_shards`); the driver writes the
-manifest and ``stats.json`` either way, so a cluster run's output is byte-identical to a local
-one. The spills need local scratch space (``$TMPDIR``) about the size of the inputs' manifests
-uncompressed.
+How it streams (the driver holds no Python object, string or number per clip): a first pass
+over each input's manifest, a shard at a time, checks its rows against the shard's ``.idx`` and
+hands what the plan needs over as numbers (split, site, the key as its site prefix and 16-hex
+number, where the row is), which are spilled to local temporary files at once
+(`shards.reshard_plan`); patients in two splits are found from the patient column spilled by
+hash (`shards.streaming.Partitions`). The plan (which sample goes to which output shard, in
+which order) is built from external sorts (`shards.external_sort`: sorted runs on disk, merged):
+the rows by key (a repeated key lies next to its copies), each split's rows by their mixing
+position, and each row's place in the output by input row, written as a dense file of places.
+The driver holds a run of records and one site's permutation within a split (4 bytes a clip of
+that site: numpy's shuffle, which fixes the plan). A second pass reads each input row's place
+from that file, locates the row in its tar's index and spills it to a local temporary bucket of
+whole output shards (`shards.streaming.Buckets`, 65,536 rows each); the buckets are read back in
+order, one at a time, and cut into the output shards' rows in write order: each is one copy job
+and its rows of ``manifest.parquet``, which is written (staged, published last) and counted for
+``stats.json`` (`shards.summary`) as the jobs go. Each job (`_copy_shard`) fetches every sample
+by one ranged read of its input tar (its three members are contiguous), checks it against its
+input manifest row as it passes (video and ``.json`` SHA-256, label bytes, every ``.json``
+field the manifest has: the rules of `shards.verify`) and appends it to the output tar, so a job
+holds one sample. Object stores serve ranged reads natively, so inputs in a bucket work the same
+way. With ``address`` the jobs are Ray tasks on a cluster (one per output shard,
+`shards.distributed.map_shards`); the driver writes the manifest and ``stats.json`` either way,
+so a cluster run's output is byte-identical to a local one. The spills need local scratch space
+(``$TMPDIR``) about the size of the inputs' manifests uncompressed, and are removed on every
+exit path.
 
 Robustness: each output shard is published atomically (tar, then its index); manifest and stats
 are written last. A re-run after a crash re-makes the same plan (it depends only on the inputs and
@@ -45,6 +50,7 @@ sites evenly (a stratified shuffle), then each output shard is shuffled once mor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -85,6 +91,7 @@ from echocmr.shards.manifest import (
     with_optional_columns,
 )
 from echocmr.shards.reader import read_sample, read_stats
+from echocmr.shards.reshard_plan import ORIGIN_SHIFT, PlannedShard, PlanRows, Repeated
 from echocmr.shards.stats import VendorViewCounts, compute_stats, stats_json_bytes
 from echocmr.shards.streaming import Buckets, Partitions
 from echocmr.shards.summary import ManifestSummary, plain, split_codes
@@ -244,6 +251,8 @@ def _load_inputs(directories: list[str]) -> list[_Input]:
 
 # Output rows per bucket of the spilled, located input rows (whole output shards per bucket).
 _BUCKET_ROWS = 65_536
+# Records per sorted run of the plan's external sorts (None: `external_sort.RUN_ROWS`).
+_RUN_ROWS: int | None = None
 _KEY_PATTERN = r"^[a-z0-9_]+-[0-9a-f]{16}$"
 _HEX_DIGIT = np.full(256, 0, np.uint64)
 for _i, _c in enumerate(b"0123456789abcdef"):
@@ -322,140 +331,77 @@ def _key_order(keys: pa.Array, prefixes: dict[str, int]) -> tuple[np.ndarray, np
 
 @dataclass
 class _Rows:
-    """What the plan needs of every input row, as fixed-width arrays (no string per row):
-    split and site codes, the key as (prefix code, number), the row's input and file row."""
+    """What the scan learnt of the input rows, beside the rows themselves (spilled in
+    ``plan_rows``, `shards.reshard_plan`): the site and key prefix names by code and the tar
+    bytes per (split, site code)."""
 
-    split: np.ndarray
-    site: np.ndarray
+    plan_rows: PlanRows
     site_names: list[str]
-    prefix: np.ndarray
     prefix_names: list[str]
-    number: np.ndarray
-    origin: np.ndarray  # input number << 40 | row in that input's manifest
     split_bytes: np.ndarray  # tar bytes of the samples per (split, site code)
 
 
-_ORIGIN_SHIFT = 40
-
-
-def _scan(inputs: list[_Input]) -> _Rows:
+def _scan(inputs: list[_Input], plan_rows: PlanRows, patients: Partitions) -> _Rows:
     """Read every input's manifest once, a shard at a time: locate its rows in the shard's
-    index (each must be there), keep the plan's columns as numbers, and check that no clip is
-    in two inputs and no patient in two splits across them."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                          ("split", "site", "prefix", "number", "origin")}
+    index (each must be there), hand the plan's columns to ``plan_rows`` as numbers (spilled)
+    and each row's patient and split to ``patients`` (`_refuse_shared_patients` checks them
+    after the repeated keys, which are found when the rows are sorted: `_refuse_duplicates`)."""
     sites: dict[str, int] = {}
     prefixes: dict[str, int] = {}
     split_bytes: dict[tuple[int, int], int] = {}
-    total = sum(inp.manifest.metadata.num_rows for inp in inputs)
-    with Partitions(total, "patient_hash") as patients:
-        for number, inp in enumerate(inputs):
-            missing = [0, None]
-            for shard, rows in iter_by_shard(inp.manifest, ("key", "split", "site",
-                                                            "patient_hash"), row_numbers=True):
-                keys = decoded(rows.column("key")).combine_chunks()
-                _, _, _, sizes = _locations(inp, shard, keys, missing)
-                split = split_codes(rows.column("split"))
-                site = plain(rows.column("site"))
-                if site.null_count:
-                    raise ReshardError(f"{inp.directory}: manifest rows of {shard} have no "
-                                       "site; run `echocmr shards verify` on that input")
-                site = site.dictionary_encode()
-                lookup = np.array([sites.setdefault(v, len(sites))
-                                   for v in site.dictionary.to_pylist()], np.int16)
-                prefix, key_number = _key_order(keys, prefixes)
-                site_code = lookup[site.indices.to_numpy(zero_copy_only=False)]
-                for pair in set(zip(split.tolist(), site_code.tolist(), strict=True)):
-                    mine = (split == pair[0]) & (site_code == pair[1])
-                    split_bytes[pair] = split_bytes.get(pair, 0) + int(sizes[mine].sum())
-                parts["split"].append(split.astype(np.int8))
-                parts["site"].append(site_code)
-                parts["prefix"].append(prefix)
-                parts["number"].append(key_number)
-                row = rows.column("_row").to_numpy()
-                parts["origin"].append((np.int64(number) << _ORIGIN_SHIFT) | row)
-                patients.add(pa.table({"patient_hash": plain(rows.column("patient_hash")),
-                                       "split": plain(rows.column("split"))}))
-            _raise_missing(inp, missing)
-        columns = {}
-        for name in list(parts):  # one column at a time, its pieces freed as it is joined
-            pieces = parts.pop(name)
-            columns[name] = np.concatenate(pieces) if pieces else np.array([], np.int64)
-            del pieces
-        _refuse_duplicates(columns, list(prefixes))
-        for part in patients:
-            shared = patients_in_several_splits(part)
-            if shared:
-                raise ReshardError(
-                    f"patient {min(shared, key=lambda x: str(x[0]))[0]} is in two splits "
-                    "across the inputs; were they ingested with different split keys?"
-                )
+    for number, inp in enumerate(inputs):
+        missing = [0, None]
+        for shard, rows in iter_by_shard(inp.manifest, ("key", "split", "site",
+                                                        "patient_hash"), row_numbers=True):
+            keys = decoded(rows.column("key")).combine_chunks()
+            _, _, _, sizes = _locations(inp, shard, keys, missing)
+            split = split_codes(rows.column("split"))
+            site = plain(rows.column("site"))
+            if site.null_count:
+                raise ReshardError(f"{inp.directory}: manifest rows of {shard} have no "
+                                   "site; run `echocmr shards verify` on that input")
+            site = site.dictionary_encode()
+            lookup = np.array([sites.setdefault(v, len(sites))
+                               for v in site.dictionary.to_pylist()], np.int16)
+            prefix, key_number = _key_order(keys, prefixes)
+            site_code = lookup[site.indices.to_numpy(zero_copy_only=False)]
+            for pair in set(zip(split.tolist(), site_code.tolist(), strict=True)):
+                mine = (split == pair[0]) & (site_code == pair[1])
+                split_bytes[pair] = split_bytes.get(pair, 0) + int(sizes[mine].sum())
+            row = rows.column("_row").to_numpy()
+            plan_rows.add(split.astype(np.int8), site_code, prefix, key_number,
+                          (np.int64(number) << ORIGIN_SHIFT) | row)
+            patients.add(pa.table({"patient_hash": plain(rows.column("patient_hash")),
+                                   "split": plain(rows.column("split"))}))
+        _raise_missing(inp, missing)
     by_pair = np.zeros((len(SPLITS) + 1, max(len(sites), 1)), np.int64)
     for (split, site), nbytes in split_bytes.items():
         by_pair[split, site] += nbytes  # split -1 (none): the last row, never planned
-    return _Rows(split=columns["split"], site=columns["site"], site_names=list(sites),
-                 prefix=columns["prefix"], prefix_names=list(prefixes),
-                 number=columns["number"], origin=columns["origin"], split_bytes=by_pair)
+    return _Rows(plan_rows=plan_rows, site_names=list(sites), prefix_names=list(prefixes),
+                 split_bytes=by_pair)
 
 
-def _refuse_duplicates(columns: dict[str, np.ndarray], prefix_names: list[str]) -> None:
+def _refuse_shared_patients(patients: Partitions) -> None:
+    """A patient in two splits across the inputs is refused (checked one spilled part at a
+    time)."""
+    for part in patients:
+        shared = patients_in_several_splits(part)
+        if shared:
+            raise ReshardError(
+                f"patient {min(shared, key=lambda x: str(x[0]))[0]} is in two splits "
+                "across the inputs; were they ingested with different split keys?"
+            )
+
+
+def _refuse_duplicates(repeated: Repeated | None, prefix_names: list[str]) -> None:
     """A clip (key) in two inputs, or twice in one, is refused, naming the first repeated key
-    in input order. Checked one key prefix (site) at a time, on a sorted copy of its numbers."""
-    number, prefix = columns["number"], columns["prefix"]
-    repeated = 0
-    first, first_row = None, None  # the row of the repeated key that comes first
-    for code in range(len(prefix_names)):
-        rows = np.flatnonzero(prefix == code)
-        values = np.sort(number[rows])
-        twice = np.unique(values[1:][values[1:] == values[:-1]])
-        del values
-        if not len(twice):
-            continue
-        repeated += len(twice)
-        hit = rows[np.isin(number[rows], twice)]
-        row = hit[np.argmin(columns["origin"][hit])]
-        if first_row is None or columns["origin"][row] < first_row:
-            first, first_row = row, columns["origin"][row]
-    if first is None:
+    in input order (found by `PlanRows.sort_by_key`, which sorts every row by key)."""
+    if repeated is None:
         return
     raise ReshardError(
-        f"key {prefix_names[prefix[first]]}-{int(number[first]):016x} is in more than one input "
-        f"({repeated} duplicate keys): the same clips were ingested twice; drop one input"
+        f"key {prefix_names[repeated.prefix]}-{repeated.number:016x} is in more than one input "
+        f"({repeated.count} duplicate keys): the same clips were ingested twice; drop one input"
     )
-
-
-def _plan(rows: _Rows, keep: np.ndarray, kept_sites: np.ndarray, config: ReshardConfig
-          ) -> list[tuple[str, np.ndarray]]:
-    """Output shards as (name, row origins in write order), per split, from the kept rows (see
-    the module doc for the mixing rule)."""
-    shards = []
-    prefix_rank = np.argsort(np.argsort(np.array(rows.prefix_names, dtype=object)))
-    site_rank = sorted(range(len(rows.site_names)), key=lambda c: rows.site_names[c])
-    for split_number, split in enumerate(SPLITS):
-        part = np.flatnonzero((rows.split == split_number) & keep)
-        if not len(part):
-            continue
-        part = part[np.lexsort((rows.number[part], prefix_rank[rows.prefix[part]]))]
-        rng = np.random.default_rng([config.seed, split_number])
-        position = np.empty(len(part))
-        sites = rows.site[part]
-        present = set(np.unique(sites).tolist())
-        for code in (c for c in site_rank if c in present):
-            where = np.flatnonzero(sites == code)
-            rank = rng.permutation(len(where))
-            position[where] = (rank + rng.random(len(where))) / len(where)
-        part = part[np.argsort(position, kind="stable")]
-        n_bytes = int(rows.split_bytes[split_number, kept_sites].sum())
-        n_shards = _shard_count(len(part), n_bytes, config)
-        base, extra = divmod(len(part), n_shards)
-        start = 0
-        for number in range(n_shards):
-            stop = start + base + (1 if number < extra else 0)
-            chunk = part[start:stop]
-            shards.append((shard_name(split, number), rows.origin[chunk[rng.permutation(
-                len(chunk))]]))
-            start = stop
-    return shards
 
 
 def _shard_count(n: int, total_tar_bytes: int, config: ReshardConfig) -> int:
@@ -615,24 +561,20 @@ class _ManifestStream:
         self._staged.commit()
 
 
-def _located_shards(inputs: list[_Input], shards: list[tuple[str, np.ndarray]],
-                    buckets: Buckets) -> Iterator[tuple[str, pa.Table]]:
+def _located_shards(inputs: list[_Input], shards: list[PlannedShard],
+                    plan_rows: PlanRows, buckets: Buckets) -> Iterator[tuple[str, pa.Table]]:
     """``(name, its located input rows in write order)`` per output shard, in plan order.
 
-    Every input row gets its place in the output (one int64 per row); the inputs are read once
-    more a shard at a time, each row located in its tar's index and spilled to the bucket of
-    whole output shards that holds its place (`shards.streaming.Buckets`, about
-    `_BUCKET_ROWS` rows each); then each bucket is read back, sorted by place and cut into its
-    shards. The driver holds one input shard's rows, then one bucket."""
+    Every input row's place in the output is in the plan's places file
+    (`shards.reshard_plan.PlanRows.places`); the inputs are read once more a shard at a time,
+    each row located in its tar's index and spilled to the bucket of whole output shards that
+    holds its place (`shards.streaming.Buckets`, about `_BUCKET_ROWS` rows each); then each
+    bucket is read back, sorted by place and cut into its shards. The driver holds one input
+    shard's rows, then one bucket."""
     first_row = np.cumsum([0] + [inp.manifest.metadata.num_rows for inp in inputs])
-    place = np.full(int(first_row[-1]), -1, np.int64)
-    sizes = np.array([len(order) for _, order in shards], np.int64)
+    sizes = np.array([shard.size for shard in shards], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    for (_, order), start in zip(shards, starts[:-1].tolist(), strict=True):
-        source = first_row[order >> _ORIGIN_SHIFT] + (order & ((1 << _ORIGIN_SHIFT) - 1))
-        place[source] = start + np.arange(len(order))
-    names = [name for name, _ in shards]
-    shards.clear()  # their origins are in ``place`` now
+    names = [shard.name for shard in shards]
     bucket_of_shard = np.zeros(len(sizes), np.int64)
     filled = 0
     for k, n in enumerate(sizes.tolist()):
@@ -644,7 +586,7 @@ def _located_shards(inputs: list[_Input], shards: list[tuple[str, np.ndarray]],
         int(bucket_of_shard[-1]) + 1 if len(sizes) else 0))]
     for number, inp in enumerate(inputs):
         for shard, table in iter_by_shard(inp.manifest, None, row_numbers=True):
-            where = place[first_row[number] + table.column("_row").to_numpy()]
+            where = plan_rows.places(first_row[number] + table.column("_row").to_numpy())
             inside = where >= 0
             if not inside.any():
                 continue
@@ -659,7 +601,7 @@ def _located_shards(inputs: list[_Input], shards: list[tuple[str, np.ndarray]],
                                  ("_tar_bytes", nbytes), ("_place", where)):
                 located = located.append_column(name, pa.array(column))
             buckets.add(located, np.searchsorted(bucket_start, where, side="right") - 1)
-    del place
+    plan_rows.close()  # the places are in the buckets now
     for bucket in range(len(bucket_start)):
         table = buckets.read(bucket)
         table = table.take(pc.sort_indices(table.column("_place")))
@@ -689,28 +631,55 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
         raise ReshardError("give at least one --input shard set")
     loaded = _load_inputs([str(i) for i in inputs])
     header = check_compatible(loaded)
-    rows = _scan(loaded)
-    keep = np.ones(len(rows.split), bool)
-    kept_sites = np.arange(len(rows.site_names))
-    if config.exclude_sites:
-        present = sorted(rows.site_names)
-        unknown = set(config.exclude_sites) - set(present)
-        if unknown:
-            raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
-                               f"{present}")
+    with contextlib.ExitStack() as scratch:  # the plan's spills, removed on every exit path
+        plan_rows = scratch.enter_context(PlanRows(len(SPLITS), run_rows=_RUN_ROWS))
+        patients = scratch.enter_context(Partitions(
+            sum(inp.manifest.metadata.num_rows for inp in loaded), "patient_hash"))
+        rows = _scan(loaded, plan_rows, patients)
         drop = [i for i, s in enumerate(rows.site_names) if s in config.exclude_sites]
-        keep = ~np.isin(rows.site, drop)
-        kept_sites = np.setdiff1d(kept_sites, drop)
-        if not keep.any():
-            raise ReshardError("excluding those sites leaves no samples")
-        if header["label_rules"] is not None:
-            header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
-                                     if site not in config.exclude_sites}
-    shards = _plan(rows, keep, kept_sites, config)
-    counts = {s: int(np.count_nonzero(rows.split[keep] == i)) for i, s in enumerate(SPLITS)}
-    del rows, keep  # the plan holds what the copy needs
-    shard_names = [name for name, _ in shards]
+        _refuse_duplicates(plan_rows.sort_by_key(np.array(drop, np.int64),
+                                                 len(rows.site_names)), rows.prefix_names)
+        _refuse_shared_patients(patients)
+        patients.close()
+        if config.exclude_sites:
+            present = sorted(rows.site_names)
+            unknown = set(config.exclude_sites) - set(present)
+            if unknown:
+                raise ReshardError(f"--exclude-site {sorted(unknown)}: the inputs' sites are "
+                                   f"{present}")
+            if not plan_rows.counts.any():
+                raise ReshardError("excluding those sites leaves no samples")
+            if header["label_rules"] is not None:
+                header["label_rules"] = {site: fp for site, fp in header["label_rules"].items()
+                                         if site not in config.exclude_sites}
+        kept_sites = np.setdiff1d(np.arange(len(rows.site_names)), drop)
+        first_row = np.cumsum([0] + [inp.manifest.metadata.num_rows for inp in loaded])
+        shards = plan_rows.plan(
+            splits=SPLITS, seed=config.seed, prefix_names=rows.prefix_names,
+            site_names=rows.site_names,
+            shard_count=lambda n, nbytes: _shard_count(n, nbytes, config),
+            split_bytes=lambda split: int(rows.split_bytes[split, kept_sites].sum()),
+            shard_name=shard_name, first_row=first_row)
+        counts = {s: int(plan_rows.counts[i].sum()) for i, s in enumerate(SPLITS)}
+        summary = _write_output(loaded, inputs, out, shards, plan_rows, header, counts,
+                                config, address)
+    return ReshardSummary(
+        out=str(out),
+        clips=counts,
+        shards={s: sum(1 for p in shards if p.name.startswith(s + "-")) for s in SPLITS},
+        written=summary[0],
+        bytes_read=summary[1],
+        seconds=time.perf_counter() - t0,
+    )
 
+
+def _write_output(loaded: list[_Input], inputs: list[str], out: str,
+                  shards: list[PlannedShard], plan_rows: PlanRows, header: dict,
+                  counts: dict[str, int], config: ReshardConfig,
+                  address: str | None) -> tuple[int, int]:
+    """Copy the planned shards into ``out``, write its manifest and stats, verify it; returns
+    (shards written, bytes read)."""
+    shard_names = [p.name for p in shards]
     out = str(out)
     _check_out(out, [str(i) for i in inputs])
     storage.makedirs(out)
@@ -721,7 +690,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
     kept: list[str] = []
     written, bytes_read = 0, 0
     with _ManifestStream(out, sum(counts.values())) as manifest, Buckets() as buckets:
-        jobs = _copy_jobs(out, _located_shards(loaded, shards, buckets),
+        jobs = _copy_jobs(out, _located_shards(loaded, shards, plan_rows, buckets),
                           header["clip"].fps, kept, manifest)
         if address is None:  # through the module attribute, so a test can interrupt a copy
             results = (_copy_shard(job.out, job.name, job) for job in jobs)
@@ -753,14 +722,7 @@ def reshard(inputs: list[str], out: str, *, config: ReshardConfig,
             storage.remove(storage.join(out, name))
         listing = "\n".join(str(p) for p in problems[:20])
         raise ReshardError(f"the output failed verification; manifest withdrawn:\n{listing}")
-    return ReshardSummary(
-        out=out,
-        clips=counts,
-        shards={s: sum(1 for n in shard_names if n.startswith(s + "-")) for s in SPLITS},
-        written=written,
-        bytes_read=bytes_read,
-        seconds=time.perf_counter() - t0,
-    )
+    return written, bytes_read
 
 
 def _verify_output(out: str, kept: list[str], config: ReshardConfig,

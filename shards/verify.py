@@ -36,6 +36,11 @@ does not have (patient text in a header, a column, a metadata block, a file) can
 - with ``decode=True``: every clip decodes through DALI's CPU video decoder to the frame count and
   frame size the manifest and stats say (a truncated stream decodes to fewer frames).
 
+What it prints is a log channel: a name it found that is not the format's (a tar member name,
+its key part or extension, a ``.json`` field name or ``key`` value, a sample key in a problem's
+place) is described by its position and length, never shown (`shards.redact`); the format's own
+names are shown as they are. Files in the set's directory are named, so they can be removed.
+
 How it scales: the driver holds nothing per clip. The manifest is read a row group at a time
 (`shards.manifest.open_manifest` with ``stream``): the per-sample checks get one shard's rows at
 a time (`iter_by_shard`); the set-wide checks (no key twice, no patient in two splits) spill the
@@ -57,7 +62,7 @@ import math
 import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +75,8 @@ from echocmr.shards.format import (
     INGEST_REPORT_FILE,
     MANIFEST_FILE,
     META_TEXT_COLUMNS,
+    OPTIONAL_META,
+    REQUIRED_META,
     SHARD_RE,
     SPLITS,
     STATS_FILE,
@@ -77,6 +84,7 @@ from echocmr.shards.format import (
     VENDOR_VOCABULARY,
     ClipFormat,
     FormatVersionError,
+    IngestFacts,
     SampleMeta,
     ShardStats,
     check_format_version,
@@ -100,6 +108,7 @@ from echocmr.shards.manifest import (
     shard_counts,
 )
 from echocmr.shards.reader import list_shards, read_stats
+from echocmr.shards.redact import hidden, is_sample_key, member, shown_ext, shown_key
 from echocmr.shards.stage import MARKER_FILE
 from echocmr.shards.stats import VendorViewCounts, compute_stats, stats_json_bytes
 from echocmr.shards.streaming import Partitions
@@ -131,8 +140,16 @@ class Problem:
     what: str
 
     def __str__(self) -> str:
-        where = " ".join(p for p in (self.shard, self.sample) if p) or "set"
+        shown = self.shown()
+        where = " ".join(p for p in (shown["shard"], shown["sample"]) if p) or "set"
         return f"{where}: {self.what}"
+
+    def shown(self) -> dict:
+        """The problem as it may be printed: a sample that is not a sample key (a tampered
+        member name, a manifest key) by its length only (`shards.redact`); ``what`` never
+        repeats such a name."""
+        sample = None if self.sample is None else shown_key(self.sample)
+        return {"shard": self.shard, "sample": sample, "what": self.what}
 
 
 @dataclass
@@ -387,6 +404,8 @@ def _check_tar(
     end = 0  # end of the last member's padded data
     data_end = 0  # end of the last member's data (its zero padding runs to ``end``)
     key, members, last_key = None, {}, None
+    positions: dict[str, int] = {}  # the current sample's members: extension -> member number
+    position = 0
     clean = True
     try:
         with storage.open_file(tar_path, "rb") as raw, \
@@ -395,17 +414,22 @@ def _check_tar(
                 # The previous member's padding has been read by now (this header follows it).
                 data_end = _check_padding(f, tar_path, data_end, end, shard, last_key, problems)
                 f.forget(info.offset)
+                position += 1
+                named = member(position, info.name)  # its name only if it is the format's
                 if not info.isreg():
-                    problems.append(Problem(shard, None, f"member {info.name} is not a file"))
+                    problems.append(Problem(shard, None, f"{named} is not a file"))
                     continue
-                member_key, ext = split_member_name(info.name)
+                try:
+                    member_key, ext = split_member_name(info.name)
+                except ValueError:
+                    raise ValueError(f"{named} has no '<key>.<ext>' form") from None
                 what = _header_problem(info, end, tar.pax_headers)
                 if what:
-                    problems.append(Problem(shard, member_key, f"member {info.name}: {what}"))
+                    problems.append(Problem(shard, member_key, f"{named}: {what}"))
                 data = tar.extractfile(info).read()
                 if len(data) != info.size:
                     raise tarfile.ReadError(
-                        f"{info.name} is cut short ({len(data)} of {info.size} bytes)"
+                        f"{named} is cut short ({len(data)} of {info.size} bytes)"
                     )
                 index.append(
                     IndexEntry(ext=ext, offset=info.offset_data, size=info.size, name=info.name)
@@ -414,19 +438,22 @@ def _check_tar(
                 end = info.offset_data + -(-info.size // _BLOCK) * _BLOCK
                 if member_key != key:
                     if key is not None:
-                        yield key, members, _check_sample(shard, split, key, members, problems)
-                    key, members = member_key, {}
+                        yield key, members, _check_sample(shard, split, key, members, problems,
+                                                          positions)
+                    key, members, positions = member_key, {}, {}
                 last_key = member_key
                 if ext in members:
-                    problems.append(Problem(shard, member_key, f"member .{ext} twice"))
+                    problems.append(Problem(shard, member_key, f"{named}: its extension "
+                                            f"{shown_ext(ext)} twice in the sample"))
                 members[ext] = data
+                positions[ext] = position
             _check_padding(f, tar_path, data_end, end, shard, last_key, problems)
     except (tarfile.TarError, OSError, ValueError) as exc:
         clean = False
-        after = f" after sample {last_key}" if last_key else ""
+        after = f" after sample {shown_key(last_key)}" if last_key else ""
         problems.append(Problem(shard, key, f"tar is damaged{after}: {exc}"))
     if key is not None:
-        yield key, members, _check_sample(shard, split, key, members, problems)
+        yield key, members, _check_sample(shard, split, key, members, problems, positions)
     if not clean:
         return
     if not index:
@@ -532,18 +559,29 @@ def _header_problem(info: _RawInfo, expected_offset: int, global_pax: dict) -> s
 
 
 def _check_sample(
-    shard: str, split: str, key: str, members: dict[str, bytes], problems: list[Problem]
+    shard: str, split: str, key: str, members: dict[str, bytes], problems: list[Problem],
+    positions: dict[str, int] | None = None,
 ) -> SampleMeta | None:
+    """A sample's own checks. Names found in it that are not the format's (its key, an
+    extension, a ``.json`` field or ``key`` value) are described by position and length, never
+    shown (`shards.redact`): they may be patient text."""
+    positions = positions or {}
     try:
         validate_key(key)
-    except ValueError as exc:
-        problems.append(Problem(shard, key, str(exc)))
+    except ValueError:
+        first = min(positions.values(), default=None)
+        where = f"member {first}" if first is not None else "its members"
+        problems.append(Problem(shard, key, f"{where}: the name's key part {hidden(key, 'a key')} is "
+                                "not a sample key ('<site>-<16 lower-case hex>', site in "
+                                "[a-z0-9_]+)"))
     missing = [ext for ext in EXTENSIONS if ext not in members]
-    extra = sorted(set(members) - set(EXTENSIONS))
+    extra = sorted(set(members) - set(EXTENSIONS), key=lambda e: positions.get(e, 0))
     if missing:
         problems.append(Problem(shard, key, f"missing {', '.join('.' + e for e in missing)}"))
     if extra:
-        problems.append(Problem(shard, key, f"unexpected {', '.join('.' + e for e in extra)}"))
+        problems.append(Problem(shard, key, "unexpected " + ", ".join(
+            f"member {positions[e]} {shown_ext(e)}" if e in positions else shown_ext(e)
+            for e in extra)))
     if "labels" in members:
         try:
             decode_labels(members["labels"])
@@ -556,16 +594,39 @@ def _check_sample(
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(Problem(shard, key, f".json does not parse: {exc}"))
         else:
-            try:  # its own key, so that a key mismatch is reported as one
-                meta = SampleMeta.from_dict(data)
-            except ValueError as exc:
-                problems.append(Problem(shard, key, f".json: {exc}"))
+            what = _json_names_problem(data)
+            if what:
+                problems.append(Problem(shard, key, f".json: {what}"))
+            else:
+                try:  # its own key, so that a key mismatch is reported as one
+                    meta = SampleMeta.from_dict(data)
+                except ValueError as exc:
+                    problems.append(Problem(shard, key, f".json: {exc}"))
     if meta is not None:
         if meta.key != key:
             problems.append(Problem(shard, key, f".json names key {meta.key!r}"))
         if meta.split != split:
             problems.append(Problem(shard, key, f".json split {meta.split!r} in a {split} shard"))
     return meta
+
+
+_META_FIELDS = frozenset({"key", *REQUIRED_META, *(f.name for f in fields(IngestFacts)),
+                          *OPTIONAL_META})
+
+
+def _json_names_problem(data: dict) -> str | None:
+    """What is wrong with a ``.json`` object's names, said without them: fields that are not
+    the format's (by their number in the object and length) or a ``key`` value that is not a
+    sample key. None if its names are the format's (`SampleMeta.from_dict` checks the rest)."""
+    unknown = [f"field {number} {hidden(name)}" for number, name in enumerate(data, 1)
+               if name not in _META_FIELDS]
+    if unknown:
+        return (f"{len(unknown)} field(s) that are not the format's: {', '.join(unknown[:5])}"
+                "; a set from a newer echocmr needs an upgrade, anything else is not a sample "
+                "of this format")
+    if "key" in data and not is_sample_key(data["key"]):
+        return f"its key value {hidden(data['key'], 'a value')} is not a sample key"
+    return None
 
 
 def _same_label(a: float, b: float) -> bool:
@@ -724,4 +785,4 @@ def summary_line(directory: str, problems: list[Problem], decode: bool) -> str:
 
 
 def problems_json(problems: list[Problem]) -> str:
-    return json.dumps([p.__dict__ for p in problems], indent=2)
+    return json.dumps([p.shown() for p in problems], indent=2)

@@ -10,8 +10,12 @@ buckets are 8,192 rows here (the code's 65,536 scaled down, so both sets hold ma
 The code before issue 26's rewrite held 0.3-0.6 KB per clip (100-200 MB more at the larger
 size); the bound is 64 bytes per added clip (22 MB), generous for allocator noise (0-50 bytes
 seen) yet below a Python string per clip (a key alone is a 72-byte str plus its reference).
-Reshard's plan is numbers per clip (its permutation: ~80 bytes at its peak, numpy), so its
-bound is 128 bytes (the code before held 0.56 KB per clip).
+Reshard's plan is spilled to disk and sorted there (`shards.reshard_plan`: runs of 8,192 records
+here), so reshard has the same bound; and its scan and plan alone (nothing written) are held to
+24 bytes per added clip: they measured -4 to -1 (32 MB over the baseline at both sizes), and the
+same plan sorted in one run in memory grows 124 bytes per clip (34 MB -> 75 MB). Before the
+plan was spilled it held ~80 bytes per clip at its peak (numpy), under a bound of 128 bytes that
+its whole run never reached at these sizes (the copy phase's peak is higher).
 Nothing is timed.
 """
 
@@ -43,9 +47,9 @@ from _shards_fixtures import FIXTURE_SPLIT_KEY_FINGERPRINT, clip_format
 
 SMALL, LARGE = 50_000, 400_000
 BYTES_PER_CLIP = 64
-# Reshard's plan is a permutation of the clips: numbers per clip (split, site, key as prefix and
-# number, origin, output place; ~80 bytes at its peak, numpy), never a Python object or string.
-RESHARD_BYTES_PER_CLIP = 128
+# Reshard's plan is sorted on disk (`shards.reshard_plan`): the driver holds a run of records.
+RESHARD_BYTES_PER_CLIP = BYTES_PER_CLIP
+PLAN_BYTES_PER_CLIP = 24
 # Rows per row group, record batch, spilled part and reshard bucket in these runs: the code's
 # 65,536 scaled down (its constants, set in the child), so that both sets hold many of each and
 # the allocator's warm-up over the first few batches is behind both.
@@ -131,6 +135,7 @@ from echocmr.shards import manifest, streaming, stats as stats_module, verify as
 from echocmr.shards.reader import list_shards
 manifest._BATCH_ROWS = streaming.PART_ROWS = int(rows)
 reshard_module._BUCKET_ROWS = reshard_module._MANIFEST_ROW_GROUP = int(rows)
+reshard_module._RUN_ROWS = int(rows)  # the plan's external sorts (absent before issue 26's)
 base = hwm()
 if op == "stats":
     result = len(json.dumps(stats_module.describe(directory)))
@@ -139,6 +144,8 @@ elif op == "verify":
     report = verify_module.verify_set(directory, trusted_shards=tars)
     result = [str(p) for p in report.problems]
 else:
+    if op == "reshard-plan":  # the scan, the sorts and the plan alone: nothing written
+        reshard_module._write_output = lambda *args: (0, 0)
     # The driver alone: no clip is copied (the tars are empty), nothing is re-verified.
     reshard_module._copy_shard = lambda out, name, job: job.rows.num_rows
     reshard_module._verify_output = lambda *args: []
@@ -197,3 +204,12 @@ def test_reshard_driver_memory_does_not_grow_with_the_set(sets, tmp_path):
         whole, clip_format=clip_format(144, 30.0),
         split_key_fingerprint=FIXTURE_SPLIT_KEY_FINGERPRINT)
     assert _growth(small, large) < RESHARD_BYTES_PER_CLIP, (small, large)
+
+
+def test_reshard_plan_memory_does_not_grow_with_the_set(sets, tmp_path):
+    """The scan, the external sorts and the plan alone (its output not written): the part of
+    reshard that held numbers per clip."""
+    small = run("reshard-plan", sets[SMALL], str(tmp_path / "small"))
+    large = run("reshard-plan", sets[LARGE], str(tmp_path / "large"))
+    assert sum(large["result"].values()) == LARGE
+    assert _growth(small, large) < PLAN_BYTES_PER_CLIP, (small, large)
