@@ -25,15 +25,20 @@ from echocmr.eval import metrics, signal, summary
 from echocmr.model.auc import grouped_midranks, midranks
 
 
-@pytest.fixture(params=["default blocks", "tiny blocks", "row by row"])
+@pytest.fixture(params=["default blocks", "tiny blocks", "row by row", "row by row, wide"])
 def blocks(request, monkeypatch):
-    """Shipped block sizes; blocks of one row or a few cells; and the bootstrap's row-wise path
-    (taken from ``_ROW_WISE`` studies on) at the shipped block size."""
+    """Shipped block sizes; blocks of one row or a few cells; the bootstrap's row-wise path
+    (taken from ``_ROW_WISE`` studies on) at the shipped block size; and that path with its byte
+    multiplicities overflowing at 2 instead of 256 (``_NARROW_MAX``), so that resamples in which
+    a patient is drawn more often than a byte holds take the int64 way, beside others that
+    do not."""
     if request.param == "tiny blocks":
         monkeypatch.setattr(metrics, "_CELLS", 29)
         monkeypatch.setattr(signal, "_CELLS", 3)
-    if request.param == "row by row":
+    if request.param.startswith("row by row"):
         monkeypatch.setattr(metrics, "_ROW_WISE", 0)
+    if request.param == "row by row, wide":
+        monkeypatch.setattr(metrics, "_NARROW_MAX", 1)
     return request.param
 
 
