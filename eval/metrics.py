@@ -36,9 +36,10 @@ about ``_CELLS`` numbers whatever N: memory is O(N + _CELLS), time O(B·N) after
 sort. Every intermediate of the weighted statistic is a sum of integer multiplicities (or halves of
 them) below 2^53, so the result is exact and independent of the blocking. A resample's AUC is
 computed (`resampled_aucs`) from the cumulative weight of the negatives in score order, in
-integers; from ``_ROW_WISE`` studies on, one resample at a time. At 10^6 studies the 2,000
-resamples and the BCa jackknife took 26 s of CPU and 159 MB above the table
-(bench/bench_eval_scale.py; 107 s before `resampled_aucs`), where the old single B × P draw alone
+integers; from ``_ROW_WISE`` studies on, one resample at a time, with the patient multiplicities
+as bytes while they fit (``_NARROW_MAX``). At 10^6 studies the 2,000 resamples and the BCa
+jackknife took 20–21 s of CPU and 159 MB above the table (bench/bench_eval_scale.py; 26 s with
+int64 multiplicities, 107 s before `resampled_aucs`), where the old single B × P draw alone
 would take 16 GB.
 """
 
