@@ -17,7 +17,14 @@ four sites, NaN labels, scores on a 10^-3 grid below a share of exact ties), at 
 - ``breakdown_site``: `eval.summary.breakdown` by site (four exploratory tables);
 - ``breakdown_view``: `eval.summary.breakdown` by view on the table `views_table` gives (what
   ``echocmr eval`` breaks down by view: one row per study and view; A4C for every study, PLAX for
-  every third, 1.33 N rows in two exploratory tables).
+  every third, 1.33 N rows in two exploratory tables);
+- ``breakdown_site_cached``, ``breakdown_view_cached``: the same breakdowns as ``echocmr eval``
+  runs them, after the primary table and sharing its `ResultCache` (the primary table is
+  computed before the clock starts; the cell's ``hits`` says how many (group, task) results came
+  from it). Here the view breakdown's A4C group is the primary table's studies with the primary
+  table's scores (``views_table`` gives A4C the study probabilities), so it is served from the
+  cache; in an archive where some studies hold other views too, a study's probability is the
+  mean over its views and no view group equals the primary table: read the uncached cells there.
 
 After the table, the breakdowns' CPU time as a share of the primary table's at each N where both
 ran (``echocmr eval`` runs both breakdowns after the primary table).
@@ -54,7 +61,10 @@ import pandas as pd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK_NAMES = ("wma", "lge", "t1", "t2", "ecv")
 OPS = ("threshold", "bootstrap_bca", "jackknife", "delong", "permutation", "permutation_site",
-       "summarise", "breakdown_site", "breakdown_view")
+       "summarise", "breakdown_site", "breakdown_view", "breakdown_site_cached",
+       "breakdown_view_cached")
+TABLE_OPS = ("summarise", "breakdown_site", "breakdown_view", "breakdown_site_cached",
+             "breakdown_view_cached")
 
 
 def predictions_table(n_studies: int, seed: int = 0, *, n_sites: int = 4, val_share: float = 0.2,
@@ -147,14 +157,21 @@ def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict
     """Run one statistic once in this process; seconds and peak RSS above the baseline."""
     metrics, signal, operating = _modules(way)
     table, y, p, patients, sites = _arrays(n)
-    studies = None
-    if op in ("summarise", "breakdown_site", "breakdown_view"):  # built before the clock starts
+    studies, cache = None, None
+    if op in TABLE_OPS:  # built before the clock starts
         studies = table.rename(columns={"patient": "patient_hash", "study": "study_hash"})
         studies["patient_hash"] = studies["patient_hash"].astype(str)
-        if op == "breakdown_view":
-            studies = views_table(studies)
         del table
-        from echocmr.eval.summary import breakdown, summarise  # the old modules with way=old
+        from echocmr.eval.summary import (  # the old modules with way=old
+            ResultCache,
+            breakdown,
+            summarise,
+        )
+        if op.endswith("_cached"):  # the primary table first, as echocmr eval: not timed
+            cache = ResultCache()
+            summarise(studies, tasks=tasks, cache=cache)
+        if op.startswith("breakdown_view"):
+            studies = views_table(studies)
     import scipy.stats  # noqa: F401  (imported on first use by the intervals: not a cost of N)
     try:  # reset the peak to the current RSS (Linux >= 4.0), so the peak is the statistic's
         with open("/proc/self/clear_refs", "w") as f:
@@ -177,15 +194,18 @@ def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict
         signal.permutation_test(y, p, patients)
     elif op == "permutation_site":
         signal.permutation_test(y, p, patients, strata=sites)
-    elif op in ("summarise", "breakdown_site", "breakdown_view"):
-        if op == "summarise":
-            summarise(studies, tasks=tasks)
-        else:
-            breakdown(studies, op.removeprefix("breakdown_"), tasks=tasks)
+    elif op == "summarise":
+        summarise(studies, tasks=tasks)
+    elif op in TABLE_OPS:
+        breakdown(studies, op.removeprefix("breakdown_").removesuffix("_cached"), tasks=tasks,
+                  cache=cache)
     else:
         raise ValueError(op)
-    return {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
-            "mb": max(0, _rss_kb() - base) / 1024, "peak_mb": _rss_kb() / 1024}
+    out = {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
+           "mb": max(0, _rss_kb() - base) / 1024, "peak_mb": _rss_kb() / 1024}
+    if cache is not None:
+        out["hits"] = cache.hits
+    return out
 
 
 def _spawn(op: str, n: int, way: str, timeout: float,
@@ -236,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                     res[way] = r
                     times[way][n] = r["s"]
                     seen[op, way, n] = r["s"]
-                    if op in ("summarise", "breakdown_site", "breakdown_view"):
+                    if op in TABLE_OPS:
                         print(f"  ({op} {way} N={n}: whole-process peak RSS "
                               f"{r['peak_mb']:.0f} MB)", flush=True)
 
@@ -260,12 +280,15 @@ def main(argv: list[str] | None = None) -> None:
             if ("summarise", way, n) not in seen:
                 continue
             primary = seen["summarise", way, n]
-            parts = {op: seen[op, way, n] for op in ("breakdown_site", "breakdown_view")
-                     if (op, way, n) in seen}
+            parts = {op: seen[op, way, n] for op in TABLE_OPS[1:] if (op, way, n) in seen}
             if parts:
                 shares = ", ".join(f"{op} {t / primary:.2f}" for op, t in parts.items())
-                print(f"breakdowns / primary table CPU ({way}, N={n}): {shares}; both "
-                      f"{sum(parts.values()) / primary:.2f}", flush=True)
+                for kind in ("", "_cached"):  # both breakdowns, uncached and cached
+                    pair = [f"breakdown_{by}{kind}" for by in ("site", "view")]
+                    if all(op in parts for op in pair):
+                        shares += (f"; both{kind.replace('_', ' ')} "
+                                   f"{sum(parts[op] for op in pair) / primary:.2f}")
+                print(f"breakdowns / primary table CPU ({way}, N={n}): {shares}", flush=True)
 
 
 if __name__ == "__main__":

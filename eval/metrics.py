@@ -36,9 +36,10 @@ about ``_CELLS`` numbers whatever N: memory is O(N + _CELLS), time O(B·N) after
 sort. Every intermediate of the weighted statistic is a sum of integer multiplicities (or halves of
 them) below 2^53, so the result is exact and independent of the blocking. A resample's AUC is
 computed (`resampled_aucs`) from the cumulative weight of the negatives in score order, in
-integers; from ``_ROW_WISE`` studies on, one resample at a time. At 10^6 studies the 2,000
-resamples and the BCa jackknife took 26 s of CPU and 159 MB above the table
-(bench/bench_eval_scale.py; 107 s before `resampled_aucs`), where the old single B × P draw alone
+integers; from ``_ROW_WISE`` studies on, one resample at a time, with the patient multiplicities
+as bytes while they fit (``_NARROW_MAX``). At 10^6 studies the 2,000 resamples and the BCa
+jackknife took 20–21 s of CPU and 159 MB above the table (bench/bench_eval_scale.py; 26 s with
+int64 multiplicities, 107 s before `resampled_aucs`), where the old single B × P draw alone
 would take 16 GB.
 """
 
@@ -64,6 +65,12 @@ _CELLS = 1 << 21
 # gathers then beat its 2-d ones (2.5 s against 3.9 s per 2,000 resamples at 10^5 studies, 46 s
 # against 79 s at 10^6), and a row's work dwarfs the Python loop (below, the loop would cost more).
 _ROW_WISE = 1 << 14
+# On that path a resample's patient multiplicities are gathered twice in random order (once per
+# negative and once per positive study, in score order); held as bytes when none exceeds this,
+# the table is P bytes instead of 8P and stays in a core's cache at 10^6 studies (0.5 MB against
+# 4.2 MB; the two gathers took 5.2 ms of a resample's 14.6 there, 1.4 ms as bytes). Exact: a
+# multiplicity above it (a resample in which one patient is drawn 256 times) keeps int64.
+_NARROW_MAX = 255
 
 
 @dataclass(kw_only=True)
@@ -348,10 +355,12 @@ def resampled_aucs(y: np.ndarray, s: np.ndarray, study_patient: np.ndarray, n_pa
             below = np.zeros(neg_patient.size + 1, dtype=np.int64)
             for r in range(b):
                 counts = np.bincount(block[r], minlength=n_patients)
-                np.cumsum(counts[neg_patient], out=below[1:])
+                if counts.max() <= _NARROW_MAX:  # P bytes, not 8P: the gathers stay in cache
+                    counts = counts.astype(np.uint8)
+                np.cumsum(counts[neg_patient], out=below[1:], dtype=np.int64)
                 w_pos = counts[pos_patient]
-                num2[r] = w_pos @ (below[lo] + below[hi])
-                den[r] = w_pos.sum() * below[-1]
+                num2[r] = np.dot(w_pos, below[lo] + below[hi])
+                den[r] = w_pos.sum(dtype=np.int64) * below[-1]
         else:  # many small resamples per block: one 2-d pass each
             block += np.arange(b)[:, None] * n_patients  # row r's patients at r·P ...
             counts = np.bincount(block.ravel(), minlength=b * n_patients).reshape(b, n_patients)

@@ -287,14 +287,16 @@ def summarise(
     if missing:
         raise ValueError(f"study table lacks columns {missing}")
     compute = task_result if cache is None else cache.task_result
+    patients = _ids(studies["patient_hash"])
+    sites = _ids(studies["site"]) if "site" in studies.columns else None
     results = {
         t: compute(
             t,
             studies[y_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
             studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
-            studies["patient_hash"].to_numpy(),
+            patients,
             config=config,
-            sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+            sites=sites,
         )
         for t in tasks
     }
@@ -316,14 +318,26 @@ def summarise(
                 studies[p_col(t)].to_numpy(dtype=np.float64, na_value=np.nan),
                 studies[y_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
                 studies[p_col(ctrl)].to_numpy(dtype=np.float64, na_value=np.nan),
-                studies["patient_hash"].to_numpy(), control=ctrl, signal=config.signal,
+                patients, control=ctrl, signal=config.signal,
                 min_positives=min(mc.min_positives, mc.min_negatives),
                 min_patients=min(mc.min_positive_patients, mc.min_negative_patients),
-                sites=studies["site"].to_numpy() if "site" in studies.columns else None,
+                sites=sites,
                 test=r.verdict == SIGNAL,  # a fixed sequence: only after the audit rejected
             )
             r.verdict = refine_verdict(r.verdict, r.control, config.signal.alpha)
     return results
+
+
+def _ids(column: pd.Series) -> np.ndarray:
+    """A column of ids as numpy text, converted once per table: every statistic of every task
+    sorts the patient ids again (np.unique: ~15 times per task) and turns the sites into text,
+    and numpy sorts fixed-width text ~3x faster than Python strings (0.42 against 1.42 s at
+    10^6 unsorted ids). The same strings in the same order: the same numbers. Ids that are not
+    text (integers) are passed as they are, so they keep their numeric order."""
+    values = column.to_numpy()
+    if pd.api.types.is_string_dtype(column) and values.size:
+        return values.astype(str)
+    return values
 
 
 def adjust_verdicts(results: dict[str, TaskResult], config: SignalConfig) -> dict[str, TaskResult]:

@@ -25,15 +25,20 @@ from echocmr.eval import metrics, signal, summary
 from echocmr.model.auc import grouped_midranks, midranks
 
 
-@pytest.fixture(params=["default blocks", "tiny blocks", "row by row"])
+@pytest.fixture(params=["default blocks", "tiny blocks", "row by row", "row by row, wide"])
 def blocks(request, monkeypatch):
-    """Shipped block sizes; blocks of one row or a few cells; and the bootstrap's row-wise path
-    (taken from ``_ROW_WISE`` studies on) at the shipped block size."""
+    """Shipped block sizes; blocks of one row or a few cells; the bootstrap's row-wise path
+    (taken from ``_ROW_WISE`` studies on) at the shipped block size; and that path with its byte
+    multiplicities overflowing at 2 instead of 256 (``_NARROW_MAX``), so that resamples in which
+    a patient is drawn more often than a byte holds take the int64 way, beside others that
+    do not."""
     if request.param == "tiny blocks":
         monkeypatch.setattr(metrics, "_CELLS", 29)
         monkeypatch.setattr(signal, "_CELLS", 3)
-    if request.param == "row by row":
+    if request.param.startswith("row by row"):
         monkeypatch.setattr(metrics, "_ROW_WISE", 0)
+    if request.param == "row by row, wide":
+        monkeypatch.setattr(metrics, "_NARROW_MAX", 1)
     return request.param
 
 
@@ -149,3 +154,31 @@ def test_different_studies_or_settings_are_never_served_from_the_cache():
     assert cache.hits == 0
     summary.summarise(studies, config=_config(), tasks=("wma",), cache=cache)
     assert cache.hits == 1
+
+
+@pytest.mark.parametrize("ids", ["str dtype", "object", "int"])
+def test_ids_converted_once_per_table_give_the_per_task_arrays_numbers(ids):
+    """`summarise` turns the patient and site columns into numpy text once per table; every
+    task's result must equal `task_result` on the column's own values (Python strings, or
+    integers, which keep their numeric order: 10 after 9, not before it as text)."""
+    studies = _studies(600, sites=3)
+    number = studies["patient_hash"].str[1:].astype(int).to_numpy()
+    if ids == "int":
+        studies["patient_hash"] = number * 7 % 601  # ascending as integers, not as text
+    elif ids == "object":
+        studies["patient_hash"] = pd.Series(studies["patient_hash"].tolist(), dtype=object)
+        studies["site"] = pd.Series(studies["site"].tolist(), dtype=object)
+    config = _config()
+    got = summary.summarise(studies, config=config, tasks=("wma", "lge"), primary=False)
+    for task, result in got.items():
+        want = summary.task_result(
+            task, studies[f"y_{task}"].to_numpy(), studies[f"p_{task}"].to_numpy(),
+            np.asarray(studies["patient_hash"].tolist(), dtype=object), config=config,
+            sites=np.asarray(studies["site"].tolist(), dtype=object))
+        want.primary, want.verdict = False, "exploratory" if want.p_value is not None \
+            else want.verdict
+        assert summary.detail_json({task: result}) == summary.detail_json({task: want})
+    if ids == "int":  # as text the bootstrap's patient order differs, and so does its interval
+        text = summary.summarise(studies.assign(patient_hash=studies["patient_hash"].astype(str)),
+                                 config=config, tasks=("wma",), primary=False)
+        assert text["wma"].ci_low != got["wma"].ci_low
