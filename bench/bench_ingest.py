@@ -234,7 +234,7 @@ def _stages(root: str) -> None:
     config = IngestConfig(site="bench")
     sampled_only = replace(config, text_detector=replace(
         config.text_detector, composites=False, track_step=0, orientations=False,
-        dark_composite=False, motion_bands=0, line_reads=False))
+        dark_composite=False, motion_bands=0, line_reads=False, stroke_reads=0))
     spent = {"read + decode": 0.0, "sector, mask, resize": 0.0, "text detector": 0.0,
              "VP9 encode": 0.0}
     before = 0.0  # the text detector reading its sampled frames only
