@@ -21,10 +21,14 @@ kept clip before it is written. What it reads, in order:
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
-5. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+5. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
+   text moving vertically or slowly), away from what is masked, read along its line in the
+   frame that shows it most; what reads there is followed frame by frame
+   (`_Reader.follow_each_frame`);
+6. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-6. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+7. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -35,10 +39,10 @@ text that does not read as cropped is read turned 180° and mirrored either way 
 each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
 the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-What it does not see (docs/ingest.md, "The text detector"): moving text that is in none of the
-sampled frames and does not slide along rows (vertical motion, or slower than ~1 pixel a frame,
-or dark: only step 6 finds it), dim text over moving tissue, dark text over blood, text shown
-in one frame only at a place where the tissue deviates more.
+What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
+sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
+beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
+over blood, text shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
