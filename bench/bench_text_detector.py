@@ -38,8 +38,12 @@ cropped to its path; turned and mirrored copies for those modes) reads each stri
 UNPROTECTED clip, and the readable recall is the share masked of the strings it reads. A string
 no reader reads is not a leak; both figures are printed, and the strings not read are listed.
 
+Then the text that moves vertically or slowly (`sliding_set`: up or down 1-6 pixels a frame;
+0.25-1 pixels a frame sideways, vertically or in steps; in none of the sampled frames), printed
+the same way by `report_sliding`, with the strings each row misses.
+
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
-[--repeats 2] [--no-motion] [--no-still] [--no-readable]``. About 1 CPU-minute per setting on the
+[--repeats 2] [--no-motion] [--no-still] [--no-readable] [--no-sliding]``. About 1 CPU-minute per setting on the
 still strings and 1-2 on the rest; the reader's pass 30 CPU minutes once on a loaded machine
 (1791 CPU s, 2026-12-06; cached under ``/tmp/echocmr-bench-text``).
 """
