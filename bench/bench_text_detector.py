@@ -38,8 +38,12 @@ cropped to its path; turned and mirrored copies for those modes) reads each stri
 UNPROTECTED clip, and the readable recall is the share masked of the strings it reads. A string
 no reader reads is not a leak; both figures are printed, and the strings not read are listed.
 
+Then the text that moves vertically or slowly (`sliding_set`: up or down 1-6 pixels a frame;
+0.25-1 pixels a frame sideways, vertically or in steps; in none of the sampled frames), printed
+the same way by `report_sliding`, with the strings each row misses.
+
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
-[--repeats 2] [--no-motion] [--no-still] [--no-readable]``. About 1 CPU-minute per setting on the
+[--repeats 2] [--no-motion] [--no-still] [--no-readable] [--no-sliding]``. About 1 CPU-minute per setting on the
 still strings and 1-2 on the rest; the reader's pass 30 CPU minutes once on a loaded machine
 (1791 CPU s, 2026-12-06; cached under ``/tmp/echocmr-bench-text``).
 """
@@ -65,8 +69,8 @@ FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 # name -> TextDetectorConfig fields (every field that differs between rows, so a change of the
 # defaults does not change a row); the first, the old default, is the yardstick.
 _SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
-                     line_extend=0.0, motion_bands=0, line_reads=False)
-_BEFORE_MOTION = dict(motion_bands=0, line_reads=False)  # the rows measured before these
+                     line_extend=0.0, motion_bands=0, line_reads=False, stroke_reads=0)
+_BEFORE_MOTION = dict(motion_bands=0, line_reads=False, stroke_reads=0)  # measured before these
 SETTINGS = {
     "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False,
                                       **_SAMPLED_ONLY),
@@ -90,7 +94,10 @@ SETTINGS = {
                                    dark_composite=True, line_extend=2.0, **_BEFORE_MOTION),
     "default (+ motion bands, line reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                                  dark_composite=True, line_extend=2.0,
-                                                 motion_bands=2, line_reads=True),
+                                                 motion_bands=2, line_reads=True, stroke_reads=0),
+    "default (+ stroke reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                     dark_composite=True, line_extend=2.0, motion_bands=2,
+                                     line_reads=True, stroke_reads=1),
 }
 
 
@@ -346,6 +353,107 @@ def motion_set(clips: list[np.ndarray], seed: int = 22) -> tuple[list[np.ndarray
     return out, planted
 
 
+SLIDING_MODES = ("vertical", "slow")
+VERTICAL_PX = (1.0, 6.0)  # output pixels a frame, up or down
+SLOW_PX = (0.25, 1.0)  # output pixels a frame, sideways or vertically, or in steps
+SLOW_PATHS = ("sideways", "vertical", "steps")
+SLIDE_TRAVEL = 60  # output pixels: a string is shown while it moves at most this far
+
+
+@dataclass(frozen=True)
+class Sliding(Moving):
+    """A string of `sliding_set`: how it moves (``path``) and how fast (output px a frame)."""
+
+    path: str = ""  # up, down (vertical); sideways, vertical, steps (slow)
+    speed: float = 0.0
+
+
+def _away_run(n: int, run: int, rng: np.random.Generator) -> tuple[int, int]:
+    """(start, length) of a run of ``run`` frames (fewer when it does not fit) that holds
+    neither the first, the middle nor the last frame, the frames the detector samples."""
+    avoid = {0, (n - 1) // 2, n // 2, n - 1}
+    while run > 2:
+        starts = [s for s in range(1, n - run) if not avoid & set(range(s, s + run))]
+        if starts:
+            return int(starts[rng.integers(len(starts))]), run
+        run -= 1
+    return 1, 2
+
+
+def sliding_set(clips: list[np.ndarray], seed: int = 23) -> tuple[list[np.ndarray], list[Sliding]]:
+    """Text that moves vertically or slowly (issue 22), one string a clip, for every mode x
+    glyph height x content x codec (deterministic), bright (200-255), shown in a run of up to
+    `SCROLL_FRAMES` frames (while it moves at most `SLIDE_TRAVEL` pixels) that holds none of the
+    frames the detector samples (the first, middle and last):
+
+    * ``vertical``: up or down (in turn), 1-6 output pixels a frame (credits);
+    * ``slow``: 0.25-1 output pixels a frame, sideways (left or right), vertically (up or down),
+      or in ``steps`` (1-4 pixels every 3-6 frames, sideways or vertically).
+
+    Sub-pixel positions are drawn by bilinear interpolation of the glyphs' coverage (as a
+    resampled video shows them). ``jpeg``: every frame then JPEG-coded (quality 75)."""
+    import io
+
+    from PIL import Image
+    from scipy.ndimage import shift as subpixel_shift
+
+    rng = np.random.default_rng(seed)
+    fonts = {h: font_for_height(h) for h in MOTION_HEIGHTS}
+    out, planted = [], []
+    combos = [(m, h, c, k) for m in SLIDING_MODES for h in MOTION_HEIGHTS
+              for c in MOTION_CONTENTS for k in CODECS]
+    for i, (mode, height, content, codec) in enumerate(combos):
+        base = clips[i % len(clips)]
+        frames = base.astype(np.float32)
+        n, hgt, wid = frames.shape
+        fan = base.max(axis=0) > 0
+        text = _text(content, rng)
+        alpha = _coverage(text, fonts[height], (4 * height, wid))
+        h, w = alpha.shape
+        sign = 1 if (i // 2) % 2 else -1  # up/left, down/right in turn (raw and JPEG alike)
+        if mode == "vertical":
+            path, speed = ("down" if sign > 0 else "up"), float(rng.uniform(*VERTICAL_PX))
+        else:
+            path, speed = SLOW_PATHS[(i // 2) % 3], float(rng.uniform(*SLOW_PX))
+        vertical = path in ("up", "down") or path == "vertical" or (
+            path == "steps" and (i // 6) % 2 == 1)
+        every = int(rng.integers(3, 7)) if path == "steps" else 1
+        jump = max(1, int(round(speed * every))) if path == "steps" else speed
+        offset = [float(jump * (k // every)) for k in range(n)]  # pixels moved k frames in
+        run = min(n // 2, SCROLL_FRAMES, 1 + int(SLIDE_TRAVEL / speed))
+        start, run = _away_run(n, run, rng)
+        travel = int(np.ceil(offset[run - 1])) + 1
+        ph, pw = (h + travel, w) if vertical else (h, w + travel)
+        best, spot = -1.0, (0, 0)
+        for _ in range(2000):  # a spot whose whole path lies on the fan, or the best one tried
+            y, x = int(rng.integers(0, max(hgt - ph, 0) + 1)), int(rng.integers(0, max(wid - pw, 0) + 1))
+            share = fan[y:y + ph, x:x + pw].mean()
+            if share > best:
+                best, spot = share, (y, x)
+            if share >= 0.9:
+                break
+        y, x = spot
+        glyphs = np.zeros((hgt, wid), dtype=bool)
+        shown = range(start, start + run)
+        for k, t in enumerate(shown):
+            d = offset[k] if sign > 0 else travel - 1 - offset[k]
+            a = np.zeros((hgt, wid), dtype=np.float32)
+            a[y:y + h, x:x + w] = alpha
+            a = np.clip(subpixel_shift(a, (d, 0) if vertical else (0, d), order=1), 0, 1)
+            frames[t] = frames[t] * (1 - a) + float(rng.integers(200, 256)) * a
+            glyphs |= a >= 0.5
+        frames = np.clip(np.round(frames), 0, 255).astype(np.uint8)
+        if codec == "jpeg":
+            for t in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(frames[t]).save(buf, format="JPEG", quality=75)
+                frames[t] = np.asarray(Image.open(buf).convert("L"))
+        planted.append(Sliding(len(out), mode, height, content, codec, glyphs, text,
+                               tuple(shown), path=path, speed=speed))
+        out.append(frames)
+    return out, planted
+
+
 READ_MIN = 4  # characters of a planted string a read must hold, in order, to count as reading it
 
 
@@ -405,7 +513,7 @@ def clean_set(clips: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def measure(name: str, fields: dict, planted_clips, planted, clean, motion_clips=(),
-            motion=()) -> dict:
+            motion=(), sliding_clips=(), sliding=()) -> dict:
     from echocmr.ingest.config import TextDetectorConfig
     from echocmr.ingest.text_detector import find_text
 
@@ -418,11 +526,16 @@ def measure(name: str, fields: dict, planted_clips, planted, clean, motion_clips
     motion_cpu = time.process_time()
     moving = [find_text(frames, config).mask_HW for frames in motion_clips]
     motion_cpu = time.process_time() - motion_cpu
+    sliding_cpu = time.process_time()
+    slid_masks = [find_text(frames, config).mask_HW for frames in sliding_clips]
+    sliding_cpu = time.process_time() - sliding_cpu
     found = [bool(masks[p.clip][p.glyphs_HW].mean() >= FOUND) for p in planted]
     moved = [bool(moving[p.clip][p.glyphs_HW].mean() >= FOUND) for p in motion]
     n = len(planted_clips) + len(clean)
     return dict(name=name, found=found, moved=moved, false_boxes=false_boxes, cpu=cpu / n,
-                wall=wall / n, motion_cpu=motion_cpu / max(len(motion_clips), 1))
+                wall=wall / n, motion_cpu=motion_cpu / max(len(motion_clips), 1),
+                slid=[bool(slid_masks[p.clip][p.glyphs_HW].mean() >= FOUND) for p in sliding],
+                sliding_cpu=sliding_cpu / max(len(sliding_clips), 1))
 
 
 def _recall(row: dict, planted: list[Planted], **where) -> tuple[int, int]:
@@ -508,6 +621,65 @@ def report_motion(rows: list[dict], motion: list[Moving], legible: list[bool] | 
         print(f"  not read by the reader: clip {p.clip} {p.mode} {p.height} px {p.content} {p.codec}")
 
 
+def report_sliding(rows: list[dict], sliding: list[Sliding],
+                   legible: list[bool] | None = None) -> None:
+    """Recall on the text that moves vertically or slowly (`sliding_set`), by mode x glyph
+    height, path, content and codec; with ``legible``, the raw and readable recall of the
+    strings of 8 px and more, as `report_motion` prints them."""
+    if not sliding:
+        return
+
+    def share(row, **where):
+        hits = [f for f, p in zip(row["slid"], sliding, strict=True)
+                if all(getattr(p, k) == v for k, v in where.items())]
+        return sum(hits) / max(len(hits), 1), len(hits)
+
+    print(f"\ntext that moves vertically or slowly: {len(sliding)} strings, one a clip, in none "
+          f"of the sampled frames (found = the mask covers >= {FOUND:.0%} of the pixels its "
+          f"glyphs cover in any frame)")
+    print(f"{'setting':<36} {'CPU s/clip':>10} {'recall':>7} {'recall >= 8 px':>14}")
+    for row in rows:
+        big = [f for f, p in zip(row["slid"], sliding, strict=True) if p.height >= 8]
+        print(f"{row['name']:<36} {row['sliding_cpu']:>10.3f} "
+              f"{sum(row['slid']) / len(sliding):>7.1%} {sum(big) / len(big):>14.1%}")
+    paths = ("up", "down") + SLOW_PATHS
+    groups = ([(f"{m} h{h}", dict(mode=m, height=h)) for m in SLIDING_MODES for h in MOTION_HEIGHTS]
+              + [(m, dict(mode=m)) for m in SLIDING_MODES]
+              + [(f"{'slow ' if p in SLOW_PATHS else ''}{p}",
+                  dict(path=p, mode="slow" if p in SLOW_PATHS else "vertical")) for p in paths]
+              + [(c, dict(content=c)) for c in MOTION_CONTENTS] + [(k, dict(codec=k)) for k in CODECS])
+    print(f"{'bucket':<17} {'n':>3} " + " ".join(f"{i:>5}" for i in range(len(rows))))
+    for label, where in groups:
+        print(f"{label:<17} {share(rows[0], **where)[1]:>3} "
+              + " ".join(f"{share(r, **where)[0]:>5.0%}" for r in rows))
+    print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
+    for r in rows:
+        missed = [p for f, p in zip(r["slid"], sliding, strict=True) if not f and p.height >= 8]
+        for p in missed:
+            print(f"  missed by {r['name']}: clip {p.clip} {p.mode} {p.path} {p.speed:.2f} px/frame "
+                  f"{p.height} px {p.content} {p.codec}")
+    if legible is None:
+        return
+    print("\nraw recall and readable recall, 8 px and more (readable: strings a reader of its own "
+          "reads in the unprotected clip, `readable`):")
+    print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
+        f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
+    for label, where in [(m, dict(mode=m)) for m in SLIDING_MODES] + [("all", {})]:
+        idx = [j for j, p in enumerate(sliding) if p.height >= 8
+               and all(getattr(p, k) == v for k, v in where.items())]
+        read = [j for j in idx if legible[j]]
+        cells = []
+        for r in rows:
+            raw = sum(r["slid"][j] for j in idx) / len(idx)
+            ok = sum(r["slid"][j] for j in read) / len(read) if read else float("nan")
+            cells.append(f"{raw:>6.1%} {ok:>6.1%}")
+        print(f"{label:<13} {len(idx):>3} {len(read):>8} " + " ".join(cells))
+    for j, p in enumerate(sliding):
+        if p.height >= 8 and not legible[j]:
+            print(f"  not read by the reader: clip {p.clip} {p.mode} {p.path} {p.height} px "
+                  f"{p.content} {p.codec}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--settings", nargs="*", default=None,
@@ -522,12 +694,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the readable recall (its reader's pass, cached, ~2 CPU min)")
     parser.add_argument("--no-still", action="store_true",
                         help="leave out the still strings (the clean clips' false boxes stay)")
+    parser.add_argument("--no-sliding", action="store_true",
+                        help="leave out the text that moves vertically or slowly")
     args = parser.parse_args(argv)
     clips = prepared_clips()
     planted_clips, planted = planted_set(clips, repeats=args.repeats) if not args.no_still \
         else ([], [])
     clean = clean_set(clips)
     motion_clips, motion = motion_set(clips) if not args.no_motion else ([], [])
+    sliding_clips, sliding = sliding_set(clips) if not args.no_sliding else ([], [])
     names = list(SETTINGS)
     first = args.yardstick or names[0]
     unknown = set(args.settings or []) - set(names) | ({first} - set(names))
@@ -539,7 +714,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in names:
         rows.append(measure(name, SETTINGS[name], planted_clips, planted, clean, motion_clips,
-                            motion))
+                            motion, sliding_clips, sliding))
         print(f"  {name}: {rows[-1]['cpu']:.3f} CPU s/clip, recall "
               f"{sum(rows[-1]['found']) / max(len(planted), 1):.1%}, false boxes "
               f"{rows[-1]['false_boxes']} on {len(clean)} clean clips", flush=True)
@@ -548,6 +723,9 @@ def main(argv: list[str] | None = None) -> None:
         report(rows, planted, len(clean))
     legible = readable(motion_clips, motion) if motion and not args.no_readable else None
     report_motion(rows, motion, legible)
+    legible = readable(sliding_clips, sliding, seed=23) if sliding and not args.no_readable \
+        else None
+    report_sliding(rows, sliding, legible)
 
 
 if __name__ == "__main__":

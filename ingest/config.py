@@ -164,6 +164,10 @@ class TextDetectorConfig:
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off
     motion_bands: int = 2
+    # text that moves vertically or slowly (`ingest.text_strokes`): at most this many windows of
+    # transient bright strokes (far above the pixel's temporal median, narrower than 5 pixels)
+    # have their line read in the frame that shows them most, then followed frame by frame; 0: off
+    stroke_reads: int = 1
     candidate_frames: int = 2
     # a box read in a frame is read again `track_step` frames before and after, and on for as
     # long as the text found there reaches beyond the boxes so far (a ticker); 0: off. Each such
@@ -197,7 +201,7 @@ class TextDetectorConfig:
         if self.margin < 0:
             raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
         for name in ("candidate_boxes", "candidate_frames", "track_step", "track_context",
-                     "max_reads", "line_extend", "motion_bands"):
+                     "max_reads", "line_extend", "motion_bands", "stroke_reads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
         if self.detector_side < 0 or self.detector_side % 32:

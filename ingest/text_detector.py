@@ -21,10 +21,14 @@ kept clip before it is written. What it reads, in order:
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
-5. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+5. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
+   text moving vertically or slowly), away from what is masked, read along its line in the
+   frame that shows it most; what reads there is followed frame by frame
+   (`_Reader.follow_each_frame`);
+6. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-6. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+7. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -35,10 +39,10 @@ text that does not read as cropped is read turned 180° and mirrored either way 
 each end (the recogniser often reads part of a line only), are masked (zeroed) in every frame of
 the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
-What it does not see (docs/ingest.md, "The text detector"): moving text that is in none of the
-sampled frames and does not slide along rows (vertical motion, or slower than ~1 pixel a frame,
-or dark: only step 6 finds it), dim text over moving tissue, dark text over blood, text shown
-in one frame only at a place where the tissue deviates more.
+What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
+sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
+beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
+over blood, text shown in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
@@ -61,6 +65,7 @@ from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_motion import moving_bands
+from echocmr.ingest.text_strokes import densest_window, stroke_density
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,7 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     sampled = sample_indices(len(frames_THW), config.frames)
     reader.read_sampled(sampled)
     median_HW = np.median(frames_THW, axis=0) if len(frames_THW) > 1 and (
-        config.composites or config.motion_bands) else None
+        config.composites or config.motion_bands or config.stroke_reads) else None
     if config.composites and len(frames_THW) > 1:
         composite_HW, source_HW = transient_composite(frames_THW, median_HW)
         found, unread = reader.read_image(composite_HW, frame=None, box=reader.content_box)
@@ -235,6 +240,23 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                     reader.read_image(frames_THW[t], frame=t,
                                       box=_line_region(points, config.track_context,
                                                        reader.content_box))
+    if config.stroke_reads and len(frames_THW) > 1 and reader.content_box is not None:
+        # text that moves vertically or slowly (`ingest.text_strokes`): the densest window of
+        # transient bright strokes away from what is masked, its line read in the frame that
+        # shows it most, and what reads there followed frame by frame
+        density_THW = stroke_density(frames_THW, median_HW)
+        tried = np.zeros(frames_THW.shape[1:], dtype=bool)
+        for _ in range(config.stroke_reads):
+            proposal = densest_window(density_THW, tried | reader.mask_HW(config.line_extend))
+            if proposal is None:
+                break
+            rows = slice(max(proposal.rows.start - STROKE_PAD, reader.content_box[0].start),
+                         min(proposal.rows.stop + STROKE_PAD, reader.content_box[0].stop))
+            tried[max(rows.start - STROKE_PAD, 0):rows.stop + STROKE_PAD, proposal.cols] = True
+            found, _ = reader.read_image(frames_THW[proposal.frame], frame=None,
+                                         box=(rows, reader.content_box[1]))
+            for points in found:
+                reader.follow_each_frame(proposal.frame, points)
     if config.track_step:
         reader.track()
     if config.verify_every_frame:
@@ -255,6 +277,11 @@ def _top_frames(source_HW: np.ndarray, points: np.ndarray, n: int) -> np.ndarray
     counts = np.bincount(source_HW[y0:y1, x0:x1].ravel())
     order = np.argsort(-counts, kind="stable")
     return order[:n][counts[order[:n]] > 0]
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Between the centres of two boxes (output pixels)."""
+    return float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0)))
 
 
 def _region(points: np.ndarray, context: int, hw: tuple[int, int]) -> tuple[slice, slice]:
@@ -291,6 +318,7 @@ def _line_like(crop_HW: np.ndarray, upscale: int) -> bool:
 
 
 LINE_MAX_HEIGHT = 16  # output pixels: a 12-pixel glyph's line with the detector's padding
+STROKE_PAD = 8  # output pixels: rows read above and below a window of transient strokes
 
 _FLIPS = (lambda c: c[::-1, ::-1], lambda c: c[:, ::-1], lambda c: c[::-1, :])  # 180°, mirrors
 
@@ -444,6 +472,30 @@ class _Reader:
         read, _ = self.engine.text_rec(crops)
         return [len("".join(str(text).split())) >= min_chars and float(score) >= self.config.min_score
                 for text, score, *_ in read]
+
+    def follow_each_frame(self, frame: int, points: np.ndarray, misses: int = 3) -> None:
+        """Follow a box read in ``frame`` through every frame before and after it, for as long
+        as the region around it (grown by ``track_context``) reads as text; up to ``misses``
+        frames in a row may not (text over bright tissue), and the region moves on there as the
+        box moved between its last two reads. For text that moves fast across its line (up to
+        ~``track_context`` pixels a frame) or too slowly for `track`'s test (beyond the boxes so
+        far) to follow it."""
+        for direction in (-1, 1):
+            t, missed = frame + direction, 0
+            last, seen = (frame, points), (frame, points)  # the last two reads of the box
+            while 0 <= t < len(self.frames_THW) and missed < misses \
+                    and self.reads < self.config.max_reads:
+                step = (last[1].mean(axis=0) - seen[1].mean(axis=0)) / (last[0] - seen[0]) \
+                    if last[0] != seen[0] else 0.0
+                guess = last[1] + step * (t - last[0])
+                box = _region(guess, self.config.track_context, (self.h, self.w))
+                found, _ = self.read_image(self.frames_THW[t], frame=None, box=box)
+                if found:
+                    seen, last = last, (t, min(found, key=lambda b: _distance(b, guess)))
+                    missed = 0
+                else:
+                    missed += 1
+                t += direction
 
     def track(self) -> None:
         """Follow each box read in a frame through the frames before and after it, every

@@ -276,7 +276,7 @@ def test_a_ticker_is_masked_by_the_every_frame_check(ticker):
     """The same ticker with the motion bands off and the second check on
     (``verify_every_frame``): the check alone, reading every frame, leaves no frame that reads."""
     every = ticker["root"] / "every.yaml"
-    every.write_text("text_detector: {verify_every_frame: true, motion_bands: 0}\n")
+    every.write_text("text_detector: {verify_every_frame: true, motion_bands: 0, stroke_reads: 0}\n")
     checked = _ingest(ticker["dicom"], ticker["labels"], ticker["root"] / "every", every)["clips"]
     for kind in ("raw", "jpeg"):
         assert _ticker_reads(ticker, kind, checked) == [], kind

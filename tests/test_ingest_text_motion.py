@@ -18,7 +18,7 @@ from echocmr.ingest.text_detector import find_text, sample_indices
 from echocmr.ingest.text_motion import moving_bands
 
 SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
-                    motion_bands=0, line_reads=False)
+                    motion_bands=0, line_reads=False, stroke_reads=0)
 
 
 def _glyphs(text: str, size: int = 16) -> np.ndarray:
@@ -91,12 +91,14 @@ def test_a_ticker_read_in_one_frame_is_followed_along_its_path():
     """Shown in frames 10-21 (the middle frame, 14, among them), moving 2 pixels a frame."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(10, 22), dx=-2)
     # (line_extend 0: grown along the line, frame 15's box alone would reach over the path)
-    # (motion_bands 0 in both: the band of this ticker is read, then followed by the same
-    # tracking, `test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band`)
+    # (motion_bands and stroke_reads 0 in both: the band of this ticker is read, then followed
+    # by the same tracking, `test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band`)
     untracked = find_text(planted, TextDetectorConfig(composites=False, track_step=0,
-                                                      line_extend=0, motion_bands=0))
+                                                      line_extend=0, motion_bands=0,
+                                                      stroke_reads=0))
     assert _covered(untracked, where) < 0.9  # control: only frame 15's place
-    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0)), where) >= 0.99
+    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0, stroke_reads=0)),
+                    where) >= 0.99
 
 
 def test_rows_with_a_sliding_pattern_are_a_band_read_where_it_shows_most():
@@ -121,17 +123,19 @@ def test_rows_with_a_sliding_pattern_are_a_band_read_where_it_shows_most():
 def test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band():
     """A ticker in frames 2-11 only (none of the sampled frames), whose smear on the composite
     the detector does not box: found by its band (`motion_bands`); the control is the same
-    clip with the bands off."""
+    clip with the bands off (and the stroke reads, which find it too)."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
-    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0)), where) < 0.9
-    assert _covered(find_text(planted), where) >= 0.99
+    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0, stroke_reads=0)),
+                    where) < 0.9
+    assert _covered(find_text(planted, TextDetectorConfig(stroke_reads=0)), where) >= 0.99
 
 
 def test_the_every_frame_check_finds_what_the_other_steps_miss():
     """A ticker in frames 2-11 only (none of the sampled frames), with the band reads off: the
     second check, reading every frame, finds it wherever it goes."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
-    checked = find_text(planted, TextDetectorConfig(verify_every_frame=True, motion_bands=0))
+    checked = find_text(planted, TextDetectorConfig(verify_every_frame=True, motion_bands=0,
+                                                    stroke_reads=0))
     assert _covered(checked, where) >= 0.99
 
 
@@ -160,7 +164,8 @@ def test_a_clean_clip_reads_nothing():
 
 
 @pytest.mark.parametrize("field", ["candidate_boxes", "candidate_frames", "track_step",
-                                   "track_context", "max_reads", "line_extend", "motion_bands"])
+                                   "track_context", "max_reads", "line_extend", "motion_bands",
+                                   "stroke_reads"])
 def test_negative_settings_are_refused(field):
     with pytest.raises(ConfigError, match=field):
         TextDetectorConfig(**{field: -1})
