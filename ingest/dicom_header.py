@@ -31,7 +31,7 @@ def silence_pydicom() -> None:
 @contextlib.contextmanager
 def quiet_pydicom():
     """pydicom's warnings and log records, off for the block: they quote element values
-    (``Invalid value for VR IS: 'MRN4711'``), which can be patient text, and a process's stderr
+    (``Invalid value for VR IS: '<the value>'``), which can be patient text, and a process's stderr
     ends up in logs. What ingest needs from a warning (truncation) is caught where it arises
     (`load_dataset`). Ingest's workers are quiet for good (`ingest.worker.init_worker`);
     ``echocmr predict`` and the served model read files in a process that must stay quiet too.

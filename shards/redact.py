@@ -2,7 +2,7 @@
 are, anything else by where it is and how long it is, never its text.
 
 A tampered or hostile set can carry patient text where the format has names: a tar member name
-(``SMITH^JOHN_MRN4711.mp4``), the key part of one, an extension, a field name of a sample's
+(``<SURNAME>^<GIVEN>_<MRN>.mp4``), the key part of one, an extension, a field name of a sample's
 ``.json``, or a ``.json`` ``key`` value. verify's output is a log channel (terminals, CI logs,
 tickets), so such a name is shown as its position (the shard file, the member's number in its
 tar, the field's number in its object) and its length. No digest of it is shown either: a short

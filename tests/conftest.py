@@ -22,6 +22,11 @@ def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     yield
+    # A test's in-process code can set these itself (`mlflow.set_tracking_uri` writes
+    # MLFLOW_TRACKING_URI into os.environ), which monkeypatch does not undo; a later module's
+    # fixture would hand that dead server to its subprocesses.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
 
 
 TEST_SPLIT_KEY = "echocmr-test-suite-split-key"

@@ -124,12 +124,24 @@ def _ticker() -> np.ndarray:
     return _plant(vendor, LINES[:1], max(10, 480 // 9), (220, 330), shown=range(2, 17), dx=-5)
 
 
+def _env(root) -> dict[str, str]:
+    """A clean environment: a HOME and TMPDIR of the test's own, the split key (the clips are
+    hand-made, so ingest refuses the public demo key), nothing else inherited (a tracking URI
+    another test left in this process's environment once sent these ingests to a dead server)."""
+    home, tmp = root / "home", root / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    return {"HOME": str(home), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
+            "ECHOCMR_SPLIT_KEY": os.environ["ECHOCMR_SPLIT_KEY"]}
+
+
 def _ingest(dicom, labels, out, config=None) -> dict[str, np.ndarray]:
     argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", str(dicom), "--labels",
             str(labels), "--out", str(out), "--workers", "2", "--no-progress"]
     if config:
         argv += ["--config", str(config)]
-    run = subprocess.run(argv, capture_output=True, text=True)
+    run = subprocess.run(argv, capture_output=True, text=True, env=_env(out.parent), cwd=out.parent)
     assert run.returncode == 0, run.stderr
     report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
     clips = {}
