@@ -399,6 +399,100 @@ def readable(motion_clips: list[np.ndarray], motion: list[Moving], seed: int = 2
     return out
 
 
+def stretched_views(crop_HW: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Contrast-stretched copies of a 4x crop, as a reader would try on a faint string: the
+    1st-99th percentile stretched to 0-255, that inverted, and a local histogram equalisation
+    (CLAHE, 8x8 tiles, clip 3) of the crop, inverted too."""
+    import cv2
+
+    crop = crop_HW.astype(np.float32)
+    lo, hi = np.percentile(crop, (1, 99))
+    stretched = np.clip((crop - lo) * 255 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)
+    clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(crop_HW)
+    return [("stretch", stretched), ("stretch inverted", 255 - stretched),
+            ("clahe", clahe), ("clahe inverted", 255 - clahe)]
+
+
+def stronger_reads(frames_THW: np.ndarray, glyphs_HW: np.ndarray, text: str,
+                   shown: tuple[int, ...], turned: bool, ocr) -> tuple[str, str] | None:
+    """(image, what was read) of the first read of ``text`` by the stronger reader, or None.
+
+    Images, cropped to the string's path grown by 8 pixels and enlarged 4x (bicubic): the
+    clip's per-pixel temporal minimum, maximum, median and mean over the frames the string is
+    drawn in, each as it is and in each of `stretched_views`; then every frame it is drawn in,
+    in each of `stretched_views` (the frames as they are: `readable`). ``turned``: each image
+    turned 180° and mirrored either way as well."""
+    import re
+
+    from PIL import Image
+
+    want = re.sub(r"[^A-Z0-9]", "", text.upper())
+    parts = {want[i:i + READ_MIN] for i in range(max(len(want) - READ_MIN + 1, 1))}
+    ys, xs = np.nonzero(glyphs_HW)
+    rows = slice(max(ys.min() - 8, 0), ys.max() + 9)
+    cols = slice(max(xs.min() - 8, 0), xs.max() + 9)
+    clip = frames_THW[list(shown), rows, cols]
+
+    def big(image):
+        image = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        return np.asarray(Image.fromarray(image).resize(
+            (image.shape[1] * 4, image.shape[0] * 4), Image.Resampling.BICUBIC))
+
+    def images():
+        for name, image in (("min", clip.min(axis=0)), ("max", clip.max(axis=0)),
+                            ("median", np.median(clip, axis=0)), ("mean", clip.mean(axis=0))):
+            yield f"temporal {name}", big(image)
+            for how, view in stretched_views(big(image)):
+                yield f"temporal {name}, {how}", view
+        for t, frame in zip(shown, clip, strict=True):
+            for how, view in stretched_views(big(frame)):
+                yield f"frame {t}, {how}", view
+
+    for name, image in images():
+        for flip in (image, image[::-1, ::-1], image[:, ::-1], image[::-1, :]) if turned \
+                else (image,):
+            result, _ = ocr(np.repeat(np.ascontiguousarray(flip)[..., None], 3, axis=-1))
+            read = "".join(str(r[1]) for r in result or [])
+            if any(part in re.sub(r"[^A-Z0-9]", "", read.upper()) for part in parts):
+                return name, read
+    return None
+
+
+def readable_stronger(motion_clips: list[np.ndarray], motion: list[Moving],
+                      seed: int = 22) -> list[bool]:
+    """`readable`, and for each string it does not read, the stronger reader's passes
+    (`stronger_reads`: temporal minimum, maximum, median and mean, and every frame the string
+    is drawn in, contrast-stretched, CLAHE-equalised and inverted; RapidOCR's whole pipeline
+    with its angle classifier, 4x). A string is readable when either reads it. Cached; prints
+    what the stronger reader read, and where, for each string only it reads."""
+    import json
+    import logging
+
+    from rapidocr_onnxruntime import RapidOCR
+
+    plain = readable(motion_clips, motion, seed)
+    path = os.path.join(CACHE, f"readable-stronger-{seed}-{len(motion)}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            extra = {int(k): v for k, v in json.load(f).items()}
+    else:
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        ocr = RapidOCR(use_cls=True)
+        extra = {j: stronger_reads(motion_clips[p.clip], p.glyphs_HW, p.text, p.shown,
+                                   p.mode in ("rotated", "mirrored"), ocr)
+                 for j, p in enumerate(motion) if not plain[j]}
+        os.makedirs(CACHE, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(extra, f)
+        os.replace(path + ".tmp", path)
+    for j, hit in sorted(extra.items()):
+        if hit:
+            p = motion[j]
+            print(f"  read by the stronger reader only: clip {p.clip} {p.mode} {p.height} px "
+                  f"{p.content} {p.codec}: {hit[1]!r} ({hit[0]})")
+    return [bool(plain[j] or extra.get(j)) for j in range(len(motion))]
+
+
 def clean_set(clips: list[np.ndarray]) -> list[np.ndarray]:
     """Each clip whole, without its first third and without its last third."""
     return [v for c in clips for v in (c, c[len(c) // 3:], c[:len(c) - len(c) // 3])]

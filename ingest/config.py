@@ -160,6 +160,9 @@ class TextDetectorConfig:
     # dark text over tissue: read the clip's per-pixel temporal maximum too (tissue at its
     # brightest, dark strokes that stay dark in every frame stand out)
     dark_composite: bool = True
+    # that maximum locally equalised (CLAHE, `ingest.text_dark`) in tiles of this many output
+    # pixels: dark text over the blood pool or a dim edge; 0: the plain maximum
+    dark_tile_px: int = 9
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off
