@@ -160,9 +160,9 @@ class TextDetectorConfig:
     # dark text over tissue: read the clip's per-pixel temporal maximum too (tissue at its
     # brightest, dark strokes that stay dark in every frame stand out)
     dark_composite: bool = True
-    # that maximum locally equalised (CLAHE, `ingest.text_dark`) in tiles of this many output
-    # pixels: dark text over the blood pool or a dim edge; 0: the plain maximum
-    dark_tile_px: int = 9
+    # that maximum is read through the power curve 255 * (v / 255) ** dark_gamma (`ingest.text_dark`:
+    # dark levels spread, dark text over the blood pool or dim tissue); 1.0: the plain maximum
+    dark_gamma: float = 0.5
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off

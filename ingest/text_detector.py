@@ -60,7 +60,7 @@ import numpy as np
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
-from echocmr.ingest.text_dark import equalised_maximum
+from echocmr.ingest.text_dark import brightened_maximum
 from echocmr.ingest.text_motion import moving_bands
 
 
@@ -224,7 +224,7 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
         # tissue under and around them is as bright as it gets while they stay dark
         # (a box counts when it reads as two characters or more: single letters are what
         # bright speckle around a dark pit reads as)
-        found, _ = reader.read_image(equalised_maximum(frames_THW, config.dark_tile_px), frame=None,
+        found, _ = reader.read_image(brightened_maximum(frames_THW, config.dark_gamma), frame=None,
                                      box=reader.content_box, min_chars=2)
         # bright text shown in a few frames shows here too, where the transient composite
         # took brighter tissue: read its line in the frame most of its pixels peak in
