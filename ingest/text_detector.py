@@ -17,7 +17,8 @@ kept clip before it is written. What it reads, in order:
    (`ingest.text_motion`: a ticker), each read in the frame that shows it most;
 4. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
    strokes held in every frame (dark text over tissue) stand out where no single frame shows
-   them; a box read there counts when it reads as two characters or more (single letters are
+   them; read through a power curve (``dark_gamma``, `ingest.text_dark`) that spreads the dark
+   levels, so dark text over the blood pool or dim tissue does too; a box read there counts when it reads as two characters or more (single letters are
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
@@ -37,7 +38,8 @@ the clip, or the clip is rejected
 ``burned_in_text`` (``action: reject``). What was read is never kept or logged: only counts.
 What it does not see (docs/ingest.md, "The text detector"): moving text that is in none of the
 sampled frames and does not slide along rows (vertical motion, or slower than ~1 pixel a frame,
-or dark: only step 6 finds it), dim text over moving tissue, dark text over blood, text shown
+or dark: only step 6 finds it), dim text over moving tissue, dark text over blood or dim
+tissue no darker than the surround's maximum (`ingest.text_dark`), text shown
 in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
