@@ -97,12 +97,12 @@ SETTINGS = {
     "+ max composite, lines": dict(upscale=4, detector_side=0, crop_to_content=True,
                                    dark_composite=True, line_extend=2.0, dark_gamma=1.0,
                                    **_BEFORE_MOTION),
-    "+ motion bands, line reads": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                       dark_composite=True, line_extend=2.0, dark_gamma=1.0,
-                                       motion_bands=2, line_reads=True),
-    "default (+ brightened maximum)": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                           dark_composite=True, line_extend=2.0, dark_gamma=0.5,
-                                           motion_bands=2, line_reads=True),
+    "default (+ motion bands, line reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                                 dark_composite=True, line_extend=2.0,
+                                                 motion_bands=2, line_reads=True, dark_gamma=1.0),
+    "+ brightened maximum (gamma 0.5)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                             dark_composite=True, line_extend=2.0, dark_gamma=0.5,
+                                             motion_bands=2, line_reads=True),
 }
 
 

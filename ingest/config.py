@@ -161,8 +161,9 @@ class TextDetectorConfig:
     # brightest, dark strokes that stay dark in every frame stand out)
     dark_composite: bool = True
     # that maximum is read through the curve 255 * (v / 255) ** dark_gamma (`ingest.text_dark`:
-    # dark levels spread: dark text over the blood pool or dim tissue); 1.0: the plain maximum
-    dark_gamma: float = 0.5
+    # dark levels spread: dark text over the blood pool or dim tissue); 1.0, the default: the plain
+    # maximum (0.5 finds more dark text over blood and loses some over tissue: docs/benchmarks.md)
+    dark_gamma: float = 1.0
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off

@@ -15,10 +15,16 @@ Weighed on `bench/bench_text_detector.py` (the motion set's dark bucket and the 
 blood and dim tissue, 54 strings of 8 px and more, one detector read of each image alone; docs/
 benchmarks.md, "Dark text, third pass"): the plain maximum 25, gamma 0.5 37, gamma 0.35 37,
 gamma 0.7 32, a logarithm 35, a global percentile stretch 25, local histogram equalisation
-(CLAHE) 27-29, the temporal median brightened 30; none of these gave a false box on the bench's
-clean clips. What it does not see: text that is dark in some frames only (the maximum takes the
-frames without it), and text no darker than the maximum of what surrounds it (the black above the
-apex, a pool whose speckle peaks at the text's level).
+(CLAHE) 27-29, the temporal median brightened 30. In the whole detector, on the motion set's dark
+bucket (18 strings of 8 px and more), gamma 0.5 masks 13 against 11 for the plain maximum, but
+not the same ones: it loses an 8-px date over tissue the plain maximum reads (the 8-px bucket
+5 -> 4 of 6). CLAHE in 9-pixel tiles masked 17 of those 18 and 12 of the dark set's 36 against 16
+for the plain maximum: tuned on 18 strings, it did not carry. So ``dark_gamma`` is 1.0 (off) by
+default; reading both images would cost one detector read more a clip (~0.1-0.15 CPU s), over
+the ingest's cost budget (docs/ingest.md, "The text detector"). What neither sees: text that is
+dark in some frames only (the maximum takes the frames without it), and text no darker than the
+maximum of what surrounds it (the black above the apex, a pool whose speckle peaks at the text's
+level).
 
 Cost: the maximum over ``T`` x ``H`` x ``W`` bytes and a lookup (< 1 ms for 144 x 144); the
 detector read is the one the plain maximum cost already.

@@ -17,8 +17,9 @@ kept clip before it is written. What it reads, in order:
    (`ingest.text_motion`: a ticker), each read in the frame that shows it most;
 4. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
    strokes held in every frame (dark text over tissue) stand out where no single frame shows
-   them; read through a power curve (``dark_gamma``, `ingest.text_dark`) that spreads the dark
-   levels, so dark text over the blood pool or dim tissue does too; a box read there counts when it reads as two characters or more (single letters are
+   them; read through a power curve (``dark_gamma``, off by default, `ingest.text_dark`) that
+   spreads the dark levels, so dark text over the blood pool or dim tissue does too; a box read
+   there counts when it reads as two characters or more (single letters are
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
