@@ -18,7 +18,8 @@ gamma 0.7 32, a logarithm 35, a global percentile stretch 25, local histogram eq
 (CLAHE) 27-29, the temporal median brightened 30. In the whole detector, on the motion set's dark
 bucket (18 strings of 8 px and more), gamma 0.5 masks 13 against 11 for the plain maximum, but
 not the same ones: it loses an 8-px date over tissue the plain maximum reads (the 8-px bucket
-5 -> 4 of 6). CLAHE in 9-pixel tiles masked 17 of those 18 and 12 of the dark set's 36 against 16
+5 -> 4 of 6) and an intermittent 8-px date the plain maximum's line read masks (intermittent
+18 -> 17 of 18); on the dark set 23 of 36 against 16. CLAHE in 9-pixel tiles masked 17 of those 18 and 12 of the dark set's 36 against 16
 for the plain maximum: tuned on 18 strings, it did not carry. So ``dark_gamma`` is 1.0 (off) by
 default; reading both images would cost one detector read more a clip (~0.1-0.15 CPU s), over
 the ingest's cost budget (docs/ingest.md, "The text detector"). What neither sees: text that is
