@@ -11,9 +11,10 @@ classifier, 4x, each image as it is, contrast-stretched (1st-99th percentile), C
 and both of those inverted (`bench.bench_text_detector.stretched_views`, the bench's readable
 recall's reader). None of the planted strings may be read.
 
-Dark text over the blood pool or a dim wall is not tried here: planted so on this cine or on the
-synthetic vendor clips, it is legible to no reader after ingest's resize (docs/ingest.md, "The
-text detector", what the defence does not see; the bench's dark set measures it).
+Dark text over the blood pool or a dim wall is not tried here: the defence does not mask it
+reliably (docs/ingest.md, "The text detector", what the defence does not see; the bench's dark
+set measures it), and planted across the walls and cavity of the synthetic vendor clip (480 x
+640, glyphs of 30-80 source pixels) it was legible to this reader in no view after the resize.
 """
 
 from __future__ import annotations
