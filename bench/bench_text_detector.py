@@ -37,13 +37,22 @@ own (RapidOCR's whole pipeline with its angle classifier, 4x, every frame a stri
 cropped to its path; turned and mirrored copies for those modes) reads each string in the
 UNPROTECTED clip, and the readable recall is the share masked of the strings it reads. A string
 no reader reads is not a leak; both figures are printed, and the strings not read are listed.
+The reader is the stronger one (`readable_stronger`): what the plain pipeline does not read in
+any frame is read again on the clip's temporal minimum, maximum, median and mean and on 8 of its
+frames, each contrast-stretched, CLAHE-equalised and inverted (it reads dark strings the plain
+pipeline does not: the readable recall must not rest on a reader weaker than the detector).
+
+Then the dark set (`dark_set`, 48 strings): dark text over the blood pool and over dim tissue,
+where the motion set's ``dark`` strings mostly are not; recall per ground x glyph height and
+codec, and the stronger reader's readable recall (``--no-dark-set`` leaves it out).
 
 Then the text that moves vertically or slowly (`sliding_set`: up or down 1-6 pixels a frame;
 0.25-1 pixels a frame sideways, vertically or in steps; in none of the sampled frames), printed
 the same way by `report_sliding`, with the strings each row misses.
 
 Run: ``.venv/bin/python -m bench.bench_text_detector [--settings NAME ...] [--yardstick NAME]
-[--repeats 2] [--no-motion] [--no-still] [--no-readable] [--no-sliding]``. About 1 CPU-minute per setting on the
+[--repeats 2] [--no-motion] [--no-still] [--no-readable] [--no-sliding] [--no-dark-set]``.
+About 1 CPU-minute per setting on the
 still strings and 1-2 on the rest; the reader's pass 30 CPU minutes once on a loaded machine
 (1791 CPU s, 2026-12-06; cached under ``/tmp/echocmr-bench-text``).
 """
@@ -91,13 +100,18 @@ SETTINGS = {
                                          orientations=False, dark_composite=False,
                                          line_extend=0.0, **_BEFORE_MOTION),
     "+ max composite, lines": dict(upscale=4, detector_side=0, crop_to_content=True,
-                                   dark_composite=True, line_extend=2.0, **_BEFORE_MOTION),
+                                   dark_composite=True, line_extend=2.0, dark_gamma=1.0,
+                                   **_BEFORE_MOTION),
     "default (+ motion bands, line reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                                  dark_composite=True, line_extend=2.0,
-                                                 motion_bands=2, line_reads=True, stroke_reads=0),
+                                                 motion_bands=2, line_reads=True, stroke_reads=0,
+                                                 dark_gamma=1.0),
+    "+ brightened maximum (gamma 0.5)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                             dark_composite=True, line_extend=2.0, dark_gamma=0.5,
+                                             motion_bands=2, line_reads=True, stroke_reads=0),
     "default (+ stroke reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                      dark_composite=True, line_extend=2.0, motion_bands=2,
-                                     line_reads=True, stroke_reads=1),
+                                     line_reads=True, stroke_reads=1, dark_gamma=1.0),
 }
 
 
@@ -507,6 +521,219 @@ def readable(motion_clips: list[np.ndarray], motion: list[Moving], seed: int = 2
     return out
 
 
+STRONGER_FRAMES = 8  # frames the stronger reader reads stretched (evenly spaced over the shown)
+
+
+def sample_frames(n: int, k: int) -> np.ndarray:
+    """``k`` evenly spaced indices of ``n`` (all when ``n`` <= ``k``)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
+def stretched_views(crop_HW: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Contrast-stretched copies of a 4x crop, as a reader would try on a faint string: the
+    1st-99th percentile stretched to 0-255, that inverted, and a local histogram equalisation
+    (CLAHE, 8x8 tiles, clip 3) of the crop, inverted too."""
+    import cv2
+
+    crop = crop_HW.astype(np.float32)
+    lo, hi = np.percentile(crop, (1, 99))
+    stretched = np.clip((crop - lo) * 255 / max(hi - lo, 1.0), 0, 255).astype(np.uint8)
+    clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8)).apply(crop_HW)
+    return [("stretch", stretched), ("stretch inverted", 255 - stretched),
+            ("clahe", clahe), ("clahe inverted", 255 - clahe)]
+
+
+def stronger_reads(frames_THW: np.ndarray, glyphs_HW: np.ndarray, text: str,
+                   shown: tuple[int, ...], turned: bool, ocr) -> tuple[str, str] | None:
+    """(image, what was read) of the first read of ``text`` by the stronger reader, or None.
+
+    Images, cropped to the string's path grown by 8 pixels and enlarged 4x (bicubic): the
+    clip's per-pixel temporal minimum, maximum, median and mean over the frames the string is
+    drawn in, each as it is and in each of `stretched_views`; then every frame it is drawn in,
+    in each of `stretched_views` (the frames as they are: `readable`). ``turned``: each image
+    turned 180° and mirrored either way as well."""
+    import re
+
+    from PIL import Image
+
+    want = re.sub(r"[^A-Z0-9]", "", text.upper())
+    parts = {want[i:i + READ_MIN] for i in range(max(len(want) - READ_MIN + 1, 1))}
+    ys, xs = np.nonzero(glyphs_HW)
+    rows = slice(max(ys.min() - 8, 0), ys.max() + 9)
+    cols = slice(max(xs.min() - 8, 0), xs.max() + 9)
+    clip = frames_THW[list(shown), rows, cols]
+
+    def big(image):
+        image = np.ascontiguousarray(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        return np.asarray(Image.fromarray(image).resize(
+            (image.shape[1] * 4, image.shape[0] * 4), Image.Resampling.BICUBIC))
+
+    def images():
+        for name, image in (("min", clip.min(axis=0)), ("max", clip.max(axis=0)),
+                            ("median", np.median(clip, axis=0)), ("mean", clip.mean(axis=0))):
+            yield f"temporal {name}", big(image)
+            for how, view in stretched_views(big(image)):
+                yield f"temporal {name}, {how}", view
+        picks = sample_frames(len(shown), STRONGER_FRAMES)
+        for t, frame in zip(np.asarray(shown)[picks], clip[picks], strict=True):
+            for how, view in stretched_views(big(frame)):
+                yield f"frame {t}, {how}", view
+
+    for name, image in images():
+        for flip in (image, image[::-1, ::-1], image[:, ::-1], image[::-1, :]) if turned \
+                else (image,):
+            result, _ = ocr(np.repeat(np.ascontiguousarray(flip)[..., None], 3, axis=-1))
+            read = "".join(str(r[1]) for r in result or [])
+            if any(part in re.sub(r"[^A-Z0-9]", "", read.upper()) for part in parts):
+                return name, read
+    return None
+
+
+def readable_stronger(motion_clips: list[np.ndarray], motion: list[Moving],
+                      seed: int = 22, plain_first: bool = True) -> list[bool]:
+    """`readable`, and for each string it does not read, the stronger reader's passes
+    (`stronger_reads`: temporal minimum, maximum, median and mean, and every frame the string
+    is drawn in, contrast-stretched, CLAHE-equalised and inverted; RapidOCR's whole pipeline
+    with its angle classifier, 4x), for strings of 8 px and more (the readable recall's;
+    ``plain_first`` False: the stronger reader's passes alone, on every such string). A
+    string is readable when either reads it. Cached; prints
+    what the stronger reader read, and where, for each string only it reads."""
+    import json
+    import logging
+
+    from rapidocr_onnxruntime import RapidOCR
+
+    plain = readable(motion_clips, motion, seed) if plain_first else [False] * len(motion)
+    path = os.path.join(CACHE, f"readable-stronger-{seed}-{len(motion)}"
+                               f"{'' if plain_first else '-alone'}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            extra = {int(k): v for k, v in json.load(f).items()}
+    else:
+        logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+        ocr = RapidOCR(use_cls=True)
+        extra = {j: stronger_reads(motion_clips[p.clip], p.glyphs_HW, p.text, p.shown,
+                                   p.mode in ("rotated", "mirrored"), ocr)
+                 for j, p in enumerate(motion) if not plain[j] and p.height >= 8}
+        os.makedirs(CACHE, exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(extra, f)
+        os.replace(path + ".tmp", path)
+    for j, hit in sorted(extra.items()):
+        if hit:
+            p = motion[j]
+            print(f"  read by the stronger reader only: clip {p.clip} {p.mode} {p.height} px "
+                  f"{p.content} {p.codec}: {hit[1]!r} ({hit[0]})")
+    return [bool(plain[j] or extra.get(j)) for j in range(len(motion))]
+
+
+DARK_GROUNDS = {"blood": (0, 30), "dim tissue": (30, DARK_ON)}  # median temporal mean under it
+
+
+def dark_set(clips: list[np.ndarray], seed: int = 23) -> tuple[list[np.ndarray], list[Moving]]:
+    """Dark text where the motion set's ``dark`` strings mostly are not: one string a clip, grey
+    0-25 in every frame (as ``dark``), over the blood pool (the median of the temporal mean
+    under its box below 30) or over dim tissue (30 to `DARK_ON`), every glyph height x content
+    x codec x ground (48 strings; mode ``dark <ground>``). A combination with no such spot on
+    its clip is tried on the next clips; one that fits none is left out (listed). Deterministic."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    fonts = {h: font_for_height(h) for h in MOTION_HEIGHTS}
+    out, planted, start = [], [], 0
+    for ground, (low, high) in DARK_GROUNDS.items():
+        for height in MOTION_HEIGHTS:
+            for content in MOTION_CONTENTS:
+                for codec in CODECS:
+                    text = _text(content, rng)
+                    alpha = _coverage(text, fonts[height], (4 * height, 144))
+                    h, w = alpha.shape
+                    spot = None
+                    for k in range(len(clips)):
+                        base = clips[(start + k) % len(clips)]
+                        n, hgt, wid = base.shape
+                        fan, mean = base.max(axis=0) > 0, base.mean(axis=0)
+                        for _ in range(400):
+                            y = int(rng.integers(0, hgt - h + 1))
+                            x = int(rng.integers(0, wid - w + 1))
+                            if fan[y:y + h, x:x + w].mean() >= 0.9 and \
+                                    low <= np.median(mean[y:y + h, x:x + w]) < high:
+                                spot = base, y, x
+                                break
+                        if spot:
+                            break
+                    start += 1
+                    if spot is None:
+                        print(f"  dark set: no spot for {ground} {height} px {content} {codec}")
+                        continue
+                    base, y, x = spot
+                    a = np.zeros(base.shape[1:], dtype=np.float32)
+                    a[y:y + h, x:x + w] = alpha
+                    level = float(rng.integers(0, 26))
+                    frames = np.clip(np.round(base * (1 - a) + level * a), 0, 255).astype(np.uint8)
+                    if codec == "jpeg":
+                        for t in range(len(frames)):
+                            buf = io.BytesIO()
+                            Image.fromarray(frames[t]).save(buf, format="JPEG", quality=75)
+                            frames[t] = np.asarray(Image.open(buf).convert("L"))
+                    planted.append(Moving(len(out), f"dark {ground}", height, content, codec,
+                                          a >= 0.5, text, tuple(range(len(frames)))))
+                    out.append(frames)
+    return out, planted
+
+
+def report_dark_set(rows: list[dict], dark: list[Moving], legible: list[bool] | None) -> None:
+    """Recall on `dark_set` (row key ``dark``): per ground x glyph height, per codec, and for
+    8 px and more raw and readable (the stronger reader, `readable_stronger`)."""
+    if not dark:
+        return
+
+    def share(row, idx):
+        return sum(row["dark"][j] for j in idx) / len(idx) if idx else float("nan")
+
+    print(f"\ndark text over blood and dim tissue (`dark_set`): {len(dark)} strings, one a clip")
+    print(f"{'setting':<36} {'CPU s/clip':>10} {'recall':>7} {'recall >= 8 px':>14}")
+    big = [j for j, p in enumerate(dark) if p.height >= 8]
+    for row in rows:
+        print(f"{row['name']:<36} {row['dark_cpu']:>10.3f} {share(row, range(len(dark))):>7.1%} "
+              f"{share(row, big):>14.1%}")
+    groups = ([(f"{g} h{h}", dict(mode=f"dark {g}", height=h)) for g in DARK_GROUNDS
+               for h in MOTION_HEIGHTS] + [(k, dict(codec=k)) for k in CODECS])
+    print(f"{'bucket':<17} {'n':>3} " + " ".join(f"{i:>5}" for i in range(len(rows))))
+    for label, where in groups:
+        idx = [j for j, p in enumerate(dark) if all(getattr(p, k) == v for k, v in where.items())]
+        print(f"{label:<17} {len(idx):>3} " + " ".join(f"{share(r, idx):>5.0%}" for r in rows))
+    if legible is not None:
+        read = [j for j in big if legible[j]]
+        print(f"8 px and more: {len(big)} strings, {len(read)} read by the stronger reader in the "
+              f"unprotected clip; readable recall " + ", ".join(
+                  f"{i}: {share(r, read):.1%}" for i, r in enumerate(rows)))
+    for i, row in enumerate(rows):
+        for j in big:
+            if not row["dark"][j]:
+                p = dark[j]
+                print(f"  {i} misses: dark-set clip {p.clip} {p.mode} {p.height} px {p.content} "
+                      f"{p.codec}" + ("" if legible is None else
+                                      f" ({'readable' if legible[j] else 'not read by the reader'})"))
+    print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
+
+
+def measure_dark(row: dict, fields: dict, dark_clips: list[np.ndarray],
+                 dark: list[Moving]) -> None:
+    """Add the dark set's masks (``dark``: found or not per string) and CPU s per clip to a
+    `measure` row."""
+    from echocmr.ingest.config import TextDetectorConfig
+    from echocmr.ingest.text_detector import find_text
+
+    config = TextDetectorConfig(**fields)
+    cpu = time.process_time()
+    masks = [find_text(frames, config).mask_HW for frames in dark_clips]
+    row["dark_cpu"] = (time.process_time() - cpu) / max(len(dark_clips), 1)
+    row["dark"] = [bool(masks[p.clip][p.glyphs_HW].mean() >= FOUND) for p in dark]
+
+
 def clean_set(clips: list[np.ndarray]) -> list[np.ndarray]:
     """Each clip whole, without its first third and without its last third."""
     return [v for c in clips for v in (c, c[len(c) // 3:], c[:len(c) - len(c) // 3])]
@@ -603,7 +830,9 @@ def report_motion(rows: list[dict], motion: list[Moving], legible: list[bool] | 
     if legible is None:
         return
     print("\nraw recall and readable recall, 8 px and more (readable: strings a reader of its own "
-          "reads in the unprotected clip, `readable`):")
+          "reads in the unprotected clip: `readable`, then the stronger reader, "
+          "`readable_stronger`: temporal min/max/median/mean and frames, stretched, "
+          "CLAHE-equalised, inverted):")
     print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
         f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
     for label, where in [(m, dict(mode=m)) for m in MODES] + [("all", {})]:
@@ -692,6 +921,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the text that is not still (intermittent, scrolling, ...)")
     parser.add_argument("--no-readable", action="store_true",
                         help="leave out the readable recall (its reader's pass, cached, ~2 CPU min)")
+    parser.add_argument("--no-dark-set", action="store_true",
+                        help="leave out the dark text over blood and dim tissue (`dark_set`)")
     parser.add_argument("--no-still", action="store_true",
                         help="leave out the still strings (the clean clips' false boxes stay)")
     parser.add_argument("--no-sliding", action="store_true",
@@ -703,6 +934,7 @@ def main(argv: list[str] | None = None) -> None:
     clean = clean_set(clips)
     motion_clips, motion = motion_set(clips) if not args.no_motion else ([], [])
     sliding_clips, sliding = sliding_set(clips) if not args.no_sliding else ([], [])
+    dark_clips, dark = dark_set(clips) if not args.no_dark_set else ([], [])
     names = list(SETTINGS)
     first = args.yardstick or names[0]
     unknown = set(args.settings or []) - set(names) | ({first} - set(names))
@@ -715,17 +947,22 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         rows.append(measure(name, SETTINGS[name], planted_clips, planted, clean, motion_clips,
                             motion, sliding_clips, sliding))
+        if dark:
+            measure_dark(rows[-1], SETTINGS[name], dark_clips, dark)
         print(f"  {name}: {rows[-1]['cpu']:.3f} CPU s/clip, recall "
               f"{sum(rows[-1]['found']) / max(len(planted), 1):.1%}, false boxes "
               f"{rows[-1]['false_boxes']} on {len(clean)} clean clips", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) at the end")
     if planted:
         report(rows, planted, len(clean))
-    legible = readable(motion_clips, motion) if motion and not args.no_readable else None
+    legible = readable_stronger(motion_clips, motion) if motion and not args.no_readable else None
     report_motion(rows, motion, legible)
-    legible = readable(sliding_clips, sliding, seed=23) if sliding and not args.no_readable \
-        else None
+    legible = readable_stronger(sliding_clips, sliding, seed=23) \
+        if sliding and not args.no_readable else None
     report_sliding(rows, sliding, legible)
+    legible = readable_stronger(dark_clips, dark, seed=23, plain_first=False) \
+        if dark and not args.no_readable else None
+    report_dark_set(rows, dark, legible)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,10 @@ class TextDetectorConfig:
     # dark text over tissue: read the clip's per-pixel temporal maximum too (tissue at its
     # brightest, dark strokes that stay dark in every frame stand out)
     dark_composite: bool = True
+    # that maximum is read through the curve 255 * (v / 255) ** dark_gamma (`ingest.text_dark`:
+    # dark levels spread: dark text over the blood pool or dim tissue); 1.0, the default: the plain
+    # maximum (0.5 finds more dark text over blood and loses some over tissue: docs/benchmarks.md)
+    dark_gamma: float = 1.0
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off
@@ -204,6 +208,8 @@ class TextDetectorConfig:
                      "max_reads", "line_extend", "motion_bands", "stroke_reads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.dark_gamma <= 1:
+            raise ConfigError(f"text_detector.dark_gamma must be in (0, 1], got {self.dark_gamma}")
         if self.detector_side < 0 or self.detector_side % 32:
             raise ConfigError("text_detector.detector_side must be 0 or a positive multiple of "
                               f"32 (the detector's stride), got {self.detector_side}")

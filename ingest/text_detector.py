@@ -17,7 +17,9 @@ kept clip before it is written. What it reads, in order:
    (`ingest.text_motion`: a ticker), each read in the frame that shows it most;
 4. (``dark_composite``) the clip's per-pixel temporal maximum: tissue at its brightest, so dark
    strokes held in every frame (dark text over tissue) stand out where no single frame shows
-   them; a box read there counts when it reads as two characters or more (single letters are
+   them; read through a power curve (``dark_gamma``, off by default, `ingest.text_dark`) that
+   spreads the dark levels, so dark text over the blood pool or dim tissue does too; a box read
+   there counts when it reads as two characters or more (single letters are
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
@@ -42,7 +44,8 @@ the clip, or the clip is rejected
 What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
 sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
 beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
-over blood, text shown in one frame only at a place where the tissue deviates more.
+over blood or dim tissue no darker than the surround's maximum (`ingest.text_dark`), text shown
+in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
 at ``detector_side`` 736 on the whole frame the result is bit-identical to ``RapidOCR.__call__``)
@@ -64,6 +67,7 @@ import numpy as np
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
+from echocmr.ingest.text_dark import brightened_maximum
 from echocmr.ingest.text_motion import moving_bands
 from echocmr.ingest.text_strokes import densest_window, stroke_density
 
@@ -228,7 +232,7 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
         # tissue under and around them is as bright as it gets while they stay dark
         # (a box counts when it reads as two characters or more: single letters are what
         # bright speckle around a dark pit reads as)
-        found, _ = reader.read_image(frames_THW.max(axis=0), frame=None,
+        found, _ = reader.read_image(brightened_maximum(frames_THW, config.dark_gamma), frame=None,
                                      box=reader.content_box, min_chars=2)
         # bright text shown in a few frames shows here too, where the transient composite
         # took brighter tissue: read its line in the frame most of its pixels peak in
