@@ -196,16 +196,19 @@ def test_bad_sizes_are_refused():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)
 def test_demo_end_to_end_on_a_small_cohort(tmp_path):
     """The real flow, small: 20 patients at three sites, one epoch, one site left out of
-    training and validated on externally (~5-7 min on 2 busy cores)."""
+    training and validated on externally. Longer than the suite's 900 s per test: the view
+    classifier alone trains its 400 steps for ~13 min at load ~6 on 2 cores (200 epochs of 2
+    batches; session 9), beside ~2 min of synth and ingest before it."""
     from _proc import run_group
 
     out = tmp_path / "demo_out"
     result = run_group(
         [str(Path(sys.executable).parent / "echocmr"), "demo", "--out", str(out),
          "--patients", "20", "--epochs", "1"],
-        timeout=1800,
+        timeout=2400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "study-level AUCs" in result.stdout
