@@ -13,21 +13,16 @@ before (``stroke_reads: 0``), which must leave one readable (what the new step a
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-import tarfile
 
 import numpy as np
 import pandas as pd
 import pytest
 from pydicom.uid import JPEGBaseline8Bit
 from test_ingest_privacy_motion import OFF, _layer, _read
+from test_ingest_privacy_motion import _ingest as _motion_ingest
 
-from echocmr.ingest.encode import decode_webm
 from echocmr.ingest.synth.small import small_clip
-from echocmr.shards.format import INGEST_REPORT_FILE
 
 from _ingest_fixtures import Identity, grey_to_rgb, write_us_dicom
 
@@ -58,37 +53,14 @@ def _cases() -> dict[str, np.ndarray]:
     return {"credits": credits, "slow_id": slow}
 
 
-def _env(root) -> dict[str, str]:
-    """A clean environment: a HOME and TMPDIR of the test's own, the split key (the clips are
-    hand-made, so ingest refuses the public demo key), nothing else inherited."""
-    home, tmp = root / "home", root / "tmp"
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
-    return {"HOME": str(home), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
-            "PATH": os.pathsep.join([os.path.dirname(sys.executable), "/usr/bin", "/bin"]),
-            "ECHOCMR_SPLIT_KEY": os.environ["ECHOCMR_SPLIT_KEY"]}
-
-
 def _ingest(root, out, config=None) -> dict[str, np.ndarray]:
-    """Every kept clip of ``echocmr ingest`` of the export (source name -> shipped frames)."""
-    argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", str(root / "dicom"),
-            "--labels", str(root / "cmr.csv"), "--out", str(out), "--workers", "2",
-            "--no-progress"]
+    """Every kept clip of ``echocmr ingest`` of the export (source name -> shipped frames), run
+    as the motion test runs it (a clean environment of the test's own)."""
+    path = None
     if config:
         path = root / f"{out.name}.yaml"
         path.write_text(config)
-        argv += ["--config", str(path)]
-    run = subprocess.run(argv, capture_output=True, text=True, env=_env(root), cwd=root)
-    assert run.returncode == 0, run.stderr
-    report = pd.read_parquet(out / INGEST_REPORT_FILE).set_index("source")
-    clips = {}
-    for tar_name in sorted(n for n in os.listdir(out) if n.endswith(".tar")):
-        with tarfile.open(out / tar_name) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".webm"):
-                    clips[member.name[:-5]] = decode_webm(tar.extractfile(member).read())[0]
-    kept = report[report["status"] == "kept"]
-    return {src: clips[key] for src, key in kept["key"].items()}
+    return _motion_ingest(root / "dicom", root / "cmr.csv", out, path)["clips"]
 
 
 @pytest.fixture(scope="module")
