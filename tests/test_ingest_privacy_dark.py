@@ -24,10 +24,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from _bench_fixtures import load_bench
 from PIL import Image
 from test_ingest_privacy_motion import OFF, _ingest, _plant, _reader, _write, _ybr_example
 
-from bench.bench_text_detector import stretched_views
+# the bench's readable-recall reader's views (bench/ is scripts, not a package: `make test` runs
+# .venv/bin/pytest, which does not put the checkout on sys.path)
+stretched_views = load_bench("bench_text_detector").stretched_views
 
 LINES = {"name": "GARCIA MARIA", "dob": "DOB 19710822", "mrn": "MRN 5093817"}
 TOKENS = ("GARCIA", "MARIA", "197108", "710822", "509381", "093817")
