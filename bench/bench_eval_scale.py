@@ -29,6 +29,11 @@ four sites, NaN labels, scores on a 10^-3 grid below a share of exact ties), at 
 After the table, the breakdowns' CPU time as a share of the primary table's at each N where both
 ran (``echocmr eval`` runs both breakdowns after the primary table).
 
+The breakdowns run at ``SummaryConfig``'s breakdown counts (``breakdown_bootstrap``,
+``breakdown_permutations``: 1000 each by default); ``--breakdown 2000x2000 1000x1000`` runs each
+breakdown cell once per setting ``<resamples>x<permutations>`` (2000x2000: the primary table's
+counts, the breakdowns before they had their own), and prints each one's share of the primary.
+
 For the last two the old way imports `eval.summary` (and `eval.control`) with the old
 ``metrics``/``signal``/``operating`` modules in their place.
 
@@ -153,7 +158,17 @@ def _rss_kb() -> int:
     return 0
 
 
-def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict:
+def _counts(setting: str | None):
+    """``"<resamples>x<permutations>"`` as a SummaryConfig with those breakdown counts."""
+    from echocmr.eval.summary import SummaryConfig
+    if setting is None:
+        return SummaryConfig()
+    b, p = (int(x) for x in setting.split("x"))
+    return SummaryConfig(breakdown_bootstrap=b, breakdown_permutations=p)
+
+
+def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES,
+         setting: str | None = None) -> dict:
     """Run one statistic once in this process; seconds and peak RSS above the baseline."""
     metrics, signal, operating = _modules(way)
     table, y, p, patients, sites = _arrays(n)
@@ -198,7 +213,7 @@ def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict
         summarise(studies, tasks=tasks)
     elif op in TABLE_OPS:
         breakdown(studies, op.removeprefix("breakdown_").removesuffix("_cached"), tasks=tasks,
-                  cache=cache)
+                  cache=cache, config=_counts(setting))
     else:
         raise ValueError(op)
     out = {"wall": time.perf_counter() - t0, "s": time.process_time() - c0,
@@ -209,9 +224,9 @@ def cell(op: str, n: int, way: str, tasks: tuple[str, ...] = TASK_NAMES) -> dict
 
 
 def _spawn(op: str, n: int, way: str, timeout: float,
-           tasks: tuple[str, ...] = TASK_NAMES) -> dict | None:
+           tasks: tuple[str, ...] = TASK_NAMES, setting: str | None = None) -> dict | None:
     cmd = [sys.executable, "-m", "bench.bench_eval_scale", "--cell", op, str(n), way,
-           "--tasks", *tasks]
+           "--tasks", *tasks, *(["--breakdown", setting] if setting else [])]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -232,39 +247,46 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES),
                     help="tasks of the summarise/breakdown cells (wma alone: the whole path of "
                          "one task, its value-over-WMA test excepted)")
+    ap.add_argument("--breakdown", nargs="+", metavar="BxP", default=None,
+                    help="breakdown counts <resamples>x<permutations>, one run of each breakdown "
+                         "cell per setting (default: SummaryConfig's, 1000x1000)")
     ap.add_argument("--cell", nargs=3, metavar=("OP", "N", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cell:
         op, n, way = args.cell
-        print(json.dumps(cell(op, int(n), way, tuple(args.tasks))))
+        print(json.dumps(cell(op, int(n), way, tuple(args.tasks),
+                              args.breakdown[0] if args.breakdown else None)))
         return
     sizes = sorted(args.sizes)
-    head = f"{'statistic':<17} {'N':>9} {'old CPU s':>9} {'old MB':>8} {'new CPU s':>9} " \
+    head = f"{'statistic':<26} {'N':>9} {'old CPU s':>9} {'old MB':>8} {'new CPU s':>9} " \
            f"{'new MB':>8} {'old/new':>8} {'new wall s':>10}"
     print(head)
     print("-" * len(head))
-    seen: dict[tuple[str, str, int], float] = {}  # (op, way, N) -> CPU s
-    for op in args.ops:
+    seen: dict[tuple[str, str, int], float] = {}  # (name, way, N) -> CPU s
+    settings = args.breakdown or [None]
+    runs = [(f"{op}@{st}" if st else op, op, st)
+            for op in args.ops for st in (settings if op in TABLE_OPS[1:] else [None])]
+    for name, op, setting in runs:
         times: dict[str, dict[int, float]] = {"old": {}, "new": {}}
         for n in sizes:
             res = {}
             for way in ("old", "new"):
                 if way == "old" and n > args.old_max:
                     continue
-                r = _spawn(op, n, way, args.timeout, tuple(args.tasks))
+                r = _spawn(op, n, way, args.timeout, tuple(args.tasks), setting)
                 if r is not None:
                     res[way] = r
                     times[way][n] = r["s"]
-                    seen[op, way, n] = r["s"]
+                    seen[name, way, n] = r["s"]
                     if op in TABLE_OPS:
-                        print(f"  ({op} {way} N={n}: whole-process peak RSS "
+                        print(f"  ({name} {way} N={n}: whole-process peak RSS "
                               f"{r['peak_mb']:.0f} MB)", flush=True)
 
             def fmt(way, key, spec, res=res):
                 return format(res[way][key], spec) if way in res else "-"
             ratio = (f"{res['old']['s'] / res['new']['s']:.1f}x"
                      if "old" in res and "new" in res else "-")
-            print(f"{op:<17} {n:>9} {fmt('old', 's', '9.2f'):>9} {fmt('old', 'mb', '8.0f'):>8} "
+            print(f"{name:<26} {n:>9} {fmt('old', 's', '9.2f'):>9} {fmt('old', 'mb', '8.0f'):>8} "
                   f"{fmt('new', 's', '9.2f'):>9} {fmt('new', 'mb', '8.0f'):>8} {ratio:>8} "
                   f"{fmt('new', 'wall', '10.2f'):>10}",
                   flush=True)
@@ -273,22 +295,27 @@ def main(argv: list[str] | None = None) -> None:
             if len(ns) >= 2:
                 (n1, n2) = ns[-2:]
                 t1, t2 = times[way][n1], times[way][n2]
-                print(f"{'':<17} growth exponent ({way}, {n1}->{n2}): "
+                print(f"{'':<26} growth exponent ({way}, {n1}->{n2}): "
                       f"{math.log(t2 / t1) / math.log(n2 / n1):.2f}", flush=True)
     for way in ("old", "new"):
         for n in sizes:
             if ("summarise", way, n) not in seen:
                 continue
             primary = seen["summarise", way, n]
-            parts = {op: seen[op, way, n] for op in TABLE_OPS[1:] if (op, way, n) in seen}
-            if parts:
+            for setting in settings:
+                tail = f"@{setting}" if setting else ""
+                parts = {op: seen[op + tail, way, n] for op in TABLE_OPS[1:]
+                         if (op + tail, way, n) in seen}
+                if not parts:
+                    continue
                 shares = ", ".join(f"{op} {t / primary:.2f}" for op, t in parts.items())
                 for kind in ("", "_cached"):  # both breakdowns, uncached and cached
                     pair = [f"breakdown_{by}{kind}" for by in ("site", "view")]
                     if all(op in parts for op in pair):
                         shares += (f"; both{kind.replace('_', ' ')} "
                                    f"{sum(parts[op] for op in pair) / primary:.2f}")
-                print(f"breakdowns / primary table CPU ({way}, N={n}): {shares}", flush=True)
+                print(f"breakdowns{' at ' + setting if setting else ''} / primary table CPU "
+                      f"({way}, N={n}): {shares}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
   n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}`` and nothing else, null
   where not computable (``delong_*`` is the clustered-by-patient DeLong interval).
 * ``metrics_detail.json``: the same tasks with every number behind them (negatives, unknowns,
-  DeLong SE, valid resamples, calibration), the per-view and per-site breakdowns, the stacker's
-  coefficients and the settings — what the report is made from.
+  DeLong SE, valid resamples, calibration, the resample and permutation counts of each row:
+  ``n_bootstrap``, ``n_permutations``), the per-view and per-site breakdowns (exploratory, at the
+  breakdown counts), the stacker's coefficients and the settings — what the report is made from.
 """
 
 from __future__ import annotations

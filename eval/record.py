@@ -11,7 +11,8 @@ The run goes into the experiment of the model's training run when that is known 
   ``mlflow.source.git.commit``: `model.tracking.provenance_tags`);
 * the evaluated set as the run's dataset input (context ``evaluation``; name and digest, never
   its path: `model.tracking.dataset_input`);
-* params: the settings (clip sampling, aggregation, resamples, permutations, seeds);
+* params: the settings (clip sampling, aggregation, resamples, permutations, seeds; the
+  breakdown rows' own counts `evaluation.summary.breakdown_bootstrap`/`_permutations`);
 * metrics grouped under the split (``external_<site>`` for an external validation):
   ``test/auc_<task>``, ``test/<task>_ci_low/_ci_high`` (bootstrap), ``..._delong_low/_high``,
   ``..._p_value``, ``..._p_adjusted``, ``..._n_studies``, ``..._n_pos``, ``..._n_pos_patients``,

@@ -398,6 +398,32 @@ def _site_note(results: dict[str, TaskResult]) -> list[tuple]:
                   "CIs are under 'Per site'.")]
 
 
+def _breakdown_counts(config: SummaryConfig) -> str:
+    """The sentence that says how many resamples the breakdown rows were computed with."""
+    bc, mc, sc = config.breakdown_config(), config.metrics, config.signal
+    main = ("as many as the main table" if (bc.metrics.n_bootstrap, bc.signal.n_permutations)
+            == (mc.n_bootstrap, sc.n_permutations) else
+            f"the main table: {mc.n_bootstrap} and {sc.n_permutations}")
+    return (f"Its rows are computed with {bc.metrics.n_bootstrap} bootstrap resamples and "
+            f"{bc.signal.n_permutations} permutations ({main}; evaluation.summary."
+            "breakdown_bootstrap and breakdown_permutations), so their interval limits and "
+            "p-values carry more Monte Carlo error (docs/evaluation.md).")
+
+
+def _reused_counts(results: dict[str, TaskResult], config: SummaryConfig) -> list[tuple]:
+    """A note under a breakdown table whose rows have other counts than the breakdown's: a group
+    with the main table's studies, shown with the main table's (more precise) results."""
+    bc = config.breakdown_config()
+    usual = (bc.metrics.n_bootstrap, bc.signal.n_permutations)
+    other: dict[tuple[int, int], list[str]] = {}
+    for t, r in results.items():
+        if r.n_bootstrap is not None and (r.n_bootstrap, r.n_permutations) != usual:
+            other.setdefault((r.n_bootstrap, r.n_permutations), []).append(t.upper())
+    return [("p", f"{', '.join(tasks)}: the main table's studies, shown with its results "
+                  f"({b} bootstrap resamples, {p} permutations).")
+            for (b, p), tasks in sorted(other.items())]
+
+
 def _adjustment(sc) -> str:
     if sc.correction == "holm":
         return (f"verdict 'signal' when the Holm-adjusted p < {sc.alpha}, adjusting over the tasks "
@@ -457,13 +483,14 @@ def build_blocks(inp: ReportInputs, images: dict[str, Path]) -> list[tuple]:
         b.append(("h", 2, f"Per {name}"))
         b.append(("p", "Exploratory: p-values unadjusted, and no verdicts — the claims are the "
                        "main table's. A breakdown that looks significant is a question for "
-                       "the next study, not an answer."))
+                       "the next study, not an answer. " + _breakdown_counts(inp.config)))
         if name == "view":
             b.append(("p", "Each study's prediction from that view's videos alone, over the studies "
                            "that have the view."))
         for value, res in groups.items():
             b.append(("h", 3, f"{name} {value}"))
             b.append(("table", *_task_rows(res, published=False)))
+            b += _reused_counts(res, inp.config)
     b.append(("h", 2, "Method"))
     interval = (f"{100 * (1 - mc.level) / 2:g}th and {100 - 100 * (1 - mc.level) / 2:g}th "
                 "percentiles" if mc.ci_method == "percentile" else

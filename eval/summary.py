@@ -11,10 +11,20 @@ the plain one that treats studies as independent is kept in the details as ``del
 
 Verdicts come from p-values adjusted over the tasks summarised together (Holm by default, see
 `eval.signal`); ``p_value`` stays the raw permutation p-value, ``p_adjusted`` is beside it.
-``breakdown`` does the same within each value of a column (``view``, ``site``). A `ResultCache`
-shared by the primary table and its breakdowns computes a task only once for the same studies
-(a single-site archive's site breakdown, a single-view set's view breakdown: the primary table's
-studies again); its results are those of a fresh computation, copied.
+``breakdown`` does the same within each value of a column (``view``, ``site``), with fewer
+resamples: ``SummaryConfig.breakdown_bootstrap`` and ``breakdown_permutations`` (1000 each by
+default, never more than the primary table's). The view groups together hold more patients than
+the primary table (a patient has clips of both views), and the bootstrap and the permutation
+tests, whose cost follows patients times resamples, are nearly all of a breakdown's cost. Each
+row records the counts it was computed with (``n_bootstrap``, ``n_permutations``).
+
+A `ResultCache` shared by the primary table and its breakdowns computes a task only once for the
+same studies (a single-site archive's site breakdown, a single-view set's view breakdown: the
+primary table's studies again); its results are those of a fresh computation, copied. Its key is
+the studies and every setting except the two counts, which pick the entry: the primary table is
+only ever served a result with its own counts, while an exploratory row takes one computed with
+at least its counts (the primary table's, more precise, at no cost) and says so in its
+``n_bootstrap`` / ``n_permutations``.
 ``metrics_json`` writes the contract: ``{task: {auc, ci_low, ci_high, delong_low, delong_high,
 pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, verdict}}``;
 ``detail_json`` adds the rest.
@@ -23,9 +33,10 @@ pr_auc, n_studies, n_patients, n_pos, n_pos_patients, n_neg_patients, p_value, v
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -67,10 +78,36 @@ class SummaryConfig:
     signal: SignalConfig = field(default_factory=SignalConfig)
     # Every other task's value over this one (eval.control); None: no such analysis.
     positive_control: str | None = "wma"
+    # Exploratory breakdown rows (`breakdown`: per view, per site): bootstrap resamples and
+    # permutations, each capped at the primary table's (metrics.n_bootstrap,
+    # signal.n_permutations). Their Monte Carlo error: docs/evaluation.md.
+    breakdown_bootstrap: int = 1000
+    breakdown_permutations: int = 1000
 
     def __post_init__(self) -> None:
         if self.positive_control is not None and self.positive_control not in TASKS:
             raise ValueError(f"positive_control={self.positive_control!r}: one of {TASKS} or null")
+        for name, value, check in (
+                ("breakdown_bootstrap", self.breakdown_bootstrap,
+                 lambda v: MetricsConfig(n_bootstrap=v)),
+                ("breakdown_permutations", self.breakdown_permutations,
+                 lambda v: SignalConfig(n_permutations=v))):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"evaluation.summary.{name}={value!r}: give a whole number")
+            try:  # the primary table's own minimum (1000 resamples, 100 permutations)
+                check(value)
+            except ValueError as e:
+                raise ValueError(f"evaluation.summary.{name}={value}: {e}") from None
+
+    def breakdown_config(self) -> SummaryConfig:
+        """This config with the breakdown rows' counts: ``breakdown_bootstrap`` and
+        ``breakdown_permutations``, each at most the primary table's."""
+        return replace(
+            self,
+            metrics=replace(self.metrics, n_bootstrap=min(self.breakdown_bootstrap,
+                                                          self.metrics.n_bootstrap)),
+            signal=replace(self.signal, n_permutations=min(self.breakdown_permutations,
+                                                           self.signal.n_permutations)))
 
 
 @dataclass(kw_only=True)
@@ -113,6 +150,11 @@ class TaskResult:
     n_frozen: int = 0  # patients the block permutation froze (the patient-level test ran then)
     test_level: str | None = None  # "study" (patient blocks) or "patient" (frozen-strata fallback)
     primary: bool = True  # False: a breakdown row, exploratory (no verdict words, unadjusted p)
+    # What ci_low/ci_high and p_value were computed with (None where there are none): a breakdown
+    # row's counts (SummaryConfig.breakdown_*), or the primary table's where the row reuses its
+    # result for the same studies (ResultCache).
+    n_bootstrap: int | None = None
+    n_permutations: int | None = None
 
     def metrics_json(self) -> dict:
         """Exactly the keys the issue specifies, with null for what could not be computed."""
@@ -209,25 +251,40 @@ def task_result(
         p_value=sig.p_value, verdict=sig.verdict,
         bootstrap_valid=boot.n_valid, null_mean_auc=sig.null_mean,
         n_frozen=sig.n_frozen, test_level=sig.level,
+        n_bootstrap=mc.n_bootstrap, n_permutations=config.signal.n_permutations,
         calibration=calibration_summary(y, p, n_bins=mc.calibration_bins),
     )
 
 
 class ResultCache:
     """`task_result` keyed by a digest of everything it reads (task, labels, scores, patients,
-    sites, config), so the same studies are summarised once however many tables show them.
+    sites, settings), so the same studies are summarised once however many tables show them.
+
+    The digest leaves out the two counts (``metrics.n_bootstrap``, ``signal.n_permutations``);
+    they pick the entry under it. A lookup gets the entry with exactly its counts, or, with
+    ``finer=True`` (exploratory rows), the one with the most of both among those with at least
+    its counts: the primary table's result for a breakdown group of the same studies, whose
+    ``n_bootstrap``/``n_permutations`` then say what the row was computed with. The primary
+    table is never served a result of other counts than its own.
 
     Hands out copies: `summarise` adjusts the verdicts of its own results afterwards."""
 
     def __init__(self) -> None:
-        self._results: dict[bytes, TaskResult] = {}
+        self._results: dict[bytes, dict[tuple[int, int], TaskResult]] = {}
         self.hits = 0
+
+    @staticmethod
+    def counts(config: SummaryConfig) -> tuple[int, int]:
+        return config.metrics.n_bootstrap, config.signal.n_permutations
 
     @staticmethod
     def key(task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray,
             sites: np.ndarray | None, config: SummaryConfig) -> bytes:
+        """The digest of the studies and of every setting `task_result` reads but the counts."""
+        settings = {"metrics": asdict(config.metrics), "signal": asdict(config.signal)}
+        del settings["metrics"]["n_bootstrap"], settings["signal"]["n_permutations"]
         h = hashlib.blake2b(digest_size=20)
-        for part in (task, repr(asdict(config))):
+        for part in (task, repr(settings)):
             h.update(part.encode() + b"\x00")
         for arr in (y, p):
             h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
@@ -237,13 +294,20 @@ class ResultCache:
         return h.digest()
 
     def task_result(self, task: str, y: np.ndarray, p: np.ndarray, patients: np.ndarray, *,
-                    config: SummaryConfig, sites: np.ndarray | None = None) -> TaskResult:
-        key = self.key(task, y, p, patients, sites, config)
-        if key in self._results:
-            self.hits += 1
+                    config: SummaryConfig, sites: np.ndarray | None = None,
+                    finer: bool = False) -> TaskResult:
+        entries = self._results.setdefault(self.key(task, y, p, patients, sites, config), {})
+        want = self.counts(config)
+        found = want if want in entries else None
+        if found is None and finer:
+            found = max((c for c in entries if c[0] >= want[0] and c[1] >= want[1]),
+                        default=None)
+        if found is None:
+            found = want
+            entries[want] = task_result(task, y, p, patients, config=config, sites=sites)
         else:
-            self._results[key] = task_result(task, y, p, patients, config=config, sites=sites)
-        return copy.deepcopy(self._results[key])
+            self.hits += 1
+        return copy.deepcopy(entries[found])
 
 
 def few_patients_mark(c, y: np.ndarray, p: np.ndarray, mc: MetricsConfig) -> bool:
@@ -286,7 +350,8 @@ def summarise(
                if c not in studies.columns]
     if missing:
         raise ValueError(f"study table lacks columns {missing}")
-    compute = task_result if cache is None else cache.task_result
+    compute = (task_result if cache is None
+               else functools.partial(cache.task_result, finer=not primary))
     patients = _ids(studies["patient_hash"])
     sites = _ids(studies["site"]) if "site" in studies.columns else None
     results = {
@@ -355,9 +420,11 @@ def breakdown(
     tasks: tuple[str, ...] = TASKS, cache: ResultCache | None = None,
 ) -> dict[str, dict[str, TaskResult]]:
     """``{value: {task: TaskResult}}`` for each value of column ``by`` (e.g. view, site);
-    exploratory rows (``summarise(primary=False)``): unadjusted p, no verdict words."""
+    exploratory rows (``summarise(primary=False)``): unadjusted p, no verdict words, at the
+    config's breakdown counts (`SummaryConfig.breakdown_config`)."""
     if by not in table.columns:
         raise ValueError(f"cannot break down by {by!r}: no such column")
+    config = (config or SummaryConfig()).breakdown_config()
     return {
         str(value): summarise(group, config=config, tasks=tasks, primary=False, cache=cache)
         for value, group in table.groupby(by, sort=True)

@@ -161,6 +161,13 @@ class Partitions:
             self._dir = None
 
 
+# A bucket holds one small batch from every `Buckets.add` that had rows for it (reshard: one per
+# input shard, ~n / 256 of them), each with its own buffers and objects; read whole, their count
+# grew with the set and so did the driver's peak. Read back, every this many are combined into
+# one chunk (the same rows in the same order).
+_READ_BATCHES = 256
+
+
 class Buckets:
     """Tables spilled to local temporary files by a bucket number the caller gives per row,
     read back one bucket at a time in bucket order (`read`). Use as a context manager."""
@@ -198,10 +205,17 @@ class Buckets:
             return None
         writer.close()
         path = os.path.join(self._dir, f"{bucket}.arrows")
+        pieces, batches = [], []
         with pa.OSFile(path, "rb") as source:
-            table = pa.ipc.open_stream(source).read_all()
+            for batch in pa.ipc.open_stream(source):
+                batches.append(batch)
+                if len(batches) == _READ_BATCHES:
+                    pieces.append(pa.Table.from_batches(batches).combine_chunks())
+                    batches = []
+        if batches or not pieces:
+            pieces.append(pa.Table.from_batches(batches, schema=self._schema).combine_chunks())
         os.remove(path)
-        return table
+        return pa.concat_tables(pieces)
 
     def close(self) -> None:
         for writer in self._writers.values():
