@@ -68,6 +68,7 @@ from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_dark import brightened_maximum
+from echocmr.ingest.text_dark_strokes import dark_lines, dark_view
 from echocmr.ingest.text_motion import moving_bands
 from echocmr.ingest.text_strokes import densest_window, stroke_density
 
@@ -244,6 +245,10 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                     reader.read_image(frames_THW[t], frame=t,
                                       box=_line_region(points, config.track_context,
                                                        reader.content_box))
+    if config.dark_strokes and len(frames_THW) > 1 and reader.content_box is not None:
+        # dark text over the blood pool or dim tissue (`ingest.text_dark_strokes`): the lines of
+        # thin dark strokes in the temporal maximum, each read by the recogniser alone
+        reader.read_dark_lines(frames_THW.max(axis=0))
     if config.stroke_reads and len(frames_THW) > 1 and reader.content_box is not None:
         # text that moves vertically or slowly (`ingest.text_strokes`): the densest window of
         # transient bright strokes away from what is masked, its line read in the frame that
@@ -404,6 +409,33 @@ class _Reader:
                     self._add(points)
                     tile = image_no * len(origins) + origins.index((top, left))
                     self.seeds.append((int(indices[tile]), points))
+
+    def read_dark_lines(self, maximum_HW: np.ndarray) -> None:
+        """The ``dark_strokes`` densest lines of thin dark strokes in the temporal maximum that
+        the mask does not cover whole: each line's crop, divided by its local bright level, is read by the
+        recogniser alone (no detector: it boxes little of this text); a line read as two
+        characters or more at ``dark_stroke_score`` is masked along its rows across the
+        content (the read may hold part of the line only)."""
+        config = self.config
+        masked = self.mask_HW(config.line_extend)
+        cols, tried = self.content_box[1], 0
+        for line in dark_lines(maximum_HW, 2 * config.dark_strokes):
+            if tried == config.dark_strokes or self.reads >= config.max_reads:
+                return
+            across = np.array([[cols.start, line.rows.start], [cols.stop - 1, line.rows.start],
+                               [cols.stop - 1, line.rows.stop - 1],
+                               [cols.start, line.rows.stop - 1]], dtype=np.float32)
+            if masked[line.rows, line.cols].all():
+                # dark strokes inside a box read as text already: the rest of the line is the
+                # same text (the read often holds part of it), masked without a read
+                self.found.append(across)
+                continue
+            tried += 1
+            self.reads += 1
+            (text, score, *_), = self.engine.text_rec(
+                [np.repeat(dark_view(maximum_HW, line)[..., None], 3, axis=-1)])[0]
+            if len("".join(str(text).split())) >= 2 and float(score) >= config.dark_stroke_score:
+                self._add(across, again=True)
 
     def verify(self) -> None:
         """The second check, sharing no assumption of the others about which frames hold text:

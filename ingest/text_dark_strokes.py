@@ -1,0 +1,116 @@
+"""Where a clip holds dark thin strokes that stay dark in every frame, as lines of text: the text
+detector's proposals for dark burned-in text (`ingest.text_detector`, ``dark_strokes``).
+
+Prototype; see the docstring written at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+WINDOW = (10, 40)  # rows x columns: the window the dark-stroke density is taken over
+CLOSING = 3  # output pixels: the black top-hat's square (strokes up to 2 pixels wide)
+MIN_DEPTH = 10  # grey levels a stroke pixel lies below the closing of the maximum
+MIN_RATIO = 0.4  # ... and at least this share of that closing's level
+GAP = 12  # output pixels: a line's strokes lie at most this far apart along it
+PAD = 2  # output pixels around a line's strokes in the box read and masked
+LEVEL = 7  # output pixels: the square of the closing a line's local bright level is taken over
+MIN_LEVEL = 8  # grey levels: the least local bright level divided by (the black outside the fan)
+
+
+@dataclass(frozen=True)
+class DarkLine:
+    """A line of dark strokes: its box (output pixels) and the density of its densest window."""
+
+    rows: slice
+    cols: slice
+    density: float
+
+
+def dark_strokes(maximum_HW: np.ndarray) -> np.ndarray:
+    """``bool[H, W]``: pixels of thin dark strokes in the temporal maximum (a black top-hat:
+    at least `MIN_DEPTH` levels and `MIN_RATIO` of its level below the maximum's grey closing
+    over `CLOSING` x `CLOSING`)."""
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (CLOSING, CLOSING))
+    closed = cv2.morphologyEx(np.ascontiguousarray(maximum_HW), cv2.MORPH_CLOSE, kernel)
+    depth = closed.astype(np.int16) - maximum_HW.astype(np.int16)
+    return (depth >= MIN_DEPTH) & (depth >= MIN_RATIO * closed)
+
+
+def dark_lines(maximum_HW: np.ndarray, n: int, excluded_HW: np.ndarray | None = None,
+               min_density: float = 0.0) -> list[DarkLine]:
+    """The ``n`` densest windows of dark strokes (centred on no pixel of ``excluded_HW``; at
+    least ``min_density``), each grown along its row into the line its strokes form."""
+    import cv2
+
+    strokes = dark_strokes(maximum_HW)
+    density = cv2.boxFilter(strokes.astype(np.float32), -1, WINDOW[::-1], normalize=True,
+                            borderType=cv2.BORDER_CONSTANT)
+    if excluded_HW is not None:
+        density[excluded_HW] = 0
+    height, width = density.shape
+    half_h, half_w = WINDOW[0] // 2, WINDOW[1] // 2
+    lines = []
+    for _ in range(n):
+        y, x = np.unravel_index(int(density.argmax()), density.shape)
+        value = float(density[y, x])
+        if value <= min_density or value == 0:
+            break
+        line = _line(strokes, int(y), int(x), half_h, half_w, value)
+        # no window centred on this line or next to it is proposed again
+        density[max(min(y - half_h, line.rows.start - half_h), 0):
+                max(y + half_h, line.rows.stop + half_h) + 1,
+                max(min(x - half_w, line.cols.start - half_w), 0):
+                max(x + half_w, line.cols.stop + half_w) + 1] = 0
+        lines.append(line)
+    return lines
+
+
+def _line(strokes: np.ndarray, y: int, x: int, half_h: int, half_w: int,
+          density: float) -> DarkLine:
+    """The box of the line of strokes through the window centred on (``y``, ``x``): its band of
+    rows (the window's, grown by a few rows), columns grown while strokes follow within
+    `GAP`, rows trimmed to those holding strokes."""
+    height, width = strokes.shape
+    band = slice(max(y - half_h - 3, 0), min(y + half_h + 3, height))
+    cols_with = strokes[band].any(axis=0)
+    x0, x1 = max(x - half_w, 0), min(x + half_w, width)
+    while True:  # grow left and right while a stroke column lies within GAP
+        left = np.flatnonzero(cols_with[max(x0 - GAP, 0):x0])
+        right = np.flatnonzero(cols_with[x1:x1 + GAP])
+        if not len(left) and not len(right):
+            break
+        if len(left):
+            x0 = max(x0 - GAP, 0) + int(left[0])
+        if len(right):
+            x1 = x1 + int(right[-1]) + 1
+    inside = np.flatnonzero(cols_with[x0:x1])
+    if len(inside):
+        x0, x1 = x0 + int(inside[0]), x0 + int(inside[-1]) + 1
+    rows_with = np.flatnonzero(strokes[band, x0:x1].any(axis=1))
+    y0, y1 = (band.start + int(rows_with[0]), band.start + int(rows_with[-1]) + 1) \
+        if len(rows_with) else (band.start, band.stop)
+    return DarkLine(slice(max(y0 - PAD, 0), min(y1 + PAD, height)),
+                    slice(max(x0 - PAD, 0), min(x1 + PAD, width)), density)
+
+
+def dark_view(maximum_HW: np.ndarray, line: DarkLine) -> np.ndarray:
+    """``uint8``: the crop of ``line`` the recogniser reads: the maximum divided by its local
+    bright level (a 7 x 7 grey closing, taken with a few pixels of context): dark text over the
+    blood pool and over bright tissue alike turns dark on white."""
+    import cv2
+
+    rows = slice(max(line.rows.start - 4, 0), line.rows.stop + 4)
+    cols = slice(max(line.cols.start - 4, 0), line.cols.stop + 4)
+    crop = np.ascontiguousarray(maximum_HW[rows, cols])
+    closed = cv2.morphologyEx(crop, cv2.MORPH_CLOSE,
+                              cv2.getStructuringElement(cv2.MORPH_RECT, (LEVEL, LEVEL)))
+    view = 255 * crop.astype(np.float32) / np.maximum(closed.astype(np.float32), MIN_LEVEL)
+    return np.clip(view, 0, 255).astype(np.uint8)[line.rows.start - rows.start:
+                                                  line.rows.stop - rows.start,
+                                                  line.cols.start - cols.start:
+                                                  line.cols.stop - cols.start]
