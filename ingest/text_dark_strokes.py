@@ -1,7 +1,42 @@
-"""Where a clip holds dark thin strokes that stay dark in every frame, as lines of text: the text
-detector's proposals for dark burned-in text (`ingest.text_detector`, ``dark_strokes``).
+"""Where a clip holds thin dark strokes that stay dark in every frame, as lines of text: the text
+detector's proposals for dark burned-in text over the blood pool and dim tissue
+(`ingest.text_detector`, ``dark_strokes``).
 
-Prototype; see the docstring written at the end.
+Dark text in every frame is dark in the clip's per-pixel temporal maximum while what surrounds
+it is at its brightest (`ingest.text_dark`). The detector model boxes little of it where that
+surround is dim (the blood pool, a dim wall: a few tens of grey levels at the bottom of the
+range), although the strokes are plain to see. So the strokes are found by arithmetic and only
+the recogniser reads them:
+
+1. a pixel of a **dark stroke** lies at least `MIN_DEPTH` grey levels, and at least `MIN_RATIO`
+   of the level, below the maximum's grey closing over `CLOSING` x `CLOSING` (a black top-hat:
+   strokes up to 2 pixels wide; the relative test keeps the pool's dark strokes, whose depth is
+   small, and drops speckle's shallow pits over tissue);
+2. the share of such pixels in a `WINDOW` (a line of text: 10 rows x 40 columns) is the
+   window's density; the densest windows, one a line, are grown along their rows while strokes
+   follow within `GAP` pixels (`dark_lines`);
+3. each line's crop is divided by its local bright level (a `LEVEL` x `LEVEL` grey closing:
+   `dark_view`), so the text is dark on white whatever the ground, and read by the recogniser
+   alone; a read of two characters or more is text, and the detector masks the line's rows
+   across the content (the read often holds part of the line).
+
+Weighed on `bench/bench_text_detector.py`'s 54 dark strings of 8 px and more (the motion set's
+``dark`` bucket over tissue, the dark set over blood and dim tissue; throwaway scripts calling
+the bench's sets, 2026-12-06, docs/benchmarks.md "Dark text, fourth pass"): the densest window
+lies on the string for 52 of them and one of the 2 densest for 53 (a 5 x 5 closing: 44 and 49;
+7 x 7: 36 and 43). The detector model on those lines' crops (the maximum as it is, stretched or
+inverted) read 13-14 of the 54; the recogniser alone on `dark_view` of the 3 densest lines,
+a read at confidence 0.5 or more masking the line, 47 (17, 15 and 15 of 18), with no read of
+two characters at more than 0.44 on the 54 clean clips. What it does not see: a string whose
+strokes are not `MIN_RATIO` below their surround's maximum (the pool's speckle peaking at the
+text's level: one 8-px JPEG string of the dark set has density 0.05 on its glyphs), a line that
+is not among the densest ``dark_strokes`` (a clip with more dark lines than that, or tissue
+with denser dark texture), and text dark in some frames only (the maximum takes the frames
+without it).
+
+Cost: a closing and a box filter of one 144 x 144 image (< 1 ms), then one recogniser call a
+line (~0.02-0.03 CPU s on this bench's machine; the calls are made one by one: a batch pads
+every crop to the widest and cost ~1.4x as much).
 """
 
 from __future__ import annotations
@@ -41,24 +76,21 @@ def dark_strokes(maximum_HW: np.ndarray) -> np.ndarray:
     return (depth >= MIN_DEPTH) & (depth >= MIN_RATIO * closed)
 
 
-def dark_lines(maximum_HW: np.ndarray, n: int, excluded_HW: np.ndarray | None = None,
-               min_density: float = 0.0) -> list[DarkLine]:
-    """The ``n`` densest windows of dark strokes (centred on no pixel of ``excluded_HW``; at
-    least ``min_density``), each grown along its row into the line its strokes form."""
+def dark_lines(maximum_HW: np.ndarray, n: int) -> list[DarkLine]:
+    """The ``n`` densest windows of dark strokes, one a line, each grown along its rows into
+    the line its strokes form (densest first; fewer when the image holds fewer strokes)."""
     import cv2
 
     strokes = dark_strokes(maximum_HW)
     density = cv2.boxFilter(strokes.astype(np.float32), -1, WINDOW[::-1], normalize=True,
                             borderType=cv2.BORDER_CONSTANT)
-    if excluded_HW is not None:
-        density[excluded_HW] = 0
     height, width = density.shape
     half_h, half_w = WINDOW[0] // 2, WINDOW[1] // 2
     lines = []
     for _ in range(n):
         y, x = np.unravel_index(int(density.argmax()), density.shape)
         value = float(density[y, x])
-        if value <= min_density or value == 0:
+        if value == 0:
             break
         line = _line(strokes, int(y), int(x), half_h, half_w, value)
         # no window centred on this line or next to it is proposed again

@@ -23,14 +23,20 @@ kept clip before it is written. What it reads, in order:
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
-5. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
+5. (``dark_strokes``) the densest lines of thin dark strokes in that maximum (a black top-hat,
+   `ingest.text_dark_strokes`: dark text over the blood pool or dim tissue, which the detector
+   model boxes little of), each line the mask does not cover whole read by the recogniser alone
+   on its crop divided by its local bright level; a read of two characters or more at
+   ``dark_stroke_score`` masks the line's rows across the content (as does a line of dark strokes
+   inside a box read already, with no read);
+6. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
    text moving vertically or slowly), away from what is masked, read along its line in the
    frame that shows it most; what reads there is followed frame by frame
    (`_Reader.follow_each_frame`);
-6. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+7. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-7. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+8. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -44,7 +50,8 @@ the clip, or the clip is rejected
 What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
 sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
 beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
-over blood or dim tissue no darker than the surround's maximum (`ingest.text_dark`), text shown
+over blood or dim tissue whose strokes are not 40 % below the surround's maximum, or in a line
+beyond the ``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
 in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
