@@ -53,6 +53,7 @@ GAP = 12  # output pixels: a line's strokes lie at most this far apart along it
 PAD = 2  # output pixels around a line's strokes in the box read and masked
 LEVEL = 7  # output pixels: the square of the closing a line's local bright level is taken over
 MIN_LEVEL = 8  # grey levels: the least local bright level divided by (the black outside the fan)
+DARK_SHARE = 0.6  # a line is dark when its strokes' median is below this share of its box's
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class DarkLine:
     rows: slice
     cols: slice
     density: float
+    # its strokes' median level is below `DARK_SHARE` of its box's median level: dark marks on
+    # a lighter ground (dark text), not the gaps between bright strokes (bright text's letters
+    # and spaces are dark thin strokes too, at the level of the ground around them)
+    dark: bool = True
 
 
 def dark_strokes(maximum_HW: np.ndarray) -> np.ndarray:
@@ -93,6 +98,10 @@ def dark_lines(maximum_HW: np.ndarray, n: int) -> list[DarkLine]:
         if value == 0:
             break
         line = _line(strokes, int(y), int(x), half_h, half_w, value)
+        box = maximum_HW[line.rows, line.cols]
+        inked = box[strokes[line.rows, line.cols]]
+        line = DarkLine(line.rows, line.cols, line.density, bool(
+            inked.size and np.median(inked) < DARK_SHARE * np.median(box)))
         # no window centred on this line or next to it is proposed again
         density[max(min(y - half_h, line.rows.start - half_h), 0):
                 max(y + half_h, line.rows.stop + half_h) + 1,

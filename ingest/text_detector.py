@@ -433,9 +433,11 @@ class _Reader:
                                [cols.stop - 1, line.rows.stop - 1],
                                [cols.start, line.rows.stop - 1]], dtype=np.float32)
             if masked[line.rows, line.cols].all():
-                # dark strokes inside a box read as text already: the rest of the line is the
-                # same text (the read often holds part of it), masked without a read
-                self.found.append(across)
+                # dark text inside a box read as text already: the rest of the line is the same
+                # text (the read often holds part of it), masked without a read (bright text's
+                # gaps are dark strokes too, but not dark against their ground: left as read)
+                if line.dark:
+                    self.found.append(across)
                 continue
             tried += 1
             self.reads += 1
