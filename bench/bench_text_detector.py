@@ -78,8 +78,10 @@ FOUND = 0.9  # share of a string's glyph pixels the mask must cover
 # name -> TextDetectorConfig fields (every field that differs between rows, so a change of the
 # defaults does not change a row); the first, the old default, is the yardstick.
 _SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
-                     line_extend=0.0, motion_bands=0, line_reads=False, stroke_reads=0)
-_BEFORE_MOTION = dict(motion_bands=0, line_reads=False, stroke_reads=0)  # measured before these
+                     line_extend=0.0, motion_bands=0, line_reads=False, stroke_reads=0,
+                     dark_strokes=0)
+_BEFORE_MOTION = dict(motion_bands=0, line_reads=False, stroke_reads=0,  # measured before these
+                      dark_strokes=0)
 SETTINGS = {
     "old default (4x, det 736)": dict(upscale=4, detector_side=736, crop_to_content=False,
                                       **_SAMPLED_ONLY),
@@ -105,13 +107,18 @@ SETTINGS = {
     "default (+ motion bands, line reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                                  dark_composite=True, line_extend=2.0,
                                                  motion_bands=2, line_reads=True, stroke_reads=0,
-                                                 dark_gamma=1.0),
+                                                 dark_gamma=1.0, dark_strokes=0),
     "+ brightened maximum (gamma 0.5)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                              dark_composite=True, line_extend=2.0, dark_gamma=0.5,
-                                             motion_bands=2, line_reads=True, stroke_reads=0),
-    "default (+ stroke reads)": dict(upscale=4, detector_side=0, crop_to_content=True,
+                                             motion_bands=2, line_reads=True, stroke_reads=0,
+                                             dark_strokes=0),
+    "+ stroke reads": dict(upscale=4, detector_side=0, crop_to_content=True,
+                           dark_composite=True, line_extend=2.0, motion_bands=2,
+                           line_reads=True, stroke_reads=1, dark_gamma=1.0, dark_strokes=0),
+    "default (+ dark strokes)": dict(upscale=4, detector_side=0, crop_to_content=True,
                                      dark_composite=True, line_extend=2.0, motion_bands=2,
-                                     line_reads=True, stroke_reads=1, dark_gamma=1.0),
+                                     line_reads=True, stroke_reads=1, dark_gamma=1.0,
+                                     dark_strokes=2, dark_stroke_score=0.5),
 }
 
 

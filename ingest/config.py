@@ -164,6 +164,13 @@ class TextDetectorConfig:
     # dark levels spread: dark text over the blood pool or dim tissue); 1.0, the default: the plain
     # maximum (0.5 finds more dark text over blood and loses some over tissue: docs/benchmarks.md)
     dark_gamma: float = 1.0
+    # dark text over the blood pool and dim tissue (`ingest.text_dark_strokes`): at most this many
+    # lines of thin dark strokes in the temporal maximum (a black top-hat), each a line the mask
+    # does not cover whole, have their crop, divided by its local bright level, read by the
+    # recogniser alone; a line read as two characters or more at `dark_stroke_score` is masked
+    # along its rows across the content (as is one inside a box read already, with no read); 0: off
+    dark_strokes: int = 2
+    dark_stroke_score: float = 0.5  # the bench's clean clips' reads there score <= 0.44
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off
@@ -205,9 +212,12 @@ class TextDetectorConfig:
         if self.margin < 0:
             raise ConfigError(f"text_detector.margin must be >= 0, got {self.margin}")
         for name in ("candidate_boxes", "candidate_frames", "track_step", "track_context",
-                     "max_reads", "line_extend", "motion_bands", "stroke_reads"):
+                     "max_reads", "line_extend", "motion_bands", "stroke_reads",
+                     "dark_strokes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"text_detector.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dark_stroke_score <= 1:
+            raise ConfigError("text_detector.dark_stroke_score must be in [0, 1]")
         if not 0 < self.dark_gamma <= 1:
             raise ConfigError(f"text_detector.dark_gamma must be in (0, 1], got {self.dark_gamma}")
         if self.detector_side < 0 or self.detector_side % 32:

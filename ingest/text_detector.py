@@ -23,14 +23,20 @@ kept clip before it is written. What it reads, in order:
    what bright speckle around a dark pit reads as), and is read again along its whole line in
    the frame most of its pixels peak in (``line_reads``: bright text of a few frames shows
    here where the transient composite took brighter tissue);
-5. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
+5. (``dark_strokes``) the densest lines of thin dark strokes in that maximum (a black top-hat,
+   `ingest.text_dark_strokes`: dark text over the blood pool or dim tissue, which the detector
+   model boxes little of), each line the mask does not cover whole read by the recogniser alone
+   on its crop divided by its local bright level; a read of two characters or more at
+   ``dark_stroke_score`` masks the line's rows across the content (as does a line of dark strokes
+   inside a box read already, with no read);
+6. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
    text moving vertically or slowly), away from what is masked, read along its line in the
    frame that shows it most; what reads there is followed frame by frame
    (`_Reader.follow_each_frame`);
-6. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
+7. (``track_step``) every box read in a frame is read again ``track_step`` frames before and
    after it (the box grown by ``track_context``), and on while the text found there reaches
    beyond the boxes so far: a ticker is followed along its path;
-7. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
+8. (``verify_every_frame``, off by default: ~0.12 CPU s a frame) every other frame, whole, with
    what was found masked: the check that assumes nothing about when or where text shows.
 
 A detected box counts as text when the recogniser reads at least one character with confidence
@@ -44,7 +50,8 @@ the clip, or the clip is rejected
 What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
 sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
 beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
-over blood or dim tissue no darker than the surround's maximum (`ingest.text_dark`), text shown
+over blood or dim tissue whose strokes are not 40 % below the surround's maximum, or in a line
+beyond the ``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
 in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
@@ -68,6 +75,7 @@ from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.sector import grown_bbox
 from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_dark import brightened_maximum
+from echocmr.ingest.text_dark_strokes import dark_lines, dark_view
 from echocmr.ingest.text_motion import moving_bands
 from echocmr.ingest.text_strokes import densest_window, stroke_density
 
@@ -244,6 +252,10 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
                     reader.read_image(frames_THW[t], frame=t,
                                       box=_line_region(points, config.track_context,
                                                        reader.content_box))
+    if config.dark_strokes and len(frames_THW) > 1 and reader.content_box is not None:
+        # dark text over the blood pool or dim tissue (`ingest.text_dark_strokes`): the lines of
+        # thin dark strokes in the temporal maximum, each read by the recogniser alone
+        reader.read_dark_lines(frames_THW.max(axis=0))
     if config.stroke_reads and len(frames_THW) > 1 and reader.content_box is not None:
         # text that moves vertically or slowly (`ingest.text_strokes`): the densest window of
         # transient bright strokes away from what is masked, its line read in the frame that
@@ -404,6 +416,35 @@ class _Reader:
                     self._add(points)
                     tile = image_no * len(origins) + origins.index((top, left))
                     self.seeds.append((int(indices[tile]), points))
+
+    def read_dark_lines(self, maximum_HW: np.ndarray) -> None:
+        """The ``dark_strokes`` densest lines of thin dark strokes in the temporal maximum that
+        the mask does not cover whole: each line's crop, divided by its local bright level, is read by the
+        recogniser alone (no detector: it boxes little of this text); a line read as two
+        characters or more at ``dark_stroke_score`` is masked along its rows across the
+        content (the read may hold part of the line only)."""
+        config = self.config
+        masked = self.mask_HW(config.line_extend)
+        cols, tried = self.content_box[1], 0
+        for line in dark_lines(maximum_HW, 2 * config.dark_strokes):
+            if tried == config.dark_strokes or self.reads >= config.max_reads:
+                return
+            across = np.array([[cols.start, line.rows.start], [cols.stop - 1, line.rows.start],
+                               [cols.stop - 1, line.rows.stop - 1],
+                               [cols.start, line.rows.stop - 1]], dtype=np.float32)
+            if masked[line.rows, line.cols].all():
+                # dark text inside a box read as text already: the rest of the line is the same
+                # text (the read often holds part of it), masked without a read (bright text's
+                # gaps are dark strokes too, but not dark against their ground: left as read)
+                if line.dark:
+                    self.found.append(across)
+                continue
+            tried += 1
+            self.reads += 1
+            (text, score, *_), = self.engine.text_rec(
+                [np.repeat(dark_view(maximum_HW, line)[..., None], 3, axis=-1)])[0]
+            if len("".join(str(text).split())) >= 2 and float(score) >= config.dark_stroke_score:
+                self._add(across, again=True)
 
     def verify(self) -> None:
         """The second check, sharing no assumption of the others about which frames hold text:

@@ -11,10 +11,11 @@ classifier, 4x, each image as it is, contrast-stretched (1st-99th percentile), C
 and both of those inverted (`bench.bench_text_detector.stretched_views`, the bench's readable
 recall's reader). None of the planted strings may be read.
 
-Dark text over the blood pool or a dim wall is not tried here: the defence does not mask it
-reliably (docs/ingest.md, "The text detector", what the defence does not see; the bench's dark
-set measures it), and planted across the walls and cavity of the synthetic vendor clip (480 x
-640, glyphs of 30-80 source pixels) it was legible to this reader in no view after the resize.
+Dark text over a dim blood pool is tried in `test_ingest_privacy_dark_pool` (the dark-stroke
+path, `ingest.text_dark_strokes`); the defence does not mask all of it (docs/ingest.md, "The text
+detector", what the defence does not see; the bench's dark set measures it), and planted across
+the walls and cavity of the synthetic vendor clip (480 x 640, glyphs of 30-80 source pixels) it
+was legible to this reader in no view after the resize.
 """
 
 from __future__ import annotations
