@@ -220,8 +220,9 @@ def _stages(root: str) -> None:
     CPU time of this process (every stage runs on one thread), so a busy machine inflates it
     less than wall time. The text detector is also run with only its sampled frames read (no
     composite, no follow-up, no turned reads: the detector before issue 22) on the same clips,
-    for the before/after ratio of the whole clip, and without its stroke reads
-    (`ingest.text_strokes`), clip by clip in turn with the defaults, for that step's share."""
+    for the before/after ratio of the whole clip, and without each of its later steps in turn
+    (the stroke reads, `ingest.text_strokes`; the dark strokes, `ingest.text_dark_strokes`), clip
+    by clip in turn with the defaults, for each step's share."""
     from dataclasses import replace
 
     from echocmr.ingest.config import IngestConfig
@@ -235,12 +236,14 @@ def _stages(root: str) -> None:
     config = IngestConfig(site="bench")
     sampled_only = replace(config, text_detector=replace(
         config.text_detector, composites=False, track_step=0, orientations=False,
-        dark_composite=False, motion_bands=0, line_reads=False, stroke_reads=0))
+        dark_composite=False, motion_bands=0, line_reads=False, stroke_reads=0, dark_strokes=0))
     spent = {"read + decode": 0.0, "sector, mask, resize": 0.0, "text detector": 0.0,
              "VP9 encode": 0.0}
     before = 0.0  # the text detector reading its sampled frames only
-    no_strokes = replace(config, text_detector=replace(config.text_detector, stroke_reads=0))
-    unstroked = 0.0  # the text detector of today without its stroke reads (`ingest.text_strokes`)
+    # the text detector of today without one of its steps: its CPU s over the clips
+    without = {step: [replace(config, text_detector=replace(config.text_detector, **off)), 0.0]
+               for step, off in (("stroke reads", {"stroke_reads": 0}),
+                                 ("dark strokes", {"dark_strokes": 0}))}
     kept = 0
     clock = time.process_time
     for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):
@@ -257,9 +260,10 @@ def _stages(root: str) -> None:
             t2 = clock()
             detect_text(prepared.frames_THW.copy(), sampled_only)
             before += clock() - t2
-            t2 = clock()
-            detect_text(prepared.frames_THW.copy(), no_strokes)
-            unstroked += clock() - t2
+            for entry in without.values():
+                t2 = clock()
+                detect_text(prepared.frames_THW.copy(), entry[0])
+                entry[1] += clock() - t2
             t2 = clock()
             detect_text(prepared.frames_THW, config)
             t3 = clock()
@@ -275,10 +279,11 @@ def _stages(root: str) -> None:
     print(f"  text detector reading its sampled frames only (before issue 22): {before / kept:.3f} s"
           f" a clip; the whole clip {old / kept:.3f} s then, {total / kept:.3f} s now "
           f"({total / old:.2f}x)")
-    plain = total - spent["text detector"] + unstroked
-    print(f"  text detector without its stroke reads: {unstroked / kept:.3f} s a clip; the whole "
-          f"clip {plain / kept:.3f} s, {plain / old:.2f}x the cost before issue 22 (with them "
-          f"{total / old:.2f}x)")
+    for step, (_, spent_without) in without.items():
+        plain = total - spent["text detector"] + spent_without
+        print(f"  text detector without its {step}: {spent_without / kept:.3f} s a clip; the "
+              f"whole clip {plain / kept:.3f} s, {plain / old:.2f}x the cost before issue 22 "
+              f"(with them {total / old:.2f}x)")
 
 
 def _damage_counts(ds, trials: int = 300) -> None:
