@@ -17,8 +17,10 @@ from echocmr.ingest.text_composite import transient_composite
 from echocmr.ingest.text_detector import find_text, sample_indices
 from echocmr.ingest.text_motion import moving_bands
 
+# every step after the sampled frames off (`ingest.text_detector`'s steps 2-7; each control
+# below also switches off the later steps that would find its plant by another way)
 SAMPLED_ONLY = dict(composites=False, track_step=0, orientations=False, dark_composite=False,
-                    motion_bands=0, line_reads=False, stroke_reads=0)
+                    motion_bands=0, line_reads=False, stroke_reads=0, dark_strokes=0)
 
 
 def _glyphs(text: str, size: int = 16) -> np.ndarray:
@@ -95,7 +97,7 @@ def test_a_ticker_read_in_one_frame_is_followed_along_its_path():
     # by the same tracking, `test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band`)
     untracked = find_text(planted, TextDetectorConfig(composites=False, track_step=0,
                                                       line_extend=0, motion_bands=0,
-                                                      stroke_reads=0))
+                                                      stroke_reads=0, dark_strokes=0))
     assert _covered(untracked, where) < 0.9  # control: only frame 15's place
     assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0, stroke_reads=0)),
                     where) >= 0.99
@@ -125,8 +127,8 @@ def test_a_ticker_in_none_of_the_sampled_frames_is_masked_by_its_band():
     the detector does not box: found by its band (`motion_bands`); the control is the same
     clip with the bands off (and the stroke reads, which find it too)."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
-    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0, stroke_reads=0)),
-                    where) < 0.9
+    assert _covered(find_text(planted, TextDetectorConfig(motion_bands=0, stroke_reads=0,
+                                                          dark_strokes=0)), where) < 0.9
     assert _covered(find_text(planted, TextDetectorConfig(stroke_reads=0)), where) >= 0.99
 
 
@@ -135,7 +137,7 @@ def test_the_every_frame_check_finds_what_the_other_steps_miss():
     second check, reading every frame, finds it wherever it goes."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN"), (60, 40), shown=range(2, 12), dx=-2)
     checked = find_text(planted, TextDetectorConfig(verify_every_frame=True, motion_bands=0,
-                                                    stroke_reads=0))
+                                                    stroke_reads=0, dark_strokes=0))
     assert _covered(checked, where) >= 0.99
 
 
@@ -144,7 +146,7 @@ def test_dark_text_over_moving_tissue_is_masked():
     no frame's read sees it; the clip's temporal maximum (`dark_composite`) does."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN", 14), (42, 36), shown=range(30),
                             level=10)
-    control = find_text(planted, TextDetectorConfig(dark_composite=False))
+    control = find_text(planted, TextDetectorConfig(dark_composite=False, dark_strokes=0))
     assert _covered(control, where) < 0.1
     assert _covered(find_text(planted), where) >= 0.99
 
@@ -154,7 +156,8 @@ def test_a_line_read_in_part_is_masked_whole():
     the mask is grown along the line (`line_extend`) and covers all of it."""
     planted, where = _plant(_clip(), _glyphs("SMITH JOHN", 14), (32, 56), shown=range(30),
                             level=10)
-    assert _covered(find_text(planted, TextDetectorConfig(line_extend=0)), where) < 0.9
+    assert _covered(find_text(planted, TextDetectorConfig(line_extend=0, dark_strokes=0)),
+                    where) < 0.9
     assert _covered(find_text(planted), where) >= 0.99
 
 

@@ -15,7 +15,8 @@ from echocmr.ingest.text_strokes import WINDOW, densest_window, stroke_density
 # the stroke reads alone beside the sampled frames (the composites, the temporal maximum and the
 # motion bands see some of these strings on this dim phantom; on the bench's clips they do not,
 # docs/benchmarks.md, "Vertical and slow text")
-ALONE = dict(composites=False, dark_composite=False, motion_bands=0, line_reads=False)
+ALONE = dict(composites=False, dark_composite=False, motion_bands=0, line_reads=False,
+             dark_strokes=0)
 
 
 def _slide(frames, glyphs, yx, shown, velocity, level=235):
