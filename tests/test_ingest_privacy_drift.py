@@ -8,7 +8,8 @@ protected set is read by an OCR pass of its own (RapidOCR's whole pipeline with 
 classifier, each frame enlarged 4x) and none of the planted strings may be read. The control:
 the same export with every pixel defence against text off, where the same reader must read the
 planted strings in the shipped frames, or the test could not fail; and the detector as it was
-before (``stroke_reads: 0``), which must leave one readable (what the new step adds).
+before (``stroke_reads: 0``, and the later dark strokes off), which must leave one readable (what
+the stroke reads add).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def export(tmp_path_factory, module_split_key):
                   "wma": [0] * i}).to_csv(root / "cmr.csv", index=False)
     return {"root": root, "on": _ingest(root, root / "on"),
             "off": _ingest(root, root / "off", OFF),
-            "before": _ingest(root, root / "before", "text_detector: {stroke_reads: 0}\n")}
+            "before": _ingest(root, root / "before",
+                              "text_detector: {stroke_reads: 0, dark_strokes: 0}\n")}
 
 
 def _hits(clip_THW: np.ndarray, case: str, first: bool = False) -> list[tuple[int, str]]:
