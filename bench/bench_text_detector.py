@@ -807,6 +807,24 @@ def report(rows: list[dict], planted: list[Planted], n_clean: int) -> None:
     print("columns: " + "; ".join(f"{i} = {r['name']}" for i, r in enumerate(rows)))
 
 
+def _readable_table(rows: list[dict], found: str, strings: list, modes, legible: list[bool]
+                    ) -> None:
+    """Per mode and over all, the strings of 8 px and more: how many, how many the reader read
+    unprotected, and per row the raw recall (``row[found]``) and the recall among those read."""
+    print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
+        f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
+    for label, where in [(m, dict(mode=m)) for m in modes] + [("all", {})]:
+        idx = [j for j, p in enumerate(strings) if p.height >= 8
+               and all(getattr(p, k) == v for k, v in where.items())]
+        read = [j for j in idx if legible[j]]
+        cells = []
+        for r in rows:
+            raw = sum(r[found][j] for j in idx) / len(idx)
+            ok = sum(r[found][j] for j in read) / len(read) if read else float("nan")
+            cells.append(f"{raw:>6.1%} {ok:>6.1%}")
+        print(f"{label:<13} {len(idx):>3} {len(read):>8} " + " ".join(cells))
+
+
 def report_motion(rows: list[dict], motion: list[Moving], legible: list[bool] | None = None) -> None:
     """Recall on the text that is not still, by mode x glyph height, then by content and codec;
     with ``legible`` (`readable`), the readable recall beside it: of the strings of 8 px and
@@ -840,18 +858,7 @@ def report_motion(rows: list[dict], motion: list[Moving], legible: list[bool] | 
           "reads in the unprotected clip: `readable`, then the stronger reader, "
           "`readable_stronger`: temporal min/max/median/mean and frames, stretched, "
           "CLAHE-equalised, inverted):")
-    print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
-        f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
-    for label, where in [(m, dict(mode=m)) for m in MODES] + [("all", {})]:
-        idx = [j for j, p in enumerate(motion) if p.height >= 8
-               and all(getattr(p, k) == v for k, v in where.items())]
-        read = [j for j in idx if legible[j]]
-        cells = []
-        for r in rows:
-            raw = sum(r["moved"][j] for j in idx) / len(idx)
-            ok = sum(r["moved"][j] for j in read) / len(read) if read else float("nan")
-            cells.append(f"{raw:>6.1%} {ok:>6.1%}")
-        print(f"{label:<13} {len(idx):>3} {len(read):>8} " + " ".join(cells))
+    _readable_table(rows, "moved", motion, MODES, legible)
     unread = [p for j, p in enumerate(motion) if p.height >= 8 and not legible[j]]
     for p in unread:
         print(f"  not read by the reader: clip {p.clip} {p.mode} {p.height} px {p.content} {p.codec}")
@@ -898,18 +905,7 @@ def report_sliding(rows: list[dict], sliding: list[Sliding],
         return
     print("\nraw recall and readable recall, 8 px and more (readable: strings a reader of its own "
           "reads in the unprotected clip, `readable`):")
-    print(f"{'bucket':<13} {'n':>3} {'readable':>8} " + " ".join(
-        f"{f'{i} raw':>6} {f'{i} read':>6}" for i in range(len(rows))))
-    for label, where in [(m, dict(mode=m)) for m in SLIDING_MODES] + [("all", {})]:
-        idx = [j for j, p in enumerate(sliding) if p.height >= 8
-               and all(getattr(p, k) == v for k, v in where.items())]
-        read = [j for j in idx if legible[j]]
-        cells = []
-        for r in rows:
-            raw = sum(r["slid"][j] for j in idx) / len(idx)
-            ok = sum(r["slid"][j] for j in read) / len(read) if read else float("nan")
-            cells.append(f"{raw:>6.1%} {ok:>6.1%}")
-        print(f"{label:<13} {len(idx):>3} {len(read):>8} " + " ".join(cells))
+    _readable_table(rows, "slid", sliding, SLIDING_MODES, legible)
     for j, p in enumerate(sliding):
         if p.height >= 8 and not legible[j]:
             print(f"  not read by the reader: clip {p.clip} {p.mode} {p.path} {p.height} px "
