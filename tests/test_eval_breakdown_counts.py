@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 from _bench_fixtures import load_bench
+from test_eval_scale import _assert_close  # equal, floats to 1e-9 (another BLAS)
 
 from echocmr.eval.metrics import MetricsConfig
 from echocmr.eval.report import ReportInputs, build_blocks
@@ -182,23 +183,6 @@ def _eval(tmp_path: Path, table: Path, out: str, *extra: str):
     return subprocess.run([sys.executable, "-m", "echocmr", "eval", "--predictions", str(table),
                            "--out", str(tmp_path / out), *extra],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
-
-
-def _assert_close(got, want, where: str) -> None:
-    """Equal, floats to 1e-9 (bit-identical here; the tolerance covers another machine's BLAS
-    in the calibration fits, as in tests/test_eval_scale.py)."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), where
-        for k in want:
-            _assert_close(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_close(g, w, f"{where}[{i}]")
-    elif isinstance(want, float) and not isinstance(got, bool):
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-12), where
-    else:
-        assert got == want, where
 
 
 # What a row's role sets (the primary table's verdicts, its value over WMA and operating point)
