@@ -23,11 +23,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 from _bench_fixtures import load_bench
 from PIL import Image
-from test_ingest_privacy_motion import OFF, _ingest, _plant, _reader, _write, _ybr_example
+from test_ingest_privacy_motion import OFF, _ingest, _labels, _plant, _reader, _write, _ybr_example
 
 # the bench's readable-recall reader's views (bench/ is scripts, not a package: `make test` runs
 # .venv/bin/pytest, which does not put the checkout on sys.path)
@@ -85,9 +84,7 @@ def dark_export(tmp_path_factory, module_split_key):
         for kind in ("raw", "jpeg"):
             _write(dicom / f"dark_{what}_{kind}.dcm", frames, kind, f"P{i}")
             i += 1
-    labels = root / "cmr.csv"
-    pd.DataFrame({"patient_id": [f"P{j}" for j in range(i)], "cmr_date": ["2023-05-08"] * i,
-                  "wma": [0] * i}).to_csv(labels, index=False)
+    labels = _labels(root, i)
     off = root / "off.yaml"
     off.write_text(OFF)
     return {"on": _ingest(dicom, labels, root / "on"),

@@ -18,10 +18,9 @@ what it does not see; docs/ingest.md, "The text detector").
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from test_ingest_privacy_dark import _planted_read
-from test_ingest_privacy_motion import OFF, _ingest, _plant, _write
+from test_ingest_privacy_motion import OFF, _ingest, _labels, _plant, _write
 
 NAME = "GARCIA MARIA"  # `test_ingest_privacy_dark.TOKENS` holds its words
 
@@ -53,9 +52,7 @@ def pool_export(tmp_path_factory, module_split_key):
     dicom.mkdir()
     _write(dicom / "pool_raw.dcm", _plant(_pool(), (NAME,), 18, (110, 100), levels=(3,)), "raw",
            "P0")
-    labels = root / "cmr.csv"
-    pd.DataFrame({"patient_id": ["P0"], "cmr_date": ["2023-05-08"], "wma": [0]}).to_csv(
-        labels, index=False)
+    labels = _labels(root, 1)
     before = root / "before.yaml"
     before.write_text("text_detector: {dark_strokes: 0}\n")
     off = root / "off.yaml"

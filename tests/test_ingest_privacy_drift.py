@@ -17,10 +17,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 import pytest
 from pydicom.uid import JPEGBaseline8Bit
-from test_ingest_privacy_motion import OFF, _layer, _read
+from test_ingest_privacy_motion import OFF, _labels, _layer, _read
 from test_ingest_privacy_motion import _ingest as _motion_ingest
 
 from echocmr.ingest.synth.small import small_clip
@@ -79,8 +78,7 @@ def export(tmp_path_factory, module_split_key):
             else:
                 write_us_dicom(path, frames, ident=Identity(patient_id=f"P{i}"))
             i += 1
-    pd.DataFrame({"patient_id": [f"P{j}" for j in range(i)], "cmr_date": ["2023-05-08"] * i,
-                  "wma": [0] * i}).to_csv(root / "cmr.csv", index=False)
+    _labels(root, i)
     return {"root": root, "on": _ingest(root, root / "on"),
             "off": _ingest(root, root / "off", OFF),
             "before": _ingest(root, root / "before",

@@ -136,6 +136,14 @@ def _env(root) -> dict[str, str]:
             "ECHOCMR_SPLIT_KEY": os.environ["ECHOCMR_SPLIT_KEY"]}
 
 
+def _labels(root, n: int):
+    """``root/cmr.csv``: a CMR row (no WMA) for patients P0 .. P{n-1}; its path."""
+    labels = root / "cmr.csv"
+    pd.DataFrame({"patient_id": [f"P{j}" for j in range(n)], "cmr_date": ["2023-05-08"] * n,
+                  "wma": [0] * n}).to_csv(labels, index=False)
+    return labels
+
+
 def _ingest(dicom, labels, out, config=None) -> dict[str, np.ndarray]:
     argv = [sys.executable, "-m", "echocmr", "ingest", "--dicom", str(dicom), "--labels",
             str(labels), "--out", str(out), "--workers", "2", "--no-progress"]
@@ -170,9 +178,7 @@ def export(tmp_path_factory, module_split_key):
             _write(dicom / source, frames, kind, f"P{i}")
             sources[source] = reader
             i += 1
-    labels = root / "cmr.csv"
-    pd.DataFrame({"patient_id": [f"P{j}" for j in range(i)], "cmr_date": ["2023-05-08"] * i,
-                  "wma": [0] * i}).to_csv(labels, index=False)
+    labels = _labels(root, i)
     # the control: every pixel defence against text off (the overlay masks of `ingest.sector`
     # too: over the wall of this clip they take part of the upside-down JPEG string's strokes
     # and leave it illegible to the reader; the control shows the plant survives ingest's crop,
@@ -256,9 +262,7 @@ def ticker(tmp_path_factory, module_split_key):
     frames = _ticker()
     for i, kind in enumerate(("raw", "jpeg")):
         _write(dicom / f"ticker_{kind}.dcm", frames, kind, f"P{i}")
-    labels = root / "cmr.csv"
-    pd.DataFrame({"patient_id": ["P0", "P1"], "cmr_date": ["2023-05-08"] * 2,
-                  "wma": [0, 0]}).to_csv(labels, index=False)
+    labels = _labels(root, 2)
     off = root / "off.yaml"
     off.write_text("text_detector: {enabled: false}\n")
     return {"root": root, "dicom": dicom, "labels": labels,
