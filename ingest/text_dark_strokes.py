@@ -54,6 +54,7 @@ PAD = 2  # output pixels around a line's strokes in the box read and masked
 LEVEL = 7  # output pixels: the square of the closing a line's local bright level is taken over
 MIN_LEVEL = 8  # grey levels: the least local bright level divided by (the black outside the fan)
 DARK_SHARE = 0.6  # a line is dark when its strokes' median is below this share of its box's
+CORE_SHARE = 0.35  # a line's core rows hold at least this share of its fullest row's strokes
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,22 @@ class DarkLine:
     # a lighter ground (dark text), not the gaps between bright strokes (bright text's letters
     # and spaces are dark thin strokes too, at the level of the ground around them)
     dark: bool = True
+    # its core rows (`core_rows`): its box's rows holding `CORE_SHARE` of its fullest row's
+    # strokes or more (plus `PAD`); its box's rows when not given
+    core: slice | None = None
+
+
+def core_rows(strokes_HW: np.ndarray, line: DarkLine) -> slice:
+    """The rows of ``line``'s box that hold at least `CORE_SHARE` of its fullest row's stroke
+    pixels (from the first such row to the last, plus `PAD`): the glyphs' band without the rows
+    of dark texture the box takes in above and below them (the recogniser scales a crop to a
+    fixed height: in a box twice the text's height the glyphs are read at half the size)."""
+    counts = strokes_HW[line.rows, line.cols].sum(axis=1)
+    if not counts.any():
+        return line.rows
+    full = np.flatnonzero(counts >= CORE_SHARE * counts.max())
+    return slice(max(line.rows.start + int(full[0]) - PAD, line.rows.start),
+                 min(line.rows.start + int(full[-1]) + 1 + PAD, line.rows.stop))
 
 
 def dark_strokes(maximum_HW: np.ndarray) -> np.ndarray:
@@ -102,6 +119,7 @@ def dark_lines(maximum_HW: np.ndarray, n: int) -> list[DarkLine]:
         inked = box[strokes[line.rows, line.cols]]
         line = DarkLine(line.rows, line.cols, line.density, bool(
             inked.size and np.median(inked) < DARK_SHARE * np.median(box)))
+        line = DarkLine(line.rows, line.cols, line.density, line.dark, core_rows(strokes, line))
         # no window centred on this line or next to it is proposed again
         density[max(min(y - half_h, line.rows.start - half_h), 0):
                 max(y + half_h, line.rows.stop + half_h) + 1,
@@ -139,12 +157,15 @@ def _line(strokes: np.ndarray, y: int, x: int, half_h: int, half_w: int,
                     slice(max(x0 - PAD, 0), min(x1 + PAD, width)), density)
 
 
-def dark_view(maximum_HW: np.ndarray, line: DarkLine) -> np.ndarray:
-    """``uint8``: the crop of ``line`` the recogniser reads: the maximum divided by its local
-    bright level (a 7 x 7 grey closing, taken with a few pixels of context): dark text over the
-    blood pool and over bright tissue alike turns dark on white."""
+def dark_view(maximum_HW: np.ndarray, line: DarkLine, core: bool = False) -> np.ndarray:
+    """``uint8``: the crop of ``line`` (its core rows only: ``core``) the recogniser reads: the
+    image (the maximum, or another temporal statistic) divided by its local bright level (a
+    7 x 7 grey closing, taken with a few pixels of context): dark text over the blood pool and
+    over bright tissue alike turns dark on white."""
     import cv2
 
+    if core and line.core is not None:
+        line = DarkLine(line.core, line.cols, line.density, line.dark, line.core)
     rows = slice(max(line.rows.start - 4, 0), line.rows.stop + 4)
     cols = slice(max(line.cols.start - 4, 0), line.cols.stop + 4)
     crop = np.ascontiguousarray(maximum_HW[rows, cols])
