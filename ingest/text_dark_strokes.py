@@ -18,7 +18,14 @@ the recogniser reads them:
 3. each line's crop is divided by its local bright level (a `LEVEL` x `LEVEL` grey closing:
    `dark_view`), so the text is dark on white whatever the ground, and read by the recogniser
    alone; a read of two characters or more is text, and the detector masks the line's rows
-   across the content (the read often holds part of the line).
+   across the content (the read often holds part of the line);
+4. (``dark_stroke_rereads``) a line that reads as two characters or more, but below the score,
+   is read again on its **core rows** (`core_rows`: the rows holding at least `CORE_SHARE` of
+   its fullest row's strokes, the glyphs' band without the rows of dark texture the box takes
+   in above and below: the recogniser scales a crop to a fixed height, so in a box twice the
+   text's height it reads glyphs half their size), in the maximum and then in the clip's
+   temporal median (each frame's codec ringing averaged out, where the maximum keeps the
+   brightest of it over the glyphs).
 
 Weighed on `bench/bench_text_detector.py`'s 54 dark strings of 8 px and more (the motion set's
 ``dark`` bucket over tissue, the dark set over blood and dim tissue; throwaway scripts calling
@@ -34,9 +41,20 @@ is not among the densest ``dark_strokes`` (a clip with more dark lines than that
 with denser dark texture), and text dark in some frames only (the maximum takes the frames
 without it).
 
+JPEG (the dark set's strings of 8 px and more, per-miss diagnostics, 2026-12-06): of the 6
+the steps above missed, 5 JPEG, 5 (4 JPEG, 1 raw) had a line among the 2 densest over the
+string, read in part (two characters or more at 0.26-0.49: a box of 17-20 rows round an 8-10 px
+string; the codec's ringing peaking over the glyphs in the maximum); their core rows in the
+maximum or the median read at 0.5 or more. The clean
+clips' best read of two characters or more there stays 0.44. The fifth, an 8 px name at grey ~6
+in the maximum over a pool whose maximum is ~11, is 5 levels deep: under `MIN_DEPTH`, no line
+(at a depth of 4 it is the second densest line, but reads at 0.45, and the third lines a lower
+depth proposes give the clean clips reads at 0.52-0.76).
+
 Cost: a closing and a box filter of one 144 x 144 image (< 1 ms), then one recogniser call a
 line (~0.02-0.03 CPU s on this bench's machine; the calls are made one by one: a batch pads
-every crop to the widest and cost ~1.4x as much).
+every crop to the widest and cost ~1.4x as much), and two more for a line read in part (58 of
+the 216 lines the bench's dark set, the motion set's dark strings and the clean clips propose).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ kept clip before it is written. What it reads, in order:
    model boxes little of), each line the mask does not cover whole read by the recogniser alone
    on its crop divided by its local bright level; a read of two characters or more at
    ``dark_stroke_score`` masks the line's rows across the content (as does a line of dark strokes
-   inside a box read already, with no read);
+   inside a box read already, with no read); a line read as two characters or more below that
+   score is read again on its core rows, in the maximum and the temporal median
+   (``dark_stroke_rereads``: JPEG-coded dark text);
 6. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
    text moving vertically or slowly), away from what is masked, read along its line in the
    frame that shows it most; what reads there is followed frame by frame
@@ -50,8 +52,9 @@ the clip, or the clip is rejected
 What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
 sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
 beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
-over blood or dim tissue whose strokes are not 40 % below the surround's maximum, or in a line
-beyond the ``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
+over blood or dim tissue whose strokes are not 40 % and 10 grey levels below the surround's
+maximum (JPEG-coded text a few levels below a black pool's maximum), or in a line beyond the
+``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
 in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
