@@ -48,8 +48,8 @@ string; the codec's ringing peaking over the glyphs in the maximum); their core 
 maximum or the median read at 0.5 or more. The clean
 clips' best read of two characters or more there stays 0.44. The fifth, an 8 px name at grey ~6
 in the maximum over a pool whose maximum is ~11, is 5 levels deep: under `MIN_DEPTH`, no line
-(at a depth of 4 it is the second densest line, but reads at 0.45, and the third lines a lower
-depth proposes give the clean clips reads at 0.52-0.76).
+(at a depth of 4 it is the second densest line, but reads at 0.45; one or two more lines from
+depths 4-6 give the clean clips reads of up to 0.76).
 
 Cost: a closing and a box filter of one 144 x 144 image (< 1 ms), then one recogniser call a
 line (~0.02-0.03 CPU s on this bench's machine; the calls are made one by one: a batch pads
