@@ -221,7 +221,8 @@ def _stages(root: str) -> None:
     less than wall time. The text detector is also run with only its sampled frames read (no
     composite, no follow-up, no turned reads: the detector before issue 22) on the same clips,
     for the before/after ratio of the whole clip, and without each of its later steps in turn
-    (the stroke reads, `ingest.text_strokes`; the dark strokes, `ingest.text_dark_strokes`), clip
+    (the stroke reads, `ingest.text_strokes`; the dark strokes, `ingest.text_dark_strokes`, and
+    their rereads, ``dark_stroke_rereads``), clip
     by clip in turn with the defaults, for each step's share."""
     from dataclasses import replace
 
@@ -243,7 +244,8 @@ def _stages(root: str) -> None:
     # the text detector of today without one of its steps: its CPU s over the clips
     without = {step: [replace(config, text_detector=replace(config.text_detector, **off)), 0.0]
                for step, off in (("stroke reads", {"stroke_reads": 0}),
-                                 ("dark strokes", {"dark_strokes": 0}))}
+                                 ("dark strokes", {"dark_strokes": 0}),
+                                 ("dark-stroke rereads", {"dark_stroke_rereads": False}))}
     kept = 0
     clock = time.process_time
     for dirpath, _, files in sorted(os.walk(os.path.join(root, "dicom"))):

@@ -171,6 +171,10 @@ class TextDetectorConfig:
     # along its rows across the content (as is one inside a box read already, with no read); 0: off
     dark_strokes: int = 2
     dark_stroke_score: float = 0.5  # the bench's clean clips' reads there score <= 0.44
+    # a dark-stroke line read as two characters or more below `dark_stroke_score` is read again
+    # on its core rows (its glyphs' band), in the maximum and in the temporal median: JPEG-coded
+    # dark text its first crop reads in part only (at most two more recogniser calls a line)
+    dark_stroke_rereads: bool = True
     # moving text (`ingest.text_motion`): at most this many bands of rows whose bright transient
     # pattern slides along them are read in the frame that shows them most (then followed,
     # `track_step`); 0: off

@@ -18,7 +18,14 @@ the recogniser reads them:
 3. each line's crop is divided by its local bright level (a `LEVEL` x `LEVEL` grey closing:
    `dark_view`), so the text is dark on white whatever the ground, and read by the recogniser
    alone; a read of two characters or more is text, and the detector masks the line's rows
-   across the content (the read often holds part of the line).
+   across the content (the read often holds part of the line);
+4. (``dark_stroke_rereads``) a line that reads as two characters or more, but below the score,
+   is read again on its **core rows** (`core_rows`: the rows holding at least `CORE_SHARE` of
+   its fullest row's strokes, the glyphs' band without the rows of dark texture the box takes
+   in above and below: the recogniser scales a crop to a fixed height, so in a box twice the
+   text's height it reads glyphs half their size), in the maximum and then in the clip's
+   temporal median (each frame's codec ringing averaged out, where the maximum keeps the
+   brightest of it over the glyphs).
 
 Weighed on `bench/bench_text_detector.py`'s 54 dark strings of 8 px and more (the motion set's
 ``dark`` bucket over tissue, the dark set over blood and dim tissue; throwaway scripts calling
@@ -34,9 +41,21 @@ is not among the densest ``dark_strokes`` (a clip with more dark lines than that
 with denser dark texture), and text dark in some frames only (the maximum takes the frames
 without it).
 
+JPEG (the dark set's strings of 8 px and more, per-miss diagnostics, 2026-12-06): of the 6
+the steps above missed, 5 JPEG, 5 (4 JPEG, 1 raw) had a line among the 2 densest over the
+string, read in part (two characters or more at 0.26-0.49: a box of 17-20 rows round an 8-10 px
+string; the codec's ringing peaking over the glyphs in the maximum); their core rows in the
+maximum or the median read at 0.5 or more. The clean
+clips' best read of two characters or more there stays 0.44. The fifth, an 8 px name at grey ~6
+in the maximum over a pool whose maximum is ~11, is 5 levels deep: under `MIN_DEPTH`, no line
+(at a depth of 4 it is the second densest line, but reads at 0.45; one or two more lines from
+depths 4-6 give the clean clips reads of up to 0.76).
+
 Cost: a closing and a box filter of one 144 x 144 image (< 1 ms), then one recogniser call a
 line (~0.02-0.03 CPU s on this bench's machine; the calls are made one by one: a batch pads
-every crop to the widest and cost ~1.4x as much).
+every crop to the widest and cost ~1.4x as much), and two more for a line read in part: 2 of
+the 108 lines of the bench's 54 clean clips (+0.001 CPU s a clip), 6 of the 96 of its dark set
+(+0.003 s; /tmp script timing `find_text` with and without, clip by clip, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ PAD = 2  # output pixels around a line's strokes in the box read and masked
 LEVEL = 7  # output pixels: the square of the closing a line's local bright level is taken over
 MIN_LEVEL = 8  # grey levels: the least local bright level divided by (the black outside the fan)
 DARK_SHARE = 0.6  # a line is dark when its strokes' median is below this share of its box's
+CORE_SHARE = 0.35  # a line's core rows hold at least this share of its fullest row's strokes
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,22 @@ class DarkLine:
     # a lighter ground (dark text), not the gaps between bright strokes (bright text's letters
     # and spaces are dark thin strokes too, at the level of the ground around them)
     dark: bool = True
+    # its core rows (`core_rows`): its box's rows holding `CORE_SHARE` of its fullest row's
+    # strokes or more (plus `PAD`); its box's rows when not given
+    core: slice | None = None
+
+
+def core_rows(strokes_HW: np.ndarray, line: DarkLine) -> slice:
+    """The rows of ``line``'s box that hold at least `CORE_SHARE` of its fullest row's stroke
+    pixels (from the first such row to the last, plus `PAD`): the glyphs' band without the rows
+    of dark texture the box takes in above and below them (the recogniser scales a crop to a
+    fixed height: in a box twice the text's height the glyphs are read at half the size)."""
+    counts = strokes_HW[line.rows, line.cols].sum(axis=1)
+    if not counts.any():
+        return line.rows
+    full = np.flatnonzero(counts >= CORE_SHARE * counts.max())
+    return slice(max(line.rows.start + int(full[0]) - PAD, line.rows.start),
+                 min(line.rows.start + int(full[-1]) + 1 + PAD, line.rows.stop))
 
 
 def dark_strokes(maximum_HW: np.ndarray) -> np.ndarray:
@@ -102,6 +138,7 @@ def dark_lines(maximum_HW: np.ndarray, n: int) -> list[DarkLine]:
         inked = box[strokes[line.rows, line.cols]]
         line = DarkLine(line.rows, line.cols, line.density, bool(
             inked.size and np.median(inked) < DARK_SHARE * np.median(box)))
+        line = DarkLine(line.rows, line.cols, line.density, line.dark, core_rows(strokes, line))
         # no window centred on this line or next to it is proposed again
         density[max(min(y - half_h, line.rows.start - half_h), 0):
                 max(y + half_h, line.rows.stop + half_h) + 1,
@@ -139,12 +176,15 @@ def _line(strokes: np.ndarray, y: int, x: int, half_h: int, half_w: int,
                     slice(max(x0 - PAD, 0), min(x1 + PAD, width)), density)
 
 
-def dark_view(maximum_HW: np.ndarray, line: DarkLine) -> np.ndarray:
-    """``uint8``: the crop of ``line`` the recogniser reads: the maximum divided by its local
-    bright level (a 7 x 7 grey closing, taken with a few pixels of context): dark text over the
-    blood pool and over bright tissue alike turns dark on white."""
+def dark_view(maximum_HW: np.ndarray, line: DarkLine, core: bool = False) -> np.ndarray:
+    """``uint8``: the crop of ``line`` (its core rows only: ``core``) the recogniser reads: the
+    image (the maximum, or another temporal statistic) divided by its local bright level (a
+    7 x 7 grey closing, taken with a few pixels of context): dark text over the blood pool and
+    over bright tissue alike turns dark on white."""
     import cv2
 
+    if core and line.core is not None:
+        line = DarkLine(line.core, line.cols, line.density, line.dark, line.core)
     rows = slice(max(line.rows.start - 4, 0), line.rows.stop + 4)
     cols = slice(max(line.cols.start - 4, 0), line.cols.stop + 4)
     crop = np.ascontiguousarray(maximum_HW[rows, cols])

@@ -28,7 +28,9 @@ kept clip before it is written. What it reads, in order:
    model boxes little of), each line the mask does not cover whole read by the recogniser alone
    on its crop divided by its local bright level; a read of two characters or more at
    ``dark_stroke_score`` masks the line's rows across the content (as does a line of dark strokes
-   inside a box read already, with no read);
+   inside a box read already, with no read); a line read as two characters or more below that
+   score is read again on its core rows, in the maximum and the temporal median
+   (``dark_stroke_rereads``: JPEG-coded dark text);
 6. (``stroke_reads``) the densest window of transient thin bright strokes (`ingest.text_strokes`:
    text moving vertically or slowly), away from what is masked, read along its line in the
    frame that shows it most; what reads there is followed frame by frame
@@ -50,8 +52,9 @@ the clip, or the clip is rejected
 What it does not see (docs/ingest.md, "The text detector"): dark moving text in none of the
 sampled frames (only step 7 finds it), a second string moving vertically or slowly in a clip
 beyond ``stroke_reads`` (and the follow-up's region), dim text over moving tissue, dark text
-over blood or dim tissue whose strokes are not 40 % below the surround's maximum, or in a line
-beyond the ``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
+over blood or dim tissue whose strokes are not 40 % and 10 grey levels below the surround's
+maximum (JPEG-coded text a few levels below a black pool's maximum), or in a line beyond the
+``dark_strokes`` densest (`ingest.text_dark_strokes`), text shown
 in one frame only at a place where the tissue deviates more.
 
 The models are RapidOCR's; the steps around the detector are done here (the same arithmetic, so
@@ -255,7 +258,7 @@ def find_text(frames_THW: np.ndarray, config: TextDetectorConfig | None = None) 
     if config.dark_strokes and len(frames_THW) > 1 and reader.content_box is not None:
         # dark text over the blood pool or dim tissue (`ingest.text_dark_strokes`): the lines of
         # thin dark strokes in the temporal maximum, each read by the recogniser alone
-        reader.read_dark_lines(frames_THW.max(axis=0))
+        reader.read_dark_lines(frames_THW.max(axis=0), median_HW)
     if config.stroke_reads and len(frames_THW) > 1 and reader.content_box is not None:
         # text that moves vertically or slowly (`ingest.text_strokes`): the densest window of
         # transient bright strokes away from what is masked, its line read in the frame that
@@ -331,6 +334,18 @@ def _line_like(crop_HW: np.ndarray, upscale: int) -> bool:
     boxes worth turning over (the large blobs tissue gives the detector are not)."""
     h, w = crop_HW.shape[:2]
     return w >= 2 * h and h <= LINE_MAX_HEIGHT * upscale
+
+
+def _dark_rereads(frames_THW: np.ndarray, median_HW: np.ndarray | None):
+    """A callable giving the clip's temporal median as ``uint8`` (``median_HW`` when given),
+    computed once, on the first call."""
+    cache: list[np.ndarray] = []
+
+    def median() -> np.ndarray:
+        if not cache:
+            cache.append(np.median(frames_THW, axis=0) if median_HW is None else median_HW)
+        return cache[0].astype(np.uint8)
+    return median
 
 
 LINE_MAX_HEIGHT = 16  # output pixels: a 12-pixel glyph's line with the detector's padding
@@ -417,13 +432,18 @@ class _Reader:
                     tile = image_no * len(origins) + origins.index((top, left))
                     self.seeds.append((int(indices[tile]), points))
 
-    def read_dark_lines(self, maximum_HW: np.ndarray) -> None:
+    def read_dark_lines(self, maximum_HW: np.ndarray, median_HW: np.ndarray | None = None) -> None:
         """The ``dark_strokes`` densest lines of thin dark strokes in the temporal maximum that
         the mask does not cover whole: each line's crop, divided by its local bright level, is read by the
         recogniser alone (no detector: it boxes little of this text); a line read as two
         characters or more at ``dark_stroke_score`` is masked along its rows across the
-        content (the read may hold part of the line only)."""
+        content (the read may hold part of the line only). With ``dark_stroke_rereads``, a line
+        read as two characters or more below that score is read again on its core rows, in the
+        maximum and in the temporal median (``median_HW``; computed here when not given):
+        JPEG-coded text is read there that its first crop does not show well enough."""
         config = self.config
+        rereads = _dark_rereads(self.frames_THW, median_HW) if config.dark_stroke_rereads \
+            else None
         masked = self.mask_HW(config.line_extend)
         cols, tried = self.content_box[1], 0
         for line in dark_lines(maximum_HW, 2 * config.dark_strokes):
@@ -441,10 +461,24 @@ class _Reader:
                 continue
             tried += 1
             self.reads += 1
-            (text, score, *_), = self.engine.text_rec(
-                [np.repeat(dark_view(maximum_HW, line)[..., None], 3, axis=-1)])[0]
-            if len("".join(str(text).split())) >= 2 and float(score) >= config.dark_stroke_score:
+            text, score = self._read_dark(dark_view(maximum_HW, line))
+            if len(text) >= 2 and score < config.dark_stroke_score and rereads is not None:
+                # two characters or more, but not sure of them: the codec's blur and ringing
+                # (JPEG) leave text a first crop reads in part; its core rows (the glyphs'
+                # band, larger to the recogniser) in the maximum and in the temporal median
+                # (each frame's ringing averaged out) read it
+                for image_HW in (maximum_HW, rereads()):
+                    text, score = self._read_dark(dark_view(image_HW, line, core=True))
+                    if len(text) >= 2 and score >= config.dark_stroke_score:
+                        break
+            if len(text) >= 2 and score >= config.dark_stroke_score:
                 self._add(across, again=True)
+
+    def _read_dark(self, view_HW: np.ndarray) -> tuple[str, float]:
+        """The recogniser's read of one grey crop: its characters (white space dropped) and
+        confidence."""
+        (text, score, *_), = self.engine.text_rec([np.repeat(view_HW[..., None], 3, axis=-1)])[0]
+        return "".join(str(text).split()), float(score)
 
     def verify(self) -> None:
         """The second check, sharing no assumption of the others about which frames hold text:

@@ -10,7 +10,14 @@ from PIL import Image, ImageDraw
 from echocmr.config import ConfigError
 from echocmr.ingest.config import TextDetectorConfig
 from echocmr.ingest.synth.overlays import screen_font
-from echocmr.ingest.text_dark_strokes import dark_lines, dark_strokes, dark_view
+from echocmr.ingest.text_dark_strokes import (
+    PAD,
+    DarkLine,
+    core_rows,
+    dark_lines,
+    dark_strokes,
+    dark_view,
+)
 from echocmr.ingest.text_detector import find_text
 
 
@@ -89,6 +96,52 @@ def test_the_detector_masks_dark_text_over_the_pool_only_with_dark_strokes_on():
 def test_a_clip_without_text_gets_no_box_from_the_dark_lines():
     frames = np.stack([_ground(60, seed=500 + t) for t in range(20)])
     assert find_text(frames, TextDetectorConfig()).boxes == 0
+
+
+def test_a_lines_core_rows_are_its_glyphs_band_without_the_texture_around_it():
+    image = _ground(100)
+    glyphs = _glyphs("MRN 4711023", 12, image.shape, (40, 10))
+    image[glyphs] = 8
+    top, bottom = np.flatnonzero(glyphs.any(axis=1))[[0, -1]]
+    image[top - 6, 12:130:14] = 8  # sparse dark pits above and below the line (speckle's)
+    image[bottom + 6, 16:130:14] = 8
+    line = DarkLine(slice(top - 8, bottom + 9), slice(8, 136), 0.3)
+    core = core_rows(dark_strokes(image), line)
+    assert core.start > top - 6 and core.stop <= bottom + 6  # the pits' rows are left out
+    assert core.start <= top and core.stop > bottom  # the glyphs' rows are kept whole
+    assert core.start >= top - PAD and core.stop <= bottom + 1 + PAD
+    # a line's proposals carry their core; the view of it is that band only
+    first = dark_lines(image, 1)[0]
+    assert first.core is not None and first.core.start >= first.rows.start
+    view = dark_view(image, DarkLine(line.rows, line.cols, 0.3, core=core), core=True)
+    assert view.shape == (core.stop - core.start, line.cols.stop - line.cols.start)
+    # a box without strokes keeps its rows
+    flat = np.full((40, 60), 90, dtype=np.uint8)
+    box = DarkLine(slice(5, 20), slice(5, 50), 0.0)
+    assert core_rows(dark_strokes(flat), box) == box.rows
+
+
+def _jpeg(frame: np.ndarray) -> np.ndarray:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=75)
+    return np.asarray(Image.open(buffer).convert("L"))
+
+
+def test_jpeg_coded_dark_text_over_the_pool_is_masked_by_the_rereads():
+    """A date at grey 12 over the pool's speckle (grey ~20), each frame stored as JPEG: the
+    codec blurs its strokes toward the pool; the first crop of its line does not read as text,
+    its core rows in the maximum or the temporal median do."""
+    frames = np.stack([_ground(20, seed=300 + t) for t in range(30)])
+    glyphs = _glyphs("13/07/1998", 13, frames.shape[1:], (40, 10))
+    frames[:, glyphs] = 12
+    frames = np.stack([_jpeg(frame) for frame in frames])
+    on = find_text(frames, TextDetectorConfig())
+    assert on.mask_HW[glyphs].mean() >= 0.9
+    # without the rereads it ships (the rereads are what masks it: the test can fail)
+    off = find_text(frames, TextDetectorConfig(dark_stroke_rereads=False))
+    assert off.mask_HW[glyphs].mean() < 0.9
 
 
 @pytest.mark.parametrize(("field", "value"), [("dark_strokes", -1), ("dark_stroke_score", 1.5),
