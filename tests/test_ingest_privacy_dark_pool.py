@@ -53,21 +53,28 @@ def _pool(frames: int = 30, height: int = 240, width: int = 320, seed: int = 0,
     return out
 
 
-@pytest.fixture(scope="module")
-def pool_export(tmp_path_factory, module_split_key):
-    root = tmp_path_factory.mktemp("dark_pool")
+def _export(root, clips: dict[str, tuple[np.ndarray, str, str]],
+            configs: dict[str, str]) -> dict:
+    """Each clip (file name: frames, codec, patient) written as a DICOM under ``root``, then the
+    real ``echocmr ingest`` run as ``on`` with the defaults and once per config (run name: the
+    YAML's text): each run's result by name."""
     dicom = root / "dicom"
     dicom.mkdir()
-    _write(dicom / "pool_raw.dcm", _plant(_pool(), (NAME,), 18, (110, 100), levels=(3,)), "raw",
-           "P0")
-    labels = _labels(root, 1)
-    before = root / "before.yaml"
-    before.write_text("text_detector: {dark_strokes: 0}\n")
-    off = root / "off.yaml"
-    off.write_text(OFF)
-    return {"on": _ingest(dicom, labels, root / "on"),
-            "before": _ingest(dicom, labels, root / "before", before),
-            "off": _ingest(dicom, labels, root / "off", off)}
+    for name, (frames, codec, patient) in clips.items():
+        _write(dicom / name, frames, codec, patient)
+    labels = _labels(root, len({patient for *_, patient in clips.values()}))
+    runs = {"on": _ingest(dicom, labels, root / "on")}
+    for run, text in configs.items():
+        (root / f"{run}.yaml").write_text(text)
+        runs[run] = _ingest(dicom, labels, root / run, root / f"{run}.yaml")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def pool_export(tmp_path_factory, module_split_key):
+    plant = _plant(_pool(), (NAME,), 18, (110, 100), levels=(3,))
+    return _export(tmp_path_factory.mktemp("dark_pool"), {"pool_raw.dcm": (plant, "raw", "P0")},
+                   {"before": "text_detector: {dark_strokes: 0}\n", "off": OFF})
 
 
 def test_dark_text_over_the_pool_is_read_by_no_reader_in_what_ingest_ships(pool_export):
@@ -83,22 +90,13 @@ def test_dark_text_over_the_pool_is_read_by_no_reader_in_what_ingest_ships(pool_
 
 @pytest.fixture(scope="module")
 def jpeg_export(tmp_path_factory, module_split_key):
-    root = tmp_path_factory.mktemp("dark_pool_jpeg")
-    dicom = root / "dicom"
-    dicom.mkdir()
-    _write(dicom / "pool_jpeg.dcm", _plant(_pool(), (NAME,), 18, (110, 100), levels=(3,)), "jpeg",
-           "P0")
     lively = _pool(level=25, spread=14, smooth=3)  # keeps its speckle through the codec
-    _write(dicom / "lively_jpeg.dcm", _plant(lively, (NAME,), 18, (110, 100), levels=(3,)),
-           "jpeg", "P1")
-    labels = _labels(root, 2)
-    configs = {"no_dark": "text_detector: {dark_composite: false, dark_strokes: 0}\n",
-               "strokes": "text_detector: {dark_composite: false}\n", "off": OFF}
-    runs = {"on": _ingest(dicom, labels, root / "on")}
-    for run, text in configs.items():
-        (root / f"{run}.yaml").write_text(text)
-        runs[run] = _ingest(dicom, labels, root / run, root / f"{run}.yaml")
-    return runs
+    clips = {"pool_jpeg.dcm": (_plant(_pool(), (NAME,), 18, (110, 100), levels=(3,)), "jpeg", "P0"),
+             "lively_jpeg.dcm": (_plant(lively, (NAME,), 18, (110, 100), levels=(3,)), "jpeg",
+                                 "P1")}
+    return _export(tmp_path_factory.mktemp("dark_pool_jpeg"), clips,
+                   {"no_dark": "text_detector: {dark_composite: false, dark_strokes: 0}\n",
+                    "strokes": "text_detector: {dark_composite: false}\n", "off": OFF})
 
 
 @pytest.mark.slow
